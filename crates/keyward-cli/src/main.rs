@@ -1,0 +1,385 @@
+//! `keyward`: run the server, onboard tenants, encrypt and decrypt, and manage
+//! the local development keys.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool talks to its user on stdout and stderr"
+)]
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyward_kms::local::LocalProvider;
+use keyward_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient,
+    tenant_service_client::TenantServiceClient,
+};
+use keyward_server::Config;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+/// Keyward: customer-managed-key encryption for AI prompts and outputs.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, long_about = None)]
+struct Cli {
+    /// Server address for client commands.
+    #[arg(long, global = true, env = "KEYWARD_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (defaults: 127.0.0.1:50051, SQLite and the local dev key under ./keyward-data).
+    Serve(ServeArgs),
+    /// Create, configure and inspect tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Encrypt stdin to stdout as a Keyward envelope.
+    Encrypt(EncryptArgs),
+    /// Decrypt an envelope from stdin to stdout.
+    Decrypt(DecryptArgs),
+    /// Manage the local development key-encryption keys (not for production).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file (see docs/configuration.md); KEYWARD_* variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:50051 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (SQLite database and local keys).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant id: 1-64 characters of [a-z0-9._-].
+        tenant: String,
+        /// Human-readable name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Bind a key-encryption key to a tenant (validated by a live round trip).
+    RegisterKey {
+        tenant: String,
+        /// Name of a key of the server's local development provider, e.g. "default".
+        #[arg(long, required = true)]
+        local_key: String,
+    },
+    /// Show a tenant and its active key binding.
+    Show { tenant: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Encoding {
+    /// Raw bytes.
+    Raw,
+    /// Standard base64 (one line).
+    Base64,
+}
+
+#[derive(Debug, Args)]
+struct EncryptArgs {
+    #[arg(long)]
+    tenant: String,
+    /// Data-key scope (a conversation, a user, ...); default "default".
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// Encryption context entry KEY=VALUE; repeat for more. Needed again to decrypt.
+    #[arg(long = "context", value_parser = parse_pair)]
+    context: Vec<(String, String)>,
+    /// Encoding of the envelope written to stdout.
+    #[arg(long, value_enum, default_value = "raw")]
+    output: Encoding,
+}
+
+#[derive(Debug, Args)]
+struct DecryptArgs {
+    #[arg(long)]
+    tenant: String,
+    /// Encryption context entry KEY=VALUE, as given to encrypt.
+    #[arg(long = "context", value_parser = parse_pair)]
+    context: Vec<(String, String)>,
+    /// Encoding of the envelope read from stdin.
+    #[arg(long, value_enum, default_value = "raw")]
+    input: Encoding,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a local key.
+    Create { name: String, #[command(flatten)] dir: KeyDir },
+    /// Disable a local key: the server's KEK calls are refused, as when a customer disables a KMS key.
+    Disable { name: String, #[command(flatten)] dir: KeyDir },
+    /// Re-enable a local key.
+    Enable { name: String, #[command(flatten)] dir: KeyDir },
+    /// List local keys and their state.
+    List { #[command(flatten)] dir: KeyDir },
+}
+
+#[derive(Debug, Args)]
+struct KeyDir {
+    /// Local key directory; default: the one `keyward serve` uses (from --config / KEYWARD_* / defaults).
+    #[arg(long)]
+    local_kms_dir: Option<PathBuf>,
+    /// Configuration file of the server, to find its local key directory.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn parse_pair(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Tenant(cmd) => tenant(&cli.endpoint, cmd).await,
+        Command::Encrypt(args) => encrypt(&cli.endpoint, args).await,
+        Command::Decrypt(args) => decrypt(&cli.endpoint, args).await,
+        Command::Key(cmd) => key(cmd),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let settings = config.resolve()?;
+    let running = keyward_server::start(&settings, shutdown_signal()).await?;
+    // Scripts and tests read the bound address from this line.
+    println!("keyward listening on {}", running.local_addr());
+    std::io::stdout().flush()?;
+    running.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(endpoint.to_owned())
+        .with_context(|| format!("invalid endpoint {endpoint:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)"))
+}
+
+/// Renders a gRPC error with its machine-readable reason.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    let reason = status
+        .get_details_error_info()
+        .map(|info| format!(", reason {}", info.reason))
+        .unwrap_or_default();
+    anyhow::anyhow!("{} (status {:?}{reason})", status.message(), status.code())
+}
+
+async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
+    let mut client = TenantServiceClient::new(channel(endpoint).await?);
+    let tenant = match cmd {
+        TenantCommand::Create { tenant, name } => client
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: tenant,
+                display_name: name,
+            })
+            .await,
+        TenantCommand::RegisterKey { tenant, local_key } => client
+            .register_key(pb::RegisterKeyRequest {
+                tenant_id: tenant,
+                key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
+                    key_name: local_key,
+                })),
+            })
+            .await,
+        TenantCommand::Show { tenant } => {
+            client.get_tenant(pb::GetTenantRequest { tenant_id: tenant }).await
+        }
+    }
+    .map_err(status_error)?
+    .into_inner();
+    print_tenant(&tenant);
+    Ok(())
+}
+
+fn print_tenant(t: &pb::Tenant) {
+    println!("tenant:       {}", t.tenant_id);
+    if !t.display_name.is_empty() {
+        println!("name:         {}", t.display_name);
+    }
+    match &t.active_key {
+        Some(k) => {
+            println!("key provider: {}", k.provider().as_str_name());
+            println!("key:          {}", k.key_ref);
+            println!("key state:    {}", k.state().as_str_name());
+            println!("tenant key:   {}", k.tenant_key_id);
+        }
+        None => println!("key:          (none registered: run `keyward tenant register-key`)"),
+    }
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+    Ok(buf)
+}
+
+fn context_map(pairs: Vec<(String, String)>) -> anyhow::Result<HashMap<String, String>> {
+    let mut map = HashMap::new();
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v).is_some() {
+            bail!("context key {k:?} given twice");
+        }
+    }
+    Ok(map)
+}
+
+async fn encrypt(endpoint: &str, args: EncryptArgs) -> anyhow::Result<()> {
+    let plaintext = read_stdin()?;
+    let mut client = CryptoServiceClient::new(channel(endpoint).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let response = client
+        .encrypt(pb::EncryptRequest {
+            tenant_id: args.tenant,
+            plaintext,
+            encryption_context: context_map(args.context)?,
+            scope: args.scope,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Encoding::Raw => out.write_all(&response.envelope)?,
+        Encoding::Base64 => writeln!(
+            out,
+            "{}",
+            base64::engine::general_purpose::STANDARD.encode(&response.envelope)
+        )?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn decrypt(endpoint: &str, args: DecryptArgs) -> anyhow::Result<()> {
+    let input = read_stdin()?;
+    let envelope = match args.input {
+        Encoding::Raw => input,
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(input.trim_ascii())
+            .context("stdin is not valid base64")?,
+    };
+    let mut client = CryptoServiceClient::new(channel(endpoint).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let response = client
+        .decrypt(pb::DecryptRequest {
+            tenant_id: args.tenant,
+            envelope,
+            encryption_context: context_map(args.context)?,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    out.write_all(&response.plaintext)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn key(cmd: KeyCommand) -> anyhow::Result<()> {
+    let dir = match &cmd {
+        KeyCommand::Create { dir, .. }
+        | KeyCommand::Disable { dir, .. }
+        | KeyCommand::Enable { dir, .. }
+        | KeyCommand::List { dir } => dir,
+    };
+    let path = match &dir.local_kms_dir {
+        Some(path) => path.clone(),
+        None => Config::load(dir.config.as_deref())?.resolve()?.local_kms_dir,
+    };
+    let provider = LocalProvider::open(&path)?;
+    match &cmd {
+        KeyCommand::Create { name, .. } => {
+            provider.create_key(name)?;
+            println!("created local key {name:?} in {}", path.display());
+        }
+        KeyCommand::Disable { name, .. } => {
+            provider.set_enabled(name, false)?;
+            println!(
+                "disabled local key {name:?}: Keyward's calls to it are now refused; cached keys stop serving within the cache TTL"
+            );
+        }
+        KeyCommand::Enable { name, .. } => {
+            provider.set_enabled(name, true)?;
+            println!("enabled local key {name:?}");
+        }
+        KeyCommand::List { .. } => {
+            for (name, state) in provider.list_keys()? {
+                println!("{name}\t{}", state.as_str());
+            }
+        }
+    }
+    Ok(())
+}

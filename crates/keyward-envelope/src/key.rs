@@ -1,0 +1,393 @@
+//! Key material and key identifiers: [`SecretKey`], [`WrappedKey`], [`KeyId`], and the local
+//! key-wrapping construction [`wrap_key`] / [`unwrap_key`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::aead::{self, NONCE_LEN, TAG_LEN};
+use crate::error::{CryptoError, EnvelopeError};
+
+/// Length in bytes of every symmetric key Keyward handles (AES-256).
+pub const KEY_LEN: usize = 32;
+
+/// Length in bytes of a [`KeyId`].
+pub const KEY_ID_LEN: usize = 16;
+
+/// Format byte that starts every [`WrappedKey`] produced by [`wrap_key`].
+pub const WRAPPED_KEY_FORMAT: u8 = 0x01;
+
+/// Length in bytes of a [`WrappedKey`] produced by [`wrap_key`]:
+/// format byte (1) + nonce (12) + encrypted key (32) + GCM tag (16) = 61.
+pub const WRAPPED_KEY_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
+
+/// A 256-bit secret key: a DEK, a tenant key or a local master key.
+///
+/// The bytes are zeroized when the value is dropped. The type deliberately implements neither
+/// `Debug` nor `Clone` (nor any serialisation), so key material cannot reach a log line or be
+/// duplicated by accident; [`SecretKey::expose_secret`] is the one explicit way to the bytes.
+///
+/// ```compile_fail,E0277
+/// let key = keyward_envelope::SecretKey::from_bytes([7u8; 32]);
+/// let _ = format!("{:?}", key); // SecretKey has no Debug
+/// ```
+///
+/// ```compile_fail,E0599
+/// let key = keyward_envelope::SecretKey::from_bytes([7u8; 32]);
+/// let _copy = key.clone(); // SecretKey has no Clone
+/// ```
+#[allow(
+    missing_debug_implementations,
+    reason = "secret key material must never be formatted"
+)]
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl SecretKey {
+    /// Generates a fresh key from the system CSPRNG (via `aws_lc_rs::rand`).
+    pub fn generate() -> Result<SecretKey, CryptoError> {
+        let mut key = SecretKey {
+            bytes: [0u8; KEY_LEN],
+        };
+        aws_lc_rs::rand::fill(&mut key.bytes).map_err(|_| CryptoError::Rng)?;
+        Ok(key)
+    }
+
+    /// Wraps existing key bytes. The array is moved in; callers holding the bytes elsewhere
+    /// (for example in a decoding buffer) are responsible for zeroizing that copy.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> SecretKey {
+        SecretKey { bytes }
+    }
+
+    /// Copies key bytes from a slice, which must be exactly [`KEY_LEN`] bytes long.
+    pub fn try_from_slice(bytes: &[u8]) -> Result<SecretKey, CryptoError> {
+        if bytes.len() != KEY_LEN {
+            return Err(CryptoError::InvalidKeyLength(bytes.len()));
+        }
+        let mut key = SecretKey {
+            bytes: [0u8; KEY_LEN],
+        };
+        key.bytes.copy_from_slice(bytes);
+        Ok(key)
+    }
+
+    /// An all-zero key, to be filled in place by a KDF (avoids copying key bytes around).
+    pub(crate) fn zeroed() -> SecretKey {
+        SecretKey {
+            bytes: [0u8; KEY_LEN],
+        }
+    }
+
+    /// Mutable access for in-place filling; crate-internal only.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8; KEY_LEN] {
+        &mut self.bytes
+    }
+
+    /// The raw key bytes. Use only where the key is handed to a cryptographic primitive or to
+    /// a KMS wrap call; never log or persist the result.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+}
+
+/// Opaque wrapped-key bytes: a key encrypted under another key, by [`wrap_key`] or by a KMS.
+///
+/// Not secret (it is what the store persists), but its `Debug` shows only the length, because
+/// the bytes are useless in a log and noisy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey(Vec<u8>);
+
+impl WrappedKey {
+    /// Wraps bytes obtained from a store or a KMS response.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        WrappedKey(bytes)
+    }
+
+    /// The wrapped bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Consumes the value, returning the wrapped bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedKey({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for WrappedKey {
+    fn from(bytes: Vec<u8>) -> Self {
+        WrappedKey(bytes)
+    }
+}
+
+/// A 16-byte random identifier for DEKs and tenant keys.
+///
+/// Displayed and parsed as exactly 32 hexadecimal characters (displayed lowercase; parsing
+/// accepts either case). Not secret.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId([u8; KEY_ID_LEN]);
+
+impl KeyId {
+    /// Generates a fresh random identifier (128 bits from the system CSPRNG, so identifiers
+    /// collide with probability about n²/2¹²⁹).
+    pub fn generate() -> Result<KeyId, CryptoError> {
+        let mut bytes = [0u8; KEY_ID_LEN];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CryptoError::Rng)?;
+        Ok(KeyId(bytes))
+    }
+
+    /// Wraps existing identifier bytes.
+    pub fn from_bytes(bytes: [u8; KEY_ID_LEN]) -> Self {
+        KeyId(bytes)
+    }
+
+    /// Parses identifier bytes from a slice, which must be exactly [`KEY_ID_LEN`] bytes long
+    /// (for example a `BLOB` column).
+    pub fn try_from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        <[u8; KEY_ID_LEN]>::try_from(bytes)
+            .map(KeyId)
+            .map_err(|_| EnvelopeError::Malformed("key id must be exactly 16 bytes"))
+    }
+
+    /// The identifier bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_ID_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", hex::encode(self.0))
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = EnvelopeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const MSG: &str = "key id must be exactly 32 hexadecimal characters";
+        if s.len() != 2 * KEY_ID_LEN {
+            return Err(EnvelopeError::Malformed(MSG));
+        }
+        let mut bytes = [0u8; KEY_ID_LEN];
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| EnvelopeError::Malformed(MSG))?;
+        Ok(KeyId(bytes))
+    }
+}
+
+/// Wraps (encrypts) `key` under `wrapping_key` with AES-256-GCM, a fresh random 96-bit nonce
+/// and the caller's `aad`.
+///
+/// Output format (61 bytes): `0x01 || nonce (12) || encrypted key (32) || GCM tag (16)`. The AAD
+/// is exactly the caller's `aad`; it is not stored and must be presented again to
+/// [`unwrap_key`]. Used for DEKs under the tenant key and by the local development KMS provider.
+///
+/// Because the nonce is random, one wrapping key should wrap at most about 2³² keys: the chance
+/// that two of q random 96-bit nonces collide is about q²/2⁹⁷, i.e. 2⁻³³ at q = 2³² (see
+/// `docs/envelope-format.md`).
+pub fn wrap_key(
+    wrapping_key: &SecretKey,
+    key: &SecretKey,
+    aad: &[u8],
+) -> Result<WrappedKey, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CryptoError::Rng)?;
+
+    let aead_key = aead::AeadKey::new(wrapping_key)?;
+    let mut out = Vec::with_capacity(WRAPPED_KEY_LEN);
+    out.push(WRAPPED_KEY_FORMAT);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(key.expose_secret());
+    let body_start = 1 + NONCE_LEN;
+    let sealed = aead_key
+        .seal_in_place_separate_tag(&nonce, aad, &mut out[body_start..])
+        .map(|tag| out.extend_from_slice(&tag));
+    if let Err(e) = sealed {
+        // The buffer may still hold the plaintext key.
+        out.zeroize();
+        return Err(e);
+    }
+    Ok(WrappedKey(out))
+}
+
+/// Unwraps a key produced by [`wrap_key`] with the same `wrapping_key` and `aad`.
+///
+/// Every failure (wrong length, unknown format byte, wrong wrapping key, wrong AAD, tampering)
+/// is reported as [`CryptoError::Unwrap`], so that the error is not an oracle.
+pub fn unwrap_key(
+    wrapping_key: &SecretKey,
+    wrapped: &WrappedKey,
+    aad: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    let bytes = wrapped.as_bytes();
+    if bytes.len() != WRAPPED_KEY_LEN || bytes[0] != WRAPPED_KEY_FORMAT {
+        return Err(CryptoError::Unwrap);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&bytes[1..1 + NONCE_LEN]);
+    // Decrypt in place inside a key-sized buffer that is itself zeroized on drop.
+    let mut buf = zeroize::Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
+    buf.copy_from_slice(&bytes[1 + NONCE_LEN..]);
+    let aead_key = aead::AeadKey::new(wrapping_key).map_err(|_| CryptoError::Unwrap)?;
+    let plain = aead_key
+        .open_in_place(&nonce, aad, &mut buf[..])
+        .map_err(|_| CryptoError::Unwrap)?;
+    SecretKey::try_from_slice(plain).map_err(|_| CryptoError::Unwrap)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    /// Compile-time proof that `SecretKey` implements neither `Debug` nor `Clone` (the
+    /// `static_assertions::assert_not_impl_any!` trick: if `SecretKey` implemented the trait,
+    /// both blanket impls would apply and the inferred `_` below would be ambiguous). Unlike
+    /// the `compile_fail` doc-tests, this cannot pass for an unrelated compile error.
+    #[allow(dead_code, reason = "only has to type-check")]
+    const _: fn() = || {
+        trait AmbiguousIfImpl<A> {
+            fn some_item() {}
+        }
+        impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
+        struct Debuggable;
+        struct Cloneable;
+        impl<T: ?Sized + fmt::Debug> AmbiguousIfImpl<Debuggable> for T {}
+        impl<T: ?Sized + Clone> AmbiguousIfImpl<Cloneable> for T {}
+        let _ = <SecretKey as AmbiguousIfImpl<_>>::some_item;
+    };
+
+    #[test]
+    fn generated_keys_differ() {
+        let a = SecretKey::generate().unwrap();
+        let b = SecretKey::generate().unwrap();
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_ne!(a.expose_secret(), &[0u8; KEY_LEN]);
+    }
+
+    #[test]
+    fn try_from_slice_checks_length() {
+        for len in [0usize, 1, 16, 31, 33, 64] {
+            let v = vec![1u8; len];
+            assert!(matches!(
+                SecretKey::try_from_slice(&v),
+                Err(CryptoError::InvalidKeyLength(l)) if l == len
+            ));
+        }
+        let k = SecretKey::try_from_slice(&[9u8; 32]).unwrap();
+        assert_eq!(k.expose_secret(), &[9u8; 32]);
+    }
+
+    #[test]
+    fn zeroize_clears_key_bytes() {
+        let mut k = SecretKey::from_bytes([0xAB; KEY_LEN]);
+        k.zeroize();
+        assert_eq!(k.expose_secret(), &[0u8; KEY_LEN]);
+    }
+
+    #[test]
+    fn wrapped_key_debug_shows_length_only() {
+        let w = WrappedKey::new(vec![0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(format!("{w:?}"), "WrappedKey(4 bytes)");
+        assert_eq!(w.clone().into_bytes(), vec![0xde, 0xad, 0xbe, 0xef]);
+    }
+
+    #[test]
+    fn key_id_display_and_parse_round_trip() {
+        let id = KeyId::from_bytes(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\xff");
+        let s = id.to_string();
+        assert_eq!(s, "000102030405060708090a0b0c0d0eff");
+        assert_eq!(format!("{id:?}"), "KeyId(000102030405060708090a0b0c0d0eff)");
+        assert_eq!(s.parse::<KeyId>().unwrap(), id);
+        assert_eq!(s.to_uppercase().parse::<KeyId>().unwrap(), id);
+        assert_eq!(KeyId::try_from_slice(id.as_bytes()).unwrap(), id);
+    }
+
+    #[test]
+    fn key_id_parse_rejects_bad_input() {
+        for bad in [
+            "",
+            "00",
+            "000102030405060708090a0b0c0d0e",     // 30 chars
+            "000102030405060708090a0b0c0d0eff00", // 34 chars
+            "000102030405060708090a0b0c0d0eg0",   // non-hex
+            "+00102030405060708090a0b0c0d0eff",   // sign
+            "é0102030405060708090a0b0c0d0ef",     // 32 bytes, non-ASCII
+        ] {
+            assert!(
+                matches!(bad.parse::<KeyId>(), Err(EnvelopeError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(KeyId::try_from_slice(&[0u8; 15]).is_err());
+        assert!(KeyId::try_from_slice(&[0u8; 17]).is_err());
+    }
+
+    #[test]
+    fn key_id_generate_is_random() {
+        assert_ne!(KeyId::generate().unwrap(), KeyId::generate().unwrap());
+    }
+
+    #[test]
+    fn wrap_unwrap_round_trip_and_format() {
+        let kek = SecretKey::generate().unwrap();
+        let dek = SecretKey::generate().unwrap();
+        let w = wrap_key(&kek, &dek, b"tenant=acme").unwrap();
+        assert_eq!(w.as_bytes().len(), WRAPPED_KEY_LEN);
+        assert_eq!(w.as_bytes().len(), 61);
+        assert_eq!(w.as_bytes()[0], WRAPPED_KEY_FORMAT);
+        // The key bytes do not appear in clear.
+        assert!(
+            w.as_bytes()
+                .windows(KEY_LEN)
+                .all(|win| win != dek.expose_secret())
+        );
+        let back = unwrap_key(&kek, &w, b"tenant=acme").unwrap();
+        assert_eq!(back.expose_secret(), dek.expose_secret());
+        // Fresh nonce each time.
+        let w2 = wrap_key(&kek, &dek, b"tenant=acme").unwrap();
+        assert_ne!(w, w2);
+    }
+
+    #[test]
+    fn unwrap_failures_are_coarse() {
+        let kek = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let dek = SecretKey::generate().unwrap();
+        let w = wrap_key(&kek, &dek, b"aad").unwrap();
+
+        let is_unwrap = |r: Result<SecretKey, CryptoError>| matches!(r, Err(CryptoError::Unwrap));
+        assert!(is_unwrap(unwrap_key(&other, &w, b"aad")));
+        assert!(is_unwrap(unwrap_key(&kek, &w, b"aae")));
+        assert!(is_unwrap(unwrap_key(&kek, &w, b"")));
+        for i in 0..w.as_bytes().len() {
+            for bit in 0..8 {
+                let mut b = w.clone().into_bytes();
+                b[i] ^= 1 << bit;
+                assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(b), b"aad")));
+            }
+        }
+        let mut long = w.clone().into_bytes();
+        long.push(0);
+        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(long), b"aad")));
+        let short = w.as_bytes()[..WRAPPED_KEY_LEN - 1].to_vec();
+        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(short), b"aad")));
+        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(Vec::new()), b"aad")));
+    }
+}

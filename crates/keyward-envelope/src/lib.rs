@@ -1,0 +1,55 @@
+//! Keyward envelope format v1, AES-256-GCM with per-message keys and key commitment, and the
+//! secret key types. No I/O.
+//!
+//! - [`seal`] / [`parse`] + [`Envelope::open`]: the data envelope callers store. Specified byte
+//!   by byte in `docs/envelope-format.md`, with test vectors in `docs/envelope/vectors-v1.json`.
+//! - [`wrap_key`] / [`unwrap_key`]: a 256-bit key wrapped under another (DEKs under the tenant
+//!   key; the local development KMS provider).
+//! - [`SecretKey`], [`WrappedKey`], [`KeyId`], [`TenantId`], [`EncryptionContext`]: validated
+//!   domain types. Secrets are zeroized on drop and have no `Debug` or `Clone`.
+//! - [`aead`]: the raw AES-256-GCM layer (hazmat), tested against Wycheproof.
+//!
+//! All cryptography comes from `aws-lc-rs` (see `docs/adr/0001-aead-library.md`).
+//!
+//! ```
+//! use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId};
+//!
+//! # fn main() -> Result<(), keyward_envelope::EnvelopeError> {
+//! let dek = SecretKey::generate()?;
+//! let dek_id = KeyId::generate()?;
+//! let tenant: TenantId = "acme".parse()?;
+//! let ctx = EncryptionContext::try_from_map([("purpose".into(), "chat".into())].into())?;
+//!
+//! let envelope = keyward_envelope::seal(&dek, &tenant, &dek_id, &ctx, b"hello")?;
+//!
+//! let parsed = keyward_envelope::parse(&envelope)?;
+//! assert_eq!(parsed.header().dek_id(), &dek_id); // look the DEK up by this id
+//! let plaintext = parsed.open(&dek, &ctx)?;
+//! assert_eq!(&plaintext[..], b"hello");
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod aead;
+mod context;
+mod envelope;
+mod error;
+mod key;
+mod tenant;
+
+pub use context::{
+    CONTEXT_MAX_ENCODED_LEN, CONTEXT_MAX_ENTRIES, CONTEXT_MAX_KEY_LEN, CONTEXT_MAX_VALUE_LEN,
+    EncryptionContext, RESERVED_PREFIX,
+};
+pub use envelope::{
+    COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION,
+    HEADER_FIXED_LEN, Header, MAGIC, SALT_LEN, Suite, parse, seal, seal_with_salt, sealed_len,
+};
+pub use error::{CryptoError, EnvelopeError};
+pub use key::{
+    KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, WrappedKey,
+    unwrap_key, wrap_key,
+};
+pub use tenant::{TENANT_ID_MAX_LEN, TenantId};

@@ -1,0 +1,250 @@
+//! Server configuration: raw values from defaults, an optional TOML file and
+//! `KEYWARD_*` environment variables, resolved into validated [`Settings`].
+//!
+//! Precedence (later wins): built-in defaults, the config file, environment
+//! variables (`KEYWARD_LISTEN`, `KEYWARD_DATA_DIR`, nested keys with a double
+//! underscore: `KEYWARD_CACHE__TTL_SECONDS`), then command-line flags applied
+//! by the CLI.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format as _, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the gRPC listener. Port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and, by default, the local key directory.
+    pub data_dir: PathBuf,
+    /// Largest plaintext accepted by `Encrypt`, in bytes.
+    pub max_plaintext_bytes: usize,
+    pub cache: CacheConfig,
+    pub rotation: RotationConfig,
+    pub local_kms: LocalKmsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long an unwrapped tenant key or DEK stays in memory after the KEK
+    /// last agreed to unwrap its tenant key. This is the upper bound of the
+    /// revocation window when nothing else signals revocation.
+    pub ttl_seconds: u64,
+    /// Maximum number of unwrapped tenant keys held.
+    pub max_tenant_keys: u64,
+    /// Maximum number of unwrapped DEKs held (decrypt and encrypt caches each).
+    pub max_deks: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// A scope's active DEK is replaced once it is this old.
+    pub max_age_seconds: u64,
+    /// ... or once it has encrypted this many messages (per replica).
+    pub max_messages: u64,
+    /// ... or this many plaintext bytes (per replica).
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalKmsConfig {
+    /// Directory of the local development KEKs; default `<data_dir>/local-kms`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./keyward-data"),
+            max_plaintext_bytes: 1024 * 1024,
+            cache: CacheConfig::default(),
+            rotation: RotationConfig::default(),
+            local_kms: LocalKmsConfig::default(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 300,
+            max_tenant_keys: 100_000,
+            max_deks: 1_000_000,
+        }
+    }
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            max_age_seconds: 24 * 60 * 60,
+            max_messages: 1 << 20,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `KEYWARD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // KEYWARD_LOG and KEYWARD_ENDPOINT belong to the CLI, not to the server config.
+        figment = figment.merge(
+            Env::prefixed("KEYWARD_")
+                .ignore(&["log", "endpoint"])
+                .split("__"),
+        );
+        figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    /// Checks the values and resolves derived paths.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.max_plaintext_bytes == 0 || self.max_plaintext_bytes > MAX_PLAINTEXT_CEILING {
+            return invalid("max_plaintext_bytes must be between 1 and 64 MiB");
+        }
+        if self.cache.ttl_seconds == 0 {
+            return invalid("cache.ttl_seconds must be at least 1");
+        }
+        if self.cache.max_tenant_keys == 0 || self.cache.max_deks == 0 {
+            return invalid("cache.max_tenant_keys and cache.max_deks must be at least 1");
+        }
+        if self.rotation.max_age_seconds == 0 || self.rotation.max_messages == 0 {
+            return invalid("rotation.max_age_seconds and rotation.max_messages must be at least 1");
+        }
+        if self.rotation.max_messages > MAX_MESSAGES_PER_DEK {
+            return invalid("rotation.max_messages must be at most 2^40 (the envelope format's bound)");
+        }
+        if self.rotation.max_bytes < self.max_plaintext_bytes as u64 {
+            return invalid("rotation.max_bytes must be at least max_plaintext_bytes");
+        }
+        let local_kms_dir = self
+            .local_kms
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("local-kms"));
+        Ok(Settings {
+            listen: self.listen,
+            database_path: self.data_dir.join("keyward.db"),
+            data_dir: self.data_dir.clone(),
+            local_kms_dir,
+            max_plaintext_bytes: self.max_plaintext_bytes,
+            cache_ttl: Duration::from_secs(self.cache.ttl_seconds),
+            max_tenant_keys: self.cache.max_tenant_keys,
+            max_deks: self.cache.max_deks,
+            rotation: RotationPolicy {
+                max_age: Duration::from_secs(self.rotation.max_age_seconds),
+                max_messages: self.rotation.max_messages,
+                max_bytes: self.rotation.max_bytes,
+            },
+        })
+    }
+}
+
+/// gRPC itself caps messages; a plaintext above this would not be a sensible
+/// single Encrypt call anyway.
+const MAX_PLAINTEXT_CEILING: usize = 64 * 1024 * 1024;
+/// docs/envelope-format.md: per-message keys keep 2^40 messages per DEK safe.
+const MAX_MESSAGES_PER_DEK: u64 = 1 << 40;
+
+/// Validated settings the server runs with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_path: PathBuf,
+    pub local_kms_dir: PathBuf,
+    pub max_plaintext_bytes: usize,
+    pub cache_ttl: Duration,
+    pub max_tenant_keys: u64,
+    pub max_deks: u64,
+    pub rotation: RotationPolicy,
+}
+
+/// When a scope's active DEK is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    pub max_age: Duration,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Config::default().resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.database_path, PathBuf::from("./keyward-data/keyward.db"));
+        assert_eq!(s.local_kms_dir, PathBuf::from("./keyward-data/local-kms"));
+        assert_eq!(s.cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.cache.ttl_seconds, 7);
+        assert_eq!(c.listen.port(), 0);
+
+        std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/keyward.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_field_named() {
+        let mut c = Config::default();
+        c.cache.ttl_seconds = 0;
+        assert!(c.resolve().unwrap_err().to_string().contains("cache.ttl_seconds"));
+        let mut c = Config::default();
+        c.rotation.max_bytes = 10;
+        assert!(c.resolve().unwrap_err().to_string().contains("rotation.max_bytes"));
+        let mut c = Config::default();
+        c.rotation.max_messages = (1 << 40) + 1;
+        assert!(c.resolve().unwrap_err().to_string().contains("2^40"));
+    }
+}

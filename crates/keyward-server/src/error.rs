@@ -1,0 +1,270 @@
+//! Domain errors of the service and their one exhaustive mapping to gRPC
+//! status codes with `google.rpc.ErrorInfo` details. The table in
+//! `docs/errors.md` mirrors [`ServiceError::to_status`]; keep them together.
+
+use std::{collections::HashMap, time::Duration};
+
+use keyward_envelope::EnvelopeError;
+use keyward_kms::{ErrorKind, ProviderError};
+use keyward_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// `ErrorInfo.domain` of every error Keyward returns.
+pub const ERROR_DOMAIN: &str = "keyward.v1";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("invalid {field}: {description}")]
+    InvalidArgument {
+        field: &'static str,
+        description: String,
+    },
+    #[error("plaintext is {size} bytes; the limit is {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(#[source] EnvelopeError),
+    #[error("unsupported envelope: {0}")]
+    UnsupportedEnvelope(#[source] EnvelopeError),
+    #[error("the envelope belongs to another tenant than the one named in the request")]
+    TenantMismatch,
+    /// Deliberately coarse: wrong context, wrong key and tampering look alike.
+    #[error(
+        "the envelope could not be decrypted: the encryption context differs from the one used to encrypt, or the envelope was altered"
+    )]
+    DecryptFailed,
+    #[error("tenant {0} does not exist")]
+    TenantNotFound(String),
+    #[error("tenant {0} already exists")]
+    TenantAlreadyExists(String),
+    #[error("the data key of this envelope does not exist for tenant {0} (it may have been shredded)")]
+    DataKeyNotFound(String),
+    #[error("tenant {0} has no key registered; call RegisterKey first")]
+    NoKeyRegistered(String),
+    #[error("the tenant's key-encryption key refused the operation: {0}")]
+    KeyRefused(#[source] ProviderError),
+    #[error("the key-encryption key was not found: {0}")]
+    KeyNotFound(#[source] ProviderError),
+    #[error("the key-encryption key is misconfigured: {0}")]
+    KeyMisconfigured(#[source] ProviderError),
+    #[error("the key management service is unavailable: {0}")]
+    KmsUnavailable(#[source] ProviderError),
+    #[error("a stored wrapped key was rejected as invalid ciphertext: {0}")]
+    WrappedKeyRejected(String),
+    #[error("storage error: {0}")]
+    Store(#[source] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A concurrent writer won a race; nothing changed and a retry is safe.
+    #[error("conflict: {0}; retry the request")]
+    Conflict(String),
+    /// The same failure handed to several waiters of one single-flight load.
+    #[error(transparent)]
+    Shared(std::sync::Arc<ServiceError>),
+}
+
+impl ServiceError {
+    pub(crate) fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            description: description.into(),
+        }
+    }
+
+    /// Classifies a KEK provider error (the provider already classified its SDK's error).
+    pub(crate) fn from_provider(e: ProviderError) -> Self {
+        match e.kind() {
+            ErrorKind::Refused => Self::KeyRefused(e),
+            ErrorKind::NotFound => Self::KeyNotFound(e),
+            ErrorKind::Misconfigured => Self::KeyMisconfigured(e),
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout => {
+                Self::KmsUnavailable(e)
+            }
+            ErrorKind::InvalidCiphertext => Self::WrappedKeyRejected(e.to_string()),
+            // ErrorKind is non_exhaustive: a kind added later is treated as a
+            // transient failure until it is classified here, never as success.
+            _ => Self::KmsUnavailable(e),
+        }
+    }
+
+    /// Stable machine-readable reason (`ErrorInfo.reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::MalformedEnvelope(_) => "MALFORMED_ENVELOPE",
+            Self::UnsupportedEnvelope(_) => "UNSUPPORTED_ENVELOPE",
+            Self::TenantMismatch => "TENANT_MISMATCH",
+            Self::DecryptFailed => "DECRYPT_FAILED",
+            Self::TenantNotFound(_) => "TENANT_NOT_FOUND",
+            Self::TenantAlreadyExists(_) => "TENANT_ALREADY_EXISTS",
+            Self::DataKeyNotFound(_) => "DATA_KEY_NOT_FOUND",
+            Self::NoKeyRegistered(_) => "NO_KEY_REGISTERED",
+            Self::KeyRefused(_) => "KEY_REFUSED",
+            Self::KeyNotFound(_) => "KEY_NOT_FOUND",
+            Self::KeyMisconfigured(_) => "KEY_MISCONFIGURED",
+            Self::KmsUnavailable(_) => "KMS_UNAVAILABLE",
+            Self::WrappedKeyRejected(_) => "WRAPPED_KEY_REJECTED",
+            Self::Store(_) => "STORE_ERROR",
+            Self::Internal(_) => "INTERNAL",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Shared(inner) => inner.reason(),
+        }
+    }
+
+    /// gRPC status code; the one place the domain meets the transport.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::MalformedEnvelope(_)
+            | Self::UnsupportedEnvelope(_)
+            | Self::TenantMismatch
+            | Self::DecryptFailed => Code::InvalidArgument,
+            Self::TenantNotFound(_) | Self::DataKeyNotFound(_) => Code::NotFound,
+            Self::TenantAlreadyExists(_) => Code::AlreadyExists,
+            Self::NoKeyRegistered(_)
+            | Self::KeyRefused(_)
+            | Self::KeyNotFound(_)
+            | Self::KeyMisconfigured(_) => Code::FailedPrecondition,
+            Self::KmsUnavailable(_) => Code::Unavailable,
+            Self::WrappedKeyRejected(_) => Code::DataLoss,
+            Self::Store(_) | Self::Internal(_) => Code::Internal,
+            Self::Conflict(_) => Code::Aborted,
+            Self::Shared(inner) => inner.code(),
+        }
+    }
+
+    /// The status returned to the caller. Internal failures are logged with a
+    /// fresh request id and the caller gets only that id, never the cause.
+    pub fn to_status(&self) -> Status {
+        if let Self::Shared(inner) = self {
+            return inner.to_status();
+        }
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        let message = match self {
+            Self::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(*field, description.clone());
+                self.to_string()
+            }
+            Self::PayloadTooLarge { limit, .. } => {
+                metadata.insert("limit_bytes".to_owned(), limit.to_string());
+                details.add_bad_request_violation("plaintext", self.to_string());
+                self.to_string()
+            }
+            Self::KeyRefused(e)
+            | Self::KeyNotFound(e)
+            | Self::KeyMisconfigured(e)
+            | Self::KmsUnavailable(e) => {
+                metadata.insert("provider_error".to_owned(), e.kind().as_str().to_owned());
+                if matches!(self, Self::KmsUnavailable(_)) {
+                    details.set_retry_info(Some(Duration::from_secs(1)));
+                }
+                self.to_string()
+            }
+            Self::WrappedKeyRejected(_) | Self::Store(_) | Self::Internal(_) => {
+                let request_id = uuid::Uuid::new_v4().to_string();
+                tracing::error!(%request_id, error = %self, reason = self.reason(), "request failed");
+                details.set_request_info(request_id.clone(), "");
+                format!(
+                    "internal error ({}); request id {request_id}",
+                    self.reason().to_lowercase()
+                )
+            }
+            _ => self.to_string(),
+        };
+        details.set_error_info(self.reason(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(self.code(), message, details)
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        e.to_status()
+    }
+}
+
+impl ServiceError {
+    /// The error itself, seen through any [`ServiceError::Shared`] wrapping.
+    pub fn root(&self) -> &ServiceError {
+        match self {
+            Self::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(what),
+            other => Self::Store(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn info(status: &Status) -> (String, HashMap<String, String>) {
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        (info.reason, info.metadata)
+    }
+
+    #[test]
+    fn every_status_carries_error_info_with_its_reason() {
+        let cases = [
+            (ServiceError::invalid("tenant_id", "empty"), Code::InvalidArgument),
+            (ServiceError::TenantMismatch, Code::InvalidArgument),
+            (ServiceError::DecryptFailed, Code::InvalidArgument),
+            (ServiceError::TenantNotFound("t".into()), Code::NotFound),
+            (ServiceError::NoKeyRegistered("t".into()), Code::FailedPrecondition),
+            (
+                ServiceError::from_provider(ProviderError::new(ErrorKind::Refused, "disabled")),
+                Code::FailedPrecondition,
+            ),
+            (
+                ServiceError::from_provider(ProviderError::new(ErrorKind::Throttled, "slow")),
+                Code::Unavailable,
+            ),
+            (
+                ServiceError::from_provider(ProviderError::new(ErrorKind::Timeout, "slow")),
+                Code::Unavailable,
+            ),
+            (
+                ServiceError::from_provider(ProviderError::new(ErrorKind::InvalidCiphertext, "x")),
+                Code::DataLoss,
+            ),
+        ];
+        for (err, code) in cases {
+            let status = err.to_status();
+            assert_eq!(status.code(), code, "{err}");
+            assert_eq!(info(&status).0, err.reason());
+        }
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause_behind_a_request_id() {
+        let status = ServiceError::Internal("secret detail".into()).to_status();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret detail"));
+        let details = status.get_error_details();
+        let request_id = &details.request_info().unwrap().request_id;
+        assert!(status.message().contains(request_id.as_str()));
+    }
+
+    #[test]
+    fn payload_too_large_names_the_limit() {
+        let status = ServiceError::PayloadTooLarge { size: 10, limit: 5 }.to_status();
+        let (reason, metadata) = info(&status);
+        assert_eq!(reason, "PAYLOAD_TOO_LARGE");
+        assert_eq!(metadata["limit_bytes"], "5");
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations.len(), 1);
+    }
+}

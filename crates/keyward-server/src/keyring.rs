@@ -1,0 +1,627 @@
+//! The key hierarchy on the data path: KEK (customer's KMS) -> tenant key ->
+//! DEKs, with TTL-bounded in-memory caches of the unwrapped keys.
+//!
+//! Invariants (docs/architecture.md, "Key hierarchy"):
+//! - The only KEK call on the data path is the unwrap of a tenant key, once
+//!   per TTL per replica, single-flight under concurrent misses.
+//! - A cached DEK never outlives the tenant key it was unwrapped under: its
+//!   expiry is `min(now + ttl, tenant_key.expires_at)`, so the TTL bounds the
+//!   time from the KEK last agreeing to the last plaintext served.
+//! - A DEK is committed to the store before any envelope under it is returned.
+
+use std::{
+    fmt,
+    str::FromStr as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use keyward_envelope::{
+    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, unwrap_key,
+    wrap_key,
+};
+use keyward_kms::{
+    ErrorKind, KeyProvider, KeyRef, KeyState, ProviderError, ProviderKind, Purpose, WrapContext,
+};
+use keyward_store::{DekRecord, KekBinding, KekState, NewDek, NewKekBinding, Scope, Store, TenantRecord};
+use moka::{Expiry, future::Cache, ops::compute::Op};
+use subtle::ConstantTimeEq as _;
+use zeroize::Zeroizing;
+
+use crate::{config::RotationPolicy, error::ServiceError};
+
+/// How often one Encrypt may find its scope's DEK exhausted and rotate it.
+const MAX_ENCRYPT_ATTEMPTS: usize = 32;
+
+/// The KEK providers this server can reach, by kind.
+#[derive(Debug, Default, Clone)]
+pub struct Providers {
+    by_kind: Vec<Arc<dyn KeyProvider>>,
+}
+
+impl Providers {
+    #[must_use]
+    pub fn with(mut self, provider: Arc<dyn KeyProvider>) -> Self {
+        self.by_kind.retain(|p| p.kind() != provider.kind());
+        self.by_kind.push(provider);
+        self
+    }
+
+    fn get(&self, kind: ProviderKind) -> Result<&Arc<dyn KeyProvider>, ServiceError> {
+        self.by_kind.iter().find(|p| p.kind() == kind).ok_or_else(|| {
+            ServiceError::KeyMisconfigured(ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!("the {kind} provider is not enabled on this server"),
+            ))
+        })
+    }
+}
+
+/// Limits and lifetimes of the key caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub max_tenant_keys: u64,
+    pub max_deks: u64,
+}
+
+/// An unwrapped key in memory, with the instant it must be forgotten.
+struct LiveKey {
+    key: SecretKey,
+    expires_at: Instant,
+}
+
+impl fmt::Debug for LiveKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveKey").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
+/// The active DEK of one (tenant, scope) with its usage on this replica.
+struct ActiveDek {
+    id: KeyId,
+    key: Arc<LiveKey>,
+    created_at_ms: i64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    unflushed_messages: AtomicU64,
+    unflushed_bytes: AtomicU64,
+}
+
+impl fmt::Debug for ActiveDek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveDek").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ActiveDek {
+    /// Counts one message of `len` bytes against the rotation limits; false
+    /// (and nothing counted) when the DEK must be rotated first.
+    fn try_reserve(&self, len: u64, policy: &RotationPolicy) -> bool {
+        if age(self.created_at_ms) >= policy.max_age {
+            return false;
+        }
+        if self.messages.fetch_add(1, Ordering::Relaxed) >= policy.max_messages {
+            self.messages.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.bytes.fetch_add(len, Ordering::Relaxed).saturating_add(len) > policy.max_bytes {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            self.messages.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.unflushed_messages.fetch_add(1, Ordering::Relaxed);
+        self.unflushed_bytes.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+}
+
+trait Expiring {
+    fn expires_at(&self) -> Instant;
+}
+impl Expiring for LiveKey {
+    fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+}
+impl Expiring for ActiveDek {
+    fn expires_at(&self) -> Instant {
+        self.key.expires_at
+    }
+}
+
+/// Per-entry expiry: each value carries its own deadline.
+struct UntilDeadline;
+impl<K, V: Expiring> Expiry<K, Arc<V>> for UntilDeadline {
+    fn expire_after_create(&self, _: &K, value: &Arc<V>, now: Instant) -> Option<Duration> {
+        Some(value.expires_at().saturating_duration_since(now))
+    }
+}
+
+/// Counters of the expensive operations, for tests, metrics and benchmarks.
+#[derive(Debug, Default)]
+struct Counters {
+    kek_unwraps: AtomicU64,
+    kek_generates: AtomicU64,
+    deks_created: AtomicU64,
+}
+
+/// A snapshot of [`Keyring`] counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KeyringStats {
+    /// Tenant-key unwraps sent to a KEK provider (the data path's only KMS call).
+    pub kek_unwraps: u64,
+    /// Tenant keys generated through a KEK provider (registration).
+    pub kek_generates: u64,
+    /// DEKs created and stored.
+    pub deks_created: u64,
+}
+
+type TenantKeyCache = Cache<(TenantId, KeyId), Arc<LiveKey>>;
+type ActiveCache = Cache<(TenantId, Scope), Arc<ActiveDek>>;
+
+/// Tenant onboarding and the encrypt/decrypt data path.
+pub struct Keyring {
+    store: Arc<dyn Store>,
+    providers: Providers,
+    cache: CachePolicy,
+    rotation: RotationPolicy,
+    tenant_keys: TenantKeyCache,
+    deks: TenantKeyCache,
+    active: ActiveCache,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("store", &self.store)
+            .field("providers", &self.providers)
+            .field("cache", &self.cache)
+            .field("rotation", &self.rotation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Providers,
+        cache: CachePolicy,
+        rotation: RotationPolicy,
+    ) -> Self {
+        let flush_store = Arc::clone(&store);
+        let active = Cache::builder()
+            .max_capacity(cache.max_deks)
+            .expire_after(UntilDeadline)
+            .async_eviction_listener(move |key: Arc<(TenantId, Scope)>, dek: Arc<ActiveDek>, _| {
+                let store = Arc::clone(&flush_store);
+                Box::pin(async move { flush_usage(store.as_ref(), &key.0, &dek).await })
+            })
+            .build();
+        Self {
+            tenant_keys: Cache::builder()
+                .max_capacity(cache.max_tenant_keys)
+                .expire_after(UntilDeadline)
+                .build(),
+            deks: Cache::builder()
+                .max_capacity(cache.max_deks)
+                .expire_after(UntilDeadline)
+                .build(),
+            active,
+            store,
+            providers,
+            cache,
+            rotation,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> KeyringStats {
+        KeyringStats {
+            kek_unwraps: self.counters.kek_unwraps.load(Ordering::Relaxed),
+            kek_generates: self.counters.kek_generates.load(Ordering::Relaxed),
+            deks_created: self.counters.deks_created.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    // ----- onboarding -------------------------------------------------------
+
+    pub async fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+    ) -> Result<TenantRecord, ServiceError> {
+        self.store.create_tenant(id, display_name).await.map_err(|e| match e {
+            keyward_store::StoreError::AlreadyExists(_) => {
+                ServiceError::TenantAlreadyExists(id.to_string())
+            }
+            other => ServiceError::Store(other),
+        })
+    }
+
+    pub async fn tenant(
+        &self,
+        id: &TenantId,
+    ) -> Result<(TenantRecord, Option<KekBinding>), ServiceError> {
+        let tenant = self.require_tenant(id).await?;
+        let binding = self.store.active_binding(id).await?;
+        Ok((tenant, binding))
+    }
+
+    /// Validates `kek` (it exists, is enabled, and a generate + unwrap round
+    /// trip under the tenant's real wrap context returns the same key), then
+    /// stores a new tenant key wrapped by it as the tenant's active binding.
+    pub async fn register_key(
+        &self,
+        tenant: &TenantId,
+        kek: &KeyRef,
+    ) -> Result<KekBinding, ServiceError> {
+        self.require_tenant(tenant).await?;
+        let provider = self.providers.get(kek.kind())?;
+        let status = provider.describe(kek).await.map_err(ServiceError::from_provider)?;
+        if status.state != KeyState::Enabled {
+            return Err(ServiceError::KeyRefused(ProviderError::new(
+                ErrorKind::Refused,
+                format!("key {kek} is {}", status.state.as_str()),
+            )));
+        }
+        let tenant_key_id = KeyId::generate().map_err(internal)?;
+        let ctx = WrapContext::new(tenant, &tenant_key_id, Purpose::TenantKey);
+        self.counters.kek_generates.fetch_add(1, Ordering::Relaxed);
+        let (key, wrapped) =
+            provider.generate(kek, &ctx).await.map_err(ServiceError::from_provider)?;
+        self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
+        let back = provider
+            .unwrap(kek, &wrapped, &ctx)
+            .await
+            .map_err(ServiceError::from_provider)?;
+        if !bool::from(key.expose_secret().ct_eq(back.expose_secret())) {
+            return Err(ServiceError::KeyMisconfigured(ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!("key {kek} did not return the wrapped key on unwrap"),
+            )));
+        }
+        let binding = self
+            .store
+            .bind_kek(NewKekBinding {
+                tenant: tenant.clone(),
+                provider: kek.kind().as_str().to_owned(),
+                key_ref: kek.id().to_owned(),
+                tenant_key_id,
+                wrapped_tenant_key: wrapped,
+            })
+            .await?;
+        self.tenant_keys
+            .insert(
+                (tenant.clone(), tenant_key_id),
+                Arc::new(LiveKey {
+                    key,
+                    expires_at: Instant::now() + self.cache.ttl,
+                }),
+            )
+            .await;
+        // New DEKs must go under the new tenant key: drop the active ones.
+        self.invalidate_where(&self.active, |(t, _)| t == tenant).await;
+        Ok(binding)
+    }
+
+    // ----- data path --------------------------------------------------------
+
+    /// Encrypts under the active DEK of (tenant, scope), rotating it first if
+    /// it reached a limit. Returns the envelope and the DEK id.
+    pub async fn encrypt(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        ctx: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, KeyId), ServiceError> {
+        let len = u64::try_from(plaintext.len()).map_err(internal)?;
+        // A fresh DEK accepts any message within the limits (config validation
+        // guarantees max_bytes >= max plaintext), but under heavy concurrency
+        // with tiny limits other requests may fill it first: retry, bounded.
+        for _ in 0..MAX_ENCRYPT_ATTEMPTS {
+            let active = self.active_dek(tenant, scope).await?;
+            if active.try_reserve(len, &self.rotation) {
+                let envelope =
+                    seal(&active.key.key, tenant, &active.id, ctx, plaintext).map_err(internal)?;
+                return Ok((envelope, active.id));
+            }
+            self.rotate(tenant, scope, &active).await?;
+        }
+        Err(ServiceError::Conflict(format!(
+            "the data key of scope {scope} was exhausted by concurrent requests {MAX_ENCRYPT_ATTEMPTS} times"
+        )))
+    }
+
+    pub async fn decrypt(
+        &self,
+        tenant: &TenantId,
+        envelope: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        let envelope = parse(envelope).map_err(classify_parse_error)?;
+        let header = envelope.header();
+        if header.tenant() != tenant {
+            return Err(ServiceError::TenantMismatch);
+        }
+        let dek = self.dek(tenant, header.dek_id()).await?;
+        envelope.open(&dek.key, ctx).map_err(|e| match e {
+            EnvelopeError::DecryptFailed => ServiceError::DecryptFailed,
+            other => classify_parse_error(other),
+        })
+    }
+
+    /// Forgets every cached key of `tenant` (their bytes are zeroized when the
+    /// last in-flight request using them finishes).
+    pub async fn purge_tenant(&self, tenant: &TenantId) {
+        self.invalidate_where(&self.active, |(t, _)| t == tenant).await;
+        self.invalidate_where(&self.deks, |(t, _)| t == tenant).await;
+        self.invalidate_where(&self.tenant_keys, |(t, _)| t == tenant).await;
+    }
+
+    async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool)
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let doomed: Vec<Arc<K>> = cache.iter().filter(|(k, _)| pred(k)).map(|(k, _)| k).collect();
+        for key in doomed {
+            cache.invalidate(key.as_ref()).await;
+        }
+    }
+
+    // ----- loaders (single flight through the caches) ------------------------
+
+    async fn require_tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
+        self.store
+            .get_tenant(id)
+            .await?
+            .ok_or_else(|| ServiceError::TenantNotFound(id.to_string()))
+    }
+
+    /// The unwrapped tenant key `id`: the one KEK call of the data path.
+    async fn tenant_key(&self, tenant: &TenantId, id: &KeyId) -> Result<Arc<LiveKey>, ServiceError> {
+        let result = self
+            .tenant_keys
+            .try_get_with((tenant.clone(), *id), async {
+                let record = self.store.get_tenant_key(tenant, id).await?.ok_or_else(|| {
+                    ServiceError::Internal(format!("tenant key {id} of {tenant} is not in the store"))
+                })?;
+                let kind = ProviderKind::from_str(&record.provider).map_err(|_| {
+                    ServiceError::Internal(format!("unknown provider {:?} in store", record.provider))
+                })?;
+                let kek = KeyRef::new(kind, record.key_ref.clone());
+                let provider = self.providers.get(kind)?;
+                self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
+                let key = provider
+                    .unwrap(&kek, &record.wrapped, &WrapContext::new(tenant, id, Purpose::TenantKey))
+                    .await
+                    .map_err(ServiceError::from_provider)?;
+                Ok(Arc::new(LiveKey {
+                    key,
+                    expires_at: Instant::now() + self.cache.ttl,
+                }))
+            })
+            .await;
+        match result {
+            Ok(key) => Ok(key),
+            Err(shared) => {
+                let err = unshare(shared);
+                if let ServiceError::KeyRefused(e) = err.root() {
+                    tracing::warn!(%tenant, error = %e, "KEK refused: purging the tenant's cached keys");
+                    self.purge_tenant(tenant).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The unwrapped DEK `id` of `tenant`, for decryption.
+    async fn dek(&self, tenant: &TenantId, id: &KeyId) -> Result<Arc<LiveKey>, ServiceError> {
+        self.deks
+            .try_get_with((tenant.clone(), *id), async {
+                let Some(record) = self.store.get_dek(tenant, id).await? else {
+                    self.require_tenant(tenant).await?;
+                    return Err(ServiceError::DataKeyNotFound(tenant.to_string()));
+                };
+                self.unwrap_dek(&record).await
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    async fn unwrap_dek(&self, record: &DekRecord) -> Result<Arc<LiveKey>, ServiceError> {
+        let tenant_key = self.tenant_key(&record.tenant, &record.tenant_key_id).await?;
+        let aad = dek_aad(&record.tenant, &record.scope, &record.id)?;
+        let key = unwrap_key(&tenant_key.key, &record.wrapped, &aad).map_err(|_| {
+            ServiceError::WrappedKeyRejected(format!(
+                "DEK {} of tenant {} does not unwrap under its tenant key",
+                record.id, record.tenant
+            ))
+        })?;
+        Ok(Arc::new(LiveKey {
+            key,
+            expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
+        }))
+    }
+
+    /// The active DEK of (tenant, scope): the stored one if still usable
+    /// (current tenant key, within age and usage limits), else a new one.
+    async fn active_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+    ) -> Result<Arc<ActiveDek>, ServiceError> {
+        self.active
+            .try_get_with((tenant.clone(), scope.clone()), async {
+                let binding = self.usable_binding(tenant).await?;
+                match self.store.active_dek(tenant, scope).await? {
+                    Some(record) if self.is_usable(&record, &binding) => {
+                        let key = self.unwrap_dek(&record).await?;
+                        Ok(Arc::new(ActiveDek {
+                            id: record.id,
+                            key,
+                            created_at_ms: record.created_at_ms,
+                            messages: AtomicU64::new(record.messages),
+                            bytes: AtomicU64::new(record.bytes),
+                            unflushed_messages: AtomicU64::new(0),
+                            unflushed_bytes: AtomicU64::new(0),
+                        }))
+                    }
+                    _ => self.create_dek(tenant, scope, &binding).await,
+                }
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    async fn usable_binding(&self, tenant: &TenantId) -> Result<KekBinding, ServiceError> {
+        let Some(binding) = self.store.active_binding(tenant).await? else {
+            self.require_tenant(tenant).await?;
+            return Err(ServiceError::NoKeyRegistered(tenant.to_string()));
+        };
+        match binding.state {
+            KekState::Active | KekState::Restored => Ok(binding),
+            other => Err(ServiceError::KeyRefused(ProviderError::new(
+                ErrorKind::Refused,
+                format!("the tenant's key binding is {}", other.as_str()),
+            ))),
+        }
+    }
+
+    fn is_usable(&self, record: &DekRecord, binding: &KekBinding) -> bool {
+        record.tenant_key_id == binding.tenant_key_id
+            && age(record.created_at_ms) < self.rotation.max_age
+            && record.messages < self.rotation.max_messages
+            && record.bytes < self.rotation.max_bytes
+    }
+
+    /// Generates a DEK, wraps it under the binding's tenant key and commits it
+    /// to the store (retiring the scope's previous active DEK) before use.
+    async fn create_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        binding: &KekBinding,
+    ) -> Result<Arc<ActiveDek>, ServiceError> {
+        let tenant_key = self.tenant_key(tenant, &binding.tenant_key_id).await?;
+        let id = KeyId::generate().map_err(internal)?;
+        let key = SecretKey::generate().map_err(internal)?;
+        let wrapped = wrap_key(&tenant_key.key, &key, &dek_aad(tenant, scope, &id)?).map_err(internal)?;
+        let record = self
+            .store
+            .insert_dek(NewDek {
+                id,
+                tenant: tenant.clone(),
+                scope: scope.clone(),
+                tenant_key_id: binding.tenant_key_id,
+                wrapped,
+            })
+            .await?;
+        self.counters.deks_created.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%tenant, %scope, dek = %id, "created data key");
+        let live = Arc::new(LiveKey {
+            key,
+            expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
+        });
+        Ok(Arc::new(ActiveDek {
+            id,
+            key: live,
+            created_at_ms: record.created_at_ms,
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            unflushed_messages: AtomicU64::new(0),
+            unflushed_bytes: AtomicU64::new(0),
+        }))
+    }
+
+    /// Replaces an exhausted active DEK, once, however many requests noticed.
+    async fn rotate(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        exhausted: &Arc<ActiveDek>,
+    ) -> Result<(), ServiceError> {
+        flush_usage(self.store.as_ref(), tenant, exhausted).await;
+        self.active
+            .entry((tenant.clone(), scope.clone()))
+            .and_try_compute_with(|current| async move {
+                if current.is_some_and(|c| c.value().id != exhausted.id) {
+                    return Ok(Op::Nop); // someone else already rotated
+                }
+                let binding = self.usable_binding(tenant).await?;
+                Ok::<_, ServiceError>(Op::Put(self.create_dek(tenant, scope, &binding).await?))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Writes this replica's not-yet-recorded usage of an active DEK to the store.
+/// Usage only steers rotation, so a failure is logged, not returned.
+async fn flush_usage(store: &dyn Store, tenant: &TenantId, dek: &ActiveDek) {
+    let messages = dek.unflushed_messages.swap(0, Ordering::Relaxed);
+    let bytes = dek.unflushed_bytes.swap(0, Ordering::Relaxed);
+    if messages == 0 && bytes == 0 {
+        return;
+    }
+    if let Err(e) = store.add_dek_usage(tenant, &dek.id, messages, bytes).await {
+        tracing::warn!(%tenant, dek = %dek.id, error = %e, "could not record DEK usage");
+    }
+}
+
+/// AAD of a DEK wrapped under its tenant key: binds tenant, scope and DEK id,
+/// so a wrapped DEK cannot be moved to another tenant, scope or id.
+fn dek_aad(tenant: &TenantId, scope: &Scope, id: &KeyId) -> Result<Vec<u8>, ServiceError> {
+    let pairs = [
+        ("keyward:purpose", "dek".to_owned()),
+        ("keyward:tenant", tenant.to_string()),
+        ("keyward:scope", scope.to_string()),
+        ("keyward:dek-id", id.to_string()),
+    ];
+    let map = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Ok(EncryptionContext::with_reserved(map).map_err(internal)?.canonical_bytes())
+}
+
+fn classify_parse_error(e: EnvelopeError) -> ServiceError {
+    match e {
+        EnvelopeError::UnsupportedVersion(_) | EnvelopeError::UnsupportedSuite(_) => {
+            ServiceError::UnsupportedEnvelope(e)
+        }
+        EnvelopeError::DecryptFailed => ServiceError::DecryptFailed,
+        other => ServiceError::MalformedEnvelope(other),
+    }
+}
+
+fn age(created_at_ms: i64) -> Duration {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(created_at_ms)).unwrap_or(0))
+}
+
+fn internal(e: impl fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+/// moka hands loader errors out as `Arc<E>`; take ours back out of it,
+/// without stacking `Shared` layers when loaders nest.
+fn unshare(e: Arc<ServiceError>) -> ServiceError {
+    match Arc::try_unwrap(e) {
+        Ok(owned) => owned,
+        Err(shared) => match shared.as_ref() {
+            ServiceError::Shared(inner) => ServiceError::Shared(Arc::clone(inner)),
+            _ => ServiceError::Shared(shared),
+        },
+    }
+}

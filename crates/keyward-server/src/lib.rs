@@ -1,0 +1,168 @@
+//! Keyward's server: tonic services over the key hierarchy ([`keyring`]),
+//! configuration ([`config`]) and the error-to-status mapping ([`error`]).
+//!
+//! Data flows one way: proto -> [`service`] -> [`keyring`] -> (store, KEK
+//! providers) -> envelope. Nothing below this crate knows about gRPC.
+
+pub mod config;
+pub mod error;
+pub mod keyring;
+pub mod service;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use keyward_kms::local::LocalProvider;
+use keyward_proto::v1::{
+    crypto_service_server::CryptoServiceServer, tenant_service_server::TenantServiceServer,
+};
+use keyward_store::sqlite::SqliteStore;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use crate::{
+    config::{Config, Settings},
+    keyring::{CachePolicy, Keyring, Providers},
+};
+
+/// Room for the envelope header, the encryption context and protobuf framing
+/// on top of the largest accepted plaintext.
+const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] keyward_store::StoreError),
+    #[error("cannot open the local key provider: {0}")]
+    LocalKms(#[from] keyward_kms::ProviderError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server accepting connections.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    keyring: Arc<Keyring>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Waits until the server stops (after the shutdown future resolves).
+    pub async fn wait(self) -> Result<(), tonic::transport::Error> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => {
+                tracing::error!(error = %join, "server task ended abnormally");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens the store and the local key provider under the configured data
+/// directory, binds the listener and starts serving until `shutdown`.
+pub async fn start(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    create_private_dir(&settings.data_dir)?;
+    let store = SqliteStore::open(&settings.database_path).await?;
+    let local = LocalProvider::open(&settings.local_kms_dir)?;
+    let keyring = Arc::new(Keyring::new(
+        Arc::new(store),
+        Providers::default().with(Arc::new(local)),
+        CachePolicy {
+            ttl: settings.cache_ttl,
+            max_tenant_keys: settings.max_tenant_keys,
+            max_deks: settings.max_deks,
+        },
+        settings.rotation,
+    ));
+    serve(settings, keyring, shutdown).await
+}
+
+/// Serves `keyring` on the configured address until `shutdown`.
+pub async fn serve(
+    settings: &Settings,
+    keyring: Arc<Keyring>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
+
+    let max_message = settings.max_plaintext_bytes + MESSAGE_OVERHEAD_BYTES;
+    let crypto = CryptoServiceServer::new(service::CryptoApi::new(
+        Arc::clone(&keyring),
+        settings.max_plaintext_bytes,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let tenants = TenantServiceServer::new(service::TenantApi::new(Arc::clone(&keyring)));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<CryptoServiceServer<service::CryptoApi>>().await;
+    health_reporter.set_serving::<TenantServiceServer<service::TenantApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Listen {
+            addr: local_addr,
+            source: std::io::Error::other(e),
+        })?;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(crypto)
+        .add_service(tenants);
+    let task = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
+    );
+    tracing::info!(%local_addr, "keyward serving");
+    Ok(Running {
+        local_addr,
+        keyring,
+        task,
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StartError::DataDir {
+            path: path.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,206 @@
+//! The tonic services: wire types are converted to domain types here (every
+//! field validated, with the field named in the error) and nowhere deeper.
+
+use std::{collections::HashMap, sync::Arc};
+
+use keyward_envelope::{EncryptionContext, TenantId};
+use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind};
+use keyward_proto::v1::{
+    self as pb, crypto_service_server::CryptoService, register_key_request,
+    tenant_service_server::TenantService,
+};
+use keyward_store::{KekBinding, KekState, Scope, TenantRecord};
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use crate::{error::ServiceError, keyring::Keyring};
+
+/// Longest tenant display name accepted, in characters.
+const MAX_DISPLAY_NAME_CHARS: usize = 256;
+
+/// `keyward.v1.CryptoService`.
+#[derive(Debug, Clone)]
+pub struct CryptoApi {
+    keyring: Arc<Keyring>,
+    max_plaintext_bytes: usize,
+}
+
+impl CryptoApi {
+    pub fn new(keyring: Arc<Keyring>, max_plaintext_bytes: usize) -> Self {
+        Self {
+            keyring,
+            max_plaintext_bytes,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CryptoService for CryptoApi {
+    async fn encrypt(
+        &self,
+        request: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let request = request.into_inner();
+        let plaintext = Zeroizing::new(request.plaintext);
+        let tenant = tenant_id(&request.tenant_id)?;
+        let ctx = context(request.encryption_context)?;
+        let scope = scope(&request.scope)?;
+        if plaintext.len() > self.max_plaintext_bytes {
+            return Err(ServiceError::PayloadTooLarge {
+                size: plaintext.len(),
+                limit: self.max_plaintext_bytes,
+            }
+            .into());
+        }
+        let (envelope, dek_id) = self.keyring.encrypt(&tenant, &scope, &ctx, &plaintext).await?;
+        Ok(Response::new(pb::EncryptResponse {
+            envelope,
+            dek_id: dek_id.to_string(),
+        }))
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let request = request.into_inner();
+        let tenant = tenant_id(&request.tenant_id)?;
+        let ctx = context(request.encryption_context)?;
+        let plaintext = self.keyring.decrypt(&tenant, &request.envelope, &ctx).await?;
+        // prost needs an owned Vec; the copy tonic encodes from is not
+        // zeroized (docs/threat-model.md), ours is.
+        Ok(Response::new(pb::DecryptResponse {
+            plaintext: plaintext.to_vec(),
+        }))
+    }
+}
+
+/// `keyward.v1.TenantService`.
+#[derive(Debug, Clone)]
+pub struct TenantApi {
+    keyring: Arc<Keyring>,
+}
+
+impl TenantApi {
+    pub fn new(keyring: Arc<Keyring>) -> Self {
+        Self { keyring }
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        let name = display_name(&request.display_name)?;
+        let record = self.keyring.create_tenant(&id, name).await?;
+        Ok(Response::new(tenant_to_pb(&record, None)))
+    }
+
+    async fn register_key(
+        &self,
+        request: Request<pb::RegisterKeyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let request = request.into_inner();
+        let id = tenant_id(&request.tenant_id)?;
+        let kek = match request.key {
+            Some(register_key_request::Key::Local(local)) => {
+                if local.key_name.is_empty() {
+                    return Err(ServiceError::invalid("local.key_name", "must not be empty").into());
+                }
+                KeyRef::new(DomainProviderKind::Local, local.key_name)
+            }
+            None => {
+                return Err(ServiceError::invalid("key", "one key reference must be set").into());
+            }
+        };
+        self.keyring.register_key(&id, &kek).await?;
+        let (record, binding) = self.keyring.tenant(&id).await?;
+        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let id = tenant_id(&request.into_inner().tenant_id)?;
+        let (record, binding) = self.keyring.tenant(&id).await?;
+        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+}
+
+// ----- request -> domain ----------------------------------------------------
+
+fn tenant_id(raw: &str) -> Result<TenantId, ServiceError> {
+    TenantId::try_from(raw).map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
+}
+
+fn scope(raw: &str) -> Result<Scope, ServiceError> {
+    if raw.is_empty() {
+        return Ok(Scope::default_scope());
+    }
+    Scope::try_from(raw).map_err(|e| ServiceError::invalid("scope", e.to_string()))
+}
+
+fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceError> {
+    EncryptionContext::try_from_map(raw.into_iter().collect())
+        .map_err(|e| ServiceError::invalid("encryption_context", e.to_string()))
+}
+
+fn display_name(raw: &str) -> Result<&str, ServiceError> {
+    if raw.chars().count() > MAX_DISPLAY_NAME_CHARS || raw.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "display_name",
+            format!("at most {MAX_DISPLAY_NAME_CHARS} characters, no control characters"),
+        ));
+    }
+    Ok(raw)
+}
+
+// ----- domain -> response ---------------------------------------------------
+
+fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: record.id.to_string(),
+        display_name: record.display_name.clone(),
+        created_at: Some(timestamp(record.created_at_ms)),
+        active_key: binding.map(binding_to_pb),
+    }
+}
+
+fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
+    let provider = match binding.provider.parse::<DomainProviderKind>() {
+        Ok(DomainProviderKind::Local) => pb::ProviderKind::Local,
+        Ok(DomainProviderKind::AwsKms) => pb::ProviderKind::AwsKms,
+        Ok(DomainProviderKind::GcpKms) => pb::ProviderKind::GcpKms,
+        Ok(DomainProviderKind::AzureKeyVault) => pb::ProviderKind::AzureKeyVault,
+        Ok(DomainProviderKind::Pkcs11) => pb::ProviderKind::Pkcs11,
+        _ => pb::ProviderKind::Unspecified,
+    };
+    let state = match binding.state {
+        KekState::Active => pb::KekState::Active,
+        KekState::Revoked => pb::KekState::Revoked,
+        KekState::Unavailable => pb::KekState::Unavailable,
+        KekState::Restored => pb::KekState::Restored,
+        KekState::Destroyed => pb::KekState::Destroyed,
+        _ => pb::KekState::Unspecified,
+    };
+    pb::KekBinding {
+        provider: provider.into(),
+        key_ref: binding.key_ref.clone(),
+        state: state.into(),
+        tenant_key_id: binding.tenant_key_id.to_string(),
+        bound_at: Some(timestamp(binding.created_at_ms)),
+    }
+}
+
+/// Store timestamps are milliseconds since the UNIX epoch.
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}

@@ -1,0 +1,339 @@
+//! The key hierarchy against the real SQLite store and the real local KEK
+//! provider. The provider is wrapped in a delegating decorator that counts
+//! the calls that reach it, so "one KEK unwrap per TTL" is measured at the
+//! provider, not taken from the keyring's own bookkeeping.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use keyward_envelope::{EncryptionContext, SecretKey, TenantId, WrappedKey};
+use keyward_kms::{
+    Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
+    local::LocalProvider,
+};
+use keyward_server::{
+    CachePolicy, Keyring, Providers, config::RotationPolicy, error::ServiceError,
+};
+use keyward_store::{Scope, Store as _, sqlite::SqliteStore};
+
+#[derive(Debug)]
+struct Counting {
+    inner: LocalProvider,
+    unwraps: AtomicU64,
+    wraps: AtomicU64,
+}
+
+#[async_trait]
+impl KeyProvider for Counting {
+    fn kind(&self) -> ProviderKind {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn wrap(
+        &self,
+        kek: &KeyRef,
+        key: &SecretKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedKey, ProviderError> {
+        self.wraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.wrap(kek, key, ctx).await
+    }
+    async fn unwrap(
+        &self,
+        kek: &KeyRef,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext,
+    ) -> Result<SecretKey, ProviderError> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.unwrap(kek, wrapped, ctx).await
+    }
+    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
+        self.inner.describe(kek).await
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    kms_dir: std::path::PathBuf,
+    store: Arc<SqliteStore>,
+    provider: Arc<Counting>,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kms_dir = dir.path().join("kms");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
+        let provider = Arc::new(Counting {
+            inner: LocalProvider::open(&kms_dir).unwrap(),
+            unwraps: AtomicU64::new(0),
+            wraps: AtomicU64::new(0),
+        });
+        Self {
+            _dir: dir,
+            kms_dir,
+            store,
+            provider,
+        }
+    }
+
+    fn keyring(&self, ttl: Duration, rotation: RotationPolicy) -> Keyring {
+        Keyring::new(
+            self.store.clone(),
+            Providers::default().with(self.provider.clone()),
+            CachePolicy {
+                ttl,
+                max_tenant_keys: 1000,
+                max_deks: 100_000,
+            },
+            rotation,
+        )
+    }
+
+    fn unwraps(&self) -> u64 {
+        self.provider.unwraps.load(Ordering::SeqCst)
+    }
+
+    /// A second provider handle on the same key directory, as the CLI would be.
+    fn operator(&self) -> LocalProvider {
+        LocalProvider::open(&self.kms_dir).unwrap()
+    }
+}
+
+const LOOSE: RotationPolicy = RotationPolicy {
+    max_age: Duration::from_secs(3600),
+    max_messages: 1 << 20,
+    max_bytes: 1 << 30,
+};
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::try_from(s).unwrap()
+}
+
+fn scope(s: &str) -> Scope {
+    Scope::try_from(s).unwrap()
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+    let map: BTreeMap<String, String> =
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    EncryptionContext::try_from_map(map).unwrap()
+}
+
+async fn onboard(keyring: &Keyring, id: &TenantId, key: &str) {
+    keyring.create_tenant(id, "Test tenant").await.unwrap();
+    keyring
+        .register_key(id, &KeyRef::new(ProviderKind::Local, key))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn many_scopes_and_messages_cost_one_kek_unwrap_per_ttl() {
+    let fx = Fixture::new().await;
+    let ttl = Duration::from_secs(2);
+    let keyring = fx.keyring(ttl, LOOSE);
+    let t = tenant("acme");
+    onboard(&keyring, &t, "default").await;
+    // Registration: one generate (a wrap) and one unwrap for the live round trip.
+    assert_eq!(fx.unwraps(), 1);
+    let c = ctx(&[("conversation", "42")]);
+
+    let mut envelopes = Vec::new();
+    for s in 0..40 {
+        for m in 0..10 {
+            let pt = format!("prompt {s}/{m}");
+            let (env, _) = keyring.encrypt(&t, &scope(&format!("s{s}")), &c, pt.as_bytes()).await.unwrap();
+            envelopes.push((env, pt));
+        }
+    }
+    for (env, pt) in &envelopes {
+        assert_eq!(keyring.decrypt(&t, env, &c).await.unwrap().as_slice(), pt.as_bytes());
+    }
+    assert_eq!(fx.unwraps(), 1, "400 messages in 40 scopes must reuse the cached tenant key");
+    assert_eq!(keyring.stats().deks_created, 40);
+
+    // A fresh replica (cold caches) decrypting everything concurrently: one unwrap.
+    let cold = Arc::new(fx.keyring(ttl, LOOSE));
+    let mut tasks = Vec::new();
+    for (env, pt) in envelopes.iter().take(64).cloned() {
+        let cold = cold.clone();
+        let (t, c) = (t.clone(), c.clone());
+        tasks.push(tokio::spawn(async move {
+            assert_eq!(cold.decrypt(&t, &env, &c).await.unwrap().as_slice(), pt.as_bytes());
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(fx.unwraps(), 2, "concurrent cold misses are loaded once (single flight)");
+
+    // After the TTL the tenant key is unwrapped again, once.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    for (env, pt) in envelopes.iter().step_by(7) {
+        assert_eq!(cold.decrypt(&t, env, &c).await.unwrap().as_slice(), pt.as_bytes());
+    }
+    assert_eq!(fx.unwraps(), 3);
+}
+
+#[tokio::test]
+async fn rotation_by_message_count_and_bytes_keeps_every_envelope_readable() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(
+        Duration::from_secs(60),
+        RotationPolicy {
+            max_age: Duration::from_secs(3600),
+            max_messages: 3,
+            max_bytes: 100,
+        },
+    );
+    let t = tenant("rot");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+
+    let mut ids = Vec::new();
+    let mut envs = Vec::new();
+    for i in 0..10u8 {
+        let (env, id) = keyring.encrypt(&t, &s, &c, &[i; 10]).await.unwrap();
+        ids.push(id);
+        envs.push(env);
+    }
+    let distinct: HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "10 messages at 3 per DEK need 4 DEKs");
+    assert_eq!(ids[0], ids[2]);
+    assert_ne!(ids[2], ids[3]);
+
+    // 60-byte messages: the second would exceed 100 bytes, so each gets a new DEK.
+    let (_, a) = keyring.encrypt(&t, &s, &c, &[1; 60]).await.unwrap();
+    let (_, b) = keyring.encrypt(&t, &s, &c, &[2; 60]).await.unwrap();
+    assert_ne!(a, b);
+
+    for (i, env) in envs.iter().enumerate() {
+        assert_eq!(keyring.decrypt(&t, env, &c).await.unwrap().as_slice(), &[i as u8; 10]);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_encrypts_on_one_scope_rotate_cleanly() {
+    let fx = Fixture::new().await;
+    let keyring = Arc::new(fx.keyring(
+        Duration::from_secs(60),
+        RotationPolicy {
+            max_age: Duration::from_secs(3600),
+            max_messages: 5,
+            max_bytes: 1 << 20,
+        },
+    ));
+    let t = tenant("busy");
+    onboard(&keyring, &t, "default").await;
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let keyring = keyring.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = EncryptionContext::empty();
+            let (env, id) = keyring
+                .encrypt(&t, &Scope::default_scope(), &c, &i.to_be_bytes())
+                .await
+                .unwrap();
+            (env, id, i)
+        }));
+    }
+    let mut per_dek: BTreeMap<String, u32> = BTreeMap::new();
+    for task in tasks {
+        let (env, id, i) = task.await.unwrap();
+        *per_dek.entry(id.to_string()).or_default() += 1;
+        let pt = keyring.decrypt(&t, &env, &EncryptionContext::empty()).await.unwrap();
+        assert_eq!(pt.as_slice(), &i.to_be_bytes());
+    }
+    assert!(per_dek.values().all(|&n| n <= 5), "no DEK exceeds its message limit: {per_dek:?}");
+    assert!(per_dek.len() >= 13, "64 messages at 5 per DEK need at least 13 DEKs");
+}
+
+#[tokio::test]
+async fn kek_rotation_keeps_old_data_and_moves_new_deks_to_the_new_tenant_key() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(60), LOOSE);
+    let t = tenant("rotkek");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    let (old_env, old_dek) = keyring.encrypt(&t, &s, &c, b"before").await.unwrap();
+
+    fx.operator().create_key("second").unwrap();
+    let binding = keyring
+        .register_key(&t, &KeyRef::new(ProviderKind::Local, "second"))
+        .await
+        .unwrap();
+    let (new_env, new_dek) = keyring.encrypt(&t, &s, &c, b"after").await.unwrap();
+    assert_ne!(old_dek, new_dek);
+    let record = fx.store.get_dek(&t, &new_dek).await.unwrap().unwrap();
+    assert_eq!(record.tenant_key_id, binding.tenant_key_id);
+    assert_eq!(keyring.decrypt(&t, &old_env, &c).await.unwrap().as_slice(), b"before");
+    assert_eq!(keyring.decrypt(&t, &new_env, &c).await.unwrap().as_slice(), b"after");
+}
+
+#[tokio::test]
+async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled() {
+    let fx = Fixture::new().await;
+    let ttl = Duration::from_secs(1);
+    let keyring = fx.keyring(ttl, LOOSE);
+    let t = tenant("revoke");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    let (env, _) = keyring.encrypt(&t, &s, &c, b"secret").await.unwrap();
+
+    fx.operator().set_enabled("default", false).unwrap();
+    let disabled_at = std::time::Instant::now();
+    let err = loop {
+        match keyring.decrypt(&t, &env, &c).await {
+            Ok(_) => {
+                assert!(disabled_at.elapsed() <= ttl + Duration::from_millis(500), "served past the TTL");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err.root(), ServiceError::KeyRefused(_)), "{err:?}");
+    let err = keyring.encrypt(&t, &s, &c, b"more").await.unwrap_err();
+    assert_eq!(err.reason(), "KEY_REFUSED");
+
+    fx.operator().set_enabled("default", true).unwrap();
+    assert_eq!(keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(), b"secret");
+}
+
+#[tokio::test]
+async fn tenants_are_isolated() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(60), LOOSE);
+    let (a, b) = (tenant("tenant-a"), tenant("tenant-b"));
+    onboard(&keyring, &a, "default").await;
+    onboard(&keyring, &b, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = keyring.encrypt(&a, &Scope::default_scope(), &c, b"a's data").await.unwrap();
+
+    assert!(matches!(keyring.decrypt(&b, &env, &c).await, Err(ServiceError::TenantMismatch)));
+    // Rewriting the tenant id in the header (same length) does not help either.
+    let forged = rewrite(&env, b"tenant-a", b"tenant-b");
+    let err = keyring.decrypt(&b, &forged, &c).await.unwrap_err();
+    assert_eq!(err.reason(), "DATA_KEY_NOT_FOUND");
+}
+
+fn rewrite(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let pos = haystack.windows(from.len()).position(|w| w == from).unwrap();
+    let mut out = haystack.to_vec();
+    out[pos..pos + to.len()].copy_from_slice(to);
+    out
+}

@@ -1,0 +1,351 @@
+//! Keyward's durable store: tenants, KEK bindings, wrapped tenant keys and wrapped DEKs.
+//!
+//! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and a
+//! PostgreSQL backend (module `postgres`, feature-gated) will live beside it. Every backend runs
+//! the same `conformance` suite (module and feature `conformance`).
+//!
+//! The store is precious: wrapped tenant keys and wrapped DEKs live only here, and a key that
+//! appears in an envelope returned to a caller must be committed (durably) first. See
+//! `docs/store.md` for the schema, the durability guarantees and the backup note.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod decode;
+pub mod sqlite;
+
+/// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// The scope used when the caller names none.
+    pub const DEFAULT: &'static str = "default";
+    /// Longest accepted scope label, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// The `"default"` scope.
+    pub fn default_scope() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+
+    /// The label.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn validate(s: &str) -> Result<(), StoreError> {
+        if s.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "scope must not be empty".to_owned(),
+            ));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "scope is {} bytes long, at most {} are allowed",
+                s.len(),
+                Self::MAX_LEN
+            )));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(StoreError::InvalidInput(
+                "scope must not contain control characters".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::default_scope()
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Scope {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::validate(s)?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<&str> for Scope {
+    type Error = StoreError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = StoreError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::validate(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl AsRef<str> for Scope {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The health of a KEK binding, as last observed (monitor, KMS refusal, `RevokeKey`, restore).
+///
+/// Independent of whether the binding is the tenant's current one: a deactivated (rotated-away)
+/// binding keeps its last state.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekState {
+    /// The KEK wraps and unwraps.
+    Active,
+    /// The KMS refused us (disabled key, removed grant, explicit revocation).
+    Revoked,
+    /// The KMS could not be reached; not a refusal.
+    Unavailable,
+    /// The KEK works again after a revocation.
+    Restored,
+    /// The KEK is gone for good: everything below it is crypto-shredded.
+    Destroyed,
+}
+
+impl KekState {
+    /// Every state, in declaration order.
+    pub const ALL: [KekState; 5] = [
+        KekState::Active,
+        KekState::Revoked,
+        KekState::Unavailable,
+        KekState::Restored,
+        KekState::Destroyed,
+    ];
+
+    /// The stored (and displayed) name: `"active"`, `"revoked"`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KekState::Active => "active",
+            KekState::Revoked => "revoked",
+            KekState::Unavailable => "unavailable",
+            KekState::Restored => "restored",
+            KekState::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl fmt::Display for KekState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KekState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KekState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError::InvalidInput(format!("unknown KEK state {s:?}")))
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub display_name: String,
+    pub created_at_ms: i64,
+}
+
+/// A new KEK binding together with the tenant key it wraps (see [`Store::bind_kek`]).
+#[derive(Debug, Clone)]
+pub struct NewKekBinding {
+    pub tenant: TenantId,
+    /// Provider kind, e.g. `"aws-kms"`, `"local"`.
+    pub provider: String,
+    /// The provider's name of the KEK (key ARN, CryptoKey resource name, PKCS#11 URI, …).
+    pub key_ref: String,
+    /// Id of the new tenant key; must not exist yet.
+    pub tenant_key_id: KeyId,
+    /// The new tenant key, wrapped by the KEK.
+    pub wrapped_tenant_key: WrappedKey,
+}
+
+/// A KEK binding: which customer key protects a tenant's tenant key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekBinding {
+    pub id: i64,
+    pub tenant: TenantId,
+    pub provider: String,
+    pub key_ref: String,
+    pub state: KekState,
+    /// The tenant key this binding's KEK wraps.
+    pub tenant_key_id: KeyId,
+    pub created_at_ms: i64,
+    /// When a newer binding replaced this one; `None` for the tenant's current binding.
+    pub deactivated_at_ms: Option<i64>,
+    pub state_changed_at_ms: i64,
+}
+
+/// A wrapped tenant key, with the provider and key ref of the binding whose KEK wraps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeyRecord {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub binding_id: i64,
+    pub provider: String,
+    pub key_ref: String,
+    pub wrapped: WrappedKey,
+    pub created_at_ms: i64,
+}
+
+/// A new DEK (see [`Store::insert_dek`]).
+#[derive(Debug, Clone)]
+pub struct NewDek {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub scope: Scope,
+    /// The tenant key that wraps this DEK; must belong to `tenant`.
+    pub tenant_key_id: KeyId,
+    pub wrapped: WrappedKey,
+}
+
+/// A stored DEK with its usage counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekRecord {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub scope: Scope,
+    pub tenant_key_id: KeyId,
+    pub wrapped: WrappedKey,
+    pub created_at_ms: i64,
+    /// When a newer DEK replaced this one for its (tenant, scope); `None` while active.
+    pub retired_at_ms: Option<i64>,
+    /// Messages encrypted under this DEK (saturating at `i64::MAX`).
+    pub messages: u64,
+    /// Plaintext bytes encrypted under this DEK (saturating at `i64::MAX`).
+    pub bytes: u64,
+}
+
+/// Row counts, for metrics and for tests asserting that a failed call inserted nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreCounts {
+    pub tenants: u64,
+    pub bindings: u64,
+    pub tenant_keys: u64,
+    pub deks: u64,
+}
+
+/// Store errors. Every variant but `Backend` means the call changed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The row (tenant, tenant key, DEK id) already exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A row the call refers to does not exist (or belongs to another tenant).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The input was rejected before touching the database.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A stored row failed validation on the way out; names the table and column.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// A concurrent writer won a race on a uniqueness rule (e.g. two `insert_dek` calls for one
+    /// (tenant, scope) on PostgreSQL) and the store's own bounded retries did not resolve it.
+    /// Nothing was changed; the call is safe to retry.
+    #[error("conflicting concurrent write, safe to retry: {0}")]
+    Conflict(String),
+    /// The database failed (I/O, lock timeout, pool closed, …). Whether the write happened is
+    /// unknown only if the failure hit the commit itself.
+    #[error("store backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Keyward's durable state. Implementations: [`sqlite::SqliteStore`]; PostgreSQL later.
+///
+/// Every write method runs in one transaction and is committed durably before it returns `Ok`.
+/// Lookups by tenant-scoped id return `None` when the row belongs to another tenant, exactly as
+/// when it does not exist.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Creates a tenant; a duplicate id is `AlreadyExists`.
+    async fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+    ) -> Result<TenantRecord, StoreError>;
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms),
+    /// insert the new binding (state Active) and its wrapped tenant key. Unknown tenant ->
+    /// NotFound. Durable before returning.
+    async fn bind_kek(&self, binding: NewKekBinding) -> Result<KekBinding, StoreError>;
+
+    /// The tenant's current binding (the one not deactivated), whatever its state.
+    async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError>;
+
+    /// Every binding of the tenant, oldest first.
+    async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError>;
+
+    /// Sets a binding's state and state_changed_at_ms; unknown binding -> NotFound.
+    async fn set_binding_state(
+        &self,
+        binding_id: i64,
+        state: KekState,
+    ) -> Result<KekBinding, StoreError>;
+
+    /// Tenant key by id, only if it belongs to `tenant` (cross-tenant lookups return None).
+    /// Includes its binding's provider and key_ref.
+    async fn get_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<TenantKeyRecord>, StoreError>;
+
+    /// One transaction: retire the current active DEK of (tenant, scope) if any
+    /// (retired_at_ms = now), insert the new one. The tenant key must exist and belong to the
+    /// tenant (else NotFound); duplicate id -> AlreadyExists. Durable (committed,
+    /// synchronous=FULL) before returning: an envelope depending on it may be returned right
+    /// after.
+    async fn insert_dek(&self, dek: NewDek) -> Result<DekRecord, StoreError>;
+
+    /// The active (not retired) DEK of (tenant, scope).
+    async fn active_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+    ) -> Result<Option<DekRecord>, StoreError>;
+
+    /// A DEK by id, only if it belongs to `tenant`.
+    async fn get_dek(&self, tenant: &TenantId, id: &KeyId)
+    -> Result<Option<DekRecord>, StoreError>;
+
+    /// Adds to a DEK's usage counters (saturating); unknown DEK (or another tenant's) -> NotFound.
+    async fn add_dek_usage(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Row counts over the whole store.
+    async fn counts(&self) -> Result<StoreCounts, StoreError>;
+}

@@ -1,0 +1,184 @@
+//! Starts the real `keyward` binary on a free port and talks to it.
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use keyward_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient,
+    tenant_service_client::TenantServiceClient,
+};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+/// Path of the `keyward` binary built with this workspace (or `$KEYWARD_BIN`).
+pub(crate) fn keyward_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KEYWARD_BIN") {
+        return PathBuf::from(bin);
+    }
+    // target/<profile>/deps/<this test> -> target/<profile>/keyward
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("keyward"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p keyward-cli` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `keyward serve` in a private data directory; killed on drop.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) addr: String,
+    pub(crate) data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the server with `env` added to its environment (e.g.
+    /// `KEYWARD_CACHE__TTL_SECONDS`) and waits for its "listening" line.
+    pub(crate) fn start(env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(keyward_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env("KEYWARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn keyward serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("keyward serve did not report its address within 60 s");
+            }
+        };
+        Server {
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) fn database(&self) -> PathBuf {
+        self.data_dir.path().join("keyward.db")
+    }
+
+    pub(crate) fn local_kms_dir(&self) -> PathBuf {
+        self.data_dir.path().join("local-kms")
+    }
+
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub(crate) async fn crypto(&self) -> CryptoServiceClient<Channel> {
+        CryptoServiceClient::new(self.channel().await)
+    }
+
+    pub(crate) async fn tenants(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel().await)
+    }
+
+    /// Runs the `keyward` CLI against this server; returns (success, stdout, stderr).
+    pub(crate) fn cli(&self, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+        use std::io::Write as _;
+        let mut child = Command::new(keyward_bin())
+            .args(args)
+            .env("KEYWARD_ENDPOINT", self.endpoint())
+            .env("KEYWARD_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keyward");
+        child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Creates a tenant and binds the local development key "default".
+    pub(crate) async fn onboard(&self, tenant: &str) {
+        let mut tenants = self.tenants().await;
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: tenant.to_owned(),
+                display_name: format!("Tenant {tenant}"),
+            })
+            .await
+            .expect("create tenant");
+        tenants
+            .register_key(local_key(tenant, "default"))
+            .await
+            .expect("register key");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn local_key(tenant: &str, key: &str) -> pb::RegisterKeyRequest {
+    pb::RegisterKeyRequest {
+        tenant_id: tenant.to_owned(),
+        key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
+            key_name: key.to_owned(),
+        })),
+    }
+}
+
+pub(crate) fn context(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Asserts a status code and its `ErrorInfo` reason (domain keyward.v1).
+pub(crate) fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) {
+    let status = result.expect_err(&format!("expected {code:?} {reason}"));
+    assert_eq!(status.code(), code, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "keyward.v1");
+    assert_eq!(info.reason, reason, "{status:?}");
+}
