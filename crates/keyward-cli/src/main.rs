@@ -30,7 +30,12 @@ use tonic_types::StatusExt as _;
 #[command(name = "keyward", version, about, long_about = None)]
 struct Cli {
     /// Server address for client commands.
-    #[arg(long, global = true, env = "KEYWARD_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     endpoint: String,
     #[command(subcommand)]
     command: Command,
@@ -124,13 +129,28 @@ struct DecryptArgs {
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// Create a local key.
-    Create { name: String, #[command(flatten)] dir: KeyDir },
+    Create {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
     /// Disable a local key: the server's KEK calls are refused, as when a customer disables a KMS key.
-    Disable { name: String, #[command(flatten)] dir: KeyDir },
+    Disable {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
     /// Re-enable a local key.
-    Enable { name: String, #[command(flatten)] dir: KeyDir },
+    Enable {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
     /// List local keys and their state.
-    List { #[command(flatten)] dir: KeyDir },
+    List {
+        #[command(flatten)]
+        dir: KeyDir,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -151,10 +171,15 @@ fn parse_pair(raw: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs its lifecycle; client commands stay quiet unless asked.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -223,7 +248,9 @@ async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("invalid endpoint {endpoint:?}"))?
         .connect()
         .await
-        .with_context(|| format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)"))
+        .with_context(|| {
+            format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)")
+        })
 }
 
 /// Renders a gRPC error with its machine-readable reason.
@@ -238,22 +265,28 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
     let mut client = TenantServiceClient::new(channel(endpoint).await?);
     let tenant = match cmd {
-        TenantCommand::Create { tenant, name } => client
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: tenant,
-                display_name: name,
-            })
-            .await,
-        TenantCommand::RegisterKey { tenant, local_key } => client
-            .register_key(pb::RegisterKeyRequest {
-                tenant_id: tenant,
-                key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                    key_name: local_key,
-                })),
-            })
-            .await,
+        TenantCommand::Create { tenant, name } => {
+            client
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant_id: tenant,
+                    display_name: name,
+                })
+                .await
+        }
+        TenantCommand::RegisterKey { tenant, local_key } => {
+            client
+                .register_key(pb::RegisterKeyRequest {
+                    tenant_id: tenant,
+                    key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
+                        key_name: local_key,
+                    })),
+                })
+                .await
+        }
         TenantCommand::Show { tenant } => {
-            client.get_tenant(pb::GetTenantRequest { tenant_id: tenant }).await
+            client
+                .get_tenant(pb::GetTenantRequest { tenant_id: tenant })
+                .await
         }
     }
     .map_err(status_error)?
@@ -280,7 +313,9 @@ fn print_tenant(t: &pb::Tenant) {
 
 fn read_stdin() -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read stdin")?;
     Ok(buf)
 }
 
@@ -357,7 +392,11 @@ fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     };
     let path = match &dir.local_kms_dir {
         Some(path) => path.clone(),
-        None => Config::load(dir.config.as_deref())?.resolve()?.local_kms_dir,
+        None => {
+            Config::load(dir.config.as_deref())?
+                .resolve()?
+                .local_kms_dir
+        }
     };
     let provider = LocalProvider::open(&path)?;
     match &cmd {

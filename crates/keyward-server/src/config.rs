@@ -125,7 +125,9 @@ impl Config {
                 .ignore(&["log", "endpoint"])
                 .split("__"),
         );
-        figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
     }
 
     /// Checks the values and resolves derived paths.
@@ -141,10 +143,14 @@ impl Config {
             return invalid("cache.max_tenant_keys and cache.max_deks must be at least 1");
         }
         if self.rotation.max_age_seconds == 0 || self.rotation.max_messages == 0 {
-            return invalid("rotation.max_age_seconds and rotation.max_messages must be at least 1");
+            return invalid(
+                "rotation.max_age_seconds and rotation.max_messages must be at least 1",
+            );
         }
         if self.rotation.max_messages > MAX_MESSAGES_PER_DEK {
-            return invalid("rotation.max_messages must be at most 2^40 (the envelope format's bound)");
+            return invalid(
+                "rotation.max_messages must be at most 2^40 (the envelope format's bound)",
+            );
         }
         if self.rotation.max_bytes < self.max_plaintext_bytes as u64 {
             return invalid("rotation.max_bytes must be at least max_plaintext_bytes");
@@ -219,7 +225,11 @@ mod tests {
     fn file_values_override_defaults_and_unknown_keys_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyward.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.cache.ttl_seconds, 7);
         assert_eq!(c.listen.port(), 0);
@@ -239,10 +249,20 @@ mod tests {
     fn invalid_values_are_rejected_with_the_field_named() {
         let mut c = Config::default();
         c.cache.ttl_seconds = 0;
-        assert!(c.resolve().unwrap_err().to_string().contains("cache.ttl_seconds"));
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("cache.ttl_seconds")
+        );
         let mut c = Config::default();
         c.rotation.max_bytes = 10;
-        assert!(c.resolve().unwrap_err().to_string().contains("rotation.max_bytes"));
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("rotation.max_bytes")
+        );
         let mut c = Config::default();
         c.rotation.max_messages = (1 << 40) + 1;
         assert!(c.resolve().unwrap_err().to_string().contains("2^40"));

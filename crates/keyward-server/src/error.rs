@@ -39,7 +39,9 @@ pub enum ServiceError {
     TenantNotFound(String),
     #[error("tenant {0} already exists")]
     TenantAlreadyExists(String),
-    #[error("the data key of this envelope does not exist for tenant {0} (it may have been shredded)")]
+    #[error(
+        "the data key of this envelope does not exist for tenant {0} (it may have been shredded)"
+    )]
     DataKeyNotFound(String),
     #[error("tenant {0} has no key registered; call RegisterKey first")]
     NoKeyRegistered(String),
@@ -220,11 +222,17 @@ mod tests {
     #[test]
     fn every_status_carries_error_info_with_its_reason() {
         let cases = [
-            (ServiceError::invalid("tenant_id", "empty"), Code::InvalidArgument),
+            (
+                ServiceError::invalid("tenant_id", "empty"),
+                Code::InvalidArgument,
+            ),
             (ServiceError::TenantMismatch, Code::InvalidArgument),
             (ServiceError::DecryptFailed, Code::InvalidArgument),
             (ServiceError::TenantNotFound("t".into()), Code::NotFound),
-            (ServiceError::NoKeyRegistered("t".into()), Code::FailedPrecondition),
+            (
+                ServiceError::NoKeyRegistered("t".into()),
+                Code::FailedPrecondition,
+            ),
             (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Refused, "disabled")),
                 Code::FailedPrecondition,
@@ -265,6 +273,13 @@ mod tests {
         let (reason, metadata) = info(&status);
         assert_eq!(reason, "PAYLOAD_TOO_LARGE");
         assert_eq!(metadata["limit_bytes"], "5");
-        assert_eq!(status.get_details_bad_request().unwrap().field_violations.len(), 1);
+        assert_eq!(
+            status
+                .get_details_bad_request()
+                .unwrap()
+                .field_violations
+                .len(),
+            1
+        );
     }
 }

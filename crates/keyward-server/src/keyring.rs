@@ -20,13 +20,14 @@ use std::{
 };
 
 use keyward_envelope::{
-    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, unwrap_key,
-    wrap_key,
+    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, unwrap_key, wrap_key,
 };
 use keyward_kms::{
     ErrorKind, KeyProvider, KeyRef, KeyState, ProviderError, ProviderKind, Purpose, WrapContext,
 };
-use keyward_store::{DekRecord, KekBinding, KekState, NewDek, NewKekBinding, Scope, Store, TenantRecord};
+use keyward_store::{
+    DekRecord, KekBinding, KekState, NewDek, NewKekBinding, Scope, Store, TenantRecord,
+};
 use moka::{Expiry, future::Cache, ops::compute::Op};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
@@ -51,12 +52,15 @@ impl Providers {
     }
 
     fn get(&self, kind: ProviderKind) -> Result<&Arc<dyn KeyProvider>, ServiceError> {
-        self.by_kind.iter().find(|p| p.kind() == kind).ok_or_else(|| {
-            ServiceError::KeyMisconfigured(ProviderError::new(
-                ErrorKind::Misconfigured,
-                format!("the {kind} provider is not enabled on this server"),
-            ))
-        })
+        self.by_kind
+            .iter()
+            .find(|p| p.kind() == kind)
+            .ok_or_else(|| {
+                ServiceError::KeyMisconfigured(ProviderError::new(
+                    ErrorKind::Misconfigured,
+                    format!("the {kind} provider is not enabled on this server"),
+                ))
+            })
     }
 }
 
@@ -76,7 +80,9 @@ struct LiveKey {
 
 impl fmt::Debug for LiveKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LiveKey").field("expires_at", &self.expires_at).finish_non_exhaustive()
+        f.debug_struct("LiveKey")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +99,9 @@ struct ActiveDek {
 
 impl fmt::Debug for ActiveDek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActiveDek").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ActiveDek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +116,12 @@ impl ActiveDek {
             self.messages.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        if self.bytes.fetch_add(len, Ordering::Relaxed).saturating_add(len) > policy.max_bytes {
+        if self
+            .bytes
+            .fetch_add(len, Ordering::Relaxed)
+            .saturating_add(len)
+            > policy.max_bytes
+        {
             self.bytes.fetch_sub(len, Ordering::Relaxed);
             self.messages.fetch_sub(1, Ordering::Relaxed);
             return false;
@@ -240,12 +253,15 @@ impl Keyring {
         id: &TenantId,
         display_name: &str,
     ) -> Result<TenantRecord, ServiceError> {
-        self.store.create_tenant(id, display_name).await.map_err(|e| match e {
-            keyward_store::StoreError::AlreadyExists(_) => {
-                ServiceError::TenantAlreadyExists(id.to_string())
-            }
-            other => ServiceError::Store(other),
-        })
+        self.store
+            .create_tenant(id, display_name)
+            .await
+            .map_err(|e| match e {
+                keyward_store::StoreError::AlreadyExists(_) => {
+                    ServiceError::TenantAlreadyExists(id.to_string())
+                }
+                other => ServiceError::Store(other),
+            })
     }
 
     pub async fn tenant(
@@ -267,7 +283,10 @@ impl Keyring {
     ) -> Result<KekBinding, ServiceError> {
         self.require_tenant(tenant).await?;
         let provider = self.providers.get(kek.kind())?;
-        let status = provider.describe(kek).await.map_err(ServiceError::from_provider)?;
+        let status = provider
+            .describe(kek)
+            .await
+            .map_err(ServiceError::from_provider)?;
         if status.state != KeyState::Enabled {
             return Err(ServiceError::KeyRefused(ProviderError::new(
                 ErrorKind::Refused,
@@ -277,8 +296,10 @@ impl Keyring {
         let tenant_key_id = KeyId::generate().map_err(internal)?;
         let ctx = WrapContext::new(tenant, &tenant_key_id, Purpose::TenantKey);
         self.counters.kek_generates.fetch_add(1, Ordering::Relaxed);
-        let (key, wrapped) =
-            provider.generate(kek, &ctx).await.map_err(ServiceError::from_provider)?;
+        let (key, wrapped) = provider
+            .generate(kek, &ctx)
+            .await
+            .map_err(ServiceError::from_provider)?;
         self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
         let back = provider
             .unwrap(kek, &wrapped, &ctx)
@@ -310,7 +331,8 @@ impl Keyring {
             )
             .await;
         // New DEKs must go under the new tenant key: drop the active ones.
-        self.invalidate_where(&self.active, |(t, _)| t == tenant).await;
+        self.invalidate_where(&self.active, |(t, _)| t == tenant)
+            .await;
         Ok(binding)
     }
 
@@ -364,9 +386,12 @@ impl Keyring {
     /// Forgets every cached key of `tenant` (their bytes are zeroized when the
     /// last in-flight request using them finishes).
     pub async fn purge_tenant(&self, tenant: &TenantId) {
-        self.invalidate_where(&self.active, |(t, _)| t == tenant).await;
-        self.invalidate_where(&self.deks, |(t, _)| t == tenant).await;
-        self.invalidate_where(&self.tenant_keys, |(t, _)| t == tenant).await;
+        self.invalidate_where(&self.active, |(t, _)| t == tenant)
+            .await;
+        self.invalidate_where(&self.deks, |(t, _)| t == tenant)
+            .await;
+        self.invalidate_where(&self.tenant_keys, |(t, _)| t == tenant)
+            .await;
     }
 
     async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool)
@@ -374,7 +399,11 @@ impl Keyring {
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
-        let doomed: Vec<Arc<K>> = cache.iter().filter(|(k, _)| pred(k)).map(|(k, _)| k).collect();
+        let doomed: Vec<Arc<K>> = cache
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(k, _)| k)
+            .collect();
         for key in doomed {
             cache.invalidate(key.as_ref()).await;
         }
@@ -390,21 +419,38 @@ impl Keyring {
     }
 
     /// The unwrapped tenant key `id`: the one KEK call of the data path.
-    async fn tenant_key(&self, tenant: &TenantId, id: &KeyId) -> Result<Arc<LiveKey>, ServiceError> {
+    async fn tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Arc<LiveKey>, ServiceError> {
         let result = self
             .tenant_keys
             .try_get_with((tenant.clone(), *id), async {
-                let record = self.store.get_tenant_key(tenant, id).await?.ok_or_else(|| {
-                    ServiceError::Internal(format!("tenant key {id} of {tenant} is not in the store"))
-                })?;
+                let record = self
+                    .store
+                    .get_tenant_key(tenant, id)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::Internal(format!(
+                            "tenant key {id} of {tenant} is not in the store"
+                        ))
+                    })?;
                 let kind = ProviderKind::from_str(&record.provider).map_err(|_| {
-                    ServiceError::Internal(format!("unknown provider {:?} in store", record.provider))
+                    ServiceError::Internal(format!(
+                        "unknown provider {:?} in store",
+                        record.provider
+                    ))
                 })?;
                 let kek = KeyRef::new(kind, record.key_ref.clone());
                 let provider = self.providers.get(kind)?;
                 self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
                 let key = provider
-                    .unwrap(&kek, &record.wrapped, &WrapContext::new(tenant, id, Purpose::TenantKey))
+                    .unwrap(
+                        &kek,
+                        &record.wrapped,
+                        &WrapContext::new(tenant, id, Purpose::TenantKey),
+                    )
                     .await
                     .map_err(ServiceError::from_provider)?;
                 Ok(Arc::new(LiveKey {
@@ -441,7 +487,9 @@ impl Keyring {
     }
 
     async fn unwrap_dek(&self, record: &DekRecord) -> Result<Arc<LiveKey>, ServiceError> {
-        let tenant_key = self.tenant_key(&record.tenant, &record.tenant_key_id).await?;
+        let tenant_key = self
+            .tenant_key(&record.tenant, &record.tenant_key_id)
+            .await?;
         let aad = dek_aad(&record.tenant, &record.scope, &record.id)?;
         let key = unwrap_key(&tenant_key.key, &record.wrapped, &aad).map_err(|_| {
             ServiceError::WrappedKeyRejected(format!(
@@ -517,7 +565,8 @@ impl Keyring {
         let tenant_key = self.tenant_key(tenant, &binding.tenant_key_id).await?;
         let id = KeyId::generate().map_err(internal)?;
         let key = SecretKey::generate().map_err(internal)?;
-        let wrapped = wrap_key(&tenant_key.key, &key, &dek_aad(tenant, scope, &id)?).map_err(internal)?;
+        let wrapped =
+            wrap_key(&tenant_key.key, &key, &dek_aad(tenant, scope, &id)?).map_err(internal)?;
         let record = self
             .store
             .insert_dek(NewDek {
@@ -590,7 +639,9 @@ fn dek_aad(tenant: &TenantId, scope: &Scope, id: &KeyId) -> Result<Vec<u8>, Serv
         ("keyward:dek-id", id.to_string()),
     ];
     let map = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Ok(EncryptionContext::with_reserved(map).map_err(internal)?.canonical_bytes())
+    Ok(EncryptionContext::with_reserved(map)
+        .map_err(internal)?
+        .canonical_bytes())
 }
 
 fn classify_parse_error(e: EnvelopeError) -> ServiceError {

@@ -107,12 +107,13 @@ pub async fn serve(
     keyring: Arc<Keyring>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: settings.listen,
         source,
@@ -128,8 +129,12 @@ pub async fn serve(
     let tenants = TenantServiceServer::new(service::TenantApi::new(Arc::clone(&keyring)));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CryptoServiceServer<service::CryptoApi>>().await;
-    health_reporter.set_serving::<TenantServiceServer<service::TenantApi>>().await;
+    health_reporter
+        .set_serving::<CryptoServiceServer<service::CryptoApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TenantServiceServer<service::TenantApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -52,7 +52,10 @@ impl CryptoService for CryptoApi {
             }
             .into());
         }
-        let (envelope, dek_id) = self.keyring.encrypt(&tenant, &scope, &ctx, &plaintext).await?;
+        let (envelope, dek_id) = self
+            .keyring
+            .encrypt(&tenant, &scope, &ctx, &plaintext)
+            .await?;
         Ok(Response::new(pb::EncryptResponse {
             envelope,
             dek_id: dek_id.to_string(),
@@ -66,7 +69,10 @@ impl CryptoService for CryptoApi {
         let request = request.into_inner();
         let tenant = tenant_id(&request.tenant_id)?;
         let ctx = context(request.encryption_context)?;
-        let plaintext = self.keyring.decrypt(&tenant, &request.envelope, &ctx).await?;
+        let plaintext = self
+            .keyring
+            .decrypt(&tenant, &request.envelope, &ctx)
+            .await?;
         // prost needs an owned Vec; the copy tonic encodes from is not
         // zeroized (docs/threat-model.md), ours is.
         Ok(Response::new(pb::DecryptResponse {

@@ -125,8 +125,10 @@ fn scope(s: &str) -> Scope {
 }
 
 fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
-    let map: BTreeMap<String, String> =
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let map: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     EncryptionContext::try_from_map(map).unwrap()
 }
 
@@ -153,35 +155,56 @@ async fn many_scopes_and_messages_cost_one_kek_unwrap_per_ttl() {
     for s in 0..40 {
         for m in 0..10 {
             let pt = format!("prompt {s}/{m}");
-            let (env, _) = keyring.encrypt(&t, &scope(&format!("s{s}")), &c, pt.as_bytes()).await.unwrap();
+            let (env, _) = keyring
+                .encrypt(&t, &scope(&format!("s{s}")), &c, pt.as_bytes())
+                .await
+                .unwrap();
             envelopes.push((env, pt));
         }
     }
     for (env, pt) in &envelopes {
-        assert_eq!(keyring.decrypt(&t, env, &c).await.unwrap().as_slice(), pt.as_bytes());
+        assert_eq!(
+            keyring.decrypt(&t, env, &c).await.unwrap().as_slice(),
+            pt.as_bytes()
+        );
     }
-    assert_eq!(fx.unwraps(), 1, "400 messages in 40 scopes must reuse the cached tenant key");
+    assert_eq!(
+        fx.unwraps(),
+        1,
+        "400 messages in 40 scopes must reuse the cached tenant key"
+    );
     assert_eq!(keyring.stats().deks_created, 40);
 
     // A fresh replica (cold caches) decrypting everything concurrently: one unwrap.
     let cold = Arc::new(fx.keyring(ttl, LOOSE));
     let mut tasks = Vec::new();
-    for (env, pt) in envelopes.iter().take(64).cloned() {
+    for (env, pt) in envelopes.iter().take(64) {
+        let (env, pt) = (env.clone(), pt.clone());
         let cold = cold.clone();
         let (t, c) = (t.clone(), c.clone());
         tasks.push(tokio::spawn(async move {
-            assert_eq!(cold.decrypt(&t, &env, &c).await.unwrap().as_slice(), pt.as_bytes());
+            assert_eq!(
+                cold.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+                pt.as_bytes()
+            );
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(fx.unwraps(), 2, "concurrent cold misses are loaded once (single flight)");
+    assert_eq!(
+        fx.unwraps(),
+        2,
+        "concurrent cold misses are loaded once (single flight)"
+    );
 
     // After the TTL the tenant key is unwrapped again, once.
     tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     for (env, pt) in envelopes.iter().step_by(7) {
-        assert_eq!(cold.decrypt(&t, env, &c).await.unwrap().as_slice(), pt.as_bytes());
+        assert_eq!(
+            cold.decrypt(&t, env, &c).await.unwrap().as_slice(),
+            pt.as_bytes()
+        );
     }
     assert_eq!(fx.unwraps(), 3);
 }
@@ -220,7 +243,10 @@ async fn rotation_by_message_count_and_bytes_keeps_every_envelope_readable() {
     assert_ne!(a, b);
 
     for (i, env) in envs.iter().enumerate() {
-        assert_eq!(keyring.decrypt(&t, env, &c).await.unwrap().as_slice(), &[i as u8; 10]);
+        assert_eq!(
+            keyring.decrypt(&t, env, &c).await.unwrap().as_slice(),
+            &[i as u8; 10]
+        );
     }
 }
 
@@ -254,11 +280,20 @@ async fn concurrent_encrypts_on_one_scope_rotate_cleanly() {
     for task in tasks {
         let (env, id, i) = task.await.unwrap();
         *per_dek.entry(id.to_string()).or_default() += 1;
-        let pt = keyring.decrypt(&t, &env, &EncryptionContext::empty()).await.unwrap();
+        let pt = keyring
+            .decrypt(&t, &env, &EncryptionContext::empty())
+            .await
+            .unwrap();
         assert_eq!(pt.as_slice(), &i.to_be_bytes());
     }
-    assert!(per_dek.values().all(|&n| n <= 5), "no DEK exceeds its message limit: {per_dek:?}");
-    assert!(per_dek.len() >= 13, "64 messages at 5 per DEK need at least 13 DEKs");
+    assert!(
+        per_dek.values().all(|&n| n <= 5),
+        "no DEK exceeds its message limit: {per_dek:?}"
+    );
+    assert!(
+        per_dek.len() >= 13,
+        "64 messages at 5 per DEK need at least 13 DEKs"
+    );
 }
 
 #[tokio::test]
@@ -280,8 +315,14 @@ async fn kek_rotation_keeps_old_data_and_moves_new_deks_to_the_new_tenant_key() 
     assert_ne!(old_dek, new_dek);
     let record = fx.store.get_dek(&t, &new_dek).await.unwrap().unwrap();
     assert_eq!(record.tenant_key_id, binding.tenant_key_id);
-    assert_eq!(keyring.decrypt(&t, &old_env, &c).await.unwrap().as_slice(), b"before");
-    assert_eq!(keyring.decrypt(&t, &new_env, &c).await.unwrap().as_slice(), b"after");
+    assert_eq!(
+        keyring.decrypt(&t, &old_env, &c).await.unwrap().as_slice(),
+        b"before"
+    );
+    assert_eq!(
+        keyring.decrypt(&t, &new_env, &c).await.unwrap().as_slice(),
+        b"after"
+    );
 }
 
 #[tokio::test]
@@ -300,7 +341,10 @@ async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled
     let err = loop {
         match keyring.decrypt(&t, &env, &c).await {
             Ok(_) => {
-                assert!(disabled_at.elapsed() <= ttl + Duration::from_millis(500), "served past the TTL");
+                assert!(
+                    disabled_at.elapsed() <= ttl + Duration::from_millis(500),
+                    "served past the TTL"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => break e,
@@ -311,7 +355,10 @@ async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled
     assert_eq!(err.reason(), "KEY_REFUSED");
 
     fx.operator().set_enabled("default", true).unwrap();
-    assert_eq!(keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(), b"secret");
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"secret"
+    );
 }
 
 #[tokio::test]
@@ -322,9 +369,15 @@ async fn tenants_are_isolated() {
     onboard(&keyring, &a, "default").await;
     onboard(&keyring, &b, "default").await;
     let c = EncryptionContext::empty();
-    let (env, _) = keyring.encrypt(&a, &Scope::default_scope(), &c, b"a's data").await.unwrap();
+    let (env, _) = keyring
+        .encrypt(&a, &Scope::default_scope(), &c, b"a's data")
+        .await
+        .unwrap();
 
-    assert!(matches!(keyring.decrypt(&b, &env, &c).await, Err(ServiceError::TenantMismatch)));
+    assert!(matches!(
+        keyring.decrypt(&b, &env, &c).await,
+        Err(ServiceError::TenantMismatch)
+    ));
     // Rewriting the tenant id in the header (same length) does not help either.
     let forged = rewrite(&env, b"tenant-a", b"tenant-b");
     let err = keyring.decrypt(&b, &forged, &c).await.unwrap_err();
@@ -332,7 +385,10 @@ async fn tenants_are_isolated() {
 }
 
 fn rewrite(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let pos = haystack.windows(from.len()).position(|w| w == from).unwrap();
+    let pos = haystack
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap();
     let mut out = haystack.to_vec();
     out[pos..pos + to.len()].copy_from_slice(to);
     out

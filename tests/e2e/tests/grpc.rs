@@ -1,6 +1,11 @@
 //! The real `keyward` binary over gRPC: round trips, every documented error,
 //! tenant isolation and revocation through a disabled local key.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::print_stderr, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::print_stderr,
+    reason = "tests"
+)]
 
 mod support;
 
@@ -30,7 +35,11 @@ async fn round_trip_health_and_tenant_view() {
         .unwrap()
         .into_inner();
     assert_eq!(enc.dek_id.len(), 32);
-    assert!(!enc.envelope.windows(prompt.len()).any(|w| w == prompt.as_slice()));
+    assert!(
+        !enc.envelope
+            .windows(prompt.len())
+            .any(|w| w == prompt.as_slice())
+    );
     let dec = crypto
         .decrypt(pb::DecryptRequest {
             tenant_id: "acme".into(),
@@ -84,14 +93,17 @@ async fn round_trip_health_and_tenant_view() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
 async fn reflection_lists_the_api() {
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let server = Server::start(&[]);
     let mut client = ServerReflectionClient::new(server.channel().await);
@@ -109,7 +121,11 @@ async fn reflection_lists_the_api() {
         panic!("unexpected reflection response");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for expected in ["keyward.v1.CryptoService", "keyward.v1.TenantService", "grpc.health.v1.Health"] {
+    for expected in [
+        "keyward.v1.CryptoService",
+        "keyward.v1.TenantService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.contains(&expected), "{names:?}");
     }
 }
@@ -141,71 +157,244 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
         .into_inner()
         .envelope;
 
-    let store = SqliteStore::open_read_only(&server.database()).await.unwrap();
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
     let before = store.dump().await.unwrap();
 
-    let encrypt = |tenant: &str, plaintext: Vec<u8>, ctx: &[(&str, &str)], scope: &str| pb::EncryptRequest {
-        tenant_id: tenant.into(),
-        plaintext,
-        encryption_context: context(ctx),
-        scope: scope.into(),
-    };
-    let decrypt = |tenant: &str, envelope: Vec<u8>, ctx: &std::collections::HashMap<String, String>| {
-        pb::DecryptRequest {
+    let encrypt =
+        |tenant: &str, plaintext: Vec<u8>, ctx: &[(&str, &str)], scope: &str| pb::EncryptRequest {
             tenant_id: tenant.into(),
-            envelope,
-            encryption_context: ctx.clone(),
-        }
-    };
+            plaintext,
+            encryption_context: context(ctx),
+            scope: scope.into(),
+        };
+    let decrypt =
+        |tenant: &str, envelope: Vec<u8>, ctx: &std::collections::HashMap<String, String>| {
+            pb::DecryptRequest {
+                tenant_id: tenant.into(),
+                envelope,
+                encryption_context: ctx.clone(),
+            }
+        };
 
     // Encrypt.
-    assert_status(crypto.encrypt(encrypt("Bad Tenant!", vec![1], &[], "")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(crypto.encrypt(encrypt("", vec![1], &[], "")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(crypto.encrypt(encrypt("nobody", vec![1], &[], "")).await, Code::NotFound, "TENANT_NOT_FOUND");
-    assert_status(crypto.encrypt(encrypt("keyless", vec![1], &[], "")).await, Code::FailedPrecondition, "NO_KEY_REGISTERED");
-    assert_status(crypto.encrypt(encrypt("tenant-a", vec![0; 4097], &[], "")).await, Code::InvalidArgument, "PAYLOAD_TOO_LARGE");
-    assert_status(crypto.encrypt(encrypt("tenant-a", vec![1], &[("keyward:tenant", "x")], "")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(crypto.encrypt(encrypt("tenant-a", vec![1], &[], "bad\nscope")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_status(
+        crypto
+            .encrypt(encrypt("Bad Tenant!", vec![1], &[], ""))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        crypto.encrypt(encrypt("", vec![1], &[], "")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        crypto.encrypt(encrypt("nobody", vec![1], &[], "")).await,
+        Code::NotFound,
+        "TENANT_NOT_FOUND",
+    );
+    assert_status(
+        crypto.encrypt(encrypt("keyless", vec![1], &[], "")).await,
+        Code::FailedPrecondition,
+        "NO_KEY_REGISTERED",
+    );
+    assert_status(
+        crypto
+            .encrypt(encrypt("tenant-a", vec![0; 4097], &[], ""))
+            .await,
+        Code::InvalidArgument,
+        "PAYLOAD_TOO_LARGE",
+    );
+    assert_status(
+        crypto
+            .encrypt(encrypt("tenant-a", vec![1], &[("keyward:tenant", "x")], ""))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        crypto
+            .encrypt(encrypt("tenant-a", vec![1], &[], "bad\nscope"))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     let huge_value = "v".repeat(20_000);
-    assert_status(crypto.encrypt(encrypt("tenant-a", vec![1], &[("k", &huge_value)], "")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_status(
+        crypto
+            .encrypt(encrypt("tenant-a", vec![1], &[("k", &huge_value)], ""))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     // Far beyond the configured limit, the transport itself refuses.
-    let status = crypto.encrypt(encrypt("tenant-a", vec![0; 200_000], &[], "")).await.unwrap_err();
+    let status = crypto
+        .encrypt(encrypt("tenant-a", vec![0; 200_000], &[], ""))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
     // Decrypt.
-    assert_status(crypto.decrypt(decrypt("tenant-a", b"not an envelope".to_vec(), &ctx)).await, Code::InvalidArgument, "MALFORMED_ENVELOPE");
-    assert_status(crypto.decrypt(decrypt("tenant-a", good[..10].to_vec(), &ctx)).await, Code::InvalidArgument, "MALFORMED_ENVELOPE");
-    assert_status(crypto.decrypt(decrypt("tenant-a", Vec::new(), &ctx)).await, Code::InvalidArgument, "MALFORMED_ENVELOPE");
+    assert_status(
+        crypto
+            .decrypt(decrypt("tenant-a", b"not an envelope".to_vec(), &ctx))
+            .await,
+        Code::InvalidArgument,
+        "MALFORMED_ENVELOPE",
+    );
+    assert_status(
+        crypto
+            .decrypt(decrypt("tenant-a", good[..10].to_vec(), &ctx))
+            .await,
+        Code::InvalidArgument,
+        "MALFORMED_ENVELOPE",
+    );
+    assert_status(
+        crypto.decrypt(decrypt("tenant-a", Vec::new(), &ctx)).await,
+        Code::InvalidArgument,
+        "MALFORMED_ENVELOPE",
+    );
     let mut future_version = good.clone();
     future_version[2] = 99;
-    assert_status(crypto.decrypt(decrypt("tenant-a", future_version, &ctx)).await, Code::InvalidArgument, "UNSUPPORTED_ENVELOPE");
-    assert_status(crypto.decrypt(decrypt("tenant-a", good.clone(), &context(&[("conversation", "8")]))).await, Code::InvalidArgument, "DECRYPT_FAILED");
-    assert_status(crypto.decrypt(decrypt("tenant-a", good.clone(), &context(&[]))).await, Code::InvalidArgument, "DECRYPT_FAILED");
+    assert_status(
+        crypto
+            .decrypt(decrypt("tenant-a", future_version, &ctx))
+            .await,
+        Code::InvalidArgument,
+        "UNSUPPORTED_ENVELOPE",
+    );
+    assert_status(
+        crypto
+            .decrypt(decrypt(
+                "tenant-a",
+                good.clone(),
+                &context(&[("conversation", "8")]),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "DECRYPT_FAILED",
+    );
+    assert_status(
+        crypto
+            .decrypt(decrypt("tenant-a", good.clone(), &context(&[])))
+            .await,
+        Code::InvalidArgument,
+        "DECRYPT_FAILED",
+    );
     let mut tampered = good.clone();
     *tampered.last_mut().unwrap() ^= 1;
-    assert_status(crypto.decrypt(decrypt("tenant-a", tampered, &ctx)).await, Code::InvalidArgument, "DECRYPT_FAILED");
+    assert_status(
+        crypto.decrypt(decrypt("tenant-a", tampered, &ctx)).await,
+        Code::InvalidArgument,
+        "DECRYPT_FAILED",
+    );
     // Cross-tenant: tenant B presenting A's envelope, as is and with the header forged.
-    assert_status(crypto.decrypt(decrypt("tenant-b", good.clone(), &ctx)).await, Code::InvalidArgument, "TENANT_MISMATCH");
+    assert_status(
+        crypto
+            .decrypt(decrypt("tenant-b", good.clone(), &ctx))
+            .await,
+        Code::InvalidArgument,
+        "TENANT_MISMATCH",
+    );
     let pos = good.windows(8).position(|w| w == b"tenant-a").unwrap();
     let mut forged = good.clone();
     forged[pos..pos + 8].copy_from_slice(b"tenant-b");
-    assert_status(crypto.decrypt(decrypt("tenant-b", forged, &ctx)).await, Code::NotFound, "DATA_KEY_NOT_FOUND");
-    assert_status(crypto.decrypt(decrypt("nobody", good.clone(), &ctx)).await, Code::InvalidArgument, "TENANT_MISMATCH");
+    assert_status(
+        crypto.decrypt(decrypt("tenant-b", forged, &ctx)).await,
+        Code::NotFound,
+        "DATA_KEY_NOT_FOUND",
+    );
+    assert_status(
+        crypto.decrypt(decrypt("nobody", good.clone(), &ctx)).await,
+        Code::InvalidArgument,
+        "TENANT_MISMATCH",
+    );
 
     // Onboarding.
-    assert_status(tenants.create_tenant(pb::CreateTenantRequest { tenant_id: "tenant-a".into(), display_name: String::new() }).await, Code::AlreadyExists, "TENANT_ALREADY_EXISTS");
-    assert_status(tenants.create_tenant(pb::CreateTenantRequest { tenant_id: "UPPER".into(), display_name: String::new() }).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(tenants.create_tenant(pb::CreateTenantRequest { tenant_id: "named".into(), display_name: "a\u{0}b".into() }).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(tenants.register_key(local_key("nobody", "default")).await, Code::NotFound, "TENANT_NOT_FOUND");
-    assert_status(tenants.register_key(local_key("keyless", "no-such-key")).await, Code::FailedPrecondition, "KEY_NOT_FOUND");
-    assert_status(tenants.register_key(local_key("keyless", "../../etc/passwd")).await, Code::FailedPrecondition, "KEY_MISCONFIGURED");
-    assert_status(tenants.register_key(pb::RegisterKeyRequest { tenant_id: "keyless".into(), key: None }).await, Code::InvalidArgument, "INVALID_ARGUMENT");
-    assert_status(tenants.get_tenant(pb::GetTenantRequest { tenant_id: "nobody".into() }).await, Code::NotFound, "TENANT_NOT_FOUND");
+    assert_status(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "tenant-a".into(),
+                display_name: String::new(),
+            })
+            .await,
+        Code::AlreadyExists,
+        "TENANT_ALREADY_EXISTS",
+    );
+    assert_status(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "UPPER".into(),
+                display_name: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "named".into(),
+                display_name: "a\u{0}b".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        tenants.register_key(local_key("nobody", "default")).await,
+        Code::NotFound,
+        "TENANT_NOT_FOUND",
+    );
+    assert_status(
+        tenants
+            .register_key(local_key("keyless", "no-such-key"))
+            .await,
+        Code::FailedPrecondition,
+        "KEY_NOT_FOUND",
+    );
+    assert_status(
+        tenants
+            .register_key(local_key("keyless", "../../etc/passwd"))
+            .await,
+        Code::FailedPrecondition,
+        "KEY_MISCONFIGURED",
+    );
+    assert_status(
+        tenants
+            .register_key(pb::RegisterKeyRequest {
+                tenant_id: "keyless".into(),
+                key: None,
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_status(
+        tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant_id: "nobody".into(),
+            })
+            .await,
+        Code::NotFound,
+        "TENANT_NOT_FOUND",
+    );
 
-    assert_eq!(store.dump().await.unwrap(), before, "a rejected request changed the store");
+    assert_eq!(
+        store.dump().await.unwrap(),
+        before,
+        "a rejected request changed the store"
+    );
 
     // And the good envelope still decrypts.
-    let ok = crypto.decrypt(decrypt("tenant-a", good, &ctx)).await.unwrap().into_inner();
+    let ok = crypto
+        .decrypt(decrypt("tenant-a", good, &ctx))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.plaintext, b"hello");
 }
 
@@ -236,7 +425,16 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
 
     // The customer disables the key, through the real CLI in another process.
     let kms_dir = server.local_kms_dir();
-    let (ok, _, stderr) = server.cli(&["key", "disable", "default", "--local-kms-dir", kms_dir.to_str().unwrap()], b"");
+    let (ok, _, stderr) = server.cli(
+        &[
+            "key",
+            "disable",
+            "default",
+            "--local-kms-dir",
+            kms_dir.to_str().unwrap(),
+        ],
+        b"",
+    );
     assert!(ok, "{stderr}");
     let disabled_at = Instant::now();
 
@@ -254,7 +452,11 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
         }
     };
     eprintln!("revocation window observed: {:?}", disabled_at.elapsed());
-    assert_status(Err::<(), _>(status), Code::FailedPrecondition, "KEY_REFUSED");
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_REFUSED",
+    );
     assert_status(
         crypto
             .encrypt(pb::EncryptRequest {
@@ -269,7 +471,16 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
     );
 
     // Re-enabled: access returns.
-    let (ok, _, stderr) = server.cli(&["key", "enable", "default", "--local-kms-dir", kms_dir.to_str().unwrap()], b"");
+    let (ok, _, stderr) = server.cli(
+        &[
+            "key",
+            "enable",
+            "default",
+            "--local-kms-dir",
+            kms_dir.to_str().unwrap(),
+        ],
+        b"",
+    );
     assert!(ok, "{stderr}");
     let again = crypto.decrypt(request()).await.unwrap().into_inner();
     assert_eq!(again.plaintext, b"secret prompt");

@@ -123,7 +123,12 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn keyward");
-        child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
         let out = child.wait_with_output().expect("wait");
         (
             out.status.success(),
@@ -173,7 +178,11 @@ pub(crate) fn context(pairs: &[(&str, &str)]) -> std::collections::HashMap<Strin
 }
 
 /// Asserts a status code and its `ErrorInfo` reason (domain keyward.v1).
-pub(crate) fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) {
+pub(crate) fn assert_status(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    reason: &str,
+) {
     let status = result.expect_err(&format!("expected {code:?} {reason}"));
     assert_eq!(status.code(), code, "{status:?}");
     let info = status
