@@ -63,6 +63,17 @@ impl SqliteStore {
     /// Creates the file if needed; WAL journal, synchronous=FULL, foreign_keys=ON, busy_timeout
     /// 5s; runs migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // The store holds every wrapped key: a new database is readable by its owner only.
+        // SQLite gives the -wal and -shm files the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
