@@ -109,7 +109,11 @@ impl EncryptionContext {
     }
 
     fn encoded_len(&self) -> usize {
-        2 + self.0.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>()
+        2 + self
+            .0
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
     }
 
     /// Entries in canonical (ascending key) order.
@@ -173,8 +177,8 @@ mod tests {
 
     #[test]
     fn canonical_encoding_is_sorted_and_length_prefixed() {
-        let ctx = EncryptionContext::try_from_map(map(&[("b", "2"), ("a", ""), ("aa", "xyz")]))
-            .unwrap();
+        let ctx =
+            EncryptionContext::try_from_map(map(&[("b", "2"), ("a", ""), ("aa", "xyz")])).unwrap();
         assert_eq!(
             ctx.canonical_bytes(),
             [
@@ -249,7 +253,9 @@ mod tests {
         // 15 entries of (4-byte key, 1024-byte value) = 2 + 15*1032 = 15482 bytes: fits.
         // 16 entries = 16514 bytes: over 16 KiB although every entry is within bounds.
         let big = |n: usize| -> BTreeMap<String, String> {
-            (0..n).map(|i| (format!("k{i:03}"), v1024.clone())).collect()
+            (0..n)
+                .map(|i| (format!("k{i:03}"), v1024.clone()))
+                .collect()
         };
         let ok = EncryptionContext::try_from_map(big(15)).unwrap();
         assert_eq!(ok.canonical_bytes().len(), 15482);

@@ -202,7 +202,9 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     let mut r = Reader { rest: bytes };
     let magic = r.take(MAGIC.len(), "truncated in the magic")?;
     if magic != MAGIC {
-        return Err(EnvelopeError::Malformed("bad magic (not a Keyward envelope)"));
+        return Err(EnvelopeError::Malformed(
+            "bad magic (not a Keyward envelope)",
+        ));
     }
     let [version] = r.take_array::<1>("truncated before the version")?;
     if version != FORMAT_VERSION {
@@ -499,7 +501,10 @@ mod tests {
         assert_eq!(parsed.header_bytes(), &env[..90]);
         assert_eq!(parsed.plaintext_len(), 2);
         let dbg = format!("{parsed:?}");
-        assert!(dbg.contains("acme") && dbg.contains("ciphertext_len: 2"), "{dbg}");
+        assert!(
+            dbg.contains("acme") && dbg.contains("ciphertext_len: 2"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -529,10 +534,15 @@ mod tests {
     #[test]
     fn derivation_labels_separate_key_and_commitment() {
         let dek = SecretKey::from_bytes([5u8; 32]);
-        let k = derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &[0u8; 32]).unwrap();
+        let k =
+            derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &[0u8; 32]).unwrap();
         assert_ne!(k.message_key.expose_secret(), &k.commitment);
-        let k2 = derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &[1u8; 32]).unwrap();
-        assert_ne!(k.message_key.expose_secret(), k2.message_key.expose_secret());
+        let k2 =
+            derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &[1u8; 32]).unwrap();
+        assert_ne!(
+            k.message_key.expose_secret(),
+            k2.message_key.expose_secret()
+        );
         assert_ne!(k.commitment, k2.commitment);
     }
 
@@ -545,7 +555,10 @@ mod tests {
         let a = seal(&dek, &t, &id, &c, b"same").unwrap();
         let b = seal(&dek, &t, &id, &c, b"same").unwrap();
         assert_ne!(a, b);
-        assert_ne!(parse(&a).unwrap().header().salt(), parse(&b).unwrap().header().salt());
+        assert_ne!(
+            parse(&a).unwrap().header().salt(),
+            parse(&b).unwrap().header().salt()
+        );
     }
 
     #[test]

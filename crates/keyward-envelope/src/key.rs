@@ -269,7 +269,7 @@ mod tests {
         struct Debuggable;
         struct Cloneable;
         impl<T: ?Sized + fmt::Debug> AmbiguousIfImpl<Debuggable> for T {}
-        impl<T: ?Sized + Clone> AmbiguousIfImpl<Cloneable> for T {}
+        impl<T: Clone> AmbiguousIfImpl<Cloneable> for T {}
         let _ = <SecretKey as AmbiguousIfImpl<_>>::some_item;
     };
 
@@ -310,7 +310,8 @@ mod tests {
 
     #[test]
     fn key_id_display_and_parse_round_trip() {
-        let id = KeyId::from_bytes(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\xff");
+        let id =
+            KeyId::from_bytes(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\xff");
         let s = id.to_string();
         assert_eq!(s, "000102030405060708090a0b0c0d0eff");
         assert_eq!(format!("{id:?}"), "KeyId(000102030405060708090a0b0c0d0eff)");
@@ -388,6 +389,10 @@ mod tests {
         assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(long), b"aad")));
         let short = w.as_bytes()[..WRAPPED_KEY_LEN - 1].to_vec();
         assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(short), b"aad")));
-        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(Vec::new()), b"aad")));
+        assert!(is_unwrap(unwrap_key(
+            &kek,
+            &WrappedKey::new(Vec::new()),
+            b"aad"
+        )));
     }
 }

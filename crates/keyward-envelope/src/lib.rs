@@ -44,8 +44,8 @@ pub use context::{
     EncryptionContext, RESERVED_PREFIX,
 };
 pub use envelope::{
-    COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION,
-    HEADER_FIXED_LEN, Header, MAGIC, SALT_LEN, Suite, parse, seal, seal_with_salt, sealed_len,
+    COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION, HEADER_FIXED_LEN,
+    Header, MAGIC, SALT_LEN, Suite, parse, seal, seal_with_salt, sealed_len,
 };
 pub use error::{CryptoError, EnvelopeError};
 pub use key::{

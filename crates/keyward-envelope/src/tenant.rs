@@ -25,8 +25,9 @@ pub(crate) fn is_valid_tenant_id(b: &[u8]) -> bool {
     };
     b.len() <= TENANT_ID_MAX_LEN
         && (first.is_ascii_lowercase() || first.is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
 }
 
 impl TenantId {
@@ -105,7 +106,15 @@ mod tests {
     #[test]
     fn accepts_valid_ids() {
         let max = "a".repeat(64);
-        for ok in ["a", "0", "acme", "acme-corp", "t.1_x-2", "9lives", max.as_str()] {
+        for ok in [
+            "a",
+            "0",
+            "acme",
+            "acme-corp",
+            "t.1_x-2",
+            "9lives",
+            max.as_str(),
+        ] {
             let t: TenantId = ok.parse().unwrap();
             assert_eq!(t.as_str(), ok);
             assert_eq!(t.to_string(), ok);
@@ -147,7 +156,10 @@ mod tests {
 
     #[test]
     fn ordering_is_bytewise() {
-        let mut v: Vec<TenantId> = ["b", "a-1", "a"].iter().map(|s| s.parse().unwrap()).collect();
+        let mut v: Vec<TenantId> = ["b", "a-1", "a"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         v.sort();
         let s: Vec<&str> = v.iter().map(TenantId::as_str).collect();
         assert_eq!(s, ["a", "a-1", "b"]);

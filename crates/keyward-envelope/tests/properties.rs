@@ -14,10 +14,10 @@ fn tenant_strategy() -> impl Strategy<Value = TenantId> {
 }
 
 fn context_strategy() -> impl Strategy<Value = EncryptionContext> {
-    proptest::collection::btree_map("[a-zA-Z0-9_.:/-]{1,24}", "\\PC{0,40}", 0..8).prop_filter_map(
-        "reserved prefix",
-        |m: BTreeMap<String, String>| EncryptionContext::try_from_map(m).ok(),
-    )
+    proptest::collection::btree_map("[a-zA-Z0-9_.:/-]{1,24}", "\\PC{0,40}", 0..8)
+        .prop_filter_map("reserved prefix", |m: BTreeMap<String, String>| {
+            EncryptionContext::try_from_map(m).ok()
+        })
 }
 
 fn key_strategy() -> impl Strategy<Value = [u8; 32]> {

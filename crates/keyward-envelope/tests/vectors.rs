@@ -136,7 +136,12 @@ fn valid_vectors_reproduce_and_decrypt() {
         let expected = unhex(&v.envelope);
 
         let sealed = seal_with_salt(&dek, &tenant, &dek_id, &ctx, &plaintext, &salt).unwrap();
-        assert_eq!(hex::encode(&sealed), v.envelope, "{}: envelope bytes", v.name);
+        assert_eq!(
+            hex::encode(&sealed),
+            v.envelope,
+            "{}: envelope bytes",
+            v.name
+        );
 
         let env = parse(&expected).unwrap();
         let h = env.header();
@@ -163,8 +168,8 @@ fn invalid_vectors_fail_with_the_named_error() {
                 Err(e) => assert_eq!(kind(&e), v.error, "{}: {e}", v.name),
             },
             "open" => {
-                let env = parse(&bytes)
-                    .unwrap_or_else(|e| panic!("{}: should parse, got {e}", v.name));
+                let env =
+                    parse(&bytes).unwrap_or_else(|e| panic!("{}: should parse, got {e}", v.name));
                 match env.open(&dek, &ctx) {
                     Ok(_) => panic!("{}: opened but should not", v.name),
                     Err(e) => assert_eq!(kind(&e), v.error, "{}: {e}", v.name),

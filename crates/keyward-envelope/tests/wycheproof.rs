@@ -51,6 +51,9 @@ fn wycheproof_aes_256_gcm() {
     // key, 96-bit nonce and 128-bit tag. A filter that silently matches nothing (for example
     // after an upgrade renames a field) must fail the test rather than pass vacuously.
     assert!(valid >= 39, "only {valid} valid AES-256-GCM cases ran");
-    assert!(invalid >= 27, "only {invalid} invalid AES-256-GCM cases ran");
+    assert!(
+        invalid >= 27,
+        "only {invalid} invalid AES-256-GCM cases ran"
+    );
     assert!(skipped > 0, "the filter should skip other key/nonce sizes");
 }
