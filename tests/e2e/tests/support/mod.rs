@@ -30,7 +30,7 @@ pub(crate) fn keyward_bin() -> PathBuf {
         .expect("target dir");
     assert!(
         bin.exists(),
-        "{} not found: build it with `cargo build -p keyward-cli` (cargo test --workspace does)",
+        "{} not found: build it first with `cargo build --workspace --all-features --bins` (scripts/test does)",
         bin.display()
     );
     bin
