@@ -1,0 +1,358 @@
+//! [`AuditEvent`]: what happened. One variant per kind of event, serialised with a `"type"` tag
+//! whose snake_case names are part of the format and never change.
+//!
+//! No event carries plaintext or key bytes. Caller-chosen identifiers that need not be readable
+//! (scope labels, which may be user ids) are recorded only as
+//! [`IdentifierHasher`](crate::IdentifierHasher) digests.
+
+use keyward_envelope::{KeyId, TenantId};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::PublicKey;
+
+/// One auditable event. See `docs/auditor-guide.md` for what each field means to an auditor.
+///
+/// Times are Unix time: `*_ms` in milliseconds, `second` in seconds, `minute` in seconds at the
+/// start of the minute (a multiple of 60). Optional fields are written as `null`, never omitted.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditEvent {
+    /// A tenant was created.
+    TenantCreated {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// The authenticated caller that created it, when known.
+        actor: Option<String>,
+    },
+    /// A customer tried to register a KEK; the validation outcome is recorded either way.
+    KeyRegistrationAttempted {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// Provider name (`aws-kms`, `gcp-kms`, `local`, …).
+        provider: String,
+        /// The customer's key reference (ARN, resource name, URI). Not secret.
+        key_ref: String,
+        outcome: RegistrationOutcome,
+    },
+    /// The tenant's active KEK binding changed (first registration or rotation).
+    KekBindingChanged {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        binding_id: i64,
+        provider: String,
+        key_ref: String,
+        /// The tenant key created under the new binding.
+        #[serde(with = "key_id")]
+        tenant_key_id: KeyId,
+        /// The binding this one replaced, if any.
+        previous_binding_id: Option<i64>,
+    },
+    /// A data-encryption key was created.
+    DekCreated {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// HMAC of the scope label ([`crate::IdentifierHasher`], kind `"scope"`).
+        scope_hmac: String,
+        #[serde(with = "key_id")]
+        dek_id: KeyId,
+        /// The tenant key the DEK is wrapped under.
+        #[serde(with = "key_id")]
+        tenant_key_id: KeyId,
+    },
+    /// A data-encryption key stopped being used for new encryptions (or was deleted).
+    DekRetired {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        scope_hmac: String,
+        #[serde(with = "key_id")]
+        dek_id: KeyId,
+        reason: DekRetireReason,
+    },
+    /// A KEK binding changed revocation state (revoked, unavailable, destroyed, …).
+    RevocationStateChanged(StateTransition),
+    /// A revoked KEK binding became usable again.
+    Restored(StateTransition),
+    /// A tenant's cached tenant keys and DEKs were purged from memory (and zeroized).
+    KeysPurged {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        purged_at_ms: i64,
+        /// Number of cache entries removed.
+        entries: u64,
+    },
+    /// A caller was denied by authorization.
+    AuthorizationDenied {
+        principal: String,
+        action: String,
+        #[serde(with = "opt_tenant_id")]
+        tenant: Option<TenantId>,
+    },
+    /// Requests refused because the tenant's key is revoked, aggregated per tenant per second
+    /// (a flood cannot exhaust storage; the count is exact).
+    RevocationDenials {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// Unix time in seconds.
+        second: i64,
+        count: u64,
+    },
+    /// An administrative action, with the caller's identity.
+    AdminAction {
+        actor: String,
+        action: String,
+        detail: String,
+    },
+    /// Per-tenant usage for one minute (support's "why did our KMS bill triple?").
+    UsageSummary {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// Unix time in seconds of the minute's start (a multiple of 60).
+        minute: i64,
+        encrypts: u64,
+        decrypts: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+        kms_calls: u64,
+        cache_hits: u64,
+        errors: u64,
+    },
+    /// The deployment's checkpoint-signing key was rotated. Once a checkpoint signed by the old
+    /// key covers this record, verifiers trust `new_public_key` (`docs/audit-format.md` §5).
+    SigningKeyRotated {
+        old_key_id: String,
+        new_key_id: String,
+        new_public_key: PublicKey,
+    },
+}
+
+impl AuditEvent {
+    /// Every event type name, as written in the `"type"` field.
+    pub const TYPES: [&'static str; 13] = [
+        "tenant_created",
+        "key_registration_attempted",
+        "kek_binding_changed",
+        "dek_created",
+        "dek_retired",
+        "revocation_state_changed",
+        "restored",
+        "keys_purged",
+        "authorization_denied",
+        "revocation_denials",
+        "admin_action",
+        "usage_summary",
+        "signing_key_rotated",
+    ];
+
+    /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
+    /// indexed column.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            AuditEvent::TenantCreated { .. } => "tenant_created",
+            AuditEvent::KeyRegistrationAttempted { .. } => "key_registration_attempted",
+            AuditEvent::KekBindingChanged { .. } => "kek_binding_changed",
+            AuditEvent::DekCreated { .. } => "dek_created",
+            AuditEvent::DekRetired { .. } => "dek_retired",
+            AuditEvent::RevocationStateChanged(_) => "revocation_state_changed",
+            AuditEvent::Restored(_) => "restored",
+            AuditEvent::KeysPurged { .. } => "keys_purged",
+            AuditEvent::AuthorizationDenied { .. } => "authorization_denied",
+            AuditEvent::RevocationDenials { .. } => "revocation_denials",
+            AuditEvent::AdminAction { .. } => "admin_action",
+            AuditEvent::UsageSummary { .. } => "usage_summary",
+            AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
+        }
+    }
+
+    /// The tenant the event is about, if any; suitable for an indexed column.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            AuditEvent::TenantCreated { tenant, .. }
+            | AuditEvent::KeyRegistrationAttempted { tenant, .. }
+            | AuditEvent::KekBindingChanged { tenant, .. }
+            | AuditEvent::DekCreated { tenant, .. }
+            | AuditEvent::DekRetired { tenant, .. }
+            | AuditEvent::KeysPurged { tenant, .. }
+            | AuditEvent::RevocationDenials { tenant, .. }
+            | AuditEvent::UsageSummary { tenant, .. } => Some(tenant),
+            AuditEvent::RevocationStateChanged(t) | AuditEvent::Restored(t) => Some(&t.tenant),
+            AuditEvent::AuthorizationDenied { tenant, .. } => tenant.as_ref(),
+            AuditEvent::AdminAction { .. } | AuditEvent::SigningKeyRotated { .. } => None,
+        }
+    }
+}
+
+/// The outcome of a key registration attempt.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RegistrationOutcome {
+    /// The key validated (enabled, round trip succeeded) and was bound.
+    Succeeded,
+    /// Validation failed; `reason` is the message shown to the customer.
+    Failed { reason: String },
+}
+
+/// Why a DEK was retired.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DekRetireReason {
+    /// `rotation.max_age_seconds` reached.
+    MaxAge,
+    /// `rotation.max_messages` reached.
+    MaxMessages,
+    /// `rotation.max_bytes` reached.
+    MaxBytes,
+    /// The tenant's KEK binding changed.
+    KekBindingChanged,
+    /// The scope's wrapped DEKs were deleted: the scope is crypto-shredded.
+    Shredded,
+}
+
+/// The state of a KEK binding as Keyward tracks it (issue 4's state machine).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    Revoked,
+    Unavailable,
+    Restored,
+    Destroyed,
+}
+
+/// What told Keyward about a state change.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationSource {
+    /// The KMS refused a wrap or unwrap on the data path.
+    KmsRefusal,
+    /// The key-state monitor's canary unwrap or metadata check.
+    Monitor,
+    /// An explicit `RevokeKey` / `RestoreKey` call.
+    Explicit,
+    /// A pushed key-state event (verified with the KMS).
+    Event,
+}
+
+/// A revocation-state transition of one KEK binding; the body of
+/// [`AuditEvent::RevocationStateChanged`] and [`AuditEvent::Restored`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateTransition {
+    #[serde(with = "tenant_id")]
+    pub tenant: TenantId,
+    pub binding_id: i64,
+    pub from: KeyState,
+    pub to: KeyState,
+    pub source: RevocationSource,
+    /// The caller, for explicit transitions; `None` for KMS/monitor/event sources.
+    pub actor: Option<String>,
+    /// Human-readable reason (the caller's text, or the provider's classified error).
+    pub reason: String,
+    /// When the signal was first observed (for a KMS refusal: the first refused call), which may
+    /// be earlier than the record's `time_ms`.
+    pub observed_at_ms: i64,
+}
+
+/// Serde for [`TenantId`] as its string form (keyward-envelope has no serde dependency).
+mod tenant_id {
+    use keyward_envelope::TenantId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &TenantId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TenantId, D::Error> {
+        let s = String::deserialize(d)?;
+        TenantId::try_from(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_tenant_id {
+    use keyward_envelope::TenantId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &Option<TenantId>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(t.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<TenantId>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| TenantId::try_from(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Serde for [`KeyId`] as 32 lowercase hex characters.
+mod key_id {
+    use keyward_envelope::KeyId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(k: &KeyId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&k.to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    #[test]
+    fn type_names_match_serde_tags() {
+        let t: TenantId = "acme".parse().unwrap();
+        let events = [
+            AuditEvent::TenantCreated {
+                tenant: t.clone(),
+                actor: None,
+            },
+            AuditEvent::AdminAction {
+                actor: "ops".into(),
+                action: "x".into(),
+                detail: String::new(),
+            },
+            AuditEvent::Restored(StateTransition {
+                tenant: t,
+                binding_id: 1,
+                from: KeyState::Revoked,
+                to: KeyState::Restored,
+                source: RevocationSource::Monitor,
+                actor: None,
+                reason: "works again".into(),
+                observed_at_ms: 5,
+            }),
+        ];
+        for e in events {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["type"], e.event_type());
+            assert!(AuditEvent::TYPES.contains(&e.event_type()));
+            let back: AuditEvent = serde_json::from_value(v).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_tenant_and_unknown_fields() {
+        let bad =
+            serde_json::json!({"type": "tenant_created", "tenant": "Bad Tenant", "actor": null});
+        assert!(serde_json::from_value::<AuditEvent>(bad).is_err());
+        let extra =
+            serde_json::json!({"type": "tenant_created", "tenant": "acme", "actor": null, "x": 1});
+        assert!(serde_json::from_value::<AuditEvent>(extra).is_err());
+    }
+}

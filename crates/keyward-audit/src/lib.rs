@@ -1,0 +1,53 @@
+//! Keyward's tamper-evident audit log, as a pure library (no storage, no network).
+//!
+//! - [`AuditEvent`]: what is recorded. Never plaintext or key bytes; scope labels only as
+//!   [`IdentifierHasher`] digests.
+//! - [`Record`]: one event in the hash chain. `hash = SHA-256("keyward-audit-v1\n" ||
+//!   canonical JSON of {event, prev_hash, seq, time_ms})`; [`ChainHead`] is the end of the chain.
+//! - [`Checkpoint`]: an Ed25519 signature by the deployment's [`SigningKey`] over a chain head.
+//! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
+//!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]).
+//!
+//! The byte-exact format is specified in `docs/audit-format.md`; what the events mean to an
+//! auditor is in `docs/auditor-guide.md`.
+//!
+//! ## Appending inside the store's transaction
+//!
+//! ```
+//! use keyward_audit::{AuditEvent, ChainHead, Record};
+//!
+//! # fn main() -> Result<(), keyward_audit::AuditError> {
+//! // In the same SQL transaction as the lifecycle change:
+//! let head = ChainHead::GENESIS; // SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1
+//! let event = AuditEvent::TenantCreated { tenant: "acme".parse().map_err(|_| keyward_audit::AuditError::Malformed("tenant".into()))?, actor: None };
+//! let record = Record::append(&head, 1_700_000_000_000, event)?;
+//! let (bytes, hash) = (record.canonical_bytes(), *record.hash()); // INSERT …; a unique seq
+//! // key makes a concurrent appender fail, and the whole transaction roll back.
+//! let back = Record::from_stored(&bytes, hash)?;
+//! assert!(back.verify_hash() && back.follows(&head));
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod canonical;
+mod checkpoint;
+mod error;
+mod event;
+mod export;
+mod identifier;
+mod record;
+mod verify;
+
+pub use checkpoint::{
+    CHECKPOINT_DOMAIN, Checkpoint, PUBLIC_KEY_TEXT_PREFIX, PublicKey, SigningKey,
+};
+pub use error::AuditError;
+pub use event::{
+    AuditEvent, DekRetireReason, KeyState, RegistrationOutcome, RevocationSource, StateTransition,
+};
+pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
+pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher};
+pub use record::{ChainHead, RECORD_DOMAIN, Record};
+pub use verify::{FailureKind, VerifyFailure, VerifyReport, verify_export};
