@@ -1,4 +1,5 @@
-//! Keyward's durable store: tenants, KEK bindings, wrapped tenant keys and wrapped DEKs.
+//! Keyward's durable store: tenants, KEK bindings, wrapped tenant keys, wrapped DEKs and the
+//! hash-chained audit log.
 //!
 //! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and a
 //! PostgreSQL backend (module `postgres`, feature-gated) will live beside it. Every backend runs
@@ -7,11 +8,17 @@
 //! The store is precious: wrapped tenant keys and wrapped DEKs live only here, and a key that
 //! appears in an envelope returned to a caller must be committed (durably) first. See
 //! `docs/store.md` for the schema, the durability guarantees and the backup note.
+//!
+//! Fail closed: every lifecycle change (tenant creation, KEK binding, binding state change, DEK
+//! creation) takes an [`AuditFn`] that turns the change's result into audit events, and the
+//! store appends those events to the chain in the same transaction. If the append fails, the
+//! change is rolled back and the method fails: no acknowledged change lacks its record.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use keyward_audit::{AuditError, AuditEvent, ChainHead, Checkpoint, Record};
 pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
 
 #[cfg(feature = "conformance")]
@@ -171,6 +178,21 @@ pub struct TenantRecord {
     pub created_at_ms: i64,
 }
 
+/// What [`Store::bind_kek`] changed: the new binding and the one it deactivated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingChange {
+    pub binding: KekBinding,
+    /// The tenant's previously active binding, now deactivated.
+    pub previous: Option<i64>,
+}
+
+/// What [`Store::set_binding_state`] changed: the updated binding and its former state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub binding: KekBinding,
+    pub from: KekState,
+}
+
 /// A new KEK binding together with the tenant key it wraps (see [`Store::bind_kek`]).
 #[derive(Debug, Clone)]
 pub struct NewKekBinding {
@@ -241,6 +263,103 @@ pub struct DekRecord {
     pub bytes: u64,
 }
 
+/// Builds the audit events of a lifecycle change from its result, inside the transaction.
+///
+/// Called after the change's rows are written and before commit, with the result the method
+/// will return; each returned event is appended to the chain, in order, in the same
+/// transaction. It may be called more than once when the store retries a transaction that lost
+/// a race (`StoreError::Conflict`), so it must not have side effects; it is not called when the
+/// change fails before its rows are built. An empty `Vec` appends nothing.
+pub type AuditFn<'a, T> = &'a (dyn Fn(&T) -> Vec<AuditEvent> + Send + Sync);
+
+/// Result of [`Store::insert_dek`]: the new DEK and the one it retired, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekInsert {
+    pub dek: DekRecord,
+    /// The (tenant, scope)'s previously active DEK, retired by this insert.
+    pub retired: Option<KeyId>,
+}
+
+/// Which audit records [`Store::audit_records`] returns: those matching every given filter,
+/// `seq > after_seq`, in ascending `seq` order, at most `limit`.
+///
+/// Build it with `AuditQuery::default()` and the `with_*` methods (or by assigning fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditQuery {
+    /// Only records about this tenant ([`AuditEvent::tenant`]).
+    pub tenant: Option<TenantId>,
+    /// Only events of this type ([`AuditEvent::event_type`], e.g. `"dek_created"`); a name not in
+    /// [`AuditEvent::TYPES`] is `InvalidInput`.
+    pub event_type: Option<String>,
+    /// Only records with `time_ms >= from_ms`.
+    pub from_ms: Option<i64>,
+    /// Only records with `time_ms < to_ms` (exclusive).
+    pub to_ms: Option<i64>,
+    /// Paging cursor: only records with `seq > after_seq` (0: from the start). Pass the last
+    /// returned record's seq to get the next page.
+    pub after_seq: u64,
+    /// Page size; 0 means [`AuditQuery::MAX_LIMIT`], larger values are capped to it.
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// The largest page [`Store::audit_records`] returns.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// Only records about `tenant`.
+    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Only events of type `event_type` (e.g. `"dek_created"`).
+    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Only records with `from_ms <= time_ms < to_ms`.
+    pub fn with_time_range(mut self, from_ms: Option<i64>, to_ms: Option<i64>) -> Self {
+        self.from_ms = from_ms;
+        self.to_ms = to_ms;
+        self
+    }
+
+    /// Only records with `seq > after_seq`.
+    pub fn with_after_seq(mut self, after_seq: u64) -> Self {
+        self.after_seq = after_seq;
+        self
+    }
+
+    /// At most `limit` records (0 or more than [`AuditQuery::MAX_LIMIT`]: that maximum).
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The page size actually used: `limit`, or [`AuditQuery::MAX_LIMIT`] for 0 or more.
+    pub fn effective_limit(&self) -> u32 {
+        if self.limit == 0 {
+            Self::MAX_LIMIT
+        } else {
+            self.limit.min(Self::MAX_LIMIT)
+        }
+    }
+
+    /// Rejects an unknown event type name (most likely a typo, which would match nothing).
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if let Some(event_type) = &self.event_type
+            && !AuditEvent::TYPES.contains(&event_type.as_str())
+        {
+            return Err(StoreError::InvalidInput(format!(
+                "unknown audit event type {event_type:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Row counts, for metrics and for tests asserting that a failed call inserted nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreCounts {
@@ -271,6 +390,10 @@ pub enum StoreError {
     /// Nothing was changed; the call is safe to retry.
     #[error("conflicting concurrent write, safe to retry: {0}")]
     Conflict(String),
+    /// An audit record or checkpoint could not be encoded (e.g. the sequence number would
+    /// overflow). Nothing was changed: the lifecycle change it belonged to was rolled back.
+    #[error("audit record could not be built")]
+    Audit(#[source] AuditError),
     /// The database failed (I/O, lock timeout, pool closed, …). Whether the write happened is
     /// unknown only if the failure hit the commit itself.
     #[error("store backend error")]
@@ -280,23 +403,33 @@ pub enum StoreError {
 /// Keyward's durable state. Implementations: [`sqlite::SqliteStore`]; PostgreSQL later.
 ///
 /// Every write method runs in one transaction and is committed durably before it returns `Ok`.
+/// Lifecycle methods (`create_tenant`, `bind_kek`, `set_binding_state`, `insert_dek`) append the
+/// audit events their [`AuditFn`] returns in that same transaction, at the head of the chain read
+/// under the transaction's write lock; if appending fails, nothing is changed and the error is
+/// returned (fail closed). Record times come from the store's clock at append time and never go
+/// backwards along the chain.
 /// Lookups by tenant-scoped id return `None` when the row belongs to another tenant, exactly as
 /// when it does not exist.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
-    /// Creates a tenant; a duplicate id is `AlreadyExists`.
+    /// Creates a tenant and appends `audit(&tenant)`; a duplicate id is `AlreadyExists`.
     async fn create_tenant(
         &self,
         id: &TenantId,
         display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
     ) -> Result<TenantRecord, StoreError>;
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
 
     /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms),
-    /// insert the new binding (state Active) and its wrapped tenant key. Unknown tenant ->
-    /// NotFound. Durable before returning.
-    async fn bind_kek(&self, binding: NewKekBinding) -> Result<KekBinding, StoreError>;
+    /// insert the new binding (state Active) and its wrapped tenant key, append
+    /// `audit(&binding)`. Unknown tenant -> NotFound. Durable before returning.
+    async fn bind_kek(
+        &self,
+        binding: NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError>;
 
     /// The tenant's current binding (the one not deactivated), whatever its state.
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError>;
@@ -304,11 +437,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Every binding of the tenant, oldest first.
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError>;
 
-    /// Sets a binding's state and state_changed_at_ms; unknown binding -> NotFound.
+    /// Sets a binding's state and state_changed_at_ms and appends `audit(&updated)`; unknown
+    /// binding -> NotFound.
     async fn set_binding_state(
         &self,
         binding_id: i64,
         state: KekState,
+        audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError>;
 
     /// Tenant key by id, only if it belongs to `tenant` (cross-tenant lookups return None).
@@ -320,11 +455,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Option<TenantKeyRecord>, StoreError>;
 
     /// One transaction: retire the current active DEK of (tenant, scope) if any
-    /// (retired_at_ms = now), insert the new one. The tenant key must exist and belong to the
-    /// tenant (else NotFound); duplicate id -> AlreadyExists. Durable (committed,
-    /// synchronous=FULL) before returning: an envelope depending on it may be returned right
-    /// after.
-    async fn insert_dek(&self, dek: NewDek) -> Result<DekRecord, StoreError>;
+    /// (retired_at_ms = now), insert the new one, append `audit(&result)`. The tenant key must
+    /// exist and belong to the tenant (else NotFound); duplicate id -> AlreadyExists. Durable
+    /// (committed, synchronous=FULL) before returning: an envelope depending on it may be
+    /// returned right after.
+    async fn insert_dek(
+        &self,
+        dek: NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError>;
 
     /// The active (not retired) DEK of (tenant, scope).
     async fn active_dek(
@@ -348,4 +487,25 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Row counts over the whole store.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
+
+    /// Standalone audit appends (failed registrations, denials, usage summaries), in order, in
+    /// one transaction; returns the appended records. An empty `Vec` is a no-op.
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, StoreError>;
+
+    /// The end of the chain ([`ChainHead::GENESIS`] while it is empty).
+    async fn audit_head(&self) -> Result<ChainHead, StoreError>;
+
+    /// Records matching the query, seq ascending, at most `limit` (capped at
+    /// [`AuditQuery::MAX_LIMIT`]), `seq > after_seq`. Every record is checked against its stored
+    /// hash (mismatch -> `Corrupt` naming `audit_records` and the seq).
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<Record>, StoreError>;
+
+    /// Stores a signed checkpoint. Its `seq` must be at most the head's and its `head_hash` the
+    /// hash of record `seq` (all zero for seq 0), else `InvalidInput`; a second checkpoint at
+    /// the same seq is `AlreadyExists`. The signature is not checked here (the store does not
+    /// hold the public keys); verifiers check it.
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Checkpoints with `from_seq <= seq <= to_seq`, seq ascending.
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError>;
 }

@@ -9,9 +9,15 @@
 //! which in WAL mode fails at once with `SQLITE_BUSY` rather than waiting. Writers are therefore
 //! serialized; the partial unique indexes still guard the invariants on their own.
 //!
+//! Audit: lifecycle methods append their audit records inside the same `BEGIN IMMEDIATE`
+//! transaction, after reading the chain head (`SELECT … ORDER BY seq DESC LIMIT 1`). The write
+//! lock makes that read-then-append atomic; triggers (`0002_audit.sql`) make `audit_records` and
+//! `audit_checkpoints` append-only and the sequence gap-free.
+//!
 //! SQL uses `$N` placeholders, which SQLite and PostgreSQL both accept, so that the PostgreSQL
 //! backend can share most statements.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,10 +28,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-use crate::decode::{self, now_ms};
+use crate::decode::{self, StoredRecord, now_ms};
 use crate::{
-    DekRecord, KekBinding, KekState, KeyId, NewDek, NewKekBinding, Scope, Store, StoreCounts,
-    StoreError, TenantId, TenantKeyRecord, TenantRecord, WrappedKey,
+    AuditError, AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert,
+    DekRecord, KekBinding, KekState, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange,
+    Store, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantRecord, WrappedKey,
 };
 
 /// Connections in the pool of a file database. SQLite allows one writer at a time, so more
@@ -47,11 +54,18 @@ struct Migration {
 }
 
 /// Every migration, in order. Never edit a released one: append.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/sqlite/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "audit",
+        sql: include_str!("../migrations/sqlite/0002_audit.sql"),
+    },
+];
 
 /// The SQLite [`Store`]. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
@@ -192,7 +206,39 @@ impl SqliteStore {
             .map_err(backend)
     }
 
-    async fn try_bind_kek(&self, b: &NewKekBinding) -> Result<KekBinding, StoreError> {
+    async fn try_create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO tenants (id, display_name, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(id.as_str())
+            .bind(display_name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match write_error(e, "") {
+                StoreError::Conflict(_) => StoreError::AlreadyExists(format!("tenant {id}")),
+                other => other,
+            })?;
+        let tenant = TenantRecord {
+            id: id.clone(),
+            display_name: display_name.to_owned(),
+            created_at_ms: now,
+        };
+        append_events(&mut tx, audit(&tenant)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(tenant)
+    }
+
+    async fn try_bind_kek(
+        &self,
+        b: &NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError> {
         let now = now_ms();
         let tenant_key_id = decode::key_id_text(&b.tenant_key_id);
         let mut tx = self.begin_write().await?;
@@ -217,6 +263,13 @@ impl SqliteStore {
             )));
         }
 
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM kek_bindings WHERE tenant_id = $1 AND deactivated_at_ms IS NULL",
+        )
+        .bind(b.tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
         sqlx::query(
             "UPDATE kek_bindings SET deactivated_at_ms = $1 \
              WHERE tenant_id = $2 AND deactivated_at_ms IS NULL",
@@ -254,8 +307,7 @@ impl SqliteStore {
         .await
         .map_err(|e| write_error(e, &format!("tenant key {}", b.tenant_key_id)))?;
 
-        tx.commit().await.map_err(backend)?;
-        Ok(KekBinding {
+        let binding = KekBinding {
             id,
             tenant: b.tenant.clone(),
             provider: b.provider.clone(),
@@ -265,10 +317,65 @@ impl SqliteStore {
             created_at_ms: now,
             deactivated_at_ms: None,
             state_changed_at_ms: now,
-        })
+        };
+        let change = BindingChange { binding, previous };
+        append_events(&mut tx, audit(&change)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(change.binding)
     }
 
-    async fn try_insert_dek(&self, dek: &NewDek) -> Result<DekRecord, StoreError> {
+    async fn try_set_binding_state(
+        &self,
+        binding_id: i64,
+        state: KekState,
+        audit: AuditFn<'_, StateChange>,
+    ) -> Result<KekBinding, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let from: Option<String> =
+            sqlx::query_scalar("SELECT state FROM kek_bindings WHERE id = $1")
+                .bind(binding_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let Some(from) = from else {
+            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
+        };
+        let from = from.parse::<KekState>().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "kek_bindings.state of binding {binding_id}: {from:?}"
+            ))
+        })?;
+        let updated = sqlx::query(
+            "UPDATE kek_bindings SET state = $1, state_changed_at_ms = $2 WHERE id = $3",
+        )
+        .bind(state.as_str())
+        .bind(now_ms())
+        .bind(binding_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
+        }
+        let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
+            .bind(binding_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let change = StateChange {
+            binding: binding_from_row(&row)?,
+            from,
+        };
+        append_events(&mut tx, audit(&change)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(change.binding)
+    }
+
+    async fn try_insert_dek(
+        &self,
+        dek: &NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError> {
         let now = now_ms();
         let id = decode::key_id_text(&dek.id);
         let tenant_key_id = decode::key_id_text(&dek.tenant_key_id);
@@ -297,16 +404,20 @@ impl SqliteStore {
             return Err(StoreError::AlreadyExists(format!("DEK {}", dek.id)));
         }
 
-        sqlx::query(
+        // At most one row: the partial unique index deks_one_active_per_scope.
+        let retired: Option<String> = sqlx::query_scalar(
             "UPDATE deks SET retired_at_ms = $1 \
-             WHERE tenant_id = $2 AND scope = $3 AND retired_at_ms IS NULL",
+             WHERE tenant_id = $2 AND scope = $3 AND retired_at_ms IS NULL RETURNING id",
         )
         .bind(now)
         .bind(dek.tenant.as_str())
         .bind(dek.scope.as_str())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| write_error(e, "retiring the active DEK"))?;
+        let retired = retired
+            .map(|id| decode::key_id("deks", "id", &id))
+            .transpose()?;
 
         sqlx::query(
             "INSERT INTO deks \
@@ -323,18 +434,85 @@ impl SqliteStore {
         .await
         .map_err(|e| write_error(e, &format!("DEK {}", dek.id)))?;
 
+        let inserted = DekInsert {
+            dek: DekRecord {
+                id: dek.id,
+                tenant: dek.tenant.clone(),
+                scope: dek.scope.clone(),
+                tenant_key_id: dek.tenant_key_id,
+                wrapped: dek.wrapped.clone(),
+                created_at_ms: now,
+                retired_at_ms: None,
+                messages: 0,
+                bytes: 0,
+            },
+            retired,
+        };
+        append_events(&mut tx, audit(&inserted)).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(DekRecord {
-            id: dek.id,
-            tenant: dek.tenant.clone(),
-            scope: dek.scope.clone(),
-            tenant_key_id: dek.tenant_key_id,
-            wrapped: dek.wrapped.clone(),
-            created_at_ms: now,
-            retired_at_ms: None,
-            messages: 0,
-            bytes: 0,
-        })
+        Ok(inserted)
+    }
+
+    async fn try_append_audit(&self, events: &[AuditEvent]) -> Result<Vec<Record>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let records = append_events(&mut tx, events.to_vec()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(records)
+    }
+
+    async fn try_insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let seq = decode::seq_to_db(checkpoint.seq)?;
+        let body = checkpoint.to_canonical_json().map_err(StoreError::Audit)?;
+        let mut tx = self.begin_write().await?;
+        let expected = if checkpoint.seq == 0 {
+            ChainHead::GENESIS.hash
+        } else {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT hash FROM audit_records WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            let Some(stored) = stored else {
+                return Err(StoreError::InvalidInput(format!(
+                    "checkpoint at seq {seq} is beyond the head of the audit chain"
+                )));
+            };
+            decode::hash("audit_records", "hash", &stored)?
+        };
+        if checkpoint.head_hash != expected {
+            return Err(StoreError::InvalidInput(format!(
+                "checkpoint head_hash {} is not the hash of audit record {seq}",
+                hex::encode(checkpoint.head_hash)
+            )));
+        }
+        let existing = sqlx::query("SELECT 1 FROM audit_checkpoints WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if existing.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "checkpoint at seq {seq}"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, time_ms, key_id, body) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(seq)
+        .bind(checkpoint.time_ms)
+        .bind(&checkpoint.key_id)
+        .bind(&body)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match write_error(e, "") {
+            StoreError::Conflict(_) => {
+                StoreError::AlreadyExists(format!("checkpoint at seq {seq}"))
+            }
+            other => other,
+        })?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
     }
 }
 
@@ -395,6 +573,77 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
         );
     }
     Ok(())
+}
+
+/// Runs a write transaction again (up to [`WRITE_ATTEMPTS`] in all) while it reports
+/// [`StoreError::Conflict`]: a concurrent writer won a race and nothing was changed.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 1;
+    loop {
+        let result = attempt().await;
+        if tries < WRITE_ATTEMPTS && is_conflict(&result) {
+            tries += 1;
+            continue;
+        }
+        return result;
+    }
+}
+
+/// Appends `events`, in order, to the audit chain inside `conn`'s write transaction.
+///
+/// The head is read here, under the write lock `BEGIN IMMEDIATE` took, so no other writer can
+/// append between this read and the commit. Every record of the batch gets the same time:
+/// the store clock now, or the previous record's time if the clock went backwards (times along
+/// the chain never decrease). Any failure is returned and the caller's transaction is dropped,
+/// i.e. rolled back together with the change the records describe.
+async fn append_events(
+    conn: &mut SqliteConnection,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<Record>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last =
+        sqlx::query("SELECT seq, hash, time_ms FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+    let (mut head, time_ms) = match last {
+        None => (ChainHead::GENESIS, now_ms()),
+        Some(row) => {
+            const T: &str = "audit_records";
+            let head = decode::chain_head(col(&row, T, "seq")?, &col::<String>(&row, T, "hash")?)?;
+            let previous: i64 = col(&row, T, "time_ms")?;
+            (head, now_ms().max(previous))
+        }
+    };
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        let record = Record::append(&head, time_ms, event).map_err(StoreError::Audit)?;
+        let body = String::from_utf8(record.canonical_bytes())
+            .map_err(|e| StoreError::Audit(AuditError::Encoding(e.to_string())))?;
+        let event = record.event();
+        sqlx::query(
+            "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(decode::seq_to_db(record.seq())?)
+        .bind(record.time_ms())
+        .bind(event.event_type())
+        .bind(event.tenant().map(TenantId::as_str))
+        .bind(&body)
+        .bind(hex::encode(record.hash()))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, &format!("audit record {}", record.seq())))?;
+        head = record.head();
+        records.push(record);
+    }
+    Ok(records)
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -523,25 +772,9 @@ impl Store for SqliteStore {
         &self,
         id: &TenantId,
         display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
     ) -> Result<TenantRecord, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO tenants (id, display_name, created_at_ms) VALUES ($1, $2, $3)")
-            .bind(id.as_str())
-            .bind(display_name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match write_error(e, "") {
-                StoreError::Conflict(_) => StoreError::AlreadyExists(format!("tenant {id}")),
-                other => other,
-            })?;
-        tx.commit().await.map_err(backend)?;
-        Ok(TenantRecord {
-            id: id.clone(),
-            display_name: display_name.to_owned(),
-            created_at_ms: now,
-        })
+        with_retries(|| self.try_create_tenant(id, display_name, audit)).await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
@@ -555,18 +788,15 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn bind_kek(&self, binding: NewKekBinding) -> Result<KekBinding, StoreError> {
+    async fn bind_kek(
+        &self,
+        binding: NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError> {
         decode::validate_binding_text("provider", &binding.provider)?;
         decode::validate_binding_text("key_ref", &binding.key_ref)?;
-        let mut attempt = 1;
-        loop {
-            let result = self.try_bind_kek(&binding).await;
-            if attempt < WRITE_ATTEMPTS && is_conflict(&result) {
-                attempt += 1;
-                continue;
-            }
-            return result;
-        }
+        let binding = &binding;
+        with_retries(|| self.try_bind_kek(binding, audit)).await
     }
 
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
@@ -599,28 +829,9 @@ impl Store for SqliteStore {
         &self,
         binding_id: i64,
         state: KekState,
+        audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE kek_bindings SET state = $1, state_changed_at_ms = $2 WHERE id = $3",
-        )
-        .bind(state.as_str())
-        .bind(now_ms())
-        .bind(binding_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
-        }
-        let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
-            .bind(binding_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let binding = binding_from_row(&row)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(binding)
+        with_retries(|| self.try_set_binding_state(binding_id, state, audit)).await
     }
 
     async fn get_tenant_key(
@@ -641,16 +852,13 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn insert_dek(&self, dek: NewDek) -> Result<DekRecord, StoreError> {
-        let mut attempt = 1;
-        loop {
-            let result = self.try_insert_dek(&dek).await;
-            if attempt < WRITE_ATTEMPTS && is_conflict(&result) {
-                attempt += 1;
-                continue;
-            }
-            return result;
-        }
+    async fn insert_dek(
+        &self,
+        dek: NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError> {
+        let dek = &dek;
+        with_retries(|| self.try_insert_dek(dek, audit)).await
     }
 
     async fn active_dek(
@@ -739,5 +947,113 @@ impl Store for SqliteStore {
             tenant_keys: count("tenant_keys")?,
             deks: count("deks")?,
         })
+    }
+
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.as_slice();
+        with_retries(|| self.try_append_audit(events)).await
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        const T: &str = "audit_records";
+        let last = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        match last {
+            None => Ok(ChainHead::GENESIS),
+            Some(row) => decode::chain_head(col(&row, T, "seq")?, &col::<String>(&row, T, "hash")?),
+        }
+    }
+
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<Record>, StoreError> {
+        const T: &str = "audit_records";
+        query.validate()?;
+        let mut sql = String::from(
+            "SELECT seq, time_ms, event_type, tenant_id, body, hash FROM audit_records \
+             WHERE seq > $1",
+        );
+        let mut n = 1;
+        let mut clause = |sql: &mut String, condition: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {condition} ${n}"));
+        };
+        if query.tenant.is_some() {
+            clause(&mut sql, "tenant_id =");
+        }
+        if query.event_type.is_some() {
+            clause(&mut sql, "event_type =");
+        }
+        if query.from_ms.is_some() {
+            clause(&mut sql, "time_ms >=");
+        }
+        if query.to_ms.is_some() {
+            clause(&mut sql, "time_ms <");
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+
+        let mut select = sqlx::query(&sql).bind(decode::seq_bound(query.after_seq));
+        if let Some(tenant) = &query.tenant {
+            select = select.bind(tenant.as_str());
+        }
+        if let Some(event_type) = &query.event_type {
+            select = select.bind(event_type.as_str());
+        }
+        if let Some(from_ms) = query.from_ms {
+            select = select.bind(from_ms);
+        }
+        if let Some(to_ms) = query.to_ms {
+            select = select.bind(to_ms);
+        }
+        let rows = select
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                decode::record(&StoredRecord {
+                    seq: col(row, T, "seq")?,
+                    time_ms: col(row, T, "time_ms")?,
+                    event_type: col(row, T, "event_type")?,
+                    tenant_id: col(row, T, "tenant_id")?,
+                    body: col(row, T, "body")?,
+                    hash: col(row, T, "hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        with_retries(|| self.try_insert_checkpoint(checkpoint)).await
+    }
+
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
+        const T: &str = "audit_checkpoints";
+        if from_seq > to_seq {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "SELECT seq, time_ms, key_id, body FROM audit_checkpoints \
+             WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(decode::seq_bound(from_seq))
+        .bind(decode::seq_bound(to_seq))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| {
+            decode::checkpoint(
+                col(row, T, "seq")?,
+                col(row, T, "time_ms")?,
+                col(row, T, "key_id")?,
+                col(row, T, "body")?,
+            )
+        })
+        .collect()
     }
 }

@@ -9,9 +9,14 @@
 
 use std::path::{Path, PathBuf};
 
-use keyward_store::conformance;
+use keyward_store::conformance::{
+    self, binding_changed, dek_events, state_changed, tenant_created,
+};
 use keyward_store::sqlite::SqliteStore;
-use keyward_store::{KekState, KeyId, NewDek, NewKekBinding, Scope, Store, StoreError, WrappedKey};
+use keyward_store::{
+    AuditEvent, AuditQuery, ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, Scope,
+    Store, StoreError, WrappedKey,
+};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Row, SqliteConnection};
 use tempfile::TempDir;
@@ -29,7 +34,10 @@ async fn open_temp() -> (TempDir, SqliteStore) {
 /// A tenant with a binding and an active DEK in the default scope.
 async fn populate(store: &SqliteStore) -> (keyward_store::TenantId, NewKekBinding, NewDek) {
     let tenant = conformance::unique_tenant_id();
-    store.create_tenant(&tenant, "Persisted").await.unwrap();
+    store
+        .create_tenant(&tenant, "Persisted", &tenant_created)
+        .await
+        .unwrap();
     let binding = NewKekBinding {
         tenant: tenant.clone(),
         provider: "local".to_owned(),
@@ -37,7 +45,10 @@ async fn populate(store: &SqliteStore) -> (keyward_store::TenantId, NewKekBindin
         tenant_key_id: KeyId::generate().unwrap(),
         wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
     };
-    store.bind_kek(binding.clone()).await.unwrap();
+    store
+        .bind_kek(binding.clone(), &binding_changed)
+        .await
+        .unwrap();
     let dek = NewDek {
         id: KeyId::generate().unwrap(),
         tenant: tenant.clone(),
@@ -45,7 +56,7 @@ async fn populate(store: &SqliteStore) -> (keyward_store::TenantId, NewKekBindin
         tenant_key_id: binding.tenant_key_id,
         wrapped: WrappedKey::new(vec![255, 0, 7]),
     };
-    store.insert_dek(dek.clone()).await.unwrap();
+    store.insert_dek(dek.clone(), &dek_events).await.unwrap();
     (tenant, binding, dek)
 }
 
@@ -154,7 +165,7 @@ async fn migrations_are_idempotent_on_reopen() {
             .collect::<Vec<_>>()
     };
     let first = migrations(store.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2]);
     let dump = store.dump().await.unwrap();
     store.close().await;
 
@@ -210,7 +221,10 @@ async fn read_only_handle_reads_but_cannot_write() {
     let dump = writer.dump().await.unwrap();
 
     let other = conformance::unique_tenant_id();
-    let err = reader.create_tenant(&other, "nope").await.unwrap_err();
+    let err = reader
+        .create_tenant(&other, "nope", &tenant_created)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let err = reader
         .add_dek_usage(&tenant, &dek.id, 1, 1)
@@ -221,6 +235,7 @@ async fn read_only_handle_reads_but_cannot_write() {
         .set_binding_state(
             writer.active_binding(&tenant).await.unwrap().unwrap().id,
             KekState::Revoked,
+            &state_changed,
         )
         .await
         .unwrap_err();
@@ -236,6 +251,7 @@ async fn read_only_handle_reads_but_cannot_write() {
         .set_binding_state(
             writer.active_binding(&tenant).await.unwrap().unwrap().id,
             KekState::Revoked,
+            &state_changed,
         )
         .await
         .unwrap();
@@ -269,7 +285,7 @@ async fn read_only_handle_opens_a_closed_database() {
     assert_eq!(reader.dump().await.unwrap(), dump);
     assert!(
         reader
-            .create_tenant(&conformance::unique_tenant_id(), "x")
+            .create_tenant(&conformance::unique_tenant_id(), "x", &tenant_created)
             .await
             .is_err()
     );
@@ -289,6 +305,8 @@ async fn dump_is_deterministic_and_sees_every_write() {
     let empty = store.dump().await.unwrap();
     assert_eq!(store.dump().await.unwrap(), empty);
     for table in [
+        "audit_checkpoints",
+        "audit_records",
         "deks",
         "kek_bindings",
         "schema_migrations",
@@ -321,19 +339,29 @@ async fn bad_requests_change_nothing() {
     let before = store.dump().await.unwrap();
 
     // Duplicate tenant.
-    assert!(store.create_tenant(&tenant, "again").await.is_err());
+    assert!(
+        store
+            .create_tenant(&tenant, "again", &tenant_created)
+            .await
+            .is_err()
+    );
     // Binding for an unknown tenant; binding reusing a tenant key id.
     let mut bad_binding = binding.clone();
     bad_binding.tenant = conformance::unique_tenant_id();
     bad_binding.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.bind_kek(bad_binding).await.is_err());
-    assert!(store.bind_kek(binding.clone()).await.is_err());
+    assert!(store.bind_kek(bad_binding, &binding_changed).await.is_err());
+    assert!(
+        store
+            .bind_kek(binding.clone(), &binding_changed)
+            .await
+            .is_err()
+    );
     // DEK under an unknown tenant key; duplicate DEK id.
     let mut bad_dek = dek.clone();
     bad_dek.id = KeyId::generate().unwrap();
     bad_dek.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.insert_dek(bad_dek).await.is_err());
-    assert!(store.insert_dek(dek.clone()).await.is_err());
+    assert!(store.insert_dek(bad_dek, &dek_events).await.is_err());
+    assert!(store.insert_dek(dek.clone(), &dek_events).await.is_err());
     // Usage for an unknown DEK; state of an unknown binding.
     assert!(
         store
@@ -343,10 +371,26 @@ async fn bad_requests_change_nothing() {
     );
     assert!(
         store
-            .set_binding_state(-1, KekState::Revoked)
+            .set_binding_state(-1, KekState::Revoked, &state_changed)
             .await
             .is_err()
     );
+    // A checkpoint over a hash that is not the chain's, or beyond its head.
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    let head = store.audit_head().await.unwrap();
+    for bad in [
+        ChainHead {
+            seq: head.seq,
+            hash: [9; 32],
+        },
+        ChainHead {
+            seq: head.seq + 1,
+            hash: head.hash,
+        },
+    ] {
+        let checkpoint = key.sign_checkpoint(&bad, 1).unwrap();
+        assert!(store.insert_checkpoint(&checkpoint).await.is_err());
+    }
 
     assert_eq!(store.dump().await.unwrap(), before);
 }
@@ -417,4 +461,325 @@ async fn database_files_are_private_to_their_owner() {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
     }
+}
+
+// ----- the audit log ----------------------------------------------------------------------
+
+/// Installs a trigger that makes every audit append fail, as a full or broken audit table would.
+async fn break_audit_writes(path: &Path) {
+    let mut raw = raw_connection(path).await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
+         BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+}
+
+async fn repair_audit_writes(path: &Path) {
+    let mut raw = raw_connection(path).await;
+    sqlx::raw_sql("DROP TRIGGER fail_audit")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+}
+
+fn usage_event(tenant: &keyward_store::TenantId) -> AuditEvent {
+    AuditEvent::UsageSummary {
+        tenant: tenant.clone(),
+        minute: 0,
+        encrypts: 1,
+        decrypts: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        kms_calls: 0,
+        cache_hits: 0,
+        errors: 0,
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (tenant, binding, dek) = populate(&store).await;
+    let binding_id = store.active_binding(&tenant).await.unwrap().unwrap().id;
+    break_audit_writes(&path).await;
+    let before = store.dump().await.unwrap();
+
+    let new_tenant = conformance::unique_tenant_id();
+    let new_binding = NewKekBinding {
+        tenant_key_id: KeyId::generate().unwrap(),
+        key_ref: "local:kek-2".to_owned(),
+        ..binding.clone()
+    };
+    let new_dek = NewDek {
+        id: KeyId::generate().unwrap(),
+        ..dek.clone()
+    };
+    let is_backend = |e: StoreError| matches!(e, StoreError::Backend(_));
+
+    let err = store
+        .create_tenant(&new_tenant, "Unaudited", &tenant_created)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .bind_kek(new_binding.clone(), &binding_changed)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .insert_dek(new_dek.clone(), &dek_events)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .append_audit(vec![usage_event(&tenant)])
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    assert_eq!(
+        store.dump().await.unwrap(),
+        before,
+        "no change without its record"
+    );
+
+    // Once the audit log accepts writes again, the same calls succeed, each with its records.
+    repair_audit_writes(&path).await;
+    let head = store.audit_head().await.unwrap();
+    store
+        .create_tenant(&new_tenant, "Audited", &tenant_created)
+        .await
+        .unwrap();
+    store.bind_kek(new_binding, &binding_changed).await.unwrap();
+    let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
+    assert_eq!(inserted.retired, Some(dek.id));
+    store
+        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .await
+        .unwrap();
+    store
+        .append_audit(vec![usage_event(&tenant)])
+        .await
+        .unwrap();
+    let after = store
+        .audit_records(&AuditQuery::default().with_after_seq(head.seq))
+        .await
+        .unwrap();
+    // tenant_created 1, binding 2, DEK (retired + created) 2, state 1, usage 1.
+    assert_eq!(after.len(), 7);
+    assert_eq!(store.audit_head().await.unwrap(), after[6].head());
+}
+
+#[tokio::test]
+async fn audit_tables_are_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (tenant, _, _) = populate(&store).await;
+    let head = store.audit_head().await.unwrap();
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    store
+        .insert_checkpoint(&key.sign_checkpoint(&head, 1).unwrap())
+        .await
+        .unwrap();
+    let before = store.dump().await.unwrap();
+
+    // Through the store's own pool and through a raw connection alike.
+    let mut raw = raw_connection(&path).await;
+    for sql in [
+        "UPDATE audit_records SET time_ms = 0",
+        "UPDATE audit_records SET body = body || ' '",
+        "DELETE FROM audit_records",
+        "DELETE FROM audit_records WHERE seq = (SELECT MAX(seq) FROM audit_records)",
+        "UPDATE audit_checkpoints SET time_ms = 0",
+        "DELETE FROM audit_checkpoints",
+    ] {
+        let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // A record must extend the chain by exactly one: no gaps, no reuse of a seq.
+    let next = Record::append(&head, 1, usage_event(&tenant)).unwrap();
+    let skipped = Record::append(&next.head(), 1, usage_event(&tenant)).unwrap();
+    for (seq, record) in [(skipped.seq(), &skipped), (head.seq, &next)] {
+        let err = sqlx::query(
+            "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(i64::try_from(seq).unwrap())
+        .bind(record.time_ms())
+        .bind(record.event().event_type())
+        .bind(tenant.as_str())
+        .bind(String::from_utf8(record.canonical_bytes()).unwrap())
+        .bind(hex::encode(record.hash()))
+        .execute(&mut raw)
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("extend the chain by one"),
+            "seq {seq}: {err}"
+        );
+    }
+    raw.close().await.unwrap();
+    assert_eq!(store.dump().await.unwrap(), before);
+}
+
+/// Someone with write access to the file can drop the triggers and edit a record; reading it
+/// back then fails, naming the table, the column and the seq.
+#[tokio::test]
+async fn tampered_audit_records_are_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (tenant, _, _) = populate(&store).await;
+    let records = store
+        .audit_records(&AuditQuery::default().with_tenant(tenant.clone()))
+        .await
+        .unwrap();
+    let seq = records[0].seq();
+    let mut raw = raw_connection(&path).await;
+    sqlx::raw_sql("DROP TRIGGER audit_records_no_update")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let query = AuditQuery::default().with_tenant(tenant.clone());
+    let corrupt = |expected: &'static str| {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            let err = store.audit_records(&query).await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt(m)
+                    if m.starts_with(expected) && m.contains(&format!("record {seq}"))),
+                "{err:?}"
+            );
+        }
+    };
+    let edit = |sql: &'static str| sqlx::query(sql).bind(i64::try_from(seq).unwrap());
+
+    // The body edited, hash kept: the hash no longer matches.
+    let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = $1")
+        .bind(i64::try_from(seq).unwrap())
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
+        .bind(body.replace("conformance", "c0nformance"))
+        .bind(i64::try_from(seq).unwrap())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    corrupt("audit_records.hash:").await;
+    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
+        .bind(&body)
+        .bind(i64::try_from(seq).unwrap())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_records(&query).await.unwrap(),
+        records,
+        "restored"
+    );
+
+    // An index column that disagrees with the body.
+    edit("UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    corrupt("audit_records.time_ms:").await;
+    edit("UPDATE audit_records SET time_ms = time_ms - 1 WHERE seq = $1")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    edit("UPDATE audit_records SET event_type = 'admin_action' WHERE seq = $1")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = store
+        .audit_records(&AuditQuery::default().with_after_seq(seq - 1).with_limit(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.starts_with("audit_records.event_type:")),
+        "{err:?}"
+    );
+    raw.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn record_times_never_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let tenant = conformance::unique_tenant_id();
+    // A record from the future, as after the clock stepped back.
+    let future = i64::MAX / 2;
+    let planted = Record::append(&ChainHead::GENESIS, future, usage_event(&tenant)).unwrap();
+    let mut raw = raw_connection(&path).await;
+    sqlx::query(
+        "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
+         VALUES (1, $1, $2, $3, $4, $5)",
+    )
+    .bind(future)
+    .bind(planted.event().event_type())
+    .bind(tenant.as_str())
+    .bind(String::from_utf8(planted.canonical_bytes()).unwrap())
+    .bind(hex::encode(planted.hash()))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+
+    let appended = store
+        .append_audit(vec![usage_event(&tenant)])
+        .await
+        .unwrap();
+    assert_eq!(appended[0].time_ms(), future);
+    assert!(appended[0].follows(&planted.head()));
+}
+
+#[tokio::test]
+async fn checkpoint_of_the_empty_chain() {
+    let (_dir, store) = open_temp().await;
+    assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    let bad = ChainHead {
+        seq: 0,
+        hash: [1; 32],
+    };
+    let err = store
+        .insert_checkpoint(&key.sign_checkpoint(&bad, 5).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    let genesis = key.sign_checkpoint(&ChainHead::GENESIS, 5).unwrap();
+    store.insert_checkpoint(&genesis).await.unwrap();
+    assert_eq!(store.checkpoints(0, 0).await.unwrap(), vec![genesis]);
+    let err = store
+        .insert_checkpoint(
+            &key.sign_checkpoint(
+                &ChainHead {
+                    seq: 1,
+                    hash: [0; 32],
+                },
+                5,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
 }
