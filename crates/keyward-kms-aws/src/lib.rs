@@ -1,0 +1,31 @@
+//! AWS KMS as a Keyward key-encryption-key provider.
+//!
+//! [`AwsKmsProvider`] implements [`keyward_kms::KeyProvider`] with the official SDK:
+//! `GenerateDataKey` for new tenant keys (`docs/adr/0004-aws-generate-data-key.md`), `Encrypt`
+//! to wrap, `Decrypt` pinned to the registered key ARN to unwrap, `DescribeKey` for key state
+//! and validation. Every call carries the tenant's encryption context. Key references are
+//! [`AwsKeyRef`]s: a key or alias ARN, optionally with a role to assume (with an external id)
+//! for cross-account keys. Errors are classified once, from typed AWS error codes
+//! (`docs/providers/aws.md` has the table).
+//!
+//! With the `test-support` feature, [`test_support`] runs the moto KMS emulator with AWS's
+//! key-state enforcement (`tests/kms-emulator/keyward_moto.py`).
+#![forbid(unsafe_code)]
+
+mod classify;
+mod config;
+mod key_ref;
+mod policy;
+mod provider;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+pub use config::AwsKmsConfig;
+pub use key_ref::{
+    AssumeRole, AwsKeyRef, EXPECTED_FORM, InvalidAwsKeyRef, KeyRefPart, KeyResource,
+};
+pub use policy::{
+    cross_account_trust_policy, key_policy_statement, principal_iam_policy_statement,
+};
+pub use provider::AwsKmsProvider;

@@ -1,0 +1,238 @@
+//! Test support: the moto AWS KMS emulator, patched to enforce key states as AWS does, and SDK
+//! helpers to drive it. Feature `test-support`; for this crate's tests and the end-to-end tests.
+//!
+//! [`MotoServer::start`] runs `tests/kms-emulator/keyward_moto.py` with `$KEYWARD_MOTO_PYTHON`
+//! (`scripts/test` creates `target/test-venv` with `moto[server]` and sets it), falling back to
+//! `python3`. There is no skipping: without moto the tests fail and say how to install it.
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a broken emulator or a failed setup call must fail the test loudly"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+use keyward_kms::{KeyRef, ProviderKind};
+
+use crate::{AwsKmsConfig, AwsKmsProvider};
+
+/// The region every helper works in (moto keeps one backend per region).
+pub const REGION: &str = "us-east-1";
+/// moto's default account id.
+pub const ACCOUNT: &str = "123456789012";
+
+const HOW_TO_INSTALL: &str =
+    "run scripts/test (it installs moto[server]) or set KEYWARD_MOTO_PYTHON";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const LISTENING: &str = "moto listening on ";
+
+/// A running moto server on 127.0.0.1; killed when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    child: Child,
+}
+
+impl MotoServer {
+    /// Starts the patched emulator on a free port and waits (at most 30 s) until it listens.
+    ///
+    /// # Panics
+    /// If Python or moto is missing, or the emulator does not start.
+    pub fn start() -> MotoServer {
+        let python = std::env::var("KEYWARD_MOTO_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let script = launcher_path();
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // Tracebacks from the emulator show up in the test output.
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not run {python} {}: {e}; {HOW_TO_INSTALL}",
+                    script.display()
+                )
+            });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("moto did not start within {STARTUP_TIMEOUT:?}; {HOW_TO_INSTALL}");
+            }
+        };
+        let Some(endpoint) = line.trim().strip_prefix(LISTENING) else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!(
+                "moto could not be started with {python} (exit {status:?}, first line {line:?}); \
+                 {HOW_TO_INSTALL}"
+            );
+        };
+        MotoServer {
+            endpoint: endpoint.to_owned(),
+            child,
+        }
+    }
+
+    /// An SDK configuration with static fake credentials and region [`REGION`], without an
+    /// endpoint override (the provider gets it from [`MotoServer::provider_config`]). Nothing
+    /// is read from the process environment that could make tests depend on each other.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::from_static(REGION))
+            .credentials_provider(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "keyward-tests",
+            ))
+            .load()
+            .await
+    }
+
+    /// A provider configuration pointing KMS and STS at this emulator, with short timeouts.
+    pub fn provider_config(&self) -> AwsKmsConfig {
+        AwsKmsConfig {
+            endpoint_url: Some(self.endpoint.clone()),
+            sts_endpoint_url: Some(self.endpoint.clone()),
+            attempt_timeout_ms: 5000,
+            connect_timeout_ms: 1000,
+            max_attempts: 2,
+        }
+    }
+
+    /// An [`AwsKmsProvider`] talking to this emulator.
+    pub async fn provider(&self) -> AwsKmsProvider {
+        AwsKmsProvider::with_sdk_config(self.provider_config(), self.sdk_config().await)
+            .await
+            .expect("provider on moto")
+    }
+
+    /// An unmodified SDK client for this emulator.
+    pub async fn kms_client(&self) -> aws_sdk_kms::Client {
+        let sdk = self.sdk_config().await;
+        let conf = aws_sdk_kms::config::Builder::from(&sdk)
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_kms::Client::from_conf(conf)
+    }
+
+    /// A new enabled `SYMMETRIC_DEFAULT`/`ENCRYPT_DECRYPT` key; returns its key ARN.
+    pub async fn create_symmetric_key(&self) -> String {
+        self.create_key_with_spec(KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt)
+            .await
+    }
+
+    /// A new key of the given spec and usage; returns its key ARN.
+    pub async fn create_key_with_spec(&self, spec: KeySpec, usage: KeyUsageType) -> String {
+        let out = self
+            .kms_client()
+            .await
+            .create_key()
+            .key_spec(spec)
+            .key_usage(usage)
+            .description("keyward test key")
+            .send()
+            .await
+            .expect("CreateKey on moto");
+        out.key_metadata()
+            .and_then(|m| m.arn())
+            .expect("CreateKey returns the key ARN")
+            .to_owned()
+    }
+
+    /// `DisableKey`.
+    pub async fn disable_key(&self, key_arn: &str) {
+        self.kms_client()
+            .await
+            .disable_key()
+            .key_id(key_arn)
+            .send()
+            .await
+            .expect("DisableKey on moto");
+    }
+
+    /// `EnableKey`.
+    pub async fn enable_key(&self, key_arn: &str) {
+        self.kms_client()
+            .await
+            .enable_key()
+            .key_id(key_arn)
+            .send()
+            .await
+            .expect("EnableKey on moto");
+    }
+
+    /// `ScheduleKeyDeletion` with the shortest window AWS allows (7 days).
+    pub async fn schedule_deletion(&self, key_arn: &str) {
+        self.kms_client()
+            .await
+            .schedule_key_deletion()
+            .key_id(key_arn)
+            .pending_window_in_days(7)
+            .send()
+            .await
+            .expect("ScheduleKeyDeletion on moto");
+    }
+
+    /// `CancelKeyDeletion`; as on AWS, the key is then Disabled until enabled again.
+    pub async fn cancel_deletion(&self, key_arn: &str) {
+        self.kms_client()
+            .await
+            .cancel_key_deletion()
+            .key_id(key_arn)
+            .send()
+            .await
+            .expect("CancelKeyDeletion on moto");
+    }
+
+    /// `CreateAlias` `alias/<name>` for the key; returns the alias ARN. `name` may be given
+    /// with or without the `alias/` prefix.
+    pub async fn create_alias(&self, name: &str, key_arn: &str) -> String {
+        let name = name.strip_prefix("alias/").unwrap_or(name);
+        self.kms_client()
+            .await
+            .create_alias()
+            .alias_name(format!("alias/{name}"))
+            .target_key_id(key_arn)
+            .send()
+            .await
+            .expect("CreateAlias on moto");
+        format!("arn:aws:kms:{REGION}:{ACCOUNT}:alias/{name}")
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `aws-kms:` [`KeyRef`] for an ARN (or any AWS key reference string).
+pub fn key_ref(id: &str) -> KeyRef {
+    KeyRef::new(ProviderKind::AwsKms, id)
+}
+
+/// `tests/kms-emulator/keyward_moto.py` in the workspace.
+pub fn launcher_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/kms-emulator/keyward_moto.py")
+}
