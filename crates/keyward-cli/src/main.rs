@@ -55,6 +55,9 @@ enum Command {
     /// Manage the local development key-encryption keys (not for production).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Help a customer set up their key.
+    #[command(subcommand)]
+    Onboarding(OnboardingCommand),
 }
 
 #[derive(Debug, Args)]
@@ -81,14 +84,58 @@ enum TenantCommand {
         name: String,
     },
     /// Bind a key-encryption key to a tenant (validated by a live round trip).
+    ///
+    /// Registering again replaces the tenant's key (a validated rotation; the
+    /// history of bindings is kept and old data stays readable).
     RegisterKey {
         tenant: String,
-        /// Name of a key of the server's local development provider, e.g. "default".
-        #[arg(long, required = true)]
-        local_key: String,
+        #[command(flatten)]
+        key: KeyChoice,
+        /// Role in the customer's account to assume for this key (cross-account).
+        #[arg(
+            long,
+            value_name = "ARN",
+            requires = "aws_kms_key",
+            requires = "external_id"
+        )]
+        role_arn: Option<String>,
+        /// ExternalId required by the role's trust policy.
+        #[arg(long, value_name = "ID", requires = "role_arn")]
+        external_id: Option<String>,
     },
     /// Show a tenant and its active key binding.
     Show { tenant: String },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct KeyChoice {
+    /// Name of a key of the server's local development provider, e.g. "default".
+    #[arg(long, value_name = "NAME")]
+    local_key: Option<String>,
+    /// ARN of the customer's AWS KMS key (or alias ARN).
+    #[arg(long, value_name = "ARN")]
+    aws_kms_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum OnboardingCommand {
+    /// Print the key-policy statement a customer adds so Keyward may use their key.
+    Policy {
+        #[arg(long, value_enum)]
+        provider: PolicyProvider,
+        /// The principal Keyward runs as (for AWS: the IAM role or user ARN).
+        #[arg(long, value_name = "ARN")]
+        principal: String,
+        /// Restrict the statement to this key (default: the key whose policy it is in).
+        #[arg(long, value_name = "ARN")]
+        key_arn: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PolicyProvider {
+    Aws,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -207,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encrypt(args) => encrypt(&cli.endpoint, args).await,
         Command::Decrypt(args) => decrypt(&cli.endpoint, args).await,
         Command::Key(cmd) => key(cmd),
+        Command::Onboarding(cmd) => onboarding(cmd),
     }
 }
 
@@ -255,11 +303,46 @@ async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
 
 /// Renders a gRPC error with its machine-readable reason.
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    let reason = status
-        .get_details_error_info()
+    let info = status.get_details_error_info();
+    let reason = info
+        .as_ref()
         .map(|info| format!(", reason {}", info.reason))
         .unwrap_or_default();
-    anyhow::anyhow!("{} (status {:?}{reason})", status.message(), status.code())
+    // What to do about it, when the server knows (e.g. the key-policy statement to add).
+    let remediation = info
+        .as_ref()
+        .and_then(|info| info.metadata.get("remediation"))
+        .map(|r| format!("\n\nTo fix it:\n{r}"))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "{} (status {:?}{reason}){remediation}",
+        status.message(),
+        status.code()
+    )
+}
+
+fn onboarding(cmd: OnboardingCommand) -> anyhow::Result<()> {
+    match cmd {
+        OnboardingCommand::Policy {
+            provider: PolicyProvider::Aws,
+            principal,
+            key_arn,
+        } => {
+            #[cfg(feature = "aws")]
+            {
+                println!(
+                    "{}",
+                    keyward_kms_aws::key_policy_statement(&principal, key_arn.as_deref())
+                );
+                Ok(())
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = (principal, key_arn);
+                bail!("this keyward was built without AWS support (cargo feature `aws`)")
+            }
+        }
+    }
 }
 
 async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
@@ -273,13 +356,27 @@ async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
                 })
                 .await
         }
-        TenantCommand::RegisterKey { tenant, local_key } => {
+        TenantCommand::RegisterKey {
+            tenant,
+            key,
+            role_arn,
+            external_id,
+        } => {
+            let key = match (key.local_key, key.aws_kms_key) {
+                (Some(key_name), _) => {
+                    pb::register_key_request::Key::Local(pb::LocalKey { key_name })
+                }
+                (None, Some(key_arn)) => pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
+                    key_arn,
+                    role_arn: role_arn.unwrap_or_default(),
+                    external_id: external_id.unwrap_or_default(),
+                }),
+                (None, None) => bail!("name a key: --local-key or --aws-kms-key"),
+            };
             client
                 .register_key(pb::RegisterKeyRequest {
                     tenant_id: tenant,
-                    key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                        key_name: local_key,
-                    })),
+                    key: Some(key),
                 })
                 .await
         }

@@ -80,6 +80,7 @@ pub struct ProviderError {
     message: String,
     #[source]
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    remediation: Option<String>,
 }
 
 impl ProviderError {
@@ -89,7 +90,21 @@ impl ProviderError {
             kind,
             message: message.into(),
             source: None,
+            remediation: None,
         }
+    }
+
+    /// Attaches what the customer should do to fix it (e.g. the key-policy
+    /// statement to add), shown at onboarding and in error details.
+    #[must_use]
+    pub fn with_remediation(mut self, remediation: impl Into<String>) -> Self {
+        self.remediation = Some(remediation.into());
+        self
+    }
+
+    /// What the customer should do about it, when the provider knows.
+    pub fn remediation(&self) -> Option<&str> {
+        self.remediation.as_deref()
     }
 
     /// Attaches the underlying error, kept as [`source`](StdError::source).

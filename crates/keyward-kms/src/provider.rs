@@ -257,6 +257,13 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// The KEK's current state. A key that does not exist is an [`ErrorKind::NotFound`] error.
     async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError>;
 
+    /// The stable reference to store for `kek` at registration: e.g. an AWS alias ARN is
+    /// resolved to the key ARN it points to, so that re-pointing the alias later cannot
+    /// silently change which key protects a tenant. Default: `kek` unchanged.
+    async fn canonicalize(&self, kek: &KeyRef) -> Result<KeyRef, ProviderError> {
+        Ok(kek.clone())
+    }
+
     /// A new key plus its wrapped form.
     ///
     /// Default: generate locally with [`SecretKey::generate`], then [`KeyProvider::wrap`].

@@ -31,6 +31,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub rotation: RotationConfig,
     pub local_kms: LocalKmsConfig,
+    /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
+    #[cfg(feature = "aws")]
+    pub aws_kms: keyward_kms_aws::AwsKmsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +76,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             rotation: RotationConfig::default(),
             local_kms: LocalKmsConfig::default(),
+            #[cfg(feature = "aws")]
+            aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
         }
     }
 }
@@ -119,10 +124,16 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        // KEYWARD_LOG and KEYWARD_ENDPOINT belong to the CLI, not to the server config.
+        // Only variables naming a configuration section are configuration: others with the
+        // prefix belong to the CLI (KEYWARD_LOG, KEYWARD_ENDPOINT) or to tools. Inside a known
+        // section, unknown keys are still errors (deny_unknown_fields).
         figment = figment.merge(
             Env::prefixed("KEYWARD_")
-                .ignore(&["log", "endpoint"])
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    let section = key.split("__").next().unwrap_or_default();
+                    CONFIG_SECTIONS.contains(&section)
+                })
                 .split("__"),
         );
         figment
@@ -174,9 +185,23 @@ impl Config {
                 max_messages: self.rotation.max_messages,
                 max_bytes: self.rotation.max_bytes,
             },
+            #[cfg(feature = "aws")]
+            aws_kms: self.aws_kms.clone(),
         })
     }
 }
+
+/// Top-level keys of [`Config`], which `KEYWARD_*` environment variables may set.
+const CONFIG_SECTIONS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "max_plaintext_bytes",
+    "cache",
+    "rotation",
+    "local_kms",
+    #[cfg(feature = "aws")]
+    "aws_kms",
+];
 
 /// gRPC itself caps messages; a plaintext above this would not be a sensible
 /// single Encrypt call anyway.
@@ -197,6 +222,8 @@ pub struct Settings {
     pub max_tenant_keys: u64,
     pub max_deks: u64,
     pub rotation: RotationPolicy,
+    #[cfg(feature = "aws")]
+    pub aws_kms: keyward_kms_aws::AwsKmsConfig,
 }
 
 /// When a scope's active DEK is replaced.
@@ -219,6 +246,23 @@ mod tests {
         assert_eq!(s.database_path, PathBuf::from("./keyward-data/keyward.db"));
         assert_eq!(s.local_kms_dir, PathBuf::from("./keyward-data/local-kms"));
         assert_eq!(s.cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_config_section_can_come_from_the_environment() {
+        use figment::Provider as _;
+        let data = Figment::from(Serialized::defaults(Config::default()))
+            .data()
+            .unwrap();
+        let mut keys: Vec<&str> = data
+            .values()
+            .flat_map(|d| d.keys())
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let mut sections = CONFIG_SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(keys, sections);
     }
 
     #[test]

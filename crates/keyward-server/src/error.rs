@@ -162,6 +162,9 @@ impl ServiceError {
             | Self::KeyMisconfigured(e)
             | Self::KmsUnavailable(e) => {
                 metadata.insert("provider_error".to_owned(), e.kind().as_str().to_owned());
+                if let Some(remediation) = e.remediation() {
+                    metadata.insert("remediation".to_owned(), remediation.to_owned());
+                }
                 if matches!(self, Self::KmsUnavailable(_)) {
                     details.set_retry_info(Some(Duration::from_secs(1)));
                 }

@@ -254,7 +254,7 @@ impl Keyring {
         display_name: &str,
     ) -> Result<TenantRecord, ServiceError> {
         self.store
-            .create_tenant(id, display_name)
+            .create_tenant(id, display_name, &|_| Vec::new())
             .await
             .map_err(|e| match e {
                 keyward_store::StoreError::AlreadyExists(_) => {
@@ -283,6 +283,10 @@ impl Keyring {
     ) -> Result<KekBinding, ServiceError> {
         self.require_tenant(tenant).await?;
         let provider = self.providers.get(kek.kind())?;
+        let kek = &provider
+            .canonicalize(kek)
+            .await
+            .map_err(ServiceError::from_provider)?;
         let status = provider
             .describe(kek)
             .await
@@ -313,13 +317,16 @@ impl Keyring {
         }
         let binding = self
             .store
-            .bind_kek(NewKekBinding {
-                tenant: tenant.clone(),
-                provider: kek.kind().as_str().to_owned(),
-                key_ref: kek.id().to_owned(),
-                tenant_key_id,
-                wrapped_tenant_key: wrapped,
-            })
+            .bind_kek(
+                NewKekBinding {
+                    tenant: tenant.clone(),
+                    provider: kek.kind().as_str().to_owned(),
+                    key_ref: kek.id().to_owned(),
+                    tenant_key_id,
+                    wrapped_tenant_key: wrapped,
+                },
+                &|_| Vec::new(),
+            )
             .await?;
         self.tenant_keys
             .insert(
@@ -569,14 +576,18 @@ impl Keyring {
             wrap_key(&tenant_key.key, &key, &dek_aad(tenant, scope, &id)?).map_err(internal)?;
         let record = self
             .store
-            .insert_dek(NewDek {
-                id,
-                tenant: tenant.clone(),
-                scope: scope.clone(),
-                tenant_key_id: binding.tenant_key_id,
-                wrapped,
-            })
-            .await?;
+            .insert_dek(
+                NewDek {
+                    id,
+                    tenant: tenant.clone(),
+                    scope: scope.clone(),
+                    tenant_key_id: binding.tenant_key_id,
+                    wrapped,
+                },
+                &|_| Vec::new(),
+            )
+            .await?
+            .dek;
         self.counters.deks_created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%tenant, %scope, dek = %id, "created data key");
         let live = Arc::new(LiveKey {

@@ -39,8 +39,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] keyward_store::StoreError),
-    #[error("cannot open the local key provider: {0}")]
-    LocalKms(#[from] keyward_kms::ProviderError),
+    #[error("cannot set up a key provider: {0}")]
+    Provider(#[from] keyward_kms::ProviderError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -88,9 +88,14 @@ pub async fn start(
     create_private_dir(&settings.data_dir)?;
     let store = SqliteStore::open(&settings.database_path).await?;
     let local = LocalProvider::open(&settings.local_kms_dir)?;
+    let providers = Providers::default().with(Arc::new(local));
+    #[cfg(feature = "aws")]
+    let providers = providers.with(Arc::new(
+        keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
+    ));
     let keyring = Arc::new(Keyring::new(
         Arc::new(store),
-        Providers::default().with(Arc::new(local)),
+        providers,
         CachePolicy {
             ttl: settings.cache_ttl,
             max_tenant_keys: settings.max_tenant_keys,

@@ -119,6 +119,7 @@ impl TenantService for TenantApi {
                 }
                 KeyRef::new(DomainProviderKind::Local, local.key_name)
             }
+            Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
             None => {
                 return Err(ServiceError::invalid("key", "one key reference must be set").into());
             }
@@ -154,6 +155,42 @@ fn scope(raw: &str) -> Result<Scope, ServiceError> {
 fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceError> {
     EncryptionContext::try_from_map(raw.into_iter().collect())
         .map_err(|e| ServiceError::invalid("encryption_context", e.to_string()))
+}
+
+/// `key_arn[?role_arn=…&external_id=…]`, the AWS provider's key reference
+/// syntax (docs/providers/aws.md), checked here so that a malformed ARN is an
+/// invalid argument naming the field, not a provider failure.
+fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
+    if aws.key_arn.is_empty() {
+        return Err(ServiceError::invalid(
+            "aws_kms.key_arn",
+            "must not be empty",
+        ));
+    }
+    let id = match (aws.role_arn.is_empty(), aws.external_id.is_empty()) {
+        (true, true) => aws.key_arn,
+        (false, false) => format!(
+            "{}?role_arn={}&external_id={}",
+            aws.key_arn, aws.role_arn, aws.external_id
+        ),
+        (true, false) => {
+            return Err(ServiceError::invalid(
+                "aws_kms.role_arn",
+                "external_id is only used with role_arn: set both or neither",
+            ));
+        }
+        (false, true) => {
+            return Err(ServiceError::invalid(
+                "aws_kms.external_id",
+                "a role to assume needs the ExternalId its trust policy requires",
+            ));
+        }
+    };
+    #[cfg(feature = "aws")]
+    if let Err(e) = id.parse::<keyward_kms_aws::AwsKeyRef>() {
+        return Err(ServiceError::invalid("aws_kms", e.to_string()));
+    }
+    Ok(KeyRef::new(DomainProviderKind::AwsKms, id))
 }
 
 fn display_name(raw: &str) -> Result<&str, ServiceError> {

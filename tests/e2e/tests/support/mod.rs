@@ -137,6 +137,23 @@ impl Server {
         )
     }
 
+    /// Starts the server with its AWS KMS provider pointed at `kms_endpoint`
+    /// (an emulator) with fake static credentials, plus `env`.
+    pub(crate) fn start_with_aws(kms_endpoint: &str, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![
+            ("KEYWARD_AWS_KMS__ENDPOINT_URL", kms_endpoint),
+            ("KEYWARD_AWS_KMS__STS_ENDPOINT_URL", kms_endpoint),
+            ("KEYWARD_AWS_KMS__MAX_ATTEMPTS", "2"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            // Never reach for an instance-metadata endpoint from a test.
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ];
+        all.extend_from_slice(env);
+        Server::start(&all)
+    }
+
     /// Creates a tenant and binds the local development key "default".
     pub(crate) async fn onboard(&self, tenant: &str) {
         let mut tenants = self.tenants().await;

@@ -1,0 +1,373 @@
+//! The real `keyward` binary with a customer key in an AWS-KMS-compatible
+//! emulator (moto, patched to enforce key states as AWS does: see
+//! tests/kms-emulator/keyward_moto.py). The SDK client inside Keyward is
+//! unmodified; only its endpoint points at the emulator.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use keyward_kms_aws::test_support::MotoServer;
+use keyward_proto::v1 as pb;
+use keyward_store::sqlite::SqliteStore;
+use support::{Server, assert_status, context};
+use tonic::Code;
+
+fn aws_key(tenant: &str, key_arn: &str) -> pb::RegisterKeyRequest {
+    pb::RegisterKeyRequest {
+        tenant_id: tenant.into(),
+        key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
+            key_arn: key_arn.into(),
+            role_arn: String::new(),
+            external_id: String::new(),
+        })),
+    }
+}
+
+async fn create_tenant(server: &Server, tenant: &str) {
+    server
+        .tenants()
+        .await
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: tenant.into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn encrypt(
+    server: &Server,
+    tenant: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut crypto = server.crypto().await;
+    crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: tenant.into(),
+            plaintext: plaintext.to_vec(),
+            encryption_context: context(&[("conversation", "9")]),
+            scope: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().envelope)
+}
+
+async fn decrypt(server: &Server, tenant: &str, envelope: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    let mut crypto = server.crypto().await;
+    crypto
+        .decrypt(pb::DecryptRequest {
+            tenant_id: tenant.into(),
+            envelope: envelope.to_vec(),
+            encryption_context: context(&[("conversation", "9")]),
+        })
+        .await
+        .map(|r| r.into_inner().plaintext)
+}
+
+/// Polls `decrypt` until it fails, asserting it stops within `ttl` (+ slack).
+async fn first_refusal(
+    server: &Server,
+    tenant: &str,
+    envelope: &[u8],
+    ttl: Duration,
+) -> tonic::Status {
+    let since = Instant::now();
+    loop {
+        match decrypt(server, tenant, envelope).await {
+            Ok(_) => {
+                assert!(
+                    since.elapsed() < ttl + Duration::from_millis(1500),
+                    "still serving {:?} after the KMS refused",
+                    since.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test]
+async fn register_encrypt_decrypt_then_disable_reenable_and_schedule_deletion_at_the_kms() {
+    let moto = MotoServer::start();
+    let key_arn = moto.create_symmetric_key().await;
+    let ttl = Duration::from_secs(1);
+    let server = Server::start_with_aws(&moto.endpoint, &[("KEYWARD_CACHE__TTL_SECONDS", "1")]);
+    create_tenant(&server, "acme").await;
+
+    let tenant = server
+        .tenants()
+        .await
+        .register_key(aws_key("acme", &key_arn))
+        .await
+        .unwrap()
+        .into_inner();
+    let binding = tenant.active_key.unwrap();
+    assert_eq!(binding.provider(), pb::ProviderKind::AwsKms);
+    assert_eq!(binding.key_ref, key_arn);
+
+    let envelope = encrypt(&server, "acme", b"prompt under a customer key")
+        .await
+        .unwrap();
+    assert_eq!(
+        decrypt(&server, "acme", &envelope).await.unwrap(),
+        b"prompt under a customer key"
+    );
+
+    // The customer disables the key in their KMS: refused, classified as revocation.
+    moto.disable_key(&key_arn).await;
+    let status = first_refusal(&server, "acme", &envelope, ttl).await;
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_REFUSED",
+    );
+    assert_status(
+        encrypt(&server, "acme", b"x").await,
+        Code::FailedPrecondition,
+        "KEY_REFUSED",
+    );
+
+    // Re-enabled: works again.
+    moto.enable_key(&key_arn).await;
+    assert_eq!(
+        decrypt(&server, "acme", &envelope).await.unwrap(),
+        b"prompt under a customer key"
+    );
+
+    // Scheduled for deletion: refused.
+    moto.schedule_deletion(&key_arn).await;
+    let status = first_refusal(&server, "acme", &envelope, ttl).await;
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_REFUSED",
+    );
+
+    // Deletion cancelled (the key comes back disabled, as in AWS) and enabled: readable again.
+    moto.cancel_deletion(&key_arn).await;
+    moto.enable_key(&key_arn).await;
+    assert_eq!(
+        decrypt(&server, "acme", &envelope).await.unwrap(),
+        b"prompt under a customer key"
+    );
+}
+
+#[tokio::test]
+async fn alias_registration_pins_the_key_and_rotation_keeps_history() {
+    let moto = MotoServer::start();
+    let first = moto.create_symmetric_key().await;
+    let alias = moto.create_alias("alias/acme-keyward", &first).await;
+    let server = Server::start_with_aws(&moto.endpoint, &[]);
+    create_tenant(&server, "acme").await;
+    let mut tenants = server.tenants().await;
+
+    let binding = tenants
+        .register_key(aws_key("acme", &alias))
+        .await
+        .unwrap()
+        .into_inner()
+        .active_key
+        .unwrap();
+    assert_eq!(
+        binding.key_ref, first,
+        "an alias is resolved to the key it names at registration"
+    );
+    let old = encrypt(&server, "acme", b"old").await.unwrap();
+
+    // Rotation to a new key is a validated registration; old data stays readable.
+    let second = moto.create_symmetric_key().await;
+    let binding = tenants
+        .register_key(aws_key("acme", &second))
+        .await
+        .unwrap()
+        .into_inner()
+        .active_key
+        .unwrap();
+    assert_eq!(binding.key_ref, second);
+    let new = encrypt(&server, "acme", b"new").await.unwrap();
+    assert_eq!(decrypt(&server, "acme", &old).await.unwrap(), b"old");
+    assert_eq!(decrypt(&server, "acme", &new).await.unwrap(), b"new");
+
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let dump = store.dump().await.unwrap();
+    assert!(
+        dump.contains(&first) && dump.contains(&second),
+        "both bindings are kept"
+    );
+}
+
+#[tokio::test]
+async fn onboarding_failures_say_what_is_wrong_and_activate_nothing() {
+    let moto = MotoServer::start();
+    let server = Server::start_with_aws(&moto.endpoint, &[]);
+    create_tenant(&server, "acme").await;
+    let mut tenants = server.tenants().await;
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let before = store.dump().await.unwrap();
+
+    // Nonexistent key.
+    let missing = format!(
+        "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
+        keyward_kms_aws::test_support::ACCOUNT
+    );
+    let status = tenants
+        .register_key(aws_key("acme", &missing))
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("00000000-0000-4000-8000-000000000000"),
+        "{status:?}"
+    );
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_NOT_FOUND",
+    );
+
+    // Disabled key.
+    let disabled = moto.create_symmetric_key().await;
+    moto.disable_key(&disabled).await;
+    let status = tenants
+        .register_key(aws_key("acme", &disabled))
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().to_lowercase().contains("disabled"),
+        "{status:?}"
+    );
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_REFUSED",
+    );
+
+    // Wrong key spec: an asymmetric key.
+    let rsa = moto
+        .create_key_with_spec(
+            aws_sdk_kms::types::KeySpec::Rsa2048,
+            aws_sdk_kms::types::KeyUsageType::EncryptDecrypt,
+        )
+        .await;
+    let status = tenants
+        .register_key(aws_key("acme", &rsa))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("RSA_2048"), "{status:?}");
+    assert_status(
+        Err::<(), _>(status),
+        Code::FailedPrecondition,
+        "KEY_MISCONFIGURED",
+    );
+
+    // Malformed ARNs: invalid argument naming the part.
+    for (arn, part) in [
+        ("not-an-arn", "arn"),
+        ("arn:aws:kms:us-east-1:12345:key/abc", "account"),
+        (
+            "arn:aws:s3:us-east-1:123456789012:key/00000000-0000-4000-8000-000000000000",
+            "kms",
+        ),
+    ] {
+        let status = tenants
+            .register_key(aws_key("acme", arn))
+            .await
+            .unwrap_err();
+        assert!(
+            status.message().to_lowercase().contains(part),
+            "{arn}: {status:?}"
+        );
+        assert_status(
+            Err::<(), _>(status),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+    }
+    // A role without its external id.
+    let mut request = aws_key("acme", &disabled);
+    if let Some(pb::register_key_request::Key::AwsKms(aws)) = request.key.as_mut() {
+        aws.role_arn = "arn:aws:iam::123456789012:role/keyward".into();
+    }
+    assert_status(
+        tenants.register_key(request).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+
+    // Nothing was activated.
+    let tenant = tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tenant.active_key.is_none());
+    assert_eq!(store.dump().await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn an_unreachable_kms_is_unavailable_not_refused() {
+    // A port on which nothing listens.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let server = Server::start_with_aws(&dead, &[("KEYWARD_AWS_KMS__ATTEMPT_TIMEOUT_MS", "500")]);
+    create_tenant(&server, "acme").await;
+    let arn = format!(
+        "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
+        keyward_kms_aws::test_support::ACCOUNT
+    );
+    let started = Instant::now();
+    let status = server
+        .tenants()
+        .await
+        .register_key(aws_key("acme", &arn))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded retries: took {:?}",
+        started.elapsed()
+    );
+    assert_status(Err::<(), _>(status), Code::Unavailable, "KMS_UNAVAILABLE");
+}
+
+#[test]
+fn the_cli_prints_the_key_policy_statement() {
+    let server = Server::start(&[]);
+    let principal = "arn:aws:iam::111122223333:role/keyward";
+    let (ok, out, err) = server.cli(
+        &[
+            "onboarding",
+            "policy",
+            "--provider",
+            "aws",
+            "--principal",
+            principal,
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(principal)
+            && out.contains("kms:Decrypt")
+            && out.contains("kms:GenerateDataKey"),
+        "{out}"
+    );
+}
