@@ -58,6 +58,40 @@ enum Command {
     /// Help a customer set up their key.
     #[command(subcommand)]
     Onboarding(OnboardingCommand),
+    /// Read, export and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
+    Verify {
+        /// The export file (JSON Lines).
+        file: PathBuf,
+        /// A trusted checkpoint-signing public key (`keyward audit public-key`); repeatable.
+        #[arg(long = "public-key", required = true, value_name = "KEY")]
+        public_keys: Vec<String>,
+    },
+    /// Print the deployment's checkpoint-signing public key.
+    PublicKey,
+    /// List audit records, oldest first.
+    Events {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Event type, e.g. kek_binding_changed.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Maximum number of records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decrypt(args) => decrypt(&cli.endpoint, args).await,
         Command::Key(cmd) => key(cmd),
         Command::Onboarding(cmd) => onboarding(cmd),
+        Command::Audit(cmd) => audit(&cli.endpoint, cmd).await,
     }
 }
 
@@ -319,6 +354,96 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
         status.message(),
         status.code()
     )
+}
+
+async fn audit(endpoint: &str, cmd: AuditCommand) -> anyhow::Result<()> {
+    use keyward_proto::v1::audit_service_client::AuditServiceClient;
+    match cmd {
+        AuditCommand::Verify { file, public_keys } => {
+            let keys = public_keys
+                .iter()
+                .map(|k| keyward_audit::PublicKey::from_text(k))
+                .collect::<Result<Vec<_>, _>>()
+                .context("invalid --public-key")?;
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            );
+            match keyward_audit::verify_export(reader, &keys) {
+                Ok(report) => {
+                    println!(
+                        "OK: {} records (seq {}..={}) and {} checkpoints verified; head {}",
+                        report.records,
+                        report.first_seq,
+                        report.last_seq,
+                        report.checkpoints,
+                        hex_string(&report.head_hash)
+                    );
+                    println!(
+                        "complete as of the final checkpoint signed at {} ms since the epoch",
+                        report.final_checkpoint_time_ms
+                    );
+                    Ok(())
+                }
+                Err(failure) => bail!("verification FAILED: {failure}"),
+            }
+        }
+        AuditCommand::Export { output } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let mut stream = client
+                .export(pb::ExportAuditRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            while let Some(chunk) = stream.message().await.map_err(status_error)? {
+                out.write_all(&chunk.jsonl)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        AuditCommand::PublicKey => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let key = client
+                .get_public_key(pb::GetAuditPublicKeyRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", key.public_key);
+            Ok(())
+        }
+        AuditCommand::Events {
+            tenant,
+            event_type,
+            limit,
+        } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let response = client
+                .list_events(pb::ListAuditEventsRequest {
+                    tenant_id: tenant.unwrap_or_default(),
+                    event_type: event_type.unwrap_or_default(),
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for record in response.records {
+                println!("{}\t{}", record.seq, record.canonical_json);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn onboarding(cmd: OnboardingCommand) -> anyhow::Result<()> {

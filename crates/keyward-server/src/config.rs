@@ -31,6 +31,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub rotation: RotationConfig,
     pub local_kms: LocalKmsConfig,
+    pub audit: AuditConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -76,8 +77,24 @@ impl Default for Config {
             cache: CacheConfig::default(),
             rotation: RotationConfig::default(),
             local_kms: LocalKmsConfig::default(),
+            audit: AuditConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often the head of the audit chain is signed (if it moved).
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_seconds: 60,
         }
     }
 }
@@ -158,6 +175,9 @@ impl Config {
                 "rotation.max_age_seconds and rotation.max_messages must be at least 1",
             );
         }
+        if self.audit.checkpoint_interval_seconds == 0 {
+            return invalid("audit.checkpoint_interval_seconds must be at least 1");
+        }
         if self.rotation.max_messages > MAX_MESSAGES_PER_DEK {
             return invalid(
                 "rotation.max_messages must be at most 2^40 (the envelope format's bound)",
@@ -174,6 +194,8 @@ impl Config {
         Ok(Settings {
             listen: self.listen,
             database_path: self.data_dir.join("keyward.db"),
+            audit_dir: self.data_dir.join("audit"),
+            checkpoint_interval: Duration::from_secs(self.audit.checkpoint_interval_seconds),
             data_dir: self.data_dir.clone(),
             local_kms_dir,
             max_plaintext_bytes: self.max_plaintext_bytes,
@@ -199,6 +221,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "cache",
     "rotation",
     "local_kms",
+    "audit",
     #[cfg(feature = "aws")]
     "aws_kms",
 ];
@@ -216,6 +239,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_path: PathBuf,
+    /// The audit signing and identifier keys.
+    pub audit_dir: PathBuf,
+    pub checkpoint_interval: Duration,
     pub local_kms_dir: PathBuf,
     pub max_plaintext_bytes: usize,
     pub cache_ttl: Duration,

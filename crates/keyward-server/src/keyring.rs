@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use keyward_audit::{AuditEvent, DekRetireReason, IdentifierHasher, RegistrationOutcome};
 use keyward_envelope::{
     EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, unwrap_key, wrap_key,
 };
@@ -26,7 +27,8 @@ use keyward_kms::{
     ErrorKind, KeyProvider, KeyRef, KeyState, ProviderError, ProviderKind, Purpose, WrapContext,
 };
 use keyward_store::{
-    DekRecord, KekBinding, KekState, NewDek, NewKekBinding, Scope, Store, TenantRecord,
+    BindingChange, DekInsert, DekRecord, KekBinding, KekState, NewDek, NewKekBinding, Scope, Store,
+    TenantRecord,
 };
 use moka::{Expiry, future::Cache, ops::compute::Op};
 use subtle::ConstantTimeEq as _;
@@ -106,15 +108,15 @@ impl fmt::Debug for ActiveDek {
 }
 
 impl ActiveDek {
-    /// Counts one message of `len` bytes against the rotation limits; false
-    /// (and nothing counted) when the DEK must be rotated first.
-    fn try_reserve(&self, len: u64, policy: &RotationPolicy) -> bool {
+    /// Counts one message of `len` bytes against the rotation limits; the
+    /// limit reached (and nothing counted) when the DEK must be rotated first.
+    fn try_reserve(&self, len: u64, policy: &RotationPolicy) -> Result<(), DekRetireReason> {
         if age(self.created_at_ms) >= policy.max_age {
-            return false;
+            return Err(DekRetireReason::MaxAge);
         }
         if self.messages.fetch_add(1, Ordering::Relaxed) >= policy.max_messages {
             self.messages.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(DekRetireReason::MaxMessages);
         }
         if self
             .bytes
@@ -124,11 +126,11 @@ impl ActiveDek {
         {
             self.bytes.fetch_sub(len, Ordering::Relaxed);
             self.messages.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(DekRetireReason::MaxBytes);
         }
         self.unflushed_messages.fetch_add(1, Ordering::Relaxed);
         self.unflushed_bytes.fetch_add(len, Ordering::Relaxed);
-        true
+        Ok(())
     }
 }
 
@@ -187,6 +189,8 @@ pub struct Keyring {
     deks: TenantKeyCache,
     active: ActiveCache,
     counters: Arc<Counters>,
+    /// HMACs caller-chosen scope labels before they enter the audit log.
+    hasher: Arc<IdentifierHasher>,
 }
 
 impl fmt::Debug for Keyring {
@@ -206,6 +210,7 @@ impl Keyring {
         providers: Providers,
         cache: CachePolicy,
         rotation: RotationPolicy,
+        hasher: Arc<IdentifierHasher>,
     ) -> Self {
         let flush_store = Arc::clone(&store);
         let active = Cache::builder()
@@ -231,6 +236,7 @@ impl Keyring {
             cache,
             rotation,
             counters: Arc::default(),
+            hasher,
         }
     }
 
@@ -254,7 +260,12 @@ impl Keyring {
         display_name: &str,
     ) -> Result<TenantRecord, ServiceError> {
         self.store
-            .create_tenant(id, display_name, &|_| Vec::new())
+            .create_tenant(id, display_name, &|t: &TenantRecord| {
+                vec![AuditEvent::TenantCreated {
+                    tenant: t.id.clone(),
+                    actor: None,
+                }]
+            })
             .await
             .map_err(|e| match e {
                 keyward_store::StoreError::AlreadyExists(_) => {
@@ -276,12 +287,36 @@ impl Keyring {
     /// Validates `kek` (it exists, is enabled, and a generate + unwrap round
     /// trip under the tenant's real wrap context returns the same key), then
     /// stores a new tenant key wrapped by it as the tenant's active binding.
+    /// Success is audited in the same transaction as the binding; a failed
+    /// attempt on an existing tenant is audited with its reason.
     pub async fn register_key(
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
     ) -> Result<KekBinding, ServiceError> {
         self.require_tenant(tenant).await?;
+        let result = self.validate_and_bind(tenant, kek).await;
+        if let Err(e) = &result {
+            let attempt = AuditEvent::KeyRegistrationAttempted {
+                tenant: tenant.clone(),
+                provider: kek.kind().as_str().to_owned(),
+                key_ref: kek.id().to_owned(),
+                outcome: RegistrationOutcome::Failed {
+                    reason: format!("{}: {e}", e.reason()),
+                },
+            };
+            if let Err(audit_error) = self.store.append_audit(vec![attempt]).await {
+                tracing::error!(%tenant, error = %audit_error, "could not audit a failed key registration");
+            }
+        }
+        result
+    }
+
+    async fn validate_and_bind(
+        &self,
+        tenant: &TenantId,
+        kek: &KeyRef,
+    ) -> Result<KekBinding, ServiceError> {
         let provider = self.providers.get(kek.kind())?;
         let kek = &provider
             .canonicalize(kek)
@@ -325,7 +360,25 @@ impl Keyring {
                     tenant_key_id,
                     wrapped_tenant_key: wrapped,
                 },
-                &|_| Vec::new(),
+                &|change: &BindingChange| {
+                    let b = &change.binding;
+                    vec![
+                        AuditEvent::KeyRegistrationAttempted {
+                            tenant: b.tenant.clone(),
+                            provider: b.provider.clone(),
+                            key_ref: b.key_ref.clone(),
+                            outcome: RegistrationOutcome::Succeeded,
+                        },
+                        AuditEvent::KekBindingChanged {
+                            tenant: b.tenant.clone(),
+                            binding_id: b.id,
+                            provider: b.provider.clone(),
+                            key_ref: b.key_ref.clone(),
+                            tenant_key_id: b.tenant_key_id,
+                            previous_binding_id: change.previous,
+                        },
+                    ]
+                },
             )
             .await?;
         self.tenant_keys
@@ -360,12 +413,14 @@ impl Keyring {
         // with tiny limits other requests may fill it first: retry, bounded.
         for _ in 0..MAX_ENCRYPT_ATTEMPTS {
             let active = self.active_dek(tenant, scope).await?;
-            if active.try_reserve(len, &self.rotation) {
-                let envelope =
-                    seal(&active.key.key, tenant, &active.id, ctx, plaintext).map_err(internal)?;
-                return Ok((envelope, active.id));
+            match active.try_reserve(len, &self.rotation) {
+                Ok(()) => {
+                    let envelope = seal(&active.key.key, tenant, &active.id, ctx, plaintext)
+                        .map_err(internal)?;
+                    return Ok((envelope, active.id));
+                }
+                Err(reason) => self.rotate(tenant, scope, &active, reason).await?,
             }
-            self.rotate(tenant, scope, &active).await?;
         }
         Err(ServiceError::Conflict(format!(
             "the data key of scope {scope} was exhausted by concurrent requests {MAX_ENCRYPT_ATTEMPTS} times"
@@ -520,8 +575,12 @@ impl Keyring {
         self.active
             .try_get_with((tenant.clone(), scope.clone()), async {
                 let binding = self.usable_binding(tenant).await?;
-                match self.store.active_dek(tenant, scope).await? {
-                    Some(record) if self.is_usable(&record, &binding) => {
+                let existing = self.store.active_dek(tenant, scope).await?;
+                let retire_reason = existing
+                    .as_ref()
+                    .and_then(|record| self.retire_reason(record, &binding));
+                match existing {
+                    Some(record) if retire_reason.is_none() => {
                         let key = self.unwrap_dek(&record).await?;
                         Ok(Arc::new(ActiveDek {
                             id: record.id,
@@ -533,7 +592,10 @@ impl Keyring {
                             unflushed_bytes: AtomicU64::new(0),
                         }))
                     }
-                    _ => self.create_dek(tenant, scope, &binding).await,
+                    _ => {
+                        self.create_dek(tenant, scope, &binding, retire_reason)
+                            .await
+                    }
                 }
             })
             .await
@@ -554,11 +616,19 @@ impl Keyring {
         }
     }
 
-    fn is_usable(&self, record: &DekRecord, binding: &KekBinding) -> bool {
-        record.tenant_key_id == binding.tenant_key_id
-            && age(record.created_at_ms) < self.rotation.max_age
-            && record.messages < self.rotation.max_messages
-            && record.bytes < self.rotation.max_bytes
+    /// Why a stored active DEK must be replaced before use, if it must.
+    fn retire_reason(&self, record: &DekRecord, binding: &KekBinding) -> Option<DekRetireReason> {
+        if record.tenant_key_id != binding.tenant_key_id {
+            Some(DekRetireReason::KekBindingChanged)
+        } else if age(record.created_at_ms) >= self.rotation.max_age {
+            Some(DekRetireReason::MaxAge)
+        } else if record.messages >= self.rotation.max_messages {
+            Some(DekRetireReason::MaxMessages)
+        } else if record.bytes >= self.rotation.max_bytes {
+            Some(DekRetireReason::MaxBytes)
+        } else {
+            None
+        }
     }
 
     /// Generates a DEK, wraps it under the binding's tenant key and commits it
@@ -568,8 +638,10 @@ impl Keyring {
         tenant: &TenantId,
         scope: &Scope,
         binding: &KekBinding,
+        retire_reason: Option<DekRetireReason>,
     ) -> Result<Arc<ActiveDek>, ServiceError> {
         let tenant_key = self.tenant_key(tenant, &binding.tenant_key_id).await?;
+        let scope_hmac = self.hasher.hash("scope", scope.as_str());
         let id = KeyId::generate().map_err(internal)?;
         let key = SecretKey::generate().map_err(internal)?;
         let wrapped =
@@ -584,7 +656,26 @@ impl Keyring {
                     tenant_key_id: binding.tenant_key_id,
                     wrapped,
                 },
-                &|_| Vec::new(),
+                &|insert: &DekInsert| {
+                    let mut events = Vec::with_capacity(2);
+                    if let Some(retired) = insert.retired {
+                        events.push(AuditEvent::DekRetired {
+                            tenant: insert.dek.tenant.clone(),
+                            scope_hmac: scope_hmac.clone(),
+                            dek_id: retired,
+                            // A first DEK retires nothing; a replaced one always has a reason,
+                            // except a stored DEK exhausted by another replica's counting.
+                            reason: retire_reason.unwrap_or(DekRetireReason::MaxMessages),
+                        });
+                    }
+                    events.push(AuditEvent::DekCreated {
+                        tenant: insert.dek.tenant.clone(),
+                        scope_hmac: scope_hmac.clone(),
+                        dek_id: insert.dek.id,
+                        tenant_key_id: insert.dek.tenant_key_id,
+                    });
+                    events
+                },
             )
             .await?
             .dek;
@@ -611,6 +702,7 @@ impl Keyring {
         tenant: &TenantId,
         scope: &Scope,
         exhausted: &Arc<ActiveDek>,
+        reason: DekRetireReason,
     ) -> Result<(), ServiceError> {
         flush_usage(self.store.as_ref(), tenant, exhausted).await;
         self.active
@@ -620,7 +712,10 @@ impl Keyring {
                     return Ok(Op::Nop); // someone else already rotated
                 }
                 let binding = self.usable_binding(tenant).await?;
-                Ok::<_, ServiceError>(Op::Put(self.create_dek(tenant, scope, &binding).await?))
+                let fresh = self
+                    .create_dek(tenant, scope, &binding, Some(reason))
+                    .await?;
+                Ok::<_, ServiceError>(Op::Put(fresh))
             })
             .await?;
         Ok(())

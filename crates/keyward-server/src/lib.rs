@@ -4,6 +4,7 @@
 //! Data flows one way: proto -> [`service`] -> [`keyring`] -> (store, KEK
 //! providers) -> envelope. Nothing below this crate knows about gRPC.
 
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod keyring;
@@ -13,7 +14,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
-    crypto_service_server::CryptoServiceServer, tenant_service_server::TenantServiceServer,
+    audit_service_server::AuditServiceServer, crypto_service_server::CryptoServiceServer,
+    tenant_service_server::TenantServiceServer,
 };
 use keyward_store::sqlite::SqliteStore;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -39,6 +41,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] keyward_store::StoreError),
+    #[error("cannot load the audit keys: {0}")]
+    AuditKeys(#[from] audit::AuditKeyError),
     #[error("cannot set up a key provider: {0}")]
     Provider(#[from] keyward_kms::ProviderError),
     #[error("cannot listen on {addr}: {source}")]
@@ -54,6 +58,8 @@ pub enum StartError {
 pub struct Running {
     local_addr: SocketAddr,
     keyring: Arc<Keyring>,
+    auditor: Arc<audit::Auditor>,
+    checkpoints: JoinHandle<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -67,15 +73,21 @@ impl Running {
         &self.keyring
     }
 
-    /// Waits until the server stops (after the shutdown future resolves).
+    /// Waits until the server stops (after the shutdown future resolves),
+    /// then signs a last checkpoint of the audit chain.
     pub async fn wait(self) -> Result<(), tonic::transport::Error> {
-        match self.task.await {
+        let result = match self.task.await {
             Ok(result) => result,
             Err(join) => {
                 tracing::error!(error = %join, "server task ended abnormally");
                 Ok(())
             }
+        };
+        self.checkpoints.abort();
+        if let Err(e) = self.auditor.checkpoint().await {
+            tracing::error!(error = %e, "could not write the final audit checkpoint");
         }
+        result
     }
 }
 
@@ -86,7 +98,12 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     create_private_dir(&settings.data_dir)?;
-    let store = SqliteStore::open(&settings.database_path).await?;
+    let store: Arc<dyn keyward_store::Store> =
+        Arc::new(SqliteStore::open(&settings.database_path).await?);
+    let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
+    let hasher = Arc::clone(audit_keys.hasher());
+    tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
+    let auditor = Arc::new(audit::Auditor::new(Arc::clone(&store), audit_keys));
     let local = LocalProvider::open(&settings.local_kms_dir)?;
     let providers = Providers::default().with(Arc::new(local));
     #[cfg(feature = "aws")]
@@ -94,7 +111,7 @@ pub async fn start(
         keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
     ));
     let keyring = Arc::new(Keyring::new(
-        Arc::new(store),
+        store,
         providers,
         CachePolicy {
             ttl: settings.cache_ttl,
@@ -102,14 +119,16 @@ pub async fn start(
             max_deks: settings.max_deks,
         },
         settings.rotation,
+        hasher,
     ));
-    serve(settings, keyring, shutdown).await
+    serve(settings, keyring, auditor, shutdown).await
 }
 
 /// Serves `keyring` on the configured address until `shutdown`.
 pub async fn serve(
     settings: &Settings,
     keyring: Arc<Keyring>,
+    auditor: Arc<audit::Auditor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let listener =
@@ -132,6 +151,9 @@ pub async fn serve(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let tenants = TenantServiceServer::new(service::TenantApi::new(Arc::clone(&keyring)));
+    let audit_api = AuditServiceServer::new(audit::AuditApi::new(Arc::clone(&auditor)));
+    let checkpoints =
+        tokio::spawn(Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -139,6 +161,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<TenantServiceServer<service::TenantApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<audit::AuditApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
@@ -153,7 +178,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(crypto)
-        .add_service(tenants);
+        .add_service(tenants)
+        .add_service(audit_api);
     let task = tokio::spawn(
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
     );
@@ -161,6 +187,8 @@ pub async fn serve(
     Ok(Running {
         local_addr,
         keyring,
+        auditor,
+        checkpoints,
         task,
     })
 }

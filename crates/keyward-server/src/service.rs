@@ -241,7 +241,7 @@ fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
 }
 
 /// Store timestamps are milliseconds since the UNIX epoch.
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),

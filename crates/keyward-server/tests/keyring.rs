@@ -14,6 +14,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use keyward_audit::{AuditEvent, DekRetireReason};
 use keyward_envelope::{EncryptionContext, SecretKey, TenantId, WrappedKey};
 use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
@@ -22,7 +23,7 @@ use keyward_kms::{
 use keyward_server::{
     CachePolicy, Keyring, Providers, config::RotationPolicy, error::ServiceError,
 };
-use keyward_store::{Scope, Store as _, sqlite::SqliteStore};
+use keyward_store::{AuditQuery, Scope, Store as _, sqlite::SqliteStore};
 
 #[derive(Debug)]
 struct Counting {
@@ -97,6 +98,7 @@ impl Fixture {
                 max_deks: 100_000,
             },
             rotation,
+            Arc::new(keyward_audit::IdentifierHasher::new([7; 32])),
         )
     }
 
@@ -241,6 +243,35 @@ async fn rotation_by_message_count_and_bytes_keeps_every_envelope_readable() {
     let (_, a) = keyring.encrypt(&t, &s, &c, &[1; 60]).await.unwrap();
     let (_, b) = keyring.encrypt(&t, &s, &c, &[2; 60]).await.unwrap();
     assert_ne!(a, b);
+
+    // Every rotation is in the audit log with its reason, in the DEK's transaction.
+    let records = fx
+        .store
+        .audit_records(&AuditQuery::default().with_tenant(t.clone()))
+        .await
+        .unwrap();
+    let reasons: Vec<DekRetireReason> = records
+        .iter()
+        .filter_map(|r| match r.event() {
+            AuditEvent::DekRetired { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            DekRetireReason::MaxMessages,
+            DekRetireReason::MaxMessages,
+            DekRetireReason::MaxMessages,
+            // 10 + 60 bytes fit the fourth DEK; the next 60 do not.
+            DekRetireReason::MaxBytes,
+        ]
+    );
+    let created = records
+        .iter()
+        .filter(|r| matches!(r.event(), AuditEvent::DekCreated { .. }))
+        .count();
+    assert_eq!(created, 5);
 
     for (i, env) in envs.iter().enumerate() {
         assert_eq!(

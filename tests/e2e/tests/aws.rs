@@ -215,7 +215,8 @@ async fn onboarding_failures_say_what_is_wrong_and_activate_nothing() {
     let store = SqliteStore::open_read_only(&server.database())
         .await
         .unwrap();
-    let before = store.dump().await.unwrap();
+    let before = support::domain_state(&store).await;
+    let audit_before = keyward_store::Store::audit_head(&store).await.unwrap().seq;
 
     // Nonexistent key.
     let missing = format!(
@@ -316,7 +317,16 @@ async fn onboarding_failures_say_what_is_wrong_and_activate_nothing() {
         .unwrap()
         .into_inner();
     assert!(tenant.active_key.is_none());
-    assert_eq!(store.dump().await.unwrap(), before);
+    assert_eq!(
+        support::domain_state(&store).await,
+        before,
+        "a rejected request changed the store"
+    );
+    // Only the failed key registrations were recorded, as audit records.
+    assert_eq!(
+        support::audit_types_since(&store, audit_before).await,
+        vec!["key_registration_attempted:failed"; 3]
+    );
 }
 
 #[tokio::test]

@@ -160,7 +160,8 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
     let store = SqliteStore::open_read_only(&server.database())
         .await
         .unwrap();
-    let before = store.dump().await.unwrap();
+    let before = support::domain_state(&store).await;
+    let audit_before = keyward_store::Store::audit_head(&store).await.unwrap().seq;
 
     let encrypt =
         |tenant: &str, plaintext: Vec<u8>, ctx: &[(&str, &str)], scope: &str| pb::EncryptRequest {
@@ -384,9 +385,14 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
     );
 
     assert_eq!(
-        store.dump().await.unwrap(),
+        support::domain_state(&store).await,
         before,
         "a rejected request changed the store"
+    );
+    // Only the failed key registrations were recorded, as audit records.
+    assert_eq!(
+        support::audit_types_since(&store, audit_before).await,
+        vec!["key_registration_attempted:failed"; 2]
     );
 
     // And the good envelope still decrypts.

@@ -208,3 +208,49 @@ pub(crate) fn assert_status(
     assert_eq!(info.domain, "keyward.v1");
     assert_eq!(info.reason, reason, "{status:?}");
 }
+
+/// The store's content without the audit tables: the domain state that a
+/// rejected request must leave exactly as it was.
+pub(crate) async fn domain_state(store: &keyward_store::sqlite::SqliteStore) -> String {
+    let dump = store.dump().await.expect("dump");
+    let mut out = String::new();
+    let mut audit_table = false;
+    for line in dump.lines() {
+        if let Some(table) = line.strip_prefix("table ") {
+            audit_table = table.starts_with("audit_");
+        }
+        if !audit_table {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Event types of the audit records appended after `after_seq`.
+pub(crate) async fn audit_types_since(
+    store: &keyward_store::sqlite::SqliteStore,
+    after_seq: u64,
+) -> Vec<String> {
+    use keyward_store::Store as _;
+    store
+        .audit_records(&keyward_store::AuditQuery::default().with_after_seq(after_seq))
+        .await
+        .expect("audit records")
+        .iter()
+        .map(|r| {
+            let failed = matches!(
+                r.event(),
+                keyward_audit::AuditEvent::KeyRegistrationAttempted {
+                    outcome: keyward_audit::RegistrationOutcome::Failed { .. },
+                    ..
+                }
+            );
+            format!(
+                "{}{}",
+                r.event().event_type(),
+                if failed { ":failed" } else { "" }
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,399 @@
+//! The audit log's server side: the deployment's signing and identifier keys,
+//! periodic signed checkpoints, export, and the `keyward.v1.AuditService`.
+//!
+//! Records themselves are appended by the store inside each lifecycle
+//! transaction (fail closed); this module only reads them.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use keyward_audit::{
+    AuditError, ExportHeader, ExportWriter, IdentifierHasher, PublicKey, Record, SigningKey,
+};
+use keyward_envelope::TenantId;
+use keyward_proto::v1::{self as pb, audit_service_server::AuditService};
+use keyward_store::{AuditQuery, Store};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+
+/// Records per store query while exporting or listing.
+const PAGE: u32 = 1000;
+const DEFAULT_LIST_PAGE: u32 = 100;
+
+/// The deployment's audit keys, created on first start under `<data_dir>/audit/`
+/// (mode 0600): the Ed25519 checkpoint-signing key (PKCS#8) and the HMAC key
+/// that pseudonymises caller-chosen identifiers.
+pub struct AuditKeys {
+    pub(crate) signing: SigningKey,
+    pub(crate) hasher: Arc<IdentifierHasher>,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKeys")
+            .field("signing_key_id", &self.signing.public_key().key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the audit keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeyError {
+    #[error("audit key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit key file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: AuditError,
+    },
+}
+
+impl AuditKeys {
+    pub fn load_or_create(dir: &Path) -> Result<Self, AuditKeyError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AuditKeyError::Io { path, source }
+        };
+        let invalid = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AuditKeyError::Invalid { path, source }
+        };
+        create_private_dir(dir).map_err(io(dir))?;
+
+        let signing_path = dir.join("signing-key.pk8");
+        let signing = match read_secret(&signing_path).map_err(io(&signing_path))? {
+            Some(der) => SigningKey::from_pkcs8(&der).map_err(invalid(&signing_path))?,
+            None => {
+                let key = SigningKey::generate().map_err(invalid(&signing_path))?;
+                let der = key.to_pkcs8().map_err(invalid(&signing_path))?;
+                write_secret(&signing_path, &der).map_err(io(&signing_path))?;
+                tracing::info!(key_id = %key.public_key().key_id(), "created the audit signing key");
+                key
+            }
+        };
+
+        let hmac_path = dir.join("identifier-key");
+        let hasher = match read_secret(&hmac_path).map_err(io(&hmac_path))? {
+            Some(bytes) => IdentifierHasher::from_slice(&bytes).map_err(invalid(&hmac_path))?,
+            None => {
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                aws_lc_rs::rand::fill(bytes.as_mut_slice()).map_err(|_| AuditKeyError::Io {
+                    path: hmac_path.clone(),
+                    source: std::io::Error::other("the system random number generator failed"),
+                })?;
+                write_secret(&hmac_path, bytes.as_slice()).map_err(io(&hmac_path))?;
+                IdentifierHasher::new(*bytes)
+            }
+        };
+        Ok(Self {
+            signing,
+            hasher: Arc::new(hasher),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.signing.public_key()
+    }
+
+    pub fn hasher(&self) -> &Arc<IdentifierHasher> {
+        &self.hasher
+    }
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+fn read_secret(path: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(zeroize::Zeroizing::new(bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Signs checkpoints and produces exports.
+pub struct Auditor {
+    store: Arc<dyn Store>,
+    keys: AuditKeys,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    pub fn new(store: Arc<dyn Store>, keys: AuditKeys) -> Self {
+        Self { store, keys }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    /// Signs and stores a checkpoint of the current head if records were
+    /// appended since the last one. Returns the checkpointed seq, if any.
+    pub async fn checkpoint(&self) -> Result<Option<u64>, ServiceError> {
+        let head = self.store.audit_head().await?;
+        if head.seq == 0 {
+            return Ok(None);
+        }
+        if !self.store.checkpoints(head.seq, head.seq).await?.is_empty() {
+            return Ok(None);
+        }
+        let checkpoint = self
+            .keys
+            .signing
+            .sign_checkpoint(&head, now_ms())
+            .map_err(|e| ServiceError::Internal(format!("signing a checkpoint: {e}")))?;
+        match self.store.insert_checkpoint(&checkpoint).await {
+            Ok(()) => Ok(Some(head.seq)),
+            // Another replica checkpointed the same head first.
+            Err(keyward_store::StoreError::AlreadyExists(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checkpoints every `interval` until the task is dropped.
+    pub async fn run_checkpoints(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = self.checkpoint().await {
+                tracing::error!(error = %e, "could not write an audit checkpoint");
+            }
+        }
+    }
+
+    /// Writes the export (docs/audit-format.md) in chunks of whole lines to `tx`.
+    async fn export(
+        &self,
+        tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
+    ) -> Result<(), ServiceError> {
+        let head = self.store.audit_head().await?;
+        let checkpoints = self.store.checkpoints(1, head.seq).await?;
+        let count = u64::try_from(checkpoints.len()).map_err(internal)? + 1;
+        let buffer = SharedBuffer::default();
+        let mut writer = ExportWriter::new(buffer.clone());
+        writer
+            .write_header(&ExportHeader::new(1, head.seq, count, now_ms()))
+            .map_err(internal)?;
+        let mut pending = checkpoints.into_iter().peekable();
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .audit_records(&AuditQuery::default().with_after_seq(after).with_limit(PAGE))
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq();
+            for record in &page {
+                writer.write_record(record).map_err(internal)?;
+                while let Some(cp) = pending.next_if(|cp| cp.seq == record.seq()) {
+                    writer.write_checkpoint(&cp).map_err(internal)?;
+                }
+            }
+            if !send(&tx, buffer.take()).await {
+                return Ok(()); // the client went away
+            }
+            if after >= head.seq {
+                break;
+            }
+        }
+        writer
+            .finish(&self.keys.signing, now_ms())
+            .map_err(internal)?;
+        send(&tx, buffer.take()).await;
+        Ok(())
+    }
+}
+
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
+    jsonl: Vec<u8>,
+) -> bool {
+    jsonl.is_empty() || tx.send(Ok(pb::ExportAuditChunk { jsonl })).await.is_ok()
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+/// A `Write` whose bytes the exporter drains between pages.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `keyward.v1.AuditService`.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    auditor: Arc<Auditor>,
+}
+
+impl AuditApi {
+    pub fn new(auditor: Arc<Auditor>) -> Self {
+        Self { auditor }
+    }
+}
+
+type ExportStream = ReceiverStream<Result<pb::ExportAuditChunk, Status>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let r = request.into_inner();
+        let mut query = AuditQuery::default();
+        if !r.tenant_id.is_empty() {
+            let tenant = TenantId::try_from(r.tenant_id.as_str())
+                .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))?;
+            query = query.with_tenant(tenant);
+        }
+        if !r.event_type.is_empty() {
+            if !keyward_audit::AuditEvent::TYPES.contains(&r.event_type.as_str()) {
+                return Err(ServiceError::invalid(
+                    "event_type",
+                    format!(
+                        "unknown; one of {}",
+                        keyward_audit::AuditEvent::TYPES.join(", ")
+                    ),
+                )
+                .into());
+            }
+            query = query.with_event_type(r.event_type.clone());
+        }
+        let from = r.from.map(|t| millis(&t));
+        let to = r.to.map(|t| millis(&t));
+        query = query.with_time_range(from, to);
+        let after = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .parse::<u64>()
+                .map_err(|_| ServiceError::invalid("page_token", "not a token from this API"))?
+        };
+        let limit = match r.page_size {
+            0 => DEFAULT_LIST_PAGE,
+            n => n.min(PAGE),
+        };
+        let records = self
+            .auditor
+            .store
+            .audit_records(&query.with_after_seq(after).with_limit(limit))
+            .await
+            .map_err(ServiceError::from)?;
+        let next_page_token = match records.last() {
+            Some(last) if records.len() == limit as usize => last.seq().to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            records: records.iter().map(record_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(
+        &self,
+        _request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let auditor = Arc::clone(&self.auditor);
+        tokio::spawn(async move {
+            if let Err(e) = auditor.export(tx.clone()).await {
+                let _ = tx.send(Err(e.to_status())).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_public_key(
+        &self,
+        _request: Request<pb::GetAuditPublicKeyRequest>,
+    ) -> Result<Response<pb::AuditPublicKey>, Status> {
+        let key = self.auditor.public_key();
+        Ok(Response::new(pb::AuditPublicKey {
+            public_key: key.to_text(),
+            key_id: key.key_id(),
+        }))
+    }
+}
+
+fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+fn record_to_pb(record: &Record) -> pb::AuditRecord {
+    pb::AuditRecord {
+        seq: record.seq(),
+        time: Some(crate::service::timestamp(record.time_ms())),
+        event_type: record.event().event_type().to_owned(),
+        tenant_id: record
+            .event()
+            .tenant()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        canonical_json: record.to_canonical_json(),
+        hash: hex::encode(record.hash()),
+    }
+}
