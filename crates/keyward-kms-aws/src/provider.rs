@@ -530,7 +530,12 @@ fn check_region(requested: &AwsKeyRef, returned: &AwsKeyRef) -> Result<(), Provi
 fn check_spec(key: &AwsKeyRef, meta: &KeyMetadata) -> Result<(), ProviderError> {
     let spec = meta.key_spec();
     let usage = meta.key_usage();
-    if spec == Some(&KeySpec::SymmetricDefault) && usage == Some(&KeyUsageType::EncryptDecrypt) {
+    // AWS always reports KeyUsage; some KMS-compatible services (moto for keys created without
+    // an explicit usage) omit it. A symmetric key without a stated usage is accepted here: the
+    // live generate + unwrap round trip at registration proves it can encrypt and decrypt.
+    if spec == Some(&KeySpec::SymmetricDefault)
+        && matches!(usage, None | Some(&KeyUsageType::EncryptDecrypt))
+    {
         return Ok(());
     }
     let name = |s: Option<&str>| s.unwrap_or("<unknown>").to_owned();

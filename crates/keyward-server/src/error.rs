@@ -24,9 +24,9 @@ pub enum ServiceError {
     },
     #[error("plaintext is {size} bytes; the limit is {limit} bytes")]
     PayloadTooLarge { size: usize, limit: usize },
-    #[error("malformed envelope: {0}")]
+    #[error("{0}")]
     MalformedEnvelope(#[source] EnvelopeError),
-    #[error("unsupported envelope: {0}")]
+    #[error("{0}")]
     UnsupportedEnvelope(#[source] EnvelopeError),
     #[error("the envelope belongs to another tenant than the one named in the request")]
     TenantMismatch,
