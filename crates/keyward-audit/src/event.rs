@@ -80,6 +80,9 @@ pub enum AuditEvent {
         purged_at_ms: i64,
         /// Number of cache entries removed.
         entries: u64,
+        /// When this replica last returned plaintext for the tenant before the purge (the end
+        /// of the revocation window as seen by this replica), if it served any since start.
+        last_plaintext_at_ms: Option<i64>,
     },
     /// A caller was denied by authorization.
     AuthorizationDenied {

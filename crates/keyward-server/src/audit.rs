@@ -8,7 +8,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use keyward_audit::{
@@ -20,7 +20,7 @@ use keyward_store::{AuditQuery, Store};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::error::ServiceError;
+use crate::{error::ServiceError, now_ms};
 
 /// Records per store query while exporting or listing.
 const PAGE: u32 = 1000;
@@ -136,12 +136,6 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Signs checkpoints and produces exports.

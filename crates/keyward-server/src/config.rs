@@ -18,6 +18,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::keyring::MonitorPolicy;
+
 /// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +34,7 @@ pub struct Config {
     pub rotation: RotationConfig,
     pub local_kms: LocalKmsConfig,
     pub audit: AuditConfig,
+    pub revocation: RevocationConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -78,6 +81,7 @@ impl Default for Config {
             rotation: RotationConfig::default(),
             local_kms: LocalKmsConfig::default(),
             audit: AuditConfig::default(),
+            revocation: RevocationConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
         }
@@ -95,6 +99,25 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_interval_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// Interval of the key-state monitor's sweeps (a canary unwrap per tenant); 0 disables it
+    /// (revocation is then still bounded by cache.ttl_seconds).
+    pub monitor_interval_seconds: u64,
+    /// Global cap on the monitor's KMS calls per second.
+    pub monitor_max_checks_per_second: u32,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            monitor_interval_seconds: 60,
+            monitor_max_checks_per_second: 20,
         }
     }
 }
@@ -175,6 +198,9 @@ impl Config {
                 "rotation.max_age_seconds and rotation.max_messages must be at least 1",
             );
         }
+        if self.revocation.monitor_max_checks_per_second == 0 {
+            return invalid("revocation.monitor_max_checks_per_second must be at least 1");
+        }
         if self.audit.checkpoint_interval_seconds == 0 {
             return invalid("audit.checkpoint_interval_seconds must be at least 1");
         }
@@ -196,6 +222,10 @@ impl Config {
             database_path: self.data_dir.join("keyward.db"),
             audit_dir: self.data_dir.join("audit"),
             checkpoint_interval: Duration::from_secs(self.audit.checkpoint_interval_seconds),
+            monitor: (self.revocation.monitor_interval_seconds > 0).then(|| MonitorPolicy {
+                interval: Duration::from_secs(self.revocation.monitor_interval_seconds),
+                max_checks_per_second: self.revocation.monitor_max_checks_per_second,
+            }),
             data_dir: self.data_dir.clone(),
             local_kms_dir,
             max_plaintext_bytes: self.max_plaintext_bytes,
@@ -222,6 +252,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "rotation",
     "local_kms",
     "audit",
+    "revocation",
     #[cfg(feature = "aws")]
     "aws_kms",
 ];
@@ -242,6 +273,8 @@ pub struct Settings {
     /// The audit signing and identifier keys.
     pub audit_dir: PathBuf,
     pub checkpoint_interval: Duration,
+    /// The key-state monitor, if enabled.
+    pub monitor: Option<MonitorPolicy>,
     pub local_kms_dir: PathBuf,
     pub max_plaintext_bytes: usize,
     pub cache_ttl: Duration,

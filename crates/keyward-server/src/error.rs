@@ -47,6 +47,13 @@ pub enum ServiceError {
     NoKeyRegistered(String),
     #[error("the tenant's key-encryption key refused the operation: {0}")]
     KeyRefused(#[source] ProviderError),
+    /// The tenant's key is revoked (or destroyed): refused without any KMS call.
+    #[error("the key of tenant {tenant} is {state}: requests are refused until the key is restored", state = state.as_str())]
+    KeyRevoked {
+        tenant: String,
+        state: keyward_store::KekState,
+        since_ms: i64,
+    },
     #[error("the key-encryption key was not found: {0}")]
     KeyNotFound(#[source] ProviderError),
     #[error("the key-encryption key is misconfigured: {0}")]
@@ -105,6 +112,7 @@ impl ServiceError {
             Self::DataKeyNotFound(_) => "DATA_KEY_NOT_FOUND",
             Self::NoKeyRegistered(_) => "NO_KEY_REGISTERED",
             Self::KeyRefused(_) => "KEY_REFUSED",
+            Self::KeyRevoked { .. } => "KEY_REVOKED",
             Self::KeyNotFound(_) => "KEY_NOT_FOUND",
             Self::KeyMisconfigured(_) => "KEY_MISCONFIGURED",
             Self::KmsUnavailable(_) => "KMS_UNAVAILABLE",
@@ -129,6 +137,7 @@ impl ServiceError {
             Self::TenantAlreadyExists(_) => Code::AlreadyExists,
             Self::NoKeyRegistered(_)
             | Self::KeyRefused(_)
+            | Self::KeyRevoked { .. }
             | Self::KeyNotFound(_)
             | Self::KeyMisconfigured(_) => Code::FailedPrecondition,
             Self::KmsUnavailable(_) => Code::Unavailable,
@@ -150,6 +159,13 @@ impl ServiceError {
         let message = match self {
             Self::InvalidArgument { field, description } => {
                 details.add_bad_request_violation(*field, description.clone());
+                self.to_string()
+            }
+            Self::KeyRevoked {
+                state, since_ms, ..
+            } => {
+                metadata.insert("state".to_owned(), state.as_str().to_owned());
+                metadata.insert("since_ms".to_owned(), since_ms.to_string());
                 self.to_string()
             }
             Self::PayloadTooLarge { limit, .. } => {

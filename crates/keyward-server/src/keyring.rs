@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use keyward_audit::{AuditEvent, DekRetireReason, IdentifierHasher, RegistrationOutcome};
@@ -34,7 +34,15 @@ use moka::{Expiry, future::Cache, ops::compute::Op};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use crate::{config::RotationPolicy, error::ServiceError};
+use crate::{
+    config::RotationPolicy,
+    error::ServiceError,
+    gate::{Closed, Gates},
+    now_ms,
+};
+
+mod revocation;
+pub use revocation::{CheckOutcome, MonitorPolicy, RevocationSource};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
@@ -78,6 +86,9 @@ pub struct CachePolicy {
 struct LiveKey {
     key: SecretKey,
     expires_at: Instant,
+    /// The tenant's gate generation when the key was unwrapped: a key from
+    /// before a revocation (or restoration) is never used (see `gate`).
+    generation: u64,
 }
 
 impl fmt::Debug for LiveKey {
@@ -189,6 +200,10 @@ pub struct Keyring {
     deks: TenantKeyCache,
     active: ActiveCache,
     counters: Arc<Counters>,
+    /// Revocation state on the request path, generations, denial counts.
+    gates: Gates,
+    /// Serialises revocation-state transitions (revoke, restore, monitor).
+    transitions: tokio::sync::Mutex<()>,
     /// HMACs caller-chosen scope labels before they enter the audit log.
     hasher: Arc<IdentifierHasher>,
 }
@@ -236,6 +251,8 @@ impl Keyring {
             cache,
             rotation,
             counters: Arc::default(),
+            gates: Gates::default(),
+            transitions: tokio::sync::Mutex::new(()),
             hasher,
         }
     }
@@ -387,6 +404,7 @@ impl Keyring {
                 Arc::new(LiveKey {
                     key,
                     expires_at: Instant::now() + self.cache.ttl,
+                    generation: self.gates.generation(tenant),
                 }),
             )
             .await;
@@ -408,15 +426,25 @@ impl Keyring {
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
         let len = u64::try_from(plaintext.len()).map_err(internal)?;
+        let generation = self.admit(tenant)?;
         // A fresh DEK accepts any message within the limits (config validation
         // guarantees max_bytes >= max plaintext), but under heavy concurrency
         // with tiny limits other requests may fill it first: retry, bounded.
         for _ in 0..MAX_ENCRYPT_ATTEMPTS {
             let active = self.active_dek(tenant, scope).await?;
+            if active.key.generation != generation {
+                // Loaded before a revocation or restoration of this tenant.
+                self.active
+                    .invalidate(&(tenant.clone(), scope.clone()))
+                    .await;
+                self.admit(tenant)?;
+                continue;
+            }
             match active.try_reserve(len, &self.rotation) {
                 Ok(()) => {
                     let envelope = seal(&active.key.key, tenant, &active.id, ctx, plaintext)
                         .map_err(internal)?;
+                    self.still_open(tenant, generation)?;
                     return Ok((envelope, active.id));
                 }
                 Err(reason) => self.rotate(tenant, scope, &active, reason).await?,
@@ -438,25 +466,47 @@ impl Keyring {
         if header.tenant() != tenant {
             return Err(ServiceError::TenantMismatch);
         }
-        let dek = self.dek(tenant, header.dek_id()).await?;
-        envelope.open(&dek.key, ctx).map_err(|e| match e {
-            EnvelopeError::DecryptFailed => ServiceError::DecryptFailed,
-            other => classify_parse_error(other),
-        })
+        for _ in 0..2 {
+            let generation = self.admit(tenant)?;
+            let dek = self.dek(tenant, header.dek_id()).await?;
+            if dek.generation != generation {
+                // Loaded before a revocation or restoration of this tenant.
+                self.deks
+                    .invalidate(&(tenant.clone(), *header.dek_id()))
+                    .await;
+                continue;
+            }
+            let plaintext = envelope.open(&dek.key, ctx).map_err(|e| match e {
+                EnvelopeError::DecryptFailed => ServiceError::DecryptFailed,
+                other => classify_parse_error(other),
+            })?;
+            // The last check before plaintext leaves: a revocation recorded while
+            // this request was in flight wins (the plaintext is zeroized on drop).
+            match self.gates.release_plaintext(tenant, generation, now_ms()) {
+                Ok(()) => return Ok(plaintext),
+                Err(Some(closed)) => return Err(revoked(tenant, closed)),
+                Err(None) => continue,
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "the key state of tenant {tenant} changed during the request"
+        )))
     }
 
     /// Forgets every cached key of `tenant` (their bytes are zeroized when the
-    /// last in-flight request using them finishes).
-    pub async fn purge_tenant(&self, tenant: &TenantId) {
+    /// last in-flight request using them finishes); returns how many entries.
+    pub async fn purge_tenant(&self, tenant: &TenantId) -> u64 {
         self.invalidate_where(&self.active, |(t, _)| t == tenant)
-            .await;
-        self.invalidate_where(&self.deks, |(t, _)| t == tenant)
-            .await;
-        self.invalidate_where(&self.tenant_keys, |(t, _)| t == tenant)
-            .await;
+            .await
+            + self
+                .invalidate_where(&self.deks, |(t, _)| t == tenant)
+                .await
+            + self
+                .invalidate_where(&self.tenant_keys, |(t, _)| t == tenant)
+                .await
     }
 
-    async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool)
+    async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool) -> u64
     where
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
@@ -466,8 +516,30 @@ impl Keyring {
             .filter(|(k, _)| pred(k))
             .map(|(k, _)| k)
             .collect();
+        let mut removed = 0;
         for key in doomed {
-            cache.invalidate(key.as_ref()).await;
+            if cache.remove(key.as_ref()).await.is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Whether requests for `tenant` may proceed, and under which generation.
+    fn admit(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
+        self.gates
+            .admit(tenant, now_ms())
+            .map_err(|closed| revoked(tenant, closed))
+    }
+
+    /// Fails if `tenant` was closed since `generation` was observed.
+    fn still_open(&self, tenant: &TenantId, generation: u64) -> Result<(), ServiceError> {
+        match self.gates.closed(tenant) {
+            Some(closed) => Err(revoked(tenant, closed)),
+            None if self.gates.generation(tenant) != generation => Err(ServiceError::Conflict(
+                format!("the key state of tenant {tenant} changed during the request"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -489,6 +561,7 @@ impl Keyring {
         let result = self
             .tenant_keys
             .try_get_with((tenant.clone(), *id), async {
+                let generation = self.gates.generation(tenant);
                 let record = self
                     .store
                     .get_tenant_key(tenant, id)
@@ -515,9 +588,13 @@ impl Keyring {
                     )
                     .await
                     .map_err(ServiceError::from_provider)?;
+                // An unwrap that was in flight while the tenant was revoked must not
+                // put its key back in the cache (an error is never cached).
+                self.still_open(tenant, generation)?;
                 Ok(Arc::new(LiveKey {
                     key,
                     expires_at: Instant::now() + self.cache.ttl,
+                    generation,
                 }))
             })
             .await;
@@ -526,8 +603,8 @@ impl Keyring {
             Err(shared) => {
                 let err = unshare(shared);
                 if let ServiceError::KeyRefused(e) = err.root() {
-                    tracing::warn!(%tenant, error = %e, "KEK refused: purging the tenant's cached keys");
-                    self.purge_tenant(tenant).await;
+                    tracing::warn!(%tenant, error = %e, "KEK refused");
+                    self.on_kms_refusal(tenant, id, e.message()).await;
                 }
                 Err(err)
             }
@@ -559,9 +636,11 @@ impl Keyring {
                 record.id, record.tenant
             ))
         })?;
+        self.still_open(&record.tenant, tenant_key.generation)?;
         Ok(Arc::new(LiveKey {
             key,
             expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
+            generation: tenant_key.generation,
         }))
     }
 
@@ -608,11 +687,14 @@ impl Keyring {
             return Err(ServiceError::NoKeyRegistered(tenant.to_string()));
         };
         match binding.state {
-            KekState::Active | KekState::Restored => Ok(binding),
-            other => Err(ServiceError::KeyRefused(ProviderError::new(
-                ErrorKind::Refused,
-                format!("the tenant's key binding is {}", other.as_str()),
-            ))),
+            KekState::Active | KekState::Restored | KekState::Unavailable => Ok(binding),
+            state => Err(revoked(
+                tenant,
+                Closed {
+                    state,
+                    since_ms: binding.state_changed_at_ms,
+                },
+            )),
         }
     }
 
@@ -684,6 +766,7 @@ impl Keyring {
         let live = Arc::new(LiveKey {
             key,
             expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
+            generation: tenant_key.generation,
         });
         Ok(Arc::new(ActiveDek {
             id,
@@ -761,10 +844,15 @@ fn classify_parse_error(e: EnvelopeError) -> ServiceError {
 }
 
 fn age(created_at_ms: i64) -> Duration {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Duration::from_millis(u64::try_from(now_ms.saturating_sub(created_at_ms)).unwrap_or(0))
+    Duration::from_millis(u64::try_from(now_ms().saturating_sub(created_at_ms)).unwrap_or(0))
+}
+
+fn revoked(tenant: &TenantId, closed: Closed) -> ServiceError {
+    ServiceError::KeyRevoked {
+        tenant: tenant.to_string(),
+        state: closed.state,
+        since_ms: closed.since_ms,
+    }
 }
 
 fn internal(e: impl fmt::Display) -> ServiceError {

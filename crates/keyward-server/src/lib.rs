@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod config;
 pub mod error;
+mod gate;
 pub mod keyring;
 pub mod service;
 
@@ -26,6 +27,13 @@ pub use crate::{
     keyring::{CachePolicy, Keyring, Providers},
 };
 
+/// Milliseconds since the UNIX epoch, the unit of every stored and audited time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Room for the envelope header, the encryption context and protobuf framing
 /// on top of the largest accepted plaintext.
 const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -41,6 +49,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] keyward_store::StoreError),
+    #[error("cannot load the tenants' revocation states: {0}")]
+    Revocations(String),
     #[error("cannot load the audit keys: {0}")]
     AuditKeys(#[from] audit::AuditKeyError),
     #[error("cannot set up a key provider: {0}")]
@@ -59,7 +69,8 @@ pub struct Running {
     local_addr: SocketAddr,
     keyring: Arc<Keyring>,
     auditor: Arc<audit::Auditor>,
-    checkpoints: JoinHandle<()>,
+    /// Checkpoints, denial aggregation and the key-state monitor.
+    background: Vec<JoinHandle<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -83,7 +94,12 @@ impl Running {
                 Ok(())
             }
         };
-        self.checkpoints.abort();
+        for task in &self.background {
+            task.abort();
+        }
+        if let Err(e) = self.keyring.flush_denials().await {
+            tracing::error!(error = %e, "could not record the last revocation denials");
+        }
         if let Err(e) = self.auditor.checkpoint().await {
             tracing::error!(error = %e, "could not write the final audit checkpoint");
         }
@@ -121,6 +137,16 @@ pub async fn start(
         settings.rotation,
         hasher,
     ));
+    let revoked = keyring
+        .load_revocations()
+        .await
+        .map_err(|e| StartError::Revocations(e.to_string()))?;
+    if revoked > 0 {
+        tracing::warn!(
+            tenants = revoked,
+            "tenants with a revoked or destroyed key are refused"
+        );
+    }
     serve(settings, keyring, auditor, shutdown).await
 }
 
@@ -152,8 +178,13 @@ pub async fn serve(
     .max_encoding_message_size(max_message);
     let tenants = TenantServiceServer::new(service::TenantApi::new(Arc::clone(&keyring)));
     let audit_api = AuditServiceServer::new(audit::AuditApi::new(Arc::clone(&auditor)));
-    let checkpoints =
-        tokio::spawn(Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval));
+    let mut background = vec![tokio::spawn(
+        Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval),
+    )];
+    background.push(tokio::spawn(flush_denials(Arc::clone(&keyring))));
+    if let Some(policy) = settings.monitor {
+        background.push(tokio::spawn(Arc::clone(&keyring).run_monitor(policy)));
+    }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -192,9 +223,20 @@ pub async fn serve(
         local_addr,
         keyring,
         auditor,
-        checkpoints,
+        background,
         task,
     })
+}
+
+/// Every second, writes the previous seconds' revocation denials to the audit log.
+async fn flush_denials(keyring: Arc<Keyring>) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        if let Err(e) = keyring.flush_denials().await {
+            tracing::error!(error = %e, "could not record revocation denials");
+        }
+    }
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {

@@ -13,7 +13,11 @@ use keyward_store::{KekBinding, KekState, Scope, TenantRecord};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use crate::{error::ServiceError, keyring::Keyring};
+use crate::{
+    error::ServiceError,
+    keyring::{Keyring, RevocationSource},
+    now_ms,
+};
 
 /// Longest tenant display name accepted, in characters.
 const MAX_DISPLAY_NAME_CHARS: usize = 256;
@@ -136,6 +140,100 @@ impl TenantService for TenantApi {
         let id = tenant_id(&request.into_inner().tenant_id)?;
         let (record, binding) = self.keyring.tenant(&id).await?;
         Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let r = request.into_inner();
+        let id = tenant_id(&r.tenant_id)?;
+        let reason = reason(&r.reason)?;
+        self.keyring
+            .revoke(
+                &id,
+                KekState::Revoked,
+                RevocationSource::Explicit,
+                Some(actor(&r.requested_by)),
+                reason,
+                now_ms(),
+            )
+            .await?;
+        let (record, binding) = self.keyring.tenant(&id).await?;
+        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+
+    async fn restore_key(
+        &self,
+        request: Request<pb::RestoreKeyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let r = request.into_inner();
+        let id = tenant_id(&r.tenant_id)?;
+        let reason = reason(&r.reason)?;
+        self.keyring
+            .restore(
+                &id,
+                RevocationSource::Explicit,
+                Some(actor(&r.requested_by)),
+                reason,
+            )
+            .await?;
+        let (record, binding) = self.keyring.tenant(&id).await?;
+        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+
+    async fn report_key_event(
+        &self,
+        request: Request<pb::ReportKeyEventRequest>,
+    ) -> Result<Response<pb::ReportKeyEventResponse>, Status> {
+        let r = request.into_inner();
+        let provider = match r.provider() {
+            pb::ProviderKind::Local => DomainProviderKind::Local,
+            pb::ProviderKind::AwsKms => DomainProviderKind::AwsKms,
+            pb::ProviderKind::GcpKms => DomainProviderKind::GcpKms,
+            pb::ProviderKind::AzureKeyVault => DomainProviderKind::AzureKeyVault,
+            pb::ProviderKind::Pkcs11 => DomainProviderKind::Pkcs11,
+            pb::ProviderKind::Unspecified => {
+                return Err(ServiceError::invalid("provider", "must be set").into());
+            }
+        };
+        if r.key_ref.is_empty() {
+            return Err(ServiceError::invalid("key_ref", "must not be empty").into());
+        }
+        tracing::info!(provider = %provider, key_ref = %r.key_ref, event = %r.event, "key-state event received; verifying with the KMS");
+        let (checked, revoked) = self
+            .keyring
+            .recheck_key(provider.as_str(), &r.key_ref)
+            .await?;
+        Ok(Response::new(pb::ReportKeyEventResponse {
+            tenants_checked: checked,
+            tenants_revoked: revoked,
+        }))
+    }
+}
+
+fn reason(raw: &str) -> Result<&str, ServiceError> {
+    if raw.trim().is_empty() || raw.chars().count() > 1024 || raw.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "reason",
+            "required: 1 to 1024 characters, no control characters",
+        ));
+    }
+    Ok(raw)
+}
+
+/// The recorded actor. Callers are not authenticated yet (authorization issue):
+/// the name is what the caller claimed, and recorded as such.
+fn actor(requested_by: &str) -> String {
+    let name: String = requested_by
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(256)
+        .collect();
+    if name.is_empty() {
+        "unauthenticated".to_owned()
+    } else {
+        format!("unauthenticated:{name}")
     }
 }
 

@@ -20,9 +20,11 @@ use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
     local::LocalProvider,
 };
+use keyward_server::keyring::{CheckOutcome, RevocationSource};
 use keyward_server::{
     CachePolicy, Keyring, Providers, config::RotationPolicy, error::ServiceError,
 };
+use keyward_store::KekState;
 use keyward_store::{AuditQuery, Scope, Store as _, sqlite::SqliteStore};
 
 #[derive(Debug)]
@@ -30,6 +32,10 @@ struct Counting {
     inner: LocalProvider,
     unwraps: AtomicU64,
     wraps: AtomicU64,
+    /// Test hook: while set, an unwrap that reached the KMS answer waits for `release`.
+    hold: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
 }
 
 #[async_trait]
@@ -56,7 +62,13 @@ impl KeyProvider for Counting {
         ctx: &WrapContext,
     ) -> Result<SecretKey, ProviderError> {
         self.unwraps.fetch_add(1, Ordering::SeqCst);
-        self.inner.unwrap(kek, wrapped, ctx).await
+        let answer = self.inner.unwrap(kek, wrapped, ctx).await;
+        if self.hold.load(Ordering::SeqCst) {
+            // The KMS has answered; hold the answer until the test says so.
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        answer
     }
     async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
         self.inner.describe(kek).await
@@ -79,6 +91,9 @@ impl Fixture {
             inner: LocalProvider::open(&kms_dir).unwrap(),
             unwraps: AtomicU64::new(0),
             wraps: AtomicU64::new(0),
+            hold: std::sync::atomic::AtomicBool::new(false),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
         });
         Self {
             _dir: dir,
@@ -381,11 +396,28 @@ async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled
             Err(e) => break e,
         }
     };
+    // The first request to meet the refusal reports it; it is recorded as a
+    // revocation, so later requests fail fast without asking the KMS.
     assert!(matches!(err.root(), ServiceError::KeyRefused(_)), "{err:?}");
+    let unwraps = fx.unwraps();
     let err = keyring.encrypt(&t, &s, &c, b"more").await.unwrap_err();
-    assert_eq!(err.reason(), "KEY_REFUSED");
+    assert_eq!(err.reason(), "KEY_REVOKED");
+    assert_eq!(fx.unwraps(), unwraps);
+    let changes = events_of(&fx, &t, "revocation_state_changed").await;
+    assert!(
+        matches!(&changes[..], [AuditEvent::RevocationStateChanged(tr)] if tr.source == RevocationSource::KmsRefusal)
+    );
 
+    // Re-enabled at the KMS: the monitor's next check restores access.
     fx.operator().set_enabled("default", true).unwrap();
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap_err().reason(),
+        "KEY_REVOKED"
+    );
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Restored)]
+    );
     assert_eq!(
         keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
         b"secret"
@@ -423,4 +455,238 @@ fn rewrite(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let mut out = haystack.to_vec();
     out[pos..pos + to.len()].copy_from_slice(to);
     out
+}
+
+// ----- revocation engine ----------------------------------------------------
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn events_of(fx: &Fixture, t: &TenantId, kind: &str) -> Vec<AuditEvent> {
+    fx.store
+        .audit_records(
+            &AuditQuery::default()
+                .with_tenant(t.clone())
+                .with_event_type(kind.to_owned()),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn explicit_revocation_fails_fast_without_the_kms_and_only_restore_key_lifts_it() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(60), LOOSE);
+    let t = tenant("breakglass");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    let (env, _) = keyring.encrypt(&t, &s, &c, b"secret").await.unwrap();
+    keyring.decrypt(&t, &env, &c).await.unwrap();
+    let unwraps = fx.unwraps();
+
+    keyring
+        .revoke(
+            &t,
+            KekState::Revoked,
+            RevocationSource::Explicit,
+            Some("ciso".into()),
+            "incident 42",
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap_err().reason(),
+        "KEY_REVOKED"
+    );
+    assert_eq!(
+        keyring
+            .encrypt(&t, &s, &c, b"more")
+            .await
+            .unwrap_err()
+            .reason(),
+        "KEY_REVOKED"
+    );
+    assert_eq!(
+        fx.unwraps(),
+        unwraps,
+        "a revoked tenant is refused without any KMS call"
+    );
+
+    let changes = events_of(&fx, &t, "revocation_state_changed").await;
+    assert!(
+        matches!(&changes[..], [AuditEvent::RevocationStateChanged(tr)]
+        if tr.source == RevocationSource::Explicit && tr.actor.as_deref() == Some("ciso") && tr.reason == "incident 42")
+    );
+    let purges = events_of(&fx, &t, "keys_purged").await;
+    assert!(
+        matches!(&purges[..], [AuditEvent::KeysPurged { entries, last_plaintext_at_ms: Some(_), .. }] if *entries >= 3),
+        "tenant key, DEK and active DEK purged, last plaintext recorded: {purges:?}"
+    );
+
+    // The monitor sees the key working but never lifts a break-glass revocation.
+    let binding = fx.store.active_binding(&t).await.unwrap().unwrap();
+    assert_eq!(
+        keyring.check_binding(&binding).await.unwrap(),
+        CheckOutcome::Unchanged
+    );
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap_err().reason(),
+        "KEY_REVOKED"
+    );
+
+    // The denied requests are counted, per second, exactly.
+    let second = now_ms() / 1000;
+    while now_ms() / 1000 == second {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    keyring.flush_denials().await.unwrap();
+    let denied: u64 = events_of(&fx, &t, "revocation_denials")
+        .await
+        .iter()
+        .map(|e| match e {
+            AuditEvent::RevocationDenials { count, .. } => *count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(denied, 3);
+
+    keyring
+        .restore(
+            &t,
+            RevocationSource::Explicit,
+            Some("ciso".into()),
+            "resolved",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"secret"
+    );
+    assert_eq!(events_of(&fx, &t, "restored").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_monitor_revokes_a_disabled_key_and_restores_it_when_enabled() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("monitored");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = keyring
+        .encrypt(&t, &Scope::default_scope(), &c, b"data")
+        .await
+        .unwrap();
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Healthy)]
+    );
+
+    // Disabled at the KMS: one sweep revokes, although the caches (TTL 300 s) are warm.
+    fx.operator().set_enabled("default", false).unwrap();
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Revoked)]
+    );
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap_err().reason(),
+        "KEY_REVOKED"
+    );
+    let binding = fx.store.active_binding(&t).await.unwrap().unwrap();
+    assert_eq!(binding.state, KekState::Revoked);
+
+    // Enabled again: the next sweep restores (a monitor revocation, not a break-glass one).
+    fx.operator().set_enabled("default", true).unwrap();
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Restored)]
+    );
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"data"
+    );
+}
+
+#[tokio::test]
+async fn an_unwrap_in_flight_during_a_revocation_is_not_cached_and_returns_no_plaintext() {
+    let fx = Fixture::new().await;
+    let warm = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("racing");
+    onboard(&warm, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = warm
+        .encrypt(&t, &Scope::default_scope(), &c, b"plaintext")
+        .await
+        .unwrap();
+
+    // A replica with cold caches starts a decrypt; the KMS answer is held.
+    let cold = Arc::new(fx.keyring(Duration::from_secs(300), LOOSE));
+    fx.provider.hold.store(true, Ordering::SeqCst);
+    let entered = fx.provider.entered.notified();
+    let decrypt = tokio::spawn({
+        let (cold, t, env, c) = (cold.clone(), t.clone(), env.clone(), c.clone());
+        async move { cold.decrypt(&t, &env, &c).await }
+    });
+    entered.await;
+    // Revoked while the unwrap is in flight, then the KMS answer is released.
+    fx.provider.hold.store(false, Ordering::SeqCst);
+    cold.revoke(
+        &t,
+        KekState::Revoked,
+        RevocationSource::Explicit,
+        None,
+        "race",
+        now_ms(),
+    )
+    .await
+    .unwrap();
+    fx.provider.release.notify_one();
+    let err = decrypt.await.unwrap().unwrap_err();
+    assert_eq!(err.reason(), "KEY_REVOKED", "{err:?}");
+
+    // The key unwrapped in flight was not cached: after restoring, the KMS is asked again.
+    cold.restore(&t, RevocationSource::Explicit, None, "done")
+        .await
+        .unwrap();
+    let before = fx.unwraps();
+    assert_eq!(
+        cold.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"plaintext"
+    );
+    assert_eq!(fx.unwraps(), before + 1);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_cold_decrypts_cost_one_kms_unwrap() {
+    let fx = Fixture::new().await;
+    let warm = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("thundering");
+    onboard(&warm, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = warm
+        .encrypt(&t, &Scope::default_scope(), &c, b"herd")
+        .await
+        .unwrap();
+
+    let cold = Arc::new(fx.keyring(Duration::from_secs(300), LOOSE));
+    let before = fx.unwraps();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (cold, t, env, c) = (cold.clone(), t.clone(), env.clone(), c.clone());
+            tokio::spawn(async move { cold.decrypt(&t, &env, &c).await.map(|p| p.to_vec()) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), b"herd");
+    }
+    assert_eq!(fx.unwraps(), before + 1);
 }

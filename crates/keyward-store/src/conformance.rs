@@ -35,6 +35,7 @@ pub async fn run_all(store: &dyn Store) {
     check_bind_kek_unknown_tenant(store).await;
     check_bind_kek_rotation(store).await;
     check_bind_kek_reports_previous_binding(store).await;
+    check_active_bindings_lists_current_bindings(store).await;
     check_bind_kek_duplicate_tenant_key(store).await;
     check_bind_kek_rejects_empty_fields(store).await;
     check_tenant_key_isolation(store).await;
@@ -390,6 +391,28 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     assert_eq!(new_key.key_ref, "local:kek-2");
     assert_eq!(new_key.wrapped, second_new.wrapped_tenant_key);
     assert_eq!(new_key.created_at_ms, second.created_at_ms);
+}
+
+/// active_bindings lists each tenant's current binding once, not deactivated ones.
+pub async fn check_active_bindings_lists_current_bindings(store: &dyn Store) {
+    let tenant = new_tenant(store).await;
+    let first = store
+        .bind_kek(new_binding(&tenant, "local:kek-1"), &binding_changed)
+        .await
+        .unwrap();
+    let second = store
+        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
+        .await
+        .unwrap();
+    let unbound = new_tenant(store).await;
+    let all = store.active_bindings().await.unwrap();
+    let mine: Vec<&KekBinding> = all.iter().filter(|b| b.tenant == tenant).collect();
+    assert_eq!(mine, vec![&second]);
+    assert!(
+        all.iter()
+            .all(|b| b.id != first.id && b.deactivated_at_ms.is_none())
+    );
+    assert!(all.iter().all(|b| b.tenant != unbound));
 }
 
 /// The bind_kek audit closure sees which binding the new one replaced.

@@ -434,6 +434,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The tenant's current binding (the one not deactivated), whatever its state.
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError>;
 
+    /// The current binding of every tenant that has one (the key-state monitor's work list),
+    /// ordered by tenant id.
+    async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError>;
+
     /// Every binding of the tenant, oldest first.
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError>;
 

@@ -812,6 +812,18 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
+        sqlx::query(&format!(
+            "{BINDING_COLUMNS} WHERE kb.deactivated_at_ms IS NULL ORDER BY kb.tenant_id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(binding_from_row)
+        .collect()
+    }
+
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {
         sqlx::query(&format!(
             "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id"

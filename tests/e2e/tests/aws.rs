@@ -71,6 +71,23 @@ async fn decrypt(server: &Server, tenant: &str, envelope: &[u8]) -> Result<Vec<u
         .map(|r| r.into_inner().plaintext)
 }
 
+/// Polls `decrypt` until it succeeds again (the monitor restores), bounded.
+async fn eventually_decrypts(server: &Server, tenant: &str, envelope: &[u8]) -> Vec<u8> {
+    let since = Instant::now();
+    loop {
+        match decrypt(server, tenant, envelope).await {
+            Ok(plaintext) => return plaintext,
+            Err(status) => {
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "not restored within 10 s: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Polls `decrypt` until it fails, asserting it stops within `ttl` (+ slack).
 async fn first_refusal(
     server: &Server,
@@ -99,7 +116,13 @@ async fn register_encrypt_decrypt_then_disable_reenable_and_schedule_deletion_at
     let moto = MotoServer::start();
     let key_arn = moto.create_symmetric_key().await;
     let ttl = Duration::from_secs(1);
-    let server = Server::start_with_aws(&moto.endpoint, &[("KEYWARD_CACHE__TTL_SECONDS", "1")]);
+    let server = Server::start_with_aws(
+        &moto.endpoint,
+        &[
+            ("KEYWARD_CACHE__TTL_SECONDS", "1"),
+            ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+        ],
+    );
     create_tenant(&server, "acme").await;
 
     let tenant = server
@@ -124,38 +147,30 @@ async fn register_encrypt_decrypt_then_disable_reenable_and_schedule_deletion_at
     // The customer disables the key in their KMS: refused, classified as revocation.
     moto.disable_key(&key_arn).await;
     let status = first_refusal(&server, "acme", &envelope, ttl).await;
-    assert_status(
-        Err::<(), _>(status),
-        Code::FailedPrecondition,
-        "KEY_REFUSED",
-    );
+    support::assert_refused_or_revoked(status);
     assert_status(
         encrypt(&server, "acme", b"x").await,
         Code::FailedPrecondition,
-        "KEY_REFUSED",
+        "KEY_REVOKED",
     );
 
-    // Re-enabled: works again.
+    // Re-enabled: the key-state monitor (1 s here) restores access.
     moto.enable_key(&key_arn).await;
     assert_eq!(
-        decrypt(&server, "acme", &envelope).await.unwrap(),
+        eventually_decrypts(&server, "acme", &envelope).await,
         b"prompt under a customer key"
     );
 
     // Scheduled for deletion: refused.
     moto.schedule_deletion(&key_arn).await;
     let status = first_refusal(&server, "acme", &envelope, ttl).await;
-    assert_status(
-        Err::<(), _>(status),
-        Code::FailedPrecondition,
-        "KEY_REFUSED",
-    );
+    support::assert_refused_or_revoked(status);
 
     // Deletion cancelled (the key comes back disabled, as in AWS) and enabled: readable again.
     moto.cancel_deletion(&key_arn).await;
     moto.enable_key(&key_arn).await;
     assert_eq!(
-        decrypt(&server, "acme", &envelope).await.unwrap(),
+        eventually_decrypts(&server, "acme", &envelope).await,
         b"prompt under a customer key"
     );
 }
@@ -380,4 +395,77 @@ fn the_cli_prints_the_key_policy_statement() {
             && out.contains("kms:GenerateDataKey"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn a_kms_outage_serves_warm_keys_until_the_ttl_then_fails_unavailable_and_revokes_nothing() {
+    let moto = MotoServer::start();
+    let key_arn = moto.create_symmetric_key().await;
+    let ttl = Duration::from_secs(2);
+    let server = Server::start_with_aws(
+        &moto.endpoint,
+        &[
+            ("KEYWARD_CACHE__TTL_SECONDS", "2"),
+            ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    create_tenant(&server, "acme").await;
+    server
+        .tenants()
+        .await
+        .register_key(aws_key("acme", &key_arn))
+        .await
+        .unwrap();
+    let envelope = encrypt(&server, "acme", b"warm").await.unwrap();
+    decrypt(&server, "acme", &envelope).await.unwrap();
+
+    // The KMS goes away (the emulator process is killed).
+    let outage = Instant::now();
+    drop(moto);
+    let status = loop {
+        match decrypt(&server, "acme", &envelope).await {
+            Ok(plaintext) => {
+                assert_eq!(plaintext, b"warm");
+                assert!(
+                    outage.elapsed() < ttl + Duration::from_secs(3),
+                    "served far past the TTL"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => break status,
+        }
+    };
+    eprintln!(
+        "warm keys served for {:?} into the outage (TTL {ttl:?})",
+        outage.elapsed()
+    );
+    assert!(
+        outage.elapsed() >= ttl - Duration::from_millis(500),
+        "stopped before the TTL: {:?}",
+        outage.elapsed()
+    );
+    assert_status(Err::<(), _>(status), Code::Unavailable, "KMS_UNAVAILABLE");
+
+    // Unreachable is not refused: the binding is unavailable, not revoked.
+    let state = server
+        .tenants()
+        .await
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active_key
+        .unwrap()
+        .state();
+    assert!(
+        matches!(state, pb::KekState::Active | pb::KekState::Unavailable),
+        "{state:?}"
+    );
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let types = support::audit_types_since(&store, 0).await;
+    assert!(!types.iter().any(|t| t == "keys_purged"), "{types:?}");
 }

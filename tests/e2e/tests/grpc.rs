@@ -406,8 +406,13 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
 
 #[tokio::test]
 async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
+    // The GHSA-w736-hf9p-qqh3 regression: with the key-state monitor off, the
+    // cache TTL alone bounds how long anything is served after the KMS refuses.
     const TTL: Duration = Duration::from_secs(2);
-    let server = Server::start(&[("KEYWARD_CACHE__TTL_SECONDS", "2")]);
+    let server = Server::start(&[
+        ("KEYWARD_CACHE__TTL_SECONDS", "2"),
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "0"),
+    ]);
     server.onboard("acme").await;
     let mut crypto = server.crypto().await;
     let ctx = context(&[("conversation", "1")]);
@@ -463,6 +468,7 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
         Code::FailedPrecondition,
         "KEY_REFUSED",
     );
+    // Recorded as a revocation: later calls fail fast, without the KMS.
     assert_status(
         crypto
             .encrypt(pb::EncryptRequest {
@@ -473,10 +479,20 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
             })
             .await,
         Code::FailedPrecondition,
-        "KEY_REFUSED",
+        "KEY_REVOKED",
     );
+    let tenant = server
+        .tenants()
+        .await
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tenant.active_key.unwrap().state(), pb::KekState::Revoked);
 
-    // Re-enabled: access returns.
+    // Re-enabled at the "KMS", then restored (the monitor is off here).
     let (ok, _, stderr) = server.cli(
         &[
             "key",
@@ -484,6 +500,22 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
             "default",
             "--local-kms-dir",
             kms_dir.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(ok, "{stderr}");
+    assert_status(
+        crypto.decrypt(request()).await,
+        Code::FailedPrecondition,
+        "KEY_REVOKED",
+    );
+    let (ok, _, stderr) = server.cli(
+        &[
+            "tenant",
+            "restore-key",
+            "acme",
+            "--reason",
+            "key re-enabled",
         ],
         b"",
     );

@@ -209,6 +209,18 @@ pub(crate) fn assert_status(
     assert_eq!(info.reason, reason, "{status:?}");
 }
 
+/// A refusal seen by a request is `KEY_REFUSED` when that request met the KMS's
+/// refusal itself, `KEY_REVOKED` when the revocation was already recorded
+/// (by an earlier request or the key-state monitor).
+pub(crate) fn assert_refused_or_revoked(status: Status) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let reason = status.get_details_error_info().expect("ErrorInfo").reason;
+    assert!(
+        reason == "KEY_REFUSED" || reason == "KEY_REVOKED",
+        "{status:?}"
+    );
+}
+
 /// The store's content without the audit tables: the domain state that a
 /// rejected request must leave exactly as it was.
 pub(crate) async fn domain_state(store: &keyward_store::sqlite::SqliteStore) -> String {

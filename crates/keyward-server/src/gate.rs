@@ -1,0 +1,187 @@
+//! Per-tenant admission: the in-memory mirror of revocation state that every
+//! request consults first (no store read, no KMS call), a generation counter
+//! that invalidates keys loaded across a revocation, and the aggregation of
+//! denied requests for the audit log.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError, RwLock},
+};
+
+use keyward_envelope::TenantId;
+use keyward_store::KekState;
+
+/// Why a tenant is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    pub(crate) state: KekState,
+    pub(crate) since_ms: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Gate {
+    /// Bumped whenever the tenant is closed or reopened: a key loaded under an
+    /// older generation is never used.
+    generation: u64,
+    closed: Option<Closed>,
+    /// When this replica last returned plaintext for the tenant.
+    last_plaintext_ms: Option<i64>,
+}
+
+/// Requests denied per (tenant, second), awaiting their audit record.
+type DenialCounts = HashMap<(TenantId, i64), u64>;
+
+#[derive(Debug, Default)]
+pub(crate) struct Gates {
+    gates: RwLock<HashMap<TenantId, Gate>>,
+    denials: Mutex<DenialCounts>,
+}
+
+impl Gates {
+    /// The tenant's current generation, or why it is closed (and the denial is counted).
+    pub(crate) fn admit(&self, tenant: &TenantId, now_ms: i64) -> Result<u64, Closed> {
+        let gate = self
+            .gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .copied()
+            .unwrap_or_default();
+        match gate.closed {
+            None => Ok(gate.generation),
+            Some(closed) => {
+                *self
+                    .denials
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry((tenant.clone(), now_ms.div_euclid(1000)))
+                    .or_default() += 1;
+                Err(closed)
+            }
+        }
+    }
+
+    pub(crate) fn generation(&self, tenant: &TenantId) -> u64 {
+        self.gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .map_or(0, |g| g.generation)
+    }
+
+    /// Closes the tenant; returns false if it already was.
+    pub(crate) fn close(&self, tenant: &TenantId, closed: Closed) -> bool {
+        let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(tenant.clone()).or_default();
+        let was_open = gate.closed.is_none();
+        gate.generation += 1;
+        gate.closed = Some(closed);
+        was_open
+    }
+
+    pub(crate) fn open(&self, tenant: &TenantId) {
+        let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(tenant.clone()).or_default();
+        gate.generation += 1;
+        gate.closed = None;
+    }
+
+    pub(crate) fn closed(&self, tenant: &TenantId) -> Option<Closed> {
+        self.gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .and_then(|g| g.closed)
+    }
+
+    /// Records that plaintext is about to be returned: succeeds only if the
+    /// tenant is still open at `generation` (the last check before a response).
+    pub(crate) fn release_plaintext(
+        &self,
+        tenant: &TenantId,
+        generation: u64,
+        now_ms: i64,
+    ) -> Result<(), Option<Closed>> {
+        let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(tenant.clone()).or_default();
+        if gate.closed.is_some() || gate.generation != generation {
+            return Err(gate.closed);
+        }
+        gate.last_plaintext_ms = Some(now_ms);
+        Ok(())
+    }
+
+    pub(crate) fn last_plaintext_ms(&self, tenant: &TenantId) -> Option<i64> {
+        self.gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .and_then(|g| g.last_plaintext_ms)
+    }
+
+    /// Takes the denial counts of seconds that are over (before `now_ms`'s second).
+    pub(crate) fn take_finished_denials(&self, now_ms: i64) -> Vec<(TenantId, i64, u64)> {
+        let current = now_ms.div_euclid(1000);
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let done: Vec<(TenantId, i64)> = denials
+            .keys()
+            .filter(|(_, second)| *second < current)
+            .cloned()
+            .collect();
+        let mut out: Vec<(TenantId, i64, u64)> = done
+            .into_iter()
+            .filter_map(|key| denials.remove(&key).map(|count| (key.0, key.1, count)))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn t(s: &str) -> TenantId {
+        TenantId::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn closing_bumps_the_generation_and_denials_are_counted_per_second() {
+        let gates = Gates::default();
+        let a = t("a");
+        let g0 = gates.admit(&a, 1_000).unwrap();
+        let closed = Closed {
+            state: KekState::Revoked,
+            since_ms: 1_500,
+        };
+        assert!(gates.close(&a, closed));
+        assert!(
+            !gates.close(&a, closed),
+            "second close reports it was already closed"
+        );
+        assert_eq!(gates.admit(&a, 2_100), Err(closed));
+        assert_eq!(gates.admit(&a, 2_900), Err(closed));
+        assert_eq!(gates.admit(&a, 3_000), Err(closed));
+        assert!(
+            gates.admit(&t("b"), 3_000).is_ok(),
+            "other tenants are unaffected"
+        );
+        // A key loaded before the close may not release plaintext.
+        assert_eq!(gates.release_plaintext(&a, g0, 3_000), Err(Some(closed)));
+        assert_eq!(gates.take_finished_denials(3_500), vec![(a.clone(), 2, 2)]);
+        assert_eq!(gates.take_finished_denials(4_000), vec![(a.clone(), 3, 1)]);
+        assert!(gates.take_finished_denials(9_000).is_empty());
+
+        gates.open(&a);
+        let g1 = gates.admit(&a, 5_000).unwrap();
+        assert!(g1 > g0);
+        assert_eq!(
+            gates.release_plaintext(&a, g0, 5_000),
+            Err(None),
+            "stale generation"
+        );
+        gates.release_plaintext(&a, g1, 5_001).unwrap();
+        assert_eq!(gates.last_plaintext_ms(&a), Some(5_001));
+    }
+}

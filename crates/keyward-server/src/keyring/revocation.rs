@@ -1,0 +1,485 @@
+//! The revocation engine (docs/revocation.md): durable state transitions of a
+//! tenant's KEK binding, the purge they trigger, the key-state monitor, and
+//! the aggregation of denied requests into the audit log.
+//!
+//! Order of a revocation: the in-memory gate closes first (no request is
+//! admitted and no plaintext released from then on), then the transition and
+//! its audit record commit in one store transaction, then every cached key of
+//! the tenant is removed (zeroized when its last user drops it) and the purge
+//! is audited.
+
+use std::{str::FromStr as _, sync::Arc, time::Duration};
+
+use keyward_audit::{AuditEvent, KeyState as AuditKeyState, StateTransition};
+use keyward_envelope::TenantId;
+use keyward_kms::{ErrorKind, KeyRef, ProviderKind, Purpose, WrapContext};
+use keyward_store::{AuditQuery, KekBinding, KekState, StateChange};
+
+use super::{Keyring, internal};
+use crate::{error::ServiceError, gate::Closed, now_ms};
+
+/// Who or what revoked or restored a key.
+pub use keyward_audit::RevocationSource;
+
+/// How the key-state monitor paces itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorPolicy {
+    /// Time between the starts of two sweeps over every tenant.
+    pub interval: Duration,
+    /// Global cap on canary checks (KMS calls) per second, so that many tenants
+    /// do not burst the KMS; a sweep takes at least tenants / rate seconds.
+    pub max_checks_per_second: u32,
+}
+
+/// The outcome of checking one tenant's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckOutcome {
+    /// The key works and the binding was already usable.
+    Healthy,
+    /// The key works again: the binding was restored.
+    Restored,
+    /// The KMS refused: the tenant was revoked (or destroyed).
+    Revoked,
+    /// The KMS could not be reached: marked unavailable, nothing revoked.
+    Unavailable,
+    /// Nothing to do (destroyed, or explicitly revoked and still working).
+    Unchanged,
+}
+
+fn audit_state(state: KekState) -> AuditKeyState {
+    match state {
+        KekState::Revoked => AuditKeyState::Revoked,
+        KekState::Unavailable => AuditKeyState::Unavailable,
+        KekState::Restored => AuditKeyState::Restored,
+        KekState::Destroyed => AuditKeyState::Destroyed,
+        _ => AuditKeyState::Active,
+    }
+}
+
+impl Keyring {
+    /// Closes the gates of every tenant whose current binding is revoked or
+    /// destroyed in the store (at start-up).
+    pub async fn load_revocations(&self) -> Result<usize, ServiceError> {
+        let mut closed = 0;
+        for binding in self.store.active_bindings().await? {
+            if matches!(binding.state, KekState::Revoked | KekState::Destroyed) {
+                self.gates.close(
+                    &binding.tenant,
+                    Closed {
+                        state: binding.state,
+                        since_ms: binding.state_changed_at_ms,
+                    },
+                );
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Revokes the tenant's current binding: gate closed, state and audit
+    /// record committed together, caches purged, purge audited. Idempotent.
+    pub async fn revoke(
+        &self,
+        tenant: &TenantId,
+        to: KekState,
+        source: RevocationSource,
+        actor: Option<String>,
+        reason: &str,
+        observed_at_ms: i64,
+    ) -> Result<KekBinding, ServiceError> {
+        let _transition = self.transitions.lock().await;
+        let binding = self.current_binding(tenant).await?;
+        if matches!(binding.state, KekState::Revoked | KekState::Destroyed)
+            && to != KekState::Destroyed
+            || binding.state == KekState::Destroyed
+        {
+            self.gates.close(
+                tenant,
+                Closed {
+                    state: binding.state,
+                    since_ms: binding.state_changed_at_ms,
+                },
+            );
+            return Ok(binding);
+        }
+        let now = now_ms();
+        // Deny from this instant on; if the record cannot be written, the
+        // tenant stays closed on this replica (safe) and the caller gets the error.
+        self.gates.close(
+            tenant,
+            Closed {
+                state: to,
+                since_ms: now,
+            },
+        );
+        let updated = self
+            .store
+            .set_binding_state(binding.id, to, &|change: &StateChange| {
+                vec![AuditEvent::RevocationStateChanged(StateTransition {
+                    tenant: change.binding.tenant.clone(),
+                    binding_id: change.binding.id,
+                    from: audit_state(change.from),
+                    to: audit_state(to),
+                    source,
+                    actor: actor.clone(),
+                    reason: reason.to_owned(),
+                    observed_at_ms,
+                })]
+            })
+            .await?;
+        let entries = self.purge_tenant(tenant).await;
+        let purged = AuditEvent::KeysPurged {
+            tenant: tenant.clone(),
+            purged_at_ms: now_ms(),
+            entries,
+            last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
+        };
+        if let Err(e) = self.store.append_audit(vec![purged]).await {
+            tracing::error!(%tenant, error = %e, "could not audit the purge of a revoked tenant");
+        }
+        tracing::warn!(%tenant, state = to.as_str(), source = ?source, entries, "tenant key revoked; cached keys purged");
+        Ok(updated)
+    }
+
+    /// Restores a revoked (not destroyed) binding after proving with a live
+    /// canary unwrap that the KMS accepts the key again.
+    pub async fn restore(
+        &self,
+        tenant: &TenantId,
+        source: RevocationSource,
+        actor: Option<String>,
+        reason: &str,
+    ) -> Result<KekBinding, ServiceError> {
+        let _transition = self.transitions.lock().await;
+        let binding = self.current_binding(tenant).await?;
+        match binding.state {
+            KekState::Revoked | KekState::Unavailable => {}
+            KekState::Destroyed => {
+                return Err(ServiceError::KeyMisconfigured(
+                    keyward_kms::ProviderError::new(
+                        ErrorKind::Misconfigured,
+                        "the key is destroyed: data under it is permanently unreadable; register a new key for new data",
+                    ),
+                ));
+            }
+            _ => return Ok(binding), // nothing to restore
+        }
+        self.canary(&binding).await?;
+        let to = if binding.state == KekState::Unavailable {
+            KekState::Active
+        } else {
+            KekState::Restored
+        };
+        let updated = self
+            .store
+            .set_binding_state(binding.id, to, &|change: &StateChange| {
+                vec![AuditEvent::Restored(StateTransition {
+                    tenant: change.binding.tenant.clone(),
+                    binding_id: change.binding.id,
+                    from: audit_state(change.from),
+                    to: audit_state(to),
+                    source,
+                    actor: actor.clone(),
+                    reason: reason.to_owned(),
+                    observed_at_ms: now_ms(),
+                })]
+            })
+            .await?;
+        self.gates.open(tenant);
+        tracing::info!(%tenant, source = ?source, "tenant key restored");
+        Ok(updated)
+    }
+
+    /// The KMS refused an unwrap on the data path. If the refused key is the
+    /// tenant's current one, that is a revocation; an old binding's key only
+    /// makes that binding's data unreadable (its cached keys are dropped).
+    pub(super) async fn on_kms_refusal(
+        &self,
+        tenant: &TenantId,
+        tenant_key_id: &keyward_envelope::KeyId,
+        message: &str,
+    ) {
+        let observed = now_ms();
+        match self.store.active_binding(tenant).await {
+            Ok(Some(binding)) if binding.tenant_key_id == *tenant_key_id => {
+                if let Err(e) = self
+                    .revoke(
+                        tenant,
+                        KekState::Revoked,
+                        RevocationSource::KmsRefusal,
+                        None,
+                        message,
+                        observed,
+                    )
+                    .await
+                {
+                    tracing::error!(%tenant, error = %e, "could not record a KMS refusal as a revocation");
+                }
+            }
+            _ => {
+                self.purge_tenant(tenant).await;
+            }
+        }
+    }
+
+    /// One live unwrap of the binding's tenant key (the key is discarded):
+    /// shows a removed grant or policy statement that metadata would not.
+    async fn canary(&self, binding: &KekBinding) -> Result<(), ServiceError> {
+        let record = self
+            .store
+            .get_tenant_key(&binding.tenant, &binding.tenant_key_id)
+            .await?
+            .ok_or_else(|| internal("the binding's tenant key is not in the store"))?;
+        let kind = ProviderKind::from_str(&record.provider)
+            .map_err(|_| internal(format!("unknown provider {:?} in store", record.provider)))?;
+        let provider = self.providers.get(kind)?;
+        self.counters
+            .kek_unwraps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        provider
+            .unwrap(
+                &KeyRef::new(kind, record.key_ref.clone()),
+                &record.wrapped,
+                &WrapContext::new(&binding.tenant, &binding.tenant_key_id, Purpose::TenantKey),
+            )
+            .await
+            .map(drop)
+            .map_err(ServiceError::from_provider)
+    }
+
+    /// Checks one tenant's key with a canary unwrap and applies the outcome.
+    pub async fn check_binding(&self, binding: &KekBinding) -> Result<CheckOutcome, ServiceError> {
+        if binding.state == KekState::Destroyed {
+            return Ok(CheckOutcome::Unchanged);
+        }
+        let tenant = &binding.tenant;
+        match self.canary(binding).await {
+            Ok(()) => match binding.state {
+                KekState::Revoked => {
+                    if self.last_revocation_source(tenant).await?
+                        == Some(RevocationSource::Explicit)
+                    {
+                        // Only RestoreKey lifts a break-glass revocation.
+                        Ok(CheckOutcome::Unchanged)
+                    } else {
+                        self.restore(
+                            tenant,
+                            RevocationSource::Monitor,
+                            None,
+                            "the KMS accepts the key again",
+                        )
+                        .await?;
+                        Ok(CheckOutcome::Restored)
+                    }
+                }
+                KekState::Unavailable => {
+                    self.restore(
+                        tenant,
+                        RevocationSource::Monitor,
+                        None,
+                        "the KMS is reachable again",
+                    )
+                    .await?;
+                    Ok(CheckOutcome::Restored)
+                }
+                _ => Ok(CheckOutcome::Healthy),
+            },
+            Err(ServiceError::KeyRefused(e)) => {
+                if binding.state == KekState::Revoked {
+                    return Ok(CheckOutcome::Unchanged);
+                }
+                self.revoke(
+                    tenant,
+                    KekState::Revoked,
+                    RevocationSource::Monitor,
+                    None,
+                    e.message(),
+                    now_ms(),
+                )
+                .await?;
+                Ok(CheckOutcome::Revoked)
+            }
+            Err(ServiceError::KeyNotFound(e)) => {
+                // The key no longer exists at the KMS: everything under it is gone for good.
+                self.revoke(
+                    tenant,
+                    KekState::Destroyed,
+                    RevocationSource::Monitor,
+                    None,
+                    e.message(),
+                    now_ms(),
+                )
+                .await?;
+                Ok(CheckOutcome::Revoked)
+            }
+            Err(ServiceError::KmsUnavailable(e)) => {
+                if matches!(binding.state, KekState::Active | KekState::Restored) {
+                    self.mark_unavailable(binding, e.message()).await?;
+                }
+                Ok(CheckOutcome::Unavailable)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// KMS unreachable: recorded, but nothing is revoked and cached keys keep
+    /// serving until their TTL.
+    async fn mark_unavailable(
+        &self,
+        binding: &KekBinding,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        let _transition = self.transitions.lock().await;
+        let current = self.current_binding(&binding.tenant).await?;
+        if current.id != binding.id
+            || !matches!(current.state, KekState::Active | KekState::Restored)
+        {
+            return Ok(());
+        }
+        self.store
+            .set_binding_state(
+                binding.id,
+                KekState::Unavailable,
+                &|change: &StateChange| {
+                    vec![AuditEvent::RevocationStateChanged(StateTransition {
+                        tenant: change.binding.tenant.clone(),
+                        binding_id: change.binding.id,
+                        from: audit_state(change.from),
+                        to: AuditKeyState::Unavailable,
+                        source: RevocationSource::Monitor,
+                        actor: None,
+                        reason: reason.to_owned(),
+                        observed_at_ms: now_ms(),
+                    })]
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One sweep of the monitor over every tenant's current binding, paced by
+    /// the global rate limit. Returns the outcomes, in tenant order.
+    pub async fn check_all(
+        &self,
+        max_checks_per_second: u32,
+    ) -> Result<Vec<(TenantId, CheckOutcome)>, ServiceError> {
+        let pause = Duration::from_secs(1) / max_checks_per_second.max(1);
+        let mut outcomes = Vec::new();
+        for (i, binding) in self.store.active_bindings().await?.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            match self.check_binding(&binding).await {
+                Ok(outcome) => outcomes.push((binding.tenant.clone(), outcome)),
+                Err(e) => {
+                    tracing::error!(tenant = %binding.tenant, error = %e, "key-state check failed")
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The key-state monitor: sweeps every `interval` (with ±10 % jitter, so
+    /// replicas drift apart) until the task is dropped.
+    pub async fn run_monitor(self: Arc<Self>, policy: MonitorPolicy) {
+        loop {
+            let jitter = policy.interval.mul_f64(jitter_fraction());
+            tokio::time::sleep(policy.interval.mul_f64(0.9) + jitter).await;
+            if let Err(e) = self.check_all(policy.max_checks_per_second).await {
+                tracing::error!(error = %e, "key-state monitor sweep failed");
+            }
+        }
+    }
+
+    /// Writes the per-tenant, per-second counts of requests denied because of
+    /// revocation (each second once it is over) to the audit log.
+    pub async fn flush_denials(&self) -> Result<usize, ServiceError> {
+        let finished = self.gates.take_finished_denials(now_ms());
+        let count = finished.len();
+        if count > 0 {
+            let events = finished
+                .into_iter()
+                .map(|(tenant, second, count)| AuditEvent::RevocationDenials {
+                    tenant,
+                    second,
+                    count,
+                })
+                .collect();
+            self.store.append_audit(events).await?;
+        }
+        Ok(count)
+    }
+
+    /// A pushed key-state event names a key: every tenant currently bound to it
+    /// is checked with the KMS (the event is a hint, the KMS is the truth).
+    /// Returns (checked, revoked).
+    pub async fn recheck_key(
+        &self,
+        provider: &str,
+        key_ref: &str,
+    ) -> Result<(u32, u32), ServiceError> {
+        let mut checked = 0;
+        let mut revoked = 0;
+        for binding in self.store.active_bindings().await? {
+            if binding.provider != provider || binding.key_ref != key_ref {
+                continue;
+            }
+            checked += 1;
+            if self.check_binding(&binding).await? == CheckOutcome::Revoked {
+                revoked += 1;
+            }
+        }
+        Ok((checked, revoked))
+    }
+
+    async fn current_binding(&self, tenant: &TenantId) -> Result<KekBinding, ServiceError> {
+        match self.store.active_binding(tenant).await? {
+            Some(binding) => Ok(binding),
+            None => {
+                self.require_tenant(tenant).await?;
+                Err(ServiceError::NoKeyRegistered(tenant.to_string()))
+            }
+        }
+    }
+
+    /// The source of the tenant's most recent revocation, from the audit log.
+    async fn last_revocation_source(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<RevocationSource>, ServiceError> {
+        let mut after = 0;
+        let mut last = None;
+        loop {
+            let page = self
+                .store
+                .audit_records(
+                    &AuditQuery::default()
+                        .with_tenant(tenant.clone())
+                        .with_event_type("revocation_state_changed")
+                        .with_after_seq(after)
+                        .with_limit(1000),
+                )
+                .await?;
+            let Some(end) = page.last() else { break };
+            after = end.seq();
+            for record in &page {
+                if let AuditEvent::RevocationStateChanged(t) = record.event()
+                    && t.to != AuditKeyState::Unavailable
+                {
+                    last = Some(t.source);
+                }
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// A uniformly random fraction in [0, 0.2): the jitter of one monitor sweep.
+fn jitter_fraction() -> f64 {
+    let mut byte = [0u8; 1];
+    if aws_lc_rs::rand::fill(&mut byte).is_err() {
+        return 0.1;
+    }
+    f64::from(byte[0]) / 256.0 * 0.2
+}
