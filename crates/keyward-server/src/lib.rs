@@ -113,6 +113,22 @@ pub async fn start(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
+    let local = LocalProvider::open(&settings.local_kms_dir)?;
+    let providers = Providers::default().with(Arc::new(local));
+    #[cfg(feature = "aws")]
+    let providers = providers.with(Arc::new(
+        keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
+    ));
+    start_with_providers(settings, providers, shutdown).await
+}
+
+/// [`start`] with the given KEK providers instead of the configured ones
+/// (benchmarks and tests that build a provider with their own SDK settings).
+pub async fn start_with_providers(
+    settings: &Settings,
+    providers: Providers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
     create_private_dir(&settings.data_dir)?;
     let store: Arc<dyn keyward_store::Store> =
         Arc::new(SqliteStore::open(&settings.database_path).await?);
@@ -120,12 +136,6 @@ pub async fn start(
     let hasher = Arc::clone(audit_keys.hasher());
     tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
     let auditor = Arc::new(audit::Auditor::new(Arc::clone(&store), audit_keys));
-    let local = LocalProvider::open(&settings.local_kms_dir)?;
-    let providers = Providers::default().with(Arc::new(local));
-    #[cfg(feature = "aws")]
-    let providers = providers.with(Arc::new(
-        keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
-    ));
     let keyring = Arc::new(Keyring::new(
         store,
         providers,
