@@ -17,7 +17,7 @@ pub const ERROR_DOMAIN: &str = "keyward.v1";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    #[error("invalid {field}: {description}")]
+    #[error("{field}: {description}")]
     InvalidArgument {
         field: &'static str,
         description: String,

@@ -97,7 +97,7 @@ impl Running {
         for task in &self.background {
             task.abort();
         }
-        if let Err(e) = self.keyring.flush_denials().await {
+        if let Err(e) = self.keyring.flush_all_denials().await {
             tracing::error!(error = %e, "could not record the last revocation denials");
         }
         if let Err(e) = self.auditor.checkpoint().await {

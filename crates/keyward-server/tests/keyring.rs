@@ -690,3 +690,68 @@ async fn a_thousand_concurrent_cold_decrypts_cost_one_kms_unwrap() {
     }
     assert_eq!(fx.unwraps(), before + 1);
 }
+
+#[tokio::test]
+async fn a_pushed_key_event_rechecks_every_tenant_on_that_key_with_the_kms() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let (a, b, other) = (tenant("evt-a"), tenant("evt-b"), tenant("evt-other"));
+    fx.operator().create_key("second").unwrap();
+    onboard(&keyring, &a, "default").await;
+    onboard(&keyring, &b, "default").await;
+    onboard(&keyring, &other, "second").await;
+
+    // An event about a key that still works changes nothing: the KMS is the truth.
+    assert_eq!(
+        keyring.recheck_key("local", "default").await.unwrap(),
+        (2, 0)
+    );
+    fx.operator().set_enabled("default", false).unwrap();
+    assert_eq!(
+        keyring.recheck_key("local", "default").await.unwrap(),
+        (2, 2)
+    );
+    let c = EncryptionContext::empty();
+    for t in [&a, &b] {
+        let err = keyring
+            .encrypt(t, &Scope::default_scope(), &c, b"x")
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "KEY_REVOKED");
+    }
+    keyring
+        .encrypt(&other, &Scope::default_scope(), &c, b"x")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refusal_met_while_rotating_a_dek_revokes_without_deadlock() {
+    let fx = Fixture::new().await;
+    let ttl = Duration::from_secs(1);
+    let keyring = fx.keyring(
+        ttl,
+        RotationPolicy {
+            max_age: Duration::from_secs(3600),
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        },
+    );
+    let t = tenant("rotating");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    keyring.encrypt(&t, &s, &c, b"one").await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    fx.operator().set_enabled("default", false).unwrap();
+    // The stored DEK is exhausted, so this encrypt must create one, which needs the
+    // tenant key, which the KMS refuses: the revocation purges the very cache entry
+    // being loaded. It must finish (bounded), refused.
+    let err = tokio::time::timeout(Duration::from_secs(10), keyring.encrypt(&t, &s, &c, b"two"))
+        .await
+        .expect("no deadlock")
+        .unwrap_err();
+    assert_eq!(err.reason(), "KEY_REFUSED");
+    let err = keyring.encrypt(&t, &s, &c, b"three").await.unwrap_err();
+    assert_eq!(err.reason(), "KEY_REVOKED");
+}

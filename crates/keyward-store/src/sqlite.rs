@@ -345,18 +345,14 @@ impl SqliteStore {
                 "kek_bindings.state of binding {binding_id}: {from:?}"
             ))
         })?;
-        let updated = sqlx::query(
-            "UPDATE kek_bindings SET state = $1, state_changed_at_ms = $2 WHERE id = $3",
-        )
-        .bind(state.as_str())
-        .bind(now_ms())
-        .bind(binding_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
-        }
+        // The row exists (read above, in this write transaction).
+        sqlx::query("UPDATE kek_bindings SET state = $1, state_changed_at_ms = $2 WHERE id = $3")
+            .bind(state.as_str())
+            .bind(now_ms())
+            .bind(binding_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
             .bind(binding_id)
             .fetch_one(&mut *tx)

@@ -395,7 +395,16 @@ impl Keyring {
     /// Writes the per-tenant, per-second counts of requests denied because of
     /// revocation (each second once it is over) to the audit log.
     pub async fn flush_denials(&self) -> Result<usize, ServiceError> {
-        let finished = self.gates.take_finished_denials(now_ms());
+        self.flush_denials_before(now_ms()).await
+    }
+
+    /// At shutdown: writes every pending count, the current second's included.
+    pub async fn flush_all_denials(&self) -> Result<usize, ServiceError> {
+        self.flush_denials_before(i64::MAX).await
+    }
+
+    async fn flush_denials_before(&self, now_ms: i64) -> Result<usize, ServiceError> {
+        let finished = self.gates.take_finished_denials(now_ms);
         let count = finished.len();
         if count > 0 {
             let events = finished
