@@ -156,6 +156,18 @@ enum TenantCommand {
         #[arg(long, env = "USER", default_value = "")]
         requested_by: String,
     },
+    /// Override the cache TTL (the tenant's revocation bound) or the monitor interval.
+    SetPolicy {
+        tenant: String,
+        /// Seconds; 0 restores the server's setting.
+        #[arg(long, default_value_t = 0)]
+        cache_ttl_seconds: u64,
+        /// Seconds; 0 restores the server's setting.
+        #[arg(long, default_value_t = 0)]
+        monitor_interval_seconds: u64,
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
     /// Restore a revoked key after a live check that the KMS accepts it again.
     RestoreKey {
         tenant: String,
@@ -717,6 +729,23 @@ async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
                 })
                 .await
         }
+        TenantCommand::SetPolicy {
+            tenant,
+            cache_ttl_seconds,
+            monitor_interval_seconds,
+            requested_by,
+        } => {
+            client
+                .set_tenant_policy(pb::SetTenantPolicyRequest {
+                    tenant_id: tenant,
+                    policy: Some(pb::TenantPolicy {
+                        cache_ttl_seconds,
+                        monitor_interval_seconds,
+                    }),
+                    requested_by,
+                })
+                .await
+        }
         TenantCommand::Show { tenant } => {
             client
                 .get_tenant(pb::GetTenantRequest { tenant_id: tenant })
@@ -742,6 +771,17 @@ fn print_tenant(t: &pb::Tenant) {
             println!("tenant key:   {}", k.tenant_key_id);
         }
         None => println!("key:          (none registered: run `keyward tenant register-key`)"),
+    }
+    if let Some(policy) = &t.policy {
+        let show = |v: u64| {
+            if v == 0 {
+                "server default".to_owned()
+            } else {
+                format!("{v} s")
+            }
+        };
+        println!("cache TTL:    {}", show(policy.cache_ttl_seconds));
+        println!("monitor:      {}", show(policy.monitor_interval_seconds));
     }
 }
 

@@ -204,6 +204,8 @@ pub struct Keyring {
     gates: Gates,
     /// Serialises revocation-state transitions (revoke, restore, monitor).
     transitions: tokio::sync::Mutex<()>,
+    /// When the monitor last checked each tenant (for per-tenant intervals).
+    last_checked: std::sync::Mutex<std::collections::HashMap<TenantId, Instant>>,
     /// HMACs caller-chosen scope labels before they enter the audit log.
     hasher: Arc<IdentifierHasher>,
 }
@@ -253,6 +255,7 @@ impl Keyring {
             counters: Arc::default(),
             gates: Gates::default(),
             transitions: tokio::sync::Mutex::new(()),
+            last_checked: std::sync::Mutex::default(),
             hasher,
         }
     }
@@ -398,12 +401,13 @@ impl Keyring {
                 },
             )
             .await?;
+        let ttl = self.ttl_for(tenant).await?;
         self.tenant_keys
             .insert(
                 (tenant.clone(), tenant_key_id),
                 Arc::new(LiveKey {
                     key,
-                    expires_at: Instant::now() + self.cache.ttl,
+                    expires_at: Instant::now() + ttl,
                     generation: self.gates.generation(tenant),
                 }),
             )
@@ -525,6 +529,51 @@ impl Keyring {
         removed
     }
 
+    /// How long the tenant's unwrapped keys may stay in memory: its policy
+    /// override, else the server's TTL.
+    async fn ttl_for(&self, tenant: &TenantId) -> Result<Duration, ServiceError> {
+        let policy = self.require_tenant(tenant).await?.policy;
+        Ok(policy
+            .cache_ttl_seconds
+            .map_or(self.cache.ttl, Duration::from_secs))
+    }
+
+    /// Sets the tenant's overrides of the cache TTL and monitor interval
+    /// (audited). A shorter TTL applies to keys loaded from now on.
+    pub async fn set_tenant_policy(
+        &self,
+        tenant: &TenantId,
+        policy: keyward_store::TenantPolicy,
+        actor: String,
+    ) -> Result<TenantRecord, ServiceError> {
+        let detail = format!(
+            "cache_ttl_seconds={:?} monitor_interval_seconds={:?}",
+            policy.cache_ttl_seconds, policy.monitor_interval_seconds
+        );
+        let record = self
+            .store
+            .set_tenant_policy(tenant, policy, &|t: &TenantRecord| {
+                vec![AuditEvent::AdminAction {
+                    actor: actor.clone(),
+                    action: "set_tenant_policy".to_owned(),
+                    detail: format!("tenant={} {detail}", t.id),
+                }]
+            })
+            .await
+            .map_err(|e| match e {
+                keyward_store::StoreError::NotFound(_) => {
+                    ServiceError::TenantNotFound(tenant.to_string())
+                }
+                keyward_store::StoreError::InvalidInput(m) => ServiceError::invalid("policy", m),
+                other => ServiceError::Store(other),
+            })?;
+        // Keys cached under a longer TTL must not outlive a shortened one.
+        if policy.cache_ttl_seconds.is_some() {
+            self.purge_tenant(tenant).await;
+        }
+        Ok(record)
+    }
+
     /// Whether requests for `tenant` may proceed, and under which generation.
     fn admit(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
         self.gates
@@ -562,6 +611,7 @@ impl Keyring {
             .tenant_keys
             .try_get_with((tenant.clone(), *id), async {
                 let generation = self.gates.generation(tenant);
+                let ttl = self.ttl_for(tenant).await?;
                 let record = self
                     .store
                     .get_tenant_key(tenant, id)
@@ -593,7 +643,7 @@ impl Keyring {
                 self.still_open(tenant, generation)?;
                 Ok(Arc::new(LiveKey {
                     key,
-                    expires_at: Instant::now() + self.cache.ttl,
+                    expires_at: Instant::now() + ttl,
                     generation,
                 }))
             })

@@ -19,6 +19,9 @@ use crate::{
     now_ms,
 };
 
+/// Longest per-tenant TTL or monitor interval, in seconds.
+const MAX_POLICY_SECONDS: u64 = 24 * 60 * 60;
+
 /// Longest tenant display name accepted, in characters.
 const MAX_DISPLAY_NAME_CHARS: usize = 256;
 
@@ -182,6 +185,38 @@ impl TenantService for TenantApi {
         Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
     }
 
+    async fn set_tenant_policy(
+        &self,
+        request: Request<pb::SetTenantPolicyRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let r = request.into_inner();
+        let id = tenant_id(&r.tenant_id)?;
+        let policy = r.policy.unwrap_or_default();
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        let policy = keyward_store::TenantPolicy {
+            cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
+            monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
+        };
+        if policy
+            .cache_ttl_seconds
+            .is_some_and(|s| s > MAX_POLICY_SECONDS)
+            || policy
+                .monitor_interval_seconds
+                .is_some_and(|s| s > MAX_POLICY_SECONDS)
+        {
+            return Err(ServiceError::invalid(
+                "policy",
+                format!("values are seconds, at most {MAX_POLICY_SECONDS} (one day)"),
+            )
+            .into());
+        }
+        self.keyring
+            .set_tenant_policy(&id, policy, actor(&r.requested_by))
+            .await?;
+        let (record, binding) = self.keyring.tenant(&id).await?;
+        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+    }
+
     async fn report_key_event(
         &self,
         request: Request<pb::ReportKeyEventRequest>,
@@ -309,6 +344,10 @@ fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tena
         display_name: record.display_name.clone(),
         created_at: Some(timestamp(record.created_at_ms)),
         active_key: binding.map(binding_to_pb),
+        policy: Some(pb::TenantPolicy {
+            cache_ttl_seconds: record.policy.cache_ttl_seconds.unwrap_or(0),
+            monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
+        }),
     }
 }
 

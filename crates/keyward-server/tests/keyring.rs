@@ -755,3 +755,100 @@ async fn a_refusal_met_while_rotating_a_dek_revokes_without_deadlock() {
     let err = keyring.encrypt(&t, &s, &c, b"three").await.unwrap_err();
     assert_eq!(err.reason(), "KEY_REVOKED");
 }
+
+#[tokio::test]
+async fn a_tenant_ttl_override_bounds_that_tenants_revocation_window() {
+    let fx = Fixture::new().await;
+    // Server-wide TTL 300 s, monitor off: only the tenant's own TTL can end service.
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let (strict, relaxed) = (tenant("strict"), tenant("relaxed"));
+    onboard(&keyring, &strict, "default").await;
+    fx.operator().create_key("other").unwrap();
+    onboard(&keyring, &relaxed, "other").await;
+    let policy = keyward_store::TenantPolicy {
+        cache_ttl_seconds: Some(1),
+        monitor_interval_seconds: None,
+    };
+    let record = keyring
+        .set_tenant_policy(&strict, policy, "ops".into())
+        .await
+        .unwrap();
+    assert_eq!(record.policy, policy);
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    let (strict_env, _) = keyring.encrypt(&strict, &s, &c, b"strict").await.unwrap();
+    let (relaxed_env, _) = keyring.encrypt(&relaxed, &s, &c, b"relaxed").await.unwrap();
+
+    fx.operator().set_enabled("default", false).unwrap();
+    fx.operator().set_enabled("other", false).unwrap();
+    let since = std::time::Instant::now();
+    let err = loop {
+        match keyring.decrypt(&strict, &strict_env, &c).await {
+            Ok(_) => {
+                assert!(
+                    since.elapsed() < Duration::from_millis(1500),
+                    "served past the tenant's 1 s TTL"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.reason(), "KEY_REFUSED");
+    // The other tenant keeps the server-wide 300 s TTL (its cached keys still serve).
+    assert_eq!(
+        keyring
+            .decrypt(&relaxed, &relaxed_env, &c)
+            .await
+            .unwrap()
+            .as_slice(),
+        b"relaxed"
+    );
+    // The change is audited.
+    assert_eq!(
+        events_of(&fx, &strict, "admin_action").await.len(),
+        0,
+        "admin actions carry no tenant field"
+    );
+    let admin = fx
+        .store
+        .audit_records(&AuditQuery::default().with_event_type("admin_action".to_owned()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(admin.last().unwrap().event(), AuditEvent::AdminAction { actor, action, .. } if actor == "ops" && action == "set_tenant_policy")
+    );
+}
+
+#[tokio::test]
+async fn the_monitor_checks_each_tenant_at_its_own_interval() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let (fast, slow) = (tenant("fast"), tenant("slow"));
+    onboard(&keyring, &fast, "default").await;
+    onboard(&keyring, &slow, "default").await;
+    keyring
+        .set_tenant_policy(
+            &fast,
+            keyward_store::TenantPolicy {
+                cache_ttl_seconds: None,
+                monitor_interval_seconds: Some(1),
+            },
+            "ops".into(),
+        )
+        .await
+        .unwrap();
+    let policy = keyward_server::keyring::MonitorPolicy {
+        interval: Duration::from_secs(3600),
+        max_checks_per_second: 1000,
+    };
+    // First pass: both are due; the next pass comes after the shortest interval.
+    let (checked, next) = keyring.check_due(policy).await.unwrap();
+    assert_eq!(checked.len(), 2);
+    assert_eq!(next, Duration::from_secs(1));
+    // Right after, nobody is due; one second later only the fast tenant.
+    assert!(keyring.check_due(policy).await.unwrap().0.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (checked, _) = keyring.check_due(policy).await.unwrap();
+    assert_eq!(checked, vec![(fast.clone(), CheckOutcome::Healthy)]);
+}

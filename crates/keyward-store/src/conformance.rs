@@ -36,6 +36,7 @@ pub async fn run_all(store: &dyn Store) {
     check_bind_kek_rotation(store).await;
     check_bind_kek_reports_previous_binding(store).await;
     check_active_bindings_lists_current_bindings(store).await;
+    check_tenant_policy(store).await;
     check_bind_kek_duplicate_tenant_key(store).await;
     check_bind_kek_rejects_empty_fields(store).await;
     check_tenant_key_isolation(store).await;
@@ -391,6 +392,53 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     assert_eq!(new_key.key_ref, "local:kek-2");
     assert_eq!(new_key.wrapped, second_new.wrapped_tenant_key);
     assert_eq!(new_key.created_at_ms, second.created_at_ms);
+}
+
+/// set_tenant_policy round-trips, is audited, rejects zero and unknown tenants.
+pub async fn check_tenant_policy(store: &dyn Store) {
+    let tenant = new_tenant(store).await;
+    let created = store.get_tenant(&tenant).await.unwrap().unwrap();
+    assert_eq!(created.policy, crate::TenantPolicy::default());
+    let policy = crate::TenantPolicy {
+        cache_ttl_seconds: Some(5),
+        monitor_interval_seconds: Some(10),
+    };
+    let head = store.audit_head().await.unwrap();
+    let updated = store
+        .set_tenant_policy(&tenant, policy, &tenant_created)
+        .await
+        .unwrap();
+    assert_eq!(updated.policy, policy);
+    assert_eq!(store.get_tenant(&tenant).await.unwrap(), Some(updated));
+    assert_eq!(store.audit_head().await.unwrap().seq, head.seq + 1);
+
+    let head = store.audit_head().await.unwrap();
+    let zero = crate::TenantPolicy {
+        cache_ttl_seconds: Some(0),
+        monitor_interval_seconds: None,
+    };
+    let err = store
+        .set_tenant_policy(&tenant, zero, &tenant_created)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    let unknown = TenantId::try_from("conf-no-such-tenant").unwrap();
+    let err = store
+        .set_tenant_policy(&unknown, policy, &tenant_created)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        head,
+        "rejected changes are not audited"
+    );
+
+    let cleared = store
+        .set_tenant_policy(&tenant, crate::TenantPolicy::default(), &|_| Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(cleared.policy, crate::TenantPolicy::default());
 }
 
 /// active_bindings lists each tenant's current binding once, not deactivated ones.

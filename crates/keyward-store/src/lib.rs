@@ -176,6 +176,16 @@ pub struct TenantRecord {
     pub id: TenantId,
     pub display_name: String,
     pub created_at_ms: i64,
+    pub policy: TenantPolicy,
+}
+
+/// Per-tenant overrides of server-wide settings; `None`: the server's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// Lifetime of the tenant's unwrapped keys in memory (its revocation bound).
+    pub cache_ttl_seconds: Option<u64>,
+    /// How often the key-state monitor checks the tenant's key.
+    pub monitor_interval_seconds: Option<u64>,
 }
 
 /// What [`Store::bind_kek`] changed: the new binding and the one it deactivated.
@@ -421,6 +431,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<TenantRecord, StoreError>;
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Replaces the tenant's policy overrides and appends `audit(&updated)`, in one
+    /// transaction. Unknown tenant -> NotFound; a zero value -> InvalidInput.
+    async fn set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError>;
 
     /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms),
     /// insert the new binding (state Active) and its wrapped tenant key, append

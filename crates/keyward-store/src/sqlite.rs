@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
+use crate::TenantPolicy;
 use crate::decode::{self, StoredRecord, now_ms};
 use crate::{
     AuditError, AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert,
@@ -64,6 +65,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "audit",
         sql: include_str!("../migrations/sqlite/0002_audit.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "tenant_policy",
+        sql: include_str!("../migrations/sqlite/0003_tenant_policy.sql"),
     },
 ];
 
@@ -206,6 +212,47 @@ impl SqliteStore {
             .map_err(backend)
     }
 
+    async fn try_set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        let to_db = |name: &str, v: Option<u64>| -> Result<Option<i64>, StoreError> {
+            v.map(|v| {
+                i64::try_from(v)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| StoreError::InvalidInput(format!("{name} must be positive")))
+            })
+            .transpose()
+        };
+        let ttl = to_db("cache_ttl_seconds", policy.cache_ttl_seconds)?;
+        let interval = to_db("monitor_interval_seconds", policy.monitor_interval_seconds)?;
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE tenants SET cache_ttl_seconds = $1, monitor_interval_seconds = $2 WHERE id = $3",
+        )
+        .bind(ttl)
+        .bind(interval)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("tenant {id}")));
+        }
+        let row = sqlx::query(&format!("{TENANT_COLUMNS} WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let tenant = tenant_from_row(&row)?;
+        append_events(&mut tx, audit(&tenant)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(tenant)
+    }
+
     async fn try_create_tenant(
         &self,
         id: &TenantId,
@@ -228,6 +275,7 @@ impl SqliteStore {
             id: id.clone(),
             display_name: display_name.to_owned(),
             created_at_ms: now,
+            policy: TenantPolicy::default(),
         };
         append_events(&mut tx, audit(&tenant)).await?;
         tx.commit().await.map_err(backend)?;
@@ -682,7 +730,8 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{table}.{column}: {e}")))
 }
 
-const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms FROM tenants";
+const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, cache_ttl_seconds, \
+     monitor_interval_seconds FROM tenants";
 
 fn tenant_from_row(row: &SqliteRow) -> Result<TenantRecord, StoreError> {
     const T: &str = "tenants";
@@ -690,7 +739,26 @@ fn tenant_from_row(row: &SqliteRow) -> Result<TenantRecord, StoreError> {
         id: decode::tenant_id(T, "id", &col::<String>(row, T, "id")?)?,
         display_name: col(row, T, "display_name")?,
         created_at_ms: col(row, T, "created_at_ms")?,
+        policy: TenantPolicy {
+            cache_ttl_seconds: positive(T, "cache_ttl_seconds", col(row, T, "cache_ttl_seconds")?)?,
+            monitor_interval_seconds: positive(
+                T,
+                "monitor_interval_seconds",
+                col(row, T, "monitor_interval_seconds")?,
+            )?,
+        },
     })
+}
+
+fn positive(table: &str, column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
+    value
+        .map(|v| {
+            u64::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| StoreError::Corrupt(format!("{table}.{column}: {v}")))
+        })
+        .transpose()
 }
 
 /// A binding with the id of its tenant key (one per binding; LEFT JOIN so that a missing one is
@@ -782,6 +850,15 @@ impl Store for SqliteStore {
             .as_ref()
             .map(tenant_from_row)
             .transpose()
+    }
+
+    async fn set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        with_retries(|| self.try_set_tenant_policy(id, policy, audit)).await
     }
 
     async fn bind_kek(

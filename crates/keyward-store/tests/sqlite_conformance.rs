@@ -165,7 +165,7 @@ async fn migrations_are_idempotent_on_reopen() {
             .collect::<Vec<_>>()
     };
     let first = migrations(store.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     let dump = store.dump().await.unwrap();
     store.close().await;
 

@@ -380,14 +380,61 @@ impl Keyring {
         Ok(outcomes)
     }
 
-    /// The key-state monitor: sweeps every `interval` (with ±10 % jitter, so
-    /// replicas drift apart) until the task is dropped.
+    /// One pass of the monitor: checks every tenant whose interval (its
+    /// policy override, else `policy.interval`) has passed since its last
+    /// check, paced by the global rate limit. Returns the outcomes and how long
+    /// to wait before the next pass (the shortest interval in use).
+    pub async fn check_due(
+        &self,
+        policy: MonitorPolicy,
+    ) -> Result<(Vec<(TenantId, CheckOutcome)>, Duration), ServiceError> {
+        let pause = Duration::from_secs(1) / policy.max_checks_per_second.max(1);
+        let mut next = policy.interval;
+        let mut outcomes = Vec::new();
+        for binding in self.store.active_bindings().await? {
+            let interval = self
+                .store
+                .get_tenant(&binding.tenant)
+                .await?
+                .and_then(|t| t.policy.monitor_interval_seconds)
+                .map_or(policy.interval, Duration::from_secs);
+            next = next.min(interval);
+            let due = self
+                .last_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&binding.tenant)
+                .is_none_or(|last| last.elapsed() + interval.mul_f64(0.05) >= interval);
+            if !due {
+                continue;
+            }
+            if !outcomes.is_empty() {
+                tokio::time::sleep(pause).await;
+            }
+            self.last_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(binding.tenant.clone(), std::time::Instant::now());
+            match self.check_binding(&binding).await {
+                Ok(outcome) => outcomes.push((binding.tenant.clone(), outcome)),
+                Err(e) => {
+                    tracing::error!(tenant = %binding.tenant, error = %e, "key-state check failed")
+                }
+            }
+        }
+        Ok((outcomes, next))
+    }
+
+    /// The key-state monitor: passes every shortest interval in use (with ±10 %
+    /// jitter, so replicas drift apart) until the task is dropped.
     pub async fn run_monitor(self: Arc<Self>, policy: MonitorPolicy) {
+        let mut wait = policy.interval;
         loop {
-            let jitter = policy.interval.mul_f64(jitter_fraction());
-            tokio::time::sleep(policy.interval.mul_f64(0.9) + jitter).await;
-            if let Err(e) = self.check_all(policy.max_checks_per_second).await {
-                tracing::error!(error = %e, "key-state monitor sweep failed");
+            let jitter = wait.mul_f64(jitter_fraction());
+            tokio::time::sleep(wait.mul_f64(0.9) + jitter).await;
+            match self.check_due(policy).await {
+                Ok((_, next)) => wait = next,
+                Err(e) => tracing::error!(error = %e, "key-state monitor pass failed"),
             }
         }
     }
