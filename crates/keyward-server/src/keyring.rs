@@ -39,6 +39,7 @@ use crate::{
     error::ServiceError,
     gate::{Closed, Gates},
     now_ms,
+    usage::UsageMeter,
 };
 
 mod revocation;
@@ -204,6 +205,8 @@ pub struct Keyring {
     gates: Gates,
     /// Serialises revocation-state transitions (revoke, restore, monitor).
     transitions: tokio::sync::Mutex<()>,
+    /// Per-tenant usage per minute, for `usage_summary` audit records.
+    usage: UsageMeter,
     /// When the monitor last checked each tenant (for per-tenant intervals).
     last_checked: std::sync::Mutex<std::collections::HashMap<TenantId, Instant>>,
     /// HMACs caller-chosen scope labels before they enter the audit log.
@@ -256,6 +259,7 @@ impl Keyring {
             gates: Gates::default(),
             transitions: tokio::sync::Mutex::new(()),
             last_checked: std::sync::Mutex::default(),
+            usage: UsageMeter::default(),
             hasher,
         }
     }
@@ -355,6 +359,7 @@ impl Keyring {
         let tenant_key_id = KeyId::generate().map_err(internal)?;
         let ctx = WrapContext::new(tenant, &tenant_key_id, Purpose::TenantKey);
         self.counters.kek_generates.fetch_add(1, Ordering::Relaxed);
+        self.usage.record(tenant, now_ms(), |u| u.kms_calls += 2); // generate + unwrap
         let (key, wrapped) = provider
             .generate(kek, &ctx)
             .await
@@ -429,6 +434,26 @@ impl Keyring {
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
+        let hit = self.active.contains_key(&(tenant.clone(), scope.clone()));
+        let result = self.encrypt_inner(tenant, scope, ctx, plaintext).await;
+        self.usage.record(tenant, now_ms(), |u| match &result {
+            Ok(_) => {
+                u.encrypts += 1;
+                u.bytes_in += plaintext.len() as u64;
+                u.cache_hits += u64::from(hit);
+            }
+            Err(_) => u.errors += 1,
+        });
+        result
+    }
+
+    async fn encrypt_inner(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        ctx: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, KeyId), ServiceError> {
         let len = u64::try_from(plaintext.len()).map_err(internal)?;
         let generation = self.admit(tenant)?;
         // A fresh DEK accepts any message within the limits (config validation
@@ -460,6 +485,28 @@ impl Keyring {
     }
 
     pub async fn decrypt(
+        &self,
+        tenant: &TenantId,
+        envelope: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        let hit = parse(envelope).is_ok_and(|e| {
+            self.deks
+                .contains_key(&(tenant.clone(), *e.header().dek_id()))
+        });
+        let result = self.decrypt_inner(tenant, envelope, ctx).await;
+        self.usage.record(tenant, now_ms(), |u| match &result {
+            Ok(plaintext) => {
+                u.decrypts += 1;
+                u.bytes_out += plaintext.len() as u64;
+                u.cache_hits += u64::from(hit);
+            }
+            Err(_) => u.errors += 1,
+        });
+        result
+    }
+
+    async fn decrypt_inner(
         &self,
         tenant: &TenantId,
         envelope: &[u8],
@@ -630,6 +677,7 @@ impl Keyring {
                 let kek = KeyRef::new(kind, record.key_ref.clone());
                 let provider = self.providers.get(kind)?;
                 self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
+                self.usage.record(tenant, now_ms(), |u| u.kms_calls += 1);
                 let key = provider
                     .unwrap(
                         &kek,

@@ -10,6 +10,7 @@ pub mod error;
 mod gate;
 pub mod keyring;
 pub mod service;
+mod usage;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -852,3 +852,46 @@ async fn the_monitor_checks_each_tenant_at_its_own_interval() {
     let (checked, _) = keyring.check_due(policy).await.unwrap();
     assert_eq!(checked, vec![(fast.clone(), CheckOutcome::Healthy)]);
 }
+
+#[tokio::test]
+async fn usage_per_tenant_per_minute_reaches_the_audit_log() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("metered");
+    onboard(&keyring, &t, "default").await; // 2 KMS calls: generate + verifying unwrap
+    let c = EncryptionContext::empty();
+    let s = Scope::default_scope();
+    let mut envs = Vec::new();
+    for pt in [&b"aa"[..], b"bbb", b"cccc"] {
+        envs.push(keyring.encrypt(&t, &s, &c, pt).await.unwrap().0); // miss, hit, hit
+    }
+    keyring.decrypt(&t, &envs[0], &c).await.unwrap(); // DEK not yet in the decrypt cache
+    keyring.decrypt(&t, &envs[1], &c).await.unwrap(); // hit
+    let wrong = ctx(&[("k", "v")]);
+    keyring.decrypt(&t, &envs[2], &wrong).await.unwrap_err(); // an error
+    keyring.flush_all_denials().await.unwrap();
+
+    let mut total = (0, 0, 0, 0, 0, 0, 0);
+    for e in events_of(&fx, &t, "usage_summary").await {
+        if let AuditEvent::UsageSummary {
+            encrypts,
+            decrypts,
+            bytes_in,
+            bytes_out,
+            kms_calls,
+            cache_hits,
+            errors,
+            ..
+        } = e
+        {
+            total.0 += encrypts;
+            total.1 += decrypts;
+            total.2 += bytes_in;
+            total.3 += bytes_out;
+            total.4 += kms_calls;
+            total.5 += cache_hits;
+            total.6 += errors;
+        }
+    }
+    assert_eq!(total, (3, 2, 9, 5, 2, 3, 1));
+}

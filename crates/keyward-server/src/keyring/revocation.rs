@@ -237,6 +237,8 @@ impl Keyring {
         self.counters
             .kek_unwraps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.usage
+            .record(&binding.tenant, now_ms(), |u| u.kms_calls += 1);
         provider
             .unwrap(
                 &KeyRef::new(kind, record.key_ref.clone()),
@@ -440,7 +442,8 @@ impl Keyring {
     }
 
     /// Writes the per-tenant, per-second counts of requests denied because of
-    /// revocation (each second once it is over) to the audit log.
+    /// revocation (each second once it is over) and the per-tenant usage
+    /// summaries (each minute once it is over) to the audit log.
     pub async fn flush_denials(&self) -> Result<usize, ServiceError> {
         self.flush_denials_before(now_ms()).await
     }
@@ -451,17 +454,33 @@ impl Keyring {
     }
 
     async fn flush_denials_before(&self, now_ms: i64) -> Result<usize, ServiceError> {
-        let finished = self.gates.take_finished_denials(now_ms);
-        let count = finished.len();
-        if count > 0 {
-            let events = finished
+        let denials =
+            self.gates
+                .take_finished_denials(now_ms)
                 .into_iter()
                 .map(|(tenant, second, count)| AuditEvent::RevocationDenials {
                     tenant,
                     second,
                     count,
-                })
-                .collect();
+                });
+        let usage = self
+            .usage
+            .take_finished(now_ms)
+            .into_iter()
+            .map(|(tenant, minute, u)| AuditEvent::UsageSummary {
+                tenant,
+                minute,
+                encrypts: u.encrypts,
+                decrypts: u.decrypts,
+                bytes_in: u.bytes_in,
+                bytes_out: u.bytes_out,
+                kms_calls: u.kms_calls,
+                cache_hits: u.cache_hits,
+                errors: u.errors,
+            });
+        let events: Vec<AuditEvent> = denials.chain(usage).collect();
+        let count = events.len();
+        if count > 0 {
             self.store.append_audit(events).await?;
         }
         Ok(count)

@@ -40,17 +40,25 @@ pub(crate) fn keyward_bin() -> PathBuf {
 pub(crate) struct Server {
     child: Child,
     pub(crate) addr: String,
-    pub(crate) data_dir: tempfile::TempDir,
+    pub(crate) data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts the server with `env` added to its environment (e.g.
     /// `KEYWARD_CACHE__TTL_SECONDS`) and waits for its "listening" line.
     pub(crate) fn start(env: &[(&str, &str)]) -> Server {
-        let data_dir = tempfile::tempdir().expect("tempdir");
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut server = Server::start_in(temp.path(), env);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts the server on an existing data directory (e.g. after a crash).
+    pub(crate) fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(keyward_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .env("KEYWARD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -79,7 +87,8 @@ impl Server {
         Server {
             child,
             addr,
-            data_dir,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
         }
     }
 
@@ -88,11 +97,11 @@ impl Server {
     }
 
     pub(crate) fn database(&self) -> PathBuf {
-        self.data_dir.path().join("keyward.db")
+        self.data_dir.join("keyward.db")
     }
 
     pub(crate) fn local_kms_dir(&self) -> PathBuf {
-        self.data_dir.path().join("local-kms")
+        self.data_dir.join("local-kms")
     }
 
     pub(crate) async fn channel(&self) -> Channel {
@@ -168,6 +177,14 @@ impl Server {
             .register_key(local_key(tenant, "default"))
             .await
             .expect("register key");
+    }
+}
+
+impl Server {
+    /// SIGKILL: no shutdown hook runs, as in a crash.
+    pub(crate) fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
