@@ -81,6 +81,11 @@ enum AuditCommand {
     },
     /// Print the deployment's checkpoint-signing public key.
     PublicKey,
+    /// Replace the checkpoint-signing key (recorded in the chain, signed by the old key).
+    RotateSigningKey {
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
     /// A readable revocation report for a tenant: each revocation with when the KMS was
     /// first seen refusing, when it was recorded, when caches were purged, the last
     /// plaintext served before, and the requests denied after.
@@ -467,6 +472,16 @@ async fn audit(endpoint: &str, cmd: AuditCommand) -> anyhow::Result<()> {
                 page_token = page.next_page_token;
             }
             print!("{}", revocation_report(&tenant, &records)?);
+            Ok(())
+        }
+        AuditCommand::RotateSigningKey { requested_by } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let key = client
+                .rotate_signing_key(pb::RotateSigningKeyRequest { requested_by })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", key.public_key);
             Ok(())
         }
         AuditCommand::PublicKey => {

@@ -30,17 +30,24 @@ const DEFAULT_LIST_PAGE: u32 = 100;
 /// (mode 0600): the Ed25519 checkpoint-signing key (PKCS#8) and the HMAC key
 /// that pseudonymises caller-chosen identifiers.
 pub struct AuditKeys {
-    pub(crate) signing: SigningKey,
+    /// Replaced only by [`Auditor::rotate_signing_key`].
+    pub(crate) signing: std::sync::RwLock<SigningKey>,
     pub(crate) hasher: Arc<IdentifierHasher>,
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for AuditKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditKeys")
-            .field("signing_key_id", &self.signing.public_key().key_id())
+            .field("signing_key_id", &self.public_key().key_id())
             .finish_non_exhaustive()
     }
 }
+
+const SIGNING_KEY_FILE: &str = "signing-key.pk8";
+/// A rotation's new key, written before the rotation is recorded (see
+/// [`Auditor::rotate_signing_key`] and [`Auditor::recover_rotation`]).
+const PENDING_SIGNING_KEY_FILE: &str = "signing-key.pk8.new";
 
 /// Why the audit keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +78,7 @@ impl AuditKeys {
         };
         create_private_dir(dir).map_err(io(dir))?;
 
-        let signing_path = dir.join("signing-key.pk8");
+        let signing_path = dir.join(SIGNING_KEY_FILE);
         let signing = match read_secret(&signing_path).map_err(io(&signing_path))? {
             Some(der) => SigningKey::from_pkcs8(&der).map_err(invalid(&signing_path))?,
             None => {
@@ -97,13 +104,29 @@ impl AuditKeys {
             }
         };
         Ok(Self {
-            signing,
+            signing: std::sync::RwLock::new(signing),
             hasher: Arc::new(hasher),
+            dir: dir.to_owned(),
         })
     }
 
     pub fn public_key(&self) -> PublicKey {
-        self.signing.public_key()
+        self.signing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .public_key()
+    }
+
+    fn sign(
+        &self,
+        head: &keyward_audit::ChainHead,
+        time_ms: i64,
+    ) -> Result<keyward_audit::Checkpoint, ServiceError> {
+        self.signing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sign_checkpoint(head, time_ms)
+            .map_err(|e| ServiceError::Internal(format!("signing a checkpoint: {e}")))
     }
 
     pub fn hasher(&self) -> &Arc<IdentifierHasher> {
@@ -142,6 +165,8 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct Auditor {
     store: Arc<dyn Store>,
     keys: AuditKeys,
+    /// Serialises signing-key rotation with checkpointing and exports.
+    rotation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -154,7 +179,11 @@ impl std::fmt::Debug for Auditor {
 
 impl Auditor {
     pub fn new(store: Arc<dyn Store>, keys: AuditKeys) -> Self {
-        Self { store, keys }
+        Self {
+            store,
+            keys,
+            rotation: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -164,6 +193,8 @@ impl Auditor {
     /// Signs and stores a checkpoint of the current head if records were
     /// appended since the last one. Returns the checkpointed seq, if any.
     pub async fn checkpoint(&self) -> Result<Option<u64>, ServiceError> {
+        // Never between a rotation's record and the switch to the new key.
+        let _no_rotation = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
         if head.seq == 0 {
             return Ok(None);
@@ -171,17 +202,101 @@ impl Auditor {
         if !self.store.checkpoints(head.seq, head.seq).await?.is_empty() {
             return Ok(None);
         }
-        let checkpoint = self
-            .keys
-            .signing
-            .sign_checkpoint(&head, now_ms())
-            .map_err(|e| ServiceError::Internal(format!("signing a checkpoint: {e}")))?;
+        let checkpoint = self.keys.sign(&head, now_ms())?;
         match self.store.insert_checkpoint(&checkpoint).await {
             Ok(()) => Ok(Some(head.seq)),
             // Another replica checkpointed the same head first.
             Err(keyward_store::StoreError::AlreadyExists(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Replaces the checkpoint-signing key, crash-safely: the new key is written
+    /// to a pending file, the rotation is recorded in the chain, a checkpoint
+    /// signed by the *old* key covers that record (so verifiers trusting the old
+    /// key learn the new one), and only then does the new key take over.
+    pub async fn rotate_signing_key(&self, actor: String) -> Result<PublicKey, ServiceError> {
+        let _one_at_a_time = self.rotation.lock().await;
+        let new = SigningKey::generate().map_err(internal)?;
+        let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
+        let _ = std::fs::remove_file(&pending);
+        write_secret(&pending, &new.to_pkcs8().map_err(internal)?).map_err(internal)?;
+        let old = self.keys.public_key();
+        let rotated = keyward_audit::AuditEvent::SigningKeyRotated {
+            old_key_id: old.key_id(),
+            new_key_id: new.public_key().key_id(),
+            new_public_key: new.public_key(),
+        };
+        let admin = keyward_audit::AuditEvent::AdminAction {
+            actor,
+            action: "rotate_audit_signing_key".to_owned(),
+            detail: format!("{} -> {}", old.key_id(), new.public_key().key_id()),
+        };
+        let records = self.store.append_audit(vec![admin, rotated]).await?;
+        let head = records
+            .last()
+            .map(keyward_audit::Record::head)
+            .ok_or_else(|| internal("the rotation record was not appended"))?;
+        self.store
+            .insert_checkpoint(&self.keys.sign(&head, now_ms())?)
+            .await?;
+        self.activate_pending(new)?;
+        tracing::warn!(old = %old.key_id(), new = %self.keys.public_key().key_id(), "audit signing key rotated");
+        Ok(self.keys.public_key())
+    }
+
+    /// At start: finishes a rotation that was recorded in the chain but whose
+    /// new key had not yet replaced the old file (a crash in between), or
+    /// discards a pending key whose rotation was never recorded.
+    pub async fn recover_rotation(&self) -> Result<(), ServiceError> {
+        let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
+        let Some(der) = read_secret(&pending).map_err(internal)? else {
+            return Ok(());
+        };
+        let new = SigningKey::from_pkcs8(&der).map_err(internal)?;
+        let new_id = new.public_key().key_id();
+        let mut recorded = false;
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .audit_records(
+                    &AuditQuery::default()
+                        .with_event_type("signing_key_rotated")
+                        .with_after_seq(after)
+                        .with_limit(PAGE),
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq();
+            recorded |= page.iter().any(|r| {
+                matches!(r.event(), keyward_audit::AuditEvent::SigningKeyRotated { new_key_id, .. } if *new_key_id == new_id)
+            });
+        }
+        if recorded {
+            // The covering checkpoint may be missing too: sign one with the old key first.
+            self.checkpoint().await?;
+            self.activate_pending(new)?;
+            tracing::warn!(key_id = %new_id, "completed an interrupted audit signing key rotation");
+        } else {
+            std::fs::remove_file(&pending).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn activate_pending(&self, new: SigningKey) -> Result<(), ServiceError> {
+        let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
+        let current = self.keys.dir.join(SIGNING_KEY_FILE);
+        std::fs::rename(&pending, &current).map_err(internal)?;
+        if let Ok(dir) = std::fs::File::open(&self.keys.dir) {
+            let _ = dir.sync_all();
+        }
+        *self
+            .keys
+            .signing
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = new;
+        Ok(())
     }
 
     /// Checkpoints every `interval` until the task is dropped.
@@ -201,6 +316,8 @@ impl Auditor {
         &self,
         tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
     ) -> Result<(), ServiceError> {
+        // The final checkpoint must be signed by the key the exported chain trusts.
+        let _no_rotation = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
         let checkpoints = self.store.checkpoints(1, head.seq).await?;
         let count = u64::try_from(checkpoints.len()).map_err(internal)? + 1;
@@ -231,9 +348,14 @@ impl Auditor {
                 break;
             }
         }
-        writer
-            .finish(&self.keys.signing, now_ms())
-            .map_err(internal)?;
+        {
+            let key = self
+                .keys
+                .signing
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            writer.finish(&key, now_ms()).map_err(internal)?;
+        }
         send(&tx, buffer.take()).await;
         Ok(())
     }
@@ -357,6 +479,21 @@ impl AuditService for AuditApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::AuditPublicKey>, Status> {
+        let requested_by = request.into_inner().requested_by;
+        let key = self
+            .auditor
+            .rotate_signing_key(crate::service::actor(&requested_by))
+            .await?;
+        Ok(Response::new(pb::AuditPublicKey {
+            public_key: key.to_text(),
+            key_id: key.key_id(),
+        }))
     }
 
     async fn get_public_key(

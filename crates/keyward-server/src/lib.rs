@@ -50,6 +50,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] keyward_store::StoreError),
+    #[error("cannot finish an interrupted audit signing key rotation: {0}")]
+    AuditRecovery(String),
     #[error("cannot load the tenants' revocation states: {0}")]
     Revocations(String),
     #[error("cannot load the audit keys: {0}")]
@@ -137,6 +139,10 @@ pub async fn start_with_providers(
     let hasher = Arc::clone(audit_keys.hasher());
     tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
     let auditor = Arc::new(audit::Auditor::new(Arc::clone(&store), audit_keys));
+    auditor
+        .recover_rotation()
+        .await
+        .map_err(|e| StartError::AuditRecovery(e.to_string()))?;
     let keyring = Arc::new(Keyring::new(
         store,
         providers,

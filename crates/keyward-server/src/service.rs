@@ -259,7 +259,7 @@ fn reason(raw: &str) -> Result<&str, ServiceError> {
 
 /// The recorded actor. Callers are not authenticated yet (authorization issue):
 /// the name is what the caller claimed, and recorded as such.
-fn actor(requested_by: &str) -> String {
+pub(crate) fn actor(requested_by: &str) -> String {
     let name: String = requested_by
         .chars()
         .filter(|c| !c.is_control())

@@ -200,3 +200,81 @@ fn export_verifies_offline_and_tampering_is_pinpointed() {
     assert!(!ok, "{err}");
     assert!(err.contains("verification FAILED"), "{err}");
 }
+
+#[test]
+fn signing_key_rotation_keeps_exports_verifiable_with_the_first_key() {
+    let server = Server::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(server.onboard("before"));
+    let (ok, first_key, err) = server.cli(&["audit", "public-key"], b"");
+    assert!(ok, "{err}");
+    let first_key = String::from_utf8(first_key).unwrap().trim().to_owned();
+
+    let (ok, new_key, err) = server.cli(
+        &["audit", "rotate-signing-key", "--requested-by", "ops"],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let new_key = String::from_utf8(new_key).unwrap().trim().to_owned();
+    assert_ne!(new_key, first_key);
+    let (ok, current, _) = server.cli(&["audit", "public-key"], b"");
+    assert!(ok);
+    assert_eq!(String::from_utf8(current).unwrap().trim(), new_key);
+    rt.block_on(server.onboard("after"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("audit.jsonl");
+    let (ok, _, err) = server.cli(
+        &["audit", "export", "--output", export.to_str().unwrap()],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(text.contains("signing_key_rotated"));
+    // Trust flows forward from the first key through the recorded rotation...
+    let (ok, out, err) = server.cli(
+        &[
+            "audit",
+            "verify",
+            export.to_str().unwrap(),
+            "--public-key",
+            &first_key,
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("OK:"));
+    // ...but the new key alone cannot vouch for the records before it.
+    let (ok, _, err) = server.cli(
+        &[
+            "audit",
+            "verify",
+            export.to_str().unwrap(),
+            "--public-key",
+            &new_key,
+        ],
+        b"",
+    );
+    assert!(!ok && err.contains("verification FAILED"), "{err}");
+}
+
+#[test]
+fn a_pending_signing_key_whose_rotation_was_never_recorded_is_discarded_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start_in(dir.path(), &[]);
+    let (ok, key, _) = first.cli(&["audit", "public-key"], b"");
+    assert!(ok);
+    first.kill_9();
+    // A crash after writing the new key but before recording the rotation.
+    let pending = dir.path().join("audit").join("signing-key.pk8.new");
+    let stray = keyward_audit::SigningKey::generate()
+        .unwrap()
+        .to_pkcs8()
+        .unwrap();
+    std::fs::write(&pending, stray.as_slice()).unwrap();
+    let second = Server::start_in(dir.path(), &[]);
+    assert!(!pending.exists(), "the unrecorded key is discarded");
+    let (ok, again, _) = second.cli(&["audit", "public-key"], b"");
+    assert!(ok);
+    assert_eq!(again, key, "the recorded key stays in charge");
+}
