@@ -5,7 +5,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError, RwLock},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use keyward_envelope::TenantId;
@@ -18,14 +21,15 @@ pub(crate) struct Closed {
     pub(crate) since_ms: i64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Gate {
     /// Bumped whenever the tenant is closed or reopened: a key loaded under an
     /// older generation is never used.
     generation: u64,
     closed: Option<Closed>,
-    /// When this replica last returned plaintext for the tenant.
-    last_plaintext_ms: Option<i64>,
+    /// When this replica last returned plaintext for the tenant (0: never).
+    /// Atomic so that releasing plaintext needs only the read lock.
+    last_plaintext_ms: Arc<AtomicI64>,
 }
 
 /// Requests denied per (tenant, second), awaiting their audit record.
@@ -45,10 +49,11 @@ impl Gates {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tenant)
-            .copied()
+            .map(|g| (g.generation, g.closed))
             .unwrap_or_default();
-        match gate.closed {
-            None => Ok(gate.generation),
+        let (generation, closed) = gate;
+        match closed {
+            None => Ok(generation),
             Some(closed) => {
                 *self
                     .denials
@@ -96,18 +101,30 @@ impl Gates {
 
     /// Records that plaintext is about to be returned: succeeds only if the
     /// tenant is still open at `generation` (the last check before a response).
+    /// Holding the read lock excludes a concurrent close, which takes the write lock.
     pub(crate) fn release_plaintext(
         &self,
         tenant: &TenantId,
         generation: u64,
         now_ms: i64,
     ) -> Result<(), Option<Closed>> {
+        {
+            let gates = self.gates.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(gate) = gates.get(tenant) {
+                if gate.closed.is_some() || gate.generation != generation {
+                    return Err(gate.closed);
+                }
+                gate.last_plaintext_ms.store(now_ms, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        // First plaintext for this tenant on this replica: create its gate.
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
         let gate = gates.entry(tenant.clone()).or_default();
         if gate.closed.is_some() || gate.generation != generation {
             return Err(gate.closed);
         }
-        gate.last_plaintext_ms = Some(now_ms);
+        gate.last_plaintext_ms.store(now_ms, Ordering::Relaxed);
         Ok(())
     }
 
@@ -116,7 +133,8 @@ impl Gates {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tenant)
-            .and_then(|g| g.last_plaintext_ms)
+            .map(|g| g.last_plaintext_ms.load(Ordering::Relaxed))
+            .filter(|ms| *ms > 0)
     }
 
     /// Takes the denial counts of seconds that are over (before `now_ms`'s second).

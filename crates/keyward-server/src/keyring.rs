@@ -490,11 +490,8 @@ impl Keyring {
         envelope: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
-        let hit = parse(envelope).is_ok_and(|e| {
-            self.deks
-                .contains_key(&(tenant.clone(), *e.header().dek_id()))
-        });
-        let result = self.decrypt_inner(tenant, envelope, ctx).await;
+        let mut hit = false;
+        let result = self.decrypt_inner(tenant, envelope, ctx, &mut hit).await;
         self.usage.record(tenant, now_ms(), |u| match &result {
             Ok(plaintext) => {
                 u.decrypts += 1;
@@ -511,12 +508,14 @@ impl Keyring {
         tenant: &TenantId,
         envelope: &[u8],
         ctx: &EncryptionContext,
+        hit: &mut bool,
     ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
         let envelope = parse(envelope).map_err(classify_parse_error)?;
         let header = envelope.header();
         if header.tenant() != tenant {
             return Err(ServiceError::TenantMismatch);
         }
+        *hit = self.deks.contains_key(&(tenant.clone(), *header.dek_id()));
         for _ in 0..2 {
             let generation = self.admit(tenant)?;
             let dek = self.dek(tenant, header.dek_id()).await?;
