@@ -22,6 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod suite;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keyward_kms::local::LocalProvider;
@@ -42,6 +44,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Keyward against its floors (cipher and gRPC), as ratios measured in the same run.
+    Suite {
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/suite.json")]
+        json: PathBuf,
+    },
     /// The revocation window: time to first denial, plaintexts served after the KMS refuses.
     Revocation {
         /// Concurrent decrypt loops.
@@ -86,6 +94,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Revocation { workers, json } => revocation(workers, &json).await,
+        Command::Suite { json } => {
+            let report = suite::run().await?;
+            println!("{}", report.text);
+            if let Some(dir) = json.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&json, serde_json::to_vec_pretty(&report.json)?)?;
+            eprintln!("wrote {}", json.display());
+            Ok(())
+        }
     }
 }
 
