@@ -256,23 +256,14 @@ impl Auditor {
         let new = SigningKey::from_pkcs8(&der).map_err(internal)?;
         let new_id = new.public_key().key_id();
         let mut recorded = false;
-        let mut after = 0;
-        loop {
-            let page = self
-                .store
-                .audit_records(
-                    &AuditQuery::default()
-                        .with_event_type("signing_key_rotated")
-                        .with_after_seq(after)
-                        .with_limit(PAGE),
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq();
-            recorded |= page.iter().any(|r| {
-                matches!(r.event(), keyward_audit::AuditEvent::SigningKeyRotated { new_key_id, .. } if *new_key_id == new_id)
-            });
-        }
+        scan_audit(
+            self.store.as_ref(),
+            AuditQuery::default().with_event_type("signing_key_rotated"),
+            |r| {
+                recorded |= matches!(r.event(), keyward_audit::AuditEvent::SigningKeyRotated { new_key_id, .. } if *new_key_id == new_id);
+            },
+        )
+        .await?;
         if recorded {
             // The covering checkpoint may be missing too: sign one with the old key first.
             self.checkpoint().await?;
@@ -358,6 +349,25 @@ impl Auditor {
         }
         send(&tx, buffer.take()).await;
         Ok(())
+    }
+}
+
+/// Calls `f` on every record matching `query`, oldest first, page by page.
+pub(crate) async fn scan_audit(
+    store: &dyn Store,
+    query: AuditQuery,
+    mut f: impl FnMut(&Record),
+) -> Result<(), ServiceError> {
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_records(&query.clone().with_after_seq(after).with_limit(PAGE))
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.seq();
+        page.iter().for_each(&mut f);
     }
 }
 

@@ -515,15 +515,21 @@ impl Keyring {
         if header.tenant() != tenant {
             return Err(ServiceError::TenantMismatch);
         }
-        *hit = self.deks.contains_key(&(tenant.clone(), *header.dek_id()));
-        for _ in 0..2 {
+        let key = (tenant.clone(), *header.dek_id());
+        for attempt in 0..2 {
             let generation = self.admit(tenant)?;
-            let dek = self.dek(tenant, header.dek_id()).await?;
+            // One lookup on the hot path; the single-flight loader only on a miss.
+            let dek = match self.deks.get(&key).await {
+                Some(dek) => {
+                    *hit = attempt == 0;
+                    dek
+                }
+                None => self.dek(tenant, header.dek_id()).await?,
+            };
             if dek.generation != generation {
                 // Loaded before a revocation or restoration of this tenant.
-                self.deks
-                    .invalidate(&(tenant.clone(), *header.dek_id()))
-                    .await;
+                *hit = false;
+                self.deks.invalidate(&key).await;
                 continue;
             }
             let plaintext = envelope.open(&dek.key, ctx).map_err(|e| match e {

@@ -25,31 +25,41 @@ pub(crate) struct Usage {
     pub(crate) errors: u64,
 }
 
+/// Counts by tenant, then by minute (Unix seconds of its start).
 #[derive(Debug, Default)]
 pub(crate) struct UsageMeter {
-    minutes: Mutex<HashMap<(TenantId, i64), Usage>>,
+    tenants: Mutex<HashMap<TenantId, HashMap<i64, Usage>>>,
 }
 
 impl UsageMeter {
+    /// Called on every request: the tenant id is cloned only for a tenant's
+    /// first request since its counts were last taken.
     pub(crate) fn record(&self, tenant: &TenantId, now_ms: i64, update: impl FnOnce(&mut Usage)) {
         let minute = now_ms.div_euclid(60_000) * 60;
-        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
-        update(minutes.entry((tenant.clone(), minute)).or_default());
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let minutes = match tenants.get_mut(tenant) {
+            Some(minutes) => minutes,
+            None => tenants.entry(tenant.clone()).or_default(),
+        };
+        update(minutes.entry(minute).or_default());
     }
 
     /// Takes the counts of minutes that ended before `now_ms`, oldest first.
     pub(crate) fn take_finished(&self, now_ms: i64) -> Vec<(TenantId, i64, Usage)> {
         let current = now_ms.div_euclid(60_000).saturating_mul(60);
-        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
-        let done: Vec<(TenantId, i64)> = minutes
-            .keys()
-            .filter(|(_, minute)| *minute < current)
-            .cloned()
-            .collect();
-        let mut out: Vec<(TenantId, i64, Usage)> = done
-            .into_iter()
-            .filter_map(|key| minutes.remove(&key).map(|u| (key.0, key.1, u)))
-            .collect();
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (tenant, minutes) in tenants.iter_mut() {
+            minutes.retain(|minute, usage| {
+                if *minute < current {
+                    out.push((tenant.clone(), *minute, *usage));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        tenants.retain(|_, minutes| !minutes.is_empty());
         out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         out
     }

@@ -523,29 +523,21 @@ impl Keyring {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<RevocationSource>, ServiceError> {
-        let mut after = 0;
         let mut last = None;
-        loop {
-            let page = self
-                .store
-                .audit_records(
-                    &AuditQuery::default()
-                        .with_tenant(tenant.clone())
-                        .with_event_type("revocation_state_changed")
-                        .with_after_seq(after)
-                        .with_limit(1000),
-                )
-                .await?;
-            let Some(end) = page.last() else { break };
-            after = end.seq();
-            for record in &page {
+        crate::audit::scan_audit(
+            self.store.as_ref(),
+            AuditQuery::default()
+                .with_tenant(tenant.clone())
+                .with_event_type("revocation_state_changed"),
+            |record| {
                 if let AuditEvent::RevocationStateChanged(t) = record.event()
                     && t.to != AuditKeyState::Unavailable
                 {
                     last = Some(t.source);
                 }
-            }
-        }
+            },
+        )
+        .await?;
         Ok(last)
     }
 }
