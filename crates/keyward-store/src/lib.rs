@@ -1,9 +1,11 @@
 //! Keyward's durable store: tenants, KEK bindings, wrapped tenant keys, wrapped DEKs and the
 //! hash-chained audit log.
 //!
-//! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and a
-//! PostgreSQL backend (module `postgres`, feature-gated) will live beside it. Every backend runs
-//! the same `conformance` suite (module and feature `conformance`).
+//! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and
+//! `postgres::PostgresStore` (module and feature `postgres`) serves several replicas on one
+//! PostgreSQL database. Both share their statements and write transactions (private module
+//! `sql`) and differ in how a write transaction takes the write lock. Every backend runs the same
+//! `conformance` suite (module and feature `conformance`).
 //!
 //! The store is precious: wrapped tenant keys and wrapped DEKs live only here, and a key that
 //! appears in an envelope returned to a caller must be committed (durably) first. See
@@ -24,6 +26,9 @@ pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod decode;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 /// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.
@@ -410,14 +415,17 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Keyward's durable state. Implementations: [`sqlite::SqliteStore`]; PostgreSQL later.
+/// Keyward's durable state. Implementations: [`sqlite::SqliteStore`] and, with the `postgres`
+/// feature, `postgres::PostgresStore`.
 ///
 /// Every write method runs in one transaction and is committed durably before it returns `Ok`.
 /// Lifecycle methods (`create_tenant`, `bind_kek`, `set_binding_state`, `insert_dek`) append the
 /// audit events their [`AuditFn`] returns in that same transaction, at the head of the chain read
 /// under the transaction's write lock; if appending fails, nothing is changed and the error is
 /// returned (fail closed). Record times come from the store's clock at append time and never go
-/// backwards along the chain.
+/// backwards along the chain. Write transactions of all processes sharing one database are
+/// serialized (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a lock on the audit chain's lock row), so
+/// the chain stays one chain with several writers.
 /// Lookups by tenant-scoped id return `None` when the row belongs to another tenant, exactly as
 /// when it does not exist.
 #[async_trait::async_trait]
@@ -480,8 +488,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// One transaction: retire the current active DEK of (tenant, scope) if any
     /// (retired_at_ms = now), insert the new one, append `audit(&result)`. The tenant key must
     /// exist and belong to the tenant (else NotFound); duplicate id -> AlreadyExists. Durable
-    /// (committed, synchronous=FULL) before returning: an envelope depending on it may be
-    /// returned right after.
+    /// (committed; SQLite `synchronous=FULL`, PostgreSQL `synchronous_commit=on`) before
+    /// returning: an envelope depending on it may be returned right after. Concurrent calls for
+    /// one (tenant, scope), from one process or several, each succeed (the later retiring the
+    /// earlier) or fail with `Conflict`; never two active DEKs.
     async fn insert_dek(
         &self,
         dek: NewDek,

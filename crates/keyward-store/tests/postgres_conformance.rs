@@ -1,0 +1,1203 @@
+//! The store conformance suite on PostgreSQL, plus what only this backend can show: several
+//! replicas (separate pools) on one database, the append-only and gap-free triggers, migrations
+//! run by replicas starting at once, connection settings and `dump()`.
+//!
+//! Needs a PostgreSQL server: `KEYWARD_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) must name a role that may `CREATE DATABASE`;
+//! `scripts/test` makes sure one is there (`scripts/ensure-postgres.sh`). Without a server these
+//! tests fail, they are never skipped. Each test creates its own database `kw_test_<hex>` and
+//! drops it when it passes (a failed test leaves its database behind for inspection).
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests: a failure must abort with a message"
+)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward_store::conformance::{
+    self, binding_changed, dek_events, state_changed, tenant_created,
+};
+use keyward_store::postgres::{PostgresOptions, PostgresStore};
+use keyward_store::{
+    AuditEvent, AuditQuery, ChainHead, DekInsert, KekState, KeyId, NewDek, NewKekBinding, Record,
+    Scope, Store, StoreError, TenantId, WrappedKey,
+};
+use sqlx::{Connection, PgConnection, Row};
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
+
+/// The server the tests create their databases on.
+fn admin_url() -> String {
+    std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `url` with its database (the path) replaced by `database`; query parameters are kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL: {}", redacted(url)));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let query = tail.find('?').map_or("", |i| &tail[i..]);
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+async fn connect_admin(url: &str) -> PgConnection {
+    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "PostgreSQL is not reachable at {} ({e}). These tests need a server and are never \
+             skipped: run them through scripts/test (which sources scripts/ensure-postgres.sh), \
+             or start one and set {URL_VAR} to a URL whose role may CREATE DATABASE.",
+            redacted(url)
+        ),
+        Err(_) => panic!(
+            "PostgreSQL at {} did not answer within 10 s. These tests need a server: run them \
+             through scripts/test, or set {URL_VAR}.",
+            redacted(url)
+        ),
+    }
+}
+
+/// A fresh database for one test.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = admin_url();
+        let mut admin = connect_admin(&admin_url).await;
+        let name = format!("kw_test_{}", &KeyId::generate().unwrap().to_string()[..16]);
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create a test database on {} ({e}): the role must be allowed to \
+                     CREATE DATABASE",
+                    redacted(&admin_url)
+                )
+            });
+        admin.close().await.unwrap();
+        let url = with_database(&admin_url, &name);
+        TestDb {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    async fn store(&self) -> PostgresStore {
+        self.store_with(PostgresOptions::default()).await
+    }
+
+    async fn store_with(&self, options: PostgresOptions) -> PostgresStore {
+        PostgresStore::connect(&self.url, options).await.unwrap()
+    }
+
+    /// A connection that bypasses the store (to plant rows, or to try what the store never does).
+    async fn raw(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// Drops the database (best effort); called at the end of a test that passed.
+    async fn finish(self) {
+        let Ok(mut admin) = PgConnection::connect(&self.admin_url).await else {
+            return;
+        };
+        let forced = sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await;
+        if forced.is_err() {
+            // Before PostgreSQL 13 there is no FORCE.
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {}", self.name))
+                .execute(&mut admin)
+                .await;
+        }
+        let _ = admin.close().await;
+    }
+}
+
+/// A tenant with a binding and an active DEK in the default scope.
+async fn populate(store: &PostgresStore) -> (TenantId, NewKekBinding, NewDek) {
+    let tenant = conformance::unique_tenant_id();
+    store
+        .create_tenant(&tenant, "Persisted", &tenant_created)
+        .await
+        .unwrap();
+    let binding = NewKekBinding {
+        tenant: tenant.clone(),
+        provider: "local".to_owned(),
+        key_ref: "local:kek".to_owned(),
+        tenant_key_id: KeyId::generate().unwrap(),
+        wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
+    };
+    store
+        .bind_kek(binding.clone(), &binding_changed)
+        .await
+        .unwrap();
+    let dek = NewDek {
+        id: KeyId::generate().unwrap(),
+        tenant: tenant.clone(),
+        scope: Scope::default_scope(),
+        tenant_key_id: binding.tenant_key_id,
+        wrapped: WrappedKey::new(vec![255, 0, 7]),
+    };
+    store.insert_dek(dek.clone(), &dek_events).await.unwrap();
+    (tenant, binding, dek)
+}
+
+fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
+    AuditEvent::UsageSummary {
+        tenant: tenant.clone(),
+        minute: 0,
+        encrypts: n,
+        decrypts: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        kms_calls: 0,
+        cache_hits: 0,
+        errors: 0,
+    }
+}
+
+/// Every record of the chain, seq ascending.
+async fn whole_chain(store: &dyn Store) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    loop {
+        let after_seq = out.last().map_or(0, Record::seq);
+        let page = store
+            .audit_records(&AuditQuery::default().with_after_seq(after_seq))
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+// ----- the conformance suite ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    conformance::run_all(&store).await;
+    store.close().await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_a_shared_database_from_two_replicas() {
+    // Consecutive runs on one database that already holds other data, the second through
+    // another pool, as a second replica would. (Runs must not overlap: the "nothing inserted"
+    // checks compare global counts.)
+    let db = TestDb::create().await;
+    let first = db.store().await;
+    populate(&first).await;
+    conformance::run_all(&first).await;
+    let second = db.store().await;
+    conformance::run_all(&second).await;
+    first.close().await;
+    second.close().await;
+    db.finish().await;
+}
+
+// ----- several replicas ---------------------------------------------------------------------
+
+/// Two replicas (two pools on one database) hammer one (tenant, scope) with `insert_dek` and
+/// the chain with `append_audit`, all at once: exactly one DEK stays active, every DEK either
+/// replica was told about is stored and readable from both, the DEKs form one line of
+/// retirements (as if the inserts had run one after another), and the audit chain is one
+/// gap-free, linked chain holding every record each replica was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_mint_deks_and_append_audit_concurrently() {
+    const TASKS_PER_REPLICA: u64 = 8;
+    const ROUNDS: u64 = 5;
+    let db = TestDb::create().await;
+    let options = PostgresOptions {
+        max_connections: 4,
+        ..PostgresOptions::default()
+    };
+    let a = Arc::new(db.store_with(options.clone()).await);
+    let b = Arc::new(db.store_with(options).await);
+    let tenant = conformance::unique_tenant_id();
+    a.create_tenant(&tenant, "Hammered", &tenant_created)
+        .await
+        .unwrap();
+    let binding = b
+        .bind_kek(
+            NewKekBinding {
+                tenant: tenant.clone(),
+                provider: "local".to_owned(),
+                key_ref: "local:kek".to_owned(),
+                tenant_key_id: KeyId::generate().unwrap(),
+                wrapped_tenant_key: WrappedKey::new(vec![7; 61]),
+            },
+            &binding_changed,
+        )
+        .await
+        .unwrap();
+    let scope = Scope::try_from("hammered").unwrap();
+
+    let tasks = usize::try_from(2 * TASKS_PER_REPLICA).unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for (replica, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for task in 0..TASKS_PER_REPLICA {
+            let store = store.clone();
+            let start = start.clone();
+            let tenant = tenant.clone();
+            let scope = scope.clone();
+            let tenant_key_id = binding.tenant_key_id;
+            let base = u64::try_from(replica).unwrap() * 1000 + task * 100;
+            handles.push(tokio::spawn(async move {
+                // All tasks of both replicas race for the first DEK, then for every next one.
+                start.wait().await;
+                let mut inserted: Vec<(NewDek, Result<DekInsert, StoreError>)> = Vec::new();
+                let mut appended: Vec<Record> = Vec::new();
+                for round in 0..ROUNDS {
+                    let id = KeyId::generate().unwrap();
+                    let dek = NewDek {
+                        id,
+                        tenant: tenant.clone(),
+                        scope: scope.clone(),
+                        tenant_key_id,
+                        wrapped: WrappedKey::new(id.to_string().into_bytes()),
+                    };
+                    let result = store.insert_dek(dek.clone(), &dek_events).await;
+                    inserted.push((dek, result));
+                    let records = store
+                        .append_audit(vec![
+                            usage_event(&tenant, base + round),
+                            usage_event(&tenant, 10_000 + base + round),
+                        ])
+                        .await
+                        .unwrap();
+                    appended.extend(records);
+                }
+                (inserted, appended)
+            }));
+        }
+    }
+    let mut succeeded: Vec<(NewDek, DekInsert)> = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut appended: Vec<Record> = Vec::new();
+    for handle in handles {
+        let (inserted, records) = handle.await.unwrap();
+        for (dek, result) in inserted {
+            match result {
+                Ok(done) => succeeded.push((dek, done)),
+                Err(StoreError::Conflict(m)) => conflicts.push((dek, m)),
+                Err(other) => panic!("insert_dek failed uncleanly: {other:?}"),
+            }
+        }
+        appended.extend(records);
+    }
+    let total = usize::try_from(2 * TASKS_PER_REPLICA * ROUNDS).unwrap();
+    // A Conflict would be allowed by the Store contract, but the chain lock serializes the
+    // writers of all replicas, so none should lose a race here.
+    assert!(
+        conflicts.is_empty(),
+        "insert_dek conflicts despite the chain lock: {conflicts:?}"
+    );
+    assert_eq!(succeeded.len(), total);
+
+    // Exactly one active DEK, seen alike from both replicas and in the table itself.
+    let active = a.active_dek(&tenant, &scope).await.unwrap().unwrap();
+    assert_eq!(
+        b.active_dek(&tenant, &scope).await.unwrap(),
+        Some(active.clone())
+    );
+    let mut raw = db.raw().await;
+    let active_rows: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deks WHERE tenant_id = $1 AND scope = $2 AND retired_at_ms IS NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(scope.as_str())
+    .fetch_one(&mut raw)
+    .await
+    .unwrap();
+    assert_eq!(active_rows, 1, "exactly one active DEK");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deks WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        i64::try_from(total).unwrap(),
+        "one row per acknowledged DEK"
+    );
+
+    // No lost key: every acknowledged DEK is stored, readable from both replicas, byte for byte.
+    for (dek, done) in &succeeded {
+        assert_eq!(done.dek.id, dek.id);
+        for store in [&a, &b] {
+            let got = store.get_dek(&tenant, &dek.id).await.unwrap().unwrap();
+            assert_eq!(got.wrapped, dek.wrapped);
+            assert_eq!(got.scope, scope);
+            assert_eq!(got.tenant_key_id, binding.tenant_key_id);
+        }
+    }
+    // One line of retirements: exactly one insert retired nothing (the first), every other DEK
+    // was retired by exactly one insert, and the active one by none.
+    let ids: HashSet<KeyId> = succeeded.iter().map(|(dek, _)| dek.id).collect();
+    let retired: Vec<KeyId> = succeeded.iter().filter_map(|(_, d)| d.retired).collect();
+    assert_eq!(
+        retired.len(),
+        total - 1,
+        "exactly one insert found no active DEK"
+    );
+    let retired_set: HashSet<KeyId> = retired.iter().copied().collect();
+    assert_eq!(retired_set.len(), retired.len(), "no DEK retired twice");
+    assert!(retired_set.is_subset(&ids));
+    assert!(!retired_set.contains(&active.id));
+    assert_eq!(retired_set.len() + 1, ids.len());
+    for id in &retired_set {
+        assert!(
+            a.get_dek(&tenant, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .retired_at_ms
+                .is_some()
+        );
+    }
+
+    // One chain: gap-free from genesis, every record verifies and links to its predecessor,
+    // and it ends at the head both replicas report.
+    conformance::check_audit_chain_links(&*a).await;
+    conformance::check_audit_chain_links(&*b).await;
+    let head = a.audit_head().await.unwrap();
+    assert_eq!(b.audit_head().await.unwrap(), head);
+    let chain = whole_chain(&*b).await;
+    assert_eq!(u64::try_from(chain.len()).unwrap(), head.seq, "no gaps");
+    for (i, record) in chain.iter().enumerate() {
+        assert_eq!(record.seq(), u64::try_from(i).unwrap() + 1);
+    }
+    for pair in chain.windows(2) {
+        assert!(
+            pair[1].time_ms() >= pair[0].time_ms(),
+            "times never go back"
+        );
+    }
+    // What each replica was told it appended is exactly what the chain holds at that seq.
+    assert_eq!(appended.len(), 2 * total);
+    for record in &appended {
+        let stored = &chain[usize::try_from(record.seq() - 1).unwrap()];
+        assert_eq!(stored, record, "seq {} forked", record.seq());
+    }
+    let count = |event_type: &str| {
+        chain
+            .iter()
+            .filter(|r| r.event().event_type() == event_type)
+            .filter(|r| r.event().tenant() == Some(&tenant))
+            .count()
+    };
+    assert_eq!(count("dek_created"), total);
+    assert_eq!(count("dek_retired"), total - 1);
+    assert_eq!(count("usage_summary"), 2 * total);
+
+    a.close().await;
+    b.close().await;
+    db.finish().await;
+}
+
+/// Both replicas rebind one tenant at once: every call succeeds, exactly one binding stays
+/// current, and each new binding names the one it replaced (one line of bindings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_rebind_one_tenant_concurrently() {
+    let db = TestDb::create().await;
+    let a = Arc::new(db.store().await);
+    let b = Arc::new(db.store().await);
+    let tenant = conformance::unique_tenant_id();
+    a.create_tenant(&tenant, "Rebound", &tenant_created)
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..12usize {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let tenant = tenant.clone();
+        let seen = seen.clone();
+        handles.push(tokio::spawn(async move {
+            let record = move |change: &keyward_store::BindingChange| {
+                seen.lock()
+                    .unwrap()
+                    .push((change.binding.id, change.previous));
+                binding_changed(change)
+            };
+            store
+                .bind_kek(
+                    NewKekBinding {
+                        tenant: tenant.clone(),
+                        provider: "local".to_owned(),
+                        key_ref: format!("local:kek-{i}"),
+                        tenant_key_id: KeyId::generate().unwrap(),
+                        wrapped_tenant_key: WrappedKey::new(vec![u8::try_from(i).unwrap(); 61]),
+                    },
+                    &record,
+                )
+                .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        ids.push(handle.await.unwrap().unwrap().id);
+    }
+    let all = b.list_bindings(&tenant).await.unwrap();
+    assert_eq!(all.len(), 12);
+    let current: Vec<_> = all
+        .iter()
+        .filter(|x| x.deactivated_at_ms.is_none())
+        .collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(
+        a.active_binding(&tenant).await.unwrap().as_ref(),
+        Some(current[0])
+    );
+    // Committed closures (one call each, no retries needed) name their predecessor: the ids in
+    // commit order, each pointing at the one before.
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 12);
+    assert_eq!(seen[0].1, None);
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1].1, Some(pair[0].0));
+    }
+    assert_eq!(seen.last().unwrap().0, current[0].id);
+    conformance::check_audit_chain_links(&*a).await;
+    a.close().await;
+    b.close().await;
+    db.finish().await;
+}
+
+// ----- the audit log ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn audit_tables_are_append_only() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, _, _) = populate(&store).await;
+    let head = store.audit_head().await.unwrap();
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    store
+        .insert_checkpoint(&key.sign_checkpoint(&head, 1).unwrap())
+        .await
+        .unwrap();
+    let before = store.dump().await.unwrap();
+
+    // Through the store's own pool and through a raw superuser connection alike.
+    let mut raw = db.raw().await;
+    for sql in [
+        "UPDATE audit_records SET time_ms = 0",
+        "UPDATE audit_records SET body = body || ' '",
+        "DELETE FROM audit_records",
+        "DELETE FROM audit_records WHERE seq = (SELECT MAX(seq) FROM audit_records)",
+        "TRUNCATE audit_records",
+        "UPDATE audit_checkpoints SET time_ms = 0",
+        "DELETE FROM audit_checkpoints",
+        "TRUNCATE audit_checkpoints",
+        "DELETE FROM audit_chain_lock",
+        "UPDATE audit_chain_lock SET id = 1",
+        "INSERT INTO audit_chain_lock (id) VALUES (1)",
+        "TRUNCATE audit_chain_lock",
+    ] {
+        let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // A record must extend the chain by exactly one: no gaps, no reuse of a seq.
+    let next = Record::append(&head, 1, usage_event(&tenant, 1)).unwrap();
+    let skipped = Record::append(&next.head(), 1, usage_event(&tenant, 1)).unwrap();
+    for (seq, record) in [(skipped.seq(), &skipped), (head.seq, &next)] {
+        let err = sqlx::query(
+            "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(i64::try_from(seq).unwrap())
+        .bind(record.time_ms())
+        .bind(record.event().event_type())
+        .bind(tenant.as_str())
+        .bind(String::from_utf8(record.canonical_bytes()).unwrap())
+        .bind(hex::encode(record.hash()))
+        .execute(&mut raw)
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("extend the chain by one"),
+            "seq {seq}: {err}"
+        );
+    }
+    raw.close().await.unwrap();
+    assert_eq!(store.dump().await.unwrap(), before);
+    // The store still appends normally afterwards.
+    let appended = store
+        .append_audit(vec![usage_event(&tenant, 2)])
+        .await
+        .unwrap();
+    assert!(appended[0].follows(&head));
+    store.close().await;
+    db.finish().await;
+}
+
+/// A raw writer bypassing the store still cannot leave two active DEKs for one scope or two
+/// current bindings for one tenant: the partial unique indexes hold on their own.
+#[tokio::test]
+async fn unique_indexes_hold_for_writers_that_bypass_the_store() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, binding, _) = populate(&store).await;
+    let mut raw = db.raw().await;
+    let err = sqlx::query(
+        "INSERT INTO deks (id, tenant_id, scope, tenant_key_id, wrapped, created_at_ms) \
+         VALUES ($1, $2, 'default', $3, '\\x00', 0)",
+    )
+    .bind(KeyId::generate().unwrap().to_string())
+    .bind(tenant.as_str())
+    .bind(binding.tenant_key_id.to_string())
+    .execute(&mut raw)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("deks_one_active_per_scope"),
+        "{err}"
+    );
+    let err = sqlx::query(
+        "INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
+         state_changed_at_ms) VALUES ($1, 'local', 'x', 'active', 0, 0)",
+    )
+    .bind(tenant.as_str())
+    .execute(&mut raw)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kek_bindings_one_current_per_tenant"),
+        "{err}"
+    );
+    raw.close().await.unwrap();
+    store.close().await;
+    db.finish().await;
+}
+
+/// Installs a trigger that makes every audit append fail, as a full or broken audit table would.
+async fn break_audit_writes(raw: &mut PgConnection) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
+         FOR EACH ROW EXECUTE FUNCTION fail_audit();",
+    )
+    .execute(&mut *raw)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, binding, dek) = populate(&store).await;
+    let binding_id = store.active_binding(&tenant).await.unwrap().unwrap().id;
+    let mut raw = db.raw().await;
+    break_audit_writes(&mut raw).await;
+    let before = store.dump().await.unwrap();
+
+    let new_tenant = conformance::unique_tenant_id();
+    let new_binding = NewKekBinding {
+        tenant_key_id: KeyId::generate().unwrap(),
+        key_ref: "local:kek-2".to_owned(),
+        ..binding.clone()
+    };
+    let new_dek = NewDek {
+        id: KeyId::generate().unwrap(),
+        ..dek.clone()
+    };
+    let is_backend = |e: StoreError| matches!(e, StoreError::Backend(_));
+
+    let err = store
+        .create_tenant(&new_tenant, "Unaudited", &tenant_created)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .bind_kek(new_binding.clone(), &binding_changed)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .insert_dek(new_dek.clone(), &dek_events)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    let err = store
+        .append_audit(vec![usage_event(&tenant, 1)])
+        .await
+        .unwrap_err();
+    assert!(is_backend(err));
+    assert_eq!(
+        store.dump().await.unwrap(),
+        before,
+        "no change without its record"
+    );
+
+    // Once the audit log accepts writes again, the same calls succeed, each with its records.
+    sqlx::raw_sql("DROP TRIGGER fail_audit ON audit_records")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let head = store.audit_head().await.unwrap();
+    store
+        .create_tenant(&new_tenant, "Audited", &tenant_created)
+        .await
+        .unwrap();
+    store.bind_kek(new_binding, &binding_changed).await.unwrap();
+    let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
+    assert_eq!(inserted.retired, Some(dek.id));
+    store
+        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .await
+        .unwrap();
+    store
+        .append_audit(vec![usage_event(&tenant, 1)])
+        .await
+        .unwrap();
+    let after = store
+        .audit_records(&AuditQuery::default().with_after_seq(head.seq))
+        .await
+        .unwrap();
+    // tenant_created 1, binding 2, DEK (retired + created) 2, state 1, usage 1.
+    assert_eq!(after.len(), 7);
+    assert_eq!(store.audit_head().await.unwrap(), after[6].head());
+    raw.close().await.unwrap();
+    store.close().await;
+    db.finish().await;
+}
+
+/// Without the chain lock row the store cannot serialize writers, so it refuses to write
+/// (reads go on).
+#[tokio::test]
+async fn a_missing_chain_lock_row_stops_writes() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, _, dek) = populate(&store).await;
+    let mut raw = db.raw().await;
+    sqlx::raw_sql(
+        "ALTER TABLE audit_chain_lock DISABLE TRIGGER audit_chain_lock_fixed; \
+         DELETE FROM audit_chain_lock;",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let err = store
+        .append_audit(vec![usage_event(&tenant, 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.starts_with("audit_chain_lock.id:")),
+        "{err:?}"
+    );
+    let err = store
+        .create_tenant(&conformance::unique_tenant_id(), "x", &tenant_created)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(store.get_dek(&tenant, &dek.id).await.unwrap().is_some());
+    raw.close().await.unwrap();
+    store.close().await;
+    db.finish().await;
+}
+
+/// Someone who may alter the tables can disable the triggers and edit a record; reading it back
+/// then fails, naming the table, the column and the seq.
+#[tokio::test]
+async fn tampered_audit_records_are_reported_as_corrupt() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, _, _) = populate(&store).await;
+    let query = AuditQuery::default().with_tenant(tenant.clone());
+    let records = store.audit_records(&query).await.unwrap();
+    let seq = i64::try_from(records[0].seq()).unwrap();
+    let mut raw = db.raw().await;
+    sqlx::raw_sql("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let expect_corrupt = |err: StoreError, expected: &str| {
+        assert!(
+            matches!(&err, StoreError::Corrupt(m)
+                if m.starts_with(expected) && m.contains(&format!("record {seq}"))),
+            "{err:?}"
+        );
+    };
+
+    // The body edited, hash kept: the hash no longer matches.
+    let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = $1")
+        .bind(seq)
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
+        .bind(body.replace("conformance", "c0nformance"))
+        .bind(seq)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    expect_corrupt(
+        store.audit_records(&query).await.unwrap_err(),
+        "audit_records.hash:",
+    );
+    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
+        .bind(&body)
+        .bind(seq)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_records(&query).await.unwrap(),
+        records,
+        "restored"
+    );
+
+    // An index column that disagrees with the body.
+    sqlx::query("UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    expect_corrupt(
+        store.audit_records(&query).await.unwrap_err(),
+        "audit_records.time_ms:",
+    );
+    raw.close().await.unwrap();
+    store.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn record_times_never_go_backwards() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let tenant = conformance::unique_tenant_id();
+    // A record from the future, as after the clock stepped back (or another replica's clock
+    // running ahead).
+    let future = i64::MAX / 2;
+    let planted = Record::append(&ChainHead::GENESIS, future, usage_event(&tenant, 1)).unwrap();
+    let mut raw = db.raw().await;
+    sqlx::query(
+        "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
+         VALUES (1, $1, $2, $3, $4, $5)",
+    )
+    .bind(future)
+    .bind(planted.event().event_type())
+    .bind(tenant.as_str())
+    .bind(String::from_utf8(planted.canonical_bytes()).unwrap())
+    .bind(hex::encode(planted.hash()))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+
+    let appended = store
+        .append_audit(vec![usage_event(&tenant, 2)])
+        .await
+        .unwrap();
+    assert_eq!(appended[0].time_ms(), future);
+    assert!(appended[0].follows(&planted.head()));
+    store.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn checkpoint_of_the_empty_chain() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    let bad = ChainHead {
+        seq: 0,
+        hash: [1; 32],
+    };
+    let err = store
+        .insert_checkpoint(&key.sign_checkpoint(&bad, 5).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    let genesis = key.sign_checkpoint(&ChainHead::GENESIS, 5).unwrap();
+    store.insert_checkpoint(&genesis).await.unwrap();
+    assert_eq!(store.checkpoints(0, 0).await.unwrap(), vec![genesis]);
+    store.close().await;
+    db.finish().await;
+}
+
+// ----- data and requests --------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, binding, dek) = populate(&store).await;
+    let before = store.dump().await.unwrap();
+
+    // Duplicate tenant; a display name PostgreSQL cannot store.
+    assert!(
+        store
+            .create_tenant(&tenant, "again", &tenant_created)
+            .await
+            .is_err()
+    );
+    let err = store
+        .create_tenant(
+            &conformance::unique_tenant_id(),
+            "nul\0name",
+            &tenant_created,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    // Binding for an unknown tenant; binding reusing a tenant key id.
+    let mut bad_binding = binding.clone();
+    bad_binding.tenant = conformance::unique_tenant_id();
+    bad_binding.tenant_key_id = KeyId::generate().unwrap();
+    assert!(store.bind_kek(bad_binding, &binding_changed).await.is_err());
+    assert!(
+        store
+            .bind_kek(binding.clone(), &binding_changed)
+            .await
+            .is_err()
+    );
+    // DEK under an unknown tenant key; duplicate DEK id.
+    let mut bad_dek = dek.clone();
+    bad_dek.id = KeyId::generate().unwrap();
+    bad_dek.tenant_key_id = KeyId::generate().unwrap();
+    assert!(store.insert_dek(bad_dek, &dek_events).await.is_err());
+    assert!(store.insert_dek(dek.clone(), &dek_events).await.is_err());
+    // Usage for an unknown DEK; state of an unknown binding.
+    assert!(
+        store
+            .add_dek_usage(&tenant, &KeyId::generate().unwrap(), 1, 1)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .set_binding_state(-1, KekState::Revoked, &state_changed)
+            .await
+            .is_err()
+    );
+    // A checkpoint over a hash that is not the chain's, or beyond its head.
+    let key = keyward_audit::SigningKey::generate().unwrap();
+    let head = store.audit_head().await.unwrap();
+    for bad in [
+        ChainHead {
+            seq: head.seq,
+            hash: [9; 32],
+        },
+        ChainHead {
+            seq: head.seq + 1,
+            hash: head.hash,
+        },
+    ] {
+        let checkpoint = key.sign_checkpoint(&bad, 1).unwrap();
+        assert!(store.insert_checkpoint(&checkpoint).await.is_err());
+    }
+
+    assert_eq!(store.dump().await.unwrap(), before);
+    store.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn dump_is_deterministic_and_sees_every_write() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let empty = store.dump().await.unwrap();
+    assert_eq!(store.dump().await.unwrap(), empty);
+    for table in [
+        "audit_chain_lock",
+        "audit_checkpoints",
+        "audit_records",
+        "deks",
+        "kek_bindings",
+        "schema_migrations",
+        "tenant_keys",
+        "tenants",
+    ] {
+        assert!(empty.contains(&format!("table {table} (")), "{empty}");
+    }
+    let (tenant, _, dek) = populate(&store).await;
+    let populated = store.dump().await.unwrap();
+    assert_ne!(populated, empty);
+    assert_eq!(store.dump().await.unwrap(), populated);
+    // Wrapped bytes appear as hex.
+    assert!(populated.contains("\\\\x000102ff"), "{populated}");
+    assert!(populated.contains(&dek.id.to_string()));
+    store.add_dek_usage(&tenant, &dek.id, 1, 1).await.unwrap();
+    assert_ne!(store.dump().await.unwrap(), populated);
+    store.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_reported_with_table_and_column() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tenant, _, dek) = populate(&store).await;
+    let mut raw = db.raw().await;
+    sqlx::query("UPDATE deks SET scope = '' WHERE id = $1")
+        .bind(dek.id.to_string())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = store.get_dek(&tenant, &dek.id).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.starts_with("deks.scope:")),
+        "{err:?}"
+    );
+    sqlx::raw_sql(
+        "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check; \
+         UPDATE kek_bindings SET state = 'sleepy';",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let err = store.active_binding(&tenant).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.starts_with("kek_bindings.state:")),
+        "{err:?}"
+    );
+    raw.close().await.unwrap();
+    store.close().await;
+    db.finish().await;
+}
+
+// ----- migrations and connections -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_migrate_once() {
+    let db = TestDb::create().await;
+    let (a, b, c) = tokio::join!(
+        PostgresStore::connect(&db.url, PostgresOptions::default()),
+        PostgresStore::connect(&db.url, PostgresOptions::default()),
+        PostgresStore::connect(&db.url, PostgresOptions::default()),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    populate(&a).await;
+    let migrations = |store: PostgresStore| async move {
+        sqlx::query("SELECT version, applied_at_ms FROM schema_migrations ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get::<i64, _>(0), row.get::<i64, _>(1)))
+            .collect::<Vec<_>>()
+    };
+    let first = migrations(a.clone()).await;
+    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let dump = a.dump().await.unwrap();
+    assert_eq!(b.dump().await.unwrap(), dump);
+    assert_eq!(c.dump().await.unwrap(), dump);
+    for store in [a, b, c] {
+        store.close().await;
+    }
+    // Reconnecting applies nothing again.
+    let again = db.store().await;
+    assert_eq!(migrations(again.clone()).await, first, "nothing re-applied");
+    assert_eq!(again.dump().await.unwrap(), dump);
+    again.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (9999, 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let err = PostgresStore::connect(&db.url, PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("9999")),
+        "{err:?}"
+    );
+    db.finish().await;
+}
+
+/// `SHOW setting` on one connection.
+async fn show(conn: &mut PgConnection, setting: &str) -> String {
+    sqlx::query_scalar(&format!("SHOW {setting}"))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Pooled connections commit durably (synchronous_commit on, the server default left alone),
+/// carry the statement and idle-in-transaction timeouts, and name themselves; ping works until
+/// the pool is closed.
+#[tokio::test]
+async fn pooled_connections_are_durable_and_bounded() {
+    let db = TestDb::create().await;
+    let options = PostgresOptions {
+        max_connections: 3,
+        acquire_timeout: Duration::from_secs(1),
+        statement_timeout: Some(Duration::from_millis(1500)),
+    };
+    let store = db.store_with(options).await;
+    store.ping().await.unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(store.pool().acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        assert_eq!(show(conn, "synchronous_commit").await, "on");
+        assert_eq!(show(conn, "statement_timeout").await, "1500ms");
+        assert_eq!(
+            show(conn, "idle_in_transaction_session_timeout").await,
+            "1500ms"
+        );
+        assert_eq!(show(conn, "application_name").await, "keyward");
+        assert_eq!(show(conn, "server_encoding").await, "UTF8");
+    }
+    // The pool is bounded: a fourth acquire waits for the acquire timeout and fails.
+    let started = Instant::now();
+    let err = store.ping().await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The statement timeout bounds a statement (here: a sleep).
+    let started = Instant::now();
+    let err = sqlx::query("SELECT pg_sleep(5)")
+        .execute(&mut *conns[0])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop(conns);
+    store.ping().await.unwrap();
+    store.close().await;
+    assert!(store.ping().await.is_err(), "closed");
+
+    // Without a statement timeout the server's setting applies.
+    let unbounded = db
+        .store_with(PostgresOptions {
+            statement_timeout: None,
+            ..PostgresOptions::default()
+        })
+        .await;
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(unbounded.pool())
+        .await
+        .unwrap();
+    assert_eq!(timeout, "0");
+    unbounded.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn bad_urls_options_and_unreachable_servers_fail_cleanly() {
+    assert_eq!(
+        PostgresOptions::default(),
+        PostgresOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+        }
+    );
+    let err = PostgresStore::connect("not a url", PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    for bad in [
+        PostgresOptions {
+            max_connections: 0,
+            ..PostgresOptions::default()
+        },
+        PostgresOptions {
+            acquire_timeout: Duration::ZERO,
+            ..PostgresOptions::default()
+        },
+        PostgresOptions {
+            statement_timeout: Some(Duration::ZERO),
+            ..PostgresOptions::default()
+        },
+    ] {
+        let err = PostgresStore::connect(&admin_url(), bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
+    // Nothing listens on port 1: a Backend error, quickly.
+    let started = Instant::now();
+    let err = PostgresStore::connect(
+        "postgres://postgres@127.0.0.1:1/nothing",
+        PostgresOptions {
+            acquire_timeout: Duration::from_secs(2),
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn test_database_urls() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "kw_test_1"),
+        "postgres://postgres@127.0.0.1:5432/kw_test_1"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+        "postgres://u:p@h/x?sslmode=disable"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:5433", "x"),
+        "postgres://u@h:5433/x"
+    );
+    assert_eq!(
+        with_database("postgresql:///test?host=/run/postgresql", "x"),
+        "postgresql:///x?host=/run/postgresql"
+    );
+    assert_eq!(
+        redacted("postgres://u:secret@h:1/db"),
+        "postgres://u:***@h:1/db"
+    );
+    assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
+}
