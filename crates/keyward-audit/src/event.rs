@@ -84,12 +84,20 @@ pub enum AuditEvent {
         /// of the revocation window as seen by this replica), if it served any since start.
         last_plaintext_at_ms: Option<i64>,
     },
-    /// A caller was denied by authorization.
+    /// Calls refused by authorization (or authentication), aggregated per principal, action,
+    /// tenant and second (a flood of denied calls cannot exhaust storage; the count is exact).
     AuthorizationDenied {
+        /// The Cedar principal (`Service::"chat-api"`), or `unmapped:<certificate identity>`
+        /// when the identity is not in the mapping, or `unidentified`.
         principal: String,
+        /// The Cedar action (`Encrypt`, `RevokeKey`, …).
         action: String,
+        /// The tenant the call named, or null for calls about the whole deployment.
         #[serde(with = "opt_tenant_id")]
         tenant: Option<TenantId>,
+        /// Unix time in seconds.
+        second: i64,
+        count: u64,
     },
     /// Requests refused because the tenant's key is revoked, aggregated per tenant per second
     /// (a flood cannot exhaust storage; the count is exact).

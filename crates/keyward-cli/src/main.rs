@@ -37,8 +37,34 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     endpoint: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Mutual TLS for client commands (a server with `[tls]` configured; use an `https://` endpoint).
+#[derive(Debug, Clone, Args)]
+struct ClientTlsArgs {
+    /// CA certificate (PEM) the server's certificate must chain to.
+    #[arg(long, global = true, env = "KEYWARD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM); its SPIFFE ID or DNS name is the caller's identity.
+    #[arg(long, global = true, env = "KEYWARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, global = true, env = "KEYWARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name to verify in the server's certificate (default: the endpoint's host).
+    #[arg(long, global = true, env = "KEYWARD_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+}
+
+/// Where client commands connect, and how.
+#[derive(Debug, Clone)]
+struct Target {
+    endpoint: String,
+    tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +87,26 @@ enum Command {
     /// Read, export and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check the authorization policies before a change (no server needed).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate the Cedar policies against the schema and the identity mapping against both,
+    /// then replay the policy test cases; exits non-zero on any error or failed case.
+    Check {
+        /// Directory with schema.cedarschema and the *.cedar policies.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// The certificate-identity mapping (default: <policies>/identities.toml).
+        #[arg(long)]
+        identities: Option<PathBuf>,
+        /// Directory of test cases (default: <policies>/tests).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,14 +370,55 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let target = Target {
+        endpoint: cli.endpoint,
+        tls: cli.tls,
+    };
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Tenant(cmd) => tenant(&cli.endpoint, cmd).await,
-        Command::Encrypt(args) => encrypt(&cli.endpoint, args).await,
-        Command::Decrypt(args) => decrypt(&cli.endpoint, args).await,
+        Command::Tenant(cmd) => tenant(&target, cmd).await,
+        Command::Encrypt(args) => encrypt(&target, args).await,
+        Command::Decrypt(args) => decrypt(&target, args).await,
         Command::Key(cmd) => key(cmd),
         Command::Onboarding(cmd) => onboarding(cmd),
-        Command::Audit(cmd) => audit(&cli.endpoint, cmd).await,
+        Command::Audit(cmd) => audit(&target, cmd).await,
+        Command::Policy(cmd) => policy(cmd),
+    }
+}
+
+fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+    let PolicyCommand::Check {
+        policies,
+        identities,
+        cases,
+    } = cmd;
+    let identities = identities.unwrap_or_else(|| policies.join("identities.toml"));
+    let cases = cases.unwrap_or_else(|| policies.join("tests"));
+    let loaded = keyward_authz::Policies::load(&policies, &identities)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "policies: {} policies in {} validate against the schema; {} principals in {} validate",
+        loaded.policy_count(),
+        policies.display(),
+        loaded.principal_count(),
+        identities.display()
+    )?;
+    let report = keyward_authz::cases::run(&loaded, &cases)?;
+    for failure in &report.failures {
+        writeln!(out, "FAILED {failure}")?;
+    }
+    writeln!(
+        out,
+        "cases: {} passed, {} failed ({})",
+        report.passed,
+        report.failures.len(),
+        cases.display()
+    )?;
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} policy test case(s) failed", report.failures.len())
     }
 }
 
@@ -368,14 +455,34 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_owned())
-        .with_context(|| format!("invalid endpoint {endpoint:?}"))?
-        .connect()
-        .await
-        .with_context(|| {
-            format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)")
-        })
+async fn channel(target: &Target) -> anyhow::Result<Channel> {
+    let endpoint = &target.endpoint;
+    let mut channel = Channel::from_shared(endpoint.clone())
+        .with_context(|| format!("invalid endpoint {endpoint:?}"))?;
+    let tls = &target.tls;
+    if tls.tls_ca.is_some() || tls.tls_cert.is_some() {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &tls.tls_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) {
+            let cert_pem =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            config = config.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        }
+        if let Some(name) = &tls.tls_server_name {
+            config = config.domain_name(name.clone());
+        }
+        channel = channel
+            .tls_config(config)
+            .context("invalid TLS client configuration")?;
+    }
+    channel.connect().await.with_context(|| {
+        format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)")
+    })
 }
 
 /// Renders a gRPC error with its machine-readable reason.
@@ -398,7 +505,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     )
 }
 
-async fn audit(endpoint: &str, cmd: AuditCommand) -> anyhow::Result<()> {
+async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Result<()> {
     use keyward_proto::v1::audit_service_client::AuditServiceClient;
     match cmd {
         AuditCommand::Verify { file, public_keys } => {
@@ -683,7 +790,7 @@ fn onboarding(cmd: OnboardingCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn tenant(endpoint: &str, cmd: TenantCommand) -> anyhow::Result<()> {
+async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
     let mut client = TenantServiceClient::new(channel(endpoint).await?);
     let tenant = match cmd {
         TenantCommand::Create { tenant, name } => {
@@ -818,7 +925,7 @@ fn context_map(pairs: Vec<(String, String)>) -> anyhow::Result<HashMap<String, S
     Ok(map)
 }
 
-async fn encrypt(endpoint: &str, args: EncryptArgs) -> anyhow::Result<()> {
+async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Result<()> {
     let plaintext = read_stdin()?;
     let mut client = CryptoServiceClient::new(channel(endpoint).await?)
         .max_decoding_message_size(usize::MAX)
@@ -846,7 +953,7 @@ async fn encrypt(endpoint: &str, args: EncryptArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn decrypt(endpoint: &str, args: DecryptArgs) -> anyhow::Result<()> {
+async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Result<()> {
     let input = read_stdin()?;
     let envelope = match args.input {
         Encoding::Raw => input,

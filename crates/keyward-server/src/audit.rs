@@ -20,7 +20,9 @@ use keyward_store::{AuditQuery, Store};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{error::ServiceError, now_ms};
+use keyward_authz::{Action, RequestContext};
+
+use crate::{authz::Authz, error::ServiceError, now_ms, service::split};
 
 /// Records per store query while exporting or listing.
 const PAGE: u32 = 1000;
@@ -409,11 +411,12 @@ impl Write for SharedBuffer {
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     auditor: Arc<Auditor>,
+    authz: Arc<Authz>,
 }
 
 impl AuditApi {
-    pub fn new(auditor: Arc<Auditor>) -> Self {
-        Self { auditor }
+    pub fn new(auditor: Arc<Auditor>, authz: Arc<Authz>) -> Self {
+        Self { auditor, authz }
     }
 }
 
@@ -425,11 +428,24 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let r = request.into_inner();
+        let (head, r) = split(request);
         let mut query = AuditQuery::default();
-        if !r.tenant_id.is_empty() {
-            let tenant = TenantId::try_from(r.tenant_id.as_str())
-                .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))?;
+        let tenant = if r.tenant_id.is_empty() {
+            None
+        } else {
+            Some(
+                TenantId::try_from(r.tenant_id.as_str())
+                    .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))?,
+            )
+        };
+        // One tenant's records, or (no tenant named) every record: a different resource.
+        self.authz.check(
+            &head,
+            Action::ReadAudit,
+            tenant.as_ref(),
+            &RequestContext::default(),
+        )?;
+        if let Some(tenant) = tenant {
             query = query.with_tenant(tenant);
         }
         if !r.event_type.is_empty() {
@@ -479,8 +495,14 @@ impl AuditService for AuditApi {
 
     async fn export(
         &self,
-        _request: Request<pb::ExportAuditRequest>,
+        request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        self.authz.check(
+            &request,
+            Action::ExportAudit,
+            None,
+            &RequestContext::default(),
+        )?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let auditor = Arc::clone(&self.auditor);
         tokio::spawn(async move {
@@ -495,10 +517,16 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::AuditPublicKey>, Status> {
+        let caller = self.authz.check(
+            &request,
+            Action::RotateSigningKey,
+            None,
+            &RequestContext::default(),
+        )?;
         let requested_by = request.into_inner().requested_by;
         let key = self
             .auditor
-            .rotate_signing_key(crate::service::actor(&requested_by))
+            .rotate_signing_key(caller.actor(&requested_by))
             .await?;
         Ok(Response::new(pb::AuditPublicKey {
             public_key: key.to_text(),
@@ -508,8 +536,14 @@ impl AuditService for AuditApi {
 
     async fn get_public_key(
         &self,
-        _request: Request<pb::GetAuditPublicKeyRequest>,
+        request: Request<pb::GetAuditPublicKeyRequest>,
     ) -> Result<Response<pb::AuditPublicKey>, Status> {
+        self.authz.check(
+            &request,
+            Action::ReadAuditPublicKey,
+            None,
+            &RequestContext::default(),
+        )?;
         let key = self.auditor.public_key();
         Ok(Response::new(pb::AuditPublicKey {
             public_key: key.to_text(),

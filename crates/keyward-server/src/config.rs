@@ -18,7 +18,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::keyring::MonitorPolicy;
+use crate::{authz::PolicyFiles, keyring::MonitorPolicy, tls::TlsFiles};
 
 /// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +35,10 @@ pub struct Config {
     pub local_kms: LocalKmsConfig,
     pub audit: AuditConfig,
     pub revocation: RevocationConfig,
+    /// Mutual TLS for the gRPC listener; unset = development mode (plaintext, loopback only).
+    pub tls: TlsConfig,
+    /// The authorization policies and the certificate-identity mapping.
+    pub authz: AuthzConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -82,8 +86,55 @@ impl Default for Config {
             local_kms: LocalKmsConfig::default(),
             audit: AuditConfig::default(),
             revocation: RevocationConfig::default(),
+            tls: TlsConfig::default(),
+            authz: AuthzConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
+        }
+    }
+}
+
+/// `[tls]`: all three files set = mutual TLS; none set = development mode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that every client certificate must chain to.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the TLS files and the policy files are checked for changes (SIGHUP reloads
+    /// at once).
+    pub reload_interval_seconds: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval_seconds: 10,
+        }
+    }
+}
+
+/// `[authz]`: where the Cedar policies and the identity mapping are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// Directory holding `schema.cedarschema` and the `*.cedar` policies.
+    pub policies_dir: PathBuf,
+    /// Certificate identities -> principals; default `<policies_dir>/identities.toml`.
+    pub identities_file: Option<PathBuf>,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        Self {
+            policies_dir: PathBuf::from("policies"),
+            identities_file: None,
         }
     }
 }
@@ -212,6 +263,40 @@ impl Config {
         if self.rotation.max_bytes < self.max_plaintext_bytes as u64 {
             return invalid("rotation.max_bytes must be at least max_plaintext_bytes");
         }
+        if self.tls.reload_interval_seconds == 0 {
+            return invalid("tls.reload_interval_seconds must be at least 1");
+        }
+        let tls = match (
+            &self.tls.cert_file,
+            &self.tls.key_file,
+            &self.tls.client_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: ca.clone(),
+            }),
+            (None, None, None) => None,
+            _ => {
+                return invalid(
+                    "tls.cert_file, tls.key_file and tls.client_ca_file must be set together (mutual TLS) or not at all (development mode)",
+                );
+            }
+        };
+        if tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve plaintext on {}, which is not a loopback address: set [tls] cert_file, key_file and client_ca_file (mutual TLS), or listen on 127.0.0.1 for development",
+                self.listen
+            )));
+        }
+        let policy_files = PolicyFiles {
+            policies_dir: self.authz.policies_dir.clone(),
+            identities_file: self
+                .authz
+                .identities_file
+                .clone()
+                .unwrap_or_else(|| self.authz.policies_dir.join("identities.toml")),
+        };
         let local_kms_dir = self
             .local_kms
             .dir
@@ -237,6 +322,10 @@ impl Config {
                 max_messages: self.rotation.max_messages,
                 max_bytes: self.rotation.max_bytes,
             },
+            tls,
+            reload_interval: Duration::from_secs(self.tls.reload_interval_seconds),
+            policy_files,
+            default_policies_dir: self.authz == AuthzConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: self.aws_kms.clone(),
         })
@@ -253,6 +342,8 @@ const CONFIG_SECTIONS: &[&str] = &[
     "local_kms",
     "audit",
     "revocation",
+    "tls",
+    "authz",
     #[cfg(feature = "aws")]
     "aws_kms",
 ];
@@ -281,6 +372,14 @@ pub struct Settings {
     pub max_tenant_keys: u64,
     pub max_deks: u64,
     pub rotation: RotationPolicy,
+    /// Mutual TLS; `None` is development mode (plaintext on loopback, development principal).
+    pub tls: Option<TlsFiles>,
+    /// How often TLS and policy files are checked for changes.
+    pub reload_interval: Duration,
+    pub policy_files: PolicyFiles,
+    /// `[authz]` was left at its defaults (development mode may then fall back to the
+    /// built-in policies when `./policies` does not exist).
+    pub default_policies_dir: bool,
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
 }
@@ -369,5 +468,33 @@ mod tests {
         let mut c = Config::default();
         c.rotation.max_messages = (1 << 40) + 1;
         assert!(c.resolve().unwrap_err().to_string().contains("2^40"));
+    }
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_and_tls_files_go_together() {
+        let mut c = Config {
+            listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = c.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("refusing to serve plaintext on 0.0.0.0:50051"),
+            "{err}"
+        );
+        c.listen = "[::1]:50051".parse().unwrap();
+        assert!(c.resolve().unwrap().tls.is_none());
+
+        c.tls.cert_file = Some("server.pem".into());
+        let err = c.resolve().unwrap_err().to_string();
+        assert!(err.contains("must be set together"), "{err}");
+        c.tls.key_file = Some("server.key".into());
+        c.tls.client_ca_file = Some("ca.pem".into());
+        c.listen = "0.0.0.0:50051".parse().unwrap();
+        let s = c.resolve().unwrap();
+        assert_eq!(s.tls.unwrap().client_ca_file, PathBuf::from("ca.pem"));
+        assert_eq!(
+            s.policy_files.identities_file,
+            PathBuf::from("policies/identities.toml")
+        );
     }
 }

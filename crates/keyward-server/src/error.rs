@@ -66,6 +66,12 @@ pub enum ServiceError {
     Store(#[source] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No policy permits the call. Says nothing about whether the tenant exists.
+    #[error("the caller is not permitted to do this")]
+    PermissionDenied,
+    /// The caller's certificate carries no identity this server knows.
+    #[error("the caller's certificate identity is not known to this server")]
+    Unauthenticated,
     /// A concurrent writer won a race; nothing changed and a retry is safe.
     #[error("conflict: {0}; retry the request")]
     Conflict(String),
@@ -120,6 +126,8 @@ impl ServiceError {
             Self::Store(_) => "STORE_ERROR",
             Self::Internal(_) => "INTERNAL",
             Self::Conflict(_) => "CONFLICT",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Shared(inner) => inner.reason(),
         }
     }
@@ -144,6 +152,8 @@ impl ServiceError {
             Self::WrappedKeyRejected(_) => Code::DataLoss,
             Self::Store(_) | Self::Internal(_) => Code::Internal,
             Self::Conflict(_) => Code::Aborted,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::Unauthenticated => Code::Unauthenticated,
             Self::Shared(inner) => inner.code(),
         }
     }
@@ -268,6 +278,8 @@ mod tests {
                 ServiceError::from_provider(ProviderError::new(ErrorKind::InvalidCiphertext, "x")),
                 Code::DataLoss,
             ),
+            (ServiceError::PermissionDenied, Code::PermissionDenied),
+            (ServiceError::Unauthenticated, Code::Unauthenticated),
         ];
         for (err, code) in cases {
             let status = err.to_status();

@@ -282,12 +282,13 @@ impl Keyring {
         &self,
         id: &TenantId,
         display_name: &str,
+        actor: String,
     ) -> Result<TenantRecord, ServiceError> {
         self.store
             .create_tenant(id, display_name, &|t: &TenantRecord| {
                 vec![AuditEvent::TenantCreated {
                     tenant: t.id.clone(),
-                    actor: None,
+                    actor: Some(actor.clone()),
                 }]
             })
             .await

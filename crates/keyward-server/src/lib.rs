@@ -5,11 +5,14 @@
 //! providers) -> envelope. Nothing below this crate knows about gRPC.
 
 pub mod audit;
+pub mod authz;
+mod builtin_policies;
 pub mod config;
 pub mod error;
 mod gate;
 pub mod keyring;
 pub mod service;
+pub mod tls;
 mod usage;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -21,7 +24,6 @@ use keyward_proto::v1::{
 };
 use keyward_store::sqlite::SqliteStore;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tonic::transport::server::TcpIncoming;
 
 pub use crate::{
     config::{Config, Settings},
@@ -58,6 +60,10 @@ pub enum StartError {
     AuditKeys(#[from] audit::AuditKeyError),
     #[error("cannot set up a key provider: {0}")]
     Provider(#[from] keyward_kms::ProviderError),
+    #[error("invalid authorization policies: {0}")]
+    Policies(#[from] keyward_authz::LoadError),
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -72,7 +78,8 @@ pub struct Running {
     local_addr: SocketAddr,
     keyring: Arc<Keyring>,
     auditor: Arc<audit::Auditor>,
-    /// Checkpoints, denial aggregation and the key-state monitor.
+    authz: Arc<authz::Authz>,
+    /// Checkpoints, denial aggregation, reloads, the acceptor and the key-state monitor.
     background: Vec<JoinHandle<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -103,6 +110,7 @@ impl Running {
         if let Err(e) = self.keyring.flush_all_denials().await {
             tracing::error!(error = %e, "could not record the last revocation denials");
         }
+        flush_authz_denials(&self.keyring, &self.authz, i64::MAX).await;
         if let Err(e) = self.auditor.checkpoint().await {
             tracing::error!(error = %e, "could not write the final audit checkpoint");
         }
@@ -133,6 +141,15 @@ pub async fn start_with_providers(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     create_private_dir(&settings.data_dir)?;
+    // Authorization and TLS first: a bad policy or certificate stops the start before any
+    // state is touched.
+    let authz = Arc::new(load_authz(settings)?);
+    let tls = settings
+        .tls
+        .clone()
+        .map(tls::ReloadableTls::load)
+        .transpose()?
+        .map(Arc::new);
     let store: Arc<dyn keyward_store::Store> =
         Arc::new(SqliteStore::open(&settings.database_path).await?);
     let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
@@ -164,7 +181,23 @@ pub async fn start_with_providers(
             "tenants with a revoked or destroyed key are refused"
         );
     }
-    serve(settings, keyring, auditor, shutdown).await
+    serve(settings, keyring, auditor, authz, tls, shutdown).await
+}
+
+/// The policies of `settings`; in development mode with `[authz]` left at its defaults and no
+/// `./policies` directory, the built-in copy of the shipped policies.
+fn load_authz(settings: &Settings) -> Result<authz::Authz, StartError> {
+    let mut files = settings.policy_files.clone();
+    if settings.tls.is_none() && settings.default_policies_dir && !files.policies_dir.exists() {
+        files = builtin_policies::materialize(&settings.data_dir).map_err(|source| {
+            StartError::DataDir {
+                path: settings.data_dir.join(builtin_policies::DIR),
+                source,
+            }
+        })?;
+        tracing::warn!(dir = %files.policies_dir.display(), "no ./policies directory: using the built-in policies");
+    }
+    Ok(authz::Authz::load(files)?)
 }
 
 /// Serves `keyring` on the configured address until `shutdown`.
@@ -172,6 +205,8 @@ pub async fn serve(
     settings: &Settings,
     keyring: Arc<Keyring>,
     auditor: Arc<audit::Auditor>,
+    authz: Arc<authz::Authz>,
+    tls: Option<Arc<tls::ReloadableTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let listener =
@@ -189,16 +224,37 @@ pub async fn serve(
     let max_message = settings.max_plaintext_bytes + MESSAGE_OVERHEAD_BYTES;
     let crypto = CryptoServiceServer::new(service::CryptoApi::new(
         Arc::clone(&keyring),
+        Arc::clone(&authz),
         settings.max_plaintext_bytes,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let tenants = TenantServiceServer::new(service::TenantApi::new(Arc::clone(&keyring)));
-    let audit_api = AuditServiceServer::new(audit::AuditApi::new(Arc::clone(&auditor)));
+    let tenants = TenantServiceServer::new(service::TenantApi::new(
+        Arc::clone(&keyring),
+        Arc::clone(&authz),
+    ));
+    let audit_api = AuditServiceServer::new(audit::AuditApi::new(
+        Arc::clone(&auditor),
+        Arc::clone(&authz),
+    ));
     let mut background = vec![tokio::spawn(
         Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval),
     )];
-    background.push(tokio::spawn(flush_denials(Arc::clone(&keyring))));
+    background.push(tokio::spawn(flush_denials(
+        Arc::clone(&keyring),
+        Arc::clone(&authz),
+    )));
+    background.push(tokio::spawn(watch_reloads(
+        tls.clone(),
+        Arc::clone(&authz),
+        settings.reload_interval,
+    )));
+    if tls.is_none() {
+        tracing::warn!(
+            %local_addr,
+            "DEVELOPMENT MODE: plaintext gRPC without client authentication; every caller is the development principal, which may do everything. Configure [tls] for any real use."
+        );
+    }
     if let Some(policy) = settings.monitor {
         background.push(tokio::spawn(Arc::clone(&keyring).run_monitor(policy)));
     }
@@ -228,32 +284,113 @@ pub async fn serve(
         .add_service(crypto)
         .add_service(tenants)
         .add_service(audit_api);
-    let task = tokio::spawn(
-        // TCP_NODELAY: small unary calls must not wait for Nagle + delayed ACK (~40 ms).
-        router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        ),
-    );
-    tracing::info!(%local_addr, "keyward serving");
+    let (incoming, acceptor) = tls::incoming(listener, tls.clone());
+    background.push(acceptor);
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+    tracing::info!(%local_addr, mtls = tls.is_some(), "keyward serving");
     Ok(Running {
         local_addr,
         keyring,
         auditor,
+        authz,
         background,
         task,
     })
 }
 
-/// Every second, writes the previous seconds' revocation denials to the audit log.
-async fn flush_denials(keyring: Arc<Keyring>) {
+/// Every second, writes the previous seconds' revocation and authorization denials to the
+/// audit log.
+async fn flush_denials(keyring: Arc<Keyring>, authz: Arc<authz::Authz>) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         ticker.tick().await;
         if let Err(e) = keyring.flush_denials().await {
             tracing::error!(error = %e, "could not record revocation denials");
         }
+        flush_authz_denials(&keyring, &authz, now_ms()).await;
     }
+}
+
+async fn flush_authz_denials(keyring: &Keyring, authz: &authz::Authz, now_ms: i64) {
+    let events = authz.take_finished_denials(now_ms);
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = keyring.store().append_audit(events).await {
+        tracing::error!(error = %e, "could not record authorization denials");
+    }
+}
+
+/// Reloads the TLS configuration and the policies when their files change (checked every
+/// `interval`) or on SIGHUP. A file that fails to load leaves the previous configuration in
+/// force and is reported in the log; the next change is tried again.
+async fn watch_reloads(
+    tls: Option<Arc<tls::ReloadableTls>>,
+    authz: Arc<authz::Authz>,
+    interval: std::time::Duration,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let tls_paths = |tls: &Option<Arc<tls::ReloadableTls>>| -> Vec<std::path::PathBuf> {
+        tls.as_ref()
+            .map(|t| t.files().paths().iter().map(|p| p.to_path_buf()).collect())
+            .unwrap_or_default()
+    };
+    let mut tls_stamp = file_stamps(&tls_paths(&tls));
+    let mut policy_stamp = file_stamps(&authz.sources());
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloads only on file change");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        let forced = tokio::select! {
+            _ = ticker.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: reloading TLS files and policies");
+        }
+        if let Some(t) = &tls {
+            let stamp = file_stamps(&tls_paths(&tls));
+            if forced || stamp != tls_stamp {
+                match t.reload() {
+                    Ok(()) => tracing::info!("TLS certificate and client CA reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; the previous configuration stays in force")
+                    }
+                }
+                tls_stamp = stamp;
+            }
+        }
+        // The policy directory itself too: a new *.cedar file is a change.
+        let stamp = file_stamps(&authz.sources());
+        if forced || stamp != policy_stamp {
+            match authz.reload() {
+                Ok(()) => tracing::info!("authorization policies reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload failed; the previous policies stay in force")
+                }
+            }
+            policy_stamp = file_stamps(&authz.sources());
+        }
+    }
+}
+
+/// Modification time and length of each file (`None` when unreadable): a cheap change test
+/// that also sees an atomic rename or a Kubernetes secret's symlink swap.
+fn file_stamps(paths: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {

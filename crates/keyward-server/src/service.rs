@@ -13,7 +13,10 @@ use keyward_store::{KekBinding, KekState, Scope, TenantRecord};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use keyward_authz::{Action, RequestContext};
+
 use crate::{
+    authz::Authz,
     error::ServiceError,
     keyring::{Keyring, RevocationSource},
     now_ms,
@@ -29,17 +32,22 @@ const MAX_DISPLAY_NAME_CHARS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct CryptoApi {
     keyring: Arc<Keyring>,
+    authz: Arc<Authz>,
     max_plaintext_bytes: usize,
 }
 
 impl CryptoApi {
-    pub fn new(keyring: Arc<Keyring>, max_plaintext_bytes: usize) -> Self {
+    pub fn new(keyring: Arc<Keyring>, authz: Arc<Authz>, max_plaintext_bytes: usize) -> Self {
         Self {
             keyring,
+            authz,
             max_plaintext_bytes,
         }
     }
 }
+
+/// The encryption-context key whose value policies see as the data purpose.
+pub const PURPOSE_CONTEXT_KEY: &str = "purpose";
 
 #[tonic::async_trait]
 impl CryptoService for CryptoApi {
@@ -47,11 +55,20 @@ impl CryptoService for CryptoApi {
         &self,
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let request = request.into_inner();
+        let (head, request) = split(request);
         let plaintext = Zeroizing::new(request.plaintext);
         let tenant = tenant_id(&request.tenant_id)?;
         let ctx = context(request.encryption_context)?;
         let scope = scope(&request.scope)?;
+        self.authz.check(
+            &head,
+            Action::Encrypt,
+            Some(&tenant),
+            &RequestContext {
+                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
+                scope: Some(scope.as_str()),
+            },
+        )?;
         if plaintext.len() > self.max_plaintext_bytes {
             return Err(ServiceError::PayloadTooLarge {
                 size: plaintext.len(),
@@ -73,9 +90,19 @@ impl CryptoService for CryptoApi {
         &self,
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let request = request.into_inner();
+        let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
         let ctx = context(request.encryption_context)?;
+        // The scope is inside the envelope; policies see only the purpose on decrypt.
+        self.authz.check(
+            &head,
+            Action::Decrypt,
+            Some(&tenant),
+            &RequestContext {
+                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
+                scope: None,
+            },
+        )?;
         let plaintext = self
             .keyring
             .decrypt(&tenant, &request.envelope, &ctx)
@@ -92,12 +119,20 @@ impl CryptoService for CryptoApi {
 #[derive(Debug, Clone)]
 pub struct TenantApi {
     keyring: Arc<Keyring>,
+    authz: Arc<Authz>,
 }
 
 impl TenantApi {
-    pub fn new(keyring: Arc<Keyring>) -> Self {
-        Self { keyring }
+    pub fn new(keyring: Arc<Keyring>, authz: Arc<Authz>) -> Self {
+        Self { keyring, authz }
     }
+}
+
+/// Splits a request into its message and an empty request carrying the metadata and the
+/// connection's extensions (the caller's identity), for [`Authz::check`].
+pub(crate) fn split<T>(request: Request<T>) -> (Request<()>, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    (Request::from_parts(metadata, extensions, ()), message)
 }
 
 #[tonic::async_trait]
@@ -106,10 +141,19 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let request = request.into_inner();
+        let (head, request) = split(request);
         let id = tenant_id(&request.tenant_id)?;
+        let caller = self.authz.check(
+            &head,
+            Action::CreateTenant,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let name = display_name(&request.display_name)?;
-        let record = self.keyring.create_tenant(&id, name).await?;
+        let record = self
+            .keyring
+            .create_tenant(&id, name, caller.actor(""))
+            .await?;
         Ok(Response::new(tenant_to_pb(&record, None)))
     }
 
@@ -117,8 +161,14 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::RegisterKeyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let request = request.into_inner();
+        let (head, request) = split(request);
         let id = tenant_id(&request.tenant_id)?;
+        self.authz.check(
+            &head,
+            Action::RegisterKey,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let kek = match request.key {
             Some(register_key_request::Key::Local(local)) => {
                 if local.key_name.is_empty() {
@@ -140,7 +190,14 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let id = tenant_id(&request.into_inner().tenant_id)?;
+        let (head, request) = split(request);
+        let id = tenant_id(&request.tenant_id)?;
+        self.authz.check(
+            &head,
+            Action::GetTenant,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let (record, binding) = self.keyring.tenant(&id).await?;
         Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
     }
@@ -149,15 +206,21 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let r = request.into_inner();
+        let (head, r) = split(request);
         let id = tenant_id(&r.tenant_id)?;
+        let caller = self.authz.check(
+            &head,
+            Action::RevokeKey,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let reason = reason(&r.reason)?;
         self.keyring
             .revoke(
                 &id,
                 KekState::Revoked,
                 RevocationSource::Explicit,
-                Some(actor(&r.requested_by)),
+                Some(caller.actor(&r.requested_by)),
                 reason,
                 now_ms(),
             )
@@ -170,14 +233,20 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::RestoreKeyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let r = request.into_inner();
+        let (head, r) = split(request);
         let id = tenant_id(&r.tenant_id)?;
+        let caller = self.authz.check(
+            &head,
+            Action::RestoreKey,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let reason = reason(&r.reason)?;
         self.keyring
             .restore(
                 &id,
                 RevocationSource::Explicit,
-                Some(actor(&r.requested_by)),
+                Some(caller.actor(&r.requested_by)),
                 reason,
             )
             .await?;
@@ -189,8 +258,14 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::SetTenantPolicyRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let r = request.into_inner();
+        let (head, r) = split(request);
         let id = tenant_id(&r.tenant_id)?;
+        let caller = self.authz.check(
+            &head,
+            Action::SetTenantPolicy,
+            Some(&id),
+            &RequestContext::default(),
+        )?;
         let policy = r.policy.unwrap_or_default();
         let nonzero = |v: u64| (v > 0).then_some(v);
         let policy = keyward_store::TenantPolicy {
@@ -211,7 +286,7 @@ impl TenantService for TenantApi {
             .into());
         }
         self.keyring
-            .set_tenant_policy(&id, policy, actor(&r.requested_by))
+            .set_tenant_policy(&id, policy, caller.actor(&r.requested_by))
             .await?;
         let (record, binding) = self.keyring.tenant(&id).await?;
         Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
@@ -221,7 +296,13 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::ReportKeyEventRequest>,
     ) -> Result<Response<pb::ReportKeyEventResponse>, Status> {
-        let r = request.into_inner();
+        let (head, r) = split(request);
+        self.authz.check(
+            &head,
+            Action::ReportKeyEvent,
+            None,
+            &RequestContext::default(),
+        )?;
         let provider = match r.provider() {
             pb::ProviderKind::Local => DomainProviderKind::Local,
             pb::ProviderKind::AwsKms => DomainProviderKind::AwsKms,
@@ -255,21 +336,6 @@ fn reason(raw: &str) -> Result<&str, ServiceError> {
         ));
     }
     Ok(raw)
-}
-
-/// The recorded actor. Callers are not authenticated yet (authorization issue):
-/// the name is what the caller claimed, and recorded as such.
-pub(crate) fn actor(requested_by: &str) -> String {
-    let name: String = requested_by
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(256)
-        .collect();
-    if name.is_empty() {
-        "unauthenticated".to_owned()
-    } else {
-        format!("unauthenticated:{name}")
-    }
 }
 
 // ----- request -> domain ----------------------------------------------------

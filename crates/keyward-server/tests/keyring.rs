@@ -150,7 +150,10 @@ fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
 }
 
 async fn onboard(keyring: &Keyring, id: &TenantId, key: &str) {
-    keyring.create_tenant(id, "Test tenant").await.unwrap();
+    keyring
+        .create_tenant(id, "Test tenant", "test".to_owned())
+        .await
+        .unwrap();
     keyring
         .register_key(id, &KeyRef::new(ProviderKind::Local, key))
         .await

@@ -170,7 +170,7 @@ fn quickstart_through_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     assert!(
-        report.contains("source Explicit, actor unauthenticated:ciso"),
+        report.contains("source Explicit, actor Developer::\"dev\" requested_by=\"ciso\""),
         "{report}"
     );
     assert!(report.contains("reason: drill"), "{report}");

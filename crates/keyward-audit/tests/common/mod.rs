@@ -96,9 +96,11 @@ pub fn sample_event(i: u64) -> AuditEvent {
             errors: 0,
         },
         _ => AuditEvent::AuthorizationDenied {
-            principal: "spiffe://svc/a".into(),
+            principal: "Service::\"a\"".into(),
             action: "Decrypt".into(),
             tenant: Some(t),
+            second: 1_700_000_000 + i64::try_from(i).unwrap_or(0),
+            count: i,
         },
     }
 }

@@ -1,6 +1,8 @@
 //! Starts the real `keyward` binary on a free port and talks to it.
 #![allow(dead_code, reason = "each test file uses a different part")]
 
+pub(crate) mod pki;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},

@@ -1,0 +1,215 @@
+//! Authorization of every RPC: the caller's [`PeerInfo`] (set by [`crate::tls`]) is mapped to
+//! a Cedar principal and the request is evaluated against the policies in `policies/`
+//! ([`keyward_authz`]). Deny by default: an unmapped identity is `UNAUTHENTICATED`, a request
+//! no policy permits is `PERMISSION_DENIED`, and neither says whether the tenant exists (the
+//! check runs before any lookup).
+//!
+//! Denials are counted per (principal, action, tenant, second) and written to the audit log as
+//! `authorization_denied` records once a second ([`Authz::take_finished_denials`]), so a flood
+//! of denied calls costs one record per second per distinct combination, with exact counts.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+};
+
+use keyward_audit::AuditEvent;
+use keyward_authz::{Action, Policies, Principal, RequestContext, Resource};
+use keyward_envelope::TenantId;
+use tonic::Request;
+
+use crate::{
+    error::ServiceError,
+    now_ms,
+    tls::{PeerIdentity, PeerInfo},
+};
+
+/// Distinct denial combinations kept per second; beyond it they are counted under one
+/// overflow entry, so memory stays bounded under a flood of varied requests.
+const MAX_DENIAL_KEYS: usize = 10_000;
+/// Longest certificate identity copied into an audit record.
+const MAX_RECORDED_IDENTITY: usize = 256;
+
+/// Where the policies come from, for reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFiles {
+    pub policies_dir: PathBuf,
+    pub identities_file: PathBuf,
+}
+
+/// The authenticated, authorized caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    principal: Arc<Principal>,
+}
+
+impl Caller {
+    /// The audit log's actor: the principal, plus the name the caller gave for the human
+    /// behind the request (`requested_by`), recorded as a claim.
+    pub fn actor(&self, requested_by: &str) -> String {
+        let claimed: String = requested_by
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(256)
+            .collect();
+        if claimed.is_empty() {
+            self.principal.to_string()
+        } else {
+            format!("{} requested_by={claimed:?}", self.principal)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DenialKey {
+    principal: String,
+    action: Action,
+    tenant: Option<TenantId>,
+    second: i64,
+}
+
+/// The policy decision point of the server.
+#[derive(Debug)]
+pub struct Authz {
+    policies: RwLock<Arc<Policies>>,
+    files: PolicyFiles,
+    denials: Mutex<HashMap<DenialKey, u64>>,
+}
+
+impl Authz {
+    /// Loads and validates the policies and the identity mapping (the server refuses to start
+    /// on an error; the message names the file and line).
+    pub fn load(files: PolicyFiles) -> Result<Self, keyward_authz::LoadError> {
+        let policies = Policies::load(&files.policies_dir, &files.identities_file)?;
+        tracing::info!(
+            policies = policies.policy_count(),
+            principals = policies.principal_count(),
+            dir = %files.policies_dir.display(),
+            "authorization policies loaded"
+        );
+        Ok(Self {
+            policies: RwLock::new(Arc::new(policies)),
+            files,
+            denials: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every file the policies were read from, and their directory (whose modification time
+    /// changes when a policy file is added or removed): what the reloader watches.
+    pub fn sources(&self) -> Vec<PathBuf> {
+        let mut paths = self.current().sources().to_vec();
+        paths.push(self.files.policies_dir.clone());
+        paths
+    }
+
+    /// Re-reads the policies; on error the ones in use stay (and the error is returned).
+    pub fn reload(&self) -> Result<(), keyward_authz::LoadError> {
+        let policies = Policies::load(&self.files.policies_dir, &self.files.identities_file)?;
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Policies> {
+        Arc::clone(&self.policies.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Authorizes `action` on `tenant` (or on the system when `None`) for the caller of
+    /// `request`.
+    pub fn check<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        tenant: Option<&TenantId>,
+        context: &RequestContext<'_>,
+    ) -> Result<Caller, ServiceError> {
+        let identity = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|info| &info.identity);
+        let policies = self.current();
+        let principal = match identity {
+            Some(PeerIdentity::Development) => Policies::developer(),
+            Some(PeerIdentity::Certificate(id)) => match policies.principal(id) {
+                Some(principal) => principal,
+                None => {
+                    let recorded: String = id.chars().take(MAX_RECORDED_IDENTITY).collect();
+                    tracing::warn!(identity = %recorded, action = action.as_str(), "certificate identity not in the identity mapping");
+                    self.count_denial(format!("unmapped:{recorded}"), action, tenant);
+                    return Err(ServiceError::Unauthenticated);
+                }
+            },
+            // A verified certificate without a usable name, or a connection that did not come
+            // through our listener (never expected): nobody.
+            Some(PeerIdentity::NoUsableName) | None => {
+                self.count_denial("unidentified".to_owned(), action, tenant);
+                return Err(ServiceError::Unauthenticated);
+            }
+        };
+        let resource = tenant.map_or(Resource::System, |t| Resource::Tenant(t.as_str()));
+        if policies.is_authorized(&principal, action, resource, context) {
+            Ok(Caller { principal })
+        } else {
+            tracing::info!(principal = %principal, action = action.as_str(), "authorization denied");
+            self.count_denial(principal.to_string(), action, tenant);
+            Err(ServiceError::PermissionDenied)
+        }
+    }
+
+    fn count_denial(&self, principal: String, action: Action, tenant: Option<&TenantId>) {
+        let second = now_ms().div_euclid(1000);
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut key = DenialKey {
+            principal,
+            action,
+            tenant: tenant.cloned(),
+            second,
+        };
+        if denials.len() >= MAX_DENIAL_KEYS && !denials.contains_key(&key) {
+            key = DenialKey {
+                principal: "(overflow: too many distinct denials this second)".to_owned(),
+                action,
+                tenant: None,
+                second,
+            };
+        }
+        *denials.entry(key).or_default() += 1;
+    }
+
+    /// The denial counts of seconds that are over (before `now_ms`'s second), as audit events,
+    /// oldest second first.
+    pub(crate) fn take_finished_denials(&self, now_ms: i64) -> Vec<AuditEvent> {
+        let current = now_ms.div_euclid(1000);
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let done: Vec<DenialKey> = denials
+            .keys()
+            .filter(|k| k.second < current)
+            .cloned()
+            .collect();
+        let mut events: Vec<(DenialKey, u64)> = done
+            .into_iter()
+            .filter_map(|k| denials.remove(&k).map(|count| (k, count)))
+            .collect();
+        drop(denials);
+        events.sort_by(|a, b| {
+            (a.0.second, &a.0.principal, a.0.action.as_str()).cmp(&(
+                b.0.second,
+                &b.0.principal,
+                b.0.action.as_str(),
+            ))
+        });
+        events
+            .into_iter()
+            .map(|(k, count)| AuditEvent::AuthorizationDenied {
+                principal: k.principal,
+                action: k.action.as_str().to_owned(),
+                tenant: k.tenant,
+                second: k.second,
+                count,
+            })
+            .collect()
+    }
+}

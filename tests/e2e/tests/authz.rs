@@ -1,0 +1,588 @@
+//! Authentication and authorization end to end: the real binary with mutual TLS on 127.0.0.1,
+//! certificates minted per run, the shipped Cedar policies in `policies/` and an identity
+//! mapping written by the test.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use keyward_proto::v1::{
+    self as pb, audit_service_client::AuditServiceClient,
+    crypto_service_client::CryptoServiceClient, tenant_service_client::TenantServiceClient,
+};
+use support::{
+    Server, assert_status, context, keyward_bin, local_key,
+    pki::{Ca, Leaf, San, connect},
+};
+use tonic::Code;
+
+fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+const CHAT: &str = "spiffe://keyward.test/ns/chat/sa/chat-api";
+const BILLING: &str = "spiffe://keyward.test/ns/billing/sa/worker";
+const ACME_ADMIN_DNS: &str = "secops.acme.example";
+const GLOBEX_ADMIN: &str = "spiffe://keyward.test/ns/globex/sa/secops";
+const ACME_AUDITOR: &str = "spiffe://keyward.test/ns/audit/sa/acme";
+const OPERATOR: &str = "spiffe://keyward.test/ns/keyward/sa/operator";
+const UNKNOWN: &str = "spiffe://keyward.test/ns/chat/sa/intruder";
+
+const IDENTITIES: &str = r#"
+[[service]]
+id = "chat-api"
+identities = ["spiffe://keyward.test/ns/chat/sa/chat-api"]
+tenants = ["acme"]
+purposes = ["chat-history"]
+
+[[service]]
+id = "billing-worker"
+identities = ["spiffe://keyward.test/ns/billing/sa/worker"]
+tenants = ["globex"]
+
+[[tenant_admin]]
+id = "acme-secops"
+identities = ["dns:secops.acme.example"]
+tenant = "acme"
+
+[[tenant_admin]]
+id = "globex-secops"
+identities = ["spiffe://keyward.test/ns/globex/sa/secops"]
+tenant = "globex"
+
+[[auditor]]
+id = "acme-auditor"
+identities = ["spiffe://keyward.test/ns/audit/sa/acme"]
+tenants = ["acme"]
+
+[[operator]]
+id = "oncall"
+identities = ["spiffe://keyward.test/ns/keyward/sa/operator"]
+"#;
+
+/// A CA, a server certificate, the identity mapping, and the server's TLS environment.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    server: Leaf,
+    client_ca_file: PathBuf,
+    identities_file: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "main");
+        let server = ca.server();
+        let client_ca_file = dir.path().join("client-ca.pem");
+        std::fs::write(&client_ca_file, ca.pem()).unwrap();
+        let identities_file = dir.path().join("identities.toml");
+        std::fs::write(&identities_file, IDENTITIES).unwrap();
+        Pki {
+            dir,
+            ca,
+            server,
+            client_ca_file,
+            identities_file,
+        }
+    }
+
+    fn env(&self, policies: &Path) -> Vec<(String, String)> {
+        let s = |p: &Path| p.to_str().unwrap().to_owned();
+        vec![
+            ("KEYWARD_TLS__CERT_FILE".into(), s(&self.server.cert_file)),
+            ("KEYWARD_TLS__KEY_FILE".into(), s(&self.server.key_file)),
+            (
+                "KEYWARD_TLS__CLIENT_CA_FILE".into(),
+                s(&self.client_ca_file),
+            ),
+            ("KEYWARD_TLS__RELOAD_INTERVAL_SECONDS".into(), "1".into()),
+            ("KEYWARD_AUTHZ__POLICIES_DIR".into(), s(policies)),
+            (
+                "KEYWARD_AUTHZ__IDENTITIES_FILE".into(),
+                s(&self.identities_file),
+            ),
+        ]
+    }
+
+    fn start(&self, policies: &Path) -> Server {
+        let env = self.env(policies);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::start(&env)
+    }
+
+    fn spiffe(&self, name: &str, id: &str) -> Leaf {
+        self.ca.client(name, &[San::Uri(id)], false)
+    }
+}
+
+/// The clients of one caller.
+struct Caller {
+    crypto: CryptoServiceClient<tonic::transport::Channel>,
+    tenants: TenantServiceClient<tonic::transport::Channel>,
+    audit: AuditServiceClient<tonic::transport::Channel>,
+}
+
+async fn caller(server: &Server, pki: &Pki, leaf: &Leaf) -> Caller {
+    let channel = connect(&server.addr, &pki.ca, Some(leaf)).await.unwrap();
+    Caller {
+        crypto: CryptoServiceClient::new(channel.clone()),
+        tenants: TenantServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel),
+    }
+}
+
+fn encrypt_req(tenant: &str, purpose: &str) -> pb::EncryptRequest {
+    pb::EncryptRequest {
+        tenant_id: tenant.into(),
+        plaintext: b"a prompt".to_vec(),
+        encryption_context: context(&[("purpose", purpose)]),
+        scope: String::new(),
+    }
+}
+
+/// A connection without an acceptable client certificate must fail at the handshake or, with
+/// TLS 1.3 (where the server checks the client's certificate after the client considers the
+/// handshake done), on the first call — never reach a service.
+async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Leaf>) {
+    let Ok(channel) = connect(&server.addr, &pki.ca, client).await else {
+        return;
+    };
+    let result = TenantServiceClient::new(channel)
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await;
+    let status = result.expect_err("the call must not be served");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.get_details_error_info_reason().is_none(),
+        "{status:?}"
+    );
+}
+
+trait ReasonExt {
+    fn get_details_error_info_reason(&self) -> Option<String>;
+}
+
+impl ReasonExt for tonic::Status {
+    fn get_details_error_info_reason(&self) -> Option<String> {
+        use tonic_types::StatusExt as _;
+        self.get_details_error_info().map(|i| i.reason)
+    }
+}
+
+#[tokio::test]
+async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
+    let pki = Pki::new();
+    let server = pki.start(&shipped_policies());
+
+    let operator = pki.spiffe("operator", OPERATOR);
+    let chat = pki.spiffe("chat", CHAT);
+    let billing = pki.spiffe("billing", BILLING);
+    let acme_admin = pki
+        .ca
+        .client("acme-admin", &[San::Dns(ACME_ADMIN_DNS)], false);
+    let globex_admin = pki.spiffe("globex-admin", GLOBEX_ADMIN);
+    let auditor = pki.spiffe("auditor", ACME_AUDITOR);
+    let unknown = pki.spiffe("unknown", UNKNOWN);
+
+    // The operator creates tenants; each tenant's own admin registers its key.
+    let mut op = caller(&server, &pki, &operator).await;
+    for tenant in ["acme", "globex"] {
+        op.tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: tenant.into(),
+                display_name: tenant.into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_status(
+        op.tenants.register_key(local_key("acme", "default")).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let mut acme = caller(&server, &pki, &acme_admin).await;
+    acme.tenants
+        .register_key(local_key("acme", "default"))
+        .await
+        .unwrap();
+    let mut globex = caller(&server, &pki, &globex_admin).await;
+    globex
+        .tenants
+        .register_key(local_key("globex", "default"))
+        .await
+        .unwrap();
+    assert_status(
+        acme.tenants
+            .register_key(local_key("globex", "default"))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    // A service encrypts and decrypts for the tenants it serves, for its purpose only.
+    let mut chat_api = caller(&server, &pki, &chat).await;
+    let sealed = chat_api
+        .crypto
+        .encrypt(encrypt_req("acme", "chat-history"))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = chat_api
+        .crypto
+        .decrypt(pb::DecryptRequest {
+            tenant_id: "acme".into(),
+            envelope: sealed.envelope.clone(),
+            encryption_context: context(&[("purpose", "chat-history")]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"a prompt");
+    assert_status(
+        chat_api
+            .crypto
+            .encrypt(encrypt_req("acme", "training"))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    // Service A for tenant B, and for a tenant that does not exist: the same answer.
+    let other = chat_api
+        .crypto
+        .encrypt(encrypt_req("globex", "chat-history"))
+        .await
+        .unwrap_err();
+    let missing = chat_api
+        .crypto
+        .encrypt(encrypt_req("no-such-tenant", "chat-history"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    assert_eq!(
+        (other.code(), other.message()),
+        (missing.code(), missing.message())
+    );
+    let mut billing_api = caller(&server, &pki, &billing).await;
+    assert_status(
+        billing_api
+            .crypto
+            .decrypt(pb::DecryptRequest {
+                tenant_id: "acme".into(),
+                envelope: sealed.envelope.clone(),
+                encryption_context: context(&[("purpose", "chat-history")]),
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    billing_api
+        .crypto
+        .encrypt(encrypt_req("globex", "invoices"))
+        .await
+        .unwrap();
+
+    // An auditor reads its tenant's records but never plaintext, nor other tenants' records.
+    let mut audit = caller(&server, &pki, &auditor).await;
+    assert_status(
+        audit
+            .crypto
+            .decrypt(pb::DecryptRequest {
+                tenant_id: "acme".into(),
+                envelope: sealed.envelope.clone(),
+                encryption_context: context(&[("purpose", "chat-history")]),
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let records = audit
+        .audit
+        .list_events(pb::ListAuditEventsRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(records.iter().any(|r| r.event_type == "tenant_created"));
+    assert_status(
+        audit
+            .audit
+            .list_events(pb::ListAuditEventsRequest {
+                tenant_id: "globex".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert_status(
+        audit.audit.export(pb::ExportAuditRequest::default()).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    // A tenant admin revokes its own tenant's key, never another tenant's.
+    assert_status(
+        acme.tenants
+            .revoke_key(pb::RevokeKeyRequest {
+                tenant_id: "globex".into(),
+                reason: "not mine".into(),
+                requested_by: "mallory".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    globex
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "globex".into(),
+        })
+        .await
+        .unwrap();
+    acme.tenants
+        .revoke_key(pb::RevokeKeyRequest {
+            tenant_id: "acme".into(),
+            reason: "incident 42".into(),
+            requested_by: "ciso".into(),
+        })
+        .await
+        .unwrap();
+    // Operators may not restore: that is the customer's decision.
+    assert_status(
+        op.tenants
+            .restore_key(pb::RestoreKeyRequest {
+                tenant_id: "acme".into(),
+                reason: "oops".into(),
+                requested_by: String::new(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    // A certificate from the right CA whose identity is not in the mapping.
+    let mut stranger = caller(&server, &pki, &unknown).await;
+    assert_status(
+        stranger
+            .crypto
+            .encrypt(encrypt_req("acme", "chat-history"))
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+
+    // The revocation's record names the authenticated principal and the claimed human.
+    let store = keyward_store::sqlite::SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (records, denials) = loop {
+        use keyward_store::Store as _;
+        let records = store
+            .audit_records(&keyward_store::AuditQuery::default().with_limit(1000))
+            .await
+            .unwrap();
+        let denials = records
+            .iter()
+            .filter_map(|r| match r.event() {
+                keyward_audit::AuditEvent::AuthorizationDenied {
+                    principal,
+                    action,
+                    tenant,
+                    count,
+                    ..
+                } => Some((
+                    principal.clone(),
+                    action.clone(),
+                    tenant.as_ref().map(ToString::to_string),
+                    *count,
+                )),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if denials.len() >= 12 || Instant::now() > deadline {
+            break (records, denials);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let expected = [
+        ("Operator::\"oncall\"", "RegisterKey", Some("acme")),
+        (
+            "TenantAdmin::\"acme-secops\"",
+            "RegisterKey",
+            Some("globex"),
+        ),
+        ("Service::\"chat-api\"", "Encrypt", Some("acme")),
+        ("Service::\"chat-api\"", "Encrypt", Some("globex")),
+        ("Service::\"chat-api\"", "Encrypt", Some("no-such-tenant")),
+        ("Service::\"billing-worker\"", "Decrypt", Some("acme")),
+        ("Auditor::\"acme-auditor\"", "Decrypt", Some("acme")),
+        ("Auditor::\"acme-auditor\"", "ReadAudit", Some("globex")),
+        ("Auditor::\"acme-auditor\"", "ExportAudit", None),
+        ("TenantAdmin::\"acme-secops\"", "RevokeKey", Some("globex")),
+        ("Operator::\"oncall\"", "RestoreKey", Some("acme")),
+        (
+            "unmapped:spiffe://keyward.test/ns/chat/sa/intruder",
+            "Encrypt",
+            Some("acme"),
+        ),
+    ];
+    for (principal, action, tenant) in expected {
+        assert!(
+            denials.iter().any(|(p, a, t, count)| p == principal
+                && a == action
+                && t.as_deref() == tenant
+                && *count >= 1),
+            "no authorization_denied for {principal} {action} {tenant:?} in {denials:#?}"
+        );
+    }
+    let actor = records
+        .iter()
+        .find_map(|r| match r.event() {
+            keyward_audit::AuditEvent::RevocationStateChanged(t) => t.actor.clone(),
+            _ => None,
+        })
+        .expect("revocation record");
+    assert_eq!(actor, "TenantAdmin::\"acme-secops\" requested_by=\"ciso\"");
+}
+
+#[tokio::test]
+async fn certificates_that_are_missing_foreign_or_expired_are_refused_at_the_transport() {
+    let pki = Pki::new();
+    let server = pki.start(&shipped_policies());
+    let other_ca = Ca::new(pki.dir.path(), "other");
+
+    assert_transport_refused(&server, &pki, None).await;
+    let foreign = other_ca.client("foreign", &[San::Uri(OPERATOR)], false);
+    assert_transport_refused(&server, &pki, Some(&foreign)).await;
+    let expired = pki.ca.client("expired", &[San::Uri(OPERATOR)], true);
+    assert_transport_refused(&server, &pki, Some(&expired)).await;
+    // A certificate with neither a SPIFFE ID nor a DNS name: authenticated by the CA, but
+    // nobody.
+    let nameless = pki.ca.client("nameless", &[], false);
+    let mut nobody = caller(&server, &pki, &nameless).await;
+    assert_status(
+        nobody
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant_id: "acme".into(),
+            })
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+
+    // The client CA bundle is reloaded without a restart: once the other CA is trusted, its
+    // operator certificate works.
+    let bundle = format!("{}{}", pki.ca.pem(), other_ca.pem());
+    std::fs::write(&pki.client_ca_file, bundle).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(channel) = connect(&server.addr, &pki.ca, Some(&foreign)).await {
+            let result = TenantServiceClient::new(channel)
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant_id: "reloaded".into(),
+                    display_name: String::new(),
+                })
+                .await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA was not picked up within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `keyward serve` expecting it to refuse to start; returns its stderr.
+fn serve_fails(args: &[&str], env: &[(String, String)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(keyward_bin());
+    cmd.arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("KEYWARD_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyward serve did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn plaintext_off_loopback_is_refused() {
+    let err = serve_fails(&["--listen", "0.0.0.0:0"], &[]);
+    assert!(
+        err.contains("refusing to serve plaintext on 0.0.0.0:0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_policy_stops_startup_naming_file_and_line() {
+    let pki = Pki::new();
+    let policies = pki.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
+        }
+    }
+    let broken = policies.join("zz-broken.cedar");
+    std::fs::write(
+        &broken,
+        "// a reviewer's typo on line 3\n\npermit (principal, action, resource) when { principal.tenant == };\n",
+    )
+    .unwrap();
+    let err = serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
+    assert!(err.contains("zz-broken.cedar:3"), "{err}");
+
+    // And a mapping that names an unknown principal attribute is rejected too.
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::write(
+        &pki.identities_file,
+        "[[service]]\nid = \"x\"\nidentities = [\"dns:x\"]\ntenants = [\"acme\"]\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let err = serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
+    assert!(err.contains("identities.toml"), "{err}");
+    assert!(err.contains("colour"), "{err}");
+}
