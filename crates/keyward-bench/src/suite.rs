@@ -26,16 +26,32 @@ use tonic::{
     transport::{Channel, server::TcpIncoming},
 };
 
-/// How long each measured cell runs (after a short warm-up).
-const CELL: Duration = Duration::from_secs(2);
-const WARM_UP: Duration = Duration::from_millis(200);
+/// How long each measured cell runs (after a short warm-up); `--quick` (the CI smoke run)
+/// shortens both twenty-fold.
+static QUICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn cell() -> Duration {
+    if QUICK.load(std::sync::atomic::Ordering::Relaxed) {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+fn warm_up() -> Duration {
+    cell() / 10
+}
+
+/// Items per call in the batch scenario.
+const BATCH: usize = 100;
 
 pub(crate) struct Report {
     pub(crate) text: String,
     pub(crate) json: serde_json::Value,
 }
 
-pub(crate) async fn run() -> anyhow::Result<Report> {
+pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
+    QUICK.store(quick, std::sync::atomic::Ordering::Relaxed);
     let mut text = String::new();
     let cipher = cipher_floor()?;
     text.push_str("Cipher floor (in process): one-shot AES-256-GCM vs envelope v1, seal + open\n");
@@ -52,7 +68,7 @@ pub(crate) async fn run() -> anyhow::Result<Report> {
         ));
     }
 
-    let grpc = grpc_ceiling().await?;
+    let (grpc, batches) = grpc_ceiling().await?;
     text.push_str("\ngRPC ceiling (127.0.0.1): null CryptoService vs Keyward, warm keys\n");
     text.push_str("| op | size | concurrency | null req/s | Keyward req/s | Keyward / null | null p50/p99/p999 µs | Keyward p50/p99/p999 µs |\n|---|---|---|---|---|---|---|---|\n");
     for row in &grpc {
@@ -68,7 +84,124 @@ pub(crate) async fn run() -> anyhow::Result<Report> {
             row.keyward.percentiles()
         ));
     }
+    text.push_str(&format!(
+        "\nBatch ({BATCH} x 1 KiB per call) vs single calls, Keyward, items/s\n"
+    ));
+    text.push_str("| op | concurrency | single items/s | batch items/s | batch / single | batch call p50/p99 µs |\n|---|---|---|---|---|---|\n");
+    for row in &batches {
+        text.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {}/{} |\n",
+            row.op,
+            row.concurrency,
+            row.single_items,
+            row.batch_items(),
+            row.batch_items() / row.single_items,
+            row.batch.pct(0.5),
+            row.batch.pct(0.99)
+        ));
+    }
+
+    let authz = authz_cost(&grpc).await?;
+    text.push_str("\nAuthentication and authorization cost\n");
+    text.push_str(&format!(
+        "Cedar decision in process (shipped policies, Service principal): {:.1} µs allow, {:.1} µs deny\n",
+        authz.decision_allow_ns / 1000.0,
+        authz.decision_deny_ns / 1000.0
+    ));
+    text.push_str("| encrypt 1 KiB x32 (4 conns) | req/s | p50/p99/p999 µs |\n|---|---|---|\n");
+    for (name, cell) in [
+        ("null service, plaintext", &authz.null_plain),
+        ("null service, mTLS", &authz.null_tls),
+        (
+            "Keyward dev mode (plaintext, Developer principal, Cedar)",
+            &authz.keyward_plain,
+        ),
+        (
+            "Keyward mTLS + Cedar (Service principal)",
+            &authz.keyward_tls,
+        ),
+    ] {
+        text.push_str(&format!(
+            "| {name} | {:.0} | {} |\n",
+            cell.rps,
+            cell.percentiles()
+        ));
+    }
+    text.push_str(&format!(
+        "Keyward mTLS / null mTLS: {:.2}; Keyward mTLS / Keyward plaintext: {:.2}\n",
+        authz.keyward_tls.rps / authz.null_tls.rps,
+        authz.keyward_tls.rps / authz.keyward_plain.rps
+    ));
+
+    // Targets (issue #7), each met or not.
+    let mut targets: Vec<(String, bool)> = Vec::new();
+    for row in grpc
+        .iter()
+        .filter(|r| r.size == 1024 && r.concurrency == 32)
+    {
+        targets.push((
+            format!(
+                "{} 1 KiB x32 >= 0.8 x null req/s (got {:.2})",
+                row.op,
+                row.keyward.rps / row.null.rps
+            ),
+            row.keyward.rps >= 0.8 * row.null.rps,
+        ));
+        targets.push((
+            format!(
+                "{} 1 KiB x32 p99 <= 2 x null p99 (got {} vs {} µs)",
+                row.op,
+                row.keyward.pct(0.99),
+                row.null.pct(0.99)
+            ),
+            row.keyward.pct(0.99) <= 2 * row.null.pct(0.99),
+        ));
+    }
+    for (size, floor) in [(16 * 1024, 0.8), (1024, 0.5)] {
+        if let Some(row) = cipher.iter().find(|r| r.size == size) {
+            let ratio = row.envelope_mbps / row.raw_mbps;
+            targets.push((
+                format!(
+                    "envelope at {} >= {floor} x raw AEAD (got {ratio:.2})",
+                    size_name(size)
+                ),
+                ratio >= floor,
+            ));
+        }
+    }
+    for row in &batches {
+        let ratio = row.batch_items() / row.single_items;
+        targets.push((
+            format!(
+                "batch {} x{} >= 3 x single items/s (got {ratio:.2})",
+                row.op, row.concurrency
+            ),
+            ratio >= 3.0,
+        ));
+    }
+    text.push_str("\nTargets\n");
+    for (name, met) in &targets {
+        text.push_str(&format!(
+            "- [{}] {name}\n",
+            if *met { "met" } else { "NOT MET" }
+        ));
+    }
+
     let json = serde_json::json!({
+        "batch": batches.iter().map(|r| serde_json::json!({
+            "op": r.op, "concurrency": r.concurrency, "items_per_call": BATCH,
+            "single_items_per_s": r.single_items, "batch_items_per_s": r.batch_items(),
+            "ratio": r.batch_items() / r.single_items, "batch_call": r.batch.json(),
+        })).collect::<Vec<_>>(),
+        "authz": {
+            "decision_allow_ns": authz.decision_allow_ns,
+            "decision_deny_ns": authz.decision_deny_ns,
+            "null_plain": authz.null_plain.json(),
+            "null_tls": authz.null_tls.json(),
+            "keyward_plain": authz.keyward_plain.json(),
+            "keyward_tls": authz.keyward_tls.json(),
+        },
+        "targets": targets.iter().map(|(name, met)| serde_json::json!({"target": name, "met": met})).collect::<Vec<_>>(),
         "cipher_floor": cipher.iter().map(|r| serde_json::json!({
             "size": r.size, "aes_gcm_mb_per_s": r.raw_mbps, "envelope_mb_per_s": r.envelope_mbps,
             "ratio": r.envelope_mbps / r.raw_mbps,
@@ -121,7 +254,7 @@ fn cipher_floor() -> anyhow::Result<Vec<CipherRow>> {
     let mut rows = Vec::new();
     for size in [64, 1024, 16 * 1024, 1 << 20] {
         let plaintext = vec![0x5a; size];
-        let budget = Duration::from_millis(600);
+        let budget = cell() * 3 / 10;
         // Interleave the two, twice, and keep the better of each (noise only slows).
         let mut raw = 0f64;
         let mut env = 0f64;
@@ -169,6 +302,41 @@ impl CryptoService for NullCrypto {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         Ok(Response::new(pb::DecryptResponse {
             plaintext: r.into_inner().envelope,
+        }))
+    }
+    async fn encrypt_batch(
+        &self,
+        r: Request<pb::EncryptBatchRequest>,
+    ) -> Result<Response<pb::EncryptBatchResponse>, Status> {
+        Ok(Response::new(pb::EncryptBatchResponse {
+            results: r
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| pb::EncryptBatchResult {
+                    result: Some(pb::encrypt_batch_result::Result::Ok(pb::EncryptResponse {
+                        envelope: i.plaintext,
+                        dek_id: String::new(),
+                    })),
+                })
+                .collect(),
+        }))
+    }
+    async fn decrypt_batch(
+        &self,
+        r: Request<pb::DecryptBatchRequest>,
+    ) -> Result<Response<pb::DecryptBatchResponse>, Status> {
+        Ok(Response::new(pb::DecryptBatchResponse {
+            results: r
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| pb::DecryptBatchResult {
+                    result: Some(pb::decrypt_batch_result::Result::Ok(pb::DecryptResponse {
+                        plaintext: i.envelope,
+                    })),
+                })
+                .collect(),
         }))
     }
 }
@@ -223,7 +391,8 @@ async fn load(
     op: &'static str,
     payload: Arc<Vec<u8>>,
 ) -> anyhow::Result<Cell> {
-    let deadline_warm = Instant::now() + WARM_UP;
+    let deadline_warm = Instant::now() + warm_up();
+    let cell = cell();
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let mut client = CryptoServiceClient::new(conns[i % conns.len()].clone())
@@ -237,16 +406,16 @@ async fn load(
                 let now = Instant::now();
                 let end_at = *end.get_or_insert_with(|| {
                     if now < deadline_warm {
-                        deadline_warm + CELL
+                        deadline_warm + cell
                     } else {
-                        now + CELL
+                        now + cell
                     }
                 });
                 if now >= end_at {
                     break;
                 }
-                let ok = if op == "encrypt" {
-                    client
+                let ok = match op {
+                    "encrypt" => client
                         .encrypt(pb::EncryptRequest {
                             tenant_id: "bench".into(),
                             plaintext: payload.to_vec(),
@@ -254,16 +423,47 @@ async fn load(
                             scope: String::new(),
                         })
                         .await
-                        .is_ok()
-                } else {
-                    client
+                        .is_ok(),
+                    "decrypt" => client
                         .decrypt(pb::DecryptRequest {
                             tenant_id: "bench".into(),
                             envelope: payload.to_vec(),
                             encryption_context: Default::default(),
                         })
                         .await
-                        .is_ok()
+                        .is_ok(),
+                    "encrypt_batch" => client
+                        .encrypt_batch(pb::EncryptBatchRequest {
+                            tenant_id: "bench".into(),
+                            items: (0..BATCH)
+                                .map(|_| pb::EncryptBatchItem {
+                                    plaintext: payload.to_vec(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        })
+                        .await
+                        .is_ok_and(|r| {
+                            r.get_ref().results.iter().all(|r| {
+                                matches!(r.result, Some(pb::encrypt_batch_result::Result::Ok(_)))
+                            })
+                        }),
+                    _ => client
+                        .decrypt_batch(pb::DecryptBatchRequest {
+                            tenant_id: "bench".into(),
+                            items: (0..BATCH)
+                                .map(|_| pb::DecryptBatchItem {
+                                    envelope: payload.to_vec(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        })
+                        .await
+                        .is_ok_and(|r| {
+                            r.get_ref().results.iter().all(|r| {
+                                matches!(r.result, Some(pb::decrypt_batch_result::Result::Ok(_)))
+                            })
+                        }),
                 };
                 if !ok {
                     return Err(anyhow::anyhow!("{op} failed during the benchmark"));
@@ -281,12 +481,26 @@ async fn load(
     }
     all.sort_unstable();
     Ok(Cell {
-        rps: all.len() as f64 / CELL.as_secs_f64(),
+        rps: all.len() as f64 / cell.as_secs_f64(),
         latencies_us: all,
     })
 }
 
-async fn grpc_ceiling() -> anyhow::Result<Vec<GrpcRow>> {
+struct BatchRow {
+    op: &'static str,
+    concurrency: usize,
+    /// Items/s with one item per call (the gRPC-ceiling row's Keyward cell).
+    single_items: f64,
+    batch: Cell,
+}
+
+impl BatchRow {
+    fn batch_items(&self) -> f64 {
+        self.batch.rps * BATCH as f64
+    }
+}
+
+async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
     // The null service, with the same transport settings as Keyward's.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let null_addr = listener.local_addr()?;
@@ -332,6 +546,7 @@ async fn grpc_ceiling() -> anyhow::Result<Vec<GrpcRow>> {
         .await?;
 
     let mut rows = Vec::new();
+    let mut batches = Vec::new();
     for size in [1024usize, 16 * 1024] {
         let plaintext = Arc::new(vec![0x42u8; size]);
         let envelope = Arc::new(
@@ -358,6 +573,25 @@ async fn grpc_ceiling() -> anyhow::Result<Vec<GrpcRow>> {
                 eprintln!("gRPC: {op} {} x{concurrency}", size_name(size));
                 let null = load(&null_conns, concurrency, op, null_payload).await?;
                 let keyward = load(&keyward_conns, concurrency, op, keyward_payload).await?;
+                if size == 1024 {
+                    eprintln!("batch: {op} {BATCH} x 1 KiB x{concurrency}");
+                    let batch_op = if op == "encrypt" {
+                        "encrypt_batch"
+                    } else {
+                        "decrypt_batch"
+                    };
+                    let payload = if op == "encrypt" {
+                        plaintext.clone()
+                    } else {
+                        envelope.clone()
+                    };
+                    batches.push(BatchRow {
+                        op,
+                        concurrency,
+                        single_items: keyward.rps,
+                        batch: load(&keyward_conns, concurrency, batch_op, payload).await?,
+                    });
+                }
                 rows.push(GrpcRow {
                     op,
                     size,
@@ -368,5 +602,243 @@ async fn grpc_ceiling() -> anyhow::Result<Vec<GrpcRow>> {
             }
         }
     }
-    Ok(rows)
+    Ok((rows, batches))
+}
+
+struct AuthzReport {
+    decision_allow_ns: f64,
+    decision_deny_ns: f64,
+    null_plain: Cell,
+    null_tls: Cell,
+    keyward_plain: Cell,
+    keyward_tls: Cell,
+}
+
+fn policies_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+/// ns per `is_authorized` call, over about `budget`.
+fn decision_ns(
+    policies: &keyward_authz::Policies,
+    principal: &keyward_authz::Principal,
+    tenant: &str,
+    budget: Duration,
+) -> f64 {
+    let ctx = keyward_authz::RequestContext {
+        purpose: Some("chat-history"),
+        scope: Some("default"),
+    };
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while start.elapsed() < budget {
+        for _ in 0..100 {
+            std::hint::black_box(policies.is_authorized(
+                principal,
+                keyward_authz::Action::Encrypt,
+                keyward_authz::Resource::Tenant(tenant),
+                &ctx,
+            ));
+        }
+        calls += 100;
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// A CA, server certificate and client certificates (rcgen), as PEM files under `dir`.
+struct BenchPki {
+    ca_pem: String,
+    files: keyward_server::tls::TlsFiles,
+}
+
+fn write_leaf(
+    dir: &std::path::Path,
+    name: &str,
+    params: rcgen::CertificateParams,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    let cert_file = dir.join(format!("{name}.pem"));
+    let key_file = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    Ok((cert_file, key_file))
+}
+
+/// Mints the PKI and returns it with the client identities (cert, key) for `spiffe_ids`.
+fn bench_pki(
+    dir: &std::path::Path,
+    spiffe_ids: &[&str],
+) -> anyhow::Result<(BenchPki, Vec<tonic::transport::Identity>)> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "keyward bench CA");
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem())?;
+    let (cert_file, key_file) = write_leaf(
+        dir,
+        "server",
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?,
+        &issuer,
+    )?;
+    let mut identities = Vec::new();
+    for (i, id) in spiffe_ids.iter().enumerate() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI((*id).try_into()?));
+        let (cert, key) = write_leaf(dir, &format!("client-{i}"), params, &issuer)?;
+        identities.push(tonic::transport::Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok((
+        BenchPki {
+            ca_pem: ca_cert.pem(),
+            files: keyward_server::tls::TlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: ca_file,
+            },
+        },
+        identities,
+    ))
+}
+
+async fn tls_channels(
+    addr: std::net::SocketAddr,
+    n: usize,
+    pki: &BenchPki,
+    identity: &tonic::transport::Identity,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+            .identity(identity.clone())
+            .domain_name("localhost");
+        out.push(
+            Channel::from_shared(format!("https://{addr}"))?
+                .tls_config(tls)?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Scenario 7: what mTLS and Cedar cost per request, against a null service behind the same
+/// TLS acceptor.
+async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> {
+    const SERVICE: &str = "spiffe://keyward.test/ns/bench/sa/client";
+    const OPERATOR: &str = "spiffe://keyward.test/ns/bench/sa/operator";
+    const ADMIN: &str = "spiffe://keyward.test/ns/bench/sa/admin";
+    let dir = tempfile::tempdir()?;
+    let identities = dir.path().join("identities.toml");
+    std::fs::write(
+        &identities,
+        format!(
+            "[[service]]\nid = \"bench\"\nidentities = [\"{SERVICE}\"]\ntenants = [\"bench\"]\n\n\
+             [[operator]]\nid = \"bench-operator\"\nidentities = [\"{OPERATOR}\"]\n\n\
+             [[tenant_admin]]\nid = \"bench-admin\"\nidentities = [\"{ADMIN}\"]\ntenant = \"bench\"\n"
+        ),
+    )?;
+
+    // In process: one decision.
+    let policies = keyward_authz::Policies::load(&policies_dir(), &identities)?;
+    let principal = policies
+        .principal(SERVICE)
+        .ok_or_else(|| anyhow::anyhow!("bench identity not mapped"))?;
+    let budget = cell() / 2;
+    let decision_allow_ns = decision_ns(&policies, &principal, "bench", budget);
+    let decision_deny_ns = decision_ns(&policies, &principal, "other", budget);
+
+    // Over the wire: the null service and Keyward, both behind Keyward's TLS acceptor.
+    let (pki, ids) = bench_pki(dir.path(), &[SERVICE, OPERATOR, ADMIN])?;
+    let tls = Arc::new(keyward_server::tls::ReloadableTls::load(pki.files.clone())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let null_addr = listener.local_addr()?;
+    let (incoming, _acceptor) = keyward_server::tls::incoming(listener, Some(tls));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CryptoServiceServer::new(NullCrypto))
+            .serve_with_incoming(incoming),
+    );
+
+    let data = tempfile::tempdir()?;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data.path().to_owned(),
+        ..Config::default()
+    };
+    config.revocation.monitor_interval_seconds = 0;
+    config.tls.cert_file = Some(pki.files.cert_file.clone());
+    config.tls.key_file = Some(pki.files.key_file.clone());
+    config.tls.client_ca_file = Some(pki.files.client_ca_file.clone());
+    config.authz.policies_dir = policies_dir();
+    config.authz.identities_file = Some(identities);
+    let settings = config.resolve()?;
+    let providers =
+        Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
+    let running =
+        keyward_server::start_with_providers(&settings, providers, std::future::pending()).await?;
+    let addr = running.local_addr();
+    let operator = tls_channels(addr, 1, &pki, &ids[1]).await?.remove(0);
+    TenantServiceClient::new(operator)
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: "bench".into(),
+            display_name: String::new(),
+        })
+        .await?;
+    let admin = tls_channels(addr, 1, &pki, &ids[2]).await?.remove(0);
+    TenantServiceClient::new(admin)
+        .register_key(pb::RegisterKeyRequest {
+            tenant_id: "bench".into(),
+            key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
+                key_name: "default".into(),
+            })),
+        })
+        .await?;
+
+    let payload = Arc::new(vec![0x42u8; 1024]);
+    eprintln!("authz: encrypt 1 KiB x32, mTLS");
+    let null_tls = load(
+        &tls_channels(null_addr, 4, &pki, &ids[0]).await?,
+        32,
+        "encrypt",
+        payload.clone(),
+    )
+    .await?;
+    let keyward_tls = load(
+        &tls_channels(addr, 4, &pki, &ids[0]).await?,
+        32,
+        "encrypt",
+        payload,
+    )
+    .await?;
+    let plain = grpc
+        .iter()
+        .find(|r| r.op == "encrypt" && r.size == 1024 && r.concurrency == 32)
+        .ok_or_else(|| anyhow::anyhow!("no plaintext row"))?;
+    Ok(AuthzReport {
+        decision_allow_ns,
+        decision_deny_ns,
+        null_plain: Cell {
+            rps: plain.null.rps,
+            latencies_us: plain.null.latencies_us.clone(),
+        },
+        null_tls,
+        keyward_plain: Cell {
+            rps: plain.keyward.rps,
+            latencies_us: plain.keyward.latencies_us.clone(),
+        },
+        keyward_tls,
+    })
 }

@@ -1,7 +1,10 @@
 //! The tonic services: wire types are converted to domain types here (every
 //! field validated, with the field named in the error) and nowhere deeper.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use keyward_envelope::{EncryptionContext, TenantId};
 use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind};
@@ -49,6 +52,122 @@ impl CryptoApi {
 /// The encryption-context key whose value policies see as the data purpose.
 pub const PURPOSE_CONTEXT_KEY: &str = "purpose";
 
+/// Most items in one `EncryptBatch` / `DecryptBatch` call.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// (purpose, scope) pairs already authorized within one batch: items sharing them skip the
+/// policy evaluation (denials are evaluated, and counted, per item).
+type Allowed = HashSet<(Option<String>, Option<String>)>;
+
+impl CryptoApi {
+    fn authorize(
+        &self,
+        head: &Request<()>,
+        action: Action,
+        tenant: &TenantId,
+        context: RequestContext<'_>,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<(), ServiceError> {
+        let Some(allowed) = allowed else {
+            self.authz.check(head, action, Some(tenant), &context)?;
+            return Ok(());
+        };
+        let key = (
+            context.purpose.map(str::to_owned),
+            context.scope.map(str::to_owned),
+        );
+        if !allowed.contains(&key) {
+            self.authz.check(head, action, Some(tenant), &context)?;
+            allowed.insert(key);
+        }
+        Ok(())
+    }
+
+    async fn encrypt_item(
+        &self,
+        head: &Request<()>,
+        tenant: &TenantId,
+        plaintext: Zeroizing<Vec<u8>>,
+        raw_context: HashMap<String, String>,
+        raw_scope: &str,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<pb::EncryptResponse, ServiceError> {
+        let ctx = context(raw_context)?;
+        let scope = scope(raw_scope)?;
+        self.authorize(
+            head,
+            Action::Encrypt,
+            tenant,
+            RequestContext {
+                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
+                scope: Some(scope.as_str()),
+            },
+            allowed,
+        )?;
+        if plaintext.len() > self.max_plaintext_bytes {
+            return Err(ServiceError::PayloadTooLarge {
+                size: plaintext.len(),
+                limit: self.max_plaintext_bytes,
+            });
+        }
+        let (envelope, dek_id) = self
+            .keyring
+            .encrypt(tenant, &scope, &ctx, &plaintext)
+            .await?;
+        Ok(pb::EncryptResponse {
+            envelope,
+            dek_id: dek_id.to_string(),
+        })
+    }
+
+    async fn decrypt_item(
+        &self,
+        head: &Request<()>,
+        tenant: &TenantId,
+        envelope: &[u8],
+        raw_context: HashMap<String, String>,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<pb::DecryptResponse, ServiceError> {
+        let ctx = context(raw_context)?;
+        // The scope is inside the envelope; policies see only the purpose on decrypt.
+        self.authorize(
+            head,
+            Action::Decrypt,
+            tenant,
+            RequestContext {
+                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
+                scope: None,
+            },
+            allowed,
+        )?;
+        let plaintext = self.keyring.decrypt(tenant, envelope, &ctx).await?;
+        // prost needs an owned Vec; the copy tonic encodes from is not
+        // zeroized (docs/threat-model.md), ours is.
+        Ok(pb::DecryptResponse {
+            plaintext: plaintext.to_vec(),
+        })
+    }
+}
+
+fn batch_size(items: usize) -> Result<(), ServiceError> {
+    if items == 0 || items > MAX_BATCH_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("a batch holds 1 to {MAX_BATCH_ITEMS} items, not {items}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What the single-item call would have returned, as a batch item's error.
+fn item_error(e: &ServiceError) -> pb::BatchItemError {
+    pb::BatchItemError {
+        code: e.code() as i32,
+        reason: e.reason().to_owned(),
+        message: e.to_status().message().to_owned(),
+    }
+}
+
 #[tonic::async_trait]
 impl CryptoService for CryptoApi {
     async fn encrypt(
@@ -58,32 +177,17 @@ impl CryptoService for CryptoApi {
         let (head, request) = split(request);
         let plaintext = Zeroizing::new(request.plaintext);
         let tenant = tenant_id(&request.tenant_id)?;
-        let ctx = context(request.encryption_context)?;
-        let scope = scope(&request.scope)?;
-        self.authz.check(
-            &head,
-            Action::Encrypt,
-            Some(&tenant),
-            &RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(scope.as_str()),
-            },
-        )?;
-        if plaintext.len() > self.max_plaintext_bytes {
-            return Err(ServiceError::PayloadTooLarge {
-                size: plaintext.len(),
-                limit: self.max_plaintext_bytes,
-            }
-            .into());
-        }
-        let (envelope, dek_id) = self
-            .keyring
-            .encrypt(&tenant, &scope, &ctx, &plaintext)
+        let response = self
+            .encrypt_item(
+                &head,
+                &tenant,
+                plaintext,
+                request.encryption_context,
+                &request.scope,
+                None,
+            )
             .await?;
-        Ok(Response::new(pb::EncryptResponse {
-            envelope,
-            dek_id: dek_id.to_string(),
-        }))
+        Ok(Response::new(response))
     }
 
     async fn decrypt(
@@ -92,26 +196,75 @@ impl CryptoService for CryptoApi {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
-        let ctx = context(request.encryption_context)?;
-        // The scope is inside the envelope; policies see only the purpose on decrypt.
-        self.authz.check(
-            &head,
-            Action::Decrypt,
-            Some(&tenant),
-            &RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: None,
-            },
-        )?;
-        let plaintext = self
-            .keyring
-            .decrypt(&tenant, &request.envelope, &ctx)
+        let response = self
+            .decrypt_item(
+                &head,
+                &tenant,
+                &request.envelope,
+                request.encryption_context,
+                None,
+            )
             .await?;
-        // prost needs an owned Vec; the copy tonic encodes from is not
-        // zeroized (docs/threat-model.md), ours is.
-        Ok(Response::new(pb::DecryptResponse {
-            plaintext: plaintext.to_vec(),
-        }))
+        Ok(Response::new(response))
+    }
+
+    async fn encrypt_batch(
+        &self,
+        request: Request<pb::EncryptBatchRequest>,
+    ) -> Result<Response<pb::EncryptBatchResponse>, Status> {
+        let (head, request) = split(request);
+        let tenant = tenant_id(&request.tenant_id)?;
+        batch_size(request.items.len())?;
+        let mut allowed = Allowed::new();
+        let mut results = Vec::with_capacity(request.items.len());
+        for item in request.items {
+            let outcome = self
+                .encrypt_item(
+                    &head,
+                    &tenant,
+                    Zeroizing::new(item.plaintext),
+                    item.encryption_context,
+                    &item.scope,
+                    Some(&mut allowed),
+                )
+                .await;
+            results.push(pb::EncryptBatchResult {
+                result: Some(match outcome {
+                    Ok(ok) => pb::encrypt_batch_result::Result::Ok(ok),
+                    Err(e) => pb::encrypt_batch_result::Result::Error(item_error(&e)),
+                }),
+            });
+        }
+        Ok(Response::new(pb::EncryptBatchResponse { results }))
+    }
+
+    async fn decrypt_batch(
+        &self,
+        request: Request<pb::DecryptBatchRequest>,
+    ) -> Result<Response<pb::DecryptBatchResponse>, Status> {
+        let (head, request) = split(request);
+        let tenant = tenant_id(&request.tenant_id)?;
+        batch_size(request.items.len())?;
+        let mut allowed = Allowed::new();
+        let mut results = Vec::with_capacity(request.items.len());
+        for item in request.items {
+            let outcome = self
+                .decrypt_item(
+                    &head,
+                    &tenant,
+                    &item.envelope,
+                    item.encryption_context,
+                    Some(&mut allowed),
+                )
+                .await;
+            results.push(pb::DecryptBatchResult {
+                result: Some(match outcome {
+                    Ok(ok) => pb::decrypt_batch_result::Result::Ok(ok),
+                    Err(e) => pb::decrypt_batch_result::Result::Error(item_error(&e)),
+                }),
+            });
+        }
+        Ok(Response::new(pb::DecryptBatchResponse { results }))
     }
 }
 

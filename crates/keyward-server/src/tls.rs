@@ -287,7 +287,7 @@ impl AsyncWrite for PeerStream {
 /// Accepts connections on `listener` (TCP_NODELAY set) and yields them as [`PeerStream`]s:
 /// after a TLS handshake (bounded in time and in concurrency) when `tls` is set, as
 /// development-mode plaintext otherwise. Failed handshakes are logged and dropped.
-pub(crate) fn incoming(
+pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<ReloadableTls>>,
 ) -> (ReceiverStream<io::Result<PeerStream>>, JoinHandle<()>) {

@@ -276,6 +276,33 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
         (other.code(), other.message()),
         (missing.code(), missing.message())
     );
+    // In a batch, each item is authorized on its own (its own purpose).
+    let results = chat_api
+        .crypto
+        .encrypt_batch(pb::EncryptBatchRequest {
+            tenant_id: "acme".into(),
+            items: ["chat-history", "training", "chat-history"]
+                .iter()
+                .map(|purpose| pb::EncryptBatchItem {
+                    plaintext: b"p".to_vec(),
+                    encryption_context: context(&[("purpose", purpose)]),
+                    scope: String::new(),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let reasons: Vec<&str> = results
+        .iter()
+        .map(|r| match &r.result {
+            Some(pb::encrypt_batch_result::Result::Ok(_)) => "ok",
+            Some(pb::encrypt_batch_result::Result::Error(e)) => e.reason.as_str(),
+            None => "none",
+        })
+        .collect();
+    assert_eq!(reasons, ["ok", "PERMISSION_DENIED", "ok"]);
     let mut billing_api = caller(&server, &pki, &billing).await;
     assert_status(
         billing_api

@@ -1,0 +1,45 @@
+//! The benchmark command works (CI's smoke run; the figures of a 0.1 s cell mean nothing and
+//! are not checked, only that every scenario ran and reported its targets).
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn keyward_bench_suite_quick_runs_every_scenario() {
+    let bench = support::keyward_bin().with_file_name("keyward-bench");
+    assert!(bench.exists(), "{} not built", bench.display());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("suite.json");
+    let out = Command::new(&bench)
+        .args(["suite", "--quick", "--json"])
+        .arg(&json)
+        .env("KEYWARD_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in [
+        "Cipher floor",
+        "gRPC ceiling",
+        "Batch (100 x 1 KiB per call)",
+        "Authentication and authorization cost",
+        "Targets",
+    ] {
+        assert!(stdout.contains(section), "missing {section}:\n{stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for key in ["cipher_floor", "grpc_ceiling", "batch", "authz", "targets"] {
+        let value = &report[key];
+        assert!(
+            !value.is_null() && value.as_array().is_none_or(|a| !a.is_empty()),
+            "{key}: {value}"
+        );
+    }
+    assert!(report["authz"]["decision_allow_ns"].as_f64().unwrap() > 0.0);
+}
