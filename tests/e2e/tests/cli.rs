@@ -193,3 +193,60 @@ fn quickstart_through_the_cli() {
     assert!(!ok);
     assert!(err.contains("KEY=VALUE"), "{err}");
 }
+
+/// `keyward policy check` on the shipped policies passes; a wrong expectation, a malformed
+/// policy and an unknown mapping field each fail with a message naming what is wrong.
+#[test]
+fn policy_check_validates_and_replays_the_cases() {
+    use std::process::Command;
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let check = |policies: &std::path::Path| {
+        let out = Command::new(support::keyward_bin())
+            .args(["policy", "check", "--policies"])
+            .arg(policies)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check(&shipped);
+    assert!(ok, "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let copy = tempfile::tempdir().unwrap();
+    let policies = copy.path();
+    std::fs::create_dir(policies.join("tests")).unwrap();
+    for dir in ["", "tests"] {
+        for entry in std::fs::read_dir(shipped.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), policies.join(dir).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        policies.join("tests/zz-wrong.toml"),
+        "[[case]]\nname = \"auditors may decrypt (wrong on purpose)\"\nidentity = \"spiffe://keyward.test/ns/compliance/sa/auditor\"\naction = \"Decrypt\"\ntenant = \"acme\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(policies);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(
+        out.contains("auditors may decrypt (wrong on purpose)"),
+        "{out}"
+    );
+    assert!(out.contains("1 failed"), "{out}");
+
+    std::fs::write(
+        policies.join("services.cedar"),
+        "permit (principal, action, resource)\nwhen { principal.nonsense };\n",
+    )
+    .unwrap();
+    let (ok, out) = check(policies);
+    assert!(!ok, "{out}");
+    assert!(out.contains("services.cedar:2"), "{out}");
+}
