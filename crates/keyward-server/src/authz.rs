@@ -74,6 +74,8 @@ struct DenialKey {
 pub struct Authz {
     policies: RwLock<Arc<Policies>>,
     files: PolicyFiles,
+    /// Built once: development mode asks for it on every call.
+    developer: Arc<Principal>,
     denials: Mutex<HashMap<DenialKey, u64>>,
 }
 
@@ -91,6 +93,7 @@ impl Authz {
         Ok(Self {
             policies: RwLock::new(Arc::new(policies)),
             files,
+            developer: Policies::developer(),
             denials: Mutex::new(HashMap::new()),
         })
     }
@@ -132,7 +135,7 @@ impl Authz {
             .map(|info| &info.identity);
         let policies = self.current();
         let principal = match identity {
-            Some(PeerIdentity::Development) => Policies::developer(),
+            Some(PeerIdentity::Development) => Arc::clone(&self.developer),
             Some(PeerIdentity::Certificate(id)) => match policies.principal(id) {
                 Some(principal) => principal,
                 None => {
@@ -211,5 +214,98 @@ impl Authz {
                 count,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn authz() -> Authz {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        Authz::load(PolicyFiles {
+            identities_file: dir.join("identities.toml"),
+            policies_dir: dir,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn denials_are_counted_per_principal_action_tenant_and_second() {
+        let authz = authz();
+        let acme = TenantId::try_from("acme").unwrap();
+        for _ in 0..3 {
+            authz.count_denial("Service::\"a\"".into(), Action::Decrypt, Some(&acme));
+        }
+        authz.count_denial("Service::\"a\"".into(), Action::Encrypt, Some(&acme));
+        authz.count_denial("Operator::\"o\"".into(), Action::ExportAudit, None);
+        // The current second is not over yet.
+        assert!(authz.take_finished_denials(now_ms() - 1000).is_empty());
+        let events = authz.take_finished_denials(i64::MAX);
+        let mut counts: Vec<(String, String, Option<String>, u64)> = events
+            .into_iter()
+            .map(|e| match e {
+                AuditEvent::AuthorizationDenied {
+                    principal,
+                    action,
+                    tenant,
+                    count,
+                    ..
+                } => (principal, action, tenant.map(|t| t.to_string()), count),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                ("Operator::\"o\"".into(), "ExportAudit".into(), None, 1),
+                (
+                    "Service::\"a\"".into(),
+                    "Decrypt".into(),
+                    Some("acme".into()),
+                    3
+                ),
+                (
+                    "Service::\"a\"".into(),
+                    "Encrypt".into(),
+                    Some("acme".into()),
+                    1
+                ),
+            ]
+        );
+        assert!(authz.take_finished_denials(i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_distinct_denials_stays_bounded_and_exact() {
+        let authz = authz();
+        let n = MAX_DENIAL_KEYS + 500;
+        for i in 0..n {
+            authz.count_denial(format!("unmapped:dns:host-{i}"), Action::Encrypt, None);
+        }
+        assert!(authz.denials.lock().unwrap().len() <= MAX_DENIAL_KEYS + 2);
+        let total: u64 = authz
+            .take_finished_denials(i64::MAX)
+            .iter()
+            .map(|e| match e {
+                AuditEvent::AuthorizationDenied { count, .. } => *count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, n as u64);
+    }
+
+    #[test]
+    fn a_caller_with_the_actor_claim_is_recorded_as_a_claim() {
+        let caller = Caller {
+            principal: Policies::developer(),
+        };
+        assert_eq!(caller.actor(""), "Developer::\"dev\"");
+        assert_eq!(
+            caller.actor("ciso\n\"bob\""),
+            "Developer::\"dev\" requested_by=\"ciso\\\"bob\\\"\""
+        );
     }
 }
