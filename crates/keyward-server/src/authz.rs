@@ -69,10 +69,104 @@ struct DenialKey {
     second: i64,
 }
 
+/// Most decisions remembered per policy version; when full the memo starts over (a caller
+/// cycling through many purposes only falls back to evaluating every call).
+const MAX_REMEMBERED_DECISIONS: usize = 16_384;
+
+/// One remembered decision; the full request is kept so that a hash collision is a miss,
+/// never someone else's decision.
+#[derive(Debug)]
+struct Remembered {
+    principal: Arc<Principal>,
+    action: Action,
+    tenant: Option<TenantId>,
+    purpose: Option<String>,
+    scope: Option<String>,
+    allowed: bool,
+}
+
+/// The policies in force and the decisions made under them. A reload replaces both at once,
+/// so no decision outlives the policies that made it.
+#[derive(Debug)]
+struct Snapshot {
+    policies: Policies,
+    decisions: RwLock<HashMap<u64, Remembered>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Snapshot {
+    fn new(policies: Policies) -> Self {
+        Self {
+            policies,
+            decisions: RwLock::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Cedar evaluation costs ~10 µs; a decision is a pure function of the policies and the
+    /// request, so repeated requests (the same service, tenant and purpose) are looked up.
+    fn is_authorized(
+        &self,
+        principal: &Arc<Principal>,
+        action: Action,
+        tenant: Option<&TenantId>,
+        context: &RequestContext<'_>,
+    ) -> bool {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one((
+            principal.kind().as_str(),
+            principal.id(),
+            action,
+            tenant.map(TenantId::as_str),
+            context.purpose,
+            context.scope,
+        ));
+        let same = |r: &Remembered| {
+            (Arc::ptr_eq(&r.principal, principal) || r.principal == *principal)
+                && r.action == action
+                && r.tenant.as_ref() == tenant
+                && r.purpose.as_deref() == context.purpose
+                && r.scope.as_deref() == context.scope
+        };
+        if let Some(r) = self
+            .decisions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+            && same(r)
+        {
+            return r.allowed;
+        }
+        let resource = tenant.map_or(Resource::System, |t| Resource::Tenant(t.as_str()));
+        let allowed = self
+            .policies
+            .is_authorized(principal, action, resource, context);
+        let mut decisions = self
+            .decisions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if decisions.len() >= MAX_REMEMBERED_DECISIONS {
+            decisions.clear();
+        }
+        decisions.insert(
+            hash,
+            Remembered {
+                principal: Arc::clone(principal),
+                action,
+                tenant: tenant.cloned(),
+                purpose: context.purpose.map(str::to_owned),
+                scope: context.scope.map(str::to_owned),
+                allowed,
+            },
+        );
+        allowed
+    }
+}
+
 /// The policy decision point of the server.
 #[derive(Debug)]
 pub struct Authz {
-    policies: RwLock<Arc<Policies>>,
+    snapshot: RwLock<Arc<Snapshot>>,
     files: PolicyFiles,
     /// Built once: development mode asks for it on every call.
     developer: Arc<Principal>,
@@ -91,7 +185,7 @@ impl Authz {
             "authorization policies loaded"
         );
         Ok(Self {
-            policies: RwLock::new(Arc::new(policies)),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(policies))),
             files,
             developer: Policies::developer(),
             denials: Mutex::new(HashMap::new()),
@@ -101,7 +195,7 @@ impl Authz {
     /// Every file the policies were read from, and their directory (whose modification time
     /// changes when a policy file is added or removed): what the reloader watches.
     pub fn sources(&self) -> Vec<PathBuf> {
-        let mut paths = self.current().sources().to_vec();
+        let mut paths = self.current().policies.sources().to_vec();
         paths.push(self.files.policies_dir.clone());
         paths
     }
@@ -110,14 +204,14 @@ impl Authz {
     pub fn reload(&self) -> Result<(), keyward_authz::LoadError> {
         let policies = Policies::load(&self.files.policies_dir, &self.files.identities_file)?;
         *self
-            .policies
+            .snapshot
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Snapshot::new(policies));
         Ok(())
     }
 
-    fn current(&self) -> Arc<Policies> {
-        Arc::clone(&self.policies.read().unwrap_or_else(PoisonError::into_inner))
+    fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Authorizes `action` on `tenant` (or on the system when `None`) for the caller of
@@ -133,10 +227,10 @@ impl Authz {
             .extensions()
             .get::<PeerInfo>()
             .map(|info| &info.identity);
-        let policies = self.current();
+        let snapshot = self.current();
         let principal = match identity {
             Some(PeerIdentity::Development) => Arc::clone(&self.developer),
-            Some(PeerIdentity::Certificate(id)) => match policies.principal(id) {
+            Some(PeerIdentity::Certificate(id)) => match snapshot.policies.principal(id) {
                 Some(principal) => principal,
                 None => {
                     let recorded: String = id.chars().take(MAX_RECORDED_IDENTITY).collect();
@@ -152,8 +246,7 @@ impl Authz {
                 return Err(ServiceError::Unauthenticated);
             }
         };
-        let resource = tenant.map_or(Resource::System, |t| Resource::Tenant(t.as_str()));
-        if policies.is_authorized(&principal, action, resource, context) {
+        if snapshot.is_authorized(&principal, action, tenant, context) {
             Ok(Caller { principal })
         } else {
             tracing::info!(principal = %principal, action = action.as_str(), "authorization denied");
@@ -295,6 +388,56 @@ mod tests {
             })
             .sum();
         assert_eq!(total, n as u64);
+    }
+
+    #[test]
+    fn remembered_decisions_match_fresh_ones_and_never_leak_across_requests() {
+        let authz = authz();
+        let snapshot = authz.current();
+        let chat = snapshot
+            .policies
+            .principal("spiffe://keyward.test/ns/chat/sa/chat-api")
+            .unwrap();
+        let acme = TenantId::try_from("acme").unwrap();
+        let globex = TenantId::try_from("globex").unwrap();
+        fn ctx(purpose: &str) -> RequestContext<'_> {
+            RequestContext {
+                purpose: Some(purpose),
+                scope: Some("default"),
+            }
+        }
+        for _ in 0..3 {
+            assert!(snapshot.is_authorized(
+                &chat,
+                Action::Encrypt,
+                Some(&acme),
+                &ctx("chat-history")
+            ));
+            assert!(!snapshot.is_authorized(
+                &chat,
+                Action::Encrypt,
+                Some(&globex),
+                &ctx("chat-history")
+            ));
+            assert!(!snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &ctx("training")));
+            assert!(!snapshot.is_authorized(
+                &chat,
+                Action::RevokeKey,
+                Some(&acme),
+                &RequestContext::default()
+            ));
+        }
+        assert_eq!(snapshot.decisions.read().unwrap().len(), 4);
+        // Full: starts over, still bounded, still right.
+        for i in 0..MAX_REMEMBERED_DECISIONS + 10 {
+            let purpose = format!("p{i}");
+            assert!(!snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &ctx(&purpose)));
+        }
+        assert!(snapshot.decisions.read().unwrap().len() <= MAX_REMEMBERED_DECISIONS);
+        assert!(snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &ctx("chat-history")));
+        // A reload starts with no remembered decisions.
+        authz.reload().unwrap();
+        assert!(authz.current().decisions.read().unwrap().is_empty());
     }
 
     #[test]
