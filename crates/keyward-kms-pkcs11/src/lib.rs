@@ -1,0 +1,27 @@
+//! PKCS#11 HSMs as a Keyward key-encryption-key provider.
+//!
+//! [`Pkcs11Provider`] implements [`keyward_kms::KeyProvider`] on one PKCS#11 token through the
+//! `cryptoki` crate: the KEK is a sensitive, non-extractable AES-256 secret key; wraps are
+//! `C_Encrypt` with `CKM_AES_GCM` and the [`keyward_kms::WrapContext`] as AAD (layout in
+//! `layout.rs`), unwraps are `C_Decrypt`. Key references are [`Pkcs11KeyUri`]s
+//! (`pkcs11:token=<label>;object=<key label>` and/or `id=%xx…`). Calls run on a bounded session
+//! pool on tokio's blocking threads; return codes are classified once (`classify.rs`, table in
+//! `docs/providers/pkcs11.md`).
+//!
+//! With the `test-support` feature, [`test_support`] runs a private SoftHSM2 token.
+#![forbid(unsafe_code)]
+
+mod classify;
+mod config;
+mod layout;
+mod provider;
+mod remediation;
+mod uri;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+pub use config::Pkcs11Config;
+pub use layout::WRAPPED_LEN;
+pub use provider::Pkcs11Provider;
+pub use uri::{InvalidPkcs11Uri, Pkcs11KeyUri, SCHEME};

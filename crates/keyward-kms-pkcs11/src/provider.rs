@@ -1,0 +1,716 @@
+//! [`Pkcs11Provider`]: the [`KeyProvider`] on a PKCS#11 token.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use keyward_envelope::{SecretKey, WrappedKey};
+use keyward_kms::{
+    Capabilities, ErrorKind, KeyProvider, KeyRef, KeyState, KeyStatus, ProviderError, ProviderKind,
+    WrapContext,
+};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::Pkcs11Config;
+use crate::classify::{SessionFate, classify};
+use crate::layout::{self, IV_LEN, KEY_LEN, TAG_LEN};
+use crate::remediation;
+use crate::uri::Pkcs11KeyUri;
+
+/// A PKCS#11 token as a KEK provider.
+///
+/// - KEKs are non-extractable, sensitive AES-256 secret keys on one token, found by the token's
+///   label and named by [`Pkcs11KeyUri`]s (`pkcs11:token=…;object=…` and/or `id=…`).
+/// - Wraps are `C_Encrypt` with `CKM_AES_GCM`: a 96-bit IV from the token's RNG, a 128-bit tag,
+///   and [`WrapContext::aad`] as AAD, so the token itself authenticates the tenant, tenant key
+///   and purpose. Unwraps are `C_Decrypt` with the same parameters. Layout in `layout.rs`.
+/// - A bounded pool of read-only sessions (`sessions`, default 4); every PKCS#11 call runs on
+///   `tokio::task::spawn_blocking`. The user (CKU_USER) logs in once; when the token forgot the
+///   login (C_Logout, all sessions closed, token restart) the provider logs in again once and
+///   retries the call.
+/// - Each `CKR_*` is classified once (`classify.rs`, table in `docs/providers/pkcs11.md`); a
+///   broken session is dropped from the pool and replaced on demand.
+#[derive(Clone)]
+pub struct Pkcs11Provider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Pkcs11Config,
+    ctx: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    idle: Mutex<Vec<Session>>,
+    permits: Arc<Semaphore>,
+}
+
+impl fmt::Debug for Pkcs11Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Provider")
+            .field("config", &self.inner.config)
+            .field("slot", &self.inner.slot.id())
+            .field("idle_sessions", &self.inner.lock_idle().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an operation on one session failed, before classification.
+enum Fail {
+    /// A cryptoki error, to classify.
+    Ck(CkError),
+    /// The session is not logged in (private objects are invisible to it).
+    NotLoggedIn,
+    /// Already a provider error (key not found, disabled, wrong attributes, bad wrapped key).
+    Done(ProviderError),
+}
+
+impl From<CkError> for Fail {
+    fn from(e: CkError) -> Self {
+        Fail::Ck(e)
+    }
+}
+
+impl From<ProviderError> for Fail {
+    fn from(e: ProviderError) -> Self {
+        Fail::Done(e)
+    }
+}
+
+/// The attributes Keyward reads from a KEK.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyAttrs {
+    pub(crate) key_type: Option<KeyType>,
+    pub(crate) value_len: Option<u64>,
+    pub(crate) sensitive: Option<bool>,
+    pub(crate) extractable: Option<bool>,
+    pub(crate) encrypt: Option<bool>,
+    pub(crate) decrypt: Option<bool>,
+    pub(crate) label: Vec<u8>,
+    pub(crate) id: Vec<u8>,
+}
+
+const ATTRS: [AttributeType; 8] = [
+    AttributeType::KeyType,
+    AttributeType::ValueLen,
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::Encrypt,
+    AttributeType::Decrypt,
+    AttributeType::Label,
+    AttributeType::Id,
+];
+
+impl Pkcs11Provider {
+    /// Loads the module, finds the token by label, opens a first session and logs in as the
+    /// user. Fails with [`ErrorKind::Misconfigured`] (with a remediation) when the module, the
+    /// token or the PIN is wrong, and [`ErrorKind::Unavailable`] when the token does not answer.
+    pub async fn new(config: Pkcs11Config) -> Result<Self, ProviderError> {
+        tokio::task::spawn_blocking(move || Self::new_blocking(config))
+            .await
+            .map_err(|e| {
+                ProviderError::new(ErrorKind::Unavailable, "PKCS#11 start-up task failed")
+                    .with_source(e)
+            })?
+    }
+
+    fn new_blocking(config: Pkcs11Config) -> Result<Self, ProviderError> {
+        let pin = config.validate_and_read_pin()?;
+        let module = config.module_path.display().to_string();
+        let ctx = Pkcs11::new(&config.module_path).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!("cannot load the PKCS#11 module {module}"),
+            )
+            .with_remediation(format!(
+                "Install the HSM vendor's PKCS#11 library and set pkcs11.module_path to it \
+                 (for SoftHSM2 on Debian: apt-get install softhsm2; module {module})"
+            ))
+            .with_source(e)
+        })?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            // Another part of this process (or a test) initialised the same module: fine.
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(start_error(&e, "C_Initialize", &config)),
+        }
+        let slot = find_token(&ctx, &config)?;
+        let session = ctx
+            .open_ro_session(slot)
+            .map_err(|e| start_error(&e, "C_OpenSession", &config))?;
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e @ CkError::Pkcs11(rv, _))
+                if matches!(
+                    rv,
+                    RvError::PinIncorrect
+                        | RvError::PinInvalid
+                        | RvError::PinLenRange
+                        | RvError::PinLocked
+                        | RvError::PinExpired
+                        | RvError::UserPinNotInitialized
+                ) =>
+            {
+                return Err(ProviderError::new(
+                    ErrorKind::Misconfigured,
+                    format!(
+                        "the token '{}' rejected the user PIN ({rv:?})",
+                        config.token_label
+                    ),
+                )
+                .with_remediation(
+                    "Put the token's user PIN (not the SO PIN) in pkcs11.pin_file or the \
+                     pkcs11.pin_env variable. A locked PIN must be unlocked by the token's \
+                     security officer (pkcs11-tool --login --login-type so --init-pin).",
+                )
+                .with_source(e));
+            }
+            Err(e) => return Err(start_error(&e, "C_Login", &config)),
+        }
+        let permits = Arc::new(Semaphore::new(config.sessions));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                ctx,
+                slot,
+                pin,
+                idle: Mutex::new(vec![session]),
+                permits,
+            }),
+        })
+    }
+
+    /// The configuration this provider was built with.
+    pub fn config(&self) -> &Pkcs11Config {
+        &self.inner.config
+    }
+
+    /// How many sessions are open and idle in the pool right now (for tests and metrics).
+    pub fn idle_sessions(&self) -> usize {
+        self.inner.lock_idle().len()
+    }
+
+    fn parse(&self, kek: &KeyRef) -> Result<Pkcs11KeyUri, ProviderError> {
+        if kek.kind() != ProviderKind::Pkcs11 {
+            return Err(ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!("the PKCS#11 provider cannot use key reference '{kek}'"),
+            ));
+        }
+        let uri = Pkcs11KeyUri::from_key_ref_id(kek.id())?;
+        if let Some(token) = &uri.token
+            && *token != self.inner.config.token_label
+        {
+            return Err(ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!(
+                    "key reference '{kek}' names token '{token}', but this provider serves token '{}'",
+                    self.inner.config.token_label
+                ),
+            ));
+        }
+        Ok(uri)
+    }
+
+    /// Runs `op` on a pooled session on the blocking pool, with one re-login and retry when
+    /// the token has forgotten the login, and with the call timeout.
+    async fn run<T, F>(
+        &self,
+        what: &'static str,
+        uri: &Pkcs11KeyUri,
+        op: F,
+    ) -> Result<T, ProviderError>
+    where
+        T: Send + 'static,
+        F: FnMut(&Session) -> Result<T, Fail> + Send + 'static,
+    {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| {
+                ProviderError::new(ErrorKind::Unavailable, "the PKCS#11 session pool is closed")
+                    .with_source(e)
+            })?;
+        let inner = self.inner.clone();
+        let key = uri.to_string();
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            inner.run_blocking(what, &key, op)
+        });
+        let timeout = Duration::from_millis(self.inner.config.call_timeout_ms);
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(ProviderError::new(
+                ErrorKind::Unavailable,
+                format!("{what} on {uri}: the PKCS#11 call panicked or was cancelled"),
+            )
+            .with_source(join)),
+            Err(_) => Err(ProviderError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{what} on {uri} did not finish within {} ms",
+                    self.inner.config.call_timeout_ms
+                ),
+            )),
+        }
+    }
+}
+
+impl Inner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
+        // Only whole sessions are pushed and popped; a panic cannot leave the Vec inconsistent.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run_blocking<T>(
+        &self,
+        what: &'static str,
+        key: &str,
+        mut op: impl FnMut(&Session) -> Result<T, Fail>,
+    ) -> Result<T, ProviderError> {
+        let popped = self.lock_idle().pop();
+        let session = match popped {
+            Some(s) => s,
+            None => match self.ctx.open_ro_session(self.slot) {
+                Ok(s) => s,
+                Err(e) => return Err(self.ck_error(&e, what, key).0),
+            },
+        };
+        let result = match op(&session) {
+            Err(Fail::NotLoggedIn)
+            | Err(Fail::Ck(CkError::Pkcs11(RvError::UserNotLoggedIn, _))) => {
+                tracing::info!(token = %self.config.token_label, "PKCS#11 token forgot the login; logging in again");
+                match self.login(&session) {
+                    Ok(()) => match op(&session) {
+                        Err(Fail::NotLoggedIn) => Err(Fail::Done(ProviderError::new(
+                            ErrorKind::Refused,
+                            format!(
+                                "{what} on {key}: the token still reports the session as not logged in after a fresh login"
+                            ),
+                        ))),
+                        other => other,
+                    },
+                    Err(e) => Err(Fail::Ck(e)),
+                }
+            }
+            other => other,
+        };
+        match result {
+            Ok(v) => {
+                self.lock_idle().push(session);
+                Ok(v)
+            }
+            Err(Fail::Done(e)) => {
+                self.lock_idle().push(session);
+                Err(e)
+            }
+            Err(Fail::NotLoggedIn) => {
+                self.lock_idle().push(session);
+                Err(ProviderError::new(
+                    ErrorKind::Refused,
+                    format!("{what} on {key}: the session is not logged in"),
+                ))
+            }
+            Err(Fail::Ck(e)) => {
+                let (err, fate) = self.ck_error(&e, what, key);
+                match fate {
+                    SessionFate::Keep => self.lock_idle().push(session),
+                    SessionFate::Reset => self.reset(session),
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn login(&self, session: &Session) -> Result<(), CkError> {
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops a broken session and every idle session that no longer answers. Broken sessions
+    /// are forgotten, not closed: their handle is already invalid, and closing a handle number
+    /// the module may have reused would close someone else's session.
+    fn reset(&self, broken: Session) {
+        std::mem::forget(broken);
+        let mut idle = self.lock_idle();
+        let before = idle.len();
+        let sessions: Vec<Session> = idle.drain(..).collect();
+        for s in sessions {
+            if s.get_session_info().is_ok() {
+                idle.push(s);
+            } else {
+                std::mem::forget(s);
+            }
+        }
+        tracing::warn!(
+            token = %self.config.token_label,
+            dropped = before - idle.len() + 1,
+            kept = idle.len(),
+            "reset broken PKCS#11 sessions; new ones are opened on demand"
+        );
+    }
+
+    fn ck_error(&self, e: &CkError, what: &str, key: &str) -> (ProviderError, SessionFate) {
+        let c = classify(e);
+        let code = match e {
+            CkError::Pkcs11(rv, f) => format!(" ({rv:?} from {f:?})"),
+            _ => String::new(),
+        };
+        tracing::debug!(kind = %c.kind, op = what, key, error = %e, "PKCS#11 call failed");
+        let mut err = ProviderError::new(
+            c.kind,
+            format!("{what} on {key} failed{code}: {}", c.reason),
+        );
+        if let Some(r) = remediation::for_error(e, &self.config, key) {
+            err = err.with_remediation(r);
+        }
+        (err.with_source(CkErrorText(e.to_string())), c.fate)
+    }
+}
+
+/// The text of a cryptoki error (which is not `Send + Sync` once boxed with its library error).
+#[derive(Debug)]
+struct CkErrorText(String);
+
+impl fmt::Display for CkErrorText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CkErrorText {}
+
+fn start_error(e: &CkError, what: &str, config: &Pkcs11Config) -> ProviderError {
+    let c = classify(e);
+    ProviderError::new(
+        c.kind,
+        format!(
+            "{what} failed for module {}: {}",
+            config.module_path.display(),
+            c.reason
+        ),
+    )
+    .with_source(CkErrorText(e.to_string()))
+}
+
+/// The one slot whose token has the configured label.
+fn find_token(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<Slot, ProviderError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| start_error(&e, "C_GetSlotList", config))?;
+    let mut labels = Vec::new();
+    let mut found = Vec::new();
+    for slot in slots {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| start_error(&e, "C_GetTokenInfo", config))?;
+        let label = info.label().trim_end().to_owned();
+        if label == config.token_label {
+            found.push(slot);
+        }
+        labels.push(label);
+    }
+    match found.as_slice() {
+        [slot] => Ok(*slot),
+        [] => Err(ProviderError::new(
+            ErrorKind::Misconfigured,
+            format!(
+                "no token labelled '{}' in module {}; tokens present: [{}]",
+                config.token_label,
+                config.module_path.display(),
+                labels.join(", ")
+            ),
+        )
+        .with_remediation(format!(
+            "Set pkcs11.token_label to the token's label as listed by \
+             `pkcs11-tool --module {} --list-token-slots`, or create the token \
+             (SoftHSM2: softhsm2-util --init-token --free --label {} --so-pin <SO PIN> --pin <user PIN>).",
+            config.module_path.display(),
+            config.token_label
+        ))),
+        _ => Err(ProviderError::new(
+            ErrorKind::Misconfigured,
+            format!(
+                "{} tokens are labelled '{}'; token labels must be unique",
+                found.len(),
+                config.token_label
+            ),
+        )
+        .with_remediation("Give each token a unique label (re-initialise one under a new label).")),
+    }
+}
+
+/// Finds the one secret key the URI names.
+fn find_key(session: &Session, uri: &Pkcs11KeyUri) -> Result<ObjectHandle, Fail> {
+    let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
+    if let Some(label) = &uri.object {
+        template.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &uri.id {
+        template.push(Attribute::Id(id.clone()));
+    }
+    let handles = session.find_objects(&template)?;
+    match handles.as_slice() {
+        [h] => Ok(*h),
+        [] => {
+            // A session that is not logged in sees no private objects: that is not "missing".
+            let state = session.get_session_info()?.session_state();
+            if !matches!(state, SessionState::RoUser | SessionState::RwUser) {
+                return Err(Fail::NotLoggedIn);
+            }
+            Err(Fail::Done(
+                ProviderError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no secret key matches {uri} on the token (never created, or destroyed)"
+                    ),
+                )
+                .with_remediation(remediation::create_key(uri)),
+            ))
+        }
+        many => Err(Fail::Done(
+            ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!(
+                    "{} secret keys match {uri}; a KEK reference must match exactly one",
+                    many.len()
+                ),
+            )
+            .with_remediation(
+                "Give the KEK a unique CKA_ID and reference it with id=%xx… \
+                 (pkcs11-tool --set-id <hex> --type secrkey --label <label> changes a key's id).",
+            ),
+        )),
+    }
+}
+
+fn read_attrs(session: &Session, handle: ObjectHandle) -> Result<KeyAttrs, Fail> {
+    let mut a = KeyAttrs::default();
+    for attr in session.get_attributes(handle, &ATTRS)? {
+        match attr {
+            Attribute::KeyType(t) => a.key_type = Some(t),
+            Attribute::ValueLen(n) => a.value_len = Some(u64::from(n)),
+            Attribute::Sensitive(b) => a.sensitive = Some(b),
+            Attribute::Extractable(b) => a.extractable = Some(b),
+            Attribute::Encrypt(b) => a.encrypt = Some(b),
+            Attribute::Decrypt(b) => a.decrypt = Some(b),
+            Attribute::Label(l) => a.label = l,
+            Attribute::Id(i) => a.id = i,
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+/// Checks that the key is a sensitive, non-extractable AES-256 key (onboarding rules).
+fn check_protected(a: &KeyAttrs, uri: &Pkcs11KeyUri) -> Result<(), ProviderError> {
+    if a.key_type != Some(KeyType::AES) || a.value_len != Some(KEY_LEN as u64) {
+        return Err(ProviderError::new(
+            ErrorKind::Misconfigured,
+            format!(
+                "{uri} is not an AES-256 secret key (key type {:?}, {} bytes)",
+                a.key_type,
+                a.value_len
+                    .map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+            ),
+        )
+        .with_remediation(remediation::create_key(uri)));
+    }
+    if a.sensitive != Some(true) || a.extractable != Some(false) {
+        return Err(ProviderError::new(
+            ErrorKind::Misconfigured,
+            format!(
+                "{uri} can leave the HSM (CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); a Keyward KEK must be CKA_SENSITIVE=true and CKA_EXTRACTABLE=false",
+                show(a.sensitive),
+                show(a.extractable)
+            ),
+        )
+        .with_remediation(remediation::not_protected(uri)));
+    }
+    Ok(())
+}
+
+fn show(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "unknown",
+    }
+}
+
+fn disabled(uri: &Pkcs11KeyUri, a: &KeyAttrs, what: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Refused,
+        format!(
+            "{what} on {uri} refused: the key is disabled (CKA_ENCRYPT={}, CKA_DECRYPT={})",
+            show(a.encrypt),
+            show(a.decrypt)
+        ),
+    )
+    .with_remediation(remediation::reenable(uri))
+}
+
+pub(crate) fn status_of(a: &KeyAttrs) -> KeyStatus {
+    match (a.encrypt, a.decrypt) {
+        (Some(true), Some(true)) => KeyStatus::new(KeyState::Enabled),
+        (_, Some(true)) => KeyStatus::new(KeyState::Disabled)
+            .with_detail("CKA_ENCRYPT is false: no new wraps; existing wrapped keys still unwrap"),
+        (Some(true), _) => KeyStatus::new(KeyState::Disabled)
+            .with_detail("CKA_DECRYPT is false: nothing wrapped under the key can be unwrapped"),
+        _ => {
+            KeyStatus::new(KeyState::Disabled).with_detail("CKA_ENCRYPT and CKA_DECRYPT are false")
+        }
+    }
+}
+
+/// The GCM tag length in bits, as the token wants it.
+fn gcm_tag_bits() -> cryptoki::types::Ulong {
+    const TAG_BITS: std::os::raw::c_ulong = (TAG_LEN * 8) as std::os::raw::c_ulong;
+    cryptoki::types::Ulong::from(TAG_BITS)
+}
+
+#[async_trait]
+impl KeyProvider for Pkcs11Provider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Pkcs11
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.reports_key_state = true;
+        c.production_grade = true;
+        c
+    }
+
+    async fn wrap(
+        &self,
+        kek: &KeyRef,
+        key: &SecretKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedKey, ProviderError> {
+        let uri = self.parse(kek)?;
+        let aad = ctx.aad();
+        let plain = Zeroizing::new(*key.expose_secret());
+        let u = uri.clone();
+        let bytes = self
+            .run("wrap (C_Encrypt, CKM_AES_GCM)", &uri, move |s| {
+                let handle = find_key(s, &u)?;
+                let attrs = read_attrs(s, handle)?;
+                check_protected(&attrs, &u)?;
+                // A wrap that could never be unwrapped is refused like a disabled key.
+                if attrs.encrypt != Some(true) || attrs.decrypt != Some(true) {
+                    return Err(disabled(&u, &attrs, "wrap").into());
+                }
+                let mut iv = [0u8; IV_LEN];
+                s.generate_random_slice(&mut iv)?;
+                let mut iv_param = iv;
+                let params = GcmParams::new(&mut iv_param, &aad, gcm_tag_bits())?;
+                let ct = s.encrypt(&Mechanism::AesGcm(params), handle, &plain[..])?;
+                layout::encode(&iv, &ct).ok_or_else(|| {
+                    Fail::Done(ProviderError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "C_Encrypt on {u} returned {} bytes; AES-GCM of a 32-byte key is {}",
+                            ct.len(),
+                            KEY_LEN + TAG_LEN
+                        ),
+                    ))
+                })
+            })
+            .await?;
+        Ok(WrappedKey::new(bytes))
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &KeyRef,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext,
+    ) -> Result<SecretKey, ProviderError> {
+        let uri = self.parse(kek)?;
+        let aad = ctx.aad();
+        let bytes = wrapped.as_bytes().to_vec();
+        let u = uri.clone();
+        self.run("unwrap (C_Decrypt, CKM_AES_GCM)", &uri, move |s| {
+            let handle = find_key(s, &u)?;
+            let attrs = read_attrs(s, handle)?;
+            check_protected(&attrs, &u)?;
+            if attrs.decrypt != Some(true) {
+                return Err(disabled(&u, &attrs, "unwrap").into());
+            }
+            let (mut iv, ct) = layout::decode(&bytes).map_err(|e| {
+                ProviderError::new(
+                    ErrorKind::InvalidCiphertext,
+                    format!("unwrap on {u}: {}", e.describe()),
+                )
+            })?;
+            let params = GcmParams::new(&mut iv, &aad, gcm_tag_bits())?;
+            let plain = Zeroizing::new(s.decrypt(&Mechanism::AesGcm(params), handle, ct)?);
+            SecretKey::try_from_slice(&plain).map_err(|_| {
+                Fail::Done(ProviderError::new(
+                    ErrorKind::InvalidCiphertext,
+                    format!(
+                        "unwrap on {u}: the token returned {} bytes, not a 32-byte key",
+                        plain.len()
+                    ),
+                ))
+            })
+        })
+        .await
+    }
+
+    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
+        let uri = self.parse(kek)?;
+        let u = uri.clone();
+        self.run("describe (C_GetAttributeValue)", &uri, move |s| {
+            let handle = find_key(s, &u)?;
+            let attrs = read_attrs(s, handle)?;
+            check_protected(&attrs, &u)?;
+            Ok(status_of(&attrs))
+        })
+        .await
+    }
+
+    /// `token=` filled in from the configuration, plus the key's CKA_ID and CKA_LABEL as found,
+    /// so that the stored reference matches only this key even if another key later takes its
+    /// label. Also the onboarding check: the key must be a sensitive, non-extractable AES-256
+    /// key (else `Misconfigured` with the command that creates a correct one).
+    async fn canonicalize(&self, kek: &KeyRef) -> Result<KeyRef, ProviderError> {
+        let uri = self.parse(kek)?;
+        let u = uri.clone();
+        let token = self.inner.config.token_label.clone();
+        self.run("canonicalize (C_FindObjects)", &uri, move |s| {
+            let handle = find_key(s, &u)?;
+            let attrs = read_attrs(s, handle)?;
+            check_protected(&attrs, &u)?;
+            let canonical = Pkcs11KeyUri {
+                token: Some(token.clone()),
+                id: (!attrs.id.is_empty()).then(|| attrs.id.clone()),
+                object: String::from_utf8(attrs.label.clone())
+                    .ok()
+                    .filter(|l| !l.is_empty()),
+            };
+            if canonical.id.is_none() && canonical.object.is_none() {
+                return Err(Fail::Done(ProviderError::new(
+                    ErrorKind::Misconfigured,
+                    format!("{u} has neither a CKA_ID nor a UTF-8 CKA_LABEL to reference it by"),
+                )));
+            }
+            Ok(KeyRef::new(ProviderKind::Pkcs11, canonical.to_string()))
+        })
+        .await
+    }
+}
