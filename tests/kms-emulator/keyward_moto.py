@@ -20,6 +20,7 @@ is bound, and serves until killed.
 
     python keyward_moto.py            # a free port chosen by the OS
     python keyward_moto.py --port 4566
+    python keyward_moto.py --host 0.0.0.0 --port 5000   # in a container (docker-compose.yml)
 """
 
 import argparse
@@ -157,11 +158,16 @@ for _name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 (default): any free port")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 in a container, see docker-compose.yml)",
+    )
     args = parser.parse_args()
     # One access-log line per request would drown the test output; errors still show.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()  # returns once the socket is bound
     host, port = server.get_host_and_port()
     print(f"moto listening on http://{host}:{port}", flush=True)

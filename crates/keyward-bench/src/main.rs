@@ -22,6 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod economy;
+mod harness;
+mod peers;
+mod replicas;
+mod scale;
 mod suite;
 
 use anyhow::Context as _;
@@ -44,6 +49,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// KMS economy: KMS calls per million operations, single flight, cold-path latency.
+    Economy {
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/economy.json")]
+        json: PathBuf,
+        /// Tiny sizes: the smoke run (its figures mean nothing).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Scale: many tenants and stored DEKs; warm throughput, start time, memory per DEK.
+    Scale(scale::Args),
+    /// Peers in the same run: AWS Encryption SDK (cached) and OpenBao Transit vs Keyward.
+    Peers(peers::Args),
+    /// Revocation fan-out: RevokeKey on replica A to the first denial on B and C (PostgreSQL).
+    Replicas(replicas::Args),
     /// Keyward against its floors (cipher and gRPC), as ratios measured in the same run.
     Suite {
         /// Where to write the JSON results.
@@ -97,6 +117,14 @@ struct Outcome {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Economy { json, quick } => {
+            let report = economy::run(quick).await?;
+            println!("{}", report.text);
+            harness::write_json(&json, &report.json)
+        }
+        Command::Scale(args) => scale::run(args).await,
+        Command::Peers(args) => peers::run(args).await,
+        Command::Replicas(args) => replicas::run(args).await,
         Command::Revocation { workers, json } => revocation(workers, &json).await,
         Command::Suite { json, quick } => {
             let report = suite::run(quick).await?;

@@ -104,9 +104,10 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
     let authz = authz_cost(&grpc).await?;
     text.push_str("\nAuthentication and authorization cost\n");
     text.push_str(&format!(
-        "Cedar decision in process (shipped policies, Service principal): {:.1} µs allow, {:.1} µs deny\n",
+        "Cedar evaluation in process (shipped policies, Service principal): {:.1} µs allow, {:.1} µs deny; the server's check per request (identity lookup + remembered decision): {:.2} µs\n",
         authz.decision_allow_ns / 1000.0,
-        authz.decision_deny_ns / 1000.0
+        authz.decision_deny_ns / 1000.0,
+        authz.check_ns / 1000.0
     ));
     text.push_str("| encrypt 1 KiB x32 (4 conns) | req/s | p50/p99/p999 µs |\n|---|---|---|\n");
     for (name, cell) in [
@@ -194,6 +195,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
             "ratio": r.batch_items() / r.single_items, "batch_call": r.batch.json(),
         })).collect::<Vec<_>>(),
         "authz": {
+            "check_ns": authz.check_ns,
             "decision_allow_ns": authz.decision_allow_ns,
             "decision_deny_ns": authz.decision_deny_ns,
             "null_plain": authz.null_plain.json(),
@@ -606,6 +608,8 @@ async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
 }
 
 struct AuthzReport {
+    /// The server's whole check per request (identity lookup, remembered decision).
+    check_ns: f64,
     decision_allow_ns: f64,
     decision_deny_ns: f64,
     null_plain: Cell,
@@ -759,6 +763,37 @@ async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> {
     let budget = cell() / 2;
     let decision_allow_ns = decision_ns(&policies, &principal, "bench", budget);
     let decision_deny_ns = decision_ns(&policies, &principal, "other", budget);
+    let authz = keyward_server::authz::Authz::load(keyward_server::authz::PolicyFiles {
+        policies_dir: policies_dir(),
+        identities_file: identities.clone(),
+    })?;
+    let mut request = tonic::Request::new(());
+    request
+        .extensions_mut()
+        .insert(keyward_server::tls::PeerInfo {
+            remote: "127.0.0.1:1".parse()?,
+            identity: keyward_server::tls::PeerIdentity::Certificate(Arc::from(SERVICE)),
+        });
+    let tenant = keyward_envelope::TenantId::try_from("bench")?;
+    let ctx = keyward_authz::RequestContext {
+        purpose: None,
+        scope: Some("default"),
+    };
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while start.elapsed() < budget {
+        for _ in 0..100 {
+            std::hint::black_box(authz.check(
+                &request,
+                keyward_authz::Action::Encrypt,
+                Some(&tenant),
+                &ctx,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        calls += 100;
+    }
+    let check_ns = start.elapsed().as_nanos() as f64 / calls as f64;
 
     // Over the wire: the null service and Keyward, both behind Keyward's TLS acceptor.
     let (pki, ids) = bench_pki(dir.path(), &[SERVICE, OPERATOR, ADMIN])?;
@@ -828,6 +863,7 @@ async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> {
         .find(|r| r.op == "encrypt" && r.size == 1024 && r.concurrency == 32)
         .ok_or_else(|| anyhow::anyhow!("no plaintext row"))?;
     Ok(AuthzReport {
+        check_ns,
         decision_allow_ns,
         decision_deny_ns,
         null_plain: Cell {

@@ -238,6 +238,10 @@ struct KeyChoice {
     /// ARN of the customer's AWS KMS key (or alias ARN).
     #[arg(long, value_name = "ARN")]
     aws_kms_key: Option<String>,
+    /// PKCS#11 URI of a key in the server's configured HSM token
+    /// (`pkcs11:token=LABEL;object=KEY-LABEL`).
+    #[arg(long, value_name = "URI")]
+    pkcs11_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -807,16 +811,21 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
             role_arn,
             external_id,
         } => {
-            let key = match (key.local_key, key.aws_kms_key) {
-                (Some(key_name), _) => {
+            let key = match (key.local_key, key.aws_kms_key, key.pkcs11_key) {
+                (Some(key_name), _, _) => {
                     pb::register_key_request::Key::Local(pb::LocalKey { key_name })
                 }
-                (None, Some(key_arn)) => pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
+                (None, Some(key_arn), _) => pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
                     key_arn,
                     role_arn: role_arn.unwrap_or_default(),
                     external_id: external_id.unwrap_or_default(),
                 }),
-                (None, None) => bail!("name a key: --local-key or --aws-kms-key"),
+                (None, None, Some(uri)) => {
+                    pb::register_key_request::Key::Pkcs11(pb::Pkcs11Key { uri })
+                }
+                (None, None, None) => {
+                    bail!("name a key: --local-key, --aws-kms-key or --pkcs11-key")
+                }
             };
             client
                 .register_key(pb::RegisterKeyRequest {

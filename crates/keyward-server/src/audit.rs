@@ -86,9 +86,16 @@ impl AuditKeys {
             None => {
                 let key = SigningKey::generate().map_err(invalid(&signing_path))?;
                 let der = key.to_pkcs8().map_err(invalid(&signing_path))?;
-                write_secret(&signing_path, &der).map_err(io(&signing_path))?;
-                tracing::info!(key_id = %key.public_key().key_id(), "created the audit signing key");
-                key
+                if create_secret(&signing_path, &der).map_err(io(&signing_path))? {
+                    tracing::info!(key_id = %key.public_key().key_id(), "created the audit signing key");
+                    key
+                } else {
+                    // Another replica sharing this directory created it first: use theirs.
+                    let der = read_secret(&signing_path)
+                        .map_err(io(&signing_path))?
+                        .unwrap_or_default();
+                    SigningKey::from_pkcs8(&der).map_err(invalid(&signing_path))?
+                }
             }
         };
 
@@ -101,8 +108,14 @@ impl AuditKeys {
                     path: hmac_path.clone(),
                     source: std::io::Error::other("the system random number generator failed"),
                 })?;
-                write_secret(&hmac_path, bytes.as_slice()).map_err(io(&hmac_path))?;
-                IdentifierHasher::new(*bytes)
+                if create_secret(&hmac_path, bytes.as_slice()).map_err(io(&hmac_path))? {
+                    IdentifierHasher::new(*bytes)
+                } else {
+                    let bytes = read_secret(&hmac_path)
+                        .map_err(io(&hmac_path))?
+                        .unwrap_or_default();
+                    IdentifierHasher::from_slice(&bytes).map_err(invalid(&hmac_path))?
+                }
             }
         };
         Ok(Self {
@@ -148,6 +161,21 @@ fn read_secret(path: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(zeroize::Zeroizing::new(bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` holding `bytes`, atomically (written to a private temporary file, then
+/// hard-linked into place), so replicas starting at once on a shared key directory never see a
+/// partial key. Returns false, writing nothing, if `path` already exists.
+fn create_secret(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let temp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    write_secret(&temp, bytes)?;
+    let linked = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
 }

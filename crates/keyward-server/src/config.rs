@@ -18,6 +18,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use keyward_store::postgres::PostgresOptions;
+
 use crate::{authz::PolicyFiles, keyring::MonitorPolicy, tls::TlsFiles};
 
 /// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
@@ -30,6 +32,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest plaintext accepted by `Encrypt`, in bytes.
     pub max_plaintext_bytes: usize,
+    /// The store: unset = SQLite at `<data_dir>/keyward.db`; `"sqlite:<path>"`; or a
+    /// `postgres://…` / `postgresql://…` URL (several replicas on one database).
+    pub store: Option<String>,
+    /// Names this replica in logs and in its PostgreSQL listener connection
+    /// (`keyward-listener-<replica_id>`); default: random at each start.
+    pub replica_id: Option<String>,
+    /// The PostgreSQL store's pool and the revocation fan-out (used only with a PostgreSQL `store`).
+    pub postgres: PostgresConfig,
     pub cache: CacheConfig,
     pub rotation: RotationConfig,
     pub local_kms: LocalKmsConfig,
@@ -42,6 +52,10 @@ pub struct Config {
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
+    /// A PKCS#11 HSM token (docs/providers/pkcs11.md); unset = no PKCS#11 provider. Present in
+    /// builds with the `pkcs11` feature.
+    #[cfg(feature = "pkcs11")]
+    pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +95,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./keyward-data"),
             max_plaintext_bytes: 1024 * 1024,
+            store: None,
+            replica_id: None,
+            postgres: PostgresConfig::default(),
             cache: CacheConfig::default(),
             rotation: RotationConfig::default(),
             local_kms: LocalKmsConfig::default(),
@@ -90,6 +107,8 @@ impl Default for Config {
             authz: AuthzConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
+            #[cfg(feature = "pkcs11")]
+            pkcs11: None,
         }
     }
 }
@@ -144,12 +163,45 @@ impl Default for AuthzConfig {
 pub struct AuditConfig {
     /// How often the head of the audit chain is signed (if it moved).
     pub checkpoint_interval_seconds: u64,
+    /// Directory of the signing and identifier keys; default `<data_dir>/audit`. Every replica
+    /// of a deployment must use the same keys (docs/operations.md, "Several replicas").
+    pub keys_dir: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_interval_seconds: 60,
+            keys_dir: None,
+        }
+    }
+}
+
+/// `[postgres]`: the pool of a PostgreSQL `store` and the revocation fan-out between replicas.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Most pooled connections per replica (the listener's connection is extra).
+    pub max_connections: u32,
+    /// How long a call waits for a pooled connection (and the start for the first one).
+    pub acquire_timeout_seconds: u64,
+    /// Server-side bound on any one statement; 0 = the server's setting.
+    pub statement_timeout_seconds: u64,
+    /// How often every replica re-reads all key states and applies those its gates missed
+    /// (lost notifications, reconnects).
+    pub reconcile_interval_seconds: u64,
+    /// How often the store is pinged for the gRPC health service.
+    pub health_check_interval_seconds: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout_seconds: 5,
+            statement_timeout_seconds: 30,
+            reconcile_interval_seconds: 5,
+            health_check_interval_seconds: 5,
         }
     }
 }
@@ -266,6 +318,23 @@ impl Config {
         if self.tls.reload_interval_seconds == 0 {
             return invalid("tls.reload_interval_seconds must be at least 1");
         }
+        let store = self.store_location()?;
+        let replica_id = match &self.replica_id {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > 40
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                {
+                    return invalid(
+                        "replica_id must be 1 to 40 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+                    );
+                }
+                id.clone()
+            }
+            None => random_replica_id(),
+        };
         let tls = match (
             &self.tls.cert_file,
             &self.tls.key_file,
@@ -304,8 +373,17 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("local-kms"));
         Ok(Settings {
             listen: self.listen,
-            database_path: self.data_dir.join("keyward.db"),
-            audit_dir: self.data_dir.join("audit"),
+            database_path: match &store {
+                StoreLocation::Sqlite(path) => path.clone(),
+                StoreLocation::Postgres { .. } => self.data_dir.join("keyward.db"),
+            },
+            store,
+            replica_id,
+            audit_dir: self
+                .audit
+                .keys_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("audit")),
             checkpoint_interval: Duration::from_secs(self.audit.checkpoint_interval_seconds),
             monitor: (self.revocation.monitor_interval_seconds > 0).then(|| MonitorPolicy {
                 interval: Duration::from_secs(self.revocation.monitor_interval_seconds),
@@ -328,8 +406,156 @@ impl Config {
             default_policies_dir: self.authz == AuthzConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: self.aws_kms.clone(),
+            #[cfg(feature = "pkcs11")]
+            pkcs11: self.pkcs11.clone(),
         })
     }
+
+    /// Where the store is, from `store` and `[postgres]`, with a precise error for a bad value.
+    fn store_location(&self) -> Result<StoreLocation, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let Some(store) = self.store.as_deref() else {
+            return Ok(StoreLocation::Sqlite(self.data_dir.join("keyward.db")));
+        };
+        if let Some(path) = store.strip_prefix("sqlite:") {
+            // `sqlite://path` is accepted too (the URL spelling).
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return invalid(
+                    "store: \"sqlite:\" needs a path, e.g. \"sqlite:/var/lib/keyward/keyward.db\""
+                        .to_owned(),
+                );
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if store.starts_with("postgres://") || store.starts_with("postgresql://") {
+            let p = &self.postgres;
+            if p.max_connections == 0 {
+                return invalid("postgres.max_connections must be at least 1".to_owned());
+            }
+            if p.acquire_timeout_seconds == 0 {
+                return invalid("postgres.acquire_timeout_seconds must be at least 1".to_owned());
+            }
+            if p.reconcile_interval_seconds == 0 || p.health_check_interval_seconds == 0 {
+                return invalid(
+                    "postgres.reconcile_interval_seconds and postgres.health_check_interval_seconds must be at least 1"
+                        .to_owned(),
+                );
+            }
+            if let Err(e) = validate_postgres_url(store) {
+                return invalid(format!(
+                    "store: invalid PostgreSQL URL {}: {e}",
+                    redact_url(store)
+                ));
+            }
+            return Ok(StoreLocation::Postgres {
+                url: store.to_owned(),
+                options: PostgresOptions {
+                    max_connections: p.max_connections,
+                    acquire_timeout: Duration::from_secs(p.acquire_timeout_seconds),
+                    statement_timeout: (p.statement_timeout_seconds > 0)
+                        .then(|| Duration::from_secs(p.statement_timeout_seconds)),
+                },
+                reconcile_interval: Duration::from_secs(p.reconcile_interval_seconds),
+                health_check_interval: Duration::from_secs(p.health_check_interval_seconds),
+            });
+        }
+        invalid(format!(
+            "store: {} is neither \"sqlite:<path>\" nor a \"postgres://\" or \"postgresql://\" URL (unset = SQLite at <data_dir>/keyward.db)",
+            redact_url(store)
+        ))
+    }
+}
+
+/// Where the server keeps its state.
+#[derive(Clone, PartialEq)]
+pub enum StoreLocation {
+    /// A SQLite database file (one replica).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by several replicas.
+    Postgres {
+        /// The libpq URL; may hold a password, so never logged (see [`redact_url`]).
+        url: String,
+        options: PostgresOptions,
+        /// Period of the reconciliation of key states against the store.
+        reconcile_interval: Duration,
+        /// Period of the store ping behind the gRPC health service.
+        health_check_interval: Duration,
+    },
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreLocation::Postgres {
+                url,
+                options,
+                reconcile_interval,
+                health_check_interval,
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &redact_url(url))
+                .field("options", options)
+                .field("reconcile_interval", reconcile_interval)
+                .field("health_check_interval", health_check_interval)
+                .finish(),
+        }
+    }
+}
+
+/// Checks a PostgreSQL URL the way the driver will parse it, plus what the driver would only
+/// default silently (a host and a database name).
+fn validate_postgres_url(url: &str) -> Result<(), String> {
+    use std::str::FromStr as _;
+    sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() && !tail.contains("host=") {
+        return Err("it names no host".to_owned());
+    }
+    let database = tail
+        .strip_prefix('/')
+        .map(|t| t.split('?').next().unwrap_or_default())
+        .unwrap_or_default();
+    if database.is_empty() && !tail.contains("dbname=") {
+        return Err("it names no database (postgres://user@host:5432/database)".to_owned());
+    }
+    Ok(())
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let tail = match tail.find("password=") {
+        Some(_) => tail
+            .split('&')
+            .map(|part| match part.find("password=") {
+                Some(i) => format!("{}password=***", &part[..i]),
+                None => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+        None => tail.to_owned(),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => format!("{scheme}://{authority}{tail}"),
+    }
+}
+
+/// A fresh replica id: 8 random hex digits.
+fn random_replica_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
 /// Top-level keys of [`Config`], which `KEYWARD_*` environment variables may set.
@@ -337,6 +563,9 @@ const CONFIG_SECTIONS: &[&str] = &[
     "listen",
     "data_dir",
     "max_plaintext_bytes",
+    "store",
+    "replica_id",
+    "postgres",
     "cache",
     "rotation",
     "local_kms",
@@ -346,6 +575,8 @@ const CONFIG_SECTIONS: &[&str] = &[
     "authz",
     #[cfg(feature = "aws")]
     "aws_kms",
+    #[cfg(feature = "pkcs11")]
+    "pkcs11",
 ];
 
 /// gRPC itself caps messages; a plaintext above this would not be a sensible
@@ -360,7 +591,12 @@ const MAX_MESSAGES_PER_DEK: u64 = 1 << 40;
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The SQLite database file when `store` is SQLite (`<data_dir>/keyward.db` by default).
     pub database_path: PathBuf,
+    /// The configured store.
+    pub store: StoreLocation,
+    /// This replica's name in logs and in its PostgreSQL listener connection.
+    pub replica_id: String,
     /// The audit signing and identifier keys.
     pub audit_dir: PathBuf,
     pub checkpoint_interval: Duration,
@@ -382,6 +618,8 @@ pub struct Settings {
     pub default_policies_dir: bool,
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
+    #[cfg(feature = "pkcs11")]
+    pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
 }
 
 /// When a scope's active DEK is replaced.
@@ -394,7 +632,7 @@ pub struct RotationPolicy {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
     use super::*;
 
     #[test]
@@ -439,6 +677,84 @@ mod tests {
         std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_or_a_sqlite_path_or_a_postgres_url() {
+        let s = Config::default().resolve().unwrap();
+        assert_eq!(
+            s.store,
+            StoreLocation::Sqlite(PathBuf::from("./keyward-data/keyward.db"))
+        );
+        let c = Config {
+            store: Some("sqlite:/var/lib/keyward/k.db".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.resolve().unwrap().store,
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/keyward/k.db"))
+        );
+        for url in [
+            "postgres://keyward@db:5432/keyward",
+            "postgresql://keyward:pw@db/keyward?sslmode=require",
+        ] {
+            let mut c = Config {
+                store: Some(url.into()),
+                replica_id: Some("r-1".into()),
+                ..Config::default()
+            };
+            c.postgres.statement_timeout_seconds = 0;
+            let s = c.resolve().unwrap();
+            assert_eq!(s.replica_id, "r-1");
+            let StoreLocation::Postgres {
+                url: got, options, ..
+            } = s.store
+            else {
+                panic!("not postgres");
+            };
+            assert_eq!(got, url);
+            assert_eq!(options.statement_timeout, None);
+            assert_eq!(options.max_connections, 10);
+        }
+    }
+
+    #[test]
+    fn an_invalid_store_is_a_precise_error_without_the_password() {
+        for (store, expected) in [
+            ("mysql://u:secret@h/db", "is neither"),
+            ("sqlite:", "needs a path"),
+            ("postgres://u:secret@h:port/db", "invalid PostgreSQL URL"),
+            ("postgres://u:secret@h:5432", "names no database"),
+            ("postgres:///db", "names no host"),
+        ] {
+            let c = Config {
+                store: Some(store.into()),
+                ..Config::default()
+            };
+            let err = c.resolve().unwrap_err().to_string();
+            assert!(err.contains(expected), "{store}: {err}");
+            assert!(!err.contains("secret"), "{store}: {err}");
+        }
+        let mut c = Config {
+            store: Some("postgres://h/db".into()),
+            ..Config::default()
+        };
+        c.postgres.max_connections = 0;
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("postgres.max_connections")
+        );
+        let c = Config {
+            replica_id: Some("no spaces".into()),
+            ..Config::default()
+        };
+        assert!(c.resolve().unwrap_err().to_string().contains("replica_id"));
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db?password=x&sslmode=require"),
+            "postgres://u:***@h/db?password=***&sslmode=require"
+        );
     }
 
     #[test]

@@ -211,6 +211,11 @@ pub struct Keyring {
     last_checked: std::sync::Mutex<std::collections::HashMap<TenantId, Instant>>,
     /// HMACs caller-chosen scope labels before they enter the audit log.
     hasher: Arc<IdentifierHasher>,
+    /// Names this replica in log lines (revocations, purges); "local" by default.
+    replica_id: String,
+    /// Tenants closed by a revocation whose store write failed: reconciliation with the store
+    /// (which still says active) must not reopen them.
+    unrecorded_closures: std::sync::Mutex<std::collections::HashSet<TenantId>>,
 }
 
 impl fmt::Debug for Keyring {
@@ -261,7 +266,20 @@ impl Keyring {
             last_checked: std::sync::Mutex::default(),
             usage: UsageMeter::default(),
             hasher,
+            replica_id: "local".to_owned(),
+            unrecorded_closures: std::sync::Mutex::default(),
         }
+    }
+
+    /// Names this replica in log lines (several replicas on one PostgreSQL store).
+    pub fn with_replica_id(mut self, replica_id: impl Into<String>) -> Self {
+        self.replica_id = replica_id.into();
+        self
+    }
+
+    /// This replica's name in log lines.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     pub fn stats(&self) -> KeyringStats {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 mod gate;
 pub mod keyring;
+pub mod replication;
 pub mod service;
 pub mod tls;
 mod usage;
@@ -22,7 +23,7 @@ use keyward_proto::v1::{
     audit_service_server::AuditServiceServer, crypto_service_server::CryptoServiceServer,
     tenant_service_server::TenantServiceServer,
 };
-use keyward_store::sqlite::SqliteStore;
+use keyward_store::{postgres::PostgresStore, sqlite::SqliteStore};
 use tokio::{net::TcpListener, task::JoinHandle};
 
 pub use crate::{
@@ -130,6 +131,13 @@ pub async fn start(
     let providers = providers.with(Arc::new(
         keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
     ));
+    #[cfg(feature = "pkcs11")]
+    let providers = match &settings.pkcs11 {
+        Some(config) => providers.with(Arc::new(
+            keyward_kms_pkcs11::Pkcs11Provider::new(config.clone()).await?,
+        )),
+        None => providers,
+    };
     start_with_providers(settings, providers, shutdown).await
 }
 
@@ -150,8 +158,16 @@ pub async fn start_with_providers(
         .map(tls::ReloadableTls::load)
         .transpose()?
         .map(Arc::new);
-    let store: Arc<dyn keyward_store::Store> =
-        Arc::new(SqliteStore::open(&settings.database_path).await?);
+    let (store, postgres): (Arc<dyn keyward_store::Store>, Option<PostgresStore>) = match &settings
+        .store
+    {
+        config::StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(path).await?), None),
+        config::StoreLocation::Postgres { url, options, .. } => {
+            let pg = PostgresStore::connect(url, options.clone()).await?;
+            tracing::info!(replica = %settings.replica_id, url = %config::redact_url(url), "opened the PostgreSQL store");
+            (Arc::new(pg.clone()), Some(pg))
+        }
+    };
     let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
     let hasher = Arc::clone(audit_keys.hasher());
     tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
@@ -160,17 +176,20 @@ pub async fn start_with_providers(
         .recover_rotation()
         .await
         .map_err(|e| StartError::AuditRecovery(e.to_string()))?;
-    let keyring = Arc::new(Keyring::new(
-        store,
-        providers,
-        CachePolicy {
-            ttl: settings.cache_ttl,
-            max_tenant_keys: settings.max_tenant_keys,
-            max_deks: settings.max_deks,
-        },
-        settings.rotation,
-        hasher,
-    ));
+    let keyring = Arc::new(
+        Keyring::new(
+            store,
+            providers,
+            CachePolicy {
+                ttl: settings.cache_ttl,
+                max_tenant_keys: settings.max_tenant_keys,
+                max_deks: settings.max_deks,
+            },
+            settings.rotation,
+            hasher,
+        )
+        .with_replica_id(settings.replica_id.clone()),
+    );
     let revoked = keyring
         .load_revocations()
         .await
@@ -181,7 +200,7 @@ pub async fn start_with_providers(
             "tenants with a revoked or destroyed key are refused"
         );
     }
-    serve(settings, keyring, auditor, authz, tls, shutdown).await
+    serve_replica(settings, keyring, auditor, authz, tls, postgres, shutdown).await
 }
 
 /// The policies of `settings`; in development mode with `[authz]` left at its defaults and no
@@ -207,6 +226,20 @@ pub async fn serve(
     auditor: Arc<audit::Auditor>,
     authz: Arc<authz::Authz>,
     tls: Option<Arc<tls::ReloadableTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    serve_replica(settings, keyring, auditor, authz, tls, None, shutdown).await
+}
+
+/// [`serve`], plus, on a PostgreSQL store, the revocation fan-out between replicas
+/// ([`replication`]).
+async fn serve_replica(
+    settings: &Settings,
+    keyring: Arc<Keyring>,
+    auditor: Arc<audit::Auditor>,
+    authz: Arc<authz::Authz>,
+    tls: Option<Arc<tls::ReloadableTls>>,
+    postgres: Option<PostgresStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let listener =
@@ -269,6 +302,56 @@ pub async fn serve(
     health_reporter
         .set_serving::<AuditServiceServer<audit::AuditApi>>()
         .await;
+    {
+        use tonic::server::NamedService;
+        let services = vec![
+            "",
+            <CryptoServiceServer<service::CryptoApi> as NamedService>::NAME,
+            <TenantServiceServer<service::TenantApi> as NamedService>::NAME,
+            <AuditServiceServer<audit::AuditApi> as NamedService>::NAME,
+        ];
+        let (pinger, interval) = match (&postgres, &settings.store) {
+            (
+                Some(pg),
+                config::StoreLocation::Postgres {
+                    health_check_interval,
+                    ..
+                },
+            ) => (
+                replication::Pinger::Postgres(pg.clone()),
+                *health_check_interval,
+            ),
+            _ => (
+                replication::Pinger::Store(Arc::clone(keyring.store())),
+                std::time::Duration::from_secs(5),
+            ),
+        };
+        background.push(tokio::spawn(replication::run_health(
+            pinger,
+            health_reporter.clone(),
+            services,
+            interval,
+        )));
+    }
+    if let (
+        Some(_),
+        config::StoreLocation::Postgres {
+            url,
+            reconcile_interval,
+            ..
+        },
+    ) = (&postgres, &settings.store)
+    {
+        background.push(tokio::spawn(replication::run_listener(
+            Arc::clone(&keyring),
+            url.clone(),
+        )));
+        background.push(tokio::spawn(replication::run_reconciliation(
+            Arc::clone(&keyring),
+            *reconcile_interval,
+        )));
+        tracing::info!(replica = %keyring.replica_id(), "revocation fan-out between replicas: on (LISTEN/NOTIFY and reconciliation)");
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

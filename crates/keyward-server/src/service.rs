@@ -330,6 +330,7 @@ impl TenantService for TenantApi {
                 KeyRef::new(DomainProviderKind::Local, local.key_name)
             }
             Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
+            Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri)?,
             None => {
                 return Err(ServiceError::invalid("key", "one key reference must be set").into());
             }
@@ -543,6 +544,21 @@ fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
         return Err(ServiceError::invalid("aws_kms", e.to_string()));
     }
     Ok(KeyRef::new(DomainProviderKind::AwsKms, id))
+}
+
+/// A PKCS#11 URI (docs/onboarding/pkcs11.md), checked here so that a malformed URI is an
+/// invalid argument naming the field, not a provider failure.
+fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
+    if uri.is_empty() {
+        return Err(ServiceError::invalid("pkcs11.uri", "must not be empty"));
+    }
+    #[cfg(not(feature = "pkcs11"))]
+    return Ok(KeyRef::new(DomainProviderKind::Pkcs11, uri.to_owned()));
+    #[cfg(feature = "pkcs11")]
+    let parsed = keyward_kms_pkcs11::Pkcs11KeyUri::from_key_ref_id(uri)
+        .map_err(|e| ServiceError::invalid("pkcs11.uri", e.to_string()))?;
+    #[cfg(feature = "pkcs11")]
+    Ok(KeyRef::new(DomainProviderKind::Pkcs11, parsed.to_string()))
 }
 
 fn display_name(raw: &str) -> Result<&str, ServiceError> {

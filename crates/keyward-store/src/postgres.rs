@@ -41,6 +41,13 @@ const WRITE_ATTEMPTS: usize = 5;
 /// starting replicas ("keyward\0" in ASCII). Advisory locks are per database.
 const MIGRATION_LOCK: i64 = 0x6b65_7977_6172_6400;
 
+/// The `LISTEN`/`NOTIFY` channel on which every committed [`Store::set_binding_state`]
+/// announces its tenant (the payload is the tenant id; the state itself is read from the store).
+/// Replicas listen on it to apply revocations recorded by other replicas.
+///
+/// [`Store::set_binding_state`]: crate::Store::set_binding_state
+pub const KEY_STATE_CHANNEL: &str = "keyward_key_state";
+
 /// Oldest server accepted: the migrations use `EXECUTE FUNCTION` (PostgreSQL 11).
 const MIN_SERVER_VERSION: i64 = 110_000;
 
@@ -368,6 +375,21 @@ impl SqlBackend for PostgresStore {
             ));
         }
         Ok(tx)
+    }
+
+    /// `NOTIFY` on [`KEY_STATE_CHANNEL`] in the transaction: PostgreSQL delivers it to every
+    /// listening session when (and only if) the transaction commits.
+    async fn announce_key_state(
+        tx: &mut Transaction<'static, Postgres>,
+        tenant: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEY_STATE_CHANNEL)
+            .bind(tenant)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// PostgreSQL text cannot hold NUL characters; reject them as input instead of failing in

@@ -163,6 +163,17 @@ where
         Ok(())
     }
 
+    /// Called inside [`Store::set_binding_state`]'s transaction, before commit: lets other
+    /// processes on the same database learn that `tenant`'s key state changed (PostgreSQL:
+    /// `NOTIFY`, delivered only if and when the transaction commits). SQLite: nothing.
+    fn announce_key_state<'t>(
+        tx: &'t mut sqlx::Transaction<'static, Self::Db>,
+        tenant: &'t str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 't {
+        let _ = (tx, tenant);
+        async { Ok(()) }
+    }
+
     // ----- row decoding -----------------------------------------------------------------
 
     /// Reads one column, mapping a type mismatch or unexpected NULL to `Corrupt`.
@@ -566,6 +577,7 @@ where
             from,
         };
         Self::append_events(&mut tx, audit(&change)).await?;
+        Self::announce_key_state(&mut tx, change.binding.tenant.as_str()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(change.binding)
     }

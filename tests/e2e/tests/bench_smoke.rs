@@ -43,3 +43,46 @@ fn keyward_bench_suite_quick_runs_every_scenario() {
     }
     assert!(report["authz"]["decision_allow_ns"].as_f64().unwrap() > 0.0);
 }
+
+/// Runs `keyward-bench <args> --quick --json <tmp>`; stdout and the JSON report.
+fn quick_run(subcommand: &str) -> (String, serde_json::Value) {
+    let bench = support::keyward_bin().with_file_name("keyward-bench");
+    assert!(bench.exists(), "{} not built", bench.display());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(&bench)
+        .args([subcommand, "--quick", "--json"])
+        .arg(&json)
+        .env("KEYWARD_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Targets"), "no targets:\n{stdout}");
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (stdout, report)
+}
+
+/// Needs the AWS KMS emulator (`KEYWARD_MOTO_PYTHON`, set by scripts/test).
+#[test]
+fn keyward_bench_economy_quick_counts_kms_calls() {
+    let (stdout, report) = quick_run("economy");
+    assert_eq!(report["cells"].as_array().unwrap().len(), 4, "{stdout}");
+    // Counted exactly: one unwrap per tenant touched, whatever the concurrency.
+    for cell in report["cells"].as_array().unwrap() {
+        assert_eq!(cell["kms_calls"], cell["tenants"], "{cell}");
+    }
+    assert_eq!(report["single_flight"]["kms_unwraps"], 1, "{stdout}");
+}
+
+#[test]
+fn keyward_bench_scale_quick_runs() {
+    let (stdout, report) = quick_run("scale");
+    assert_eq!(report["deks"], 2000, "{stdout}");
+    assert!(report["bytes_per_cached_dek"].as_f64().unwrap() >= 0.0);
+    assert!(report["spread_round_trips_per_s"].as_f64().unwrap() > 0.0);
+}

@@ -94,13 +94,9 @@ impl Keyring {
             && to != KekState::Destroyed
             || binding.state == KekState::Destroyed
         {
-            self.gates.close(
-                tenant,
-                Closed {
-                    state: binding.state,
-                    since_ms: binding.state_changed_at_ms,
-                },
-            );
+            // Already recorded (perhaps by another replica whose notification has not arrived
+            // yet): close and purge here too if this replica has not.
+            self.apply_binding(&binding).await;
             return Ok(binding);
         }
         let now = now_ms();
@@ -127,7 +123,23 @@ impl Keyring {
                     observed_at_ms,
                 })]
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // Closed here but not in the store: reconciliation must not reopen it.
+                self.unrecorded_closures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(tenant.clone());
+            })?;
+        self.forget_unrecorded(tenant);
+        let entries = self.purge_and_audit(tenant).await;
+        tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), source = ?source, entries, "tenant key revoked; cached keys purged");
+        Ok(updated)
+    }
+
+    /// Removes every cached key of a closed tenant and records the purge (`keys_purged`, with
+    /// this replica's last plaintext time). Returns the number of entries removed.
+    async fn purge_and_audit(&self, tenant: &TenantId) -> u64 {
         let entries = self.purge_tenant(tenant).await;
         let purged = AuditEvent::KeysPurged {
             tenant: tenant.clone(),
@@ -136,10 +148,78 @@ impl Keyring {
             last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
         };
         if let Err(e) = self.store.append_audit(vec![purged]).await {
-            tracing::error!(%tenant, error = %e, "could not audit the purge of a revoked tenant");
+            tracing::error!(%tenant, replica = %self.replica_id, error = %e, "could not audit the purge of a revoked tenant");
         }
-        tracing::warn!(%tenant, state = to.as_str(), source = ?source, entries, "tenant key revoked; cached keys purged");
-        Ok(updated)
+        entries
+    }
+
+    fn forget_unrecorded(&self, tenant: &TenantId) {
+        self.unrecorded_closures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
+    }
+
+    /// Applies the tenant's key state as recorded in the store (by any replica) to this
+    /// replica's gate and caches, exactly as the recording replica did: revoked or destroyed
+    /// closes the gate and purges the tenant's cached keys (audited as `keys_purged` by this
+    /// replica); active, restored or unavailable reopens a closed gate. Called for each
+    /// notification of another replica's change and by [`Keyring::reconcile`].
+    pub async fn apply_recorded_state(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
+        let _transition = self.transitions.lock().await;
+        match self.store.active_binding(tenant).await? {
+            Some(binding) => Ok(self.apply_binding(&binding).await),
+            None => Ok(false),
+        }
+    }
+
+    /// Compares every tenant's current binding in the store with this replica's gates and
+    /// applies the differences (see [`Keyring::apply_recorded_state`]): the safety net for
+    /// notifications lost while the listener was disconnected. Returns how many tenants changed.
+    pub async fn reconcile(&self) -> Result<usize, ServiceError> {
+        let _transition = self.transitions.lock().await;
+        let mut changed = 0;
+        for binding in self.store.active_bindings().await? {
+            if self.apply_binding(&binding).await {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One tenant's recorded state onto its gate; the caller holds `transitions` (so a local
+    /// transition cannot interleave between the store read and this). Returns whether the gate
+    /// changed.
+    async fn apply_binding(&self, binding: &KekBinding) -> bool {
+        let tenant = &binding.tenant;
+        let current = self.gates.closed(tenant);
+        if matches!(binding.state, KekState::Revoked | KekState::Destroyed) {
+            self.forget_unrecorded(tenant);
+            if current.is_some_and(|c| c.state == binding.state) {
+                return false;
+            }
+            self.gates.close(
+                tenant,
+                Closed {
+                    state: binding.state,
+                    since_ms: binding.state_changed_at_ms,
+                },
+            );
+            let entries = self.purge_and_audit(tenant).await;
+            tracing::warn!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), entries, "tenant key revoked by another replica; cached keys purged");
+            return true;
+        }
+        let unrecorded = self
+            .unrecorded_closures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(tenant);
+        if current.is_none() || unrecorded {
+            return false;
+        }
+        self.gates.open(tenant);
+        tracing::info!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), "tenant key restored by another replica");
+        true
     }
 
     /// Restores a revoked (not destroyed) binding after proving with a live
@@ -186,8 +266,9 @@ impl Keyring {
                 })]
             })
             .await?;
+        self.forget_unrecorded(tenant);
         self.gates.open(tenant);
-        tracing::info!(%tenant, source = ?source, "tenant key restored");
+        tracing::info!(%tenant, replica = %self.replica_id, source = ?source, "tenant key restored");
         Ok(updated)
     }
 

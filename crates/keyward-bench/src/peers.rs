@@ -1,0 +1,244 @@
+//! `keyward-bench peers`: Keyward against its peers in the same invocation (issue #7,
+//! scenario 6): the AWS Encryption SDK for Python with its caching cryptographic materials
+//! manager against the same AWS KMS emulator, and OpenBao's Transit engine (`bao server -dev`)
+//! over its HTTP API. Every side does 1 KiB encrypt + decrypt round trips in a closed loop at
+//! the same concurrency, with warm caches; Keyward is driven twice, by the Rust (tonic) client
+//! and by the same Python process model as the peers (grpcio, threads).
+//!
+//! The peers run from `target/bench-venv` (scripts/bench-peers-setup); the driver is
+//! `crates/keyward-bench/peers/peers.py`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use keyward_kms_aws::test_support::MotoServer;
+use keyward_proto::v1::{self as pb, tenant_service_client::TenantServiceClient};
+use keyward_server::Providers;
+
+use crate::harness::{self, Server, Until};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Concurrent client loops on every side.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Measured seconds per side (after a 0.5 s warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The virtual environment with the peers (scripts/bench-peers-setup).
+    #[arg(long, default_value = "target/bench-venv")]
+    venv: PathBuf,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/peers.json")]
+    json: PathBuf,
+}
+
+fn driver() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/peers.py")
+}
+
+fn proto_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto")
+}
+
+/// Runs one peers.py subcommand and parses its JSON line.
+fn python(venv: &Path, args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(driver())
+        .args(args)
+        .output()
+        .with_context(|| format!("run {}", venv.join("bin/python").display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "peers.py {} failed: {}",
+        args.first().map_or("", String::as_str),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let line = stdout
+        .lines()
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("peers.py printed nothing"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn rate(v: &serde_json::Value) -> f64 {
+    v["round_trips_per_s"].as_f64().unwrap_or(0.0)
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.venv.join("bin/python").exists() && args.venv.join("bin/bao").exists(),
+        "{} has no peers: run scripts/bench-peers-setup first",
+        args.venv.display()
+    );
+    let (c, secs) = (args.concurrency, args.seconds);
+    let common = vec![
+        "--concurrency".to_owned(),
+        c.to_string(),
+        "--seconds".to_owned(),
+        secs.to_string(),
+    ];
+    let moto = MotoServer::start();
+
+    // Keyward: defaults, its tenant's key in the same emulator.
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        dir.path(),
+        Providers::default().with(Arc::new(moto.provider().await)),
+        |_| {},
+    )
+    .await?;
+    let setup = harness::channels(server.addr(), 1).await?.remove(0);
+    let mut tenants = TenantServiceClient::new(setup);
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: "bench".into(),
+            display_name: String::new(),
+        })
+        .await?;
+    tenants
+        .register_key(pb::RegisterKeyRequest {
+            tenant_id: "bench".into(),
+            key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
+                key_arn: moto.create_symmetric_key().await,
+                role_arn: String::new(),
+                external_id: String::new(),
+            })),
+        })
+        .await?;
+    let conns = harness::channels(server.addr(), c.clamp(1, 4)).await?;
+    let payload = Arc::new(vec![0x42u8; 1024]);
+    let pick: harness::Pick = Arc::new(|_| ("bench".to_owned(), String::new()));
+    eprintln!("peers: Keyward, Rust client");
+    harness::round_trips(
+        &conns,
+        c,
+        Until::Elapsed(Duration::from_millis(500)),
+        payload.clone(),
+        pick.clone(),
+    )
+    .await?;
+    let keyward_rust = harness::round_trips(
+        &conns,
+        c,
+        Until::Elapsed(Duration::from_secs_f64(secs)),
+        payload,
+        pick,
+    )
+    .await?;
+    eprintln!("peers: Keyward, Python grpcio client");
+    let venv = args.venv.clone();
+    let mut keyward_args = vec![
+        "keyward".to_owned(),
+        "--addr".to_owned(),
+        server.addr().to_string(),
+        "--tenant".to_owned(),
+        "bench".to_owned(),
+        "--proto-dir".to_owned(),
+        proto_dir().display().to_string(),
+    ];
+    keyward_args.extend(common.clone());
+    let keyward_py = {
+        let venv = venv.clone();
+        tokio::task::spawn_blocking(move || python(&venv, &keyward_args)).await??
+    };
+    let kms_calls_keyward =
+        server.keyring().stats().kek_unwraps + server.keyring().stats().kek_generates;
+    server.stop().await?;
+
+    eprintln!("peers: AWS Encryption SDK (caching CMM)");
+    let mut esdk_args = vec![
+        "esdk".to_owned(),
+        "--kms-endpoint".to_owned(),
+        moto.endpoint.clone(),
+        "--key-arn".to_owned(),
+        moto.create_symmetric_key().await,
+    ];
+    esdk_args.extend(common.clone());
+    let esdk = {
+        let venv = venv.clone();
+        tokio::task::spawn_blocking(move || python(&venv, &esdk_args)).await??
+    };
+    drop(moto);
+
+    eprintln!("peers: OpenBao Transit");
+    let mut bao_args = vec![
+        "bao".to_owned(),
+        "--bao".to_owned(),
+        venv.join("bin/bao").display().to_string(),
+    ];
+    bao_args.extend(common);
+    let bao = tokio::task::spawn_blocking(move || python(&venv, &bao_args)).await??;
+
+    let rows: Vec<(&str, f64, u64, u64)> = vec![
+        (
+            "Keyward Encrypt+Decrypt, Rust tonic client",
+            keyward_rust.round_trips_per_s(),
+            keyward_rust.pct(0.5),
+            keyward_rust.pct(0.99),
+        ),
+        (
+            "Keyward Encrypt+Decrypt, Python grpcio client",
+            rate(&keyward_py),
+            keyward_py["p50_us"].as_u64().unwrap_or(0),
+            keyward_py["p99_us"].as_u64().unwrap_or(0),
+        ),
+        (
+            "AWS Encryption SDK for Python, caching CMM (in process)",
+            rate(&esdk),
+            esdk["p50_us"].as_u64().unwrap_or(0),
+            esdk["p99_us"].as_u64().unwrap_or(0),
+        ),
+        (
+            "OpenBao Transit over HTTP/1.1, Python http.client",
+            rate(&bao),
+            bao["p50_us"].as_u64().unwrap_or(0),
+            bao["p99_us"].as_u64().unwrap_or(0),
+        ),
+    ];
+    println!(
+        "Peers, same run: 1 KiB encrypt + decrypt round trips, concurrency {c}, {secs} s each, warm"
+    );
+    println!("| system | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|");
+    for (name, rps, p50, p99) in &rows {
+        println!("| {name} | {rps:.0} | {p50} | {p99} |");
+    }
+    let mut targets: Vec<(String, bool)> = Vec::new();
+    for (client, k) in [
+        ("Python client", rate(&keyward_py)),
+        ("Rust client", keyward_rust.round_trips_per_s()),
+    ] {
+        let (e, b) = (k / rate(&esdk), k / rate(&bao));
+        targets.push((
+            format!(">= 5 x AWS Encryption SDK (cached), Keyward via {client} (got {e:.2})"),
+            e >= 5.0,
+        ));
+        targets.push((
+            format!(">= 3 x OpenBao Transit, Keyward via {client} (got {b:.2})"),
+            b >= 3.0,
+        ));
+    }
+    println!("\nTargets");
+    for (name, met) in &targets {
+        println!("- [{}] {name}", if *met { "met" } else { "NOT MET" });
+    }
+    harness::write_json(
+        &args.json,
+        &serde_json::json!({
+            "concurrency": c, "seconds": secs, "payload_bytes": 1024,
+            "keyward_rust": {"round_trips_per_s": keyward_rust.round_trips_per_s(),
+                "p50_us": keyward_rust.pct(0.5), "p99_us": keyward_rust.pct(0.99)},
+            "keyward_kms_calls": kms_calls_keyward,
+            "keyward_python": keyward_py,
+            "aws_encryption_sdk_cached": esdk,
+            "openbao_transit": bao,
+            "targets": targets.iter().map(|(name, met)| serde_json::json!({"target": name, "met": met})).collect::<Vec<_>>(),
+        }),
+    )
+}

@@ -1,0 +1,150 @@
+//! A customer key in a PKCS#11 HSM (the real SoftHSM2) through the real binary: onboarding
+//! validation, round trips, and revocation by disabling the key in the HSM, noticed by the
+//! key-state monitor within its interval. Runs in a child process with a private token
+//! (`SoftHsm::isolate`), whose SOFTHSM2_CONF the server is given too.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use keyward_kms_pkcs11::test_support::{KeySpec, SoftHsm, TOKEN_LABEL};
+use keyward_proto::v1 as pb;
+use support::{Server, assert_refused_or_revoked, assert_status, context};
+use tonic::Code;
+
+fn register(tenant: &str, uri: &str) -> pb::RegisterKeyRequest {
+    pb::RegisterKeyRequest {
+        tenant_id: tenant.into(),
+        key: Some(pb::register_key_request::Key::Pkcs11(pb::Pkcs11Key {
+            uri: uri.into(),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn hsm_key_onboarding_round_trip_and_revocation() {
+    let Some(hsm) = SoftHsm::isolate("hsm_key_onboarding_round_trip_and_revocation") else {
+        return;
+    };
+    hsm.create_key("kek");
+    hsm.create_key_with(
+        "exportable",
+        KeySpec {
+            extractable: true,
+            ..KeySpec::default()
+        },
+    );
+    let conf = hsm.dir().join("softhsm2.conf");
+    let pin = hsm.dir().join("pin");
+    let module = hsm.module().to_str().unwrap().to_owned();
+    let server = Server::start(&[
+        ("SOFTHSM2_CONF", conf.to_str().unwrap()),
+        ("KEYWARD_PKCS11__MODULE_PATH", &module),
+        ("KEYWARD_PKCS11__TOKEN_LABEL", TOKEN_LABEL),
+        ("KEYWARD_PKCS11__PIN_FILE", pin.to_str().unwrap()),
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+    ]);
+    let mut tenants = server.tenants().await;
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: "acme".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Onboarding: a malformed URI names the field; an extractable key is refused with the
+    // fix; a key that does not exist is not found.
+    let status = tenants
+        .register_key(register("acme", "pkcs11:token=keyward-test;slot-id=1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("pkcs11.uri"), "{status:?}");
+    let status = tenants
+        .register_key(register(
+            "acme",
+            &format!("pkcs11:token={TOKEN_LABEL};object=exportable"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_status(
+        tenants
+            .register_key(register(
+                "acme",
+                &format!("pkcs11:token={TOKEN_LABEL};object=no-such-key"),
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "KEY_NOT_FOUND",
+    );
+
+    let tenant = tenants
+        .register_key(register(
+            "acme",
+            &format!("pkcs11:token={TOKEN_LABEL};object=kek"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let binding = tenant.active_key.unwrap();
+    assert_eq!(binding.provider(), pb::ProviderKind::Pkcs11);
+
+    let mut crypto = server.crypto().await;
+    let sealed = crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: "acme".into(),
+            plaintext: b"held in an HSM".to_vec(),
+            encryption_context: context(&[("c", "1")]),
+            scope: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decrypt = pb::DecryptRequest {
+        tenant_id: "acme".into(),
+        envelope: sealed.envelope,
+        encryption_context: context(&[("c", "1")]),
+    };
+    assert_eq!(
+        crypto
+            .decrypt(decrypt.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext,
+        b"held in an HSM"
+    );
+
+    // The customer disables the key in the HSM: the monitor's canary is refused within its
+    // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.
+    hsm.disable_key(&keyward_kms_pkcs11::test_support::SoftHsm::key_ref("kek"));
+    let disabled_at = Instant::now();
+    let status = loop {
+        match crypto.decrypt(decrypt.clone()).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    disabled_at.elapsed() < Duration::from_secs(10),
+                    "still decrypting 10 s after the HSM key was disabled"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_refused_or_revoked(status);
+    let tenant = tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        tenant.active_key.unwrap().state(),
+        pb::KekState::Revoked,
+        "the refusal is recorded as a revocation"
+    );
+}

@@ -1,0 +1,538 @@
+//! Several `keyward serve` replicas on one PostgreSQL database (docs/operations.md, "Several
+//! replicas"): shared keys and data, the revocation fan-out (LISTEN/NOTIFY plus
+//! reconciliation), a replica crash, a cut listener connection, and the health service following
+//! the store.
+//!
+//! Needs a PostgreSQL server: `KEYWARD_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`, exported by `scripts/test`) must name a role that may
+//! `CREATE DATABASE`. Without one these tests fail; they are never skipped. Each test creates its
+//! own database `kw_rep_<hex>` and drops it when it passes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::print_stdout,
+    reason = "tests: a failure must abort with a message; measured delays are printed"
+)]
+
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use keyward_proto::v1 as pb;
+use keyward_store::{AuditQuery, Store as _, postgres::PostgresStore};
+use sqlx::{Connection as _, PgConnection};
+use support::{Server, context};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
+
+/// A fresh database for one test; dropped by [`TestDb::finish`] when the test passed.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL"));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let query = tail.find('?').map_or("", |i| &tail[i..]);
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+async fn connect(url: &str) -> PgConnection {
+    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "PostgreSQL is not reachable ({e}). These tests need a server and are never skipped: \
+             run them through scripts/test (which sources scripts/ensure-postgres.sh), or set \
+             {URL_VAR} to a URL whose role may CREATE DATABASE."
+        ),
+        Err(_) => panic!(
+            "PostgreSQL did not answer within 10 s: run through scripts/test or set {URL_VAR}"
+        ),
+    }
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        let mut admin = connect(&admin_url).await;
+        let name = format!(
+            "kw_rep_{}",
+            &keyward_envelope::KeyId::generate().unwrap().to_string()[..16]
+        );
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database ({e}): the role must be allowed to CREATE DATABASE"));
+        admin.close().await.unwrap();
+        let url = with_database(&admin_url, &name);
+        TestDb {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    async fn raw(&self) -> PgConnection {
+        connect(&self.url).await
+    }
+
+    async fn drop_database(&self) {
+        let mut admin = connect(&self.admin_url).await;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
+    async fn finish(self) {
+        self.drop_database().await;
+    }
+}
+
+/// Replicas of one deployment: one database, one audit key directory, one local KEK directory;
+/// each its own data directory and replica id.
+struct Deployment {
+    shared: tempfile::TempDir,
+    _data: Vec<tempfile::TempDir>,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        Deployment {
+            shared: tempfile::tempdir().unwrap(),
+            _data: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, db: &TestDb, replica_id: &str, env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let server = start_replica(db, self.shared.path(), data.path(), replica_id, env);
+        self._data.push(data);
+        server
+    }
+}
+
+fn start_replica(
+    db: &TestDb,
+    shared: &Path,
+    data_dir: &Path,
+    replica_id: &str,
+    env: &[(&str, &str)],
+) -> Server {
+    let keys = shared.join("audit");
+    let kms = shared.join("local-kms");
+    let (keys, kms) = (keys.to_str().unwrap(), kms.to_str().unwrap());
+    let mut all = vec![
+        ("KEYWARD_STORE", db.url.as_str()),
+        ("KEYWARD_REPLICA_ID", replica_id),
+        ("KEYWARD_AUDIT__KEYS_DIR", keys),
+        ("KEYWARD_LOCAL_KMS__DIR", kms),
+        // Only RevokeKey revokes here: no canary checks racing the measurements.
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "0"),
+    ];
+    all.extend_from_slice(env);
+    Server::start_in(data_dir, &all)
+}
+
+fn ctx() -> std::collections::HashMap<String, String> {
+    context(&[("purpose", "replicas")])
+}
+
+async fn encrypt(
+    server: &Server,
+    tenant: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    server
+        .crypto()
+        .await
+        .encrypt(pb::EncryptRequest {
+            tenant_id: tenant.into(),
+            plaintext: plaintext.to_vec(),
+            encryption_context: ctx(),
+            scope: "chat".into(),
+        })
+        .await
+        .map(|r| r.into_inner().envelope)
+}
+
+async fn decrypt(
+    client: &mut pb::crypto_service_client::CryptoServiceClient<tonic::transport::Channel>,
+    tenant: &str,
+    envelope: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .decrypt(pb::DecryptRequest {
+            tenant_id: tenant.into(),
+            envelope: envelope.to_vec(),
+            encryption_context: ctx(),
+        })
+        .await
+        .map(|r| r.into_inner().plaintext)
+}
+
+fn is_revoked(status: &tonic::Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .get_details_error_info()
+            .is_some_and(|i| i.reason == "KEY_REVOKED")
+}
+
+/// Polls `server` with decrypts of `envelope` until one is denied `KEY_REVOKED`; returns the
+/// delay since `since`. Panics after `bound`, or on any other error.
+async fn first_denial(
+    server: &Server,
+    tenant: &str,
+    envelope: &[u8],
+    since: Instant,
+    bound: Duration,
+) -> Duration {
+    let mut client = server.crypto().await;
+    loop {
+        match decrypt(&mut client, tenant, envelope).await {
+            Err(status) if is_revoked(&status) => return since.elapsed(),
+            Err(status) => panic!("unexpected error while waiting for the revocation: {status:?}"),
+            Ok(_) => {}
+        }
+        assert!(
+            since.elapsed() < bound,
+            "replica {} still serves tenant {tenant} {bound:?} after the revocation",
+            server.addr
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn revoke(server: &Server, tenant: &str) {
+    server
+        .tenants()
+        .await
+        .revoke_key(pb::RevokeKeyRequest {
+            tenant_id: tenant.into(),
+            reason: "incident 7".into(),
+            requested_by: "ciso".into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn purge_records(db: &TestDb, tenant: &str) -> usize {
+    let store = PostgresStore::connect(&db.url, Default::default())
+        .await
+        .unwrap();
+    let n = store
+        .audit_records(
+            &AuditQuery::default()
+                .with_tenant(tenant.try_into().unwrap())
+                .with_event_type("keys_purged"),
+        )
+        .await
+        .unwrap()
+        .len();
+    store.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_data_and_a_revocation_reaches_every_replica() {
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    let replicas: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|id| deployment.start(&db, id, &[]))
+        .collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    a.onboard("acme").await;
+
+    // Concurrent encrypt load on all three replicas.
+    let mut tasks = Vec::new();
+    for (r, server) in replicas.iter().enumerate() {
+        for w in 0..4 {
+            let mut client = server.crypto().await;
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..25 {
+                    let plaintext = format!("replica {r} worker {w} message {i}").into_bytes();
+                    let envelope = client
+                        .encrypt(pb::EncryptRequest {
+                            tenant_id: "acme".into(),
+                            plaintext: plaintext.clone(),
+                            encryption_context: ctx(),
+                            scope: format!("scope-{}", i % 3),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .envelope;
+                    out.push((plaintext, envelope));
+                }
+                out
+            }));
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), 300);
+
+    // Every acknowledged ciphertext decrypts on every replica.
+    for server in &replicas {
+        let mut client = server.crypto().await;
+        for (plaintext, envelope) in &acknowledged {
+            assert_eq!(
+                &decrypt(&mut client, "acme", envelope).await.unwrap(),
+                plaintext
+            );
+        }
+    }
+
+    // Revoke through A: B and C deny within the bound (LISTEN/NOTIFY; reconciliation is 5 s).
+    let envelope = acknowledged[0].1.clone();
+    revoke(a, "acme").await;
+    let returned = Instant::now();
+    let bound = Duration::from_secs(2);
+    let (to_b, to_c) = tokio::join!(
+        first_denial(b, "acme", &envelope, returned, bound),
+        first_denial(c, "acme", &envelope, returned, bound),
+    );
+    println!("revocation through A reached B after {to_b:?}, C after {to_c:?}");
+    for server in &replicas {
+        let status = encrypt(server, "acme", b"after").await.unwrap_err();
+        assert!(is_revoked(&status), "{status:?}");
+    }
+    // Each replica purged and audited its own purge (A in RevokeKey, B and C on the fan-out).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while purge_records(&db, "acme").await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "not every replica recorded its purge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        purge_records(&db, "acme").await,
+        3,
+        "exactly one purge per replica"
+    );
+
+    // Restore through B: A and C serve again.
+    b.tenants()
+        .await
+        .restore_key(pb::RestoreKeyRequest {
+            tenant_id: "acme".into(),
+            reason: "resolved".into(),
+            requested_by: "ciso".into(),
+        })
+        .await
+        .unwrap();
+    for server in [a, c] {
+        let mut client = server.crypto().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match decrypt(&mut client, "acme", &envelope).await {
+                Ok(p) => {
+                    assert_eq!(p, acknowledged[0].0);
+                    break;
+                }
+                Err(status) if is_revoked(&status) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "restore did not reach {}",
+                        server.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+    }
+
+    // SIGKILL C: A and B keep serving, and what A encrypts now B decrypts.
+    let mut replicas = replicas;
+    replicas.pop().unwrap().kill_9();
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let fresh = encrypt(a, "acme", b"after the crash").await.unwrap();
+    assert_eq!(
+        decrypt(&mut b.crypto().await, "acme", &fresh)
+            .await
+            .unwrap(),
+        b"after the crash"
+    );
+    let fresh = encrypt(b, "acme", b"and back").await.unwrap();
+    assert_eq!(
+        decrypt(&mut a.crypto().await, "acme", &fresh)
+            .await
+            .unwrap(),
+        b"and back"
+    );
+    drop(replicas);
+    db.finish().await;
+}
+
+async fn listener_pids(db: &TestDb, replica_id: &str) -> Vec<i32> {
+    let mut conn = db.raw().await;
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(format!("keyward-listener-{replica_id}"))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    pids
+}
+
+async fn wait_for_listener(db: &TestDb, replica_id: &str, except: &[i32]) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(pid) = listener_pids(db, replica_id)
+            .await
+            .into_iter()
+            .find(|pid| !except.contains(pid))
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {replica_id} has no listener connection after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_listener_is_cut_during_a_revocation_catches_up_on_reconnect() {
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    // Reconciliation only every 10 minutes: what B learns, it learns from its listener or from
+    // the reconciliation right after the listener reconnects.
+    let slow = [("KEYWARD_POSTGRES__RECONCILE_INTERVAL_SECONDS", "600")];
+    let a = deployment.start(&db, "a", &slow);
+    let b = deployment.start(&db, "b", &slow);
+    let c = deployment.start(&db, "c", &slow);
+    a.onboard("acme").await;
+    let envelope = encrypt(&a, "acme", b"warm").await.unwrap();
+    let mut on_b = b.crypto().await;
+    assert_eq!(
+        decrypt(&mut on_b, "acme", &envelope).await.unwrap(),
+        b"warm"
+    );
+
+    let old = wait_for_listener(&db, "b", &[]).await;
+    wait_for_listener(&db, "c", &[]).await;
+    // Cut B's listener and revoke through A at once: the notification is sent while B is
+    // reconnecting, so B can only learn it from the reconciliation after the reconnect.
+    let mut conn = db.raw().await;
+    let terminated: Vec<bool> = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(terminated, vec![true]);
+    revoke(&a, "acme").await;
+    let returned = Instant::now();
+
+    let new = wait_for_listener(&db, "b", &[old]).await;
+    println!(
+        "B's listener reconnected (pid {old} -> {new}) {:?} after the revocation",
+        returned.elapsed()
+    );
+    let to_b = first_denial(&b, "acme", &envelope, returned, Duration::from_secs(10)).await;
+    let to_c = first_denial(&c, "acme", &envelope, returned, Duration::from_secs(2)).await;
+    println!("B (listener cut) denied after {to_b:?}, C after {to_c:?}");
+    // After the reconnect B never serves the tenant again.
+    for _ in 0..50 {
+        let status = decrypt(&mut on_b, "acme", &envelope).await.unwrap_err();
+        assert!(is_revoked(&status), "{status:?}");
+        let status = encrypt(&b, "acme", b"x").await.unwrap_err();
+        assert!(is_revoked(&status), "{status:?}");
+    }
+    drop((a, b, c));
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_the_store_is_gone() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    let a = deployment.start(
+        &db,
+        "a",
+        &[("KEYWARD_POSTGRES__HEALTH_CHECK_INTERVAL_SECONDS", "1")],
+    );
+    let mut health = HealthClient::new(a.channel().await);
+    let status = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let serving = health
+        .check(status("keyward.v1.CryptoService"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(serving, ServingStatus::Serving as i32);
+
+    // The database disappears (its connections are terminated and it no longer exists).
+    db.drop_database().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let crypto = health
+            .check(status("keyward.v1.CryptoService"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        let overall = health.check(status("")).await.unwrap().into_inner().status;
+        if crypto == ServingStatus::NotServing as i32 && overall == ServingStatus::NotServing as i32
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health still SERVING 20 s after the store went away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn an_invalid_store_url_is_a_precise_config_error() {
+    let data = tempfile::tempdir().unwrap();
+    for (store, expected) in [
+        ("mysql://x@y/z", "is neither"),
+        (
+            "postgres://user:secret@host:notaport/db",
+            "invalid PostgreSQL URL",
+        ),
+        ("postgres://user@host:5432", "names no database"),
+    ] {
+        let out = std::process::Command::new(support::keyward_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .env("KEYWARD_STORE", store)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{store}: {stderr}");
+        assert!(stderr.contains(expected), "{store}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+    }
+}
