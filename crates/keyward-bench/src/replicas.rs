@@ -194,7 +194,7 @@ async fn rounds(
         .register_key(pb::RegisterKeyRequest {
             tenant_id: "bench".into(),
             key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                key_name: "bench".into(),
+                key_name: "default".into(),
             })),
         })
         .await?;
