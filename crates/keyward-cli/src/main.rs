@@ -90,6 +90,24 @@ enum Command {
     /// Check the authorization policies before a change (no server needed).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Operate on the store directly (no server needed; the server may be running).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Write a consistent copy of a SQLite store while the server keeps running (one snapshot:
+    /// every committed transaction before the copy started, none after). For PostgreSQL use
+    /// pg_dump or the database's own backups (docs/operations.md, "Back up the store").
+    Backup {
+        /// The store to copy (the server's `<data_dir>/keyward.db` unless `store` says otherwise).
+        #[arg(long, default_value = "keyward-data/keyward.db")]
+        database: PathBuf,
+        /// Where to write the copy; must not exist.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,7 +405,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Onboarding(cmd) => onboarding(cmd),
         Command::Audit(cmd) => audit(&target, cmd).await,
         Command::Policy(cmd) => policy(cmd),
+        Command::Store(cmd) => store(cmd).await,
     }
+}
+
+async fn store(cmd: StoreCommand) -> anyhow::Result<()> {
+    let StoreCommand::Backup { database, output } = cmd;
+    if !database.is_file() {
+        anyhow::bail!("{}: no such store file", database.display());
+    }
+    let store = keyward_store::sqlite::SqliteStore::open_read_only(&database)
+        .await
+        .with_context(|| format!("opening {}", database.display()))?;
+    let result = store.backup(&output).await;
+    store.close().await;
+    result.with_context(|| format!("backing up {} to {}", database.display(), output.display()))?;
+    eprintln!("backed up {} to {}", database.display(), output.display());
+    Ok(())
 }
 
 fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {

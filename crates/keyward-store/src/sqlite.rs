@@ -124,6 +124,33 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Writes a consistent copy of the whole database to `destination` (which must not exist)
+    /// while the server keeps running: `VACUUM INTO` reads one snapshot in a single read
+    /// transaction, so the copy holds every transaction committed before it started and none
+    /// of the later ones — never half a lifecycle operation, never an audit record without its
+    /// state change. The copy is a complete SQLite database (WAL content folded in) that
+    /// `keyward serve` opens as its store. docs/operations.md, "Back up the store".
+    pub async fn backup(&self, destination: &Path) -> Result<(), StoreError> {
+        if destination.exists() {
+            return Err(StoreError::InvalidInput(format!(
+                "{} already exists: a backup never overwrites a file",
+                destination.display()
+            )));
+        }
+        let Some(target) = destination.to_str() else {
+            return Err(StoreError::InvalidInput(format!(
+                "{} is not valid UTF-8",
+                destination.display()
+            )));
+        };
+        sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// The connection pool, for backend-specific checks (tests, ops tools).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
