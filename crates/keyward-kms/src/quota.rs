@@ -147,7 +147,9 @@ impl QuotaProvider {
     }
 
     fn throttled(&self, kek: &KeyRef, why: &str) -> ProviderError {
-        tracing::warn!(key = %kek, why, "KMS request refused by Keyward's own quota");
+        // Debug, not warn: a burst would log a line per refused call; the caller's status names
+        // the quota.
+        tracing::debug!(key = %kek, why, "KMS request refused by Keyward's own quota");
         ProviderError::new(
             ErrorKind::Throttled,
             format!(
