@@ -23,6 +23,16 @@ pub struct AwsKmsConfig {
     /// Attempts per call, including the first, with the SDK's standard jittered exponential
     /// backoff between them (and its retry quota). Default 3; 1 disables retries.
     pub max_attempts: u32,
+    /// Upper bound of the first backoff, in milliseconds: before retry `n` (1-based) the SDK
+    /// waits a uniformly random time in `[0, initial_backoff × 2^(n-1)]` ("full jitter"),
+    /// capped by `max_backoff_ms`. Default 200.
+    pub initial_backoff_ms: u64,
+    /// Cap of any one backoff, in milliseconds. Default 2000.
+    pub max_backoff_ms: u64,
+    /// Budget of one whole call (every attempt and backoff), in milliseconds: when it runs out
+    /// the call fails with a timeout (`UNAVAILABLE`), whatever attempts remain. Must be at least
+    /// `attempt_timeout_ms`. Default 5000.
+    pub operation_timeout_ms: u64,
 }
 
 impl Default for AwsKmsConfig {
@@ -33,6 +43,9 @@ impl Default for AwsKmsConfig {
             attempt_timeout_ms: 2000,
             connect_timeout_ms: 1000,
             max_attempts: 3,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 2000,
+            operation_timeout_ms: 5000,
         }
     }
 }
@@ -65,7 +78,38 @@ impl AwsKmsConfig {
                 self.max_attempts
             ));
         }
+        if self.initial_backoff_ms == 0 || self.initial_backoff_ms > self.max_backoff_ms {
+            return bad(format!(
+                "aws_kms.initial_backoff_ms is {}; it must be positive and at most \
+                 aws_kms.max_backoff_ms ({})",
+                self.initial_backoff_ms, self.max_backoff_ms
+            ));
+        }
+        if self.max_backoff_ms > 60_000 {
+            return bad(format!(
+                "aws_kms.max_backoff_ms is {}; it must be at most 60000",
+                self.max_backoff_ms
+            ));
+        }
+        if self.operation_timeout_ms < self.attempt_timeout_ms {
+            return bad(format!(
+                "aws_kms.operation_timeout_ms ({}) must be at least aws_kms.attempt_timeout_ms ({})",
+                self.operation_timeout_ms, self.attempt_timeout_ms
+            ));
+        }
         Ok(())
+    }
+
+    pub(crate) fn initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.initial_backoff_ms)
+    }
+
+    pub(crate) fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        Duration::from_millis(self.operation_timeout_ms)
     }
 
     pub(crate) fn attempt_timeout(&self) -> Duration {
@@ -89,6 +133,14 @@ mod tests {
             (c.attempt_timeout_ms, c.connect_timeout_ms, c.max_attempts),
             (2000, 1000, 3)
         );
+        assert_eq!(
+            (
+                c.initial_backoff_ms,
+                c.max_backoff_ms,
+                c.operation_timeout_ms
+            ),
+            (200, 2000, 5000)
+        );
         c.validate().unwrap();
         let c: AwsKmsConfig = serde_json::from_str(r#"{"max_attempts": 5}"#).unwrap();
         assert_eq!((c.attempt_timeout_ms, c.max_attempts), (2000, 5));
@@ -105,6 +157,22 @@ mod tests {
             },
             AwsKmsConfig {
                 endpoint_url: Some("kms.local:4566".into()),
+                ..Default::default()
+            },
+            AwsKmsConfig {
+                initial_backoff_ms: 0,
+                ..Default::default()
+            },
+            AwsKmsConfig {
+                initial_backoff_ms: 3000,
+                ..Default::default()
+            },
+            AwsKmsConfig {
+                max_backoff_ms: 120_000,
+                ..Default::default()
+            },
+            AwsKmsConfig {
+                operation_timeout_ms: 1000,
                 ..Default::default()
             },
         ] {

@@ -9,6 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kms::config::retry::RetryPartition;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::types::{DataKeySpec, KeyMetadata, KeySpec, KeyUsageType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -53,6 +54,11 @@ pub struct AwsKmsProvider {
     /// The same, with the STS endpoint override, for `AssumeRole` and `GetCallerIdentity`.
     sts_sdk: SdkConfig,
     clients: Mutex<HashMap<(String, Option<AssumeRole>), aws_sdk_kms::Client>>,
+    /// The retry quota (the standard mode's token bucket: 500 tokens, 5 per retry, 10 per retry
+    /// after a timeout, refilled by successes) shared by every client of this provider. Owned
+    /// here rather than the SDK's process-wide default partition, so that the quota is one per
+    /// provider and two providers (tests, benchmarks) never drain each other's.
+    retry_partition: RetryPartition,
     /// Keyward's own principal, from `GetCallerIdentity`, once it succeeded.
     caller: tokio::sync::Mutex<Option<String>>,
 }
@@ -108,11 +114,19 @@ impl AwsKmsProvider {
                  with aws_config::defaults(BehaviorVersion::latest()).load()",
             ));
         }
+        // Explicit, so that an SDK upgrade cannot change them silently (docs/providers/aws.md,
+        // "Retries, deadlines and quotas"): standard mode (jittered exponential backoff and the
+        // client-wide retry quota that stops retry storms), a deadline per attempt and one for the
+        // whole call.
         let timeouts = TimeoutConfig::builder()
             .operation_attempt_timeout(config.attempt_timeout())
+            .operation_timeout(config.operation_timeout())
             .connect_timeout(config.connect_timeout())
             .build();
-        let retries = RetryConfig::standard().with_max_attempts(config.max_attempts);
+        let retries = RetryConfig::standard()
+            .with_max_attempts(config.max_attempts)
+            .with_initial_backoff(config.initial_backoff())
+            .with_max_backoff(config.max_backoff());
         let sdk = sdk
             .into_builder()
             .timeout_config(timeouts)
@@ -130,6 +144,7 @@ impl AwsKmsProvider {
             config,
             sdk,
             clients: Mutex::new(HashMap::new()),
+            retry_partition: RetryPartition::custom("keyward-aws-kms").build(),
             caller: tokio::sync::Mutex::new(None),
         })
     }
@@ -156,7 +171,9 @@ impl AwsKmsProvider {
             return client.clone();
         }
         let region = Region::new(key.region.clone());
-        let mut conf = aws_sdk_kms::config::Builder::from(&self.sdk).region(region.clone());
+        let mut conf = aws_sdk_kms::config::Builder::from(&self.sdk)
+            .region(region.clone())
+            .retry_partition(self.retry_partition.clone());
         if let Some(url) = &self.config.endpoint_url {
             conf = conf.endpoint_url(url);
         }

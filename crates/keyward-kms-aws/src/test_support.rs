@@ -24,6 +24,9 @@ use keyward_kms::{KeyRef, ProviderKind};
 
 use crate::{AwsKmsConfig, AwsKmsProvider};
 
+pub mod fault_proxy;
+pub use fault_proxy::{Fault, FaultProxy, Seen};
+
 /// The region every helper works in (moto keeps one backend per region).
 pub const REGION: &str = "us-east-1";
 /// moto's default account id.
@@ -116,6 +119,8 @@ impl MotoServer {
             attempt_timeout_ms: 5000,
             connect_timeout_ms: 1000,
             max_attempts: 2,
+            operation_timeout_ms: 12_000,
+            ..AwsKmsConfig::default()
         }
     }
 

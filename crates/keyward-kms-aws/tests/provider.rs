@@ -273,6 +273,7 @@ async fn unreachable_endpoint_is_unavailable_within_the_configured_bounds() {
         attempt_timeout_ms: 500,
         connect_timeout_ms: 200,
         max_attempts: 2,
+        ..AwsKmsConfig::default()
     };
     let p = AwsKmsProvider::with_sdk_config(config.clone(), moto.sdk_config().await)
         .await

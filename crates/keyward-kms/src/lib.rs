@@ -11,6 +11,7 @@
 //!
 //! Implementations in this crate:
 //! - [`local::LocalProvider`]: a development KEK in a file. **Not for production.**
+//! - [`quota::QuotaProvider`]: a per-KEK request quota (token bucket) in front of any provider.
 //!
 //! With the `conformance` feature, [`conformance`] holds the test suite that every provider must
 //! pass.
@@ -21,6 +22,7 @@ mod error;
 mod provider;
 
 pub mod local;
+pub mod quota;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -32,3 +34,4 @@ pub use provider::{
     Capabilities, KeyProvider, KeyRef, KeyState, KeyStatus, ParseKeyRefError, ProviderKind,
     UnknownProviderKind,
 };
+pub use quota::{QuotaPolicy, QuotaProvider};

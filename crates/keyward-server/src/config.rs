@@ -45,6 +45,8 @@ pub struct Config {
     pub local_kms: LocalKmsConfig,
     pub audit: AuditConfig,
     pub revocation: RevocationConfig,
+    /// Keyward's own request quota per KMS key (every provider but the local development one).
+    pub kms_quota: KmsQuotaConfig,
     /// Mutual TLS for the gRPC listener; unset = development mode (plaintext, loopback only).
     pub tls: TlsConfig,
     /// The authorization policies and the certificate-identity mapping.
@@ -103,6 +105,7 @@ impl Default for Config {
             local_kms: LocalKmsConfig::default(),
             audit: AuditConfig::default(),
             revocation: RevocationConfig::default(),
+            kms_quota: KmsQuotaConfig::default(),
             tls: TlsConfig::default(),
             authz: AuthzConfig::default(),
             #[cfg(feature = "aws")]
@@ -225,6 +228,32 @@ impl Default for RevocationConfig {
     }
 }
 
+/// `[kms_quota]`: a token bucket per KMS key in front of every KMS provider, so that Keyward
+/// stays under the customer's KMS request quota (docs/configuration.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsQuotaConfig {
+    /// Sustained requests per second to one KMS key; 0 disables the quota.
+    pub requests_per_second: u32,
+    /// Requests to one key that may go out at once after an idle period.
+    pub burst: u32,
+    /// Longest a request waits for its turn before failing `UNAVAILABLE` (throttled).
+    pub max_wait_ms: u64,
+    /// Most keys tracked at once; idle keys are dropped first.
+    pub max_keys: usize,
+}
+
+impl Default for KmsQuotaConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            burst: 100,
+            max_wait_ms: 1000,
+            max_keys: 100_000,
+        }
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
@@ -318,6 +347,14 @@ impl Config {
         if self.tls.reload_interval_seconds == 0 {
             return invalid("tls.reload_interval_seconds must be at least 1");
         }
+        let q = &self.kms_quota;
+        if q.requests_per_second > 0 && (q.burst == 0 || q.max_keys == 0 || q.max_wait_ms > 60_000)
+        {
+            return invalid(
+                "kms_quota.burst and kms_quota.max_keys must be at least 1 and \
+                 kms_quota.max_wait_ms at most 60000",
+            );
+        }
         let store = self.store_location()?;
         let replica_id = match &self.replica_id {
             Some(id) => {
@@ -388,6 +425,12 @@ impl Config {
             monitor: (self.revocation.monitor_interval_seconds > 0).then(|| MonitorPolicy {
                 interval: Duration::from_secs(self.revocation.monitor_interval_seconds),
                 max_checks_per_second: self.revocation.monitor_max_checks_per_second,
+            }),
+            kms_quota: (q.requests_per_second > 0).then(|| keyward_kms::QuotaPolicy {
+                requests_per_second: f64::from(q.requests_per_second),
+                burst: q.burst,
+                max_wait: Duration::from_millis(q.max_wait_ms),
+                max_keys: q.max_keys,
             }),
             data_dir: self.data_dir.clone(),
             local_kms_dir,
@@ -571,6 +614,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "local_kms",
     "audit",
     "revocation",
+    "kms_quota",
     "tls",
     "authz",
     #[cfg(feature = "aws")]
@@ -602,6 +646,8 @@ pub struct Settings {
     pub checkpoint_interval: Duration,
     /// The key-state monitor, if enabled.
     pub monitor: Option<MonitorPolicy>,
+    /// The request quota per KMS key, if enabled (`[kms_quota]`).
+    pub kms_quota: Option<keyward_kms::QuotaPolicy>,
     pub local_kms_dir: PathBuf,
     pub max_plaintext_bytes: usize,
     pub cache_ttl: Duration,
@@ -642,6 +688,35 @@ mod tests {
         assert_eq!(s.database_path, PathBuf::from("./keyward-data/keyward.db"));
         assert_eq!(s.local_kms_dir, PathBuf::from("./keyward-data/local-kms"));
         assert_eq!(s.cache_ttl, Duration::from_secs(300));
+        let q = s.kms_quota.unwrap();
+        assert_eq!((q.requests_per_second, q.burst), (50.0, 100));
+        assert_eq!(q.max_wait, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn kms_quota_can_be_disabled_and_is_validated() {
+        let mut c = Config::default();
+        c.kms_quota.requests_per_second = 0;
+        assert!(c.resolve().unwrap().kms_quota.is_none());
+        for bad in [
+            KmsQuotaConfig {
+                burst: 0,
+                ..KmsQuotaConfig::default()
+            },
+            KmsQuotaConfig {
+                max_wait_ms: 120_000,
+                ..KmsQuotaConfig::default()
+            },
+        ] {
+            let c = Config {
+                kms_quota: bad,
+                ..Config::default()
+            };
+            assert!(
+                matches!(c.resolve(), Err(ConfigError::Invalid(m)) if m.contains("kms_quota")),
+                "accepted"
+            );
+        }
     }
 
     #[test]

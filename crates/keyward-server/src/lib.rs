@@ -128,17 +128,35 @@ pub async fn start(
     let local = LocalProvider::open(&settings.local_kms_dir)?;
     let providers = Providers::default().with(Arc::new(local));
     #[cfg(feature = "aws")]
-    let providers = providers.with(Arc::new(
-        keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?,
-    ));
+    let providers = providers.with(with_kms_quota(
+        settings,
+        Arc::new(keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?),
+    )?);
     #[cfg(feature = "pkcs11")]
     let providers = match &settings.pkcs11 {
-        Some(config) => providers.with(Arc::new(
-            keyward_kms_pkcs11::Pkcs11Provider::new(config.clone()).await?,
-        )),
+        Some(config) => providers.with(with_kms_quota(
+            settings,
+            Arc::new(keyward_kms_pkcs11::Pkcs11Provider::new(config.clone()).await?),
+        )?),
         None => providers,
     };
     start_with_providers(settings, providers, shutdown).await
+}
+
+/// A KMS provider behind the configured per-key request quota (`[kms_quota]`), if any. The local
+/// development provider is not wrapped: it is a file on this host, with no quota to respect.
+#[cfg_attr(
+    not(any(feature = "aws", feature = "pkcs11")),
+    allow(dead_code, reason = "used by the KMS provider features")
+)]
+fn with_kms_quota(
+    settings: &Settings,
+    provider: Arc<dyn keyward_kms::KeyProvider>,
+) -> Result<Arc<dyn keyward_kms::KeyProvider>, StartError> {
+    Ok(match settings.kms_quota {
+        Some(policy) => Arc::new(keyward_kms::QuotaProvider::new(provider, policy)?),
+        None => provider,
+    })
 }
 
 /// [`start`] with the given KEK providers instead of the configured ones
