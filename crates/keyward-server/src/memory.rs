@@ -156,7 +156,9 @@ mod imp {
     use rustix::{
         io::Errno,
         mm::{MlockAllFlags, mlockall},
-        process::{DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit},
+        process::{
+            DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit,
+        },
         thread::{CapabilitySet, capabilities},
     };
 

@@ -30,7 +30,9 @@ use std::{
 };
 
 use keyward_envelope::{EncryptionContext, KEY_LEN, KeyId, TenantId, unwrap_key};
-use keyward_kms::{KeyProvider as _, KeyRef, ProviderKind, Purpose, WrapContext, local::LocalProvider};
+use keyward_kms::{
+    KeyProvider as _, KeyRef, ProviderKind, Purpose, WrapContext, local::LocalProvider,
+};
 use keyward_proto::v1 as pb;
 use keyward_store::{DekRecord, Store as _, sqlite::SqliteStore};
 use support::{Server, context};
@@ -97,7 +99,11 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
 
     // --- the exact key bytes the server holds --------------------------------
     let keys = learn_keys(&server, &envelopes).await;
-    assert_eq!(keys.len(), 1 + SCOPES.len(), "tenant key + one DEK per scope");
+    assert_eq!(
+        keys.len(),
+        1 + SCOPES.len(),
+        "tenant key + one DEK per scope"
+    );
     let patterns = Patterns::new(&keys);
 
     // Positive control: every cached key is found in the live process.
@@ -161,10 +167,121 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
     );
 }
 
+/// Without `CAP_IPC_LOCK` and with a finite `RLIMIT_MEMLOCK` (an unprivileged user):
+/// `required` refuses to start and names the remedy; `best-effort` starts unlocked, and the
+/// process is still non-dumpable, which the kernel shows by giving its /proc files to root.
+#[test]
+fn unprivileged_server_refuses_required_locking_and_is_still_not_dumpable() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the binary that the unprivileged user can reach wherever the checkout is.
+    let bin = dir.path().join("keyward");
+    std::fs::copy(support::keyward_bin(), &bin).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+    let serve = |lock: &str| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("KEYWARD_MEMORY__LOCK", lock)
+            .env("KEYWARD_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+
+    let refused = serve("required").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "started without locking: {stderr}"
+    );
+    assert!(
+        stderr.contains("memory.lock = \"required\"")
+            && stderr.contains("CAP_IPC_LOCK")
+            && stderr.contains("LimitMEMLOCK=infinity"),
+        "{stderr}"
+    );
+    assert!(
+        !data.join("keyward.db").exists(),
+        "the store was opened before the refusal"
+    );
+
+    let mut child = serve("best-effort").spawn().unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("keyward listening on ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx2.send(line);
+        }
+    });
+    let mut warned = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("keyward serve (best-effort, unprivileged) did not start within 60 s")
+        });
+        warned |= line.contains("memory not locked") && line.contains("CAP_IPC_LOCK");
+        if line.starts_with("keyward listening on ") {
+            break;
+        }
+    }
+    // The two output streams are read by two threads: the warning may arrive just after.
+    while !warned {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                warned |= line.contains("memory not locked") && line.contains("CAP_IPC_LOCK")
+            }
+            Err(_) => break,
+        }
+    }
+    let status = std::fs::metadata(format!("/proc/{pid}/status"));
+    let locked_kb = status_kb(pid, "VmLck:");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "best-effort did not warn that memory is not locked");
+    assert_eq!(locked_kb, 0);
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        status.unwrap().uid(),
+        0,
+        "the /proc files of a dumpable process belong to its user ({NOBODY}); of a non-dumpable one, to root"
+    );
+}
+
 /// The tenant key and each envelope's DEK, unwrapped as the server unwraps them.
 async fn learn_keys(server: &Server, envelopes: &[pb::EncryptResponse]) -> Vec<(String, [u8; 32])> {
     let tenant: TenantId = TENANT.parse().unwrap();
-    let store = SqliteStore::open_read_only(&server.database()).await.unwrap();
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
     let provider = LocalProvider::open(server.local_kms_dir()).unwrap();
     let binding = store.active_binding(&tenant).await.unwrap().unwrap();
     let record = store
@@ -341,7 +458,10 @@ fn search(bytes: &[u8], base: u64, patterns: &Patterns, line: &str, found: &mut 
         if let Some(candidates) = patterns.words.get(&word) {
             for &(k, j) in candidates {
                 let (name, key) = &patterns.keys[k];
-                if p >= j && bytes.len() >= p - j + KEY_LEN && bytes[p - j..p - j + KEY_LEN] == key[..] {
+                if p >= j
+                    && bytes.len() >= p - j + KEY_LEN
+                    && bytes[p - j..p - j + KEY_LEN] == key[..]
+                {
                     let addr = base + (p - j) as u64;
                     let seen = found.entry(name.clone()).or_default();
                     if !seen.iter().any(|(a, _)| *a == addr) {
