@@ -230,9 +230,11 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
-    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, figment::Error> {
+    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Box<figment::Error>> {
         use figment::providers::Format as _;
-        figment::Figment::from(figment::providers::Toml::string(text)).extract()
+        figment::Figment::from(figment::providers::Toml::string(text))
+            .extract()
+            .map_err(Box::new)
     }
 
     #[test]
