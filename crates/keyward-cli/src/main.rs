@@ -469,6 +469,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     let settings = config.resolve()?;
+    // Before any key is loaded: keep them out of swap and core dumps ([memory]).
+    keyward_server::memory::harden(&settings.memory)?;
     let running = keyward_server::start(&settings, shutdown_signal()).await?;
     // Scripts and tests read the bound address from this line.
     println!("keyward listening on {}", running.local_addr());

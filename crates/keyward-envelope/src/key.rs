@@ -28,6 +28,13 @@ pub const WRAPPED_KEY_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
 /// `Debug` nor `Clone` (nor any serialisation), so key material cannot reach a log line or be
 /// duplicated by accident; [`SecretKey::expose_secret`] is the one explicit way to the bytes.
 ///
+/// The bytes live in their own heap allocation, written in place and never moved: moving a
+/// `SecretKey` (returning it, putting it in a tuple, an `Arc` or an async state machine) moves
+/// only the pointer. An inline array would be copied by every such move, and Rust does not
+/// clear the moved-from copy, so stale key bytes would be left in stack frames and freed
+/// future allocations where no `Drop` ever reaches them (`tests/e2e/tests/memory.rs` scans the
+/// server's memory for exactly that; `docs/adr/0005-memory-locking.md`).
+///
 /// ```compile_fail,E0277
 /// let key = keyward_envelope::SecretKey::from_bytes([7u8; 32]);
 /// let _ = format!("{:?}", key); // SecretKey has no Debug
@@ -41,25 +48,42 @@ pub const WRAPPED_KEY_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
     missing_debug_implementations,
     reason = "secret key material must never be formatted"
 )]
-#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey {
-    bytes: [u8; KEY_LEN],
+    bytes: Box<[u8; KEY_LEN]>,
 }
 
+impl Zeroize for SecretKey {
+    fn zeroize(&mut self) {
+        self.bytes.as_mut().zeroize();
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretKey {}
+
 impl SecretKey {
-    /// Generates a fresh key from the system CSPRNG (via `aws_lc_rs::rand`).
+    /// Generates a fresh key from the system CSPRNG (via `aws_lc_rs::rand`), written
+    /// directly into its final heap location.
     pub fn generate() -> Result<SecretKey, CryptoError> {
-        let mut key = SecretKey {
-            bytes: [0u8; KEY_LEN],
-        };
-        aws_lc_rs::rand::fill(&mut key.bytes).map_err(|_| CryptoError::Rng)?;
+        let mut key = SecretKey::zeroed();
+        aws_lc_rs::rand::fill(key.bytes.as_mut()).map_err(|_| CryptoError::Rng)?;
         Ok(key)
     }
 
-    /// Wraps existing key bytes. The array is moved in; callers holding the bytes elsewhere
-    /// (for example in a decoding buffer) are responsible for zeroizing that copy.
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> SecretKey {
-        SecretKey { bytes }
+    /// Wraps existing key bytes. The array is copied to the heap and the argument's copy is
+    /// zeroized; callers holding the bytes elsewhere (for example in a decoding buffer) are
+    /// responsible for zeroizing that copy. Prefer [`SecretKey::try_from_slice`] from a
+    /// `Zeroizing` buffer.
+    pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> SecretKey {
+        let mut key = SecretKey::zeroed();
+        key.bytes.copy_from_slice(&bytes);
+        bytes.zeroize();
+        key
     }
 
     /// Copies key bytes from a slice, which must be exactly [`KEY_LEN`] bytes long.
@@ -67,17 +91,16 @@ impl SecretKey {
         if bytes.len() != KEY_LEN {
             return Err(CryptoError::InvalidKeyLength(bytes.len()));
         }
-        let mut key = SecretKey {
-            bytes: [0u8; KEY_LEN],
-        };
+        let mut key = SecretKey::zeroed();
         key.bytes.copy_from_slice(bytes);
         Ok(key)
     }
 
-    /// An all-zero key, to be filled in place by a KDF (avoids copying key bytes around).
+    /// An all-zero key, to be filled in place by a KDF or the RNG (avoids copying key bytes
+    /// around).
     pub(crate) fn zeroed() -> SecretKey {
         SecretKey {
-            bytes: [0u8; KEY_LEN],
+            bytes: Box::new([0u8; KEY_LEN]),
         }
     }
 
@@ -87,7 +110,8 @@ impl SecretKey {
     }
 
     /// The raw key bytes. Use only where the key is handed to a cryptographic primitive or to
-    /// a KMS wrap call; never log or persist the result.
+    /// a KMS wrap call; never log or persist the result, and never copy it into a buffer
+    /// that is not zeroized on drop.
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.bytes
     }
@@ -292,6 +316,21 @@ mod tests {
         }
         let k = SecretKey::try_from_slice(&[9u8; 32]).unwrap();
         assert_eq!(k.expose_secret(), &[9u8; 32]);
+    }
+
+    #[test]
+    fn moving_a_key_does_not_move_its_bytes() {
+        let key = SecretKey::generate().unwrap();
+        let at = key.expose_secret().as_ptr();
+        let moved = (key, 1u8).0;
+        let boxed = std::sync::Arc::new(moved);
+        assert_eq!(boxed.expose_secret().as_ptr(), at);
+    }
+
+    #[test]
+    fn from_bytes_copies_the_key() {
+        let k = SecretKey::from_bytes([0x5A; KEY_LEN]);
+        assert_eq!(k.expose_secret(), &[0x5A; KEY_LEN]);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The authorization policies and the certificate-identity mapping.
     pub authz: AuthzConfig,
+    /// Memory locking and core-dump exclusion (docs/adr/0005-memory-locking.md).
+    pub memory: crate::memory::MemoryConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -108,6 +110,7 @@ impl Default for Config {
             kms_quota: KmsQuotaConfig::default(),
             tls: TlsConfig::default(),
             authz: AuthzConfig::default(),
+            memory: crate::memory::MemoryConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
@@ -447,6 +450,7 @@ impl Config {
             reload_interval: Duration::from_secs(self.tls.reload_interval_seconds),
             policy_files,
             default_policies_dir: self.authz == AuthzConfig::default(),
+            memory: self.memory,
             #[cfg(feature = "aws")]
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
@@ -616,6 +620,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "revocation",
     "kms_quota",
     "tls",
+    "memory",
     "authz",
     #[cfg(feature = "aws")]
     "aws_kms",
@@ -662,6 +667,9 @@ pub struct Settings {
     /// `[authz]` was left at its defaults (development mode may then fall back to the
     /// built-in policies when `./policies` does not exist).
     pub default_policies_dir: bool,
+    /// Memory locking and core-dump exclusion, applied by `keyward serve` with
+    /// [`crate::memory::harden`] before the server starts.
+    pub memory: crate::memory::MemoryConfig,
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]

@@ -571,14 +571,43 @@ impl Keyring {
     /// Forgets every cached key of `tenant` (their bytes are zeroized when the
     /// last in-flight request using them finishes); returns how many entries.
     pub async fn purge_tenant(&self, tenant: &TenantId) -> u64 {
-        self.invalidate_where(&self.active, |(t, _)| t == tenant)
+        let removed = self
+            .invalidate_where(&self.active, |(t, _)| t == tenant)
             .await
             + self
                 .invalidate_where(&self.deks, |(t, _)| t == tenant)
                 .await
             + self
                 .invalidate_where(&self.tenant_keys, |(t, _)| t == tenant)
-                .await
+                .await;
+        self.run_cache_maintenance().await;
+        removed
+    }
+
+    /// Drops the caches' own references to removed and expired keys now.
+    ///
+    /// moka keeps a removed or expired value referenced from its internal write
+    /// log and entry table until its housekeeping runs, which it otherwise does
+    /// only on later cache activity: without this, the last `Arc` of a purged
+    /// key (and so its zeroization) would wait for the next request of any
+    /// tenant, and an expired key of an idle replica would stay in memory
+    /// indefinitely (not served, but readable in a memory image).
+    pub async fn run_cache_maintenance(&self) {
+        self.active.run_pending_tasks().await;
+        self.deks.run_pending_tasks().await;
+        self.tenant_keys.run_pending_tasks().await;
+    }
+
+    /// Runs [`Keyring::run_cache_maintenance`] every `interval`, so that
+    /// expired keys leave memory within about `interval` of their expiry
+    /// even on an idle replica. Runs until the task is aborted.
+    pub async fn run_cache_sweeper(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.run_cache_maintenance().await;
+        }
     }
 
     async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool) -> u64

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 mod gate;
 pub mod keyring;
+pub mod memory;
 pub mod replication;
 pub mod service;
 pub mod tls;
@@ -306,6 +307,10 @@ async fn serve_replica(
             "DEVELOPMENT MODE: plaintext gRPC without client authentication; every caller is the development principal, which may do everything. Configure [tls] for any real use."
         );
     }
+    // Expired keys leave memory within a second of their expiry, even when idle.
+    background.push(tokio::spawn(
+        Arc::clone(&keyring).run_cache_sweeper(std::time::Duration::from_secs(1)),
+    ));
     if let Some(policy) = settings.monitor {
         background.push(tokio::spawn(Arc::clone(&keyring).run_monitor(policy)));
     }

@@ -94,6 +94,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (for /proc inspection).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
