@@ -25,8 +25,10 @@ use std::{
 mod economy;
 mod harness;
 mod peers;
+mod profile;
 mod replicas;
 mod scale;
+mod soak;
 mod suite;
 
 use anyhow::Context as _;
@@ -62,6 +64,10 @@ enum Command {
     Scale(scale::Args),
     /// Peers in the same run: AWS Encryption SDK (cached) and OpenBao Transit vs Keyward.
     Peers(peers::Args),
+    /// A bounded soak: load with revocations, restorations and a KMS outage mid-run.
+    Soak(soak::Args),
+    /// A fixed number of sequential calls, for instruction counts under callgrind.
+    Profile(profile::Args),
     /// Revocation fan-out: RevokeKey on replica A to the first denial on B and C (PostgreSQL).
     Replicas(replicas::Args),
     /// Keyward against its floors (cipher and gRPC), as ratios measured in the same run.
@@ -125,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Scale(args) => scale::run(args).await,
         Command::Peers(args) => peers::run(args).await,
         Command::Replicas(args) => replicas::run(args).await,
+        Command::Profile(args) => profile::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
         Command::Revocation { workers, json } => revocation(workers, &json).await,
         Command::Suite { json, quick } => {
             let report = suite::run(quick).await?;

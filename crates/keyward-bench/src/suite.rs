@@ -285,7 +285,7 @@ fn cipher_floor() -> anyhow::Result<Vec<CipherRow>> {
 
 /// Bytes in, bytes out: the gRPC and protobuf cost with no cryptography.
 #[derive(Debug, Default)]
-struct NullCrypto;
+pub(crate) struct NullCrypto;
 
 #[tonic::async_trait]
 impl CryptoService for NullCrypto {

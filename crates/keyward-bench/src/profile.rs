@@ -1,0 +1,141 @@
+//! `keyward-bench profile`: a fixed number of sequential `Encrypt` or `Decrypt` calls against
+//! Keyward or the null service (both in process, one connection), for instruction counting:
+//!
+//! ```text
+//! valgrind --tool=callgrind --callgrind-out-file=cg.keyward.%p \
+//!     target/release/keyward-bench profile --target keyward --requests 4000
+//! ```
+//!
+//! Run it twice with different `--requests` and divide the difference in instructions by the
+//! difference in requests: start-up cancels out, and what remains is the cost of one call —
+//! client, transport and service together, as in the gRPC-ceiling scenario. The same for
+//! `--target null` gives the floor; `callgrind_annotate` on the Keyward run shows where its
+//! extra instructions go (docs/benchmarks.md, "Profiles").
+
+use std::sync::Arc;
+
+use keyward_kms::local::LocalProvider;
+use keyward_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient,
+    crypto_service_server::CryptoServiceServer, tenant_service_client::TenantServiceClient,
+};
+use keyward_server::{Config, Providers};
+use tonic::transport::{Channel, server::TcpIncoming};
+
+use crate::suite::NullCrypto;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// `keyward` or `null`.
+    #[arg(long, default_value = "keyward")]
+    target: String,
+    /// `encrypt` or `decrypt`.
+    #[arg(long, default_value = "encrypt")]
+    op: String,
+    /// Plaintext size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Measured calls (after 200 warm-up calls).
+    #[arg(long, default_value_t = 2000)]
+    requests: u64,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = match args.target.as_str() {
+        "null" => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(
+                        CryptoServiceServer::new(NullCrypto)
+                            .max_decoding_message_size((1 << 20) + 65536)
+                            .max_encoding_message_size((1 << 20) + 65536),
+                    )
+                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            );
+            addr
+        }
+        "keyward" => {
+            let mut config = Config {
+                listen: "127.0.0.1:0".parse()?,
+                data_dir: dir.path().to_owned(),
+                ..Config::default()
+            };
+            config.revocation.monitor_interval_seconds = 0;
+            let settings = config.resolve()?;
+            let providers =
+                Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
+            let running =
+                keyward_server::start_with_providers(&settings, providers, std::future::pending())
+                    .await?;
+            let addr = running.local_addr();
+            std::mem::forget(running);
+            addr
+        }
+        other => anyhow::bail!("--target must be keyward or null, not {other}"),
+    };
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut tenants = TenantServiceClient::new(channel.clone());
+    if args.target == "keyward" {
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "bench".into(),
+                display_name: String::new(),
+            })
+            .await?;
+        tenants
+            .register_key(pb::RegisterKeyRequest {
+                tenant_id: "bench".into(),
+                key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
+                    key_name: "default".into(),
+                })),
+            })
+            .await?;
+    }
+    let mut client = CryptoServiceClient::new(channel);
+    let plaintext = vec![0x42u8; args.size];
+    let envelope = client
+        .encrypt(pb::EncryptRequest {
+            tenant_id: "bench".into(),
+            plaintext: plaintext.clone(),
+            encryption_context: Default::default(),
+            scope: String::new(),
+        })
+        .await?
+        .into_inner()
+        .envelope;
+    for _ in 0..200 + args.requests {
+        match args.op.as_str() {
+            "encrypt" => {
+                client
+                    .encrypt(pb::EncryptRequest {
+                        tenant_id: "bench".into(),
+                        plaintext: plaintext.clone(),
+                        encryption_context: Default::default(),
+                        scope: String::new(),
+                    })
+                    .await?;
+            }
+            "decrypt" => {
+                client
+                    .decrypt(pb::DecryptRequest {
+                        tenant_id: "bench".into(),
+                        envelope: envelope.clone(),
+                        encryption_context: Default::default(),
+                    })
+                    .await?;
+            }
+            other => anyhow::bail!("--op must be encrypt or decrypt, not {other}"),
+        }
+    }
+    println!(
+        "{} {} calls of {} B: done",
+        args.requests, args.op, args.size
+    );
+    Ok(())
+}
