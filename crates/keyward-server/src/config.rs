@@ -49,6 +49,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The authorization policies and the certificate-identity mapping.
     pub authz: AuthzConfig,
+    /// Limits at the gRPC edge (docs/configuration.md, `[limits]`).
+    pub limits: crate::limits::LimitsConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -105,6 +107,7 @@ impl Default for Config {
             revocation: RevocationConfig::default(),
             tls: TlsConfig::default(),
             authz: AuthzConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
@@ -318,6 +321,7 @@ impl Config {
         if self.tls.reload_interval_seconds == 0 {
             return invalid("tls.reload_interval_seconds must be at least 1");
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         let store = self.store_location()?;
         let replica_id = match &self.replica_id {
             Some(id) => {
@@ -404,6 +408,7 @@ impl Config {
             reload_interval: Duration::from_secs(self.tls.reload_interval_seconds),
             policy_files,
             default_policies_dir: self.authz == AuthzConfig::default(),
+            max_in_flight_per_caller: self.limits.max_in_flight_per_caller,
             #[cfg(feature = "aws")]
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
@@ -573,6 +578,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "revocation",
     "tls",
     "authz",
+    "limits",
     #[cfg(feature = "aws")]
     "aws_kms",
     #[cfg(feature = "pkcs11")]
@@ -616,6 +622,8 @@ pub struct Settings {
     /// `[authz]` was left at its defaults (development mode may then fall back to the
     /// built-in policies when `./policies` does not exist).
     pub default_policies_dir: bool,
+    /// `limits.max_in_flight_per_caller` ([`crate::limits`]).
+    pub max_in_flight_per_caller: usize,
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]

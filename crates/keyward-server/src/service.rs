@@ -520,6 +520,13 @@ fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
             "must not be empty",
         ));
     }
+    // The role goes in its own fields: a query inside the ARN field would be read as one.
+    if aws.key_arn.contains('?') {
+        return Err(ServiceError::invalid(
+            "aws_kms.key_arn",
+            "a key ARN has no '?': give role_arn and external_id in their own fields",
+        ));
+    }
     let id = match (aws.role_arn.is_empty(), aws.external_id.is_empty()) {
         (true, true) => aws.key_arn,
         (false, false) => format!(
@@ -619,3 +626,7 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
+
+#[cfg(test)]
+#[path = "service_fuzz.rs"]
+mod fuzz;
