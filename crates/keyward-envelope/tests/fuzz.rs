@@ -99,7 +99,12 @@ fn outcome(r: &Result<keyward_envelope::Envelope<'_>, EnvelopeError>) -> Expecte
 /// never opens under `dek`/`ctx` (the input was not sealed under them, or was altered).
 fn parse_fails_closed(bytes: &[u8], dek: &SecretKey, ctx: &EncryptionContext) {
     let parsed = parse(bytes);
-    assert_eq!(outcome(&parsed), model(bytes), "input {}", hex::encode(bytes));
+    assert_eq!(
+        outcome(&parsed),
+        model(bytes),
+        "input {}",
+        hex::encode(bytes)
+    );
     if let Ok(env) = parsed {
         assert!(env.header_bytes().len() >= HEADER_FIXED_LEN + 1);
         assert_eq!(
@@ -153,15 +158,34 @@ fn context_strategy() -> impl Strategy<Value = EncryptionContext> {
 /// A change to a valid envelope; offsets are taken modulo the envelope length.
 #[derive(Debug, Clone)]
 enum Mutation {
-    FlipBit { at: usize, bit: u8 },
-    SetByte { at: usize, value: u8 },
-    Truncate { to: usize },
-    Extend { with: Vec<u8> },
-    Insert { at: usize, with: Vec<u8> },
-    Remove { at: usize, len: usize },
+    FlipBit {
+        at: usize,
+        bit: u8,
+    },
+    SetByte {
+        at: usize,
+        value: u8,
+    },
+    Truncate {
+        to: usize,
+    },
+    Extend {
+        with: Vec<u8>,
+    },
+    Insert {
+        at: usize,
+        with: Vec<u8>,
+    },
+    Remove {
+        at: usize,
+        len: usize,
+    },
     /// A header field replaced by another value (version, suite, tenant length, tenant id,
     /// DEK id, salt, commitment).
-    Field { field: HeaderField, value: Vec<u8> },
+    Field {
+        field: HeaderField,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,7 +214,10 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
         any::<usize>().prop_map(|to| Mutation::Truncate { to }),
         proptest::collection::vec(any::<u8>(), 1..64).prop_map(|with| Mutation::Extend { with }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..32))
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..32)
+        )
             .prop_map(|(at, with)| Mutation::Insert { at, with }),
         (any::<usize>(), 1usize..48).prop_map(|(at, len)| Mutation::Remove { at, len }),
         (field, proptest::collection::vec(any::<u8>(), 1..40))

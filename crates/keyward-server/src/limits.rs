@@ -198,10 +198,7 @@ impl CallerLimiter {
         details.set_error_info(
             CALLER_LIMIT_REASON,
             ERROR_DOMAIN,
-            HashMap::from([(
-                "limit".to_owned(),
-                self.max_in_flight.to_string(),
-            )]),
+            HashMap::from([("limit".to_owned(), self.max_in_flight.to_string())]),
         );
         Status::with_error_details(
             Code::ResourceExhausted,
@@ -248,11 +245,9 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallerLimit<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
@@ -392,9 +387,7 @@ mod tests {
         let status = CallerLimiter::new(7).refusal();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(
-            status
-                .message()
-                .contains("limits.max_in_flight_per_caller"),
+            status.message().contains("limits.max_in_flight_per_caller"),
             "{status:?}"
         );
         let info = status.get_details_error_info().unwrap();
@@ -409,7 +402,11 @@ mod tests {
             let c = LimitsConfig {
                 max_in_flight_per_caller: bad,
             };
-            assert!(c.validate().unwrap_err().contains("max_in_flight_per_caller"));
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .contains("max_in_flight_per_caller")
+            );
         }
     }
 }

@@ -125,7 +125,9 @@ fn nested_groups(field: u64, depth: usize) -> Vec<u8> {
 
 /// The domain tables and every audit record: what a refused request must leave unchanged.
 async fn state(server: &Server) -> (String, Vec<(u64, Vec<u8>)>) {
-    let store = SqliteStore::open_read_only(&server.database()).await.unwrap();
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
     let audit = store
         .audit_records(&AuditQuery::default().with_limit(100_000))
         .await
@@ -336,7 +338,8 @@ async fn unknown_fields_are_ignored_as_if_absent() {
 
     // An unknown field between known ones, on an administrative call: same answer as without.
     let body = [ld(99, b"x"), ld(1, b"acme")].concat();
-    let with = pb::Tenant::decode(&raw_call(&channel, GET_TENANT, body).await.unwrap()[..]).unwrap();
+    let with =
+        pb::Tenant::decode(&raw_call(&channel, GET_TENANT, body).await.unwrap()[..]).unwrap();
     let without = pb::Tenant::decode(
         &raw_call(&channel, GET_TENANT, ld(1, b"acme"))
             .await
@@ -457,9 +460,7 @@ fn assert_caller_limit(result: Result<impl std::fmt::Debug, Status>) {
     assert_eq!(info.reason, "CALLER_CONCURRENCY_LIMIT");
     assert_eq!(info.metadata["limit"], LIMIT.to_string());
     assert!(
-        status
-            .message()
-            .contains("limits.max_in_flight_per_caller"),
+        status.message().contains("limits.max_in_flight_per_caller"),
         "{status:?}"
     );
 }
@@ -519,7 +520,13 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
     let chat_a = channel(leaf("chat", CHAT)).await;
     let chat_b = channel(leaf("chat-b", CHAT)).await;
     let held: Vec<_> = (0..LIMIT)
-        .map(|i| hold_one_call(if i % 2 == 0 { chat_a.clone() } else { chat_b.clone() }))
+        .map(|i| {
+            hold_one_call(if i % 2 == 0 {
+                chat_a.clone()
+            } else {
+                chat_b.clone()
+            })
+        })
         .collect();
     // The server has counted them when a state-free call (a health check) is refused.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -565,7 +572,11 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
             })
             .await,
     );
-    assert_eq!(before, state(&server).await, "a refused call changed the store");
+    assert_eq!(
+        before,
+        state(&server).await,
+        "a refused call changed the store"
+    );
 
     // Meanwhile another caller is served.
     let billing = channel(leaf("billing", BILLING)).await;
@@ -573,7 +584,7 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
         .encrypt(pb::EncryptRequest {
             tenant_id: "globex".into(),
             plaintext: b"an invoice".to_vec(),
-            encryption_context: context(&[]),
+            encryption_context: context(&[("purpose", "invoices")]),
             scope: String::new(),
         })
         .await
