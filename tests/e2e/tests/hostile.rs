@@ -427,21 +427,22 @@ identities = ["spiffe://keyward.test/ns/keyward/sa/operator"]
 const LIMIT: usize = 4;
 
 /// An `Encrypt` call whose request message never comes: the server has the call (it counts
-/// against the caller from its headers on) but cannot answer it. Aborting the task resets the
-/// stream, which ends the call on the server.
-fn hold_one_call(channel: Channel) -> tokio::task::JoinHandle<()> {
+/// against the caller from its headers on) but cannot answer it, so the task only ends if the
+/// call is refused. Aborting the task resets the stream, which ends the call on the server.
+fn hold_one_call(
+    channel: Channel,
+) -> tokio::task::JoinHandle<Result<tonic::Response<tonic::Streaming<pb::EncryptResponse>>, Status>>
+{
     tokio::spawn(async move {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.unwrap();
         let never = tokio_stream::pending::<pb::EncryptRequest>();
-        let ended = grpc
-            .streaming::<_, _, pb::EncryptResponse, _>(
-                tonic::Request::new(never),
-                PathAndQuery::from_static(ENCRYPT),
-                keyward_proto::codec::ProstCodec::default(),
-            )
-            .await;
-        panic!("a held call ended before it was released: {ended:?}");
+        grpc.streaming::<_, _, pb::EncryptResponse, _>(
+            tonic::Request::new(never),
+            PathAndQuery::from_static(ENCRYPT),
+            keyward_proto::codec::ProstCodec::default(),
+        )
+        .await
     })
 }
 
@@ -516,11 +517,12 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
             .unwrap();
     }
 
-    // The chat service holds LIMIT calls open, on two connections (the limit is per caller,
-    // not per connection).
+    // The chat service opens LIMIT + 1 calls that never send their message, on two
+    // connections (the limit is per caller, not per connection): exactly one is refused, the
+    // other LIMIT stay in flight. Nothing else is sent as chat meanwhile, so this is exact.
     let chat_a = channel(leaf("chat", CHAT)).await;
     let chat_b = channel(leaf("chat-b", CHAT)).await;
-    let held: Vec<_> = (0..LIMIT)
+    let mut held: Vec<_> = (0..=LIMIT)
         .map(|i| {
             hold_one_call(if i % 2 == 0 {
                 chat_a.clone()
@@ -529,21 +531,20 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
             })
         })
         .collect();
-    // The server has counted them when a state-free call (a health check) is refused.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match health(&chat_a).await {
-            Ok(()) => {}
-            Err(status) if status.code() == Code::ResourceExhausted => break,
-            Err(status) => panic!("{status:?}"),
+    let refused = loop {
+        if let Some(i) = held.iter().position(|h| h.is_finished()) {
+            break held.remove(i);
         }
         assert!(
             Instant::now() < deadline,
-            "the held calls never reached the server ({} of {LIMIT} ended early)",
-            held.iter().filter(|h| h.is_finished()).count()
+            "none of the {} calls was refused",
+            LIMIT + 1
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    assert_caller_limit(refused.await.unwrap().map(|_| ()));
+    assert!(held.iter().all(|h| !h.is_finished()));
     let before = state(&server).await;
 
     // A flood of authorized calls from chat, on both connections and a third: all refused at
