@@ -3,6 +3,8 @@
 //! Wire types stop here and in the server's conversion layer: nothing below
 //! `keyward-server` knows about protobuf or gRPC.
 
+pub mod codec;
+
 /// `keyward.v1` messages, enums, clients and servers.
 pub mod v1 {
     #![allow(

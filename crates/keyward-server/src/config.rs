@@ -53,6 +53,8 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// Memory locking and core-dump exclusion (docs/adr/0005-memory-locking.md).
     pub memory: crate::memory::MemoryConfig,
+    /// Limits at the gRPC edge (docs/configuration.md, `[limits]`).
+    pub limits: crate::limits::LimitsConfig,
     /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
@@ -111,6 +113,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             authz: AuthzConfig::default(),
             memory: crate::memory::MemoryConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             #[cfg(feature = "aws")]
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
@@ -358,6 +361,7 @@ impl Config {
                  kms_quota.max_wait_ms at most 60000",
             );
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         let store = self.store_location()?;
         let replica_id = match &self.replica_id {
             Some(id) => {
@@ -451,6 +455,7 @@ impl Config {
             policy_files,
             default_policies_dir: self.authz == AuthzConfig::default(),
             memory: self.memory,
+            max_in_flight_per_caller: self.limits.max_in_flight_per_caller,
             #[cfg(feature = "aws")]
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
@@ -622,6 +627,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "tls",
     "memory",
     "authz",
+    "limits",
     #[cfg(feature = "aws")]
     "aws_kms",
     #[cfg(feature = "pkcs11")]
@@ -670,6 +676,8 @@ pub struct Settings {
     /// Memory locking and core-dump exclusion, applied by `keyward serve` with
     /// [`crate::memory::harden`] before the server starts.
     pub memory: crate::memory::MemoryConfig,
+    /// `limits.max_in_flight_per_caller` ([`crate::limits`]).
+    pub max_in_flight_per_caller: usize,
     #[cfg(feature = "aws")]
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]

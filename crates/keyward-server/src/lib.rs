@@ -12,6 +12,7 @@ pub mod error;
 mod gate;
 pub mod keyring;
 pub mod memory;
+pub mod limits;
 pub mod replication;
 pub mod service;
 pub mod tls;
@@ -284,11 +285,13 @@ async fn serve_replica(
     let tenants = TenantServiceServer::new(service::TenantApi::new(
         Arc::clone(&keyring),
         Arc::clone(&authz),
-    ));
+    ))
+    .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
     let audit_api = AuditServiceServer::new(audit::AuditApi::new(
         Arc::clone(&auditor),
         Arc::clone(&authz),
-    ));
+    ))
+    .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
     let mut background = vec![tokio::spawn(
         Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval),
     )];
@@ -384,7 +387,11 @@ async fn serve_replica(
             source: std::io::Error::other(e),
         })?;
 
+    let caller_limit = limits::CallerLimitLayer::new(Arc::new(limits::CallerLimiter::new(
+        settings.max_in_flight_per_caller,
+    )));
     let router = tonic::transport::Server::builder()
+        .layer(caller_limit)
         .add_service(health)
         .add_service(reflection)
         .add_service(crypto)

@@ -520,6 +520,27 @@ fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
             "must not be empty",
         ));
     }
+    // AWS's own bounds (KMS KeyId, IAM role ARN, STS ExternalId), checked first so that no
+    // error message below echoes more than that back.
+    for (field, value, max) in [
+        ("aws_kms.key_arn", &aws.key_arn, 2048),
+        ("aws_kms.role_arn", &aws.role_arn, 2048),
+        ("aws_kms.external_id", &aws.external_id, 1224),
+    ] {
+        if value.len() > max {
+            return Err(ServiceError::invalid(
+                field,
+                format!("{} bytes; at most {max} are allowed", value.len()),
+            ));
+        }
+    }
+    // The role goes in its own fields: a query inside the ARN field would be read as one.
+    if aws.key_arn.contains('?') {
+        return Err(ServiceError::invalid(
+            "aws_kms.key_arn",
+            "a key ARN has no '?': give role_arn and external_id in their own fields",
+        ));
+    }
     let id = match (aws.role_arn.is_empty(), aws.external_id.is_empty()) {
         (true, true) => aws.key_arn,
         (false, false) => format!(
@@ -541,7 +562,15 @@ fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
     };
     #[cfg(feature = "aws")]
     if let Err(e) = id.parse::<keyward_kms_aws::AwsKeyRef>() {
-        return Err(ServiceError::invalid("aws_kms", e.to_string()));
+        // The problem names the bad part; the whole input is not repeated back.
+        return Err(ServiceError::invalid(
+            "aws_kms",
+            format!(
+                "{}; expected {}",
+                e.problem(),
+                keyward_kms_aws::EXPECTED_FORM
+            ),
+        ));
     }
     Ok(KeyRef::new(DomainProviderKind::AwsKms, id))
 }
@@ -619,3 +648,7 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
+
+#[cfg(test)]
+#[path = "service_fuzz.rs"]
+mod fuzz;
