@@ -185,7 +185,9 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
+                // What prometheus-client encodes (counters as `<name>_total`, `# EOF`);
+                // Prometheus scrapes it natively.
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
         )

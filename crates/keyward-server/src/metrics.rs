@@ -373,7 +373,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric, after `refresh` set the gauges that
+    /// The OpenMetrics text exposition of every metric, after `refresh` set the gauges that
     /// are read at scrape time.
     pub fn encode(&self, gauges: &ScrapeGauges) -> Result<String, fmt::Error> {
         for (cache, count) in [
@@ -588,6 +588,7 @@ mod tests {
         let metrics = Metrics::new(10);
         metrics.cache_lookup("decrypt", true);
         metrics.denial("Decrypt");
+        metrics.kms_call(ProviderKind::Local, "unwrap", "ok", Duration::from_millis(3));
         metrics.payload(
             metrics.tenant_label(Some("t")),
             PayloadKind::PlaintextIn,
@@ -608,6 +609,8 @@ mod tests {
             r#"keyward_cache_resident_keys{cache="deks"} 2"#,
             r#"keyward_tenants_closed{state="revoked"} 4"#,
             "# TYPE keyward_kms_call_duration_seconds histogram",
+            r#"keyward_kms_calls_total{provider="local",operation="unwrap",outcome="ok"} 1"#,
+            r#"keyward_kms_call_duration_seconds_count{provider="local",operation="unwrap"} 1"#,
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
