@@ -588,7 +588,12 @@ mod tests {
         let metrics = Metrics::new(10);
         metrics.cache_lookup("decrypt", true);
         metrics.denial("Decrypt");
-        metrics.kms_call(ProviderKind::Local, "unwrap", "ok", Duration::from_millis(3));
+        metrics.kms_call(
+            ProviderKind::Local,
+            "unwrap",
+            "ok",
+            Duration::from_millis(3),
+        );
         metrics.payload(
             metrics.tenant_label(Some("t")),
             PayloadKind::PlaintextIn,

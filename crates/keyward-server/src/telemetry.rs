@@ -88,6 +88,14 @@ impl fmt::Debug for CallInfo {
 }
 
 impl CallInfo {
+    fn new(metrics: Arc<Metrics>, request_id: Arc<str>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            request_id,
+            tenant: OnceLock::new(),
+        })
+    }
+
     pub fn request_id(&self) -> &str {
         &self.request_id
     }
@@ -184,11 +192,7 @@ where
             Some(id) if well_formed_request_id(id) => Arc::from(id),
             _ => Arc::from(uuid::Uuid::new_v4().to_string()),
         };
-        let call = Arc::new(CallInfo {
-            metrics: Arc::clone(&self.metrics),
-            request_id: Arc::clone(&request_id),
-            tenant: OnceLock::new(),
-        });
+        let call = CallInfo::new(Arc::clone(&self.metrics), Arc::clone(&request_id));
         request.extensions_mut().insert(Arc::clone(&call));
         let span = tracing::info_span!(
             "rpc",
@@ -294,6 +298,47 @@ mod tests {
         assert!(!well_formed_request_id("a b"));
         assert!(!well_formed_request_id("a\nb"));
         assert!(!well_formed_request_id("a\"b"));
+    }
+
+    /// The hooks in `Authz::check` and the services find the call through its extensions.
+    #[test]
+    fn authz_denials_and_payloads_are_counted_for_the_calls_tenant() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let authz = crate::authz::Authz::load(crate::authz::PolicyFiles {
+            identities_file: dir.join("identities.toml"),
+            policies_dir: dir,
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(10));
+        let mut request = tonic::Request::new(());
+        request
+            .extensions_mut()
+            .insert(CallInfo::new(Arc::clone(&metrics), Arc::from("id-1")));
+        let tenant = keyward_envelope::TenantId::try_from("acme").unwrap();
+        // No peer identity on the request: unauthenticated, a denial of Decrypt.
+        let denied = authz.check(
+            &request,
+            keyward_authz::Action::Decrypt,
+            Some(&tenant),
+            &keyward_authz::RequestContext::default(),
+        );
+        assert!(denied.is_err());
+        note_payload(request.extensions(), PayloadKind::CiphertextIn, 99);
+        let text = metrics
+            .encode(&crate::metrics::ScrapeGauges::default())
+            .unwrap();
+        assert!(
+            text.contains(r#"keyward_authz_denials_total{action="Decrypt"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyward_payload_bytes_total{tenant="acme",kind="ciphertext_in"} 99"#),
+            "{text}"
+        );
+        // Without a CallInfo (a call that did not come through the layer) nothing is counted.
+        let bare = tonic::Request::new(());
+        note_payload(bare.extensions(), PayloadKind::CiphertextIn, 1);
+        note_denial(bare.extensions(), "Decrypt");
     }
 
     #[test]

@@ -98,7 +98,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
         .plaintext;
     assert_eq!(decrypted, plaintext);
     // Errors carry the request id too (in the status metadata).
-    let status = crypto
+    let failed = crypto
         .decrypt(with_request_id(
             pb::DecryptRequest {
                 tenant_id: "obs-a".to_owned(),
@@ -110,7 +110,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
         .await
         .unwrap_err();
     assert_eq!(
-        status
+        failed
             .metadata()
             .get("x-request-id")
             .unwrap()
@@ -131,7 +131,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
         s(r#"keyward_rpc_requests_total{tenant="obs-a",method="Decrypt",code="OK"}"#),
         Some(1.0)
     );
-    let failed_code = status_code_name(status.code());
+    let failed_code = status_code_name(failed.code());
     assert_eq!(
         s(&format!(
             r#"keyward_rpc_requests_total{{tenant="obs-a",method="Decrypt",code="{failed_code}"}}"#
