@@ -34,6 +34,8 @@ impl Server {
         let mut config = Config {
             listen: "127.0.0.1:0".parse()?,
             data_dir: data_dir.to_owned(),
+            // In-process servers run side by side: no admin listener on the fixed port.
+            admin: keyward_server::admin::AdminConfig::disabled(),
             ..Config::default()
         };
         tweak(&mut config);

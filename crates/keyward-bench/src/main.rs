@@ -215,6 +215,8 @@ async fn run_scenario(
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_owned(),
+        // In-process servers run side by side: no admin listener on the fixed port.
+        admin: keyward_server::admin::AdminConfig::disabled(),
         ..Config::default()
     };
     config.cache.ttl_seconds = 300;

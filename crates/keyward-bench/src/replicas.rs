@@ -153,6 +153,8 @@ async fn start_replica(
         data_dir: data_dir.to_owned(),
         store: Some(url.to_owned()),
         replica_id: Some(id.to_owned()),
+        // In-process servers run side by side: no admin listener on the fixed port.
+        admin: keyward_server::admin::AdminConfig::disabled(),
         ..Config::default()
     };
     config.audit.keys_dir = Some(shared.join("audit"));

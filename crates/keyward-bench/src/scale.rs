@@ -181,6 +181,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_owned(),
+        // In-process servers run side by side: no admin listener on the fixed port.
+        admin: keyward_server::admin::AdminConfig::disabled(),
         ..Config::default()
     };
     config.revocation.monitor_interval_seconds = 0;

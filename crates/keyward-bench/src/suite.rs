@@ -521,6 +521,8 @@ async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_owned(),
+        // In-process servers run side by side: no admin listener on the fixed port.
+        admin: keyward_server::admin::AdminConfig::disabled(),
         ..Config::default()
     };
     config.revocation.monitor_interval_seconds = 0;
@@ -811,6 +813,8 @@ async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: data.path().to_owned(),
+        // In-process servers run side by side: no admin listener on the fixed port.
+        admin: keyward_server::admin::AdminConfig::disabled(),
         ..Config::default()
     };
     config.revocation.monitor_interval_seconds = 0;

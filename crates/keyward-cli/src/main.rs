@@ -21,7 +21,9 @@ use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::Config;
+use keyward_server::{Config, telemetry::LogFormat};
+
+mod logging;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
@@ -362,19 +364,6 @@ fn parse_pair(raw: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The server logs its lifecycle; client commands stay quiet unless asked.
-    let default_filter = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "error",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -382,7 +371,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The server logs its lifecycle, in the configured format; client commands stay quiet
+    // unless asked. A configuration that does not load is reported by `serve` itself.
+    let (default_filter, format, otlp) = match &cli.command {
+        Command::Serve(args) => match Config::load(args.config.as_deref())
+            .ok()
+            .and_then(|c| c.resolve().ok())
+        {
+            Some(settings) => {
+                let o = &settings.observability;
+                let otlp = o.otlp_endpoint.clone().map(|endpoint| logging::OtlpTarget {
+                    endpoint,
+                    service_name: o.otlp_service_name.clone(),
+                });
+                ("info", o.log_format, otlp)
+            }
+            None => ("info", LogFormat::Text, None),
+        },
+        _ => ("error", LogFormat::Text, None),
+    };
+    let telemetry = {
+        let _inside = runtime.enter();
+        match logging::init(default_filter, format, otlp) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot set up logging: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -472,7 +492,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before any key is loaded: keep them out of swap and core dumps ([memory]).
     keyward_server::memory::harden(&settings.memory)?;
     let running = keyward_server::start(&settings, shutdown_signal()).await?;
-    // Scripts and tests read the bound address from this line.
+    // Scripts and tests read the bound addresses from these lines (the admin one first).
+    if let Some(admin) = running.admin_addr() {
+        println!("keyward admin listening on {admin}");
+    }
     println!("keyward listening on {}", running.local_addr());
     std::io::stdout().flush()?;
     running.wait().await?;
@@ -492,7 +515,7 @@ async fn shutdown_signal() {
             let _ = ctrl_c.await;
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutdown signal received");
 }
 
 async fn channel(target: &Target) -> anyhow::Result<Channel> {

@@ -215,8 +215,24 @@ impl Authz {
     }
 
     /// Authorizes `action` on `tenant` (or on the system when `None`) for the caller of
-    /// `request`.
+    /// `request`. Also tells the call's telemetry which tenant it is about and counts denials
+    /// ([`crate::telemetry`]).
     pub fn check<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        tenant: Option<&TenantId>,
+        context: &RequestContext<'_>,
+    ) -> Result<Caller, ServiceError> {
+        crate::telemetry::note_tenant(request.extensions(), tenant);
+        let result = self.decide(request, action, tenant, context);
+        if result.is_err() {
+            crate::telemetry::note_denial(request.extensions(), action.as_str());
+        }
+        result
+    }
+
+    fn decide<T>(
         &self,
         request: &Request<T>,
         action: Action,

@@ -20,7 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use keyward_store::postgres::PostgresOptions;
 
-use crate::{authz::PolicyFiles, keyring::MonitorPolicy, tls::TlsFiles};
+use crate::{
+    admin::AdminConfig,
+    authz::PolicyFiles,
+    keyring::MonitorPolicy,
+    metrics::{MAX_TENANT_LABELS_CEILING, MetricsConfig},
+    telemetry::{LogFormat, OtlpConfig},
+    tls::TlsFiles,
+};
 
 /// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +69,16 @@ pub struct Config {
     /// builds with the `pkcs11` feature.
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    // --- observability (docs/observability.md) ---
+    /// `"text"` or `"json"` log lines (read by the `keyward serve` command).
+    pub log_format: LogFormat,
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cut.
+    pub shutdown_grace_seconds: u64,
+    /// The admin HTTP listener: /metrics, /livez, /readyz.
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export (builds with the `otlp` feature of keyward-cli).
+    pub otlp: OtlpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +135,11 @@ impl Default for Config {
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
+            log_format: LogFormat::default(),
+            shutdown_grace_seconds: DEFAULT_SHUTDOWN_GRACE_SECONDS,
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -362,6 +384,7 @@ impl Config {
             );
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        let observability = self.observability()?;
         let store = self.store_location()?;
         let replica_id = match &self.replica_id {
             Some(id) => {
@@ -460,6 +483,43 @@ impl Config {
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
             pkcs11: self.pkcs11.clone(),
+            observability,
+        })
+    }
+
+    /// The admin listener, metrics bounds, shutdown grace and trace export, checked.
+    fn observability(&self) -> Result<ObservabilitySettings, ConfigError> {
+        let admin = self.admin.resolve().map_err(ConfigError::Invalid)?;
+        if self.metrics.max_tenant_labels > MAX_TENANT_LABELS_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.max_tenant_labels must be at most {MAX_TENANT_LABELS_CEILING}"
+            )));
+        }
+        if self.shutdown_grace_seconds > MAX_SHUTDOWN_GRACE_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_grace_seconds must be at most {MAX_SHUTDOWN_GRACE_SECONDS}"
+            )));
+        }
+        let otlp_endpoint = match self.otlp.endpoint.as_deref() {
+            None => None,
+            Some(e) if e.starts_with("http://") || e.starts_with("https://") => Some(e.to_owned()),
+            Some(e) => {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp.endpoint must be an http:// or https:// URL (OTLP/gRPC, e.g. http://127.0.0.1:4317), not {e:?}"
+                )));
+            }
+        };
+        Ok(ObservabilitySettings {
+            admin,
+            max_tenant_labels: self.metrics.max_tenant_labels,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            log_format: self.log_format,
+            otlp_endpoint,
+            otlp_service_name: self
+                .otlp
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "keyward".to_owned()),
         })
     }
 
@@ -632,7 +692,33 @@ const CONFIG_SECTIONS: &[&str] = &[
     "aws_kms",
     #[cfg(feature = "pkcs11")]
     "pkcs11",
+    "log_format",
+    "shutdown_grace_seconds",
+    "admin",
+    "metrics",
+    "otlp",
 ];
+
+/// Default of `shutdown_grace_seconds`: under Kubernetes' default 30 s termination grace, with
+/// room for the final audit flush.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
+
+/// The resolved observability settings (docs/observability.md).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ObservabilitySettings {
+    /// The admin listener's address; `None` = disabled.
+    pub admin: Option<SocketAddr>,
+    pub max_tenant_labels: usize,
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector endpoint; `None` = no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of exported spans.
+    pub otlp_service_name: String,
+}
 
 /// gRPC itself caps messages; a plaintext above this would not be a sensible
 /// single Encrypt call anyway.
@@ -682,6 +768,8 @@ pub struct Settings {
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Admin listener, metrics bounds, shutdown grace, log format, trace export.
+    pub observability: ObservabilitySettings,
 }
 
 /// When a scope's active DEK is replaced.

@@ -158,8 +158,9 @@ impl ServiceError {
         }
     }
 
-    /// The status returned to the caller. Internal failures are logged with a
-    /// fresh request id and the caller gets only that id, never the cause.
+    /// The status returned to the caller. Internal failures are logged with the
+    /// call's request id (a fresh one outside a call) and the caller gets only that id,
+    /// never the cause.
     pub fn to_status(&self) -> Status {
         if let Self::Shared(inner) = self {
             return inner.to_status();
@@ -197,7 +198,9 @@ impl ServiceError {
                 self.to_string()
             }
             Self::WrappedKeyRejected(_) | Self::Store(_) | Self::Internal(_) => {
-                let request_id = uuid::Uuid::new_v4().to_string();
+                // The call's own id (crate::telemetry) when served through the RPC layer.
+                let request_id = crate::telemetry::current_request_id()
+                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), |id| id.to_string());
                 tracing::error!(%request_id, error = %self, reason = self.reason(), "request failed");
                 details.set_request_info(request_id.clone(), "");
                 format!(

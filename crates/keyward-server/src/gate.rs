@@ -91,6 +91,26 @@ impl Gates {
         gate.closed = None;
     }
 
+    /// How many tenants are closed, per state (every state listed, zeros included), for the
+    /// `keyward_tenants_closed` gauge.
+    pub(crate) fn closed_counts(&self) -> Vec<(&'static str, u64)> {
+        let mut counts: Vec<(&'static str, u64)> =
+            KekState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for gate in self
+            .gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            if let Some(closed) = gate.closed
+                && let Some(slot) = counts.iter_mut().find(|(n, _)| *n == closed.state.as_str())
+            {
+                slot.1 += 1;
+            }
+        }
+        counts
+    }
+
     pub(crate) fn closed(&self, tenant: &TenantId) -> Option<Closed> {
         self.gates
             .read()

@@ -62,6 +62,14 @@ impl Providers {
         self
     }
 
+    /// Every provider replaced by `wrap(provider)` (decorators such as metrics).
+    #[must_use]
+    pub fn map(self, wrap: impl Fn(Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider>) -> Self {
+        Self {
+            by_kind: self.by_kind.into_iter().map(wrap).collect(),
+        }
+    }
+
     fn get(&self, kind: ProviderKind) -> Result<&Arc<dyn KeyProvider>, ServiceError> {
         self.by_kind
             .iter()
@@ -216,6 +224,8 @@ pub struct Keyring {
     /// Tenants closed by a revocation whose store write failed: reconciliation with the store
     /// (which still says active) must not reopen them.
     unrecorded_closures: std::sync::Mutex<std::collections::HashSet<TenantId>>,
+    /// Cache hit/miss counters (docs/observability.md); none in tests that build a bare keyring.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Keyring {
@@ -268,6 +278,28 @@ impl Keyring {
             hasher,
             replica_id: "local".to_owned(),
             unrecorded_closures: std::sync::Mutex::default(),
+            metrics: None,
+        }
+    }
+
+    /// Counts data-key cache hits and misses in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics given to [`Keyring::with_metrics`].
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Resident keys and closed tenants, read at each metrics scrape.
+    pub fn scrape_gauges(&self) -> crate::metrics::ScrapeGauges {
+        crate::metrics::ScrapeGauges {
+            tenant_keys: self.tenant_keys.entry_count(),
+            deks: self.deks.entry_count(),
+            active_deks: self.active.entry_count(),
+            closed: self.gates.closed_counts(),
         }
     }
 
@@ -455,6 +487,9 @@ impl Keyring {
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
         let hit = self.active.contains_key(&(tenant.clone(), scope.clone()));
         let result = self.encrypt_inner(tenant, scope, ctx, plaintext).await;
+        if let (Some(m), Ok(_)) = (&self.metrics, &result) {
+            m.cache_lookup("encrypt", hit);
+        }
         self.usage.record(tenant, now_ms(), |u| match &result {
             Ok(_) => {
                 u.encrypts += 1;
@@ -511,6 +546,9 @@ impl Keyring {
     ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
         let mut hit = false;
         let result = self.decrypt_inner(tenant, envelope, ctx, &mut hit).await;
+        if let (Some(m), Ok(_)) = (&self.metrics, &result) {
+            m.cache_lookup("decrypt", hit);
+        }
         self.usage.record(tenant, now_ms(), |u| match &result {
             Ok(plaintext) => {
                 u.decrypts += 1;

@@ -4,6 +4,7 @@
 //! Data flows one way: proto -> [`service`] -> [`keyring`] -> (store, KEK
 //! providers) -> envelope. Nothing below this crate knows about gRPC.
 
+pub mod admin;
 pub mod audit;
 pub mod authz;
 mod builtin_policies;
@@ -11,10 +12,12 @@ pub mod config;
 pub mod error;
 mod gate;
 pub mod keyring;
-pub mod memory;
 pub mod limits;
+pub mod memory;
+pub mod metrics;
 pub mod replication;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 mod usage;
 
@@ -85,6 +88,11 @@ pub struct Running {
     /// Checkpoints, denial aggregation, reloads, the acceptor and the key-state monitor.
     background: Vec<JoinHandle<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Readiness, draining and the shutdown grace period (docs/observability.md).
+    readiness: Arc<admin::Readiness>,
+    shutdown_grace: std::time::Duration,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Running {
@@ -97,13 +105,50 @@ impl Running {
         &self.keyring
     }
 
-    /// Waits until the server stops (after the shutdown future resolves),
-    /// then signs a last checkpoint of the audit chain.
+    /// The bound address of the admin listener (/metrics, /livez, /readyz), if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
+    }
+
+    pub fn readiness(&self) -> &Arc<admin::Readiness> {
+        &self.readiness
+    }
+
+    /// Waits until the server stops (after the shutdown future resolves and the in-flight
+    /// calls finished, or the shutdown grace period ran out), then records the last denials
+    /// and signs a last checkpoint of the audit chain.
     pub async fn wait(self) -> Result<(), tonic::transport::Error> {
-        let result = match self.task.await {
-            Ok(result) => result,
-            Err(join) => {
+        let mut task = self.task;
+        let readiness = Arc::clone(&self.readiness);
+        let grace = self.shutdown_grace;
+        let joined = tokio::select! {
+            joined = &mut task => Some(joined),
+            () = async {
+                readiness.drained_started().await;
+                tokio::time::sleep(grace).await;
+            } => None,
+        };
+        let result = match joined {
+            Some(Ok(result)) => {
+                if readiness.draining() {
+                    tracing::info!("in-flight calls finished");
+                }
+                result
+            }
+            Some(Err(join)) => {
                 tracing::error!(error = %join, "server task ended abnormally");
+                Ok(())
+            }
+            None => {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "in-flight calls did not finish within shutdown_grace_seconds: cutting them"
+                );
+                task.abort();
                 Ok(())
             }
         };
@@ -128,6 +173,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let local = LocalProvider::open(&settings.local_kms_dir)?;
+    // (the providers are wrapped with metrics in start_with_providers)
     let providers = Providers::default().with(Arc::new(local));
     #[cfg(feature = "aws")]
     let providers = providers.with(with_kms_quota(
@@ -188,6 +234,15 @@ pub async fn start_with_providers(
             (Arc::new(pg.clone()), Some(pg))
         }
     };
+    let metrics = Arc::new(metrics::Metrics::new(
+        settings.observability.max_tenant_labels,
+    ));
+    let providers = {
+        let metrics = Arc::clone(&metrics);
+        providers.map(move |p| -> Arc<dyn keyward_kms::KeyProvider> {
+            Arc::new(metrics::MeteredProvider::new(p, Arc::clone(&metrics)))
+        })
+    };
     let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
     let hasher = Arc::clone(audit_keys.hasher());
     tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
@@ -208,7 +263,8 @@ pub async fn start_with_providers(
             settings.rotation,
             hasher,
         )
-        .with_replica_id(settings.replica_id.clone()),
+        .with_replica_id(settings.replica_id.clone())
+        .with_metrics(Arc::clone(&metrics)),
     );
     let revoked = keyring
         .load_revocations()
@@ -262,6 +318,22 @@ async fn serve_replica(
     postgres: Option<PostgresStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
+    // The keyring's metrics (KMS calls and cache lookups are counted in them); a keyring built
+    // without metrics gets fresh ones for the calls, bytes and denials counted here.
+    let metrics = keyring.metrics().cloned().unwrap_or_else(|| {
+        Arc::new(metrics::Metrics::new(
+            settings.observability.max_tenant_labels,
+        ))
+    });
+    let readiness = Arc::new(admin::Readiness::default());
+    let admin_listener = match settings.observability.admin {
+        Some(addr) => Some(
+            admin::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let listener =
         TcpListener::bind(settings.listen)
             .await
@@ -328,14 +400,16 @@ async fn serve_replica(
     health_reporter
         .set_serving::<AuditServiceServer<audit::AuditApi>>()
         .await;
-    {
+    let services = {
         use tonic::server::NamedService;
-        let services = vec![
+        vec![
             "",
             <CryptoServiceServer<service::CryptoApi> as NamedService>::NAME,
             <TenantServiceServer<service::TenantApi> as NamedService>::NAME,
             <AuditServiceServer<audit::AuditApi> as NamedService>::NAME,
-        ];
+        ]
+    };
+    let health_task = {
         let (pinger, interval) = match (&postgres, &settings.store) {
             (
                 Some(pg),
@@ -352,13 +426,14 @@ async fn serve_replica(
                 std::time::Duration::from_secs(5),
             ),
         };
-        background.push(tokio::spawn(replication::run_health(
+        tokio::spawn(replication::run_health(
             pinger,
             health_reporter.clone(),
-            services,
+            services.clone(),
             interval,
-        )));
-    }
+            Arc::clone(&readiness),
+        ))
+    };
     if let (
         Some(_),
         config::StoreLocation::Postgres {
@@ -390,7 +465,24 @@ async fn serve_replica(
     let caller_limit = limits::CallerLimitLayer::new(Arc::new(limits::CallerLimiter::new(
         settings.max_in_flight_per_caller,
     )));
+    let admin_addr = match admin_listener {
+        Some((admin_listener, addr)) => {
+            background.push(tokio::spawn(admin::serve(
+                admin_listener,
+                Arc::clone(&metrics),
+                Arc::clone(&keyring),
+                Arc::clone(&readiness),
+            )));
+            tracing::info!(%addr, "admin listener: /metrics, /livez, /readyz");
+            Some(addr)
+        }
+        None => None,
+    };
+    background.push(tokio::spawn(Arc::clone(&readiness).run_heartbeat()));
     let router = tonic::transport::Server::builder()
+        // Outermost: every call, including one the caller limit refuses, gets its request id,
+        // span and metrics.
+        .layer(telemetry::RpcLayer::new(Arc::clone(&metrics)))
         .layer(caller_limit)
         .add_service(health)
         .add_service(reflection)
@@ -398,7 +490,33 @@ async fn serve_replica(
         .add_service(tenants)
         .add_service(audit_api);
     let (incoming, acceptor) = tls::incoming(listener, tls.clone());
+    // Shutdown, in order: not ready (/readyz 503, gRPC health NOT_SERVING), stop accepting
+    // connections, then tonic's graceful shutdown drains the in-flight calls (GOAWAY on open
+    // connections); Running::wait bounds the drain by shutdown_grace_seconds.
+    let shutdown = {
+        let readiness = Arc::clone(&readiness);
+        let reporter = health_reporter.clone();
+        let stop = [acceptor.abort_handle(), health_task.abort_handle()];
+        let grace = settings.observability.shutdown_grace;
+        async move {
+            shutdown.await;
+            readiness.start_draining();
+            for handle in &stop {
+                handle.abort();
+            }
+            for service in &services {
+                reporter
+                    .set_service_status(*service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "shutting down: not ready, no new connections, draining in-flight calls"
+            );
+        }
+    };
     background.push(acceptor);
+    background.push(health_task);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tracing::info!(%local_addr, mtls = tls.is_some(), "keyward serving");
     Ok(Running {
@@ -408,6 +526,10 @@ async fn serve_replica(
         authz,
         background,
         task,
+        readiness,
+        shutdown_grace: settings.observability.shutdown_grace,
+        admin_addr,
+        metrics,
     })
 }
 

@@ -149,6 +149,7 @@ pub(crate) async fn run_health(
     reporter: tonic_health::server::HealthReporter,
     services: Vec<&'static str>,
     interval: Duration,
+    readiness: std::sync::Arc<crate::admin::Readiness>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,9 +162,13 @@ pub(crate) async fn run_health(
                 format!("the store did not answer within {interval:?}").into(),
             )),
         };
-        let status = match &result {
-            Ok(()) => tonic_health::ServingStatus::Serving,
-            Err(_) => tonic_health::ServingStatus::NotServing,
+        // /readyz and the gRPC health service say the same thing: a draining server stays
+        // NOT_SERVING whatever the store says.
+        readiness.set_store_ok(result.is_ok());
+        let status = if readiness.ready() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
         };
         match (&result, healthy) {
             (Err(e), true) => {

@@ -22,6 +22,7 @@ use crate::{
     authz::Authz,
     error::ServiceError,
     keyring::{Keyring, RevocationSource},
+    metrics::PayloadKind,
     now_ms,
 };
 
@@ -114,6 +115,9 @@ impl CryptoApi {
             .keyring
             .encrypt(tenant, &scope, &ctx, &plaintext)
             .await?;
+        let ext = head.extensions();
+        crate::telemetry::note_payload(ext, PayloadKind::PlaintextIn, plaintext.len());
+        crate::telemetry::note_payload(ext, PayloadKind::CiphertextOut, envelope.len());
         Ok(pb::EncryptResponse {
             envelope,
             dek_id: dek_id.to_string(),
@@ -141,6 +145,9 @@ impl CryptoApi {
             allowed,
         )?;
         let plaintext = self.keyring.decrypt(tenant, envelope, &ctx).await?;
+        let ext = head.extensions();
+        crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, envelope.len());
+        crate::telemetry::note_payload(ext, PayloadKind::PlaintextOut, plaintext.len());
         // prost needs an owned Vec; the copy tonic encodes from is not
         // zeroized (docs/threat-model.md), ours is.
         Ok(pb::DecryptResponse {

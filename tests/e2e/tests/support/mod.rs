@@ -42,6 +42,8 @@ pub(crate) fn keyward_bin() -> PathBuf {
 pub(crate) struct Server {
     child: Child,
     pub(crate) addr: String,
+    /// The admin listener (/metrics, /livez, /readyz), on a free port.
+    pub(crate) admin_addr: Option<String>,
     pub(crate) data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -58,13 +60,24 @@ impl Server {
 
     /// Starts the server on an existing data directory (e.g. after a crash).
     pub(crate) fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_stderr(data_dir, env, Stdio::inherit())
+    }
+
+    /// [`Server::start_in`] with the server's stderr (its log) sent to `stderr`.
+    pub(crate) fn start_with_stderr(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Server {
         let mut cmd = Command::new(keyward_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("KEYWARD_LOG", "warn")
+            // Servers run side by side: the admin listener on a free port too.
+            .env("KEYWARD_ADMIN__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -72,15 +85,19 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut admin = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("keyward admin listening on ") {
+                    admin = Some(addr.to_owned());
+                }
                 if let Some(addr) = line.strip_prefix("keyward listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((addr.to_owned(), admin.clone()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
+        let (addr, admin_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 panic!("keyward serve did not report its address within 60 s");
@@ -89,6 +106,7 @@ impl Server {
         Server {
             child,
             addr,
+            admin_addr,
             data_dir: data_dir.to_owned(),
             _temp: None,
         }
@@ -188,6 +206,56 @@ impl Server {
 }
 
 impl Server {
+    /// SIGTERM: the graceful shutdown.
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or `None` on timeout.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` on the admin listener: (status code, body).
+    pub(crate) fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read as _, Write as _};
+        let addr = self.admin_addr.as_deref().expect("admin listener enabled");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to admin");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// SIGKILL: no shutdown hook runs, as in a crash.
     pub(crate) fn kill_9(mut self) {
         let _ = self.child.kill();
