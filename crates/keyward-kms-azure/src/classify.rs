@@ -80,14 +80,19 @@ const fn c(kind: ErrorKind, reason: &'static str, hint: Hint) -> Classified {
 }
 
 fn code_is(f: &Option<String>, wanted: &[&str]) -> bool {
-    f.as_deref().is_some_and(|c| wanted.iter().any(|w| c.eq_ignore_ascii_case(w)))
+    f.as_deref()
+        .is_some_and(|c| wanted.iter().any(|w| c.eq_ignore_ascii_case(w)))
 }
 
 /// The table.
 pub(crate) fn classify(op: Op, failure: &Failure) -> Classified {
     use ErrorKind::*;
     match failure {
-        Failure::Vault { status, code, inner } => {
+        Failure::Vault {
+            status,
+            code,
+            inner,
+        } => {
             let either = |wanted: &[&str]| code_is(code, wanted) || code_is(inner, wanted);
             match *status {
                 403 if either(&["KeyDisabled"]) => {
@@ -124,13 +129,25 @@ pub(crate) fn classify(op: Op, failure: &Failure) -> Classified {
                     Hint::Credentials,
                 ),
                 408 => c(Timeout, "the vault timed out the request", Hint::None),
-                429 => c(Throttled, "the vault is throttling Keyward's requests", Hint::None),
+                429 => c(
+                    Throttled,
+                    "the vault is throttling Keyward's requests",
+                    Hint::None,
+                ),
                 500..=599 => c(Unavailable, "the vault is unavailable", Hint::None),
-                _ => c(Unavailable, "the vault returned an unexpected status", Hint::None),
+                _ => c(
+                    Unavailable,
+                    "the vault returned an unexpected status",
+                    Hint::None,
+                ),
             }
         }
         Failure::Identity { status } => match *status {
-            429 => c(Throttled, "Microsoft Entra ID is throttling token requests", Hint::None),
+            429 => c(
+                Throttled,
+                "Microsoft Entra ID is throttling token requests",
+                Hint::None,
+            ),
             500..=599 => c(Unavailable, "Microsoft Entra ID is unavailable", Hint::None),
             _ => c(
                 Misconfigured,
@@ -149,7 +166,11 @@ pub(crate) fn classify(op: Op, failure: &Failure) -> Classified {
             Hint::None,
         ),
         Failure::Timeout => c(Timeout, "the call did not finish in time", Hint::None),
-        Failure::Io => c(Unavailable, "the connection broke during the call", Hint::None),
+        Failure::Io => c(
+            Unavailable,
+            "the connection broke during the call",
+            Hint::None,
+        ),
         Failure::Protocol => c(
             Misconfigured,
             "the answer did not follow the Key Vault protocol (e.g. its authentication challenge names another resource)",
@@ -246,27 +267,127 @@ mod tests {
     fn table() {
         use ErrorKind::*;
         let cases = [
-            (Op::Unwrap, vault(403, Some("Forbidden"), Some("KeyDisabled")), Refused, Hint::Reenable),
-            (Op::Wrap, vault(403, Some("KeyDisabled"), None), Refused, Hint::Reenable),
-            (Op::Wrap, vault(403, Some("Forbidden"), Some("ForbiddenByRbac")), Refused, Hint::RoleAssignment),
-            (Op::Get, vault(403, Some("Forbidden"), Some("AccessDenied")), Refused, Hint::RoleAssignment),
-            (Op::Unwrap, vault(403, None, None), Refused, Hint::RoleAssignment),
-            (Op::Unwrap, vault(403, Some("Forbidden"), Some("ForbiddenByFirewall")), Refused, Hint::Network),
-            (Op::Get, vault(404, Some("KeyNotFound"), None), NotFound, Hint::CreateKey),
-            (Op::Unwrap, vault(404, Some("KeyNotFound"), None), NotFound, Hint::CreateKey),
-            (Op::Unwrap, vault(400, Some("BadParameter"), None), InvalidCiphertext, Hint::None),
-            (Op::Wrap, vault(400, Some("BadParameter"), None), Misconfigured, Hint::CreateKey),
-            (Op::Wrap, vault(401, Some("Unauthorized"), None), Misconfigured, Hint::Credentials),
+            (
+                Op::Unwrap,
+                vault(403, Some("Forbidden"), Some("KeyDisabled")),
+                Refused,
+                Hint::Reenable,
+            ),
+            (
+                Op::Wrap,
+                vault(403, Some("KeyDisabled"), None),
+                Refused,
+                Hint::Reenable,
+            ),
+            (
+                Op::Wrap,
+                vault(403, Some("Forbidden"), Some("ForbiddenByRbac")),
+                Refused,
+                Hint::RoleAssignment,
+            ),
+            (
+                Op::Get,
+                vault(403, Some("Forbidden"), Some("AccessDenied")),
+                Refused,
+                Hint::RoleAssignment,
+            ),
+            (
+                Op::Unwrap,
+                vault(403, None, None),
+                Refused,
+                Hint::RoleAssignment,
+            ),
+            (
+                Op::Unwrap,
+                vault(403, Some("Forbidden"), Some("ForbiddenByFirewall")),
+                Refused,
+                Hint::Network,
+            ),
+            (
+                Op::Get,
+                vault(404, Some("KeyNotFound"), None),
+                NotFound,
+                Hint::CreateKey,
+            ),
+            (
+                Op::Unwrap,
+                vault(404, Some("KeyNotFound"), None),
+                NotFound,
+                Hint::CreateKey,
+            ),
+            (
+                Op::Unwrap,
+                vault(400, Some("BadParameter"), None),
+                InvalidCiphertext,
+                Hint::None,
+            ),
+            (
+                Op::Wrap,
+                vault(400, Some("BadParameter"), None),
+                Misconfigured,
+                Hint::CreateKey,
+            ),
+            (
+                Op::Wrap,
+                vault(401, Some("Unauthorized"), None),
+                Misconfigured,
+                Hint::Credentials,
+            ),
             (Op::Unwrap, vault(408, None, None), Timeout, Hint::None),
-            (Op::Unwrap, vault(429, Some("Throttled"), None), Throttled, Hint::None),
-            (Op::Unwrap, vault(500, Some("InternalServerError"), None), Unavailable, Hint::None),
-            (Op::Wrap, vault(503, Some("ServiceUnavailable"), None), Unavailable, Hint::None),
-            (Op::Get, vault(409, Some("Conflict"), None), Unavailable, Hint::None),
-            (Op::Wrap, Failure::Identity { status: 401 }, Misconfigured, Hint::Credentials),
-            (Op::Wrap, Failure::Identity { status: 400 }, Misconfigured, Hint::Credentials),
-            (Op::Wrap, Failure::Identity { status: 429 }, Throttled, Hint::None),
-            (Op::Wrap, Failure::Identity { status: 503 }, Unavailable, Hint::None),
-            (Op::Get, Failure::IdentityLocal, Misconfigured, Hint::Credentials),
+            (
+                Op::Unwrap,
+                vault(429, Some("Throttled"), None),
+                Throttled,
+                Hint::None,
+            ),
+            (
+                Op::Unwrap,
+                vault(500, Some("InternalServerError"), None),
+                Unavailable,
+                Hint::None,
+            ),
+            (
+                Op::Wrap,
+                vault(503, Some("ServiceUnavailable"), None),
+                Unavailable,
+                Hint::None,
+            ),
+            (
+                Op::Get,
+                vault(409, Some("Conflict"), None),
+                Unavailable,
+                Hint::None,
+            ),
+            (
+                Op::Wrap,
+                Failure::Identity { status: 401 },
+                Misconfigured,
+                Hint::Credentials,
+            ),
+            (
+                Op::Wrap,
+                Failure::Identity { status: 400 },
+                Misconfigured,
+                Hint::Credentials,
+            ),
+            (
+                Op::Wrap,
+                Failure::Identity { status: 429 },
+                Throttled,
+                Hint::None,
+            ),
+            (
+                Op::Wrap,
+                Failure::Identity { status: 503 },
+                Unavailable,
+                Hint::None,
+            ),
+            (
+                Op::Get,
+                Failure::IdentityLocal,
+                Misconfigured,
+                Hint::Credentials,
+            ),
             (Op::Unwrap, Failure::Connect, Unavailable, Hint::None),
             (Op::Unwrap, Failure::Timeout, Timeout, Hint::None),
             (Op::Unwrap, Failure::Io, Unavailable, Hint::None),
@@ -282,7 +403,11 @@ mod tests {
     fn no_transient_kind_is_a_revocation_and_only_403_revokes() {
         for status in [400, 401, 404, 408, 409, 429, 500, 502, 503, 504] {
             for op in [Op::Wrap, Op::Unwrap, Op::Get] {
-                assert!(!classify(op, &vault(status, None, None)).kind.is_revocation_signal());
+                assert!(
+                    !classify(op, &vault(status, None, None))
+                        .kind
+                        .is_revocation_signal()
+                );
             }
         }
     }

@@ -149,7 +149,11 @@ impl AzureKeyVaultConfig {
                 self.max_attempts
             )));
         }
-        if let Some(host) = self.resolve.keys().find(|h| h.is_empty() || h.contains(['/', ':'])) {
+        if let Some(host) = self
+            .resolve
+            .keys()
+            .find(|h| h.is_empty() || h.contains(['/', ':']))
+        {
             return Err(misconfigured(format!(
                 "azure.resolve key '{host}' must be a bare host name"
             )));
@@ -181,12 +185,14 @@ impl AzureKeyVaultConfig {
         let retry = if self.max_attempts <= 1 {
             RetryOptions::none()
         } else {
-            let mut exp = ExponentialRetryOptions::default();
-            exp.initial_delay = azure_core::time::Duration::milliseconds(100);
-            exp.max_retries = self.max_attempts - 1;
-            exp.max_delay = azure_core::time::Duration::seconds(1);
-            exp.max_total_elapsed =
-                azure_core::time::Duration::milliseconds(i64::try_from(self.call_timeout_ms).unwrap_or(i64::MAX));
+            let exp = ExponentialRetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(100),
+                max_retries: self.max_attempts - 1,
+                max_delay: azure_core::time::Duration::seconds(1),
+                max_total_elapsed: azure_core::time::Duration::milliseconds(
+                    i64::try_from(self.call_timeout_ms).unwrap_or(i64::MAX),
+                ),
+            };
             RetryOptions::exponential(exp)
         };
         let mut cloud = CustomConfiguration::default();
@@ -226,9 +232,8 @@ impl AzureKeyVaultConfig {
         for (host, addr) in &self.resolve {
             b = b.resolve(host, *addr);
         }
-        b.build().map_err(|e| {
-            misconfigured("could not build the HTTPS client for Azure").with_source(e)
-        })
+        b.build()
+            .map_err(|e| misconfigured("could not build the HTTPS client for Azure").with_source(e))
     }
 
     /// Validates, reads the secret and builds the credential and HTTP client.
@@ -264,19 +269,24 @@ impl AzureKeyVaultConfig {
                 client_id,
                 token_file,
             }) => {
-                let mut o = WorkloadIdentityCredentialOptions::default();
-                o.credential_options = ClientAssertionCredentialOptions {
-                    client_options: options,
+                let o = WorkloadIdentityCredentialOptions {
+                    credential_options: ClientAssertionCredentialOptions {
+                        client_options: options,
+                    },
+                    tenant_id: Some(tenant_id.clone()),
+                    client_id: Some(client_id.clone()),
+                    token_file_path: Some(token_file.clone()),
                 };
-                o.tenant_id = Some(tenant_id.clone());
-                o.client_id = Some(client_id.clone());
-                o.token_file_path = Some(token_file.clone());
-                (WorkloadIdentityCredential::new(Some(o)).map_err(sdk)?, client_id.clone())
+                (
+                    WorkloadIdentityCredential::new(Some(o)).map_err(sdk)?,
+                    client_id.clone(),
+                )
             }
             Some(AzureCredentialConfig::ManagedIdentity { client_id }) => {
-                let mut o = ManagedIdentityCredentialOptions::default();
-                o.user_assigned_id = client_id.clone().map(UserAssignedId::ClientId);
-                o.client_options = options;
+                let o = ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                    client_options: options,
+                };
                 (
                     ManagedIdentityCredential::new(Some(o)).map_err(sdk)?,
                     client_id.clone().unwrap_or_else(|| {
@@ -315,7 +325,9 @@ fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<Zeroizing<Strin
     let trimmed = raw.strip_suffix('\n').unwrap_or(&raw);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     if trimmed.is_empty() {
-        return Err(misconfigured("azure.credential: the client secret is empty"));
+        return Err(misconfigured(
+            "azure.credential: the client secret is empty",
+        ));
     }
     Ok(Zeroizing::new(trimmed.to_owned()))
 }
@@ -326,7 +338,10 @@ fn read_secret_file(path: &Path) -> Result<String, ProviderError> {
     {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path).map_err(|e| {
-            misconfigured(format!("azure.credential.secret_file {shown} cannot be read")).with_source(e)
+            misconfigured(format!(
+                "azure.credential.secret_file {shown} cannot be read"
+            ))
+            .with_source(e)
         })?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
@@ -338,8 +353,10 @@ fn read_secret_file(path: &Path) -> Result<String, ProviderError> {
         }
     }
     std::fs::read_to_string(path).map_err(|e| {
-        misconfigured(format!("azure.credential.secret_file {shown} cannot be read as UTF-8 text"))
-            .with_source(e)
+        misconfigured(format!(
+            "azure.credential.secret_file {shown} cannot be read as UTF-8 text"
+        ))
+        .with_source(e)
     })
 }
 
@@ -366,7 +383,10 @@ mod tests {
             "[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nsecret_file = \"/s\"\n",
         )
         .unwrap();
-        assert_eq!((c.call_timeout_ms, c.connect_timeout_ms, c.max_attempts), (5000, 2000, 2));
+        assert_eq!(
+            (c.call_timeout_ms, c.connect_timeout_ms, c.max_attempts),
+            (5000, 2000, 2)
+        );
         assert!(matches!(
             c.credential,
             Some(AzureCredentialConfig::ClientSecret { ref secret_file, .. }) if secret_file.as_deref() == Some(Path::new("/s"))
@@ -375,17 +395,24 @@ mod tests {
             "[credential]\nkind = \"workload-identity\"\ntenant_id = \"t\"\nclient_id = \"c\"\ntoken_file = \"/var/run/token\"\n",
         )
         .unwrap();
-        assert!(matches!(c.credential, Some(AzureCredentialConfig::WorkloadIdentity { .. })));
+        assert!(matches!(
+            c.credential,
+            Some(AzureCredentialConfig::WorkloadIdentity { .. })
+        ));
         let c: AzureKeyVaultConfig =
             toml::from_str("[credential]\nkind = \"managed-identity\"\n").unwrap();
-        assert_eq!(c.credential, Some(AzureCredentialConfig::ManagedIdentity { client_id: None }));
+        assert_eq!(
+            c.credential,
+            Some(AzureCredentialConfig::ManagedIdentity { client_id: None })
+        );
         // A secret inline is not a field.
         let e = toml::from_str::<AzureKeyVaultConfig>(
             "[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nsecret = \"hunter2\"\n",
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
-        let e = toml::from_str::<AzureKeyVaultConfig>("[credential]\nkind = \"default\"\n").unwrap_err();
+        let e = toml::from_str::<AzureKeyVaultConfig>("[credential]\nkind = \"default\"\n")
+            .unwrap_err();
         assert!(e.to_string().contains("unknown variant"), "{e}");
     }
 
@@ -394,7 +421,11 @@ mod tests {
         let e = AzureKeyVaultConfig::default().validate().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Misconfigured);
         assert!(e.message().contains("azure.credential is not set"), "{e}");
-        assert!(e.message().contains("never uses Azure's default credential chain"), "{e}");
+        assert!(
+            e.message()
+                .contains("never uses Azure's default credential chain"),
+            "{e}"
+        );
         assert!(AzureKeyVaultConfig::default().build().is_err());
     }
 
@@ -409,7 +440,10 @@ mod tests {
         let mut c = secret_env("X");
         c.call_timeout_ms = 0;
         assert!(c.validate().unwrap_err().message().contains("positive"));
-        let e = secret_env("KEYWARD_TEST_AZURE_SECRET_SURELY_UNSET").build().err().unwrap();
+        let e = secret_env("KEYWARD_TEST_AZURE_SECRET_SURELY_UNSET")
+            .build()
+            .err()
+            .unwrap();
         assert!(e.message().contains("not set"), "{e}");
         let mut c = secret_env("X");
         c.credential = Some(AzureCredentialConfig::ClientSecret {
@@ -418,7 +452,13 @@ mod tests {
             secret_file: None,
             secret_env: None,
         });
-        assert!(c.build().err().unwrap().message().contains("no client secret source"));
+        assert!(
+            c.build()
+                .err()
+                .unwrap()
+                .message()
+                .contains("no client secret source")
+        );
     }
 
     #[cfg(unix)]

@@ -117,13 +117,19 @@ impl AzureKeyId {
         let (name, version) = match segments.as_slice() {
             ["keys", name] => (*name, None),
             ["keys", name, version] => (*name, Some(*version)),
-            _ => return Err(bad("the path must be /keys/{name} or /keys/{name}/{version}")),
+            _ => {
+                return Err(bad(
+                    "the path must be /keys/{name} or /keys/{name}/{version}",
+                ));
+            }
         };
         if name.is_empty()
             || name.len() > 127
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(bad("the key name must be 1-127 letters, digits and hyphens"));
+            return Err(bad(
+                "the key name must be 1-127 letters, digits and hyphens",
+            ));
         }
         if let Some(v) = version
             && (v.len() != 32 || !v.chars().all(|c| c.is_ascii_hexdigit()))
@@ -216,7 +222,10 @@ mod tests {
         let k = AzureKeyId::parse("https://Contoso-1.vault.azure.net/keys/kek").unwrap();
         assert_eq!(k.host(), "contoso-1.vault.azure.net");
         assert_eq!(k.vault_name(), "contoso-1");
-        assert_eq!((k.kind(), k.name(), k.version()), (VaultKind::KeyVault, "kek", None));
+        assert_eq!(
+            (k.kind(), k.name(), k.version()),
+            (VaultKind::KeyVault, "kek", None)
+        );
         assert_eq!(k.endpoint(), "https://contoso-1.vault.azure.net/");
         assert_eq!(k.to_string(), "https://contoso-1.vault.azure.net/keys/kek");
 
@@ -226,7 +235,11 @@ mod tests {
         assert_eq!(k.to_string(), id);
         assert_eq!(k.with_version(None).version(), None);
 
-        for host in ["x01.vault.azure.cn", "x01.vault.usgovcloudapi.net", "x01.managedhsm.azure.cn"] {
+        for host in [
+            "x01.vault.azure.cn",
+            "x01.vault.usgovcloudapi.net",
+            "x01.managedhsm.azure.cn",
+        ] {
             AzureKeyId::parse(&format!("https://{host}/keys/k")).unwrap();
         }
     }
@@ -242,7 +255,10 @@ mod tests {
             ("https://contoso.vault.azure.net/keys/", "key name"),
             ("https://contoso.vault.azure.net/keys/k/v/x", "path"),
             ("https://contoso.vault.azure.net/keys/k_1", "key name"),
-            ("https://contoso.vault.azure.net/keys/k/123", "32 hexadecimal"),
+            (
+                "https://contoso.vault.azure.net/keys/k/123",
+                "32 hexadecimal",
+            ),
             ("https://ab.vault.azure.net/keys/k", "3-24"),
             ("https://1ab.vault.azure.net/keys/k", "3-24"),
             ("https://a--b.vault.azure.net/keys/k", "3-24"),
@@ -251,7 +267,11 @@ mod tests {
         ] {
             let e = AzureKeyId::parse(id).unwrap_err();
             assert!(e.reason().contains(why), "{id}: {e}");
-            assert!(e.to_string().contains("https://{vault}.vault.azure.net/keys/{name}[/{version}]"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("https://{vault}.vault.azure.net/keys/{name}[/{version}]"),
+                "{e}"
+            );
         }
     }
 }

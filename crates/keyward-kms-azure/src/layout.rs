@@ -186,7 +186,7 @@ pub(crate) fn seal(
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad.as_slice()),
-            &mut *in_out,
+            &mut in_out,
         )
         .map_err(|_| "AES-256-GCM seal failed")?;
     out.extend_from_slice(&nonce);
@@ -197,7 +197,11 @@ pub(crate) fn seal(
 
 /// Opens the local seal of `parsed` with the intermediate key `k` under `ctx`.
 /// `Err` for a wrong context, a tampered byte, or another intermediate key.
-pub(crate) fn open(parsed: &Parsed<'_>, k: &[u8; KEY_LEN], ctx: &WrapContext) -> Result<SecretKey, ()> {
+pub(crate) fn open(
+    parsed: &Parsed<'_>,
+    k: &[u8; KEY_LEN],
+    ctx: &WrapContext,
+) -> Result<SecretKey, ()> {
     let aad = aad(parsed.header, ctx);
     let mut in_out = Zeroizing::new(parsed.sealed.to_vec());
     let key = gcm_key(k).map_err(drop)?;
@@ -221,7 +225,11 @@ mod tests {
     const V: &str = "0123456789abcdef0123456789abcdef";
 
     fn ctx(t: &str) -> WrapContext {
-        WrapContext::new(&TenantId::try_from(t).unwrap(), &KeyId::from_bytes([1; 16]), Purpose::TenantKey)
+        WrapContext::new(
+            &TenantId::try_from(t).unwrap(),
+            &KeyId::from_bytes([1; 16]),
+            Purpose::TenantKey,
+        )
     }
 
     #[test]
@@ -229,7 +237,16 @@ mod tests {
         let key = SecretKey::generate().unwrap();
         let k = [7u8; 32];
         let vault_wrapped = vec![0xaa; 256];
-        let w = seal(VaultAlg::RsaOaep256, V, &vault_wrapped, &k, [9; 12], &key, &ctx("acme")).unwrap();
+        let w = seal(
+            VaultAlg::RsaOaep256,
+            V,
+            &vault_wrapped,
+            &k,
+            [9; 12],
+            &key,
+            &ctx("acme"),
+        )
+        .unwrap();
         assert_eq!(w.len(), 353);
         assert_eq!(&w[..3], &[0x01, 0x01, 32]);
         assert_eq!(&w[3..35], V.as_bytes());
@@ -237,12 +254,27 @@ mod tests {
         assert_eq!(&w[37..293], &vault_wrapped[..]);
         assert_eq!(&w[293..305], &[9; 12]);
         let p = parse(&w).unwrap();
-        assert_eq!((p.alg, p.key_version, p.vault_wrapped), (VaultAlg::RsaOaep256, V, &vault_wrapped[..]));
-        assert_eq!(open(&p, &k, &ctx("acme")).unwrap().expose_secret(), key.expose_secret());
+        assert_eq!(
+            (p.alg, p.key_version, p.vault_wrapped),
+            (VaultAlg::RsaOaep256, V, &vault_wrapped[..])
+        );
+        assert_eq!(
+            open(&p, &k, &ctx("acme")).unwrap().expose_secret(),
+            key.expose_secret()
+        );
         assert!(open(&p, &k, &ctx("globex")).is_err());
         assert!(open(&p, &[8u8; 32], &ctx("acme")).is_err());
 
-        let kw = seal(VaultAlg::A256Kw, V, &[1; 40], &k, [0; 12], &key, &ctx("acme")).unwrap();
+        let kw = seal(
+            VaultAlg::A256Kw,
+            V,
+            &[1; 40],
+            &k,
+            [0; 12],
+            &key,
+            &ctx("acme"),
+        )
+        .unwrap();
         assert_eq!(kw.len(), 1 + 1 + 1 + 32 + 2 + 40 + 12 + 32 + 16);
         assert_eq!(kw[1], 0x02);
     }
@@ -251,7 +283,16 @@ mod tests {
     fn header_bytes_are_authenticated() {
         let key = SecretKey::generate().unwrap();
         let k = [7u8; 32];
-        let w = seal(VaultAlg::RsaOaep256, V, &[0xaa; 256], &k, [9; 12], &key, &ctx("acme")).unwrap();
+        let w = seal(
+            VaultAlg::RsaOaep256,
+            V,
+            &[0xaa; 256],
+            &k,
+            [9; 12],
+            &key,
+            &ctx("acme"),
+        )
+        .unwrap();
         // A changed key version (still 32 hex digits) parses, but the seal no longer opens.
         let mut other = w.clone();
         other[3] = b'f';
@@ -261,7 +302,16 @@ mod tests {
     #[test]
     fn rejects_malformed_layouts() {
         let key = SecretKey::generate().unwrap();
-        let w = seal(VaultAlg::A256Kw, V, &[1; 40], &[7; 32], [0; 12], &key, &ctx("acme")).unwrap();
+        let w = seal(
+            VaultAlg::A256Kw,
+            V,
+            &[1; 40],
+            &[7; 32],
+            [0; 12],
+            &key,
+            &ctx("acme"),
+        )
+        .unwrap();
         assert_eq!(parse(&[]).unwrap_err(), "it is empty");
         let mut bad = w.clone();
         bad[0] = 2;
@@ -269,14 +319,39 @@ mod tests {
         let mut bad = w.clone();
         bad[1] = 9;
         assert_eq!(parse(&bad).unwrap_err(), "unknown vault algorithm");
-        assert_eq!(parse(&w[..w.len() - 1]).unwrap_err(), "its length does not match its header");
+        assert_eq!(
+            parse(&w[..w.len() - 1]).unwrap_err(),
+            "its length does not match its header"
+        );
         let mut long = w.clone();
         long.push(0);
         assert!(parse(&long).is_err());
         let mut bad = w.clone();
         bad[3] = b'z';
         assert!(parse(&bad).unwrap_err().contains("hexadecimal"));
-        assert!(seal(VaultAlg::A256Kw, V, &[1; 41], &[7; 32], [0; 12], &key, &ctx("a")).is_err());
-        assert!(seal(VaultAlg::RsaOaep256, "v1", &[1; 256], &[7; 32], [0; 12], &key, &ctx("a")).is_err());
+        assert!(
+            seal(
+                VaultAlg::A256Kw,
+                V,
+                &[1; 41],
+                &[7; 32],
+                [0; 12],
+                &key,
+                &ctx("a")
+            )
+            .is_err()
+        );
+        assert!(
+            seal(
+                VaultAlg::RsaOaep256,
+                "v1",
+                &[1; 256],
+                &[7; 32],
+                [0; 12],
+                &key,
+                &ctx("a")
+            )
+            .is_err()
+        );
     }
 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::time::OffsetDateTime;
 use azure_security_keyvault_keys::models::{
-    EncryptionAlgorithm, Key, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters,
-    KeyType,
+    EncryptionAlgorithm, Key, KeyClientGetKeyOptions, KeyClientWrapKeyOptions,
+    KeyOperationParameters, KeyType,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use keyward_envelope::{SecretKey, WrappedKey};
@@ -121,8 +121,10 @@ impl AzureKeyVaultProvider {
         if let Some(c) = clients.get(&endpoint) {
             return Ok(c.clone());
         }
-        let mut options = KeyClientOptions::default();
-        options.client_options = self.inner.config.client_options(&self.inner.http);
+        let options = KeyClientOptions {
+            client_options: self.inner.config.client_options(&self.inner.http),
+            ..KeyClientOptions::default()
+        };
         let client = KeyClient::new(&endpoint, self.inner.credential.clone(), Some(options))
             .map(Arc::new)
             .map_err(|e| {
@@ -165,10 +167,7 @@ impl AzureKeyVaultProvider {
                 format!(" (HTTP {status} {})", codes.join("/"))
             }
             Failure::Identity { status } => format!(" (Entra ID token endpoint: HTTP {status})"),
-            Failure::Timeout => format!(
-                " (within {} ms)",
-                self.inner.config.call_timeout_ms
-            ),
+            Failure::Timeout => format!(" (within {} ms)", self.inner.config.call_timeout_ms),
             _ => String::new(),
         };
         tracing::debug!(kind = %c.kind, op = op.as_str(), key = %key, ?failure, "Azure Key Vault call failed");
@@ -190,7 +189,10 @@ impl AzureKeyVaultProvider {
         };
         let k = self
             .timed(Op::Get, key, async {
-                client.get_key(key.name(), Some(options)).await?.into_model()
+                client
+                    .get_key(key.name(), Some(options))
+                    .await?
+                    .into_model()
             })
             .await?;
         key_info(key, k, OffsetDateTime::now_utc())
@@ -211,22 +213,28 @@ impl AzureKeyVaultProvider {
 /// Reads what Keyward needs from a `GET` of the key, and checks that it can wrap.
 fn key_info(key: &AzureKeyId, k: Key, now: OffsetDateTime) -> Result<KeyInfo, ProviderError> {
     let misconfigured = |msg: String| {
-        ProviderError::new(ErrorKind::Misconfigured, msg).with_remediation(remediation::create_key(key))
+        ProviderError::new(ErrorKind::Misconfigured, msg)
+            .with_remediation(remediation::create_key(key))
     };
-    let jwk = k
-        .key
-        .ok_or_else(|| misconfigured(format!("the vault returned no key material description for {key}")))?;
+    let jwk = k.key.ok_or_else(|| {
+        misconfigured(format!(
+            "the vault returned no key material description for {key}"
+        ))
+    })?;
     let version = jwk
         .kid
         .as_deref()
         .and_then(|kid| AzureKeyId::parse(kid).ok())
         .and_then(|id| id.version().map(str::to_owned))
-        .ok_or_else(|| misconfigured(format!("the vault returned no versioned key id for {key}")))?;
+        .ok_or_else(|| {
+            misconfigured(format!("the vault returned no versioned key id for {key}"))
+        })?;
     let alg = match jwk.kty {
         Some(KeyType::Rsa | KeyType::RsaHsm) => {
-            let bits = jwk.n.as_ref().map_or(0, |n| {
-                n.iter().skip_while(|b| **b == 0).count() * 8
-            });
+            let bits = jwk
+                .n
+                .as_ref()
+                .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
             if jwk.n.is_some() && bits < 2048 {
                 return Err(misconfigured(format!(
                     "{key} is a {bits}-bit RSA key; Keyward needs at least 2048 bits (3072 recommended)"
@@ -264,10 +272,12 @@ pub(crate) fn status_of(
     now: OffsetDateTime,
 ) -> KeyStatus {
     let Some(a) = attrs else {
-        return KeyStatus::new(KeyState::Unknown).with_detail("the vault returned no key attributes");
+        return KeyStatus::new(KeyState::Unknown)
+            .with_detail("the vault returned no key attributes");
     };
     if a.enabled == Some(false) {
-        return KeyStatus::new(KeyState::Disabled).with_detail("the key is disabled (enabled = false)");
+        return KeyStatus::new(KeyState::Disabled)
+            .with_detail("the key is disabled (enabled = false)");
     }
     if let Some(exp) = a.expires
         && exp <= now
@@ -371,7 +381,10 @@ impl KeyProvider for AzureKeyVaultProvider {
         let parsed = layout::parse(bytes).map_err(|why| {
             ProviderError::new(
                 ErrorKind::InvalidCiphertext,
-                format!("unwrap on {id}: {}", layout::describe_layout_error(why, bytes.len())),
+                format!(
+                    "unwrap on {id}: {}",
+                    layout::describe_layout_error(why, bytes.len())
+                ),
             )
         })?;
         let client = self.client(&id)?;
@@ -461,11 +474,31 @@ mod tests {
         let hour = Duration::hours(1);
         for (a, state, detail) in [
             (attrs(Some(true), None, None), KeyState::Enabled, None),
-            (attrs(None, Some(hour), Some(-hour)), KeyState::Enabled, None),
-            (attrs(Some(false), None, None), KeyState::Disabled, Some("disabled")),
-            (attrs(Some(true), Some(-hour), None), KeyState::Disabled, Some("expired")),
-            (attrs(Some(true), None, Some(hour)), KeyState::Disabled, Some("not valid before")),
-            (attrs(Some(false), Some(-hour), None), KeyState::Disabled, Some("disabled")),
+            (
+                attrs(None, Some(hour), Some(-hour)),
+                KeyState::Enabled,
+                None,
+            ),
+            (
+                attrs(Some(false), None, None),
+                KeyState::Disabled,
+                Some("disabled"),
+            ),
+            (
+                attrs(Some(true), Some(-hour), None),
+                KeyState::Disabled,
+                Some("expired"),
+            ),
+            (
+                attrs(Some(true), None, Some(hour)),
+                KeyState::Disabled,
+                Some("not valid before"),
+            ),
+            (
+                attrs(Some(false), Some(-hour), None),
+                KeyState::Disabled,
+                Some("disabled"),
+            ),
         ] {
             let s = status_of(Some(&a), now);
             assert_eq!(s.state, state, "{a:?}");

@@ -133,11 +133,19 @@ mod tests {
 
         let h = AzureKeyId::parse("https://hsm1.managedhsm.azure.net/keys/kek").unwrap();
         let cmd = role_assignment_command(&h, "app-1");
-        assert!(cmd.starts_with("az keyvault role assignment create --hsm-name hsm1"), "{cmd}");
-        assert!(cmd.contains("Managed HSM Crypto Service Encryption User"), "{cmd}");
+        assert!(
+            cmd.starts_with("az keyvault role assignment create --hsm-name hsm1"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("Managed HSM Crypto Service Encryption User"),
+            "{cmd}"
+        );
         assert!(create_key(&h).contains("--kty oct-HSM --size 256"));
         assert!(create_key(&k).contains("--kty RSA-HSM --size 3072"));
-        assert!(reenable(&k).contains("az keyvault key set-attributes --vault-name contoso --name kek --enabled true"));
+        assert!(reenable(&k).contains(
+            "az keyvault key set-attributes --vault-name contoso --name kek --enabled true"
+        ));
         assert!(for_hint(Hint::None, &k, "p").is_none());
     }
 }

@@ -132,7 +132,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -312,12 +314,24 @@ impl KeyVaultDouble {
         let private = PrivateDecryptingKey::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public = OaepPublicEncryptingKey::new(private.public_key()).unwrap();
         let private = OaepPrivateDecryptingKey::new(private).unwrap();
-        self.add_version(name, Material::Rsa { private, public, n, e })
+        self.add_version(
+            name,
+            Material::Rsa {
+                private,
+                public,
+                n,
+                e,
+            },
+        )
     }
 
     /// Creates (or adds a version to) a 256-bit AES key (Managed HSM `oct-HSM`).
     pub fn create_aes_key(&self, name: &str) -> KeyRef {
-        assert_eq!(self.shared.kind, VaultKind::ManagedHsm, "AES keys live in a Managed HSM");
+        assert_eq!(
+            self.shared.kind,
+            VaultKind::ManagedHsm,
+            "AES keys live in a Managed HSM"
+        );
         let mut k = [0u8; 32];
         aws_lc_rs::rand::fill(&mut k).unwrap();
         self.add_version(name, Material::Aes(k))
@@ -401,7 +415,10 @@ impl KeyVaultDouble {
 
     /// Answers the next authenticated vault request with `status` and Key Vault error `code`.
     pub fn inject_failure(&self, status: u16, code: &str) {
-        self.shared.lock().inject.push_back((status, code.to_owned()));
+        self.shared
+            .lock()
+            .inject
+            .push_back((status, code.to_owned()));
     }
 
     /// Delays every answer by `latency`.
@@ -435,7 +452,12 @@ fn rsa_public_numbers(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (seq, _) = item(der, 0x30);
     let (n, rest) = item(seq, 0x02);
     let (e, _) = item(rest, 0x02);
-    let strip = |x: &[u8]| x.iter().copied().skip_while(|b| *b == 0).collect::<Vec<u8>>();
+    let strip = |x: &[u8]| {
+        x.iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect::<Vec<u8>>()
+    };
     (strip(n), strip(e))
 }
 
@@ -524,7 +546,12 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Infall
         .get(hyper::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     Ok(if host == LOGIN_HOST {
         token_endpoint(&s, &method, &path, &body)
     } else if host == s.vault_host {
@@ -546,7 +573,12 @@ fn token_endpoint(s: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -
         )
     };
     if method != hyper::Method::POST || path != format!("/{TENANT_ID}/oauth2/v2.0/token") {
-        return entra_error(400, "invalid_request", 900023, "Specified tenant identifier is neither a valid DNS name, nor a valid external domain.");
+        return entra_error(
+            400,
+            "invalid_request",
+            900023,
+            "Specified tenant identifier is neither a valid DNS name, nor a valid external domain.",
+        );
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let expected_scope = format!("{}/.default", s.kind.public_resource());
@@ -554,7 +586,12 @@ fn token_endpoint(s: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
     {
-        return entra_error(400, "unauthorized_client", 700016, "Application not found in the directory.");
+        return entra_error(
+            400,
+            "unauthorized_client",
+            700016,
+            "Application not found in the directory.",
+        );
     }
     let authenticated = match (form.get("client_secret"), form.get("client_assertion")) {
         (Some(secret), None) => *secret == st.secret,
@@ -566,10 +603,20 @@ fn token_endpoint(s: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -
         _ => false,
     };
     if !authenticated {
-        return entra_error(401, "invalid_client", 7000215, "Invalid client secret provided.");
+        return entra_error(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        );
     }
     if form.get("scope") != Some(&expected_scope) {
-        return entra_error(400, "invalid_scope", 70011, "The provided value for the input parameter 'scope' is not valid.");
+        return entra_error(
+            400,
+            "invalid_scope",
+            70011,
+            "The provided value for the input parameter 'scope' is not valid.",
+        );
     }
     let token = random_hex(24);
     st.tokens.insert(token.clone());
@@ -616,8 +663,16 @@ fn vault(
         );
         return answer;
     }
-    if !query.split('&').any(|p| p.starts_with("api-version=") && p.len() > 12) {
-        return kv_error(400, "BadParameter", "The api-version query parameter is missing.", None);
+    if !query
+        .split('&')
+        .any(|p| p.starts_with("api-version=") && p.len() > 12)
+    {
+        return kv_error(
+            400,
+            "BadParameter",
+            "The api-version query parameter is missing.",
+            None,
+        );
     }
     if let Some((status, code)) = st.inject.pop_front() {
         return kv_error(status, &code, "injected failure", None);
@@ -628,15 +683,32 @@ fn vault(
             (*name, None, Call::GetKey)
         }
         (hyper::Method::GET, ["keys", name, version]) => (*name, Some(*version), Call::GetKey),
-        (hyper::Method::POST, ["keys", name, version, op]) if op.eq_ignore_ascii_case("wrapkey") => {
-            (*name, Some(*version).filter(|v| !v.is_empty()), Call::WrapKey)
+        (hyper::Method::POST, ["keys", name, version, op])
+            if op.eq_ignore_ascii_case("wrapkey") =>
+        {
+            (
+                *name,
+                Some(*version).filter(|v| !v.is_empty()),
+                Call::WrapKey,
+            )
         }
         (hyper::Method::POST, ["keys", name, version, op])
             if op.eq_ignore_ascii_case("unwrapkey") =>
         {
-            (*name, Some(*version).filter(|v| !v.is_empty()), Call::UnwrapKey)
+            (
+                *name,
+                Some(*version).filter(|v| !v.is_empty()),
+                Call::UnwrapKey,
+            )
         }
-        _ => return kv_error(404, "NotFound", "The requested resource was not found.", None),
+        _ => {
+            return kv_error(
+                404,
+                "NotFound",
+                "The requested resource was not found.",
+                None,
+            );
+        }
     };
     *st.calls.entry(op).or_default() += 1;
     let host = s.vault_host.clone();
@@ -644,7 +716,9 @@ fn vault(
         kv_error(
             404,
             "KeyNotFound",
-            &format!("A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command."),
+            &format!(
+                "A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command."
+            ),
             None,
         )
     };
@@ -670,7 +744,11 @@ fn vault(
     match op {
         Call::GetKey => json_answer(200, &key_json(s.kind, &kid, v)),
         Call::WrapKey | Call::UnwrapKey => {
-            let opname = if op == Call::WrapKey { "wrapKey" } else { "unwrapKey" };
+            let opname = if op == Call::WrapKey {
+                "wrapKey"
+            } else {
+                "unwrapKey"
+            };
             if !v.enabled {
                 return kv_error(
                     403,
@@ -684,18 +762,38 @@ fn vault(
             if op == Call::WrapKey {
                 let t = now();
                 if v.exp.is_some_and(|exp| t >= exp) {
-                    return kv_error(403, "Forbidden", "Operation wrapKey is not allowed on an expired key.", None);
+                    return kv_error(
+                        403,
+                        "Forbidden",
+                        "Operation wrapKey is not allowed on an expired key.",
+                        None,
+                    );
                 }
                 if v.nbf.is_some_and(|nbf| t < nbf) {
-                    return kv_error(403, "Forbidden", "Operation wrapKey is not allowed on a key that is not yet valid.", None);
+                    return kv_error(
+                        403,
+                        "Forbidden",
+                        "Operation wrapKey is not allowed on a key that is not yet valid.",
+                        None,
+                    );
                 }
             }
             let Ok(params) = serde_json::from_slice::<Value>(body) else {
-                return kv_error(400, "BadParameter", "The request body is not valid JSON.", None);
+                return kv_error(
+                    400,
+                    "BadParameter",
+                    "The request body is not valid JSON.",
+                    None,
+                );
             };
             let alg = params["alg"].as_str().unwrap_or("");
             let Some(value) = params["value"].as_str().and_then(unb64) else {
-                return kv_error(400, "BadParameter", "Property value is required and must be base64url.", None);
+                return kv_error(
+                    400,
+                    "BadParameter",
+                    "Property value is required and must be base64url.",
+                    None,
+                );
             };
             match crypt(&v.material, alg, op == Call::WrapKey, &value) {
                 Ok(out) => json_answer(200, &json!({ "kid": kid, "value": b64(&out) })),
@@ -738,9 +836,19 @@ fn key_json(kind: VaultKind, kid: &str, v: &Version) -> Value {
     json!({ "key": key, "attributes": attributes })
 }
 
-fn crypt(material: &Material, alg: &str, wrap: bool, value: &[u8]) -> Result<Vec<u8>, &'static str> {
+fn crypt(
+    material: &Material,
+    alg: &str,
+    wrap: bool,
+    value: &[u8],
+) -> Result<Vec<u8>, &'static str> {
     match (material, alg) {
-        (Material::Rsa { private, public, .. }, "RSA-OAEP-256") => {
+        (
+            Material::Rsa {
+                private, public, ..
+            },
+            "RSA-OAEP-256",
+        ) => {
             if wrap {
                 let mut out = vec![0u8; public.ciphertext_size()];
                 let n = public
@@ -753,7 +861,9 @@ fn crypt(material: &Material, alg: &str, wrap: bool, value: &[u8]) -> Result<Vec
                 let mut out = vec![0u8; private.min_output_size()];
                 let n = private
                     .decrypt(&OAEP_SHA256_MGF1SHA256, value, &mut out, None)
-                    .map_err(|_| "The parameter is incorrect: the ciphertext could not be decrypted.")?
+                    .map_err(
+                        |_| "The parameter is incorrect: the ciphertext could not be decrypted.",
+                    )?
                     .len();
                 out.truncate(n);
                 Ok(out)
@@ -773,7 +883,9 @@ fn crypt(material: &Material, alg: &str, wrap: bool, value: &[u8]) -> Result<Vec
                 let mut out = vec![0u8; value.len()];
                 let n = kek
                     .unwrap(value, &mut out)
-                    .map_err(|_| "The parameter is incorrect: key unwrap failed its integrity check.")?
+                    .map_err(
+                        |_| "The parameter is incorrect: key unwrap failed its integrity check.",
+                    )?
                     .len();
                 out.truncate(n);
                 Ok(out)

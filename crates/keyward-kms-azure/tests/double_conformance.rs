@@ -46,7 +46,12 @@ async fn rsa_key_in_a_key_vault_passes_the_conformance_kit() {
     let double = KeyVaultDouble::start(VaultKind::KeyVault).await;
     let provider = Arc::new(double.provider());
     let key = double.create_rsa_key("kek-rsa");
-    let h = DoubleHarness { double, provider, key, name: "kek-rsa" };
+    let h = DoubleHarness {
+        double,
+        provider,
+        key,
+        name: "kek-rsa",
+    };
     conformance::run_all(&h).await;
 }
 
@@ -55,7 +60,12 @@ async fn aes_key_in_a_managed_hsm_passes_the_conformance_kit() {
     let double = KeyVaultDouble::start(VaultKind::ManagedHsm).await;
     let provider = Arc::new(double.provider());
     let key = double.create_aes_key("kek-aes");
-    let h = DoubleHarness { double, provider, key, name: "kek-aes" };
+    let h = DoubleHarness {
+        double,
+        provider,
+        key,
+        name: "kek-aes",
+    };
     conformance::run_all(&h).await;
 }
 
@@ -69,6 +79,11 @@ async fn versioned_key_id_with_workload_identity_passes_the_conformance_kit() {
         keyward_kms::ProviderKind::AzureKeyVault,
         format!("{}/{version}", double.key_id("kek-pinned")),
     );
-    let h = DoubleHarness { double, provider, key, name: "kek-pinned" };
+    let h = DoubleHarness {
+        double,
+        provider,
+        key,
+        name: "kek-pinned",
+    };
     conformance::run_all(&h).await;
 }
