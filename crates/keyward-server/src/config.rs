@@ -56,6 +56,10 @@ pub struct Config {
     /// builds with the `pkcs11` feature.
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
+    /// Present in builds with the `azure` feature.
+    #[cfg(feature = "azure")]
+    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +113,8 @@ impl Default for Config {
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
+            #[cfg(feature = "azure")]
+            azure: None,
         }
     }
 }
@@ -408,6 +414,8 @@ impl Config {
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
             pkcs11: self.pkcs11.clone(),
+            #[cfg(feature = "azure")]
+            azure: self.azure.clone(),
         })
     }
 
@@ -577,6 +585,8 @@ const CONFIG_SECTIONS: &[&str] = &[
     "aws_kms",
     #[cfg(feature = "pkcs11")]
     "pkcs11",
+    #[cfg(feature = "azure")]
+    "azure",
 ];
 
 /// gRPC itself caps messages; a plaintext above this would not be a sensible
@@ -620,6 +630,10 @@ pub struct Settings {
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
+    /// Present in builds with the `azure` feature.
+    #[cfg(feature = "azure")]
+    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
 }
 
 /// When a scope's active DEK is replaced.
