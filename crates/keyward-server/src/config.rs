@@ -69,6 +69,10 @@ pub struct Config {
     /// builds with the `pkcs11` feature.
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
+    /// Present in builds with the `azure` feature.
+    #[cfg(feature = "azure")]
+    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
     // --- observability (docs/observability.md) ---
     /// `"text"` or `"json"` log lines (read by the `keyward serve` command).
     pub log_format: LogFormat,
@@ -135,6 +139,8 @@ impl Default for Config {
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
+            #[cfg(feature = "azure")]
+            azure: None,
             log_format: LogFormat::default(),
             shutdown_grace_seconds: DEFAULT_SHUTDOWN_GRACE_SECONDS,
             admin: AdminConfig::default(),
@@ -483,6 +489,8 @@ impl Config {
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
             pkcs11: self.pkcs11.clone(),
+            #[cfg(feature = "azure")]
+            azure: self.azure.clone(),
             observability,
         })
     }
@@ -692,6 +700,8 @@ const CONFIG_SECTIONS: &[&str] = &[
     "aws_kms",
     #[cfg(feature = "pkcs11")]
     "pkcs11",
+    #[cfg(feature = "azure")]
+    "azure",
     "log_format",
     "shutdown_grace_seconds",
     "admin",
@@ -768,6 +778,10 @@ pub struct Settings {
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
+    /// Present in builds with the `azure` feature.
+    #[cfg(feature = "azure")]
+    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
     /// Admin listener, metrics bounds, shutdown grace, log format, trace export.
     pub observability: ObservabilitySettings,
 }

@@ -188,6 +188,13 @@ pub async fn start(
         )?),
         None => providers,
     };
+    #[cfg(feature = "azure")]
+    let providers = match &settings.azure {
+        Some(config) => providers.with(Arc::new(keyward_kms_azure::AzureKeyVaultProvider::new(
+            config.clone(),
+        )?)),
+        None => providers,
+    };
     start_with_providers(settings, providers, shutdown).await
 }
 

@@ -338,6 +338,7 @@ impl TenantService for TenantApi {
             }
             Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
             Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri)?,
+            Some(register_key_request::Key::AzureKeyVault(key)) => azure_key_ref(&key.key_id)?,
             None => {
                 return Err(ServiceError::invalid("key", "one key reference must be set").into());
             }
@@ -595,6 +596,30 @@ fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
         .map_err(|e| ServiceError::invalid("pkcs11.uri", e.to_string()))?;
     #[cfg(feature = "pkcs11")]
     Ok(KeyRef::new(DomainProviderKind::Pkcs11, parsed.to_string()))
+}
+
+/// An Azure Key Vault / Managed HSM key id (docs/onboarding/azure.md), checked here so that a
+/// malformed id is an invalid argument naming the field, not a provider failure.
+fn azure_key_ref(key_id: &str) -> Result<KeyRef, ServiceError> {
+    if key_id.is_empty() {
+        return Err(ServiceError::invalid(
+            "azure_key_vault.key_id",
+            "must not be empty",
+        ));
+    }
+    #[cfg(not(feature = "azure"))]
+    return Ok(KeyRef::new(
+        DomainProviderKind::AzureKeyVault,
+        key_id.to_owned(),
+    ));
+    #[cfg(feature = "azure")]
+    let parsed = keyward_kms_azure::AzureKeyId::parse(key_id)
+        .map_err(|e| ServiceError::invalid("azure_key_vault.key_id", e.to_string()))?;
+    #[cfg(feature = "azure")]
+    Ok(KeyRef::new(
+        DomainProviderKind::AzureKeyVault,
+        parsed.to_string(),
+    ))
 }
 
 fn display_name(raw: &str) -> Result<&str, ServiceError> {
