@@ -242,6 +242,10 @@ struct KeyChoice {
     /// (`pkcs11:token=LABEL;object=KEY-LABEL`).
     #[arg(long, value_name = "URI")]
     pkcs11_key: Option<String>,
+    /// Resource name of the customer's Google Cloud KMS key
+    /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
+    #[arg(long, value_name = "RESOURCE NAME")]
+    gcp_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -811,20 +815,25 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
             role_arn,
             external_id,
         } => {
-            let key = match (key.local_key, key.aws_kms_key, key.pkcs11_key) {
-                (Some(key_name), _, _) => {
+            let key = match (key.local_key, key.aws_kms_key, key.pkcs11_key, key.gcp_key) {
+                (Some(key_name), _, _, _) => {
                     pb::register_key_request::Key::Local(pb::LocalKey { key_name })
                 }
-                (None, Some(key_arn), _) => pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
-                    key_arn,
-                    role_arn: role_arn.unwrap_or_default(),
-                    external_id: external_id.unwrap_or_default(),
-                }),
-                (None, None, Some(uri)) => {
+                (None, Some(key_arn), _, _) => {
+                    pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
+                        key_arn,
+                        role_arn: role_arn.unwrap_or_default(),
+                        external_id: external_id.unwrap_or_default(),
+                    })
+                }
+                (None, None, Some(uri), _) => {
                     pb::register_key_request::Key::Pkcs11(pb::Pkcs11Key { uri })
                 }
-                (None, None, None) => {
-                    bail!("name a key: --local-key, --aws-kms-key or --pkcs11-key")
+                (None, None, None, Some(crypto_key)) => {
+                    pb::register_key_request::Key::GcpKms(pb::GcpKmsKey { crypto_key })
+                }
+                (None, None, None, None) => {
+                    bail!("name a key: --local-key, --aws-kms-key, --pkcs11-key or --gcp-key")
                 }
             };
             client

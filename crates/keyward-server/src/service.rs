@@ -331,6 +331,7 @@ impl TenantService for TenantApi {
             }
             Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
             Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri)?,
+            Some(register_key_request::Key::GcpKms(key)) => gcp_key_ref(&key.crypto_key)?,
             None => {
                 return Err(ServiceError::invalid("key", "one key reference must be set").into());
             }
@@ -559,6 +560,25 @@ fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
         .map_err(|e| ServiceError::invalid("pkcs11.uri", e.to_string()))?;
     #[cfg(feature = "pkcs11")]
     Ok(KeyRef::new(DomainProviderKind::Pkcs11, parsed.to_string()))
+}
+
+/// A Cloud KMS CryptoKey resource name (docs/onboarding/gcp.md), checked here so that a
+/// malformed name (or a CryptoKeyVersion name) is an invalid argument naming the field.
+fn gcp_key_ref(name: &str) -> Result<KeyRef, ServiceError> {
+    if name.is_empty() {
+        return Err(ServiceError::invalid(
+            "gcp_kms.crypto_key",
+            "must not be empty",
+        ));
+    }
+    #[cfg(not(feature = "gcp"))]
+    return Ok(KeyRef::new(DomainProviderKind::GcpKms, name.to_owned()));
+    #[cfg(feature = "gcp")]
+    let parsed = name
+        .parse::<keyward_kms_gcp::CryptoKeyName>()
+        .map_err(|e| ServiceError::invalid("gcp_kms.crypto_key", e.to_string()))?;
+    #[cfg(feature = "gcp")]
+    Ok(KeyRef::new(DomainProviderKind::GcpKms, parsed.to_string()))
 }
 
 fn display_name(raw: &str) -> Result<&str, ServiceError> {
