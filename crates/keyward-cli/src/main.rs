@@ -266,6 +266,10 @@ struct KeyChoice {
     /// (`https://VAULT.vault.azure.net/keys/NAME[/VERSION]`).
     #[arg(long, value_name = "KEY ID")]
     azure_key: Option<String>,
+    /// Resource name of the customer's Google Cloud KMS key
+    /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
+    #[arg(long, value_name = "RESOURCE NAME")]
+    gcp_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -878,26 +882,32 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
                 key.local_key,
                 key.aws_kms_key,
                 key.pkcs11_key,
+                key.gcp_key,
                 key.azure_key,
             ) {
-                (Some(key_name), _, _, _) => {
+                (Some(key_name), _, _, _, _) => {
                     pb::register_key_request::Key::Local(pb::LocalKey { key_name })
                 }
-                (None, Some(key_arn), _, _) => {
+                (None, Some(key_arn), _, _, _) => {
                     pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
                         key_arn,
                         role_arn: role_arn.unwrap_or_default(),
                         external_id: external_id.unwrap_or_default(),
                     })
                 }
-                (None, None, Some(uri), _) => {
+                (None, None, Some(uri), _, _) => {
                     pb::register_key_request::Key::Pkcs11(pb::Pkcs11Key { uri })
                 }
-                (None, None, None, Some(key_id)) => {
+                (None, None, None, Some(crypto_key), _) => {
+                    pb::register_key_request::Key::GcpKms(pb::GcpKmsKey { crypto_key })
+                }
+                (None, None, None, None, Some(key_id)) => {
                     pb::register_key_request::Key::AzureKeyVault(pb::AzureKeyVaultKey { key_id })
                 }
-                (None, None, None, None) => {
-                    bail!("name a key: --local-key, --aws-kms-key, --pkcs11-key or --azure-key")
+                (None, None, None, None, None) => {
+                    bail!(
+                        "name a key: --local-key, --aws-kms-key, --pkcs11-key, --gcp-key or --azure-key"
+                    )
                 }
             };
             client

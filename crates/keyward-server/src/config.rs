@@ -69,6 +69,10 @@ pub struct Config {
     /// builds with the `pkcs11` feature.
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    /// Google Cloud KMS (docs/providers/gcp.md); unset = no Cloud KMS provider. Present in
+    /// builds with the `gcp` feature.
+    #[cfg(feature = "gcp")]
+    pub gcp: Option<keyward_kms_gcp::GcpKmsConfig>,
     /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
     /// Present in builds with the `azure` feature.
     #[cfg(feature = "azure")]
@@ -139,6 +143,8 @@ impl Default for Config {
             aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
+            #[cfg(feature = "gcp")]
+            gcp: None,
             #[cfg(feature = "azure")]
             azure: None,
             log_format: LogFormat::default(),
@@ -489,6 +495,8 @@ impl Config {
             aws_kms: self.aws_kms.clone(),
             #[cfg(feature = "pkcs11")]
             pkcs11: self.pkcs11.clone(),
+            #[cfg(feature = "gcp")]
+            gcp: self.gcp.clone(),
             #[cfg(feature = "azure")]
             azure: self.azure.clone(),
             observability,
@@ -700,6 +708,8 @@ const CONFIG_SECTIONS: &[&str] = &[
     "aws_kms",
     #[cfg(feature = "pkcs11")]
     "pkcs11",
+    #[cfg(feature = "gcp")]
+    "gcp",
     #[cfg(feature = "azure")]
     "azure",
     "log_format",
@@ -778,6 +788,8 @@ pub struct Settings {
     pub aws_kms: keyward_kms_aws::AwsKmsConfig,
     #[cfg(feature = "pkcs11")]
     pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
+    #[cfg(feature = "gcp")]
+    pub gcp: Option<keyward_kms_gcp::GcpKmsConfig>,
     /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
     /// Present in builds with the `azure` feature.
     #[cfg(feature = "azure")]
@@ -870,6 +882,35 @@ mod tests {
         std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[cfg(feature = "gcp")]
+    #[test]
+    fn the_gcp_section_is_read_with_explicit_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(
+            &path,
+            "[gcp]\ncredentials = { kind = \"service-account\", file = \"/etc/keyward/sa.json\" }\ncall_timeout_ms = 900\n",
+        )
+        .unwrap();
+        let s = Config::load(Some(&path)).unwrap().resolve().unwrap();
+        let gcp = s.gcp.unwrap();
+        assert_eq!(gcp.call_timeout_ms, 900);
+        assert_eq!(
+            gcp.credentials,
+            Some(keyward_kms_gcp::GcpCredentials::ServiceAccount {
+                file: "/etc/keyward/sa.json".into()
+            })
+        );
+        assert!(Config::default().resolve().unwrap().gcp.is_none());
+        std::fs::write(
+            &path,
+            "[gcp]\ncredentials = { kind = \"metadata-server\" }\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("metadata-server"), "{err}");
     }
 
     #[test]

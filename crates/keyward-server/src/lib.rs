@@ -195,6 +195,13 @@ pub async fn start(
         )?)),
         None => providers,
     };
+    #[cfg(feature = "gcp")]
+    let providers = match &settings.gcp {
+        Some(config) => providers.with(Arc::new(
+            keyward_kms_gcp::GcpKmsProvider::new(config.clone()).await?,
+        )),
+        None => providers,
+    };
     start_with_providers(settings, providers, shutdown).await
 }
 

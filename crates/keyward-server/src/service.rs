@@ -338,6 +338,7 @@ impl TenantService for TenantApi {
             }
             Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
             Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri)?,
+            Some(register_key_request::Key::GcpKms(key)) => gcp_key_ref(&key.crypto_key)?,
             Some(register_key_request::Key::AzureKeyVault(key)) => azure_key_ref(&key.key_id)?,
             None => {
                 return Err(ServiceError::invalid("key", "one key reference must be set").into());
@@ -620,6 +621,25 @@ fn azure_key_ref(key_id: &str) -> Result<KeyRef, ServiceError> {
         DomainProviderKind::AzureKeyVault,
         parsed.to_string(),
     ))
+}
+
+/// A Cloud KMS CryptoKey resource name (docs/onboarding/gcp.md), checked here so that a
+/// malformed name (or a CryptoKeyVersion name) is an invalid argument naming the field.
+fn gcp_key_ref(name: &str) -> Result<KeyRef, ServiceError> {
+    if name.is_empty() {
+        return Err(ServiceError::invalid(
+            "gcp_kms.crypto_key",
+            "must not be empty",
+        ));
+    }
+    #[cfg(not(feature = "gcp"))]
+    return Ok(KeyRef::new(DomainProviderKind::GcpKms, name.to_owned()));
+    #[cfg(feature = "gcp")]
+    let parsed = name
+        .parse::<keyward_kms_gcp::CryptoKeyName>()
+        .map_err(|e| ServiceError::invalid("gcp_kms.crypto_key", e.to_string()))?;
+    #[cfg(feature = "gcp")]
+    Ok(KeyRef::new(DomainProviderKind::GcpKms, parsed.to_string()))
 }
 
 fn display_name(raw: &str) -> Result<&str, ServiceError> {

@@ -1,0 +1,65 @@
+//! The provider conformance kit (the suite every provider passes) against the unmodified
+//! official Cloud KMS client talking to the test double.
+#![allow(clippy::unwrap_used, reason = "test code fails loudly on purpose")]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyward_kms::conformance::{self, Harness};
+use keyward_kms::{KeyProvider, KeyRef};
+use keyward_kms_gcp::GcpKmsProvider;
+use keyward_kms_gcp::test_support::KmsDouble;
+
+struct DoubleHarness {
+    kms: KmsDouble,
+    provider: Arc<GcpKmsProvider>,
+    key: KeyRef,
+}
+
+#[async_trait]
+impl Harness for DoubleHarness {
+    fn provider(&self) -> Arc<dyn KeyProvider> {
+        self.provider.clone()
+    }
+
+    fn usable_key(&self) -> KeyRef {
+        self.key.clone()
+    }
+
+    fn missing_key(&self) -> KeyRef {
+        KmsDouble::key_ref("no-such-key")
+    }
+
+    // The double applies a state change to the next request: nothing to poll.
+    async fn disable(&self, key: &KeyRef) {
+        self.kms.disable_primary(key);
+    }
+
+    async fn enable(&self, key: &KeyRef) {
+        self.kms.enable_primary(key);
+    }
+}
+
+#[tokio::test]
+async fn gcp_provider_passes_the_conformance_kit_on_the_double() {
+    let kms = KmsDouble::start();
+    let provider = Arc::new(kms.provider().await);
+    let key = kms.create_key("kek-conformance");
+    let h = DoubleHarness { kms, provider, key };
+    conformance::run_all(&h).await;
+    // The kit really went through the double.
+    assert!(h.kms.calls(&h.key, "encrypt") >= 10);
+    assert!(h.kms.calls(&h.key, "decrypt") >= 10);
+    assert!(h.kms.calls(&h.key, "get") >= 2);
+}
+
+#[tokio::test]
+async fn conformance_kit_passes_after_a_rotation() {
+    let kms = KmsDouble::start();
+    let provider = Arc::new(kms.provider().await);
+    let key = kms.create_key("kek-rotated");
+    let v2 = kms.rotate(&key);
+    assert!(v2.ends_with("/cryptoKeyVersions/2"), "{v2}");
+    let h = DoubleHarness { kms, provider, key };
+    conformance::run_all(&h).await;
+}
