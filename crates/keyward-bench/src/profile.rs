@@ -61,6 +61,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let mut config = Config {
                 listen: "127.0.0.1:0".parse()?,
                 data_dir: dir.path().to_owned(),
+                admin: keyward_server::admin::AdminConfig::disabled(),
                 ..Config::default()
             };
             config.revocation.monitor_interval_seconds = 0;

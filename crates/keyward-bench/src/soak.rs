@@ -108,7 +108,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let aws = AwsKmsProvider::with_sdk_config(aws_config, moto.sdk_config().await).await?;
 
     let dir = tempfile::tempdir()?;
-    let local = LocalProvider::open(&dir.path().join("local-kms"))?;
+    let local = LocalProvider::open(dir.path().join("local-kms"))?;
     let providers = Providers::default()
         .with(Arc::new(local))
         .with(Arc::new(aws));
@@ -147,8 +147,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let minutes = (args.minutes.ceil() as usize).max(1);
     let outage_start = total / 2 - Duration::from_secs(args.outage_seconds / 2);
     let outage_end = outage_start + Duration::from_secs(args.outage_seconds);
-    let stats: Arc<Mutex<Vec<Minute>>> =
-        Arc::new(Mutex::new((0..minutes).map(|_| Minute::default()).collect()));
+    let stats: Arc<Mutex<Vec<Minute>>> = Arc::new(Mutex::new(
+        (0..minutes).map(|_| Minute::default()).collect(),
+    ));
     // Revoked tenants, with the instant their restoration was acknowledged (None: still revoked).
     let revoked: Arc<Mutex<HashMap<String, Option<Instant>>>> = Arc::default();
     let start = Instant::now();
@@ -181,8 +182,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         let grace = Duration::from_secs(1);
                         let expected = status.code() == Code::FailedPrecondition
                             && revoked.lock().is_ok_and(|r| {
-                                r.get(tenant.as_str())
-                                    .is_some_and(|restored| restored.is_none_or(|t| t.elapsed() < grace))
+                                r.get(tenant.as_str()).is_some_and(|restored| {
+                                    restored.is_none_or(|t| t.elapsed() < grace)
+                                })
                             });
                         if expected {
                             slot.expected_errors += 1;
@@ -220,8 +222,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             outage_done = true;
             log.push(format!("{:>6.1} s: KMS back", now.as_secs_f64()));
         }
-        let in_outage_window =
-            now + Duration::from_secs(16) >= outage_start && now <= outage_end + Duration::from_secs(5);
+        let in_outage_window = now + Duration::from_secs(16) >= outage_start
+            && now <= outage_end + Duration::from_secs(5);
         if now >= next_revoke && !in_outage_window {
             next_revoke = now + Duration::from_secs(30);
             // A tenant that is not revoked at the moment (restorations take 15 s).
@@ -244,7 +246,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     requested_by: "keyward-bench".into(),
                 })
                 .await?;
-            log.push(format!("{:>6.1} s: revoked {tenant}", start.elapsed().as_secs_f64()));
+            log.push(format!(
+                "{:>6.1} s: revoked {tenant}",
+                start.elapsed().as_secs_f64()
+            ));
             let (mut admin, revoked) = (admin.clone(), revoked.clone());
             let at = start.elapsed().as_secs_f64() + 15.0;
             tokio::spawn(async move {
@@ -282,7 +287,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         outage_start.as_secs_f64(),
         outage_end.as_secs_f64()
     );
-    println!("| minute | round trips/s | p50 | p99 | RSS MiB | expected errors | unexpected errors |");
+    println!(
+        "| minute | round trips/s | p50 | p99 | RSS MiB | expected errors | unexpected errors |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (i, m) in stats.iter().enumerate() {
@@ -339,7 +346,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .zip(p99s.get(p99s.len() / 2))
         .is_some_and(|(worst, median)| *worst <= median * 3);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!("\nzero unexpected errors: {} ({unexpected})", verdict(unexpected == 0));
+    println!(
+        "\nzero unexpected errors: {} ({unexpected})",
+        verdict(unexpected == 0)
+    );
     println!(
         "memory flat (last minute within 10 % of minute 2): {}",
         verdict(memory_flat)
