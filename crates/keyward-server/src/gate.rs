@@ -84,11 +84,17 @@ impl Gates {
         was_open
     }
 
+    /// Opens the tenant. Only a closed gate moves to a new generation: keys cached while
+    /// the gate was open stay valid when it "opens" again (e.g. `unavailable` → `active`
+    /// after a KMS outage, which never closed it). Bumping there would strand every cached
+    /// tenant key at the old generation, and each request loading a DEK through one would
+    /// fail `ABORTED` until that key's TTL ran out (seen in the soak run, docs/benchmarks.md).
     pub(crate) fn open(&self, tenant: &TenantId) {
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
         let gate = gates.entry(tenant.clone()).or_default();
-        gate.generation += 1;
-        gate.closed = None;
+        if gate.closed.take().is_some() {
+            gate.generation += 1;
+        }
     }
 
     /// How many tenants are closed, per state (every state listed, zeros included), for the
@@ -221,5 +227,19 @@ mod tests {
         );
         gates.release_plaintext(&a, g1, 5_001).unwrap();
         assert_eq!(gates.last_plaintext_ms(&a), Some(5_001));
+    }
+
+    #[test]
+    fn opening_an_open_gate_keeps_its_generation() {
+        let gates = Gates::default();
+        let a = t("a");
+        let g0 = gates.admit(&a, 1_000).unwrap();
+        gates.open(&a);
+        assert_eq!(
+            gates.admit(&a, 1_001),
+            Ok(g0),
+            "keys loaded at g0 stay valid"
+        );
+        gates.release_plaintext(&a, g0, 1_002).unwrap();
     }
 }

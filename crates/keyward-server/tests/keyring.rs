@@ -34,6 +34,8 @@ struct Counting {
     wraps: AtomicU64,
     /// Test hook: while set, an unwrap that reached the KMS answer waits for `release`.
     hold: std::sync::atomic::AtomicBool,
+    /// Test hook: while set, every unwrap fails as an unreachable KMS would.
+    outage: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
 }
@@ -62,6 +64,12 @@ impl KeyProvider for Counting {
         ctx: &WrapContext,
     ) -> Result<SecretKey, ProviderError> {
         self.unwraps.fetch_add(1, Ordering::SeqCst);
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(ProviderError::new(
+                keyward_kms::ErrorKind::Unavailable,
+                "test outage: connection refused",
+            ));
+        }
         let answer = self.inner.unwrap(kek, wrapped, ctx).await;
         if self.hold.load(Ordering::SeqCst) {
             // The KMS has answered; hold the answer until the test says so.
@@ -92,6 +100,7 @@ impl Fixture {
             unwraps: AtomicU64::new(0),
             wraps: AtomicU64::new(0),
             hold: std::sync::atomic::AtomicBool::new(false),
+            outage: std::sync::atomic::AtomicBool::new(false),
             entered: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
         });
@@ -897,4 +906,47 @@ async fn usage_per_tenant_per_minute_reaches_the_audit_log() {
         }
     }
     assert_eq!(total, (3, 2, 9, 5, 2, 3, 1));
+}
+
+/// Regression (soak run 2026-11-27): after a KMS outage the monitor moves the binding from
+/// `unavailable` back to `active`; tenant keys cached before the outage must keep working,
+/// instead of every DEK load through them failing ABORTED until their TTL runs out.
+#[tokio::test]
+async fn recovery_from_a_kms_outage_keeps_cached_tenant_keys_usable() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("outage");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = keyring.encrypt(&t, &scope("s1"), &c, b"one").await.unwrap();
+
+    fx.provider.outage.store(true, Ordering::SeqCst);
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Unavailable)]
+    );
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"one",
+        "warm keys serve through the outage"
+    );
+    fx.provider.outage.store(false, Ordering::SeqCst);
+    assert_eq!(
+        keyring.check_all(1000).await.unwrap(),
+        vec![(t.clone(), CheckOutcome::Restored)]
+    );
+    let binding = fx.store.active_binding(&t).await.unwrap().unwrap();
+    assert_eq!(binding.state, KekState::Active);
+
+    // The cached DEK and a new one (new scope) both work through the tenant key cached before
+    // the outage; no KMS call is needed for either.
+    let unwraps = fx.unwraps();
+    let (env2, _) = keyring.encrypt(&t, &scope("s2"), &c, b"two").await.unwrap();
+    for (envelope, plaintext) in [(&env, &b"one"[..]), (&env2, &b"two"[..])] {
+        assert_eq!(
+            keyring.decrypt(&t, envelope, &c).await.unwrap().as_slice(),
+            plaintext
+        );
+    }
+    assert_eq!(fx.unwraps(), unwraps, "served from the cached tenant key");
 }
