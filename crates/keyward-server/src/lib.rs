@@ -190,16 +190,20 @@ pub async fn start(
     };
     #[cfg(feature = "azure")]
     let providers = match &settings.azure {
-        Some(config) => providers.with(Arc::new(keyward_kms_azure::AzureKeyVaultProvider::new(
-            config.clone(),
-        )?)),
+        Some(config) => providers.with(with_kms_quota(
+            settings,
+            Arc::new(keyward_kms_azure::AzureKeyVaultProvider::new(
+                config.clone(),
+            )?),
+        )?),
         None => providers,
     };
     #[cfg(feature = "gcp")]
     let providers = match &settings.gcp {
-        Some(config) => providers.with(Arc::new(
-            keyward_kms_gcp::GcpKmsProvider::new(config.clone()).await?,
-        )),
+        Some(config) => providers.with(with_kms_quota(
+            settings,
+            Arc::new(keyward_kms_gcp::GcpKmsProvider::new(config.clone()).await?),
+        )?),
         None => providers,
     };
     start_with_providers(settings, providers, shutdown).await
@@ -208,7 +212,12 @@ pub async fn start(
 /// A KMS provider behind the configured per-key request quota (`[kms_quota]`), if any. The local
 /// development provider is not wrapped: it is a file on this host, with no quota to respect.
 #[cfg_attr(
-    not(any(feature = "aws", feature = "pkcs11")),
+    not(any(
+        feature = "aws",
+        feature = "pkcs11",
+        feature = "gcp",
+        feature = "azure"
+    )),
     allow(dead_code, reason = "used by the KMS provider features")
 )]
 fn with_kms_quota(
