@@ -340,6 +340,17 @@ impl Auditor {
         // The final checkpoint must be signed by the key the exported chain trusts.
         let _no_rotation = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
+        self.export_up_to(head, tx).await
+    }
+
+    /// The export of records `1..=head.seq`. Records appended after `head` was read (usage
+    /// summaries, other callers' lifecycle changes) are left out: the header announces
+    /// `head.seq`, and the final checkpoint covers exactly what was written.
+    async fn export_up_to(
+        &self,
+        head: keyward_audit::ChainHead,
+        tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
+    ) -> Result<(), ServiceError> {
         let checkpoints = self.store.checkpoints(1, head.seq).await?;
         let count = u64::try_from(checkpoints.len()).map_err(internal)? + 1;
         let buffer = SharedBuffer::default();
@@ -356,7 +367,7 @@ impl Auditor {
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.seq();
-            for record in &page {
+            for record in page.iter().take_while(|r| r.seq() <= head.seq) {
                 writer.write_record(record).map_err(internal)?;
                 while let Some(cp) = pending.next_if(|cp| cp.seq == record.seq()) {
                     writer.write_checkpoint(&cp).map_err(internal)?;
@@ -598,5 +609,64 @@ fn record_to_pb(record: &Record) -> pb::AuditRecord {
             .unwrap_or_default(),
         canonical_json: record.to_canonical_json(),
         hash: hex::encode(record.hash()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_audit::AuditEvent;
+    use keyward_store::sqlite::SqliteStore;
+
+    fn admin(n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|i| AuditEvent::AdminAction {
+                actor: "test".to_owned(),
+                action: "noop".to_owned(),
+                detail: i.to_string(),
+            })
+            .collect()
+    }
+
+    async fn collect(
+        auditor: &Auditor,
+        head: keyward_audit::ChainHead,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::ExportAuditChunk, Status>>(4);
+        let drain = async move {
+            let mut out = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                out.extend(chunk.expect("no error chunk").jsonl);
+            }
+            out
+        };
+        let (exported, out) = tokio::join!(auditor.export_up_to(head, tx), drain);
+        exported.map(|()| out)
+    }
+
+    /// Regression (found by the crash test in CI): records appended while an export runs
+    /// (usage summaries, other callers) went into the page being written although the header
+    /// had announced the older head, and the export failed verification.
+    #[tokio::test]
+    async fn an_export_ends_at_the_head_it_announced_while_records_keep_arriving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
+        let keys = AuditKeys::load_or_create(&dir.path().join("audit")).unwrap();
+        let auditor = Auditor::new(store.clone(), keys);
+        store.append_audit(admin(700)).await.unwrap();
+        assert_eq!(auditor.checkpoint().await.unwrap(), Some(700));
+        store.append_audit(admin(800)).await.unwrap();
+        let head = store.audit_head().await.unwrap();
+        assert_eq!(head.seq, 1500);
+        // Appended after the export read its head: the second page (1001..=2000) holds them.
+        store.append_audit(admin(600)).await.unwrap();
+
+        let export = collect(&auditor, head).await.unwrap();
+        let report =
+            keyward_audit::verify_export(export.as_slice(), &[auditor.public_key()]).unwrap();
+        assert_eq!((report.first_seq, report.last_seq), (1, 1500));
+        assert_eq!(report.records, 1500);
+        assert_eq!(report.head_hash, head.hash);
+        assert_eq!(report.checkpoints, 2, "the one at 700 and the final one");
     }
 }
