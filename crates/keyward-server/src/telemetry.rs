@@ -158,6 +158,28 @@ impl<S> tower_layer::Layer<S> for RpcLayer {
     }
 }
 
+/// A request id unique across processes and time, UUID-shaped: 64 random bits drawn once per
+/// process, then a 64-bit counter. One relaxed atomic increment per call, where a random UUID
+/// per call cost a `getrandom` system call on every RPC.
+fn fresh_request_id() -> String {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        prefix >> 32,
+        (prefix >> 16) & 0xffff,
+        prefix & 0xffff,
+        n >> 48,
+        n & 0xffff_ffff_ffff
+    )
+}
+
 /// The service [`RpcLayer`] wraps around the router.
 #[derive(Debug, Clone)]
 pub struct RpcService<S> {
@@ -190,7 +212,7 @@ where
             .and_then(|v| v.to_str().ok())
         {
             Some(id) if well_formed_request_id(id) => Arc::from(id),
-            _ => Arc::from(uuid::Uuid::new_v4().to_string()),
+            _ => Arc::from(fresh_request_id()),
         };
         let call = CallInfo::new(Arc::clone(&self.metrics), Arc::clone(&request_id));
         request.extensions_mut().insert(Arc::clone(&call));
@@ -298,6 +320,19 @@ mod tests {
         assert!(!well_formed_request_id("a b"));
         assert!(!well_formed_request_id("a\nb"));
         assert!(!well_formed_request_id("a\"b"));
+    }
+
+    #[test]
+    fn fresh_request_ids_are_distinct_well_formed_and_share_the_process_prefix() {
+        let a = fresh_request_id();
+        let b = fresh_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 36, "{id}");
+            assert!(well_formed_request_id(id), "{id}");
+            assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        }
+        assert_eq!(a[..19], b[..19], "one random prefix per process");
     }
 
     /// The hooks in `Authz::check` and the services find the call through its extensions.
