@@ -177,24 +177,5 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_ciphertext() {
         "the revocation is in the backup"
     );
 
-    let export = restore_dir.path().join("audit.jsonl");
-    let (ok, _, err) = restored.cli(
-        &["audit", "export", "--output", export.to_str().unwrap()],
-        b"",
-    );
-    assert!(ok, "{err}");
-    let (ok, key, err) = restored.cli(&["audit", "public-key"], b"");
-    assert!(ok, "{err}");
-    let key = String::from_utf8(key).unwrap().trim().to_owned();
-    let (ok, _, err) = restored.cli(
-        &[
-            "audit",
-            "verify",
-            export.to_str().unwrap(),
-            "--public-key",
-            &key,
-        ],
-        b"",
-    );
-    assert!(ok, "the restored chain verifies: {err}");
+    restored.verify_audit_chain(restore_dir.path());
 }

@@ -629,26 +629,7 @@ async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
             .plaintext;
         assert_eq!(out, plaintext.as_bytes());
     }
-    let export = data.path().join("audit.jsonl");
-    let (ok, _, err) = server.cli(
-        &["audit", "export", "--output", export.to_str().unwrap()],
-        b"",
-    );
-    assert!(ok, "{err}");
-    let (ok, key, err) = server.cli(&["audit", "public-key"], b"");
-    assert!(ok, "{err}");
-    let key = String::from_utf8(key).unwrap().trim().to_owned();
-    let (ok, _, err) = server.cli(
-        &[
-            "audit",
-            "verify",
-            export.to_str().unwrap(),
-            "--public-key",
-            &key,
-        ],
-        b"",
-    );
-    assert!(ok, "{err}");
+    server.verify_audit_chain(data.path());
     drop(server);
     drop(lock);
     drop(watcher);

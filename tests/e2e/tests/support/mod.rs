@@ -171,6 +171,25 @@ impl Server {
         )
     }
 
+    /// Exports the audit chain with the CLI into `dir` and verifies it offline against the
+    /// server's current audit public key, as an auditor would; returns the verifier's report.
+    /// Panics with the CLI's error when either step fails.
+    pub(crate) fn verify_audit_chain(&self, dir: &Path) -> String {
+        let export = dir.join("audit.jsonl");
+        let export = export.to_str().expect("utf-8 path");
+        let (ok, _, err) = self.cli(&["audit", "export", "--output", export], b"");
+        assert!(ok, "audit export: {err}");
+        let (ok, key, err) = self.cli(&["audit", "public-key"], b"");
+        assert!(ok, "audit public-key: {err}");
+        let key = String::from_utf8(key).expect("utf-8 key");
+        let (ok, out, err) = self.cli(
+            &["audit", "verify", export, "--public-key", key.trim()],
+            b"",
+        );
+        assert!(ok, "audit verify: {err}");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Starts the server with its AWS KMS provider pointed at `kms_endpoint`
     /// (an emulator) with fake static credentials, plus `env`.
     pub(crate) fn start_with_aws(kms_endpoint: &str, env: &[(&str, &str)]) -> Server {
