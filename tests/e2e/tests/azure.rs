@@ -9,13 +9,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use keyward_kms_azure::VaultKind;
 use keyward_kms_azure::test_support::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use keyward_proto::v1 as pb;
 use keyward_store::sqlite::SqliteStore;
-use support::{Server, assert_refused_or_revoked, context};
+use support::{Server, context};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -148,42 +146,7 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
     // The customer disables the key in the vault: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.
     double.set_enabled("kek", false);
-    let disabled_at = Instant::now();
-    let status = loop {
-        match crypto.decrypt(decrypt.clone()).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    disabled_at.elapsed() < Duration::from_secs(10),
-                    "still decrypting 10 s after the key was disabled in the vault"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert_refused_or_revoked(status);
-    let status = crypto
-        .encrypt(pb::EncryptRequest {
-            tenant_id: "acme".into(),
-            plaintext: b"more".to_vec(),
-            encryption_context: context(&[("c", "1")]),
-            scope: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_refused_or_revoked(status);
-    let tenant = tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        tenant.active_key.unwrap().state(),
-        pb::KekState::Revoked,
-        "the refusal is recorded as a revocation"
-    );
+    support::assert_revoked_after_disable(&server, decrypt).await;
     let store = SqliteStore::open_read_only(&server.database())
         .await
         .unwrap();

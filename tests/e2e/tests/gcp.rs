@@ -6,14 +6,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState};
 use keyward_kms_gcp::test_support::KmsDouble;
 use keyward_proto::v1 as pb;
 use keyward_store::Store as _;
 use keyward_store::sqlite::SqliteStore;
-use support::{Server, assert_refused_or_revoked, assert_status, context};
+use support::{Server, assert_status, context};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -139,42 +137,7 @@ async fn gcp_key_onboarding_round_trip_and_revocation() {
     // (FAILED_PRECONDITION) within its interval and the tenant is revoked, although the cache
     // TTL is 300 s.
     kms.disable_primary(&kek);
-    let disabled_at = Instant::now();
-    let status = loop {
-        match crypto.decrypt(decrypt.clone()).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    disabled_at.elapsed() < Duration::from_secs(10),
-                    "still decrypting 10 s after the primary version was disabled"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert_refused_or_revoked(status);
-    let status = crypto
-        .encrypt(pb::EncryptRequest {
-            tenant_id: "acme".into(),
-            plaintext: b"more".to_vec(),
-            encryption_context: context(&[("c", "1")]),
-            scope: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_refused_or_revoked(status);
-    let tenant = tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        tenant.active_key.unwrap().state(),
-        pb::KekState::Revoked,
-        "the refusal is recorded as a revocation"
-    );
+    support::assert_revoked_after_disable(&server, decrypt).await;
 
     // The revocation is in the audit log, with the provider's classified reason.
     let store = SqliteStore::open_read_only(&server.database())

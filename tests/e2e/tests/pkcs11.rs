@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use keyward_kms_pkcs11::test_support::{KeySpec, SoftHsm, TOKEN_LABEL};
 use keyward_proto::v1 as pb;
-use support::{Server, assert_refused_or_revoked, assert_status, context};
+use support::{Server, assert_status, context};
 use tonic::Code;
 
 fn register(tenant: &str, uri: &str) -> pb::RegisterKeyRequest {
@@ -121,30 +119,5 @@ async fn hsm_key_onboarding_round_trip_and_revocation() {
     // The customer disables the key in the HSM: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.
     hsm.disable_key(&keyward_kms_pkcs11::test_support::SoftHsm::key_ref("kek"));
-    let disabled_at = Instant::now();
-    let status = loop {
-        match crypto.decrypt(decrypt.clone()).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    disabled_at.elapsed() < Duration::from_secs(10),
-                    "still decrypting 10 s after the HSM key was disabled"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert_refused_or_revoked(status);
-    let tenant = tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        tenant.active_key.unwrap().state(),
-        pb::KekState::Revoked,
-        "the refusal is recorded as a revocation"
-    );
+    support::assert_revoked_after_disable(&server, decrypt).await;
 }

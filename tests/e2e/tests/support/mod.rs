@@ -332,6 +332,51 @@ pub(crate) fn assert_refused_or_revoked(status: Status) {
     );
 }
 
+/// After the customer disabled `tenant`'s key in its KMS: `decrypt` keeps being retried until it
+/// fails (within 10 s: the monitor's interval, far below the cache TTL), and then Decrypt and
+/// Encrypt are refused as revoked and the tenant's key reads `Revoked`.
+pub(crate) async fn assert_revoked_after_disable(server: &Server, decrypt: pb::DecryptRequest) {
+    let mut crypto = server.crypto().await;
+    let disabled_at = std::time::Instant::now();
+    let status = loop {
+        match crypto.decrypt(decrypt.clone()).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    disabled_at.elapsed() < Duration::from_secs(10),
+                    "still decrypting 10 s after the key was disabled"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_refused_or_revoked(status);
+    let status = crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: decrypt.tenant_id.clone(),
+            plaintext: b"more".to_vec(),
+            encryption_context: decrypt.encryption_context.clone(),
+            scope: String::new(),
+        })
+        .await
+        .expect_err("Encrypt after the revocation");
+    assert_refused_or_revoked(status);
+    let tenant = server
+        .tenants()
+        .await
+        .get_tenant(pb::GetTenantRequest {
+            tenant_id: decrypt.tenant_id.clone(),
+        })
+        .await
+        .expect("GetTenant")
+        .into_inner();
+    assert_eq!(
+        tenant.active_key.expect("a key").state(),
+        pb::KekState::Revoked,
+        "the refusal is recorded as a revocation"
+    );
+}
+
 /// The store's content without the audit tables: the domain state that a
 /// rejected request must leave exactly as it was.
 pub(crate) async fn domain_state(store: &keyward_store::sqlite::SqliteStore) -> String {
