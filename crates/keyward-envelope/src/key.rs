@@ -190,7 +190,11 @@ impl KeyId {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        // Into a stack buffer: `hex::encode` allocates a String char by char (every Encrypt
+        // response carries its DEK id).
+        let mut buf = [0u8; 2 * KEY_ID_LEN];
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
