@@ -386,15 +386,45 @@ async fn channels(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Ch
     Ok(out)
 }
 
-/// `concurrency` loops over `conns` connections for CELL; latencies of every call.
+/// Rounds of the alternating baseline/Keyward measurement in [`paired`].
+const ROUNDS: usize = 3;
+
+/// The baseline and Keyward measured alternately, [`ROUNDS`] times each for half a cell, keeping
+/// the best round of each (on a shared machine noise only slows a round down, so the best round
+/// is the least disturbed one; alternating spreads a noisy neighbour over both sides instead of
+/// landing it on one). A single back-to-back pair gave 0.44 and 0.72 for the same cell in two
+/// runs ten minutes apart.
+async fn paired(
+    baseline: (&[Channel], Arc<Vec<u8>>),
+    keyward: (&[Channel], Arc<Vec<u8>>),
+    concurrency: usize,
+    op: &'static str,
+) -> anyhow::Result<(Cell, Cell)> {
+    let mut best = (Cell::default(), Cell::default());
+    for _ in 0..ROUNDS {
+        let b = load(baseline.0, concurrency, op, baseline.1.clone(), cell() / 2).await?;
+        if b.rps > best.0.rps {
+            best.0 = b;
+        }
+        let k = load(keyward.0, concurrency, op, keyward.1.clone(), cell() / 2).await?;
+        if k.rps > best.1.rps {
+            best.1 = k;
+        }
+    }
+    Ok(best)
+}
+
+/// `concurrency` loops over `conns` connections for `length` (after a warm-up); latencies of
+/// every call.
 async fn load(
     conns: &[Channel],
     concurrency: usize,
     op: &'static str,
     payload: Arc<Vec<u8>>,
+    length: Duration,
 ) -> anyhow::Result<Cell> {
     let deadline_warm = Instant::now() + warm_up();
-    let cell = cell();
+    let cell = length;
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let mut client = CryptoServiceClient::new(conns[i % conns.len()].clone())
@@ -575,8 +605,13 @@ async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
                     (envelope.clone(), envelope.clone())
                 };
                 eprintln!("gRPC: {op} {} x{concurrency}", size_name(size));
-                let null = load(&null_conns, concurrency, op, null_payload).await?;
-                let keyward = load(&keyward_conns, concurrency, op, keyward_payload).await?;
+                let (null, keyward) = paired(
+                    (&null_conns, null_payload),
+                    (&keyward_conns, keyward_payload),
+                    concurrency,
+                    op,
+                )
+                .await?;
                 if size == 1024 {
                     eprintln!("batch: {op} {BATCH} x 1 KiB x{concurrency}");
                     let batch_op = if op == "encrypt" {
@@ -593,7 +628,7 @@ async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
                         op,
                         concurrency,
                         single_items: keyward.rps,
-                        batch: load(&keyward_conns, concurrency, batch_op, payload).await?,
+                        batch: load(&keyward_conns, concurrency, batch_op, payload, cell()).await?,
                     });
                 }
                 rows.push(GrpcRow {
@@ -848,18 +883,14 @@ async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> {
 
     let payload = Arc::new(vec![0x42u8; 1024]);
     eprintln!("authz: encrypt 1 KiB x32, mTLS");
-    let null_tls = load(
-        &tls_channels(null_addr, 4, &pki, &ids[0]).await?,
+    let (null_tls, keyward_tls) = paired(
+        (
+            &tls_channels(null_addr, 4, &pki, &ids[0]).await?,
+            payload.clone(),
+        ),
+        (&tls_channels(addr, 4, &pki, &ids[0]).await?, payload),
         32,
         "encrypt",
-        payload.clone(),
-    )
-    .await?;
-    let keyward_tls = load(
-        &tls_channels(addr, 4, &pki, &ids[0]).await?,
-        32,
-        "encrypt",
-        payload,
     )
     .await?;
     let plain = grpc
