@@ -4,8 +4,8 @@
 //! cargo run -p keyward-envelope --example gen_vectors > docs/envelope/vectors-v1.json
 //! ```
 //!
-//! Valid vectors use fixed keys and salts through `seal_with_salt` (production code always uses
-//! `seal`, which draws a random salt), so the output is deterministic: regenerating must give a
+//! Valid vectors use fixed keys and salts through `seal_with_suite_and_salt`, in both suites
+//! (production code always uses `seal`, which draws a random salt), so the output is deterministic: regenerating must give a
 //! byte-identical file unless the format changed. Invalid vectors are derived from one valid
 //! envelope by truncating, corrupting or re-encoding it. `tests/vectors.rs` replays the file.
 
@@ -21,8 +21,12 @@
 use std::collections::BTreeMap;
 
 use keyward_envelope::{
-    EncryptionContext, KeyId, SecretKey, TenantId, WRAPPED_KEY_FORMAT, aead, seal_with_salt,
+    EncryptionContext, KeyId, SecretKey, Suite, TenantId, WRAPPED_KEY_FORMAT, aead,
+    seal_with_suite_and_salt,
 };
+
+const SUITE_1: Suite = Suite::Aes256GcmHkdfSha512Committing;
+const SUITE_2: Suite = Suite::Aes256GcmHkdfExpandSha512Committing;
 use serde_json::{Value, json};
 
 /// Deterministic filler: byte i is (i * mul + add) mod 256.
@@ -45,10 +49,11 @@ struct Valid {
 }
 
 impl Valid {
-    fn seal(&self) -> Vec<u8> {
+    fn seal(&self, suite: Suite) -> Vec<u8> {
         let tenant: TenantId = self.tenant.parse().unwrap();
         let ctx = EncryptionContext::with_reserved(self.context.clone()).unwrap();
-        seal_with_salt(
+        seal_with_suite_and_salt(
+            suite,
             &SecretKey::from_bytes(self.dek),
             &tenant,
             &KeyId::from_bytes(self.dek_id),
@@ -59,16 +64,23 @@ impl Valid {
         .unwrap()
     }
 
-    fn to_json(&self) -> Value {
+    /// Suite 0x0001 cases keep their original names; suite 0x0002 cases say their suite.
+    fn to_json(&self, suite: Suite) -> Value {
+        let name = if suite == SUITE_1 {
+            self.name.to_owned()
+        } else {
+            format!("{} (suite 0x{:04x})", self.name, suite.id())
+        };
         json!({
-            "case": self.name,
+            "case": name,
+            "suite": suite.id(),
             "dek": hex::encode(self.dek),
             "tenant": self.tenant,
             "dek_id": hex::encode(self.dek_id),
             "salt": hex::encode(self.salt),
             "context": self.context,
             "plaintext": hex::encode(&self.plaintext),
-            "envelope": hex::encode(self.seal()),
+            "envelope": hex::encode(self.seal(suite)),
         })
     }
 }
@@ -163,12 +175,21 @@ fn main() {
     // magic 0..2, version 2, suite 3..5, tenant length 5, tenant 6..10, DEK id 10..26,
     // salt 26..58, commitment 58..90, ciphertext 90..104, tag 104..120.
     let base = &valid[1];
-    let env = base.seal();
+    let env = base.seal(SUITE_1);
     assert_eq!(env.len(), 120);
     let dek = &base.dek;
     let ctx = &base.context;
     let with = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut e = env.clone();
+        f(&mut e);
+        e
+    };
+    // The same case sealed in suite 0x0002 (same layout).
+    let env2 = base.seal(SUITE_2);
+    assert_eq!(env2.len(), 120);
+    assert_eq!(env2[3..5], [0, 2]);
+    let with2 = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut e = env2.clone();
         f(&mut e);
         e
     };
@@ -310,8 +331,8 @@ fn main() {
             "UnsupportedSuite",
         ),
         invalid(
-            "unknown suite 0x0002",
-            &with(&|e| e[3..5].copy_from_slice(&[0, 2])),
+            "unknown suite 0x0003",
+            &with(&|e| e[3..5].copy_from_slice(&[0, 3])),
             dek,
             ctx,
             p,
@@ -450,6 +471,48 @@ fn main() {
             o,
             df,
         ),
+        // The suite id is bound into both derivations.
+        invalid(
+            "suite relabelled: a suite 0x0001 envelope marked 0x0002",
+            &with(&|e| e[3..5].copy_from_slice(&[0, 2])),
+            dek,
+            ctx,
+            o,
+            df,
+        ),
+        invalid(
+            "suite relabelled: a suite 0x0002 envelope marked 0x0001",
+            &with2(&|e| e[3..5].copy_from_slice(&[0, 1])),
+            dek,
+            ctx,
+            o,
+            df,
+        ),
+        invalid(
+            "suite 0x0002: tampered commitment",
+            &with2(&|e| e[89] ^= 0x80),
+            dek,
+            ctx,
+            o,
+            df,
+        ),
+        invalid(
+            "suite 0x0002: tampered tag",
+            &with2(&|e| e[104] ^= 0x01),
+            dek,
+            ctx,
+            o,
+            df,
+        ),
+        invalid("suite 0x0002: wrong context", &env2, dek, &other_ctx, o, df),
+        invalid(
+            "suite 0x0002: wrong DEK (one bit different)",
+            &env2,
+            &wrong_dek,
+            ctx,
+            o,
+            df,
+        ),
     ];
 
     // Wrapped keys: 0x01 || nonce || AES-256-GCM(wrapping key, nonce, aad, key). Built here
@@ -501,15 +564,19 @@ fn main() {
 
     let doc = json!({
         "description": "Keyward envelope format v1 test vectors (docs/envelope-format.md). \
-            Valid cases: seal_with_salt(dek, tenant, dek_id, context, plaintext, salt) must \
-            produce exactly `envelope`, and parse + open with (dek, context) must return \
+            Valid cases: seal_with_suite_and_salt(suite, dek, tenant, dek_id, context, \
+            plaintext, salt) must produce exactly `envelope`, and parse + open with (dek, context) must return \
             `plaintext`. Invalid cases: with stage \"parse\", parse(envelope) must fail with \
             `error`; with stage \"open\", parse must succeed and open(dek, context) must fail \
             with `error`. All byte strings are lowercase hex; contexts are string maps.",
         "regenerate": "cargo run -p keyward-envelope --example gen_vectors > docs/envelope/vectors-v1.json",
         "format_version": 1,
-        "suite": 1,
-        "valid": valid.iter().map(Valid::to_json).collect::<Vec<_>>(),
+        "suites": [SUITE_1.id(), SUITE_2.id()],
+        "valid": valid
+            .iter()
+            .map(|v| v.to_json(SUITE_1))
+            .chain(valid.iter().map(|v| v.to_json(SUITE_2)))
+            .collect::<Vec<_>>(),
         "invalid": invalid_cases,
         "wrapped_keys": { "valid": wrapped_valid, "invalid": wrapped_invalid },
     });

@@ -29,7 +29,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::aead::{AeadKey, NONCE_LEN, TAG_LEN};
 use crate::context::EncryptionContext;
 use crate::error::{CryptoError, EnvelopeError};
-use crate::key::{KEY_ID_LEN, KeyId, SecretKey};
+use crate::key::{KEY_ID_LEN, KEY_LEN, KeyId, SecretKey};
 use crate::tenant::{TENANT_ID_MAX_LEN, TenantId, is_valid_tenant_id};
 
 /// The two magic bytes that start every envelope: ASCII `"KW"`.
@@ -48,6 +48,9 @@ pub const HEADER_FIXED_LEN: usize = 2 + 1 + 2 + 1 + KEY_ID_LEN + SALT_LEN + COMM
 pub const DERIVE_KEY_LABEL: &[u8] = b"KEYWARD-V1-DERIVEKEY";
 /// HKDF-Expand `info` label for the key commitment (followed by the suite id).
 pub const COMMIT_KEY_LABEL: &[u8] = b"KEYWARD-V1-COMMITKEY";
+/// Suite `0x0002`: HKDF-Expand `info` label for the message key and the commitment together
+/// (followed by the suite id and the salt).
+pub const MESSAGE_KEYS_LABEL: &[u8] = b"KEYWARD-V2-MSGKEYS";
 
 /// The fixed GCM nonce. Safe because every message key encrypts exactly one message
 /// (see [`Suite::Aes256GcmHkdfSha512Committing`]).
@@ -72,6 +75,15 @@ pub enum Suite {
     /// DEK rotation limits exist for blast radius and crypto-shredding granularity, not for
     /// nonce safety.
     Aes256GcmHkdfSha512Committing,
+    /// Suite `0x0002`: suite `0x0001` with a cheaper derivation of the same two values. The
+    /// DEK, a uniformly random 256-bit key, is used directly as HKDF's PRK (RFC 5869 §3.3: the
+    /// extract step may be skipped for such keys), and one HKDF-Expand of 64 bytes with the
+    /// salt in `info` gives the message key (first half) and the commitment (second half):
+    /// one HMAC-SHA-512, 4 SHA-512 compressions per message instead of 10. Same header, AEAD,
+    /// nonce, AAD and commitment check; the nonce-safety argument is unchanged (the message
+    /// key is a PRF output of the DEK on an input holding the fresh salt). Sealed by default
+    /// since it exists; suite `0x0001` envelopes stay readable. docs/envelope-format.md §2b.
+    Aes256GcmHkdfExpandSha512Committing,
 }
 
 impl Suite {
@@ -79,13 +91,18 @@ impl Suite {
     pub fn id(self) -> u16 {
         match self {
             Suite::Aes256GcmHkdfSha512Committing => 0x0001,
+            Suite::Aes256GcmHkdfExpandSha512Committing => 0x0002,
         }
     }
+
+    /// The suite [`seal`] writes.
+    pub const SEAL: Suite = Suite::Aes256GcmHkdfExpandSha512Committing;
 
     /// The suite with identifier `id`, if this build implements it.
     pub fn from_id(id: u16) -> Option<Suite> {
         match id {
             0x0001 => Some(Suite::Aes256GcmHkdfSha512Committing),
+            0x0002 => Some(Suite::Aes256GcmHkdfExpandSha512Committing),
             _ => None,
         }
     }
@@ -319,7 +336,8 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// Encrypts `plaintext` into a v1 envelope under `dek`, with a fresh random 256-bit salt.
+/// Encrypts `plaintext` into a v1 envelope of suite [`Suite::SEAL`] under `dek`, with a fresh
+/// random 256-bit salt.
 ///
 /// `dek_id` and `tenant` are written in the header so that [`parse`] can tell the reader which
 /// key to fetch; both are authenticated (AAD). `ctx` is authenticated but not stored.
@@ -349,7 +367,21 @@ pub fn seal_with_salt(
     plaintext: &[u8],
     salt: &[u8; SALT_LEN],
 ) -> Result<Vec<u8>, EnvelopeError> {
-    let suite = Suite::Aes256GcmHkdfSha512Committing;
+    seal_with_suite_and_salt(Suite::SEAL, dek, tenant, dek_id, ctx, plaintext, salt)
+}
+
+/// [`seal_with_salt`] in a given suite, for test vectors and compatibility tests only (the same
+/// warning applies: production code must call [`seal`]).
+#[doc(hidden)]
+pub fn seal_with_suite_and_salt(
+    suite: Suite,
+    dek: &SecretKey,
+    tenant: &TenantId,
+    dek_id: &KeyId,
+    ctx: &EncryptionContext,
+    plaintext: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Result<Vec<u8>, EnvelopeError> {
     let keys = derive_message_keys(dek, suite, salt)?;
     let aead_key = AeadKey::new(&keys.message_key)?;
 
@@ -405,7 +437,22 @@ pub(crate) struct MessageKeys {
     pub(crate) commitment: [u8; COMMITMENT_LEN],
 }
 
-/// Per-message key derivation (docs/envelope-format.md, "Key derivation"):
+/// Per-message key derivation (docs/envelope-format.md §2.1 and §2b.1).
+pub(crate) fn derive_message_keys(
+    dek: &SecretKey,
+    suite: Suite,
+    salt: &[u8; SALT_LEN],
+) -> Result<MessageKeys, CryptoError> {
+    match suite {
+        Suite::Aes256GcmHkdfSha512Committing => derive_v1(dek, suite, salt),
+        Suite::Aes256GcmHkdfExpandSha512Committing => derive_v2(dek, suite, salt),
+    }
+}
+
+/// SHA-512 output length: one HKDF-Expand block.
+const BLOCK: usize = 64;
+
+/// Suite `0x0001`:
 ///
 /// ```text
 /// PRK         = HKDF-Extract-SHA-512(salt = message salt, IKM = DEK)
@@ -418,15 +465,14 @@ pub(crate) struct MessageKeys {
 /// HMAC directly, so the PRK's HMAC key schedule is computed once and shared by both expansions:
 /// 10 SHA-512 compressions per message instead of the 16 that `aws_lc_rs::hkdf` spends (it
 /// re-runs the whole HKDF for each `fill`). The output is RFC 5869 HKDF exactly: the test
-/// vectors in docs/envelope-format.md and a property test against `aws_lc_rs::hkdf` pin it.
-/// The PRK and the full expansion blocks live in zeroized buffers; AWS-LC cleanses its HMAC
+/// vectors in docs/envelope/vectors-v1.json and a property test against `aws_lc_rs::hkdf` pin
+/// it. The PRK and the full expansion blocks live in zeroized buffers; AWS-LC cleanses its HMAC
 /// contexts when they are dropped.
-pub(crate) fn derive_message_keys(
+fn derive_v1(
     dek: &SecretKey,
     suite: Suite,
     salt: &[u8; SALT_LEN],
 ) -> Result<MessageKeys, CryptoError> {
-    const BLOCK: usize = 64; // SHA-512 output
     let suite_id = suite.id().to_be_bytes();
 
     let mut prk = Zeroizing::new([0u8; BLOCK]);
@@ -457,6 +503,44 @@ pub(crate) fn derive_message_keys(
     let mut commitment = [0u8; COMMITMENT_LEN];
     expand(COMMIT_KEY_LABEL, &mut commitment)?;
 
+    Ok(MessageKeys {
+        message_key,
+        commitment,
+    })
+}
+
+/// Suite `0x0002`:
+///
+/// ```text
+/// OKM         = HKDF-Expand-SHA-512(PRK = DEK,
+///                   info = "KEYWARD-V2-MSGKEYS" || suite id (u16 BE) || message salt, L = 64)
+///             = HMAC-SHA-512(DEK, info || 0x01)
+/// message key = OKM[0..32]
+/// commitment  = OKM[32..64]
+/// ```
+fn derive_v2(
+    dek: &SecretKey,
+    suite: Suite,
+    salt: &[u8; SALT_LEN],
+) -> Result<MessageKeys, CryptoError> {
+    const LABEL_LEN: usize = MESSAGE_KEYS_LABEL.len();
+    let mut input = [0u8; LABEL_LEN + 2 + SALT_LEN + 1];
+    input[..LABEL_LEN].copy_from_slice(MESSAGE_KEYS_LABEL);
+    input[LABEL_LEN..LABEL_LEN + 2].copy_from_slice(&suite.id().to_be_bytes());
+    input[LABEL_LEN + 2..LABEL_LEN + 2 + SALT_LEN].copy_from_slice(salt);
+    input[LABEL_LEN + 2 + SALT_LEN] = 0x01;
+
+    let mut okm = Zeroizing::new([0u8; BLOCK]);
+    hmac::sign_to_buffer(
+        &hmac::Key::new(hmac::HMAC_SHA512, dek.expose_secret()),
+        &input,
+        okm.as_mut_slice(),
+    )
+    .map_err(|_| CryptoError::Kdf)?;
+    let mut message_key = SecretKey::zeroed();
+    message_key.bytes_mut().copy_from_slice(&okm[..KEY_LEN]);
+    let mut commitment = [0u8; COMMITMENT_LEN];
+    commitment.copy_from_slice(&okm[KEY_LEN..KEY_LEN + COMMITMENT_LEN]);
     Ok(MessageKeys {
         message_key,
         commitment,
@@ -498,19 +582,19 @@ mod tests {
         assert_eq!(env.len(), sealed_len(&t, 2));
         assert_eq!(&env[0..2], b"KW");
         assert_eq!(env[2], 1);
-        assert_eq!(&env[3..5], &[0x00, 0x01]);
+        assert_eq!(&env[3..5], &[0x00, 0x02]);
         assert_eq!(env[5], 4);
         assert_eq!(&env[6..10], b"acme");
         assert_eq!(&env[10..26], &[2u8; 16]);
         assert_eq!(&env[26..58], &[3u8; 32]);
-        let keys = derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &salt).unwrap();
+        let keys = derive_message_keys(&dek, Suite::SEAL, &salt).unwrap();
         assert_eq!(&env[58..90], &keys.commitment);
 
         let parsed = parse(&env).unwrap();
         let h = parsed.header();
         assert_eq!(h.version(), 1);
-        assert_eq!(h.suite(), Suite::Aes256GcmHkdfSha512Committing);
-        assert_eq!(h.suite().id(), 1);
+        assert_eq!(h.suite(), Suite::SEAL);
+        assert_eq!(h.suite().id(), 2);
         assert_eq!(h.tenant(), &t);
         assert_eq!(h.dek_id(), &id);
         assert_eq!(h.salt(), &salt);
@@ -541,7 +625,7 @@ mod tests {
             &salt,
         )
         .unwrap();
-        let keys = derive_message_keys(&dek, Suite::Aes256GcmHkdfSha512Committing, &salt).unwrap();
+        let keys = derive_message_keys(&dek, Suite::SEAL, &salt).unwrap();
         let header_len = HEADER_FIXED_LEN + 1;
         let mut aad = env[..header_len].to_vec();
         aad.extend_from_slice(&c.canonical_bytes());
@@ -664,6 +748,80 @@ mod tests {
             let (key, commitment) = reference_hkdf(&dek, suite.id(), &salt);
             prop_assert_eq!(keys.message_key.expose_secret(), &key);
             prop_assert_eq!(keys.commitment, commitment);
+        }
+    }
+
+    /// Suite 0x0002's derivation is HKDF-Expand with the DEK as PRK, as `aws_lc_rs::hkdf`
+    /// computes it (an independent implementation of RFC 5869).
+    #[test]
+    fn suite_2_derivation_is_hkdf_expand_keyed_by_the_dek() {
+        use aws_lc_rs::hkdf::{HKDF_SHA512, KeyType, Prk};
+        struct Len64;
+        impl KeyType for Len64 {
+            fn len(&self) -> usize {
+                64
+            }
+        }
+        for (dek, salt) in [([0u8; 32], [0u8; 32]), ([0xa5; 32], [0x3c; 32])] {
+            let suite = Suite::Aes256GcmHkdfExpandSha512Committing;
+            let keys = derive_message_keys(&SecretKey::from_bytes(dek), suite, &salt).unwrap();
+            let mut okm = [0u8; 64];
+            Prk::new_less_safe(HKDF_SHA512, &dek)
+                .expand(&[MESSAGE_KEYS_LABEL, &[0x00, 0x02], &salt], Len64)
+                .unwrap()
+                .fill(&mut okm)
+                .unwrap();
+            assert_eq!(keys.message_key.expose_secret(), &okm[..32]);
+            assert_eq!(&keys.commitment, &okm[32..]);
+        }
+    }
+
+    /// Envelopes sealed in suite 0x0001 (everything sealed before suite 0x0002 existed) open.
+    #[test]
+    fn suite_1_envelopes_still_open() {
+        let dek = SecretKey::from_bytes([4u8; 32]);
+        let c = ctx(&[("purpose", "old")]);
+        let env = seal_with_suite_and_salt(
+            Suite::Aes256GcmHkdfSha512Committing,
+            &dek,
+            &tenant("acme"),
+            &KeyId::from_bytes([1; 16]),
+            &c,
+            b"sealed last year",
+            &[6u8; 32],
+        )
+        .unwrap();
+        assert_eq!(&env[3..5], &[0x00, 0x01]);
+        let p = parse(&env).unwrap();
+        assert_eq!(p.header().suite(), Suite::Aes256GcmHkdfSha512Committing);
+        assert_eq!(&p.open(&dek, &c).unwrap()[..], b"sealed last year");
+    }
+
+    /// The suite id is bound into both derivations: an envelope relabelled to the other suite
+    /// fails at the commitment check, in either direction.
+    #[test]
+    fn relabelling_the_suite_fails_at_the_commitment() {
+        let dek = SecretKey::from_bytes([8u8; 32]);
+        let c = EncryptionContext::empty();
+        for (from, to) in [(1u8, 2u8), (2, 1)] {
+            let suite = Suite::from_id(u16::from(from)).unwrap();
+            let mut env = seal_with_suite_and_salt(
+                suite,
+                &dek,
+                &tenant("acme"),
+                &KeyId::from_bytes([1; 16]),
+                &c,
+                b"x",
+                &[9u8; 32],
+            )
+            .unwrap();
+            env[4] = to;
+            let p = parse(&env).unwrap();
+            assert_eq!(p.header().suite().id(), u16::from(to));
+            assert!(matches!(
+                p.open_detailed(&dek, &c),
+                Err(OpenFailure::Commitment)
+            ));
         }
     }
 

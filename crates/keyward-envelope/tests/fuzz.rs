@@ -60,7 +60,7 @@ fn model(bytes: &[u8]) -> Expected {
         return Expected::Malformed;
     }
     let suite = u16::from_be_bytes([bytes[3], bytes[4]]);
-    if suite != 1 {
+    if suite != 1 && suite != 2 {
         return Expected::Suite(suite);
     }
     let Some(&t) = bytes.get(5) else {
