@@ -27,9 +27,13 @@ pub(crate) struct Args {
     /// Concurrent client loops on every side.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Measured seconds per side (after a 0.5 s warm-up).
+    /// Measured seconds per side and round (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Rounds: every side runs once per round, in turn, and its best round is kept (noise on a
+    /// shared machine only slows a side down; alternating spreads it over all sides).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// The virtual environment with the peers (scripts/bench-peers-setup).
     #[arg(long, default_value = "target/bench-venv")]
     venv: PathBuf,
@@ -115,24 +119,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let conns = harness::channels(server.addr(), c.clamp(1, 4)).await?;
     let payload = Arc::new(vec![0x42u8; 1024]);
     let pick: harness::Pick = Arc::new(|_| ("bench".to_owned(), String::new()));
-    eprintln!("peers: Keyward, Rust client");
-    harness::round_trips(
-        &conns,
-        c,
-        Until::Elapsed(Duration::from_millis(500)),
-        payload.clone(),
-        pick.clone(),
-    )
-    .await?;
-    let keyward_rust = harness::round_trips(
-        &conns,
-        c,
-        Until::Elapsed(Duration::from_secs_f64(secs)),
-        payload,
-        pick,
-    )
-    .await?;
-    eprintln!("peers: Keyward, Python grpcio client");
     let venv = args.venv.clone();
     let mut keyward_args = vec![
         "keyward".to_owned(),
@@ -144,15 +130,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         proto_dir().display().to_string(),
     ];
     keyward_args.extend(common.clone());
-    let keyward_py = {
-        let venv = venv.clone();
-        tokio::task::spawn_blocking(move || python(&venv, &keyward_args)).await??
-    };
-    let kms_calls_keyward =
-        server.keyring().stats().kek_unwraps + server.keyring().stats().kek_generates;
-    server.stop().await?;
-
-    eprintln!("peers: AWS Encryption SDK (caching CMM)");
     let mut esdk_args = vec![
         "esdk".to_owned(),
         "--kms-endpoint".to_owned(),
@@ -161,20 +138,66 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         moto.create_symmetric_key().await,
     ];
     esdk_args.extend(common.clone());
-    let esdk = {
-        let venv = venv.clone();
-        tokio::task::spawn_blocking(move || python(&venv, &esdk_args)).await??
-    };
-    drop(moto);
-
-    eprintln!("peers: OpenBao Transit");
     let mut bao_args = vec![
         "bao".to_owned(),
         "--bao".to_owned(),
         venv.join("bin/bao").display().to_string(),
     ];
     bao_args.extend(common);
-    let bao = tokio::task::spawn_blocking(move || python(&venv, &bao_args)).await??;
+    let py = |args: Vec<String>| {
+        let venv = venv.clone();
+        tokio::task::spawn_blocking(move || python(&venv, &args))
+    };
+    let better = |best: Option<serde_json::Value>, v: serde_json::Value| match best {
+        Some(b) if rate(&b) >= rate(&v) => Some(b),
+        _ => Some(v),
+    };
+
+    let mut keyward_rust: Option<harness::Load> = None;
+    let (mut keyward_py, mut esdk, mut bao) = (None, None, None);
+    for round in 1..=args.rounds.max(1) {
+        eprintln!("peers: round {round}: Keyward, Rust client");
+        harness::round_trips(
+            &conns,
+            c,
+            Until::Elapsed(Duration::from_millis(500)),
+            payload.clone(),
+            pick.clone(),
+        )
+        .await?;
+        let load = harness::round_trips(
+            &conns,
+            c,
+            Until::Elapsed(Duration::from_secs_f64(secs)),
+            payload.clone(),
+            pick.clone(),
+        )
+        .await?;
+        if keyward_rust
+            .as_ref()
+            .is_none_or(|b| load.round_trips_per_s() > b.round_trips_per_s())
+        {
+            keyward_rust = Some(load);
+        }
+        eprintln!("peers: round {round}: Keyward, Python grpcio client");
+        keyward_py = better(keyward_py, py(keyward_args.clone()).await??);
+        // The Keyward server idles (no load, monitor only) while the peers run.
+        eprintln!("peers: round {round}: AWS Encryption SDK (caching CMM)");
+        esdk = better(esdk, py(esdk_args.clone()).await??);
+        eprintln!("peers: round {round}: OpenBao Transit");
+        bao = better(bao, py(bao_args.clone()).await??);
+    }
+    let kms_calls_keyward =
+        server.keyring().stats().kek_unwraps + server.keyring().stats().kek_generates;
+    server.stop().await?;
+    drop(moto);
+    let missing = || anyhow::anyhow!("no round ran");
+    let keyward_rust = keyward_rust.ok_or_else(missing)?;
+    let (keyward_py, esdk, bao) = (
+        keyward_py.ok_or_else(missing)?,
+        esdk.ok_or_else(missing)?,
+        bao.ok_or_else(missing)?,
+    );
 
     let rows: Vec<(&str, f64, u64, u64)> = vec![
         (
@@ -203,7 +226,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ),
     ];
     println!(
-        "Peers, same run: 1 KiB encrypt + decrypt round trips, concurrency {c}, {secs} s each, warm"
+        "Peers, same run: 1 KiB encrypt + decrypt round trips, concurrency {c}, {secs} s per side and round, best of {} alternating rounds, warm",
+        args.rounds.max(1)
     );
     println!("| system | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|");
     for (name, rps, p50, p99) in &rows {
@@ -231,7 +255,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     harness::write_json(
         &args.json,
         &serde_json::json!({
-            "concurrency": c, "seconds": secs, "payload_bytes": 1024,
+            "concurrency": c, "seconds": secs, "rounds": args.rounds.max(1), "payload_bytes": 1024,
             "keyward_rust": {"round_trips_per_s": keyward_rust.round_trips_per_s(),
                 "p50_us": keyward_rust.pct(0.5), "p99_us": keyward_rust.pct(0.99)},
             "keyward_kms_calls": kms_calls_keyward,
