@@ -613,6 +613,7 @@ fn record_to_pb(record: &Record) -> pb::AuditRecord {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use keyward_audit::AuditEvent;
