@@ -7,7 +7,7 @@
 //! offset      size  field
 //! 0           2     magic "KW" (0x4B 0x57)
 //! 2           1     format version = 0x01
-//! 3           2     suite id, u16 big-endian = 0x0001
+//! 3           2     suite id, u16 big-endian: 0x0001 or 0x0002 (sealed)
 //! 5           1     tenant id length T, 1..=64
 //! 6           T     tenant id, [a-z0-9._-], first byte [a-z0-9]
 //! 6+T         16    DEK id
