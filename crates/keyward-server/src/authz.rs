@@ -70,8 +70,20 @@ struct DenialKey {
 }
 
 /// Most decisions remembered per policy version; when full the memo starts over (a caller
-/// cycling through many purposes only falls back to evaluating every call).
-const MAX_REMEMBERED_DECISIONS: usize = 16_384;
+/// cycling through many purposes only falls back to evaluating every call). Decisions are per
+/// (principal, action, tenant, purpose, scope), so the memo must hold the working set of a
+/// service spread over every tenant the key caches hold (`cache.max_tenant_keys`, 100,000 by
+/// default) for Encrypt and Decrypt: 2¹⁸ entries of ≈ 150–250 bytes (the request is kept), so
+/// ≈ 40–65 MB when full. At 16,384 it thrashed once a service spread over more than ~8,000
+/// tenants: the Scale benchmark's spread over 100,000 tenants ran at 0.78 of one tenant's
+/// throughput, and at 0.95 with this size (docs/benchmarks.md, "Scale").
+const REMEMBERED_DECISIONS: usize = 1 << 18;
+/// [`REMEMBERED_DECISIONS`], smaller in unit tests (which fill it).
+const MAX_REMEMBERED_DECISIONS: usize = if cfg!(test) {
+    1 << 10
+} else {
+    REMEMBERED_DECISIONS
+};
 
 /// One remembered decision; the full request is kept so that a hash collision is a miss,
 /// never someone else's decision.
@@ -404,6 +416,14 @@ mod tests {
             })
             .sum();
         assert_eq!(total, n as u64);
+    }
+
+    /// Regression: a memo smaller than Encrypt + Decrypt for every cached tenant key thrashes
+    /// under a workload spread over all of them (Scale benchmark: 0.78 of one tenant).
+    #[test]
+    fn the_decision_memo_holds_encrypt_and_decrypt_for_every_cached_tenant() {
+        let tenants = crate::config::CacheConfig::default().max_tenant_keys;
+        assert!(REMEMBERED_DECISIONS as u64 >= 2 * tenants);
     }
 
     #[test]
