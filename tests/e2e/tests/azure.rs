@@ -13,7 +13,7 @@ use keyward_kms_azure::VaultKind;
 use keyward_kms_azure::test_support::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use keyward_proto::v1 as pb;
 use keyward_store::sqlite::SqliteStore;
-use support::{Server, context};
+use support::Server;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -117,31 +117,7 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
         "the registration canary unwrapped at the vault"
     );
 
-    let mut crypto = server.crypto().await;
-    let sealed = crypto
-        .encrypt(pb::EncryptRequest {
-            tenant_id: "acme".into(),
-            plaintext: b"held in a key vault".to_vec(),
-            encryption_context: context(&[("c", "1")]),
-            scope: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let decrypt = pb::DecryptRequest {
-        tenant_id: "acme".into(),
-        envelope: sealed.envelope,
-        encryption_context: context(&[("c", "1")]),
-    };
-    assert_eq!(
-        crypto
-            .decrypt(decrypt.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"held in a key vault"
-    );
+    let decrypt = support::round_trip(&server, "acme", b"held in a key vault").await;
 
     // The customer disables the key in the vault: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.

@@ -11,7 +11,7 @@ use keyward_kms_gcp::test_support::KmsDouble;
 use keyward_proto::v1 as pb;
 use keyward_store::Store as _;
 use keyward_store::sqlite::SqliteStore;
-use support::{Server, assert_status, context};
+use support::{Server, assert_status};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -107,31 +107,7 @@ async fn gcp_key_onboarding_round_trip_and_revocation() {
     assert_eq!(binding.provider(), pb::ProviderKind::GcpKms);
     assert!(kms.calls(&kek, "encrypt") >= 1 && kms.calls(&kek, "decrypt") >= 1);
 
-    let mut crypto = server.crypto().await;
-    let sealed = crypto
-        .encrypt(pb::EncryptRequest {
-            tenant_id: "acme".into(),
-            plaintext: b"held under a Cloud KMS key".to_vec(),
-            encryption_context: context(&[("c", "1")]),
-            scope: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let decrypt = pb::DecryptRequest {
-        tenant_id: "acme".into(),
-        envelope: sealed.envelope,
-        encryption_context: context(&[("c", "1")]),
-    };
-    assert_eq!(
-        crypto
-            .decrypt(decrypt.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"held under a Cloud KMS key"
-    );
+    let decrypt = support::round_trip(&server, "acme", b"held under a Cloud KMS key").await;
 
     // The customer disables the primary version: the monitor's canary is refused
     // (FAILED_PRECONDITION) within its interval and the tenant is revoked, although the cache

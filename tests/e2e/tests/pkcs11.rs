@@ -8,7 +8,7 @@ mod support;
 
 use keyward_kms_pkcs11::test_support::{KeySpec, SoftHsm, TOKEN_LABEL};
 use keyward_proto::v1 as pb;
-use support::{Server, assert_status, context};
+use support::{Server, assert_status};
 use tonic::Code;
 
 fn register(tenant: &str, uri: &str) -> pb::RegisterKeyRequest {
@@ -90,31 +90,7 @@ async fn hsm_key_onboarding_round_trip_and_revocation() {
     let binding = tenant.active_key.unwrap();
     assert_eq!(binding.provider(), pb::ProviderKind::Pkcs11);
 
-    let mut crypto = server.crypto().await;
-    let sealed = crypto
-        .encrypt(pb::EncryptRequest {
-            tenant_id: "acme".into(),
-            plaintext: b"held in an HSM".to_vec(),
-            encryption_context: context(&[("c", "1")]),
-            scope: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let decrypt = pb::DecryptRequest {
-        tenant_id: "acme".into(),
-        envelope: sealed.envelope,
-        encryption_context: context(&[("c", "1")]),
-    };
-    assert_eq!(
-        crypto
-            .decrypt(decrypt.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"held in an HSM"
-    );
+    let decrypt = support::round_trip(&server, "acme", b"held in an HSM").await;
 
     // The customer disables the key in the HSM: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.

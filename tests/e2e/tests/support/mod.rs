@@ -332,6 +332,39 @@ pub(crate) fn assert_refused_or_revoked(status: Status) {
     );
 }
 
+/// Encrypts `plaintext` for `tenant` (context `c=1`) and checks that it decrypts back; returns
+/// the Decrypt request, for checks after the key changes state.
+pub(crate) async fn round_trip(
+    server: &Server,
+    tenant: &str,
+    plaintext: &[u8],
+) -> pb::DecryptRequest {
+    let mut crypto = server.crypto().await;
+    let sealed = crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: tenant.into(),
+            plaintext: plaintext.to_vec(),
+            encryption_context: context(&[("c", "1")]),
+            scope: String::new(),
+        })
+        .await
+        .expect("Encrypt")
+        .into_inner();
+    let decrypt = pb::DecryptRequest {
+        tenant_id: tenant.into(),
+        envelope: sealed.envelope,
+        encryption_context: context(&[("c", "1")]),
+    };
+    let opened = crypto
+        .decrypt(decrypt.clone())
+        .await
+        .expect("Decrypt")
+        .into_inner()
+        .plaintext;
+    assert_eq!(opened, plaintext);
+    decrypt
+}
+
 /// After the customer disabled `tenant`'s key in its KMS: `decrypt` keeps being retried until it
 /// fails (within 10 s: the monitor's interval, far below the cache TTL), and then Decrypt and
 /// Encrypt are refused as revoked and the tenant's key reads `Revoked`.
