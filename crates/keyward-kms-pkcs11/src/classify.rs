@@ -33,8 +33,9 @@ const fn c(kind: ErrorKind, reason: &'static str, fate: SessionFate) -> Classifi
 
 /// The table.
 ///
-/// `CKR_USER_NOT_LOGGED_IN` only reaches this function after the provider's one re-login
-/// attempt failed to cure it; it is then `Refused`.
+/// `CKR_USER_NOT_LOGGED_IN` is a logout: the provider reports the call that meets it as
+/// `Refused` itself and logs in on the next call (`provider.rs`, `LoginState`); it reaches this
+/// function only when a fresh login did not cure it, and is `Refused` then too.
 pub(crate) fn classify_rv(rv: RvError, function: Function) -> Classified {
     use ErrorKind::*;
     use RvError as R;
@@ -53,7 +54,7 @@ pub(crate) fn classify_rv(rv: RvError, function: Function) -> Classified {
         ),
         R::UserNotLoggedIn => c(
             Refused,
-            "the token refused the operation as not logged in, even after a fresh login",
+            "the token refused the operation as not logged in (logged out)",
             Keep,
         ),
         R::PinIncorrect | R::PinLocked | R::PinExpired | R::PinInvalid | R::PinLenRange => c(

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use cryptoki::types::AuthPin;
 use keyward_kms::{ErrorKind, ProviderError};
+use zeroize::Zeroizing;
 
 /// How Keyward reaches one PKCS#11 token.
 ///
@@ -50,7 +50,7 @@ fn misconfigured(msg: impl Into<String>) -> ProviderError {
 
 impl Pkcs11Config {
     /// Checks the values and reads the PIN.
-    pub(crate) fn validate_and_read_pin(&self) -> Result<AuthPin, ProviderError> {
+    pub(crate) fn validate_and_read_pin(&self) -> Result<Zeroizing<String>, ProviderError> {
         if self.module_path.as_os_str().is_empty() {
             return Err(misconfigured(
                 "pkcs11.module_path is empty: give the vendor's PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so",
@@ -71,7 +71,13 @@ impl Pkcs11Config {
         if self.call_timeout_ms == 0 {
             return Err(misconfigured("pkcs11.call_timeout_ms must be positive"));
         }
-        let pin = match (&self.pin_file, &self.pin_env) {
+        self.read_pin()
+    }
+
+    /// Reads the user PIN from `pin_file` or `pin_env` (again: after the token rejected a PIN,
+    /// the provider reads its source once more before trying another login).
+    pub(crate) fn read_pin(&self) -> Result<Zeroizing<String>, ProviderError> {
+        let pin = Zeroizing::new(match (&self.pin_file, &self.pin_env) {
             (Some(path), None) => read_pin_file(path)?,
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 misconfigured(format!(
@@ -88,14 +94,13 @@ impl Pkcs11Config {
                     "pkcs11: both pin_file and pin_env are set; set exactly one",
                 ));
             }
-        };
-        let pin = zeroize::Zeroizing::new(pin);
+        });
         let trimmed = pin.strip_suffix('\n').unwrap_or(&pin);
         let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
         if trimmed.is_empty() {
             return Err(misconfigured("pkcs11: the PIN is empty"));
         }
-        Ok(AuthPin::from(trimmed.to_owned()))
+        Ok(Zeroizing::new(trimmed.to_owned()))
     }
 }
 

@@ -1,7 +1,7 @@
 //! PKCS#11 HSMs as a Keyward key-encryption-key provider.
 //!
 //! [`Pkcs11Provider`] implements [`keyward_kms::KeyProvider`] on one PKCS#11 token through the
-//! `cryptoki` crate: the KEK is a sensitive, non-extractable AES-256 secret key; wraps are
+//! `cryptoki` crate: the KEK is a private, sensitive, non-extractable AES-256 secret key; wraps are
 //! `C_Encrypt` with `CKM_AES_GCM` and the [`keyward_kms::WrapContext`] as AAD (layout in
 //! `layout.rs`), unwraps are `C_Decrypt`. Key references are [`Pkcs11KeyUri`]s
 //! (`pkcs11:token=<label>;object=<key label>` and/or `id=%xx…`). Calls run on a bounded session

@@ -1,6 +1,7 @@
 //! [`Pkcs11Provider`]: the [`KeyProvider`] on a PKCS#11 token.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,9 +36,17 @@ use crate::uri::Pkcs11KeyUri;
 ///   and [`WrapContext::aad`] as AAD, so the token itself authenticates the tenant, tenant key
 ///   and purpose. Unwraps are `C_Decrypt` with the same parameters. Layout in `layout.rs`.
 /// - A bounded pool of read-only sessions (`sessions`, default 4); every PKCS#11 call runs on
-///   `tokio::task::spawn_blocking`. The user (CKU_USER) logs in once; when the token forgot the
-///   login (C_Logout, all sessions closed, token restart) the provider logs in again once and
-///   retries the call.
+///   `tokio::task::spawn_blocking`. The user (CKU_USER) logs in once. A logout by the token
+///   (`CKR_USER_NOT_LOGGED_IN` on sessions that were logged in) is a refusal: the call that meets
+///   it is [`ErrorKind::Refused`], and the next call logs in again. Sessions lost to a device
+///   error (token restart) are logged in again silently. A PIN the token rejected is never tried
+///   twice: the PIN source is read again, and only a changed PIN is tried (see [`Login`]).
+/// - A key that no longer matches its registered reference (destroyed, or removed from the
+///   token) is [`ErrorKind::Refused`] on wrap, unwrap and describe; only
+///   [`KeyProvider::canonicalize`] (onboarding) reports a missing key as
+///   [`ErrorKind::NotFound`]. PKCS#11 cannot tell a destroyed key from one never created, and a
+///   key object can come back from a token backup, so absence is a revocation that the monitor
+///   lifts if the key returns, not the terminal `destroyed` state.
 /// - Each `CKR_*` is classified once (`classify.rs`, table in `docs/providers/pkcs11.md`); a
 ///   broken session is dropped from the pool and replaced on demand.
 #[derive(Clone)]
@@ -49,9 +58,75 @@ struct Inner {
     config: Pkcs11Config,
     ctx: Pkcs11,
     slot: Slot,
-    pin: AuthPin,
+    /// What Keyward knows of its login ([`LoginState`] as `u8`): read on every call, written
+    /// under `login`.
+    login_state: AtomicU8,
+    /// The PIN and login attempts; held while logging in, so logins never race.
+    login: Mutex<Login>,
     idle: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
+}
+
+/// The user PIN Keyward logs in with, and how many `C_Login` calls it has made.
+struct Login {
+    pin: Zeroizing<String>,
+    attempts: u64,
+}
+
+/// Keyward's view of its login to the token (PKCS#11 login state is per application and token:
+/// one `C_Logout` logs out every session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum LoginState {
+    /// Logged in: a session found not logged in means the token logged Keyward out, which is
+    /// reported once as a refusal.
+    LoggedIn = 0,
+    /// Sessions were lost to a device error (module or token restarted); a session found not
+    /// logged in is logged in again without a refusal.
+    SessionsLost = 1,
+    /// The token logged Keyward out and one call was refused for it; the next call logs in.
+    LoggedOut = 2,
+    /// The token rejected the PIN Keyward holds. No `C_Login` with that PIN again (HSMs lock a
+    /// PIN after a few wrong tries): each call reads the PIN source and tries only a new PIN.
+    PinRejected = 3,
+}
+
+impl LoginState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::LoggedIn,
+            1 => Self::SessionsLost,
+            2 => Self::LoggedOut,
+            _ => Self::PinRejected,
+        }
+    }
+}
+
+/// Whether the session can see and use private objects.
+fn logged_in(state: SessionState) -> bool {
+    matches!(state, SessionState::RoUser | SessionState::RwUser)
+}
+
+/// The PIN errors of `C_Login`.
+fn is_pin_error(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::PinIncorrect
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinLocked
+            | RvError::PinExpired
+            | RvError::UserPinNotInitialized
+    )
+}
+
+/// What a missing key means for the operation at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// Onboarding: the reference names nothing (a typo, or a key not created yet).
+    NotFound,
+    /// A registered key is gone: destroyed or removed from the token.
+    Refused,
 }
 
 impl fmt::Debug for Pkcs11Provider {
@@ -93,17 +168,19 @@ pub(crate) struct KeyAttrs {
     pub(crate) value_len: Option<u64>,
     pub(crate) sensitive: Option<bool>,
     pub(crate) extractable: Option<bool>,
+    pub(crate) private: Option<bool>,
     pub(crate) encrypt: Option<bool>,
     pub(crate) decrypt: Option<bool>,
     pub(crate) label: Vec<u8>,
     pub(crate) id: Vec<u8>,
 }
 
-const ATTRS: [AttributeType; 8] = [
+const ATTRS: [AttributeType; 9] = [
     AttributeType::KeyType,
     AttributeType::ValueLen,
     AttributeType::Sensitive,
     AttributeType::Extractable,
+    AttributeType::Private,
     AttributeType::Encrypt,
     AttributeType::Decrypt,
     AttributeType::Label,
@@ -146,19 +223,9 @@ impl Pkcs11Provider {
         let session = ctx
             .open_ro_session(slot)
             .map_err(|e| start_error(&e, "C_OpenSession", &config))?;
-        match session.login(UserType::User, Some(&pin)) {
+        match session.login(UserType::User, Some(&AuthPin::from(pin.to_string()))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e @ CkError::Pkcs11(rv, _))
-                if matches!(
-                    rv,
-                    RvError::PinIncorrect
-                        | RvError::PinInvalid
-                        | RvError::PinLenRange
-                        | RvError::PinLocked
-                        | RvError::PinExpired
-                        | RvError::UserPinNotInitialized
-                ) =>
-            {
+            Err(e @ CkError::Pkcs11(rv, _)) if is_pin_error(rv) => {
                 return Err(ProviderError::new(
                     ErrorKind::Misconfigured,
                     format!(
@@ -181,7 +248,8 @@ impl Pkcs11Provider {
                 config,
                 ctx,
                 slot,
-                pin,
+                login_state: AtomicU8::new(LoginState::LoggedIn as u8),
+                login: Mutex::new(Login { pin, attempts: 1 }),
                 idle: Mutex::new(vec![session]),
                 permits,
             }),
@@ -196,6 +264,12 @@ impl Pkcs11Provider {
     /// How many sessions are open and idle in the pool right now (for tests and metrics).
     pub fn idle_sessions(&self) -> usize {
         self.inner.lock_idle().len()
+    }
+
+    /// How many times the provider has called `C_Login`, start-up included (for tests and
+    /// metrics: a rejected PIN must not be retried).
+    pub fn login_attempts(&self) -> u64 {
+        self.inner.lock_login().attempts
     }
 
     fn parse(&self, kek: &KeyRef) -> Result<Pkcs11KeyUri, ProviderError> {
@@ -290,8 +364,7 @@ impl Inner {
         let result = match op(&session) {
             Err(Fail::NotLoggedIn)
             | Err(Fail::Ck(CkError::Pkcs11(RvError::UserNotLoggedIn, _))) => {
-                tracing::info!(token = %self.config.token_label, "PKCS#11 token forgot the login; logging in again");
-                match self.login(&session) {
+                match self.log_in_again(&session, what, key) {
                     Ok(()) => match op(&session) {
                         Err(Fail::NotLoggedIn) => Err(Fail::Done(ProviderError::new(
                             ErrorKind::Refused,
@@ -301,13 +374,17 @@ impl Inner {
                         ))),
                         other => other,
                     },
-                    Err(e) => Err(Fail::Ck(e)),
+                    Err(fail) => Err(fail),
                 }
             }
             other => other,
         };
         match result {
             Ok(v) => {
+                // Only a logged-in session sees the (private) key: the login is back.
+                if self.login_state.load(Ordering::Relaxed) != LoginState::LoggedIn as u8 {
+                    self.set_login_state(LoginState::LoggedIn);
+                }
                 self.lock_idle().push(session);
                 Ok(v)
             }
@@ -333,10 +410,75 @@ impl Inner {
         }
     }
 
-    fn login(&self, session: &Session) -> Result<(), CkError> {
-        match session.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(e) => Err(e),
+    fn lock_login(&self) -> std::sync::MutexGuard<'_, Login> {
+        // Plain data: a panic cannot leave it inconsistent.
+        self.login.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_login_state(&self, state: LoginState) {
+        self.login_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// `session` is not logged in. Decides, from what Keyward knows of its login, whether this
+    /// is a logout to report as a refusal, or a login to redo (after a reported logout or lost
+    /// sessions), and never tries a PIN the token already rejected.
+    fn log_in_again(&self, session: &Session, what: &str, key: &str) -> Result<(), Fail> {
+        let mut login = self.lock_login();
+        match LoginState::from_u8(self.login_state.load(Ordering::Relaxed)) {
+            LoginState::LoggedIn => {
+                // Another call may have logged in while this one waited for the lock.
+                if session
+                    .get_session_info()
+                    .is_ok_and(|i| logged_in(i.session_state()))
+                {
+                    return Ok(());
+                }
+                self.set_login_state(LoginState::LoggedOut);
+                tracing::warn!(
+                    token = %self.config.token_label,
+                    "the PKCS#11 token logged Keyward out: refusing this call; the next call logs in again"
+                );
+                return Err(Fail::Done(
+                    ProviderError::new(
+                        ErrorKind::Refused,
+                        format!(
+                            "{what} on {key} refused: the token '{}' logged Keyward out (CKR_USER_NOT_LOGGED_IN)",
+                            self.config.token_label
+                        ),
+                    )
+                    .with_remediation(remediation::logged_out(&self.config)),
+                ));
+            }
+            LoginState::PinRejected => {
+                let fresh = self.config.read_pin().map_err(Fail::Done)?;
+                if *fresh == *login.pin {
+                    return Err(Fail::Done(
+                        ProviderError::new(
+                            ErrorKind::Refused,
+                            format!(
+                                "{what} on {key} refused: the token '{}' rejected Keyward's user PIN, and the configured PIN has not changed since (it is not tried again: a PIN retried blindly gets locked)",
+                                self.config.token_label
+                            ),
+                        )
+                        .with_remediation(remediation::pin_rejected(&self.config)),
+                    ));
+                }
+                login.pin = fresh;
+            }
+            LoginState::SessionsLost | LoginState::LoggedOut => {}
+        }
+        login.attempts += 1;
+        match session.login(UserType::User, Some(&AuthPin::from(login.pin.to_string()))) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                tracing::info!(token = %self.config.token_label, "logged in to the PKCS#11 token again");
+                self.set_login_state(LoginState::LoggedIn);
+                Ok(())
+            }
+            Err(e @ CkError::Pkcs11(rv, _)) if is_pin_error(rv) => {
+                self.set_login_state(LoginState::PinRejected);
+                Err(Fail::Ck(e))
+            }
+            Err(e) => Err(Fail::Ck(e)),
         }
     }
 
@@ -345,6 +487,10 @@ impl Inner {
     /// the module may have reused would close someone else's session.
     fn reset(&self, broken: Session) {
         std::mem::forget(broken);
+        // The token may have lost the login with the sessions: that is not a logout.
+        if self.login_state.load(Ordering::Relaxed) == LoginState::LoggedIn as u8 {
+            self.set_login_state(LoginState::SessionsLost);
+        }
         let mut idle = self.lock_idle();
         let before = idle.len();
         let sessions: Vec<Session> = idle.drain(..).collect();
@@ -453,8 +599,8 @@ fn find_token(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<Slot, ProviderError
     }
 }
 
-/// Finds the one secret key the URI names.
-fn find_key(session: &Session, uri: &Pkcs11KeyUri) -> Result<ObjectHandle, Fail> {
+/// Finds the one secret key the URI names; `absent` says what a missing key is.
+fn find_key(session: &Session, uri: &Pkcs11KeyUri, absent: Absent) -> Result<ObjectHandle, Fail> {
     let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
     if let Some(label) = &uri.object {
         template.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -467,19 +613,23 @@ fn find_key(session: &Session, uri: &Pkcs11KeyUri) -> Result<ObjectHandle, Fail>
         [h] => Ok(*h),
         [] => {
             // A session that is not logged in sees no private objects: that is not "missing".
-            let state = session.get_session_info()?.session_state();
-            if !matches!(state, SessionState::RoUser | SessionState::RwUser) {
+            if !logged_in(session.get_session_info()?.session_state()) {
                 return Err(Fail::NotLoggedIn);
             }
-            Err(Fail::Done(
-                ProviderError::new(
+            Err(Fail::Done(match absent {
+                Absent::NotFound => ProviderError::new(
                     ErrorKind::NotFound,
-                    format!(
-                        "no secret key matches {uri} on the token (never created, or destroyed)"
-                    ),
+                    format!("no secret key matches {uri} on the token (never created, or destroyed)"),
                 )
                 .with_remediation(remediation::create_key(uri)),
-            ))
+                Absent::Refused => ProviderError::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "no secret key matches {uri} on the token any more: the key was destroyed or removed (PKCS#11 cannot tell which); nothing wrapped under it can be unwrapped"
+                    ),
+                )
+                .with_remediation(remediation::key_gone(uri)),
+            }))
         }
         many => Err(Fail::Done(
             ProviderError::new(
@@ -505,6 +655,7 @@ fn read_attrs(session: &Session, handle: ObjectHandle) -> Result<KeyAttrs, Fail>
             Attribute::ValueLen(n) => a.value_len = Some(u64::from(n)),
             Attribute::Sensitive(b) => a.sensitive = Some(b),
             Attribute::Extractable(b) => a.extractable = Some(b),
+            Attribute::Private(b) => a.private = Some(b),
             Attribute::Encrypt(b) => a.encrypt = Some(b),
             Attribute::Decrypt(b) => a.decrypt = Some(b),
             Attribute::Label(l) => a.label = l,
@@ -515,7 +666,7 @@ fn read_attrs(session: &Session, handle: ObjectHandle) -> Result<KeyAttrs, Fail>
     Ok(a)
 }
 
-/// Checks that the key is a sensitive, non-extractable AES-256 key (onboarding rules).
+/// Checks that the key is a private, sensitive, non-extractable AES-256 key (onboarding rules).
 fn check_protected(a: &KeyAttrs, uri: &Pkcs11KeyUri) -> Result<(), ProviderError> {
     if a.key_type != Some(KeyType::AES) || a.value_len != Some(KEY_LEN as u64) {
         return Err(ProviderError::new(
@@ -539,6 +690,16 @@ fn check_protected(a: &KeyAttrs, uri: &Pkcs11KeyUri) -> Result<(), ProviderError
             ),
         )
         .with_remediation(remediation::not_protected(uri)));
+    }
+    if a.private != Some(true) {
+        return Err(ProviderError::new(
+            ErrorKind::Misconfigured,
+            format!(
+                "{uri} is a public object (CKA_PRIVATE={}): any application that can open a session on the token can use it without the PIN; a Keyward KEK must be CKA_PRIVATE=true",
+                show(a.private)
+            ),
+        )
+        .with_remediation(remediation::create_key(uri)));
     }
     Ok(())
 }
@@ -592,6 +753,7 @@ impl KeyProvider for Pkcs11Provider {
         let mut c = Capabilities::default();
         c.reports_key_state = true;
         c.production_grade = true;
+        c.missing_keys_refused = true;
         c
     }
 
@@ -607,7 +769,7 @@ impl KeyProvider for Pkcs11Provider {
         let u = uri.clone();
         let bytes = self
             .run("wrap (C_Encrypt, CKM_AES_GCM)", &uri, move |s| {
-                let handle = find_key(s, &u)?;
+                let handle = find_key(s, &u, Absent::Refused)?;
                 let attrs = read_attrs(s, handle)?;
                 check_protected(&attrs, &u)?;
                 // A wrap that could never be unwrapped is refused like a disabled key.
@@ -645,7 +807,7 @@ impl KeyProvider for Pkcs11Provider {
         let bytes = wrapped.as_bytes().to_vec();
         let u = uri.clone();
         self.run("unwrap (C_Decrypt, CKM_AES_GCM)", &uri, move |s| {
-            let handle = find_key(s, &u)?;
+            let handle = find_key(s, &u, Absent::Refused)?;
             let attrs = read_attrs(s, handle)?;
             check_protected(&attrs, &u)?;
             if attrs.decrypt != Some(true) {
@@ -676,7 +838,7 @@ impl KeyProvider for Pkcs11Provider {
         let uri = self.parse(kek)?;
         let u = uri.clone();
         self.run("describe (C_GetAttributeValue)", &uri, move |s| {
-            let handle = find_key(s, &u)?;
+            let handle = find_key(s, &u, Absent::Refused)?;
             let attrs = read_attrs(s, handle)?;
             check_protected(&attrs, &u)?;
             Ok(status_of(&attrs))
@@ -693,7 +855,7 @@ impl KeyProvider for Pkcs11Provider {
         let u = uri.clone();
         let token = self.inner.config.token_label.clone();
         self.run("canonicalize (C_FindObjects)", &uri, move |s| {
-            let handle = find_key(s, &u)?;
+            let handle = find_key(s, &u, Absent::NotFound)?;
             let attrs = read_attrs(s, handle)?;
             check_protected(&attrs, &u)?;
             let canonical = Pkcs11KeyUri {

@@ -70,6 +70,38 @@ pub(crate) fn reenable(uri: &Pkcs11KeyUri) -> String {
     )
 }
 
+/// For a registered key that is no longer on the token.
+pub(crate) fn key_gone(uri: &Pkcs11KeyUri) -> String {
+    format!(
+        "Keyward treats a missing KEK as a revocation. If {uri} was destroyed on purpose, this is \
+         crypto-shredding and nothing is needed. If not, restore the key object (same CKA_ID and \
+         CKA_LABEL) from the token's backup: the revocation monitor restores the tenants once the \
+         key unwraps again."
+    )
+}
+
+/// For a logout by the token.
+pub(crate) fn logged_out(config: &Pkcs11Config) -> String {
+    format!(
+        "A logout of token '{}' is registered as a revocation of the tenants whose calls met it, \
+         and Keyward logs in again on its next call (the revocation monitor then restores them). \
+         To withdraw Keyward's access for good, change the token's user PIN, or disable \
+         (CKA_DECRYPT=false) or destroy the KEK.",
+        config.token_label
+    )
+}
+
+/// For a user PIN the token rejected.
+pub(crate) fn pin_rejected(config: &Pkcs11Config) -> String {
+    format!(
+        "The token '{}' no longer accepts Keyward's user PIN. If the PIN was changed on purpose, \
+         this is a revocation. Otherwise put the current user PIN in the configured \
+         pin_file/pin_env: Keyward reads it again on its next call and tries a changed PIN once \
+         (no restart needed); it never retries a PIN the token rejected.",
+        config.token_label
+    )
+}
+
 /// For a failed call, when there is something specific to say.
 pub(crate) fn for_error(e: &CkError, config: &Pkcs11Config, key: &str) -> Option<String> {
     let CkError::Pkcs11(rv, _) = e else {
@@ -80,12 +112,7 @@ pub(crate) fn for_error(e: &CkError, config: &Pkcs11Config, key: &str) -> Option
             "The token does not permit this use of {key} (CKA_ENCRYPT/CKA_DECRYPT false). If that \
              was not meant as a revocation, set both attributes back to true."
         ),
-        RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired => format!(
-            "The token '{}' no longer accepts Keyward's user PIN. If the PIN was changed on \
-             purpose, this is a revocation; otherwise put the current user PIN in the configured \
-             pin_file/pin_env and restart Keyward.",
-            config.token_label
-        ),
+        RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired => pin_rejected(config),
         RvError::MechanismInvalid | RvError::MechanismParamInvalid => format!(
             "Keyward needs CKM_AES_GCM for C_Encrypt/C_Decrypt with a 12-byte IV and a 128-bit \
              tag; check `pkcs11-tool --module {} --token-label '{}' --list-mechanisms` lists \

@@ -61,16 +61,19 @@ pub struct KeySpec {
     pub sensitive: bool,
     /// CKA_EXTRACTABLE.
     pub extractable: bool,
+    /// CKA_PRIVATE (a public key object is usable without logging in).
+    pub private: bool,
     /// CKA_VALUE_LEN in bytes (32 for a correct KEK).
     pub len: u64,
 }
 
 impl Default for KeySpec {
-    /// A correct KEK: sensitive, not extractable, 32 bytes.
+    /// A correct KEK: private, sensitive, not extractable, 32 bytes.
     fn default() -> Self {
         Self {
             sensitive: true,
             extractable: false,
+            private: true,
             len: 32,
         }
     }
@@ -83,6 +86,8 @@ pub struct SoftHsm {
     module: PathBuf,
     ctx: Pkcs11,
     slot: Slot,
+    /// The token's current user PIN ([`USER_PIN`] until [`SoftHsm::change_pin`]).
+    pin: std::sync::Mutex<String>,
 }
 
 /// The module to load: `$KEYWARD_PKCS11_MODULE` or [`DEFAULT_MODULE`]; panics if it is missing.
@@ -184,6 +189,7 @@ impl SoftHsm {
             module,
             ctx,
             slot,
+            pin: std::sync::Mutex::new(USER_PIN.to_owned()),
         }
     }
 
@@ -225,7 +231,8 @@ impl SoftHsm {
     /// An admin session, logged in as the user.
     fn session(&self) -> Session {
         let s = self.ctx.open_rw_session(self.slot).unwrap();
-        match s.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
+        let pin = self.pin.lock().unwrap().clone();
+        match s.login(UserType::User, Some(&AuthPin::from(pin))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(e) => panic!("login to the test token failed: {e}"),
         }
@@ -246,7 +253,7 @@ impl SoftHsm {
             Attribute::KeyType(KeyType::AES),
             Attribute::ValueLen(spec.len.into()),
             Attribute::Token(true),
-            Attribute::Private(true),
+            Attribute::Private(spec.private),
             Attribute::Sensitive(spec.sensitive),
             Attribute::Extractable(spec.extractable),
             Attribute::Encrypt(true),
@@ -302,6 +309,21 @@ impl SoftHsm {
     pub fn logout(&self) {
         let s = self.session();
         s.logout().unwrap();
+    }
+
+    /// C_SetPIN: changes the token's user PIN, as a customer withdrawing Keyward's access would
+    /// (the pin file keeps the old one until [`SoftHsm::write_pin_file`]).
+    pub fn change_pin(&self, new: &str) {
+        let s = self.session();
+        let mut pin = self.pin.lock().unwrap();
+        s.set_pin(&AuthPin::from(pin.clone()), &AuthPin::from(new.to_owned()))
+            .unwrap();
+        *pin = new.to_owned();
+    }
+
+    /// Writes `pin` to the provider's pin file (mode 0600).
+    pub fn write_pin_file(&self, pin: &str) {
+        write_pin_file(&self.dir.join("pin"), pin);
     }
 
     /// C_Finalize then C_Initialize: every open session handle of this process (the

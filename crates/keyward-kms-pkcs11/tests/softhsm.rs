@@ -52,22 +52,30 @@ async fn wrapped_key_layout_is_version_iv_ciphertext_tag() {
     assert_eq!(p.kind(), ProviderKind::Pkcs11);
 }
 
+/// Destroying the key object (crypto-shredding) is a refusal on wrap, unwrap and describe: a
+/// revocation, not the terminal `destroyed` state, since PKCS#11 cannot tell a destroyed key
+/// from a removed one and a key object can come back from a token backup. Onboarding the same
+/// reference is `NotFound`.
 #[tokio::test]
-async fn destroyed_key_is_not_found() {
-    let Some(hsm) = SoftHsm::isolate("destroyed_key_is_not_found") else {
+async fn destroyed_key_is_refused() {
+    let Some(hsm) = SoftHsm::isolate("destroyed_key_is_refused") else {
         return;
     };
     let p = hsm.provider().await;
-    let kek = hsm.create_key("kek");
+    let kek = p.canonicalize(&hsm.create_key("kek")).await.unwrap();
     let c = ctx();
     let w = p.wrap(&kek, &key(), &c).await.unwrap();
     hsm.destroy_key(&kek);
     let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(e.message().contains("destroyed"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.is_revocation_signal());
+    assert!(e.message().contains("destroyed or removed"), "{e}");
+    assert!(e.remediation().unwrap().contains("backup"), "{e:?}");
     let e = p.wrap(&kek, &key(), &c).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
     let e = p.describe(&kek).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    let e = p.canonicalize(&kek).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.remediation().unwrap().contains("pkcs11-tool"), "{e:?}");
 }
@@ -95,11 +103,12 @@ async fn disabled_key_is_refused_with_remediation_and_described_disabled() {
     p.unwrap(&kek, &w, &c).await.unwrap();
 }
 
-/// C_Logout (which logs every session of the application out of the token) is not a
-/// revocation: the provider logs in again with its PIN and the call succeeds.
+/// C_Logout (which logs every session of the application out of the token) registers as a
+/// refusal: the call that meets it is `Refused`. The provider then logs in again on the next
+/// call (it holds the PIN; a customer withdrawing access for good changes the PIN, below).
 #[tokio::test]
-async fn logout_is_recovered_by_relogin() {
-    let Some(hsm) = SoftHsm::isolate("logout_is_recovered_by_relogin") else {
+async fn logout_is_refused_then_logged_in_again() {
+    let Some(hsm) = SoftHsm::isolate("logout_is_refused_then_logged_in_again") else {
         return;
     };
     let p = hsm.provider().await;
@@ -107,15 +116,88 @@ async fn logout_is_recovered_by_relogin() {
     let c = ctx();
     let k = key();
     let w = p.wrap(&kek, &k, &c).await.unwrap();
+    let mut logins = 1;
+    assert_eq!(p.login_attempts(), logins);
     for _ in 0..2 {
         hsm.logout();
+        let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        assert!(e.is_revocation_signal());
+        assert!(e.message().contains("logged Keyward out"), "{e}");
+        assert!(
+            e.remediation()
+                .unwrap()
+                .contains("change the token's user PIN")
+        );
+        assert_eq!(
+            p.login_attempts(),
+            logins,
+            "the refused call does not log in"
+        );
         let back = p.unwrap(&kek, &w, &c).await.unwrap();
         assert_eq!(back.expose_secret(), k.expose_secret());
+        logins += 1;
+        assert_eq!(p.login_attempts(), logins);
+        // describe and wrap meet a logout the same way.
         hsm.logout();
-        p.wrap(&kek, &k, &c).await.unwrap();
-        hsm.logout();
+        let e = p.describe(&kek).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
         assert_eq!(p.describe(&kek).await.unwrap().state, KeyState::Enabled);
+        hsm.logout();
+        let e = p.wrap(&kek, &k, &c).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        p.wrap(&kek, &k, &c).await.unwrap();
+        logins += 2;
+        assert_eq!(p.login_attempts(), logins);
     }
+}
+
+/// The customer changes the user PIN and logs the token out: every call is refused. The
+/// rejected PIN is tried once, never again (an HSM locks a PIN after a few wrong tries), until
+/// the pin file holds a new PIN, which is tried on the next call without a restart.
+#[tokio::test]
+async fn a_changed_pin_is_refused_and_never_retried() {
+    let Some(hsm) = SoftHsm::isolate("a_changed_pin_is_refused_and_never_retried") else {
+        return;
+    };
+    let p = hsm.provider().await;
+    let kek = hsm.create_key("kek");
+    let c = ctx();
+    let k = key();
+    let w = p.wrap(&kek, &k, &c).await.unwrap();
+    hsm.change_pin("new-user-pin");
+    hsm.logout();
+    // The logout itself, then the one login with the old PIN.
+    let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.to_string().contains("PinIncorrect"), "{e}");
+    assert_eq!(p.login_attempts(), 2);
+    for _ in 0..5 {
+        let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        assert!(e.message().contains("has not changed"), "{e}");
+        assert!(
+            e.remediation().unwrap().contains("no restart needed"),
+            "{e:?}"
+        );
+        let e = p.describe(&kek).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    }
+    assert_eq!(p.login_attempts(), 2, "a rejected PIN is not tried again");
+    // A wrong new PIN in the file is tried once, then not again either.
+    hsm.write_pin_file("still-wrong");
+    for _ in 0..3 {
+        let e = p.unwrap(&kek, &w, &c).await.map(drop).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    }
+    assert_eq!(p.login_attempts(), 3);
+    // The operator puts the current PIN in the file: the next call logs in with it.
+    hsm.write_pin_file("new-user-pin");
+    let back = p.unwrap(&kek, &w, &c).await.unwrap();
+    assert_eq!(back.expose_secret(), k.expose_secret());
+    assert_eq!(p.login_attempts(), 4);
 }
 
 /// All session handles become invalid (module finalised and re-initialised, as after an HSM
@@ -153,9 +235,9 @@ async fn closed_sessions_are_reset_and_the_next_call_succeeds() {
 }
 
 #[tokio::test]
-async fn extractable_or_non_sensitive_keys_are_rejected_at_onboarding() {
+async fn extractable_public_or_non_sensitive_keys_are_rejected_at_onboarding() {
     let Some(hsm) =
-        SoftHsm::isolate("extractable_or_non_sensitive_keys_are_rejected_at_onboarding")
+        SoftHsm::isolate("extractable_public_or_non_sensitive_keys_are_rejected_at_onboarding")
     else {
         return;
     };
@@ -174,6 +256,13 @@ async fn extractable_or_non_sensitive_keys_are_rejected_at_onboarding() {
             ..KeySpec::default()
         },
     );
+    let public = hsm.create_key_with(
+        "public",
+        KeySpec {
+            private: false,
+            ..KeySpec::default()
+        },
+    );
     let aes128 = hsm.create_key_with(
         "aes-128",
         KeySpec {
@@ -184,6 +273,7 @@ async fn extractable_or_non_sensitive_keys_are_rejected_at_onboarding() {
     for (kek, what) in [
         (&extractable, "CKA_EXTRACTABLE=true"),
         (&not_sensitive, "CKA_SENSITIVE=false"),
+        (&public, "CKA_PRIVATE=false"),
     ] {
         let e = p.canonicalize(kek).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Misconfigured, "{e}");

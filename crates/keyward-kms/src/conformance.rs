@@ -6,7 +6,8 @@
 //!
 //! The checks pin the behaviour the server relies on: round trips, binding of the
 //! [`WrapContext`], tamper detection, and above all the error kinds that drive revocation
-//! (`Refused` for a disabled key, `NotFound` for a missing one).
+//! (`Refused` for a disabled key, `NotFound` for a missing one, or `Refused` where the provider
+//! declares `missing_keys_refused`).
 #![allow(
     clippy::panic,
     clippy::unwrap_used,
@@ -220,14 +221,24 @@ pub async fn check_tampered_wrapped_key(h: &dyn Harness) {
 }
 
 /// A key that does not exist is `NotFound` on wrap, unwrap and describe (not `Refused`: a typo
-/// in a key reference must not look like a revocation).
+/// in a key reference must not look like a revocation). A provider with
+/// [`crate::Capabilities::missing_keys_refused`] reports it `NotFound` from `canonicalize`
+/// (onboarding, where the typo is caught) and `Refused` from wrap, unwrap and describe (a
+/// registered key that is gone).
 pub async fn check_missing_key(h: &dyn Harness) {
     const CHECK: &str = "missing_key";
     let (p, missing) = (h.provider(), h.missing_key());
     let ctx = context(TENANT_A, Purpose::TenantKey);
+    let expected = if p.capabilities().missing_keys_refused {
+        let e = err(CHECK, "canonicalize", p.canonicalize(&missing).await);
+        expect_kind(CHECK, "canonicalize", &e, &[ErrorKind::NotFound]);
+        ErrorKind::Refused
+    } else {
+        ErrorKind::NotFound
+    };
 
     let e = err(CHECK, "wrap", p.wrap(&missing, &new_key(), &ctx).await);
-    expect_kind(CHECK, "wrap", &e, &[ErrorKind::NotFound]);
+    expect_kind(CHECK, "wrap", &e, &[expected]);
 
     let wrapped = ok(
         CHECK,
@@ -235,10 +246,10 @@ pub async fn check_missing_key(h: &dyn Harness) {
         p.wrap(&h.usable_key(), &new_key(), &ctx).await,
     );
     let e = err(CHECK, "unwrap", p.unwrap(&missing, &wrapped, &ctx).await);
-    expect_kind(CHECK, "unwrap", &e, &[ErrorKind::NotFound]);
+    expect_kind(CHECK, "unwrap", &e, &[expected]);
 
     let e = err(CHECK, "describe", p.describe(&missing).await);
-    expect_kind(CHECK, "describe", &e, &[ErrorKind::NotFound]);
+    expect_kind(CHECK, "describe", &e, &[expected]);
 }
 
 /// describe on a usable key reports `Enabled`.

@@ -214,6 +214,13 @@ pub struct Capabilities {
     /// Fit for production. Only `false` for the local development provider; the server refuses
     /// or warns loudly when a non-production provider is configured.
     pub production_grade: bool,
+    /// A key the KMS does not have is [`ErrorKind::Refused`] on wrap, unwrap and describe, and
+    /// [`ErrorKind::NotFound`] only from [`KeyProvider::canonicalize`] (onboarding, where a typo
+    /// must read as "not found"). For KMSs that cannot tell a destroyed key from a removed or
+    /// never-created one, and whose keys can come back (an HSM key object restored from the
+    /// token's backup): the server's `NotFound` on a registered key is the terminal `destroyed`
+    /// state, `Refused` a revocation the monitor lifts if the key returns. PKCS#11 sets this.
+    pub missing_keys_refused: bool,
 }
 
 /// One KMS or HSM, seen through the only operations Keyward needs from it.

@@ -1,6 +1,6 @@
 //! A customer key in a PKCS#11 HSM (the real SoftHSM2) through the real binary: onboarding
-//! validation, round trips, and revocation by disabling the key in the HSM, noticed by the
-//! key-state monitor within its interval. Runs in a child process with a private token
+//! validation, round trips, and revocation by disabling or destroying the key in the HSM,
+//! noticed by the key-state monitor within its interval. Runs in a child process with a private token
 //! (`SoftHsm::isolate`), whose SOFTHSM2_CONF the server is given too.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
@@ -94,6 +94,28 @@ async fn hsm_key_onboarding_round_trip_and_revocation() {
 
     // The customer disables the key in the HSM: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.
-    hsm.disable_key(&keyward_kms_pkcs11::test_support::SoftHsm::key_ref("kek"));
+    hsm.disable_key(&SoftHsm::key_ref("kek"));
+    support::assert_revoked_after_disable(&server, decrypt).await;
+
+    // Another tenant's key object is destroyed (crypto-shredding): refused and revoked the same
+    // way within the monitor's interval (PKCS#11 cannot tell destroyed from removed, and a key
+    // object can come back from a token backup, so this is `revoked`, not `destroyed`).
+    hsm.create_key("kek-2");
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: "globex".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap();
+    tenants
+        .register_key(register(
+            "globex",
+            &format!("pkcs11:token={TOKEN_LABEL};object=kek-2"),
+        ))
+        .await
+        .unwrap();
+    let decrypt = support::round_trip(&server, "globex", b"shredded soon").await;
+    hsm.destroy_key(&SoftHsm::key_ref("kek-2"));
     support::assert_revoked_after_disable(&server, decrypt).await;
 }
