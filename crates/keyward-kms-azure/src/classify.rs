@@ -14,6 +14,7 @@ pub(crate) enum Op {
     Wrap,
     Unwrap,
     Get,
+    GetDeleted,
 }
 
 impl Op {
@@ -22,6 +23,7 @@ impl Op {
             Op::Wrap => "wrapKey",
             Op::Unwrap => "unwrapKey",
             Op::Get => "get key",
+            Op::GetDeleted => "get deleted key",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
-use azure_core::time::OffsetDateTime;
+use azure_core::time::{OffsetDateTime, to_rfc3339};
 use azure_security_keyvault_keys::models::{
     EncryptionAlgorithm, Key, KeyClientGetKeyOptions, KeyClientWrapKeyOptions,
     KeyOperationParameters, KeyType,
@@ -198,6 +198,53 @@ impl AzureKeyVaultProvider {
         key_info(key, k, OffsetDateTime::now_utc())
     }
 
+    /// [`Self::get`] for a registered key (wrap, unwrap, describe). A key the vault no longer has
+    /// is looked up among its deleted keys, so that a soft-deleted key, which the customer can
+    /// still recover, is a revocation (`Refused`, lifted by the monitor after a recovery) and
+    /// only a purged one is `NotFound` (the terminal `destroyed`). When the vault does not say
+    /// (the identity may not read deleted keys, or the call fails), the key is taken as deleted
+    /// and recoverable: nothing is recorded as destroyed without the vault saying so.
+    async fn get_registered(&self, key: &AzureKeyId) -> Result<KeyInfo, ProviderError> {
+        let not_found = match self.get(key).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => e,
+            other => return other,
+        };
+        let client = self.client(key)?;
+        let deleted = self
+            .timed(Op::GetDeleted, key, async {
+                client.get_deleted_key(key.name(), None).await?.into_model()
+            })
+            .await;
+        Err(match deleted {
+            Ok(d) => ProviderError::new(
+                ErrorKind::Refused,
+                format!(
+                    "{key} was deleted{}; it can be recovered until {}",
+                    d.deleted_date
+                        .map_or_else(String::new, |t| format!(" at {}", to_rfc3339(&t))),
+                    d.scheduled_purge_date
+                        .map_or_else(|| "it is purged".to_owned(), |t| to_rfc3339(&t))
+                ),
+            )
+            .with_remediation(remediation::recover(key)),
+            Err(e) if e.kind() == ErrorKind::NotFound => ProviderError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{key} does not exist and is not among the vault's deleted keys: purged ({})",
+                    not_found.message()
+                ),
+            ),
+            Err(e) => ProviderError::new(
+                ErrorKind::Refused,
+                format!(
+                    "{key} is no longer in the vault: deleted, and whether it can still be recovered is unknown ({})",
+                    e.message()
+                ),
+            )
+            .with_remediation(remediation::recover(key)),
+        })
+    }
+
     fn refused_by_state(&self, key: &AzureKeyId, what: &str, status: &KeyStatus) -> ProviderError {
         ProviderError::new(
             ErrorKind::Refused,
@@ -332,7 +379,7 @@ impl KeyProvider for AzureKeyVaultProvider {
         ctx: &WrapContext,
     ) -> Result<WrappedKey, ProviderError> {
         let id = self.parse(kek)?;
-        let info = self.get(&id).await?;
+        let info = self.get_registered(&id).await?;
         if info.status.state != KeyState::Enabled {
             return Err(self.refused_by_state(&id, "wrap", &info.status));
         }
@@ -401,7 +448,7 @@ impl KeyProvider for AzureKeyVaultProvider {
         });
         // The key's state is read in parallel: Key Vault unwraps with an expired or
         // not-yet-valid key, Keyward does not.
-        let (info, result) = tokio::join!(self.get(&id), unwrap_call);
+        let (info, result) = tokio::join!(self.get_registered(&id), unwrap_call);
         let info = info?;
         let intermediate = Zeroizing::new(match result {
             Ok(r) => r.result.unwrap_or_default(),
@@ -441,7 +488,7 @@ impl KeyProvider for AzureKeyVaultProvider {
 
     async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
         let id = self.parse(kek)?;
-        Ok(self.get(&id).await?.status)
+        Ok(self.get_registered(&id).await?.status)
     }
 
     /// The key id with a lower-cased host, after checking that the key exists and can wrap

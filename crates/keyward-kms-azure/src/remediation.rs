@@ -85,6 +85,21 @@ pub fn reenable(key: &AzureKeyId) -> String {
     )
 }
 
+/// For a deleted (soft-deleted) key.
+pub fn recover(key: &AzureKeyId) -> String {
+    let target = match key.kind() {
+        VaultKind::KeyVault => format!("--vault-name {}", key.vault_name()),
+        VaultKind::ManagedHsm => format!("--hsm-name {}", key.vault_name()),
+    };
+    format!(
+        "Keyward treats a deleted key as revoked. If the deletion was not meant as a revocation, \
+         recover the key before its purge date: az keyvault key recover {target} --name {name} \
+         (the revocation monitor restores the tenants once it unwraps again). Once the key is \
+         purged, everything wrapped under it is unreadable for good.",
+        name = key.name(),
+    )
+}
+
 fn credentials() -> String {
     "Check Keyward's [azure.credential] settings: the tenant id, the client (application) id, \
      and that the client secret (or the federated credential of the workload identity) is current \

@@ -7,8 +7,9 @@
 //! - `POST /{tenant}/oauth2/v2.0/token` on `login.keyward-test.invalid` — the OAuth 2.0 client
 //!   credentials grant (`client_secret`, or `client_assertion` for workload identity), for the
 //!   scope `https://vault.azure.net/.default` (`https://managedhsm.azure.net/.default`);
-//! - `GET /keys/{name}[/{version}]`, `POST /keys/{name}/{version}/wrapkey` and
-//!   `POST /keys/{name}/{version}/unwrapkey` (each with `api-version`) on
+//! - `GET /keys/{name}[/{version}]`, `POST /keys/{name}/{version}/wrapkey`,
+//!   `POST /keys/{name}/{version}/unwrapkey` and `GET /deletedkeys/{name}` (each with
+//!   `api-version`) on
 //!   `kwtest.vault.azure.net` (or `kwtest.managedhsm.azure.net`).
 //!
 //! Like Key Vault, it answers a request without a valid bearer token with `401` and
@@ -18,9 +19,11 @@
 //! The cryptography is real (aws-lc-rs): RSA-OAEP-256 with 2048-bit keys, AES-256 key wrap
 //! (RFC 3394) on Managed HSM AES keys; a wrong ciphertext fails to unwrap with `400
 //! BadParameter`. Key states: enabled/disabled per version, `exp`/`nbf` (wrap refused outside the
-//! window, unwrap still allowed — Key Vault's documented behaviour), deletion (`404
-//! KeyNotFound`), a per-key deny switch (`403 Forbidden`/`ForbiddenByRbac`, as a removed role
-//! assignment), injected failures (e.g. `429`, `503`), added latency, and call counting.
+//! window, unwrap still allowed — Key Vault's documented behaviour), soft deletion (`404
+//! KeyNotFound`, then listed under `/deletedkeys` until purged or recovered), a per-key deny
+//! switch (`403 Forbidden`/`ForbiddenByRbac`, as a removed role assignment), a switch that
+//! forbids reading deleted keys, injected failures (e.g. `429`, `503`), added latency, and call
+//! counting.
 //!
 //! The client reaches the double through the provider's ordinary configuration: `resolve` maps
 //! both host names to the double's 127.0.0.1 port (so the SDK's check that the challenge resource
@@ -85,6 +88,8 @@ pub enum Call {
     WrapKey,
     /// `POST …/unwrapkey`.
     UnwrapKey,
+    /// `GET /deletedkeys/…`.
+    GetDeletedKey,
 }
 
 enum Material {
@@ -109,7 +114,8 @@ struct Version {
 #[derive(Default)]
 struct DoubleKey {
     versions: Vec<Version>,
-    deleted: bool,
+    /// When the key was (soft-)deleted, seconds since the epoch.
+    deleted: Option<i64>,
     denied: bool,
 }
 
@@ -119,6 +125,8 @@ struct State {
     tokens: HashSet<String>,
     calls: HashMap<Call, u64>,
     inject: VecDeque<(u16, String)>,
+    /// `GET /deletedkeys/…` answers `403 ForbiddenByRbac` (a role without deletedKeys/read).
+    deleted_keys_forbidden: bool,
     latency: Duration,
     secret: String,
     federated_token: String,
@@ -340,7 +348,7 @@ impl KeyVaultDouble {
     fn add_version(&self, name: &str, material: Material) -> KeyRef {
         let mut st = self.shared.lock();
         let key = st.keys.entry(name.to_owned()).or_default();
-        key.deleted = false;
+        key.deleted = None;
         key.versions.push(Version {
             id: random_hex(16),
             material,
@@ -398,11 +406,34 @@ impl KeyVaultDouble {
         self.with_latest(name, |v| v.nbf = nbf);
     }
 
-    /// Deletes the key (all versions), like `az keyvault key delete`.
+    /// Deletes the key (all versions), like `az keyvault key delete` on a vault with soft-delete
+    /// (every vault now): `GET /keys/{name}` is `404 KeyNotFound`, `GET /deletedkeys/{name}`
+    /// shows it until [`KeyVaultDouble::purge`], and [`KeyVaultDouble::recover`] brings it back.
     pub fn delete(&self, name: &str) {
         if let Some(k) = self.shared.lock().keys.get_mut(name) {
-            k.deleted = true;
+            k.deleted = Some(now());
         }
+    }
+
+    /// Recovers a deleted key, like `az keyvault key recover`.
+    pub fn recover(&self, name: &str) {
+        if let Some(k) = self.shared.lock().keys.get_mut(name) {
+            k.deleted = None;
+        }
+    }
+
+    /// Purges a deleted key for good, like `az keyvault key purge`.
+    pub fn purge(&self, name: &str) {
+        let mut st = self.shared.lock();
+        if st.keys.get(name).is_some_and(|k| k.deleted.is_some()) {
+            st.keys.remove(name);
+        }
+    }
+
+    /// Makes `GET /deletedkeys/…` answer `403 ForbiddenByRbac` (or not), as for an identity
+    /// whose role lacks `Microsoft.KeyVault/vaults/deletedKeys/read`.
+    pub fn forbid_deleted_key_reads(&self, forbidden: bool) {
+        self.shared.lock().deleted_keys_forbidden = forbidden;
     }
 
     /// Denies (or allows again) every operation on the key with `403 Forbidden`, as a removed
@@ -683,6 +714,7 @@ fn vault(
             (*name, None, Call::GetKey)
         }
         (hyper::Method::GET, ["keys", name, version]) => (*name, Some(*version), Call::GetKey),
+        (hyper::Method::GET, ["deletedkeys", name]) => (*name, None, Call::GetDeletedKey),
         (hyper::Method::POST, ["keys", name, version, op])
             if op.eq_ignore_ascii_case("wrapkey") =>
         {
@@ -722,7 +754,10 @@ fn vault(
             None,
         )
     };
-    let Some(key) = st.keys.get(name).filter(|k| !k.deleted) else {
+    if op == Call::GetDeletedKey {
+        return deleted_key(s, &st, name);
+    }
+    let Some(key) = st.keys.get(name).filter(|k| k.deleted.is_none()) else {
         return not_found();
     };
     if key.denied {
@@ -802,6 +837,37 @@ fn vault(
         }
         _ => not_found(),
     }
+}
+
+/// `GET /deletedkeys/{name}`: Key Vault's DeletedKeyBundle, or `404 KeyNotFound` for a key that
+/// is not deleted (or was purged, or never existed).
+fn deleted_key(s: &Shared, st: &State, name: &str) -> Answer {
+    if st.deleted_keys_forbidden {
+        return kv_error(
+            403,
+            "Forbidden",
+            "Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/deletedKeys/read'. Assignment: (not found).",
+            Some("ForbiddenByRbac"),
+        );
+    }
+    let found = st.keys.get(name).and_then(|k| {
+        let deleted = k.deleted?;
+        Some((deleted, k.versions.last()?))
+    });
+    let Some((deleted, v)) = found else {
+        return kv_error(
+            404,
+            "KeyNotFound",
+            &format!("Deleted Key not found: {name}"),
+            None,
+        );
+    };
+    let host = &s.vault_host;
+    let mut body = key_json(s.kind, &format!("https://{host}/keys/{name}/{}", v.id), v);
+    body["recoveryId"] = json!(format!("https://{host}/deletedkeys/{name}"));
+    body["deletedDate"] = json!(deleted);
+    body["scheduledPurgeDate"] = json!(deleted + 90 * 86_400);
+    json_answer(200, &body)
 }
 
 fn key_json(kind: VaultKind, kid: &str, v: &Version) -> Value {

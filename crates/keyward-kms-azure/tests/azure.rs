@@ -191,20 +191,49 @@ async fn disabled_expired_and_not_yet_valid_keys_are_revoked() {
         p.unwrap(&kek, &wrapped, &ctx()).await.unwrap();
     }
 
-    // Deleted: NotFound everywhere.
+    // Deleted (soft-delete): a revocation the customer can undo; recovered: works again.
     double.delete("kek");
-    assert_eq!(
-        p.describe(&kek).await.map(drop).unwrap_err().kind(),
-        ErrorKind::NotFound
+    let e = p.describe(&kek).await.map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.message().contains("can be recovered until"), "{e}");
+    assert!(
+        e.remediation()
+            .unwrap()
+            .contains("az keyvault key recover --vault-name kwtest --name kek"),
+        "{e:?}"
     );
-    assert_eq!(
+    let e = p
+        .unwrap(&kek, &wrapped, &ctx())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    let e = p.wrap(&kek, &key, &ctx()).await.map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    double.recover("kek");
+    p.unwrap(&kek, &wrapped, &ctx()).await.unwrap();
+
+    // An identity that may not read deleted keys cannot tell deleted from purged: revoked, not
+    // destroyed.
+    double.delete("kek");
+    double.forbid_deleted_key_reads(true);
+    let e = p.describe(&kek).await.map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.message().contains("is unknown"), "{e}");
+    double.forbid_deleted_key_reads(false);
+
+    // Purged: gone for good, NotFound (the server's terminal `destroyed`).
+    double.purge("kek");
+    for e in [
+        p.describe(&kek).await.map(drop).unwrap_err(),
         p.unwrap(&kek, &wrapped, &ctx())
             .await
             .map(drop)
-            .unwrap_err()
-            .kind(),
-        ErrorKind::NotFound
-    );
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.message().contains("purged"), "{e}");
+    }
 }
 
 #[tokio::test]
@@ -462,6 +491,41 @@ async fn the_double_rejects_what_key_vault_rejects() {
         (status, body["error"]["code"].as_str()),
         (404, Some("KeyNotFound"))
     );
+
+    // Deleted keys: 404 for a key that is not deleted, the DeletedKeyBundle once it is, 404
+    // again once purged.
+    let deleted = |name: &str| {
+        http.get(url(&format!("/deletedkeys/{name}")))
+            .bearer_auth(&t)
+            .send()
+    };
+    let (status, body) = json(deleted("kek").await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("KeyNotFound"))
+    );
+    double.create_rsa_key("doomed");
+    double.delete("doomed");
+    let (status, _) = json(
+        http.get(url("/keys/doomed"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = json(deleted("doomed").await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["recoveryId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/deletedkeys/doomed")
+    );
+    assert!(body["scheduledPurgeDate"].as_i64().unwrap() > body["deletedDate"].as_i64().unwrap());
+    double.purge("doomed");
+    assert_eq!(json(deleted("doomed").await.unwrap()).await.0, 404);
 
     // Real RSA-OAEP-256: wrap then unwrap, and a wrong ciphertext fails with 400 BadParameter.
     let version = double.versions("kek").pop().unwrap();

@@ -4,7 +4,8 @@
 //! configured only through `[azure]` (`KEYWARD_AZURE__*`): client-secret credential from a file,
 //! the double's CA as an extra trusted CA, and its host names resolved to 127.0.0.1. Covers
 //! onboarding validation, the role-assignment remediation of a 403, a round trip, and revocation
-//! by disabling the key, noticed by the key-state monitor within its interval.
+//! by disabling or (soft-)deleting the key, noticed by the key-state monitor within its interval,
+//! and restoration after re-enabling or recovering it.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 mod support;
@@ -122,7 +123,16 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
     // The customer disables the key in the vault: the monitor's canary is refused within its
     // interval and the tenant is revoked (cached keys purged), although the cache TTL is 300 s.
     double.set_enabled("kek", false);
-    support::assert_revoked_after_disable(&server, decrypt).await;
+    support::assert_revoked_after_disable(&server, decrypt.clone()).await;
+
+    // Re-enabled: the monitor restores the tenant. Then the key is deleted (soft-delete): revoked
+    // again, not destroyed, and recovering the key restores the tenant with its data.
+    double.set_enabled("kek", true);
+    eventually_decrypts(&server, &decrypt).await;
+    double.delete("kek");
+    support::assert_revoked_after_disable(&server, decrypt.clone()).await;
+    double.recover("kek");
+    eventually_decrypts(&server, &decrypt).await;
     let store = SqliteStore::open_read_only(&server.database())
         .await
         .unwrap();
@@ -132,4 +142,18 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
         "{types:?}"
     );
     assert!(types.iter().any(|t| t == "keys_purged"), "{types:?}");
+    assert!(types.iter().any(|t| t == "restored"), "{types:?}");
+}
+
+/// Retries `decrypt` until it succeeds (the monitor restored the tenant), within 10 s.
+async fn eventually_decrypts(server: &Server, decrypt: &pb::DecryptRequest) {
+    let mut crypto = server.crypto().await;
+    let since = std::time::Instant::now();
+    while let Err(status) = crypto.decrypt(decrypt.clone()).await {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(10),
+            "not restored within 10 s: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
