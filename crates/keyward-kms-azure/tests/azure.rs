@@ -457,16 +457,13 @@ async fn the_double_rejects_what_key_vault_rejects() {
     let (status, body) = json(token(&double, &http, secret.trim()).await).await;
     assert_eq!(status, 200, "{body}");
     let t = body["access_token"].as_str().unwrap().to_owned();
+    let get = |path: &str| {
+        let request = http.get(url(path)).bearer_auth(&t);
+        async move { json(request.send().await.unwrap()).await }
+    };
 
     // Authenticated: the key is there, without api-version it is a bad request.
-    let (status, key) = json(
-        http.get(url("/keys/kek"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, key) = get("/keys/kek").await;
     assert_eq!(status, 200);
     assert_eq!(key["key"]["kty"], "RSA");
     assert_eq!(key["attributes"]["enabled"], true);
@@ -479,14 +476,7 @@ async fn the_double_rejects_what_key_vault_rejects() {
     assert_eq!(r.status().as_u16(), 400);
 
     // Unknown key: 404 KeyNotFound.
-    let (status, body) = json(
-        http.get(url("/keys/nope"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = get("/keys/nope").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("KeyNotFound"))
@@ -494,28 +484,16 @@ async fn the_double_rejects_what_key_vault_rejects() {
 
     // Deleted keys: 404 for a key that is not deleted, the DeletedKeyBundle once it is, 404
     // again once purged.
-    let deleted = |name: &str| {
-        http.get(url(&format!("/deletedkeys/{name}")))
-            .bearer_auth(&t)
-            .send()
-    };
-    let (status, body) = json(deleted("kek").await.unwrap()).await;
+    let (status, body) = get("/deletedkeys/kek").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("KeyNotFound"))
     );
     double.create_rsa_key("doomed");
     double.delete("doomed");
-    let (status, _) = json(
-        http.get(url("/keys/doomed"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get("/keys/doomed").await;
     assert_eq!(status, 404);
-    let (status, body) = json(deleted("doomed").await.unwrap()).await;
+    let (status, body) = get("/deletedkeys/doomed").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body["recoveryId"]
@@ -525,7 +503,7 @@ async fn the_double_rejects_what_key_vault_rejects() {
     );
     assert!(body["scheduledPurgeDate"].as_i64().unwrap() > body["deletedDate"].as_i64().unwrap());
     double.purge("doomed");
-    assert_eq!(json(deleted("doomed").await.unwrap()).await.0, 404);
+    assert_eq!(get("/deletedkeys/doomed").await.0, 404);
 
     // Real RSA-OAEP-256: wrap then unwrap, and a wrong ciphertext fails with 400 BadParameter.
     let version = double.versions("kek").pop().unwrap();
@@ -567,14 +545,7 @@ async fn the_double_rejects_what_key_vault_rejects() {
 
     // Denied: 403 Forbidden / ForbiddenByRbac, even for GET.
     double.deny("kek", true);
-    let (status, body) = json(
-        http.get(url("/keys/kek"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = get("/keys/kek").await;
     assert_eq!(
         (status, body["error"]["innererror"]["code"].as_str()),
         (403, Some("ForbiddenByRbac"))

@@ -23,16 +23,30 @@ fn key() -> SecretKey {
     SecretKey::generate().unwrap()
 }
 
-#[tokio::test]
-async fn wrapped_key_layout_is_version_iv_ciphertext_tag() {
-    let Some(hsm) = SoftHsm::isolate("wrapped_key_layout_is_version_iv_ciphertext_tag") else {
-        return;
-    };
+/// A provider on the token, a new KEK, and one tenant key wrapped under it.
+struct Wrapped {
+    p: Pkcs11Provider,
+    kek: KeyRef,
+    c: WrapContext,
+    k: SecretKey,
+    w: keyward_kms::WrappedKey,
+}
+
+async fn wrapped(hsm: &SoftHsm) -> Wrapped {
     let p = hsm.provider().await;
     let kek = hsm.create_key("kek");
     let c = ctx();
     let k = key();
     let w = p.wrap(&kek, &k, &c).await.unwrap();
+    Wrapped { p, kek, c, k, w }
+}
+
+#[tokio::test]
+async fn wrapped_key_layout_is_version_iv_ciphertext_tag() {
+    let Some(hsm) = SoftHsm::isolate("wrapped_key_layout_is_version_iv_ciphertext_tag") else {
+        return;
+    };
+    let Wrapped { p, kek, c, k, w } = wrapped(&hsm).await;
     assert_eq!(w.as_bytes().len(), WRAPPED_LEN);
     assert_eq!(w.as_bytes()[0], 0x01);
     let back = p.unwrap(&kek, &w, &c).await.unwrap();
@@ -111,11 +125,7 @@ async fn logout_is_refused_then_logged_in_again() {
     let Some(hsm) = SoftHsm::isolate("logout_is_refused_then_logged_in_again") else {
         return;
     };
-    let p = hsm.provider().await;
-    let kek = hsm.create_key("kek");
-    let c = ctx();
-    let k = key();
-    let w = p.wrap(&kek, &k, &c).await.unwrap();
+    let Wrapped { p, kek, c, k, w } = wrapped(&hsm).await;
     let mut logins = 1;
     assert_eq!(p.login_attempts(), logins);
     for _ in 0..2 {
@@ -160,11 +170,7 @@ async fn a_changed_pin_is_refused_and_never_retried() {
     let Some(hsm) = SoftHsm::isolate("a_changed_pin_is_refused_and_never_retried") else {
         return;
     };
-    let p = hsm.provider().await;
-    let kek = hsm.create_key("kek");
-    let c = ctx();
-    let k = key();
-    let w = p.wrap(&kek, &k, &c).await.unwrap();
+    let Wrapped { p, kek, c, k, w } = wrapped(&hsm).await;
     hsm.change_pin("new-user-pin");
     hsm.logout();
     // The logout itself, then the one login with the old PIN.
