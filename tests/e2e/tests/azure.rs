@@ -58,13 +58,7 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
         ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
     ]);
     let mut tenants = server.tenants().await;
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, "acme").await;
 
     // A malformed key id: INVALID_ARGUMENT naming the field and the expected form.
     let status = tenants

@@ -40,13 +40,7 @@ async fn gcp_key_onboarding_round_trip_and_revocation() {
         ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
     ]);
     let mut tenants = server.tenants().await;
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, "acme").await;
 
     // Onboarding: a malformed name and a version name are invalid arguments naming the field
     // and the expected form; nothing reaches Cloud KMS for them.

@@ -136,13 +136,7 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
     server.onboard("tenant-a").await;
     server.onboard("tenant-b").await;
     let mut tenants = server.tenants().await;
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "keyless".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, "keyless").await;
     let mut crypto = server.crypto().await;
     let ctx = context(&[("conversation", "7")]);
     let good = crypto

@@ -60,13 +60,7 @@ fn start(dir: &Path, env: &[(&'static str, String)]) -> Server {
 
 async fn onboard_aws(server: &Server, tenant: &str, key_arn: &str) {
     let mut tenants = server.tenants().await;
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: tenant.into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, tenant).await;
     tenants
         .register_key(pb::RegisterKeyRequest {
             tenant_id: tenant.into(),

@@ -44,13 +44,7 @@ async fn hsm_key_onboarding_round_trip_and_revocation() {
         ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
     ]);
     let mut tenants = server.tenants().await;
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, "acme").await;
 
     // Onboarding: a malformed URI names the field; an extractable key is refused with the
     // fix; a key that does not exist is not found.
@@ -101,13 +95,7 @@ async fn hsm_key_onboarding_round_trip_and_revocation() {
     // way within the monitor's interval (PKCS#11 cannot tell destroyed from removed, and a key
     // object can come back from a token backup, so this is `revoked`, not `destroyed`).
     hsm.create_key("kek-2");
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "globex".into(),
-            display_name: String::new(),
-        })
-        .await
-        .unwrap();
+    support::create_tenant(&mut tenants, "globex").await;
     tenants
         .register_key(register(
             "globex",

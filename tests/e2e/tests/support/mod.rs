@@ -210,13 +210,7 @@ impl Server {
     /// Creates a tenant and binds the local development key "default".
     pub(crate) async fn onboard(&self, tenant: &str) {
         let mut tenants = self.tenants().await;
-        tenants
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: tenant.to_owned(),
-                display_name: format!("Tenant {tenant}"),
-            })
-            .await
-            .expect("create tenant");
+        create_tenant(&mut tenants, tenant).await;
         tenants
             .register_key(local_key(tenant, "default"))
             .await
@@ -287,6 +281,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates `tenant` (display name "Tenant <id>"); panics if that fails.
+pub(crate) async fn create_tenant(tenants: &mut TenantServiceClient<Channel>, tenant: &str) {
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: tenant.to_owned(),
+            display_name: format!("Tenant {tenant}"),
+        })
+        .await
+        .expect("create tenant");
 }
 
 pub(crate) fn local_key(tenant: &str, key: &str) -> pb::RegisterKeyRequest {
