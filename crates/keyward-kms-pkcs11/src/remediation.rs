@@ -95,9 +95,10 @@ pub(crate) fn logged_out(config: &Pkcs11Config) -> String {
 pub(crate) fn pin_rejected(config: &Pkcs11Config) -> String {
     format!(
         "The token '{}' no longer accepts Keyward's user PIN. If the PIN was changed on purpose, \
-         this is a revocation. Otherwise put the current user PIN in the configured \
-         pin_file/pin_env: Keyward reads it again on its next call and tries a changed PIN once \
-         (no restart needed); it never retries a PIN the token rejected.",
+         this is a revocation. Otherwise put the current user PIN in pkcs11.pin_file: Keyward \
+         reads it again on its next call and tries a changed PIN once (no restart needed; with \
+         pkcs11.pin_env, restart Keyward with the new value). It never retries a PIN the token \
+         rejected.",
         config.token_label
     )
 }
