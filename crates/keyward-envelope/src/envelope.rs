@@ -348,9 +348,23 @@ pub fn seal(
     ctx: &EncryptionContext,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, EnvelopeError> {
+    seal_with_suite(Suite::SEAL, dek, tenant, dek_id, ctx, plaintext)
+}
+
+/// [`seal`] in the given suite, with a fresh random salt: for a service that must keep writing
+/// an older suite until every reader understands the newer one (a rolling upgrade). Every
+/// suite this build implements is read by [`Envelope::open`] whatever is written.
+pub fn seal_with_suite(
+    suite: Suite,
+    dek: &SecretKey,
+    tenant: &TenantId,
+    dek_id: &KeyId,
+    ctx: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
     let mut salt = [0u8; SALT_LEN];
     aws_lc_rs::rand::fill(&mut salt).map_err(|_| CryptoError::Rng)?;
-    seal_with_salt(dek, tenant, dek_id, ctx, plaintext, &salt)
+    seal_with_suite_and_salt(suite, dek, tenant, dek_id, ctx, plaintext, &salt)
 }
 
 /// [`seal`] with an explicit salt, for deterministic test vectors only.

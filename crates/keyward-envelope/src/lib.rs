@@ -46,7 +46,7 @@ pub use context::{
 pub use envelope::{
     COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION, HEADER_FIXED_LEN,
     Header, MAGIC, MESSAGE_KEYS_LABEL, SALT_LEN, Suite, parse, seal, seal_with_salt,
-    seal_with_suite_and_salt, sealed_len,
+    seal_with_suite, seal_with_suite_and_salt, sealed_len,
 };
 pub use error::{CryptoError, EnvelopeError};
 pub use key::{

@@ -49,6 +49,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub cache: CacheConfig,
     pub rotation: RotationConfig,
+    /// The envelope suite new messages are sealed with (`[envelope]`).
+    pub envelope: EnvelopeConfig,
     pub local_kms: LocalKmsConfig,
     pub audit: AuditConfig,
     pub revocation: RevocationConfig,
@@ -113,6 +115,24 @@ pub struct RotationConfig {
     pub max_bytes: u64,
 }
 
+/// `[envelope]`: what new envelopes are sealed with. Every suite this build implements is read,
+/// whatever is written (docs/envelope-format.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvelopeConfig {
+    /// The suite id written: 2 (`0x0002`, the default) or 1 (`0x0001`). Keep 1 while replicas
+    /// built before suite `0x0002` existed still serve: they cannot read suite 2 envelopes.
+    pub write_suite: u16,
+}
+
+impl Default for EnvelopeConfig {
+    fn default() -> Self {
+        Self {
+            write_suite: keyward_envelope::Suite::SEAL.id(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalKmsConfig {
@@ -131,6 +151,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             cache: CacheConfig::default(),
             rotation: RotationConfig::default(),
+            envelope: EnvelopeConfig::default(),
             local_kms: LocalKmsConfig::default(),
             audit: AuditConfig::default(),
             revocation: RevocationConfig::default(),
@@ -373,6 +394,12 @@ impl Config {
         if self.revocation.monitor_max_checks_per_second == 0 {
             return invalid("revocation.monitor_max_checks_per_second must be at least 1");
         }
+        let Some(write_suite) = keyward_envelope::Suite::from_id(self.envelope.write_suite) else {
+            return Err(ConfigError::Invalid(format!(
+                "envelope.write_suite is {}; it must be 1 or 2 (the envelope suites this build implements)",
+                self.envelope.write_suite
+            )));
+        };
         if self.audit.checkpoint_interval_seconds == 0 {
             return invalid("audit.checkpoint_interval_seconds must be at least 1");
         }
@@ -485,6 +512,7 @@ impl Config {
                 max_messages: self.rotation.max_messages,
                 max_bytes: self.rotation.max_bytes,
             },
+            write_suite,
             tls,
             reload_interval: Duration::from_secs(self.tls.reload_interval_seconds),
             policy_files,
@@ -696,6 +724,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "postgres",
     "cache",
     "rotation",
+    "envelope",
     "local_kms",
     "audit",
     "revocation",
@@ -771,6 +800,8 @@ pub struct Settings {
     pub max_tenant_keys: u64,
     pub max_deks: u64,
     pub rotation: RotationPolicy,
+    /// The envelope suite new messages are sealed with (`envelope.write_suite`).
+    pub write_suite: keyward_envelope::Suite,
     /// Mutual TLS; `None` is development mode (plaintext on loopback, development principal).
     pub tls: Option<TlsFiles>,
     /// How often TLS and policy files are checked for changes.
@@ -821,6 +852,33 @@ mod tests {
         let q = s.kms_quota.unwrap();
         assert_eq!((q.requests_per_second, q.burst), (50.0, 100));
         assert_eq!(q.max_wait, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn envelope_write_suite_defaults_to_the_newest_and_is_validated() {
+        use keyward_envelope::Suite;
+        assert_eq!(
+            Config::default().resolve().unwrap().write_suite,
+            Suite::SEAL
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(&path, "[envelope]\nwrite_suite = 1\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            c.resolve().unwrap().write_suite,
+            Suite::Aes256GcmHkdfSha512Committing
+        );
+        for bad in [0, 3, 0x0478] {
+            let c = Config {
+                envelope: EnvelopeConfig { write_suite: bad },
+                ..Config::default()
+            };
+            assert!(
+                matches!(c.resolve(), Err(ConfigError::Invalid(m)) if m.contains("envelope.write_suite is")),
+                "accepted {bad}"
+            );
+        }
     }
 
     #[test]

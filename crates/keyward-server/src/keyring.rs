@@ -21,7 +21,8 @@ use std::{
 
 use keyward_audit::{AuditEvent, DekRetireReason, IdentifierHasher, RegistrationOutcome};
 use keyward_envelope::{
-    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, unwrap_key, wrap_key,
+    EncryptionContext, EnvelopeError, KeyId, SecretKey, Suite, TenantId, parse, seal_with_suite,
+    unwrap_key, wrap_key,
 };
 use keyward_kms::{
     ErrorKind, KeyProvider, KeyRef, KeyState, ProviderError, ProviderKind, Purpose, WrapContext,
@@ -205,6 +206,8 @@ pub struct Keyring {
     providers: Providers,
     cache: CachePolicy,
     rotation: RotationPolicy,
+    /// The envelope suite new messages are sealed with ([`Suite::SEAL`] unless configured).
+    write_suite: Suite,
     tenant_keys: TenantKeyCache,
     deks: TenantKeyCache,
     active: ActiveCache,
@@ -279,7 +282,15 @@ impl Keyring {
             replica_id: "local".to_owned(),
             unrecorded_closures: std::sync::Mutex::default(),
             metrics: None,
+            write_suite: Suite::SEAL,
         }
+    }
+
+    /// Seals new envelopes with `suite` instead of [`Suite::SEAL`] (`envelope.write_suite`: a
+    /// rolling upgrade keeps writing the suite the oldest replica reads). Reading is unchanged.
+    pub fn with_write_suite(mut self, suite: Suite) -> Self {
+        self.write_suite = suite;
+        self
     }
 
     /// Counts data-key cache hits and misses in `metrics`.
@@ -525,8 +536,15 @@ impl Keyring {
             }
             match active.try_reserve(len, &self.rotation) {
                 Ok(()) => {
-                    let envelope = seal(&active.key.key, tenant, &active.id, ctx, plaintext)
-                        .map_err(internal)?;
+                    let envelope = seal_with_suite(
+                        self.write_suite,
+                        &active.key.key,
+                        tenant,
+                        &active.id,
+                        ctx,
+                        plaintext,
+                    )
+                    .map_err(internal)?;
                     self.still_open(tenant, generation)?;
                     return Ok((envelope, active.id));
                 }

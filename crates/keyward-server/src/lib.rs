@@ -287,6 +287,7 @@ pub async fn start_with_providers(
             hasher,
         )
         .with_replica_id(settings.replica_id.clone())
+        .with_write_suite(settings.write_suite)
         .with_metrics(Arc::clone(&metrics)),
     );
     let revoked = keyring

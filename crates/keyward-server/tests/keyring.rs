@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 use keyward_audit::{AuditEvent, DekRetireReason};
-use keyward_envelope::{EncryptionContext, SecretKey, TenantId, WrappedKey};
+use keyward_envelope::{EncryptionContext, SecretKey, Suite, TenantId, WrappedKey, parse};
 use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
     local::LocalProvider,
@@ -434,6 +434,39 @@ async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled
         keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
         b"secret"
     );
+}
+
+/// `envelope.write_suite`: a keyring writing suite 0x0001 (a rolling upgrade from a build that
+/// reads only that suite) and one writing the default 0x0002 share a store and read each
+/// other's envelopes.
+#[tokio::test]
+async fn the_write_suite_is_configurable_and_every_suite_is_read() {
+    let fx = Fixture::new().await;
+    let newest = fx.keyring(Duration::from_secs(60), LOOSE);
+    let oldest = fx
+        .keyring(Duration::from_secs(60), LOOSE)
+        .with_write_suite(Suite::Aes256GcmHkdfSha512Committing);
+    let t = tenant("upgrading");
+    onboard(&newest, &t, "default").await;
+    let (c, s) = (ctx(&[("k", "v")]), Scope::default_scope());
+    let (new_env, _) = newest.encrypt(&t, &s, &c, b"sealed in 2").await.unwrap();
+    let (old_env, _) = oldest.encrypt(&t, &s, &c, b"sealed in 1").await.unwrap();
+    assert_eq!(parse(&new_env).unwrap().header().suite(), Suite::SEAL);
+    assert_eq!(
+        parse(&old_env).unwrap().header().suite().id(),
+        0x0001,
+        "written in the configured suite"
+    );
+    for keyring in [&newest, &oldest] {
+        assert_eq!(
+            keyring.decrypt(&t, &new_env, &c).await.unwrap().as_slice(),
+            b"sealed in 2"
+        );
+        assert_eq!(
+            keyring.decrypt(&t, &old_env, &c).await.unwrap().as_slice(),
+            b"sealed in 1"
+        );
+    }
 }
 
 #[tokio::test]

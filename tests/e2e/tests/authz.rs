@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -16,7 +15,7 @@ use keyward_proto::v1::{
     crypto_service_client::CryptoServiceClient, tenant_service_client::TenantServiceClient,
 };
 use support::{
-    Server, assert_status, context, keyward_bin, local_key,
+    Server, assert_status, context, local_key,
     pki::{Ca, Leaf, San, connect},
 };
 use tonic::Code;
@@ -541,41 +540,9 @@ async fn certificates_that_are_missing_foreign_or_expired_are_refused_at_the_tra
     }
 }
 
-/// Runs `keyward serve` expecting it to refuse to start; returns its stderr.
-fn serve_fails(args: &[&str], env: &[(String, String)]) -> String {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(keyward_bin());
-    cmd.arg("serve")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("KEYWARD_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("keyward serve did not stop within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn plaintext_off_loopback_is_refused() {
-    let err = serve_fails(&["--listen", "0.0.0.0:0"], &[]);
+    let err = support::serve_fails::<&str, &str>(&["--listen", "0.0.0.0:0"], &[]);
     assert!(
         err.contains("refusing to serve plaintext on 0.0.0.0:0"),
         "{err}"
@@ -599,7 +566,7 @@ fn a_malformed_policy_stops_startup_naming_file_and_line() {
         "// a reviewer's typo on line 3\n\npermit (principal, action, resource) when { principal.tenant == };\n",
     )
     .unwrap();
-    let err = serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
+    let err = support::serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
     assert!(err.contains("zz-broken.cedar:3"), "{err}");
 
     // And a mapping that names an unknown principal attribute is rejected too.
@@ -609,7 +576,7 @@ fn a_malformed_policy_stops_startup_naming_file_and_line() {
         "[[service]]\nid = \"x\"\nidentities = [\"dns:x\"]\ntenants = [\"acme\"]\ncolour = \"red\"\n",
     )
     .unwrap();
-    let err = serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
+    let err = support::serve_fails(&["--listen", "127.0.0.1:0"], &pki.env(&policies));
     assert!(err.contains("identities.toml"), "{err}");
     assert!(err.contains("colour"), "{err}");
 }

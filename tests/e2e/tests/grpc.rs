@@ -99,6 +99,40 @@ async fn round_trip_health_and_tenant_view() {
     );
 }
 
+/// `envelope.write_suite = 1` (a rolling upgrade from builds that read only suite 0x0001): the
+/// server seals in suite 0x0001 and still reads 0x0002 envelopes, here one written by a server
+/// on its default on the same data directory; a suite it does not implement stops the start.
+#[tokio::test]
+async fn the_write_suite_comes_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = Server::start_in(dir.path(), &[]);
+    newest.onboard("acme").await;
+    let decrypt_2 = support::round_trip(&newest, "acme", b"suite 2").await;
+    let suite = |d: &pb::DecryptRequest| {
+        keyward_envelope::parse(&d.envelope)
+            .unwrap()
+            .header()
+            .suite()
+            .id()
+    };
+    assert_eq!(suite(&decrypt_2), 2);
+    drop(newest);
+
+    let oldest = Server::start_in(dir.path(), &[("KEYWARD_ENVELOPE__WRITE_SUITE", "1")]);
+    let decrypt_1 = support::round_trip(&oldest, "acme", b"suite 1").await;
+    assert_eq!(suite(&decrypt_1), 1);
+    let mut crypto = oldest.crypto().await;
+    let opened = crypto.decrypt(decrypt_2).await.unwrap().into_inner();
+    assert_eq!(opened.plaintext, b"suite 2");
+    drop(oldest);
+
+    let stderr = support::serve_fails(
+        &["--listen", "127.0.0.1:0"],
+        &[("KEYWARD_ENVELOPE__WRITE_SUITE", "3")],
+    );
+    assert!(stderr.contains("envelope.write_suite is 3"), "{stderr}");
+}
+
 #[tokio::test]
 async fn reflection_lists_the_api() {
     use tonic_reflection::pb::v1::{

@@ -283,6 +283,39 @@ impl Drop for Server {
     }
 }
 
+/// Runs `keyward serve` (on a fresh data directory) expecting it to refuse to start, within
+/// 30 s; returns its stderr.
+pub(crate) fn serve_fails<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+) -> String {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(keyward_bin());
+    cmd.arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("KEYWARD_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn keyward serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyward serve did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "keyward serve exited successfully");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Creates `tenant` (display name "Tenant <id>"); panics if that fails.
 pub(crate) async fn create_tenant(tenants: &mut TenantServiceClient<Channel>, tenant: &str) {
     tenants
