@@ -40,7 +40,7 @@ use crate::uri::Pkcs11KeyUri;
 ///   (`CKR_USER_NOT_LOGGED_IN` on sessions that were logged in) is a refusal: the call that meets
 ///   it is [`ErrorKind::Refused`], and the next call logs in again. Sessions lost to a device
 ///   error (token restart) are logged in again silently. A PIN the token rejected is never tried
-///   twice: the PIN source is read again, and only a changed PIN is tried (see [`Login`]).
+///   twice: the PIN source is read again, and only a changed PIN is tried (`LoginState`).
 /// - A key that no longer matches its registered reference (destroyed, or removed from the
 ///   token) is [`ErrorKind::Refused`] on wrap, unwrap and describe; only
 ///   [`KeyProvider::canonicalize`] (onboarding) reports a missing key as
