@@ -5,7 +5,7 @@
 //! check runs before any lookup).
 //!
 //! Denials are counted per (principal, action, tenant, second) and written to the audit log as
-//! `authorization_denied` records once a second ([`Authz::take_finished_denials`]), so a flood
+//! `authorization_denied` records once a second (`Authz::take_finished_denials`), so a flood
 //! of denied calls costs one record per second per distinct combination, with exact counts.
 
 use std::{
