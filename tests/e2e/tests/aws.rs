@@ -59,33 +59,20 @@ async fn encrypt(
         .map(|r| r.into_inner().envelope)
 }
 
+fn decrypt_request(tenant: &str, envelope: &[u8]) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        tenant_id: tenant.into(),
+        envelope: envelope.to_vec(),
+        encryption_context: context(&[("conversation", "9")]),
+    }
+}
+
 async fn decrypt(server: &Server, tenant: &str, envelope: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     let mut crypto = server.crypto().await;
     crypto
-        .decrypt(pb::DecryptRequest {
-            tenant_id: tenant.into(),
-            envelope: envelope.to_vec(),
-            encryption_context: context(&[("conversation", "9")]),
-        })
+        .decrypt(decrypt_request(tenant, envelope))
         .await
         .map(|r| r.into_inner().plaintext)
-}
-
-/// Polls `decrypt` until it succeeds again (the monitor restores), bounded.
-async fn eventually_decrypts(server: &Server, tenant: &str, envelope: &[u8]) -> Vec<u8> {
-    let since = Instant::now();
-    loop {
-        match decrypt(server, tenant, envelope).await {
-            Ok(plaintext) => return plaintext,
-            Err(status) => {
-                assert!(
-                    since.elapsed() < Duration::from_secs(10),
-                    "not restored within 10 s: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
 }
 
 /// Polls `decrypt` until it fails, asserting it stops within `ttl` (+ slack).
@@ -157,7 +144,7 @@ async fn register_encrypt_decrypt_then_disable_reenable_and_schedule_deletion_at
     // Re-enabled: the key-state monitor (1 s here) restores access.
     moto.enable_key(&key_arn).await;
     assert_eq!(
-        eventually_decrypts(&server, "acme", &envelope).await,
+        support::eventually_decrypts(&server, &decrypt_request("acme", &envelope)).await,
         b"prompt under a customer key"
     );
 
@@ -170,7 +157,7 @@ async fn register_encrypt_decrypt_then_disable_reenable_and_schedule_deletion_at
     moto.cancel_deletion(&key_arn).await;
     moto.enable_key(&key_arn).await;
     assert_eq!(
-        eventually_decrypts(&server, "acme", &envelope).await,
+        support::eventually_decrypts(&server, &decrypt_request("acme", &envelope)).await,
         b"prompt under a customer key"
     );
 }

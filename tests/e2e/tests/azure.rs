@@ -122,11 +122,11 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
     // Re-enabled: the monitor restores the tenant. Then the key is deleted (soft-delete): revoked
     // again, not destroyed, and recovering the key restores the tenant with its data.
     double.set_enabled("kek", true);
-    eventually_decrypts(&server, &decrypt).await;
+    support::eventually_decrypts(&server, &decrypt).await;
     double.delete("kek");
     support::assert_revoked_after_disable(&server, decrypt.clone()).await;
     double.recover("kek");
-    eventually_decrypts(&server, &decrypt).await;
+    support::eventually_decrypts(&server, &decrypt).await;
     let store = SqliteStore::open_read_only(&server.database())
         .await
         .unwrap();
@@ -137,17 +137,4 @@ async fn azure_key_onboarding_round_trip_and_revocation() {
     );
     assert!(types.iter().any(|t| t == "keys_purged"), "{types:?}");
     assert!(types.iter().any(|t| t == "restored"), "{types:?}");
-}
-
-/// Retries `decrypt` until it succeeds (the monitor restored the tenant), within 10 s.
-async fn eventually_decrypts(server: &Server, decrypt: &pb::DecryptRequest) {
-    let mut crypto = server.crypto().await;
-    let since = std::time::Instant::now();
-    while let Err(status) = crypto.decrypt(decrypt.clone()).await {
-        assert!(
-            since.elapsed() < std::time::Duration::from_secs(10),
-            "not restored within 10 s: {status:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }

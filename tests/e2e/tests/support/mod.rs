@@ -448,6 +448,25 @@ pub(crate) async fn assert_revoked_after_disable(server: &Server, decrypt: pb::D
     );
 }
 
+/// Retries `decrypt` until it succeeds (the monitor restored the tenant), within 10 s; returns
+/// the plaintext.
+pub(crate) async fn eventually_decrypts(server: &Server, decrypt: &pb::DecryptRequest) -> Vec<u8> {
+    let mut crypto = server.crypto().await;
+    let since = std::time::Instant::now();
+    loop {
+        match crypto.decrypt(decrypt.clone()).await {
+            Ok(r) => return r.into_inner().plaintext,
+            Err(status) => {
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "not restored within 10 s: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The store's content without the audit tables: the domain state that a
 /// rejected request must leave exactly as it was.
 pub(crate) async fn domain_state(store: &keyward_store::sqlite::SqliteStore) -> String {
