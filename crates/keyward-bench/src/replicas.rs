@@ -238,6 +238,7 @@ async fn rounds(
                 tenant_id: "bench".into(),
                 reason: "benchmark".into(),
                 requested_by: "keyward-bench".into(),
+                binding_id: 0,
             })
             .await?;
     }

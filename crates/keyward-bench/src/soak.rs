@@ -336,6 +336,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         tenant_id: tenant.clone(),
                         reason: "soak".into(),
                         requested_by: "keyward-bench".into(),
+                        binding_id: 0,
                     })
                     .await
                     .is_ok();

@@ -246,6 +246,11 @@ enum TenantCommand {
         reason: String,
         #[arg(long, env = "USER", default_value = "")]
         requested_by: String,
+        /// An older binding to restore (its id from `tenant show`): data written under a key
+        /// revoked before a new key was registered stays unreadable until then. Default: the
+        /// current binding.
+        #[arg(long, value_name = "ID")]
+        binding: Option<i64>,
     },
 }
 
@@ -934,12 +939,14 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
             tenant,
             reason,
             requested_by,
+            binding,
         } => {
             client
                 .restore_key(pb::RestoreKeyRequest {
                     tenant_id: tenant,
                     reason,
                     requested_by,
+                    binding_id: binding.unwrap_or(0),
                 })
                 .await
         }
@@ -981,10 +988,26 @@ fn print_tenant(t: &pb::Tenant) {
         Some(k) => {
             println!("key provider: {}", k.provider().as_str_name());
             println!("key:          {}", k.key_ref);
-            println!("key state:    {}", k.state().as_str_name());
+            println!("key state:    {}", key_state(k));
             println!("tenant key:   {}", k.tenant_key_id);
+            println!("binding:      {}", k.binding_id);
         }
         None => println!("key:          (none registered: run `keyward tenant register-key`)"),
+    }
+    for k in &t.previous_keys {
+        println!(
+            "older key:    binding {}: {} {} {}",
+            k.binding_id,
+            k.provider().as_str_name(),
+            k.key_ref,
+            key_state(k)
+        );
+        if k.state() == pb::KekState::Revoked {
+            println!(
+                "              data under it is refused; `keyward tenant restore-key {} --binding {} --reason …` restores it",
+                t.tenant_id, k.binding_id
+            );
+        }
     }
     if let Some(policy) = &t.policy {
         let show = |v: u64| {
@@ -996,6 +1019,15 @@ fn print_tenant(t: &pb::Tenant) {
         };
         println!("cache TTL:    {}", show(policy.cache_ttl_seconds));
         println!("monitor:      {}", show(policy.monitor_interval_seconds));
+    }
+}
+
+/// `KEK_STATE_REVOKED (explicit)`: the state and what set it.
+fn key_state(k: &pb::KekBinding) -> String {
+    if k.state_cause.is_empty() {
+        k.state().as_str_name().to_owned()
+    } else {
+        format!("{} ({})", k.state().as_str_name(), k.state_cause)
     }
 }
 

@@ -234,7 +234,7 @@ impl ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::Conflict(what) | StoreError::StateChanged(what) => Self::Conflict(what),
             other => Self::Store(other),
         }
     }

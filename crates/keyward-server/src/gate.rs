@@ -55,15 +55,21 @@ impl Gates {
         match closed {
             None => Ok(generation),
             Some(closed) => {
-                *self
-                    .denials
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry((tenant.clone(), now_ms.div_euclid(1000)))
-                    .or_default() += 1;
+                self.count_denial(tenant, now_ms);
                 Err(closed)
             }
         }
+    }
+
+    /// Counts one request refused because of a revocation that the gate does not show (data
+    /// under an older, revoked binding of an open tenant).
+    pub(crate) fn count_denial(&self, tenant: &TenantId, now_ms: i64) {
+        *self
+            .denials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((tenant.clone(), now_ms.div_euclid(1000)))
+            .or_default() += 1;
     }
 
     pub(crate) fn generation(&self, tenant: &TenantId) -> u64 {

@@ -43,7 +43,9 @@ use crate::{
     usage::UsageMeter,
 };
 
+mod pending_audit;
 mod revocation;
+pub use pending_audit::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
 pub use revocation::{CheckOutcome, MonitorPolicy, RevocationSource};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
@@ -95,6 +97,9 @@ pub struct CachePolicy {
 /// An unwrapped key in memory, with the instant it must be forgotten.
 struct LiveKey {
     key: SecretKey,
+    /// The tenant key this key is (a tenant key) or was unwrapped under (a DEK): purging one
+    /// binding's keys finds them by it.
+    tenant_key_id: KeyId,
     expires_at: Instant,
     /// The tenant's gate generation when the key was unwrapped: a key from
     /// before a revocation (or restoration) is never used (see `gate`).
@@ -200,6 +205,19 @@ pub struct KeyringStats {
 type TenantKeyCache = Cache<(TenantId, KeyId), Arc<LiveKey>>;
 type ActiveCache = Cache<(TenantId, Scope), Arc<ActiveDek>>;
 
+/// Why a tenant key is refused without asking the KMS or the store again, and where that
+/// was learnt.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    closed: Closed,
+    /// Learnt from the store (its binding is revoked or destroyed) rather than from a KMS
+    /// refusal: reconciliation checks it again.
+    recorded: bool,
+}
+/// Tenant keys refused recently (an older binding's key the KMS refused, or a key whose
+/// binding is revoked in the store), for at most the cache TTL.
+type RefusalCache = Cache<(TenantId, KeyId), Refusal>;
+
 /// Tenant onboarding and the encrypt/decrypt data path.
 pub struct Keyring {
     store: Arc<dyn Store>,
@@ -229,6 +247,10 @@ pub struct Keyring {
     unrecorded_closures: std::sync::Mutex<std::collections::HashSet<TenantId>>,
     /// Cache hit/miss counters (docs/observability.md); none in tests that build a bare keyring.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Tenant keys refused without a KMS call, each for at most the cache TTL.
+    refused: RefusalCache,
+    /// Audit records whose standalone append failed, kept for the next flush.
+    pending_audit: pending_audit::PendingAudit,
 }
 
 impl fmt::Debug for Keyring {
@@ -283,6 +305,11 @@ impl Keyring {
             unrecorded_closures: std::sync::Mutex::default(),
             metrics: None,
             write_suite: Suite::SEAL,
+            refused: Cache::builder()
+                .max_capacity(cache.max_tenant_keys)
+                .time_to_live(cache.ttl)
+                .build(),
+            pending_audit: pending_audit::PendingAudit::default(),
         }
     }
 
@@ -381,6 +408,18 @@ impl Keyring {
         kek: &KeyRef,
     ) -> Result<KekBinding, ServiceError> {
         self.require_tenant(tenant).await?;
+        let unrecorded = self
+            .unrecorded_closures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(tenant);
+        if unrecorded {
+            // The revocation lives only in this replica's gate: a new binding would reopen the
+            // gate while the store still calls the old binding active, and its data readable.
+            return Err(ServiceError::Conflict(format!(
+                "a revocation of tenant {tenant} could not be recorded in the store yet; repeat RevokeKey until it succeeds, then register the new key"
+            )));
+        }
         let result = self.validate_and_bind(tenant, kek).await;
         if let Err(e) = &result {
             let attempt = AuditEvent::KeyRegistrationAttempted {
@@ -391,9 +430,7 @@ impl Keyring {
                     reason: format!("{}: {e}", e.reason()),
                 },
             };
-            if let Err(audit_error) = self.store.append_audit(vec![attempt]).await {
-                tracing::error!(%tenant, error = %audit_error, "could not audit a failed key registration");
-            }
+            self.record_audit(vec![attempt]).await;
         }
         result
     }
@@ -468,12 +505,24 @@ impl Keyring {
                 },
             )
             .await?;
+        // The new binding serves new data: a gate closed by the previous binding's revocation
+        // opens (on other replicas through the store's notification). Data under a revoked
+        // binding stays refused: its tenant key never loads while the binding is revoked.
+        {
+            let _transition = self.transitions.lock().await;
+            if let Some(current) = self.store.active_binding(tenant).await?
+                && current.id == binding.id
+            {
+                self.apply_binding(&current).await;
+            }
+        }
         let ttl = self.ttl_for(tenant).await?;
         self.tenant_keys
             .insert(
                 (tenant.clone(), tenant_key_id),
                 Arc::new(LiveKey {
                     key,
+                    tenant_key_id,
                     expires_at: Instant::now() + ttl,
                     generation: self.gates.generation(tenant),
                 }),
@@ -551,8 +600,9 @@ impl Keyring {
                 Err(reason) => self.rotate(tenant, scope, &active, reason).await?,
             }
         }
+        // The scope label is the caller's data (a conversation or user id): not repeated here.
         Err(ServiceError::Conflict(format!(
-            "the data key of scope {scope} was exhausted by concurrent requests {MAX_ENCRYPT_ATTEMPTS} times"
+            "the data key of the requested scope was exhausted by concurrent requests {MAX_ENCRYPT_ATTEMPTS} times"
         )))
     }
 
@@ -562,13 +612,28 @@ impl Keyring {
         envelope: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        self.decrypt_held(tenant, envelope, ctx)
+            .await
+            .map(|(plaintext, _)| plaintext)
+    }
+
+    /// [`Keyring::decrypt`], also returning the gate generation the plaintext was released at.
+    /// A caller that holds the plaintext before sending it (a batch, until its last item is
+    /// done) calls [`Keyring::release`] with it right before the response leaves, so that a
+    /// revocation committed meanwhile still wins.
+    pub async fn decrypt_held(
+        &self,
+        tenant: &TenantId,
+        envelope: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(Zeroizing<Vec<u8>>, u64), ServiceError> {
         let mut hit = false;
         let result = self.decrypt_inner(tenant, envelope, ctx, &mut hit).await;
         if let (Some(m), Ok(_)) = (&self.metrics, &result) {
             m.cache_lookup("decrypt", hit);
         }
         self.usage.record(tenant, now_ms(), |u| match &result {
-            Ok(plaintext) => {
+            Ok((plaintext, _)) => {
                 u.decrypts += 1;
                 u.bytes_out += plaintext.len() as u64;
                 u.cache_hits += u64::from(hit);
@@ -584,7 +649,7 @@ impl Keyring {
         envelope: &[u8],
         ctx: &EncryptionContext,
         hit: &mut bool,
-    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    ) -> Result<(Zeroizing<Vec<u8>>, u64), ServiceError> {
         let envelope = parse(envelope).map_err(classify_parse_error)?;
         let header = envelope.header();
         if header.tenant() != tenant {
@@ -614,7 +679,7 @@ impl Keyring {
             // The last check before plaintext leaves: a revocation recorded while
             // this request was in flight wins (the plaintext is zeroized on drop).
             match self.gates.release_plaintext(tenant, generation, now_ms()) {
-                Ok(()) => return Ok(plaintext),
+                Ok(()) => return Ok((plaintext, generation)),
                 Err(Some(closed)) => return Err(revoked(tenant, closed)),
                 Err(None) => continue,
             }
@@ -622,6 +687,19 @@ impl Keyring {
         Err(ServiceError::Conflict(format!(
             "the key state of tenant {tenant} changed during the request"
         )))
+    }
+
+    /// The last check before plaintext held since [`Keyring::decrypt_held`] (at `generation`)
+    /// leaves: fails if the tenant was revoked (or its key state changed) since, else records
+    /// now as this replica's last plaintext time for the tenant (`keys_purged` reports it).
+    pub fn release(&self, tenant: &TenantId, generation: u64) -> Result<(), ServiceError> {
+        match self.gates.release_plaintext(tenant, generation, now_ms()) {
+            Ok(()) => Ok(()),
+            Err(Some(closed)) => Err(revoked(tenant, closed)),
+            Err(None) => Err(ServiceError::Conflict(format!(
+                "the key state of tenant {tenant} changed during the request"
+            ))),
+        }
     }
 
     /// Forgets every cached key of `tenant` (their bytes are zeroized when the
@@ -638,6 +716,121 @@ impl Keyring {
                 .await;
         self.run_cache_maintenance().await;
         removed
+    }
+
+    /// Forgets every cached key under tenant key `id` of `tenant` (the tenant key itself, the
+    /// DEKs unwrapped under it, the active DEKs wrapped by it); the tenant's other keys stay.
+    async fn purge_tenant_key(&self, tenant: &TenantId, id: &KeyId) -> u64 {
+        let removed = self
+            .invalidate_where(&self.active, |(t, _)| t == tenant)
+            .await
+            + self
+                .invalidate_entries(&self.deks, |(t, _), v| {
+                    t == tenant && v.tenant_key_id == *id
+                })
+                .await
+            + self
+                .invalidate_where(&self.tenant_keys, |(t, k)| t == tenant && k == id)
+                .await;
+        self.run_cache_maintenance().await;
+        removed
+    }
+
+    /// Refuses tenant key `id` of `tenant` without a KMS or store call for the cache TTL.
+    async fn remember_refusal(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        closed: Closed,
+        recorded: bool,
+    ) {
+        self.refused
+            .insert((tenant.clone(), *id), Refusal { closed, recorded })
+            .await;
+    }
+
+    /// Forgets the refusals remembered for `tenant` (of one tenant key, or all of them).
+    async fn forget_refusals(&self, tenant: &TenantId, id: Option<&KeyId>) {
+        let doomed: Vec<Arc<(TenantId, KeyId)>> = self
+            .refused
+            .iter()
+            .filter(|(k, _)| k.0 == *tenant && id.is_none_or(|id| k.1 == *id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.refused.invalidate(key.as_ref()).await;
+        }
+    }
+
+    /// Keys of `current.tenant`'s older bindings cached on this replica whose binding is
+    /// revoked or destroyed in the store are purged (and refused for the TTL). Returns whether
+    /// any was. Reads the store once per such key cached.
+    async fn purge_revoked_older_keys(&self, current: &KekBinding) -> Result<bool, ServiceError> {
+        let tenant = &current.tenant;
+        let mut older: std::collections::BTreeSet<KeyId> = std::collections::BTreeSet::new();
+        older.extend(
+            self.tenant_keys
+                .iter()
+                .filter(|(k, _)| k.0 == *tenant)
+                .map(|(k, _)| k.1),
+        );
+        older.extend(
+            self.deks
+                .iter()
+                .filter(|(k, _)| k.0 == *tenant)
+                .map(|(_, v)| v.tenant_key_id),
+        );
+        older.remove(&current.tenant_key_id);
+        let mut purged = false;
+        for id in older {
+            let Some(record) = self.store.get_tenant_key(tenant, &id).await? else {
+                continue;
+            };
+            if matches!(
+                record.binding_state,
+                KekState::Revoked | KekState::Destroyed
+            ) {
+                self.remember_refusal(
+                    tenant,
+                    &id,
+                    Closed {
+                        state: record.binding_state,
+                        since_ms: record.binding_state_changed_at_ms,
+                    },
+                    true,
+                )
+                .await;
+                let entries = self.purge_tenant_key(tenant, &id).await;
+                tracing::warn!(%tenant, replica = %self.replica_id, tenant_key = %id, state = record.binding_state.as_str(), entries, "keys of a revoked older binding purged");
+                purged = true;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Forgets remembered refusals learnt from the store whose binding is no longer revoked
+    /// (restored by another replica whose notification this replica missed).
+    async fn recheck_refusals(&self) -> Result<(), ServiceError> {
+        let recorded: Vec<Arc<(TenantId, KeyId)>> = self
+            .refused
+            .iter()
+            .filter(|(_, r)| r.recorded)
+            .map(|(k, _)| k)
+            .collect();
+        for key in recorded {
+            let (tenant, id) = key.as_ref();
+            let still = self
+                .store
+                .get_tenant_key(tenant, id)
+                .await?
+                .is_some_and(|r| {
+                    matches!(r.binding_state, KekState::Revoked | KekState::Destroyed)
+                });
+            if !still {
+                self.refused.invalidate(key.as_ref()).await;
+            }
+        }
+        Ok(())
     }
 
     /// Drops the caches' own references to removed and expired keys now.
@@ -666,6 +859,29 @@ impl Keyring {
         }
     }
 
+    async fn invalidate_entries<K, V>(
+        &self,
+        cache: &Cache<K, V>,
+        pred: impl Fn(&K, &V) -> bool,
+    ) -> u64
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let doomed: Vec<Arc<K>> = cache
+            .iter()
+            .filter(|(k, v)| pred(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for key in doomed {
+            if cache.remove(key.as_ref()).await.is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool) -> u64
     where
         K: std::hash::Hash + Eq + Send + Sync + 'static,
@@ -686,12 +902,20 @@ impl Keyring {
     }
 
     /// How long the tenant's unwrapped keys may stay in memory: its policy
-    /// override, else the server's TTL.
+    /// override, else the server's TTL, and never longer than the server's TTL (the hard bound
+    /// of the revocation window; a larger value stored before that bound was enforced is
+    /// clamped).
     async fn ttl_for(&self, tenant: &TenantId) -> Result<Duration, ServiceError> {
         let policy = self.require_tenant(tenant).await?.policy;
         Ok(policy
             .cache_ttl_seconds
-            .map_or(self.cache.ttl, Duration::from_secs))
+            .map_or(self.cache.ttl, Duration::from_secs)
+            .min(self.cache.ttl))
+    }
+
+    /// The server's cache TTL: the hard upper bound of every tenant's revocation window.
+    pub fn server_ttl(&self) -> Duration {
+        self.cache.ttl
     }
 
     /// Sets the tenant's overrides of the cache TTL and monitor interval
@@ -702,6 +926,18 @@ impl Keyring {
         policy: keyward_store::TenantPolicy,
         actor: String,
     ) -> Result<TenantRecord, ServiceError> {
+        let bound = self.cache.ttl.as_secs();
+        if let Some(ttl) = policy.cache_ttl_seconds
+            && ttl > bound
+        {
+            // A tenant may shorten its revocation window, never stretch it.
+            return Err(ServiceError::invalid(
+                "policy.cache_ttl_seconds",
+                format!(
+                    "{ttl} s is longer than this server's cache TTL of {bound} s (cache.ttl_seconds), the upper bound of every tenant's revocation window"
+                ),
+            ));
+        }
         let detail = format!(
             "cache_ttl_seconds={:?} monitor_interval_seconds={:?}",
             policy.cache_ttl_seconds, policy.monitor_interval_seconds
@@ -723,10 +959,9 @@ impl Keyring {
                 keyward_store::StoreError::InvalidInput(m) => ServiceError::invalid("policy", m),
                 other => ServiceError::Store(other),
             })?;
-        // Keys cached under a longer TTL must not outlive a shortened one.
-        if policy.cache_ttl_seconds.is_some() {
-            self.purge_tenant(tenant).await;
-        }
+        // Keys cached under a longer TTL must not outlive a shortened one (other replicas drop
+        // theirs on the store's notification, see `apply_recorded_policy`).
+        self.purge_tenant(tenant).await;
         Ok(record)
     }
 
@@ -763,6 +998,10 @@ impl Keyring {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Arc<LiveKey>, ServiceError> {
+        if let Some(refusal) = self.refused.get(&(tenant.clone(), *id)).await {
+            self.gates.count_denial(tenant, now_ms());
+            return Err(revoked(tenant, refusal.closed));
+        }
         let result = self
             .tenant_keys
             .try_get_with((tenant.clone(), *id), async {
@@ -777,6 +1016,20 @@ impl Keyring {
                             "tenant key {id} of {tenant} is not in the store"
                         ))
                     })?;
+                if matches!(
+                    record.binding_state,
+                    KekState::Revoked | KekState::Destroyed
+                ) {
+                    // Data under a revoked binding stays unreadable until that binding is
+                    // restored, whichever binding is current (a newer key serves new data only).
+                    let closed = Closed {
+                        state: record.binding_state,
+                        since_ms: record.binding_state_changed_at_ms,
+                    };
+                    self.remember_refusal(tenant, id, closed, true).await;
+                    self.gates.count_denial(tenant, now_ms());
+                    return Err(revoked(tenant, closed));
+                }
                 let kind = ProviderKind::from_str(&record.provider).map_err(|_| {
                     ServiceError::Internal(format!(
                         "unknown provider {:?} in store",
@@ -800,6 +1053,7 @@ impl Keyring {
                 self.still_open(tenant, generation)?;
                 Ok(Arc::new(LiveKey {
                     key,
+                    tenant_key_id: *id,
                     expires_at: Instant::now() + ttl,
                     generation,
                 }))
@@ -846,6 +1100,7 @@ impl Keyring {
         self.still_open(&record.tenant, tenant_key.generation)?;
         Ok(Arc::new(LiveKey {
             key,
+            tenant_key_id: record.tenant_key_id,
             expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
             generation: tenant_key.generation,
         }))
@@ -969,9 +1224,12 @@ impl Keyring {
             .await?
             .dek;
         self.counters.deks_created.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%tenant, %scope, dek = %id, "created data key");
+        // The scope is the caller's label (a conversation or user id): only its HMAC is logged,
+        // as in the audit log.
+        tracing::debug!(%tenant, scope = %scope_hmac, dek = %id, "created data key");
         let live = Arc::new(LiveKey {
             key,
+            tenant_key_id: binding.tenant_key_id,
             expires_at: (Instant::now() + self.cache.ttl).min(tenant_key.expires_at),
             generation: tenant_key.generation,
         });

@@ -43,10 +43,6 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Room for the envelope header, the encryption context and protobuf framing
-/// on top of the largest accepted plaintext.
-const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -370,7 +366,7 @@ async fn serve_replica(
         source,
     })?;
 
-    let max_message = settings.max_plaintext_bytes + MESSAGE_OVERHEAD_BYTES;
+    let max_message = settings.max_plaintext_bytes + limits::MESSAGE_OVERHEAD_BYTES;
     let crypto = CryptoServiceServer::new(service::CryptoApi::new(
         Arc::clone(&keyring),
         Arc::clone(&authz),

@@ -49,6 +49,11 @@ pub const MAX_TRACKED_CALLERS: usize = 65_536;
 /// Largest request message of `TenantService` and `AuditService`, whose requests are a few
 /// identifiers and strings (the `CryptoService` limit follows `max_plaintext_bytes`).
 pub const ADMIN_MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Room for the envelope header, the encryption context and protobuf framing on top of the
+/// largest accepted plaintext: the crypto service's message limit is `max_plaintext_bytes` plus
+/// this, both ways. A batch whose response could exceed it is refused before any work.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 /// `ErrorInfo.reason` of a call refused by the per-caller limit.
 pub const CALLER_LIMIT_REASON: &str = "CALLER_CONCURRENCY_LIMIT";
 

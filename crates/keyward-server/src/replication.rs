@@ -1,12 +1,16 @@
 //! Several replicas on one PostgreSQL store (docs/operations.md, "Several replicas"): the
 //! revocation fan-out and the store's health.
 //!
-//! * **Fan-out.** Every committed key-state change (`Store::set_binding_state`, whichever replica
-//!   made it) sends a `NOTIFY` on [`KEY_STATE_CHANNEL`] inside its transaction, naming the
-//!   tenant. Each replica keeps one dedicated listening connection (application name
-//!   `keyward-listener-<replica id>`) and, per notification, reads the tenant's binding from the
-//!   store and applies it through [`Keyring::apply_recorded_state`] — the same gate close and
-//!   purge as a local revocation.
+//! * **Fan-out.** Every committed key-state change and new binding (`Store::set_binding_state`,
+//!   `Store::bind_kek`, whichever replica made it) sends a `NOTIFY` on [`KEY_STATE_CHANNEL`]
+//!   inside its transaction, naming the tenant; every policy change (`Store::set_tenant_policy`)
+//!   one on [`TENANT_POLICY_CHANNEL`]. Each replica keeps one dedicated listening connection
+//!   (application name `keyward-listener-<replica id>`) and, per key-state notification, reads
+//!   the tenant's binding from the store and applies it through
+//!   [`Keyring::apply_recorded_state`] — the same gate close and purge as a local revocation, the
+//!   gate reopened by a new binding, the keys of revoked older bindings purged; per policy
+//!   notification it drops the tenant's cached keys ([`Keyring::apply_recorded_policy`]), so a
+//!   shortened TTL bounds every replica at once.
 //! * **Reconciliation.** Notifications sent while a listener is disconnected are lost, so every
 //!   replica also compares all key states with its gates every `reconcile_interval`, and at once
 //!   after each (re)connection of its listener, before it waits for notifications.
@@ -16,7 +20,7 @@
 use std::{str::FromStr as _, sync::Arc, time::Duration};
 
 use keyward_envelope::TenantId;
-use keyward_store::postgres::KEY_STATE_CHANNEL;
+use keyward_store::postgres::{KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use crate::Keyring;
@@ -53,7 +57,12 @@ pub(crate) async fn run_listener(keyring: Arc<Keyring>, url: String) {
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(notification)) => {
-                            apply_notification(&keyring, notification.payload()).await;
+                            apply_notification(
+                                &keyring,
+                                notification.channel(),
+                                notification.payload(),
+                            )
+                            .await;
                         }
                         Ok(None) => {
                             tracing::warn!(replica = %keyring.replica_id(), "the key-state listener lost its connection; reconnecting");
@@ -75,7 +84,8 @@ pub(crate) async fn run_listener(keyring: Arc<Keyring>, url: String) {
     }
 }
 
-/// A fresh dedicated connection, subscribed to [`KEY_STATE_CHANNEL`].
+/// A fresh dedicated connection, subscribed to [`KEY_STATE_CHANNEL`] and
+/// [`TENANT_POLICY_CHANNEL`].
 async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -83,11 +93,13 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
         .acquire_timeout(LISTENER_CONNECT_TIMEOUT)
         .connect_lazy_with(options.clone());
     let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(KEY_STATE_CHANNEL).await?;
+    listener
+        .listen_all([KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL])
+        .await?;
     Ok(listener)
 }
 
-async fn apply_notification(keyring: &Keyring, payload: &str) {
+async fn apply_notification(keyring: &Keyring, channel: &str, payload: &str) {
     let tenant = match TenantId::try_from(payload) {
         Ok(tenant) => tenant,
         Err(e) => {
@@ -96,6 +108,11 @@ async fn apply_notification(keyring: &Keyring, payload: &str) {
             return;
         }
     };
+    if channel == TENANT_POLICY_CHANNEL {
+        let entries = keyring.apply_recorded_policy(&tenant).await;
+        tracing::info!(replica = %keyring.replica_id(), %tenant, entries, "tenant policy changed by another replica; cached keys dropped");
+        return;
+    }
     if let Err(e) = keyring.apply_recorded_state(&tenant).await {
         // The periodic reconciliation retries.
         tracing::error!(replica = %keyring.replica_id(), %tenant, error = %e, "could not apply another replica's key-state change");

@@ -56,6 +56,18 @@ pub const PURPOSE_CONTEXT_KEY: &str = "purpose";
 /// Most items in one `EncryptBatch` / `DecryptBatch` call.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
+/// The scope Decrypt policies see: the envelope's scope is known only after authorization
+/// (from the stored DEK), and "" is never a valid scope label (docs/authorization.md).
+pub const DECRYPT_SCOPE: &str = "";
+
+/// Longest error message of one batch item (longer ones are cut, on a character boundary).
+const ITEM_ERROR_MESSAGE_MAX_BYTES: usize = 512;
+/// Upper bound of one batch item's error as encoded (code, reason, message and their tags).
+const ITEM_ERROR_MAX_BYTES: usize = ITEM_ERROR_MESSAGE_MAX_BYTES + 64;
+/// Upper bound of the protobuf framing around one batch item's result (the result message,
+/// its oneof field, the response field and the DEK id), beyond its envelope or plaintext.
+const ITEM_FRAMING_BYTES: usize = 64;
+
 /// (purpose, scope) pairs already authorized within one batch: items sharing them skip the
 /// policy evaluation (denials are evaluated, and counted, per item).
 type Allowed = HashSet<(Option<String>, Option<String>)>;
@@ -124,6 +136,8 @@ impl CryptoApi {
         })
     }
 
+    /// Decrypts one item; returns the response and the gate generation its plaintext was
+    /// released at (a batch checks it again once every item is done, see `decrypt_batch`).
     async fn decrypt_item(
         &self,
         head: &Request<()>,
@@ -131,28 +145,55 @@ impl CryptoApi {
         envelope: &[u8],
         raw_context: HashMap<String, String>,
         allowed: Option<&mut Allowed>,
-    ) -> Result<pb::DecryptResponse, ServiceError> {
+    ) -> Result<(pb::DecryptResponse, u64), ServiceError> {
         let ctx = context(raw_context)?;
-        // The scope is inside the envelope; policies see only the purpose on decrypt.
+        // The scope is inside the stored DEK record, not known before the key is looked up,
+        // which happens only after authorization: policies see the scope "" on decrypt (never a
+        // valid scope label, so a rule written for a scope never matches a Decrypt by accident;
+        // docs/authorization.md).
         self.authorize(
             head,
             Action::Decrypt,
             tenant,
             RequestContext {
                 purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: None,
+                scope: Some(DECRYPT_SCOPE),
             },
             allowed,
         )?;
-        let plaintext = self.keyring.decrypt(tenant, envelope, &ctx).await?;
+        let (plaintext, generation) = self.keyring.decrypt_held(tenant, envelope, &ctx).await?;
         let ext = head.extensions();
         crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, envelope.len());
         crate::telemetry::note_payload(ext, PayloadKind::PlaintextOut, plaintext.len());
         // prost needs an owned Vec; the copy tonic encodes from is not
         // zeroized (docs/threat-model.md), ours is.
-        Ok(pb::DecryptResponse {
-            plaintext: plaintext.to_vec(),
-        })
+        Ok((
+            pb::DecryptResponse {
+                plaintext: plaintext.to_vec(),
+            },
+            generation,
+        ))
+    }
+
+    /// Refuses a batch whose response could exceed the message limit, before any work: the
+    /// worst case of each item (its envelope or plaintext, or an error) plus protobuf framing.
+    fn check_response_size(
+        &self,
+        item_bounds: impl Iterator<Item = usize>,
+    ) -> Result<(), ServiceError> {
+        let limit = self.max_plaintext_bytes + crate::limits::MESSAGE_OVERHEAD_BYTES;
+        let worst: usize = item_bounds
+            .map(|len| len.max(ITEM_ERROR_MAX_BYTES) + ITEM_FRAMING_BYTES)
+            .sum();
+        if worst > limit {
+            return Err(ServiceError::invalid(
+                "items",
+                format!(
+                    "the response to this batch could be {worst} bytes, over this server's message limit of {limit} bytes; split it into smaller batches"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -168,10 +209,19 @@ fn batch_size(items: usize) -> Result<(), ServiceError> {
 
 /// What the single-item call would have returned, as a batch item's error.
 fn item_error(e: &ServiceError) -> pb::BatchItemError {
+    let status = e.to_status();
+    let mut message = status.message();
+    if message.len() > ITEM_ERROR_MESSAGE_MAX_BYTES {
+        let mut end = ITEM_ERROR_MESSAGE_MAX_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message = &message[..end];
+    }
     pb::BatchItemError {
         code: e.code() as i32,
         reason: e.reason().to_owned(),
-        message: e.to_status().message().to_owned(),
+        message: message.to_owned(),
     }
 }
 
@@ -203,7 +253,7 @@ impl CryptoService for CryptoApi {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
-        let response = self
+        let (response, _) = self
             .decrypt_item(
                 &head,
                 &tenant,
@@ -222,6 +272,12 @@ impl CryptoService for CryptoApi {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
         batch_size(request.items.len())?;
+        self.check_response_size(
+            request
+                .items
+                .iter()
+                .map(|item| keyward_envelope::sealed_len(&tenant, item.plaintext.len())),
+        )?;
         let mut allowed = Allowed::new();
         let mut results = Vec::with_capacity(request.items.len());
         for item in request.items {
@@ -252,25 +308,50 @@ impl CryptoService for CryptoApi {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
         batch_size(request.items.len())?;
+        self.check_response_size(request.items.iter().map(|item| item.envelope.len()))?;
         let mut allowed = Allowed::new();
-        let mut results = Vec::with_capacity(request.items.len());
+        let mut outcomes = Vec::with_capacity(request.items.len());
         for item in request.items {
-            let outcome = self
-                .decrypt_item(
+            outcomes.push(
+                self.decrypt_item(
                     &head,
                     &tenant,
                     &item.envelope,
                     item.encryption_context,
                     Some(&mut allowed),
                 )
-                .await;
-            results.push(pb::DecryptBatchResult {
-                result: Some(match outcome {
-                    Ok(ok) => pb::decrypt_batch_result::Result::Ok(ok),
-                    Err(e) => pb::decrypt_batch_result::Result::Error(item_error(&e)),
-                }),
-            });
+                .await,
+            );
         }
+        // Every item's plaintext leaves now, with the response: the last check before it does
+        // covers them all (a revocation committed while later items were decrypted wins, and
+        // `keys_purged.last_plaintext_at` is this moment).
+        let mut released: Vec<(u64, Result<(), ServiceError>)> = Vec::new();
+        for (_, generation) in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
+            if !released.iter().any(|(g, _)| g == generation) {
+                released.push((*generation, self.keyring.release(&tenant, *generation)));
+            }
+        }
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let result = match outcome {
+                    Ok((ok, generation)) => match released.iter().find(|(g, _)| *g == generation) {
+                        Some((_, Err(e))) => {
+                            // The keyring's copy was zeroized already; this one too.
+                            let mut ok = ok;
+                            zeroize::Zeroize::zeroize(&mut ok.plaintext);
+                            pb::decrypt_batch_result::Result::Error(item_error(e))
+                        }
+                        _ => pb::decrypt_batch_result::Result::Ok(ok),
+                    },
+                    Err(e) => pb::decrypt_batch_result::Result::Error(item_error(&e)),
+                };
+                pb::DecryptBatchResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
         Ok(Response::new(pb::DecryptBatchResponse { results }))
     }
 }
@@ -345,8 +426,7 @@ impl TenantService for TenantApi {
             }
         };
         self.keyring.register_key(&id, &kek).await?;
-        let (record, binding) = self.keyring.tenant(&id).await?;
-        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+        Ok(Response::new(self.tenant_view(&id).await?))
     }
 
     async fn get_tenant(
@@ -361,8 +441,7 @@ impl TenantService for TenantApi {
             Some(&id),
             &RequestContext::default(),
         )?;
-        let (record, binding) = self.keyring.tenant(&id).await?;
-        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+        Ok(Response::new(self.tenant_view(&id).await?))
     }
 
     async fn revoke_key(
@@ -388,8 +467,7 @@ impl TenantService for TenantApi {
                 now_ms(),
             )
             .await?;
-        let (record, binding) = self.keyring.tenant(&id).await?;
-        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+        Ok(Response::new(self.tenant_view(&id).await?))
     }
 
     async fn restore_key(
@@ -405,16 +483,27 @@ impl TenantService for TenantApi {
             &RequestContext::default(),
         )?;
         let reason = reason(&r.reason)?;
+        let binding = match r.binding_id {
+            0 => None,
+            id if id > 0 => Some(id),
+            other => {
+                return Err(ServiceError::invalid(
+                    "binding_id",
+                    format!("{other} is not a binding id (0 restores the current binding)"),
+                )
+                .into());
+            }
+        };
         self.keyring
-            .restore(
+            .restore_binding(
                 &id,
+                binding,
                 RevocationSource::Explicit,
                 Some(caller.actor(&r.requested_by)),
                 reason,
             )
             .await?;
-        let (record, binding) = self.keyring.tenant(&id).await?;
-        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+        Ok(Response::new(self.tenant_view(&id).await?))
     }
 
     async fn set_tenant_policy(
@@ -451,8 +540,7 @@ impl TenantService for TenantApi {
         self.keyring
             .set_tenant_policy(&id, policy, caller.actor(&r.requested_by))
             .await?;
-        let (record, binding) = self.keyring.tenant(&id).await?;
-        Ok(Response::new(tenant_to_pb(&record, binding.as_ref())))
+        Ok(Response::new(self.tenant_view(&id).await?))
     }
 
     async fn report_key_event(
@@ -654,6 +742,19 @@ fn display_name(raw: &str) -> Result<&str, ServiceError> {
 
 // ----- domain -> response ---------------------------------------------------
 
+impl TenantApi {
+    /// The tenant with its current binding and the older ones.
+    async fn tenant_view(&self, id: &TenantId) -> Result<pb::Tenant, ServiceError> {
+        let (record, _) = self.keyring.tenant(id).await?;
+        let bindings = self.keyring.store().list_bindings(id).await?;
+        let (current, previous): (Vec<&KekBinding>, Vec<&KekBinding>) =
+            bindings.iter().partition(|b| b.deactivated_at_ms.is_none());
+        let mut tenant = tenant_to_pb(&record, current.first().copied());
+        tenant.previous_keys = previous.into_iter().map(binding_to_pb).collect();
+        Ok(tenant)
+    }
+}
+
 fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tenant {
     pb::Tenant {
         tenant_id: record.id.to_string(),
@@ -664,6 +765,7 @@ fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tena
             cache_ttl_seconds: record.policy.cache_ttl_seconds.unwrap_or(0),
             monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
         }),
+        previous_keys: Vec::new(),
     }
 }
 
@@ -690,6 +792,19 @@ fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
         state: state.into(),
         tenant_key_id: binding.tenant_key_id.to_string(),
         bound_at: Some(timestamp(binding.created_at_ms)),
+        binding_id: binding.id,
+        state_cause: binding
+            .state_cause
+            .map(|cause| match cause {
+                RevocationSource::Explicit => "explicit",
+                RevocationSource::Monitor => "monitor",
+                RevocationSource::KmsRefusal => "kms_refusal",
+                RevocationSource::Event => "event",
+                _ => "other",
+            })
+            .unwrap_or_default()
+            .to_owned(),
+        state_changed_at: Some(timestamp(binding.state_changed_at_ms)),
     }
 }
 

@@ -25,8 +25,8 @@ use keyward_audit::{
 
 use crate::{
     AuditEvent, AuditQuery, BindingChange, ChainHead, DekInsert, KekBinding, KekState, KeyId,
-    NewDek, NewKekBinding, Record, Scope, StateChange, Store, StoreError, TenantId, TenantRecord,
-    WrappedKey,
+    NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store, StoreError, TenantId,
+    TenantRecord, WrappedKey,
 };
 
 /// Runs every check, in order.
@@ -41,6 +41,8 @@ pub async fn run_all(store: &dyn Store) {
     check_bind_kek_rejects_empty_fields(store).await;
     check_tenant_key_isolation(store).await;
     check_set_binding_state(store).await;
+    check_set_binding_state_compares_the_version(store).await;
+    check_bind_kek_keeps_the_old_bindings_state(store).await;
     check_insert_dek_retires_per_scope(store).await;
     check_insert_dek_bad_tenant_key(store).await;
     check_insert_dek_duplicate_id(store).await;
@@ -545,31 +547,44 @@ pub async fn check_tenant_key_isolation(store: &dyn Store) {
     assert_eq!(store.get_tenant_key(&a, &key_id()).await.unwrap(), None);
 }
 
-/// set_binding_state round-trips every state and stamps state_changed_at_ms; unknown -> NotFound.
+/// set_binding_state round-trips every state and cause, stamps state_changed_at_ms and bumps the
+/// version; unknown -> NotFound.
 pub async fn check_set_binding_state(store: &dyn Store) {
     let (tenant, binding) = bound_tenant(store).await;
-    for state in [
-        KekState::Revoked,
-        KekState::Unavailable,
-        KekState::Restored,
-        KekState::Destroyed,
-        KekState::Active,
+    assert_eq!(binding.state_version, 0, "a new binding is at version 0");
+    assert_eq!(
+        binding.state_cause, None,
+        "a new binding has no state cause"
+    );
+    let mut current = binding.clone();
+    for (state, cause) in [
+        (KekState::Revoked, RevocationSource::Monitor),
+        (KekState::Revoked, RevocationSource::Explicit),
+        (KekState::Unavailable, RevocationSource::Monitor),
+        (KekState::Restored, RevocationSource::KmsRefusal),
+        (KekState::Destroyed, RevocationSource::Event),
+        (KekState::Active, RevocationSource::Explicit),
     ] {
-        let before = store.active_binding(&tenant).await.unwrap().unwrap().state;
+        let before = store.active_binding(&tenant).await.unwrap().unwrap();
         let seen = std::sync::Mutex::new(None);
         let updated = store
-            .set_binding_state(binding.id, state, &|change: &StateChange| {
-                *seen.lock().unwrap() = Some(change.from);
-                state_changed(change)
-            })
+            .set_binding_state(
+                StateUpdate::of(&current, state, cause),
+                &|change: &StateChange| {
+                    *seen.lock().unwrap() = Some((change.from, change.from_cause));
+                    state_changed(change)
+                },
+            )
             .await
             .unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
-            Some(before),
-            "the closure sees the former state"
+            Some((before.state, before.state_cause)),
+            "the closure sees the former state and cause"
         );
         assert_eq!(updated.state, state);
+        assert_eq!(updated.state_cause, Some(cause));
+        assert_eq!(updated.state_version, current.state_version + 1);
         assert_eq!(updated.id, binding.id);
         assert_eq!(updated.tenant_key_id, binding.tenant_key_id);
         assert_eq!(updated.created_at_ms, binding.created_at_ms);
@@ -578,11 +593,33 @@ pub async fn check_set_binding_state(store: &dyn Store) {
             store.active_binding(&tenant).await.unwrap(),
             Some(updated.clone())
         );
-        assert_eq!(store.list_bindings(&tenant).await.unwrap(), vec![updated]);
+        assert_eq!(
+            store.list_bindings(&tenant).await.unwrap(),
+            vec![updated.clone()]
+        );
+        let key = store
+            .get_tenant_key(&tenant, &binding.tenant_key_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            key.binding_state, state,
+            "a tenant key carries its binding's state"
+        );
+        assert_eq!(key.binding_state_changed_at_ms, updated.state_changed_at_ms);
+        current = updated;
     }
     let head = store.audit_head().await.unwrap();
     let err = store
-        .set_binding_state(i64::MAX, KekState::Revoked, &state_changed)
+        .set_binding_state(
+            StateUpdate {
+                binding_id: i64::MAX,
+                expected_version: 0,
+                to: KekState::Revoked,
+                cause: RevocationSource::Explicit,
+            },
+            &state_changed,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -590,6 +627,93 @@ pub async fn check_set_binding_state(store: &dyn Store) {
         "unknown binding: {err:?}"
     );
     assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+}
+
+/// set_binding_state is a compare-and-set on the version read: a writer that decided from an
+/// older read of the binding gets `StateChanged` and changes nothing (no state, no record).
+pub async fn check_set_binding_state_compares_the_version(store: &dyn Store) {
+    let (tenant, read_by_a) = bound_tenant(store).await;
+    let read_by_b = store.active_binding(&tenant).await.unwrap().unwrap();
+    let revoked = store
+        .set_binding_state(
+            StateUpdate::of(&read_by_a, KekState::Revoked, RevocationSource::Explicit),
+            &state_changed,
+        )
+        .await
+        .unwrap();
+    let head = store.audit_head().await.unwrap();
+    // B decided from its older read (active) that the KMS is only unreachable.
+    let err = store
+        .set_binding_state(
+            StateUpdate::of(&read_by_b, KekState::Unavailable, RevocationSource::Monitor),
+            &state_changed,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::StateChanged(_)),
+        "a stale compare-and-set: {err:?}"
+    );
+    assert_eq!(
+        store.active_binding(&tenant).await.unwrap(),
+        Some(revoked.clone()),
+        "the newer decision stands"
+    );
+    assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+    // A stale write of the very same state is refused too (ABA: the version, not the state, is
+    // compared).
+    let restored = store
+        .set_binding_state(
+            StateUpdate::of(&revoked, KekState::Restored, RevocationSource::Explicit),
+            &state_changed,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .set_binding_state(
+            StateUpdate::of(&revoked, KekState::Restored, RevocationSource::Monitor),
+            &state_changed,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StateChanged(_)), "{err:?}");
+    assert_eq!(store.active_binding(&tenant).await.unwrap(), Some(restored));
+}
+
+/// bind_kek keeps the state of the binding it deactivates: a revoked binding stays revoked (and
+/// its tenant key says so) after a new key is registered.
+pub async fn check_bind_kek_keeps_the_old_bindings_state(store: &dyn Store) {
+    let (tenant, old) = bound_tenant(store).await;
+    let revoked = store
+        .set_binding_state(
+            StateUpdate::of(&old, KekState::Revoked, RevocationSource::Explicit),
+            &state_changed,
+        )
+        .await
+        .unwrap();
+    let new = store
+        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
+        .await
+        .unwrap();
+    assert_eq!(new.state, KekState::Active);
+    let bindings = store.list_bindings(&tenant).await.unwrap();
+    assert_eq!(bindings.len(), 2);
+    assert_eq!(bindings[0].state, KekState::Revoked);
+    assert_eq!(bindings[0].state_cause, Some(RevocationSource::Explicit));
+    assert_eq!(bindings[0].state_version, revoked.state_version);
+    assert!(bindings[0].deactivated_at_ms.is_some());
+    let old_key = store
+        .get_tenant_key(&tenant, &old.tenant_key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old_key.binding_state, KekState::Revoked);
+    let new_key = store
+        .get_tenant_key(&tenant, &new.tenant_key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new_key.binding_state, KekState::Active);
 }
 
 /// insert_dek retires the previous active DEK of the same scope, but not of other scopes.
@@ -949,7 +1073,10 @@ pub async fn check_audit_lifecycle_events(store: &dyn Store) {
         .unwrap();
     assert_eq!(second.retired, Some(first.dek.id));
     let revoked = store
-        .set_binding_state(binding.id, KekState::Revoked, &state_changed)
+        .set_binding_state(
+            StateUpdate::of(&binding, KekState::Revoked, RevocationSource::Explicit),
+            &state_changed,
+        )
         .await
         .unwrap();
 
@@ -966,6 +1093,7 @@ pub async fn check_audit_lifecycle_events(store: &dyn Store) {
         state_changed(&StateChange {
             binding: revoked.clone(),
             from: KekState::Active,
+            from_cause: None,
         }),
     ];
     let records = tenant_records(store, &id).await;
@@ -1028,7 +1156,10 @@ pub async fn check_audit_empty_closures_append_nothing(store: &dyn Store) {
         .await
         .unwrap();
     store
-        .set_binding_state(binding.id, KekState::Revoked, &no_events::<StateChange>)
+        .set_binding_state(
+            StateUpdate::of(&binding, KekState::Revoked, RevocationSource::Explicit),
+            &no_events::<StateChange>,
+        )
         .await
         .unwrap();
     assert!(tenant_records(store, &id).await.is_empty());

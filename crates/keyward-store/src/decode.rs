@@ -7,7 +7,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
-    AuditError, ChainHead, Checkpoint, KekState, KeyId, Record, Scope, StoreError, TenantId,
+    AuditError, ChainHead, Checkpoint, KekState, KeyId, Record, RevocationSource, Scope,
+    StoreError, TenantId,
 };
 
 /// Milliseconds since the UNIX epoch, now. A clock before 1970 reads as 0.
@@ -64,6 +65,39 @@ pub(crate) fn kek_state(table: &str, column: &str, value: &str) -> Result<KekSta
     value
         .parse()
         .map_err(|_| corrupt(table, column, format_args!("unknown KEK state {value:?}")))
+}
+
+/// The stored name of a [`RevocationSource`] (its audit-log name).
+pub(crate) fn cause_text(cause: RevocationSource) -> &'static str {
+    match cause {
+        RevocationSource::KmsRefusal => "kms_refusal",
+        RevocationSource::Monitor => "monitor",
+        RevocationSource::Explicit => "explicit",
+        RevocationSource::Event => "event",
+        // `RevocationSource` is non_exhaustive; a new source needs its own stored name (and a
+        // migration widening the CHECK constraint), so this arm is unreachable until then.
+        _ => "explicit",
+    }
+}
+
+pub(crate) fn cause(
+    table: &str,
+    column: &str,
+    value: Option<&str>,
+) -> Result<Option<RevocationSource>, StoreError> {
+    value
+        .map(|v| match v {
+            "kms_refusal" => Ok(RevocationSource::KmsRefusal),
+            "monitor" => Ok(RevocationSource::Monitor),
+            "explicit" => Ok(RevocationSource::Explicit),
+            "event" => Ok(RevocationSource::Event),
+            other => Err(corrupt(
+                table,
+                column,
+                format_args!("unknown state cause {other:?}"),
+            )),
+        })
+        .transpose()
 }
 
 pub(crate) fn scope(table: &str, column: &str, value: String) -> Result<Scope, StoreError> {

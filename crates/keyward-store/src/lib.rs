@@ -20,7 +20,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-pub use keyward_audit::{AuditError, AuditEvent, ChainHead, Checkpoint, Record};
+pub use keyward_audit::{AuditError, AuditEvent, ChainHead, Checkpoint, Record, RevocationSource};
 pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
 
 #[cfg(feature = "conformance")]
@@ -206,6 +206,33 @@ pub struct BindingChange {
 pub struct StateChange {
     pub binding: KekBinding,
     pub from: KekState,
+    /// What had set the former state (`None`: registration, or unknown before schema 4).
+    pub from_cause: Option<RevocationSource>,
+}
+
+/// A state change of one binding, decided from a read of it: [`Store::set_binding_state`]
+/// applies it only if the binding is still at `expected_version` (compare-and-set), so a writer
+/// that decided from an older read never overwrites a newer decision, of any replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub binding_id: i64,
+    /// The [`KekBinding::state_version`] the decision was made from.
+    pub expected_version: i64,
+    pub to: KekState,
+    /// What decided the change; stored as [`KekBinding::state_cause`].
+    pub cause: RevocationSource,
+}
+
+impl StateUpdate {
+    /// `binding` (as read) moved to `to` because of `cause`.
+    pub fn of(binding: &KekBinding, to: KekState, cause: RevocationSource) -> Self {
+        Self {
+            binding_id: binding.id,
+            expected_version: binding.state_version,
+            to,
+            cause,
+        }
+    }
 }
 
 /// A new KEK binding together with the tenant key it wraps (see [`Store::bind_kek`]).
@@ -236,6 +263,22 @@ pub struct KekBinding {
     /// When a newer binding replaced this one; `None` for the tenant's current binding.
     pub deactivated_at_ms: Option<i64>,
     pub state_changed_at_ms: i64,
+    /// What set the current state: `Explicit` for `RevokeKey`/`RestoreKey` (an explicit
+    /// revocation is lifted only by `RestoreKey`), else the monitor, a KMS refusal or a pushed
+    /// event. `None` while the binding never changed state, and for states set before schema
+    /// version 4 (a revoked binding whose cause is unknown is treated as explicitly revoked).
+    pub state_cause: Option<RevocationSource>,
+    /// Incremented by every committed state change: the compare-and-set token of
+    /// [`Store::set_binding_state`] ([`StateUpdate::expected_version`]).
+    pub state_version: i64,
+}
+
+impl KekBinding {
+    /// Revoked by `RevokeKey` (or revoked before causes were recorded): only `RestoreKey` lifts it.
+    pub fn explicitly_revoked(&self) -> bool {
+        self.state == KekState::Revoked
+            && matches!(self.state_cause, None | Some(RevocationSource::Explicit))
+    }
 }
 
 /// A wrapped tenant key, with the provider and key ref of the binding whose KEK wraps it.
@@ -248,6 +291,11 @@ pub struct TenantKeyRecord {
     pub key_ref: String,
     pub wrapped: WrappedKey,
     pub created_at_ms: i64,
+    /// The state of the binding whose KEK wraps this key: data under a revoked or destroyed
+    /// binding stays unreadable even after a newer binding was registered.
+    pub binding_state: KekState,
+    /// When that binding's state last changed.
+    pub binding_state_changed_at_ms: i64,
 }
 
 /// A new DEK (see [`Store::insert_dek`]).
@@ -405,6 +453,10 @@ pub enum StoreError {
     /// Nothing was changed; the call is safe to retry.
     #[error("conflicting concurrent write, safe to retry: {0}")]
     Conflict(String),
+    /// [`Store::set_binding_state`]'s compare-and-set failed: the binding changed (or moved to a
+    /// newer version) since the caller read it. Nothing was changed; re-read and decide again.
+    #[error("the KEK binding changed since it was read: {0}")]
+    StateChanged(String),
     /// An audit record or checkpoint could not be encoded (e.g. the sequence number would
     /// overflow). Nothing was changed: the lifecycle change it belonged to was rolled back.
     #[error("audit record could not be built")]
@@ -441,7 +493,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
 
     /// Replaces the tenant's policy overrides and appends `audit(&updated)`, in one
-    /// transaction. Unknown tenant -> NotFound; a zero value -> InvalidInput.
+    /// transaction. Unknown tenant -> NotFound; a zero value -> InvalidInput. Announces the
+    /// tenant to other replicas (PostgreSQL: `NOTIFY` on the policy channel) when it commits.
     async fn set_tenant_policy(
         &self,
         id: &TenantId,
@@ -449,9 +502,10 @@ pub trait Store: Send + Sync + fmt::Debug {
         audit: AuditFn<'_, TenantRecord>,
     ) -> Result<TenantRecord, StoreError>;
 
-    /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms),
-    /// insert the new binding (state Active) and its wrapped tenant key, append
-    /// `audit(&binding)`. Unknown tenant -> NotFound. Durable before returning.
+    /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms;
+    /// its state is kept), insert the new binding (state Active) and its wrapped tenant key,
+    /// append `audit(&binding)`. Unknown tenant -> NotFound. Durable before returning; announces
+    /// the tenant to other replicas (PostgreSQL: `NOTIFY`) when it commits.
     async fn bind_kek(
         &self,
         binding: NewKekBinding,
@@ -468,12 +522,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Every binding of the tenant, oldest first.
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError>;
 
-    /// Sets a binding's state and state_changed_at_ms and appends `audit(&updated)`; unknown
-    /// binding -> NotFound.
+    /// Compare-and-set of a binding's state: if the binding is still at
+    /// `update.expected_version`, sets its state, cause and state_changed_at_ms, increments its
+    /// version and appends `audit(&change)`, in one transaction; otherwise changes nothing and
+    /// fails with `StateChanged`. Unknown binding -> NotFound. Announces the tenant to other
+    /// replicas (PostgreSQL: `NOTIFY`) when it commits.
     async fn set_binding_state(
         &self,
-        binding_id: i64,
-        state: KekState,
+        update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError>;
 

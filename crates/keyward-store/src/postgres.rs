@@ -30,7 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use crate::StoreError;
-use crate::sql::{self, Migration, SqlBackend, backend, quote_ident};
+use crate::sql::{self, Announcement, Migration, SqlBackend, backend, quote_ident};
 
 /// Attempts of a write transaction that reported [`StoreError::Conflict`] before that error is
 /// returned. With the chain lock taken first such conflicts should not happen between Keyward
@@ -41,12 +41,21 @@ const WRITE_ATTEMPTS: usize = 5;
 /// starting replicas ("keyward\0" in ASCII). Advisory locks are per database.
 const MIGRATION_LOCK: i64 = 0x6b65_7977_6172_6400;
 
-/// The `LISTEN`/`NOTIFY` channel on which every committed [`Store::set_binding_state`]
-/// announces its tenant (the payload is the tenant id; the state itself is read from the store).
-/// Replicas listen on it to apply revocations recorded by other replicas.
+/// The `LISTEN`/`NOTIFY` channel on which every committed [`Store::set_binding_state`] and
+/// [`Store::bind_kek`] announces its tenant (the payload is the tenant id; the state itself is
+/// read from the store). Replicas listen on it to apply revocations, restorations and new
+/// bindings recorded by other replicas.
 ///
 /// [`Store::set_binding_state`]: crate::Store::set_binding_state
+/// [`Store::bind_kek`]: crate::Store::bind_kek
 pub const KEY_STATE_CHANNEL: &str = "keyward_key_state";
+
+/// The `LISTEN`/`NOTIFY` channel on which every committed [`Store::set_tenant_policy`]
+/// announces its tenant: replicas drop the tenant's cached keys, so a shortened cache TTL bounds
+/// every replica's keys at once.
+///
+/// [`Store::set_tenant_policy`]: crate::Store::set_tenant_policy
+pub const TENANT_POLICY_CHANNEL: &str = "keyward_tenant_policy";
 
 /// Oldest server accepted: the migrations use `EXECUTE FUNCTION` (PostgreSQL 11).
 const MIN_SERVER_VERSION: i64 = 110_000;
@@ -68,6 +77,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "tenant_policy",
         sql: include_str!("../migrations/postgres/0003_tenant_policy.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "binding_state_cause",
+        sql: include_str!("../migrations/postgres/0004_binding_state_cause.sql"),
     },
 ];
 
@@ -377,14 +391,20 @@ impl SqlBackend for PostgresStore {
         Ok(tx)
     }
 
-    /// `NOTIFY` on [`KEY_STATE_CHANNEL`] in the transaction: PostgreSQL delivers it to every
-    /// listening session when (and only if) the transaction commits.
-    async fn announce_key_state(
+    /// `NOTIFY` on [`KEY_STATE_CHANNEL`] or [`TENANT_POLICY_CHANNEL`] in the transaction:
+    /// PostgreSQL delivers it to every listening session when (and only if) the transaction
+    /// commits.
+    async fn announce(
         tx: &mut Transaction<'static, Postgres>,
+        change: Announcement,
         tenant: &str,
     ) -> Result<(), StoreError> {
+        let channel = match change {
+            Announcement::KeyState => KEY_STATE_CHANNEL,
+            Announcement::TenantPolicy => TENANT_POLICY_CHANNEL,
+        };
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(KEY_STATE_CHANNEL)
+            .bind(channel)
             .bind(tenant)
             .execute(&mut **tx)
             .await

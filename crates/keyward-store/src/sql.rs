@@ -25,8 +25,19 @@ use crate::decode::{self, StoredRecord, now_ms};
 use crate::{
     AuditError, AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert,
     DekRecord, KekBinding, KekState, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange,
-    StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord, WrappedKey,
+    StateUpdate, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
+    WrappedKey,
 };
+
+/// What a write transaction announces to the other processes on the database
+/// ([`SqlBackend::announce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Announcement {
+    /// The tenant's current binding or a binding's state changed.
+    KeyState,
+    /// The tenant's policy (cache TTL, monitor interval) changed.
+    TenantPolicy,
+}
 
 /// A schema migration: `migrations/<backend>/NNNN_name.sql`, applied once, in order. Both
 /// backends use the same versions and names.
@@ -60,11 +71,12 @@ pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms,
 /// reported as corruption instead of hiding the binding).
 pub(crate) const BINDING_COLUMNS: &str = "SELECT kb.id, kb.tenant_id, kb.provider, kb.key_ref, \
      kb.state, tk.id AS tenant_key_id, kb.created_at_ms, kb.deactivated_at_ms, \
-     kb.state_changed_at_ms \
+     kb.state_changed_at_ms, kb.state_cause, kb.state_version \
      FROM kek_bindings kb LEFT JOIN tenant_keys tk ON tk.binding_id = kb.id";
 
 pub(crate) const TENANT_KEY_COLUMNS: &str = "SELECT tk.id, tk.tenant_id, tk.binding_id, \
-     kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms \
+     kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms, kb.state AS binding_state, \
+     kb.state_changed_at_ms AS binding_state_changed_at_ms \
      FROM tenant_keys tk JOIN kek_bindings kb ON kb.id = tk.binding_id";
 
 pub(crate) const DEK_COLUMNS: &str = "SELECT id, tenant_id, scope, tenant_key_id, wrapped, \
@@ -163,14 +175,16 @@ where
         Ok(())
     }
 
-    /// Called inside [`Store::set_binding_state`]'s transaction, before commit: lets other
-    /// processes on the same database learn that `tenant`'s key state changed (PostgreSQL:
+    /// Called inside a write transaction, before commit: lets other processes on the same
+    /// database learn that `tenant`'s key state or binding ([`Store::set_binding_state`],
+    /// [`Store::bind_kek`]) or its policy ([`Store::set_tenant_policy`]) changed (PostgreSQL:
     /// `NOTIFY`, delivered only if and when the transaction commits). SQLite: nothing.
-    fn announce_key_state<'t>(
+    fn announce<'t>(
         tx: &'t mut sqlx::Transaction<'static, Self::Db>,
+        change: Announcement,
         tenant: &'t str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 't {
-        let _ = (tx, tenant);
+        let _ = (tx, change, tenant);
         async { Ok(()) }
     }
 
@@ -231,6 +245,12 @@ where
             created_at_ms: Self::col(row, T, "created_at_ms")?,
             deactivated_at_ms: Self::col(row, T, "deactivated_at_ms")?,
             state_changed_at_ms: Self::col(row, T, "state_changed_at_ms")?,
+            state_cause: decode::cause(
+                T,
+                "state_cause",
+                Self::col::<Option<String>>(row, T, "state_cause")?.as_deref(),
+            )?,
+            state_version: Self::col(row, T, "state_version")?,
         })
     }
 
@@ -246,6 +266,16 @@ where
             key_ref: Self::col(row, "kek_bindings", "key_ref")?,
             wrapped: WrappedKey::new(Self::col(row, T, "wrapped")?),
             created_at_ms: Self::col(row, T, "created_at_ms")?,
+            binding_state: decode::kek_state(
+                "kek_bindings",
+                "state",
+                &Self::col::<String>(row, "kek_bindings", "binding_state")?,
+            )?,
+            binding_state_changed_at_ms: Self::col(
+                row,
+                "kek_bindings",
+                "binding_state_changed_at_ms",
+            )?,
         })
     }
 
@@ -444,6 +474,7 @@ where
             .map_err(backend)?;
         let tenant = Self::tenant_from_row(&row)?;
         Self::append_events(&mut tx, audit(&tenant)).await?;
+        Self::announce(&mut tx, Announcement::TenantPolicy, id.as_str()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(tenant)
     }
@@ -485,7 +516,9 @@ where
         .await
         .map_err(backend)?;
         sqlx::query(
-            "UPDATE kek_bindings SET deactivated_at_ms = $1 \
+            // The version moves too: a state change decided from a read of the binding while
+            // it was current must not commit now that it no longer is.
+            "UPDATE kek_bindings SET deactivated_at_ms = $1, state_version = state_version + 1 \
              WHERE tenant_id = $2 AND deactivated_at_ms IS NULL",
         )
         .bind(now)
@@ -531,42 +564,52 @@ where
             created_at_ms: now,
             deactivated_at_ms: None,
             state_changed_at_ms: now,
+            state_cause: None,
+            state_version: 0,
         };
         let change = BindingChange { binding, previous };
         Self::append_events(&mut tx, audit(&change)).await?;
+        Self::announce(&mut tx, Announcement::KeyState, b.tenant.as_str()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(change.binding)
     }
 
     async fn try_set_binding_state(
         &self,
-        binding_id: i64,
-        state: KekState,
+        update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError> {
+        let binding_id = update.binding_id;
         let mut tx = self.begin_write().await?;
-        let from: Option<String> =
-            sqlx::query_scalar("SELECT state FROM kek_bindings WHERE id = $1")
-                .bind(binding_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-        let Some(from) = from else {
-            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
-        };
-        let from = from.parse::<KekState>().map_err(|_| {
-            StoreError::Corrupt(format!(
-                "kek_bindings.state of binding {binding_id}: {from:?}"
-            ))
-        })?;
-        // The row exists (read above, in this write transaction).
-        sqlx::query("UPDATE kek_bindings SET state = $1, state_changed_at_ms = $2 WHERE id = $3")
-            .bind(state.as_str())
-            .bind(now_ms())
+        // Read under the write lock: nothing can change the row between this read and the
+        // update below, so comparing here is the compare-and-set.
+        let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
             .bind(binding_id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("KEK binding {binding_id}")));
+        };
+        let current = Self::binding_from_row(&row)?;
+        if current.state_version != update.expected_version {
+            return Err(StoreError::StateChanged(format!(
+                "binding {binding_id} of tenant {} is {} (version {}), not version {} as read",
+                current.tenant, current.state, current.state_version, update.expected_version
+            )));
+        }
+        sqlx::query(
+            "UPDATE kek_bindings SET state = $1, state_cause = $2, state_changed_at_ms = $3, \
+             state_version = state_version + 1 WHERE id = $4 AND state_version = $5",
+        )
+        .bind(update.to.as_str())
+        .bind(decode::cause_text(update.cause))
+        .bind(now_ms())
+        .bind(binding_id)
+        .bind(update.expected_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
             .bind(binding_id)
             .fetch_one(&mut *tx)
@@ -574,10 +617,23 @@ where
             .map_err(backend)?;
         let change = StateChange {
             binding: Self::binding_from_row(&row)?,
-            from,
+            from: current.state,
+            from_cause: current.state_cause,
         };
+        if change.binding.state_version != update.expected_version + 1 {
+            // Unreachable under the write lock; refuse rather than commit something unexpected.
+            return Err(StoreError::StateChanged(format!(
+                "binding {binding_id} moved to version {} during its own update",
+                change.binding.state_version
+            )));
+        }
         Self::append_events(&mut tx, audit(&change)).await?;
-        Self::announce_key_state(&mut tx, change.binding.tenant.as_str()).await?;
+        Self::announce(
+            &mut tx,
+            Announcement::KeyState,
+            change.binding.tenant.as_str(),
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         Ok(change.binding)
     }
@@ -817,12 +873,11 @@ where
 
     async fn set_binding_state(
         &self,
-        binding_id: i64,
-        state: KekState,
+        update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError> {
         with_retries(Self::WRITE_ATTEMPTS, || {
-            self.try_set_binding_state(binding_id, state, audit)
+            self.try_set_binding_state(update, audit)
         })
         .await
     }
@@ -1084,11 +1139,10 @@ macro_rules! impl_store_for_sql_backend {
 
             async fn set_binding_state(
                 &self,
-                binding_id: i64,
-                state: $crate::KekState,
+                update: $crate::StateUpdate,
                 audit: $crate::AuditFn<'_, $crate::StateChange>,
             ) -> Result<$crate::KekBinding, $crate::StoreError> {
-                $crate::sql::SqlBackend::set_binding_state(self, binding_id, state, audit).await
+                $crate::sql::SqlBackend::set_binding_state(self, update, audit).await
             }
 
             async fn get_tenant_key(

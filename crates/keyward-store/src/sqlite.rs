@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_policy",
         sql: include_str!("../migrations/sqlite/0003_tenant_policy.sql"),
     },
+    Migration {
+        version: 4,
+        name: "binding_state_cause",
+        sql: include_str!("../migrations/sqlite/0004_binding_state_cause.sql"),
+    },
 ];
 
 /// The SQLite [`Store`](crate::Store). Cheap to clone (a pool handle).

@@ -661,7 +661,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
         .unwrap_err();
     assert!(is_backend(err));
     let err = store
-        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .set_binding_state(revoke_fresh(binding_id), &state_changed)
         .await
         .unwrap_err();
     assert!(is_backend(err));
@@ -690,7 +690,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
     let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
     assert_eq!(inserted.retired, Some(dek.id));
     store
-        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .set_binding_state(revoke_fresh(binding_id), &state_changed)
         .await
         .unwrap();
     store
@@ -916,7 +916,7 @@ async fn bad_requests_change_nothing() {
     );
     assert!(
         store
-            .set_binding_state(-1, KekState::Revoked, &state_changed)
+            .set_binding_state(revoke_fresh(-1), &state_changed)
             .await
             .is_err()
     );
@@ -1028,7 +1028,11 @@ async fn replicas_starting_at_once_migrate_once() {
             .collect::<Vec<_>>()
     };
     let first = migrations(a.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        migration_versions("postgres"),
+        "every migration applied once, in order"
+    );
     let dump = a.dump().await.unwrap();
     assert_eq!(b.dump().await.unwrap(), dump);
     assert_eq!(c.dump().await.unwrap(), dump);
@@ -1200,4 +1204,31 @@ fn test_database_urls() {
         "postgres://u:***@h:1/db"
     );
     assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
+}
+
+/// Revokes a binding that never changed state since registration (version 0).
+fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
+    keyward_store::StateUpdate {
+        binding_id,
+        expected_version: 0,
+        to: KekState::Revoked,
+        cause: keyward_store::RevocationSource::Explicit,
+    }
+}
+
+/// The versions of the migration files of `backend` (`migrations/<backend>/NNNN_name.sql`), in
+/// order: the store must have applied exactly these.
+fn migration_versions(backend: &str) -> Vec<i64> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut versions: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name[..4].parse().unwrap()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
 }

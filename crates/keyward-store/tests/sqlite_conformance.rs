@@ -165,7 +165,11 @@ async fn migrations_are_idempotent_on_reopen() {
             .collect::<Vec<_>>()
     };
     let first = migrations(store.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        migration_versions("sqlite"),
+        "every migration applied once, in order"
+    );
     let dump = store.dump().await.unwrap();
     store.close().await;
 
@@ -233,8 +237,7 @@ async fn read_only_handle_reads_but_cannot_write() {
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let err = reader
         .set_binding_state(
-            writer.active_binding(&tenant).await.unwrap().unwrap().id,
-            KekState::Revoked,
+            revoke_fresh(writer.active_binding(&tenant).await.unwrap().unwrap().id),
             &state_changed,
         )
         .await
@@ -249,8 +252,7 @@ async fn read_only_handle_reads_but_cannot_write() {
     // The reader sees the writer's later commits.
     writer
         .set_binding_state(
-            writer.active_binding(&tenant).await.unwrap().unwrap().id,
-            KekState::Revoked,
+            revoke_fresh(writer.active_binding(&tenant).await.unwrap().unwrap().id),
             &state_changed,
         )
         .await
@@ -371,7 +373,7 @@ async fn bad_requests_change_nothing() {
     );
     assert!(
         store
-            .set_binding_state(-1, KekState::Revoked, &state_changed)
+            .set_binding_state(revoke_fresh(-1), &state_changed)
             .await
             .is_err()
     );
@@ -539,7 +541,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
         .unwrap_err();
     assert!(is_backend(err));
     let err = store
-        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .set_binding_state(revoke_fresh(binding_id), &state_changed)
         .await
         .unwrap_err();
     assert!(is_backend(err));
@@ -565,7 +567,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
     let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
     assert_eq!(inserted.retired, Some(dek.id));
     store
-        .set_binding_state(binding_id, KekState::Revoked, &state_changed)
+        .set_binding_state(revoke_fresh(binding_id), &state_changed)
         .await
         .unwrap();
     store
@@ -782,4 +784,31 @@ async fn checkpoint_of_the_empty_chain() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+}
+
+/// Revokes a binding that never changed state since registration (version 0).
+fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
+    keyward_store::StateUpdate {
+        binding_id,
+        expected_version: 0,
+        to: KekState::Revoked,
+        cause: keyward_store::RevocationSource::Explicit,
+    }
+}
+
+/// The versions of the migration files of `backend` (`migrations/<backend>/NNNN_name.sql`), in
+/// order: the store must have applied exactly these.
+fn migration_versions(backend: &str) -> Vec<i64> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut versions: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name[..4].parse().unwrap()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
 }

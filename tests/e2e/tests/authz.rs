@@ -397,6 +397,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
                 tenant_id: "acme".into(),
                 reason: "oops".into(),
                 requested_by: String::new(),
+                binding_id: 0,
             })
             .await,
         Code::PermissionDenied,

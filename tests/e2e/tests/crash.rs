@@ -197,6 +197,7 @@ async fn lifecycle_worker(channel: Channel, seed: u64, ledger: Arc<Mutex<Ledger>
                     tenant_id: tenant.clone(),
                     reason: "crash test".into(),
                     requested_by: "crash-test".into(),
+                    binding_id: 0,
                 })
                 .await
                 .map(drop),
@@ -340,6 +341,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     tenant_id: tenant.clone(),
                     reason: "crash test: check every ciphertext".into(),
                     requested_by: "crash-test".into(),
+                    binding_id: 0,
                 })
                 .await
                 .unwrap();

@@ -337,6 +337,7 @@ async fn three_replicas_share_data_and_a_revocation_reaches_every_replica() {
             tenant_id: "acme".into(),
             reason: "resolved".into(),
             requested_by: "ciso".into(),
+            binding_id: 0,
         })
         .await
         .unwrap();

@@ -7,13 +7,20 @@
 //! its audit record commit in one store transaction, then every cached key of
 //! the tenant is removed (zeroized when its last user drops it) and the purge
 //! is audited.
+//!
+//! Every transition is a compare-and-set on the binding as it was read
+//! ([`StateUpdate`]): a decision made from an older read (a sweep that read the
+//! state before another replica, or `RevokeKey`, changed it) never commits; it is
+//! made again from a fresh read, with the same KMS observation. Why a binding is
+//! in its state is stored with it (`state_cause`): an explicit revocation
+//! (`RevokeKey`) is lifted only by `RestoreKey`, whatever the KMS says later.
 
 use std::{str::FromStr as _, sync::Arc, time::Duration};
 
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState, StateTransition};
 use keyward_envelope::TenantId;
 use keyward_kms::{ErrorKind, KeyRef, ProviderKind, Purpose, WrapContext};
-use keyward_store::{AuditQuery, KekBinding, KekState, StateChange};
+use keyward_store::{KekBinding, KekState, StateChange, StateUpdate, StoreError};
 
 use super::{Keyring, internal};
 use crate::{error::ServiceError, gate::Closed, now_ms};
@@ -57,6 +64,32 @@ fn audit_state(state: KekState) -> AuditKeyState {
     }
 }
 
+/// Times a transition is decided again after its compare-and-set found the binding changed
+/// (each retry follows a change committed by someone else, so this is never reached in practice).
+const MAX_DECISIONS: usize = 8;
+
+/// What the KMS said about a binding's key (a canary unwrap, or a call on the data path).
+#[derive(Debug)]
+enum Observation {
+    /// The key unwraps.
+    Works,
+    /// The KMS refused (disabled key, removed grant, …): a revocation signal.
+    Refused(String),
+    /// The key no longer exists at the KMS.
+    Gone(String),
+    /// The KMS could not be reached: not a refusal.
+    Unreachable(String),
+}
+
+/// One decided transition of a binding.
+struct Transition<'a> {
+    to: KekState,
+    source: RevocationSource,
+    actor: Option<String>,
+    reason: &'a str,
+    observed_at_ms: i64,
+}
+
 impl Keyring {
     /// Closes the gates of every tenant whose current binding is revoked or
     /// destroyed in the store (at start-up).
@@ -78,7 +111,10 @@ impl Keyring {
     }
 
     /// Revokes the tenant's current binding: gate closed, state and audit
-    /// record committed together, caches purged, purge audited. Idempotent.
+    /// record committed together, caches purged, purge audited. Idempotent; an
+    /// explicit revocation (`source` [`RevocationSource::Explicit`]) of a binding
+    /// the KMS or the monitor already revoked makes it explicit (audited), so
+    /// that only `RestoreKey` lifts it.
     pub async fn revoke(
         &self,
         tenant: &TenantId,
@@ -89,52 +125,117 @@ impl Keyring {
         observed_at_ms: i64,
     ) -> Result<KekBinding, ServiceError> {
         let _transition = self.transitions.lock().await;
-        let binding = self.current_binding(tenant).await?;
-        if matches!(binding.state, KekState::Revoked | KekState::Destroyed)
-            && to != KekState::Destroyed
-            || binding.state == KekState::Destroyed
-        {
-            // Already recorded (perhaps by another replica whose notification has not arrived
-            // yet): close and purge here too if this replica has not.
-            self.apply_binding(&binding).await;
-            return Ok(binding);
+        let transition = Transition {
+            to,
+            source,
+            actor,
+            reason,
+            observed_at_ms,
+        };
+        for _ in 0..MAX_DECISIONS {
+            let binding = self.current_binding(tenant).await?;
+            let already = binding.state == KekState::Destroyed
+                || binding.state == KekState::Revoked
+                    && to != KekState::Destroyed
+                    && (source != RevocationSource::Explicit || binding.explicitly_revoked());
+            if already {
+                // Already recorded (perhaps by another replica whose notification has not
+                // arrived yet): close and purge here too if this replica has not.
+                self.apply_binding(&binding).await;
+                return Ok(binding);
+            }
+            if let Some(updated) = self.commit(&binding, &transition).await? {
+                return Ok(updated);
+            }
         }
-        let now = now_ms();
-        // Deny from this instant on; if the record cannot be written, the
-        // tenant stays closed on this replica (safe) and the caller gets the error.
-        self.gates.close(
-            tenant,
-            Closed {
-                state: to,
-                since_ms: now,
-            },
-        );
-        let updated = self
+        Err(changed_too_often(tenant))
+    }
+
+    /// Commits `transition` of `binding` (as read) with a compare-and-set, and applies it to
+    /// this replica: a revocation closes the gate first and purges after; a restoration reopens
+    /// the gate (of the tenant's current binding) or forgets the refusals remembered for an older
+    /// binding's key. `Ok(None)`: the binding changed since it was read (nothing committed; the
+    /// gate is back in line with the store): decide again. The caller holds `transitions`.
+    async fn commit(
+        &self,
+        binding: &KekBinding,
+        t: &Transition<'_>,
+    ) -> Result<Option<KekBinding>, ServiceError> {
+        let tenant = &binding.tenant;
+        let current = binding.deactivated_at_ms.is_none();
+        let closing = matches!(t.to, KekState::Revoked | KekState::Destroyed);
+        if closing && current {
+            // Deny from this instant on; if the record cannot be written, the tenant stays
+            // closed on this replica (safe) and the caller gets the error.
+            self.gates.close(
+                tenant,
+                Closed {
+                    state: t.to,
+                    since_ms: now_ms(),
+                },
+            );
+        }
+        let restoring = matches!(t.to, KekState::Active | KekState::Restored)
+            && matches!(binding.state, KekState::Revoked | KekState::Unavailable);
+        let audit = |change: &StateChange| {
+            let transition = StateTransition {
+                tenant: change.binding.tenant.clone(),
+                binding_id: change.binding.id,
+                from: audit_state(change.from),
+                to: audit_state(t.to),
+                source: t.source,
+                actor: t.actor.clone(),
+                reason: t.reason.to_owned(),
+                observed_at_ms: t.observed_at_ms,
+            };
+            vec![if restoring {
+                AuditEvent::Restored(transition)
+            } else {
+                AuditEvent::RevocationStateChanged(transition)
+            }]
+        };
+        let result = self
             .store
-            .set_binding_state(binding.id, to, &|change: &StateChange| {
-                vec![AuditEvent::RevocationStateChanged(StateTransition {
-                    tenant: change.binding.tenant.clone(),
-                    binding_id: change.binding.id,
-                    from: audit_state(change.from),
-                    to: audit_state(to),
-                    source,
-                    actor: actor.clone(),
-                    reason: reason.to_owned(),
-                    observed_at_ms,
-                })]
-            })
-            .await
-            .inspect_err(|_| {
-                // Closed here but not in the store: reconciliation must not reopen it.
-                self.unrecorded_closures
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(tenant.clone());
-            })?;
-        self.forget_unrecorded(tenant);
-        let entries = self.purge_and_audit(tenant).await;
-        tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), source = ?source, entries, "tenant key revoked; cached keys purged");
-        Ok(updated)
+            .set_binding_state(StateUpdate::of(binding, t.to, t.source), &audit)
+            .await;
+        let updated = match result {
+            Ok(updated) => updated,
+            Err(StoreError::StateChanged(why)) => {
+                tracing::info!(%tenant, replica = %self.replica_id, %why, "key state changed since it was read; deciding again");
+                if let Some(fresh) = self.store.active_binding(tenant).await? {
+                    self.apply_binding(&fresh).await;
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                if closing && current {
+                    // Closed here but not in the store: reconciliation must not reopen it.
+                    self.unrecorded_closures
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(tenant.clone());
+                }
+                return Err(e.into());
+            }
+        };
+        if closing {
+            let entries = if current {
+                self.forget_unrecorded(tenant);
+                self.purge_and_audit(tenant).await
+            } else {
+                self.purge_tenant_key(tenant, &binding.tenant_key_id).await
+            };
+            tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, state = t.to.as_str(), source = ?t.source, entries, "tenant key revoked; cached keys purged");
+        } else if restoring {
+            self.forget_refusals(tenant, Some(&binding.tenant_key_id))
+                .await;
+            if current {
+                self.forget_unrecorded(tenant);
+                self.gates.open(tenant);
+            }
+            tracing::info!(%tenant, replica = %self.replica_id, binding = binding.id, source = ?t.source, "tenant key restored");
+        }
+        Ok(Some(updated))
     }
 
     /// Removes every cached key of a closed tenant and records the purge (`keys_purged`, with
@@ -147,9 +248,7 @@ impl Keyring {
             entries,
             last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
         };
-        if let Err(e) = self.store.append_audit(vec![purged]).await {
-            tracing::error!(%tenant, replica = %self.replica_id, error = %e, "could not audit the purge of a revoked tenant");
-        }
+        self.record_audit(vec![purged]).await;
         entries
     }
 
@@ -163,14 +262,28 @@ impl Keyring {
     /// Applies the tenant's key state as recorded in the store (by any replica) to this
     /// replica's gate and caches, exactly as the recording replica did: revoked or destroyed
     /// closes the gate and purges the tenant's cached keys (audited as `keys_purged` by this
-    /// replica); active, restored or unavailable reopens a closed gate. Called for each
+    /// replica); active, restored or unavailable reopens a closed gate. Keys of the tenant's
+    /// older bindings cached here are checked too: one whose binding is revoked or destroyed is
+    /// purged (a new key may have been registered after a revocation this replica missed), and
+    /// remembered refusals are forgotten (the binding may have been restored). Called for each
     /// notification of another replica's change and by [`Keyring::reconcile`].
     pub async fn apply_recorded_state(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
         let _transition = self.transitions.lock().await;
         match self.store.active_binding(tenant).await? {
-            Some(binding) => Ok(self.apply_binding(&binding).await),
+            Some(binding) => {
+                let changed = self.apply_binding(&binding).await;
+                self.forget_refusals(tenant, None).await;
+                let purged = self.purge_revoked_older_keys(&binding).await?;
+                Ok(changed || purged)
+            }
             None => Ok(false),
         }
+    }
+
+    /// A tenant's policy changed (on any replica): its cached keys are dropped, so that a
+    /// shortened cache TTL bounds this replica's keys at once.
+    pub async fn apply_recorded_policy(&self, tenant: &TenantId) -> u64 {
+        self.purge_tenant(tenant).await
     }
 
     /// Compares every tenant's current binding in the store with this replica's gates and
@@ -180,17 +293,20 @@ impl Keyring {
         let _transition = self.transitions.lock().await;
         let mut changed = 0;
         for binding in self.store.active_bindings().await? {
-            if self.apply_binding(&binding).await {
+            let gate = self.apply_binding(&binding).await;
+            let purged = self.purge_revoked_older_keys(&binding).await?;
+            if gate || purged {
                 changed += 1;
             }
         }
+        self.recheck_refusals().await?;
         Ok(changed)
     }
 
     /// One tenant's recorded state onto its gate; the caller holds `transitions` (so a local
     /// transition cannot interleave between the store read and this). Returns whether the gate
     /// changed.
-    async fn apply_binding(&self, binding: &KekBinding) -> bool {
+    pub(super) async fn apply_binding(&self, binding: &KekBinding) -> bool {
         let tenant = &binding.tenant;
         let current = self.gates.closed(tenant);
         if matches!(binding.state, KekState::Revoked | KekState::Destroyed) {
@@ -218,12 +334,13 @@ impl Keyring {
             return false;
         }
         self.gates.open(tenant);
-        tracing::info!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), "tenant key restored by another replica");
+        tracing::info!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), "tenant key usable again (restored, or a new key registered)");
         true
     }
 
-    /// Restores a revoked (not destroyed) binding after proving with a live
-    /// canary unwrap that the KMS accepts the key again.
+    /// Restores the tenant's current binding after proving with a live canary unwrap that the
+    /// KMS accepts the key again (`RestoreKey`). A binding revoked by `RevokeKey` is restored
+    /// only with `source` [`RevocationSource::Explicit`].
     pub async fn restore(
         &self,
         tenant: &TenantId,
@@ -231,50 +348,83 @@ impl Keyring {
         actor: Option<String>,
         reason: &str,
     ) -> Result<KekBinding, ServiceError> {
+        self.restore_binding(tenant, None, source, actor, reason)
+            .await
+    }
+
+    /// [`Keyring::restore`] of one binding of the tenant: `None` is the current one; an older
+    /// binding (revoked before a newer key was registered) makes the data written under it
+    /// readable again.
+    pub async fn restore_binding(
+        &self,
+        tenant: &TenantId,
+        binding_id: Option<i64>,
+        source: RevocationSource,
+        actor: Option<String>,
+        reason: &str,
+    ) -> Result<KekBinding, ServiceError> {
         let _transition = self.transitions.lock().await;
-        let binding = self.current_binding(tenant).await?;
-        match binding.state {
-            KekState::Revoked | KekState::Unavailable => {}
-            KekState::Destroyed => {
-                return Err(ServiceError::KeyMisconfigured(
-                    keyward_kms::ProviderError::new(
-                        ErrorKind::Misconfigured,
-                        "the key is destroyed: data under it is permanently unreadable; register a new key for new data",
-                    ),
-                ));
+        for _ in 0..MAX_DECISIONS {
+            let binding = match binding_id {
+                None => self.current_binding(tenant).await?,
+                Some(id) => self.binding_of(tenant, id).await?,
+            };
+            match binding.state {
+                KekState::Revoked | KekState::Unavailable => {}
+                KekState::Destroyed => {
+                    return Err(ServiceError::KeyMisconfigured(
+                        keyward_kms::ProviderError::new(
+                            ErrorKind::Misconfigured,
+                            "the key is destroyed: data under it is permanently unreadable; register a new key for new data",
+                        ),
+                    ));
+                }
+                _ => return Ok(binding), // nothing to restore
             }
-            _ => return Ok(binding), // nothing to restore
+            if binding.explicitly_revoked() && source != RevocationSource::Explicit {
+                return Ok(binding); // only RestoreKey lifts an explicit revocation
+            }
+            self.canary(&binding).await?;
+            let to = if binding.state == KekState::Unavailable {
+                KekState::Active
+            } else {
+                KekState::Restored
+            };
+            let transition = Transition {
+                to,
+                source,
+                actor: actor.clone(),
+                reason,
+                observed_at_ms: now_ms(),
+            };
+            if let Some(updated) = self.commit(&binding, &transition).await? {
+                return Ok(updated);
+            }
         }
-        self.canary(&binding).await?;
-        let to = if binding.state == KekState::Unavailable {
-            KekState::Active
-        } else {
-            KekState::Restored
-        };
-        let updated = self
-            .store
-            .set_binding_state(binding.id, to, &|change: &StateChange| {
-                vec![AuditEvent::Restored(StateTransition {
-                    tenant: change.binding.tenant.clone(),
-                    binding_id: change.binding.id,
-                    from: audit_state(change.from),
-                    to: audit_state(to),
-                    source,
-                    actor: actor.clone(),
-                    reason: reason.to_owned(),
-                    observed_at_ms: now_ms(),
-                })]
+        Err(changed_too_often(tenant))
+    }
+
+    /// Binding `id` of `tenant` (current or older).
+    async fn binding_of(&self, tenant: &TenantId, id: i64) -> Result<KekBinding, ServiceError> {
+        self.require_tenant(tenant).await?;
+        self.store
+            .list_bindings(tenant)
+            .await?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "binding_id",
+                    format!("tenant {tenant} has no KEK binding {id}"),
+                )
             })
-            .await?;
-        self.forget_unrecorded(tenant);
-        self.gates.open(tenant);
-        tracing::info!(%tenant, replica = %self.replica_id, source = ?source, "tenant key restored");
-        Ok(updated)
     }
 
     /// The KMS refused an unwrap on the data path. If the refused key is the
-    /// tenant's current one, that is a revocation; an old binding's key only
-    /// makes that binding's data unreadable (its cached keys are dropped).
+    /// tenant's current one, that is a revocation; an older binding's refusal
+    /// affects that binding only: its cached keys are dropped and the refusal is
+    /// remembered for the cache TTL (no KMS call, no purge of the tenant's other
+    /// keys, until then).
     pub(super) async fn on_kms_refusal(
         &self,
         tenant: &TenantId,
@@ -284,13 +434,12 @@ impl Keyring {
         let observed = now_ms();
         match self.store.active_binding(tenant).await {
             Ok(Some(binding)) if binding.tenant_key_id == *tenant_key_id => {
+                let _transition = self.transitions.lock().await;
                 if let Err(e) = self
-                    .revoke(
-                        tenant,
-                        KekState::Revoked,
+                    .observe(
+                        &binding,
+                        Observation::Refused(message.to_owned()),
                         RevocationSource::KmsRefusal,
-                        None,
-                        message,
                         observed,
                     )
                     .await
@@ -299,7 +448,17 @@ impl Keyring {
                 }
             }
             _ => {
-                self.purge_tenant(tenant).await;
+                self.remember_refusal(
+                    tenant,
+                    tenant_key_id,
+                    Closed {
+                        state: KekState::Revoked,
+                        since_ms: observed,
+                    },
+                    false,
+                )
+                .await;
+                self.purge_tenant_key(tenant, tenant_key_id).await;
             }
         }
     }
@@ -331,114 +490,97 @@ impl Keyring {
             .map_err(ServiceError::from_provider)
     }
 
-    /// Checks one tenant's key with a canary unwrap and applies the outcome.
+    /// Checks one tenant's key with a canary unwrap and applies the outcome. `binding` may be
+    /// an older read (a sweep's work list): the outcome is applied to the binding as it is now
+    /// (compare-and-set), never to the state that was read.
     pub async fn check_binding(&self, binding: &KekBinding) -> Result<CheckOutcome, ServiceError> {
         if binding.state == KekState::Destroyed {
             return Ok(CheckOutcome::Unchanged);
         }
-        let tenant = &binding.tenant;
-        match self.canary(binding).await {
-            Ok(()) => match binding.state {
-                KekState::Revoked => {
-                    if self.last_revocation_source(tenant).await?
-                        == Some(RevocationSource::Explicit)
-                    {
-                        // Only RestoreKey lifts a break-glass revocation.
-                        Ok(CheckOutcome::Unchanged)
-                    } else {
-                        self.restore(
-                            tenant,
-                            RevocationSource::Monitor,
-                            None,
-                            "the KMS accepts the key again",
-                        )
-                        .await?;
-                        Ok(CheckOutcome::Restored)
-                    }
-                }
-                KekState::Unavailable => {
-                    self.restore(
-                        tenant,
-                        RevocationSource::Monitor,
-                        None,
-                        "the KMS is reachable again",
-                    )
-                    .await?;
-                    Ok(CheckOutcome::Restored)
-                }
-                _ => Ok(CheckOutcome::Healthy),
-            },
-            Err(ServiceError::KeyRefused(e)) => {
-                if binding.state == KekState::Revoked {
-                    return Ok(CheckOutcome::Unchanged);
-                }
-                self.revoke(
-                    tenant,
-                    KekState::Revoked,
-                    RevocationSource::Monitor,
-                    None,
-                    e.message(),
-                    now_ms(),
-                )
-                .await?;
-                Ok(CheckOutcome::Revoked)
-            }
-            Err(ServiceError::KeyNotFound(e)) => {
-                // The key no longer exists at the KMS: everything under it is gone for good.
-                self.revoke(
-                    tenant,
-                    KekState::Destroyed,
-                    RevocationSource::Monitor,
-                    None,
-                    e.message(),
-                    now_ms(),
-                )
-                .await?;
-                Ok(CheckOutcome::Revoked)
-            }
+        let observation = match self.canary(binding).await {
+            Ok(()) => Observation::Works,
+            Err(ServiceError::KeyRefused(e)) => Observation::Refused(e.message().to_owned()),
+            Err(ServiceError::KeyNotFound(e)) => Observation::Gone(e.message().to_owned()),
             Err(ServiceError::KmsUnavailable(e)) => {
-                if matches!(binding.state, KekState::Active | KekState::Restored) {
-                    self.mark_unavailable(binding, e.message()).await?;
-                }
-                Ok(CheckOutcome::Unavailable)
+                Observation::Unreachable(e.message().to_owned())
             }
-            Err(other) => Err(other),
-        }
+            Err(other) => return Err(other),
+        };
+        let _transition = self.transitions.lock().await;
+        self.observe(binding, observation, RevocationSource::Monitor, now_ms())
+            .await
     }
 
-    /// KMS unreachable: recorded, but nothing is revoked and cached keys keep
-    /// serving until their TTL.
-    async fn mark_unavailable(
+    /// Applies what the KMS said about `read` (a read of a binding, perhaps stale) to the
+    /// binding as it is in the store now, deciding again after every lost compare-and-set. The
+    /// caller holds `transitions`.
+    async fn observe(
         &self,
-        binding: &KekBinding,
-        reason: &str,
-    ) -> Result<(), ServiceError> {
-        let _transition = self.transitions.lock().await;
-        let current = self.current_binding(&binding.tenant).await?;
-        if current.id != binding.id
-            || !matches!(current.state, KekState::Active | KekState::Restored)
-        {
-            return Ok(());
+        read: &KekBinding,
+        observation: Observation,
+        source: RevocationSource,
+        observed_at_ms: i64,
+    ) -> Result<CheckOutcome, ServiceError> {
+        let mut binding = read.clone();
+        for attempt in 0..MAX_DECISIONS {
+            if attempt > 0 {
+                match self.store.active_binding(&read.tenant).await? {
+                    // The observation was about this binding's key; a newer binding is not
+                    // judged by it.
+                    Some(fresh) if fresh.id == read.id => binding = fresh,
+                    _ => return Ok(CheckOutcome::Unchanged),
+                }
+            }
+            let (to, reason, outcome) = match (&observation, binding.state) {
+                (_, KekState::Destroyed) => return Ok(CheckOutcome::Unchanged),
+                (Observation::Works, KekState::Revoked) if binding.explicitly_revoked() => {
+                    // Only RestoreKey lifts a break-glass revocation.
+                    return Ok(CheckOutcome::Unchanged);
+                }
+                (Observation::Works, KekState::Revoked) => (
+                    KekState::Restored,
+                    "the KMS accepts the key again",
+                    CheckOutcome::Restored,
+                ),
+                (Observation::Works, KekState::Unavailable) => (
+                    KekState::Active,
+                    "the KMS is reachable again",
+                    CheckOutcome::Restored,
+                ),
+                (Observation::Works, _) => return Ok(CheckOutcome::Healthy),
+                (Observation::Refused(_), KekState::Revoked) => {
+                    return Ok(CheckOutcome::Unchanged);
+                }
+                (Observation::Refused(why), _) => {
+                    (KekState::Revoked, why.as_str(), CheckOutcome::Revoked)
+                }
+                // The key no longer exists at the KMS: everything under it is gone for good.
+                (Observation::Gone(why), _) => {
+                    (KekState::Destroyed, why.as_str(), CheckOutcome::Revoked)
+                }
+                (Observation::Unreachable(why), KekState::Active | KekState::Restored) => {
+                    // KMS unreachable: recorded, but nothing is revoked and cached keys keep
+                    // serving until their TTL.
+                    (
+                        KekState::Unavailable,
+                        why.as_str(),
+                        CheckOutcome::Unavailable,
+                    )
+                }
+                (Observation::Unreachable(_), _) => return Ok(CheckOutcome::Unavailable),
+            };
+            let transition = Transition {
+                to,
+                source,
+                actor: None,
+                reason,
+                observed_at_ms,
+            };
+            if self.commit(&binding, &transition).await?.is_some() {
+                return Ok(outcome);
+            }
         }
-        self.store
-            .set_binding_state(
-                binding.id,
-                KekState::Unavailable,
-                &|change: &StateChange| {
-                    vec![AuditEvent::RevocationStateChanged(StateTransition {
-                        tenant: change.binding.tenant.clone(),
-                        binding_id: change.binding.id,
-                        from: audit_state(change.from),
-                        to: AuditKeyState::Unavailable,
-                        source: RevocationSource::Monitor,
-                        actor: None,
-                        reason: reason.to_owned(),
-                        observed_at_ms: now_ms(),
-                    })]
-                },
-            )
-            .await?;
-        Ok(())
+        Err(changed_too_often(&read.tenant))
     }
 
     /// One sweep of the monitor over every tenant's current binding, paced by
@@ -559,12 +701,42 @@ impl Keyring {
                 cache_hits: u.cache_hits,
                 errors: u.errors,
             });
-        let events: Vec<AuditEvent> = denials.chain(usage).collect();
+        let events = self.pending_audit.take_with(denials.chain(usage).collect());
         let count = events.len();
         if count > 0 {
-            self.store.append_audit(events).await?;
+            self.append_or_keep(events).await?;
         }
         Ok(count)
+    }
+
+    /// Appends records that are not part of a lifecycle transaction (denial and usage counts,
+    /// `keys_purged`, failed registrations, authorization denials), after any still pending; if
+    /// the append fails they all stay pending for the next flush (see `pending_audit`), and the
+    /// failure is logged.
+    pub async fn record_audit(&self, events: Vec<AuditEvent>) {
+        let events = self.pending_audit.take_with(events);
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append_or_keep(events).await {
+            tracing::error!(replica = %self.replica_id, error = %e, pending = self.pending_audit.len(), "could not append audit records; they are kept and retried at the next flush");
+        }
+    }
+
+    async fn append_or_keep(&self, events: Vec<AuditEvent>) -> Result<(), ServiceError> {
+        // The records are cloned only so that a failed append can keep them.
+        match self.store.append_audit(events.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.pending_audit.put_back(events);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Audit records waiting for the store, and those dropped because too many waited.
+    pub fn pending_audit(&self) -> (usize, u64) {
+        (self.pending_audit.len(), self.pending_audit.dropped())
     }
 
     /// A pushed key-state event names a key: every tenant currently bound to it
@@ -598,29 +770,13 @@ impl Keyring {
             }
         }
     }
+}
 
-    /// The source of the tenant's most recent revocation, from the audit log.
-    async fn last_revocation_source(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<Option<RevocationSource>, ServiceError> {
-        let mut last = None;
-        crate::audit::scan_audit(
-            self.store.as_ref(),
-            AuditQuery::default()
-                .with_tenant(tenant.clone())
-                .with_event_type("revocation_state_changed"),
-            |record| {
-                if let AuditEvent::RevocationStateChanged(t) = record.event()
-                    && t.to != AuditKeyState::Unavailable
-                {
-                    last = Some(t.source);
-                }
-            },
-        )
-        .await?;
-        Ok(last)
-    }
+/// A transition that kept losing its compare-and-set (every loss is another writer's commit).
+fn changed_too_often(tenant: &TenantId) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "the key state of tenant {tenant} changed {MAX_DECISIONS} times while this change was decided"
+    ))
 }
 
 /// A uniformly random fraction in [0, 0.2): the jitter of one monitor sweep.
