@@ -69,20 +69,26 @@ struct DenialKey {
     second: i64,
 }
 
-/// Most decisions remembered per policy version; when full the memo starts over (a caller
-/// cycling through many purposes only falls back to evaluating every call). Decisions are per
-/// (principal, action, tenant, purpose, scope), so the memo must hold the working set of a
-/// service spread over every tenant the key caches hold (`cache.max_tenant_keys`, 100,000 by
-/// default) for Encrypt and Decrypt: 2¹⁸ entries of ≈ 150–250 bytes (the request is kept), so
-/// ≈ 40–65 MB when full. At 16,384 it thrashed once a service spread over more than ~8,000
-/// tenants: the Scale benchmark's spread over 100,000 tenants ran at 0.78 of one tenant's
-/// throughput, and at 0.95 with this size (docs/benchmarks.md, "Scale").
-const REMEMBERED_DECISIONS: usize = 1 << 18;
-/// [`REMEMBERED_DECISIONS`], smaller in unit tests (which fill it).
-const MAX_REMEMBERED_DECISIONS: usize = if cfg!(test) {
-    1 << 10
+/// Bytes the remembered decisions of one policy version may take, as [`Remembered::bytes`]
+/// counts them; a decision that would not fit makes the memo start over (a caller cycling
+/// through many purposes only falls back to evaluating every call). Bytes, not entries: a
+/// decision is per (principal, action, tenant, purpose, scope) and keeps the request, whose
+/// purpose alone may be 1 KiB (an encryption-context value) and scope 128 bytes, so a bound on
+/// the count (2¹⁸ once) is no bound on memory: ≈ 380 MB of 1 KiB purposes.
+///
+/// The memo must hold the working set of a service spread over every tenant the key caches
+/// hold (`cache.max_tenant_keys`, 100,000 by default) for Encrypt and Decrypt: 200,000
+/// decisions of ≈ 290–340 bytes with short purposes and tenant ids up to 36 bytes, ≈ 58–64 MB.
+/// 80 MiB holds them with room (a unit test ties the sizes together), and ≈ 56,000 decisions
+/// of ≈ 1.5 KB when every purpose, scope and tenant id is as long as allowed. A smaller memo thrashed: at 16,384 entries a service spread
+/// over 100,000 tenants ran at 0.78 of one tenant's throughput, and at 0.95 with room for
+/// all (docs/benchmarks.md, "Scale").
+const REMEMBERED_BYTES: usize = 80 << 20;
+/// [`REMEMBERED_BYTES`], smaller in unit tests (which fill it).
+const MAX_REMEMBERED_BYTES: usize = if cfg!(test) {
+    REMEMBERED_BYTES >> 8
 } else {
-    REMEMBERED_DECISIONS
+    REMEMBERED_BYTES
 };
 
 /// One remembered decision; the full request is kept so that a hash collision is a miss,
@@ -97,12 +103,61 @@ struct Remembered {
     allowed: bool,
 }
 
+impl Remembered {
+    /// The memory this decision costs the memo, an upper bound: its share of the hash table
+    /// at the table's emptiest (a hashbrown table that has just doubled is 7/16 full, so 16/7
+    /// slots of `(u64, Remembered)` plus a control byte each), and the heap block of each
+    /// string it owns (glibc malloc: the length plus an 8-byte header rounded up to 16, at
+    /// least 32). The principal is shared with the policies and not counted.
+    fn bytes(&self) -> usize {
+        const SLOT: usize = (size_of::<(u64, Remembered)>() + 1) * 16 / 7 + 1;
+        fn block(len: usize) -> usize {
+            if len == 0 {
+                0
+            } else {
+                (len + 8).next_multiple_of(16).max(32)
+            }
+        }
+        SLOT + self.tenant.as_ref().map_or(0, |t| block(t.as_str().len()))
+            + self.purpose.as_ref().map_or(0, |p| block(p.capacity()))
+            + self.scope.as_ref().map_or(0, |s| block(s.capacity()))
+    }
+}
+
+/// The remembered decisions and the bytes they cost ([`Remembered::bytes`]).
+#[derive(Debug, Default)]
+struct Memo {
+    entries: HashMap<u64, Remembered>,
+    bytes: usize,
+}
+
+impl Memo {
+    /// Remembers `decision` under `hash`, first starting over if it would not fit in
+    /// [`MAX_REMEMBERED_BYTES`]. Returns what was dropped, for the caller to free after
+    /// releasing the lock.
+    fn remember(&mut self, hash: u64, decision: Remembered) -> Option<Memo> {
+        let cost = decision.bytes();
+        // A fresh table, not `clear()`: a cleared table keeps its buckets, which were sized
+        // for the last fill and would not be counted against the next one.
+        let dropped = if self.bytes + cost > MAX_REMEMBERED_BYTES {
+            Some(std::mem::take(self))
+        } else {
+            None
+        };
+        if let Some(replaced) = self.entries.insert(hash, decision) {
+            self.bytes -= replaced.bytes();
+        }
+        self.bytes += cost;
+        dropped
+    }
+}
+
 /// The policies in force and the decisions made under them. A reload replaces both at once,
 /// so no decision outlives the policies that made it.
 #[derive(Debug)]
 struct Snapshot {
     policies: Policies,
-    decisions: RwLock<HashMap<u64, Remembered>>,
+    decisions: RwLock<Memo>,
     hasher: std::hash::RandomState,
 }
 
@@ -110,7 +165,7 @@ impl Snapshot {
     fn new(policies: Policies) -> Self {
         Self {
             policies,
-            decisions: RwLock::new(HashMap::new()),
+            decisions: RwLock::new(Memo::default()),
             hasher: std::hash::RandomState::new(),
         }
     }
@@ -144,6 +199,7 @@ impl Snapshot {
             .decisions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .get(&hash)
             && same(r)
         {
@@ -153,24 +209,21 @@ impl Snapshot {
         let allowed = self
             .policies
             .is_authorized(principal, action, resource, context);
-        let mut decisions = self
+        let remembered = Remembered {
+            principal: Arc::clone(principal),
+            action,
+            tenant: tenant.cloned(),
+            purpose: context.purpose.map(str::to_owned),
+            scope: context.scope.map(str::to_owned),
+            allowed,
+        };
+        let dropped = self
             .decisions
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if decisions.len() >= MAX_REMEMBERED_DECISIONS {
-            decisions.clear();
-        }
-        decisions.insert(
-            hash,
-            Remembered {
-                principal: Arc::clone(principal),
-                action,
-                tenant: tenant.cloned(),
-                purpose: context.purpose.map(str::to_owned),
-                scope: context.scope.map(str::to_owned),
-                allowed,
-            },
-        );
+            .unwrap_or_else(PoisonError::into_inner)
+            .remember(hash, remembered);
+        // Freed outside the lock: a full memo is tens of MB.
+        drop(dropped);
         allowed
     }
 }
@@ -420,10 +473,88 @@ mod tests {
 
     /// Regression: a memo smaller than Encrypt + Decrypt for every cached tenant key thrashes
     /// under a workload spread over all of them (Scale benchmark: 0.78 of one tenant).
+    /// Realistic requests: a tenant id as long as a UUID, a short purpose, the default scope
+    /// on Encrypt and none on Decrypt (policies see only the purpose there).
     #[test]
     fn the_decision_memo_holds_encrypt_and_decrypt_for_every_cached_tenant() {
         let tenants = crate::config::CacheConfig::default().max_tenant_keys;
-        assert!(REMEMBERED_DECISIONS as u64 >= 2 * tenants);
+        let principal = Policies::developer();
+        let tenant = TenantId::try_from("0b6f3c1e-8f2a-4c7d-9e5b-1a2b3c4d5e6f").unwrap();
+        let cost = |action, scope: Option<&str>| {
+            Remembered {
+                principal: Arc::clone(&principal),
+                action,
+                tenant: Some(tenant.clone()),
+                purpose: Some("support-transcripts".to_owned()),
+                scope: scope.map(str::to_owned),
+                allowed: true,
+            }
+            .bytes()
+        };
+        let per_tenant = cost(Action::Encrypt, Some("default")) + cost(Action::Decrypt, None);
+        assert!(
+            per_tenant as u64 * tenants <= REMEMBERED_BYTES as u64,
+            "{tenants} tenants × {per_tenant} B > {REMEMBERED_BYTES} B"
+        );
+    }
+
+    /// The memory a memo's entries take: the hash table's buckets (hashbrown: a power of two,
+    /// at most 7/8 full) and the heap blocks of the strings, as glibc malloc sizes them.
+    fn footprint(entries: &HashMap<u64, Remembered>) -> usize {
+        let buckets = (entries.capacity() * 8).div_ceil(7).next_power_of_two();
+        let block = |len: usize| {
+            if len == 0 {
+                0
+            } else {
+                (len + 8).next_multiple_of(16).max(32)
+            }
+        };
+        let strings: usize = entries
+            .values()
+            .map(|r| {
+                r.tenant.as_ref().map_or(0, |t| block(t.as_str().len()))
+                    + r.purpose.as_ref().map_or(0, |p| block(p.capacity()))
+                    + r.scope.as_ref().map_or(0, |s| block(s.capacity()))
+            })
+            .sum();
+        buckets * (size_of::<(u64, Remembered)>() + 1) + strings
+    }
+
+    /// Regression: the memo was bounded by its number of entries, whatever their size, so
+    /// requests with 1 KiB purposes (the longest encryption-context value) took ≈ 6 times the
+    /// memory its documentation claimed.
+    #[test]
+    fn a_memo_of_1_kib_purposes_stays_within_its_byte_budget() {
+        let authz = authz();
+        let snapshot = authz.current();
+        let chat = snapshot
+            .policies
+            .principal("spiffe://keyward.test/ns/chat/sa/chat-api")
+            .unwrap();
+        let acme = TenantId::try_from("acme").unwrap();
+        let scope = "s".repeat(128);
+        let (mut peak, mut started_over) = (0, false);
+        // Enough requests to fill it several times over.
+        for i in 0..4 * MAX_REMEMBERED_BYTES / 1024 {
+            let purpose = format!("{i:01024}");
+            let context = RequestContext {
+                purpose: Some(&purpose),
+                scope: Some(&scope),
+            };
+            assert!(!snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &context));
+            let memo = snapshot.decisions.read().unwrap();
+            let used = footprint(&memo.entries);
+            assert!(
+                used <= MAX_REMEMBERED_BYTES,
+                "{} decisions take {used} B > {MAX_REMEMBERED_BYTES} B",
+                memo.entries.len()
+            );
+            started_over |= memo.entries.len() < peak;
+            peak = peak.max(memo.entries.len());
+        }
+        assert!(started_over);
+        // The budget is used, not wasted: ≈ 1.5 KB per decision.
+        assert!(peak >= MAX_REMEMBERED_BYTES / 2048, "peak {peak}");
     }
 
     #[test]
@@ -463,17 +594,23 @@ mod tests {
                 &RequestContext::default()
             ));
         }
-        assert_eq!(snapshot.decisions.read().unwrap().len(), 4);
-        // Full: starts over, still bounded, still right.
-        for i in 0..MAX_REMEMBERED_DECISIONS + 10 {
+        assert_eq!(snapshot.decisions.read().unwrap().entries.len(), 4);
+        // Full: starts over, still bounded, still right. Every decision costs more than 64 B.
+        for i in 0..MAX_REMEMBERED_BYTES / 64 {
             let purpose = format!("p{i}");
             assert!(!snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &ctx(&purpose)));
         }
-        assert!(snapshot.decisions.read().unwrap().len() <= MAX_REMEMBERED_DECISIONS);
+        let memo = snapshot.decisions.read().unwrap();
+        assert!(memo.bytes <= MAX_REMEMBERED_BYTES);
+        assert_eq!(
+            memo.bytes,
+            memo.entries.values().map(Remembered::bytes).sum::<usize>()
+        );
+        drop(memo);
         assert!(snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &ctx("chat-history")));
         // A reload starts with no remembered decisions.
         authz.reload().unwrap();
-        assert!(authz.current().decisions.read().unwrap().is_empty());
+        assert!(authz.current().decisions.read().unwrap().entries.is_empty());
     }
 
     #[test]
