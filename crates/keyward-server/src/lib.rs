@@ -566,14 +566,12 @@ async fn flush_denials(keyring: Arc<Keyring>, authz: Arc<authz::Authz>) {
     }
 }
 
+/// Authorization denials go through the keyring's pending audit records: counts that the store
+/// refused stay pending and are appended with the next flush, never lost.
 async fn flush_authz_denials(keyring: &Keyring, authz: &authz::Authz, now_ms: i64) {
-    let events = authz.take_finished_denials(now_ms);
-    if events.is_empty() {
-        return;
-    }
-    if let Err(e) = keyring.store().append_audit(events).await {
-        tracing::error!(error = %e, "could not record authorization denials");
-    }
+    keyring
+        .record_audit(authz.take_finished_denials(now_ms))
+        .await;
 }
 
 /// Reloads the TLS configuration and the policies when their files change (checked every

@@ -819,3 +819,7 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
 #[cfg(test)]
 #[path = "service_fuzz.rs"]
 mod fuzz;
+
+#[cfg(test)]
+#[path = "service_batch_tests.rs"]
+mod batch_tests;

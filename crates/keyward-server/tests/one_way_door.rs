@@ -1,0 +1,766 @@
+//! Regression tests for the paths that reopened revoked data (issue #16): each test drives the
+//! real keyring over the real SQLite store and the real local KEK provider through one
+//! interleaving that broke the promise, and asserts that the data stays refused.
+//!
+//! The provider is wrapped in a decorator that can hold an unwrap (the KMS has answered; the
+//! answer waits until the test releases it) or fail it as an unreachable KMS would; the store in a
+//! decorator that can run a step of "another replica" just before a write commits, or fail
+//! standalone audit appends. Steps are ordered by these hooks, never by sleeps.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use keyward_audit::{AuditEvent, RevocationSource};
+use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId, WrappedKey};
+use keyward_kms::{
+    Capabilities, ErrorKind, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind,
+    WrapContext, local::LocalProvider,
+};
+use keyward_server::{
+    CachePolicy, Keyring, Providers, config::RotationPolicy, keyring::CheckOutcome,
+};
+use keyward_store::{
+    AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord, KekBinding,
+    KekState, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store, StoreCounts,
+    StoreError, TenantKeyRecord, TenantPolicy, TenantRecord, sqlite::SqliteStore,
+};
+
+// ----- a KMS the test controls ---------------------------------------------------------------
+
+#[derive(Debug)]
+struct Kms {
+    inner: LocalProvider,
+    unwraps: AtomicU64,
+    outage: AtomicBool,
+    hold: AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl KeyProvider for Kms {
+    fn kind(&self) -> ProviderKind {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn wrap(
+        &self,
+        kek: &KeyRef,
+        key: &SecretKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedKey, ProviderError> {
+        self.inner.wrap(kek, key, ctx).await
+    }
+    async fn unwrap(
+        &self,
+        kek: &KeyRef,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext,
+    ) -> Result<SecretKey, ProviderError> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        let answer = if self.outage.load(Ordering::SeqCst) {
+            Err(ProviderError::new(
+                ErrorKind::Unavailable,
+                "test outage: connection refused",
+            ))
+        } else {
+            self.inner.unwrap(kek, wrapped, ctx).await
+        };
+        if self.hold.swap(false, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        answer
+    }
+    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
+        self.inner.describe(kek).await
+    }
+}
+
+// ----- a store with hooks --------------------------------------------------------------------
+
+type Hook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// Delegates to SQLite; can run one step of "another replica" right before the next
+/// `set_binding_state` commits (after its caller decided), and fail standalone audit appends.
+struct HookedStore {
+    inner: Arc<SqliteStore>,
+    before_state_write: Mutex<Option<Hook>>,
+    fail_appends: AtomicBool,
+}
+
+impl std::fmt::Debug for HookedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedStore")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_down() -> StoreError {
+    StoreError::Backend("test: the store refuses writes".into())
+}
+
+#[async_trait]
+impl Store for HookedStore {
+    async fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        self.inner.create_tenant(id, display_name, audit).await
+    }
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        self.inner.get_tenant(id).await
+    }
+    async fn set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        self.inner.set_tenant_policy(id, policy, audit).await
+    }
+    async fn bind_kek(
+        &self,
+        binding: NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError> {
+        self.inner.bind_kek(binding, audit).await
+    }
+    async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
+        self.inner.active_binding(tenant).await
+    }
+    async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
+        self.inner.active_bindings().await
+    }
+    async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {
+        self.inner.list_bindings(tenant).await
+    }
+    async fn set_binding_state(
+        &self,
+        update: StateUpdate,
+        audit: AuditFn<'_, StateChange>,
+    ) -> Result<KekBinding, StoreError> {
+        let hook = self.before_state_write.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        self.inner.set_binding_state(update, audit).await
+    }
+    async fn get_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<TenantKeyRecord>, StoreError> {
+        self.inner.get_tenant_key(tenant, id).await
+    }
+    async fn insert_dek(
+        &self,
+        dek: NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError> {
+        self.inner.insert_dek(dek, audit).await
+    }
+    async fn active_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        self.inner.active_dek(tenant, scope).await
+    }
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        self.inner.get_dek(tenant, id).await
+    }
+    async fn add_dek_usage(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.add_dek_usage(tenant, id, messages, bytes).await
+    }
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.inner.counts().await
+    }
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, StoreError> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(backend_down());
+        }
+        self.inner.append_audit(events).await
+    }
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<Record>, StoreError> {
+        self.inner.audit_records(query).await
+    }
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.inner.insert_checkpoint(checkpoint).await
+    }
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.checkpoints(from_seq, to_seq).await
+    }
+}
+
+// ----- fixture -------------------------------------------------------------------------------
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    kms_dir: std::path::PathBuf,
+    store: Arc<HookedStore>,
+    kms: Arc<Kms>,
+}
+
+const LOOSE: RotationPolicy = RotationPolicy {
+    max_age: Duration::from_secs(3600),
+    max_messages: 1 << 20,
+    max_bytes: 1 << 30,
+};
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kms_dir = dir.path().join("kms");
+        let inner = LocalProvider::open(&kms_dir).unwrap();
+        inner.create_key("k1").unwrap();
+        inner.create_key("k2").unwrap();
+        let store = Arc::new(HookedStore {
+            inner: Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap()),
+            before_state_write: Mutex::new(None),
+            fail_appends: AtomicBool::new(false),
+        });
+        let kms = Arc::new(Kms {
+            inner,
+            unwraps: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        Self {
+            _dir: dir,
+            kms_dir,
+            store,
+            kms,
+        }
+    }
+
+    /// One replica on the shared store.
+    fn replica(&self, name: &str) -> Arc<Keyring> {
+        self.replica_with_ttl(name, Duration::from_secs(300))
+    }
+
+    fn replica_with_ttl(&self, name: &str, ttl: Duration) -> Arc<Keyring> {
+        Arc::new(
+            Keyring::new(
+                self.store.clone(),
+                Providers::default().with(self.kms.clone()),
+                CachePolicy {
+                    ttl,
+                    max_tenant_keys: 1000,
+                    max_deks: 10_000,
+                },
+                LOOSE,
+                Arc::new(keyward_audit::IdentifierHasher::new([7; 32])),
+            )
+            .with_replica_id(name),
+        )
+    }
+
+    /// The customer's console: enables or disables a key at the KMS.
+    fn set_key_enabled(&self, key: &str, enabled: bool) {
+        LocalProvider::open(&self.kms_dir)
+            .unwrap()
+            .set_enabled(key, enabled)
+            .unwrap();
+    }
+
+    fn unwraps(&self) -> u64 {
+        self.kms.unwraps.load(Ordering::SeqCst)
+    }
+
+    async fn binding(&self, t: &TenantId) -> KekBinding {
+        self.store.active_binding(t).await.unwrap().unwrap()
+    }
+
+    async fn events(&self, t: &TenantId, kind: &str) -> Vec<AuditEvent> {
+        self.store
+            .audit_records(
+                &AuditQuery::default()
+                    .with_tenant(t.clone())
+                    .with_event_type(kind.to_owned()),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.event().clone())
+            .collect()
+    }
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::try_from(s).unwrap()
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+async fn onboard(k: &Keyring, t: &TenantId, key: &str) {
+    k.create_tenant(t, "Test tenant", "test".to_owned())
+        .await
+        .unwrap();
+    register(k, t, key).await;
+}
+
+async fn register(k: &Keyring, t: &TenantId, key: &str) -> KekBinding {
+    k.register_key(t, &KeyRef::new(ProviderKind::Local, key))
+        .await
+        .unwrap()
+}
+
+async fn seal(k: &Keyring, t: &TenantId, plaintext: &[u8]) -> Vec<u8> {
+    k.encrypt(
+        t,
+        &Scope::default_scope(),
+        &EncryptionContext::empty(),
+        plaintext,
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+async fn open_reason(k: &Keyring, t: &TenantId, envelope: &[u8]) -> &'static str {
+    match k.decrypt(t, envelope, &EncryptionContext::empty()).await {
+        Ok(_) => "OK",
+        Err(e) => e.reason(),
+    }
+}
+
+async fn revoke_explicitly(k: &Keyring, t: &TenantId) -> KekBinding {
+    k.revoke(
+        t,
+        KekState::Revoked,
+        RevocationSource::Explicit,
+        Some("ciso".to_owned()),
+        "break glass",
+        now_ms(),
+    )
+    .await
+    .unwrap()
+}
+
+// ----- 1. the monitor never lifts an explicit revocation --------------------------------------
+
+#[tokio::test]
+async fn revoke_key_after_the_monitor_revoked_is_sticky_and_audited() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("sticky");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+
+    // The customer disables the key: the monitor revokes.
+    fx.set_key_enabled("k1", false);
+    let b = fx.binding(&t).await;
+    assert_eq!(a.check_binding(&b).await.unwrap(), CheckOutcome::Revoked);
+    assert_eq!(
+        fx.binding(&t).await.state_cause,
+        Some(RevocationSource::Monitor)
+    );
+
+    // Break glass on top: recorded, and the binding says explicit.
+    let revoked = revoke_explicitly(&a, &t).await;
+    assert_eq!(revoked.state, KekState::Revoked);
+    assert_eq!(revoked.state_cause, Some(RevocationSource::Explicit));
+    let transitions: Vec<_> = fx
+        .events(&t, "revocation_state_changed")
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            AuditEvent::RevocationStateChanged(s) => Some(s.source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![RevocationSource::Monitor, RevocationSource::Explicit],
+        "the upgrade to an explicit revocation is audited"
+    );
+
+    // The key comes back (the customer, or whoever holds their KMS): the monitor must not lift
+    // the break-glass revocation, however many sweeps run.
+    fx.set_key_enabled("k1", true);
+    for _ in 0..3 {
+        let b = fx.binding(&t).await;
+        assert_eq!(a.check_binding(&b).await.unwrap(), CheckOutcome::Unchanged);
+        assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    }
+    a.restore(
+        &t,
+        RevocationSource::Explicit,
+        Some("ciso".into()),
+        "all clear",
+    )
+    .await
+    .unwrap();
+    assert_eq!(open_reason(&a, &t, &env).await, "OK");
+}
+
+#[tokio::test]
+async fn a_sweep_that_read_unavailable_before_revoke_key_does_not_restore() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("stale-sweep");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+
+    fx.kms.outage.store(true, Ordering::SeqCst);
+    let b = fx.binding(&t).await;
+    assert_eq!(
+        a.check_binding(&b).await.unwrap(),
+        CheckOutcome::Unavailable
+    );
+    // A sweep reads the work list now (unavailable) ...
+    let stale = fx.binding(&t).await;
+    assert_eq!(stale.state, KekState::Unavailable);
+    // ... then RevokeKey commits, then the KMS is back and the sweep reaches the tenant.
+    revoke_explicitly(&a, &t).await;
+    fx.kms.outage.store(false, Ordering::SeqCst);
+    assert_eq!(
+        a.check_binding(&stale).await.unwrap(),
+        CheckOutcome::Unchanged,
+        "a decision from the stale read must not lift the explicit revocation"
+    );
+    assert_eq!(fx.binding(&t).await.state, KekState::Revoked);
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+}
+
+// ----- 2. replicas never overwrite a newer decision -------------------------------------------
+
+#[tokio::test]
+async fn a_replica_that_decided_from_an_older_read_does_not_overwrite_anothers_revocation() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let b = fx.replica("b");
+    let t = tenant("two-replicas");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    assert_eq!(open_reason(&b, &t, &env).await, "OK");
+
+    // B's sweep meets a KMS outage and decides "unavailable"; just before its write commits,
+    // replica A records an explicit revocation.
+    let a2 = Arc::clone(&a);
+    let t2 = t.clone();
+    *fx.store.before_state_write.lock().unwrap() = Some(Box::new(move || {
+        Box::pin(async move {
+            revoke_explicitly(&a2, &t2).await;
+        })
+    }));
+    fx.kms.outage.store(true, Ordering::SeqCst);
+    let read = fx.binding(&t).await;
+    let outcome = b.check_binding(&read).await.unwrap();
+    assert_eq!(outcome, CheckOutcome::Unavailable);
+    let now = fx.binding(&t).await;
+    assert_eq!(now.state, KekState::Revoked, "A's revocation stands");
+    assert_eq!(now.state_cause, Some(RevocationSource::Explicit));
+
+    // B learns the state from the store (the notification, or reconciliation): closed, and its
+    // cached keys purged; a later canary success on B does not reopen anything.
+    fx.kms.outage.store(false, Ordering::SeqCst);
+    b.reconcile().await.unwrap();
+    assert_eq!(open_reason(&b, &t, &env).await, "KEY_REVOKED");
+    let read = fx.binding(&t).await;
+    assert_eq!(
+        b.check_binding(&read).await.unwrap(),
+        CheckOutcome::Unchanged
+    );
+    b.reconcile().await.unwrap();
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    assert_eq!(open_reason(&b, &t, &env).await, "KEY_REVOKED");
+}
+
+// ----- 3. a new registration serves new data only ---------------------------------------------
+
+#[tokio::test]
+async fn register_key_after_a_revocation_serves_new_data_only_until_that_binding_is_restored() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let b = fx.replica("b");
+    let t = tenant("rebind");
+    onboard(&a, &t, "k1").await;
+    let old = seal(&a, &t, b"written under k1").await;
+    assert_eq!(
+        open_reason(&b, &t, &old).await,
+        "OK",
+        "B has k1's keys cached"
+    );
+    let revoked = revoke_explicitly(&a, &t).await;
+
+    // A new key is registered on A. A serves new data at once (its own gate reopens) ...
+    register(&a, &t, "k2").await;
+    let new = seal(&a, &t, b"written under k2").await;
+    assert_eq!(open_reason(&a, &t, &new).await, "OK");
+    // ... but the data under the revoked binding stays refused, on A and on B once B has
+    // applied the store's state (B still had k1's keys cached: they must be purged).
+    assert_eq!(open_reason(&a, &t, &old).await, "KEY_REVOKED");
+    b.apply_recorded_state(&t).await.unwrap();
+    assert_eq!(open_reason(&b, &t, &old).await, "KEY_REVOKED");
+    assert_eq!(open_reason(&b, &t, &new).await, "OK");
+    // A replica that missed both notifications finds out at reconciliation.
+    let c = fx.replica("c");
+    assert_eq!(open_reason(&c, &t, &old).await, "KEY_REVOKED");
+    assert!(
+        fx.events(&t, "restored").await.is_empty(),
+        "nothing was restored"
+    );
+
+    // Restoring that binding (the old key works) makes its data readable again, audited.
+    a.restore_binding(
+        &t,
+        Some(revoked.id),
+        RevocationSource::Explicit,
+        Some("ciso".into()),
+        "old key back",
+    )
+    .await
+    .unwrap();
+    assert_eq!(open_reason(&a, &t, &old).await, "OK");
+    b.apply_recorded_state(&t).await.unwrap();
+    assert_eq!(open_reason(&b, &t, &old).await, "OK");
+    assert_eq!(fx.events(&t, "restored").await.len(), 1);
+    assert_eq!(
+        fx.binding(&t).await.key_ref,
+        "k2",
+        "the new binding stays current"
+    );
+}
+
+// ----- 5. no per-tenant setting stretches the window past the server's TTL --------------------
+
+#[tokio::test]
+async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_clamped() {
+    let fx = Fixture::new().await;
+    let a = fx.replica_with_ttl("a", Duration::from_secs(60));
+    let t = tenant("ttl");
+    onboard(&a, &t, "k1").await;
+    let err = a
+        .set_tenant_policy(
+            &t,
+            TenantPolicy {
+                cache_ttl_seconds: Some(61),
+                monitor_interval_seconds: None,
+            },
+            "admin".to_owned(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "INVALID_ARGUMENT");
+    assert!(err.to_string().contains("60 s"), "names the bound: {err}");
+    assert_eq!(
+        fx.store.get_tenant(&t).await.unwrap().unwrap().policy,
+        TenantPolicy::default(),
+        "nothing changed"
+    );
+    a.set_tenant_policy(
+        &t,
+        TenantPolicy {
+            cache_ttl_seconds: Some(60),
+            monitor_interval_seconds: None,
+        },
+        "admin".to_owned(),
+    )
+    .await
+    .unwrap();
+
+    // A longer value written before the bound existed (straight into the store) is clamped: a
+    // replica with a 1 s TTL asks the KMS again after 1 s, not after the stored hour.
+    fx.store
+        .set_tenant_policy(
+            &t,
+            TenantPolicy {
+                cache_ttl_seconds: Some(3600),
+                monitor_interval_seconds: None,
+            },
+            &|_| Vec::new(),
+        )
+        .await
+        .unwrap();
+    let short = fx.replica_with_ttl("short", Duration::from_secs(1));
+    let env = seal(&short, &t, b"prompt").await;
+    let before = fx.unwraps();
+    assert_eq!(open_reason(&short, &t, &env).await, "OK");
+    assert_eq!(fx.unwraps(), before, "cached");
+    // Waiting out the TTL is what is under test here.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    short.run_cache_maintenance().await;
+    assert_eq!(open_reason(&short, &t, &env).await, "OK");
+    assert_eq!(
+        fx.unwraps(),
+        before + 1,
+        "the tenant key was unwrapped again after the server's TTL"
+    );
+}
+
+// ----- 6. aggregated counts are never lost -----------------------------------------------------
+
+#[tokio::test]
+async fn denial_counts_survive_a_failed_append_and_add_up_exactly() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("counts");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    revoke_explicitly(&a, &t).await;
+    let denied = 7;
+    for _ in 0..denied {
+        assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    }
+    fx.store.fail_appends.store(true, Ordering::SeqCst);
+    assert!(a.flush_all_denials().await.is_err(), "the store is down");
+    // Purge records are standalone appends too: one more revocation-path purge while down.
+    a.apply_recorded_state(&t).await.unwrap();
+    fx.store.fail_appends.store(false, Ordering::SeqCst);
+    a.flush_all_denials().await.unwrap();
+    let counted: u64 = fx
+        .events(&t, "revocation_denials")
+        .await
+        .iter()
+        .map(|e| match e {
+            AuditEvent::RevocationDenials { count, .. } => *count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(counted, denied, "every denial reached the audit log once");
+    assert_eq!(a.pending_audit(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_purge_record_that_failed_is_appended_later() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("purge-record");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    assert_eq!(open_reason(&a, &t, &env).await, "OK");
+    // The revocation commits (its record is in its transaction); the standalone keys_purged
+    // append that follows fails.
+    fx.store.fail_appends.store(true, Ordering::SeqCst);
+    revoke_explicitly(&a, &t).await;
+    assert!(fx.events(&t, "keys_purged").await.is_empty());
+    fx.store.fail_appends.store(false, Ordering::SeqCst);
+    a.flush_denials().await.unwrap();
+    let purged = fx.events(&t, "keys_purged").await;
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert!(matches!(purged[0], AuditEvent::KeysPurged { entries, .. } if entries > 0));
+}
+
+// ----- 8. an older binding's refusal affects that binding only ---------------------------------
+
+#[tokio::test]
+async fn an_old_bindings_refusal_does_not_flush_the_tenants_cache_and_is_remembered() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("old-refusal");
+    onboard(&a, &t, "k1").await;
+    let old = seal(&a, &t, b"under k1").await;
+    register(&a, &t, "k2").await;
+    let new = seal(&a, &t, b"under k2").await;
+    // The customer retires k1 at the KMS; k1's keys leave this replica's cache (TTL).
+    fx.set_key_enabled("k1", false);
+    a.purge_tenant(&t).await;
+    assert_eq!(open_reason(&a, &t, &new).await, "OK");
+    let warm = fx.unwraps();
+
+    assert_eq!(open_reason(&a, &t, &old).await, "KEY_REFUSED");
+    assert_eq!(fx.unwraps(), warm + 1, "one KMS call for the old key");
+    for _ in 0..5 {
+        assert_eq!(open_reason(&a, &t, &new).await, "OK");
+        assert_eq!(open_reason(&a, &t, &old).await, "KEY_REVOKED");
+    }
+    assert_eq!(
+        fx.unwraps(),
+        warm + 1,
+        "the refusal is remembered, and the new key's cached keys were never flushed"
+    );
+    assert_eq!(
+        fx.binding(&t).await.state,
+        KekState::Active,
+        "the current binding is untouched"
+    );
+}
+
+// ----- 4 (keyring part). plaintext held by a caller is checked again before it leaves ---------
+
+#[tokio::test]
+async fn plaintext_held_across_a_revocation_is_not_released() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("held");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    let (plaintext, generation) = a
+        .decrypt_held(&t, &env, &EncryptionContext::empty())
+        .await
+        .unwrap();
+    assert_eq!(&plaintext[..], b"prompt");
+    a.release(&t, generation).unwrap();
+    revoke_explicitly(&a, &t).await;
+    assert_eq!(
+        a.release(&t, generation).unwrap_err().reason(),
+        "KEY_REVOKED"
+    );
+}
+
+// ----- the hold hook: an unwrap in flight across RevokeKey + RegisterKey ----------------------
+
+#[tokio::test]
+async fn an_unwrap_in_flight_across_revoke_and_register_returns_no_plaintext() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("in-flight");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    a.purge_tenant(&t).await;
+    fx.kms.hold.store(true, Ordering::SeqCst);
+    let reader = {
+        let a = Arc::clone(&a);
+        let t = t.clone();
+        let env = env.clone();
+        tokio::spawn(async move { open_reason(&a, &t, &env).await })
+    };
+    fx.kms.entered.notified().await;
+    revoke_explicitly(&a, &t).await;
+    register(&a, &t, "k2").await;
+    fx.kms.release.notify_one();
+    let reason = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(reason, "OK", "no plaintext of the revoked binding");
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+}
