@@ -343,6 +343,22 @@ impl Auditor {
         self.export_up_to(head, tx).await
     }
 
+    /// Writes the export of the whole chain (docs/audit-format.md §6, what `ExportAudit`
+    /// streams) to `out`, chunk by chunk, for callers in the same process.
+    pub async fn export_to(&self, out: &mut (impl Write + Send)) -> Result<(), ServiceError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::ExportAuditChunk, Status>>(4);
+        let drain = async {
+            while let Some(Ok(chunk)) = rx.recv().await {
+                out.write_all(&chunk.jsonl)?;
+            }
+            out.flush()
+        };
+        // If writing fails, `rx` is dropped and the export stops at its next chunk.
+        let (exported, written) = tokio::join!(self.export(tx), drain);
+        exported?;
+        written.map_err(|e| internal(format!("writing the audit export: {e}")))
+    }
+
     /// The export of records `1..=head.seq`. Records appended after `head` was read (usage
     /// summaries, other callers' lifecycle changes) are left out: the header announces
     /// `head.seq`, and the final checkpoint covers exactly what was written.
