@@ -12,11 +12,12 @@ use std::{
 };
 
 use keyward_audit::{
-    AuditError, ExportHeader, ExportWriter, IdentifierHasher, PublicKey, Record, SigningKey,
+    AuditError, AuditEvent, ChainHead, ExportHeader, ExportWriter, IdentifierHasher, PublicKey,
+    Record, SigningKey,
 };
 use keyward_envelope::TenantId;
 use keyward_proto::v1::{self as pb, audit_service_server::AuditService};
-use keyward_store::{AuditQuery, Store};
+use keyward_store::{AuditQuery, Store, StoreError};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -32,7 +33,9 @@ const DEFAULT_LIST_PAGE: u32 = 100;
 /// (mode 0600): the Ed25519 checkpoint-signing key (PKCS#8) and the HMAC key
 /// that pseudonymises caller-chosen identifiers.
 pub struct AuditKeys {
-    /// Replaced only by [`Auditor::rotate_signing_key`].
+    /// Replaced by [`Auditor::rotate_signing_key`] on the replica that rotates, and on every
+    /// other replica by [`AuditKeys::hold`] when the chain shows a rotation (see
+    /// [`Auditor::follow_chain`]).
     pub(crate) signing: std::sync::RwLock<SigningKey>,
     pub(crate) hasher: Arc<IdentifierHasher>,
     dir: PathBuf,
@@ -147,6 +150,49 @@ impl AuditKeys {
     pub fn hasher(&self) -> &Arc<IdentifierHasher> {
         &self.hasher
     }
+
+    /// Makes `key_id` the held signing key, reading it from the key directory if another key is
+    /// held: from `signing-key.pk8`, or from `signing-key.pk8.new` while the replica that rotated
+    /// has recorded the rotation but not yet renamed its pending file into place. Fails if the
+    /// directory holds no such key: the caller then signs nothing.
+    fn hold(&self, key_id: &str) -> Result<(), ServiceError> {
+        if self.public_key().key_id() == key_id {
+            return Ok(());
+        }
+        // The current file is read again last: the rotating replica may rename the pending
+        // file over it between the first two reads.
+        for name in [SIGNING_KEY_FILE, PENDING_SIGNING_KEY_FILE, SIGNING_KEY_FILE] {
+            let path = self.dir.join(name);
+            let Some(der) = read_secret(&path)
+                .map_err(|e| internal(format!("audit key file {}: {e}", path.display())))?
+            else {
+                continue;
+            };
+            // A pending file of a rotation that is still being written does not parse yet; a
+            // recorded rotation's pending file was complete (and synced) before its record.
+            let Ok(key) = SigningKey::from_pkcs8(&der) else {
+                continue;
+            };
+            if key.public_key().key_id() == key_id {
+                let replaced = std::mem::replace(
+                    &mut *self.signing.write().unwrap_or_else(PoisonError::into_inner),
+                    key,
+                );
+                tracing::warn!(
+                    old = %replaced.public_key().key_id(),
+                    new = %key_id,
+                    "now signing audit checkpoints with the key the audit chain has in force"
+                );
+                return Ok(());
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "the audit chain has signing key {key_id} in force, but the audit key directory {} \
+             does not hold it; no checkpoint is signed with another key (replicas must share \
+             the audit key directory)",
+            self.dir.display()
+        )))
+    }
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
@@ -192,11 +238,40 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Signs checkpoints and produces exports.
+///
+/// Several replicas may share one store and one audit key directory, and any of them may
+/// rotate the signing key. Each replica therefore follows the chain before it signs anything
+/// ([`Auditor::follow_chain`]): a checkpoint signed by a key the chain has rotated away from is
+/// rejected by every verifier (`docs/audit-format.md` §5), and, being stored, it would break
+/// every later export that includes it.
 pub struct Auditor {
     store: Arc<dyn Store>,
     keys: AuditKeys,
-    /// Serialises signing-key rotation with checkpointing and exports.
-    rotation: tokio::sync::Mutex<()>,
+    /// What this replica has read of the chain's rotations. The lock serialises signing-key
+    /// rotation with checkpointing and exports.
+    rotation: tokio::sync::Mutex<ChainKeys>,
+}
+
+/// The chain's signing-key rotations (`signing_key_rotated` records) as far as this replica
+/// has read them.
+#[derive(Debug, Default)]
+struct ChainKeys {
+    /// Rotation records were read up to and including this seq.
+    read_to: u64,
+    /// The last rotation recorded at or before `read_to`; the only one that decides which key
+    /// signs next.
+    last: Option<RecordedRotation>,
+}
+
+#[derive(Debug)]
+struct RecordedRotation {
+    /// The `signing_key_rotated` record.
+    at: ChainHead,
+    old_key_id: String,
+    new_key_id: String,
+    /// A checkpoint at or after `at.seq` is stored: the rotation is confirmed (§5, step 3).
+    /// Stays true once true: checkpoints are never removed.
+    confirmed: bool,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -212,25 +287,148 @@ impl Auditor {
         Self {
             store,
             keys,
-            rotation: tokio::sync::Mutex::new(()),
+            rotation: tokio::sync::Mutex::new(ChainKeys::default()),
         }
     }
 
+    /// The key this replica last signed with (or loaded at start). After a rotation made by
+    /// another replica it is the old key until this one follows the chain; prefer
+    /// [`Auditor::public_key_in_force`].
     pub fn public_key(&self) -> PublicKey {
         self.keys.public_key()
+    }
+
+    /// The key that signs the chain's next checkpoints, after following any rotation another
+    /// replica recorded ([`Auditor::follow_chain`]).
+    pub async fn public_key_in_force(&self) -> Result<PublicKey, ServiceError> {
+        let mut chain = self.rotation.lock().await;
+        let head = self.store.audit_head().await?;
+        self.follow_chain(&mut chain, &head).await?;
+        Ok(self.keys.public_key())
+    }
+
+    /// Brings the held signing key in line with the chain up to `head`, so that this replica
+    /// never signs with a key the chain has rotated away from, whichever replica rotated.
+    ///
+    /// Replicas share the store and the key directory but not memory, and the store sends no
+    /// notification of a rotation; so, before every signature, this reads the rotation records
+    /// appended since its last call (one indexed query, nearly always empty) and, for the last
+    /// rotation `r` (old key → new key):
+    ///
+    /// 1. if no checkpoint is stored at or after `r` yet (the rotating replica has not stored
+    ///    its confirming checkpoint, or crashed before it), it stores that checkpoint itself: over
+    ///    record `r` exactly, signed by the old key, just as the rotating replica would. If both
+    ///    store one, the second is `AlreadyExists`, and either confirms the rotation. The old key
+    ///    never signs anything after `r`, and no replica signs after `r` before a checkpoint at
+    ///    `r` exists, so the confirmation is always the first checkpoint at or after `r`;
+    /// 2. it then holds the new key, re-reading the key directory if it holds another one
+    ///    ([`AuditKeys::hold`]), and fails, signing nothing, if the directory does not have it.
+    ///
+    /// Returns the seq of the confirming checkpoint it stored, if it stored one.
+    async fn follow_chain(
+        &self,
+        chain: &mut ChainKeys,
+        head: &ChainHead,
+    ) -> Result<Option<u64>, ServiceError> {
+        if head.seq < chain.read_to {
+            // The chain is shorter than what was read (a store restored from a backup): start over.
+            *chain = ChainKeys::default();
+        }
+        let mut after = chain.read_to;
+        'read: while after < head.seq {
+            let page = self
+                .store
+                .audit_records(
+                    &AuditQuery::default()
+                        .with_event_type("signing_key_rotated")
+                        .with_after_seq(after)
+                        .with_limit(PAGE),
+                )
+                .await?;
+            let full = page.len() >= PAGE as usize;
+            for record in &page {
+                if record.seq() > head.seq {
+                    break 'read;
+                }
+                after = record.seq();
+                if let AuditEvent::SigningKeyRotated {
+                    old_key_id,
+                    new_key_id,
+                    ..
+                } = record.event()
+                {
+                    chain.last = Some(RecordedRotation {
+                        at: record.head(),
+                        old_key_id: old_key_id.clone(),
+                        new_key_id: new_key_id.clone(),
+                        confirmed: false,
+                    });
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        chain.read_to = head.seq;
+
+        // No rotation recorded: the key loaded at start is the deployment's first key.
+        let Some(rotation) = chain.last.as_mut() else {
+            return Ok(None);
+        };
+        if !rotation.confirmed {
+            // Confirmations are stored over the rotation record itself; only a chain written
+            // by an older build has its first checkpoint after it, and then this reads, once,
+            // every checkpoint since the rotation.
+            rotation.confirmed = !self
+                .store
+                .checkpoints(rotation.at.seq, rotation.at.seq)
+                .await?
+                .is_empty()
+                || !self
+                    .store
+                    .checkpoints(rotation.at.seq, head.seq)
+                    .await?
+                    .is_empty();
+        }
+        let mut stored = None;
+        if !rotation.confirmed {
+            self.keys.hold(&rotation.old_key_id)?;
+            let confirmation = self.keys.sign(&rotation.at, now_ms())?;
+            match self.store.insert_checkpoint(&confirmation).await {
+                Ok(()) => {
+                    stored = Some(rotation.at.seq);
+                    tracing::warn!(
+                        seq = rotation.at.seq,
+                        old = %rotation.old_key_id,
+                        new = %rotation.new_key_id,
+                        "confirmed an audit signing key rotation recorded by another replica (or before a crash)"
+                    );
+                }
+                // The rotating replica (or another one following the chain) was first.
+                Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            rotation.confirmed = true;
+        }
+        self.keys.hold(&rotation.new_key_id)?;
+        Ok(stored)
     }
 
     /// Signs and stores a checkpoint of the current head if records were
     /// appended since the last one. Returns the checkpointed seq, if any.
     pub async fn checkpoint(&self) -> Result<Option<u64>, ServiceError> {
         // Never between a rotation's record and the switch to the new key.
-        let _no_rotation = self.rotation.lock().await;
+        let mut chain = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
         if head.seq == 0 {
             return Ok(None);
         }
         if !self.store.checkpoints(head.seq, head.seq).await?.is_empty() {
             return Ok(None);
+        }
+        // With the key the chain has in force, even if another replica rotated it.
+        if self.follow_chain(&mut chain, &head).await? == Some(head.seq) {
+            return Ok(Some(head.seq));
         }
         let checkpoint = self.keys.sign(&head, now_ms())?;
         match self.store.insert_checkpoint(&checkpoint).await {
@@ -244,9 +442,13 @@ impl Auditor {
     /// Replaces the checkpoint-signing key, crash-safely: the new key is written
     /// to a pending file, the rotation is recorded in the chain, a checkpoint
     /// signed by the *old* key covers that record (so verifiers trusting the old
-    /// key learn the new one), and only then does the new key take over.
+    /// key learn the new one), and only then does the new key take over. The other replicas
+    /// switch to the new key before they sign again ([`Auditor::follow_chain`]).
     pub async fn rotate_signing_key(&self, actor: String) -> Result<PublicKey, ServiceError> {
-        let _one_at_a_time = self.rotation.lock().await;
+        let mut chain = self.rotation.lock().await;
+        // Rotate away from the key in force, even if another replica made the last rotation.
+        let head = self.store.audit_head().await?;
+        self.follow_chain(&mut chain, &head).await?;
         let new = SigningKey::generate().map_err(internal)?;
         let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
         let _ = std::fs::remove_file(&pending);
@@ -267,36 +469,40 @@ impl Auditor {
             .last()
             .map(keyward_audit::Record::head)
             .ok_or_else(|| internal("the rotation record was not appended"))?;
-        self.store
+        match self
+            .store
             .insert_checkpoint(&self.keys.sign(&head, now_ms())?)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Another replica following the chain stored the same confirmation (signed by the
+            // old key, over the rotation record) first.
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.activate_pending(new)?;
         tracing::warn!(old = %old.key_id(), new = %self.keys.public_key().key_id(), "audit signing key rotated");
         Ok(self.keys.public_key())
     }
 
-    /// At start: finishes a rotation that was recorded in the chain but whose
-    /// new key had not yet replaced the old file (a crash in between), or
-    /// discards a pending key whose rotation was never recorded.
+    /// At start: follows the chain ([`Auditor::follow_chain`]: a rotation made by another
+    /// replica while this one was down, or one whose confirming checkpoint is missing), then
+    /// finishes a rotation that was recorded in the chain but whose new key had not yet
+    /// replaced the old file (a crash in between), or discards a pending key whose rotation was
+    /// never recorded (or was superseded).
     pub async fn recover_rotation(&self) -> Result<(), ServiceError> {
+        let mut chain = self.rotation.lock().await;
+        let head = self.store.audit_head().await?;
+        self.follow_chain(&mut chain, &head).await?;
         let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
         let Some(der) = read_secret(&pending).map_err(internal)? else {
             return Ok(());
         };
         let new = SigningKey::from_pkcs8(&der).map_err(internal)?;
         let new_id = new.public_key().key_id();
-        let mut recorded = false;
-        scan_audit(
-            self.store.as_ref(),
-            AuditQuery::default().with_event_type("signing_key_rotated"),
-            |r| {
-                recorded |= matches!(r.event(), keyward_audit::AuditEvent::SigningKeyRotated { new_key_id, .. } if *new_key_id == new_id);
-            },
-        )
-        .await?;
-        if recorded {
-            // The covering checkpoint may be missing too: sign one with the old key first.
-            self.checkpoint().await?;
+        // Following the chain made the pending key the held one iff the chain's last
+        // rotation introduced it.
+        if self.keys.public_key().key_id() == new_id {
             self.activate_pending(new)?;
             tracing::warn!(key_id = %new_id, "completed an interrupted audit signing key rotation");
         } else {
@@ -305,10 +511,34 @@ impl Auditor {
         Ok(())
     }
 
+    /// Moves the pending key file over the current one, and signs with `new` from now on.
     fn activate_pending(&self, new: SigningKey) -> Result<(), ServiceError> {
         let pending = self.keys.dir.join(PENDING_SIGNING_KEY_FILE);
         let current = self.keys.dir.join(SIGNING_KEY_FILE);
-        std::fs::rename(&pending, &current).map_err(internal)?;
+        match std::fs::rename(&pending, &current) {
+            Ok(()) => {}
+            // Another replica sharing the directory took the pending file: starting up, it moved
+            // it into place (`recover_rotation`), or discarded it, having followed the chain
+            // just before this rotation was recorded. The chain has `new` in force now, and the
+            // other replicas can follow only if the directory holds it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let new_id = new.public_key().key_id();
+                let in_place = read_secret(&current)
+                    .map_err(internal)?
+                    .and_then(|der| SigningKey::from_pkcs8(&der).ok())
+                    .is_some_and(|key| key.public_key().key_id() == new_id);
+                if !in_place {
+                    let temp =
+                        current.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                    write_secret(&temp, &new.to_pkcs8().map_err(internal)?).map_err(internal)?;
+                    if let Err(e) = std::fs::rename(&temp, &current) {
+                        let _ = std::fs::remove_file(&temp);
+                        return Err(internal(e));
+                    }
+                }
+            }
+            Err(e) => return Err(internal(e)),
+        }
         if let Ok(dir) = std::fs::File::open(&self.keys.dir) {
             let _ = dir.sync_all();
         }
@@ -338,9 +568,26 @@ impl Auditor {
         tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
     ) -> Result<(), ServiceError> {
         // The final checkpoint must be signed by the key the exported chain trusts.
-        let _no_rotation = self.rotation.lock().await;
+        let mut chain = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
+        self.follow_chain(&mut chain, &head).await?;
         self.export_up_to(head, tx).await
+    }
+
+    /// Writes the export of the whole chain (docs/audit-format.md §6, what `ExportAudit`
+    /// streams) to `out`, chunk by chunk, for callers in the same process.
+    pub async fn export_to(&self, out: &mut (impl Write + Send)) -> Result<(), ServiceError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::ExportAuditChunk, Status>>(4);
+        let drain = async {
+            while let Some(Ok(chunk)) = rx.recv().await {
+                out.write_all(&chunk.jsonl)?;
+            }
+            out.flush()
+        };
+        // If writing fails, `rx` is dropped and the export stops at its next chunk.
+        let (exported, written) = tokio::join!(self.export(tx), drain);
+        exported?;
+        written.map_err(|e| internal(format!("writing the audit export: {e}")))
     }
 
     /// The export of records `1..=head.seq`. Records appended after `head` was read (usage
@@ -583,7 +830,7 @@ impl AuditService for AuditApi {
             None,
             &RequestContext::default(),
         )?;
-        let key = self.auditor.public_key();
+        let key = self.auditor.public_key_in_force().await?;
         Ok(Response::new(pb::AuditPublicKey {
             public_key: key.to_text(),
             key_id: key.key_id(),
@@ -669,5 +916,30 @@ mod tests {
         assert_eq!(report.records, 1500);
         assert_eq!(report.head_hash, head.hash);
         assert_eq!(report.checkpoints, 2, "the one at 700 and the final one");
+    }
+
+    /// A replica starting while another rotates may take the pending key file (moving it into
+    /// place, or discarding it before the rotation is recorded); the rotating replica then
+    /// writes the key the chain now has in force itself, so the others can follow.
+    #[tokio::test]
+    async fn activating_a_rotation_whose_pending_file_was_taken_still_leaves_the_key_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
+        let keys_dir = dir.path().join("audit");
+        let auditor = Auditor::new(store, AuditKeys::load_or_create(&keys_dir).unwrap());
+        let new = SigningKey::generate().unwrap();
+        let new_key = new.public_key();
+        // No pending file: it was discarded.
+        auditor.activate_pending(new).unwrap();
+        assert_eq!(auditor.public_key(), new_key);
+        assert_eq!(
+            AuditKeys::load_or_create(&keys_dir).unwrap().public_key(),
+            new_key
+        );
+        assert_eq!(
+            std::fs::read_dir(&keys_dir).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
     }
 }
