@@ -250,3 +250,92 @@ fn policy_check_validates_and_replays_the_cases() {
     assert!(!ok, "{out}");
     assert!(out.contains("services.cedar:2"), "{out}");
 }
+
+/// Issue #16, as a customer's admin would try it with the real binary and CLI: the key is
+/// disabled at the provider (the monitor revokes), then a break-glass `revoke-key`, then the key
+/// is enabled again: the tenant stays revoked through several monitor sweeps; only
+/// `restore-key` makes the data readable.
+#[test]
+fn a_break_glass_revocation_survives_the_key_coming_back() {
+    use std::time::{Duration, Instant};
+    let server = Server::start(&[
+        ("KEYWARD_CACHE__TTL_SECONDS", "1"),
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+    ]);
+    let kms_dir = server.local_kms_dir();
+    let kms_dir = kms_dir.to_str().unwrap();
+    let (ok, _, err) = server.cli(&["tenant", "create", "acme"], b"");
+    assert!(ok, "{err}");
+    let (ok, _, err) = server.cli(
+        &["tenant", "register-key", "acme", "--local-key", "default"],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let prompt = b"a prompt the customer can revoke";
+    let (ok, envelope, err) = server.cli(
+        &["encrypt", "--tenant", "acme", "--context", "conversation=7"],
+        prompt,
+    );
+    assert!(ok, "{err}");
+    let decrypt = ["decrypt", "--tenant", "acme", "--context", "conversation=7"];
+    let show = || {
+        let (ok, out, err) = server.cli(&["tenant", "show", "acme"], b"");
+        assert!(ok, "{err}");
+        String::from_utf8(out).unwrap()
+    };
+
+    // 1. The customer disables the key: the monitor records the revocation.
+    let (ok, _, err) = server.cli(
+        &["key", "disable", "default", "--local-kms-dir", kms_dir],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = show();
+        if shown.contains("KEK_STATE_REVOKED") {
+            assert!(!shown.contains("(explicit)"), "{shown}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not revoked: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 2. Break glass on top: recorded as explicit.
+    let (ok, _, err) = server.cli(
+        &["tenant", "revoke-key", "acme", "--reason", "incident 7"],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let shown = show();
+    assert!(
+        shown.contains("KEK_STATE_REVOKED (explicit)"),
+        "the binding says why it is revoked: {shown}"
+    );
+
+    // 3. The key comes back at the KMS. Several monitor sweeps later the tenant is still
+    //    revoked: only restore-key lifts a break-glass revocation.
+    let (ok, _, err) = server.cli(
+        &["key", "enable", "default", "--local-kms-dir", kms_dir],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        let (ok, _, err) = server.cli(&decrypt, &envelope);
+        assert!(!ok && err.contains("KEY_REVOKED"), "reopened: {err}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(show().contains("KEK_STATE_REVOKED (explicit)"));
+
+    // 4. The customer's admin restores it deliberately: readable again.
+    let (ok, _, err) = server.cli(
+        &["tenant", "restore-key", "acme", "--reason", "incident 7 closed"],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let (ok, plain, err) = server.cli(&decrypt, &envelope);
+    assert!(ok, "{err}");
+    assert_eq!(plain, prompt);
+    assert!(show().contains("KEK_STATE_RESTORED (explicit)"), "{}", show());
+}
