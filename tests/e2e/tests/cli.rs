@@ -330,12 +330,22 @@ fn a_break_glass_revocation_survives_the_key_coming_back() {
 
     // 4. The customer's admin restores it deliberately: readable again.
     let (ok, _, err) = server.cli(
-        &["tenant", "restore-key", "acme", "--reason", "incident 7 closed"],
+        &[
+            "tenant",
+            "restore-key",
+            "acme",
+            "--reason",
+            "incident 7 closed",
+        ],
         b"",
     );
     assert!(ok, "{err}");
     let (ok, plain, err) = server.cli(&decrypt, &envelope);
     assert!(ok, "{err}");
     assert_eq!(plain, prompt);
-    assert!(show().contains("KEK_STATE_RESTORED (explicit)"), "{}", show());
+    assert!(
+        show().contains("KEK_STATE_RESTORED (explicit)"),
+        "{}",
+        show()
+    );
 }
