@@ -26,6 +26,8 @@ pub mod quota;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "test-support")]
+pub mod controlled;
 
 pub use context::{Purpose, WrapContext};
 pub use error::{ErrorKind, ProviderError};

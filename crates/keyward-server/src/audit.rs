@@ -640,25 +640,6 @@ impl Auditor {
     }
 }
 
-/// Calls `f` on every record matching `query`, oldest first, page by page.
-pub(crate) async fn scan_audit(
-    store: &dyn Store,
-    query: AuditQuery,
-    mut f: impl FnMut(&Record),
-) -> Result<(), ServiceError> {
-    let mut after = 0;
-    loop {
-        let page = store
-            .audit_records(&query.clone().with_after_seq(after).with_limit(PAGE))
-            .await?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = last.seq();
-        page.iter().for_each(&mut f);
-    }
-}
-
 async fn send(
     tx: &tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
     jsonl: Vec<u8>,

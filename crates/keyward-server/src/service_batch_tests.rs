@@ -4,21 +4,10 @@
 //! Decrypt policies see the scope `""`, never `"default"`.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
-use keyward_envelope::{SecretKey, TenantId, WrappedKey};
-use keyward_kms::{
-    Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
-    local::LocalProvider,
-};
+use keyward_envelope::TenantId;
+use keyward_kms::{KeyRef, ProviderKind, controlled::Controlled, local::LocalProvider};
 use keyward_proto::v1::{self as pb, crypto_service_server::CryptoService as _};
 use keyward_store::{KekState, Scope, Store as _, sqlite::SqliteStore};
 use tonic::Request;
@@ -32,53 +21,10 @@ use crate::{
     tls::{PeerIdentity, PeerInfo},
 };
 
-/// A local KMS whose next unwrap can be held after it answered, until released.
-#[derive(Debug)]
-struct HoldingKms {
-    inner: LocalProvider,
-    hold: AtomicBool,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl KeyProvider for HoldingKms {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn wrap(
-        &self,
-        kek: &KeyRef,
-        key: &SecretKey,
-        ctx: &WrapContext,
-    ) -> Result<WrappedKey, ProviderError> {
-        self.inner.wrap(kek, key, ctx).await
-    }
-    async fn unwrap(
-        &self,
-        kek: &KeyRef,
-        wrapped: &WrappedKey,
-        ctx: &WrapContext,
-    ) -> Result<SecretKey, ProviderError> {
-        let answer = self.inner.unwrap(kek, wrapped, ctx).await;
-        if self.hold.swap(false, Ordering::SeqCst) {
-            self.entered.notify_one();
-            self.release.notified().await;
-        }
-        answer
-    }
-    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
-        self.inner.describe(kek).await
-    }
-}
-
 struct Fixture {
     _dir: tempfile::TempDir,
     store: Arc<SqliteStore>,
-    kms: Arc<HoldingKms>,
+    kms: Arc<Controlled<LocalProvider>>,
     keyring: Arc<Keyring>,
     api: CryptoApi,
 }
@@ -112,12 +58,7 @@ impl Fixture {
         let inner = LocalProvider::open(dir.path().join("kms")).unwrap();
         inner.create_key("k1").unwrap();
         inner.create_key("k2").unwrap();
-        let kms = Arc::new(HoldingKms {
-            inner,
-            hold: AtomicBool::new(false),
-            entered: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
+        let kms = Arc::new(Controlled::new(inner));
         let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
         let keyring = Arc::new(Keyring::new(
             store.clone(),
@@ -208,7 +149,7 @@ async fn a_decrypt_batch_meeting_a_revocation_returns_no_plaintext_for_earlier_i
         .await
         .unwrap(); // the first item's keys are warm
 
-    fx.kms.hold.store(true, Ordering::SeqCst);
+    fx.kms.hold_next_unwrap();
     let api = fx.api.clone();
     let t2 = t.clone();
     let call = tokio::spawn(async move {
@@ -228,7 +169,7 @@ async fn a_decrypt_batch_meeting_a_revocation_returns_no_plaintext_for_earlier_i
         .await
     });
     // The first item is done; the second waits for the KMS. RevokeKey commits now.
-    fx.kms.entered.notified().await;
+    fx.kms.held().await;
     fx.keyring
         .revoke(
             &t,
@@ -240,7 +181,7 @@ async fn a_decrypt_batch_meeting_a_revocation_returns_no_plaintext_for_earlier_i
         )
         .await
         .unwrap();
-    fx.kms.release.notify_one();
+    fx.kms.release();
     let response = tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .unwrap()

@@ -2,8 +2,9 @@
 //! real keyring over the real SQLite store and the real local KEK provider through one
 //! interleaving that broke the promise, and asserts that the data stays refused.
 //!
-//! The provider is wrapped in a decorator that can hold an unwrap (the KMS has answered; the
-//! answer waits until the test releases it) or fail it as an unreachable KMS would; the store in a
+//! The provider is wrapped in `keyward_kms::controlled::Controlled`, which can hold an unwrap (the
+//! KMS has answered; the answer waits until the test releases it) or fail it as an unreachable KMS
+//! would; the store in a
 //! decorator that can run a step of "another replica" just before a write commits, or fail
 //! standalone audit appends. Steps are ordered by these hooks, never by sleeps.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
@@ -11,18 +12,15 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use async_trait::async_trait;
 use keyward_audit::{AuditEvent, RevocationSource};
-use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId, WrappedKey};
-use keyward_kms::{
-    Capabilities, ErrorKind, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind,
-    WrapContext, local::LocalProvider,
-};
+use keyward_envelope::{EncryptionContext, KeyId, TenantId};
+use keyward_kms::{KeyRef, ProviderKind, controlled::Controlled, local::LocalProvider};
 use keyward_server::{
     CachePolicy, Keyring, Providers, config::RotationPolicy, keyring::CheckOutcome,
 };
@@ -31,60 +29,6 @@ use keyward_store::{
     KekState, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store, StoreCounts,
     StoreError, TenantKeyRecord, TenantPolicy, TenantRecord, sqlite::SqliteStore,
 };
-
-// ----- a KMS the test controls ---------------------------------------------------------------
-
-#[derive(Debug)]
-struct Kms {
-    inner: LocalProvider,
-    unwraps: AtomicU64,
-    outage: AtomicBool,
-    hold: AtomicBool,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl KeyProvider for Kms {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn wrap(
-        &self,
-        kek: &KeyRef,
-        key: &SecretKey,
-        ctx: &WrapContext,
-    ) -> Result<WrappedKey, ProviderError> {
-        self.inner.wrap(kek, key, ctx).await
-    }
-    async fn unwrap(
-        &self,
-        kek: &KeyRef,
-        wrapped: &WrappedKey,
-        ctx: &WrapContext,
-    ) -> Result<SecretKey, ProviderError> {
-        self.unwraps.fetch_add(1, Ordering::SeqCst);
-        let answer = if self.outage.load(Ordering::SeqCst) {
-            Err(ProviderError::new(
-                ErrorKind::Unavailable,
-                "test outage: connection refused",
-            ))
-        } else {
-            self.inner.unwrap(kek, wrapped, ctx).await
-        };
-        if self.hold.swap(false, Ordering::SeqCst) {
-            self.entered.notify_one();
-            self.release.notified().await;
-        }
-        answer
-    }
-    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
-        self.inner.describe(kek).await
-    }
-}
 
 // ----- a store with hooks --------------------------------------------------------------------
 
@@ -225,7 +169,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     kms_dir: std::path::PathBuf,
     store: Arc<HookedStore>,
-    kms: Arc<Kms>,
+    kms: Arc<Controlled<LocalProvider>>,
 }
 
 const LOOSE: RotationPolicy = RotationPolicy {
@@ -246,14 +190,7 @@ impl Fixture {
             before_state_write: Mutex::new(None),
             fail_appends: AtomicBool::new(false),
         });
-        let kms = Arc::new(Kms {
-            inner,
-            unwraps: AtomicU64::new(0),
-            outage: AtomicBool::new(false),
-            hold: AtomicBool::new(false),
-            entered: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
+        let kms = Arc::new(Controlled::new(inner));
         Self {
             _dir: dir,
             kms_dir,
@@ -293,7 +230,7 @@ impl Fixture {
     }
 
     fn unwraps(&self) -> u64 {
-        self.kms.unwraps.load(Ordering::SeqCst)
+        self.kms.unwraps()
     }
 
     async fn binding(&self, t: &TenantId) -> KekBinding {
@@ -439,7 +376,7 @@ async fn a_sweep_that_read_unavailable_before_revoke_key_does_not_restore() {
     onboard(&a, &t, "k1").await;
     let env = seal(&a, &t, b"prompt").await;
 
-    fx.kms.outage.store(true, Ordering::SeqCst);
+    fx.kms.set_outage(true);
     let b = fx.binding(&t).await;
     assert_eq!(
         a.check_binding(&b).await.unwrap(),
@@ -450,7 +387,7 @@ async fn a_sweep_that_read_unavailable_before_revoke_key_does_not_restore() {
     assert_eq!(stale.state, KekState::Unavailable);
     // ... then RevokeKey commits, then the KMS is back and the sweep reaches the tenant.
     revoke_explicitly(&a, &t).await;
-    fx.kms.outage.store(false, Ordering::SeqCst);
+    fx.kms.set_outage(false);
     assert_eq!(
         a.check_binding(&stale).await.unwrap(),
         CheckOutcome::Unchanged,
@@ -481,7 +418,7 @@ async fn a_replica_that_decided_from_an_older_read_does_not_overwrite_anothers_r
             revoke_explicitly(&a2, &t2).await;
         })
     }));
-    fx.kms.outage.store(true, Ordering::SeqCst);
+    fx.kms.set_outage(true);
     let read = fx.binding(&t).await;
     let outcome = b.check_binding(&read).await.unwrap();
     assert_eq!(outcome, CheckOutcome::Unavailable);
@@ -491,7 +428,7 @@ async fn a_replica_that_decided_from_an_older_read_does_not_overwrite_anothers_r
 
     // B learns the state from the store (the notification, or reconciliation): closed, and its
     // cached keys purged; a later canary success on B does not reopen anything.
-    fx.kms.outage.store(false, Ordering::SeqCst);
+    fx.kms.set_outage(false);
     b.reconcile().await.unwrap();
     assert_eq!(open_reason(&b, &t, &env).await, "KEY_REVOKED");
     let read = fx.binding(&t).await;
@@ -746,17 +683,17 @@ async fn an_unwrap_in_flight_across_revoke_and_register_returns_no_plaintext() {
     onboard(&a, &t, "k1").await;
     let env = seal(&a, &t, b"prompt").await;
     a.purge_tenant(&t).await;
-    fx.kms.hold.store(true, Ordering::SeqCst);
+    fx.kms.hold_next_unwrap();
     let reader = {
         let a = Arc::clone(&a);
         let t = t.clone();
         let env = env.clone();
         tokio::spawn(async move { open_reason(&a, &t, &env).await })
     };
-    fx.kms.entered.notified().await;
+    fx.kms.held().await;
     revoke_explicitly(&a, &t).await;
     register(&a, &t, "k2").await;
-    fx.kms.release.notify_one();
+    fx.kms.release();
     let reason = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .unwrap()
