@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_policy",
         sql: include_str!("../migrations/postgres/0003_tenant_policy.sql"),
     },
+    Migration {
+        version: 5,
+        name: "tenant_key_mac",
+        sql: include_str!("../migrations/postgres/0005_tenant_key_mac.sql"),
+    },
 ];
 
 /// Connection-pool settings of a [`PostgresStore`].

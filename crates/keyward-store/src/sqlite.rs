@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tenant_policy",
         sql: include_str!("../migrations/sqlite/0003_tenant_policy.sql"),
     },
+    Migration {
+        version: 5,
+        name: "tenant_key_mac",
+        sql: include_str!("../migrations/sqlite/0005_tenant_key_mac.sql"),
+    },
 ];
 
 /// The SQLite [`Store`](crate::Store). Cheap to clone (a pool handle).

@@ -157,6 +157,7 @@ async fn populate(store: &PostgresStore) -> (TenantId, NewKekBinding, NewDek) {
         key_ref: "local:kek".to_owned(),
         tenant_key_id: KeyId::generate().unwrap(),
         wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
+        tenant_key_mac: Some(vec![0x6d; 32]),
     };
     store
         .bind_kek(binding.clone(), &binding_changed)
@@ -260,6 +261,7 @@ async fn two_replicas_mint_deks_and_append_audit_concurrently() {
                 key_ref: "local:kek".to_owned(),
                 tenant_key_id: KeyId::generate().unwrap(),
                 wrapped_tenant_key: WrappedKey::new(vec![7; 61]),
+                tenant_key_mac: Some(vec![0x6d; 32]),
             },
             &binding_changed,
         )
@@ -463,6 +465,7 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
                         key_ref: format!("local:kek-{i}"),
                         tenant_key_id: KeyId::generate().unwrap(),
                         wrapped_tenant_key: WrappedKey::new(vec![u8::try_from(i).unwrap(); 61]),
+                        tenant_key_mac: Some(vec![0x6d; 32]),
                     },
                     &record,
                 )
@@ -1028,7 +1031,10 @@ async fn replicas_starting_at_once_migrate_once() {
             .collect::<Vec<_>>()
     };
     let first = migrations(a.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 5]
+    );
     let dump = a.dump().await.unwrap();
     assert_eq!(b.dump().await.unwrap(), dump);
     assert_eq!(c.dump().await.unwrap(), dump);

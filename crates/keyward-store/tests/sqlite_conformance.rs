@@ -44,6 +44,7 @@ async fn populate(store: &SqliteStore) -> (keyward_store::TenantId, NewKekBindin
         key_ref: "local:kek".to_owned(),
         tenant_key_id: KeyId::generate().unwrap(),
         wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
+        tenant_key_mac: Some(vec![0x6d; 32]),
     };
     store
         .bind_kek(binding.clone(), &binding_changed)
@@ -165,7 +166,10 @@ async fn migrations_are_idempotent_on_reopen() {
             .collect::<Vec<_>>()
     };
     let first = migrations(store.clone()).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 5]
+    );
     let dump = store.dump().await.unwrap();
     store.close().await;
 
