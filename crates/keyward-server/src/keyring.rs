@@ -45,6 +45,8 @@ use crate::{
 
 mod revocation;
 pub use revocation::{CheckOutcome, MonitorPolicy, RevocationSource};
+mod tenant_key_auth;
+pub use tenant_key_auth::{AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
@@ -437,6 +439,7 @@ impl Keyring {
                 format!("key {kek} did not return the wrapped key on unwrap"),
             )));
         }
+        let tag = self.tenant_key_tag(tenant, &tenant_key_id, kek, &wrapped); // ADR 0007
         let binding = self
             .store
             .bind_kek(
@@ -445,6 +448,7 @@ impl Keyring {
                     provider: kek.kind().as_str().to_owned(),
                     key_ref: kek.id().to_owned(),
                     tenant_key_id,
+                    tenant_key_mac: Some(tag),
                     wrapped_tenant_key: wrapped,
                 },
                 &|change: &BindingChange| {
@@ -777,6 +781,7 @@ impl Keyring {
                             "tenant key {id} of {tenant} is not in the store"
                         ))
                     })?;
+                self.check_tenant_key_mac(&record)?; // before the KMS sees it (ADR 0007)
                 let kind = ProviderKind::from_str(&record.provider).map_err(|_| {
                     ServiceError::Internal(format!(
                         "unknown provider {:?} in store",
