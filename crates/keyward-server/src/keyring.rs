@@ -46,7 +46,9 @@ use crate::{
 mod revocation;
 pub use revocation::{CheckOutcome, MonitorPolicy, RevocationSource};
 mod tenant_key_auth;
-pub use tenant_key_auth::{AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys};
+pub use tenant_key_auth::{
+    AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys, tag_tenant_key,
+};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;

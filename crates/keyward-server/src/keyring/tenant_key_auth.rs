@@ -68,7 +68,10 @@ fn message(
     out
 }
 
-fn tag_of(
+/// The tag of a wrapped tenant key as stored in `tenant_keys.mac`: what the keyring makes at
+/// registration and checks before use. For tools that write tenant keys without a keyring (the
+/// benchmark's bulk population); `provider` and `key_ref` exactly as stored in the binding.
+pub fn tag_tenant_key(
     hasher: &IdentifierHasher,
     tenant: &TenantId,
     id: &KeyId,
@@ -86,7 +89,7 @@ fn tag_of(
 
 /// The tag of a stored tenant key as it should be.
 fn expected_tag(hasher: &IdentifierHasher, record: &TenantKeyRecord) -> Vec<u8> {
-    tag_of(
+    tag_tenant_key(
         hasher,
         &record.tenant,
         &record.id,
@@ -124,7 +127,7 @@ impl Keyring {
     /// tags every binding it registers; tools that bind through the store directly (the
     /// benchmark's bulk population) use this so that the keyring accepts what they stored.
     pub fn with_tenant_key_mac(&self, mut binding: NewKekBinding) -> NewKekBinding {
-        binding.tenant_key_mac = Some(tag_of(
+        binding.tenant_key_mac = Some(tag_tenant_key(
             &self.hasher,
             &binding.tenant,
             &binding.tenant_key_id,
@@ -153,7 +156,7 @@ impl Keyring {
         kek: &KeyRef,
         wrapped: &WrappedKey,
     ) -> Vec<u8> {
-        tag_of(
+        tag_tenant_key(
             &self.hasher,
             tenant,
             id,
