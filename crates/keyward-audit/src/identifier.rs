@@ -12,6 +12,14 @@ pub const IDENTIFIER_HASH_PREFIX: &str = "hmac-sha256:";
 /// Domain-separation label for identifier hashes (`docs/audit-format.md` §2).
 const LABEL: &[u8] = b"keyward-audit-identifier-v1\n";
 
+/// Domain-separation label for [`IdentifierHasher::tag`]: differs from [`LABEL`] in its first
+/// bytes, so no tag input is ever an identifier-hash input and digests published in the audit
+/// log say nothing about tags.
+const TAG_LABEL: &[u8] = b"keyward-keyed-tag-v1\n";
+
+/// Length of an [`IdentifierHasher::tag`] (HMAC-SHA-256).
+pub const TAG_LEN: usize = 32;
+
 /// Hashes identifiers with the deployment's 256-bit audit key.
 ///
 /// `hash(kind, value)` = `"hmac-sha256:" || hex(HMAC-SHA-256(key, "keyward-audit-identifier-v1\n"
@@ -71,6 +79,24 @@ impl IdentifierHasher {
         let tag = ctx.sign();
         format!("{IDENTIFIER_HASH_PREFIX}{}", hex::encode(tag.as_ref()))
     }
+
+    /// A raw authentication tag of `message` for `purpose` (for example `"tenant-key"`):
+    /// `HMAC-SHA-256(key, "keyward-keyed-tag-v1\n" || u64_be(len(purpose)) || purpose ||
+    /// message)`. For data Keyward stores and must later recognise as its own (a wrapped tenant
+    /// key, docs/adr/0007-tenant-key-mac.md): whoever can write the store but cannot read this
+    /// key cannot make a tag. The caller encodes `message` unambiguously and compares tags in
+    /// constant time.
+    pub fn tag(&self, purpose: &str, message: &[u8]) -> [u8; TAG_LEN] {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.key[..]);
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(TAG_LABEL);
+        ctx.update(&(purpose.len() as u64).to_be_bytes());
+        ctx.update(purpose.as_bytes());
+        ctx.update(message);
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -114,4 +140,32 @@ mod tests {
         let want = hex::encode(hmac::sign(&key, &msg).as_ref());
         assert_eq!(h.hash("scope", "default"), format!("hmac-sha256:{want}"));
     }
+
+    #[test]
+    fn tags_are_pinned_and_separated_from_identifier_hashes() {
+        let h = IdentifierHasher::new([7; 32]);
+        let mut msg = b"keyward-keyed-tag-v1\n".to_vec();
+        msg.extend_from_slice(&10u64.to_be_bytes());
+        msg.extend_from_slice(b"tenant-keyabc");
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]);
+        let want = hmac::sign(&key, &msg);
+        assert_eq!(&h.tag("tenant-key", b"abc")[..], want.as_ref());
+        // Pinned: changing the construction would make every stored tag fail.
+        assert_eq!(
+            hex::encode(IdentifierHasher::new([0x42; 32]).tag("tenant-key", b"abc")),
+            PINNED_TAG
+        );
+        assert_ne!(h.tag("tenant-key", b"abc"), h.tag("tenant-keya", b"bc"));
+        assert_ne!(
+            h.tag("tenant-key", b"abc"),
+            IdentifierHasher::new([8; 32]).tag("tenant-key", b"abc")
+        );
+        // Same purpose and bytes as an identifier hash, different output.
+        assert!(
+            !h.hash("scope", "x")
+                .ends_with(&hex::encode(h.tag("scope", b"x")))
+        );
+    }
+
+    const PINNED_TAG: &str = "f26d769a8128cc0f9f6ce8e7394ceed6fcf32d93738fad5f654f7463ec6270af";
 }

@@ -48,6 +48,6 @@ pub use event::{
     AuditEvent, DekRetireReason, KeyState, RegistrationOutcome, RevocationSource, StateTransition,
 };
 pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
-pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher};
+pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
 pub use record::{ChainHead, RECORD_DOMAIN, Record};
 pub use verify::{FailureKind, VerifyFailure, VerifyReport, verify_export};

@@ -121,10 +121,12 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
     let populate_start = Instant::now();
     eprintln!("economy: populating {} tenants", names.len());
     {
-        let store = server.keyring().store().clone();
+        let keyring = server.keyring().clone();
         let (aws, kek, names) = (aws.clone(), kek.clone(), Arc::new(names.clone()));
         harness::bounded(names.len() as u64, 16, move |i| {
-            let (store, aws, kek, names) = (store.clone(), aws.clone(), kek.clone(), names.clone());
+            let (keyring, aws, kek, names) =
+                (keyring.clone(), aws.clone(), kek.clone(), names.clone());
+            let store = keyring.store().clone();
             async move {
                 let tenant = TenantId::try_from(names[i as usize].as_str())?;
                 store.create_tenant(&tenant, "", &|_| Vec::new()).await?;
@@ -133,13 +135,15 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
                 let (_key, wrapped) = aws.generate(&kek, &ctx).await?;
                 store
                     .bind_kek(
-                        NewKekBinding {
+                        // Tagged as the keyring tags what it registers, or it refuses the key.
+                        keyring.with_tenant_key_mac(NewKekBinding {
                             tenant,
                             provider: ProviderKind::AwsKms.as_str().to_owned(),
                             key_ref: kek.id().to_owned(),
                             tenant_key_id,
                             wrapped_tenant_key: wrapped,
-                        },
+                            tenant_key_mac: None,
+                        }),
                         &|_| Vec::new(),
                     )
                     .await?;

@@ -88,6 +88,7 @@ type Envelopes = Vec<(u32, Vec<u8>)>;
 
 async fn populate(
     store: &SqliteStore,
+    audit_keys: &keyward_server::audit::AuditKeys,
     local: &LocalProvider,
     tenants: u64,
     deks_per_tenant: u64,
@@ -132,15 +133,25 @@ async fn populate(
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            // Tagged as the keyring tags what it registers, or the server refuses it (ADR 0007).
+            let mac = keyward_server::keyring::tag_tenant_key(
+                audit_keys.hasher(),
+                &tenant,
+                &tenant_key_id,
+                "local",
+                kek.id(),
+                wrapped.as_bytes(),
+            );
             sqlx::query(
-                "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms) \
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms, mac) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(tenant_key_id.to_string())
             .bind(&name)
             .bind(binding)
             .bind(wrapped.as_bytes())
             .bind(now)
+            .bind(mac)
             .execute(&mut *tx)
             .await?;
             for j in 0..deks_per_tenant {
@@ -193,7 +204,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let local = LocalProvider::open(&settings.local_kms_dir)?;
     let store = SqliteStore::open(&settings.database_path).await?;
-    let envelopes = populate(&store, &local, tenants, deks_per_tenant).await?;
+    // The audit keys the server will load: its identifier key tags the tenant keys.
+    let audit_keys = keyward_server::audit::AuditKeys::load_or_create(&settings.audit_dir)?;
+    let envelopes = populate(&store, &audit_keys, &local, tenants, deks_per_tenant).await?;
     store.close().await;
     let populate_time = t.elapsed();
     let db_bytes = std::fs::metadata(&settings.database_path)?.len()

@@ -361,6 +361,47 @@ impl KeyVaultDouble {
         self.key_ref(name)
     }
 
+    /// What anyone who has read the public half of RSA key `name` (`GET /keys/{name}` returns
+    /// its `n` and `e`) can make without the vault and without any permission on the key: `key`
+    /// wrapped for the current version exactly as the provider wraps (layout.rs), with no
+    /// `wrapKey` call (RSA-OAEP needs only the public key). It unwraps through the vault like a
+    /// genuine wrap; docs/adr/0007-tenant-key-mac.md is why Keyward does not take it.
+    pub fn forge_with_public_key(
+        &self,
+        name: &str,
+        key: &keyward_envelope::SecretKey,
+        ctx: &keyward_kms::WrapContext,
+    ) -> keyward_envelope::WrappedKey {
+        let st = self.shared.lock();
+        let v = st
+            .keys
+            .get(name)
+            .and_then(|k| k.versions.last())
+            .unwrap_or_else(|| panic!("no key {name} in the double"));
+        let Material::Rsa { public, .. } = &v.material else {
+            panic!("{name} is not an RSA key");
+        };
+        let mut k = [0u8; 32];
+        let mut nonce = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut k).unwrap();
+        aws_lc_rs::rand::fill(&mut nonce).unwrap();
+        let mut out = vec![0u8; public.ciphertext_size()];
+        let vault_wrapped = public
+            .encrypt(&OAEP_SHA256_MGF1SHA256, &k, &mut out, None)
+            .unwrap();
+        let bytes = crate::layout::seal(
+            crate::layout::VaultAlg::RsaOaep256,
+            &v.id,
+            vault_wrapped,
+            &k,
+            nonce,
+            key,
+            ctx,
+        )
+        .unwrap();
+        keyward_envelope::WrappedKey::new(bytes)
+    }
+
     /// The versions of `name`, oldest first.
     pub fn versions(&self, name: &str) -> Vec<String> {
         let st = self.shared.lock();

@@ -195,6 +195,29 @@ impl AuditKeys {
     }
 }
 
+/// The identifier key in `dir` (`<audit_dir>/identifier-key`), read without creating anything:
+/// for `keyward store authenticate-tenant-keys`, which must tag tenant keys with the key the
+/// servers use, never with a fresh one. A missing key is an error.
+pub fn load_identifier_key(dir: &Path) -> Result<IdentifierHasher, AuditKeyError> {
+    let path = dir.join("identifier-key");
+    match read_secret(&path) {
+        Ok(Some(bytes)) => {
+            IdentifierHasher::from_slice(&bytes).map_err(|source| AuditKeyError::Invalid {
+                path: path.clone(),
+                source,
+            })
+        }
+        Ok(None) => Err(AuditKeyError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no identifier key: point at the audit key directory the servers use",
+            ),
+        }),
+        Err(source) => Err(AuditKeyError::Io { path, source }),
+    }
+}
+
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()

@@ -47,6 +47,10 @@ mod pending_audit;
 mod revocation;
 pub use pending_audit::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
 pub use revocation::{CheckOutcome, MonitorPolicy, RevocationSource};
+mod tenant_key_auth;
+pub use tenant_key_auth::{
+    AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys, tag_tenant_key,
+};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
@@ -474,6 +478,7 @@ impl Keyring {
                 format!("key {kek} did not return the wrapped key on unwrap"),
             )));
         }
+        let tag = self.tenant_key_tag(tenant, &tenant_key_id, kek, &wrapped); // ADR 0007
         let binding = self
             .store
             .bind_kek(
@@ -482,6 +487,7 @@ impl Keyring {
                     provider: kek.kind().as_str().to_owned(),
                     key_ref: kek.id().to_owned(),
                     tenant_key_id,
+                    tenant_key_mac: Some(tag),
                     wrapped_tenant_key: wrapped,
                 },
                 &|change: &BindingChange| {
@@ -1016,6 +1022,7 @@ impl Keyring {
                             "tenant key {id} of {tenant} is not in the store"
                         ))
                     })?;
+                self.check_tenant_key_mac(&record)?; // before the KMS sees it (ADR 0007)
                 if matches!(
                     record.binding_state,
                     KekState::Revoked | KekState::Destroyed

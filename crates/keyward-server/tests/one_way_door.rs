@@ -110,6 +110,20 @@ impl Store for HookedStore {
     ) -> Result<Option<TenantKeyRecord>, StoreError> {
         self.inner.get_tenant_key(tenant, id).await
     }
+    async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        self.inner.unauthenticated_tenant_keys().await
+    }
+    async fn authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: Vec<u8>,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        self.inner
+            .authenticate_tenant_key(tenant, id, mac, audit)
+            .await
+    }
     async fn insert_dek(
         &self,
         dek: NewDek,

@@ -40,6 +40,7 @@ pub async fn run_all(store: &dyn Store) {
     check_bind_kek_duplicate_tenant_key(store).await;
     check_bind_kek_rejects_empty_fields(store).await;
     check_tenant_key_isolation(store).await;
+    check_tenant_key_authentication(store).await;
     check_set_binding_state(store).await;
     check_set_binding_state_compares_the_version(store).await;
     check_bind_kek_keeps_the_old_bindings_state(store).await;
@@ -246,6 +247,7 @@ fn new_binding(tenant: &TenantId, key_ref: &str) -> NewKekBinding {
         key_ref: key_ref.to_owned(),
         tenant_key_id: key_id(),
         wrapped_tenant_key: wrapped(0x5a),
+        tenant_key_mac: Some(vec![0x6d; 32]),
     }
 }
 
@@ -347,6 +349,8 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     let mut second_new = new_binding(&tenant, "local:kek-2");
     second_new.provider = "aws-kms".to_owned();
     second_new.wrapped_tenant_key = wrapped(0x33);
+    // Any bytes, NUL and 0xff included.
+    second_new.tenant_key_mac = Some((0..=255u8).rev().chain([0, 0]).collect());
     let second = store
         .bind_kek(second_new.clone(), &binding_changed)
         .await
@@ -382,6 +386,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     assert_eq!(old_key.provider, "local");
     assert_eq!(old_key.key_ref, "local:kek-1");
     assert_eq!(old_key.wrapped, first_new.wrapped_tenant_key);
+    assert_eq!(old_key.mac, first_new.tenant_key_mac);
     let new_key = store
         .get_tenant_key(&tenant, &second_new.tenant_key_id)
         .await
@@ -393,6 +398,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     assert_eq!(new_key.provider, "aws-kms");
     assert_eq!(new_key.key_ref, "local:kek-2");
     assert_eq!(new_key.wrapped, second_new.wrapped_tenant_key);
+    assert_eq!(new_key.mac, second_new.tenant_key_mac);
     assert_eq!(new_key.created_at_ms, second.created_at_ms);
 }
 
@@ -545,6 +551,132 @@ pub async fn check_tenant_key_isolation(store: &dyn Store) {
         None
     );
     assert_eq!(store.get_tenant_key(&a, &key_id()).await.unwrap(), None);
+}
+
+/// A tenant key's authentication tag: stored by bind_kek (or NULL), listed while NULL, set once
+/// by authenticate_tenant_key with its audit record, never replaced.
+pub async fn check_tenant_key_authentication(store: &dyn Store) {
+    let (tenant, tagged) = bound_tenant(store).await;
+    let mut untagged_new = new_binding(&tenant, "local:kek-old");
+    untagged_new.tenant_key_mac = None;
+    let untagged = store
+        .bind_kek(untagged_new.clone(), &binding_changed)
+        .await
+        .unwrap();
+    let id = untagged.tenant_key_id;
+    let before = store.get_tenant_key(&tenant, &id).await.unwrap().unwrap();
+    assert_eq!(before.mac, None);
+    let listed = store.unauthenticated_tenant_keys().await.unwrap();
+    let ours: Vec<_> = listed.iter().filter(|k| k.tenant == tenant).collect();
+    assert_eq!(
+        ours,
+        vec![&before],
+        "only the untagged key, with its binding"
+    );
+    assert!(listed.iter().all(|k| k.mac.is_none()));
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| (w[0].tenant.as_str(), w[0].id.to_string())
+                < (w[1].tenant.as_str(), w[1].id.to_string())),
+        "ordered by tenant and id"
+    );
+
+    let audit = |record: &crate::TenantKeyRecord| {
+        vec![AuditEvent::AdminAction {
+            actor: "conformance".to_owned(),
+            action: "authenticate_tenant_key".to_owned(),
+            detail: format!("tenant={} tenant_key_id={}", record.tenant, record.id),
+        }]
+    };
+    let other = new_tenant(store).await;
+    let head = store.audit_head().await.unwrap();
+    for (t, k, mac, want) in [
+        (&tenant, id, Vec::new(), "InvalidInput"),
+        (&other, id, vec![1; 32], "NotFound"),
+        (&tenant, key_id(), vec![1; 32], "NotFound"),
+        (&tenant, tagged.tenant_key_id, vec![1; 32], "AlreadyExists"),
+    ] {
+        let err = store
+            .authenticate_tenant_key(t, &k, mac, &audit)
+            .await
+            .unwrap_err();
+        let ok = match want {
+            "InvalidInput" => matches!(err, StoreError::InvalidInput(_)),
+            "NotFound" => matches!(err, StoreError::NotFound(_)),
+            _ => matches!(err, StoreError::AlreadyExists(_)),
+        };
+        assert!(ok, "want {want}, got {err:?}");
+    }
+    assert_eq!(store.audit_head().await.unwrap(), head, "nothing appended");
+
+    let mac: Vec<u8> = (0..32).collect();
+    let updated = store
+        .authenticate_tenant_key(&tenant, &id, mac.clone(), &audit)
+        .await
+        .unwrap();
+    assert_eq!(updated.mac.as_deref(), Some(mac.as_slice()));
+    let after = store.get_tenant_key(&tenant, &id).await.unwrap().unwrap();
+    assert_eq!(after, updated);
+    assert_eq!(
+        TenantKeyRecordWithoutMac::from(&after),
+        TenantKeyRecordWithoutMac::from(&before),
+        "only the tag changed"
+    );
+    let head_after = store.audit_head().await.unwrap();
+    assert_eq!(head_after.seq, head.seq + 1, "one admin_action record");
+    let last = store
+        .audit_records(&AuditQuery::default().with_after_seq(head.seq))
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].event(), &audit(&after)[0]);
+    assert!(
+        !store
+            .unauthenticated_tenant_keys()
+            .await
+            .unwrap()
+            .iter()
+            .any(|k| k.tenant == tenant)
+    );
+
+    // Never replaced, not even with the same tag.
+    let err = store
+        .authenticate_tenant_key(&tenant, &id, mac.clone(), &audit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    assert_eq!(store.audit_head().await.unwrap(), head_after);
+    assert_eq!(
+        store.get_tenant_key(&tenant, &id).await.unwrap().unwrap(),
+        after
+    );
+}
+
+/// A tenant key record's fields other than its tag.
+#[derive(Debug, PartialEq, Eq)]
+struct TenantKeyRecordWithoutMac {
+    id: KeyId,
+    tenant: TenantId,
+    binding_id: i64,
+    provider: String,
+    key_ref: String,
+    wrapped: WrappedKey,
+    created_at_ms: i64,
+}
+
+impl From<&crate::TenantKeyRecord> for TenantKeyRecordWithoutMac {
+    fn from(r: &crate::TenantKeyRecord) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant.clone(),
+            binding_id: r.binding_id,
+            provider: r.provider.clone(),
+            key_ref: r.key_ref.clone(),
+            wrapped: r.wrapped.clone(),
+            created_at_ms: r.created_at_ms,
+        }
+    }
 }
 
 /// set_binding_state round-trips every state and cause, stamps state_changed_at_ms and bumps the
@@ -700,7 +832,11 @@ pub async fn check_bind_kek_keeps_the_old_bindings_state(store: &dyn Store) {
     assert_eq!(bindings.len(), 2);
     assert_eq!(bindings[0].state, KekState::Revoked);
     assert_eq!(bindings[0].state_cause, Some(RevocationSource::Explicit));
-    assert_eq!(bindings[0].state_version, revoked.state_version);
+    assert_eq!(
+        bindings[0].state_version,
+        revoked.state_version + 1,
+        "deactivation moves the version: a decision made while it was current cannot commit"
+    );
     assert!(bindings[0].deactivated_at_ms.is_some());
     let old_key = store
         .get_tenant_key(&tenant, &old.tenant_key_id)

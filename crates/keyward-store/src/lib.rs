@@ -247,6 +247,11 @@ pub struct NewKekBinding {
     pub tenant_key_id: KeyId,
     /// The new tenant key, wrapped by the KEK.
     pub wrapped_tenant_key: WrappedKey,
+    /// The wrapped tenant key's authentication tag (`tenant_keys.mac`), made by the keyring
+    /// under a key the store never sees (docs/adr/0007-tenant-key-mac.md). The keyring always
+    /// sets it; `None` stores a row the keyring refuses until
+    /// [`Store::authenticate_tenant_key`] gives it one (tests of that upgrade path).
+    pub tenant_key_mac: Option<Vec<u8>>,
 }
 
 /// A KEK binding: which customer key protects a tenant's tenant key.
@@ -296,6 +301,10 @@ pub struct TenantKeyRecord {
     pub binding_state: KekState,
     /// When that binding's state last changed.
     pub binding_state_changed_at_ms: i64,
+    /// The authentication tag stored with the wrapped key (`tenant_keys.mac`); `None` for a row
+    /// written before schema version 5 and not yet authenticated. The store neither makes nor
+    /// checks it: the keyring does, with a key the store never sees.
+    pub mac: Option<Vec<u8>>,
 }
 
 /// A new DEK (see [`Store::insert_dek`]).
@@ -540,6 +549,23 @@ pub trait Store: Send + Sync + fmt::Debug {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Option<TenantKeyRecord>, StoreError>;
+
+    /// Every tenant key without an authentication tag (`mac` NULL: written before schema
+    /// version 5), of every tenant, ordered by tenant and id; with its binding's provider and
+    /// key_ref. The upgrade path's work list (docs/operations.md).
+    async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError>;
+
+    /// Sets the authentication tag of tenant key `id` of `tenant` to `mac` if it has none, and
+    /// appends `audit(&updated)`, in one transaction. Never replaces a tag: a key that already
+    /// has one -> AlreadyExists; unknown key (or another tenant's) -> NotFound; an empty `mac`
+    /// -> InvalidInput.
+    async fn authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: Vec<u8>,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError>;
 
     /// One transaction: retire the current active DEK of (tenant, scope) if any
     /// (retired_at_ms = now), insert the new one, append `audit(&result)`. The tenant key must

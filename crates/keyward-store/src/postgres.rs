@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "binding_state_cause",
         sql: include_str!("../migrations/postgres/0004_binding_state_cause.sql"),
     },
+    Migration {
+        version: 5,
+        name: "tenant_key_mac",
+        sql: include_str!("../migrations/postgres/0005_tenant_key_mac.sql"),
+    },
 ];
 
 /// Connection-pool settings of a [`PostgresStore`].

@@ -75,7 +75,7 @@ pub(crate) const BINDING_COLUMNS: &str = "SELECT kb.id, kb.tenant_id, kb.provide
      FROM kek_bindings kb LEFT JOIN tenant_keys tk ON tk.binding_id = kb.id";
 
 pub(crate) const TENANT_KEY_COLUMNS: &str = "SELECT tk.id, tk.tenant_id, tk.binding_id, \
-     kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms, kb.state AS binding_state, \
+     kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms, tk.mac, kb.state AS binding_state, \
      kb.state_changed_at_ms AS binding_state_changed_at_ms \
      FROM tenant_keys tk JOIN kek_bindings kb ON kb.id = tk.binding_id";
 
@@ -148,6 +148,7 @@ where
     for<'q> &'q [u8]: Encode<'q, Self::Db> + Type<Self::Db>,
     for<'q> Option<i64>: Encode<'q, Self::Db>,
     for<'q> Option<&'q str>: Encode<'q, Self::Db>,
+    for<'q> Option<&'q [u8]>: Encode<'q, Self::Db>,
     for<'r> String: Decode<'r, Self::Db>,
     for<'r> &'r str: Decode<'r, Self::Db>,
     for<'r> i64: Decode<'r, Self::Db>,
@@ -276,6 +277,7 @@ where
                 "kek_bindings",
                 "binding_state_changed_at_ms",
             )?,
+            mac: Self::col(row, T, "mac")?,
         })
     }
 
@@ -542,14 +544,15 @@ where
         .map_err(|e| write_error(e, &format!("KEK binding for tenant {}", b.tenant)))?;
 
         sqlx::query(
-            "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(tenant_key_id.as_str())
         .bind(b.tenant.as_str())
         .bind(id)
         .bind(b.wrapped_tenant_key.as_bytes())
         .bind(now)
+        .bind(b.tenant_key_mac.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| write_error(e, &format!("tenant key {}", b.tenant_key_id)))?;
@@ -1079,6 +1082,79 @@ where
         })
         .collect()
     }
+
+    // ----- tenant-key authentication tags (schema version 5) ----------------------------
+
+    async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{TENANT_KEY_COLUMNS} WHERE tk.mac IS NULL ORDER BY tk.tenant_id, tk.id"
+        ))
+        .fetch_all(self.sql_pool())
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(Self::tenant_key_from_row)
+        .collect()
+    }
+
+    async fn authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: Vec<u8>,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        if mac.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "tenant_keys.mac: an authentication tag must not be empty".to_owned(),
+            ));
+        }
+        let mac = &mac;
+        with_retries(Self::WRITE_ATTEMPTS, || {
+            self.try_authenticate_tenant_key(tenant, id, mac, audit)
+        })
+        .await
+    }
+
+    async fn try_authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: &[u8],
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        let id_text = decode::key_id_text(id);
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "{TENANT_KEY_COLUMNS} WHERE tk.tenant_id = $1 AND tk.id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(id_text.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("tenant key {id} of {tenant}")));
+        };
+        let mut record = Self::tenant_key_from_row(&row)?;
+        if record.mac.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "an authentication tag for tenant key {id} of {tenant}"
+            )));
+        }
+        // Read above in this write transaction: the row exists and its tag is NULL.
+        sqlx::query("UPDATE tenant_keys SET mac = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(mac)
+            .bind(tenant.as_str())
+            .bind(id_text.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record.mac = Some(mac.to_vec());
+        Self::append_events(&mut tx, audit(&record)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
 }
 
 /// Implements [`Store`](crate::Store) for a [`SqlBackend`] by delegating every method to it.
@@ -1151,6 +1227,22 @@ macro_rules! impl_store_for_sql_backend {
                 id: &$crate::KeyId,
             ) -> Result<Option<$crate::TenantKeyRecord>, $crate::StoreError> {
                 $crate::sql::SqlBackend::get_tenant_key(self, tenant, id).await
+            }
+
+            async fn unauthenticated_tenant_keys(
+                &self,
+            ) -> Result<Vec<$crate::TenantKeyRecord>, $crate::StoreError> {
+                $crate::sql::SqlBackend::unauthenticated_tenant_keys(self).await
+            }
+
+            async fn authenticate_tenant_key(
+                &self,
+                tenant: &$crate::TenantId,
+                id: &$crate::KeyId,
+                mac: Vec<u8>,
+                audit: $crate::AuditFn<'_, $crate::TenantKeyRecord>,
+            ) -> Result<$crate::TenantKeyRecord, $crate::StoreError> {
+                $crate::sql::SqlBackend::authenticate_tenant_key(self, tenant, id, mac, audit).await
             }
 
             async fn insert_dek(

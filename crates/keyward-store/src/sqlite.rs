@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "binding_state_cause",
         sql: include_str!("../migrations/sqlite/0004_binding_state_cause.sql"),
     },
+    Migration {
+        version: 5,
+        name: "tenant_key_mac",
+        sql: include_str!("../migrations/sqlite/0005_tenant_key_mac.sql"),
+    },
 ];
 
 /// The SQLite [`Store`](crate::Store). Cheap to clone (a pool handle).

@@ -157,6 +157,7 @@ async fn populate(store: &PostgresStore) -> (TenantId, NewKekBinding, NewDek) {
         key_ref: "local:kek".to_owned(),
         tenant_key_id: KeyId::generate().unwrap(),
         wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
+        tenant_key_mac: Some(vec![0x6d; 32]),
     };
     store
         .bind_kek(binding.clone(), &binding_changed)
@@ -260,6 +261,7 @@ async fn two_replicas_mint_deks_and_append_audit_concurrently() {
                 key_ref: "local:kek".to_owned(),
                 tenant_key_id: KeyId::generate().unwrap(),
                 wrapped_tenant_key: WrappedKey::new(vec![7; 61]),
+                tenant_key_mac: Some(vec![0x6d; 32]),
             },
             &binding_changed,
         )
@@ -463,6 +465,7 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
                         key_ref: format!("local:kek-{i}"),
                         tenant_key_id: KeyId::generate().unwrap(),
                         wrapped_tenant_key: WrappedKey::new(vec![u8::try_from(i).unwrap(); 61]),
+                        tenant_key_mac: Some(vec![0x6d; 32]),
                     },
                     &record,
                 )
@@ -689,8 +692,15 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
     store.bind_kek(new_binding, &binding_changed).await.unwrap();
     let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
     assert_eq!(inserted.retired, Some(dek.id));
+    // The new binding deactivated this one: its version moved to 1.
     store
-        .set_binding_state(revoke_fresh(binding_id), &state_changed)
+        .set_binding_state(
+            keyward_store::StateUpdate {
+                expected_version: 1,
+                ..revoke_fresh(binding_id)
+            },
+            &state_changed,
+        )
         .await
         .unwrap();
     store

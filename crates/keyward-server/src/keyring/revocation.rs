@@ -471,6 +471,7 @@ impl Keyring {
             .get_tenant_key(&binding.tenant, &binding.tenant_key_id)
             .await?
             .ok_or_else(|| internal("the binding's tenant key is not in the store"))?;
+        self.check_tenant_key_mac(&record)?; // before the KMS sees it (ADR 0007)
         let kind = ProviderKind::from_str(&record.provider)
             .map_err(|_| internal(format!("unknown provider {:?} in store", record.provider)))?;
         let provider = self.providers.get(kind)?;
