@@ -24,7 +24,7 @@ use std::{
 use keyward_proto::v1 as pb;
 use keyward_store::{AuditQuery, Store as _, postgres::PostgresStore};
 use sqlx::{Connection as _, PgConnection};
-use support::{Server, context};
+use support::{Server, context, local_key};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -536,4 +536,73 @@ fn an_invalid_store_url_is_a_precise_config_error() {
         assert!(stderr.contains(expected), "{store}: {stderr}");
         assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
     }
+}
+
+/// Issue #16: a new key registered on one replica after a revocation serves new data on every
+/// replica at once (the registration is announced like a state change), while the data under the
+/// revoked binding stays refused everywhere. Reconciliation is slowed down to ten minutes, so
+/// only the notification can have reopened B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_registered_after_a_revocation_reaches_every_replica_for_new_data_only() {
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    let slow = [("KEYWARD_POSTGRES__RECONCILE_INTERVAL_SECONDS", "600")];
+    let a = deployment.start(&db, "a", &slow);
+    let b = deployment.start(&db, "b", &slow);
+    a.onboard("acme").await;
+    let old = encrypt(&a, "acme", b"under the first key").await.unwrap();
+    let mut on_b = b.crypto().await;
+    decrypt(&mut on_b, "acme", &old).await.unwrap();
+    wait_for_listener(&db, "b", &[]).await;
+    revoke(&a, "acme").await;
+    first_denial(&b, "acme", &old, Instant::now(), Duration::from_secs(5)).await;
+
+    // The customer's new key, registered through A.
+    let kms = deployment.shared.path().join("local-kms");
+    let (ok, _, err) = a.cli(
+        &[
+            "key",
+            "create",
+            "second",
+            "--local-kms-dir",
+            kms.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    a.tenants()
+        .await
+        .register_key(local_key("acme", "second"))
+        .await
+        .unwrap();
+    let registered = Instant::now();
+
+    // B serves new data within a bound far below the reconciliation interval...
+    let new = loop {
+        match encrypt(&b, "acme", b"under the second key").await {
+            Ok(envelope) => break envelope,
+            Err(status) => assert!(
+                is_revoked(&status) && registered.elapsed() < Duration::from_secs(5),
+                "B does not serve the new key {:?} after its registration: {status:?}",
+                registered.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "B served the new key {:?} after its registration",
+        registered.elapsed()
+    );
+    let mut on_a = a.crypto().await;
+    assert_eq!(
+        decrypt(&mut on_a, "acme", &new).await.unwrap(),
+        b"under the second key"
+    );
+    // ... and neither replica reopens the data under the revoked binding.
+    for client in [&mut on_a, &mut on_b] {
+        let status = decrypt(client, "acme", &old).await.unwrap_err();
+        assert!(is_revoked(&status), "{status:?}");
+    }
+    drop((a, b));
+    db.finish().await;
 }
