@@ -728,7 +728,9 @@ impl Keyring {
     /// DEKs unwrapped under it, the active DEKs wrapped by it); the tenant's other keys stay.
     async fn purge_tenant_key(&self, tenant: &TenantId, id: &KeyId) -> u64 {
         let removed = self
-            .invalidate_where(&self.active, |(t, _)| t == tenant)
+            .invalidate_entries(&self.active, |(t, _), v| {
+                t == tenant && v.key.tenant_key_id == *id
+            })
             .await
             + self
                 .invalidate_entries(&self.deks, |(t, _), v| {
@@ -893,18 +895,7 @@ impl Keyring {
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
-        let doomed: Vec<Arc<K>> = cache
-            .iter()
-            .filter(|(k, _)| pred(k))
-            .map(|(k, _)| k)
-            .collect();
-        let mut removed = 0;
-        for key in doomed {
-            if cache.remove(key.as_ref()).await.is_some() {
-                removed += 1;
-            }
-        }
-        removed
+        self.invalidate_entries(cache, |k, _| pred(k)).await
     }
 
     /// How long the tenant's unwrapped keys may stay in memory: its policy
