@@ -16,8 +16,8 @@ use std::{
 use async_trait::async_trait;
 use keyward_envelope::{KeyId, SecretKey, WrappedKey};
 use keyward_kms::{
-    Capabilities, ErrorKind, KeyProvider, KeyRef, KeyState, KeyStatus, ProviderError,
-    ProviderKind, WrapContext, local::LocalProvider,
+    Capabilities, ErrorKind, KeyProvider, KeyRef, KeyState, KeyStatus, ProviderError, ProviderKind,
+    WrapContext, local::LocalProvider,
 };
 
 use super::hold::Hold;

@@ -200,11 +200,7 @@ impl Store for FaultyStore {
         self.inner.insert_checkpoint(checkpoint).await
     }
 
-    async fn checkpoints(
-        &self,
-        from_seq: u64,
-        to_seq: u64,
-    ) -> Result<Vec<Checkpoint>, StoreError> {
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
         self.inner.checkpoints(from_seq, to_seq).await
     }
 }
