@@ -1273,10 +1273,14 @@ impl World {
             let actor = self.release(step).await?;
             self.observe(step, actor).await?;
         }
-        for replica in &self.replicas {
-            bounded("flush_all_denials", replica.keyring.flush_all_denials())
-                .await
-                .unwrap();
+        for (i, replica) in self.replicas.iter().enumerate() {
+            let flushed = bounded("flush_all_denials", replica.keyring.flush_all_denials()).await;
+            check(Invariant::AuditIsComplete, flushed.is_ok(), || {
+                format!(
+                    "the final flush_all_denials on R{i} failed with no failure injected: \
+                     {flushed:?}"
+                )
+            })?;
         }
         self.observe(step + 1, None).await?;
         let m = &self.model;
