@@ -1593,6 +1593,17 @@ fn issue_16_sequences() {
             ],
         ),
         (
+            "defect 6: a keys_purged record lost with a failed append (found by this search)",
+            vec![
+                FailWrites {
+                    on: R1,
+                    pass: 1,
+                    fail: 1,
+                },
+                Revoke { on: R1 },
+            ],
+        ),
+        (
             "found by this search: a RevokeKey that read `revoked` before a RestoreKey \
              committed returns OK and revokes nothing",
             vec![
