@@ -1,0 +1,176 @@
+//! The invariants (each a named check) and the model the test keeps of what was committed.
+
+use std::{collections::BTreeMap, fmt};
+
+use keyward_audit::KeyState as AuditState;
+use keyward_envelope::KeyId;
+use keyward_store::{KekBinding, KekState};
+
+use super::REPLICAS;
+
+// ----- invariants ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invariant {
+    NoPlaintextAfterRevocation,
+    ExplicitRevocationLiftedOnlyByRestoreKey,
+    NoOverwriteFromAnOlderRead,
+    TtlBoundsKeyUse,
+    AuditIsComplete,
+}
+
+impl Invariant {
+    const ALL: [Invariant; 5] = [
+        Invariant::NoPlaintextAfterRevocation,
+        Invariant::ExplicitRevocationLiftedOnlyByRestoreKey,
+        Invariant::NoOverwriteFromAnOlderRead,
+        Invariant::TtlBoundsKeyUse,
+        Invariant::AuditIsComplete,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Invariant::NoPlaintextAfterRevocation => "no_plaintext_after_revocation",
+            Invariant::ExplicitRevocationLiftedOnlyByRestoreKey => {
+                "explicit_revocation_lifted_only_by_restore_key"
+            }
+            Invariant::NoOverwriteFromAnOlderRead => "no_overwrite_from_an_older_read",
+            Invariant::TtlBoundsKeyUse => "ttl_bounds_key_use",
+            Invariant::AuditIsComplete => "audit_is_complete",
+        }
+    }
+
+    /// Whether `KEYWARD_MODEL_INVARIANTS` (default: all) selects this invariant.
+    pub(crate) fn enabled(self) -> bool {
+        match std::env::var("KEYWARD_MODEL_INVARIANTS") {
+            Ok(list) if !list.trim().is_empty() => {
+                let names: Vec<&str> = list.split(',').map(str::trim).collect();
+                for name in &names {
+                    assert!(
+                        Invariant::ALL.iter().any(|i| i.name() == *name),
+                        "KEYWARD_MODEL_INVARIANTS: unknown invariant {name:?}"
+                    );
+                }
+                names.contains(&self.name())
+            }
+            _ => true,
+        }
+    }
+}
+
+/// A broken invariant, with what the model knew.
+#[derive(Debug)]
+pub(crate) struct Violation {
+    pub(crate) invariant: Invariant,
+    pub(crate) detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated: {}", self.invariant.name(), self.detail)
+    }
+}
+
+pub(crate) fn check(
+    invariant: Invariant,
+    holds: bool,
+    detail: impl FnOnce() -> String,
+) -> Result<(), Violation> {
+    if holds || !invariant.enabled() {
+        Ok(())
+    } else {
+        Err(Violation {
+            invariant,
+            detail: detail(),
+        })
+    }
+}
+
+// ----- the model -------------------------------------------------------------------------
+
+/// A committed revocation of a binding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Revocation {
+    /// The step during which it was committed (0: set-up).
+    pub(crate) step: usize,
+    /// The replica whose step committed it.
+    pub(crate) by: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct BindingModel {
+    pub(crate) tenant_key: KeyId,
+    /// The state its audit records say it is in.
+    pub(crate) state: KekState,
+    /// `RevokeKey` returned OK for it and `RestoreKey` has not since.
+    pub(crate) explicit: Option<usize>,
+    /// Committed and not lifted by a restore.
+    pub(crate) revocation: Option<Revocation>,
+}
+
+#[derive(Debug)]
+pub(crate) struct EnvelopeModel {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) plaintext: Vec<u8>,
+    pub(crate) tenant_key: KeyId,
+    pub(crate) binding: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Model {
+    pub(crate) bindings: BTreeMap<i64, BindingModel>,
+    pub(crate) envelopes: Vec<EnvelopeModel>,
+    /// The step of each replica's last completed reconciliation with the store.
+    pub(crate) synced: [Option<usize>; REPLICAS],
+    /// The binding read by the last `ReadBinding`.
+    pub(crate) snapshot: Option<KekBinding>,
+    /// The step that started the `RestoreKey` that returned OK in this step.
+    pub(crate) restore_started: Option<usize>,
+    /// Requests that started while their replica's gate for the tenant was closed.
+    pub(crate) denials_expected: u64,
+    pub(crate) encrypts_ok: u64,
+    pub(crate) decrypts_ok: u64,
+    pub(crate) errors: u64,
+    // From the audit log.
+    pub(crate) audit_cursor: u64,
+    pub(crate) revocation_seqs: Vec<u64>,
+    pub(crate) purge_seqs: Vec<u64>,
+    pub(crate) denials_recorded: u64,
+    pub(crate) usage_recorded: (u64, u64, u64),
+}
+
+impl Model {
+    pub(crate) fn binding_of_key(&self, tenant_key: &KeyId) -> Option<i64> {
+        self.bindings
+            .iter()
+            .find(|(_, b)| b.tenant_key == *tenant_key)
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether `replica` must know that `binding` is revoked (and so refuse its keys).
+    pub(crate) fn known_revocation(&self, binding: i64, replica: usize) -> Option<Revocation> {
+        let revocation = self.bindings.get(&binding)?.revocation?;
+        let delivered = revocation.by == Some(replica)
+            || self.synced[replica].is_some_and(|synced| synced > revocation.step);
+        delivered.then_some(revocation)
+    }
+}
+
+pub(crate) fn kek_state(state: AuditState) -> KekState {
+    match state {
+        AuditState::Active => KekState::Active,
+        AuditState::Revoked => KekState::Revoked,
+        AuditState::Unavailable => KekState::Unavailable,
+        AuditState::Restored => KekState::Restored,
+        AuditState::Destroyed => KekState::Destroyed,
+        other => panic!("an audit key state the model does not know: {other:?}"),
+    }
+}
+
+pub(crate) fn is_revoked(state: KekState) -> bool {
+    matches!(state, KekState::Revoked | KekState::Destroyed)
+}
+
+pub(crate) fn by(replica: Option<usize>) -> String {
+    replica.map_or_else(|| "set-up".to_owned(), |r| format!("R{r}"))
+}

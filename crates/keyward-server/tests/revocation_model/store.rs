@@ -1,0 +1,206 @@
+//! One replica's connection to the shared store, with two test hooks: the next write(s) can be
+//! made to fail with [`StoreError::Backend`] before they reach the database (nothing is
+//! committed), and the next read of a tenant's current binding can be held after the database
+//! answered (the caller then decides from a state that may have changed meanwhile).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use async_trait::async_trait;
+use keyward_store::{
+    AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord,
+    KekBinding, KekState, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, Store,
+    StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
+};
+
+use super::hold::Hold;
+
+#[derive(Debug)]
+pub(crate) struct FaultyStore {
+    inner: Arc<dyn Store>,
+    /// Writes that still pass before the injected failures start.
+    pass_writes: AtomicU32,
+    /// Writes that fail (after `pass_writes` passed).
+    fail_writes: AtomicU32,
+    /// Holds the next `active_binding` read after the database answered.
+    pub(crate) hold_binding_read: Hold,
+}
+
+impl FaultyStore {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            pass_writes: AtomicU32::new(0),
+            fail_writes: AtomicU32::new(0),
+            hold_binding_read: Hold::default(),
+        }
+    }
+
+    /// After the next `pass` writes, the `fail` writes after them fail.
+    pub(crate) fn fail_writes(&self, pass: u32, fail: u32) {
+        self.pass_writes.store(pass, Ordering::SeqCst);
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    pub(crate) fn clear_failures(&self) {
+        self.fail_writes(0, 0);
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        if self
+            .pass_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Backend(Box::new(std::io::Error::other(
+                "model test: injected store write failure",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        self.write()?;
+        self.inner.create_tenant(id, display_name, audit).await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        self.inner.get_tenant(id).await
+    }
+
+    async fn set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        self.write()?;
+        self.inner.set_tenant_policy(id, policy, audit).await
+    }
+
+    async fn bind_kek(
+        &self,
+        binding: NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError> {
+        self.write()?;
+        self.inner.bind_kek(binding, audit).await
+    }
+
+    async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
+        let answer = self.inner.active_binding(tenant).await;
+        self.hold_binding_read.pass().await;
+        answer
+    }
+
+    async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
+        self.inner.active_bindings().await
+    }
+
+    async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {
+        self.inner.list_bindings(tenant).await
+    }
+
+    async fn set_binding_state(
+        &self,
+        binding_id: i64,
+        state: KekState,
+        audit: AuditFn<'_, StateChange>,
+    ) -> Result<KekBinding, StoreError> {
+        self.write()?;
+        self.inner.set_binding_state(binding_id, state, audit).await
+    }
+
+    async fn get_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<TenantKeyRecord>, StoreError> {
+        self.inner.get_tenant_key(tenant, id).await
+    }
+
+    async fn insert_dek(
+        &self,
+        dek: NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError> {
+        self.write()?;
+        self.inner.insert_dek(dek, audit).await
+    }
+
+    async fn active_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        self.inner.active_dek(tenant, scope).await
+    }
+
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        self.inner.get_dek(tenant, id).await
+    }
+
+    async fn add_dek_usage(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.add_dek_usage(tenant, id, messages, bytes).await
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.inner.counts().await
+    }
+
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, StoreError> {
+        if events.is_empty() {
+            return self.inner.append_audit(events).await;
+        }
+        self.write()?;
+        self.inner.append_audit(events).await
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        self.inner.audit_head().await
+    }
+
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<Record>, StoreError> {
+        self.inner.audit_records(query).await
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.insert_checkpoint(checkpoint).await
+    }
+
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.checkpoints(from_seq, to_seq).await
+    }
+}
