@@ -42,8 +42,9 @@ pub(crate) struct Gates {
 }
 
 impl Gates {
-    /// The tenant's current generation, or why it is closed (and the denial is counted).
-    pub(crate) fn admit(&self, tenant: &TenantId, now_ms: i64) -> Result<u64, Closed> {
+    /// The tenant's current generation, or why it is closed (the caller counts the denial, see
+    /// [`Gates::count_denial`]).
+    pub(crate) fn admit(&self, tenant: &TenantId) -> Result<u64, Closed> {
         let gate = self
             .gates
             .read()
@@ -54,15 +55,13 @@ impl Gates {
         let (generation, closed) = gate;
         match closed {
             None => Ok(generation),
-            Some(closed) => {
-                self.count_denial(tenant, now_ms);
-                Err(closed)
-            }
+            Some(closed) => Err(closed),
         }
     }
 
-    /// Counts one request refused because of a revocation that the gate does not show (data
-    /// under an older, revoked binding of an open tenant).
+    /// Counts one request refused because of a revocation (`KEY_REVOKED`), whichever check
+    /// refused it: the gate at admission, the last check before plaintext leaves, or the binding
+    /// of the tenant key it needed (data under an older, revoked binding of an open tenant).
     pub(crate) fn count_denial(&self, tenant: &TenantId, now_ms: i64) {
         *self
             .denials
@@ -200,7 +199,7 @@ mod tests {
     fn closing_bumps_the_generation_and_denials_are_counted_per_second() {
         let gates = Gates::default();
         let a = t("a");
-        let g0 = gates.admit(&a, 1_000).unwrap();
+        let g0 = gates.admit(&a).unwrap();
         let closed = Closed {
             state: KekState::Revoked,
             since_ms: 1_500,
@@ -210,13 +209,11 @@ mod tests {
             !gates.close(&a, closed),
             "second close reports it was already closed"
         );
-        assert_eq!(gates.admit(&a, 2_100), Err(closed));
-        assert_eq!(gates.admit(&a, 2_900), Err(closed));
-        assert_eq!(gates.admit(&a, 3_000), Err(closed));
-        assert!(
-            gates.admit(&t("b"), 3_000).is_ok(),
-            "other tenants are unaffected"
-        );
+        for now in [2_100, 2_900, 3_000] {
+            assert_eq!(gates.admit(&a), Err(closed));
+            gates.count_denial(&a, now);
+        }
+        assert!(gates.admit(&t("b")).is_ok(), "other tenants are unaffected");
         // A key loaded before the close may not release plaintext.
         assert_eq!(gates.release_plaintext(&a, g0, 3_000), Err(Some(closed)));
         assert_eq!(gates.take_finished_denials(3_500), vec![(a.clone(), 2, 2)]);
@@ -224,7 +221,7 @@ mod tests {
         assert!(gates.take_finished_denials(9_000).is_empty());
 
         gates.open(&a);
-        let g1 = gates.admit(&a, 5_000).unwrap();
+        let g1 = gates.admit(&a).unwrap();
         assert!(g1 > g0);
         assert_eq!(
             gates.release_plaintext(&a, g0, 5_000),
@@ -239,13 +236,9 @@ mod tests {
     fn opening_an_open_gate_keeps_its_generation() {
         let gates = Gates::default();
         let a = t("a");
-        let g0 = gates.admit(&a, 1_000).unwrap();
+        let g0 = gates.admit(&a).unwrap();
         gates.open(&a);
-        assert_eq!(
-            gates.admit(&a, 1_001),
-            Ok(g0),
-            "keys loaded at g0 stay valid"
-        );
+        assert_eq!(gates.admit(&a), Ok(g0), "keys loaded at g0 stay valid");
         gates.release_plaintext(&a, g0, 1_002).unwrap();
     }
 }

@@ -556,6 +556,7 @@ impl Keyring {
         if let (Some(m), Ok(_)) = (&self.metrics, &result) {
             m.cache_lookup("encrypt", hit);
         }
+        self.count_if_revoked(tenant, result.as_ref().err());
         self.usage.record(tenant, now_ms(), |u| match &result {
             Ok(_) => {
                 u.encrypts += 1;
@@ -638,6 +639,7 @@ impl Keyring {
         if let (Some(m), Ok(_)) = (&self.metrics, &result) {
             m.cache_lookup("decrypt", hit);
         }
+        self.count_if_revoked(tenant, result.as_ref().err());
         self.usage.record(tenant, now_ms(), |u| match &result {
             Ok((plaintext, _)) => {
                 u.decrypts += 1;
@@ -701,7 +703,10 @@ impl Keyring {
     pub fn release(&self, tenant: &TenantId, generation: u64) -> Result<(), ServiceError> {
         match self.gates.release_plaintext(tenant, generation, now_ms()) {
             Ok(()) => Ok(()),
-            Err(Some(closed)) => Err(revoked(tenant, closed)),
+            Err(Some(closed)) => {
+                self.gates.count_denial(tenant, now_ms());
+                Err(revoked(tenant, closed))
+            }
             Err(None) => Err(ServiceError::Conflict(format!(
                 "the key state of tenant {tenant} changed during the request"
             ))),
@@ -962,10 +967,18 @@ impl Keyring {
         Ok(record)
     }
 
+    /// Counts a request refused `KEY_REVOKED` (by any check) for the `revocation_denials`
+    /// records: every such request once, whatever refused it.
+    fn count_if_revoked(&self, tenant: &TenantId, error: Option<&ServiceError>) {
+        if error.is_some_and(|e| matches!(e.root(), ServiceError::KeyRevoked { .. })) {
+            self.gates.count_denial(tenant, now_ms());
+        }
+    }
+
     /// Whether requests for `tenant` may proceed, and under which generation.
     fn admit(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
         self.gates
-            .admit(tenant, now_ms())
+            .admit(tenant)
             .map_err(|closed| revoked(tenant, closed))
     }
 
@@ -996,7 +1009,6 @@ impl Keyring {
         id: &KeyId,
     ) -> Result<Arc<LiveKey>, ServiceError> {
         if let Some(refusal) = self.refused.get(&(tenant.clone(), *id)).await {
-            self.gates.count_denial(tenant, now_ms());
             return Err(revoked(tenant, refusal.closed));
         }
         let result = self
@@ -1025,7 +1037,6 @@ impl Keyring {
                         since_ms: record.binding_state_changed_at_ms,
                     };
                     self.remember_refusal(tenant, id, closed, true).await;
-                    self.gates.count_denial(tenant, now_ms());
                     return Err(revoked(tenant, closed));
                 }
                 let kind = ProviderKind::from_str(&record.provider).map_err(|_| {

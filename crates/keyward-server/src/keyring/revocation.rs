@@ -140,9 +140,15 @@ impl Keyring {
                     && (source != RevocationSource::Explicit || binding.explicitly_revoked());
             if already {
                 // Already recorded (perhaps by another replica whose notification has not
-                // arrived yet): close and purge here too if this replica has not.
+                // arrived yet): close and purge here too if this replica has not. "Already" was
+                // decided from a read: confirm it with a fresh one, so that a RestoreKey that
+                // committed after that read is not answered with OK and left standing.
                 self.apply_binding(&binding).await;
-                return Ok(binding);
+                let confirmed = self.current_binding(tenant).await?;
+                if confirmed.id == binding.id && confirmed.state_version == binding.state_version {
+                    return Ok(binding);
+                }
+                continue;
             }
             if let Some(updated) = self.commit(&binding, &transition).await? {
                 return Ok(updated);
@@ -364,44 +370,47 @@ impl Keyring {
         reason: &str,
     ) -> Result<KekBinding, ServiceError> {
         let _transition = self.transitions.lock().await;
-        for _ in 0..MAX_DECISIONS {
-            let binding = match binding_id {
-                None => self.current_binding(tenant).await?,
-                Some(id) => self.binding_of(tenant, id).await?,
-            };
-            match binding.state {
-                KekState::Revoked | KekState::Unavailable => {}
-                KekState::Destroyed => {
-                    return Err(ServiceError::KeyMisconfigured(
-                        keyward_kms::ProviderError::new(
-                            ErrorKind::Misconfigured,
-                            "the key is destroyed: data under it is permanently unreadable; register a new key for new data",
-                        ),
-                    ));
-                }
-                _ => return Ok(binding), // nothing to restore
+        let binding = match binding_id {
+            None => self.current_binding(tenant).await?,
+            Some(id) => self.binding_of(tenant, id).await?,
+        };
+        match binding.state {
+            KekState::Revoked | KekState::Unavailable => {}
+            KekState::Destroyed => {
+                return Err(ServiceError::KeyMisconfigured(
+                    keyward_kms::ProviderError::new(
+                        ErrorKind::Misconfigured,
+                        "the key is destroyed: data under it is permanently unreadable; register a new key for new data",
+                    ),
+                ));
             }
-            if binding.explicitly_revoked() && source != RevocationSource::Explicit {
-                return Ok(binding); // only RestoreKey lifts an explicit revocation
-            }
-            self.canary(&binding).await?;
-            let to = if binding.state == KekState::Unavailable {
-                KekState::Active
-            } else {
-                KekState::Restored
-            };
-            let transition = Transition {
-                to,
-                source,
-                actor: actor.clone(),
-                reason,
-                observed_at_ms: now_ms(),
-            };
-            if let Some(updated) = self.commit(&binding, &transition).await? {
-                return Ok(updated);
-            }
+            _ => return Ok(binding), // nothing to restore
         }
-        Err(changed_too_often(tenant))
+        if binding.explicitly_revoked() && source != RevocationSource::Explicit {
+            return Ok(binding); // only RestoreKey lifts an explicit revocation
+        }
+        self.canary(&binding).await?;
+        let to = if binding.state == KekState::Unavailable {
+            KekState::Active
+        } else {
+            KekState::Restored
+        };
+        let transition = Transition {
+            to,
+            source,
+            actor,
+            reason,
+            observed_at_ms: now_ms(),
+        };
+        // The caller decided to restore what it saw; if the binding changed since (a newer
+        // revocation, perhaps an explicit one by someone else), that decision is stale:
+        // nothing is lifted, and the caller sees the new state and decides again.
+        match self.commit(&binding, &transition).await? {
+            Some(updated) => Ok(updated),
+            None => Err(ServiceError::Conflict(format!(
+                "the key state of tenant {tenant} changed while it was being restored; nothing was restored: check it (`keyward tenant show`) and repeat RestoreKey if it should still be lifted"
+            ))),
+        }
     }
 
     /// Binding `id` of `tenant` (current or older).

@@ -11,7 +11,7 @@ use std::sync::{
 use async_trait::async_trait;
 use keyward_store::{
     AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord,
-    KekBinding, KekState, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, Store,
+    KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store,
     StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
 };
 
@@ -123,12 +123,28 @@ impl Store for FaultyStore {
 
     async fn set_binding_state(
         &self,
-        binding_id: i64,
-        state: KekState,
+        update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
     ) -> Result<KekBinding, StoreError> {
         self.write()?;
-        self.inner.set_binding_state(binding_id, state, audit).await
+        self.inner.set_binding_state(update, audit).await
+    }
+
+    async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        self.inner.unauthenticated_tenant_keys().await
+    }
+
+    async fn authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: Vec<u8>,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        self.write()?;
+        self.inner
+            .authenticate_tenant_key(tenant, id, mac, audit)
+            .await
     }
 
     async fn get_tenant_key(

@@ -40,15 +40,7 @@ pub(crate) struct ReplicaHandle {
     pub(crate) kms: Arc<ReplicaKms>,
 }
 
-impl ReplicaHandle {
-    pub(crate) fn gate_closed(&self) -> bool {
-        self.keyring
-            .scrape_gauges()
-            .closed
-            .iter()
-            .any(|(_, n)| *n > 0)
-    }
-}
+impl ReplicaHandle {}
 
 /// What a held task returned.
 pub(crate) enum TaskResult {
@@ -193,7 +185,6 @@ impl World {
         match *op {
             Op::Encrypt { on } => {
                 let r = on.index();
-                let closed = self.replicas[r].gate_closed();
                 let used_at = Instant::now();
                 self.messages += 1;
                 let plaintext = format!("message {}", self.messages).into_bytes();
@@ -207,7 +198,7 @@ impl World {
                     ),
                 )
                 .await;
-                self.count_request(closed, result.is_ok());
+                self.count_request(refused_revoked(&result), result.is_ok());
                 if let Ok((bytes, dek)) = result {
                     let record = self.store.get_dek(&tenant, &dek).await.unwrap().unwrap();
                     let binding = self.binding_of_key(&record.tenant_key_id).await;
@@ -225,7 +216,6 @@ impl World {
                 let Some(index) = self.envelope_index(envelope) else {
                     return Ok(None);
                 };
-                let closed = self.replicas[r].gate_closed();
                 let used_at = Instant::now();
                 let result = bounded(
                     "decrypt",
@@ -237,7 +227,7 @@ impl World {
                 )
                 .await
                 .map(|p| p.to_vec());
-                self.count_request(closed, result.is_ok());
+                self.count_request(refused_revoked(&result), result.is_ok());
                 self.decrypted(r, index, result, used_at)?;
             }
             Op::Check { on } => {
@@ -340,8 +330,10 @@ impl World {
         Ok(on)
     }
 
-    pub(crate) fn count_request(&mut self, gate_was_closed: bool, ok: bool) {
-        if gate_was_closed {
+    /// Every request refused `KEY_REVOKED` is one denial in the audit log, whichever check
+    /// refused it (the gate at admission, the binding of an older tenant key, the last check).
+    pub(crate) fn count_request(&mut self, revoked: bool, ok: bool) {
+        if revoked {
             self.model.denials_expected += 1;
         }
         if !ok {
@@ -470,7 +462,6 @@ impl World {
         };
         let binding = self.store.active_binding(&self.tenant).await.unwrap();
         let replica = &self.replicas[r];
-        let closed = replica.gate_closed();
         let mut armer = match at {
             HoldAt::KmsAnswer => replica.kms.hold.arm(),
             HoldAt::BindingRead => replica.store.hold_binding_read.arm(),
@@ -504,9 +495,6 @@ impl World {
                 Task::Restore => TaskResult::Restored(restore(&keyring, &tenant).await),
             }
         });
-        if matches!(task, Task::Decrypt { .. }) && closed {
-            self.model.denials_expected += 1;
-        }
         // Either it reaches the hold point, or it finishes without getting there.
         let finished = bounded("a held task", async {
             tokio::select! {
@@ -555,9 +543,7 @@ impl World {
         match result {
             TaskResult::Checked => Ok(()),
             TaskResult::Decrypted { envelope, result } => {
-                if result.is_err() {
-                    self.model.errors += 1;
-                }
+                self.count_request(refused_revoked(&result), result.is_ok());
                 self.decrypted(r, envelope, result, used_at)
             }
             TaskResult::Revoked(result) => {
@@ -853,4 +839,8 @@ pub(crate) async fn restore(
             "resolved",
         )
         .await
+}
+
+fn refused_revoked<T>(result: &Result<T, ServiceError>) -> bool {
+    result.as_ref().is_err_and(|e| e.reason() == "KEY_REVOKED")
 }
