@@ -463,6 +463,8 @@ impl Keyring {
         let ctx = WrapContext::new(tenant, &tenant_key_id, Purpose::TenantKey);
         self.counters.kek_generates.fetch_add(1, Ordering::Relaxed);
         self.usage.record(tenant, now_ms(), |u| u.kms_calls += 2); // generate + unwrap
+        // The new tenant key's TTL runs from before the KMS produced it.
+        let vouched_at = Instant::now();
         let (key, wrapped) = provider
             .generate(kek, &ctx)
             .await
@@ -529,7 +531,7 @@ impl Keyring {
                 Arc::new(LiveKey {
                     key,
                     tenant_key_id,
-                    expires_at: Instant::now() + ttl,
+                    expires_at: vouched_at + ttl,
                     generation: self.gates.generation(tenant),
                 }),
             )
@@ -1049,6 +1051,9 @@ impl Keyring {
                 let provider = self.providers.get(kind)?;
                 self.counters.kek_unwraps.fetch_add(1, Ordering::Relaxed);
                 self.usage.record(tenant, now_ms(), |u| u.kms_calls += 1);
+                // The TTL runs from before the call: the KMS vouched for the key at some
+                // moment during it, and a slow answer must not stretch the window.
+                let asked_at = Instant::now();
                 let key = provider
                     .unwrap(
                         &kek,
@@ -1063,7 +1068,7 @@ impl Keyring {
                 Ok(Arc::new(LiveKey {
                     key,
                     tenant_key_id: *id,
-                    expires_at: Instant::now() + ttl,
+                    expires_at: asked_at + ttl,
                     generation,
                 }))
             })
