@@ -248,7 +248,8 @@ enum TenantCommand {
     /// Override the cache TTL (the tenant's revocation bound) or the monitor interval.
     SetPolicy {
         tenant: String,
-        /// Seconds; 0 restores the server's setting.
+        /// Seconds, at most the server's `cache.ttl_seconds` (a tenant can shorten its window,
+        /// never stretch it); 0 restores the server's setting.
         #[arg(long, default_value_t = 0)]
         cache_ttl_seconds: u64,
         /// Seconds; 0 restores the server's setting.

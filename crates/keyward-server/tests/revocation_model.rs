@@ -56,8 +56,8 @@
 //!   of their transitions say; each revocation record is followed by a `keys_purged` record
 //!   (checked at the end, so a purge audit retried at a later flush counts); after every replica
 //!   flushed at the end (`flush_all_denials`, no failures injected), the `revocation_denials`
-//!   records add up to exactly the requests each replica's gate denied (a request that started
-//!   while the replica's gate for the tenant was closed), and `usage_summary` records to exactly
+//!   records add up to exactly the requests refused `KEY_REVOKED` (by any check: the gate at
+//!   admission, the binding of an older tenant key, the last check before plaintext leaves), and `usage_summary` records to exactly
 //!   the encrypts, decrypts and errors the test saw, including across failed flushes.
 //!
 //! # How the sequences are drawn
