@@ -606,3 +606,78 @@ async fn a_key_registered_after_a_revocation_reaches_every_replica_for_new_data_
     drop((a, b));
     db.finish().await;
 }
+
+/// The value of the one series `name{labels}` in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Issue #16: a tenant policy change on one replica drops the tenant's cached keys on every
+/// replica (the `keyward_tenant_policy` notification), so a shortened TTL bounds them all at once
+/// and not only the replica that handled the call. Reconciliation is slowed down to ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_policy_change_drops_the_tenants_cached_keys_on_every_replica() {
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    let slow = [("KEYWARD_POSTGRES__RECONCILE_INTERVAL_SECONDS", "600")];
+    let a = deployment.start(&db, "a", &slow);
+    let b = deployment.start(&db, "b", &slow);
+    a.onboard("acme").await;
+    let envelope = encrypt(&a, "acme", b"cached on b").await.unwrap();
+    let mut on_b = b.crypto().await;
+    decrypt(&mut on_b, "acme", &envelope).await.unwrap();
+    let resident = |server: &Server| {
+        let (status, metrics) = server.admin_get("/metrics");
+        assert_eq!(status, 200);
+        sample(
+            &metrics,
+            r#"keyward_cache_resident_keys{cache="tenant_keys"}"#,
+        )
+        .unwrap()
+    };
+    // The gauge is the cache's entry count, which its housekeeping (every second) settles.
+    let warm = Instant::now();
+    while resident(&b) < 1.0 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(5),
+            "B never held the tenant key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_listener(&db, "b", &[]).await;
+
+    a.tenants()
+        .await
+        .set_tenant_policy(pb::SetTenantPolicyRequest {
+            tenant_id: "acme".into(),
+            policy: Some(pb::TenantPolicy {
+                cache_ttl_seconds: 30,
+                monitor_interval_seconds: 0,
+            }),
+            requested_by: "admin".into(),
+        })
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    while resident(&b) > 0.0 {
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "B still holds the tenant's keys {:?} after the policy change",
+            changed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "B dropped the tenant's keys {:?} after the policy change",
+        changed.elapsed()
+    );
+    // And serves again, under the new TTL.
+    assert_eq!(
+        decrypt(&mut on_b, "acme", &envelope).await.unwrap(),
+        b"cached on b"
+    );
+    drop((a, b));
+    db.finish().await;
+}
