@@ -259,8 +259,21 @@ impl Authz {
 
     /// Every file the policies were read from, and their directory (whose modification time
     /// changes when a policy file is added or removed): what the reloader watches.
+    ///
+    /// Also every `*.cedar` file in the directory now, loaded or not: a new file whose load
+    /// failed and that is then fixed in place changes neither a loaded file nor the directory,
+    /// and would otherwise wait for a SIGHUP.
     pub fn sources(&self) -> Vec<PathBuf> {
         let mut paths = self.current().policies.sources().to_vec();
+        let mut unloaded: Vec<PathBuf> = std::fs::read_dir(&self.files.policies_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cedar") && !paths.contains(p))
+            .collect();
+        unloaded.sort();
+        paths.append(&mut unloaded);
         paths.push(self.files.policies_dir.clone());
         paths
     }

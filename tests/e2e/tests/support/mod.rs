@@ -1,6 +1,8 @@
 //! Starts the real `keyward` binary on a free port and talks to it.
 #![allow(dead_code, reason = "each test file uses a different part")]
 
+pub(crate) mod mtls;
+pub(crate) mod pg;
 pub(crate) mod pki;
 
 use std::{
