@@ -41,6 +41,7 @@ struct HookedStore {
     inner: Arc<SqliteStore>,
     before_state_write: Mutex<Option<Hook>>,
     fail_appends: AtomicBool,
+    fail_binding_reads: AtomicBool,
 }
 
 impl std::fmt::Debug for HookedStore {
@@ -84,6 +85,9 @@ impl Store for HookedStore {
         self.inner.bind_kek(binding, audit).await
     }
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
+        if self.fail_binding_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("test: the store cannot be read".into()));
+        }
         self.inner.active_binding(tenant).await
     }
     async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
@@ -203,6 +207,7 @@ impl Fixture {
             inner: Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap()),
             before_state_write: Mutex::new(None),
             fail_appends: AtomicBool::new(false),
+            fail_binding_reads: AtomicBool::new(false),
         });
         let kms = Arc::new(Controlled::new(inner));
         Self {
@@ -608,6 +613,49 @@ async fn denial_counts_survive_a_failed_append_and_add_up_exactly() {
         .sum();
     assert_eq!(counted, denied, "every denial reached the audit log once");
     assert_eq!(a.pending_audit(), (0, 0));
+}
+
+/// Found by the PostgreSQL restart test (#27 item 13): a `RevokeKey` made while the store could
+/// not be read failed before it closed anything, and the replica went on serving the tenant.
+#[tokio::test]
+async fn a_revoke_key_the_store_cannot_read_for_still_denies_on_this_replica() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("storedown");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    assert_eq!(open_reason(&a, &t, &env).await, "OK", "cached and served");
+
+    fx.store.fail_binding_reads.store(true, Ordering::SeqCst);
+    let failed = a
+        .revoke(
+            &t,
+            KekState::Revoked,
+            RevocationSource::Explicit,
+            Some("ciso".to_owned()),
+            "break glass",
+            now_ms(),
+        )
+        .await;
+    assert_eq!(failed.unwrap_err().reason(), "STORE_ERROR");
+    fx.store.fail_binding_reads.store(false, Ordering::SeqCst);
+
+    // Not recorded, but in force here: the cached keys are not served, reconciliation with the
+    // store (which still says active) does not reopen it, and no new key can be registered
+    // over it until the revocation is recorded.
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    a.apply_recorded_state(&t).await.unwrap();
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    let refused = a
+        .register_key(&t, &KeyRef::new(ProviderKind::Local, "k2"))
+        .await;
+    assert_eq!(refused.unwrap_err().reason(), "CONFLICT");
+
+    // Repeated once the store answers: recorded, and the gate stays closed.
+    let recorded = revoke_explicitly(&a, &t).await;
+    assert_eq!(recorded.state, KekState::Revoked);
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    register(&a, &t, "k2").await;
 }
 
 #[tokio::test]

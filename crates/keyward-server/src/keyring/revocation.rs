@@ -133,7 +133,17 @@ impl Keyring {
             observed_at_ms,
         };
         for _ in 0..MAX_DECISIONS {
-            let binding = self.current_binding(tenant).await?;
+            let binding = match self.current_binding(tenant).await {
+                Ok(binding) => binding,
+                Err(e @ ServiceError::Store(_)) if closing(to) => {
+                    // The store cannot even be read: deny here anyway, from this instant, and
+                    // keep the tenant closed on this replica until a revocation is recorded
+                    // (the caller gets the error and must repeat the call).
+                    self.close_unrecorded(tenant, to).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let already = binding.state == KekState::Destroyed
                 || binding.state == KekState::Revoked
                     && to != KekState::Destroyed
@@ -157,6 +167,25 @@ impl Keyring {
         Err(changed_too_often(tenant))
     }
 
+    /// Closes the tenant's gate and purges its cached keys on this replica for a revocation the
+    /// store could not take (not even read), and remembers it as unrecorded: reconciliation does
+    /// not reopen it and `RegisterKey` is refused until a revocation is recorded.
+    async fn close_unrecorded(&self, tenant: &TenantId, to: KekState) {
+        self.gates.close(
+            tenant,
+            Closed {
+                state: to,
+                since_ms: now_ms(),
+            },
+        );
+        self.unrecorded_closures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.clone());
+        let entries = self.purge_and_audit(tenant).await;
+        tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), entries, "the store cannot be read: tenant closed and cached keys purged on this replica only; the revocation is not recorded: repeat it");
+    }
+
     /// Commits `transition` of `binding` (as read) with a compare-and-set, and applies it to
     /// this replica: a revocation closes the gate first and purges after; a restoration reopens
     /// the gate (of the tenant's current binding) or forgets the refusals remembered for an older
@@ -169,7 +198,7 @@ impl Keyring {
     ) -> Result<Option<KekBinding>, ServiceError> {
         let tenant = &binding.tenant;
         let current = binding.deactivated_at_ms.is_none();
-        let closing = matches!(t.to, KekState::Revoked | KekState::Destroyed);
+        let closing = closing(t.to);
         if closing && current {
             // Deny from this instant on; if the record cannot be written, the tenant stays
             // closed on this replica (safe) and the caller gets the error.
@@ -780,6 +809,11 @@ impl Keyring {
             }
         }
     }
+}
+
+/// Whether a transition to `to` denies the tenant's data (revoked or destroyed).
+fn closing(to: KekState) -> bool {
+    matches!(to, KekState::Revoked | KekState::Destroyed)
 }
 
 /// A transition that kept losing its compare-and-set (every loss is another writer's commit).
