@@ -557,21 +557,21 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
         st.fail_next = (n > 1).then_some((status, http_code(status), n - 1));
         return error(status, "injected by the test double");
     }
-    if matches!(verb, "encrypt" | "decrypt") {
-        if let Ok(body) = parse_json(&body) {
-            let (data, crc) = if verb == "encrypt" {
-                ("plaintext", "plaintextCrc32c")
-            } else {
-                ("ciphertext", "ciphertextCrc32c")
-            };
-            let aad_present = body
-                .get("additionalAuthenticatedData")
-                .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
-            let missing = (body.get(data).is_some() && body.get(crc).is_none())
-                || (aad_present && body.get("additionalAuthenticatedDataCrc32c").is_none());
-            if missing {
-                st.without_checksums += 1;
-            }
+    if matches!(verb, "encrypt" | "decrypt")
+        && let Ok(body) = parse_json(&body)
+    {
+        let (data, crc) = if verb == "encrypt" {
+            ("plaintext", "plaintextCrc32c")
+        } else {
+            ("ciphertext", "ciphertextCrc32c")
+        };
+        let aad_present = body
+            .get("additionalAuthenticatedData")
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        let missing = (body.get(data).is_some() && body.get(crc).is_none())
+            || (aad_present && body.get("additionalAuthenticatedDataCrc32c").is_none());
+        if missing {
+            st.without_checksums += 1;
         }
     }
     let denied = |permission_of: fn(&'static str, bool) -> &'static str| {
