@@ -13,9 +13,19 @@ Keyward's AWS KMS tests run the unmodified Rust SDK against moto in server mode.
    AccessDeniedException. AWS answers IncorrectKeyException ("The request was rejected because
    the specified KMS key cannot decrypt the data. The KeyId in a Decrypt request ... must identify
    the same KMS key that was used to encrypt the ciphertext" — API_Decrypt.html, Errors).
+3. (Below, `_accept_key_arn`.) Key state changes take only raw key ids.
+4. It evaluates a key policy only for DescribeKey, and only its Deny statements. AWS evaluates the
+   key policy for every operation on the key: a request is allowed only if an Allow statement
+   matches its principal, action, resource and conditions and no Deny statement does
+   (https://docs.aws.amazon.com/kms/latest/developerguide/determining-access-key-policy.html).
+   The most common real revocation — the customer removes Keyward's statement from the key
+   policy — answers AccessDeniedException on Decrypt and GenerateDataKey, which plain moto never
+   does.
+5. Its STS grants every AssumeRole, for any role and any ExternalId. AWS grants it only if the
+   role exists and its trust policy allows the caller, with the ExternalId its condition requires
+   (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_common-scenarios_third-party.html).
 
-This launcher patches `moto.kms.models.KmsBackend` to close both gaps, then serves moto on
-127.0.0.1. It prints exactly one line, `moto listening on http://127.0.0.1:PORT`, once the socket
+This launcher patches moto to close these gaps, then serves it on 127.0.0.1. It prints exactly one line, `moto listening on http://127.0.0.1:PORT`, once the socket
 is bound, and serves until killed.
 
     python keyward_moto.py            # a free port chosen by the OS
@@ -57,6 +67,14 @@ class KMSInvalidStateException(JsonRESTError):
 
     def __init__(self, key_arn: str, state: str):
         super().__init__("KMSInvalidStateException", f"{key_arn} is {state}.")
+
+
+class AccessDeniedException(JsonRESTError):
+    # moto.kms.exceptions.AccessDeniedException renders an empty message.
+    code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__("AccessDeniedException", message)
 
 
 class IncorrectKeyException(JsonRESTError):
@@ -153,6 +171,260 @@ def _accept_key_arn(name):
 
 for _name in ("disable_key", "enable_key", "schedule_key_deletion", "cancel_key_deletion"):
     _accept_key_arn(_name)
+
+
+# Gaps 4 and 5: policy evaluation. -----------------------------------------------------------
+#
+# The subset of AWS's policy language Keyward's statements and tests use, evaluated as AWS does
+# (an explicit Deny wins, else an Allow is needed): Effect, Principal ("*" or {"AWS": ARN, account
+# id or list}), Action and Resource (strings or lists, `*`/`?` wildcards), and the condition
+# operators StringEquals, ForAllValues:StringEquals, ForAnyValue:StringEquals and Null on the keys
+# kms:EncryptionContextKeys, kms:EncryptionContext:<key> and sts:ExternalId. Anything else in a
+# statement (NotPrincipal, NotAction, another operator or key) raises PolicyNotModelled, which
+# fails the request with HTTP 500: the emulator says it cannot decide rather than guessing.
+#
+# A principal "arn:aws:iam::ACCOUNT:root" (or the bare account id) delegates to IAM in AWS; moto
+# does not evaluate IAM policies (every identity may do everything), so it matches every caller of
+# that account. moto's default key policy is that statement, so keys whose policy nobody changed
+# behave as before.
+
+import fnmatch
+import json
+import re
+
+from moto.kms import responses as kms_responses
+from moto.sts import responses as sts_responses
+from moto.sts.exceptions import STSClientError
+from moto.sts.models import sts_backends
+from moto.iam.models import iam_backends
+from moto.utilities.utils import get_partition
+
+
+class PolicyNotModelled(Exception):
+    pass
+
+
+class StsAccessDenied(STSClientError):
+    code = "AccessDenied"
+
+
+def _as_list(v):
+    if v is None:
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def _wildcard(pattern: str, value: str) -> bool:
+    return fnmatch.fnmatchcase(value.lower(), pattern.lower())
+
+
+def _principal_forms(caller_arn: str):
+    """The ARNs a policy may name `caller_arn` by: itself, and for an assumed-role session
+    (arn:aws:sts::A:assumed-role/ROLE/SESSION) the role arn:aws:iam::A:role/ROLE."""
+    forms = {caller_arn}
+    m = re.match(r"^arn:([^:]+):sts::(\d{12}):assumed-role/([^/]+)/.+$", caller_arn)
+    if m:
+        forms.add(f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}")
+    return forms
+
+
+def _account_of(arn: str):
+    m = re.match(r"^arn:[^:]+:(?:iam|sts)::(\d{12}):", arn)
+    return m.group(1) if m else None
+
+
+def _principal_matches(principal, caller_arn: str) -> bool:
+    if principal == "*":
+        return True
+    if not isinstance(principal, dict) or set(principal) - {"AWS"}:
+        raise PolicyNotModelled(f"Principal {principal!r}")
+    forms = _principal_forms(caller_arn)
+    account = _account_of(caller_arn)
+    for p in _as_list(principal.get("AWS")):
+        if p == "*" or p in forms:
+            return True
+        if account and p in (account, f"arn:aws:iam::{account}:root"):
+            return True
+    return False
+
+
+def _condition_holds(operator: str, key: str, expected, request: dict) -> bool:
+    if key == "kms:EncryptionContextKeys":
+        actual = sorted((request.get("encryption_context") or {}).keys())
+    elif key.startswith("kms:EncryptionContext:"):
+        ctx = request.get("encryption_context") or {}
+        name = key[len("kms:EncryptionContext:"):]
+        actual = [ctx[name]] if name in ctx else []
+    elif key == "sts:ExternalId":
+        actual = [request["external_id"]] if request.get("external_id") is not None else []
+    else:
+        raise PolicyNotModelled(f"condition key {key}")
+    expected = [str(e) for e in _as_list(expected)]
+    if operator == "Null":
+        # "true": the key is absent; "false": it is present.
+        want_absent = expected == ["true"]
+        return (not actual) == want_absent
+    if operator == "StringEquals":
+        return len(actual) == 1 and actual[0] in expected
+    if operator == "ForAllValues:StringEquals":
+        return all(a in expected for a in actual)
+    if operator == "ForAnyValue:StringEquals":
+        return any(a in expected for a in actual)
+    raise PolicyNotModelled(f"condition operator {operator}")
+
+
+def _statement_applies(st: dict, caller_arn: str, action: str, resource: str, request: dict) -> bool:
+    for unsupported in ("NotPrincipal", "NotAction", "NotResource"):
+        if unsupported in st:
+            raise PolicyNotModelled(unsupported)
+    if not _principal_matches(st.get("Principal"), caller_arn):
+        return False
+    if not any(_wildcard(a, action) for a in _as_list(st.get("Action"))):
+        return False
+    resources = _as_list(st.get("Resource", "*"))
+    if not any(_wildcard(r, resource) for r in resources):
+        return False
+    for operator, keys in (st.get("Condition") or {}).items():
+        for key, expected in keys.items():
+            if not _condition_holds(operator, key, expected, request):
+                return False
+    return True
+
+
+def policy_decision(policy_json: str, caller_arn: str, action: str, resource: str, request: dict):
+    """"allow", "explicit-deny" or "implicit-deny"."""
+    try:
+        policy = json.loads(policy_json)
+    except (TypeError, ValueError):
+        raise PolicyNotModelled("a policy that is not JSON")
+    allowed = False
+    for st in _as_list(policy.get("Statement")):
+        if _statement_applies(st, caller_arn, action, resource, request):
+            if st.get("Effect") == "Deny":
+                return "explicit-deny"
+            if st.get("Effect") == "Allow":
+                allowed = True
+    return "allow" if allowed else "implicit-deny"
+
+
+def _caller_arn(response) -> str:
+    account = response.current_account
+    partition = get_partition(response.region)
+    backend = sts_backends[account][partition]
+    _, arn, _ = backend.get_caller_identity(response.get_access_key(), response.region)
+    return arn
+
+
+def _enforce_key_policy(response, action: str, key_id, encryption_context=None) -> None:
+    """Raise AccessDeniedException as KMS does when the key policy does not allow `action`.
+    Unknown keys are left to moto (NotFoundException)."""
+    if not key_id:
+        return
+    backend = response.kms_backend
+    try:
+        key = backend.keys[backend.any_id_to_key_id(key_id)]
+    except Exception:  # unknown key or alias: moto answers NotFoundException
+        return
+    caller = _caller_arn(response)
+    decision = policy_decision(
+        key.policy, caller, action, key.arn, {"encryption_context": encryption_context or {}}
+    )
+    if decision == "allow":
+        return
+    why = (
+        "with an explicit deny in a resource-based policy"
+        if decision == "explicit-deny"
+        else f"because no resource-based policy allows the {action} action"
+    )
+    raise AccessDeniedException(
+        f"User: {caller} is not authorized to perform: {action} on resource: {key.arn} {why}"
+    )
+
+
+def _guard(name: str, action: str, key_of):
+    """Wrap KmsResponse.<name> so the key policy is checked before moto handles the request."""
+    original = getattr(kms_responses.KmsResponse, name)
+
+    def guarded(self):
+        for act, key_id, ctx in key_of(self, action):
+            _enforce_key_policy(self, act, key_id, ctx)
+        return original(self)
+
+    setattr(kms_responses.KmsResponse, name, guarded)
+
+
+def _key_param(self, action):
+    return [(action, self._get_param("KeyId"), self._get_param("EncryptionContext", {}))]
+
+
+def _decrypt_keys(self, action):
+    # KmsResponse._get_param has already base64-decoded CiphertextBlob.
+    key_id = self._get_param("KeyId") or _ciphertext_key_id(self._get_param("CiphertextBlob") or b"")
+    return [(action, key_id, self._get_param("EncryptionContext", {}))]
+
+
+def _re_encrypt_keys(self, _action):
+    source = self._get_param("SourceKeyId") or _ciphertext_key_id(
+        self._get_param("CiphertextBlob") or b""
+    )
+    return [
+        ("kms:ReEncryptFrom", source, self._get_param("SourceEncryptionContext", {})),
+        (
+            "kms:ReEncryptTo",
+            self._get_param("DestinationKeyId"),
+            self._get_param("DestinationEncryptionContext", {}),
+        ),
+    ]
+
+
+_guard("encrypt", "kms:Encrypt", _key_param)
+_guard("decrypt", "kms:Decrypt", _decrypt_keys)
+_guard("generate_data_key", "kms:GenerateDataKey", _key_param)
+_guard("generate_data_key_without_plaintext", "kms:GenerateDataKeyWithoutPlaintext", _key_param)
+_guard("re_encrypt", "kms:ReEncrypt*", _re_encrypt_keys)
+_guard("describe_key", "kms:DescribeKey", _key_param)
+# moto's own DescribeKey check (Deny statements only) is replaced by the full evaluation above.
+kms_responses.KmsResponse._validate_key_policy = lambda self, key_id, action: None
+
+
+_original_assume_role = sts_responses.TokenResponse.assume_role
+
+
+def assume_role(self):
+    """AssumeRole as AWS grants it: the role must exist and its trust policy allow the caller
+    with the ExternalId its condition requires. AWS gives one answer for every refusal (it does
+    not tell a caller whether the role exists)."""
+    role_arn = self._get_param("RoleArn")
+    external_id = self._get_param("ExternalId")
+    caller = _caller_arn(self)
+    denied = StsAccessDenied(
+        f"User: {caller} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
+    )
+    account = _account_of(role_arn or "")
+    if account is None:
+        raise denied
+    role = None
+    for partition_backends in iam_backends.get(account, {}).values():
+        try:
+            role = partition_backends.get_role_by_arn(role_arn)
+            break
+        except Exception:
+            continue
+    if role is None:
+        raise denied
+    decision = policy_decision(
+        role.assume_role_policy_document,
+        caller,
+        "sts:AssumeRole",
+        role_arn,
+        {"external_id": external_id},
+    )
+    if decision != "allow":
+        raise denied
+    return _original_assume_role(self)
+
+
+sts_responses.TokenResponse.assume_role = assume_role
 
 
 def main() -> None:

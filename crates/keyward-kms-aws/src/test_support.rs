@@ -1,5 +1,5 @@
-//! Test support: the moto AWS KMS emulator, patched to enforce key states as AWS does, and SDK
-//! helpers to drive it. Feature `test-support`; for this crate's tests and the end-to-end tests.
+//! Test support: the moto AWS KMS emulator, patched to enforce key states, key policies and role
+//! trust policies as AWS does, and SDK helpers to drive it. Feature `test-support`; for this crate's tests and the end-to-end tests.
 //!
 //! [`MotoServer::start`] runs `tests/kms-emulator/keyward_moto.py` with `$KEYWARD_MOTO_PYTHON`
 //! (`scripts/test` creates `target/test-venv` with `moto[server]` and sets it), falling back to
@@ -209,6 +209,116 @@ impl MotoServer {
             .expect("CancelKeyDeletion on moto");
     }
 
+    /// `PutKeyPolicy` (the `default` policy, the only one KMS has): the emulator evaluates it for
+    /// every operation on the key, as AWS does (`tests/kms-emulator/keyward_moto.py`, gap 4).
+    pub async fn put_key_policy(&self, key_arn: &str, policy: &str) {
+        self.kms_client()
+            .await
+            .put_key_policy()
+            .key_id(key_arn)
+            .policy_name("default")
+            .policy(policy)
+            .send()
+            .await
+            .expect("PutKeyPolicy on moto");
+    }
+
+    /// The key policy a customer ends up with after following the onboarding guide: the key
+    /// administrators' role may manage the key, and Keyward's principal may use it through
+    /// [`crate::key_policy_statement`]. With `keyward: false`, the same policy after the
+    /// customer removed Keyward's statements (the most common revocation): nothing in it names
+    /// Keyward any more. (No `arn:aws:iam::ACCOUNT:root` statement: the emulator, which has no
+    /// IAM policies, lets it match every caller of the account, and Keyward's test principal is
+    /// in the same account; a real Keyward principal lives in Keyward's own account.)
+    pub async fn onboarded_key_policy(&self, key_arn: &str, keyward: bool) -> String {
+        let mut statements = vec![serde_json::json!({
+            "Sid": "KeyAdministrators",
+            "Effect": "Allow",
+            "Principal": { "AWS": format!("arn:aws:iam::{ACCOUNT}:role/KeyAdministrator") },
+            "Action": [
+                "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
+                "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
+                "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
+                "kms:CancelKeyDeletion"
+            ],
+            "Resource": "*"
+        })];
+        if keyward {
+            let principal = crate::policy::principal_for_caller(&self.caller_arn().await);
+            let keyward: Vec<serde_json::Value> =
+                serde_json::from_str(&crate::key_policy_statement(&principal, Some(key_arn)))
+                    .expect("key_policy_statement is a JSON array");
+            statements.extend(keyward);
+        }
+        serde_json::json!({ "Version": "2012-10-17", "Statement": statements }).to_string()
+    }
+
+    /// The ARN `GetCallerIdentity` answers for the test credentials (moto:
+    /// `arn:aws:sts::ACCOUNT:user/moto` for credentials it did not issue).
+    pub async fn caller_arn(&self) -> String {
+        let sdk = self.sdk_config().await;
+        let conf = aws_sdk_sts::config::Builder::from(&sdk)
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .expect("GetCallerIdentity on moto")
+            .arn()
+            .expect("GetCallerIdentity returns an ARN")
+            .to_owned()
+    }
+
+    /// Creates IAM role `name` whose trust policy lets the test credentials assume it with
+    /// `external_id` ([`crate::cross_account_trust_policy`], what the onboarding guide has the
+    /// customer create); returns the role ARN. The emulator enforces the trust policy on
+    /// `AssumeRole` (`keyward_moto.py`, gap 5): an unknown role or another external id is
+    /// `AccessDenied`.
+    pub async fn create_keyward_role(&self, name: &str, external_id: &str) -> String {
+        let principal = crate::policy::principal_for_caller(&self.caller_arn().await);
+        let trust = crate::cross_account_trust_policy(&principal, external_id);
+        self.create_role(name, &trust).await
+    }
+
+    /// IAM `CreateRole` with the given trust policy; returns the role ARN. The crate has no IAM
+    /// SDK, so this is the query-protocol request itself; moto routes it by the credential
+    /// scope of the `Authorization` header and does not check the signature.
+    pub async fn create_role(&self, name: &str, trust_policy: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let body = format!(
+            "Action=CreateRole&Version=2010-05-08&RoleName={}&AssumeRolePolicyDocument={}",
+            form_encode(name),
+            form_encode(trust_policy)
+        );
+        let host = self.endpoint.trim_start_matches("http://");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {host}\r\n\
+             Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/iam/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(host)
+            .await
+            .expect("connect to moto");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send CreateRole");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the CreateRole answer");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "CreateRole {name} on moto failed: {response}"
+        );
+        format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+    }
+
     /// `CreateAlias` `alias/<name>` for the key; returns the alias ARN. `name` may be given
     /// with or without the `alias/` prefix.
     pub async fn create_alias(&self, name: &str, key_arn: &str) -> String {
@@ -230,6 +340,19 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of a value (RFC 3986 unreserved kept).
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The `aws-kms:` [`KeyRef`] for an ARN (or any AWS key reference string).

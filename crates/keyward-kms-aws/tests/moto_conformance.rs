@@ -14,6 +14,7 @@ struct MotoHarness {
     moto: MotoServer,
     provider: Arc<AwsKmsProvider>,
     key_arn: String,
+    other_arn: String,
 }
 
 #[async_trait]
@@ -32,6 +33,10 @@ impl Harness for MotoHarness {
         ))
     }
 
+    fn other_key(&self) -> KeyRef {
+        key_ref(&self.other_arn)
+    }
+
     // moto applies state changes immediately; on AWS they are effective at once as well
     // (DisableKey is synchronous), so there is nothing to poll for.
     async fn disable(&self, key: &KeyRef) {
@@ -48,10 +53,12 @@ async fn aws_kms_provider_passes_the_conformance_kit_on_moto() {
     let moto = MotoServer::start();
     let provider = Arc::new(moto.provider().await);
     let key_arn = moto.create_symmetric_key().await;
+    let other_arn = moto.create_symmetric_key().await;
     let h = MotoHarness {
         moto,
         provider,
         key_arn,
+        other_arn,
     };
     conformance::run_all(&h).await;
 }

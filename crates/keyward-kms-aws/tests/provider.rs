@@ -192,6 +192,9 @@ async fn alias_canonicalizes_to_the_key_arn_keeping_the_role() {
     assert_eq!(canonical, key_ref(&key_arn));
     assert_eq!(p.canonicalize(&canonical).await.unwrap(), canonical);
 
+    // The emulator grants AssumeRole only for a role whose trust policy allows the caller.
+    moto.create_keyward_role("keyward-access", "acme-7f3a")
+        .await;
     let role = "?role_arn=arn:aws:iam::123456789012:role/keyward-access&external_id=acme-7f3a";
     let canonical = p
         .canonicalize(&key_ref(&format!("{alias_arn}{role}")))
@@ -208,11 +211,13 @@ async fn alias_canonicalizes_to_the_key_arn_keeping_the_role() {
 
 #[tokio::test]
 async fn cross_account_reference_assumes_the_role() {
-    // moto's STS grants every AssumeRole, so this checks the plumbing (per-role client, the
-    // assumed credentials used for KMS), not the trust policy; refusal is tested below.
+    // The plumbing (per-role client, the assumed credentials used for KMS); refusals by the
+    // trust policy and the key policy are in tests/policies.rs.
     let moto = MotoServer::start();
     let p = moto.provider().await;
     let key_arn = moto.create_symmetric_key().await;
+    moto.create_keyward_role("keyward-access", "acme-7f3a")
+        .await;
     let kek = key_ref(&format!(
         "{key_arn}?role_arn=arn:aws:iam::{ACCOUNT}:role/keyward-access&external_id=acme-7f3a"
     ));
@@ -306,8 +311,8 @@ async fn unreachable_endpoint_is_unavailable_within_the_configured_bounds() {
 
 #[tokio::test]
 async fn access_denied_names_the_action_the_principal_and_the_statement() {
-    // moto enforces Deny statements of a key policy for DescribeKey (only), which gives a real
-    // AccessDeniedException from the emulator.
+    // The emulator evaluates the key policy (keyward_moto.py, gap 4): an explicit Deny gives a
+    // real AccessDeniedException.
     let moto = MotoServer::start();
     let p = moto.provider().await;
     let arn = moto.create_symmetric_key().await;
@@ -344,6 +349,8 @@ async fn access_denied_names_the_action_the_principal_and_the_statement() {
     );
 
     // With a role, the principal to name is the role.
+    moto.create_keyward_role("keyward-access", "acme-7f3a")
+        .await;
     let kek = key_ref(&format!(
         "{arn}?role_arn=arn:aws:iam::{ACCOUNT}:role/keyward-access&external_id=acme-7f3a"
     ));

@@ -17,6 +17,8 @@ use azure_identity::{
 use keyward_kms::{ErrorKind, ProviderError};
 use zeroize::Zeroizing;
 
+use crate::fresh_token::{FreshTokens, MakeCredential};
+
 /// Microsoft Entra ID in the public cloud.
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
@@ -244,7 +246,9 @@ impl AzureKeyVaultConfig {
         let sdk = |e: azure_core::Error| {
             misconfigured("the Azure credential configuration was rejected").with_source(e)
         };
-        let (credential, principal): (Arc<dyn TokenCredential>, String) = match &self.credential {
+        // Every variant is a factory: `FreshTokens` builds a new SDK credential per token request
+        // (fresh_token.rs says why).
+        let (make, principal): (MakeCredential, String) = match &self.credential {
             None => return Err(misconfigured("azure.credential is not set")),
             Some(AzureCredentialConfig::ClientSecret {
                 tenant_id,
@@ -253,48 +257,65 @@ impl AzureKeyVaultConfig {
                 secret_env,
             }) => {
                 let secret = read_secret(secret_file.as_deref(), secret_env.as_deref())?;
-                let c = ClientSecretCredential::new(
-                    tenant_id,
-                    client_id.clone(),
-                    Secret::new(secret.to_string()),
-                    Some(ClientSecretCredentialOptions {
-                        client_options: options,
-                    }),
-                )
-                .map_err(sdk)?;
-                (c, client_id.clone())
+                let (tenant_id, client_id_, options) =
+                    (tenant_id.clone(), client_id.clone(), options.clone());
+                let make: MakeCredential = Arc::new(move || {
+                    let c: Arc<dyn TokenCredential> = ClientSecretCredential::new(
+                        &tenant_id,
+                        client_id_.clone(),
+                        Secret::new(secret.to_string()),
+                        Some(ClientSecretCredentialOptions {
+                            client_options: options.clone(),
+                        }),
+                    )?;
+                    Ok(c)
+                });
+                (make, client_id.clone())
             }
             Some(AzureCredentialConfig::WorkloadIdentity {
                 tenant_id,
                 client_id,
                 token_file,
             }) => {
-                let o = WorkloadIdentityCredentialOptions {
-                    credential_options: ClientAssertionCredentialOptions {
-                        client_options: options,
-                    },
-                    tenant_id: Some(tenant_id.clone()),
-                    client_id: Some(client_id.clone()),
-                    token_file_path: Some(token_file.clone()),
-                };
-                (
-                    WorkloadIdentityCredential::new(Some(o)).map_err(sdk)?,
+                let (tenant_id, client_id_, token_file, options) = (
+                    tenant_id.clone(),
                     client_id.clone(),
-                )
+                    token_file.clone(),
+                    options.clone(),
+                );
+                let make: MakeCredential = Arc::new(move || {
+                    let o = WorkloadIdentityCredentialOptions {
+                        credential_options: ClientAssertionCredentialOptions {
+                            client_options: options.clone(),
+                        },
+                        tenant_id: Some(tenant_id.clone()),
+                        client_id: Some(client_id_.clone()),
+                        token_file_path: Some(token_file.clone()),
+                    };
+                    let c: Arc<dyn TokenCredential> = WorkloadIdentityCredential::new(Some(o))?;
+                    Ok(c)
+                });
+                (make, client_id.clone())
             }
             Some(AzureCredentialConfig::ManagedIdentity { client_id }) => {
-                let o = ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                    client_options: options,
-                };
+                let (id, options) = (client_id.clone(), options.clone());
+                let make: MakeCredential = Arc::new(move || {
+                    let o = ManagedIdentityCredentialOptions {
+                        user_assigned_id: id.clone().map(UserAssignedId::ClientId),
+                        client_options: options.clone(),
+                    };
+                    let c: Arc<dyn TokenCredential> = ManagedIdentityCredential::new(Some(o))?;
+                    Ok(c)
+                });
                 (
-                    ManagedIdentityCredential::new(Some(o)).map_err(sdk)?,
+                    make,
                     client_id.clone().unwrap_or_else(|| {
                         "<principal id of Keyward's system-assigned managed identity>".to_owned()
                     }),
                 )
             }
         };
+        let credential: Arc<dyn TokenCredential> = FreshTokens::new(make).map_err(sdk)?;
         Ok(Built {
             credential,
             principal,

@@ -14,6 +14,7 @@
 
 mod classify;
 mod config;
+mod fresh_token;
 mod key_id;
 mod layout;
 mod provider;

@@ -21,9 +21,22 @@
 //! BadParameter`. Key states: enabled/disabled per version, `exp`/`nbf` (wrap refused outside the
 //! window, unwrap still allowed — Key Vault's documented behaviour), soft deletion (`404
 //! KeyNotFound`, then listed under `/deletedkeys` until purged or recovered), a per-key deny
-//! switch (`403 Forbidden`/`ForbiddenByRbac`, as a removed role assignment), a switch that
-//! forbids reading deleted keys, injected failures (e.g. `429`, `503`), added latency, and call
-//! counting.
+//! switch (`403 Forbidden`/`ForbiddenByRbac`, as a removed role assignment), a per-key
+//! read-only switch (`GET` allowed, `wrapKey`/`unwrapKey` `403 ForbiddenByRbac`, as a role such
+//! as "Key Vault Reader" that may read a key but not use it), a switch that forbids reading
+//! deleted keys, injected failures (e.g. `429`, `503`), added latency, and call counting.
+//!
+//! Keys Keyward must refuse at registration can be made too: an EC key
+//! ([`KeyVaultDouble::create_ec_key`]), an RSA key smaller than 2048 bits
+//! ([`KeyVaultDouble::create_small_rsa_key`]: its public numbers only — aws-lc-rs generates no
+//! RSA key below 2048 bits, so its `wrapKey`/`unwrapKey` answer `400`, which Keyward never
+//! reaches), and a key whose `key_ops` lack `wrapKey` or `unwrapKey`
+//! ([`KeyVaultDouble::set_key_ops`]; the double then refuses the missing operation with `403`).
+//!
+//! Tokens: [`KeyVaultDouble::revoke_tokens`] forgets every issued token (the vault answers the
+//! next request with the `401` challenge, as after a token was revoked or the vault's tenant
+//! changed), and [`KeyVaultDouble::refuse_tokens`] makes the token endpoint refuse the client
+//! (`401 invalid_client`, as after the client secret expired or the app was disabled).
 //!
 //! The client reaches the double through the provider's ordinary configuration: `resolve` maps
 //! both host names to the double's 127.0.0.1 port (so the SDK's check that the challenge resource
@@ -100,6 +113,16 @@ enum Material {
         e: Vec<u8>,
     },
     Aes([u8; 32]),
+    /// The public numbers of an RSA key too small to be generated here (see the module docs).
+    RsaPublicOnly {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// A P-256 key (`kty: EC`): its public point only; Key Vault cannot wrap with EC keys.
+    Ec {
+        x: [u8; 32],
+        y: [u8; 32],
+    },
 }
 
 struct Version {
@@ -109,6 +132,8 @@ struct Version {
     exp: Option<i64>,
     nbf: Option<i64>,
     created: i64,
+    /// `key_ops` when set by [`KeyVaultDouble::set_key_ops`]; else the material's default.
+    key_ops: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -117,6 +142,8 @@ struct DoubleKey {
     /// When the key was (soft-)deleted, seconds since the epoch.
     deleted: Option<i64>,
     denied: bool,
+    /// `GET` allowed, `wrapKey`/`unwrapKey` forbidden.
+    read_only: bool,
 }
 
 #[derive(Default)]
@@ -128,6 +155,8 @@ struct State {
     /// `GET /deletedkeys/…` answers `403 ForbiddenByRbac` (a role without deletedKeys/read).
     deleted_keys_forbidden: bool,
     latency: Duration,
+    /// The token endpoint answers `401 invalid_client` to every request.
+    tokens_refused: bool,
     secret: String,
     federated_token: String,
 }
@@ -356,9 +385,49 @@ impl KeyVaultDouble {
             exp: None,
             nbf: None,
             created: now(),
+            key_ops: None,
         });
         drop(st);
         self.key_ref(name)
+    }
+
+    /// Creates (or adds a version to) a P-256 EC key (`kty: EC`, `EC-HSM` in a Managed HSM;
+    /// `key_ops` `sign`, `verify`), which cannot wrap keys.
+    pub fn create_ec_key(&self, name: &str) -> KeyRef {
+        let mut x = [0u8; 32];
+        let mut y = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut x).unwrap();
+        aws_lc_rs::rand::fill(&mut y).unwrap();
+        self.add_version(name, Material::Ec { x, y })
+    }
+
+    /// Creates (or adds a version to) an RSA key of `bits` bits (below 2048: a modulus with the
+    /// top bit set and public exponent 65537; see the module docs).
+    pub fn create_small_rsa_key(&self, name: &str, bits: usize) -> KeyRef {
+        assert!(
+            bits.is_multiple_of(8) && bits < 2048,
+            "create_rsa_key makes 2048-bit keys"
+        );
+        let mut n = vec![0u8; bits / 8];
+        aws_lc_rs::rand::fill(&mut n).unwrap();
+        n[0] |= 0x80;
+        if let Some(last) = n.last_mut() {
+            *last |= 1;
+        }
+        self.add_version(
+            name,
+            Material::RsaPublicOnly {
+                n,
+                e: vec![1, 0, 1],
+            },
+        )
+    }
+
+    /// Sets the current version's `key_ops` (the operations the key permits), as
+    /// `az keyvault key set-attributes --ops` does.
+    pub fn set_key_ops(&self, name: &str, ops: &[&str]) {
+        let ops = ops.iter().map(|o| (*o).to_owned()).collect();
+        self.with_latest(name, |v| v.key_ops = Some(ops));
     }
 
     /// What anyone who has read the public half of RSA key `name` (`GET /keys/{name}` returns
@@ -483,6 +552,21 @@ impl KeyVaultDouble {
         if let Some(k) = self.shared.lock().keys.get_mut(name) {
             k.denied = denied;
         }
+    }
+
+    /// Lets Keyward's identity read the key (`GET`) but not use it: `wrapKey` and `unwrapKey`
+    /// answer `403 Forbidden`/`ForbiddenByRbac`, as for a role assignment such as "Key Vault
+    /// Reader" instead of "Key Vault Crypto Service Encryption User".
+    pub fn set_read_only(&self, name: &str, read_only: bool) {
+        if let Some(k) = self.shared.lock().keys.get_mut(name) {
+            k.read_only = read_only;
+        }
+    }
+
+    /// Makes the token endpoint refuse (or accept again) the client: `401 invalid_client`
+    /// (`AADSTS7000222`, an expired client secret).
+    pub fn refuse_tokens(&self, refused: bool) {
+        self.shared.lock().tokens_refused = refused;
     }
 
     /// Answers the next authenticated vault request with `status` and Key Vault error `code`.
@@ -665,6 +749,14 @@ fn token_endpoint(s: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -
             "Application not found in the directory.",
         );
     }
+    if st.tokens_refused {
+        return entra_error(
+            401,
+            "invalid_client",
+            7000222,
+            "The provided client secret keys for app are expired.",
+        );
+    }
     let authenticated = match (form.get("client_secret"), form.get("client_assertion")) {
         (Some(secret), None) => *secret == st.secret,
         (None, Some(assertion)) => {
@@ -825,6 +917,29 @@ fn vault(
             } else {
                 "unwrapKey"
             };
+            if key.read_only {
+                let action = if op == Call::WrapKey {
+                    "wrap"
+                } else {
+                    "unwrap"
+                };
+                return kv_error(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/keys/{action}/action'. Assignment: (not found)."
+                    ),
+                    Some("ForbiddenByRbac"),
+                );
+            }
+            if !key_ops(v).iter().any(|o| o.eq_ignore_ascii_case(opname)) {
+                return kv_error(
+                    403,
+                    "Forbidden",
+                    &format!("Operation {opname} is not permitted on this key."),
+                    None,
+                );
+            }
             if !v.enabled {
                 return kv_error(
                     403,
@@ -911,21 +1026,40 @@ fn deleted_key(s: &Shared, st: &State, name: &str) -> Answer {
     json_answer(200, &body)
 }
 
+/// The operations a version permits: as set, else its material's default.
+fn key_ops(v: &Version) -> Vec<String> {
+    if let Some(ops) = &v.key_ops {
+        return ops.clone();
+    }
+    let default: &[&str] = match v.material {
+        Material::Ec { .. } => &["sign", "verify"],
+        _ => &["wrapKey", "unwrapKey", "encrypt", "decrypt"],
+    };
+    default.iter().map(|o| (*o).to_owned()).collect()
+}
+
 fn key_json(kind: VaultKind, kid: &str, v: &Version) -> Value {
+    let hsm = kind == VaultKind::ManagedHsm;
     let mut key = match &v.material {
-        Material::Rsa { n, e, .. } => json!({
+        Material::Rsa { n, e, .. } | Material::RsaPublicOnly { n, e } => json!({
             "kid": kid,
-            "kty": if kind == VaultKind::ManagedHsm { "RSA-HSM" } else { "RSA" },
-            "key_ops": ["wrapKey", "unwrapKey", "encrypt", "decrypt"],
+            "kty": if hsm { "RSA-HSM" } else { "RSA" },
             "n": b64(n),
             "e": b64(e),
         }),
         Material::Aes(_) => json!({
             "kid": kid,
             "kty": "oct-HSM",
-            "key_ops": ["wrapKey", "unwrapKey", "encrypt", "decrypt"],
+        }),
+        Material::Ec { x, y } => json!({
+            "kid": kid,
+            "kty": if hsm { "EC-HSM" } else { "EC" },
+            "crv": "P-256",
+            "x": b64(x),
+            "y": b64(y),
         }),
     };
+    key["key_ops"] = json!(key_ops(v));
     key["kid"] = json!(kid);
     let mut attributes = json!({
         "enabled": v.enabled,

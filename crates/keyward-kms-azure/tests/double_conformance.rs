@@ -10,6 +10,10 @@ use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_azure::test_support::KeyVaultDouble;
 use keyward_kms_azure::{AzureKeyVaultProvider, VaultKind};
 
+/// The second key the kit's `wrong_key` check unwraps with (created by each test, of the same
+/// type as the usable key).
+const OTHER_KEY: &str = "kek-other";
+
 struct DoubleHarness {
     double: KeyVaultDouble,
     provider: Arc<AzureKeyVaultProvider>,
@@ -31,6 +35,10 @@ impl Harness for DoubleHarness {
         self.double.key_ref("no-such-key")
     }
 
+    fn other_key(&self) -> KeyRef {
+        self.double.key_ref(OTHER_KEY)
+    }
+
     // The double applies attribute changes to the next request: nothing to poll.
     async fn disable(&self, _key: &KeyRef) {
         self.double.set_enabled(self.name, false);
@@ -46,6 +54,7 @@ async fn rsa_key_in_a_key_vault_passes_the_conformance_kit() {
     let double = KeyVaultDouble::start(VaultKind::KeyVault).await;
     let provider = Arc::new(double.provider());
     let key = double.create_rsa_key("kek-rsa");
+    double.create_rsa_key(OTHER_KEY);
     let h = DoubleHarness {
         double,
         provider,
@@ -60,6 +69,7 @@ async fn aes_key_in_a_managed_hsm_passes_the_conformance_kit() {
     let double = KeyVaultDouble::start(VaultKind::ManagedHsm).await;
     let provider = Arc::new(double.provider());
     let key = double.create_aes_key("kek-aes");
+    double.create_aes_key(OTHER_KEY);
     let h = DoubleHarness {
         double,
         provider,
@@ -74,6 +84,7 @@ async fn versioned_key_id_with_workload_identity_passes_the_conformance_kit() {
     let double = KeyVaultDouble::start(VaultKind::KeyVault).await;
     let provider = Arc::new(AzureKeyVaultProvider::new(double.workload_identity_config()).unwrap());
     double.create_rsa_key("kek-pinned");
+    double.create_rsa_key(OTHER_KEY);
     let version = double.versions("kek-pinned").pop().unwrap();
     let key = KeyRef::new(
         keyward_kms::ProviderKind::AzureKeyVault,

@@ -26,13 +26,36 @@ pub fn grant_command(key: &CryptoKeyName, member: &str, role: &str) -> String {
     )
 }
 
-/// For `PERMISSION_DENIED`: the two bindings Keyward needs.
+/// For `PERMISSION_DENIED`: first whether the key exists at all (Cloud KMS checks IAM before
+/// existence, so with Keyward's key-level bindings a mistyped name is `PERMISSION_DENIED` too,
+/// and the grant commands alone would send the customer after a key that is not there), then
+/// the two bindings Keyward needs.
 pub fn grant_access(key: &CryptoKeyName, member: &str) -> String {
     format!(
-        "Cloud KMS denied {member} access to {key}. If that was not meant as a revocation, let \
+        "Cloud KMS denied {member} access to {key}, or the key does not exist: Cloud KMS answers \
+         PERMISSION_DENIED for a key the caller may not see, existing or not. Check the name: \
+         `{describe}` must show the key (if it does not, correct the key reference or create the \
+         key with `gcloud kms keys create {k} --keyring {r} --location {l} --project {p} \
+         --purpose encryption`). If it exists and the denial was not meant as a revocation, let \
          Keyward use the key: {encdec} and, so that Keyward can read the key's state: {viewer}",
+        describe = describe_command(key),
+        k = key.crypto_key,
+        r = key.key_ring,
+        l = key.location,
+        p = key.project,
         encdec = grant_command(key, member, ENCRYPTER_DECRYPTER_ROLE),
         viewer = grant_command(key, member, VIEWER_ROLE),
+    )
+}
+
+/// `gcloud kms keys describe …` for `key` (run by the customer, who can see it).
+pub fn describe_command(key: &CryptoKeyName) -> String {
+    format!(
+        "gcloud kms keys describe {k} --keyring {r} --location {l} --project {p}",
+        k = key.crypto_key,
+        r = key.key_ring,
+        l = key.location,
+        p = key.project,
     )
 }
 
@@ -99,6 +122,10 @@ mod tests {
         let text = grant_access(&key, "serviceAccount:x@y");
         assert!(text.contains("--role roles/cloudkms.cryptoKeyEncrypterDecrypter"));
         assert!(text.contains("--role roles/cloudkms.viewer"));
+        assert!(text.contains(
+            "gcloud kms keys describe kek --keyring kw --location europe-west1 --project acme"
+        ));
+        assert!(text.contains("or the key does not exist"));
         assert!(reenable(&key).contains("gcloud kms keys versions enable VERSION --key kek"));
         assert!(create_key(&key).contains("--purpose encryption"));
     }

@@ -18,16 +18,31 @@
 //! `version id (u32 BE) ‖ nonce (12) ‖ ciphertext ‖ tag (16)`), checks and returns the CRC32C
 //! integrity fields, answers in Google's JSON error format
 //! (`{"error":{"code":400,"message":"…","status":"FAILED_PRECONDITION"}}`) with the status codes
-//! the real service uses (`NOT_FOUND` for an unknown key, `PERMISSION_DENIED` when the key's
-//! "deny" switch is on, `FAILED_PRECONDITION` for a version that is not enabled,
-//! `INVALID_ARGUMENT` for a ciphertext that does not authenticate or a checksum that does not
-//! match), and encodes enums as numbers, as the client asks with `$alt=json;enum-encoding=int`.
+//! the real service uses (`PERMISSION_DENIED` for an unknown key and when the key's "deny"
+//! switch is on, `FAILED_PRECONDITION` for a version that is not enabled, `INVALID_ARGUMENT` for
+//! a ciphertext that does not authenticate, a checksum that does not match or a key whose
+//! purpose is not `ENCRYPT_DECRYPT`), and encodes enums as numbers, as the client asks with
+//! `$alt=json;enum-encoding=int`.
 //!
-//! What it does **not** model: IAM beyond one per-key deny switch (so an unknown key is always
-//! `NOT_FOUND`, as for a caller with project-wide `cloudkms.cryptoKeys.get`; the real service
-//! answers `PERMISSION_DENIED` for keys the caller may not see, existing or not), key
-//! creation/rotation through the API (tests drive them through [`KmsDouble`]'s methods),
-//! protection levels, quotas, and OAuth (it accepts requests without credentials).
+//! **An unknown key is `PERMISSION_DENIED`**, as Cloud KMS answers a caller that holds no
+//! permission on the key ring or project: IAM is checked before existence, so such a caller
+//! cannot tell a missing key from one it may not use ("Permission 'cloudkms.cryptoKeys.get'
+//! denied on resource '…' (or it may not exist)"). Keyward's onboarding grants its roles on the
+//! key only, so this is what a customer who mistypes a key name sees.
+//! [`KmsDouble::set_key_ring_viewer`] switches to the other case, a caller with
+//! `cloudkms.cryptoKeys.get` on the key ring or project, which sees `NOT_FOUND`.
+//!
+//! **It can lie**, to prove that the provider checks what Google asks clients to check:
+//! [`KmsDouble::set_lie`] corrupts one integrity field of its successful answers (the
+//! `verified_*_crc32c` flags, a response checksum, the version name, an empty ciphertext; see
+//! [`Lie`]). [`KmsDouble::create_key_with_purpose`] makes a key that is not a symmetric
+//! encryption key, and [`KmsDouble::requests_without_checksums`] counts requests that came
+//! without their CRC32C fields.
+//!
+//! What it does **not** model: IAM beyond the above (one per-key deny switch, one key-ring-wide
+//! read permission), key creation/rotation through the API (tests drive them through
+//! [`KmsDouble`]'s methods), protection levels, quotas, and OAuth (it accepts requests without
+//! credentials).
 //!
 //! The server runs on its own thread with its own tokio runtime, so it keeps answering while a
 //! test blocks (e.g. waiting for a child `keyward` process), and stops when dropped.
@@ -91,17 +106,71 @@ impl VersionState {
     }
 }
 
+/// A key purpose other than `ENCRYPT_DECRYPT` (numbers as in
+/// `google.cloud.kms.v1.CryptoKey.CryptoKeyPurpose`), for [`KmsDouble::create_key_with_purpose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPurpose {
+    /// `ENCRYPT_DECRYPT` (1): a symmetric encryption key, what Keyward needs.
+    EncryptDecrypt,
+    /// `ASYMMETRIC_SIGN` (5).
+    AsymmetricSign,
+    /// `ASYMMETRIC_DECRYPT` (6).
+    AsymmetricDecrypt,
+    /// `MAC` (9).
+    Mac,
+}
+
+impl KeyPurpose {
+    fn number(self) -> i32 {
+        match self {
+            KeyPurpose::EncryptDecrypt => 1,
+            KeyPurpose::AsymmetricSign => 5,
+            KeyPurpose::AsymmetricDecrypt => 6,
+            KeyPurpose::Mac => 9,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            KeyPurpose::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyPurpose::AsymmetricSign => "ASYMMETRIC_SIGN",
+            KeyPurpose::AsymmetricDecrypt => "ASYMMETRIC_DECRYPT",
+            KeyPurpose::Mac => "MAC",
+        }
+    }
+}
+
+/// An integrity field the double corrupts in its successful answers ([`KmsDouble::set_lie`]):
+/// what a response damaged in transit, or a misbehaving endpoint, would look like. Each is one
+/// check the provider must make (docs/providers/gcp.md, "Integrity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Encrypt answers `verifiedPlaintextCrc32c: false`: the service did not check the
+    /// plaintext against the request's checksum.
+    UnverifiedPlaintext,
+    /// Encrypt answers `verifiedAdditionalAuthenticatedDataCrc32c: false`.
+    UnverifiedAad,
+    /// Encrypt's `ciphertextCrc32c` does not match the returned ciphertext.
+    CiphertextChecksum,
+    /// Encrypt names a version of another key (`…/cryptoKeys/<key>-other/cryptoKeyVersions/1`).
+    ForeignVersionName,
+    /// Encrypt returns an empty ciphertext (with the matching checksum, 0).
+    EmptyCiphertext,
+    /// Decrypt's `plaintextCrc32c` does not match the returned plaintext.
+    PlaintextChecksum,
+}
+
 struct Version {
     id: u32,
     state: VersionState,
     material: Zeroizing<[u8; 32]>,
 }
 
-#[derive(Default)]
 struct Key {
     versions: Vec<Version>,
     primary: u32,
     denied: bool,
+    purpose: KeyPurpose,
 }
 
 #[derive(Default)]
@@ -112,6 +181,11 @@ struct State {
     /// The next `n` requests fail with this status (name, HTTP code).
     fail_next: Option<(&'static str, u16, u32)>,
     delay: Duration,
+    lie: Option<Lie>,
+    /// Keyward holds `cloudkms.cryptoKeys.get` on the key ring: unknown keys are `NOT_FOUND`.
+    key_ring_viewer: bool,
+    /// Encrypt/Decrypt requests that lacked a CRC32C field for their data or AAD.
+    without_checksums: u64,
 }
 
 /// The Cloud KMS test double; see the module docs.
@@ -204,14 +278,29 @@ impl KmsDouble {
 
     /// Creates a symmetric key with the full resource name `name`.
     pub fn create_key_named(&self, name: &str) {
+        self.insert_key(name, KeyPurpose::EncryptDecrypt);
+    }
+
+    /// Creates key `id` in [`KEY_RING`] with the given purpose. A key that is not
+    /// `ENCRYPT_DECRYPT` reports its purpose on `GET` and refuses Encrypt and Decrypt with
+    /// `INVALID_ARGUMENT`, as Cloud KMS does.
+    pub fn create_key_with_purpose(&self, id: &str, purpose: KeyPurpose) -> KeyRef {
+        self.insert_key(&Self::key_name(id), purpose);
+        Self::key_ref(id)
+    }
+
+    fn insert_key(&self, name: &str, purpose: KeyPurpose) {
         let mut st = lock(&self.state);
         assert!(
             !st.keys.contains_key(name),
             "test double: key {name} exists"
         );
-        let mut key = Key::default();
-        key.versions.push(new_version(1));
-        key.primary = 1;
+        let key = Key {
+            versions: vec![new_version(1)],
+            primary: 1,
+            denied: false,
+            purpose,
+        };
         st.keys.insert(name.to_owned(), key);
     }
 
@@ -284,6 +373,25 @@ impl KmsDouble {
     /// Every answer is delayed by `delay` (simulated latency, for timeout tests).
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.state).delay = delay;
+    }
+
+    /// From now on, corrupt `lie`'s field in every successful answer it applies to (`None`:
+    /// answer truthfully again).
+    pub fn set_lie(&self, lie: Option<Lie>) {
+        lock(&self.state).lie = lie;
+    }
+
+    /// Whether Keyward's identity holds `cloudkms.cryptoKeys.get` on the key ring (or project):
+    /// then an unknown key is `NOT_FOUND`; without it (the default, and what Keyward's onboarding
+    /// grants) `PERMISSION_DENIED`.
+    pub fn set_key_ring_viewer(&self, viewer: bool) {
+        lock(&self.state).key_ring_viewer = viewer;
+    }
+
+    /// How many Encrypt/Decrypt requests lacked a CRC32C field for their plaintext or
+    /// ciphertext, or for their (non-empty) additional authenticated data.
+    pub fn requests_without_checksums(&self) -> u64 {
+        lock(&self.state).without_checksums
     }
 }
 
@@ -449,35 +557,102 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
         st.fail_next = (n > 1).then_some((status, http_code(status), n - 1));
         return error(status, "injected by the test double");
     }
-    let Some(key) = st.keys.get(&key_name) else {
-        return error("NOT_FOUND", format!("{key_name} not found."));
-    };
-    if key.denied {
-        let permission = match verb {
-            "encrypt" => "cloudkms.cryptoKeyVersions.useToEncrypt",
-            "decrypt" => "cloudkms.cryptoKeyVersions.useToDecrypt",
-            _ if version.is_some() => "cloudkms.cryptoKeyVersions.get",
-            _ => "cloudkms.cryptoKeys.get",
+    if matches!(verb, "encrypt" | "decrypt")
+        && let Ok(body) = parse_json(&body)
+    {
+        let (data, crc) = if verb == "encrypt" {
+            ("plaintext", "plaintextCrc32c")
+        } else {
+            ("ciphertext", "ciphertextCrc32c")
         };
-        return error(
+        let aad_present = body
+            .get("additionalAuthenticatedData")
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        let missing = (body.get(data).is_some() && body.get(crc).is_none())
+            || (aad_present && body.get("additionalAuthenticatedDataCrc32c").is_none());
+        if missing {
+            st.without_checksums += 1;
+        }
+    }
+    let denied = |permission_of: fn(&'static str, bool) -> &'static str| {
+        let permission = permission_of(verb, version.is_some());
+        error(
             "PERMISSION_DENIED",
             format!("Permission '{permission}' denied on resource '{name}' (or it may not exist)."),
-        );
+        )
+    };
+    let Some(key) = st.keys.get(&key_name) else {
+        // IAM before existence: only a caller that may read the key ring learns it is missing.
+        if st.key_ring_viewer {
+            return error("NOT_FOUND", format!("{key_name} not found."));
+        }
+        return denied(permission);
+    };
+    if key.denied {
+        return denied(permission);
     }
-    match verb {
+    let lie = st.lie;
+    let answer = match verb {
         "get" => match version {
-            None => ok(crypto_key_json(&key_name, key)),
+            None => Ok(crypto_key_json(&key_name, key)),
             Some(id) => match key.versions.iter().find(|v| v.id == id) {
-                Some(v) => ok(version_json(&key_name, v)),
-                None => error("NOT_FOUND", format!("{name} not found.")),
+                Some(v) => Ok(version_json(&key_name, v)),
+                None => Err(reject("NOT_FOUND", format!("{name} not found."))),
             },
         },
         "encrypt" => encrypt(&key_name, key, version, &body),
-        _ if version.is_some() => error(
+        _ if version.is_some() => Err(reject(
             "INVALID_ARGUMENT",
             "Decrypt takes a CryptoKey name, not a CryptoKeyVersion name.",
-        ),
+        )),
         _ => decrypt(&key_name, key, &body),
+    };
+    match answer {
+        Ok(mut body) => {
+            if let Some(lie) = lie {
+                tell(lie, verb, &key_name, &mut body);
+            }
+            ok(body)
+        }
+        Err(r) => error(r.0, r.1),
+    }
+}
+
+/// The IAM permission a call needs.
+fn permission(verb: &'static str, on_version: bool) -> &'static str {
+    match verb {
+        "encrypt" => "cloudkms.cryptoKeyVersions.useToEncrypt",
+        "decrypt" => "cloudkms.cryptoKeyVersions.useToDecrypt",
+        _ if on_version => "cloudkms.cryptoKeyVersions.get",
+        _ => "cloudkms.cryptoKeys.get",
+    }
+}
+
+/// Corrupts `lie`'s field of a successful `verb` answer (other answers are left alone).
+fn tell(lie: Lie, verb: &str, key_name: &str, body: &mut Value) {
+    let flipped = |v: &Value| {
+        let crc: u32 = v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        json!((crc ^ 1).to_string())
+    };
+    match (lie, verb) {
+        (Lie::UnverifiedPlaintext, "encrypt") => body["verifiedPlaintextCrc32c"] = json!(false),
+        (Lie::UnverifiedAad, "encrypt") => {
+            body["verifiedAdditionalAuthenticatedDataCrc32c"] = json!(false);
+        }
+        (Lie::CiphertextChecksum, "encrypt") => {
+            body["ciphertextCrc32c"] = flipped(&body["ciphertextCrc32c"]);
+        }
+        (Lie::ForeignVersionName, "encrypt") => {
+            body["name"] = json!(format!("{key_name}-other/cryptoKeyVersions/1"));
+        }
+        (Lie::EmptyCiphertext, "encrypt") => {
+            body["ciphertext"] = json!("");
+            body["ciphertextCrc32c"] = json!("0");
+        }
+        (Lie::PlaintextChecksum, "decrypt") => {
+            body["plaintextCrc32c"] = flipped(&body["plaintextCrc32c"]);
+        }
+        _ => {}
     }
 }
 
@@ -498,7 +673,7 @@ fn version_json(key: &str, v: &Version) -> Value {
 fn crypto_key_json(name: &str, key: &Key) -> Value {
     let mut out = json!({
         "name": name,
-        "purpose": 1,              // ENCRYPT_DECRYPT
+        "purpose": key.purpose.number(),
         "createTime": "2026-01-01T00:00:00Z",
         "versionTemplate": {"protectionLevel": 1, "algorithm": 1},
     });
@@ -587,8 +762,28 @@ fn gcm(v: &Version) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, v.material.as_ref()).expect("32-byte key"))
 }
 
-fn encrypt(key_name: &str, key: &Key, version: Option<u32>, body: &Bytes) -> Answer {
-    let result = (|| {
+/// Cloud KMS refuses Encrypt and Decrypt on a key that is not a symmetric encryption key.
+fn require_encrypt_decrypt(key_name: &str, key: &Key) -> Result<(), Rejection> {
+    if key.purpose == KeyPurpose::EncryptDecrypt {
+        return Ok(());
+    }
+    Err(reject(
+        "INVALID_ARGUMENT",
+        format!(
+            "{key_name} has purpose {}; this operation requires ENCRYPT_DECRYPT.",
+            key.purpose.name()
+        ),
+    ))
+}
+
+fn encrypt(
+    key_name: &str,
+    key: &Key,
+    version: Option<u32>,
+    body: &Bytes,
+) -> Result<Value, Rejection> {
+    {
+        require_encrypt_decrypt(key_name, key)?;
         let body = parse_json(body)?;
         let plaintext = Zeroizing::new(bytes_field(&body, "plaintext")?);
         let aad = bytes_field(&body, "additionalAuthenticatedData")?;
@@ -644,12 +839,12 @@ fn encrypt(key_name: &str, key: &Key, version: Option<u32>, body: &Bytes) -> Ans
             "verifiedAdditionalAuthenticatedDataCrc32c": aad_ok,
             "protectionLevel": 1,
         }))
-    })();
-    result.map_or_else(|r| error(r.0, r.1), ok)
+    }
 }
 
-fn decrypt(key_name: &str, key: &Key, body: &Bytes) -> Answer {
-    let result = (|| {
+fn decrypt(key_name: &str, key: &Key, body: &Bytes) -> Result<Value, Rejection> {
+    {
+        require_encrypt_decrypt(key_name, key)?;
         let body = parse_json(body)?;
         let ciphertext = bytes_field(&body, "ciphertext")?;
         let aad = bytes_field(&body, "additionalAuthenticatedData")?;
@@ -701,6 +896,5 @@ fn decrypt(key_name: &str, key: &Key, body: &Bytes) -> Answer {
             "usedPrimary": v.id == key.primary,
             "protectionLevel": 1,
         }))
-    })();
-    result.map_or_else(|r| error(r.0, r.1), ok)
+    }
 }

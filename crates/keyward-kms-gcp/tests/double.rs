@@ -92,10 +92,31 @@ async fn round_trip_binds_the_aad_and_names_the_version() {
 }
 
 #[tokio::test]
-async fn unknown_keys_are_not_found_and_denied_keys_permission_denied() {
+async fn unknown_keys_are_permission_denied_unless_the_caller_may_read_the_key_ring() {
     let kms = KmsDouble::start();
     let c = client(&kms).await;
     let missing = KmsDouble::key_name("missing");
+    // IAM before existence: a caller with bindings on keys only cannot tell a missing key from
+    // one it may not use.
+    let e = c
+        .encrypt()
+        .set_name(&missing)
+        .set_plaintext(b"x".to_vec())
+        .send()
+        .await
+        .unwrap_err();
+    let status = e.status().unwrap();
+    assert_eq!(status.code, Code::PermissionDenied);
+    assert!(
+        status
+            .message
+            .contains("cloudkms.cryptoKeyVersions.useToEncrypt")
+            && status.message.contains("(or it may not exist)"),
+        "{status:?}"
+    );
+    let r = c.get_crypto_key().set_name(&missing).send().await;
+    assert_eq!(code(r), Code::PermissionDenied);
+    kms.set_key_ring_viewer(true);
     let r = c
         .encrypt()
         .set_name(&missing)
@@ -105,6 +126,12 @@ async fn unknown_keys_are_not_found_and_denied_keys_permission_denied() {
     assert_eq!(code(r), Code::NotFound);
     let r = c.get_crypto_key().set_name(&missing).send().await;
     assert_eq!(code(r), Code::NotFound);
+}
+
+#[tokio::test]
+async fn denied_keys_are_permission_denied() {
+    let kms = KmsDouble::start();
+    let c = client(&kms).await;
 
     let key = kms.create_key("k");
     let enc = c

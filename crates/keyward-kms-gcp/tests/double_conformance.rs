@@ -10,6 +10,9 @@ use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_gcp::GcpKmsProvider;
 use keyward_kms_gcp::test_support::KmsDouble;
 
+/// The second key the kit's `wrong_key` check unwraps with (created by each test).
+const OTHER_KEY: &str = "kek-other";
+
 struct DoubleHarness {
     kms: KmsDouble,
     provider: Arc<GcpKmsProvider>,
@@ -30,6 +33,10 @@ impl Harness for DoubleHarness {
         KmsDouble::key_ref("no-such-key")
     }
 
+    fn other_key(&self) -> KeyRef {
+        KmsDouble::key_ref(OTHER_KEY)
+    }
+
     // The double applies a state change to the next request: nothing to poll.
     async fn disable(&self, key: &KeyRef) {
         self.kms.disable_primary(key);
@@ -45,6 +52,10 @@ async fn gcp_provider_passes_the_conformance_kit_on_the_double() {
     let kms = KmsDouble::start();
     let provider = Arc::new(kms.provider().await);
     let key = kms.create_key("kek-conformance");
+    kms.create_key(OTHER_KEY);
+    // The kit's missing-key check needs Cloud KMS to say NOT_FOUND, which it says only to a
+    // caller that may read the key ring (without, it is PERMISSION_DENIED: tests/provider.rs).
+    kms.set_key_ring_viewer(true);
     let h = DoubleHarness { kms, provider, key };
     conformance::run_all(&h).await;
     // The kit really went through the double.
@@ -60,6 +71,10 @@ async fn conformance_kit_passes_after_a_rotation() {
     let key = kms.create_key("kek-rotated");
     let v2 = kms.rotate(&key);
     assert!(v2.ends_with("/cryptoKeyVersions/2"), "{v2}");
+    kms.create_key(OTHER_KEY);
+    // The kit's missing-key check needs Cloud KMS to say NOT_FOUND, which it says only to a
+    // caller that may read the key ring (without, it is PERMISSION_DENIED: tests/provider.rs).
+    kms.set_key_ring_viewer(true);
     let h = DoubleHarness { kms, provider, key };
     conformance::run_all(&h).await;
 }

@@ -54,6 +54,28 @@ async fn missing_and_malformed_keys() {
     let kms = KmsDouble::start();
     let p = kms.provider().await;
     let missing = KmsDouble::key_ref("nope");
+    // What a customer who mistyped the key sees, with Keyward's roles bound on the key only
+    // (onboarding step 3): PERMISSION_DENIED, so Refused, and a remediation that says the key
+    // may not exist and how to check before granting anything.
+    let e = p.describe(&missing).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.message().contains("PERMISSION_DENIED"), "{e}");
+    let r = e.remediation().unwrap();
+    assert!(r.contains("or the key does not exist"), "{r}");
+    assert!(
+        r.contains(
+            "gcloud kms keys describe nope --keyring keyward --location global --project keyward-test"
+        ),
+        "{r}"
+    );
+    assert!(
+        r.contains("gcloud kms keys create nope --keyring keyward"),
+        "{r}"
+    );
+    let e = p.wrap(&missing, &key(), &ctx()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    // With cloudkms.cryptoKeys.get on the key ring, Cloud KMS says NOT_FOUND.
+    kms.set_key_ring_viewer(true);
     let e = p.describe(&missing).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(

@@ -9,6 +9,9 @@ use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_pkcs11::Pkcs11Provider;
 use keyward_kms_pkcs11::test_support::SoftHsm;
 
+/// The second key the kit's `wrong_key` check unwraps with (created by each test).
+const OTHER_KEY: &str = "kek-other";
+
 struct SoftHsmHarness {
     hsm: SoftHsm,
     provider: Arc<Pkcs11Provider>,
@@ -29,6 +32,10 @@ impl Harness for SoftHsmHarness {
         SoftHsm::key_ref("no-such-key")
     }
 
+    fn other_key(&self) -> KeyRef {
+        SoftHsm::key_ref(OTHER_KEY)
+    }
+
     // C_SetAttributeValue is effective for the next call on every session: nothing to poll.
     async fn disable(&self, key: &KeyRef) {
         self.hsm.disable_key(key);
@@ -47,6 +54,7 @@ async fn pkcs11_provider_passes_the_conformance_kit_on_softhsm2() {
     };
     let provider = Arc::new(hsm.provider().await);
     let key = hsm.create_key("kek-conformance");
+    hsm.create_key(OTHER_KEY);
     let h = SoftHsmHarness { hsm, provider, key };
     conformance::run_all(&h).await;
 }
@@ -61,6 +69,7 @@ async fn conformance_kit_passes_with_an_id_only_reference() {
     let key: KeyRef = "pkcs11:token=keyward-test;id=%6b%65%6b-by-id"
         .parse()
         .unwrap();
+    hsm.create_key(OTHER_KEY);
     let h = SoftHsmHarness { hsm, provider, key };
     conformance::run_all(&h).await;
 }

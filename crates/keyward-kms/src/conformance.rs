@@ -34,6 +34,11 @@ pub trait Harness: Send + Sync {
     /// A well-formed reference to a key that does not exist.
     fn missing_key(&self) -> KeyRef;
 
+    /// Another enabled key of the same provider (same account, vault or token as
+    /// [`Harness::usable_key`]), which the provider may use but which did not wrap anything the
+    /// checks unwrap under [`Harness::usable_key`].
+    fn other_key(&self) -> KeyRef;
+
     /// Makes the KMS refuse `key`, as a customer disabling it would. Must return only once the
     /// KMS refuses (wait out any propagation delay here, by polling, not by sleeping blindly).
     async fn disable(&self, key: &KeyRef);
@@ -49,6 +54,7 @@ pub async fn run_all(h: &dyn Harness) {
     check_wraps_are_randomised(h).await;
     check_context_binding(h).await;
     check_tampered_wrapped_key(h).await;
+    check_wrong_key(h).await;
     check_missing_key(h).await;
     check_describe_usable_key(h).await;
     check_disabled_key_is_refused(h).await;
@@ -216,6 +222,63 @@ pub async fn check_tampered_wrapped_key(h: &dyn Harness) {
                 "unwrap of a wrapped key {what} failed with transient kind {}, which would be retried: {e}",
                 e.kind()
             ),
+        );
+    }
+}
+
+/// A key wrapped under one KEK does not unwrap under another usable KEK of the same provider,
+/// in either direction: the error is `InvalidCiphertext` (a wrong or corrupted wrapped key), never
+/// `Ok`, never `Refused` (a revocation signal: a wrapped key handed to the wrong KEK must not
+/// revoke the tenant) and never transient (it would be retried for ever). Both keys still unwrap
+/// their own wraps afterwards.
+pub async fn check_wrong_key(h: &dyn Harness) {
+    const CHECK: &str = "wrong_key";
+    let (p, kek, other) = (h.provider(), h.usable_key(), h.other_key());
+    ensure(
+        CHECK,
+        kek != other,
+        format_args!("the harness's other key is the usable key ({kek})"),
+    );
+    let ctx = context(TENANT_A, Purpose::TenantKey);
+    let key = new_key();
+    let under_kek = ok(
+        CHECK,
+        "wrap under the usable key",
+        p.wrap(&kek, &key, &ctx).await,
+    );
+    let under_other = ok(
+        CHECK,
+        "wrap under the other key",
+        p.wrap(&other, &key, &ctx).await,
+    );
+    for (what, wrong, wrapped) in [
+        (
+            "unwrap under the other key of a key wrapped under the usable key",
+            &other,
+            &under_kek,
+        ),
+        (
+            "unwrap under the usable key of a key wrapped under the other key",
+            &kek,
+            &under_other,
+        ),
+    ] {
+        let e = err(CHECK, what, p.unwrap(wrong, wrapped, &ctx).await);
+        expect_kind(CHECK, what, &e, &[ErrorKind::InvalidCiphertext]);
+    }
+    for (what, right, wrapped) in [
+        ("usable", &kek, &under_kek),
+        ("other", &other, &under_other),
+    ] {
+        let back = ok(
+            CHECK,
+            format_args!("unwrap under the {what} key of its own wrap"),
+            p.unwrap(right, wrapped, &ctx).await,
+        );
+        ensure(
+            CHECK,
+            back.expose_secret() == key.expose_secret(),
+            format_args!("unwrap under the {what} key returned a different key"),
         );
     }
 }

@@ -12,6 +12,9 @@ use keyward_kms::local::{DEFAULT_KEY_NAME, LocalProvider};
 use keyward_kms::{KeyProvider, KeyRef, ProviderKind};
 use tempfile::TempDir;
 
+/// The second key the conformance kit's `wrong_key` check unwraps with.
+const OTHER_KEY_NAME: &str = "other";
+
 struct LocalHarness {
     provider: Arc<LocalProvider>,
     // Second instance on the same directory, standing in for `keyward key disable` run in
@@ -24,8 +27,10 @@ impl LocalHarness {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
+        let provider = LocalProvider::open(&keys).unwrap();
+        provider.create_key(OTHER_KEY_NAME).unwrap();
         Self {
-            provider: Arc::new(LocalProvider::open(&keys).unwrap()),
+            provider: Arc::new(provider),
             cli: LocalProvider::open(&keys).unwrap(),
             _dir: dir,
         }
@@ -44,6 +49,10 @@ impl Harness for LocalHarness {
 
     fn missing_key(&self) -> KeyRef {
         KeyRef::new(ProviderKind::Local, "no-such-key")
+    }
+
+    fn other_key(&self) -> KeyRef {
+        KeyRef::new(ProviderKind::Local, OTHER_KEY_NAME)
     }
 
     async fn disable(&self, key: &KeyRef) {

@@ -456,3 +456,81 @@ async fn a_kms_outage_serves_warm_keys_until_the_ttl_then_fails_unavailable_and_
     let types = support::audit_types_since(&store, 0).await;
     assert!(!types.iter().any(|t| t == "keys_purged"), "{types:?}");
 }
+
+/// The most common real revocation, refused by the emulator itself: the customer removes
+/// Keyward's statements from the key policy. With no traffic and a cache TTL far longer than the
+/// test, only the revocation monitor (its canary unwrap, refused `AccessDeniedException`) can
+/// notice: the tenant's key reads `Revoked` within a few monitor intervals, requests are refused
+/// as revoked, and putting the statements back lets the monitor restore the tenant.
+#[tokio::test]
+async fn removing_keyward_from_the_key_policy_is_a_revocation_the_monitor_finds() {
+    let moto = MotoServer::start();
+    let key_arn = moto.create_symmetric_key().await;
+    moto.put_key_policy(&key_arn, &moto.onboarded_key_policy(&key_arn, true).await)
+        .await;
+    let server = Server::start_with_aws(
+        &moto.endpoint,
+        &[
+            ("KEYWARD_CACHE__TTL_SECONDS", "600"),
+            ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    create_tenant(&server, "acme").await;
+    server
+        .tenants()
+        .await
+        .register_key(aws_key("acme", &key_arn))
+        .await
+        .unwrap();
+    let envelope = encrypt(&server, "acme", b"before").await.unwrap();
+    assert_eq!(
+        decrypt(&server, "acme", &envelope).await.unwrap(),
+        b"before"
+    );
+
+    moto.put_key_policy(&key_arn, &moto.onboarded_key_policy(&key_arn, false).await)
+        .await;
+    // No request in between: the monitor alone must find the refusal.
+    let removed = Instant::now();
+    loop {
+        let state = server
+            .tenants()
+            .await
+            .get_tenant(pb::GetTenantRequest {
+                tenant_id: "acme".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active_key
+            .unwrap()
+            .state();
+        if state == pb::KekState::Revoked {
+            break;
+        }
+        assert!(
+            removed.elapsed() < Duration::from_secs(10),
+            "not revoked 10 s after Keyward left the key policy: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The warm key in the cache does not outlive the revocation.
+    assert_status(
+        decrypt(&server, "acme", &envelope).await,
+        Code::FailedPrecondition,
+        "KEY_REVOKED",
+    );
+    assert_status(
+        encrypt(&server, "acme", b"after").await,
+        Code::FailedPrecondition,
+        "KEY_REVOKED",
+    );
+
+    // The customer puts the statements back: the monitor restores the tenant.
+    moto.put_key_policy(&key_arn, &moto.onboarded_key_policy(&key_arn, true).await)
+        .await;
+    assert_eq!(
+        support::eventually_decrypts(&server, &decrypt_request("acme", &envelope)).await,
+        b"before"
+    );
+}

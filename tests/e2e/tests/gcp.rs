@@ -11,7 +11,7 @@ use keyward_kms_gcp::test_support::KmsDouble;
 use keyward_proto::v1 as pb;
 use keyward_store::Store as _;
 use keyward_store::sqlite::SqliteStore;
-use support::{Server, assert_status};
+use support::Server;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -83,13 +83,22 @@ async fn gcp_key_onboarding_round_trip_and_revocation() {
         )),
         "{remediation}"
     );
-    // A key that does not exist.
-    assert_status(
-        tenants
-            .register_key(register("acme", &KmsDouble::key_name("no-such-key")))
-            .await,
-        Code::FailedPrecondition,
-        "KEY_NOT_FOUND",
+    // A key that does not exist: with Keyward's roles bound on keys only (onboarding step 3),
+    // Cloud KMS answers PERMISSION_DENIED, so the customer sees KEY_REFUSED, and the remediation
+    // says first how to check that the key exists.
+    let status = tenants
+        .register_key(register("acme", &KmsDouble::key_name("no-such-key")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "KEY_REFUSED", "{status:?}");
+    let remediation = info.metadata.get("remediation").unwrap();
+    assert!(
+        remediation.contains(
+            "gcloud kms keys describe no-such-key --keyring keyward --location global --project keyward-test"
+        ),
+        "{remediation}"
     );
 
     let tenant = tenants
