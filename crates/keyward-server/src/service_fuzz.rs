@@ -213,7 +213,9 @@ fn aws_model(key_arn: &str, role_arn: &str, external_id: &str) -> Result<(), &'s
     let Some(partition) = kms_arn_partition(key_arn) else {
         return Err("aws_kms");
     };
-    if !role_arn.is_empty() && !(role_arn_ok(role_arn, partition) && external_id_ok(external_id)) {
+    let role_ok =
+        role_arn.is_empty() || (role_arn_ok(role_arn, partition) && external_id_ok(external_id));
+    if !role_ok {
         return Err("aws_kms");
     }
     Ok(())

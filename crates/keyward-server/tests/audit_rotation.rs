@@ -19,7 +19,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyward_audit::{AuditEvent, PublicKey, SigningKey, VerifyReport, verify_export};
 use keyward_server::audit::{AuditKeys, Auditor};

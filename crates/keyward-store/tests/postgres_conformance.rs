@@ -22,8 +22,8 @@ use keyward_store::conformance::{
 };
 use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::{
-    AuditEvent, AuditQuery, ChainHead, DekInsert, KekState, KeyId, NewDek, NewKekBinding, Record,
-    Scope, Store, StoreError, TenantId, WrappedKey,
+    AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
+    WrappedKey,
 };
 use sqlx::{Connection, PgConnection, Row};
 

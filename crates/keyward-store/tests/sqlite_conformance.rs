@@ -17,8 +17,7 @@ mod common;
 use common::{Arg, Backend, migration_versions, populate, revoke_fresh, usage_event};
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{
-    AuditEvent, AuditQuery, ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, Scope,
-    Store, StoreError, WrappedKey,
+    AuditQuery, KekState, KeyId, NewDek, NewKekBinding, Record, Store, StoreError,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Row, SqliteConnection};

@@ -24,38 +24,38 @@ use std::{
 /// part of the promise. Largest delay seen in `cargo test -p keyward-e2e` runs on such a
 /// machine: under 1 s (the revocation benchmark's time to first denial with a 1 s monitor is
 /// 0.7 s, docs/benchmarks.md).
-pub const SCHEDULING_SLACK: Duration = Duration::from_secs(2);
+pub(crate) const SCHEDULING_SLACK: Duration = Duration::from_secs(2);
 
 /// How far the cache's clock may disagree with the test's: cache expiry is checked when a key
 /// is used, so no task needs scheduling, only the clocks' granularity and the request's own
 /// path to the cache lookup.
-pub const CACHE_CLOCK_SLACK: Duration = Duration::from_millis(100);
+pub(crate) const CACHE_CLOCK_SLACK: Duration = Duration::from_millis(100);
 
 /// Poll period of the loops below.
-pub const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// With only the cache TTL to end service (the monitor off, or the KMS unreachable): no
 /// request sent later than this after the last moment the KMS vouched for the key succeeds.
-pub fn ttl(ttl: Duration) -> Duration {
+pub(crate) fn ttl(ttl: Duration) -> Duration {
     ttl + CACHE_CLOCK_SLACK
 }
 
 /// With the key-state monitor sweeping every `interval` (±10 % jitter) and one canary check per
 /// tenant: the next sweep refuses the key, plus the scheduling slack.
-pub fn monitor(interval: Duration) -> Duration {
+pub(crate) fn monitor(interval: Duration) -> Duration {
     interval + interval / 10 + SCHEDULING_SLACK
 }
 
 /// A pushed signal (`RevokeKey` on another replica, delivered by LISTEN/NOTIFY): only the
 /// scheduling slack.
-pub fn push() -> Duration {
+pub(crate) fn push() -> Duration {
     SCHEDULING_SLACK
 }
 
 /// Retries `attempt` every [`POLL`] until it fails; panics if an attempt sent `bound` or more
 /// after `since` succeeded. Returns the failure and when the failing attempt was sent, counted
 /// from `since`.
-pub async fn stops_serving<T, E, F, Fut>(
+pub(crate) async fn stops_serving<T, E, F, Fut>(
     since: Instant,
     bound: Duration,
     mut attempt: F,
@@ -82,7 +82,7 @@ where
 
 /// Retries `attempt` every [`POLL`] until it succeeds (service restored, a state recorded);
 /// panics with the last error if no attempt sent before `since + bound` did. Returns the value.
-pub async fn eventually<T, E, F, Fut>(since: Instant, bound: Duration, mut attempt: F) -> T
+pub(crate) async fn eventually<T, E, F, Fut>(since: Instant, bound: Duration, mut attempt: F) -> T
 where
     E: std::fmt::Debug,
     F: FnMut() -> Fut,
@@ -104,7 +104,7 @@ where
 }
 
 /// [`stops_serving`] for tests without a runtime (the CLI tests run the `keyward` binary).
-pub fn stops_serving_blocking<T, E>(
+pub(crate) fn stops_serving_blocking<T, E>(
     since: Instant,
     bound: Duration,
     mut attempt: impl FnMut() -> Result<T, E>,
@@ -126,7 +126,7 @@ pub fn stops_serving_blocking<T, E>(
 }
 
 /// [`eventually`] for tests without a runtime.
-pub fn eventually_blocking<T, E: std::fmt::Debug>(
+pub(crate) fn eventually_blocking<T, E: std::fmt::Debug>(
     since: Instant,
     bound: Duration,
     mut attempt: impl FnMut() -> Result<T, E>,

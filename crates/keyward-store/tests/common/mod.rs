@@ -10,7 +10,7 @@
     reason = "test support shared by two test binaries"
 )]
 
-pub mod test_db;
+pub(crate) mod test_db;
 
 use std::future::Future;
 
@@ -23,13 +23,13 @@ use keyward_store::{
 };
 
 /// A value bound to a placeholder of [`Backend::tamper`].
-pub enum Arg {
+pub(crate) enum Arg {
     Int(i64),
     Text(String),
 }
 
 /// What a backend's test file gives the shared tests.
-pub trait Backend: Sync {
+pub(crate) trait Backend: Sync {
     /// Whether text columns refuse NUL characters (PostgreSQL's text type cannot hold them;
     /// SQLite stores them as given).
     const REFUSES_NUL_TEXT: bool;
@@ -46,7 +46,7 @@ pub trait Backend: Sync {
 }
 
 /// A tenant with a binding and an active DEK in the default scope.
-pub async fn populate(store: &dyn Store) -> (TenantId, NewKekBinding, NewDek) {
+pub(crate) async fn populate(store: &dyn Store) -> (TenantId, NewKekBinding, NewDek) {
     let tenant = conformance::unique_tenant_id();
     store
         .create_tenant(&tenant, "Persisted", &tenant_created)
@@ -75,7 +75,7 @@ pub async fn populate(store: &dyn Store) -> (TenantId, NewKekBinding, NewDek) {
     (tenant, binding, dek)
 }
 
-pub fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
+pub(crate) fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
     AuditEvent::UsageSummary {
         tenant: tenant.clone(),
         minute: 0,
@@ -90,7 +90,7 @@ pub fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
 }
 
 /// Revokes a binding that never changed state since registration (version 0).
-pub fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
+pub(crate) fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
     keyward_store::StateUpdate {
         binding_id,
         expected_version: 0,
@@ -101,7 +101,7 @@ pub fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
 
 /// The versions of the migration files of `backend` (`migrations/<backend>/NNNN_name.sql`), in
 /// order: the store must have applied exactly these.
-pub fn migration_versions(backend: &str) -> Vec<i64> {
+pub(crate) fn migration_versions(backend: &str) -> Vec<i64> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
         .join(backend);
@@ -119,7 +119,7 @@ pub fn migration_versions(backend: &str) -> Vec<i64> {
 // ----- the shared tests --------------------------------------------------------------------
 
 /// Every refused request leaves the database exactly as it was (the dump is unchanged).
-pub async fn bad_requests_change_nothing<B: Backend>(b: &B) {
+pub(crate) async fn bad_requests_change_nothing<B: Backend>(b: &B) {
     let store = b.store();
     let (tenant, binding, dek) = populate(store).await;
     let before = b.dump().await;
@@ -201,7 +201,7 @@ pub async fn bad_requests_change_nothing<B: Backend>(b: &B) {
 
 /// A checkpoint of the empty chain is the genesis head's; one over another hash, or past the
 /// head, is invalid input.
-pub async fn checkpoint_of_the_empty_chain<B: Backend>(b: &B) {
+pub(crate) async fn checkpoint_of_the_empty_chain<B: Backend>(b: &B) {
     let store = b.store();
     assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
     let key = keyward_audit::SigningKey::generate().unwrap();
@@ -231,7 +231,7 @@ pub async fn checkpoint_of_the_empty_chain<B: Backend>(b: &B) {
 /// Audit records edited behind the store's back are reported as corrupt, naming the table, the
 /// column and the record: the body (its hash no longer matches), and index columns that
 /// disagree with the body (time, event type).
-pub async fn tampered_audit_records_are_reported_as_corrupt<B: Backend>(b: &B) {
+pub(crate) async fn tampered_audit_records_are_reported_as_corrupt<B: Backend>(b: &B) {
     let store = b.store();
     let (tenant, _, _) = populate(store).await;
     let query = AuditQuery::default().with_tenant(tenant.clone());
@@ -302,7 +302,7 @@ pub async fn tampered_audit_records_are_reported_as_corrupt<B: Backend>(b: &B) {
 
 /// A record from the future (the clock stepped back, or another replica's clock runs ahead):
 /// the next record takes its time, never an earlier one.
-pub async fn record_times_never_go_backwards<B: Backend>(b: &B) {
+pub(crate) async fn record_times_never_go_backwards<B: Backend>(b: &B) {
     let store = b.store();
     let tenant = conformance::unique_tenant_id();
     let future = i64::MAX / 2;
