@@ -1049,6 +1049,241 @@ mod tests {
         );
     }
 
+    /// One row per rule of [`Config::resolve`]: the value just past the bound is refused with
+    /// exactly this message, and the value at the bound (`edge`) is accepted, so that deleting a
+    /// rule or moving its bound by one fails a row.
+    #[test]
+    fn each_out_of_range_value_is_refused_with_its_precise_error() {
+        type Edit = fn(&mut Config);
+        const PG: &str = "postgres://keyward@db:5432/keyward";
+        let rows: &[(&str, Edit, Edit, &str)] = &[
+            (
+                "max_plaintext_bytes = 0",
+                |c| c.max_plaintext_bytes = 0,
+                |c| c.max_plaintext_bytes = 1,
+                "max_plaintext_bytes must be between 1 and 64 MiB",
+            ),
+            (
+                "max_plaintext_bytes over 64 MiB",
+                |c| {
+                    c.max_plaintext_bytes = MAX_PLAINTEXT_CEILING + 1;
+                    c.rotation.max_bytes = u64::MAX;
+                },
+                |c| {
+                    c.max_plaintext_bytes = MAX_PLAINTEXT_CEILING;
+                    c.rotation.max_bytes = u64::MAX;
+                },
+                "max_plaintext_bytes must be between 1 and 64 MiB",
+            ),
+            (
+                "cache.ttl_seconds = 0",
+                |c| c.cache.ttl_seconds = 0,
+                |c| c.cache.ttl_seconds = 1,
+                "cache.ttl_seconds must be at least 1",
+            ),
+            (
+                "cache.max_tenant_keys = 0",
+                |c| c.cache.max_tenant_keys = 0,
+                |c| c.cache.max_tenant_keys = 1,
+                "cache.max_tenant_keys and cache.max_deks must be at least 1",
+            ),
+            (
+                "cache.max_deks = 0",
+                |c| c.cache.max_deks = 0,
+                |c| c.cache.max_deks = 1,
+                "cache.max_tenant_keys and cache.max_deks must be at least 1",
+            ),
+            (
+                "rotation.max_age_seconds = 0",
+                |c| c.rotation.max_age_seconds = 0,
+                |c| c.rotation.max_age_seconds = 1,
+                "rotation.max_age_seconds and rotation.max_messages must be at least 1",
+            ),
+            (
+                "rotation.max_messages = 0",
+                |c| c.rotation.max_messages = 0,
+                |c| c.rotation.max_messages = 1,
+                "rotation.max_age_seconds and rotation.max_messages must be at least 1",
+            ),
+            (
+                "rotation.max_messages over 2^40",
+                |c| c.rotation.max_messages = MAX_MESSAGES_PER_DEK + 1,
+                |c| c.rotation.max_messages = MAX_MESSAGES_PER_DEK,
+                "rotation.max_messages must be at most 2^40 (the envelope format's bound)",
+            ),
+            (
+                "rotation.max_bytes below max_plaintext_bytes",
+                |c| c.rotation.max_bytes = c.max_plaintext_bytes as u64 - 1,
+                |c| c.rotation.max_bytes = c.max_plaintext_bytes as u64,
+                "rotation.max_bytes must be at least max_plaintext_bytes",
+            ),
+            (
+                "revocation.monitor_max_checks_per_second = 0",
+                |c| c.revocation.monitor_max_checks_per_second = 0,
+                |c| c.revocation.monitor_max_checks_per_second = 1,
+                "revocation.monitor_max_checks_per_second must be at least 1",
+            ),
+            (
+                "envelope.write_suite = 3",
+                |c| c.envelope.write_suite = 3,
+                |c| c.envelope.write_suite = 2,
+                "envelope.write_suite is 3; it must be 1 or 2 (the envelope suites this build implements)",
+            ),
+            (
+                "audit.checkpoint_interval_seconds = 0",
+                |c| c.audit.checkpoint_interval_seconds = 0,
+                |c| c.audit.checkpoint_interval_seconds = 1,
+                "audit.checkpoint_interval_seconds must be at least 1",
+            ),
+            (
+                "tls.reload_interval_seconds = 0",
+                |c| c.tls.reload_interval_seconds = 0,
+                |c| c.tls.reload_interval_seconds = 1,
+                "tls.reload_interval_seconds must be at least 1",
+            ),
+            (
+                "kms_quota.burst = 0",
+                |c| c.kms_quota.burst = 0,
+                |c| c.kms_quota.burst = 1,
+                "kms_quota.burst and kms_quota.max_keys must be at least 1 and kms_quota.max_wait_ms at most 60000",
+            ),
+            (
+                "kms_quota.max_keys = 0",
+                |c| c.kms_quota.max_keys = 0,
+                |c| c.kms_quota.max_keys = 1,
+                "kms_quota.burst and kms_quota.max_keys must be at least 1 and kms_quota.max_wait_ms at most 60000",
+            ),
+            (
+                "kms_quota.max_wait_ms over 60000",
+                |c| c.kms_quota.max_wait_ms = 60_001,
+                |c| c.kms_quota.max_wait_ms = 60_000,
+                "kms_quota.burst and kms_quota.max_keys must be at least 1 and kms_quota.max_wait_ms at most 60000",
+            ),
+            (
+                "limits.max_in_flight_per_caller = 0",
+                |c| c.limits.max_in_flight_per_caller = 0,
+                |c| c.limits.max_in_flight_per_caller = 1,
+                "limits.max_in_flight_per_caller must be between 1 and 1000000",
+            ),
+            (
+                "limits.max_in_flight_per_caller over the ceiling",
+                |c| c.limits.max_in_flight_per_caller = 1_000_001,
+                |c| c.limits.max_in_flight_per_caller = 1_000_000,
+                "limits.max_in_flight_per_caller must be between 1 and 1000000",
+            ),
+            (
+                "admin listener off loopback",
+                |c| c.admin.listen = "0.0.0.0:9000".parse().unwrap(),
+                |c| {
+                    c.admin.listen = "0.0.0.0:9000".parse().unwrap();
+                    c.admin.allow_remote = true;
+                },
+                "refusing to serve the admin listener (plain HTTP, no authentication) on 0.0.0.0:9000, \
+                 which is not a loopback address: set admin.allow_remote = true if the network in \
+                 front of it restricts who can reach it, or listen on 127.0.0.1",
+            ),
+            (
+                "metrics.max_tenant_labels over the ceiling",
+                |c| c.metrics.max_tenant_labels = MAX_TENANT_LABELS_CEILING + 1,
+                |c| c.metrics.max_tenant_labels = MAX_TENANT_LABELS_CEILING,
+                "metrics.max_tenant_labels must be at most 100000",
+            ),
+            (
+                "shutdown_grace_seconds over an hour",
+                |c| c.shutdown_grace_seconds = 3601,
+                |c| c.shutdown_grace_seconds = 3600,
+                "shutdown_grace_seconds must be at most 3600",
+            ),
+            (
+                "otlp.endpoint without a scheme",
+                |c| c.otlp.endpoint = Some("127.0.0.1:4317".into()),
+                |c| c.otlp.endpoint = Some("https://127.0.0.1:4317".into()),
+                "otlp.endpoint must be an http:// or https:// URL (OTLP/gRPC, e.g. \
+                 http://127.0.0.1:4317), not \"127.0.0.1:4317\"",
+            ),
+            (
+                "postgres.max_connections = 0",
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.max_connections = 0;
+                },
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.max_connections = 1;
+                },
+                "postgres.max_connections must be at least 1",
+            ),
+            (
+                "postgres.acquire_timeout_seconds = 0",
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.acquire_timeout_seconds = 0;
+                },
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.acquire_timeout_seconds = 1;
+                },
+                "postgres.acquire_timeout_seconds must be at least 1",
+            ),
+            (
+                "postgres.reconcile_interval_seconds = 0",
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.reconcile_interval_seconds = 0;
+                },
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.reconcile_interval_seconds = 1;
+                },
+                "postgres.reconcile_interval_seconds and postgres.health_check_interval_seconds must be at least 1",
+            ),
+            (
+                "postgres.health_check_interval_seconds = 0",
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.health_check_interval_seconds = 0;
+                },
+                |c| {
+                    c.store = Some(PG.into());
+                    c.postgres.health_check_interval_seconds = 1;
+                },
+                "postgres.reconcile_interval_seconds and postgres.health_check_interval_seconds must be at least 1",
+            ),
+            (
+                "replica_id empty",
+                |c| c.replica_id = Some(String::new()),
+                |c| c.replica_id = Some("r".into()),
+                "replica_id must be 1 to 40 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+            ),
+            (
+                "replica_id of 41 characters",
+                |c| c.replica_id = Some("r".repeat(41)),
+                |c| c.replica_id = Some("r".repeat(40)),
+                "replica_id must be 1 to 40 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+            ),
+            (
+                "replica_id with a '/'",
+                |c| c.replica_id = Some("eu/1".into()),
+                |c| c.replica_id = Some("eu-1_a.B".into()),
+                "replica_id must be 1 to 40 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+            ),
+        ];
+        for (name, refused, accepted, message) in rows {
+            let mut c = Config::default();
+            refused(&mut c);
+            match c.resolve() {
+                Err(ConfigError::Invalid(m)) => assert_eq!(m, *message, "{name}"),
+                Err(other) => panic!("{name}: {other}"),
+                Ok(_) => panic!("{name}: accepted"),
+            }
+            let mut c = Config::default();
+            accepted(&mut c);
+            if let Err(e) = c.resolve() {
+                panic!("{name}: the value at the bound is refused: {e}");
+            }
+        }
+    }
+
     #[test]
     fn missing_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/keyward.toml"))).unwrap_err();

@@ -19,14 +19,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyward_audit::{AuditEvent, PublicKey, SigningKey, VerifyReport, verify_export};
 use keyward_server::audit::{AuditKeys, Auditor};
 use keyward_store::Store;
-use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::sqlite::SqliteStore;
-use sqlx::{Connection, PgConnection};
 
 fn admin_actions(n: usize) -> Vec<AuditEvent> {
     (0..n)
@@ -230,74 +227,8 @@ async fn a_replica_without_the_rotated_key_refuses_to_sign() {
     export_and_verify(&a, first_key).await;
 }
 
-// --- PostgreSQL: one database per test (as in keyward-store's postgres_conformance) ---
+// --- PostgreSQL: one database per test (the helper keyward-store's tests use) ---
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
-
-/// A fresh database for one test.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin_url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        let mut admin =
-            match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&admin_url))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => panic!(
-                    "PostgreSQL is not reachable ({e}): run through scripts/test, or set {URL_VAR} \
-                     to a URL whose role may CREATE DATABASE"
-                ),
-                Err(_) => panic!("PostgreSQL did not answer within 10 s: set {URL_VAR}"),
-            };
-        let name = format!("kw_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create a test database ({e})"));
-        admin.close().await.unwrap();
-        let url = with_database(&admin_url, &name);
-        TestDb {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn store(&self) -> PostgresStore {
-        PostgresStore::connect(&self.url, PostgresOptions::default())
-            .await
-            .unwrap()
-    }
-
-    /// Drops the database (best effort); called at the end of a test that passed.
-    async fn finish(self) {
-        let Ok(mut admin) = PgConnection::connect(&self.admin_url).await else {
-            return;
-        };
-        let _ = sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await;
-        let _ = admin.close().await;
-    }
-}
-
-/// `url` with its database (the path) replaced by `database`; query parameters are kept.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url
-        .split_once("://")
-        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL"));
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
+#[path = "../../keyward-store/tests/common/test_db.rs"]
+mod test_db;
+use test_db::TestDb;

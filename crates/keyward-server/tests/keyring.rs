@@ -27,6 +27,9 @@ use keyward_server::{
 use keyward_store::KekState;
 use keyward_store::{AuditQuery, Scope, Store as _, sqlite::SqliteStore};
 
+mod common;
+use common::bound;
+
 #[derive(Debug)]
 struct Counting {
     inner: LocalProvider,
@@ -172,8 +175,9 @@ async fn onboard(keyring: &Keyring, id: &TenantId, key: &str) {
 #[tokio::test]
 async fn many_scopes_and_messages_cost_one_kek_unwrap_per_ttl() {
     let fx = Fixture::new().await;
-    let ttl = Duration::from_secs(2);
-    let keyring = fx.keyring(ttl, LOOSE);
+    // A TTL no run reaches: the counts below do not depend on how fast the machine is.
+    let long = Duration::from_secs(3600);
+    let keyring = fx.keyring(long, LOOSE);
     let t = tenant("acme");
     onboard(&keyring, &t, "default").await;
     // Registration: one generate (a wrap) and one unwrap for the live round trip.
@@ -205,7 +209,7 @@ async fn many_scopes_and_messages_cost_one_kek_unwrap_per_ttl() {
     assert_eq!(keyring.stats().deks_created, 40);
 
     // A fresh replica (cold caches) decrypting everything concurrently: one unwrap.
-    let cold = Arc::new(fx.keyring(ttl, LOOSE));
+    let cold = Arc::new(fx.keyring(long, LOOSE));
     let mut tasks = Vec::new();
     for (env, pt) in envelopes.iter().take(64) {
         let (env, pt) = (env.clone(), pt.clone());
@@ -227,15 +231,39 @@ async fn many_scopes_and_messages_cost_one_kek_unwrap_per_ttl() {
         "concurrent cold misses are loaded once (single flight)"
     );
 
-    // After the TTL the tenant key is unwrapped again, once.
-    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    // With a short TTL: every decrypt that finished within the TTL of the unwrap's start used
+    // the cached key; once the TTL is over, the next decrypt unwraps again, once. The TTL runs
+    // from before the KMS call, so `asked` (taken before the call) is the right instant.
+    let ttl = Duration::from_secs(1);
+    let short = fx.keyring(ttl, LOOSE);
+    let asked = std::time::Instant::now();
+    short.decrypt(&t, &envelopes[0].0, &c).await.unwrap();
+    assert_eq!(fx.unwraps(), 3);
+    for (env, pt) in envelopes.iter().cycle().step_by(7).take(200) {
+        assert_eq!(
+            short.decrypt(&t, env, &c).await.unwrap().as_slice(),
+            pt.as_bytes()
+        );
+        if asked.elapsed() < ttl {
+            assert_eq!(fx.unwraps(), 3, "unwrapped again within the TTL");
+        }
+    }
+    // Every unwrap so far started before now: a TTL from now, every cached key has expired.
+    let quiet = std::time::Instant::now();
+    tokio::time::sleep_until((quiet + ttl + bound::CACHE_CLOCK_SLACK).into()).await;
+    let (before, again) = (fx.unwraps(), std::time::Instant::now());
     for (env, pt) in envelopes.iter().step_by(7) {
         assert_eq!(
-            cold.decrypt(&t, env, &c).await.unwrap().as_slice(),
+            short.decrypt(&t, env, &c).await.unwrap().as_slice(),
             pt.as_bytes()
         );
     }
-    assert_eq!(fx.unwraps(), 3);
+    // One more unwrap after the TTL, and only one unless this loop itself outlived a TTL.
+    let unwraps = fx.unwraps();
+    assert!(unwraps > before, "the expired key was not unwrapped again");
+    if again.elapsed() < ttl {
+        assert_eq!(unwraps, before + 1);
+    }
 }
 
 #[tokio::test]
@@ -396,18 +424,11 @@ async fn a_disabled_kek_stops_service_within_the_ttl_and_comes_back_when_enabled
 
     fx.operator().set_enabled("default", false).unwrap();
     let disabled_at = std::time::Instant::now();
-    let err = loop {
-        match keyring.decrypt(&t, &env, &c).await {
-            Ok(_) => {
-                assert!(
-                    disabled_at.elapsed() <= ttl + Duration::from_millis(500),
-                    "served past the TTL"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => break e,
-        }
-    };
+    // The KMS last vouched for the key before `disabled_at`: nothing sent a TTL later is served.
+    let (err, _) = bound::stops_serving(disabled_at, bound::ttl(ttl), || {
+        keyring.decrypt(&t, &env, &c)
+    })
+    .await;
     // The first request to meet the refusal reports it; it is recorded as a
     // revocation, so later requests fail fast without asking the KMS.
     assert!(matches!(err.root(), ServiceError::KeyRefused(_)), "{err:?}");
@@ -827,18 +848,11 @@ async fn a_tenant_ttl_override_bounds_that_tenants_revocation_window() {
     fx.operator().set_enabled("default", false).unwrap();
     fx.operator().set_enabled("other", false).unwrap();
     let since = std::time::Instant::now();
-    let err = loop {
-        match keyring.decrypt(&strict, &strict_env, &c).await {
-            Ok(_) => {
-                assert!(
-                    since.elapsed() < Duration::from_millis(1500),
-                    "served past the tenant's 1 s TTL"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => break e,
-        }
-    };
+    // The tenant's own 1 s TTL, not the server's 300 s, bounds its window.
+    let (err, _) = bound::stops_serving(since, bound::ttl(Duration::from_secs(1)), || {
+        keyring.decrypt(&strict, &strict_env, &c)
+    })
+    .await;
     assert_eq!(err.reason(), "KEY_REFUSED");
     // The other tenant keeps the server-wide 300 s TTL (its cached keys still serve).
     assert_eq!(

@@ -22,169 +22,86 @@ use keyward_store::conformance::{
 };
 use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::{
-    AuditEvent, AuditQuery, ChainHead, DekInsert, KekState, KeyId, NewDek, NewKekBinding, Record,
-    Scope, Store, StoreError, TenantId, WrappedKey,
+    AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
+    WrappedKey,
 };
 use sqlx::{Connection, PgConnection, Row};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
+mod common;
+use common::test_db::{DEFAULT_URL, TestDb, admin_url, redacted, with_database};
+use common::{Arg, Backend, migration_versions, populate, revoke_fresh, usage_event};
 
-/// The server the tests create their databases on.
-fn admin_url() -> String {
-    std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned())
+/// A fresh database for the shared tests of `common`.
+struct Postgres {
+    db: TestDb,
+    store: PostgresStore,
+    raw: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
-/// `url` with its password (if any) replaced by `***`, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// `url` with its database (the path) replaced by `database`; query parameters are kept.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url
-        .split_once("://")
-        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL: {}", redacted(url)));
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
-async fn connect_admin(url: &str) -> PgConnection {
-    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => panic!(
-            "PostgreSQL is not reachable at {} ({e}). These tests need a server and are never \
-             skipped: run them through scripts/test (which sources scripts/ensure-postgres.sh), \
-             or start one and set {URL_VAR} to a URL whose role may CREATE DATABASE.",
-            redacted(url)
-        ),
-        Err(_) => panic!(
-            "PostgreSQL at {} did not answer within 10 s. These tests need a server: run them \
-             through scripts/test, or set {URL_VAR}.",
-            redacted(url)
-        ),
-    }
-}
-
-/// A fresh database for one test.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin_url = admin_url();
-        let mut admin = connect_admin(&admin_url).await;
-        let name = format!("kw_test_{}", &KeyId::generate().unwrap().to_string()[..16]);
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot create a test database on {} ({e}): the role must be allowed to \
-                     CREATE DATABASE",
-                    redacted(&admin_url)
-                )
-            });
-        admin.close().await.unwrap();
-        let url = with_database(&admin_url, &name);
-        TestDb {
-            admin_url,
-            name,
-            url,
+impl Postgres {
+    async fn new() -> Postgres {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        Postgres {
+            db,
+            store,
+            raw: tokio::sync::Mutex::new(None),
         }
     }
 
-    async fn store(&self) -> PostgresStore {
-        self.store_with(PostgresOptions::default()).await
+    /// The raw connection, opened at first use with the audit records' append-only trigger
+    /// disabled.
+    async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, PgConnection> {
+        let mut guard = self.raw.lock().await;
+        if guard.is_none() {
+            let mut conn = self.db.raw().await;
+            sqlx::raw_sql("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            *guard = Some(conn);
+        }
+        tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
     }
 
-    async fn store_with(&self, options: PostgresOptions) -> PostgresStore {
-        PostgresStore::connect(&self.url, options).await.unwrap()
-    }
-
-    /// A connection that bypasses the store (to plant rows, or to try what the store never does).
-    async fn raw(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.unwrap()
-    }
-
-    /// Drops the database (best effort); called at the end of a test that passed.
+    /// Closes everything and drops the database (after a passing test).
     async fn finish(self) {
-        let Ok(mut admin) = PgConnection::connect(&self.admin_url).await else {
-            return;
-        };
-        let forced = sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await;
-        if forced.is_err() {
-            // Before PostgreSQL 13 there is no FORCE.
-            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {}", self.name))
-                .execute(&mut admin)
-                .await;
+        if let Some(raw) = self.raw.into_inner() {
+            raw.close().await.unwrap();
         }
-        let _ = admin.close().await;
+        self.store.close().await;
+        self.db.finish().await;
     }
 }
 
-/// A tenant with a binding and an active DEK in the default scope.
-async fn populate(store: &PostgresStore) -> (TenantId, NewKekBinding, NewDek) {
-    let tenant = conformance::unique_tenant_id();
-    store
-        .create_tenant(&tenant, "Persisted", &tenant_created)
-        .await
-        .unwrap();
-    let binding = NewKekBinding {
-        tenant: tenant.clone(),
-        provider: "local".to_owned(),
-        key_ref: "local:kek".to_owned(),
-        tenant_key_id: KeyId::generate().unwrap(),
-        wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
-        tenant_key_mac: Some(vec![0x6d; 32]),
-    };
-    store
-        .bind_kek(binding.clone(), &binding_changed)
-        .await
-        .unwrap();
-    let dek = NewDek {
-        id: KeyId::generate().unwrap(),
-        tenant: tenant.clone(),
-        scope: Scope::default_scope(),
-        tenant_key_id: binding.tenant_key_id,
-        wrapped: WrappedKey::new(vec![255, 0, 7]),
-    };
-    store.insert_dek(dek.clone(), &dek_events).await.unwrap();
-    (tenant, binding, dek)
-}
+impl Backend for Postgres {
+    const REFUSES_NUL_TEXT: bool = true;
 
-fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
-    AuditEvent::UsageSummary {
-        tenant: tenant.clone(),
-        minute: 0,
-        encrypts: n,
-        decrypts: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        kms_calls: 0,
-        cache_hits: 0,
-        errors: 0,
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
+    async fn dump(&self) -> String {
+        self.store.dump().await.unwrap()
+    }
+
+    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
+        let mut query = sqlx::query(sql);
+        for arg in args {
+            query = match arg {
+                Arg::Int(i) => query.bind(i),
+                Arg::Text(t) => query.bind(t),
+            };
+        }
+        query.execute(&mut *self.raw().await).await.unwrap();
+    }
+
+    async fn fetch_text(&self, sql: &str, arg: i64) -> String {
+        sqlx::query_scalar(sql)
+            .bind(arg)
+            .fetch_one(&mut *self.raw().await)
+            .await
+            .unwrap()
     }
 }
 
@@ -755,202 +672,7 @@ async fn a_missing_chain_lock_row_stops_writes() {
 
 /// Someone who may alter the tables can disable the triggers and edit a record; reading it back
 /// then fails, naming the table, the column and the seq.
-#[tokio::test]
-async fn tampered_audit_records_are_reported_as_corrupt() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, _) = populate(&store).await;
-    let query = AuditQuery::default().with_tenant(tenant.clone());
-    let records = store.audit_records(&query).await.unwrap();
-    let seq = i64::try_from(records[0].seq()).unwrap();
-    let mut raw = db.raw().await;
-    sqlx::raw_sql("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let expect_corrupt = |err: StoreError, expected: &str| {
-        assert!(
-            matches!(&err, StoreError::Corrupt(m)
-                if m.starts_with(expected) && m.contains(&format!("record {seq}"))),
-            "{err:?}"
-        );
-    };
-
-    // The body edited, hash kept: the hash no longer matches.
-    let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = $1")
-        .bind(seq)
-        .fetch_one(&mut raw)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
-        .bind(body.replace("conformance", "c0nformance"))
-        .bind(seq)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    expect_corrupt(
-        store.audit_records(&query).await.unwrap_err(),
-        "audit_records.hash:",
-    );
-    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
-        .bind(&body)
-        .bind(seq)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.audit_records(&query).await.unwrap(),
-        records,
-        "restored"
-    );
-
-    // An index column that disagrees with the body.
-    sqlx::query("UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1")
-        .bind(seq)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    expect_corrupt(
-        store.audit_records(&query).await.unwrap_err(),
-        "audit_records.time_ms:",
-    );
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn record_times_never_go_backwards() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let tenant = conformance::unique_tenant_id();
-    // A record from the future, as after the clock stepped back (or another replica's clock
-    // running ahead).
-    let future = i64::MAX / 2;
-    let planted = Record::append(&ChainHead::GENESIS, future, usage_event(&tenant, 1)).unwrap();
-    let mut raw = db.raw().await;
-    sqlx::query(
-        "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
-         VALUES (1, $1, $2, $3, $4, $5)",
-    )
-    .bind(future)
-    .bind(planted.event().event_type())
-    .bind(tenant.as_str())
-    .bind(String::from_utf8(planted.canonical_bytes()).unwrap())
-    .bind(hex::encode(planted.hash()))
-    .execute(&mut raw)
-    .await
-    .unwrap();
-    raw.close().await.unwrap();
-
-    let appended = store
-        .append_audit(vec![usage_event(&tenant, 2)])
-        .await
-        .unwrap();
-    assert_eq!(appended[0].time_ms(), future);
-    assert!(appended[0].follows(&planted.head()));
-    store.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn checkpoint_of_the_empty_chain() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    let bad = ChainHead {
-        seq: 0,
-        hash: [1; 32],
-    };
-    let err = store
-        .insert_checkpoint(&key.sign_checkpoint(&bad, 5).unwrap())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
-    let genesis = key.sign_checkpoint(&ChainHead::GENESIS, 5).unwrap();
-    store.insert_checkpoint(&genesis).await.unwrap();
-    assert_eq!(store.checkpoints(0, 0).await.unwrap(), vec![genesis]);
-    store.close().await;
-    db.finish().await;
-}
-
 // ----- data and requests --------------------------------------------------------------------
-
-#[tokio::test]
-async fn bad_requests_change_nothing() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, binding, dek) = populate(&store).await;
-    let before = store.dump().await.unwrap();
-
-    // Duplicate tenant; a display name PostgreSQL cannot store.
-    assert!(
-        store
-            .create_tenant(&tenant, "again", &tenant_created)
-            .await
-            .is_err()
-    );
-    let err = store
-        .create_tenant(
-            &conformance::unique_tenant_id(),
-            "nul\0name",
-            &tenant_created,
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
-    // Binding for an unknown tenant; binding reusing a tenant key id.
-    let mut bad_binding = binding.clone();
-    bad_binding.tenant = conformance::unique_tenant_id();
-    bad_binding.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.bind_kek(bad_binding, &binding_changed).await.is_err());
-    assert!(
-        store
-            .bind_kek(binding.clone(), &binding_changed)
-            .await
-            .is_err()
-    );
-    // DEK under an unknown tenant key; duplicate DEK id.
-    let mut bad_dek = dek.clone();
-    bad_dek.id = KeyId::generate().unwrap();
-    bad_dek.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.insert_dek(bad_dek, &dek_events).await.is_err());
-    assert!(store.insert_dek(dek.clone(), &dek_events).await.is_err());
-    // Usage for an unknown DEK; state of an unknown binding.
-    assert!(
-        store
-            .add_dek_usage(&tenant, &KeyId::generate().unwrap(), 1, 1)
-            .await
-            .is_err()
-    );
-    assert!(
-        store
-            .set_binding_state(revoke_fresh(-1), &state_changed)
-            .await
-            .is_err()
-    );
-    // A checkpoint over a hash that is not the chain's, or beyond its head.
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    let head = store.audit_head().await.unwrap();
-    for bad in [
-        ChainHead {
-            seq: head.seq,
-            hash: [9; 32],
-        },
-        ChainHead {
-            seq: head.seq + 1,
-            hash: head.hash,
-        },
-    ] {
-        let checkpoint = key.sign_checkpoint(&bad, 1).unwrap();
-        assert!(store.insert_checkpoint(&checkpoint).await.is_err());
-    }
-
-    assert_eq!(store.dump().await.unwrap(), before);
-    store.close().await;
-    db.finish().await;
-}
 
 #[tokio::test]
 async fn dump_is_deterministic_and_sees_every_write() {
@@ -1216,29 +938,32 @@ fn test_database_urls() {
     assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
 }
 
-/// Revokes a binding that never changed state since registration (version 0).
-fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
-    keyward_store::StateUpdate {
-        binding_id,
-        expected_version: 0,
-        to: KekState::Revoked,
-        cause: keyward_store::RevocationSource::Explicit,
-    }
+// ----- the backend-generic tests of `common` --------------------------------------------------
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let b = Postgres::new().await;
+    common::bad_requests_change_nothing(&b).await;
+    b.finish().await;
 }
 
-/// The versions of the migration files of `backend` (`migrations/<backend>/NNNN_name.sql`), in
-/// order: the store must have applied exactly these.
-fn migration_versions(backend: &str) -> Vec<i64> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(backend);
-    let mut versions: Vec<i64> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name[..4].parse().unwrap()
-        })
-        .collect();
-    versions.sort_unstable();
-    versions
+#[tokio::test]
+async fn checkpoint_of_the_empty_chain() {
+    let b = Postgres::new().await;
+    common::checkpoint_of_the_empty_chain(&b).await;
+    b.finish().await;
+}
+
+#[tokio::test]
+async fn tampered_audit_records_are_reported_as_corrupt() {
+    let b = Postgres::new().await;
+    common::tampered_audit_records_are_reported_as_corrupt(&b).await;
+    b.finish().await;
+}
+
+#[tokio::test]
+async fn record_times_never_go_backwards() {
+    let b = Postgres::new().await;
+    common::record_times_never_go_backwards(&b).await;
+    b.finish().await;
 }

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use keyward_store::conformance::{
     self, binding_changed, dek_events, state_changed, tenant_created,
 };
+
+mod common;
+use common::{Arg, Backend, migration_versions, populate, revoke_fresh, usage_event};
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{
-    AuditEvent, AuditQuery, ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, Scope,
-    Store, StoreError, WrappedKey,
+    AuditQuery, KekState, KeyId, NewDek, NewKekBinding, Record, Store, StoreError,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Row, SqliteConnection};
@@ -31,34 +33,67 @@ async fn open_temp() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-/// A tenant with a binding and an active DEK in the default scope.
-async fn populate(store: &SqliteStore) -> (keyward_store::TenantId, NewKekBinding, NewDek) {
-    let tenant = conformance::unique_tenant_id();
-    store
-        .create_tenant(&tenant, "Persisted", &tenant_created)
-        .await
-        .unwrap();
-    let binding = NewKekBinding {
-        tenant: tenant.clone(),
-        provider: "local".to_owned(),
-        key_ref: "local:kek".to_owned(),
-        tenant_key_id: KeyId::generate().unwrap(),
-        wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
-        tenant_key_mac: Some(vec![0x6d; 32]),
-    };
-    store
-        .bind_kek(binding.clone(), &binding_changed)
-        .await
-        .unwrap();
-    let dek = NewDek {
-        id: KeyId::generate().unwrap(),
-        tenant: tenant.clone(),
-        scope: Scope::default_scope(),
-        tenant_key_id: binding.tenant_key_id,
-        wrapped: WrappedKey::new(vec![255, 0, 7]),
-    };
-    store.insert_dek(dek.clone(), &dek_events).await.unwrap();
-    (tenant, binding, dek)
+/// A fresh database for the shared tests of `common`.
+struct Sqlite {
+    dir: TempDir,
+    store: SqliteStore,
+    raw: tokio::sync::Mutex<Option<SqliteConnection>>,
+}
+
+impl Sqlite {
+    async fn new() -> Sqlite {
+        let (dir, store) = open_temp().await;
+        Sqlite {
+            dir,
+            store,
+            raw: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The raw connection, opened at first use with the audit records' update guard dropped.
+    async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, SqliteConnection> {
+        let mut guard = self.raw.lock().await;
+        if guard.is_none() {
+            let mut conn = raw_connection(&db_path(&self.dir)).await;
+            sqlx::raw_sql("DROP TRIGGER audit_records_no_update")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            *guard = Some(conn);
+        }
+        tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
+    }
+}
+
+impl Backend for Sqlite {
+    const REFUSES_NUL_TEXT: bool = false;
+
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
+    async fn dump(&self) -> String {
+        self.store.dump().await.unwrap()
+    }
+
+    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
+        let mut query = sqlx::query(sql);
+        for arg in args {
+            query = match arg {
+                Arg::Int(i) => query.bind(i),
+                Arg::Text(t) => query.bind(t),
+            };
+        }
+        query.execute(&mut *self.raw().await).await.unwrap();
+    }
+
+    async fn fetch_text(&self, sql: &str, arg: i64) -> String {
+        sqlx::query_scalar(sql)
+            .bind(arg)
+            .fetch_one(&mut *self.raw().await)
+            .await
+            .unwrap()
+    }
 }
 
 /// A raw connection that bypasses the store (to plant corrupt rows).
@@ -336,69 +371,6 @@ async fn dump_is_deterministic_and_sees_every_write() {
 }
 
 #[tokio::test]
-async fn bad_requests_change_nothing() {
-    let (_dir, store) = open_temp().await;
-    let (tenant, binding, dek) = populate(&store).await;
-    let before = store.dump().await.unwrap();
-
-    // Duplicate tenant.
-    assert!(
-        store
-            .create_tenant(&tenant, "again", &tenant_created)
-            .await
-            .is_err()
-    );
-    // Binding for an unknown tenant; binding reusing a tenant key id.
-    let mut bad_binding = binding.clone();
-    bad_binding.tenant = conformance::unique_tenant_id();
-    bad_binding.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.bind_kek(bad_binding, &binding_changed).await.is_err());
-    assert!(
-        store
-            .bind_kek(binding.clone(), &binding_changed)
-            .await
-            .is_err()
-    );
-    // DEK under an unknown tenant key; duplicate DEK id.
-    let mut bad_dek = dek.clone();
-    bad_dek.id = KeyId::generate().unwrap();
-    bad_dek.tenant_key_id = KeyId::generate().unwrap();
-    assert!(store.insert_dek(bad_dek, &dek_events).await.is_err());
-    assert!(store.insert_dek(dek.clone(), &dek_events).await.is_err());
-    // Usage for an unknown DEK; state of an unknown binding.
-    assert!(
-        store
-            .add_dek_usage(&tenant, &KeyId::generate().unwrap(), 1, 1)
-            .await
-            .is_err()
-    );
-    assert!(
-        store
-            .set_binding_state(revoke_fresh(-1), &state_changed)
-            .await
-            .is_err()
-    );
-    // A checkpoint over a hash that is not the chain's, or beyond its head.
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    let head = store.audit_head().await.unwrap();
-    for bad in [
-        ChainHead {
-            seq: head.seq,
-            hash: [9; 32],
-        },
-        ChainHead {
-            seq: head.seq + 1,
-            hash: head.hash,
-        },
-    ] {
-        let checkpoint = key.sign_checkpoint(&bad, 1).unwrap();
-        assert!(store.insert_checkpoint(&checkpoint).await.is_err());
-    }
-
-    assert_eq!(store.dump().await.unwrap(), before);
-}
-
-#[tokio::test]
 async fn corrupt_rows_are_reported_with_table_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
@@ -490,20 +462,6 @@ async fn repair_audit_writes(path: &Path) {
     raw.close().await.unwrap();
 }
 
-fn usage_event(tenant: &keyward_store::TenantId) -> AuditEvent {
-    AuditEvent::UsageSummary {
-        tenant: tenant.clone(),
-        minute: 0,
-        encrypts: 1,
-        decrypts: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        kms_calls: 0,
-        cache_hits: 0,
-        errors: 0,
-    }
-}
-
 #[tokio::test]
 async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -547,7 +505,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
         .unwrap_err();
     assert!(is_backend(err));
     let err = store
-        .append_audit(vec![usage_event(&tenant)])
+        .append_audit(vec![usage_event(&tenant, 1)])
         .await
         .unwrap_err();
     assert!(is_backend(err));
@@ -579,7 +537,7 @@ async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
         .await
         .unwrap();
     store
-        .append_audit(vec![usage_event(&tenant)])
+        .append_audit(vec![usage_event(&tenant, 1)])
         .await
         .unwrap();
     let after = store
@@ -621,8 +579,8 @@ async fn audit_tables_are_append_only() {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
     // A record must extend the chain by exactly one: no gaps, no reuse of a seq.
-    let next = Record::append(&head, 1, usage_event(&tenant)).unwrap();
-    let skipped = Record::append(&next.head(), 1, usage_event(&tenant)).unwrap();
+    let next = Record::append(&head, 1, usage_event(&tenant, 1)).unwrap();
+    let skipped = Record::append(&next.head(), 1, usage_event(&tenant, 1)).unwrap();
     for (seq, record) in [(skipped.seq(), &skipped), (head.seq, &next)] {
         let err = sqlx::query(
             "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
@@ -646,177 +604,24 @@ async fn audit_tables_are_append_only() {
     assert_eq!(store.dump().await.unwrap(), before);
 }
 
-/// Someone with write access to the file can drop the triggers and edit a record; reading it
-/// back then fails, naming the table, the column and the seq.
-#[tokio::test]
-async fn tampered_audit_records_are_reported_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    let store = SqliteStore::open(&path).await.unwrap();
-    let (tenant, _, _) = populate(&store).await;
-    let records = store
-        .audit_records(&AuditQuery::default().with_tenant(tenant.clone()))
-        .await
-        .unwrap();
-    let seq = records[0].seq();
-    let mut raw = raw_connection(&path).await;
-    sqlx::raw_sql("DROP TRIGGER audit_records_no_update")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let query = AuditQuery::default().with_tenant(tenant.clone());
-    let corrupt = |expected: &'static str| {
-        let store = store.clone();
-        let query = query.clone();
-        async move {
-            let err = store.audit_records(&query).await.unwrap_err();
-            assert!(
-                matches!(&err, StoreError::Corrupt(m)
-                    if m.starts_with(expected) && m.contains(&format!("record {seq}"))),
-                "{err:?}"
-            );
-        }
-    };
-    let edit = |sql: &'static str| sqlx::query(sql).bind(i64::try_from(seq).unwrap());
-
-    // The body edited, hash kept: the hash no longer matches.
-    let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = $1")
-        .bind(i64::try_from(seq).unwrap())
-        .fetch_one(&mut raw)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
-        .bind(body.replace("conformance", "c0nformance"))
-        .bind(i64::try_from(seq).unwrap())
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    corrupt("audit_records.hash:").await;
-    sqlx::query("UPDATE audit_records SET body = $1 WHERE seq = $2")
-        .bind(&body)
-        .bind(i64::try_from(seq).unwrap())
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.audit_records(&query).await.unwrap(),
-        records,
-        "restored"
-    );
-
-    // An index column that disagrees with the body.
-    edit("UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    corrupt("audit_records.time_ms:").await;
-    edit("UPDATE audit_records SET time_ms = time_ms - 1 WHERE seq = $1")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    edit("UPDATE audit_records SET event_type = 'admin_action' WHERE seq = $1")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = store
-        .audit_records(&AuditQuery::default().with_after_seq(seq - 1).with_limit(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.starts_with("audit_records.event_type:")),
-        "{err:?}"
-    );
-    raw.close().await.unwrap();
-}
+// ----- the backend-generic tests of `common` --------------------------------------------------
 
 #[tokio::test]
-async fn record_times_never_go_backwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    let store = SqliteStore::open(&path).await.unwrap();
-    let tenant = conformance::unique_tenant_id();
-    // A record from the future, as after the clock stepped back.
-    let future = i64::MAX / 2;
-    let planted = Record::append(&ChainHead::GENESIS, future, usage_event(&tenant)).unwrap();
-    let mut raw = raw_connection(&path).await;
-    sqlx::query(
-        "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
-         VALUES (1, $1, $2, $3, $4, $5)",
-    )
-    .bind(future)
-    .bind(planted.event().event_type())
-    .bind(tenant.as_str())
-    .bind(String::from_utf8(planted.canonical_bytes()).unwrap())
-    .bind(hex::encode(planted.hash()))
-    .execute(&mut raw)
-    .await
-    .unwrap();
-    raw.close().await.unwrap();
-
-    let appended = store
-        .append_audit(vec![usage_event(&tenant)])
-        .await
-        .unwrap();
-    assert_eq!(appended[0].time_ms(), future);
-    assert!(appended[0].follows(&planted.head()));
+async fn bad_requests_change_nothing() {
+    common::bad_requests_change_nothing(&Sqlite::new().await).await;
 }
 
 #[tokio::test]
 async fn checkpoint_of_the_empty_chain() {
-    let (_dir, store) = open_temp().await;
-    assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    let bad = ChainHead {
-        seq: 0,
-        hash: [1; 32],
-    };
-    let err = store
-        .insert_checkpoint(&key.sign_checkpoint(&bad, 5).unwrap())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
-    let genesis = key.sign_checkpoint(&ChainHead::GENESIS, 5).unwrap();
-    store.insert_checkpoint(&genesis).await.unwrap();
-    assert_eq!(store.checkpoints(0, 0).await.unwrap(), vec![genesis]);
-    let err = store
-        .insert_checkpoint(
-            &key.sign_checkpoint(
-                &ChainHead {
-                    seq: 1,
-                    hash: [0; 32],
-                },
-                5,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    common::checkpoint_of_the_empty_chain(&Sqlite::new().await).await;
 }
 
-/// Revokes a binding that never changed state since registration (version 0).
-fn revoke_fresh(binding_id: i64) -> keyward_store::StateUpdate {
-    keyward_store::StateUpdate {
-        binding_id,
-        expected_version: 0,
-        to: KekState::Revoked,
-        cause: keyward_store::RevocationSource::Explicit,
-    }
+#[tokio::test]
+async fn tampered_audit_records_are_reported_as_corrupt() {
+    common::tampered_audit_records_are_reported_as_corrupt(&Sqlite::new().await).await;
 }
 
-/// The versions of the migration files of `backend` (`migrations/<backend>/NNNN_name.sql`), in
-/// order: the store must have applied exactly these.
-fn migration_versions(backend: &str) -> Vec<i64> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(backend);
-    let mut versions: Vec<i64> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name[..4].parse().unwrap()
-        })
-        .collect();
-    versions.sort_unstable();
-    versions
+#[tokio::test]
+async fn record_times_never_go_backwards() {
+    common::record_times_never_go_backwards(&Sqlite::new().await).await;
 }

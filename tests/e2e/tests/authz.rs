@@ -147,28 +147,71 @@ fn encrypt_req(tenant: &str, purpose: &str) -> pb::EncryptRequest {
 
 /// A connection without an acceptable client certificate must fail at the handshake or, with
 /// TLS 1.3 (where the server checks the client's certificate after the client considers the
-/// handshake done), on the first call — never reach a service.
-async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Leaf>) {
-    let Ok(channel) = connect(&server.addr, &pki.ca, client).await else {
-        return;
+/// handshake done), on the first call — never reach a service — and for the right reason: the
+/// server's TLS alert `alert` (e.g. `CertificateExpired`). The server is shown alive and serving
+/// a good certificate before and after, so a dead or wedged server cannot pass for a refusing one.
+async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Leaf>, alert: &str) {
+    assert_serves_a_good_certificate(server, pki).await;
+    let error = match connect(&server.addr, &pki.ca, client).await {
+        Err(e) => error_chain(&e),
+        Ok(channel) => {
+            let result = TenantServiceClient::new(channel)
+                .get_tenant(pb::GetTenantRequest {
+                    tenant_id: "acme".into(),
+                })
+                .await;
+            let status = result.expect_err("the call must not be served");
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+                ),
+                "{status:?}"
+            );
+            assert!(
+                status.get_details_error_info_reason().is_none(),
+                "{status:?}"
+            );
+            format!("{}: {}", status.message(), error_chain(&status))
+        }
     };
+    assert!(
+        error.contains(&format!("received fatal alert: {alert}")),
+        "refused, but not with the TLS alert {alert}: {error}"
+    );
+    assert_serves_a_good_certificate(server, pki).await;
+}
+
+/// The operator's certificate connects and its call reaches the service (an answer from the
+/// application, with or without an error).
+async fn assert_serves_a_good_certificate(server: &Server, pki: &Pki) {
+    let good = pki.spiffe("alive", OPERATOR);
+    let channel = connect(&server.addr, &pki.ca, Some(&good))
+        .await
+        .unwrap_or_else(|e| panic!("the server refuses a good certificate: {}", error_chain(&e)));
     let result = TenantServiceClient::new(channel)
         .get_tenant(pb::GetTenantRequest {
             tenant_id: "acme".into(),
         })
         .await;
-    let status = result.expect_err("the call must not be served");
-    assert!(
-        matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
-        ),
-        "{status:?}"
-    );
-    assert!(
-        status.get_details_error_info_reason().is_none(),
-        "{status:?}"
-    );
+    if let Err(status) = result {
+        assert!(
+            status.get_details_error_info_reason().is_some(),
+            "not an answer from the service: {status:?}"
+        );
+    }
+}
+
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 trait ReasonExt {
@@ -496,11 +539,11 @@ async fn certificates_that_are_missing_foreign_or_expired_are_refused_at_the_tra
     let server = pki.start(&shipped_policies());
     let other_ca = Ca::new(pki.dir.path(), "other");
 
-    assert_transport_refused(&server, &pki, None).await;
+    assert_transport_refused(&server, &pki, None, "CertificateRequired").await;
     let foreign = other_ca.client("foreign", &[San::Uri(OPERATOR)], false);
-    assert_transport_refused(&server, &pki, Some(&foreign)).await;
+    assert_transport_refused(&server, &pki, Some(&foreign), "UnknownCA").await;
     let expired = pki.ca.client("expired", &[San::Uri(OPERATOR)], true);
-    assert_transport_refused(&server, &pki, Some(&expired)).await;
+    assert_transport_refused(&server, &pki, Some(&expired), "CertificateExpired").await;
     // A certificate with neither a SPIFFE ID nor a DNS name: authenticated by the CA, but
     // nobody.
     let nameless = pki.ca.client("nameless", &[], false);

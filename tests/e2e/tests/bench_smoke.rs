@@ -83,6 +83,14 @@ fn keyward_bench_economy_quick_counts_kms_calls() {
 fn keyward_bench_scale_quick_runs() {
     let (stdout, report) = quick_run("scale");
     assert_eq!(report["deks"], 2000, "{stdout}");
-    assert!(report["bytes_per_cached_dek"].as_f64().unwrap() >= 0.0);
+    // VmRSS growth over the 1800 DEKs cached after the first per tenant: about 1050 bytes each
+    // in a debug build (3 runs: 1045, 1072, 1081; docs/benchmarks.md has ~530 to 700 in a
+    // release build). Below 200 the measurement is broken (nothing was cached, or RSS was not
+    // read); above 4 KiB a cached DEK costs four times what it should.
+    let per_dek = report["bytes_per_cached_dek"].as_f64().unwrap();
+    assert!(
+        (200.0..4096.0).contains(&per_dek),
+        "{per_dek} bytes per cached DEK\n{stdout}"
+    );
     assert!(report["spread_round_trips_per_s"].as_f64().unwrap() > 0.0);
 }

@@ -80,30 +80,24 @@ fn quickstart_through_the_cli() {
         b"",
     );
     assert!(ok, "{err}");
+    let disabled = std::time::Instant::now();
     let (ok, out, _) = server.cli(&["key", "list", "--local-kms-dir", kms_dir], b"");
     assert!(ok);
     assert!(String::from_utf8_lossy(&out).contains("default\tdisabled"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let err = loop {
-        let (ok, _, err) = server.cli(
-            &[
-                "decrypt",
-                "--tenant",
-                "acme",
-                "--context",
-                "conversation=42",
-            ],
-            &envelope,
-        );
-        if !ok {
-            break err;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "decrypt kept working after the key was disabled"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let (err, _) =
+        support::bound::stops_serving_blocking(disabled, server.revocation_bound(), || {
+            let (ok, _, err) = server.cli(
+                &[
+                    "decrypt",
+                    "--tenant",
+                    "acme",
+                    "--context",
+                    "conversation=42",
+                ],
+                &envelope,
+            );
+            if ok { Ok(()) } else { Err(err) }
+        });
     assert!(
         err.contains("KEY_REFUSED") || err.contains("KEY_REVOKED"),
         "{err}"
@@ -122,15 +116,15 @@ fn quickstart_through_the_cli() {
         "--context",
         "conversation=42",
     ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let plain = loop {
-        let (ok, plain, err) = server.cli(&decrypt, &envelope);
-        if ok {
-            break plain;
-        }
-        assert!(std::time::Instant::now() < deadline, "not restored: {err}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let interval = server.monitor_interval.unwrap();
+    let plain = support::bound::eventually_blocking(
+        std::time::Instant::now(),
+        support::bound::monitor(interval),
+        || {
+            let (ok, plain, err) = server.cli(&decrypt, &envelope);
+            if ok { Ok(plain) } else { Err(err) }
+        },
+    );
     assert_eq!(plain, prompt);
 
     // Break glass: revoke-key takes effect on the next request; only restore-key lifts it.
@@ -290,16 +284,16 @@ fn a_break_glass_revocation_survives_the_key_coming_back() {
         b"",
     );
     assert!(ok, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let shown = show();
-        if shown.contains("KEK_STATE_REVOKED") {
-            assert!(!shown.contains("(explicit)"), "{shown}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not revoked: {shown}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let shown =
+        support::bound::eventually_blocking(Instant::now(), server.revocation_bound(), || {
+            let shown = show();
+            if shown.contains("KEK_STATE_REVOKED") {
+                Ok(shown)
+            } else {
+                Err(shown)
+            }
+        });
+    assert!(!shown.contains("(explicit)"), "{shown}");
 
     // 2. Break glass on top: recorded as explicit.
     let (ok, _, err) = server.cli(

@@ -38,6 +38,9 @@ use keyward_store::{DekRecord, Store as _, sqlite::SqliteStore};
 use support::{Server, context};
 
 const TENANT: &str = "memory-canary";
+/// Tenants whose keys are cached before the canary's, so that the canary's keys live in memory
+/// allocated well after the process locked itself.
+const FILLER_TENANTS: usize = 100;
 const SCOPES: [&str; 3] = ["default", "conversation-1", "conversation-2"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +69,36 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
         locked_kb > 0,
         "memory.lock = required, yet VmLck is {locked_kb} kB"
     );
+    assert_every_mapping_locked(pid);
+
+    // --- memory allocated later: many tenants' keys fill the caches first -----
+    let mut crypto = server.crypto().await;
+    let ctx = context(&[("purpose", "memory-test")]);
+    for i in 0..FILLER_TENANTS {
+        let tenant = format!("filler-{i}");
+        server.onboard(&tenant).await;
+        crypto
+            .encrypt(pb::EncryptRequest {
+                tenant_id: tenant,
+                plaintext: vec![0x42; 1024],
+                encryption_context: ctx.clone(),
+                scope: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    // Locking is not only of what existed at start (MCL_CURRENT) but of what the caches
+    // allocated since (MCL_FUTURE): still every mapping, however many the allocator added.
+    assert_every_mapping_locked(pid);
+    let locked_later_kb = status_kb(pid, "VmLck:");
+    eprintln!(
+        "VmLck {locked_kb} kB at start, {locked_later_kb} kB with {FILLER_TENANTS} tenants cached \
+         (VmRSS {} kB)",
+        status_kb(pid, "VmRSS:")
+    );
 
     // --- put a tenant key and several DEKs in the server's caches ------------
     server.onboard(TENANT).await;
-    let mut crypto = server.crypto().await;
-    let ctx = context(&[("purpose", "memory-test")]);
     let mut envelopes = Vec::new();
     for scope in SCOPES {
         let sealed = crypto
@@ -115,6 +143,17 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
              (found: {:?}); the scan cannot be trusted",
             found.keys().collect::<Vec<_>>()
         );
+    }
+    // Every copy of those keys, allocated after many tenants' keys, is in locked memory.
+    let now = mappings(pid);
+    for (name, places) in &found {
+        for (addr, line) in places {
+            assert!(
+                now.iter()
+                    .any(|m| m.locked && (m.start..m.end).contains(addr)),
+                "{name} at {addr:#x} is in a mapping that is not locked: {line}"
+            );
+        }
     }
 
     // --- revoke: the tenant is closed and its caches purged (docs/revocation.md)
@@ -329,6 +368,57 @@ fn dek_aad(dek: &DekRecord) -> Vec<u8> {
     EncryptionContext::with_reserved(map)
         .unwrap()
         .canonical_bytes()
+}
+
+/// A mapping of `pid` from `/proc/<pid>/smaps`: start, end, whether it has the kernel's `lo`
+/// flag (VM_LOCKED: `mlock`ed, or created after `mlockall(MCL_FUTURE)`), and its header line.
+struct Mapping {
+    start: u64,
+    end: u64,
+    locked: bool,
+    line: String,
+}
+
+fn mappings(pid: u32) -> Vec<Mapping> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out = Vec::new();
+    let mut header = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let (start, end, line) = header.take().expect("VmFlags after its mapping line");
+            let locked = flags.split_whitespace().any(|f| f == "lo");
+            out.push(Mapping {
+                start,
+                end,
+                locked,
+                line,
+            });
+        } else if let Some((start, rest)) = line.split_once('-') {
+            let end = rest.split_whitespace().next().unwrap_or_default();
+            if let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            {
+                header = Some((start, end, line.to_owned()));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no mappings in /proc/{pid}/smaps");
+    out
+}
+
+/// Every mapping of `pid` is locked, but the kernel's own (`[vdso]`, `[vvar]`, `[vsyscall]`),
+/// which cannot be.
+fn assert_every_mapping_locked(pid: u32) {
+    for m in mappings(pid) {
+        let kernel = ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
+            .iter()
+            .any(|k| m.line.ends_with(k));
+        assert!(
+            m.locked || kernel,
+            "pid {pid} has a mapping that is not locked: {}",
+            m.line
+        );
+    }
 }
 
 fn status_kb(pid: u32, field: &str) -> u64 {

@@ -24,84 +24,9 @@ use std::{
 use keyward_proto::v1 as pb;
 use keyward_store::{AuditQuery, Store as _, postgres::PostgresStore};
 use sqlx::{Connection as _, PgConnection};
-use support::{Server, context, local_key};
+use support::{Server, context, local_key, test_db::TestDb};
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
-
-/// A fresh database for one test; dropped by [`TestDb::finish`] when the test passed.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url
-        .split_once("://")
-        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL"));
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
-async fn connect(url: &str) -> PgConnection {
-    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => panic!(
-            "PostgreSQL is not reachable ({e}). These tests need a server and are never skipped: \
-             run them through scripts/test (which sources scripts/ensure-postgres.sh), or set \
-             {URL_VAR} to a URL whose role may CREATE DATABASE."
-        ),
-        Err(_) => panic!(
-            "PostgreSQL did not answer within 10 s: run through scripts/test or set {URL_VAR}"
-        ),
-    }
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin_url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        let mut admin = connect(&admin_url).await;
-        let name = format!(
-            "kw_rep_{}",
-            &keyward_envelope::KeyId::generate().unwrap().to_string()[..16]
-        );
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create a test database ({e}): the role must be allowed to CREATE DATABASE"));
-        admin.close().await.unwrap();
-        let url = with_database(&admin_url, &name);
-        TestDb {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn raw(&self) -> PgConnection {
-        connect(&self.url).await
-    }
-
-    async fn drop_database(&self) {
-        let mut admin = connect(&self.admin_url).await;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    }
-
-    async fn finish(self) {
-        self.drop_database().await;
-    }
-}
 
 /// Replicas of one deployment: one database, one audit key directory, one local KEK directory;
 /// each its own data directory and replica id.
@@ -192,8 +117,9 @@ fn is_revoked(status: &tonic::Status) -> bool {
             .is_some_and(|i| i.reason == "KEY_REVOKED")
 }
 
-/// Polls `server` with decrypts of `envelope` until one is denied `KEY_REVOKED`; returns the
-/// delay since `since`. Panics after `bound`, or on any other error.
+/// Polls `server` with decrypts of `envelope` until one is denied `KEY_REVOKED`; returns when
+/// that decrypt was sent, counted from `since`. Panics if a decrypt sent `bound` after `since`
+/// was served (support::bound), or on any other error.
 async fn first_denial(
     server: &Server,
     tenant: &str,
@@ -201,20 +127,18 @@ async fn first_denial(
     since: Instant,
     bound: Duration,
 ) -> Duration {
-    let mut client = server.crypto().await;
-    loop {
-        match decrypt(&mut client, tenant, envelope).await {
-            Err(status) if is_revoked(&status) => return since.elapsed(),
-            Err(status) => panic!("unexpected error while waiting for the revocation: {status:?}"),
-            Ok(_) => {}
-        }
-        assert!(
-            since.elapsed() < bound,
-            "replica {} still serves tenant {tenant} {bound:?} after the revocation",
-            server.addr
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let client = server.crypto().await;
+    let (status, sent) = support::bound::stops_serving(since, bound, || {
+        let mut client = client.clone();
+        async move { decrypt(&mut client, tenant, envelope).await }
+    })
+    .await;
+    assert!(
+        is_revoked(&status),
+        "replica {}: unexpected error while waiting for the revocation: {status:?}",
+        server.addr
+    );
+    sent
 }
 
 async fn revoke(server: &Server, tenant: &str) {
@@ -301,11 +225,12 @@ async fn three_replicas_share_data_and_a_revocation_reaches_every_replica() {
         }
     }
 
-    // Revoke through A: B and C deny within the bound (LISTEN/NOTIFY; reconciliation is 5 s).
+    // Revoke through A: B and C deny within the bound of a pushed signal (LISTEN/NOTIFY:
+    // the scheduling slack only; reconciliation, 5 s, would be too late).
     let envelope = acknowledged[0].1.clone();
     revoke(a, "acme").await;
     let returned = Instant::now();
-    let bound = Duration::from_secs(2);
+    let bound = support::bound::push();
     let (to_b, to_c) = tokio::join!(
         first_denial(b, "acme", &envelope, returned, bound),
         first_denial(c, "acme", &envelope, returned, bound),
@@ -449,12 +374,14 @@ async fn a_replica_whose_listener_is_cut_during_a_revocation_catches_up_on_recon
     let returned = Instant::now();
 
     let new = wait_for_listener(&db, "b", &[old]).await;
+    let reconnected = Instant::now();
     println!(
         "B's listener reconnected (pid {old} -> {new}) {:?} after the revocation",
-        returned.elapsed()
+        reconnected - returned
     );
-    let to_b = first_denial(&b, "acme", &envelope, returned, Duration::from_secs(10)).await;
-    let to_c = first_denial(&c, "acme", &envelope, returned, Duration::from_secs(2)).await;
+    // B reconciles right after its listener reconnected: from then, the bound of a push.
+    let to_b = first_denial(&b, "acme", &envelope, reconnected, support::bound::push()).await;
+    let to_c = first_denial(&c, "acme", &envelope, returned, support::bound::push()).await;
     println!("B (listener cut) denied after {to_b:?}, C after {to_c:?}");
     // After the reconnect B never serves the tenant again.
     for _ in 0..50 {
@@ -555,7 +482,7 @@ async fn a_key_registered_after_a_revocation_reaches_every_replica_for_new_data_
     decrypt(&mut on_b, "acme", &old).await.unwrap();
     wait_for_listener(&db, "b", &[]).await;
     revoke(&a, "acme").await;
-    first_denial(&b, "acme", &old, Instant::now(), Duration::from_secs(5)).await;
+    first_denial(&b, "acme", &old, Instant::now(), support::bound::push()).await;
 
     // The customer's new key, registered through A.
     let kms = deployment.shared.path().join("local-kms");
@@ -577,18 +504,15 @@ async fn a_key_registered_after_a_revocation_reaches_every_replica_for_new_data_
         .unwrap();
     let registered = Instant::now();
 
-    // B serves new data within a bound far below the reconciliation interval...
-    let new = loop {
-        match encrypt(&b, "acme", b"under the second key").await {
-            Ok(envelope) => break envelope,
-            Err(status) => assert!(
-                is_revoked(&status) && registered.elapsed() < Duration::from_secs(5),
-                "B does not serve the new key {:?} after its registration: {status:?}",
-                registered.elapsed()
-            ),
+    // B serves new data within the bound of a push, far below the reconciliation interval...
+    let new = support::bound::eventually(registered, support::bound::push(), || async {
+        let result = encrypt(&b, "acme", b"under the second key").await;
+        if let Err(status) = &result {
+            assert!(is_revoked(status), "{status:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        result
+    })
+    .await;
     println!(
         "B served the new key {:?} after its registration",
         registered.elapsed()

@@ -8,6 +8,8 @@
     reason = "test support shared by several test binaries, each using a part of it"
 )]
 
+pub(crate) mod bound;
+
 use std::{
     collections::BTreeMap,
     sync::{

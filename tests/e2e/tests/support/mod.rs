@@ -1,9 +1,17 @@
 //! Starts the real `keyward` binary on a free port and talks to it.
 #![allow(dead_code, reason = "each test file uses a different part")]
 
+/// The revocation window's bound and the "stops serving within the bound" loop, shared with the
+/// keyward-server crate's tests (one definition).
+#[path = "../../../../crates/keyward-server/tests/common/bound.rs"]
+pub(crate) mod bound;
 pub(crate) mod mtls;
 pub(crate) mod pg;
 pub(crate) mod pki;
+/// One fresh PostgreSQL database per test, shared with keyward-store's and keyward-server's
+/// tests (one helper).
+#[path = "../../../../crates/keyward-store/tests/common/test_db.rs"]
+pub(crate) mod test_db;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -47,6 +55,10 @@ pub(crate) struct Server {
     /// The admin listener (/metrics, /livez, /readyz), on a free port.
     pub(crate) admin_addr: Option<String>,
     pub(crate) data_dir: PathBuf,
+    /// `cache.ttl_seconds` as started (the environment, else the default).
+    pub(crate) cache_ttl: Duration,
+    /// `revocation.monitor_interval_seconds` as started; `None` when the monitor is off.
+    pub(crate) monitor_interval: Option<Duration>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -105,13 +117,31 @@ impl Server {
                 panic!("keyward serve did not report its address within 60 s");
             }
         };
+        let seconds = |name: &str, default: u64| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map_or(default, |(_, v)| v.parse().expect("a number of seconds"))
+        };
+        let monitor = seconds("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", 60);
         Server {
             child,
             addr,
             admin_addr,
             data_dir: data_dir.to_owned(),
+            cache_ttl: Duration::from_secs(seconds("KEYWARD_CACHE__TTL_SECONDS", 300)),
+            monitor_interval: (monitor > 0).then(|| Duration::from_secs(monitor)),
             _temp: None,
         }
+    }
+
+    /// How long after the KMS starts refusing this server may still serve a tenant
+    /// (docs/revocation.md, "The bound"): the monitor's bound when it runs, the cache TTL's
+    /// otherwise, whichever ends first.
+    pub(crate) fn revocation_bound(&self) -> Duration {
+        let ttl = bound::ttl(self.cache_ttl);
+        self.monitor_interval
+            .map_or(ttl, |interval| bound::monitor(interval).min(ttl))
     }
 
     /// The server's process id (for /proc inspection).
@@ -406,24 +436,20 @@ pub(crate) async fn round_trip(
 }
 
 /// After the customer disabled `tenant`'s key in its KMS: `decrypt` keeps being retried until it
-/// fails (within 10 s: the monitor's interval, far below the cache TTL), and then Decrypt and
-/// Encrypt are refused as revoked and the tenant's key reads `Revoked`.
+/// fails, within [`Server::revocation_bound`] (the monitor's interval plus the scheduling slack,
+/// far below the cache TTL), and then Decrypt and Encrypt are refused as revoked and the
+/// tenant's key reads `Revoked`.
 pub(crate) async fn assert_revoked_after_disable(server: &Server, decrypt: pb::DecryptRequest) {
-    let mut crypto = server.crypto().await;
+    let crypto = server.crypto().await;
     let disabled_at = std::time::Instant::now();
-    let status = loop {
-        match crypto.decrypt(decrypt.clone()).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    disabled_at.elapsed() < Duration::from_secs(10),
-                    "still decrypting 10 s after the key was disabled"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let (status, _) = bound::stops_serving(disabled_at, server.revocation_bound(), || {
+        let mut crypto = crypto.clone();
+        let request = decrypt.clone();
+        async move { crypto.decrypt(request).await }
+    })
+    .await;
     assert_refused_or_revoked(status);
+    let mut crypto = crypto;
     let status = crypto
         .encrypt(pb::EncryptRequest {
             tenant_id: decrypt.tenant_id.clone(),
@@ -450,23 +476,21 @@ pub(crate) async fn assert_revoked_after_disable(server: &Server, decrypt: pb::D
     );
 }
 
-/// Retries `decrypt` until it succeeds (the monitor restored the tenant), within 10 s; returns
-/// the plaintext.
+/// Retries `decrypt` until it succeeds (the monitor restored the tenant), within the monitor's
+/// bound; returns the plaintext.
 pub(crate) async fn eventually_decrypts(server: &Server, decrypt: &pb::DecryptRequest) -> Vec<u8> {
-    let mut crypto = server.crypto().await;
-    let since = std::time::Instant::now();
-    loop {
-        match crypto.decrypt(decrypt.clone()).await {
-            Ok(r) => return r.into_inner().plaintext,
-            Err(status) => {
-                assert!(
-                    since.elapsed() < Duration::from_secs(10),
-                    "not restored within 10 s: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let crypto = server.crypto().await;
+    let interval = server
+        .monitor_interval
+        .expect("restoring a tenant needs the key-state monitor");
+    bound::eventually(std::time::Instant::now(), bound::monitor(interval), || {
+        let mut crypto = crypto.clone();
+        let request = decrypt.clone();
+        async move { crypto.decrypt(request).await }
+    })
+    .await
+    .into_inner()
+    .plaintext
 }
 
 /// The store's content without the audit tables: the domain state that a
