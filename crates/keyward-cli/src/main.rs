@@ -138,10 +138,10 @@ enum PolicyCommand {
         /// Directory with schema.cedarschema and the *.cedar policies.
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
-        /// The certificate-identity mapping (default: <policies>/identities.toml).
+        /// The certificate-identity mapping (default: identities.toml in the --policies directory).
         #[arg(long)]
         identities: Option<PathBuf>,
-        /// Directory of test cases (default: <policies>/tests).
+        /// Directory of test cases (default: tests in the --policies directory).
         #[arg(long)]
         cases: Option<PathBuf>,
     },

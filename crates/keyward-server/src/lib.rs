@@ -473,14 +473,26 @@ async fn serve_replica(
         )));
         tracing::info!(replica = %keyring.replica_id(), "revocation fan-out between replicas: on (LISTEN/NOTIFY and reconciliation)");
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Listen {
-            addr: local_addr,
-            source: std::io::Error::other(e),
-        })?;
+    // Server reflection in both protocol versions: v1, and v1alpha, the only one many clients
+    // speak (grpcio-reflection's Python client, older grpcurl and Postman). Both describe the
+    // same files, each reflection service included, so either version lists all six services.
+    let reflection_error = |e| StartError::Listen {
+        addr: local_addr,
+        source: std::io::Error::other(e),
+    };
+    let reflection_files = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keyward_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection = reflection_files().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_files()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
 
     let caller_limit = limits::CallerLimitLayer::new(Arc::new(limits::CallerLimiter::new(
         settings.max_in_flight_per_caller,
@@ -506,6 +518,7 @@ async fn serve_replica(
         .layer(caller_limit)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(crypto)
         .add_service(tenants)
         .add_service(audit_api);
