@@ -24,6 +24,7 @@ use keyward_proto::v1::{
 use keyward_server::{Config, telemetry::LogFormat};
 
 mod audit_cmd;
+mod exit;
 mod logging;
 mod report;
 
@@ -355,13 +356,26 @@ fn parse_pair(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
 }
 
+/// Exit codes: `exit.rs` (docs/errors.md, "Exit codes of the `keyward` command").
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(exit::Exit::Usage.code())
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let local = ExitCode::from(exit::Exit::Local.code());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return local;
         }
     };
     // The server logs its lifecycle, in the configured format; client commands stay quiet
@@ -389,7 +403,7 @@ fn main() -> ExitCode {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: cannot set up logging: {e:#}");
-                return ExitCode::FAILURE;
+                return local;
             }
         }
     };
@@ -399,7 +413,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::Exit::of(&e).code())
         }
     }
 }
@@ -545,7 +559,10 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     if report.failures.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} policy test case(s) failed", report.failures.len())
+        Err(exit::problems(anyhow::anyhow!(
+            "{} policy test case(s) failed",
+            report.failures.len()
+        )))
     }
 }
 
@@ -610,14 +627,16 @@ async fn channel(target: &Target) -> anyhow::Result<Channel> {
         }
         channel = channel
             .tls_config(config)
-            .context("invalid TLS client configuration")?;
+            .context("invalid TLS client configuration")
+            .map_err(exit::local)?;
     }
     channel.connect().await.with_context(|| {
         format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)")
     })
 }
 
-/// Renders a gRPC error with its machine-readable reason.
+/// Renders a gRPC error with its machine-readable reason (`exit::refused` wraps it with its
+/// exit code).
 fn status_error(status: tonic::Status) -> anyhow::Error {
     let info = status.get_details_error_info();
     let reason = info
@@ -768,7 +787,7 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
                 .await
         }
     }
-    .map_err(status_error)?
+    .map_err(exit::refused)?
     .into_inner();
     print_tenant(&tenant);
     Ok(())
@@ -857,7 +876,7 @@ async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Result<()> {
             scope: args.scope,
         })
         .await
-        .map_err(status_error)?
+        .map_err(exit::refused)?
         .into_inner();
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -890,7 +909,7 @@ async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Result<()> {
             encryption_context: context_map(args.context)?,
         })
         .await
-        .map_err(status_error)?
+        .map_err(exit::refused)?
         .into_inner();
     let mut out = std::io::stdout().lock();
     out.write_all(&response.plaintext)?;
