@@ -6,7 +6,8 @@
 //!   canonical JSON of {event, prev_hash, seq, time_ms})`; [`ChainHead`] is the end of the chain.
 //! - [`Checkpoint`]: an Ed25519 signature by the deployment's [`SigningKey`] over a chain head.
 //! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
-//!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]).
+//!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
+//!   [`verify_export_all`] goes on to report every problem it can find.
 //!
 //! The byte-exact format is specified in `docs/audit-format.md`; what the events mean to an
 //! auditor is in `docs/auditor-guide.md`.
@@ -50,4 +51,6 @@ pub use event::{
 pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
 pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
 pub use record::{ChainHead, RECORD_DOMAIN, Record};
-pub use verify::{FailureKind, VerifyFailure, VerifyReport, verify_export};
+pub use verify::{
+    FailureKind, Verification, VerifyFailure, VerifyReport, verify_export, verify_export_all,
+};

@@ -1,7 +1,8 @@
 //! The offline verifier (`docs/audit-format.md` §7): recomputes the chain, checks every
-//! checkpoint signature and follows signing-key rotations, and names the first broken link.
+//! checkpoint signature and follows signing-key rotations, and names the first broken link
+//! ([`verify_export`]) or every problem it can find ([`verify_export_all`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::BufRead;
 
@@ -41,6 +42,23 @@ pub enum FailureKind {
     UnknownSigningKey,
 }
 
+impl FailureKind {
+    /// A stable snake_case name, for machine-readable output (`malformed`, `edited`, `deleted`,
+    /// `reordered`, `inserted`, `truncated`, `bad_signature`, `unknown_signing_key`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureKind::Malformed => "malformed",
+            FailureKind::Edited => "edited",
+            FailureKind::Deleted => "deleted",
+            FailureKind::Reordered => "reordered",
+            FailureKind::Inserted => "inserted",
+            FailureKind::Truncated => "truncated",
+            FailureKind::BadSignature => "bad_signature",
+            FailureKind::UnknownSigningKey => "unknown_signing_key",
+        }
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -56,12 +74,16 @@ impl fmt::Display for FailureKind {
     }
 }
 
-/// The first broken link of an export.
+/// A broken link of an export.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyFailure {
-    /// 1-based line number. For an export that ends early it is one past the last line.
+    /// 1-based line number. For a problem found at the end of the export (it ends early, or
+    /// the header's counts do not match) it is one past the last line, and `end_of_export` is
+    /// set: such a line does not exist, and [`Display`](fmt::Display) says "end of export".
     pub line: usize,
+    /// Whether the problem was found at the end of the export rather than on a line.
+    pub end_of_export: bool,
     /// The seq of the record or checkpoint on that line, when known.
     pub seq: Option<u64>,
     pub kind: FailureKind,
@@ -69,15 +91,24 @@ pub struct VerifyFailure {
     pub detail: String,
 }
 
+impl VerifyFailure {
+    /// Where the problem is, in words: `line 17`, or `end of export (after line 58)` (never
+    /// a line past the end of the file).
+    pub fn location(&self) -> String {
+        match (self.end_of_export, self.line.saturating_sub(1)) {
+            (false, _) => format!("line {}", self.line),
+            (true, 0) => "end of export (the file is empty)".to_owned(),
+            (true, last) => format!("end of export (after line {last})"),
+        }
+    }
+}
+
 impl fmt::Display for VerifyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.location();
         match self.seq {
-            Some(seq) => write!(
-                f,
-                "line {} (seq {seq}): {}: {}",
-                self.line, self.kind, self.detail
-            ),
-            None => write!(f, "line {}: {}: {}", self.line, self.kind, self.detail),
+            Some(seq) => write!(f, "{at} (seq {seq}): {}: {}", self.kind, self.detail),
+            None => write!(f, "{at}: {}: {}", self.kind, self.detail),
         }
     }
 }
@@ -118,19 +149,88 @@ pub struct VerifyReport {
 /// and keeps O(1) records in memory (besides the rotation state).
 ///
 /// Returns the first broken link. The rules that decide each [`FailureKind`] and the line it is
-/// reported at are in `docs/audit-format.md` §7.
+/// reported at are in `docs/audit-format.md` §7. [`verify_export_all`] goes on past it.
 pub fn verify_export(
     reader: impl BufRead,
     trusted: &[PublicKey],
 ) -> Result<VerifyReport, VerifyFailure> {
-    let mut lines = reader
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.map_err(|e| e.to_string())));
-    Verifier::new(trusted).run(&mut lines)
+    let mut verifier = Verifier::new(trusted, false);
+    let mut lines = Lines::new(reader, false);
+    let outcome = verifier.run(&mut lines);
+    match verifier.problems.into_iter().next() {
+        Some(first) => Err(first),
+        None => outcome.ok_or_else(|| {
+            fail(
+                1,
+                None,
+                FailureKind::Malformed,
+                "invariant: a verification without problems has a report".into(),
+            )
+        }),
+    }
 }
 
-type Lines<'a> = dyn Iterator<Item = (usize, Result<String, String>)> + 'a;
+/// Everything [`verify_export_all`] found.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Every problem found, in the order found (the first is the one [`verify_export`]
+    /// returns). Empty when the export verified.
+    pub problems: Vec<VerifyFailure>,
+    /// What was proven, when there is no problem.
+    pub report: Option<VerifyReport>,
+    /// Whether every line was checked: false when a problem left nothing to check the rest
+    /// against (the export has no valid header).
+    pub read_to_end: bool,
+}
+
+/// Like [`verify_export`], but reports every problem it can find instead of only the first:
+/// after each problem it carries on from the state the export itself suggests (an edited
+/// record still links its successor, a deletion resumes at the next record present, a moved
+/// record is checked where it stands, a forged line is skipped), so an edit does not hide a
+/// later deletion. A consequence of a problem already reported is not reported again.
+/// Keeps in memory the lines it had to read ahead to name a problem.
+pub fn verify_export_all(reader: impl BufRead, trusted: &[PublicKey]) -> Verification {
+    let mut verifier = Verifier::new(trusted, true);
+    let mut lines = Lines::new(reader, true);
+    let report = verifier.run(&mut lines);
+    let problems = verifier.problems;
+    Verification {
+        report: report.filter(|_| problems.is_empty()),
+        read_to_end: !verifier.stopped,
+        problems,
+    }
+}
+
+type LineItem = (usize, Result<String, String>);
+
+/// The export's lines, with a buffer of the lines read ahead by [`scan`] so that
+/// [`verify_export_all`] checks them in their turn.
+struct Lines<'a> {
+    inner: Box<dyn Iterator<Item = LineItem> + 'a>,
+    ahead: VecDeque<LineItem>,
+    /// Keep read-ahead lines (only needed when verification goes on after a problem).
+    replay: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn new(reader: impl BufRead + 'a, replay: bool) -> Self {
+        Lines {
+            inner: Box::new(
+                reader
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| (i + 1, l.map_err(|e| e.to_string()))),
+            ),
+            ahead: VecDeque::new(),
+            replay,
+        }
+    }
+
+    fn next(&mut self) -> Option<LineItem> {
+        self.ahead.pop_front().or_else(|| self.inner.next())
+    }
+}
 
 /// The last record seen.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +257,24 @@ struct Verifier {
     header: Option<ExportHeader>,
     /// The last record, if any.
     last: Option<Seen>,
+    /// Go on after a problem ([`verify_export_all`]).
+    keep_going: bool,
+    problems: Vec<VerifyFailure>,
+    /// (line, kind) of each problem reported, so that a consequence is reported once.
+    reported: HashSet<(usize, FailureKind)>,
+    /// Seqs reported missing (deleted) or moved (appear later), so that the same gap is not
+    /// reported again by a later line, and a moved record is not taken for an inserted one.
+    missing: Option<(u64, u64)>,
+    moved: Option<(u64, u64)>,
+    /// After a checkpoint's head disagreed with the records: the index of that problem and
+    /// how many later checkpoints disagreed too.
+    rechained: Option<(usize, u64)>,
+    /// Checkpoint lines read, verified or not (compared with the header's count).
+    checkpoint_lines: u64,
+    /// A checkpoint line (verified or not) stands right after the last record.
+    last_record_has_checkpoint_line: bool,
+    /// Verification cannot go on (no header).
+    stopped: bool,
     /// The hash the next record's prev_hash must equal, when known.
     expected_prev: Option<[u8; 32]>,
     /// Whether the last record (or the start) is covered by a verified checkpoint.
@@ -172,10 +290,29 @@ struct Verifier {
 fn fail(line: usize, seq: Option<u64>, kind: FailureKind, detail: String) -> VerifyFailure {
     VerifyFailure {
         line,
+        end_of_export: false,
         seq,
         kind,
         detail,
     }
+}
+
+/// A problem found at the end of an export of `line_count` lines.
+fn fail_at_end(
+    line_count: usize,
+    seq: Option<u64>,
+    kind: FailureKind,
+    detail: String,
+) -> VerifyFailure {
+    VerifyFailure {
+        end_of_export: true,
+        ..fail(line_count + 1, seq, kind, detail)
+    }
+}
+
+/// Whether the range `inner` lies inside `outer`.
+fn within(inner: (u64, u64), outer: Option<(u64, u64)>) -> bool {
+    outer.is_some_and(|(from, to)| from <= inner.0 && inner.1 <= to)
 }
 
 /// A later line, parsed only as far as classification needs.
@@ -190,38 +327,55 @@ struct Peek {
 /// whether any record line was seen at all. Used only once a failure is certain, to name it.
 fn scan(lines: &mut Lines<'_>, mut want: impl FnMut(&Peek) -> bool) -> (Option<Peek>, bool) {
     let mut any = false;
-    for (line, text) in lines {
-        let Ok(text) = text else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            continue;
+    let mut index = 0;
+    loop {
+        let item = if index < lines.ahead.len() {
+            index += 1;
+            lines.ahead.get(index - 1).cloned()
+        } else {
+            let item = lines.inner.next();
+            if lines.replay
+                && let Some(item) = &item
+            {
+                lines.ahead.push_back(item.clone());
+                index += 1;
+            }
+            item
         };
-        if v.get("type").and_then(Value::as_str) != Some("record") {
-            continue;
-        }
-        let Some(seq) = v.get("seq").and_then(Value::as_u64) else {
+        let Some((line, text)) = item else {
+            return (None, any);
+        };
+        let Some(peek) = peek_record(line, text) else {
             continue;
         };
         any = true;
-        let peek = Peek {
-            line,
-            seq,
-            prev_hash: v
-                .get("prev_hash")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        };
         if want(&peek) {
             return (Some(peek), true);
         }
     }
-    (None, any)
 }
 
+fn peek_record(line: usize, text: Result<String, String>) -> Option<Peek> {
+    let v = serde_json::from_str::<Value>(&text.ok()?).ok()?;
+    if v.get("type").and_then(Value::as_str) != Some("record") {
+        return None;
+    }
+    Some(Peek {
+        line,
+        seq: v.get("seq").and_then(Value::as_u64)?,
+        prev_hash: v
+            .get("prev_hash")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// `seq 5`, or `seqs 5 to 9`.
 fn range(from: u64, to: u64) -> String {
     if from == to {
         format!("seq {from}")
     } else {
-        format!("seqs {from}..={to}")
+        format!("seqs {from} to {to}")
     }
 }
 
@@ -246,14 +400,29 @@ fn parse_line(text: &str) -> Result<Parsed, String> {
     }
 }
 
+/// Verification stops here ([`verify_export`] stops at the first problem).
+#[derive(Debug)]
+struct Stop;
+
+type Flow = Result<(), Stop>;
+
 impl Verifier {
-    fn new(trusted: &[PublicKey]) -> Self {
+    fn new(trusted: &[PublicKey], keep_going: bool) -> Self {
         Verifier {
             trusted: trusted.iter().map(|k| (k.key_id(), *k)).collect(),
             retired: HashMap::new(),
             pending: Vec::new(),
             header: None,
             last: None,
+            keep_going,
+            problems: Vec::new(),
+            reported: HashSet::new(),
+            missing: None,
+            moved: None,
+            rechained: None,
+            checkpoint_lines: 0,
+            last_record_has_checkpoint_line: false,
+            stopped: false,
             expected_prev: None,
             covered: false,
             last_checkpoint: None,
@@ -265,35 +434,61 @@ impl Verifier {
         }
     }
 
-    fn run(mut self, lines: &mut Lines<'_>) -> Result<VerifyReport, VerifyFailure> {
+    /// Records a problem (once per line and kind); stops unless verification goes on after
+    /// problems.
+    fn report(&mut self, failure: VerifyFailure) -> Flow {
+        if self.reported.insert((failure.line, failure.kind)) {
+            self.problems.push(failure);
+        }
+        if self.keep_going { Ok(()) } else { Err(Stop) }
+    }
+
+    fn run(&mut self, lines: &mut Lines<'_>) -> Option<VerifyReport> {
         let mut line_count = 0;
         while let Some((n, text)) = lines.next() {
             line_count = n;
-            let text = text.map_err(|e| fail(n, None, FailureKind::Malformed, e))?;
-            let Some(header) = self.header else {
-                let header = ExportHeader::from_canonical_json(&text)
-                    .map_err(|e| fail(n, None, FailureKind::Malformed, e.to_string()))?;
-                self.header = Some(header);
-                if header.first_seq == 1 {
-                    self.expected_prev = Some([0u8; 32]);
-                }
-                continue;
-            };
-            match parse_line(&text) {
-                Err(e) => return Err(fail(n, None, FailureKind::Malformed, e)),
-                Ok(Parsed::Header) => {
-                    return Err(fail(
-                        n,
-                        None,
-                        FailureKind::Malformed,
-                        "a second export header".into(),
-                    ));
-                }
-                Ok(Parsed::Record(r)) => self.record(n, &r, &header, lines)?,
-                Ok(Parsed::Checkpoint(c)) => self.checkpoint(n, &c, &header, lines)?,
+            if self.line(n, text, lines).is_err() || self.stopped {
+                return None;
             }
         }
-        self.finish(line_count)
+        self.finish(line_count).ok().flatten()
+    }
+
+    fn line(&mut self, n: usize, text: Result<String, String>, lines: &mut Lines<'_>) -> Flow {
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => return self.report(fail(n, None, FailureKind::Malformed, e)),
+        };
+        let Some(header) = self.header else {
+            return match ExportHeader::from_canonical_json(&text) {
+                Ok(header) => {
+                    self.header = Some(header);
+                    if header.first_seq == 1 {
+                        self.expected_prev = Some([0u8; 32]);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    // Without the header nothing else can be checked.
+                    self.stopped = true;
+                    self.report(fail(n, None, FailureKind::Malformed, e.to_string()))
+                }
+            };
+        };
+        match parse_line(&text) {
+            Err(e) => {
+                self.note_malformed(&text, &header);
+                self.report(fail(n, None, FailureKind::Malformed, e))
+            }
+            Ok(Parsed::Header) => self.report(fail(
+                n,
+                None,
+                FailureKind::Malformed,
+                "a second export header".into(),
+            )),
+            Ok(Parsed::Record(r)) => self.record(n, &r, &header, lines),
+            Ok(Parsed::Checkpoint(c)) => self.checkpoint(n, &c, &header, lines),
+        }
     }
 
     /// The seq of the last record, or `first_seq - 1` before the first.
@@ -308,12 +503,13 @@ impl Verifier {
         r: &RawRecord,
         header: &ExportHeader,
         lines: &mut Lines<'_>,
-    ) -> Result<(), VerifyFailure> {
+    ) -> Flow {
         let seq = Some(r.seq);
-        // 1. The record's own hash.
+        // 1. The record's own hash. (Going on, the stored hash stands for the record: it is
+        // what its successor links to.)
         let recomputed = r.recompute_hash();
         if recomputed != r.hash {
-            return Err(fail(
+            self.report(fail(
                 n,
                 seq,
                 FailureKind::Edited,
@@ -322,69 +518,85 @@ impl Verifier {
                     hex::encode(r.hash),
                     hex::encode(recomputed)
                 ),
-            ));
+            ))?;
         }
-        // 2. Known events must be valid; rotations are remembered.
-        if AuditEvent::TYPES.contains(&r.event_type()) {
-            let event = r
-                .typed_event()
-                .map_err(|e| fail(n, seq, FailureKind::Malformed, e.to_string()))?;
-            if let AuditEvent::SigningKeyRotated {
-                old_key_id,
-                new_key_id,
-                new_public_key,
-            } = event
-            {
-                if new_public_key.key_id() != new_key_id {
-                    return Err(fail(
-                        n,
-                        seq,
-                        FailureKind::Malformed,
-                        format!(
-                            "signing_key_rotated names new_key_id {new_key_id} but its public key has id {}",
-                            new_public_key.key_id()
-                        ),
-                    ));
-                }
-                self.pending.push(PendingRotation {
-                    seq: r.seq,
-                    line: n,
+        // 2. Known events must be valid; rotations are remembered once the record is in place.
+        let mut rotation = None;
+        let known = AuditEvent::TYPES.contains(&r.event_type());
+        if known {
+            match r.typed_event() {
+                Err(e) => self.report(fail(n, seq, FailureKind::Malformed, e.to_string()))?,
+                Ok(AuditEvent::SigningKeyRotated {
                     old_key_id,
-                    new_key: new_public_key,
-                });
+                    new_key_id,
+                    new_public_key,
+                }) => {
+                    if new_public_key.key_id() == new_key_id {
+                        rotation = Some(PendingRotation {
+                            seq: r.seq,
+                            line: n,
+                            old_key_id,
+                            new_key: new_public_key,
+                        });
+                    } else {
+                        self.report(fail(
+                            n,
+                            seq,
+                            FailureKind::Malformed,
+                            format!(
+                                "signing_key_rotated names new_key_id {new_key_id} but its public key has id {}",
+                                new_public_key.key_id()
+                            ),
+                        ))?;
+                    }
+                }
+                Ok(_) => {}
             }
-        } else {
-            self.unknown_events += 1;
         }
         // 3. Position in the sequence.
         let current = self.current_seq(header);
         let expected = current.saturating_add(1);
+        let mut check_link = true;
+        let mut replaces_last = false;
         if r.seq > expected {
             let (missing_from, missing_to) = (expected, r.seq - 1);
-            let (later, _) = scan(lines, |p| (missing_from..=missing_to).contains(&p.seq));
-            return Err(match later {
-                Some(p) => fail(
-                    n,
-                    seq,
-                    FailureKind::Reordered,
-                    format!(
-                        "expected seq {expected}, found seq {}; seq {} appears later, at line {}",
-                        r.seq, p.seq, p.line
-                    ),
-                ),
-                None => fail(
-                    n,
-                    seq,
-                    FailureKind::Deleted,
-                    format!(
-                        "expected seq {expected}, found seq {}: {} missing",
-                        r.seq,
-                        range(missing_from, missing_to)
-                    ),
-                ),
-            });
-        }
-        if r.seq < expected {
+            check_link = false;
+            if !within((missing_from, missing_to), self.missing) {
+                let (later, _) = scan(lines, |p| (missing_from..=missing_to).contains(&p.seq));
+                match later {
+                    Some(p) => {
+                        self.report(fail(
+                            n,
+                            seq,
+                            FailureKind::Reordered,
+                            format!(
+                                "expected seq {expected}, found seq {}; seq {} appears later, at line {}",
+                                r.seq, p.seq, p.line
+                            ),
+                        ))?;
+                        self.moved = Some((missing_from, missing_to));
+                    }
+                    None => {
+                        self.report(fail(
+                            n,
+                            seq,
+                            FailureKind::Deleted,
+                            format!(
+                                "expected seq {expected}, found seq {}: {} missing",
+                                r.seq,
+                                range(missing_from, missing_to)
+                            ),
+                        ))?;
+                        self.missing = Some((missing_from, missing_to));
+                    }
+                }
+            }
+        } else if r.seq < expected {
+            // A record reported as moved, where it stands now: its hash and fields were
+            // checked above; its place was reported.
+            if within((r.seq, r.seq), self.moved) {
+                return Ok(());
+            }
             // Every seq up to `current` has been seen exactly once, so this one is a duplicate.
             // If it duplicates the record just before and the following record links to this
             // one instead, the earlier line is the intruder.
@@ -398,7 +610,7 @@ impl Verifier {
                     && next.prev_hash.as_deref() == Some(this_hash.as_str())
                     && this_hash != prev_hash
                 {
-                    return Err(fail(
+                    self.report(fail(
                         prev.line,
                         Some(prev.seq),
                         FailureKind::Inserted,
@@ -406,29 +618,36 @@ impl Verifier {
                             "seq {} appears twice (lines {} and {n}); the next record (line {}) links to line {n}, so line {} is not part of the chain",
                             r.seq, prev.line, next.line, prev.line
                         ),
-                    ));
+                    ))?;
+                    // This line is the chain's record: it takes the intruder's place.
+                    check_link = false;
+                    replaces_last = true;
                 }
             }
-            return Err(fail(
-                n,
-                seq,
-                FailureKind::Inserted,
-                format!(
-                    "seq {} was already used (the sequence had reached seq {current})",
-                    r.seq
-                ),
-            ));
+            if !replaces_last {
+                // This line is not part of the chain: skipped.
+                return self.report(fail(
+                    n,
+                    seq,
+                    FailureKind::Inserted,
+                    format!(
+                        "seq {} was already used (the sequence had reached seq {current})",
+                        r.seq
+                    ),
+                ));
+            }
         }
         // 4. The link to the previous record.
         match self.expected_prev {
-            Some(want) if want != r.prev_hash => {
+            Some(want) if check_link && want != r.prev_hash => {
                 let (next, _) = scan(lines, |_| true);
                 let this_hash = hex::encode(r.hash);
                 if let Some(prev) = self.last
                     && let Some(next) = next
                     && next.prev_hash.as_deref() == Some(this_hash.as_str())
                 {
-                    return Err(fail(
+                    // The previous record was altered; this one is in its place.
+                    self.report(fail(
                         prev.line,
                         Some(prev.seq),
                         FailureKind::Edited,
@@ -437,30 +656,38 @@ impl Verifier {
                             hex::encode(r.prev_hash),
                             hex::encode(prev.hash)
                         ),
+                    ))?;
+                } else {
+                    // This line is not part of the chain: skipped.
+                    return self.report(fail(
+                        n,
+                        seq,
+                        FailureKind::Inserted,
+                        match self.last {
+                            Some(prev) => format!(
+                                "prev_hash {} != hash {} of the record before it (line {}, seq {})",
+                                hex::encode(r.prev_hash),
+                                hex::encode(want),
+                                prev.line,
+                                prev.seq
+                            ),
+                            None => format!(
+                                "prev_hash {} != {} expected at the start of the export",
+                                hex::encode(r.prev_hash),
+                                hex::encode(want)
+                            ),
+                        },
                     ));
                 }
-                return Err(fail(
-                    n,
-                    seq,
-                    FailureKind::Inserted,
-                    match self.last {
-                        Some(prev) => format!(
-                            "prev_hash {} != hash {} of the record before it (line {}, seq {})",
-                            hex::encode(r.prev_hash),
-                            hex::encode(want),
-                            prev.line,
-                            prev.seq
-                        ),
-                        None => format!(
-                            "prev_hash {} != {} expected at the start of the export",
-                            hex::encode(r.prev_hash),
-                            hex::encode(want)
-                        ),
-                    },
-                ));
             }
             Some(_) => {}
             None => self.mid_chain_prev_hash = Some(r.prev_hash),
+        }
+        if let Some(rotation) = rotation {
+            self.pending.push(rotation);
+        }
+        if !known {
+            self.unknown_events += 1;
         }
         self.last = Some(Seen {
             seq: r.seq,
@@ -469,7 +696,10 @@ impl Verifier {
         });
         self.expected_prev = Some(r.hash);
         self.covered = false;
-        self.records += 1;
+        self.last_record_has_checkpoint_line = false;
+        if !replaces_last {
+            self.records += 1;
+        }
         Ok(())
     }
 
@@ -479,14 +709,15 @@ impl Verifier {
         c: &Checkpoint,
         header: &ExportHeader,
         lines: &mut Lines<'_>,
-    ) -> Result<(), VerifyFailure> {
+    ) -> Flow {
         let seq = Some(c.seq);
+        self.checkpoint_lines += 1;
         let current = self.current_seq(header);
-        // 1. Placement: right after the record it covers.
+        // 1. Placement: right after the record it covers. A misplaced checkpoint is skipped.
         if c.seq > current {
             let (from, to) = (current.saturating_add(1), c.seq);
             let (later, any) = scan(lines, |p| (from..=to).contains(&p.seq));
-            return Err(match later {
+            let failure = match later {
                 Some(p) => fail(
                     n,
                     seq,
@@ -496,16 +727,19 @@ impl Verifier {
                         c.seq, p.seq, p.line
                     ),
                 ),
-                None if any => fail(
-                    n,
-                    seq,
-                    FailureKind::Deleted,
-                    format!(
-                        "checkpoint for seq {} comes after seq {current}: {} missing",
-                        c.seq,
-                        range(from, to)
-                    ),
-                ),
+                None if any => {
+                    self.missing = Some((from, to));
+                    fail(
+                        n,
+                        seq,
+                        FailureKind::Deleted,
+                        format!(
+                            "checkpoint for seq {} comes after seq {current}: {} missing",
+                            c.seq,
+                            range(from, to)
+                        ),
+                    )
+                }
                 None => fail(
                     n,
                     seq,
@@ -516,15 +750,20 @@ impl Verifier {
                         range(from, to)
                     ),
                 ),
-            });
+            };
+            return self.report(failure);
         }
         if c.seq < current {
+            // The checkpoint of a record reported as moved, where it stands now.
+            if within((c.seq, c.seq), self.moved) {
+                return Ok(());
+            }
             if let Some(prev) = self.last
                 && c.seq.checked_add(1) == Some(prev.seq)
             {
                 let (dup, _) = scan(lines, |p| p.seq == prev.seq);
                 if let Some(dup) = dup {
-                    return Err(fail(
+                    return self.report(fail(
                         prev.line,
                         Some(prev.seq),
                         FailureKind::Inserted,
@@ -535,7 +774,7 @@ impl Verifier {
                     ));
                 }
             }
-            return Err(fail(
+            return self.report(fail(
                 n,
                 seq,
                 FailureKind::Reordered,
@@ -545,11 +784,12 @@ impl Verifier {
                 ),
             ));
         }
-        // 2. The key.
-        if let Some((rotation_seq, confirmed_at)) = self.retired.get(&c.key_id)
-            && c.seq > *confirmed_at
+        self.last_record_has_checkpoint_line = true;
+        // 2. The key. A checkpoint that does not verify vouches for nothing.
+        if let Some((rotation_seq, confirmed_at)) = self.retired.get(&c.key_id).copied()
+            && c.seq > confirmed_at
         {
-            return Err(fail(
+            return self.report(fail(
                 n,
                 seq,
                 FailureKind::UnknownSigningKey,
@@ -575,11 +815,11 @@ impl Verifier {
                     }
                 ),
             };
-            return Err(fail(n, seq, FailureKind::UnknownSigningKey, why));
+            return self.report(fail(n, seq, FailureKind::UnknownSigningKey, why));
         };
         // 3. The signature.
         if !key.verify_checkpoint(c) {
-            return Err(fail(
+            return self.report(fail(
                 n,
                 seq,
                 FailureKind::BadSignature,
@@ -593,10 +833,20 @@ impl Verifier {
         // 4. The signed head against the records.
         match self.expected_prev {
             Some(hash) if hash != c.head_hash => {
+                // Once the chain was recomputed from an altered record on, every later
+                // checkpoint disagrees with it too: counted with the first, not reported again.
+                // The checkpoint vouches for nothing, but its valid signature still confirms
+                // the rotations it covers, so that the new key's checkpoints are checked.
+                if let Some((_, later)) = self.rechained.as_mut() {
+                    *later += 1;
+                    self.confirm_rotations(c);
+                    return Ok(());
+                }
                 let since = self
                     .last_checkpoint
                     .map_or(header.first_seq, |(s, _, _)| s.saturating_add(1));
-                return Err(fail(
+                self.rechained = Some((self.problems.len(), 0));
+                self.report(fail(
                     n,
                     seq,
                     FailureKind::Edited,
@@ -607,7 +857,9 @@ impl Verifier {
                         hex::encode(hash),
                         range(since, c.seq)
                     ),
-                ));
+                ))?;
+                self.confirm_rotations(c);
+                return Ok(());
             }
             Some(_) => {}
             // A mid-chain export anchored by a checkpoint before its first record.
@@ -619,7 +871,12 @@ impl Verifier {
         if !self.keys_seen.contains(&key) {
             self.keys_seen.push(key);
         }
-        // 5. Rotations this checkpoint confirms: recorded at or before c.seq, from this key.
+        self.confirm_rotations(c);
+        Ok(())
+    }
+
+    /// 5. Rotations a verified checkpoint confirms: recorded at or before its seq, from its key.
+    fn confirm_rotations(&mut self, c: &Checkpoint) {
         let signer = c.key_id.clone();
         let (confirmed, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
@@ -629,58 +886,98 @@ impl Verifier {
             self.trusted.insert(p.new_key.key_id(), p.new_key);
             self.retired.insert(signer.clone(), (p.seq, c.seq));
         }
-        Ok(())
     }
 
-    fn finish(self, line_count: usize) -> Result<VerifyReport, VerifyFailure> {
+    /// A line that is not a valid record or checkpoint: if it still reads as one, its seq is
+    /// remembered so that its absence is not reported again as a deletion (or a checkpoint
+    /// line as removed).
+    fn note_malformed(&mut self, text: &str, header: &ExportHeader) {
+        let Ok(value) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let seq = value.get("seq").and_then(Value::as_u64);
+        match (value.get("type").and_then(Value::as_str), seq) {
+            (Some("record"), Some(seq)) if seq > self.current_seq(header) => {
+                self.missing = Some((seq, seq));
+            }
+            (Some("checkpoint"), Some(seq)) => {
+                self.checkpoint_lines += 1;
+                if seq == self.current_seq(header) {
+                    self.last_record_has_checkpoint_line = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The end-of-export checks; the report when nothing was found.
+    fn finish(&mut self, line_count: usize) -> Result<Option<VerifyReport>, Stop> {
+        if let Some((index, later)) = self.rechained
+            && later > 0
+            && let Some(problem) = self.problems.get_mut(index)
+        {
+            problem.detail.push_str(&format!(
+                "; the {later} later checkpoint(s) disagree with the records too"
+            ));
+        }
         let Some(header) = self.header else {
-            return Err(fail(
-                1,
+            self.report(fail_at_end(
+                line_count,
                 None,
                 FailureKind::Malformed,
                 "empty export: no header line".into(),
-            ));
+            ))?;
+            return Ok(None);
         };
-        let eof = line_count + 1;
         let current = self.current_seq(&header);
-        let Some((_, cp_line, cp_time)) = self.last_checkpoint.filter(|_| self.covered) else {
+        let last_cp = self.last_checkpoint.filter(|_| self.covered);
+        // A checkpoint line after the last record that failed was reported already.
+        if last_cp.is_none() && !self.last_record_has_checkpoint_line {
             let detail = match self.last_checkpoint {
                 Some((s, l, _)) => format!(
                     "the export ends after seq {current} without a checkpoint covering it; the last checkpoint covers seq {s} (line {l})"
                 ),
                 None => format!("the export ends after seq {current} without any checkpoint"),
             };
-            return Err(fail(eof, Some(current), FailureKind::Truncated, detail));
-        };
+            self.report(fail_at_end(
+                line_count,
+                Some(current),
+                FailureKind::Truncated,
+                detail,
+            ))?;
+        }
         if current < header.last_seq {
-            return Err(fail(
-                eof,
+            let at = last_cp
+                .map(|(_, cp_line, _)| format!(" (last checkpoint at line {cp_line})"))
+                .unwrap_or_default();
+            self.report(fail_at_end(
+                line_count,
                 Some(current),
                 FailureKind::Truncated,
                 format!(
-                    "the header announces records up to seq {}, but the export ends at seq {current} (last checkpoint at line {cp_line})",
+                    "the header announces records up to seq {}, but the export ends at seq {current}{at}",
                     header.last_seq
                 ),
-            ));
+            ))?;
         }
-        if self.checkpoints != header.checkpoints {
-            let (kind, what) = if self.checkpoints < header.checkpoints {
+        if self.checkpoint_lines != header.checkpoints {
+            let (kind, what) = if self.checkpoint_lines < header.checkpoints {
                 (FailureKind::Deleted, "removed")
             } else {
                 (FailureKind::Inserted, "added")
             };
-            return Err(fail(
-                eof,
+            self.report(fail_at_end(
+                line_count,
                 None,
                 kind,
                 format!(
                     "the header announces {} checkpoints, the export has {}: a checkpoint line was {what}",
-                    header.checkpoints, self.checkpoints
+                    header.checkpoints, self.checkpoint_lines
                 ),
-            ));
+            ))?;
         }
         if current > header.last_seq {
-            return Err(fail(
+            self.report(fail(
                 1,
                 None,
                 FailureKind::Malformed,
@@ -688,19 +985,22 @@ impl Verifier {
                     "the header announces records up to seq {}, but the export continues to seq {current}",
                     header.last_seq
                 ),
-            ));
+            ))?;
         }
-        Ok(VerifyReport {
+        let Some((_, _, cp_time)) = last_cp.filter(|_| self.problems.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(VerifyReport {
             records: self.records,
             checkpoints: self.checkpoints,
             first_seq: header.first_seq,
             last_seq: current,
             head_hash: self.expected_prev.unwrap_or([0u8; 32]),
-            signing_keys_seen: self.keys_seen,
+            signing_keys_seen: self.keys_seen.clone(),
             final_checkpoint_time_ms: cp_time,
             exported_at_ms: header.exported_at_ms,
             mid_chain_prev_hash: self.mid_chain_prev_hash,
             unknown_events: self.unknown_events,
-        })
+        }))
     }
 }

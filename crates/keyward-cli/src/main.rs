@@ -23,7 +23,12 @@ use keyward_proto::v1::{
 };
 use keyward_server::{Config, telemetry::LogFormat};
 
+mod audit_cmd;
+mod exit;
 mod logging;
+mod report;
+
+use audit_cmd::AuditCommand;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
@@ -144,49 +149,6 @@ enum PolicyCommand {
         /// Directory of test cases (default: tests in the --policies directory).
         #[arg(long)]
         cases: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
-    Export {
-        /// Write to this file instead of stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
-    /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
-    Verify {
-        /// The export file (JSON Lines).
-        file: PathBuf,
-        /// A trusted checkpoint-signing public key (`keyward audit public-key`); repeatable.
-        #[arg(long = "public-key", required = true, value_name = "KEY")]
-        public_keys: Vec<String>,
-    },
-    /// Print the deployment's checkpoint-signing public key.
-    PublicKey,
-    /// Replace the checkpoint-signing key (recorded in the chain, signed by the old key).
-    RotateSigningKey {
-        #[arg(long, env = "USER", default_value = "")]
-        requested_by: String,
-    },
-    /// A readable revocation report for a tenant: each revocation with when the KMS was
-    /// first seen refusing, when it was recorded, when caches were purged, the last
-    /// plaintext served before, and the requests denied after.
-    Report {
-        #[arg(long)]
-        tenant: String,
-    },
-    /// List audit records, oldest first.
-    Events {
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Event type, e.g. kek_binding_changed.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Maximum number of records.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
     },
 }
 
@@ -394,13 +356,26 @@ fn parse_pair(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
 }
 
+/// Exit codes: `exit.rs` (docs/errors.md, "Exit codes of the `keyward` command").
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(exit::Exit::Usage.code())
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let local = ExitCode::from(exit::Exit::Local.code());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return local;
         }
     };
     // The server logs its lifecycle, in the configured format; client commands stay quiet
@@ -428,7 +403,7 @@ fn main() -> ExitCode {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: cannot set up logging: {e:#}");
-                return ExitCode::FAILURE;
+                return local;
             }
         }
     };
@@ -438,7 +413,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::Exit::of(&e).code())
         }
     }
 }
@@ -455,7 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decrypt(args) => decrypt(&target, args).await,
         Command::Key(cmd) => key(cmd),
         Command::Onboarding(cmd) => onboarding(cmd),
-        Command::Audit(cmd) => audit(&target, cmd).await,
+        Command::Audit(cmd) => audit_cmd::audit(&target, cmd).await,
         Command::Policy(cmd) => policy(cmd),
         Command::Store(cmd) => store(cmd).await,
     }
@@ -584,7 +559,10 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     if report.failures.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} policy test case(s) failed", report.failures.len())
+        Err(exit::problems(anyhow::anyhow!(
+            "{} policy test case(s) failed",
+            report.failures.len()
+        )))
     }
 }
 
@@ -649,14 +627,16 @@ async fn channel(target: &Target) -> anyhow::Result<Channel> {
         }
         channel = channel
             .tls_config(config)
-            .context("invalid TLS client configuration")?;
+            .context("invalid TLS client configuration")
+            .map_err(exit::local)?;
     }
     channel.connect().await.with_context(|| {
         format!("cannot connect to keyward at {endpoint} (is `keyward serve` running?)")
     })
 }
 
-/// Renders a gRPC error with its machine-readable reason.
+/// Renders a gRPC error with its machine-readable reason (`exit::refused` wraps it with its
+/// exit code).
 fn status_error(status: tonic::Status) -> anyhow::Error {
     let info = status.get_details_error_info();
     let reason = info
@@ -674,267 +654,6 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
         status.message(),
         status.code()
     )
-}
-
-async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Result<()> {
-    use keyward_proto::v1::audit_service_client::AuditServiceClient;
-    match cmd {
-        AuditCommand::Verify { file, public_keys } => {
-            let keys = public_keys
-                .iter()
-                .map(|k| keyward_audit::PublicKey::from_text(k))
-                .collect::<Result<Vec<_>, _>>()
-                .context("invalid --public-key")?;
-            let reader = std::io::BufReader::new(
-                std::fs::File::open(&file)
-                    .with_context(|| format!("cannot open {}", file.display()))?,
-            );
-            match keyward_audit::verify_export(reader, &keys) {
-                Ok(report) => {
-                    println!(
-                        "OK: {} records (seq {}..={}) and {} checkpoints verified; head {}",
-                        report.records,
-                        report.first_seq,
-                        report.last_seq,
-                        report.checkpoints,
-                        hex_string(&report.head_hash)
-                    );
-                    println!(
-                        "complete as of the final checkpoint signed at {} ms since the epoch",
-                        report.final_checkpoint_time_ms
-                    );
-                    Ok(())
-                }
-                Err(failure) => bail!("verification FAILED: {failure}"),
-            }
-        }
-        AuditCommand::Export { output } => {
-            let mut client = AuditServiceClient::new(channel(endpoint).await?);
-            let mut stream = client
-                .export(pb::ExportAuditRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let mut out: Box<dyn std::io::Write> = match &output {
-                Some(path) => Box::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            while let Some(chunk) = stream.message().await.map_err(status_error)? {
-                out.write_all(&chunk.jsonl)?;
-            }
-            out.flush()?;
-            Ok(())
-        }
-        AuditCommand::Report { tenant } => {
-            let mut client = AuditServiceClient::new(channel(endpoint).await?);
-            let mut records = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_events(pb::ListAuditEventsRequest {
-                        tenant_id: tenant.clone(),
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                records.extend(page.records);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            print!("{}", revocation_report(&tenant, &records)?);
-            Ok(())
-        }
-        AuditCommand::RotateSigningKey { requested_by } => {
-            let mut client = AuditServiceClient::new(channel(endpoint).await?);
-            let key = client
-                .rotate_signing_key(pb::RotateSigningKeyRequest { requested_by })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("{}", key.public_key);
-            Ok(())
-        }
-        AuditCommand::PublicKey => {
-            let mut client = AuditServiceClient::new(channel(endpoint).await?);
-            let key = client
-                .get_public_key(pb::GetAuditPublicKeyRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("{}", key.public_key);
-            Ok(())
-        }
-        AuditCommand::Events {
-            tenant,
-            event_type,
-            limit,
-        } => {
-            let mut client = AuditServiceClient::new(channel(endpoint).await?);
-            let response = client
-                .list_events(pb::ListAuditEventsRequest {
-                    tenant_id: tenant.unwrap_or_default(),
-                    event_type: event_type.unwrap_or_default(),
-                    page_size: limit,
-                    ..Default::default()
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            for record in response.records {
-                println!("{}\t{}", record.seq, record.canonical_json);
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Renders the revocation timeline from a tenant's audit records. Denied
-/// requests are attributed by their second to the revocation in force then
-/// (their aggregate records are written after the second is over).
-fn revocation_report(tenant: &str, records: &[pb::AuditRecord]) -> anyhow::Result<String> {
-    use keyward_audit::{AuditEvent, KeyState};
-    use std::fmt::Write as _;
-
-    struct Entry {
-        lines: String,
-        /// For a revocation: when it began and ended (restoration), and its denials.
-        window: Option<(i64, Option<i64>)>,
-        denied: u64,
-        first_denied_second: Option<i64>,
-    }
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut denials: Vec<(i64, u64)> = Vec::new();
-    for record in records {
-        let event: AuditEvent = serde_json::from_str::<serde_json::Value>(&record.canonical_json)
-            .ok()
-            .and_then(|v| v.get("event").cloned())
-            .and_then(|e| serde_json::from_value(e).ok())
-            .with_context(|| {
-                format!(
-                    "record {} is not an audit event this CLI understands",
-                    record.seq
-                )
-            })?;
-        let at = record
-            .time
-            .as_ref()
-            .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-        match event {
-            AuditEvent::RevocationStateChanged(t) => {
-                let mut lines = String::new();
-                let _ = writeln!(
-                    lines,
-                    "- {:?} -> {:?} (binding {}), source {:?}, actor {}",
-                    t.from,
-                    t.to,
-                    t.binding_id,
-                    t.source,
-                    t.actor.as_deref().unwrap_or("-")
-                );
-                let _ = writeln!(lines, "    reason: {}", t.reason);
-                let _ = writeln!(
-                    lines,
-                    "    first observed: {} ms; recorded: {at} ms (seq {})",
-                    t.observed_at_ms, record.seq
-                );
-                let window = (!matches!(t.to, KeyState::Unavailable)).then_some((at, None));
-                entries.push(Entry {
-                    lines,
-                    window,
-                    denied: 0,
-                    first_denied_second: None,
-                });
-            }
-            AuditEvent::KeysPurged {
-                purged_at_ms,
-                entries: n,
-                last_plaintext_at_ms,
-                ..
-            } => {
-                if let Some(entry) = entries.last_mut() {
-                    let _ = writeln!(
-                        entry.lines,
-                        "    caches purged: {purged_at_ms} ms ({n} entries)"
-                    );
-                    let _ = writeln!(
-                        entry.lines,
-                        "    last plaintext served before: {}",
-                        last_plaintext_at_ms
-                            .map_or("none since the replica started".to_owned(), |t| format!(
-                                "{t} ms"
-                            ))
-                    );
-                }
-            }
-            AuditEvent::RevocationDenials { second, count, .. } => denials.push((second, count)),
-            AuditEvent::Restored(t) => {
-                for entry in entries.iter_mut() {
-                    if let Some((_, end @ None)) = entry.window.as_mut() {
-                        *end = Some(at);
-                    }
-                }
-                let mut lines = String::new();
-                let _ = writeln!(
-                    lines,
-                    "- restored {:?} -> {:?}, source {:?}, actor {}, at {at} ms: {}",
-                    t.from,
-                    t.to,
-                    t.source,
-                    t.actor.as_deref().unwrap_or("-"),
-                    t.reason
-                );
-                entries.push(Entry {
-                    lines,
-                    window: None,
-                    denied: 0,
-                    first_denied_second: None,
-                });
-            }
-            _ => {}
-        }
-    }
-    for (second, count) in denials {
-        let (from, to) = (second * 1000, second * 1000 + 999);
-        let owner = entries.iter_mut().rev().find(|e| {
-            e.window
-                .is_some_and(|(start, end)| start <= to && end.is_none_or(|end| end >= from))
-        });
-        if let Some(entry) = owner {
-            entry.denied += count;
-            entry.first_denied_second.get_or_insert(second);
-        }
-    }
-    let mut out = format!("Revocation report for tenant {tenant}\n");
-    if entries.is_empty() {
-        out.push_str("(no revocation recorded)\n");
-    }
-    for entry in entries {
-        out.push_str(&entry.lines);
-        if entry.window.is_some() {
-            let _ = writeln!(
-                out,
-                "    requests denied since: {}{}",
-                entry.denied,
-                entry
-                    .first_denied_second
-                    .map(|s| format!(" (first in second {s})"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    Ok(out)
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn onboarding(cmd: OnboardingCommand) -> anyhow::Result<()> {
@@ -1068,7 +787,7 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
                 .await
         }
     }
-    .map_err(status_error)?
+    .map_err(exit::refused)?
     .into_inner();
     print_tenant(&tenant);
     Ok(())
@@ -1157,7 +876,7 @@ async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Result<()> {
             scope: args.scope,
         })
         .await
-        .map_err(status_error)?
+        .map_err(exit::refused)?
         .into_inner();
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -1190,7 +909,7 @@ async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Result<()> {
             encryption_context: context_map(args.context)?,
         })
         .await
-        .map_err(status_error)?
+        .map_err(exit::refused)?
         .into_inner();
     let mut out = std::io::stdout().lock();
     out.write_all(&response.plaintext)?;

@@ -130,6 +130,9 @@ fn export_verifies_offline_and_tampering_is_pinpointed() {
     assert!(ok, "{err}");
     let key = String::from_utf8(key).unwrap().trim().to_owned();
     assert!(key.starts_with("keyward-audit-ed25519:"), "{key}");
+    // The key id verify's messages name keys by, on stderr (stdout stays the key alone).
+    let key_id = keyward_audit::PublicKey::from_text(&key).unwrap().key_id();
+    assert!(err.contains(&format!("key id {key_id} ")), "{err}");
 
     let text = std::fs::read_to_string(&export).unwrap();
     assert!(
@@ -153,10 +156,15 @@ fn export_verifies_offline_and_tampering_is_pinpointed() {
     };
     let (ok, out, err) = verify(&export);
     assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("OK: 6 records"), "{out}");
+    // What was proven, in words and UTC times, with the key that signed.
     assert!(
-        String::from_utf8_lossy(&out).starts_with("OK: 6 records"),
-        "{}",
-        String::from_utf8_lossy(&out)
+        out.contains("proven: every record from seq 1 to seq 6 is present, in order and unaltered")
+            && out.contains(&format!("signing keys seen: {key_id} ({key})"))
+            && out.contains("final checkpoint: signed at 20")
+            && !out.contains("..="),
+        "{out}"
     );
 
     // Edit a record (the tenant of the third line: a record).
@@ -179,11 +187,31 @@ fn export_verifies_offline_and_tampering_is_pinpointed() {
     assert!(!ok);
     assert!(err.contains("FAILED"), "{err}");
 
-    // Truncate the tail.
-    std::fs::write(&tampered, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    // Both: the edit does not hide the later deletion (of a record, or of a checkpoint line
+    // if the server signed one there).
+    let mut both = edited.clone();
+    both.remove(4);
+    std::fs::write(&tampered, both.join("\n") + "\n").unwrap();
+    let (ok, _, err) = verify(&tampered);
+    assert!(!ok);
+    assert!(
+        err.contains("verification FAILED: 2 problem(s) found in")
+            && err.contains("\n  line 3 (seq 2): record was edited: ")
+            && err.contains(": record deleted: "),
+        "{err}"
+    );
+
+    // Truncate the tail: named at the end of the export, never at a line past it.
+    let kept = lines.len() - 2;
+    std::fs::write(&tampered, lines[..kept].join("\n") + "\n").unwrap();
     let (ok, _, err) = verify(&tampered);
     assert!(!ok);
     assert!(err.contains("truncated"), "{err}");
+    assert!(
+        err.contains(&format!("end of export (after line {kept})"))
+            && !err.contains(&format!("line {}", kept + 1)),
+        "{err}"
+    );
 
     // Another deployment's key does not vouch for this export.
     let stranger = "keyward-audit-ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";

@@ -179,6 +179,13 @@ impl Server {
 
     /// Runs the `keyward` CLI against this server; returns (success, stdout, stderr).
     pub(crate) fn cli(&self, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+        let (code, out, err) = self.cli_code(args, stdin);
+        (code == Some(0), out, err)
+    }
+
+    /// [`Server::cli`] with the exit code (`None` if killed by a signal): docs/errors.md,
+    /// "Exit codes of the `keyward` command".
+    pub(crate) fn cli_code(&self, args: &[&str], stdin: &[u8]) -> (Option<i32>, Vec<u8>, String) {
         use std::io::Write as _;
         let mut child = Command::new(keyward_bin())
             .args(args)
@@ -197,7 +204,7 @@ impl Server {
             .expect("write stdin");
         let out = child.wait_with_output().expect("wait");
         (
-            out.status.success(),
+            out.status.code(),
             out.stdout,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )

@@ -1,0 +1,378 @@
+//! `keyward audit …`: export, verify, report, list and rotate (docs/auditor-guide.md).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use clap::{Subcommand, ValueEnum};
+use keyward_audit::{PublicKey, Verification, VerifyReport, verify_export_all};
+use keyward_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use crate::report::{self, AuditEntry, hex_string, utc_ms};
+use crate::{Target, channel, exit};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
+    /// Reports every problem found; exit status 1 if there is any.
+    Verify {
+        /// The export file (JSON Lines).
+        file: PathBuf,
+        /// A trusted checkpoint-signing public key (`keyward audit public-key`); repeatable.
+        #[arg(long = "public-key", required = true, value_name = "KEY", value_parser = parse_public_key)]
+        public_keys: Vec<PublicKey>,
+        /// Output: readable text, or JSON with the raw values.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the deployment's checkpoint-signing public key (stdout) and its key id (stderr).
+    PublicKey,
+    /// Replace the checkpoint-signing key (recorded in the chain, signed by the old key).
+    RotateSigningKey {
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
+    /// A readable revocation report for a tenant: for each revocation, when it was observed
+    /// and recorded, when each replica last served plaintext, whether any was served after the
+    /// revocation was recorded, the requests denied since, and the restoration.
+    Report {
+        #[arg(long)]
+        tenant: String,
+        /// Report from this export instead of the live server, after verifying it (the same
+        /// checks as `audit verify`; an export that does not verify is refused).
+        #[arg(long, value_name = "FILE", requires = "public_keys")]
+        from_export: Option<PathBuf>,
+        /// A trusted checkpoint-signing public key, to verify `--from-export`; repeatable.
+        #[arg(long = "public-key", value_name = "KEY", value_parser = parse_public_key, requires = "from_export")]
+        public_keys: Vec<PublicKey>,
+        /// Output: readable text, or JSON with the raw values.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List audit records, oldest first.
+    Events {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Event type, e.g. kek_binding_changed.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Maximum number of records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Readable text; times in UTC (RFC 3339).
+    Text,
+    /// JSON, with raw values (Unix milliseconds, seqs, hex).
+    Json,
+}
+
+/// `--public-key`: a usage error (exit 2) when it is not a key's text form.
+fn parse_public_key(text: &str) -> Result<PublicKey, String> {
+    PublicKey::from_text(text).map_err(|e| {
+        format!("{e} (expected the text `keyward audit public-key` prints: keyward-audit-ed25519:<base64>)")
+    })
+}
+
+pub(crate) async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Result<()> {
+    use keyward_proto::v1::audit_service_client::AuditServiceClient;
+    match cmd {
+        AuditCommand::Verify {
+            file,
+            public_keys,
+            format,
+        } => {
+            let bytes = read_export(&file)?;
+            let verification = verify_export_all(bytes.as_slice(), &public_keys);
+            match (&verification.report, format) {
+                (Some(report), Format::Text) => print!("{}", proven_text(report)),
+                (Some(report), Format::Json) => println!("{}", proven_json(report)),
+                (None, Format::Text) => {
+                    return Err(exit::problems(anyhow!(
+                        "verification FAILED: {}",
+                        problems_text(&file, &verification)
+                    )));
+                }
+                (None, Format::Json) => {
+                    println!("{}", problems_json(&verification));
+                    return Err(exit::problems(anyhow!(
+                        "verification FAILED: {} problem(s) found in {} (listed in the JSON output)",
+                        verification.problems.len(),
+                        file.display()
+                    )));
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export { output } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let mut stream = client
+                .export(pb::ExportAuditRequest {})
+                .await
+                .map_err(exit::refused)?
+                .into_inner();
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            while let Some(chunk) = stream.message().await.map_err(exit::refused)? {
+                out.write_all(&chunk.jsonl)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        AuditCommand::Report {
+            tenant,
+            from_export,
+            public_keys,
+            format,
+        } => {
+            let (entries, whence) = match &from_export {
+                Some(file) => (
+                    verified_entries(file, &public_keys)?,
+                    format!("no record in {}", file.display()),
+                ),
+                None => (
+                    listed_entries(endpoint, &tenant).await?,
+                    "no audit record".to_owned(),
+                ),
+            };
+            let report = report::build(&tenant, &entries).ok_or_else(|| {
+                anyhow!("{whence} names tenant {tenant:?}: there is no such tenant (tenant ids are lowercase; `keyward audit events` lists what is recorded)")
+            })?;
+            match format {
+                Format::Text => print!("{}", report.text()),
+                Format::Json => println!("{}", report.json()),
+            }
+            Ok(())
+        }
+        AuditCommand::RotateSigningKey { requested_by } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let key = client
+                .rotate_signing_key(pb::RotateSigningKeyRequest { requested_by })
+                .await
+                .map_err(exit::refused)?
+                .into_inner();
+            print_public_key(&key.public_key);
+            Ok(())
+        }
+        AuditCommand::PublicKey => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let key = client
+                .get_public_key(pb::GetAuditPublicKeyRequest {})
+                .await
+                .map_err(exit::refused)?
+                .into_inner();
+            print_public_key(&key.public_key);
+            Ok(())
+        }
+        AuditCommand::Events {
+            tenant,
+            event_type,
+            limit,
+        } => {
+            let mut client = AuditServiceClient::new(channel(endpoint).await?);
+            let response = client
+                .list_events(pb::ListAuditEventsRequest {
+                    tenant_id: tenant.unwrap_or_default(),
+                    event_type: event_type.unwrap_or_default(),
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(exit::refused)?
+                .into_inner();
+            for record in response.records {
+                println!("{}\t{}", record.seq, record.canonical_json);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The key on stdout (what `--public-key` takes); its id, which `audit verify` names keys by,
+/// on stderr.
+fn print_public_key(text: &str) {
+    println!("{text}");
+    match PublicKey::from_text(text) {
+        Ok(key) => eprintln!(
+            "key id {} (`keyward audit verify` names keys by their id)",
+            key.key_id()
+        ),
+        Err(e) => eprintln!("warning: the server's key is not a valid public key: {e}"),
+    }
+}
+
+/// The whole export, read once: what is verified is what is reported from.
+fn read_export(file: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// The records of an export that verifies under `keys`; an export that does not is refused.
+fn verified_entries(file: &Path, keys: &[PublicKey]) -> anyhow::Result<Vec<AuditEntry>> {
+    let bytes = read_export(file)?;
+    let verification = verify_export_all(bytes.as_slice(), keys);
+    if verification.report.is_none() {
+        return Err(exit::problems(anyhow!(
+            "refusing to report from an export that does not verify: {}",
+            problems_text(file, &verification)
+        )));
+    }
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", file.display()))?;
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let value: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: a line is not JSON", file.display()))?;
+        if value.get("type").and_then(Value::as_str) == Some("record")
+            && let Some(entry) = AuditEntry::from_json(line)?
+        {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
+/// Every record the live server lists for the tenant, oldest first.
+async fn listed_entries(endpoint: &Target, tenant: &str) -> anyhow::Result<Vec<AuditEntry>> {
+    use keyward_proto::v1::audit_service_client::AuditServiceClient;
+    let mut client = AuditServiceClient::new(channel(endpoint).await?);
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_events(pb::ListAuditEventsRequest {
+                tenant_id: tenant.to_owned(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(exit::refused)?
+            .into_inner();
+        for record in &page.records {
+            entries.extend(AuditEntry::from_json(&record.canonical_json)?);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(entries)
+}
+
+/// `3 problems found in FILE:` and one line per problem.
+fn problems_text(file: &Path, verification: &Verification) -> String {
+    let mut text = format!(
+        "{} problem(s) found in {}:",
+        verification.problems.len(),
+        file.display()
+    );
+    for problem in &verification.problems {
+        text.push_str(&format!("\n  {problem}"));
+    }
+    if !verification.read_to_end {
+        text.push_str(
+            "\n  (checking stopped there: without a valid header the rest cannot be checked)",
+        );
+    }
+    text
+}
+
+fn problems_json(verification: &Verification) -> Value {
+    let problems: Vec<Value> = verification
+        .problems
+        .iter()
+        .map(|p| {
+            json!({
+                "location": p.location(),
+                "line": (!p.end_of_export).then_some(p.line),
+                "end_of_export": p.end_of_export,
+                "seq": p.seq,
+                "kind": p.kind.as_str(),
+                "detail": p.detail,
+            })
+        })
+        .collect();
+    json!({"ok": false, "problems": problems, "read_to_end": verification.read_to_end})
+}
+
+/// What a successful verification proved, in words.
+fn proven_text(r: &VerifyReport) -> String {
+    let range = if r.records == 0 {
+        "no records".to_owned()
+    } else {
+        format!("seq {} to seq {}", r.first_seq, r.last_seq)
+    };
+    let mut out = format!(
+        "OK: {} records and {} checkpoints verified ({range}). Times are UTC.\n",
+        r.records, r.checkpoints
+    );
+    out.push_str(&format!(
+        "proven: every record from seq {} to seq {} is present, in order and unaltered, and \
+         every checkpoint is signed by a trusted key\n",
+        r.first_seq, r.last_seq
+    ));
+    let keys: Vec<String> = r
+        .signing_keys_seen
+        .iter()
+        .map(|k| format!("{} ({})", k.key_id(), k.to_text()))
+        .collect();
+    out.push_str(&format!("signing keys seen: {}\n", keys.join(", ")));
+    out.push_str(&format!(
+        "final checkpoint: signed at {}: the chain is proven complete up to seq {} as of \
+         this time; check that it is when the export was made (the unsigned header says {})\n",
+        utc_ms(r.final_checkpoint_time_ms),
+        r.last_seq,
+        utc_ms(r.exported_at_ms)
+    ));
+    out.push_str(&format!("head hash: {}\n", hex_string(&r.head_hash)));
+    if let Some(prev) = r.mid_chain_prev_hash {
+        out.push_str(&format!(
+            "starts mid-chain: seq {}'s link to the record before it ({}) is taken on trust; \
+             nothing here proves what came before seq {}\n",
+            r.first_seq,
+            hex_string(&prev),
+            r.first_seq
+        ));
+    }
+    if r.unknown_events > 0 {
+        out.push_str(&format!(
+            "{} records have event types this verifier does not know: their hashes and links \
+             were verified, their fields were not interpreted\n",
+            r.unknown_events
+        ));
+    }
+    out
+}
+
+fn proven_json(r: &VerifyReport) -> Value {
+    json!({
+        "ok": true,
+        "records": r.records,
+        "checkpoints": r.checkpoints,
+        "first_seq": r.first_seq,
+        "last_seq": r.last_seq,
+        "head_hash": hex_string(&r.head_hash),
+        "signing_keys_seen": r.signing_keys_seen.iter().map(|k| json!({
+            "key_id": k.key_id(),
+            "public_key": k.to_text(),
+        })).collect::<Vec<_>>(),
+        "final_checkpoint_time_ms": r.final_checkpoint_time_ms,
+        "exported_at_ms": r.exported_at_ms,
+        "mid_chain_prev_hash": r.mid_chain_prev_hash.map(|h| hex_string(&h)),
+        "unknown_events": r.unknown_events,
+    })
+}
