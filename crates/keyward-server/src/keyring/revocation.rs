@@ -102,6 +102,7 @@ impl Keyring {
                     Closed {
                         state: binding.state,
                         since_ms: binding.state_changed_at_ms,
+                        cause: binding.state_cause,
                     },
                 );
                 closed += 1;
@@ -178,6 +179,7 @@ impl Keyring {
                 Closed {
                     state: t.to,
                     since_ms: now_ms(),
+                    cause: Some(t.source),
                 },
             );
         }
@@ -325,6 +327,7 @@ impl Keyring {
                 Closed {
                     state: binding.state,
                     since_ms: binding.state_changed_at_ms,
+                    cause: binding.state_cause,
                 },
             );
             let entries = self.purge_and_audit(tenant).await;
@@ -463,6 +466,7 @@ impl Keyring {
                     Closed {
                         state: KekState::Revoked,
                         since_ms: observed,
+                        cause: Some(RevocationSource::KmsRefusal),
                     },
                     false,
                 )
