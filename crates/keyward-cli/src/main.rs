@@ -35,16 +35,25 @@ use tonic_types::StatusExt as _;
 /// Keyward: customer-managed-key encryption for AI prompts and outputs.
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, about, long_about = None)]
+// The connection options are global, for the commands that call a server; the offline commands
+// neither list nor accept them (see `offline`).
+#[command(mut_subcommand("serve", offline))]
+#[command(mut_subcommand("key", offline))]
+#[command(mut_subcommand("onboarding", offline))]
+#[command(mut_subcommand("policy", offline))]
+#[command(mut_subcommand("store", offline))]
+#[command(mut_subcommand("audit", |audit: clap::Command| audit.mut_subcommand("verify", |verify| offline_as(verify, "audit verify"))))]
 struct Cli {
     /// Server address for client commands.
     #[arg(
         long,
         global = true,
         env = "KEYWARD_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        help_heading = CONNECTION
     )]
     endpoint: String,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = CONNECTION)]
     tls: ClientTlsArgs,
     #[command(subcommand)]
     command: Command,
@@ -65,6 +74,40 @@ struct ClientTlsArgs {
     /// The name to verify in the server's certificate (default: the endpoint's host).
     #[arg(long, global = true, env = "KEYWARD_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+}
+
+/// The help heading of the options every command that calls a server takes.
+const CONNECTION: &str = "Connection (commands that call a server)";
+
+/// The ids and flags of the global connection options ([`Cli::endpoint`], [`ClientTlsArgs`]).
+const CONNECTION_ARGS: [(&str, &str); 5] = [
+    ("endpoint", "endpoint"),
+    ("tls_ca", "tls-ca"),
+    ("tls_cert", "tls-cert"),
+    ("tls_key", "tls-key"),
+    ("tls_server_name", "tls-server-name"),
+];
+
+/// Marks `cmd` (and everything under it) as offline: it gets hidden stand-ins for the global
+/// connection options, which clap's propagation of global options does not replace, so its
+/// help does not list them and giving one is an error that says why.
+fn offline(cmd: clap::Command) -> clap::Command {
+    let name = cmd.get_name().to_owned();
+    offline_as(cmd, &name)
+}
+
+/// [`offline`], naming the command `name` in the error.
+fn offline_as(cmd: clap::Command, name: &str) -> clap::Command {
+    CONNECTION_ARGS.into_iter().fold(cmd, |cmd, (id, flag)| {
+        let name = name.to_owned();
+        cmd.arg(clap::Arg::new(id).long(flag).hide(true).value_parser(
+            move |_: &str| -> Result<String, String> {
+                Err(format!(
+                    "`keyward {name}` works without a server: it takes no --{flag}"
+                ))
+            },
+        ))
+    })
 }
 
 /// Where client commands connect, and how.
@@ -181,18 +224,24 @@ enum TenantCommand {
     /// history of bindings is kept and old data stays readable).
     RegisterKey {
         tenant: String,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Key (exactly one)")]
         key: KeyChoice,
         /// Role in the customer's account to assume for this key (cross-account).
         #[arg(
             long,
             value_name = "ARN",
             requires = "aws_kms_key",
-            requires = "external_id"
+            requires = "external_id",
+            help_heading = "AWS cross-account role (with --aws-kms-key)"
         )]
         role_arn: Option<String>,
         /// ExternalId required by the role's trust policy.
-        #[arg(long, value_name = "ID", requires = "role_arn")]
+        #[arg(
+            long,
+            value_name = "ID",
+            requires = "role_arn",
+            help_heading = "AWS cross-account role (with --aws-kms-key)"
+        )]
         external_id: Option<String>,
     },
     /// Show a tenant and its active key binding.
@@ -290,8 +339,8 @@ enum Encoding {
 struct EncryptArgs {
     #[arg(long)]
     tenant: String,
-    /// Data-key scope (a conversation, a user, ...); default "default".
-    #[arg(long, default_value = "")]
+    /// Data-key scope (a conversation, a user, ...).
+    #[arg(long, default_value = "default")]
     scope: String,
     /// Encryption context entry KEY=VALUE; repeat for more. Needed again to decrypt.
     #[arg(long = "context", value_parser = parse_pair)]
@@ -340,14 +389,20 @@ enum KeyCommand {
     },
 }
 
+/// Which server's local keys: resolved as `keyward serve` resolves its key directory.
 #[derive(Debug, Args)]
 struct KeyDir {
-    /// Local key directory; default: the one `keyward serve` uses (from --config / KEYWARD_* / defaults).
+    /// Data directory of the server, as given to `keyward serve --data-dir` (its keys are in
+    /// <data dir>/local-kms).
     #[arg(long)]
-    local_kms_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     /// Configuration file of the server, to find its local key directory.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// The local key directory itself (default: from --data-dir, --config, KEYWARD_* variables
+    /// or ./keyward-data, as `keyward serve` finds it).
+    #[arg(long)]
+    local_kms_dir: Option<PathBuf>,
 }
 
 fn parse_pair(raw: &str) -> Result<(String, String), String> {
@@ -649,11 +704,39 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
         .and_then(|info| info.metadata.get("remediation"))
         .map(|r| format!("\n\nTo fix it:\n{r}"))
         .unwrap_or_default();
+    // A revocation: its state, since when and what decided it, from the metadata (an older
+    // server's message may not say them).
+    let revoked = info
+        .as_ref()
+        .filter(|info| info.reason == "KEY_REVOKED")
+        .map(|info| revocation_lines(&info.metadata))
+        .unwrap_or_default();
     anyhow::anyhow!(
-        "{} (status {:?}{reason}){remediation}",
+        "{} (status {:?}{reason}){revoked}{remediation}",
         status.message(),
         status.code()
     )
+}
+
+/// The `KEY_REVOKED` metadata as lines under the error.
+fn revocation_lines(metadata: &HashMap<String, String>) -> String {
+    let mut lines = String::new();
+    if let Some(state) = metadata.get("state") {
+        lines.push_str(&format!("\n  key state: {state}"));
+    }
+    if let Some(since) = metadata
+        .get("since_ms")
+        .and_then(|ms| ms.parse::<i64>().ok())
+    {
+        lines.push_str(&format!(
+            "\n  since:     {} (UTC)",
+            keyward_server::error::rfc3339_utc_ms(since)
+        ));
+    }
+    if let Some(source) = metadata.get("source") {
+        lines.push_str(&format!("\n  source:    {}", source_words(source)));
+    }
+    lines
 }
 
 fn onboarding(cmd: OnboardingCommand) -> anyhow::Result<()> {
@@ -794,54 +877,167 @@ async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
 }
 
 fn print_tenant(t: &pb::Tenant) {
-    println!("tenant:       {}", t.tenant_id);
+    print!("{}", tenant_text(t));
+}
+
+/// `tenant show` (and every tenant command's answer) as people read it: the key as its owner
+/// wrote it, states and providers in words, and the settings in force with their source.
+fn tenant_text(t: &pb::Tenant) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "tenant:       {}", t.tenant_id);
     if !t.display_name.is_empty() {
-        println!("name:         {}", t.display_name);
+        let _ = writeln!(out, "name:         {}", t.display_name);
     }
     match &t.active_key {
         Some(k) => {
-            println!("key provider: {}", k.provider().as_str_name());
-            println!("key:          {}", k.key_ref);
-            println!("key state:    {}", key_state(k));
-            println!("tenant key:   {}", k.tenant_key_id);
-            println!("binding:      {}", k.binding_id);
+            let _ = writeln!(out, "key provider: {}", provider_words(k.provider()));
+            for (label, value) in key_parts(k) {
+                let _ = writeln!(out, "{:<14}{value}", format!("{label}:"));
+            }
+            let _ = writeln!(out, "key state:    {}", state_words(k));
+            let _ = writeln!(out, "tenant key:   {}", k.tenant_key_id);
+            let _ = writeln!(out, "binding:      {}", k.binding_id);
         }
-        None => println!("key:          (none registered: run `keyward tenant register-key`)"),
+        None => {
+            let _ = writeln!(
+                out,
+                "key:          (none registered: run `keyward tenant register-key`)"
+            );
+        }
     }
     for k in &t.previous_keys {
-        println!(
-            "older key:    binding {}: {} {} {}",
+        let parts: Vec<String> = key_parts(k)
+            .into_iter()
+            .map(|(label, value)| format!("{label} {value}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "older key:    binding {}: {}, {}; {}",
             k.binding_id,
-            k.provider().as_str_name(),
-            k.key_ref,
-            key_state(k)
+            provider_words(k.provider()),
+            parts.join(", "),
+            state_words(k)
         );
         if k.state() == pb::KekState::Revoked {
-            println!(
+            let _ = writeln!(
+                out,
                 "              data under it is refused; `keyward tenant restore-key {} --binding {} --reason …` restores it",
                 t.tenant_id, k.binding_id
             );
         }
     }
-    if let Some(policy) = &t.policy {
+    if let Some(p) = &t.effective_policy {
+        let source = |s: i32| match pb::SettingSource::try_from(s) {
+            Ok(pb::SettingSource::TenantPolicy) => "tenant policy",
+            Ok(pb::SettingSource::Server) => "server default",
+            _ => "source unknown",
+        };
+        let _ = writeln!(
+            out,
+            "cache TTL:    {} s ({})",
+            p.cache_ttl_seconds,
+            source(p.cache_ttl_source)
+        );
+        if p.monitor_interval_seconds == 0 {
+            let _ = writeln!(
+                out,
+                "monitor:      off (the server runs no key-state monitor)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "monitor:      every {} s ({})",
+                p.monitor_interval_seconds,
+                source(p.monitor_interval_source)
+            );
+        }
+    } else if let Some(policy) = &t.policy {
+        // A server without effective_policy: only the overrides are known.
         let show = |v: u64| {
             if v == 0 {
                 "server default".to_owned()
             } else {
-                format!("{v} s")
+                format!("{v} s (tenant policy)")
             }
         };
-        println!("cache TTL:    {}", show(policy.cache_ttl_seconds));
-        println!("monitor:      {}", show(policy.monitor_interval_seconds));
+        let _ = writeln!(out, "cache TTL:    {}", show(policy.cache_ttl_seconds));
+        let _ = writeln!(
+            out,
+            "monitor:      {}",
+            show(policy.monitor_interval_seconds)
+        );
+    }
+    out
+}
+
+/// The key reference as labelled parts. An AWS key with a role is stored as
+/// `ARN?role_arn=…&external_id=…` (the provider's own syntax); its owner gave three values, so
+/// three are shown.
+fn key_parts(k: &pb::KekBinding) -> Vec<(&'static str, String)> {
+    if k.provider() == pb::ProviderKind::AwsKms {
+        let (arn, query) = k.key_ref.split_once('?').unwrap_or((&k.key_ref, ""));
+        let mut parts = vec![("key ARN", arn.to_owned())];
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            match param.split_once('=') {
+                Some(("role_arn", role)) => parts.push(("role", role.to_owned())),
+                Some(("external_id", id)) => parts.push(("external id", id.to_owned())),
+                _ => parts.push(("key", k.key_ref.clone())),
+            }
+        }
+        return parts;
+    }
+    vec![("key", k.key_ref.clone())]
+}
+
+fn provider_words(kind: pb::ProviderKind) -> &'static str {
+    match kind {
+        pb::ProviderKind::Local => "local development key",
+        pb::ProviderKind::AwsKms => "AWS KMS",
+        pb::ProviderKind::GcpKms => "Google Cloud KMS",
+        pb::ProviderKind::AzureKeyVault => "Azure Key Vault",
+        pb::ProviderKind::Pkcs11 => "PKCS#11 HSM",
+        pb::ProviderKind::Unspecified => "unknown provider",
     }
 }
 
-/// `KEK_STATE_REVOKED (explicit)`: the state and what set it.
-fn key_state(k: &pb::KekBinding) -> String {
+/// `revoked since 2026-12-06T15:23:01.310Z (explicit: RevokeKey)`: the state, since when and
+/// what set it.
+fn state_words(k: &pb::KekBinding) -> String {
+    let state = match k.state() {
+        pb::KekState::Active => "active",
+        pb::KekState::Revoked => "revoked",
+        pb::KekState::Unavailable => "unavailable (the KMS could not be reached)",
+        pb::KekState::Restored => "restored",
+        pb::KekState::Destroyed => "destroyed",
+        pb::KekState::Unspecified => "unknown",
+    };
     if k.state_cause.is_empty() {
-        k.state().as_str_name().to_owned()
-    } else {
-        format!("{} ({})", k.state().as_str_name(), k.state_cause)
+        return state.to_owned();
+    }
+    let since = k
+        .state_changed_at
+        .as_ref()
+        .map(|t| {
+            format!(
+                " since {}",
+                keyward_server::error::rfc3339_utc_ms(
+                    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+                )
+            )
+        })
+        .unwrap_or_default();
+    format!("{state}{since} ({})", source_words(&k.state_cause))
+}
+
+/// A revocation source (`KekBinding.state_cause`, `KEY_REVOKED`'s `source`) in words.
+fn source_words(source: &str) -> String {
+    match source {
+        "explicit" => "explicit: RevokeKey / RestoreKey".to_owned(),
+        "monitor" => "the key-state monitor's check".to_owned(),
+        "kms_refusal" => "the customer's KMS refused a call".to_owned(),
+        "event" => "a key-state event, confirmed with the KMS".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -927,32 +1123,111 @@ fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     let path = match &dir.local_kms_dir {
         Some(path) => path.clone(),
         None => {
-            Config::load(dir.config.as_deref())?
-                .resolve()?
-                .local_kms_dir
+            let mut config = Config::load(dir.config.as_deref())?;
+            if let Some(data_dir) = &dir.data_dir {
+                config.data_dir = data_dir.clone();
+            }
+            config.resolve()?.local_kms_dir
         }
     };
-    let provider = LocalProvider::open(&path)?;
+    // The provider's own words, without its error-kind prefix.
+    let plain = |e: keyward_kms::ProviderError| anyhow::anyhow!("{}", e.message());
+    if let KeyCommand::Create { name, .. } = &cmd {
+        let provider = LocalProvider::open(&path).map_err(plain)?;
+        provider.create_key(name).map_err(plain)?;
+        println!("created local key {name:?} in {}", path.display());
+        return Ok(());
+    }
+    // Acting on a server's keys: a directory or key that does not exist is an error (nothing is
+    // created), since a wrong directory would otherwise be silently changed instead of the
+    // server's.
+    let provider = match LocalProvider::open_existing(&path) {
+        Ok(provider) => provider,
+        Err(e) if e.kind() == keyward_kms::ErrorKind::NotFound => bail!(
+            "{}: no such local key directory, so nothing was changed; name the server's with \
+             --data-dir DIR (as given to `keyward serve`), --config FILE or --local-kms-dir DIR",
+            path.display()
+        ),
+        Err(e) => return Err(plain(e)),
+    };
     match &cmd {
-        KeyCommand::Create { name, .. } => {
-            provider.create_key(name)?;
-            println!("created local key {name:?} in {}", path.display());
-        }
         KeyCommand::Disable { name, .. } => {
-            provider.set_enabled(name, false)?;
+            provider.set_enabled(name, false).map_err(plain)?;
             println!(
-                "disabled local key {name:?}: Keyward's calls to it are now refused; cached keys stop serving within the cache TTL"
+                "disabled local key {name:?} in {}: Keyward's calls to it are now refused; cached keys stop serving within the cache TTL",
+                path.display()
             );
         }
         KeyCommand::Enable { name, .. } => {
-            provider.set_enabled(name, true)?;
-            println!("enabled local key {name:?}");
+            provider.set_enabled(name, true).map_err(plain)?;
+            println!(
+                "enabled local key {name:?} in {}: a tenant revoked because the key refused gets access back at the monitor's next check, or at once with `keyward tenant restore-key TENANT --reason …`",
+                path.display()
+            );
         }
         KeyCommand::List { .. } => {
-            for (name, state) in provider.list_keys()? {
+            eprintln!("local keys in {}:", path.display());
+            for (name, state) in provider.list_keys().map_err(plain)? {
                 println!("{name}\t{}", state.as_str());
             }
         }
+        KeyCommand::Create { .. } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cross-account AWS key is shown as its owner gave it: key ARN, role and external id on
+    /// their own lines (never the stored `ARN?role_arn=…&external_id=…`), with the state, the
+    /// provider and the settings in force in words.
+    #[test]
+    fn tenant_show_splits_an_aws_key_and_says_where_settings_come_from() {
+        let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let role = "arn:aws:iam::111122223333:role/keyward-access";
+        let tenant = pb::Tenant {
+            tenant_id: "acme".into(),
+            active_key: Some(pb::KekBinding {
+                provider: pb::ProviderKind::AwsKms.into(),
+                key_ref: format!("{arn}?role_arn={role}&external_id=acme-7f3a"),
+                state: pb::KekState::Revoked.into(),
+                state_cause: "kms_refusal".into(),
+                state_changed_at: Some({
+                    // (the Timestamp type, without a dependency on prost-types)
+                    let mut at = pb::KekBinding::default()
+                        .state_changed_at
+                        .unwrap_or_default();
+                    at.seconds = 1_796_570_581;
+                    at.nanos = 310_000_000;
+                    at
+                }),
+                binding_id: 2,
+                ..Default::default()
+            }),
+            effective_policy: Some(pb::EffectivePolicy {
+                cache_ttl_seconds: 300,
+                cache_ttl_source: pb::SettingSource::Server.into(),
+                monitor_interval_seconds: 10,
+                monitor_interval_source: pb::SettingSource::TenantPolicy.into(),
+            }),
+            ..Default::default()
+        };
+        let text = tenant_text(&tenant);
+        let expected = [
+            "key provider: AWS KMS\n".to_owned(),
+            format!("key ARN:      {arn}\n"),
+            format!("role:         {role}\n"),
+            "external id:  acme-7f3a\n".to_owned(),
+            "key state:    revoked since 2026-12-06T15:23:01.310Z (the customer's KMS refused a call)\n"
+                .to_owned(),
+            "cache TTL:    300 s (server default)\n".to_owned(),
+            "monitor:      every 10 s (tenant policy)\n".to_owned(),
+        ];
+        for line in expected {
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("?role_arn="), "{text}");
+    }
 }

@@ -18,11 +18,16 @@ use keyward_kms::{ErrorKind, ProviderError};
 /// The partitions AWS KMS exists in (`aws-iso-e`/`-f` are left out until someone needs them).
 const PARTITIONS: [&str; 5] = ["aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b"];
 
-/// The expected form, shown in every parse error.
+/// The expected form, shown in parse errors of the key ARN: only the ARN a customer writes. The
+/// `?role_arn=…&external_id=…` suffix is Keyward's own storage syntax (customers give the role in
+/// its own fields, `--role-arn` / `--external-id`), so no error ends with it.
 pub const EXPECTED_FORM: &str = "arn:<partition>:kms:<region>:<12-digit account>:key/<key id> \
-     (or …:alias/<alias name>), optionally followed by \
-     ?role_arn=arn:aws:iam::<account>:role/<role name>&external_id=<external id>; \
-     e.g. arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+     (or …:alias/<alias name>), e.g. \
+     arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+/// The expected form of the role to assume, for errors in it.
+pub const EXPECTED_ROLE_FORM: &str = "a role ARN arn:<partition>:iam::<12-digit account>:role/<role name> \
+     with an external id of 2 to 1224 characters from letters, digits and _ + = , . @ : / -";
 
 /// A parsed, validated AWS KMS key reference. Displays in canonical form; `parse(display(x)) == x`.
 #[non_exhaustive]
@@ -121,7 +126,7 @@ pub enum KeyRefPart {
 
 /// A malformed AWS key reference: which part, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid AWS KMS key reference '{input}': {problem}; expected {EXPECTED_FORM}")]
+#[error("invalid AWS KMS key reference '{input}': {problem}; expected {}", self.expected())]
 pub struct InvalidAwsKeyRef {
     part: KeyRefPart,
     input: String,
@@ -140,6 +145,15 @@ impl InvalidAwsKeyRef {
     /// The part that is wrong.
     pub fn part(&self) -> KeyRefPart {
         self.part
+    }
+
+    /// The form the wrong part should have: the key ARN's, or the role's for an error in the
+    /// role or external id ([`EXPECTED_FORM`], [`EXPECTED_ROLE_FORM`]).
+    pub fn expected(&self) -> &'static str {
+        match self.part {
+            KeyRefPart::Query | KeyRefPart::RoleArn | KeyRefPart::ExternalId => EXPECTED_ROLE_FORM,
+            _ => EXPECTED_FORM,
+        }
     }
 
     /// What is wrong with it, without the input and the expected form.
@@ -565,7 +579,15 @@ mod tests {
                 msg.contains(needle),
                 "{input}: message lacks {needle:?}: {msg}"
             );
-            assert!(msg.contains("expected arn:<partition>:kms:"), "{msg}");
+            // The expected form is the customer's, never the internal `?role_arn=` grammar.
+            let expected = e.expected();
+            assert!(msg.ends_with(&format!("expected {expected}")), "{msg}");
+            assert!(!expected.contains("role_arn="), "{expected}");
+            let role_part = matches!(
+                part,
+                KeyRefPart::Query | KeyRefPart::RoleArn | KeyRefPart::ExternalId
+            );
+            assert_eq!(expected == EXPECTED_ROLE_FORM, role_part, "{msg}");
             let pe = ProviderError::from(e);
             assert_eq!(pe.kind(), ErrorKind::Misconfigured);
         }

@@ -23,7 +23,8 @@ pub mod test_support;
 
 pub use config::AwsKmsConfig;
 pub use key_ref::{
-    AssumeRole, AwsKeyRef, EXPECTED_FORM, InvalidAwsKeyRef, KeyRefPart, KeyResource,
+    AssumeRole, AwsKeyRef, EXPECTED_FORM, EXPECTED_ROLE_FORM, InvalidAwsKeyRef, KeyRefPart,
+    KeyResource,
 };
 pub use policy::{
     cross_account_trust_policy, key_policy_statement, principal_iam_policy_statement,

@@ -199,7 +199,7 @@ impl AwsKmsProvider {
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `DescribeKey`, with the returned key ARN checked against the requested region.
+    /// `DescribeKey`, with the returned key ARN checked against the requested account and region.
     async fn describe_metadata(&self, key: &AwsKeyRef) -> Result<KeyMetadata, ProviderError> {
         let out = self
             .client(key)
@@ -218,15 +218,7 @@ impl AwsKmsProvider {
                 format!("DescribeKey for {} returned no key metadata", key.arn()),
             )
         })?;
-        let returned = meta.arn().unwrap_or_default();
-        let parsed: AwsKeyRef = returned.parse().map_err(|e| {
-            ProviderError::new(
-                ErrorKind::Unavailable,
-                format!("DescribeKey for {} returned an unusable key ARN", key.arn()),
-            )
-            .with_source(e)
-        })?;
-        check_region(key, &parsed)?;
+        check_described(key, &meta)?;
         Ok(meta)
     }
 
@@ -256,17 +248,8 @@ impl AwsKmsProvider {
         let remediation = match (c.denial, c.code.as_deref()) {
             (Some(Denial::Kms), _) => Some(self.kms_denied_remediation(op, key).await),
             (Some(Denial::AssumeRole), _) => Some(self.assume_role_remediation(key).await),
-            (None, Some("DisabledException")) => Some(format!(
-                "The key is disabled. If that was not meant as a revocation, enable it: \
-                 aws kms enable-key --key-id {}",
-                key.arn()
-            )),
-            (None, Some("KMSInvalidStateException")) => Some(format!(
-                "If the key is pending deletion and that was not meant as a revocation, cancel it \
-                 and re-enable the key: aws kms cancel-key-deletion --key-id {arn} && \
-                 aws kms enable-key --key-id {arn}",
-                arn = key.arn()
-            )),
+            (None, Some("DisabledException")) => Some(disabled_remediation(&key.arn())),
+            (None, Some("KMSInvalidStateException")) => Some(invalid_state_remediation(&key.arn())),
             (None, Some("NotFoundException")) => Some(format!(
                 "Check the key ARN: account {} and region {} must be where the key is; \
                  `aws kms describe-key --key-id <ARN>` run in that account shows the key ARN",
@@ -292,14 +275,7 @@ impl AwsKmsProvider {
                 ),
             },
         };
-        format!(
-            "The key policy of {key_arn} does not allow {action} for {who}. Add these statements \
-             to the key's policy (Statement array), e.g. in the console or with \
-             `aws kms put-key-policy --key-id {key_arn} --policy-name default --policy file://policy.json`:\n{policy}",
-            key_arn = key.arn(),
-            action = op.action(),
-            policy = key_policy_statement(&principal, Some(&key.arn())),
-        )
+        access_denied_remediation(&key.arn(), op.action(), &who, &principal)
     }
 
     async fn assume_role_remediation(&self, key: &AwsKeyRef) -> String {
@@ -518,6 +494,94 @@ fn invalid_ciphertext(key: &AwsKeyRef, why: &str) -> ProviderError {
     )
 }
 
+/// Checks the key ARN `DescribeKey` returned against the key asked for: same region and account.
+fn check_described(key: &AwsKeyRef, meta: &KeyMetadata) -> Result<(), ProviderError> {
+    let returned = meta.arn().unwrap_or_default();
+    let parsed: AwsKeyRef = returned.parse().map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Unavailable,
+            format!("DescribeKey for {} returned an unusable key ARN", key.arn()),
+        )
+        .with_source(e)
+    })?;
+    check_region(key, &parsed)?;
+    check_account(key, &parsed)
+}
+
+/// "To fix it" for a disabled key (`DisabledException`, or `DescribeKey` saying `Disabled`).
+fn disabled_remediation(arn: &str) -> String {
+    format!(
+        "The key is disabled. If that was not meant as a revocation, enable it (in the key's \
+         account):\n  aws kms enable-key --key-id {arn}"
+    )
+}
+
+/// "To fix it" for a key `DescribeKey` reports pending deletion, with the scheduled date (AWS
+/// puts a key whose deletion is cancelled in the `Disabled` state, hence the second command).
+fn pending_deletion_remediation(arn: &str, deletion_date: Option<&str>) -> String {
+    let when = deletion_date.map_or_else(
+        || "It is scheduled for deletion".to_owned(),
+        |date| format!("It is scheduled for deletion on {date}"),
+    );
+    format!(
+        "{when}: after that date it and everything under it are gone for good. If that was not \
+         meant as a revocation, cancel the deletion before then and enable the key (in the key's \
+         account):\n  aws kms cancel-key-deletion --key-id {arn}\n  aws kms enable-key --key-id {arn}"
+    )
+}
+
+/// "To fix it" for `KMSInvalidStateException` on a call: the state is not in the error, so both
+/// likely fixes are given, with the command that tells them apart.
+fn invalid_state_remediation(arn: &str) -> String {
+    format!(
+        "The key is not usable in its current state; `aws kms describe-key --key-id {arn}` shows \
+         its KeyState (and DeletionDate). If it is pending deletion and that was not meant as a \
+         revocation, cancel the deletion and enable the key:\n  aws kms cancel-key-deletion \
+         --key-id {arn}\n  aws kms enable-key --key-id {arn}"
+    )
+}
+
+/// "To fix it" for `AccessDeniedException`: the statement to add, and the case adding it cannot fix
+/// (an explicit Deny wins over every Allow in AWS's policy evaluation).
+fn access_denied_remediation(arn: &str, action: &str, who: &str, principal: &str) -> String {
+    format!(
+        "The key policy of {arn} does not allow {action} for {who}. Add these statements \
+         to the key's policy (Statement array), e.g. in the console or with \
+         `aws kms put-key-policy --key-id {arn} --policy-name default --policy file://policy.json`:\n{policy}\n\
+         If the key policy already allows it, an explicit Deny is the likely cause: a Deny \
+         statement in the key policy, an IAM policy, a permissions boundary or an SCP of the \
+         organization overrides every Allow, so adding Allow statements cannot fix it; remove \
+         or narrow the Deny.",
+        policy = key_policy_statement(principal, Some(arn)),
+    )
+}
+
+/// The key ARN `DescribeKey` returns must be in the account the customer named: an endpoint
+/// override (a proxy, a KMS-compatible service) could otherwise answer with a key of another
+/// account, and Keyward would wrap the tenant's keys under a key the customer never named.
+fn check_account(requested: &AwsKeyRef, returned: &AwsKeyRef) -> Result<(), ProviderError> {
+    if requested.account == returned.account {
+        return Ok(());
+    }
+    Err(ProviderError::new(
+        ErrorKind::Misconfigured,
+        format!(
+            "account mismatch: the key {} is in account {}, but KMS answered with key {} of \
+             account {}",
+            requested.arn(),
+            requested.account,
+            returned.arn(),
+            returned.account,
+        ),
+    )
+    .with_remediation(format!(
+        "Register the key ARN exactly as `aws kms describe-key --key-id <ARN>` prints it when run \
+         in the key's own account ({}); if aws_kms.endpoint_url is set, it must be a KMS endpoint \
+         that answers for that account.",
+        requested.account
+    )))
+}
+
 /// With an endpoint override (a VPC endpoint in another region, say) KMS may answer for a region
 /// other than the ARN's; without one the client's region *is* the ARN's, so this never fires.
 fn check_region(requested: &AwsKeyRef, returned: &AwsKeyRef) -> Result<(), ProviderError> {
@@ -582,15 +646,24 @@ fn key_status(key: &AwsKeyRef, meta: &KeyMetadata) -> KeyStatus {
         Some(Aws::PendingDeletion | Aws::PendingReplicaDeletion) => KeyState::PendingDeletion,
         _ => KeyState::Unknown,
     };
+    let arn = meta.arn().map_or_else(|| key.arn(), str::to_owned);
     let mut detail = format!(
         "AWS KMS key state {} in {}",
         aws_state.map(Aws::as_str).unwrap_or("<none>"),
         key.region
     );
-    if let Some(date) = meta.deletion_date() {
+    let deletion_date = meta.deletion_date().map(ToString::to_string);
+    if let Some(date) = &deletion_date {
         detail.push_str(&format!(", deletion scheduled for {date}"));
     }
-    KeyStatus::new(state).with_detail(detail)
+    let status = KeyStatus::new(state).with_detail(detail);
+    match aws_state {
+        Some(Aws::Disabled) => status.with_remediation(disabled_remediation(&arn)),
+        Some(Aws::PendingDeletion | Aws::PendingReplicaDeletion) => {
+            status.with_remediation(pending_deletion_remediation(&arn, deletion_date.as_deref()))
+        }
+        _ => status,
+    }
 }
 
 #[cfg(test)]
@@ -614,6 +687,78 @@ mod tests {
             "{e}"
         );
         assert!(e.remediation().unwrap().contains("aws_kms.endpoint_url"));
+    }
+
+    #[test]
+    fn account_mismatch_is_misconfigured_and_explained() {
+        let requested: AwsKeyRef = KEY.parse().unwrap();
+        let described = |arn: &str| KeyMetadata::builder().key_id("k").arn(arn).build().unwrap();
+        check_described(&requested, &described(KEY)).unwrap();
+        // What DescribeKey of an endpoint answering for another account would return (the
+        // emulator cannot: it answers for whatever account the ARN names).
+        let other = KEY.replace("111122223333", "444455556666");
+        let e = check_described(&requested, &described(&other)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Misconfigured);
+        assert!(
+            e.message().contains("is in account 111122223333")
+                && e.message().contains("account 444455556666"),
+            "{e}"
+        );
+        assert!(e.remediation().unwrap().contains("(111122223333)"));
+    }
+
+    #[test]
+    fn disabled_and_pending_deletion_keys_say_how_to_fix_them() {
+        let key: AwsKeyRef = KEY.parse().unwrap();
+        let meta = |state: Aws| {
+            KeyMetadata::builder()
+                .key_id("k")
+                .arn(KEY)
+                .key_state(state)
+                .deletion_date(aws_smithy_types::DateTime::from_secs(1_800_000_000))
+                .build()
+                .unwrap()
+        };
+        let disabled = key_status(&key, &meta(Aws::Disabled));
+        assert_eq!(
+            disabled.remediation.as_deref(),
+            Some(&*format!(
+                "The key is disabled. If that was not meant as a revocation, enable it (in the key's account):\n  aws kms enable-key --key-id {KEY}"
+            ))
+        );
+        let pending = key_status(&key, &meta(Aws::PendingDeletion));
+        let fix = pending.remediation.unwrap();
+        assert!(
+            fix.starts_with("It is scheduled for deletion on 2027-01-15T08:00:00Z:"),
+            "{fix}"
+        );
+        assert!(
+            fix.ends_with(&format!(
+                "aws kms cancel-key-deletion --key-id {KEY}\n  aws kms enable-key --key-id {KEY}"
+            )),
+            "{fix}"
+        );
+        assert!(key_status(&key, &meta(Aws::Enabled)).remediation.is_none());
+    }
+
+    #[test]
+    fn access_denied_says_an_explicit_deny_may_be_the_cause() {
+        let fix = access_denied_remediation(
+            KEY,
+            "kms:Decrypt",
+            "role r",
+            "arn:aws:iam::111122223333:role/r",
+        );
+        assert!(
+            fix.starts_with(&format!(
+                "The key policy of {KEY} does not allow kms:Decrypt for role r."
+            )),
+            "{fix}"
+        );
+        assert!(
+            fix.contains("explicit Deny") && fix.contains("cannot fix it"),
+            "{fix}"
+        );
     }
 
     #[test]

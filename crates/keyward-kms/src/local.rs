@@ -84,6 +84,29 @@ impl LocalProvider {
         Ok(provider)
     }
 
+    /// Opens the existing key directory `dir` without creating anything (neither the directory
+    /// nor the default key): for tools that act on a server's keys, where a mistyped directory
+    /// must be an error rather than a new, unused key. A missing directory is
+    /// [`ErrorKind::NotFound`].
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Self, ProviderError> {
+        let dir = dir.into();
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(Self { dir }),
+            Ok(_) => Err(ProviderError::new(
+                ErrorKind::Misconfigured,
+                format!("{} exists and is not a directory", dir.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ProviderError::new(
+                ErrorKind::NotFound,
+                format!("local key directory {} does not exist", dir.display()),
+            )),
+            Err(e) => Err(io_error(
+                format!("could not read local key directory {}", dir.display()),
+                e,
+            )),
+        }
+    }
+
     /// Creates a new key `name` (32 random bytes, mode `0600`).
     ///
     /// A key of that name already existing is [`ErrorKind::Misconfigured`]: keys are never

@@ -181,6 +181,9 @@ pub struct KeyStatus {
     pub state: KeyState,
     /// Provider-specific detail for humans (e.g. the scheduled deletion date). No secrets.
     pub detail: Option<String>,
+    /// For a key that is not usable: what its owner does to make it usable again (e.g. the
+    /// command that enables it), shown to them as "To fix it". No secrets.
+    pub remediation: Option<String>,
 }
 
 impl KeyStatus {
@@ -189,6 +192,7 @@ impl KeyStatus {
         Self {
             state,
             detail: None,
+            remediation: None,
         }
     }
 
@@ -196,6 +200,13 @@ impl KeyStatus {
     #[must_use]
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds what the key's owner does to make the key usable again.
+    #[must_use]
+    pub fn with_remediation(mut self, remediation: impl Into<String>) -> Self {
+        self.remediation = Some(remediation.into());
         self
     }
 }

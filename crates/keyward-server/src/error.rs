@@ -4,8 +4,9 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use keyward_audit::RevocationSource;
 use keyward_envelope::EnvelopeError;
-use keyward_kms::{ErrorKind, ProviderError};
+use keyward_kms::{ErrorKind, ProviderError, ProviderKind};
 use keyward_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -45,20 +46,30 @@ pub enum ServiceError {
     DataKeyNotFound(String),
     #[error("tenant {0} has no key registered; call RegisterKey first")]
     NoKeyRegistered(String),
-    #[error("the tenant's key-encryption key refused the operation: {0}")]
+    // Provider errors show their message only: the kind is the reason already, and its
+    // `refused: ` prefix read like part of the customer's key reference.
+    #[error("the tenant's key-encryption key refused the operation: {}", .0.message())]
     KeyRefused(#[source] ProviderError),
-    /// The tenant's key is revoked (or destroyed): refused without any KMS call.
-    #[error("the key of tenant {tenant} is {state}: requests are refused until the key is restored", state = state.as_str())]
+    /// The tenant's key is revoked (or destroyed): refused without any KMS call. The message
+    /// says the state, since when and what decided it, as the metadata does.
+    #[error("{}", revoked_message(tenant, *state, *since_ms, *cause))]
     KeyRevoked {
         tenant: String,
         state: keyward_store::KekState,
         since_ms: i64,
+        /// What decided it (the `source` metadata); `None` when this replica does not know
+        /// (an older binding's key). Not named `source`: thiserror reserves that name.
+        cause: Option<RevocationSource>,
     },
-    #[error("the key-encryption key was not found: {0}")]
+    #[error("the key-encryption key was not found: {}", .0.message())]
     KeyNotFound(#[source] ProviderError),
-    #[error("the key-encryption key is misconfigured: {0}")]
+    #[error("the key-encryption key is misconfigured: {}", .0.message())]
     KeyMisconfigured(#[source] ProviderError),
-    #[error("the key management service is unavailable: {0}")]
+    /// The key names a provider this server does not run: the operator's to fix, not the
+    /// key owner's (whose key may be perfectly fine).
+    #[error("the {} provider ({}) is not configured on this server", provider_name(*.0), .0.as_str())]
+    ProviderNotConfigured(ProviderKind),
+    #[error("the key management service is unavailable: {}", .0.message())]
     KmsUnavailable(#[source] ProviderError),
     #[error("a stored wrapped key was rejected as invalid ciphertext: {0}")]
     WrappedKeyRejected(String),
@@ -121,6 +132,7 @@ impl ServiceError {
             Self::KeyRevoked { .. } => "KEY_REVOKED",
             Self::KeyNotFound(_) => "KEY_NOT_FOUND",
             Self::KeyMisconfigured(_) => "KEY_MISCONFIGURED",
+            Self::ProviderNotConfigured(_) => "PROVIDER_NOT_CONFIGURED",
             Self::KmsUnavailable(_) => "KMS_UNAVAILABLE",
             Self::WrappedKeyRejected(_) => "WRAPPED_KEY_REJECTED",
             Self::Store(_) => "STORE_ERROR",
@@ -147,7 +159,8 @@ impl ServiceError {
             | Self::KeyRefused(_)
             | Self::KeyRevoked { .. }
             | Self::KeyNotFound(_)
-            | Self::KeyMisconfigured(_) => Code::FailedPrecondition,
+            | Self::KeyMisconfigured(_)
+            | Self::ProviderNotConfigured(_) => Code::FailedPrecondition,
             Self::KmsUnavailable(_) => Code::Unavailable,
             Self::WrappedKeyRejected(_) => Code::DataLoss,
             Self::Store(_) | Self::Internal(_) => Code::Internal,
@@ -173,10 +186,21 @@ impl ServiceError {
                 self.to_string()
             }
             Self::KeyRevoked {
-                state, since_ms, ..
+                state,
+                since_ms,
+                cause,
+                ..
             } => {
                 metadata.insert("state".to_owned(), state.as_str().to_owned());
                 metadata.insert("since_ms".to_owned(), since_ms.to_string());
+                if let Some(cause) = cause {
+                    metadata.insert("source".to_owned(), source_name(*cause).to_owned());
+                }
+                self.to_string()
+            }
+            Self::ProviderNotConfigured(kind) => {
+                metadata.insert("provider".to_owned(), kind.as_str().to_owned());
+                metadata.insert("remediation".to_owned(), provider_setup(*kind));
                 self.to_string()
             }
             Self::PayloadTooLarge { limit, .. } => {
@@ -213,6 +237,110 @@ impl ServiceError {
         details.set_error_info(self.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(self.code(), message, details)
     }
+}
+
+/// The stored and wire name of a revocation source (`KekBinding.state_cause`, the `source`
+/// metadata of `KEY_REVOKED`).
+pub fn source_name(source: RevocationSource) -> &'static str {
+    match source {
+        RevocationSource::Explicit => "explicit",
+        RevocationSource::Monitor => "monitor",
+        RevocationSource::KmsRefusal => "kms_refusal",
+        RevocationSource::Event => "event",
+        _ => "other",
+    }
+}
+
+/// What a revocation source means, for people.
+fn source_words(source: RevocationSource) -> &'static str {
+    match source {
+        RevocationSource::Explicit => "revoked explicitly (RevokeKey)",
+        RevocationSource::Monitor => "the key-state monitor found the customer's KMS refusing",
+        RevocationSource::KmsRefusal => "the customer's KMS refused a call",
+        RevocationSource::Event => "a key-state event, confirmed with the customer's KMS",
+        _ => "another source",
+    }
+}
+
+fn revoked_message(
+    tenant: &str,
+    state: keyward_store::KekState,
+    since_ms: i64,
+    source: Option<RevocationSource>,
+) -> String {
+    let cause = source.map_or_else(String::new, |s| format!(" ({})", source_words(s)));
+    let consequence = if state == keyward_store::KekState::Destroyed {
+        "its data is unreadable for good"
+    } else {
+        "requests are refused until the key is restored"
+    };
+    format!(
+        "the key of tenant {tenant} is {state} since {since}{cause}: {consequence}",
+        state = state.as_str(),
+        since = rfc3339_utc_ms(since_ms),
+    )
+}
+
+/// `ms` since the UNIX epoch as an RFC 3339 UTC time with milliseconds,
+/// `2026-12-06T19:10:00.123Z` (proleptic Gregorian; H. Hinnant's `civil_from_days`).
+pub fn rfc3339_utc_ms(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// A provider kind in words.
+fn provider_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Local => "local development key",
+        ProviderKind::AwsKms => "AWS KMS",
+        ProviderKind::GcpKms => "Google Cloud KMS",
+        ProviderKind::AzureKeyVault => "Azure Key Vault",
+        ProviderKind::Pkcs11 => "PKCS#11 HSM",
+        _ => "key",
+    }
+}
+
+/// The operator's fix for a provider this server does not run.
+fn provider_setup(kind: ProviderKind) -> String {
+    let (needs, feature) = match kind {
+        ProviderKind::AwsKms => (
+            "a keyward built with AWS support (it is on whenever built; docs/providers/aws.md)",
+            "aws",
+        ),
+        ProviderKind::GcpKms => (
+            "a [gcp] section in its configuration (docs/providers/gcp.md)",
+            "gcp",
+        ),
+        ProviderKind::AzureKeyVault => (
+            "an [azure] section in its configuration (docs/providers/azure.md)",
+            "azure",
+        ),
+        ProviderKind::Pkcs11 => (
+            "a [pkcs11] section in its configuration (docs/providers/pkcs11.md)",
+            "pkcs11",
+        ),
+        _ => ("the provider configured (docs/configuration.md)", "default"),
+    };
+    format!(
+        "This is for the operator of the Keyward server, not for the key's owner: the server \
+         needs {needs}, then a restart. A keyward built without the `{feature}` cargo feature \
+         must be rebuilt with it. The key itself was not checked."
+    )
 }
 
 impl From<ServiceError> for Status {
@@ -299,6 +427,68 @@ mod tests {
         let details = status.get_error_details();
         let request_id = &details.request_info().unwrap().request_id;
         assert!(status.message().contains(request_id.as_str()));
+    }
+
+    #[test]
+    fn rfc3339_times_are_utc_with_milliseconds() {
+        assert_eq!(rfc3339_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc_ms(1_796_570_581_310),
+            "2026-12-06T15:23:01.310Z"
+        );
+        assert_eq!(rfc3339_utc_ms(951_782_400_999), "2000-02-29T00:00:00.999Z");
+        assert_eq!(rfc3339_utc_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn key_revoked_says_state_since_and_source() {
+        let status = ServiceError::KeyRevoked {
+            tenant: "acme".into(),
+            state: keyward_store::KekState::Revoked,
+            since_ms: 1_796_570_581_310,
+            cause: Some(RevocationSource::KmsRefusal),
+        }
+        .to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "the key of tenant acme is revoked since 2026-12-06T15:23:01.310Z (the customer's KMS \
+             refused a call): requests are refused until the key is restored"
+        );
+        let (reason, metadata) = info(&status);
+        assert_eq!(reason, "KEY_REVOKED");
+        assert_eq!(metadata["state"], "revoked");
+        assert_eq!(metadata["since_ms"], "1796570581310");
+        assert_eq!(metadata["source"], "kms_refusal");
+    }
+
+    #[test]
+    fn provider_not_configured_is_the_operators_to_fix() {
+        let status = ServiceError::ProviderNotConfigured(ProviderKind::GcpKms).to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let (reason, metadata) = info(&status);
+        assert_eq!(reason, "PROVIDER_NOT_CONFIGURED");
+        assert_eq!(metadata["provider"], "gcp-kms");
+        assert!(
+            metadata["remediation"].contains("[gcp] section"),
+            "{metadata:?}"
+        );
+        assert_eq!(
+            status.message(),
+            "the Google Cloud KMS provider (gcp-kms) is not configured on this server"
+        );
+    }
+
+    #[test]
+    fn provider_errors_show_no_internal_kind_prefix() {
+        let e = ServiceError::from_provider(ProviderError::new(
+            ErrorKind::Refused,
+            "local key 'default' is disabled",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "the tenant's key-encryption key refused the operation: local key 'default' is disabled"
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ use keyward_store::KekState;
 pub(crate) struct Closed {
     pub(crate) state: KekState,
     pub(crate) since_ms: i64,
+    /// What decided it (told to the refused caller); `None` when not known, e.g. for an older
+    /// binding's key, whose stored state carries no cause here.
+    pub(crate) cause: Option<keyward_audit::RevocationSource>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -203,6 +206,7 @@ mod tests {
         let closed = Closed {
             state: KekState::Revoked,
             since_ms: 1_500,
+            cause: None,
         };
         assert!(gates.close(&a, closed));
         assert!(

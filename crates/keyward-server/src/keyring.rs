@@ -81,12 +81,7 @@ impl Providers {
         self.by_kind
             .iter()
             .find(|p| p.kind() == kind)
-            .ok_or_else(|| {
-                ServiceError::KeyMisconfigured(ProviderError::new(
-                    ErrorKind::Misconfigured,
-                    format!("the {kind} provider is not enabled on this server"),
-                ))
-            })
+            .ok_or(ServiceError::ProviderNotConfigured(kind))
     }
 }
 
@@ -454,10 +449,19 @@ impl Keyring {
             .await
             .map_err(ServiceError::from_provider)?;
         if status.state != KeyState::Enabled {
-            return Err(ServiceError::KeyRefused(ProviderError::new(
-                ErrorKind::Refused,
-                format!("key {kek} is {}", status.state.as_str()),
-            )));
+            // The key as its owner named it (an AWS key's `?role_arn=…` suffix is the stored
+            // form, not something they wrote), the provider's detail and its fix, if any.
+            let named = kek.id().split_once('?').map_or(kek.id(), |(key, _)| key);
+            let state = status.state.as_str();
+            let message = match &status.detail {
+                Some(detail) => format!("key {named} is {state} ({detail})"),
+                None => format!("key {named} is {state}"),
+            };
+            let refused = ProviderError::new(ErrorKind::Refused, message);
+            return Err(ServiceError::KeyRefused(match status.remediation {
+                Some(fix) => refused.with_remediation(fix),
+                None => refused,
+            }));
         }
         let tenant_key_id = KeyId::generate().map_err(internal)?;
         let ctx = WrapContext::new(tenant, &tenant_key_id, Purpose::TenantKey);
@@ -811,6 +815,7 @@ impl Keyring {
                     Closed {
                         state: record.binding_state,
                         since_ms: record.binding_state_changed_at_ms,
+                        cause: None,
                     },
                     true,
                 )
@@ -1037,6 +1042,7 @@ impl Keyring {
                     let closed = Closed {
                         state: record.binding_state,
                         since_ms: record.binding_state_changed_at_ms,
+                        cause: None,
                     };
                     self.remember_refusal(tenant, id, closed, true).await;
                     return Err(revoked(tenant, closed));
@@ -1169,6 +1175,7 @@ impl Keyring {
                 Closed {
                     state,
                     since_ms: binding.state_changed_at_ms,
+                    cause: binding.state_cause,
                 },
             )),
         }
@@ -1331,6 +1338,7 @@ fn revoked(tenant: &TenantId, closed: Closed) -> ServiceError {
         tenant: tenant.to_string(),
         state: closed.state,
         since_ms: closed.since_ms,
+        cause: closed.cause,
     }
 }
 

@@ -310,7 +310,7 @@ fn load_authz(settings: &Settings) -> Result<authz::Authz, StartError> {
                 source,
             }
         })?;
-        tracing::warn!(dir = %files.policies_dir.display(), "no ./policies directory: using the built-in policies");
+        tracing::warn!(copy = %files.policies_dir.display(), "no policies directory in the working directory (./policies): using a copy of the built-in policies written to the data directory");
     }
     Ok(authz::Authz::load(files)?)
 }
@@ -374,10 +374,10 @@ async fn serve_replica(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let tenants = TenantServiceServer::new(service::TenantApi::new(
-        Arc::clone(&keyring),
-        Arc::clone(&authz),
-    ))
+    let tenants = TenantServiceServer::new(
+        service::TenantApi::new(Arc::clone(&keyring), Arc::clone(&authz))
+            .with_monitor_interval(settings.monitor.as_ref().map(|m| m.interval)),
+    )
     .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
     let audit_api = AuditServiceServer::new(audit::AuditApi::new(
         Arc::clone(&auditor),

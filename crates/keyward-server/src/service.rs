@@ -361,11 +361,24 @@ impl CryptoService for CryptoApi {
 pub struct TenantApi {
     keyring: Arc<Keyring>,
     authz: Arc<Authz>,
+    /// The key-state monitor's interval (`None`: no monitor), for `Tenant.effective_policy`.
+    monitor_interval: Option<std::time::Duration>,
 }
 
 impl TenantApi {
     pub fn new(keyring: Arc<Keyring>, authz: Arc<Authz>) -> Self {
-        Self { keyring, authz }
+        Self {
+            keyring,
+            authz,
+            monitor_interval: None,
+        }
+    }
+
+    /// The server's monitor interval (`None`: the server runs no monitor).
+    #[must_use]
+    pub fn with_monitor_interval(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.monitor_interval = interval;
+        self
     }
 }
 
@@ -659,14 +672,12 @@ fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
     };
     #[cfg(feature = "aws")]
     if let Err(e) = id.parse::<keyward_kms_aws::AwsKeyRef>() {
-        // The problem names the bad part; the whole input is not repeated back.
+        // The problem names the bad part; the whole input is not repeated back, and the expected
+        // form is the one of the part the customer filled in (never the stored `?role_arn=`
+        // syntax).
         return Err(ServiceError::invalid(
             "aws_kms",
-            format!(
-                "{}; expected {}",
-                e.problem(),
-                keyward_kms_aws::EXPECTED_FORM
-            ),
+            format!("{}; expected {}", e.problem(), e.expected()),
         ));
     }
     Ok(KeyRef::new(DomainProviderKind::AwsKms, id))
@@ -751,7 +762,32 @@ impl TenantApi {
             bindings.iter().partition(|b| b.deactivated_at_ms.is_none());
         let mut tenant = tenant_to_pb(&record, current.first().copied());
         tenant.previous_keys = previous.into_iter().map(binding_to_pb).collect();
+        tenant.effective_policy = Some(self.effective_policy(&record.policy));
         Ok(tenant)
+    }
+}
+
+impl TenantApi {
+    /// The TTL and monitor interval in force for a tenant with `policy`, and where each comes
+    /// from (the keyring's `ttl_for` and the monitor's `check_due` apply the same rules).
+    fn effective_policy(&self, policy: &keyward_store::TenantPolicy) -> pb::EffectivePolicy {
+        let server_ttl = self.keyring.server_ttl().as_secs();
+        let (cache_ttl_seconds, cache_ttl_source) = match policy.cache_ttl_seconds {
+            Some(ttl) if ttl <= server_ttl => (ttl, pb::SettingSource::TenantPolicy),
+            _ => (server_ttl, pb::SettingSource::Server),
+        };
+        let (monitor_interval_seconds, monitor_interval_source) =
+            match (self.monitor_interval, policy.monitor_interval_seconds) {
+                (None, _) => (0, pb::SettingSource::Server),
+                (Some(_), Some(tenant)) => (tenant, pb::SettingSource::TenantPolicy),
+                (Some(server), None) => (server.as_secs(), pb::SettingSource::Server),
+            };
+        pb::EffectivePolicy {
+            cache_ttl_seconds,
+            cache_ttl_source: cache_ttl_source.into(),
+            monitor_interval_seconds,
+            monitor_interval_source: monitor_interval_source.into(),
+        }
     }
 }
 
@@ -766,6 +802,7 @@ fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tena
             monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
         }),
         previous_keys: Vec::new(),
+        effective_policy: None,
     }
 }
 
@@ -795,13 +832,7 @@ fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
         binding_id: binding.id,
         state_cause: binding
             .state_cause
-            .map(|cause| match cause {
-                RevocationSource::Explicit => "explicit",
-                RevocationSource::Monitor => "monitor",
-                RevocationSource::KmsRefusal => "kms_refusal",
-                RevocationSource::Event => "event",
-                _ => "other",
-            })
+            .map(crate::error::source_name)
             .unwrap_or_default()
             .to_owned(),
         state_changed_at: Some(timestamp(binding.state_changed_at_ms)),

@@ -102,6 +102,7 @@ impl Keyring {
                     Closed {
                         state: binding.state,
                         since_ms: binding.state_changed_at_ms,
+                        cause: binding.state_cause,
                     },
                 );
                 closed += 1;
@@ -207,6 +208,7 @@ impl Keyring {
                 Closed {
                     state: t.to,
                     since_ms: now_ms(),
+                    cause: Some(t.source),
                 },
             );
         }
@@ -354,6 +356,7 @@ impl Keyring {
                 Closed {
                     state: binding.state,
                     since_ms: binding.state_changed_at_ms,
+                    cause: binding.state_cause,
                 },
             );
             let entries = self.purge_and_audit(tenant).await;
@@ -492,6 +495,7 @@ impl Keyring {
                     Closed {
                         state: KekState::Revoked,
                         since_ms: observed,
+                        cause: Some(RevocationSource::KmsRefusal),
                     },
                     false,
                 )

@@ -85,8 +85,22 @@ impl Server {
     ) -> Server {
         let mut cmd = Command::new(keyward_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("KEYWARD_LOG", "warn")
+            .arg(data_dir);
+        Server::spawn(cmd, data_dir, env, stderr)
+    }
+
+    /// `keyward serve` run from `dir` with no `--data-dir`, as the README's quickstart does (its
+    /// data in `dir/keyward-data`); only the addresses are chosen by the test (`KEYWARD_LISTEN`).
+    pub(crate) fn start_in_working_dir(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(keyward_bin());
+        cmd.arg("serve")
+            .current_dir(dir)
+            .env("KEYWARD_LISTEN", "127.0.0.1:0");
+        Server::spawn(cmd, &dir.join("keyward-data"), env, Stdio::inherit())
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> Server {
+        cmd.env("KEYWARD_LOG", "warn")
             // Servers run side by side: the admin listener on a free port too.
             .env("KEYWARD_ADMIN__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
