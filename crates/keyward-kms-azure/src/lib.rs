@@ -14,6 +14,8 @@
 
 mod classify;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod key_id;
 mod layout;
 mod provider;
