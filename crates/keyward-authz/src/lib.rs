@@ -19,6 +19,8 @@
 mod action;
 pub mod cases;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identities;
 mod policies;
 mod principal;

@@ -54,14 +54,14 @@ pub(crate) enum VaultAlg {
 }
 
 impl VaultAlg {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             VaultAlg::RsaOaep256 => 0x01,
             VaultAlg::A256Kw => 0x02,
         }
     }
 
-    fn from_code(c: u8) -> Option<Self> {
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
         match c {
             0x01 => Some(VaultAlg::RsaOaep256),
             0x02 => Some(VaultAlg::A256Kw),
@@ -84,9 +84,9 @@ pub(crate) struct Parsed<'a> {
     pub(crate) alg: VaultAlg,
     pub(crate) key_version: &'a str,
     pub(crate) vault_wrapped: &'a [u8],
-    header: &'a [u8],
-    nonce: [u8; NONCE_LEN],
-    sealed: &'a [u8],
+    pub(crate) header: &'a [u8],
+    pub(crate) nonce: [u8; NONCE_LEN],
+    pub(crate) sealed: &'a [u8],
 }
 
 /// Why bytes are not a wrapped key of this provider (no secret in it).
@@ -134,7 +134,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, &'static str> {
     })
 }
 
-fn header(alg: VaultAlg, key_version: &str, vault_wrapped: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn header(alg: VaultAlg, key_version: &str, vault_wrapped: &[u8]) -> Option<Vec<u8>> {
     let v = u8::try_from(key_version.len()).ok()?;
     let n = u16::try_from(vault_wrapped.len()).ok()?;
     let mut out = Vec::with_capacity(5 + key_version.len() + vault_wrapped.len());

@@ -15,6 +15,8 @@
 mod classify;
 mod config;
 mod fresh_token;
+#[doc(hidden)]
+pub mod fuzzing;
 mod key_id;
 mod layout;
 mod provider;

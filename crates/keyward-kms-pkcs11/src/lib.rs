@@ -13,6 +13,8 @@
 
 mod classify;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod provider;
 mod remediation;

@@ -719,15 +719,7 @@ impl AuditService for AuditApi {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let (head, r) = split(request);
-        let mut query = AuditQuery::default();
-        let tenant = if r.tenant_id.is_empty() {
-            None
-        } else {
-            Some(
-                TenantId::try_from(r.tenant_id.as_str())
-                    .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))?,
-            )
-        };
+        let tenant = list_tenant(&r.tenant_id)?;
         // One tenant's records, or (no tenant named) every record: a different resource.
         self.authz.check(
             &head,
@@ -735,40 +727,12 @@ impl AuditService for AuditApi {
             tenant.as_ref(),
             &RequestContext::default(),
         )?;
-        if let Some(tenant) = tenant {
-            query = query.with_tenant(tenant);
-        }
-        if !r.event_type.is_empty() {
-            if !keyward_audit::AuditEvent::TYPES.contains(&r.event_type.as_str()) {
-                return Err(ServiceError::invalid(
-                    "event_type",
-                    format!(
-                        "unknown; one of {}",
-                        keyward_audit::AuditEvent::TYPES.join(", ")
-                    ),
-                )
-                .into());
-            }
-            query = query.with_event_type(r.event_type.clone());
-        }
-        let from = r.from.map(|t| millis(&t));
-        let to = r.to.map(|t| millis(&t));
-        query = query.with_time_range(from, to);
-        let after = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token
-                .parse::<u64>()
-                .map_err(|_| ServiceError::invalid("page_token", "not a token from this API"))?
-        };
-        let limit = match r.page_size {
-            0 => DEFAULT_LIST_PAGE,
-            n => n.min(PAGE),
-        };
+        let query = list_query(tenant, &r)?;
+        let limit = query.limit;
         let records = self
             .auditor
             .store
-            .audit_records(&query.with_after_seq(after).with_limit(limit))
+            .audit_records(&query)
             .await
             .map_err(ServiceError::from)?;
         let next_page_token = match records.last() {
@@ -840,6 +804,54 @@ impl AuditService for AuditApi {
             key_id: key.key_id(),
         }))
     }
+}
+
+/// ListEvents' tenant: empty is every tenant (checked before authorization, which depends on it).
+pub(crate) fn list_tenant(raw: &str) -> Result<Option<TenantId>, ServiceError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    TenantId::try_from(raw)
+        .map(Some)
+        .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
+}
+
+/// ListEvents' query, once the caller is authorized for `tenant`.
+pub(crate) fn list_query(
+    tenant: Option<TenantId>,
+    r: &pb::ListAuditEventsRequest,
+) -> Result<AuditQuery, ServiceError> {
+    let mut query = AuditQuery::default();
+    if let Some(tenant) = tenant {
+        query = query.with_tenant(tenant);
+    }
+    if !r.event_type.is_empty() {
+        if !keyward_audit::AuditEvent::TYPES.contains(&r.event_type.as_str()) {
+            return Err(ServiceError::invalid(
+                "event_type",
+                format!(
+                    "unknown; one of {}",
+                    keyward_audit::AuditEvent::TYPES.join(", ")
+                ),
+            ));
+        }
+        query = query.with_event_type(r.event_type.clone());
+    }
+    let from = r.from.map(|t| millis(&t));
+    let to = r.to.map(|t| millis(&t));
+    query = query.with_time_range(from, to);
+    let after = if r.page_token.is_empty() {
+        0
+    } else {
+        r.page_token
+            .parse::<u64>()
+            .map_err(|_| ServiceError::invalid("page_token", "not a token from this API"))?
+    };
+    let limit = match r.page_size {
+        0 => DEFAULT_LIST_PAGE,
+        n => n.min(PAGE),
+    };
+    Ok(query.with_after_seq(after).with_limit(limit))
 }
 
 fn millis(t: &prost_types::Timestamp) -> i64 {

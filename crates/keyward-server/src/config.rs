@@ -374,6 +374,17 @@ impl Config {
             .map_err(|e| ConfigError::Load(Box::new(e)))
     }
 
+    /// Defaults, then the TOML `text`, nothing from the environment: what [`Config::load`] reads
+    /// from a file, for the coverage-guided fuzz target `server_config` (`fuzz/`). Not part of
+    /// the API.
+    #[doc(hidden)]
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
     /// Checks the values and resolves derived paths.
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
@@ -939,6 +950,21 @@ mod tests {
 
         std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn toml_text_is_read_like_a_file() {
+        let text = "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(&path, text).unwrap();
+        let from_text = Config::from_toml_str(text).unwrap();
+        assert_eq!(from_text, Config::load(Some(&path)).unwrap());
+        assert_eq!(from_text.cache.ttl_seconds, 7);
+        let err = Config::from_toml_str("lisen = \"127.0.0.1:0\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 

@@ -423,21 +423,7 @@ impl TenantService for TenantApi {
             Some(&id),
             &RequestContext::default(),
         )?;
-        let kek = match request.key {
-            Some(register_key_request::Key::Local(local)) => {
-                if local.key_name.is_empty() {
-                    return Err(ServiceError::invalid("local.key_name", "must not be empty").into());
-                }
-                KeyRef::new(DomainProviderKind::Local, local.key_name)
-            }
-            Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws)?,
-            Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri)?,
-            Some(register_key_request::Key::GcpKms(key)) => gcp_key_ref(&key.crypto_key)?,
-            Some(register_key_request::Key::AzureKeyVault(key)) => azure_key_ref(&key.key_id)?,
-            None => {
-                return Err(ServiceError::invalid("key", "one key reference must be set").into());
-            }
-        };
+        let kek = kek_ref(request.key)?;
         self.keyring.register_key(&id, &kek).await?;
         Ok(Response::new(self.tenant_view(&id).await?))
     }
@@ -496,17 +482,7 @@ impl TenantService for TenantApi {
             &RequestContext::default(),
         )?;
         let reason = reason(&r.reason)?;
-        let binding = match r.binding_id {
-            0 => None,
-            id if id > 0 => Some(id),
-            other => {
-                return Err(ServiceError::invalid(
-                    "binding_id",
-                    format!("{other} is not a binding id (0 restores the current binding)"),
-                )
-                .into());
-            }
-        };
+        let binding = binding_id(r.binding_id)?;
         self.keyring
             .restore_binding(
                 &id,
@@ -531,25 +507,7 @@ impl TenantService for TenantApi {
             Some(&id),
             &RequestContext::default(),
         )?;
-        let policy = r.policy.unwrap_or_default();
-        let nonzero = |v: u64| (v > 0).then_some(v);
-        let policy = keyward_store::TenantPolicy {
-            cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
-            monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
-        };
-        if policy
-            .cache_ttl_seconds
-            .is_some_and(|s| s > MAX_POLICY_SECONDS)
-            || policy
-                .monitor_interval_seconds
-                .is_some_and(|s| s > MAX_POLICY_SECONDS)
-        {
-            return Err(ServiceError::invalid(
-                "policy",
-                format!("values are seconds, at most {MAX_POLICY_SECONDS} (one day)"),
-            )
-            .into());
-        }
+        let policy = tenant_policy(r.policy)?;
         self.keyring
             .set_tenant_policy(&id, policy, caller.actor(&r.requested_by))
             .await?;
@@ -567,19 +525,7 @@ impl TenantService for TenantApi {
             None,
             &RequestContext::default(),
         )?;
-        let provider = match r.provider() {
-            pb::ProviderKind::Local => DomainProviderKind::Local,
-            pb::ProviderKind::AwsKms => DomainProviderKind::AwsKms,
-            pb::ProviderKind::GcpKms => DomainProviderKind::GcpKms,
-            pb::ProviderKind::AzureKeyVault => DomainProviderKind::AzureKeyVault,
-            pb::ProviderKind::Pkcs11 => DomainProviderKind::Pkcs11,
-            pb::ProviderKind::Unspecified => {
-                return Err(ServiceError::invalid("provider", "must be set").into());
-            }
-        };
-        if r.key_ref.is_empty() {
-            return Err(ServiceError::invalid("key_ref", "must not be empty").into());
-        }
+        let provider = key_event(&r)?;
         tracing::info!(provider = %provider, key_ref = %r.key_ref, event = %r.event, "key-state event received; verifying with the KMS");
         let (checked, revoked) = self
             .keyring
@@ -741,6 +687,82 @@ fn gcp_key_ref(name: &str) -> Result<KeyRef, ServiceError> {
     Ok(KeyRef::new(DomainProviderKind::GcpKms, parsed.to_string()))
 }
 
+/// RegisterKey's key reference: exactly one, each checked by its provider's syntax.
+fn kek_ref(key: Option<register_key_request::Key>) -> Result<KeyRef, ServiceError> {
+    match key {
+        Some(register_key_request::Key::Local(local)) => {
+            if local.key_name.is_empty() {
+                return Err(ServiceError::invalid("local.key_name", "must not be empty"));
+            }
+            Ok(KeyRef::new(DomainProviderKind::Local, local.key_name))
+        }
+        Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws),
+        Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri),
+        Some(register_key_request::Key::GcpKms(key)) => gcp_key_ref(&key.crypto_key),
+        Some(register_key_request::Key::AzureKeyVault(key)) => azure_key_ref(&key.key_id),
+        None => Err(ServiceError::invalid(
+            "key",
+            "one key reference must be set",
+        )),
+    }
+}
+
+/// RestoreKey's binding: 0 is the current one.
+fn binding_id(raw: i64) -> Result<Option<i64>, ServiceError> {
+    match raw {
+        0 => Ok(None),
+        id if id > 0 => Ok(Some(id)),
+        other => Err(ServiceError::invalid(
+            "binding_id",
+            format!("{other} is not a binding id (0 restores the current binding)"),
+        )),
+    }
+}
+
+/// SetTenantPolicy's policy: 0 (or unset) is the server's default, else at most a day.
+fn tenant_policy(
+    raw: Option<pb::TenantPolicy>,
+) -> Result<keyward_store::TenantPolicy, ServiceError> {
+    let policy = raw.unwrap_or_default();
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    let policy = keyward_store::TenantPolicy {
+        cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
+        monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
+    };
+    if policy
+        .cache_ttl_seconds
+        .is_some_and(|s| s > MAX_POLICY_SECONDS)
+        || policy
+            .monitor_interval_seconds
+            .is_some_and(|s| s > MAX_POLICY_SECONDS)
+    {
+        return Err(ServiceError::invalid(
+            "policy",
+            format!("values are seconds, at most {MAX_POLICY_SECONDS} (one day)"),
+        ));
+    }
+    Ok(policy)
+}
+
+/// ReportKeyEvent's provider and key reference (the reference is matched against stored
+/// bindings as given, not parsed).
+fn key_event(r: &pb::ReportKeyEventRequest) -> Result<DomainProviderKind, ServiceError> {
+    let provider = match r.provider() {
+        pb::ProviderKind::Local => DomainProviderKind::Local,
+        pb::ProviderKind::AwsKms => DomainProviderKind::AwsKms,
+        pb::ProviderKind::GcpKms => DomainProviderKind::GcpKms,
+        pb::ProviderKind::AzureKeyVault => DomainProviderKind::AzureKeyVault,
+        pb::ProviderKind::Pkcs11 => DomainProviderKind::Pkcs11,
+        pb::ProviderKind::Unspecified => {
+            return Err(ServiceError::invalid("provider", "must be set"));
+        }
+    };
+    if r.key_ref.is_empty() {
+        return Err(ServiceError::invalid("key_ref", "must not be empty"));
+    }
+    Ok(provider)
+}
+
 fn display_name(raw: &str) -> Result<&str, ServiceError> {
     if raw.chars().count() > MAX_DISPLAY_NAME_CHARS || raw.chars().any(char::is_control) {
         return Err(ServiceError::invalid(
@@ -846,6 +868,10 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
+
+#[doc(hidden)]
+#[path = "service_fuzzing.rs"]
+pub mod fuzzing;
 
 #[cfg(test)]
 #[path = "service_fuzz.rs"]
