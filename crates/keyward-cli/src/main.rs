@@ -34,6 +34,10 @@ use tonic_types::StatusExt as _;
 
 /// Keyward: customer-managed-key encryption for AI prompts and outputs.
 #[derive(Debug, Parser)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "clap: one `mut_subcommand(…, offline)` per offline command"
+)]
 #[command(name = "keyward", version, about, long_about = None)]
 // The connection options are global, for the commands that call a server; the offline commands
 // neither list nor accept them (see `offline`).

@@ -12,6 +12,8 @@
 //!   offline command to its work), never stop at a usage error. `serve` gets `--help` appended so
 //!   that it parses without starting.
 
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+
 mod support;
 
 use std::{

@@ -23,7 +23,7 @@ use std::{
 
 use keyward_proto::v1 as pb;
 use keyward_store::{AuditQuery, Store as _, postgres::PostgresStore};
-use sqlx::{Connection as _, PgConnection};
+use sqlx::Connection as _;
 use support::{Server, context, local_key, test_db::TestDb};
 use tonic::Code;
 use tonic_types::StatusExt as _;

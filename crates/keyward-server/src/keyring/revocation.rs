@@ -140,7 +140,7 @@ impl Keyring {
                     // The store cannot even be read: deny here anyway, from this instant, and
                     // keep the tenant closed on this replica until a revocation is recorded
                     // (the caller gets the error and must repeat the call).
-                    self.close_unrecorded(tenant, to).await;
+                    self.close_unrecorded(tenant, to, source).await;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -171,12 +171,13 @@ impl Keyring {
     /// Closes the tenant's gate and purges its cached keys on this replica for a revocation the
     /// store could not take (not even read), and remembers it as unrecorded: reconciliation does
     /// not reopen it and `RegisterKey` is refused until a revocation is recorded.
-    async fn close_unrecorded(&self, tenant: &TenantId, to: KekState) {
+    async fn close_unrecorded(&self, tenant: &TenantId, to: KekState, source: RevocationSource) {
         self.gates.close(
             tenant,
             Closed {
                 state: to,
                 since_ms: now_ms(),
+                cause: Some(source),
             },
         );
         self.unrecorded_closures
