@@ -397,7 +397,7 @@ enum KeyCommand {
 #[derive(Debug, Args)]
 struct KeyDir {
     /// Data directory of the server, as given to `keyward serve --data-dir` (its keys are in
-    /// <data dir>/local-kms).
+    /// DATA_DIR/local-kms).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Configuration file of the server, to find its local key directory.

@@ -78,7 +78,7 @@ pub(crate) fn utc_second(second: i64) -> String {
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`, http://howardhinnant.github.io/date_algorithms.html).
+/// `civil_from_days`, <http://howardhinnant.github.io/date_algorithms.html>).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

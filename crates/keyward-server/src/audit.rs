@@ -35,7 +35,7 @@ const DEFAULT_LIST_PAGE: u32 = 100;
 pub struct AuditKeys {
     /// Replaced by [`Auditor::rotate_signing_key`] on the replica that rotates, and on every
     /// other replica by [`AuditKeys::hold`] when the chain shows a rotation (see
-    /// [`Auditor::follow_chain`]).
+    /// `Auditor::follow_chain`).
     pub(crate) signing: std::sync::RwLock<SigningKey>,
     pub(crate) hasher: Arc<IdentifierHasher>,
     dir: PathBuf,
@@ -264,7 +264,7 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 ///
 /// Several replicas may share one store and one audit key directory, and any of them may
 /// rotate the signing key. Each replica therefore follows the chain before it signs anything
-/// ([`Auditor::follow_chain`]): a checkpoint signed by a key the chain has rotated away from is
+/// (`Auditor::follow_chain`): a checkpoint signed by a key the chain has rotated away from is
 /// rejected by every verifier (`docs/audit-format.md` §5), and, being stored, it would break
 /// every later export that includes it.
 pub struct Auditor {
@@ -322,7 +322,7 @@ impl Auditor {
     }
 
     /// The key that signs the chain's next checkpoints, after following any rotation another
-    /// replica recorded ([`Auditor::follow_chain`]).
+    /// replica recorded (`Auditor::follow_chain`).
     pub async fn public_key_in_force(&self) -> Result<PublicKey, ServiceError> {
         let mut chain = self.rotation.lock().await;
         let head = self.store.audit_head().await?;
@@ -466,7 +466,7 @@ impl Auditor {
     /// to a pending file, the rotation is recorded in the chain, a checkpoint
     /// signed by the *old* key covers that record (so verifiers trusting the old
     /// key learn the new one), and only then does the new key take over. The other replicas
-    /// switch to the new key before they sign again ([`Auditor::follow_chain`]).
+    /// switch to the new key before they sign again (`Auditor::follow_chain`).
     pub async fn rotate_signing_key(&self, actor: String) -> Result<PublicKey, ServiceError> {
         let mut chain = self.rotation.lock().await;
         // Rotate away from the key in force, even if another replica made the last rotation.
@@ -508,7 +508,7 @@ impl Auditor {
         Ok(self.keys.public_key())
     }
 
-    /// At start: follows the chain ([`Auditor::follow_chain`]: a rotation made by another
+    /// At start: follows the chain (`Auditor::follow_chain`: a rotation made by another
     /// replica while this one was down, or one whose confirming checkpoint is missing), then
     /// finishes a rotation that was recorded in the chain but whose new key had not yet
     /// replaced the old file (a crash in between), or discards a pending key whose rotation was
