@@ -175,9 +175,16 @@ async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Le
             format!("{}: {}", status.message(), error_chain(&status))
         }
     };
+    // In TLS 1.3 the client finishes its side of the handshake before the server has judged its
+    // certificate: the server's alert reaches the client only if the client reads again before
+    // the connection is torn down, so hyper sometimes reports just the closed connection. Either
+    // is a refusal at the transport (the server is shown alive around it, and no call was
+    // served); anything else (a status from a service, another alert) is not.
+    let alerted = error.contains(&format!("received fatal alert: {alert}"));
+    let closed = !error.contains("received fatal alert") && error.contains("connection closed");
     assert!(
-        error.contains(&format!("received fatal alert: {alert}")),
-        "refused, but not with the TLS alert {alert}: {error}"
+        alerted || closed,
+        "refused, but not with the TLS alert {alert} (or a closed connection): {error}"
     );
     assert_serves_a_good_certificate(server, pki).await;
 }

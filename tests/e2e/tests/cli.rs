@@ -150,11 +150,12 @@ fn quickstart_through_the_cli() {
         assert!(ok, "{err}");
         let report = String::from_utf8(out).unwrap();
         // The denial after the break-glass revocation is flushed within a second or two.
-        let explicit = report.find("source Explicit").map(|i| &report[i..]);
-        // (Counts are per second: a second shared with the previous revocation's
-        // last denials is attributed to the later one.)
+        let explicit = report
+            .find("source: an explicit request")
+            .map(|i| &report[i..]);
         let denied = explicit
-            .and_then(|tail| tail.split("requests denied since: ").nth(1))
+            .and_then(|tail| tail.split("denied since:").nth(1))
+            .map(str::trim_start)
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|n| n.parse::<u64>().ok());
         if denied.is_some_and(|n| n >= 1) {
@@ -164,12 +165,15 @@ fn quickstart_through_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     assert!(
-        report.contains("source Explicit, actor Developer::\"dev\" requested_by=\"ciso\""),
+        report.contains("source: an explicit request by Developer::\"dev\" requested_by=\"ciso\""),
         "{report}"
     );
-    assert!(report.contains("reason: drill"), "{report}");
-    assert!(report.contains("caches purged"), "{report}");
-    assert!(report.contains("last plaintext served before"), "{report}");
+    assert!(report.contains("reason:          drill"), "{report}");
+    assert!(report.contains("cached keys at"), "{report}");
+    assert!(
+        report.contains("answer:          no plaintext served after the revocation was recorded"),
+        "{report}"
+    );
     let (ok, _, err) = server.cli(
         &["tenant", "restore-key", "acme", "--reason", "drill over"],
         b"",
@@ -491,10 +495,10 @@ fn help_lists_connection_options_only_where_they_apply() {
             "audit",
             "verify",
             "f",
-            "--public-key",
-            "k",
             "--endpoint",
             "http://x",
+            "--public-key",
+            "k",
         ])
         .output()
         .unwrap();

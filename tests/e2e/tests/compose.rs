@@ -507,7 +507,7 @@ fn the_documented_compose_commands_run_against_the_real_server() {
     let server = support::Server::start(&[]);
     let out = run_documented(&server, &lines, &env);
     assert!(
-        out.contains("KEK_STATE_ACTIVE"),
+        out.contains("key state:    active"),
         "the key is registered: {out}"
     );
     assert!(
