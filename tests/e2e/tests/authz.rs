@@ -115,6 +115,18 @@ impl Pki {
         Server::start(&env)
     }
 
+    /// [`Pki::start`] with the server's log written to the returned file, so a test can read
+    /// why the server refused a handshake.
+    fn start_logged(&self, policies: &Path) -> (Server, PathBuf) {
+        let env = self.env(policies);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let log = self.dir.path().join("server.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let data = self.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        (Server::start_with_stderr(&data, &env, file.into()), log)
+    }
+
     fn spiffe(&self, name: &str, id: &str) -> Leaf {
         self.ca.client(name, &[San::Uri(id)], false)
     }
@@ -148,10 +160,27 @@ fn encrypt_req(tenant: &str, purpose: &str) -> pb::EncryptRequest {
 /// A connection without an acceptable client certificate must fail at the handshake or, with
 /// TLS 1.3 (where the server checks the client's certificate after the client considers the
 /// handshake done), on the first call — never reach a service — and for the right reason: the
-/// server's TLS alert `alert` (e.g. `CertificateExpired`). The server is shown alive and serving
-/// a good certificate before and after, so a dead or wedged server cannot pass for a refusing one.
-async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Leaf>, alert: &str) {
+/// server's TLS alert `alert` (e.g. `CertificateExpired`), or, when the client only saw the
+/// connection go away, a new "TLS handshake refused" line in the server's `log` naming
+/// `server_reason`. The server is shown alive and serving a good certificate before and after,
+/// so a dead or wedged server cannot pass for a refusing one.
+async fn assert_transport_refused(
+    server: &Server,
+    pki: &Pki,
+    log: &Path,
+    client: Option<&Leaf>,
+    alert: &str,
+    server_reason: &str,
+) {
     assert_serves_a_good_certificate(server, pki).await;
+    let refusals = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("TLS handshake refused") && l.contains(server_reason))
+            .count()
+    };
+    let before = refusals(log);
     let error = match connect(&server.addr, &pki.ca, client).await {
         Err(e) => error_chain(&e),
         Ok(channel) => {
@@ -177,15 +206,30 @@ async fn assert_transport_refused(server: &Server, pki: &Pki, client: Option<&Le
     };
     // In TLS 1.3 the client finishes its side of the handshake before the server has judged its
     // certificate: the server's alert reaches the client only if the client reads again before
-    // the connection is torn down, so hyper sometimes reports just the closed connection. Either
-    // is a refusal at the transport (the server is shown alive around it, and no call was
-    // served); anything else (a status from a service, another alert) is not.
+    // the connection is torn down, so hyper sometimes reports just a closed connection (closed,
+    // reset, or a broken pipe when it was still writing). Then the server's log must say why it
+    // refused. Anything else (a status from a service, another alert) is not a refusal.
     let alerted = error.contains(&format!("received fatal alert: {alert}"));
-    let closed = !error.contains("received fatal alert") && error.contains("connection closed");
+    let closed = !error.contains("received fatal alert")
+        && ["connection closed", "broken pipe", "connection reset"]
+            .iter()
+            .any(|m| error.to_lowercase().contains(m));
     assert!(
         alerted || closed,
         "refused, but not with the TLS alert {alert} (or a closed connection): {error}"
     );
+    if closed {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refusals(log) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the connection closed ({error}) but the server logged no refusal for \
+                 {server_reason:?}:\n{}",
+                std::fs::read_to_string(log).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     assert_serves_a_good_certificate(server, pki).await;
 }
 
@@ -543,14 +587,17 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
 #[tokio::test]
 async fn certificates_that_are_missing_foreign_or_expired_are_refused_at_the_transport() {
     let pki = Pki::new();
-    let server = pki.start(&shipped_policies());
+    let (server, log) = pki.start_logged(&shipped_policies());
     let other_ca = Ca::new(pki.dir.path(), "other");
 
-    assert_transport_refused(&server, &pki, None, "CertificateRequired").await;
+    let refused = |client, alert, server_reason| {
+        assert_transport_refused(&server, &pki, &log, client, alert, server_reason)
+    };
+    refused(None, "CertificateRequired", "peer sent no certificates").await;
     let foreign = other_ca.client("foreign", &[San::Uri(OPERATOR)], false);
-    assert_transport_refused(&server, &pki, Some(&foreign), "UnknownCA").await;
+    refused(Some(&foreign), "UnknownCA", "UnknownIssuer").await;
     let expired = pki.ca.client("expired", &[San::Uri(OPERATOR)], true);
-    assert_transport_refused(&server, &pki, Some(&expired), "CertificateExpired").await;
+    refused(Some(&expired), "CertificateExpired", "certificate expired").await;
     // A certificate with neither a SPIFFE ID nor a DNS name: authenticated by the CA, but
     // nobody.
     let nameless = pki.ca.client("nameless", &[], false);
