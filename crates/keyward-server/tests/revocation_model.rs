@@ -98,17 +98,19 @@ mod model;
 mod ops;
 #[path = "revocation_model/store.rs"]
 mod store;
+#[path = "../../keyward-store/tests/common/test_db.rs"]
+mod test_db;
 #[path = "revocation_model/world.rs"]
 mod world;
 
 use std::{sync::Arc, time::Duration};
 
-use keyward_envelope::KeyId;
 use keyward_store::{Store, sqlite::SqliteStore};
 use proptest::prelude::*;
 
 use kms::Mode;
 use ops::{HoldAt, Kek, Op, Replica, Task, ops};
+use test_db::TestDb;
 use world::{Backend, World, bounded};
 
 /// Cases per backend in CI; `KEYWARD_MODEL_CASES` overrides.
@@ -125,68 +127,6 @@ const REPLICAS: usize = 2;
 
 // ----- backends --------------------------------------------------------------------------
 
-/// A PostgreSQL database for one case, dropped afterwards.
-struct PgDb {
-    admin_url: String,
-    name: String,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("KEYWARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// `url` with its database replaced by `database` (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
-impl PgDb {
-    async fn create() -> (PgDb, keyward_store::postgres::PostgresStore) {
-        use sqlx::Connection as _;
-        let admin_url = pg_admin_url();
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is not reachable through KEYWARD_TEST_POSTGRES_URL or the default \
-                     postgres://postgres@127.0.0.1:5432/test ({e}); see scripts/ensure-postgres.sh"
-                )
-            });
-        let name = format!("kw_model_{}", &KeyId::generate().unwrap().to_string()[..16]);
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let store = keyward_store::postgres::PostgresStore::connect(
-            &with_database(&admin_url, &name),
-            keyward_store::postgres::PostgresOptions::default(),
-        )
-        .await
-        .unwrap();
-        (PgDb { admin_url, name }, store)
-    }
-
-    async fn drop_database(self) {
-        use sqlx::Connection as _;
-        let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await else {
-            return;
-        };
-        let _ = sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await;
-        let _ = admin.close().await;
-    }
-}
-
 /// Runs one sequence on a fresh store; the first violation, with the step that showed it.
 async fn run_case(backend: Backend, ops: &[Op]) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
@@ -201,8 +141,8 @@ async fn run_case(backend: Backend, ops: &[Op]) -> Result<(), String> {
             None,
         ),
         Backend::Postgres => {
-            let (db, store) = PgDb::create().await;
-            let store = Arc::new(store);
+            let db = TestDb::create().await;
+            let store = Arc::new(db.store().await);
             (store.clone() as Arc<dyn Store>, Some((db, store)))
         }
     };
@@ -226,7 +166,7 @@ async fn run_case(backend: Backend, ops: &[Op]) -> Result<(), String> {
     drop(world);
     if let Some((db, store)) = pg {
         store.close().await;
-        db.drop_database().await;
+        db.finish().await;
     }
     outcome
 }

@@ -37,7 +37,7 @@ use std::{
 
 use keyward_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use sqlx::Row as _;
-use support::{Server, context, local_key, pg::TestDb};
+use support::{Server, context, local_key, test_db::TestDb};
 use tonic::transport::Channel;
 
 /// A lifecycle operation's effect on the tenant's revocation state.

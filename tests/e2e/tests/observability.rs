@@ -17,8 +17,7 @@ use std::{
 };
 
 use keyward_proto::v1 as pb;
-use sqlx::{Connection as _, PgConnection};
-use support::{Server, context};
+use support::{Server, context, test_db::TestDb};
 use tonic::{Code, Request, transport::Channel};
 
 fn encrypt_request(tenant: &str, scope: &str, plaintext: &[u8]) -> pb::EncryptRequest {
@@ -464,26 +463,6 @@ async fn spans_reach_an_otlp_collector_with_the_request_id() {
 
 // ----- graceful shutdown -------------------------------------------------------------------
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-async fn pg(url: &str) -> PgConnection {
-    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => conn,
-        other => panic!(
-            "PostgreSQL is not reachable at {url} ({:?}): run through scripts/test or set KEYWARD_TEST_POSTGRES_URL",
-            other.map(|r| r.err())
-        ),
-    }
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
 /// SIGTERM while calls are in flight: readiness goes 503 first, new connections and new calls
 /// are refused, the in-flight calls still complete OK, the process exits 0 within the grace
 /// period, and the audit chain (with its final checkpoint) verifies afterwards.
@@ -494,18 +473,8 @@ fn with_database(url: &str, database: &str) -> String {
 // must answer the server's GOAWAY ping) and the collector keep running on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
-    let admin_url =
-        std::env::var("KEYWARD_TEST_POSTGRES_URL").unwrap_or_else(|_| PG_URL.to_owned());
-    let name = format!(
-        "kw_obs_{}",
-        &keyward_envelope::KeyId::generate().unwrap().to_string()[..16]
-    );
-    let mut admin = pg(&admin_url).await;
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = with_database(&admin_url, &name);
+    let db = TestDb::create().await;
+    let url = db.url.clone();
     let data = tempfile::tempdir().unwrap();
     let env = [
         ("KEYWARD_STORE", url.as_str()),
@@ -521,7 +490,7 @@ async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
         .unwrap();
 
     // Hold the store: Encrypts of new scopes wait on the lock.
-    let mut lock = pg(&url).await;
+    let mut lock = db.raw().await;
     sqlx::raw_sql("BEGIN; LOCK TABLE deks IN ACCESS EXCLUSIVE MODE")
         .execute(&mut lock)
         .await
@@ -539,7 +508,7 @@ async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
             })
         })
         .collect();
-    let mut watcher = pg(&url).await;
+    let mut watcher = db.raw().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (waiting,): (i64,) = sqlx::query_as(
@@ -633,8 +602,5 @@ async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
     drop(server);
     drop(lock);
     drop(watcher);
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.finish().await;
 }

@@ -24,10 +24,7 @@ use std::{
 };
 
 use keyward_proto::v1 as pb;
-use support::{
-    Server, context,
-    pg::{Deployment, TestDb},
-};
+use support::{Server, context, pg::Deployment, test_db::TestDb};
 
 /// One export, parsed: the header's range and the records' (seq, hash) in file order.
 struct Export {

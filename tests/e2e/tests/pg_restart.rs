@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use keyward_proto::v1 as pb;
 use support::{
     Server, context,
-    pg::{Cluster, Deployment, TestDb},
+    pg::{Cluster, Deployment},
+    test_db::TestDb,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt as _;

@@ -1,6 +1,7 @@
 //! One fresh PostgreSQL database per test, for every test that needs PostgreSQL: this crate's
-//! `postgres_conformance`, and through a `#[path]` module keyward-server's tests and the
-//! end-to-end tests (docs/store.md, "How the tests get a database").
+//! `postgres_conformance`, and through a `#[path]` module keyward-server's tests (the audit
+//! rotation and revocation model suites) and the end-to-end tests (docs/store.md, "How the tests
+//! get a database"). The only copy: a test that needs a database takes it from here.
 //!
 //! `KEYWARD_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`) must name a
 //! role that may `CREATE DATABASE`. Without a server the tests fail, they are never skipped.
@@ -75,8 +76,14 @@ pub(crate) struct TestDb {
 }
 
 impl TestDb {
+    /// A database on the shared server ([`URL_VAR`]).
     pub(crate) async fn create() -> TestDb {
-        let admin_url = admin_url();
+        TestDb::create_on(&admin_url()).await
+    }
+
+    /// A database on the server of `admin_url` (e.g. a private cluster a test stops and starts).
+    pub(crate) async fn create_on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let mut admin = connect_admin(&admin_url).await;
         let name = format!("kw_test_{}", &KeyId::generate().unwrap().to_string()[..16]);
         sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
@@ -108,7 +115,7 @@ impl TestDb {
 
     /// A connection that bypasses the store (to plant rows, or to try what the store never does).
     pub(crate) async fn raw(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.unwrap()
+        connect_admin(&self.url).await
     }
 
     /// Drops the database now (the test goes on without it, e.g. to see replicas fail).

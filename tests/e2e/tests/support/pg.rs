@@ -1,5 +1,5 @@
 //! PostgreSQL for the end-to-end tests: a fresh database per test on the shared server
-//! ([`TestDb`]), a private cluster a test may stop and start ([`Cluster`]), and the replicas of
+//! (`support::test_db::TestDb`, keyward-store's test helper), a private cluster a test may stop and start ([`Cluster`]), and the replicas of
 //! one deployment on a database ([`Deployment`]).
 //!
 //! The shared server is `KEYWARD_TEST_POSTGRES_URL` (default
@@ -11,95 +11,9 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
 };
 
-use sqlx::{Connection as _, PgConnection};
-
 use super::Server;
-
-pub(crate) const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-pub(crate) const URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
-
-/// `url` with its database replaced by `database` (the query string kept).
-pub(crate) fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url
-        .split_once("://")
-        .unwrap_or_else(|| panic!("{URL_VAR} is not a URL"));
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
-/// One connection to `url` within 10 s; panics with what to do when there is no server.
-pub(crate) async fn connect(url: &str) -> PgConnection {
-    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => panic!(
-            "PostgreSQL is not reachable ({e}). These tests need a server and are never skipped: \
-             run them through scripts/test (which sources scripts/ensure-postgres.sh), or set \
-             {URL_VAR} to a URL whose role may CREATE DATABASE."
-        ),
-        Err(_) => panic!(
-            "PostgreSQL did not answer within 10 s: run through scripts/test or set {URL_VAR}"
-        ),
-    }
-}
-
-/// A fresh database `kw_<hex>` for one test; dropped by [`TestDb::finish`] when the test passed
-/// (a failed test leaves it for inspection).
-pub(crate) struct TestDb {
-    admin_url: String,
-    name: String,
-    pub(crate) url: String,
-}
-
-impl TestDb {
-    /// A database on the shared server ([`URL_VAR`]).
-    pub(crate) async fn create() -> TestDb {
-        let admin_url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        TestDb::create_on(&admin_url).await
-    }
-
-    /// A database on the server of `admin_url`.
-    pub(crate) async fn create_on(admin_url: &str) -> TestDb {
-        let mut admin = connect(admin_url).await;
-        let name = format!(
-            "kw_{}",
-            &keyward_envelope::KeyId::generate()
-                .expect("random id")
-                .to_string()[..16]
-        );
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("cannot create a test database ({e}): the role must be allowed to CREATE DATABASE")
-            });
-        admin.close().await.expect("close");
-        TestDb {
-            url: with_database(admin_url, &name),
-            admin_url: admin_url.to_owned(),
-            name,
-        }
-    }
-
-    pub(crate) async fn raw(&self) -> PgConnection {
-        connect(&self.url).await
-    }
-
-    pub(crate) async fn finish(self) {
-        let mut admin = connect(&self.admin_url).await;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("drop the test database");
-    }
-}
 
 /// Replicas of one deployment on one database: one audit key directory and one local KEK
 /// directory shared by all, a data directory per replica id (kept, so that a replica killed
