@@ -734,7 +734,7 @@ fn revocation_lines(metadata: &HashMap<String, String>) -> String {
     {
         lines.push_str(&format!(
             "\n  since:     {} (UTC)",
-            keyward_server::error::rfc3339_utc_ms(since)
+            keyward_server::time::rfc3339_utc_ms(since)
         ));
     }
     if let Some(source) = metadata.get("source") {
@@ -1025,7 +1025,7 @@ fn state_words(k: &pb::KekBinding) -> String {
         .map(|t| {
             format!(
                 " since {}",
-                keyward_server::error::rfc3339_utc_ms(
+                keyward_server::time::rfc3339_utc_ms(
                     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
                 )
             )

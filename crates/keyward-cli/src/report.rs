@@ -51,22 +51,7 @@ impl AuditEntry {
     }
 }
 
-/// `2026-12-06T19:10:00.123Z`: RFC 3339, UTC, milliseconds. Outside years 0000–9999, which
-/// RFC 3339 cannot write, the raw value.
-pub(crate) fn utc_ms(ms: i64) -> String {
-    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        return format!("{ms} ms since 1970-01-01T00:00:00Z");
-    }
-    let (h, m, s, milli) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
-}
+pub(crate) use keyward_server::time::rfc3339_utc_ms as utc_ms;
 
 /// `2026-12-06T19:10:00Z`: a whole second (denial records count per second).
 pub(crate) fn utc_second(second: i64) -> String {
@@ -75,26 +60,6 @@ pub(crate) fn utc_second(second: i64) -> String {
         Some(whole) => format!("{whole}Z"),
         None => text,
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`, <http://howardhinnant.github.io/date_algorithms.html>).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction (1..=31, 1..=12).
-    (
-        year,
-        u32::try_from(month).unwrap_or(0),
-        u32::try_from(day).unwrap_or(0),
-    )
 }
 
 pub(crate) fn hex_string(bytes: &[u8]) -> String {

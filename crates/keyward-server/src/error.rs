@@ -11,6 +11,8 @@ use keyward_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::time::rfc3339_utc_ms;
+
 /// `ErrorInfo.domain` of every error Keyward returns.
 pub const ERROR_DOMAIN: &str = "keyward.v1";
 
@@ -281,28 +283,6 @@ fn revoked_message(
     )
 }
 
-/// `ms` since the UNIX epoch as an RFC 3339 UTC time with milliseconds,
-/// `2026-12-06T19:10:00.123Z` (proleptic Gregorian; H. Hinnant's `civil_from_days`).
-pub fn rfc3339_utc_ms(ms: i64) -> String {
-    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000
-    )
-}
-
 /// A provider kind in words.
 fn provider_name(kind: ProviderKind) -> &'static str {
     match kind {
@@ -427,17 +407,6 @@ mod tests {
         let details = status.get_error_details();
         let request_id = &details.request_info().unwrap().request_id;
         assert!(status.message().contains(request_id.as_str()));
-    }
-
-    #[test]
-    fn rfc3339_times_are_utc_with_milliseconds() {
-        assert_eq!(rfc3339_utc_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_utc_ms(1_796_570_581_310),
-            "2026-12-06T15:23:01.310Z"
-        );
-        assert_eq!(rfc3339_utc_ms(951_782_400_999), "2000-02-29T00:00:00.999Z");
-        assert_eq!(rfc3339_utc_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

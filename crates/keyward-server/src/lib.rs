@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod replication;
 pub mod service;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 mod usage;
 
