@@ -42,6 +42,7 @@ struct HookedStore {
     before_state_write: Mutex<Option<Hook>>,
     fail_appends: AtomicBool,
     fail_binding_reads: AtomicBool,
+    fail_state_writes: AtomicBool,
 }
 
 impl std::fmt::Debug for HookedStore {
@@ -104,6 +105,9 @@ impl Store for HookedStore {
         let hook = self.before_state_write.lock().unwrap().take();
         if let Some(hook) = hook {
             hook().await;
+        }
+        if self.fail_state_writes.load(Ordering::SeqCst) {
+            return Err(backend_down());
         }
         self.inner.set_binding_state(update, audit).await
     }
@@ -207,6 +211,7 @@ impl Fixture {
             inner: Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap()),
             before_state_write: Mutex::new(None),
             fail_appends: AtomicBool::new(false),
+            fail_state_writes: AtomicBool::new(false),
             fail_binding_reads: AtomicBool::new(false),
         });
         let kms = Arc::new(Controlled::new(inner));
@@ -656,6 +661,45 @@ async fn a_revoke_key_the_store_cannot_read_for_still_denies_on_this_replica() {
     assert_eq!(recorded.state, KekState::Revoked);
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
     register(&a, &t, "k2").await;
+}
+
+/// The same when the store can be read but does not take the revocation's write: denied here
+/// from the call on, the cached keys purged (and the purge recorded), not reopened by
+/// reconciliation, recorded when repeated.
+#[tokio::test]
+async fn a_revoke_key_the_store_cannot_write_still_denies_and_purges_on_this_replica() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("storero");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    assert_eq!(open_reason(&a, &t, &env).await, "OK", "cached and served");
+
+    fx.store.fail_state_writes.store(true, Ordering::SeqCst);
+    let failed = a
+        .revoke(
+            &t,
+            KekState::Revoked,
+            RevocationSource::Explicit,
+            Some("ciso".to_owned()),
+            "break glass",
+            now_ms(),
+        )
+        .await;
+    assert_eq!(failed.unwrap_err().reason(), "STORE_ERROR");
+    fx.store.fail_state_writes.store(false, Ordering::SeqCst);
+    assert_eq!(fx.binding(&t).await.state, KekState::Active, "not recorded");
+
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    let purged = fx.events(&t, "keys_purged").await;
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert!(matches!(purged[0], AuditEvent::KeysPurged { entries, .. } if entries > 0));
+    a.apply_recorded_state(&t).await.unwrap();
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+
+    let recorded = revoke_explicitly(&a, &t).await;
+    assert_eq!(recorded.state, KekState::Revoked);
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
 }
 
 #[tokio::test]

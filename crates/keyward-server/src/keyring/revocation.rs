@@ -140,7 +140,8 @@ impl Keyring {
                     // The store cannot even be read: deny here anyway, from this instant, and
                     // keep the tenant closed on this replica until a revocation is recorded
                     // (the caller gets the error and must repeat the call).
-                    self.close_unrecorded(tenant, to, source).await;
+                    self.close_gate(tenant, to, source);
+                    self.keep_closed_unrecorded(tenant, to).await;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -168,10 +169,9 @@ impl Keyring {
         Err(changed_too_often(tenant))
     }
 
-    /// Closes the tenant's gate and purges its cached keys on this replica for a revocation the
-    /// store could not take (not even read), and remembers it as unrecorded: reconciliation does
-    /// not reopen it and `RegisterKey` is refused until a revocation is recorded.
-    async fn close_unrecorded(&self, tenant: &TenantId, to: KekState, source: RevocationSource) {
+    /// Closes the tenant's gate on this replica: every use of its keys is denied from this
+    /// instant.
+    fn close_gate(&self, tenant: &TenantId, to: KekState, source: RevocationSource) {
         self.gates.close(
             tenant,
             Closed {
@@ -180,12 +180,19 @@ impl Keyring {
                 cause: Some(source),
             },
         );
+    }
+
+    /// For a revocation the store could not take (not read, or not written) after the gate was
+    /// closed: remembers the closure as unrecorded, so that reconciliation does not reopen it and
+    /// `RegisterKey` is refused until a revocation is recorded, and purges the tenant's cached
+    /// keys on this replica.
+    async fn keep_closed_unrecorded(&self, tenant: &TenantId, to: KekState) {
         self.unrecorded_closures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(tenant.clone());
         let entries = self.purge_and_audit(tenant).await;
-        tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), entries, "the store cannot be read: tenant closed and cached keys purged on this replica only; the revocation is not recorded: repeat it");
+        tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), entries, "the store did not take the revocation: tenant closed and cached keys purged on this replica only; the revocation is not recorded: repeat it");
     }
 
     /// Commits `transition` of `binding` (as read) with a compare-and-set, and applies it to
@@ -204,14 +211,7 @@ impl Keyring {
         if closing && current {
             // Deny from this instant on; if the record cannot be written, the tenant stays
             // closed on this replica (safe) and the caller gets the error.
-            self.gates.close(
-                tenant,
-                Closed {
-                    state: t.to,
-                    since_ms: now_ms(),
-                    cause: Some(t.source),
-                },
-            );
+            self.close_gate(tenant, t.to, t.source);
         }
         let restoring = matches!(t.to, KekState::Active | KekState::Restored)
             && matches!(binding.state, KekState::Revoked | KekState::Unavailable);
@@ -248,10 +248,7 @@ impl Keyring {
             Err(e) => {
                 if closing && current {
                     // Closed here but not in the store: reconciliation must not reopen it.
-                    self.unrecorded_closures
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(tenant.clone());
+                    self.keep_closed_unrecorded(tenant, t.to).await;
                 }
                 return Err(e.into());
             }
