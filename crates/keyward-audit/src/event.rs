@@ -83,6 +83,11 @@ pub enum AuditEvent {
         /// When this replica last returned plaintext for the tenant before the purge (the end
         /// of the revocation window as seen by this replica), if it served any since start.
         last_plaintext_at_ms: Option<i64>,
+        /// The replica that purged (its `replica_id`), so that a report can name it. Absent in
+        /// records written before the field existed (their canonical bytes have no key for it,
+        /// and must keep hashing the same).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replica: Option<String>,
     },
     /// Calls refused by authorization (or authentication), aggregated per principal, action,
     /// tenant and second (a flood of denied calls cannot exhaust storage; the count is exact).
@@ -355,6 +360,32 @@ mod tests {
             let back: AuditEvent = serde_json::from_value(v).unwrap();
             assert_eq!(back, e);
         }
+    }
+
+    /// `keys_purged` gained `replica`: a record written before it (no key) still reads, and
+    /// one without a replica serializes exactly as before, so its hash is unchanged.
+    #[test]
+    fn keys_purged_names_its_replica_and_reads_records_without_one() {
+        let old = r#"{"entries":3,"last_plaintext_at_ms":null,"purged_at_ms":5,"tenant":"acme","type":"keys_purged"}"#;
+        let event: AuditEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            &event,
+            AuditEvent::KeysPurged {
+                replica: None,
+                entries: 3,
+                ..
+            }
+        ));
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::from_str::<serde_json::Value>(old).unwrap(),
+            "no `replica` key added"
+        );
+        let named = serde_json::json!({"type": "keys_purged", "tenant": "acme", "purged_at_ms": 5,
+            "entries": 3, "last_plaintext_at_ms": 4, "replica": "eu-1"});
+        let event: AuditEvent = serde_json::from_value(named.clone()).unwrap();
+        assert!(matches!(&event, AuditEvent::KeysPurged { replica: Some(r), .. } if r == "eu-1"));
+        assert_eq!(serde_json::to_value(&event).unwrap(), named);
     }
 
     #[test]

@@ -73,6 +73,19 @@ struct Purge {
     purged_at_ms: i64,
     entries: u64,
     last_plaintext_at_ms: Option<i64>,
+    /// The replica's id, when the record names it (records of older servers do not).
+    replica: Option<String>,
+}
+
+impl Purge {
+    /// The replica that wrote this purge record, in words: by its id, or by the record's seq
+    /// for records written before purge records named their replica.
+    fn who(&self) -> String {
+        match &self.replica {
+            Some(replica) => format!("replica {replica:?}, seq {}", self.seq),
+            None => format!("the replica that wrote seq {}", self.seq),
+        }
+    }
 }
 
 /// A revocation of one binding, from its record until a `restored` record of that binding.
@@ -219,6 +232,7 @@ pub(crate) fn build(tenant: &str, entries: &[AuditEntry]) -> Option<Report> {
                 purged_at_ms,
                 entries,
                 last_plaintext_at_ms,
+                replica,
                 ..
             } => {
                 let purge = Purge {
@@ -226,6 +240,7 @@ pub(crate) fn build(tenant: &str, entries: &[AuditEntry]) -> Option<Report> {
                     purged_at_ms: *purged_at_ms,
                     entries: *entries,
                     last_plaintext_at_ms: *last_plaintext_at_ms,
+                    replica: replica.clone(),
                 };
                 // A replica purges when it learns of a revocation: the latest one recorded.
                 match report.revocations_mut().last_mut() {
@@ -412,6 +427,7 @@ impl Report {
 fn purge_json(p: &Purge, revoked_ms: Option<i64>) -> Value {
     json!({
         "seq": p.seq,
+        "replica": p.replica,
         "purged_at_ms": p.purged_at_ms,
         "entries": p.entries,
         "last_plaintext_at_ms": p.last_plaintext_at_ms,
@@ -496,8 +512,8 @@ fn write_purge(out: &mut String, p: &Purge, revoked_ms: Option<i64>) {
     };
     let _ = writeln!(
         out,
-        "    - the replica that wrote seq {}: purged {} cached keys at {}; {served}",
-        p.seq,
+        "    - {}: purged {} cached keys at {}; {served}",
+        p.who(),
         p.entries,
         utc_ms(p.purged_at_ms)
     );
@@ -556,7 +572,7 @@ fn write_revocation(out: &mut String, number: usize, r: &Revocation) {
             .iter()
             .filter_map(|p| {
                 p.last_plaintext_at_ms
-                    .map(|t| format!("{} (seq {})", utc_ms(t), p.seq))
+                    .map(|t| format!("{} ({})", utc_ms(t), p.who()))
             })
             .collect();
         let _ = writeln!(

@@ -36,11 +36,16 @@ fn denials(second: i64, count: u64) -> AuditEvent {
 }
 
 fn purge(purged_at_ms: i64, last: Option<i64>) -> AuditEvent {
+    named_purge(purged_at_ms, last, None)
+}
+
+fn named_purge(purged_at_ms: i64, last: Option<i64>, replica: Option<&str>) -> AuditEvent {
     AuditEvent::KeysPurged {
         tenant: "acme".parse().unwrap(),
         purged_at_ms,
         entries: 2,
         last_plaintext_at_ms: last,
+        replica: replica.map(str::to_owned),
     }
 }
 
@@ -121,22 +126,23 @@ fn each_replica_states_when_it_last_served_plaintext() {
                 4_900,
             )),
         ),
-        entry(2, 5_001, purge(5_001, Some(4_000))),
-        entry(3, 5_200, purge(5_200, Some(5_150))),
+        // Replicas name themselves; the third record is from a server that did not yet.
+        entry(2, 5_001, named_purge(5_001, Some(4_000), Some("eu-1"))),
+        entry(3, 5_200, named_purge(5_200, Some(5_150), Some("eu-2"))),
         entry(4, 5_300, purge(5_300, None)),
     ];
     let text = build("acme", &records).unwrap().text();
     assert!(
-        text.contains("the replica that wrote seq 2: purged 2 cached keys at 1970-01-01T00:00:05.001Z; plaintext last served at 1970-01-01T00:00:04.000Z, before the revocation was recorded"),
+        text.contains("    - replica \"eu-1\", seq 2: purged 2 cached keys at 1970-01-01T00:00:05.001Z; plaintext last served at 1970-01-01T00:00:04.000Z, before the revocation was recorded"),
         "{text}"
     );
     assert!(
-        text.contains("the replica that wrote seq 3: purged 2 cached keys at 1970-01-01T00:00:05.200Z; plaintext last served at 1970-01-01T00:00:05.150Z, 150 ms AFTER the revocation was recorded"),
+        text.contains("    - replica \"eu-2\", seq 3: purged 2 cached keys at 1970-01-01T00:00:05.200Z; plaintext last served at 1970-01-01T00:00:05.150Z, 150 ms AFTER the revocation was recorded"),
         "{text}"
     );
-    assert!(text.contains("seq 4: purged 2 cached keys at 1970-01-01T00:00:05.300Z; served no plaintext since it started"), "{text}");
+    assert!(text.contains("    - the replica that wrote seq 4: purged 2 cached keys at 1970-01-01T00:00:05.300Z; served no plaintext since it started"), "{text}");
     assert!(
-        text.contains("answer:          plaintext served after the revocation was recorded by 1 of 3 replicas, last at 1970-01-01T00:00:05.150Z (seq 3)"),
+        text.contains("answer:          plaintext served after the revocation was recorded by 1 of 3 replicas, last at 1970-01-01T00:00:05.150Z (replica \"eu-2\", seq 3)"),
         "{text}"
     );
     assert!(

@@ -140,7 +140,7 @@ fn text(bytes: Vec<u8>) -> String {
 
 #[test]
 fn the_report_from_a_verified_export_is_the_live_report_and_counts_every_denial() {
-    let server = Server::start(&[]);
+    let server = Server::start(&[("KEYWARD_REPLICA_ID", "eu-west-1a")]);
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(revoke_deny_three_times_and_restore(&server));
@@ -187,10 +187,10 @@ fn the_report_from_a_verified_export_is_the_live_report_and_counts_every_denial(
     ] {
         assert!(online.contains(expected), "{expected:?} not in:\n{online}");
     }
-    // The replica's last plaintext, named by its purge record, in RFC 3339 UTC.
+    // The replica's last plaintext, the replica named by its id, in RFC 3339 UTC.
     let purge = online
         .lines()
-        .find(|l| l.contains("the replica that wrote seq "))
+        .find(|l| l.contains("    - replica \"eu-west-1a\", seq "))
         .unwrap_or_else(|| panic!("{online}"));
     assert!(
         purge.contains("plaintext last served at 20") && purge.contains("Z, before the revocation"),

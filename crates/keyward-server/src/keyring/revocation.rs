@@ -282,6 +282,7 @@ impl Keyring {
             purged_at_ms: now_ms(),
             entries,
             last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
+            replica: Some(self.replica_id.to_string()),
         };
         self.record_audit(vec![purged]).await;
         entries
