@@ -355,47 +355,76 @@ mod tests {
 
     fn info(status: &Status) -> (String, HashMap<String, String>) {
         let info = status.get_details_error_info().unwrap();
-        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.domain, "keyward.v1");
         (info.reason, info.metadata)
     }
 
+    /// The code and the reason of each error as docs/errors.md lists them: clients match on
+    /// both, so they are written out here rather than read back from `code()` and `reason()`.
     #[test]
     fn every_status_carries_error_info_with_its_reason() {
         let cases = [
             (
                 ServiceError::invalid("tenant_id", "empty"),
                 Code::InvalidArgument,
+                "INVALID_ARGUMENT",
             ),
-            (ServiceError::TenantMismatch, Code::InvalidArgument),
-            (ServiceError::DecryptFailed, Code::InvalidArgument),
-            (ServiceError::TenantNotFound("t".into()), Code::NotFound),
+            (
+                ServiceError::TenantMismatch,
+                Code::InvalidArgument,
+                "TENANT_MISMATCH",
+            ),
+            (
+                ServiceError::DecryptFailed,
+                Code::InvalidArgument,
+                "DECRYPT_FAILED",
+            ),
+            (
+                ServiceError::TenantNotFound("t".into()),
+                Code::NotFound,
+                "TENANT_NOT_FOUND",
+            ),
             (
                 ServiceError::NoKeyRegistered("t".into()),
                 Code::FailedPrecondition,
+                "NO_KEY_REGISTERED",
             ),
             (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Refused, "disabled")),
                 Code::FailedPrecondition,
+                "KEY_REFUSED",
             ),
             (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Throttled, "slow")),
                 Code::Unavailable,
+                "KMS_UNAVAILABLE",
             ),
             (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Timeout, "slow")),
                 Code::Unavailable,
+                "KMS_UNAVAILABLE",
             ),
             (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::InvalidCiphertext, "x")),
                 Code::DataLoss,
+                "WRAPPED_KEY_REJECTED",
             ),
-            (ServiceError::PermissionDenied, Code::PermissionDenied),
-            (ServiceError::Unauthenticated, Code::Unauthenticated),
+            (
+                ServiceError::PermissionDenied,
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+            ),
+            (
+                ServiceError::Unauthenticated,
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+            ),
         ];
-        for (err, code) in cases {
+        for (err, code, reason) in cases {
             let status = err.to_status();
             assert_eq!(status.code(), code, "{err}");
-            assert_eq!(info(&status).0, err.reason());
+            assert_eq!(err.reason(), reason, "{err}");
+            assert_eq!(info(&status).0, reason, "{err}");
         }
     }
 
