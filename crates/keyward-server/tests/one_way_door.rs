@@ -323,6 +323,13 @@ async fn open_reason(k: &Keyring, t: &TenantId, envelope: &[u8]) -> &'static str
 }
 
 async fn revoke_explicitly(k: &Keyring, t: &TenantId) -> KekBinding {
+    revoke_result(k, t).await.unwrap()
+}
+
+async fn revoke_result(
+    k: &Keyring,
+    t: &TenantId,
+) -> Result<KekBinding, keyward_server::error::ServiceError> {
     k.revoke(
         t,
         KekState::Revoked,
@@ -332,7 +339,6 @@ async fn revoke_explicitly(k: &Keyring, t: &TenantId) -> KekBinding {
         now_ms(),
     )
     .await
-    .unwrap()
 }
 
 // ----- 1. the monitor never lifts an explicit revocation --------------------------------------
@@ -700,6 +706,40 @@ async fn a_revoke_key_the_store_cannot_write_still_denies_and_purges_on_this_rep
     let recorded = revoke_explicitly(&a, &t).await;
     assert_eq!(recorded.state, KekState::Revoked);
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+}
+
+/// A RevokeKey that failed on the store is lifted on its replica by RestoreKey there (the
+/// operator's "it was a mistake"), even though the store never recorded it; another replica
+/// never closed.
+#[tokio::test]
+async fn restore_key_lifts_a_revoke_key_that_failed_on_the_store() {
+    let fx = Fixture::new().await;
+    let (a, b) = (fx.replica("a"), fx.replica("b"));
+    let t = tenant("mistake");
+    onboard(&a, &t, "k1").await;
+    let env = seal(&a, &t, b"prompt").await;
+    fx.store.fail_binding_reads.store(true, Ordering::SeqCst);
+    let failed = revoke_result(&a, &t).await;
+    assert_eq!(failed.unwrap_err().reason(), "STORE_ERROR");
+    fx.store.fail_binding_reads.store(false, Ordering::SeqCst);
+    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    assert_eq!(
+        open_reason(&b, &t, &env).await,
+        "OK",
+        "not recorded: b never closed"
+    );
+
+    let restored = a
+        .restore(
+            &t,
+            RevocationSource::Explicit,
+            Some("ciso".to_owned()),
+            "mistake",
+        )
+        .await
+        .unwrap();
+    assert_eq!(restored.state, KekState::Active);
+    assert_eq!(open_reason(&a, &t, &env).await, "OK");
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@
 //!   disabled it) or is unreachable; the next unwrap of one replica can be held *after* the KMS
 //!   answered, so a sweep or request completes later with a stale answer.
 //! - The store ([`store`]): each replica's connection can fail its next write(s) with
-//!   `StoreError::Backend` (before the database sees them: nothing commits), and can hold its
+//!   `StoreError::Backend` (before the database sees them: nothing commits), fail its next
+//!   read(s) of the tenant's current binding (the database cannot be read), and can hold its
 //!   next read of the tenant's current binding after the database answered (a decision made
 //!   from a state that other replicas then change).
 //! - Operations ([`Op`], shown by `Debug` in a failure): `Encrypt`/`Decrypt` on a replica;
@@ -24,7 +25,7 @@
 //!   the binding earlier), `CheckDue`; `Revoke` (`RevokeKey`, explicit) and `Restore`
 //!   (`RestoreKey`, explicit); `Kms` (key disabled/enabled, outage on/off); `Register` (a new
 //!   KEK binding); `SetPolicy` (cache TTL / monitor interval overrides); `Reconcile`,
-//!   `ApplyRecorded`; `FailWrites`; `FlushDenials`; `Purge`; `Wait` (time passes beyond the
+//!   `ApplyRecorded`; `FailWrites`; `FailReads`; `FlushDenials`; `Purge`; `Wait` (time passes beyond the
 //!   server TTL); `Hold` (start a check, decrypt, revoke or restore on a replica and stop it at
 //!   a hold point) and `Release` (let it finish). Held tasks run on a current-thread runtime and
 //!   only move when the test awaits them: every interleaving is deterministic and there is no
@@ -36,6 +37,11 @@
 //!   tenant key of a binding whose revocation was committed and delivered to that replica (it
 //!   committed it, or reconciled after the commit), until a restore of that binding was
 //!   committed. Covers data written under an older binding after a new registration.
+//! - `a_failed_revoke_key_closes_its_replica`: after a `RevokeKey` on a replica failed on the
+//!   store (`STORE_ERROR`: not read, not written), no encrypt or decrypt on that replica
+//!   succeeds until a revocation is recorded (and seen there) or `RestoreKey` succeeds there;
+//!   reconciliation and a monitor restoration (the KMS answering again after an outage) do not
+//!   lift it (docs/operations.md, "A PostgreSQL outage or restart").
 //! - `explicit_revocation_lifted_only_by_restore_key`: after `RevokeKey` returned OK for a
 //!   binding, the binding stays revoked in the store until `RestoreKey` returns OK for it; no
 //!   monitor restore (fresh or stale) lifts it.
@@ -358,6 +364,45 @@ fn issue_16_sequences() {
                 },
                 Revoke { on: R1 },
                 Release,
+            ],
+        ),
+        (
+            "a RevokeKey the store could not read for is lifted by reconciliation",
+            vec![
+                Encrypt { on: R0 },
+                FailReads { on: R0, fail: 1 },
+                Revoke { on: R0 },
+                Reconcile { on: R0 },
+                Decrypt {
+                    on: R0,
+                    envelope: 0,
+                },
+            ],
+        ),
+        (
+            "a RevokeKey the store could not write is lifted when the monitor ends an outage",
+            vec![
+                Encrypt { on: R0 },
+                Kms {
+                    kek: Kek::K0,
+                    mode: Mode::Unreachable,
+                },
+                Check { on: R0 },
+                FailWrites {
+                    on: R0,
+                    pass: 0,
+                    fail: 1,
+                },
+                Revoke { on: R0 },
+                Kms {
+                    kek: Kek::K0,
+                    mode: Mode::Ok,
+                },
+                Check { on: R0 },
+                Decrypt {
+                    on: R0,
+                    envelope: 0,
+                },
             ],
         ),
     ];

@@ -133,19 +133,29 @@ impl Keyring {
             reason,
             observed_at_ms,
         };
+        let result = self.revoke_locked(tenant, &transition).await;
+        if closing(to) && matches!(result, Err(ServiceError::Store(_))) {
+            // The store did not take it (not read, not written, or not re-read after a lost
+            // compare-and-set): deny here anyway, from this instant, and keep the tenant closed
+            // on this replica until a revocation is recorded (the caller gets the error and
+            // must repeat the call).
+            if self.gates.closed(tenant).is_none() {
+                self.close_gate(tenant, to, source);
+            }
+            self.keep_closed_unrecorded(tenant, to).await;
+        }
+        result
+    }
+
+    /// [`Keyring::revoke`]'s decision loop; the caller holds `transitions`.
+    async fn revoke_locked(
+        &self,
+        tenant: &TenantId,
+        transition: &Transition<'_>,
+    ) -> Result<KekBinding, ServiceError> {
+        let (to, source) = (transition.to, transition.source);
         for _ in 0..MAX_DECISIONS {
-            let binding = match self.current_binding(tenant).await {
-                Ok(binding) => binding,
-                Err(e @ ServiceError::Store(_)) if closing(to) => {
-                    // The store cannot even be read: deny here anyway, from this instant, and
-                    // keep the tenant closed on this replica until a revocation is recorded
-                    // (the caller gets the error and must repeat the call).
-                    self.close_gate(tenant, to, source);
-                    self.keep_closed_unrecorded(tenant, to).await;
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+            let binding = self.current_binding(tenant).await?;
             let already = binding.state == KekState::Destroyed
                 || binding.state == KekState::Revoked
                     && to != KekState::Destroyed
@@ -162,7 +172,7 @@ impl Keyring {
                 }
                 continue;
             }
-            if let Some(updated) = self.commit(&binding, &transition).await? {
+            if let Some(updated) = self.commit(&binding, transition).await? {
                 return Ok(updated);
             }
         }
@@ -186,11 +196,17 @@ impl Keyring {
     /// closed: remembers the closure as unrecorded, so that reconciliation does not reopen it and
     /// `RegisterKey` is refused until a revocation is recorded, and purges the tenant's cached
     /// keys on this replica.
+    /// Once per closure: nothing is cached for a closed tenant, so a second failure has nothing
+    /// more to purge.
     async fn keep_closed_unrecorded(&self, tenant: &TenantId, to: KekState) {
-        self.unrecorded_closures
+        let first = self
+            .unrecorded_closures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(tenant.clone());
+        if !first {
+            return;
+        }
         let entries = self.purge_and_audit(tenant).await;
         tracing::warn!(%tenant, replica = %self.replica_id, state = to.as_str(), entries, "the store did not take the revocation: tenant closed and cached keys purged on this replica only; the revocation is not recorded: repeat it");
     }
@@ -265,8 +281,15 @@ impl Keyring {
             self.forget_refusals(tenant, Some(&binding.tenant_key_id))
                 .await;
             if current {
-                self.forget_unrecorded(tenant);
-                self.gates.open(tenant);
+                if t.source == RevocationSource::Explicit || !self.is_unrecorded(tenant) {
+                    self.forget_unrecorded(tenant);
+                    self.gates.open(tenant);
+                } else {
+                    // A RevokeKey on this replica failed on the store and was not recorded: an
+                    // automatic restoration (the monitor seeing the KMS answer again) does not
+                    // lift it; a recorded revocation or RestoreKey does.
+                    tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, "restored in the store; stays closed on this replica until the RevokeKey that failed here is recorded or RestoreKey is called");
+                }
             }
             tracing::info!(%tenant, replica = %self.replica_id, binding = binding.id, source = ?t.source, "tenant key restored");
         }
@@ -286,6 +309,13 @@ impl Keyring {
         };
         self.record_audit(vec![purged]).await;
         entries
+    }
+
+    fn is_unrecorded(&self, tenant: &TenantId) -> bool {
+        self.unrecorded_closures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(tenant)
     }
 
     fn forget_unrecorded(&self, tenant: &TenantId) {
@@ -362,12 +392,7 @@ impl Keyring {
             tracing::warn!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), entries, "tenant key revoked by another replica; cached keys purged");
             return true;
         }
-        let unrecorded = self
-            .unrecorded_closures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(tenant);
-        if current.is_none() || unrecorded {
+        if current.is_none() || self.is_unrecorded(tenant) {
             return false;
         }
         self.gates.open(tenant);
@@ -415,7 +440,20 @@ impl Keyring {
                     ),
                 ));
             }
-            _ => return Ok(binding), // nothing to restore
+            _ => {
+                // Nothing to restore in the store. A RevokeKey that failed on this replica
+                // (closed here, never recorded) is lifted by RestoreKey here, as a recorded
+                // revocation would be.
+                if source == RevocationSource::Explicit
+                    && binding.deactivated_at_ms.is_none()
+                    && self.is_unrecorded(tenant)
+                {
+                    self.forget_unrecorded(tenant);
+                    self.apply_binding(&binding).await;
+                    tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, "RestoreKey lifted this replica's unrecorded closure (a RevokeKey here had failed on the store)");
+                }
+                return Ok(binding);
+            }
         }
         if binding.explicitly_revoked() && source != RevocationSource::Explicit {
             return Ok(binding); // only RestoreKey lifts an explicit revocation

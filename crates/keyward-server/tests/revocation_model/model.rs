@@ -13,6 +13,7 @@ use super::REPLICAS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Invariant {
     NoPlaintextAfterRevocation,
+    AFailedRevokeKeyClosesItsReplica,
     ExplicitRevocationLiftedOnlyByRestoreKey,
     NoOverwriteFromAnOlderRead,
     TtlBoundsKeyUse,
@@ -20,8 +21,9 @@ pub(crate) enum Invariant {
 }
 
 impl Invariant {
-    const ALL: [Invariant; 5] = [
+    const ALL: [Invariant; 6] = [
         Invariant::NoPlaintextAfterRevocation,
+        Invariant::AFailedRevokeKeyClosesItsReplica,
         Invariant::ExplicitRevocationLiftedOnlyByRestoreKey,
         Invariant::NoOverwriteFromAnOlderRead,
         Invariant::TtlBoundsKeyUse,
@@ -31,6 +33,7 @@ impl Invariant {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Invariant::NoPlaintextAfterRevocation => "no_plaintext_after_revocation",
+            Invariant::AFailedRevokeKeyClosesItsReplica => "a_failed_revoke_key_closes_its_replica",
             Invariant::ExplicitRevocationLiftedOnlyByRestoreKey => {
                 "explicit_revocation_lifted_only_by_restore_key"
             }
@@ -122,6 +125,10 @@ pub(crate) struct Model {
     pub(crate) envelopes: Vec<EnvelopeModel>,
     /// The step of each replica's last completed reconciliation with the store.
     pub(crate) synced: [Option<usize>; REPLICAS],
+    /// The step of a `RevokeKey` on each replica that failed on the store (`STORE_ERROR`): not
+    /// recorded, but in force on that replica until a revocation is recorded or `RestoreKey`
+    /// succeeds there (docs/operations.md, "A PostgreSQL outage or restart").
+    pub(crate) unrecorded: [Option<usize>; REPLICAS],
     /// The binding read by the last `ReadBinding`.
     pub(crate) snapshot: Option<KekBinding>,
     /// The step that started the `RestoreKey` that returned OK in this step.

@@ -113,6 +113,11 @@ pub(crate) enum Op {
         pass: u8,
         fail: u8,
     },
+    /// The replica's next `fail` reads of the tenant's current binding fail.
+    FailReads {
+        on: Replica,
+        fail: u8,
+    },
     /// `flush_all_denials`: denial counts and usage summaries to the audit log.
     FlushDenials {
         on: Replica,
@@ -203,6 +208,12 @@ pub(crate) fn op_kinds() -> Vec<(u32, BoxedStrategy<Op>)> {
             2,
             (replica(), 0u8..3, 1u8..3)
                 .prop_map(|(on, pass, fail)| Op::FailWrites { on, pass, fail })
+                .boxed(),
+        ),
+        (
+            2,
+            (replica(), 1u8..3)
+                .prop_map(|(on, fail)| Op::FailReads { on, fail })
                 .boxed(),
         ),
         (2, replica().prop_map(|on| Op::FlushDenials { on }).boxed()),

@@ -1,6 +1,6 @@
-//! One replica's connection to the shared store, with two test hooks: the next write(s) can be
+//! One replica's connection to the shared store, with three test hooks: the next write(s) can be
 //! made to fail with [`StoreError::Backend`] before they reach the database (nothing is
-//! committed), and the next read of a tenant's current binding can be held after the database
+//! committed), so can the next read(s) of a tenant's current binding, and the next read of a tenant's current binding can be held after the database
 //! answered (the caller then decides from a state that may have changed meanwhile).
 
 use std::sync::{
@@ -24,6 +24,8 @@ pub(crate) struct FaultyStore {
     pass_writes: AtomicU32,
     /// Writes that fail (after `pass_writes` passed).
     fail_writes: AtomicU32,
+    /// `active_binding` reads that fail (the database cannot be read).
+    fail_binding_reads: AtomicU32,
     /// Holds the next `active_binding` read after the database answered.
     pub(crate) hold_binding_read: Hold,
 }
@@ -34,6 +36,7 @@ impl FaultyStore {
             inner,
             pass_writes: AtomicU32::new(0),
             fail_writes: AtomicU32::new(0),
+            fail_binding_reads: AtomicU32::new(0),
             hold_binding_read: Hold::default(),
         }
     }
@@ -44,8 +47,14 @@ impl FaultyStore {
         self.fail_writes.store(fail, Ordering::SeqCst);
     }
 
+    /// The next `fail` reads of a tenant's current binding fail.
+    pub(crate) fn fail_binding_reads(&self, fail: u32) {
+        self.fail_binding_reads.store(fail, Ordering::SeqCst);
+    }
+
     pub(crate) fn clear_failures(&self) {
         self.fail_writes(0, 0);
+        self.fail_binding_reads(0);
     }
 
     fn write(&self) -> Result<(), StoreError> {
@@ -108,6 +117,15 @@ impl Store for FaultyStore {
     }
 
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
+        if self
+            .fail_binding_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Backend(Box::new(std::io::Error::other(
+                "model test: injected store read failure",
+            ))));
+        }
         let answer = self.inner.active_binding(tenant).await;
         self.hold_binding_read.pass().await;
         answer

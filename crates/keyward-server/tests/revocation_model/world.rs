@@ -172,6 +172,7 @@ impl World {
             | Op::Reconcile { on }
             | Op::ApplyRecorded { on }
             | Op::FailWrites { on, .. }
+            | Op::FailReads { on, .. }
             | Op::FlushDenials { on }
             | Op::Purge { on }
             | Op::Hold { on, .. } => Some(on.index()),
@@ -264,7 +265,7 @@ impl World {
                     restore(&self.replicas[on.index()].keyring, &tenant),
                 )
                 .await;
-                self.restored(step, result);
+                self.restored(step, on.index(), result);
             }
             Op::Kms { kek, mode } => self.control.set(kek.name(), mode),
             Op::Register { on, kek } => {
@@ -315,6 +316,11 @@ impl World {
                     .store
                     .fail_writes(u32::from(pass), u32::from(fail));
             }
+            Op::FailReads { on, fail } => {
+                self.replicas[on.index()]
+                    .store
+                    .fail_binding_reads(u32::from(fail));
+            }
             Op::FlushDenials { on } => {
                 let keyring = &self.replicas[on.index()].keyring;
                 let _ = bounded("flush_all_denials", keyring.flush_all_denials()).await;
@@ -360,20 +366,33 @@ impl World {
         r: usize,
         result: Result<KekBinding, ServiceError>,
     ) {
-        if let Ok(binding) = result {
-            // RevokeKey said OK: the binding is revoked, by a break-glass revocation.
-            if let Some(b) = self.model.bindings.get_mut(&binding.id) {
-                b.explicit.get_or_insert(step);
-                b.revocation.get_or_insert(Revocation { step, by: Some(r) });
+        match result {
+            Ok(binding) => {
+                // RevokeKey said OK: the binding is revoked, by a break-glass revocation.
+                if let Some(b) = self.model.bindings.get_mut(&binding.id) {
+                    b.explicit.get_or_insert(step);
+                    b.revocation.get_or_insert(Revocation { step, by: Some(r) });
+                }
+                self.model.unrecorded[r] = None;
             }
+            Err(e) if e.reason() == "STORE_ERROR" => {
+                self.model.unrecorded[r].get_or_insert(step);
+            }
+            Err(_) => {}
         }
     }
 
     /// `RestoreKey`, started at step `started`, returned. What it lifted (if anything) is read
     /// from its `restored` record: the binding it returns may be the state it read long ago.
-    pub(crate) fn restored(&mut self, started: usize, result: Result<KekBinding, ServiceError>) {
+    pub(crate) fn restored(
+        &mut self,
+        started: usize,
+        r: usize,
+        result: Result<KekBinding, ServiceError>,
+    ) {
         if result.is_ok() {
             self.model.restore_started = Some(started);
+            self.model.unrecorded[r] = None;
         }
     }
 
@@ -410,6 +429,19 @@ impl World {
         if what == "encrypt" {
             self.model.encrypts_ok += 1;
         }
+        let unrecorded = self.model.unrecorded[r];
+        check(
+            Invariant::AFailedRevokeKeyClosesItsReplica,
+            unrecorded.is_none(),
+            || {
+                format!(
+                    "{what} on R{r} succeeded with the tenant key of binding {binding} after a \
+                     RevokeKey on R{r} failed on the store at step {}, with no revocation \
+                     recorded or RestoreKey on R{r} since",
+                    unrecorded.unwrap_or_default()
+                )
+            },
+        )?;
         let revocation = self.model.known_revocation(binding, r);
         check(
             Invariant::NoPlaintextAfterRevocation,
@@ -551,7 +583,7 @@ impl World {
                 Ok(())
             }
             TaskResult::Restored(result) => {
-                self.restored(started, result);
+                self.restored(started, r, result);
                 Ok(())
             }
         }
@@ -615,6 +647,14 @@ impl World {
             }
         }
         self.model.restore_started = None;
+        // A replica that acted while a revocation is recorded may have applied it, which ends
+        // its unrecorded closure (the recorded one is checked from now on): forget it here, so
+        // the model never expects more than the code promises (it may expect less).
+        if let Some(r) = actor
+            && self.model.bindings.values().any(|b| is_revoked(b.state))
+        {
+            self.model.unrecorded[r] = None;
+        }
         Ok(())
     }
 
