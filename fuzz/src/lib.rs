@@ -60,3 +60,31 @@ pub fn select(data: &[u8], choices: u8) -> Option<(u8, &[u8])> {
 pub fn text(data: &[u8]) -> Option<&str> {
     std::str::from_utf8(data).ok()
 }
+
+/// The harness of target `name` (one of [`TARGETS`] built with this crate's features), or
+/// `None` when its feature is off.
+pub fn harness(name: &str) -> Option<fn(&[u8])> {
+    Some(match name {
+        "envelope" => envelope::run,
+        "kms_local" => kms_local::run,
+        "kms_pkcs11" => kms_pkcs11::run,
+        "audit_export" => audit_export::run,
+        #[cfg(feature = "providers")]
+        "kms_aws" => kms_aws::run,
+        #[cfg(feature = "providers")]
+        "kms_gcp" => kms_gcp::run,
+        #[cfg(feature = "providers")]
+        "kms_azure" => kms_azure::run,
+        #[cfg(feature = "authz")]
+        "identity_mapping" => identity_mapping::run,
+        #[cfg(feature = "server")]
+        "server_config" => server_config::run,
+        #[cfg(feature = "server")]
+        "proto_requests" => proto_requests::run,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+#[path = "replay_tests.rs"]
+mod replay_tests;
