@@ -629,7 +629,21 @@ async fn denial_counts_survive_a_failed_append_and_add_up_exactly() {
 /// Found by the PostgreSQL restart test (#27 item 13): a `RevokeKey` made while the store could
 /// not be read failed before it closed anything, and the replica went on serving the tenant.
 #[tokio::test]
-async fn a_revoke_key_the_store_cannot_read_for_still_denies_on_this_replica() {
+async fn a_revoke_key_the_store_cannot_read_for_still_denies_and_purges_on_this_replica() {
+    a_revoke_key_the_store_did_not_take(|s| &s.fail_binding_reads).await;
+}
+
+/// The same when the store can be read but does not take the revocation's write.
+#[tokio::test]
+async fn a_revoke_key_the_store_cannot_write_still_denies_and_purges_on_this_replica() {
+    a_revoke_key_the_store_did_not_take(|s| &s.fail_state_writes).await;
+}
+
+/// A `RevokeKey` while the store `failing` (a switch of [`HookedStore`]) is on: refused with
+/// `STORE_ERROR` and not recorded, but denied on this replica from the call on, its cached keys
+/// purged (and the purge recorded), not reopened by reconciliation, no new key registered over
+/// it; recorded when repeated.
+async fn a_revoke_key_the_store_did_not_take(failing: fn(&HookedStore) -> &AtomicBool) {
     let fx = Fixture::new().await;
     let a = fx.replica("a");
     let t = tenant("storedown");
@@ -637,24 +651,16 @@ async fn a_revoke_key_the_store_cannot_read_for_still_denies_on_this_replica() {
     let env = seal(&a, &t, b"prompt").await;
     assert_eq!(open_reason(&a, &t, &env).await, "OK", "cached and served");
 
-    fx.store.fail_binding_reads.store(true, Ordering::SeqCst);
-    let failed = a
-        .revoke(
-            &t,
-            KekState::Revoked,
-            RevocationSource::Explicit,
-            Some("ciso".to_owned()),
-            "break glass",
-            now_ms(),
-        )
-        .await;
+    failing(&fx.store).store(true, Ordering::SeqCst);
+    let failed = revoke_result(&a, &t).await;
     assert_eq!(failed.unwrap_err().reason(), "STORE_ERROR");
-    fx.store.fail_binding_reads.store(false, Ordering::SeqCst);
+    failing(&fx.store).store(false, Ordering::SeqCst);
+    assert_eq!(fx.binding(&t).await.state, KekState::Active, "not recorded");
 
-    // Not recorded, but in force here: the cached keys are not served, reconciliation with the
-    // store (which still says active) does not reopen it, and no new key can be registered
-    // over it until the revocation is recorded.
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+    let purged = fx.events(&t, "keys_purged").await;
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert!(matches!(purged[0], AuditEvent::KeysPurged { entries, .. } if entries > 0));
     a.apply_recorded_state(&t).await.unwrap();
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
     let refused = a
@@ -667,45 +673,6 @@ async fn a_revoke_key_the_store_cannot_read_for_still_denies_on_this_replica() {
     assert_eq!(recorded.state, KekState::Revoked);
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
     register(&a, &t, "k2").await;
-}
-
-/// The same when the store can be read but does not take the revocation's write: denied here
-/// from the call on, the cached keys purged (and the purge recorded), not reopened by
-/// reconciliation, recorded when repeated.
-#[tokio::test]
-async fn a_revoke_key_the_store_cannot_write_still_denies_and_purges_on_this_replica() {
-    let fx = Fixture::new().await;
-    let a = fx.replica("a");
-    let t = tenant("storero");
-    onboard(&a, &t, "k1").await;
-    let env = seal(&a, &t, b"prompt").await;
-    assert_eq!(open_reason(&a, &t, &env).await, "OK", "cached and served");
-
-    fx.store.fail_state_writes.store(true, Ordering::SeqCst);
-    let failed = a
-        .revoke(
-            &t,
-            KekState::Revoked,
-            RevocationSource::Explicit,
-            Some("ciso".to_owned()),
-            "break glass",
-            now_ms(),
-        )
-        .await;
-    assert_eq!(failed.unwrap_err().reason(), "STORE_ERROR");
-    fx.store.fail_state_writes.store(false, Ordering::SeqCst);
-    assert_eq!(fx.binding(&t).await.state, KekState::Active, "not recorded");
-
-    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
-    let purged = fx.events(&t, "keys_purged").await;
-    assert_eq!(purged.len(), 1, "{purged:?}");
-    assert!(matches!(purged[0], AuditEvent::KeysPurged { entries, .. } if entries > 0));
-    a.apply_recorded_state(&t).await.unwrap();
-    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
-
-    let recorded = revoke_explicitly(&a, &t).await;
-    assert_eq!(recorded.state, KekState::Revoked);
-    assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
 }
 
 /// A RevokeKey that failed on the store is lifted on its replica by RestoreKey there (the
