@@ -6,6 +6,9 @@
 //!   through `KEYWARD_*` variables), every command from that directory with its pipes and
 //!   redirections, and each `# error: … reason R)` comment under a command checked as that
 //!   command's failure. `sleep N` becomes a bounded retry of the command after it.
+//! - docs/onboarding/aws.md's walkthrough against the AWS emulator runs for real too, as one
+//!   bash script (the emulator, a key made with boto3, the server, onboarding, revoke and
+//!   restore).
 //! - Every other command (the cloud onboarding guides, which need the customer's cloud account,
 //!   and the Docker Compose lines) is checked through argument parsing only: run against an
 //!   endpoint where nothing listens, it must get past clap (to the connection attempt, or for an
@@ -309,6 +312,112 @@ fn the_readme_quickstart_runs_as_written() {
             std::fs::write(dir.path().join(file), out).expect("write stdout");
         }
     }
+}
+
+/// docs/onboarding/aws.md, "Trying it against the emulator": the whole block run by bash as a
+/// reader pastes it, from the repository root, with only what a test must change: free ports
+/// instead of 4566 and Keyward's default port, a temp dir instead of `/tmp`, the Python that
+/// has moto and the binary under test for `target/…` paths, the `cargo build` line skipped (the
+/// binary is built), a wait after each `… &` line until its port answers (a person typing the
+/// next line gives the process that time), and the background processes killed at the end.
+#[test]
+fn the_aws_emulator_walkthrough_runs_as_written() {
+    let guide = std::fs::read_to_string(repo_root().join("docs/onboarding/aws.md")).unwrap();
+    let section = &guide[guide
+        .find("## Trying it against the emulator")
+        .expect("the guide's emulator section")..];
+    let block = code_blocks(section)
+        .into_iter()
+        .next()
+        .expect("the emulator section's code block");
+    let python = std::env::var("KEYWARD_MOTO_PYTHON").unwrap_or_else(|_| {
+        panic!("KEYWARD_MOTO_PYTHON: the Python with moto[server] (scripts/test sets it)")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_str().unwrap();
+    let (moto, listen) = (free_port(), free_port());
+    let bin = keyward_bin();
+    let mut script = String::from(
+        "set -eo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n\
+         wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo \"nothing on port $1\" >&2; exit 1; }\n",
+    );
+    let mut skipped_build = false;
+    for (_, line) in &block {
+        if line.trim() == "cargo build -p keyward-cli" {
+            skipped_build = true;
+            continue;
+        }
+        let line = line
+            .replace("4566", &moto.to_string())
+            .replace("/tmp/", &format!("{tmp}/"))
+            .replace("target/test-venv/bin/python", &python)
+            .replace("target/debug/keyward", bin.to_str().unwrap());
+        script.push_str(&line);
+        script.push('\n');
+        if line.trim_end().ends_with('&') {
+            let port = if line.contains(" serve ") {
+                listen
+            } else {
+                moto
+            };
+            script.push_str(&format!("wait_port {port}\n"));
+        }
+    }
+    assert!(
+        skipped_build,
+        "the block no longer builds the CLI: update this test"
+    );
+    let endpoint = format!("http://127.0.0.1:{listen}");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(&script)
+        .current_dir(repo_root())
+        .env("KEYWARD_LISTEN", format!("127.0.0.1:{listen}"))
+        .env("KEYWARD_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("KEYWARD_ENDPOINT", &endpoint)
+        .env("KEYWARD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().expect("bash");
+    let pid = child.id();
+    // Bounded: the whole walkthrough takes a few seconds; kill the group if it hangs.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(180)).is_err() {
+            let _ = Command::new("kill")
+                .args(["-9", &format!("-{pid}")])
+                .status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the walkthrough failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nscript:\n{script}",
+        out.status
+    );
+    assert!(
+        stdout.contains("arn:aws:kms:us-east-1:123456789012:key/"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| *l == "hello").count(),
+        2,
+        "decrypted before and after the restore:\n{stdout}\n{stderr}"
+    );
+}
+
+/// A 127.0.0.1 port nobody listens on (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
 }
 
 #[test]
