@@ -1137,7 +1137,8 @@ fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     // The provider's own words, without its error-kind prefix.
     let plain = |e: keyward_kms::ProviderError| anyhow::anyhow!("{}", e.message());
     if let KeyCommand::Create { name, .. } = &cmd {
-        let provider = LocalProvider::open(&path).map_err(plain)?;
+        // Only the directory: the key asked for may be `default` itself.
+        let provider = LocalProvider::open_dir(&path).map_err(plain)?;
         provider.create_key(name).map_err(plain)?;
         println!("created local key {name:?} in {}", path.display());
         return Ok(());

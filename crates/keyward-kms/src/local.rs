@@ -84,6 +84,15 @@ impl LocalProvider {
         Ok(provider)
     }
 
+    /// Opens (creating it with mode `0700` if absent) the key directory `dir` and nothing else:
+    /// for `keyward key create NAME`, which must be able to create [`DEFAULT_KEY_NAME`] itself in
+    /// a fresh directory.
+    pub fn open_dir(dir: impl Into<PathBuf>) -> Result<Self, ProviderError> {
+        let dir = dir.into();
+        ensure_private_dir(&dir)?;
+        Ok(Self { dir })
+    }
+
     /// Opens the existing key directory `dir` without creating anything (neither the directory
     /// nor the default key): for tools that act on a server's keys, where a mistyped directory
     /// must be an error rather than a new, unused key. A missing directory is
@@ -581,6 +590,23 @@ mod tests {
             Ok(_) => panic!("expected an error, got Ok"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn open_dir_creates_a_private_dir_and_no_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh");
+        let p = LocalProvider::open_dir(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(p.list_keys().unwrap().is_empty());
+        p.create_key(DEFAULT_KEY_NAME).unwrap();
+        assert_eq!(
+            p.list_keys().unwrap(),
+            vec![(DEFAULT_KEY_NAME.to_owned(), KeyState::Enabled)]
+        );
     }
 
     #[test]

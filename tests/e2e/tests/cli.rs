@@ -392,6 +392,22 @@ fn key_commands_act_on_the_named_data_dir_and_create_nothing() {
     assert!(ok, "{err}");
     assert_eq!(String::from_utf8(out).unwrap(), "default\tdisabled\n");
     assert!(err.contains(&format!("local keys in {acted_on}")), "{err}");
+
+    // `key create` makes the directory when needed, and only the key it is asked for: `default`
+    // in a fresh directory is created, not refused as "already exists".
+    let fresh = elsewhere.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let (ok, out, err) = server.cli(&["key", "create", "default", "--data-dir", fresh], b"");
+    assert!(ok, "{err}");
+    assert!(
+        String::from_utf8(out).unwrap().contains(&format!(
+            "created local key \"default\" in {fresh}/local-kms"
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = server.cli(&["key", "create", "default", "--data-dir", fresh], b"");
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
 }
 
 /// `tenant show` in words: provider and state, the TTL and monitor interval in force with their
