@@ -408,7 +408,9 @@ impl TenantService for TenantApi {
             .keyring
             .create_tenant(&id, name, caller.actor(""))
             .await?;
-        Ok(Response::new(tenant_to_pb(&record, None)))
+        let mut tenant = tenant_to_pb(&record, None);
+        tenant.effective_policy = Some(self.effective_policy(&record.policy));
+        Ok(Response::new(tenant))
     }
 
     async fn register_key(

@@ -419,7 +419,14 @@ fn tenant_show_and_revocation_errors_speak_words() {
         let (ok, out, err) = server.cli(args, stdin);
         (ok, String::from_utf8_lossy(&out).into_owned(), err)
     };
-    assert!(cli(&["tenant", "create", "acme"], b"").0);
+    // What creation prints is in words too: the settings in force, not "server default".
+    let (ok, created, err) = cli(&["tenant", "create", "acme"], b"");
+    assert!(ok, "{err}");
+    assert!(
+        created.contains("cache TTL:    300 s (server default)\n")
+            && created.contains("monitor:      every 45 s (server default)\n"),
+        "{created}"
+    );
     let (ok, shown, err) = cli(
         &["tenant", "register-key", "acme", "--local-key", "default"],
         b"",
