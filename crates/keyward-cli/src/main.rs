@@ -256,7 +256,7 @@ enum TenantCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
-        /// Who is asking (recorded; callers are not authenticated yet).
+        /// Who asked for it, recorded next to the caller's authenticated identity (e.g. the person behind a service certificate).
         #[arg(long, env = "USER", default_value = "")]
         requested_by: String,
     },

@@ -6,9 +6,10 @@
 //!   through `KEYWARD_*` variables), every command from that directory with its pipes and
 //!   redirections, and each `# error: … reason R)` comment under a command checked as that
 //!   command's failure. `sleep N` becomes a bounded retry of the command after it.
-//! - docs/onboarding/aws.md's walkthrough against the AWS emulator runs for real too, as one
-//!   bash script (the emulator, a key made with boto3, the server, onboarding, revoke and
-//!   restore).
+//! - The guides' walkthroughs run for real too, each as one bash script: docs/onboarding/aws.md
+//!   against the AWS emulator (the emulator, a key made with boto3, the server, onboarding,
+//!   revoke at the KMS and restore), docs/onboarding/pkcs11.md against SoftHSM2 (a token, a key
+//!   made with `pkcs11-tool`, the server configured for it, onboarding, break glass, restore).
 //! - Every other command (the cloud onboarding guides, which need the customer's cloud account,
 //!   and the Docker Compose lines) is checked through argument parsing only: run against an
 //!   endpoint where nothing listens, it must get past clap (to the connection attempt, or for an
@@ -315,27 +316,81 @@ fn the_readme_quickstart_runs_as_written() {
 }
 
 /// docs/onboarding/aws.md, "Trying it against the emulator": the whole block run by bash as a
-/// reader pastes it, from the repository root, with only what a test must change: free ports
-/// instead of 4566 and Keyward's default port, a temp dir instead of `/tmp`, the Python that
-/// has moto and the binary under test for `target/…` paths, the `cargo build` line skipped (the
-/// binary is built), a wait after each `… &` line until its port answers (a person typing the
-/// next line gives the process that time), and the background processes killed at the end.
+/// reader pastes it (see [`run_walkthrough`]), against the AWS emulator it starts itself.
 #[test]
 fn the_aws_emulator_walkthrough_runs_as_written() {
-    let guide = std::fs::read_to_string(repo_root().join("docs/onboarding/aws.md")).unwrap();
-    let section = &guide[guide
-        .find("## Trying it against the emulator")
-        .expect("the guide's emulator section")..];
-    let block = code_blocks(section)
-        .into_iter()
-        .next()
-        .expect("the emulator section's code block");
     let python = std::env::var("KEYWARD_MOTO_PYTHON").unwrap_or_else(|_| {
         panic!("KEYWARD_MOTO_PYTHON: the Python with moto[server] (scripts/test sets it)")
     });
+    let moto = free_port();
+    let (stdout, stderr) = run_walkthrough(
+        "docs/onboarding/aws.md",
+        "## Trying it against the emulator",
+        &[
+            ("4566", moto.to_string()),
+            ("target/test-venv/bin/python", python),
+        ],
+        moto,
+    );
+    assert!(
+        stdout.contains("arn:aws:kms:us-east-1:123456789012:key/"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| *l == "hello").count(),
+        2,
+        "decrypted before and after the restore:\n{stdout}\n{stderr}"
+    );
+}
+
+/// docs/onboarding/pkcs11.md, "Trying it with SoftHSM2": a token, a key generated on it with
+/// `pkcs11-tool`, the server configured for it, onboarding, break glass and restore.
+#[test]
+fn the_softhsm_walkthrough_runs_as_written() {
+    let (stdout, stderr) = run_walkthrough(
+        "docs/onboarding/pkcs11.md",
+        "## Trying it with SoftHSM2",
+        &[],
+        0,
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let hello: Vec<usize> = (0..lines.len()).filter(|&i| lines[i] == "hello").collect();
+    let refused = lines
+        .iter()
+        .position(|l| *l == "refused, as it must be")
+        .unwrap_or_else(|| panic!("the revoked decrypt was not refused:\n{stdout}\n{stderr}"));
+    assert!(
+        hello.len() == 2 && hello[0] < refused && refused < hello[1],
+        "decrypted, refused after revoke-key, decrypted after restore-key:\n{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("reason KEY_REVOKED"), "{stderr}");
+}
+
+/// Runs the first code block after `heading` in `guide` with bash, as a reader pastes it, from
+/// the repository root, with only what a test must change: the `replacements` (ports, paths of
+/// tools), a temp dir instead of `/tmp`, the binary under test for `target/debug/keyward`, the
+/// `cargo build` lines skipped (the binary is built, with every feature), the server's address
+/// chosen by the test (`KEYWARD_LISTEN`, `KEYWARD_ENDPOINT`), a wait after each `… &` line until
+/// its port answers (`serve`: the server's; anything else: `background_port`) as a person typing
+/// the next line would give it, and the background processes killed at the end. Fails unless the
+/// script exits 0 within 180 s; returns its stdout and stderr.
+fn run_walkthrough(
+    guide: &str,
+    heading: &str,
+    replacements: &[(&str, String)],
+    background_port: u16,
+) -> (String, String) {
+    let text = std::fs::read_to_string(repo_root().join(guide)).unwrap();
+    let section = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{guide}: no {heading:?}"))..];
+    let block = code_blocks(section)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{guide}: no code block under {heading:?}"));
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path().to_str().unwrap();
-    let (moto, listen) = (free_port(), free_port());
+    let listen = free_port();
     let bin = keyward_bin();
     let mut script = String::from(
         "set -eo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n\
@@ -343,38 +398,38 @@ fn the_aws_emulator_walkthrough_runs_as_written() {
     );
     let mut skipped_build = false;
     for (_, line) in &block {
-        if line.trim() == "cargo build -p keyward-cli" {
+        if line.trim_start().starts_with("cargo build ") {
             skipped_build = true;
             continue;
         }
-        let line = line
-            .replace("4566", &moto.to_string())
+        let mut line = line
             .replace("/tmp/", &format!("{tmp}/"))
-            .replace("target/test-venv/bin/python", &python)
             .replace("target/debug/keyward", bin.to_str().unwrap());
+        for (from, to) in replacements {
+            line = line.replace(from, to);
+        }
         script.push_str(&line);
         script.push('\n');
         if line.trim_end().ends_with('&') {
             let port = if line.contains(" serve ") {
                 listen
             } else {
-                moto
+                background_port
             };
             script.push_str(&format!("wait_port {port}\n"));
         }
     }
     assert!(
         skipped_build,
-        "the block no longer builds the CLI: update this test"
+        "{guide}: the block no longer builds the CLI: update this test"
     );
-    let endpoint = format!("http://127.0.0.1:{listen}");
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(&script)
         .current_dir(repo_root())
         .env("KEYWARD_LISTEN", format!("127.0.0.1:{listen}"))
         .env("KEYWARD_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("KEYWARD_ENDPOINT", &endpoint)
+        .env("KEYWARD_ENDPOINT", format!("http://127.0.0.1:{listen}"))
         .env("KEYWARD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -382,7 +437,7 @@ fn the_aws_emulator_walkthrough_runs_as_written() {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().expect("bash");
     let pid = child.id();
-    // Bounded: the whole walkthrough takes a few seconds; kill the group if it hangs.
+    // Bounded: a walkthrough takes seconds; kill its process group if it hangs.
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if finished.recv_timeout(Duration::from_secs(180)).is_err() {
@@ -394,22 +449,14 @@ fn the_aws_emulator_walkthrough_runs_as_written() {
     let out = child.wait_with_output().expect("wait");
     let _ = done.send(());
     watchdog.join().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "the walkthrough failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nscript:\n{script}",
+        "{guide}: the walkthrough failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nscript:\n{script}",
         out.status
     );
-    assert!(
-        stdout.contains("arn:aws:kms:us-east-1:123456789012:key/"),
-        "{stdout}"
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| *l == "hello").count(),
-        2,
-        "decrypted before and after the restore:\n{stdout}\n{stderr}"
-    );
+    (stdout, stderr)
 }
 
 /// A 127.0.0.1 port nobody listens on (the kernel's pick, released at once).
