@@ -588,8 +588,10 @@ impl Keyring {
         // with tiny limits other requests may fill it first: retry, bounded.
         for _ in 0..MAX_ENCRYPT_ATTEMPTS {
             let active = self.active_dek(tenant, scope).await?;
-            if active.key.generation != generation {
-                // Loaded before a revocation or restoration of this tenant.
+            if active.key.generation != generation || active.key.expires_at <= Instant::now() {
+                // Loaded before a revocation or restoration of this tenant, or vouched for by
+                // the KMS a TTL ago or more (this request stalled after the unwrap answered):
+                // never used past the TTL. No await from here until the envelope is sealed.
                 self.active
                     .invalidate(&(tenant.clone(), scope.clone()))
                     .await;
@@ -686,6 +688,15 @@ impl Keyring {
                 self.deks.invalidate(&key).await;
                 continue;
             }
+            if dek.expires_at <= Instant::now() {
+                // The KMS vouched for this key a TTL ago or more: this request stalled that
+                // long after the unwrap answered (or the cache handed out an entry at its
+                // edge). Never used past the TTL: ask again. No await from here until the
+                // plaintext is released, so the check cannot go stale.
+                *hit = false;
+                self.deks.invalidate(&key).await;
+                continue;
+            }
             let plaintext = envelope.open(&dek.key, ctx).map_err(|e| match e {
                 EnvelopeError::DecryptFailed => ServiceError::DecryptFailed,
                 other => classify_parse_error(other),
@@ -699,7 +710,7 @@ impl Keyring {
             }
         }
         Err(ServiceError::Conflict(format!(
-            "the key state of tenant {tenant} changed during the request"
+            "the key state of tenant {tenant} changed, or its key expired, during the request"
         )))
     }
 

@@ -367,6 +367,21 @@ fn issue_16_sequences() {
             ],
         ),
         (
+            "found by this search (CI, 2026-12-06): a request that stalls after the KMS \
+             answered uses the key past the TTL",
+            vec![
+                Encrypt { on: R0 },
+                Purge { on: R0 },
+                Hold {
+                    on: R0,
+                    task: Task::Decrypt { envelope: 0 },
+                    at: HoldAt::KmsAnswer,
+                },
+                Wait,
+                Release,
+            ],
+        ),
+        (
             "a RevokeKey the store could not read for is lifted by reconciliation",
             vec![
                 Encrypt { on: R0 },
