@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Server, keyward_bin};
+use support::{Server, free_port, keyward_bin};
 
 /// A command line of a code block: where it is, and its words after `keyward`.
 #[derive(Debug, Clone)]
@@ -183,30 +183,8 @@ fn redirection(words: &[Word], op: &str) -> Option<String> {
 
 /// Runs `keyward args` from `dir` with `stdin`; returns (success, stdout, stderr).
 fn run(dir: &Path, env: &[(&str, &str)], args: &[String], stdin: &[u8]) -> (bool, Vec<u8>, String) {
-    use std::io::Write as _;
-    let mut cmd = Command::new(keyward_bin());
-    cmd.args(args)
-        .current_dir(dir)
-        .env("KEYWARD_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn keyward");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.success(),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = support::run_keyward(Some(dir), env, args, stdin);
+    (code == Some(0), out, err)
 }
 
 /// The reason of a `# error: … (status …, reason R)` comment line.
@@ -457,14 +435,6 @@ fn run_walkthrough(
         out.status
     );
     (stdout, stderr)
-}
-
-/// A 127.0.0.1 port nobody listens on (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 #[test]

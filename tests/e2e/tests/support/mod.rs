@@ -200,28 +200,8 @@ impl Server {
     /// [`Server::cli`] with the exit code (`None` if killed by a signal): docs/errors.md,
     /// "Exit codes of the `keyward` command".
     pub(crate) fn cli_code(&self, args: &[&str], stdin: &[u8]) -> (Option<i32>, Vec<u8>, String) {
-        use std::io::Write as _;
-        let mut child = Command::new(keyward_bin())
-            .args(args)
-            .env("KEYWARD_ENDPOINT", self.endpoint())
-            .env("KEYWARD_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyward");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin)
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("wait");
-        (
-            out.status.code(),
-            out.stdout,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let endpoint = self.endpoint();
+        run_keyward(None, &[("KEYWARD_ENDPOINT", &endpoint)], args, stdin)
     }
 
     /// Exports the audit chain with the CLI into `dir` and verifies it offline against the
@@ -558,4 +538,48 @@ pub(crate) async fn audit_types_since(
             )
         })
         .collect()
+}
+
+/// Runs the `keyward` CLI with `args` and `stdin` (from `dir` when given, with `env` added);
+/// returns (exit code, `None` if killed by a signal; stdout; stderr).
+pub(crate) fn run_keyward<S: AsRef<std::ffi::OsStr>>(
+    dir: Option<&Path>,
+    env: &[(&str, &str)],
+    args: &[S],
+    stdin: &[u8],
+) -> (Option<i32>, Vec<u8>, String) {
+    use std::io::Write as _;
+    let mut cmd = Command::new(keyward_bin());
+    cmd.args(args)
+        .env("KEYWARD_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn keyward");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A 127.0.0.1 port nobody listens on (the kernel's pick, released at once).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }

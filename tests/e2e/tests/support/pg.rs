@@ -13,7 +13,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::Server;
+use super::{Server, free_port};
 
 /// Replicas of one deployment on one database: one audit key directory and one local KEK
 /// directory shared by all, a data directory per replica id (kept, so that a replica killed
@@ -224,12 +224,4 @@ fn server_bindir() -> PathBuf {
         "no PostgreSQL server binaries (initdb): install Debian's postgresql package"
     );
     Path::new(&path).parent().expect("bin dir").to_owned()
-}
-
-/// A 127.0.0.1 port nobody listens on (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
