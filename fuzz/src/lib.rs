@@ -36,6 +36,19 @@ pub mod proto_requests;
 #[cfg(feature = "server")]
 pub mod server_config;
 
+/// Every key provider's factory, as the shipped `keyward` binary registers them
+/// (crates/keyward-cli/src/providers.rs): the configuration sections and key-reference syntaxes
+/// the `server` targets parse.
+#[cfg(feature = "server")]
+pub fn provider_registry() -> keyward_kms::ProviderRegistry {
+    use std::sync::Arc;
+    keyward_kms::ProviderRegistry::default()
+        .with(Arc::new(keyward_kms_aws::AwsKmsFactory))
+        .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
+        .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
+        .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
+}
+
 /// Every target, in the order `scripts/fuzz` runs them (also the `src/bin` names).
 pub const TARGETS: [&str; 10] = [
     "envelope",

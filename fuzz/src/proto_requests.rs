@@ -151,7 +151,7 @@ pub fn run(data: &[u8]) {
                 return;
             };
             let raw = r.clone();
-            check(convert::register_key(r), |(tenant, kek)| {
+            check(convert::register_key(&crate::provider_registry(), r), |(tenant, kek)| {
                 assert_eq!(tenant.as_str(), raw.tenant_id);
                 registered(&raw, &kek);
             });

@@ -26,6 +26,7 @@ use keyward_server::{Config, telemetry::LogFormat};
 mod audit_cmd;
 mod exit;
 mod logging;
+mod providers;
 mod report;
 
 use audit_cmd::AuditCommand;
@@ -440,7 +441,7 @@ fn main() -> ExitCode {
     // The server logs its lifecycle, in the configured format; client commands stay quiet
     // unless asked. A configuration that does not load is reported by `serve` itself.
     let (default_filter, format, otlp) = match &cli.command {
-        Command::Serve(args) => match Config::load(args.config.as_deref())
+        Command::Serve(args) => match Config::load(args.config.as_deref(), &providers::registry())
             .ok()
             .and_then(|c| c.resolve().ok())
         {
@@ -525,7 +526,7 @@ async fn authenticate_tenant_keys(
     actor: &str,
     confirm: bool,
 ) -> anyhow::Result<()> {
-    let mut config = Config::load(config.as_deref())?;
+    let mut config = Config::load(config.as_deref(), &providers::registry())?;
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
@@ -626,7 +627,8 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let registry = providers::registry();
+    let mut config = Config::load(args.config.as_deref(), &registry)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -636,7 +638,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config.resolve()?;
     // Before any key is loaded: keep them out of swap and core dumps ([memory]).
     keyward_server::memory::harden(&settings.memory)?;
-    let running = keyward_server::start(&settings, shutdown_signal()).await?;
+    let running = keyward_server::start(&settings, &registry, shutdown_signal()).await?;
     // Scripts and tests read the bound addresses from these lines (the admin one first).
     if let Some(admin) = running.admin_addr() {
         println!("keyward admin listening on {admin}");
@@ -1127,7 +1129,7 @@ fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     let path = match &dir.local_kms_dir {
         Some(path) => path.clone(),
         None => {
-            let mut config = Config::load(dir.config.as_deref())?;
+            let mut config = Config::load(dir.config.as_deref(), &providers::registry())?;
             if let Some(data_dir) = &dir.data_dir {
                 config.data_dir = data_dir.clone();
             }

@@ -14,6 +14,7 @@
 
 mod classify;
 mod config;
+mod factory;
 mod key_ref;
 mod policy;
 mod provider;
@@ -22,6 +23,7 @@ mod provider;
 pub mod test_support;
 
 pub use config::AwsKmsConfig;
+pub use factory::AwsKmsFactory;
 pub use key_ref::{
     AssumeRole, AwsKeyRef, EXPECTED_FORM, EXPECTED_ROLE_FORM, InvalidAwsKeyRef, KeyRefPart,
     KeyResource,

@@ -14,6 +14,7 @@
 
 mod classify;
 mod config;
+mod factory;
 mod fresh_token;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,5 +27,6 @@ pub mod remediation;
 pub mod test_support;
 
 pub use config::{AzureCredentialConfig, AzureKeyVaultConfig, PUBLIC_AUTHORITY_HOST};
+pub use factory::AzureKeyVaultFactory;
 pub use key_id::{AzureKeyId, EXPECTED_FORM, InvalidAzureKeyId, VaultKind};
 pub use provider::AzureKeyVaultProvider;

@@ -15,6 +15,7 @@
 
 mod classify;
 mod config;
+mod factory;
 mod name;
 mod provider;
 pub mod remediation;
@@ -23,5 +24,6 @@ pub mod remediation;
 pub mod test_support;
 
 pub use config::{DEFAULT_ENDPOINT, GcpCredentials, GcpKmsConfig};
+pub use factory::GcpKmsFactory;
 pub use name::{CryptoKeyName, EXPECTED_FORM, InvalidCryptoKeyName};
 pub use provider::GcpKmsProvider;

@@ -13,6 +13,7 @@
 
 mod classify;
 mod config;
+mod factory;
 #[doc(hidden)]
 pub mod fuzzing;
 mod layout;
@@ -24,6 +25,7 @@ mod uri;
 pub mod test_support;
 
 pub use config::Pkcs11Config;
+pub use factory::Pkcs11Factory;
 pub use layout::WRAPPED_LEN;
 pub use provider::Pkcs11Provider;
 pub use uri::{InvalidPkcs11Uri, Pkcs11KeyUri, SCHEME};

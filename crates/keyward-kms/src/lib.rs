@@ -19,6 +19,7 @@
 
 mod context;
 mod error;
+mod factory;
 mod provider;
 
 pub mod local;
@@ -31,6 +32,10 @@ pub mod controlled;
 
 pub use context::{Purpose, WrapContext};
 pub use error::{ErrorKind, ProviderError};
+pub use factory::{
+    ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyRefFields,
+    ProviderFactory, ProviderRegistry,
+};
 pub use keyward_envelope::{SecretKey, WrappedKey};
 pub use provider::{
     Capabilities, KeyProvider, KeyRef, KeyState, KeyStatus, ParseKeyRefError, ProviderKind,

@@ -252,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyward.toml");
         std::fs::write(&path, toml).unwrap();
-        crate::Config::load(Some(&path))?.resolve()
+        crate::Config::load(Some(&path), &keyward_kms::ProviderRegistry::default())?.resolve()
     }
 
     #[test]

@@ -18,6 +18,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use keyward_kms::{ConfigSection, ProviderRegistry};
 use keyward_store::postgres::PostgresOptions;
 
 use crate::{
@@ -30,8 +31,12 @@ use crate::{
 };
 
 /// Raw configuration as written in `keyward.toml`. See `docs/configuration.md`.
+///
+/// Unknown top-level keys are refused by [`Config::load`]: every key is either one of the
+/// server's own sections or the section of a key provider in the [`ProviderRegistry`] the
+/// application was built with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// Address of the gRPC listener. Port 0 picks a free port (printed at start).
     pub listen: SocketAddr,
@@ -64,21 +69,12 @@ pub struct Config {
     pub memory: crate::memory::MemoryConfig,
     /// Limits at the gRPC edge (docs/configuration.md, `[limits]`).
     pub limits: crate::limits::LimitsConfig,
-    /// The AWS KMS provider (docs/providers/aws.md); present in builds with the `aws` feature.
-    #[cfg(feature = "aws")]
-    pub aws_kms: keyward_kms_aws::AwsKmsConfig,
-    /// A PKCS#11 HSM token (docs/providers/pkcs11.md); unset = no PKCS#11 provider. Present in
-    /// builds with the `pkcs11` feature.
-    #[cfg(feature = "pkcs11")]
-    pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
-    /// Google Cloud KMS (docs/providers/gcp.md); unset = no Cloud KMS provider. Present in
-    /// builds with the `gcp` feature.
-    #[cfg(feature = "gcp")]
-    pub gcp: Option<keyward_kms_gcp::GcpKmsConfig>,
-    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
-    /// Present in builds with the `azure` feature.
-    #[cfg(feature = "azure")]
-    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
+    /// Every other top-level section: the key providers' (`[aws_kms]`, `[pkcs11]`, `[gcp]`,
+    /// `[azure]`, docs/providers/), as read. Each provider crate types and checks its own
+    /// ([`keyward_kms::ProviderFactory::configure`]); [`Config::load`] refuses a section no
+    /// provider of the registry claims.
+    #[serde(flatten)]
+    pub providers: std::collections::BTreeMap<String, figment::value::Value>,
     // --- observability (docs/observability.md) ---
     /// `"text"` or `"json"` log lines (read by the `keyward serve` command).
     pub log_format: LogFormat,
@@ -160,14 +156,7 @@ impl Default for Config {
             authz: AuthzConfig::default(),
             memory: crate::memory::MemoryConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
-            #[cfg(feature = "aws")]
-            aws_kms: keyward_kms_aws::AwsKmsConfig::default(),
-            #[cfg(feature = "pkcs11")]
-            pkcs11: None,
-            #[cfg(feature = "gcp")]
-            gcp: None,
-            #[cfg(feature = "azure")]
-            azure: None,
+            providers: std::collections::BTreeMap::new(),
             log_format: LogFormat::default(),
             shutdown_grace_seconds: DEFAULT_SHUTDOWN_GRACE_SECONDS,
             admin: AdminConfig::default(),
@@ -345,8 +334,10 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults, then `file` (if given; it must exist), then `KEYWARD_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Defaults, then `file` (if given; it must exist), then `KEYWARD_*` variables. The
+    /// sections of `registry`'s key providers are read too, and each is checked by its provider
+    /// crate; any other unknown top-level key is an error.
+    pub fn load(file: Option<&Path>, registry: &ProviderRegistry) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -360,29 +351,72 @@ impl Config {
         // Only variables naming a configuration section are configuration: others with the
         // prefix belong to the CLI (KEYWARD_LOG, KEYWARD_ENDPOINT) or to tools. Inside a known
         // section, unknown keys are still errors (deny_unknown_fields).
+        let provider_sections: Vec<&'static str> = registry.sections().collect();
         figment = figment.merge(
             Env::prefixed("KEYWARD_")
-                .filter(|key| {
+                .filter(move |key| {
                     let key = key.as_str().to_ascii_lowercase();
                     let section = key.split("__").next().unwrap_or_default();
-                    CONFIG_SECTIONS.contains(&section)
+                    CONFIG_SECTIONS.contains(&section) || provider_sections.contains(&section)
                 })
                 .split("__"),
         );
-        figment
+        let config: Config = figment
             .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.check_provider_sections(registry)?;
+        Ok(config)
     }
 
     /// Defaults, then the TOML `text`, nothing from the environment: what [`Config::load`] reads
     /// from a file, for the coverage-guided fuzz target `server_config` (`fuzz/`). Not part of
     /// the API.
     #[doc(hidden)]
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Figment::from(Serialized::defaults(Config::default()))
+    pub fn from_toml_str(text: &str, registry: &ProviderRegistry) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.check_provider_sections(registry)?;
+        Ok(config)
+    }
+
+    /// Every top-level key that is not the server's names a section of one of `registry`'s
+    /// key providers, and that provider accepts it.
+    fn check_provider_sections(&self, registry: &ProviderRegistry) -> Result<(), ConfigError> {
+        let sections = self.provider_sections()?;
+        for name in self.providers.keys() {
+            let Some(factory) = registry.by_section(name) else {
+                let mut known: Vec<&str> = CONFIG_SECTIONS.to_vec();
+                known.extend(registry.sections());
+                return Err(ConfigError::Invalid(format!(
+                    "unknown field `{name}`, expected one of {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            factory
+                .configure(sections.get(name))
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The providers' sections, untyped.
+    fn provider_sections(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, ConfigSection>, ConfigError> {
+        self.providers
+            .iter()
+            .map(|(name, value)| {
+                let value = serde_json::to_value(value)
+                    .map_err(|e| ConfigError::Invalid(format!("[{name}]: cannot be read: {e}")))?;
+                Ok((name.clone(), ConfigSection::new(name.clone(), value)))
+            })
+            .collect()
     }
 
     /// Checks the values and resolves derived paths.
@@ -530,14 +564,7 @@ impl Config {
             default_policies_dir: self.authz == AuthzConfig::default(),
             memory: self.memory,
             max_in_flight_per_caller: self.limits.max_in_flight_per_caller,
-            #[cfg(feature = "aws")]
-            aws_kms: self.aws_kms.clone(),
-            #[cfg(feature = "pkcs11")]
-            pkcs11: self.pkcs11.clone(),
-            #[cfg(feature = "gcp")]
-            gcp: self.gcp.clone(),
-            #[cfg(feature = "azure")]
-            azure: self.azure.clone(),
+            providers: self.provider_sections()?,
             observability,
         })
     }
@@ -725,7 +752,8 @@ fn random_replica_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
-/// Top-level keys of [`Config`], which `KEYWARD_*` environment variables may set.
+/// The server's own top-level keys of [`Config`], which `KEYWARD_*` environment variables may
+/// set (as may the sections of the registry's key providers).
 const CONFIG_SECTIONS: &[&str] = &[
     "listen",
     "data_dir",
@@ -744,14 +772,6 @@ const CONFIG_SECTIONS: &[&str] = &[
     "memory",
     "authz",
     "limits",
-    #[cfg(feature = "aws")]
-    "aws_kms",
-    #[cfg(feature = "pkcs11")]
-    "pkcs11",
-    #[cfg(feature = "gcp")]
-    "gcp",
-    #[cfg(feature = "azure")]
-    "azure",
     "log_format",
     "shutdown_grace_seconds",
     "admin",
@@ -826,16 +846,9 @@ pub struct Settings {
     pub memory: crate::memory::MemoryConfig,
     /// `limits.max_in_flight_per_caller` ([`crate::limits`]).
     pub max_in_flight_per_caller: usize,
-    #[cfg(feature = "aws")]
-    pub aws_kms: keyward_kms_aws::AwsKmsConfig,
-    #[cfg(feature = "pkcs11")]
-    pub pkcs11: Option<keyward_kms_pkcs11::Pkcs11Config>,
-    #[cfg(feature = "gcp")]
-    pub gcp: Option<keyward_kms_gcp::GcpKmsConfig>,
-    /// Azure Key Vault / Managed HSM (docs/providers/azure.md); unset = no Azure provider.
-    /// Present in builds with the `azure` feature.
-    #[cfg(feature = "azure")]
-    pub azure: Option<keyward_kms_azure::AzureKeyVaultConfig>,
+    /// The key providers' sections as read (`[aws_kms]`, `[gcp]`, …), by name; each provider
+    /// crate types its own when the server starts ([`keyward_kms::ProviderFactory::configure`]).
+    pub providers: std::collections::BTreeMap<String, ConfigSection>,
     /// Admin listener, metrics bounds, shutdown grace, log format, trace export.
     pub observability: ObservabilitySettings,
 }
@@ -875,7 +888,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyward.toml");
         std::fs::write(&path, "[envelope]\nwrite_suite = 1\n").unwrap();
-        let c = Config::load(Some(&path)).unwrap();
+        let c = Config::load(Some(&path), &registry()).unwrap();
         assert_eq!(
             c.resolve().unwrap().write_suite,
             Suite::Aes256GcmHkdfSha512Committing
@@ -944,12 +957,14 @@ mod tests {
             "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n",
         )
         .unwrap();
-        let c = Config::load(Some(&path)).unwrap();
+        let c = Config::load(Some(&path), &registry()).unwrap();
         assert_eq!(c.cache.ttl_seconds, 7);
         assert_eq!(c.listen.port(), 0);
 
         std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
-        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        let err = Config::load(Some(&path), &registry())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 
@@ -959,27 +974,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyward.toml");
         std::fs::write(&path, text).unwrap();
-        let from_text = Config::from_toml_str(text).unwrap();
-        assert_eq!(from_text, Config::load(Some(&path)).unwrap());
+        let from_text = Config::from_toml_str(text, &registry()).unwrap();
+        assert_eq!(from_text, Config::load(Some(&path), &registry()).unwrap());
         assert_eq!(from_text.cache.ttl_seconds, 7);
-        let err = Config::from_toml_str("lisen = \"127.0.0.1:0\"\n")
+        let err = Config::from_toml_str("lisen = \"127.0.0.1:0\"\n", &registry())
             .unwrap_err()
             .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 
-    #[cfg(feature = "gcp")]
+    /// Every provider factory, as the shipped binary registers them.
+    fn registry() -> ProviderRegistry {
+        use std::sync::Arc;
+        ProviderRegistry::default()
+            .with(Arc::new(keyward_kms_aws::AwsKmsFactory))
+            .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
+            .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
+            .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
+    }
+
     #[test]
-    fn the_gcp_section_is_read_with_explicit_credentials() {
+    fn a_provider_section_is_read_by_its_crate_and_one_no_provider_claims_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyward.toml");
-        std::fs::write(
-            &path,
-            "[gcp]\ncredentials = { kind = \"service-account\", file = \"/etc/keyward/sa.json\" }\ncall_timeout_ms = 900\n",
-        )
-        .unwrap();
-        let s = Config::load(Some(&path)).unwrap().resolve().unwrap();
-        let gcp = s.gcp.unwrap();
+        let gcp = "[gcp]\ncredentials = { kind = \"service-account\", file = \"/etc/keyward/sa.json\" }\ncall_timeout_ms = 900\n";
+        std::fs::write(&path, gcp).unwrap();
+        let s = Config::load(Some(&path), &registry())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let gcp: keyward_kms_gcp::GcpKmsConfig = s.providers["gcp"].deserialize().unwrap();
         assert_eq!(gcp.call_timeout_ms, 900);
         assert_eq!(
             gcp.credentials,
@@ -987,14 +1011,40 @@ mod tests {
                 file: "/etc/keyward/sa.json".into()
             })
         );
-        assert!(Config::default().resolve().unwrap().gcp.is_none());
+        assert!(Config::default().resolve().unwrap().providers.is_empty());
+
+        // The same section in a build without the Cloud KMS provider: an unknown key.
+        let err = Config::load(Some(&path), &ProviderRegistry::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `gcp`"), "{err}");
+        assert!(!err.contains("`aws_kms`"), "{err}");
+        let err = Config::from_toml_str("lisen = 1\n", &registry())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`aws_kms`, `pkcs11`, `gcp`, `azure`"), "{err}");
+
+        // The provider crate checks its section when the configuration is loaded.
         std::fs::write(
             &path,
             "[gcp]\ncredentials = { kind = \"metadata-server\" }\n",
         )
         .unwrap();
-        let err = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("metadata-server"), "{err}");
+        let err = Config::load(Some(&path), &registry())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[gcp]") && err.contains("metadata-server"),
+            "{err}"
+        );
+        std::fs::write(&path, "[aws_kms]\nattempt_timeout_msx = 1\n").unwrap();
+        let err = Config::load(Some(&path), &registry())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[aws_kms]") && err.contains("attempt_timeout_msx"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1312,7 +1362,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/keyward.toml"))).unwrap_err();
+        let err =
+            Config::load(Some(Path::new("/nonexistent/keyward.toml")), &registry()).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
 

@@ -63,6 +63,8 @@ pub enum StartError {
     AuditKeys(#[from] audit::AuditKeyError),
     #[error("cannot set up a key provider: {0}")]
     Provider(#[from] keyward_kms::ProviderError),
+    #[error("invalid configuration: {0}")]
+    ProviderConfig(#[from] keyward_kms::ConfigSectionError),
     #[error("invalid authorization policies: {0}")]
     Policies(#[from] keyward_authz::LoadError),
     #[error("invalid TLS configuration: {0}")]
@@ -164,59 +166,28 @@ impl Running {
 }
 
 /// Opens the store and the local key provider under the configured data
-/// directory, binds the listener and starts serving until `shutdown`.
+/// directory, builds every key provider of `registry` that the configuration enables, binds the
+/// listener and starts serving until `shutdown`.
 pub async fn start(
     settings: &Settings,
+    registry: &keyward_kms::ProviderRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let local = LocalProvider::open(&settings.local_kms_dir)?;
     // (the providers are wrapped with metrics in start_with_providers)
-    let providers = Providers::default().with(Arc::new(local));
-    #[cfg(feature = "aws")]
-    let providers = providers.with(with_kms_quota(
-        settings,
-        Arc::new(keyward_kms_aws::AwsKmsProvider::new(settings.aws_kms.clone()).await?),
-    )?);
-    #[cfg(feature = "pkcs11")]
-    let providers = match &settings.pkcs11 {
-        Some(config) => providers.with(with_kms_quota(
-            settings,
-            Arc::new(keyward_kms_pkcs11::Pkcs11Provider::new(config.clone()).await?),
-        )?),
-        None => providers,
-    };
-    #[cfg(feature = "azure")]
-    let providers = match &settings.azure {
-        Some(config) => providers.with(with_kms_quota(
-            settings,
-            Arc::new(keyward_kms_azure::AzureKeyVaultProvider::new(
-                config.clone(),
-            )?),
-        )?),
-        None => providers,
-    };
-    #[cfg(feature = "gcp")]
-    let providers = match &settings.gcp {
-        Some(config) => providers.with(with_kms_quota(
-            settings,
-            Arc::new(keyward_kms_gcp::GcpKmsProvider::new(config.clone()).await?),
-        )?),
-        None => providers,
-    };
-    start_with_providers(settings, providers, shutdown).await
+    let mut providers = Providers::default().with(Arc::new(local));
+    for factory in registry.iter() {
+        let section = settings.providers.get(factory.config_section());
+        let Some(configured) = factory.configure(section)? else {
+            continue;
+        };
+        providers = providers.with(with_kms_quota(settings, configured.build().await?)?);
+    }
+    start_serving(settings, providers, registry.clone(), shutdown).await
 }
 
 /// A KMS provider behind the configured per-key request quota (`[kms_quota]`), if any. The local
 /// development provider is not wrapped: it is a file on this host, with no quota to respect.
-#[cfg_attr(
-    not(any(
-        feature = "aws",
-        feature = "pkcs11",
-        feature = "gcp",
-        feature = "azure"
-    )),
-    allow(dead_code, reason = "used by the KMS provider features")
-)]
 fn with_kms_quota(
     settings: &Settings,
     provider: Arc<dyn keyward_kms::KeyProvider>,
@@ -228,10 +199,27 @@ fn with_kms_quota(
 }
 
 /// [`start`] with the given KEK providers instead of the configured ones
-/// (benchmarks and tests that build a provider with their own SDK settings).
+/// (benchmarks and tests that build a provider with their own SDK settings). No provider
+/// factory reads RegisterKey's key references: each is kept as given.
 pub async fn start_with_providers(
     settings: &Settings,
     providers: Providers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    start_serving(
+        settings,
+        providers,
+        keyward_kms::ProviderRegistry::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`start_with_providers`], with `registry`'s factories reading RegisterKey's key references.
+async fn start_serving(
+    settings: &Settings,
+    providers: Providers,
+    registry: keyward_kms::ProviderRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     create_private_dir(&settings.data_dir)?;
@@ -297,7 +285,10 @@ pub async fn start_with_providers(
             "tenants with a revoked or destroyed key are refused"
         );
     }
-    serve_replica(settings, keyring, auditor, authz, tls, postgres, shutdown).await
+    serve_replica(
+        settings, keyring, auditor, authz, tls, postgres, &registry, shutdown,
+    )
+    .await
 }
 
 /// The policies of `settings`; in development mode with `[authz]` left at its defaults and no
@@ -325,11 +316,19 @@ pub async fn serve(
     tls: Option<Arc<tls::ReloadableTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    serve_replica(settings, keyring, auditor, authz, tls, None, shutdown).await
+    let registry = keyward_kms::ProviderRegistry::default();
+    serve_replica(
+        settings, keyring, auditor, authz, tls, None, &registry, shutdown,
+    )
+    .await
 }
 
 /// [`serve`], plus, on a PostgreSQL store, the revocation fan-out between replicas
 /// ([`replication`]).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of a server until one builder owns them (issue #19, item 4)"
+)]
 async fn serve_replica(
     settings: &Settings,
     keyring: Arc<Keyring>,
@@ -337,6 +336,7 @@ async fn serve_replica(
     authz: Arc<authz::Authz>,
     tls: Option<Arc<tls::ReloadableTls>>,
     postgres: Option<PostgresStore>,
+    registry: &keyward_kms::ProviderRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     // The keyring's metrics (KMS calls and cache lookups are counted in them); a keyring built
@@ -377,6 +377,7 @@ async fn serve_replica(
     .max_encoding_message_size(max_message);
     let tenants = TenantServiceServer::new(
         service::TenantApi::new(Arc::clone(&keyring), Arc::clone(&authz))
+            .with_key_ref_syntax(registry.clone())
             .with_monitor_interval(settings.monitor.as_ref().map(|m| m.interval)),
     )
     .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);

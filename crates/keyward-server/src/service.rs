@@ -7,7 +7,7 @@ use std::{
 };
 
 use keyward_envelope::{EncryptionContext, TenantId};
-use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind};
+use keyward_kms::{KeyRef, KeyRefFields, ProviderKind as DomainProviderKind, ProviderRegistry};
 use keyward_proto::v1::{
     self as pb, crypto_service_server::CryptoService, register_key_request,
     tenant_service_server::TenantService,
@@ -363,6 +363,8 @@ pub struct TenantApi {
     authz: Arc<Authz>,
     /// The key-state monitor's interval (`None`: no monitor), for `Tenant.effective_policy`.
     monitor_interval: Option<std::time::Duration>,
+    /// The key providers' factories, which read the key references RegisterKey receives.
+    key_refs: ProviderRegistry,
 }
 
 impl TenantApi {
@@ -371,7 +373,16 @@ impl TenantApi {
             keyring,
             authz,
             monitor_interval: None,
+            key_refs: ProviderRegistry::default(),
         }
+    }
+
+    /// The factories whose syntax RegisterKey's key references are checked against (none by
+    /// default: a reference is then kept as given).
+    #[must_use]
+    pub fn with_key_ref_syntax(mut self, registry: ProviderRegistry) -> Self {
+        self.key_refs = registry;
+        self
     }
 
     /// The server's monitor interval (`None`: the server runs no monitor).
@@ -425,7 +436,7 @@ impl TenantService for TenantApi {
             Some(&id),
             &RequestContext::default(),
         )?;
-        let kek = kek_ref(request.key)?;
+        let kek = kek_ref(&self.key_refs, request.key)?;
         self.keyring.register_key(&id, &kek).await?;
         Ok(Response::new(self.tenant_view(&id).await?))
     }
@@ -568,145 +579,101 @@ fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceErr
         .map_err(|e| ServiceError::invalid("encryption_context", e.to_string()))
 }
 
-/// `key_arn[?role_arn=…&external_id=…]`, the AWS provider's key reference
-/// syntax (docs/providers/aws.md), checked here so that a malformed ARN is an
-/// invalid argument naming the field, not a provider failure.
-fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
-    if aws.key_arn.is_empty() {
-        return Err(ServiceError::invalid(
-            "aws_kms.key_arn",
-            "must not be empty",
-        ));
-    }
-    // AWS's own bounds (KMS KeyId, IAM role ARN, STS ExternalId), checked first so that no
-    // error message below echoes more than that back.
-    for (field, value, max) in [
-        ("aws_kms.key_arn", &aws.key_arn, 2048),
-        ("aws_kms.role_arn", &aws.role_arn, 2048),
-        ("aws_kms.external_id", &aws.external_id, 1224),
-    ] {
-        if value.len() > max {
-            return Err(ServiceError::invalid(
-                field,
-                format!("{} bytes; at most {max} are allowed", value.len()),
-            ));
-        }
-    }
-    // The role goes in its own fields: a query inside the ARN field would be read as one.
-    if aws.key_arn.contains('?') {
-        return Err(ServiceError::invalid(
-            "aws_kms.key_arn",
-            "a key ARN has no '?': give role_arn and external_id in their own fields",
-        ));
-    }
-    let id = match (aws.role_arn.is_empty(), aws.external_id.is_empty()) {
-        (true, true) => aws.key_arn,
-        (false, false) => format!(
-            "{}?role_arn={}&external_id={}",
-            aws.key_arn, aws.role_arn, aws.external_id
-        ),
-        (true, false) => {
-            return Err(ServiceError::invalid(
-                "aws_kms.role_arn",
-                "external_id is only used with role_arn: set both or neither",
-            ));
-        }
-        (false, true) => {
-            return Err(ServiceError::invalid(
-                "aws_kms.external_id",
-                "a role to assume needs the ExternalId its trust policy requires",
-            ));
-        }
-    };
-    #[cfg(feature = "aws")]
-    if let Err(e) = id.parse::<keyward_kms_aws::AwsKeyRef>() {
-        // The problem names the bad part; the whole input is not repeated back, and the expected
-        // form is the one of the part the customer filled in (never the stored `?role_arn=`
-        // syntax).
-        return Err(ServiceError::invalid(
-            "aws_kms",
-            format!("{}; expected {}", e.problem(), e.expected()),
-        ));
-    }
-    Ok(KeyRef::new(DomainProviderKind::AwsKms, id))
+/// One message of RegisterKey's `key` oneof: its provider kind, its field name in the request
+/// (`aws_kms`) and its fields, each with its name in error details (`aws_kms.key_arn`).
+struct KeyMessage {
+    kind: DomainProviderKind,
+    name: &'static str,
+    fields: &'static [(&'static str, &'static str)],
 }
 
-/// A PKCS#11 URI (docs/onboarding/pkcs11.md), checked here so that a malformed URI is an
-/// invalid argument naming the field, not a provider failure.
-fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
-    if uri.is_empty() {
-        return Err(ServiceError::invalid("pkcs11.uri", "must not be empty"));
-    }
-    #[cfg(not(feature = "pkcs11"))]
-    return Ok(KeyRef::new(DomainProviderKind::Pkcs11, uri.to_owned()));
-    #[cfg(feature = "pkcs11")]
-    let parsed = keyward_kms_pkcs11::Pkcs11KeyUri::from_key_ref_id(uri)
-        .map_err(|e| ServiceError::invalid("pkcs11.uri", e.to_string()))?;
-    #[cfg(feature = "pkcs11")]
-    Ok(KeyRef::new(DomainProviderKind::Pkcs11, parsed.to_string()))
-}
+const AWS_KMS_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::AwsKms,
+    name: "aws_kms",
+    fields: &[
+        ("key_arn", "aws_kms.key_arn"),
+        ("role_arn", "aws_kms.role_arn"),
+        ("external_id", "aws_kms.external_id"),
+    ],
+};
+const PKCS11_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::Pkcs11,
+    name: "pkcs11",
+    fields: &[("uri", "pkcs11.uri")],
+};
+const GCP_KMS_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::GcpKms,
+    name: "gcp_kms",
+    fields: &[("crypto_key", "gcp_kms.crypto_key")],
+};
+const AZURE_KEY_VAULT_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::AzureKeyVault,
+    name: "azure_key_vault",
+    fields: &[("key_id", "azure_key_vault.key_id")],
+};
 
-/// An Azure Key Vault / Managed HSM key id (docs/onboarding/azure.md), checked here so that a
-/// malformed id is an invalid argument naming the field, not a provider failure.
-fn azure_key_ref(key_id: &str) -> Result<KeyRef, ServiceError> {
-    if key_id.is_empty() {
-        return Err(ServiceError::invalid(
-            "azure_key_vault.key_id",
-            "must not be empty",
-        ));
-    }
-    #[cfg(not(feature = "azure"))]
-    return Ok(KeyRef::new(
-        DomainProviderKind::AzureKeyVault,
-        key_id.to_owned(),
-    ));
-    #[cfg(feature = "azure")]
-    let parsed = keyward_kms_azure::AzureKeyId::parse(key_id)
-        .map_err(|e| ServiceError::invalid("azure_key_vault.key_id", e.to_string()))?;
-    #[cfg(feature = "azure")]
-    Ok(KeyRef::new(
-        DomainProviderKind::AzureKeyVault,
-        parsed.to_string(),
-    ))
-}
-
-/// A Cloud KMS CryptoKey resource name (docs/onboarding/gcp.md), checked here so that a
-/// malformed name (or a CryptoKeyVersion name) is an invalid argument naming the field.
-fn gcp_key_ref(name: &str) -> Result<KeyRef, ServiceError> {
-    if name.is_empty() {
-        return Err(ServiceError::invalid(
-            "gcp_kms.crypto_key",
-            "must not be empty",
-        ));
-    }
-    #[cfg(not(feature = "gcp"))]
-    return Ok(KeyRef::new(DomainProviderKind::GcpKms, name.to_owned()));
-    #[cfg(feature = "gcp")]
-    let parsed = name
-        .parse::<keyward_kms_gcp::CryptoKeyName>()
-        .map_err(|e| ServiceError::invalid("gcp_kms.crypto_key", e.to_string()))?;
-    #[cfg(feature = "gcp")]
-    Ok(KeyRef::new(DomainProviderKind::GcpKms, parsed.to_string()))
-}
-
-/// RegisterKey's key reference: exactly one, each checked by its provider's syntax.
-fn kek_ref(key: Option<register_key_request::Key>) -> Result<KeyRef, ServiceError> {
-    match key {
+/// RegisterKey's key reference: exactly one, read by its provider's factory
+/// ([`keyward_kms::ProviderFactory::parse_key_ref`]) so that a malformed reference is an invalid
+/// argument naming the field, not a provider failure. A kind with no factory in `registry` (a
+/// server built without that provider) keeps the reference as given: its first field, which
+/// must be set, and no other (registration then fails for want of the provider).
+fn kek_ref(
+    registry: &ProviderRegistry,
+    key: Option<register_key_request::Key>,
+) -> Result<KeyRef, ServiceError> {
+    let (message, values) = match key {
         Some(register_key_request::Key::Local(local)) => {
             if local.key_name.is_empty() {
                 return Err(ServiceError::invalid("local.key_name", "must not be empty"));
             }
-            Ok(KeyRef::new(DomainProviderKind::Local, local.key_name))
+            return Ok(KeyRef::new(DomainProviderKind::Local, local.key_name));
         }
-        Some(register_key_request::Key::AwsKms(aws)) => aws_key_ref(aws),
-        Some(register_key_request::Key::Pkcs11(key)) => pkcs11_key_ref(&key.uri),
-        Some(register_key_request::Key::GcpKms(key)) => gcp_key_ref(&key.crypto_key),
-        Some(register_key_request::Key::AzureKeyVault(key)) => azure_key_ref(&key.key_id),
-        None => Err(ServiceError::invalid(
-            "key",
-            "one key reference must be set",
-        )),
-    }
+        Some(register_key_request::Key::AwsKms(k)) => {
+            (AWS_KMS_KEY, vec![k.key_arn, k.role_arn, k.external_id])
+        }
+        Some(register_key_request::Key::Pkcs11(k)) => (PKCS11_KEY, vec![k.uri]),
+        Some(register_key_request::Key::GcpKms(k)) => (GCP_KMS_KEY, vec![k.crypto_key]),
+        Some(register_key_request::Key::AzureKeyVault(k)) => (AZURE_KEY_VAULT_KEY, vec![k.key_id]),
+        None => {
+            return Err(ServiceError::invalid(
+                "key",
+                "one key reference must be set",
+            ));
+        }
+    };
+    let named: Vec<(&str, &str)> = message
+        .fields
+        .iter()
+        .zip(&values)
+        .map(|((name, _), value)| (*name, value.as_str()))
+        .collect();
+    let Some(factory) = registry.get(message.kind) else {
+        // No factory: nothing here can read the reference's syntax.
+        for (i, ((_, qualified), value)) in message.fields.iter().zip(&values).enumerate() {
+            if i == 0 && value.is_empty() {
+                return Err(ServiceError::invalid(qualified, "must not be empty"));
+            }
+            if i > 0 && !value.is_empty() {
+                return Err(ServiceError::invalid(
+                    qualified,
+                    format!(
+                        "this server has no {} provider to read it",
+                        message.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        return Ok(KeyRef::new(message.kind, values[0].clone()));
+    };
+    factory
+        .parse_key_ref(&KeyRefFields::new(&named))
+        .map_err(|e| {
+            let field = e
+                .field
+                .and_then(|f| message.fields.iter().find(|(name, _)| *name == f))
+                .map_or(message.name, |(_, qualified)| *qualified);
+            ServiceError::invalid(field, e.problem)
+        })
 }
 
 /// RestoreKey's binding: 0 is the current one.

@@ -7,8 +7,8 @@
 //! `InvalidArgument` naming the field the model names, with a bounded message; an accepted
 //! value is exactly what the request said.
 //!
-//! The package's tests always build with every provider feature (its Cargo.toml lists itself as
-//! a dev-dependency with them), so the AWS ARN and PKCS#11 URI parsers are the ones modelled.
+//! Key references are read through every provider's factory, as the shipped binary registers
+//! them ([`registry`]), so the AWS ARN and PKCS#11 URI parsers are the ones modelled.
 //!
 //! Bounded in CI: `PROPTEST_CASES` cases per target (default 512, about a second each in a debug
 //! build);
@@ -22,6 +22,31 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+
+/// Every provider factory, as the shipped binary registers them (crates/keyward-cli/src/providers.rs).
+pub(super) fn registry() -> ProviderRegistry {
+    use std::sync::Arc;
+    ProviderRegistry::default()
+        .with(Arc::new(keyward_kms_aws::AwsKmsFactory))
+        .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
+        .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
+        .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
+}
+
+/// RegisterKey's AWS key reference, read as the server reads it (the AWS crate's factory).
+fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
+    kek_ref(&registry(), Some(register_key_request::Key::AwsKms(aws)))
+}
+
+/// RegisterKey's PKCS#11 key reference, read as the server reads it (the PKCS#11 crate's factory).
+fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
+    kek_ref(
+        &registry(),
+        Some(register_key_request::Key::Pkcs11(pb::Pkcs11Key {
+            uri: uri.to_owned(),
+        })),
+    )
+}
 
 fn config() -> ProptestConfig {
     ProptestConfig {

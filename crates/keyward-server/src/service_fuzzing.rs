@@ -75,10 +75,13 @@ pub fn create_tenant(r: &pb::CreateTenantRequest) -> Result<(TenantId, &str), Se
     Ok((tenant, name))
 }
 
-/// `RegisterKey`: tenant, key reference.
-pub fn register_key(r: pb::RegisterKeyRequest) -> Result<(TenantId, KeyRef), ServiceError> {
+/// `RegisterKey`: tenant, key reference (read by `registry`'s factories).
+pub fn register_key(
+    registry: &keyward_kms::ProviderRegistry,
+    r: pb::RegisterKeyRequest,
+) -> Result<(TenantId, KeyRef), ServiceError> {
     let tenant = super::tenant_id(&r.tenant_id)?;
-    let kek = super::kek_ref(r.key)?;
+    let kek = super::kek_ref(registry, r.key)?;
     Ok((tenant, kek))
 }
 
@@ -144,14 +147,27 @@ mod tests {
             tenant_id: "acme".into(),
             key,
         };
-        assert_eq!(field(register_key(request(None))), "key");
+        assert_eq!(
+            field(register_key(
+                &crate::service::fuzz::registry(),
+                request(None)
+            )),
+            "key"
+        );
         let local = |name: &str| {
             Some(pb::register_key_request::Key::Local(pb::LocalKey {
                 key_name: name.into(),
             }))
         };
-        assert_eq!(field(register_key(request(local("")))), "local.key_name");
-        let (tenant, kek) = register_key(request(local("default"))).unwrap();
+        assert_eq!(
+            field(register_key(
+                &crate::service::fuzz::registry(),
+                request(local(""))
+            )),
+            "local.key_name"
+        );
+        let (tenant, kek) =
+            register_key(&crate::service::fuzz::registry(), request(local("default"))).unwrap();
         assert_eq!(
             (tenant.as_str(), kek.to_string().as_str()),
             ("acme", "local:default")
@@ -160,7 +176,13 @@ mod tests {
             crypto_key: "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
                 .into(),
         }));
-        assert_eq!(field(register_key(request(gcp))), "gcp_kms.crypto_key");
+        assert_eq!(
+            field(register_key(
+                &crate::service::fuzz::registry(),
+                request(gcp)
+            )),
+            "gcp_kms.crypto_key"
+        );
     }
 
     #[test]
