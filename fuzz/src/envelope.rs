@@ -9,7 +9,7 @@
 
 use keyward_envelope::{
     EncryptionContext, EnvelopeError, FORMAT_VERSION, MAGIC, SecretKey, aead::TAG_LEN,
-    seal_with_suite_and_salt,
+    Sealer,
 };
 
 /// The DEK of the first valid vector ("empty plaintext, empty context").
@@ -56,15 +56,7 @@ pub fn run(data: &[u8]) {
     let ctx = EncryptionContext::empty();
     match envelope.open(&dek, &ctx) {
         Ok(plaintext) => {
-            let again = seal_with_suite_and_salt(
-                header.suite(),
-                &dek,
-                header.tenant(),
-                header.dek_id(),
-                &ctx,
-                &plaintext,
-                header.salt(),
-            )
+            let again = Sealer::new(&dek, header.tenant(), header.dek_id()).suite(header.suite()).fixed_salt_for_test_vectors(header.salt()).seal(&ctx, &plaintext)
             .unwrap();
             assert_eq!(
                 again, data,

@@ -102,7 +102,9 @@ fn fixed_costs(dek: &SecretKey, tenant: &TenantId, dek_id: &KeyId, ctx: &Encrypt
             black_box(aead::AeadKey::new(dek).unwrap());
         }));
         empty.push(ns_per_call(|| {
-            let e = keyward_envelope::seal(dek, tenant, dek_id, ctx, b"").unwrap();
+            let e = keyward_envelope::Sealer::new(dek, tenant, dek_id)
+                .seal(ctx, b"")
+                .unwrap();
             let pt = keyward_envelope::parse(&e).unwrap().open(dek, ctx).unwrap();
             black_box(pt);
         }));
@@ -216,7 +218,9 @@ fn main() {
         };
         let run_env = |out: &mut Vec<f64>| {
             out.push(measure(size, |_| {
-                let e = keyward_envelope::seal(&dek, &tenant, &dek_id, &ctx, &plaintext).unwrap();
+                let e = keyward_envelope::Sealer::new(&dek, &tenant, &dek_id)
+                    .seal(&ctx, &plaintext)
+                    .unwrap();
                 let pt = keyward_envelope::parse(&e)
                     .unwrap()
                     .open(&dek, &ctx)

@@ -21,8 +21,7 @@
 use std::collections::BTreeMap;
 
 use keyward_envelope::{
-    EncryptionContext, KeyId, SecretKey, Suite, TenantId, WRAPPED_KEY_FORMAT, aead,
-    seal_with_suite_and_salt,
+    EncryptionContext, KeyId, Sealer, SecretKey, Suite, TenantId, WRAPPED_KEY_FORMAT, aead,
 };
 
 const SUITE_1: Suite = Suite::Aes256GcmHkdfSha512Committing;
@@ -52,15 +51,14 @@ impl Valid {
     fn seal(&self, suite: Suite) -> Vec<u8> {
         let tenant: TenantId = self.tenant.parse().unwrap();
         let ctx = EncryptionContext::with_reserved(self.context.clone()).unwrap();
-        seal_with_suite_and_salt(
-            suite,
+        Sealer::new(
             &SecretKey::from_bytes(self.dek),
             &tenant,
             &KeyId::from_bytes(self.dek_id),
-            &ctx,
-            &self.plaintext,
-            &self.salt,
         )
+        .suite(suite)
+        .fixed_salt_for_test_vectors(&self.salt)
+        .seal(&ctx, &self.plaintext)
         .unwrap()
     }
 
@@ -564,8 +562,8 @@ fn main() {
 
     let doc = json!({
         "description": "Keyward envelope format v1 test vectors (docs/envelope-format.md). \
-            Valid cases: seal_with_suite_and_salt(suite, dek, tenant, dek_id, context, \
-            plaintext, salt) must produce exactly `envelope`, and parse + open with (dek, context) must return \
+            Valid cases: Sealer::new(dek, tenant, dek_id).suite(suite).fixed_salt_for_test_vectors(salt).seal(context, \
+            plaintext) must produce exactly `envelope`, and parse + open with (dek, context) must return \
             `plaintext`. Invalid cases: with stage \"parse\", parse(envelope) must fail with \
             `error`; with stage \"open\", parse must succeed and open(dek, context) must fail \
             with `error`. All byte strings are lowercase hex; contexts are string maps.",

@@ -336,11 +336,112 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// Encrypts `plaintext` into a v1 envelope of suite [`Suite::SEAL`] under `dek`, with a fresh
-/// random 256-bit salt.
+/// Seals v1 envelopes under one DEK: the only way to write one.
 ///
+/// By default each message is sealed in suite [`Suite::SEAL`] with a fresh random 256-bit salt.
 /// `dek_id` and `tenant` are written in the header so that [`parse`] can tell the reader which
-/// key to fetch; both are authenticated (AAD). `ctx` is authenticated but not stored.
+/// key to fetch; both are authenticated (AAD). The encryption context is authenticated but not
+/// stored.
+///
+/// ```
+/// # use keyward_envelope::{EncryptionContext, KeyId, SecretKey, Sealer, Suite, TenantId};
+/// # fn main() -> Result<(), keyward_envelope::EnvelopeError> {
+/// # let (dek, dek_id, tenant) = (SecretKey::generate()?, KeyId::generate()?, "acme".parse::<TenantId>()?);
+/// # let ctx = EncryptionContext::default();
+/// let envelope = Sealer::new(&dek, &tenant, &dek_id).seal(&ctx, b"hello")?;
+/// // During a rolling upgrade, keep writing the suite the oldest reader understands:
+/// let older = Sealer::new(&dek, &tenant, &dek_id).suite(Suite::Aes256GcmHkdfSha512Committing).seal(&ctx, b"hi")?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Sealer<'a> {
+    dek: &'a SecretKey,
+    tenant: &'a TenantId,
+    dek_id: &'a KeyId,
+    suite: Suite,
+    salt: Option<&'a [u8; SALT_LEN]>,
+}
+
+impl fmt::Debug for Sealer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("tenant", self.tenant)
+            .field("dek_id", self.dek_id)
+            .field("suite", &self.suite)
+            .field("fixed_salt", &self.salt.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Sealer<'a> {
+    /// Seals under `dek`, named `dek_id`, for `tenant`, in [`Suite::SEAL`] with fresh salts.
+    pub fn new(dek: &'a SecretKey, tenant: &'a TenantId, dek_id: &'a KeyId) -> Self {
+        Self {
+            dek,
+            tenant,
+            dek_id,
+            suite: Suite::SEAL,
+            salt: None,
+        }
+    }
+
+    /// Writes `suite` instead of [`Suite::SEAL`]: for a service that must keep writing an older
+    /// suite until every reader understands the newer one (a rolling upgrade). Every suite this
+    /// build implements is read by [`Envelope::open`] whatever is written.
+    #[must_use]
+    pub fn suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
+    }
+
+    /// Uses `salt` instead of a fresh random one, for deterministic test vectors only.
+    ///
+    /// **Production code must never call this.** The fixed all-zero GCM nonce is safe only
+    /// because every salt is fresh and random: sealing two different messages with the same DEK
+    /// and the same salt reuses a (key, nonce) pair and breaks both confidentiality and
+    /// authenticity.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn fixed_salt_for_test_vectors(mut self, salt: &'a [u8; SALT_LEN]) -> Self {
+        self.salt = Some(salt);
+        self
+    }
+
+    /// Encrypts `plaintext` into one envelope, bound to `ctx`.
+    pub fn seal(
+        &self,
+        ctx: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        match self.salt {
+            Some(salt) => seal_with(
+                self.suite,
+                self.dek,
+                self.tenant,
+                self.dek_id,
+                ctx,
+                plaintext,
+                salt,
+            ),
+            None => {
+                let mut salt = [0u8; SALT_LEN];
+                aws_lc_rs::rand::fill(&mut salt).map_err(|_| CryptoError::Rng)?;
+                seal_with(
+                    self.suite,
+                    self.dek,
+                    self.tenant,
+                    self.dek_id,
+                    ctx,
+                    plaintext,
+                    &salt,
+                )
+            }
+        }
+    }
+}
+
+/// [`Sealer::new`]`(dek, tenant, dek_id).seal(ctx, plaintext)`.
 pub fn seal(
     dek: &SecretKey,
     tenant: &TenantId,
@@ -348,12 +449,11 @@ pub fn seal(
     ctx: &EncryptionContext,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, EnvelopeError> {
-    seal_with_suite(Suite::SEAL, dek, tenant, dek_id, ctx, plaintext)
+    Sealer::new(dek, tenant, dek_id).seal(ctx, plaintext)
 }
 
-/// [`seal`] in the given suite, with a fresh random salt: for a service that must keep writing
-/// an older suite until every reader understands the newer one (a rolling upgrade). Every
-/// suite this build implements is read by [`Envelope::open`] whatever is written.
+/// [`Sealer::suite`] (kept until every caller uses the [`Sealer`]).
+#[doc(hidden)]
 pub fn seal_with_suite(
     suite: Suite,
     dek: &SecretKey,
@@ -362,32 +462,12 @@ pub fn seal_with_suite(
     ctx: &EncryptionContext,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, EnvelopeError> {
-    let mut salt = [0u8; SALT_LEN];
-    aws_lc_rs::rand::fill(&mut salt).map_err(|_| CryptoError::Rng)?;
-    seal_with_suite_and_salt(suite, dek, tenant, dek_id, ctx, plaintext, &salt)
+    Sealer::new(dek, tenant, dek_id)
+        .suite(suite)
+        .seal(ctx, plaintext)
 }
 
-/// [`seal`] with an explicit salt, for deterministic test vectors only.
-///
-/// **Production code must call [`seal`].** The fixed all-zero GCM nonce is safe only because
-/// every salt is fresh and random: sealing two different messages with the same DEK and the
-/// same salt reuses a (key, nonce) pair and breaks both confidentiality and authenticity.
-#[doc(hidden)]
-pub fn seal_with_salt(
-    dek: &SecretKey,
-    tenant: &TenantId,
-    dek_id: &KeyId,
-    ctx: &EncryptionContext,
-    plaintext: &[u8],
-    salt: &[u8; SALT_LEN],
-) -> Result<Vec<u8>, EnvelopeError> {
-    seal_with_suite_and_salt(Suite::SEAL, dek, tenant, dek_id, ctx, plaintext, salt)
-}
-
-/// [`seal_with_salt`] in a given suite, for test vectors and compatibility tests only (the same
-/// warning applies: production code must call [`seal`]).
-#[doc(hidden)]
-pub fn seal_with_suite_and_salt(
+fn seal_with(
     suite: Suite,
     dek: &SecretKey,
     tenant: &TenantId,
@@ -591,7 +671,10 @@ mod tests {
         let id = KeyId::from_bytes([2u8; 16]);
         let salt = [3u8; 32];
         let t = tenant("acme");
-        let env = seal_with_salt(&dek, &t, &id, &EncryptionContext::empty(), b"hi", &salt).unwrap();
+        let env = Sealer::new(&dek, &t, &id)
+            .fixed_salt_for_test_vectors(&salt)
+            .seal(&EncryptionContext::empty(), b"hi")
+            .unwrap();
         assert_eq!(env.len(), 102 + 4 + 2);
         assert_eq!(env.len(), sealed_len(&t, 2));
         assert_eq!(&env[0..2], b"KW");
@@ -630,15 +713,10 @@ mod tests {
         let dek = SecretKey::from_bytes([9u8; 32]);
         let salt = [7u8; 32];
         let c = ctx(&[("purpose", "test")]);
-        let env = seal_with_salt(
-            &dek,
-            &tenant("t"),
-            &KeyId::from_bytes([0u8; 16]),
-            &c,
-            b"payload",
-            &salt,
-        )
-        .unwrap();
+        let env = Sealer::new(&dek, &tenant("t"), &KeyId::from_bytes([0u8; 16]))
+            .fixed_salt_for_test_vectors(&salt)
+            .seal(&c, b"payload")
+            .unwrap();
         let keys = derive_message_keys(&dek, Suite::SEAL, &salt).unwrap();
         let header_len = HEADER_FIXED_LEN + 1;
         let mut aad = env[..header_len].to_vec();
@@ -668,8 +746,8 @@ mod tests {
         let t = tenant("acme");
         let id = KeyId::generate().unwrap();
         let c = EncryptionContext::empty();
-        let a = seal(&dek, &t, &id, &c, b"same").unwrap();
-        let b = seal(&dek, &t, &id, &c, b"same").unwrap();
+        let a = Sealer::new(&dek, &t, &id).seal(&c, b"same").unwrap();
+        let b = Sealer::new(&dek, &t, &id).seal(&c, b"same").unwrap();
         assert_ne!(a, b);
         assert_ne!(
             parse(&a).unwrap().header().salt(),
@@ -680,14 +758,9 @@ mod tests {
     #[test]
     fn tampered_commitment_fails_at_commitment_check() {
         let dek = SecretKey::generate().unwrap();
-        let mut env = seal(
-            &dek,
-            &tenant("acme"),
-            &KeyId::generate().unwrap(),
-            &EncryptionContext::empty(),
-            b"x",
-        )
-        .unwrap();
+        let mut env = Sealer::new(&dek, &tenant("acme"), &KeyId::generate().unwrap())
+            .seal(&EncryptionContext::empty(), b"x")
+            .unwrap();
         env[HEADER_FIXED_LEN + 4 - 1] ^= 0x80; // last commitment byte
         let p = parse(&env).unwrap();
         assert!(matches!(
@@ -703,14 +776,9 @@ mod tests {
     #[test]
     fn wrong_context_fails_at_aead() {
         let dek = SecretKey::generate().unwrap();
-        let env = seal(
-            &dek,
-            &tenant("acme"),
-            &KeyId::generate().unwrap(),
-            &ctx(&[("a", "1")]),
-            b"x",
-        )
-        .unwrap();
+        let env = Sealer::new(&dek, &tenant("acme"), &KeyId::generate().unwrap())
+            .seal(&ctx(&[("a", "1")]), b"x")
+            .unwrap();
         let p = parse(&env).unwrap();
         assert!(matches!(
             p.open_detailed(&dek, &ctx(&[("a", "2")])),
@@ -738,10 +806,7 @@ mod tests {
             prop_assume!(dek != other);
             let dek = SecretKey::from_bytes(dek);
             let other = SecretKey::from_bytes(other);
-            let env = seal_with_salt(
-                &dek, &tenant("acme"), &KeyId::from_bytes([0; 16]),
-                &EncryptionContext::empty(), &plaintext, &salt,
-            ).unwrap();
+            let env = Sealer::new(&dek, &tenant("acme"), &KeyId::from_bytes([0; 16])).fixed_salt_for_test_vectors(&salt).seal(&EncryptionContext::empty(), &plaintext).unwrap();
             let p = parse(&env).unwrap();
             prop_assert!(matches!(
                 p.open_detailed(&other, &EncryptionContext::empty()),
@@ -795,16 +860,11 @@ mod tests {
     fn suite_1_envelopes_still_open() {
         let dek = SecretKey::from_bytes([4u8; 32]);
         let c = ctx(&[("purpose", "old")]);
-        let env = seal_with_suite_and_salt(
-            Suite::Aes256GcmHkdfSha512Committing,
-            &dek,
-            &tenant("acme"),
-            &KeyId::from_bytes([1; 16]),
-            &c,
-            b"sealed last year",
-            &[6u8; 32],
-        )
-        .unwrap();
+        let env = Sealer::new(&dek, &tenant("acme"), &KeyId::from_bytes([1; 16]))
+            .suite(Suite::Aes256GcmHkdfSha512Committing)
+            .fixed_salt_for_test_vectors(&[6u8; 32])
+            .seal(&c, b"sealed last year")
+            .unwrap();
         assert_eq!(&env[3..5], &[0x00, 0x01]);
         let p = parse(&env).unwrap();
         assert_eq!(p.header().suite(), Suite::Aes256GcmHkdfSha512Committing);
@@ -819,16 +879,11 @@ mod tests {
         let c = EncryptionContext::empty();
         for (from, to) in [(1u8, 2u8), (2, 1)] {
             let suite = Suite::from_id(u16::from(from)).unwrap();
-            let mut env = seal_with_suite_and_salt(
-                suite,
-                &dek,
-                &tenant("acme"),
-                &KeyId::from_bytes([1; 16]),
-                &c,
-                b"x",
-                &[9u8; 32],
-            )
-            .unwrap();
+            let mut env = Sealer::new(&dek, &tenant("acme"), &KeyId::from_bytes([1; 16]))
+                .suite(suite)
+                .fixed_salt_for_test_vectors(&[9u8; 32])
+                .seal(&c, b"x")
+                .unwrap();
             env[4] = to;
             let p = parse(&env).unwrap();
             assert_eq!(p.header().suite().id(), u16::from(to));

@@ -1,12 +1,11 @@
-//! Key material and key identifiers: [`SecretKey`], [`WrappedKey`], [`KeyId`], and the local
-//! key-wrapping construction [`wrap_key`] / [`unwrap_key`].
+//! Key material and key identifiers: [`SecretKey`], [`WrappedKey`], [`KeyId`]. The types only:
+//! the key-wrapping construction that produces a [`WrappedKey`] is in [`crate::wrap`].
 
 use std::fmt;
 use std::str::FromStr;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::aead::{self, NONCE_LEN, TAG_LEN};
 use crate::error::{CryptoError, EnvelopeError};
 
 /// Length in bytes of every symmetric key Keyward handles (AES-256).
@@ -14,13 +13,6 @@ pub const KEY_LEN: usize = 32;
 
 /// Length in bytes of a [`KeyId`].
 pub const KEY_ID_LEN: usize = 16;
-
-/// Format byte that starts every [`WrappedKey`] produced by [`wrap_key`].
-pub const WRAPPED_KEY_FORMAT: u8 = 0x01;
-
-/// Length in bytes of a [`WrappedKey`] produced by [`wrap_key`]:
-/// format byte (1) + nonce (12) + encrypted key (32) + GCM tag (16) = 61.
-pub const WRAPPED_KEY_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
 
 /// A 256-bit secret key: a DEK, a tenant key or a local master key.
 ///
@@ -218,66 +210,6 @@ impl FromStr for KeyId {
     }
 }
 
-/// Wraps (encrypts) `key` under `wrapping_key` with AES-256-GCM, a fresh random 96-bit nonce
-/// and the caller's `aad`.
-///
-/// Output format (61 bytes): `0x01 || nonce (12) || encrypted key (32) || GCM tag (16)`. The AAD
-/// is exactly the caller's `aad`; it is not stored and must be presented again to
-/// [`unwrap_key`]. Used for DEKs under the tenant key and by the local development KMS provider.
-///
-/// Because the nonce is random, one wrapping key should wrap at most about 2³² keys: the chance
-/// that two of q random 96-bit nonces collide is about q²/2⁹⁷, i.e. 2⁻³³ at q = 2³² (see
-/// `docs/envelope-format.md`).
-pub fn wrap_key(
-    wrapping_key: &SecretKey,
-    key: &SecretKey,
-    aad: &[u8],
-) -> Result<WrappedKey, CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CryptoError::Rng)?;
-
-    let aead_key = aead::AeadKey::new(wrapping_key)?;
-    let mut out = Vec::with_capacity(WRAPPED_KEY_LEN);
-    out.push(WRAPPED_KEY_FORMAT);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(key.expose_secret());
-    let body_start = 1 + NONCE_LEN;
-    let sealed = aead_key
-        .seal_in_place_separate_tag(&nonce, aad, &mut out[body_start..])
-        .map(|tag| out.extend_from_slice(&tag));
-    if let Err(e) = sealed {
-        // The buffer may still hold the plaintext key.
-        out.zeroize();
-        return Err(e);
-    }
-    Ok(WrappedKey(out))
-}
-
-/// Unwraps a key produced by [`wrap_key`] with the same `wrapping_key` and `aad`.
-///
-/// Every failure (wrong length, unknown format byte, wrong wrapping key, wrong AAD, tampering)
-/// is reported as [`CryptoError::Unwrap`], so that the error is not an oracle.
-pub fn unwrap_key(
-    wrapping_key: &SecretKey,
-    wrapped: &WrappedKey,
-    aad: &[u8],
-) -> Result<SecretKey, CryptoError> {
-    let bytes = wrapped.as_bytes();
-    if bytes.len() != WRAPPED_KEY_LEN || bytes[0] != WRAPPED_KEY_FORMAT {
-        return Err(CryptoError::Unwrap);
-    }
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&bytes[1..1 + NONCE_LEN]);
-    // Decrypt in place inside a key-sized buffer that is itself zeroized on drop.
-    let mut buf = zeroize::Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
-    buf.copy_from_slice(&bytes[1 + NONCE_LEN..]);
-    let aead_key = aead::AeadKey::new(wrapping_key).map_err(|_| CryptoError::Unwrap)?;
-    let plain = aead_key
-        .open_in_place(&nonce, aad, &mut buf[..])
-        .map_err(|_| CryptoError::Unwrap)?;
-    SecretKey::try_from_slice(plain).map_err(|_| CryptoError::Unwrap)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
@@ -386,56 +318,5 @@ mod tests {
     #[test]
     fn key_id_generate_is_random() {
         assert_ne!(KeyId::generate().unwrap(), KeyId::generate().unwrap());
-    }
-
-    #[test]
-    fn wrap_unwrap_round_trip_and_format() {
-        let kek = SecretKey::generate().unwrap();
-        let dek = SecretKey::generate().unwrap();
-        let w = wrap_key(&kek, &dek, b"tenant=acme").unwrap();
-        assert_eq!(w.as_bytes().len(), WRAPPED_KEY_LEN);
-        assert_eq!(w.as_bytes().len(), 61);
-        assert_eq!(w.as_bytes()[0], WRAPPED_KEY_FORMAT);
-        // The key bytes do not appear in clear.
-        assert!(
-            w.as_bytes()
-                .windows(KEY_LEN)
-                .all(|win| win != dek.expose_secret())
-        );
-        let back = unwrap_key(&kek, &w, b"tenant=acme").unwrap();
-        assert_eq!(back.expose_secret(), dek.expose_secret());
-        // Fresh nonce each time.
-        let w2 = wrap_key(&kek, &dek, b"tenant=acme").unwrap();
-        assert_ne!(w, w2);
-    }
-
-    #[test]
-    fn unwrap_failures_are_coarse() {
-        let kek = SecretKey::generate().unwrap();
-        let other = SecretKey::generate().unwrap();
-        let dek = SecretKey::generate().unwrap();
-        let w = wrap_key(&kek, &dek, b"aad").unwrap();
-
-        let is_unwrap = |r: Result<SecretKey, CryptoError>| matches!(r, Err(CryptoError::Unwrap));
-        assert!(is_unwrap(unwrap_key(&other, &w, b"aad")));
-        assert!(is_unwrap(unwrap_key(&kek, &w, b"aae")));
-        assert!(is_unwrap(unwrap_key(&kek, &w, b"")));
-        for i in 0..w.as_bytes().len() {
-            for bit in 0..8 {
-                let mut b = w.clone().into_bytes();
-                b[i] ^= 1 << bit;
-                assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(b), b"aad")));
-            }
-        }
-        let mut long = w.clone().into_bytes();
-        long.push(0);
-        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(long), b"aad")));
-        let short = w.as_bytes()[..WRAPPED_KEY_LEN - 1].to_vec();
-        assert!(is_unwrap(unwrap_key(&kek, &WrappedKey::new(short), b"aad")));
-        assert!(is_unwrap(unwrap_key(
-            &kek,
-            &WrappedKey::new(Vec::new()),
-            b"aad"
-        )));
     }
 }

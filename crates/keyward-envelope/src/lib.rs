@@ -1,7 +1,7 @@
 //! Keyward envelope format v1, AES-256-GCM with per-message keys and key commitment, and the
 //! secret key types. No I/O.
 //!
-//! - [`seal`] / [`parse`] + [`Envelope::open`]: the data envelope callers store. Specified byte
+//! - [`Sealer`] / [`parse`] + [`Envelope::open`]: the data envelope callers store. Specified byte
 //!   by byte in `docs/envelope-format.md`, with test vectors in `docs/envelope/vectors-v1.json`.
 //! - [`wrap_key`] / [`unwrap_key`]: a 256-bit key wrapped under another (DEKs under the tenant
 //!   key; the local development KMS provider).
@@ -20,7 +20,7 @@
 //! let tenant: TenantId = "acme".parse()?;
 //! let ctx = EncryptionContext::try_from_map([("purpose".into(), "chat".into())].into())?;
 //!
-//! let envelope = keyward_envelope::seal(&dek, &tenant, &dek_id, &ctx, b"hello")?;
+//! let envelope = keyward_envelope::Sealer::new(&dek, &tenant, &dek_id).seal(&ctx, b"hello")?;
 //!
 //! let parsed = keyward_envelope::parse(&envelope)?;
 //! assert_eq!(parsed.header().dek_id(), &dek_id); // look the DEK up by this id
@@ -38,6 +38,7 @@ mod envelope;
 mod error;
 mod key;
 mod tenant;
+mod wrap;
 
 pub use context::{
     CONTEXT_MAX_ENCODED_LEN, CONTEXT_MAX_ENTRIES, CONTEXT_MAX_KEY_LEN, CONTEXT_MAX_VALUE_LEN,
@@ -45,12 +46,10 @@ pub use context::{
 };
 pub use envelope::{
     COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION, HEADER_FIXED_LEN,
-    Header, MAGIC, MESSAGE_KEYS_LABEL, SALT_LEN, Suite, parse, seal, seal_with_salt,
-    seal_with_suite, seal_with_suite_and_salt, sealed_len,
+    Header, MAGIC, MESSAGE_KEYS_LABEL, SALT_LEN, Sealer, Suite, parse, seal, seal_with_suite,
+    sealed_len,
 };
 pub use error::{CryptoError, EnvelopeError};
-pub use key::{
-    KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, WrappedKey,
-    unwrap_key, wrap_key,
-};
+pub use key::{KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WrappedKey};
 pub use tenant::{TENANT_ID_MAX_LEN, TenantId};
+pub use wrap::{WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, unwrap_key, wrap_key};

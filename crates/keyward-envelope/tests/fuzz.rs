@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use keyward_envelope::{
     CONTEXT_MAX_ENCODED_LEN, CONTEXT_MAX_ENTRIES, CONTEXT_MAX_KEY_LEN, CONTEXT_MAX_VALUE_LEN,
-    EncryptionContext, EnvelopeError, HEADER_FIXED_LEN, KeyId, RESERVED_PREFIX, SecretKey,
-    TENANT_ID_MAX_LEN, TenantId, parse, seal,
+    EncryptionContext, EnvelopeError, HEADER_FIXED_LEN, KeyId, RESERVED_PREFIX, Sealer, SecretKey,
+    TENANT_ID_MAX_LEN, TenantId, parse,
 };
 use proptest::prelude::*;
 
@@ -318,7 +318,7 @@ proptest! {
         mutations in proptest::collection::vec(mutation_strategy(), 1..4),
     ) {
         let dek = SecretKey::from_bytes(key);
-        let env = seal(&dek, &tenant, &KeyId::from_bytes(dek_id), &ctx, &plaintext).unwrap();
+        let env = Sealer::new(&dek, &tenant, &KeyId::from_bytes(dek_id)).seal(&ctx, &plaintext).unwrap();
         let mut mutated = env.clone();
         for m in &mutations {
             if mutated.len() < 6 { break; }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use keyward_envelope::{
-    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, parse, seal, seal_with_salt,
+    EncryptionContext, EnvelopeError, KeyId, Sealer, SecretKey, TenantId, parse,
 };
 use proptest::prelude::*;
 
@@ -37,7 +37,7 @@ proptest! {
     ) {
         let dek = SecretKey::from_bytes(dek);
         let dek_id = KeyId::from_bytes(dek_id);
-        let env = seal(&dek, &tenant, &dek_id, &ctx, &plaintext).unwrap();
+        let env = Sealer::new(&dek, &tenant, &dek_id).seal(&ctx, &plaintext).unwrap();
         prop_assert_eq!(env.len(), keyward_envelope::sealed_len(&tenant, plaintext.len()));
         let parsed = parse(&env).unwrap();
         prop_assert_eq!(parsed.header().tenant(), &tenant);
@@ -56,7 +56,7 @@ proptest! {
         prop_assume!(dek != other);
         let dek = SecretKey::from_bytes(dek);
         let other = SecretKey::from_bytes(other);
-        let env = seal(&dek, &"acme".parse().unwrap(), &KeyId::from_bytes([1; 16]), &ctx, &plaintext).unwrap();
+        let env = Sealer::new(&dek, &"acme".parse().unwrap(), &KeyId::from_bytes([1; 16])).seal(&ctx, &plaintext).unwrap();
         let parsed = parse(&env).unwrap();
         prop_assert!(matches!(parsed.open(&other, &ctx), Err(EnvelopeError::DecryptFailed)));
     }
@@ -68,7 +68,7 @@ proptest! {
     ) {
         prop_assume!(ctx != other);
         let dek = SecretKey::from_bytes([7; 32]);
-        let env = seal(&dek, &"acme".parse().unwrap(), &KeyId::from_bytes([1; 16]), &ctx, b"data").unwrap();
+        let env = Sealer::new(&dek, &"acme".parse().unwrap(), &KeyId::from_bytes([1; 16])).seal(&ctx, b"data").unwrap();
         let parsed = parse(&env).unwrap();
         prop_assert!(matches!(parsed.open(&dek, &other), Err(EnvelopeError::DecryptFailed)));
     }
@@ -89,7 +89,7 @@ proptest! {
         plaintext in proptest::collection::vec(any::<u8>(), 0..48),
     ) {
         let dek = SecretKey::from_bytes(dek);
-        let env = seal_with_salt(&dek, &tenant, &KeyId::from_bytes(dek_id), &ctx, &plaintext, &salt).unwrap();
+        let env = Sealer::new(&dek, &tenant, &KeyId::from_bytes(dek_id)).fixed_salt_for_test_vectors(&salt).seal(&ctx, &plaintext).unwrap();
         prop_assert_eq!(&parse(&env).unwrap().open(&dek, &ctx).unwrap()[..], &plaintext[..]);
         let mut tampered = env.clone();
         for i in 0..env.len() {
@@ -112,7 +112,7 @@ proptest! {
     ) {
         let dek = SecretKey::from_bytes([3; 32]);
         let ctx = EncryptionContext::empty();
-        let env = seal(&dek, &tenant, &KeyId::from_bytes([0; 16]), &ctx, &plaintext).unwrap();
+        let env = Sealer::new(&dek, &tenant, &KeyId::from_bytes([0; 16])).seal(&ctx, &plaintext).unwrap();
         for n in 0..env.len() {
             let outcome = parse(&env[..n]).and_then(|e| e.open(&dek, &ctx).map(|_| ()));
             prop_assert!(outcome.is_err(), "prefix of {} bytes accepted", n);

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use keyward_envelope::{
-    EncryptionContext, EnvelopeError, KeyId, SecretKey, Suite, TenantId, WrappedKey, parse,
-    seal_with_suite_and_salt, unwrap_key,
+    EncryptionContext, EnvelopeError, KeyId, Sealer, SecretKey, Suite, TenantId, WrappedKey, parse,
+    unwrap_key,
 };
 use serde::Deserialize;
 
@@ -143,9 +143,11 @@ fn valid_vectors_reproduce_and_decrypt() {
         let expected = unhex(&v.envelope);
 
         let suite = Suite::from_id(v.suite).unwrap();
-        let sealed =
-            seal_with_suite_and_salt(suite, &dek, &tenant, &dek_id, &ctx, &plaintext, &salt)
-                .unwrap();
+        let sealed = Sealer::new(&dek, &tenant, &dek_id)
+            .suite(suite)
+            .fixed_salt_for_test_vectors(&salt)
+            .seal(&ctx, &plaintext)
+            .unwrap();
         assert_eq!(
             hex::encode(&sealed),
             v.envelope,
