@@ -2,9 +2,9 @@
 //! "Hostile input"). Not part of the API: the layout parser the provider runs on a stored
 //! wrapped key before it calls the vault, and the header encoder it uses when wrapping.
 
-use crate::layout::{self, VaultAlg};
+use crate::wrapped_key_format::{self as layout, VaultAlg};
 
-/// The fields of a wrapped key as [`parse_wrapped_key`] split them (see `layout.rs`).
+/// The fields of a wrapped key as [`parse_wrapped_key`] split them (see `wrapped_key_format.rs`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct WrappedKeyFields<'a> {
     /// The vault algorithm code (0x01 RSA-OAEP-256, 0x02 A256KW).

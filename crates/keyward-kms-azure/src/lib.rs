@@ -4,7 +4,7 @@
 //! (`azure_security_keyvault_keys`, `azure_core`, `azure_identity`): the vault wraps a fresh
 //! per-wrap intermediate key (RSA-OAEP-256, or A256KW on a Managed HSM) and the tenant key is
 //! sealed under it locally with AES-256-GCM and the [`keyward_kms::WrapContext`] as AAD (layout
-//! in `layout.rs`). Key references are Key Vault key ids ([`AzureKeyId`]). Credentials are always
+//! in `wrapped_key_format.rs`). Key references are Key Vault key ids ([`AzureKeyId`]). Credentials are always
 //! explicit ([`AzureCredentialConfig`]); failures are classified once (`classify.rs`, table in
 //! `docs/providers/azure.md`).
 //!
@@ -19,9 +19,9 @@ mod fresh_token;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key_id;
-mod layout;
 mod provider;
 pub mod remediation;
+mod wrapped_key_format;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

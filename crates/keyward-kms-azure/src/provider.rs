@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::classify::{Failure, Op, classify, observe};
 use crate::key_id::AzureKeyId;
-use crate::layout::{self, VaultAlg};
+use crate::wrapped_key_format::{self as layout, VaultAlg};
 use crate::{AzureKeyVaultConfig, remediation};
 
 /// Azure Key Vault (RSA keys) and Managed HSM (RSA or AES keys) as a KEK provider.
@@ -34,7 +34,7 @@ use crate::{AzureKeyVaultConfig, remediation};
 ///   (RSA-OAEP-256 for RSA keys, A256KW for Managed HSM AES keys), and seals the tenant key
 ///   under `K` locally with AES-256-GCM whose AAD carries the [`WrapContext`]: the vault's
 ///   algorithms take no AAD, so this is what binds a wrapped key to its tenant, tenant key and
-///   purpose. Byte layout in `layout.rs` and `docs/providers/azure.md`. An unwrap has the vault
+///   purpose. Byte layout in `wrapped_key_format.rs` and `docs/providers/azure.md`. An unwrap has the vault
 ///   `unwrapKey` `K` with the key version recorded at wrap time, then opens the seal.
 /// - Key attributes decide the state: `enabled = false`, an `exp` in the past or an `nbf` in
 ///   the future are all reported as [`KeyState::Disabled`] and refuse wraps *and unwraps* with

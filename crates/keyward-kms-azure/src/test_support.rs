@@ -432,7 +432,7 @@ impl KeyVaultDouble {
 
     /// What anyone who has read the public half of RSA key `name` (`GET /keys/{name}` returns
     /// its `n` and `e`) can make without the vault and without any permission on the key: `key`
-    /// wrapped for the current version exactly as the provider wraps (layout.rs), with no
+    /// wrapped for the current version exactly as the provider wraps (wrapped_key_format.rs), with no
     /// `wrapKey` call (RSA-OAEP needs only the public key). It unwraps through the vault like a
     /// genuine wrap; docs/adr/0007-tenant-key-mac.md is why Keyward does not take it.
     pub fn forge_with_public_key(
@@ -458,8 +458,8 @@ impl KeyVaultDouble {
         let vault_wrapped = public
             .encrypt(&OAEP_SHA256_MGF1SHA256, &k, &mut out, None)
             .unwrap();
-        let bytes = crate::layout::seal(
-            crate::layout::VaultAlg::RsaOaep256,
+        let bytes = crate::wrapped_key_format::seal(
+            crate::wrapped_key_format::VaultAlg::RsaOaep256,
             &v.id,
             vault_wrapped,
             &k,

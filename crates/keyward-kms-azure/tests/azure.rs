@@ -50,7 +50,7 @@ async fn the_sdk_probes_with_the_challenge_then_uses_one_token() {
         (double.calls(Call::GetKey), double.calls(Call::UnwrapKey)),
         (2, 1)
     );
-    // The wrapped form records the key version that wrapped it (layout in layout.rs).
+    // The wrapped form records the key version that wrapped it (layout in wrapped_key_format.rs).
     let version = double.versions("kek").pop().unwrap();
     assert_eq!(&wrapped.as_bytes()[3..35], version.as_bytes());
     assert_eq!(wrapped.as_bytes().len(), 353);

@@ -2,7 +2,7 @@
 //! "Hostile input"). Not part of the API: the layout decoder the provider runs on a stored
 //! wrapped key before it calls the token, and the encoder it uses when wrapping.
 
-use crate::layout;
+use crate::wrapped_key_format as layout;
 
 /// The provider's decoder of a stored wrapped key: the IV and the ciphertext with its tag, or
 /// the message the provider reports (`InvalidCiphertext`) for bytes of another layout.

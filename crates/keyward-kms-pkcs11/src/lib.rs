@@ -3,7 +3,7 @@
 //! [`Pkcs11Provider`] implements [`keyward_kms::KeyProvider`] on one PKCS#11 token through the
 //! `cryptoki` crate: the KEK is a private, sensitive, non-extractable AES-256 secret key; wraps are
 //! `C_Encrypt` with `CKM_AES_GCM` and the [`keyward_kms::WrapContext`] as AAD (layout in
-//! `layout.rs`), unwraps are `C_Decrypt`. Key references are [`Pkcs11KeyUri`]s
+//! `wrapped_key_format.rs`), unwraps are `C_Decrypt`. Key references are [`Pkcs11KeyUri`]s
 //! (`pkcs11:token=<label>;object=<key label>` and/or `id=%xx…`). Calls run on a bounded session
 //! pool on tokio's blocking threads; return codes are classified once (`classify.rs`, table in
 //! `docs/providers/pkcs11.md`).
@@ -16,16 +16,16 @@ mod config;
 mod factory;
 #[doc(hidden)]
 pub mod fuzzing;
-mod layout;
 mod provider;
 mod remediation;
 mod uri;
+mod wrapped_key_format;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
 pub use config::Pkcs11Config;
 pub use factory::Pkcs11Factory;
-pub use layout::WRAPPED_LEN;
 pub use provider::Pkcs11Provider;
 pub use uri::{InvalidPkcs11Uri, Pkcs11KeyUri, SCHEME};
+pub use wrapped_key_format::WRAPPED_LEN;

@@ -24,9 +24,9 @@ use zeroize::Zeroizing;
 
 use crate::Pkcs11Config;
 use crate::classify::{SessionFate, classify};
-use crate::layout::{self, IV_LEN, KEY_LEN, TAG_LEN};
 use crate::remediation;
 use crate::uri::Pkcs11KeyUri;
+use crate::wrapped_key_format::{self as layout, IV_LEN, KEY_LEN, TAG_LEN};
 
 /// A PKCS#11 token as a KEK provider.
 ///
@@ -34,7 +34,7 @@ use crate::uri::Pkcs11KeyUri;
 ///   label and named by [`Pkcs11KeyUri`]s (`pkcs11:token=…;object=…` and/or `id=…`).
 /// - Wraps are `C_Encrypt` with `CKM_AES_GCM`: a 96-bit IV from the token's RNG, a 128-bit tag,
 ///   and [`WrapContext::aad`] as AAD, so the token itself authenticates the tenant, tenant key
-///   and purpose. Unwraps are `C_Decrypt` with the same parameters. Layout in `layout.rs`.
+///   and purpose. Unwraps are `C_Decrypt` with the same parameters. Layout in `wrapped_key_format.rs`.
 /// - A bounded pool of read-only sessions (`sessions`, default 4); every PKCS#11 call runs on
 ///   `tokio::task::spawn_blocking`. The user (CKU_USER) logs in once. A logout by the token
 ///   (`CKR_USER_NOT_LOGGED_IN` on sessions that were logged in) is a refusal: the call that meets

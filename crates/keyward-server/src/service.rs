@@ -843,8 +843,8 @@ pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
 pub mod fuzzing;
 
 #[cfg(test)]
-#[path = "service_fuzz.rs"]
-mod fuzz;
+#[path = "service_proptests.rs"]
+mod proptests;
 
 #[cfg(test)]
 #[path = "service_batch_tests.rs"]

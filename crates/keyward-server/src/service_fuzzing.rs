@@ -149,7 +149,7 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::service::fuzz::registry(),
+                &crate::service::proptests::registry(),
                 request(None)
             )),
             "key"
@@ -161,13 +161,16 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::service::fuzz::registry(),
+                &crate::service::proptests::registry(),
                 request(local(""))
             )),
             "local.key_name"
         );
-        let (tenant, kek) =
-            register_key(&crate::service::fuzz::registry(), request(local("default"))).unwrap();
+        let (tenant, kek) = register_key(
+            &crate::service::proptests::registry(),
+            request(local("default")),
+        )
+        .unwrap();
         assert_eq!(
             (tenant.as_str(), kek.to_string().as_str()),
             ("acme", "local:default")
@@ -178,7 +181,7 @@ mod tests {
         }));
         assert_eq!(
             field(register_key(
-                &crate::service::fuzz::registry(),
+                &crate::service::proptests::registry(),
                 request(gcp)
             )),
             "gcp_kms.crypto_key"

@@ -13,7 +13,7 @@
 //! Bounded in CI: `PROPTEST_CASES` cases per target (default 512, about a second each in a debug
 //! build);
 //! long runs: `scripts/fuzz`. proptest saves a failing case under
-//! `crates/keyward-server/proptest-regressions/service_fuzz.txt` (committed, replayed first on
+//! `crates/keyward-server/proptest-regressions/service_proptests.txt` (committed, replayed first on
 //! every run); such a case is also added to `regressions()`.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
