@@ -1,7 +1,7 @@
 //! `proto_requests`: protobuf request → domain conversion. The first byte selects a request
 //! message of the API (keyward.v1); the rest is decoded as that message with prost, exactly as
 //! tonic would, and handed to the conversions its handler runs
-//! ([`keyward_server::service::fuzzing`]). For `Decrypt` the envelope also goes through
+//! ([`keyward_server::api::fuzzing`]). For `Decrypt` the envelope also goes through
 //! [`keyward_envelope::parse`].
 //!
 //! Invariants: a conversion fails only with `InvalidArgument` naming a field, with a bounded
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use keyward_kms::ProviderKind;
 use keyward_proto::v1 as pb;
 use keyward_server::error::ServiceError;
-use keyward_server::service::fuzzing as convert;
+use keyward_server::api::fuzzing as convert;
 use prost::Message;
 
 /// The request messages, in selector order.

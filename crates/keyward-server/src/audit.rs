@@ -15,19 +15,15 @@ use keyward_audit::{
     AuditError, AuditEvent, ChainHead, ExportHeader, ExportWriter, IdentifierHasher, PublicKey,
     Record, SigningKey,
 };
-use keyward_envelope::TenantId;
-use keyward_proto::v1::{self as pb, audit_service_server::AuditService};
+use keyward_proto::v1 as pb;
 use keyward_store::{AuditQuery, Store, StoreError};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
-use keyward_authz::{Action, RequestContext};
-
-use crate::{authz::Authz, error::ServiceError, now_ms, service::split};
+use crate::{error::ServiceError, now_ms};
 
 /// Records per store query while exporting or listing.
-const PAGE: u32 = 1000;
-const DEFAULT_LIST_PAGE: u32 = 100;
+pub(crate) const PAGE: u32 = 1000;
+pub(crate) const DEFAULT_LIST_PAGE: u32 = 100;
 
 /// The deployment's audit keys, created on first start under `<data_dir>/audit/`
 /// (mode 0600): the Ed25519 checkpoint-signing key (PKCS#8) and the HMAC key
@@ -437,6 +433,11 @@ impl Auditor {
         Ok(stored)
     }
 
+    /// The records `query` selects (AuditService.ListEvents).
+    pub async fn records(&self, query: &AuditQuery) -> Result<Vec<Record>, ServiceError> {
+        Ok(self.store.audit_records(query).await?)
+    }
+
     /// Signs and stores a checkpoint of the current head if records were
     /// appended since the last one. Returns the checkpointed seq, if any.
     pub async fn checkpoint(&self) -> Result<Option<u64>, ServiceError> {
@@ -586,7 +587,9 @@ impl Auditor {
     }
 
     /// Writes the export (docs/audit-format.md) in chunks of whole lines to `tx`.
-    async fn export(
+    /// Streams the whole export (header, records, checkpoints, a final signed checkpoint) as
+    /// `AuditService.Export` chunks into `tx`.
+    pub(crate) async fn export(
         &self,
         tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
     ) -> Result<(), ServiceError> {
@@ -694,184 +697,6 @@ impl Write for SharedBuffer {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// `keyward.v1.AuditService`.
-#[derive(Debug, Clone)]
-pub struct AuditApi {
-    auditor: Arc<Auditor>,
-    authz: Arc<Authz>,
-}
-
-impl AuditApi {
-    pub fn new(auditor: Arc<Auditor>, authz: Arc<Authz>) -> Self {
-        Self { auditor, authz }
-    }
-}
-
-type ExportStream = ReceiverStream<Result<pb::ExportAuditChunk, Status>>;
-
-#[tonic::async_trait]
-impl AuditService for AuditApi {
-    async fn list_events(
-        &self,
-        request: Request<pb::ListAuditEventsRequest>,
-    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let (head, r) = split(request);
-        let tenant = list_tenant(&r.tenant_id)?;
-        // One tenant's records, or (no tenant named) every record: a different resource.
-        self.authz.check(
-            &head,
-            Action::ReadAudit,
-            tenant.as_ref(),
-            &RequestContext::default(),
-        )?;
-        let query = list_query(tenant, &r)?;
-        let limit = query.limit;
-        let records = self
-            .auditor
-            .store
-            .audit_records(&query)
-            .await
-            .map_err(ServiceError::from)?;
-        let next_page_token = match records.last() {
-            Some(last) if records.len() == limit as usize => last.seq().to_string(),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListAuditEventsResponse {
-            records: records.iter().map(record_to_pb).collect(),
-            next_page_token,
-        }))
-    }
-
-    type ExportStream = ExportStream;
-
-    async fn export(
-        &self,
-        request: Request<pb::ExportAuditRequest>,
-    ) -> Result<Response<Self::ExportStream>, Status> {
-        self.authz.check(
-            &request,
-            Action::ExportAudit,
-            None,
-            &RequestContext::default(),
-        )?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let auditor = Arc::clone(&self.auditor);
-        tokio::spawn(async move {
-            if let Err(e) = auditor.export(tx.clone()).await {
-                let _ = tx.send(Err(e.to_status())).await;
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn rotate_signing_key(
-        &self,
-        request: Request<pb::RotateSigningKeyRequest>,
-    ) -> Result<Response<pb::AuditPublicKey>, Status> {
-        let caller = self.authz.check(
-            &request,
-            Action::RotateSigningKey,
-            None,
-            &RequestContext::default(),
-        )?;
-        let requested_by = request.into_inner().requested_by;
-        let key = self
-            .auditor
-            .rotate_signing_key(caller.actor(&requested_by))
-            .await?;
-        Ok(Response::new(pb::AuditPublicKey {
-            public_key: key.to_text(),
-            key_id: key.key_id(),
-        }))
-    }
-
-    async fn get_public_key(
-        &self,
-        request: Request<pb::GetAuditPublicKeyRequest>,
-    ) -> Result<Response<pb::AuditPublicKey>, Status> {
-        self.authz.check(
-            &request,
-            Action::ReadAuditPublicKey,
-            None,
-            &RequestContext::default(),
-        )?;
-        let key = self.auditor.public_key_in_force().await?;
-        Ok(Response::new(pb::AuditPublicKey {
-            public_key: key.to_text(),
-            key_id: key.key_id(),
-        }))
-    }
-}
-
-/// ListEvents' tenant: empty is every tenant (checked before authorization, which depends on it).
-pub(crate) fn list_tenant(raw: &str) -> Result<Option<TenantId>, ServiceError> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    TenantId::try_from(raw)
-        .map(Some)
-        .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
-}
-
-/// ListEvents' query, once the caller is authorized for `tenant`.
-pub(crate) fn list_query(
-    tenant: Option<TenantId>,
-    r: &pb::ListAuditEventsRequest,
-) -> Result<AuditQuery, ServiceError> {
-    let mut query = AuditQuery::default();
-    if let Some(tenant) = tenant {
-        query = query.with_tenant(tenant);
-    }
-    if !r.event_type.is_empty() {
-        if !keyward_audit::AuditEvent::TYPES.contains(&r.event_type.as_str()) {
-            return Err(ServiceError::invalid(
-                "event_type",
-                format!(
-                    "unknown; one of {}",
-                    keyward_audit::AuditEvent::TYPES.join(", ")
-                ),
-            ));
-        }
-        query = query.with_event_type(r.event_type.clone());
-    }
-    let from = r.from.map(|t| millis(&t));
-    let to = r.to.map(|t| millis(&t));
-    query = query.with_time_range(from, to);
-    let after = if r.page_token.is_empty() {
-        0
-    } else {
-        r.page_token
-            .parse::<u64>()
-            .map_err(|_| ServiceError::invalid("page_token", "not a token from this API"))?
-    };
-    let limit = match r.page_size {
-        0 => DEFAULT_LIST_PAGE,
-        n => n.min(PAGE),
-    };
-    Ok(query.with_after_seq(after).with_limit(limit))
-}
-
-fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
-}
-
-fn record_to_pb(record: &Record) -> pb::AuditRecord {
-    pb::AuditRecord {
-        seq: record.seq(),
-        time: Some(crate::service::timestamp(record.time_ms())),
-        event_type: record.event().event_type().to_owned(),
-        tenant_id: record
-            .event()
-            .tenant()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        canonical_json: record.to_canonical_json(),
-        hash: hex::encode(record.hash()),
     }
 }
 

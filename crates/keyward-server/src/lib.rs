@@ -5,6 +5,7 @@
 //! providers) -> envelope. Nothing below this crate knows about gRPC.
 
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod authz;
 mod builtin_policies;
@@ -16,7 +17,6 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod replication;
-pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
@@ -368,7 +368,7 @@ async fn serve_replica(
     })?;
 
     let max_message = settings.max_plaintext_bytes + limits::MESSAGE_OVERHEAD_BYTES;
-    let crypto = CryptoServiceServer::new(service::CryptoApi::new(
+    let crypto = CryptoServiceServer::new(api::CryptoApi::new(
         Arc::clone(&keyring),
         Arc::clone(&authz),
         settings.max_plaintext_bytes,
@@ -376,16 +376,14 @@ async fn serve_replica(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let tenants = TenantServiceServer::new(
-        service::TenantApi::new(Arc::clone(&keyring), Arc::clone(&authz))
+        api::TenantApi::new(Arc::clone(&keyring), Arc::clone(&authz))
             .with_key_ref_syntax(registry.clone())
             .with_monitor_interval(settings.monitor.as_ref().map(|m| m.interval)),
     )
     .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
-    let audit_api = AuditServiceServer::new(audit::AuditApi::new(
-        Arc::clone(&auditor),
-        Arc::clone(&authz),
-    ))
-    .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
+    let audit_api =
+        AuditServiceServer::new(api::AuditApi::new(Arc::clone(&auditor), Arc::clone(&authz)))
+            .max_decoding_message_size(limits::ADMIN_MAX_REQUEST_BYTES);
     let mut background = vec![tokio::spawn(
         Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval),
     )];
@@ -414,21 +412,21 @@ async fn serve_replica(
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<CryptoServiceServer<service::CryptoApi>>()
+        .set_serving::<CryptoServiceServer<api::CryptoApi>>()
         .await;
     health_reporter
-        .set_serving::<TenantServiceServer<service::TenantApi>>()
+        .set_serving::<TenantServiceServer<api::TenantApi>>()
         .await;
     health_reporter
-        .set_serving::<AuditServiceServer<audit::AuditApi>>()
+        .set_serving::<AuditServiceServer<api::AuditApi>>()
         .await;
     let services = {
         use tonic::server::NamedService;
         vec![
             "",
-            <CryptoServiceServer<service::CryptoApi> as NamedService>::NAME,
-            <TenantServiceServer<service::TenantApi> as NamedService>::NAME,
-            <AuditServiceServer<audit::AuditApi> as NamedService>::NAME,
+            <CryptoServiceServer<api::CryptoApi> as NamedService>::NAME,
+            <TenantServiceServer<api::TenantApi> as NamedService>::NAME,
+            <AuditServiceServer<api::AuditApi> as NamedService>::NAME,
         ]
     };
     let health_task = {

@@ -13,7 +13,7 @@
 //! Bounded in CI: `PROPTEST_CASES` cases per target (default 512, about a second each in a debug
 //! build);
 //! long runs: `scripts/fuzz`. proptest saves a failing case under
-//! `crates/keyward-server/proptest-regressions/service_proptests.txt` (committed, replayed first on
+//! `crates/keyward-server/proptest-regressions/api/proptests.txt` (committed, replayed first on
 //! every run); such a case is also added to `regressions()`.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
@@ -21,7 +21,11 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
-use super::*;
+use super::convert::*;
+use crate::error::ServiceError;
+use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind, ProviderRegistry};
+use keyward_proto::v1::{self as pb, register_key_request};
+use keyward_store::Scope;
 
 /// Every provider factory, as the shipped binary registers them (crates/keyward-cli/src/providers.rs).
 pub(super) fn registry() -> ProviderRegistry {

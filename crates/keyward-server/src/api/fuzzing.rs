@@ -16,16 +16,16 @@ use crate::error::ServiceError;
 pub fn encrypt(
     r: pb::EncryptRequest,
 ) -> Result<(TenantId, EncryptionContext, Scope), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let ctx = super::context(r.encryption_context)?;
-    let scope = super::scope(&r.scope)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let ctx = super::convert::context(r.encryption_context)?;
+    let scope = super::convert::scope(&r.scope)?;
     Ok((tenant, ctx, scope))
 }
 
 /// `Decrypt`: tenant, context (the envelope is parsed by the keyring).
 pub fn decrypt(r: pb::DecryptRequest) -> Result<(TenantId, EncryptionContext), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let ctx = super::context(r.encryption_context)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let ctx = super::convert::context(r.encryption_context)?;
     Ok((tenant, ctx))
 }
 
@@ -36,15 +36,15 @@ pub type EncryptItem = Result<(EncryptionContext, Scope), ServiceError>;
 pub fn encrypt_batch(
     r: pb::EncryptBatchRequest,
 ) -> Result<(TenantId, Vec<EncryptItem>), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    super::batch_size(r.items.len())?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    super::convert::batch_size(r.items.len())?;
     let items = r
         .items
         .into_iter()
         .map(|item| {
             Ok((
-                super::context(item.encryption_context)?,
-                super::scope(&item.scope)?,
+                super::convert::context(item.encryption_context)?,
+                super::convert::scope(&item.scope)?,
             ))
         })
         .collect();
@@ -58,20 +58,20 @@ pub type DecryptItem = Result<EncryptionContext, ServiceError>;
 pub fn decrypt_batch(
     r: pb::DecryptBatchRequest,
 ) -> Result<(TenantId, Vec<DecryptItem>), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    super::batch_size(r.items.len())?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    super::convert::batch_size(r.items.len())?;
     let items = r
         .items
         .into_iter()
-        .map(|item| super::context(item.encryption_context))
+        .map(|item| super::convert::context(item.encryption_context))
         .collect();
     Ok((tenant, items))
 }
 
 /// `CreateTenant`: tenant, display name.
 pub fn create_tenant(r: &pb::CreateTenantRequest) -> Result<(TenantId, &str), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let name = super::display_name(&r.display_name)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let name = super::convert::display_name(&r.display_name)?;
     Ok((tenant, name))
 }
 
@@ -80,20 +80,20 @@ pub fn register_key(
     registry: &keyward_kms::ProviderRegistry,
     r: pb::RegisterKeyRequest,
 ) -> Result<(TenantId, KeyRef), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let kek = super::kek_ref(registry, r.key)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let kek = super::convert::kek_ref(registry, r.key)?;
     Ok((tenant, kek))
 }
 
 /// `GetTenant`: tenant.
 pub fn get_tenant(r: &pb::GetTenantRequest) -> Result<TenantId, ServiceError> {
-    super::tenant_id(&r.tenant_id)
+    super::convert::tenant_id(&r.tenant_id)
 }
 
 /// `RevokeKey`: tenant, reason.
 pub fn revoke_key(r: &pb::RevokeKeyRequest) -> Result<(TenantId, &str), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let reason = super::reason(&r.reason)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let reason = super::convert::reason(&r.reason)?;
     Ok((tenant, reason))
 }
 
@@ -101,9 +101,9 @@ pub fn revoke_key(r: &pb::RevokeKeyRequest) -> Result<(TenantId, &str), ServiceE
 pub fn restore_key(
     r: &pb::RestoreKeyRequest,
 ) -> Result<(TenantId, &str, Option<i64>), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let reason = super::reason(&r.reason)?;
-    let binding = super::binding_id(r.binding_id)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let reason = super::convert::reason(&r.reason)?;
+    let binding = super::convert::binding_id(r.binding_id)?;
     Ok((tenant, reason, binding))
 }
 
@@ -111,20 +111,20 @@ pub fn restore_key(
 pub fn set_tenant_policy(
     r: pb::SetTenantPolicyRequest,
 ) -> Result<(TenantId, TenantPolicy), ServiceError> {
-    let tenant = super::tenant_id(&r.tenant_id)?;
-    let policy = super::tenant_policy(r.policy)?;
+    let tenant = super::convert::tenant_id(&r.tenant_id)?;
+    let policy = super::convert::tenant_policy(r.policy)?;
     Ok((tenant, policy))
 }
 
 /// `ReportKeyEvent`: provider and key reference.
 pub fn report_key_event(r: &pb::ReportKeyEventRequest) -> Result<ProviderKind, ServiceError> {
-    super::key_event(r)
+    super::convert::key_event(r)
 }
 
 /// `AuditService.ListEvents`: tenant, then the query.
 pub fn list_audit_events(r: &pb::ListAuditEventsRequest) -> Result<AuditQuery, ServiceError> {
-    let tenant = crate::audit::list_tenant(&r.tenant_id)?;
-    crate::audit::list_query(tenant, r)
+    let tenant = super::convert::list_tenant(&r.tenant_id)?;
+    super::convert::list_query(tenant, r)
 }
 
 #[cfg(test)]
@@ -149,7 +149,7 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::service::proptests::registry(),
+                &crate::api::proptests::registry(),
                 request(None)
             )),
             "key"
@@ -161,13 +161,13 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::service::proptests::registry(),
+                &crate::api::proptests::registry(),
                 request(local(""))
             )),
             "local.key_name"
         );
         let (tenant, kek) = register_key(
-            &crate::service::proptests::registry(),
+            &crate::api::proptests::registry(),
             request(local("default")),
         )
         .unwrap();
@@ -181,7 +181,7 @@ mod tests {
         }));
         assert_eq!(
             field(register_key(
-                &crate::service::proptests::registry(),
+                &crate::api::proptests::registry(),
                 request(gcp)
             )),
             "gcp_kms.crypto_key"

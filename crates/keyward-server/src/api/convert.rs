@@ -1,0 +1,355 @@
+//! Protobuf ↔ domain conversion, field by field: every request field is validated here, with
+//! the field named in the error, and nowhere deeper; stored values become response messages.
+
+use std::collections::HashMap;
+
+use keyward_audit::Record;
+use keyward_envelope::{EncryptionContext, TenantId};
+use keyward_kms::{KeyRef, KeyRefFields, ProviderKind as DomainProviderKind, ProviderRegistry};
+use keyward_proto::v1::{self as pb, register_key_request};
+use keyward_store::{AuditQuery, KekBinding, KekState, Scope, TenantRecord};
+
+use crate::{
+    audit::{DEFAULT_LIST_PAGE, PAGE},
+    error::ServiceError,
+};
+
+/// Longest per-tenant TTL or monitor interval, in seconds.
+pub(crate) const MAX_POLICY_SECONDS: u64 = 24 * 60 * 60;
+
+/// Longest tenant display name accepted, in characters.
+pub(crate) const MAX_DISPLAY_NAME_CHARS: usize = 256;
+
+pub(crate) fn reason(raw: &str) -> Result<&str, ServiceError> {
+    if raw.trim().is_empty() || raw.chars().count() > 1024 || raw.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "reason",
+            "required: 1 to 1024 characters, no control characters",
+        ));
+    }
+    Ok(raw)
+}
+
+// ----- request -> domain ----------------------------------------------------
+
+pub(crate) fn tenant_id(raw: &str) -> Result<TenantId, ServiceError> {
+    TenantId::try_from(raw).map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
+}
+
+pub(crate) fn scope(raw: &str) -> Result<Scope, ServiceError> {
+    if raw.is_empty() {
+        return Ok(Scope::default_scope());
+    }
+    Scope::try_from(raw).map_err(|e| ServiceError::invalid("scope", e.to_string()))
+}
+
+pub(crate) fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceError> {
+    EncryptionContext::try_from_map(raw.into_iter().collect())
+        .map_err(|e| ServiceError::invalid("encryption_context", e.to_string()))
+}
+
+/// One message of RegisterKey's `key` oneof: its provider kind, its field name in the request
+/// (`aws_kms`) and its fields, each with its name in error details (`aws_kms.key_arn`).
+pub(crate) struct KeyMessage {
+    kind: DomainProviderKind,
+    name: &'static str,
+    fields: &'static [(&'static str, &'static str)],
+}
+
+pub(crate) const AWS_KMS_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::AwsKms,
+    name: "aws_kms",
+    fields: &[
+        ("key_arn", "aws_kms.key_arn"),
+        ("role_arn", "aws_kms.role_arn"),
+        ("external_id", "aws_kms.external_id"),
+    ],
+};
+pub(crate) const PKCS11_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::Pkcs11,
+    name: "pkcs11",
+    fields: &[("uri", "pkcs11.uri")],
+};
+pub(crate) const GCP_KMS_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::GcpKms,
+    name: "gcp_kms",
+    fields: &[("crypto_key", "gcp_kms.crypto_key")],
+};
+pub(crate) const AZURE_KEY_VAULT_KEY: KeyMessage = KeyMessage {
+    kind: DomainProviderKind::AzureKeyVault,
+    name: "azure_key_vault",
+    fields: &[("key_id", "azure_key_vault.key_id")],
+};
+
+/// RegisterKey's key reference: exactly one, read by its provider's factory
+/// ([`keyward_kms::ProviderFactory::parse_key_ref`]) so that a malformed reference is an invalid
+/// argument naming the field, not a provider failure. A kind with no factory in `registry` (a
+/// server built without that provider) keeps the reference as given: its first field, which
+/// must be set, and no other (registration then fails for want of the provider).
+pub(crate) fn kek_ref(
+    registry: &ProviderRegistry,
+    key: Option<register_key_request::Key>,
+) -> Result<KeyRef, ServiceError> {
+    let (message, values) = match key {
+        Some(register_key_request::Key::Local(local)) => {
+            if local.key_name.is_empty() {
+                return Err(ServiceError::invalid("local.key_name", "must not be empty"));
+            }
+            return Ok(KeyRef::new(DomainProviderKind::Local, local.key_name));
+        }
+        Some(register_key_request::Key::AwsKms(k)) => {
+            (AWS_KMS_KEY, vec![k.key_arn, k.role_arn, k.external_id])
+        }
+        Some(register_key_request::Key::Pkcs11(k)) => (PKCS11_KEY, vec![k.uri]),
+        Some(register_key_request::Key::GcpKms(k)) => (GCP_KMS_KEY, vec![k.crypto_key]),
+        Some(register_key_request::Key::AzureKeyVault(k)) => (AZURE_KEY_VAULT_KEY, vec![k.key_id]),
+        None => {
+            return Err(ServiceError::invalid(
+                "key",
+                "one key reference must be set",
+            ));
+        }
+    };
+    let named: Vec<(&str, &str)> = message
+        .fields
+        .iter()
+        .zip(&values)
+        .map(|((name, _), value)| (*name, value.as_str()))
+        .collect();
+    let Some(factory) = registry.get(message.kind) else {
+        // No factory: nothing here can read the reference's syntax.
+        for (i, ((_, qualified), value)) in message.fields.iter().zip(&values).enumerate() {
+            if i == 0 && value.is_empty() {
+                return Err(ServiceError::invalid(qualified, "must not be empty"));
+            }
+            if i > 0 && !value.is_empty() {
+                return Err(ServiceError::invalid(
+                    qualified,
+                    format!(
+                        "this server has no {} provider to read it",
+                        message.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        return Ok(KeyRef::new(message.kind, values[0].clone()));
+    };
+    factory
+        .parse_key_ref(&KeyRefFields::new(&named))
+        .map_err(|e| {
+            let field = e
+                .field
+                .and_then(|f| message.fields.iter().find(|(name, _)| *name == f))
+                .map_or(message.name, |(_, qualified)| *qualified);
+            ServiceError::invalid(field, e.problem)
+        })
+}
+
+/// RestoreKey's binding: 0 is the current one.
+pub(crate) fn binding_id(raw: i64) -> Result<Option<i64>, ServiceError> {
+    match raw {
+        0 => Ok(None),
+        id if id > 0 => Ok(Some(id)),
+        other => Err(ServiceError::invalid(
+            "binding_id",
+            format!("{other} is not a binding id (0 restores the current binding)"),
+        )),
+    }
+}
+
+/// SetTenantPolicy's policy: 0 (or unset) is the server's default, else at most a day.
+pub(crate) fn tenant_policy(
+    raw: Option<pb::TenantPolicy>,
+) -> Result<keyward_store::TenantPolicy, ServiceError> {
+    let policy = raw.unwrap_or_default();
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    let policy = keyward_store::TenantPolicy {
+        cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
+        monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
+    };
+    if policy
+        .cache_ttl_seconds
+        .is_some_and(|s| s > MAX_POLICY_SECONDS)
+        || policy
+            .monitor_interval_seconds
+            .is_some_and(|s| s > MAX_POLICY_SECONDS)
+    {
+        return Err(ServiceError::invalid(
+            "policy",
+            format!("values are seconds, at most {MAX_POLICY_SECONDS} (one day)"),
+        ));
+    }
+    Ok(policy)
+}
+
+/// ReportKeyEvent's provider and key reference (the reference is matched against stored
+/// bindings as given, not parsed).
+pub(crate) fn key_event(r: &pb::ReportKeyEventRequest) -> Result<DomainProviderKind, ServiceError> {
+    let provider = match r.provider() {
+        pb::ProviderKind::Local => DomainProviderKind::Local,
+        pb::ProviderKind::AwsKms => DomainProviderKind::AwsKms,
+        pb::ProviderKind::GcpKms => DomainProviderKind::GcpKms,
+        pb::ProviderKind::AzureKeyVault => DomainProviderKind::AzureKeyVault,
+        pb::ProviderKind::Pkcs11 => DomainProviderKind::Pkcs11,
+        pb::ProviderKind::Unspecified => {
+            return Err(ServiceError::invalid("provider", "must be set"));
+        }
+    };
+    if r.key_ref.is_empty() {
+        return Err(ServiceError::invalid("key_ref", "must not be empty"));
+    }
+    Ok(provider)
+}
+
+pub(crate) fn display_name(raw: &str) -> Result<&str, ServiceError> {
+    if raw.chars().count() > MAX_DISPLAY_NAME_CHARS || raw.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "display_name",
+            format!("at most {MAX_DISPLAY_NAME_CHARS} characters, no control characters"),
+        ));
+    }
+    Ok(raw)
+}
+
+// ----- domain -> response ---------------------------------------------------
+
+pub(crate) fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: record.id.to_string(),
+        display_name: record.display_name.clone(),
+        created_at: Some(timestamp(record.created_at_ms)),
+        active_key: binding.map(binding_to_pb),
+        policy: Some(pb::TenantPolicy {
+            cache_ttl_seconds: record.policy.cache_ttl_seconds.unwrap_or(0),
+            monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
+        }),
+        previous_keys: Vec::new(),
+        effective_policy: None,
+    }
+}
+
+pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
+    let provider = match binding.provider.parse::<DomainProviderKind>() {
+        Ok(DomainProviderKind::Local) => pb::ProviderKind::Local,
+        Ok(DomainProviderKind::AwsKms) => pb::ProviderKind::AwsKms,
+        Ok(DomainProviderKind::GcpKms) => pb::ProviderKind::GcpKms,
+        Ok(DomainProviderKind::AzureKeyVault) => pb::ProviderKind::AzureKeyVault,
+        Ok(DomainProviderKind::Pkcs11) => pb::ProviderKind::Pkcs11,
+        _ => pb::ProviderKind::Unspecified,
+    };
+    let state = match binding.state {
+        KekState::Active => pb::KekState::Active,
+        KekState::Revoked => pb::KekState::Revoked,
+        KekState::Unavailable => pb::KekState::Unavailable,
+        KekState::Restored => pb::KekState::Restored,
+        KekState::Destroyed => pb::KekState::Destroyed,
+        _ => pb::KekState::Unspecified,
+    };
+    pb::KekBinding {
+        provider: provider.into(),
+        key_ref: binding.key_ref.clone(),
+        state: state.into(),
+        tenant_key_id: binding.tenant_key_id.to_string(),
+        bound_at: Some(timestamp(binding.created_at_ms)),
+        binding_id: binding.id,
+        state_cause: binding
+            .state_cause
+            .map(crate::error::source_name)
+            .unwrap_or_default()
+            .to_owned(),
+        state_changed_at: Some(timestamp(binding.state_changed_at_ms)),
+    }
+}
+
+/// Store timestamps are milliseconds since the UNIX epoch.
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+// ----- AuditService ---------------------------------------------------------
+
+/// ListEvents' tenant: empty is every tenant (checked before authorization, which depends on it).
+pub(crate) fn list_tenant(raw: &str) -> Result<Option<TenantId>, ServiceError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    TenantId::try_from(raw)
+        .map(Some)
+        .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
+}
+
+/// ListEvents' query, once the caller is authorized for `tenant`.
+pub(crate) fn list_query(
+    tenant: Option<TenantId>,
+    r: &pb::ListAuditEventsRequest,
+) -> Result<AuditQuery, ServiceError> {
+    let mut query = AuditQuery::default();
+    if let Some(tenant) = tenant {
+        query = query.with_tenant(tenant);
+    }
+    if !r.event_type.is_empty() {
+        if !keyward_audit::AuditEvent::TYPES.contains(&r.event_type.as_str()) {
+            return Err(ServiceError::invalid(
+                "event_type",
+                format!(
+                    "unknown; one of {}",
+                    keyward_audit::AuditEvent::TYPES.join(", ")
+                ),
+            ));
+        }
+        query = query.with_event_type(r.event_type.clone());
+    }
+    let from = r.from.map(|t| millis(&t));
+    let to = r.to.map(|t| millis(&t));
+    query = query.with_time_range(from, to);
+    let after = if r.page_token.is_empty() {
+        0
+    } else {
+        r.page_token
+            .parse::<u64>()
+            .map_err(|_| ServiceError::invalid("page_token", "not a token from this API"))?
+    };
+    let limit = match r.page_size {
+        0 => DEFAULT_LIST_PAGE,
+        n => n.min(PAGE),
+    };
+    Ok(query.with_after_seq(after).with_limit(limit))
+}
+
+pub(crate) fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+pub(crate) fn record_to_pb(record: &Record) -> pb::AuditRecord {
+    pb::AuditRecord {
+        seq: record.seq(),
+        time: Some(timestamp(record.time_ms())),
+        event_type: record.event().event_type().to_owned(),
+        tenant_id: record
+            .event()
+            .tenant()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        canonical_json: record.to_canonical_json(),
+        hash: hex::encode(record.hash()),
+    }
+}
+
+/// Most items in one `EncryptBatch` / `DecryptBatch` call.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// A batch's size, checked before any item is.
+pub(crate) fn batch_size(items: usize) -> Result<(), ServiceError> {
+    if items == 0 || items > MAX_BATCH_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("a batch holds 1 to {MAX_BATCH_ITEMS} items, not {items}"),
+        ));
+    }
+    Ok(())
+}
