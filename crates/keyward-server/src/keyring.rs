@@ -8,11 +8,12 @@
 //!   loader and the monitor's canary), with `tenant_key_auth`, the tags of stored tenant keys;
 //! - `data_path`: Encrypt, Decrypt, the cache loaders and DEK rotation ([`RotationPolicy`]);
 //! - `onboarding`: tenants, KEK registration, tenant policies;
-//! - `revocation`: the only writer of binding state, with the transition lock, the gates and
-//!   the closures not recorded yet;
+//! - `revocation`: the only writer of binding state, with the transition lock, the gates
+//!   (`gate`: admission, generations, denial counts) and the closures not recorded yet;
 //! - `monitor`: when each tenant's key is checked with the KMS ([`MonitorPolicy`]);
-//! - `ledger`: the audit records written outside a lifecycle transaction (denial, usage and
-//!   authorization-denial counts, purges, failed registrations) and the DEK usage counts.
+//! - `ledger`: the audit records written outside a lifecycle transaction (denial, usage
+//!   (`usage`: per-tenant counts per minute) and authorization-denial counts, purges, failed
+//!   registrations) and the DEK usage counts.
 //!
 //! Invariants (docs/architecture.md, "Key hierarchy"): see `data_path`.
 
@@ -24,16 +25,23 @@ use keyward_kms::KeyRef;
 use keyward_store::{KekBinding, KekState, NewKekBinding, Scope, Store, TenantRecord};
 use zeroize::Zeroizing;
 
-use crate::{error::ServiceError, gate::Closed, metrics::Metrics, now_ms};
+use crate::{error::ServiceError, metrics::Metrics, now_ms};
+
+use self::{
+    cache::KeyCache, data_path::DataPath, gate::Closed, kek::Kek, ledger::AuditLedger,
+    monitor::Monitor, onboarding::Onboarding, revocation::Revocation,
+};
 
 mod cache;
 mod data_path;
+mod gate;
 mod kek;
 mod ledger;
 mod monitor;
 mod onboarding;
 mod revocation;
 mod tenant_key_auth;
+mod usage;
 
 pub use cache::{CachePolicy, KeyringStats};
 pub use data_path::RotationPolicy;
@@ -73,11 +81,6 @@ pub struct Keyring {
     data: DataPath,
     onboarding: Onboarding,
 }
-
-use self::{
-    cache::KeyCache, data_path::DataPath, kek::Kek, ledger::AuditLedger, monitor::Monitor,
-    onboarding::Onboarding, revocation::Revocation,
-};
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

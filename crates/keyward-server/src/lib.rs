@@ -10,7 +10,6 @@ pub mod authz;
 mod builtin_policies;
 pub mod config;
 pub mod error;
-mod gate;
 pub mod keyring;
 pub mod limits;
 pub mod memory;
@@ -20,7 +19,6 @@ pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
-mod usage;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -23,7 +23,7 @@ use keyward_store::{KekState, Scope, Store};
 use moka::{Expiry, future::Cache};
 
 use super::{ledger::AuditLedger, require_tenant};
-use crate::{error::ServiceError, gate::Closed};
+use crate::{error::ServiceError, keyring::gate::Closed};
 
 /// Limits and lifetimes of the key caches.
 #[derive(Debug, Clone, Copy)]

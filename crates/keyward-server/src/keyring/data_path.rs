@@ -31,7 +31,7 @@ use super::{
     revocation::Revocation,
     revoked,
 };
-use crate::{error::ServiceError, metrics::Metrics, now_ms, usage::Usage};
+use crate::{error::ServiceError, keyring::usage::Usage, metrics::Metrics, now_ms};
 
 mod loaders;
 

@@ -29,8 +29,8 @@ use keyward_store::Store;
 
 use crate::{
     error::ServiceError,
-    gate::Gates,
-    usage::{Usage, UsageMeter},
+    keyring::gate::Gates,
+    keyring::usage::{Usage, UsageMeter},
 };
 
 /// Most records kept while the store refuses appends.

@@ -34,7 +34,7 @@ use keyward_store::{KekBinding, KekState, StateChange, StateUpdate, Store, Store
 use super::{cache::KeyCache, kek::Kek, ledger::AuditLedger, require_tenant};
 use crate::{
     error::ServiceError,
-    gate::{Closed, Gates},
+    keyring::gate::{Closed, Gates},
     now_ms,
 };
 

@@ -21,7 +21,7 @@ use super::{
     },
     DataPath, age,
 };
-use crate::{error::ServiceError, gate::Closed};
+use crate::{error::ServiceError, keyring::gate::Closed};
 
 impl DataPath {
     /// The unwrapped tenant key `id`: the one KEK call of the data path.

@@ -5,7 +5,7 @@ use keyward_envelope::{KeyId, TenantId};
 use keyward_store::{KekBinding, KekState};
 
 use super::{MAX_DECISIONS, Revocation, RevocationSource, Transition, changed_too_often};
-use crate::{error::ServiceError, gate::Closed, now_ms};
+use crate::{error::ServiceError, keyring::gate::Closed, now_ms};
 
 /// The outcome of checking one tenant's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

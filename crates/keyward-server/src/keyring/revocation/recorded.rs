@@ -7,7 +7,7 @@ use keyward_envelope::{KeyId, TenantId};
 use keyward_store::{KekBinding, KekState};
 
 use super::Revocation;
-use crate::{error::ServiceError, gate::Closed};
+use crate::{error::ServiceError, keyring::gate::Closed};
 
 impl Revocation {
     /// Closes the gates of every tenant whose current binding is revoked or
