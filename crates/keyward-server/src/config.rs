@@ -24,7 +24,7 @@ use keyward_store::postgres::PostgresOptions;
 use crate::{
     admin::AdminConfig,
     authz::PolicyFiles,
-    keyring::MonitorPolicy,
+    keyring::{MonitorPolicy, RotationPolicy},
     metrics::{MAX_TENANT_LABELS_CEILING, MetricsConfig},
     telemetry::{LogFormat, OtlpConfig},
     tls::TlsFiles,
@@ -851,14 +851,6 @@ pub struct Settings {
     pub providers: std::collections::BTreeMap<String, ConfigSection>,
     /// Admin listener, metrics bounds, shutdown grace, log format, trace export.
     pub observability: ObservabilitySettings,
-}
-
-/// When a scope's active DEK is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotationPolicy {
-    pub max_age: Duration,
-    pub max_messages: u64,
-    pub max_bytes: u64,
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ pub mod authz;
 mod builtin_policies;
 pub mod config;
 pub mod error;
-mod gate;
 pub mod keyring;
 pub mod limits;
 pub mod memory;
@@ -20,7 +19,6 @@ pub mod replication;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
-mod usage;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -157,7 +155,9 @@ impl Running {
         if let Err(e) = self.keyring.flush_all_denials().await {
             tracing::error!(error = %e, "could not record the last revocation denials");
         }
-        flush_authz_denials(&self.keyring, &self.authz, i64::MAX).await;
+        self.keyring
+            .record_audit(self.authz.take_finished_denials(i64::MAX))
+            .await;
         if let Err(e) = self.auditor.checkpoint().await {
             tracing::error!(error = %e, "could not write the final audit checkpoint");
         }
@@ -387,10 +387,10 @@ async fn serve_replica(
     let mut background = vec![tokio::spawn(
         Arc::clone(&auditor).run_checkpoints(settings.checkpoint_interval),
     )];
-    background.push(tokio::spawn(flush_denials(
-        Arc::clone(&keyring),
-        Arc::clone(&authz),
-    )));
+    background.push(tokio::spawn(Arc::clone(&keyring).run_audit_flush({
+        let authz = Arc::clone(&authz);
+        move |now_ms| authz.take_finished_denials(now_ms)
+    })));
     background.push(tokio::spawn(watch_reloads(
         tls.clone(),
         Arc::clone(&authz),
@@ -564,27 +564,6 @@ async fn serve_replica(
         admin_addr,
         metrics,
     })
-}
-
-/// Every second, writes the previous seconds' revocation and authorization denials to the
-/// audit log.
-async fn flush_denials(keyring: Arc<Keyring>, authz: Arc<authz::Authz>) {
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        ticker.tick().await;
-        if let Err(e) = keyring.flush_denials().await {
-            tracing::error!(error = %e, "could not record revocation denials");
-        }
-        flush_authz_denials(&keyring, &authz, now_ms()).await;
-    }
-}
-
-/// Authorization denials go through the keyring's pending audit records: counts that the store
-/// refused stay pending and are appended with the next flush, never lost.
-async fn flush_authz_denials(keyring: &Keyring, authz: &authz::Authz, now_ms: i64) {
-    keyring
-        .record_audit(authz.take_finished_denials(now_ms))
-        .await;
 }
 
 /// Reloads the TLS configuration and the policies when their files change (checked every

@@ -22,7 +22,7 @@ use keyward_kms::{
 };
 use keyward_server::keyring::{CheckOutcome, RevocationSource};
 use keyward_server::{
-    CachePolicy, Keyring, Providers, config::RotationPolicy, error::ServiceError,
+    CachePolicy, Keyring, Providers, error::ServiceError, keyring::RotationPolicy,
 };
 use keyward_store::KekState;
 use keyward_store::{AuditQuery, Scope, Store as _, sqlite::SqliteStore};

@@ -22,7 +22,7 @@ use keyward_audit::{AuditEvent, RevocationSource};
 use keyward_envelope::{EncryptionContext, KeyId, TenantId};
 use keyward_kms::{KeyRef, ProviderKind, controlled::Controlled, local::LocalProvider};
 use keyward_server::{
-    CachePolicy, Keyring, Providers, config::RotationPolicy, keyring::CheckOutcome,
+    CachePolicy, Keyring, Providers, keyring::CheckOutcome, keyring::RotationPolicy,
 };
 use keyward_store::{
     AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord, KekBinding,

@@ -16,8 +16,8 @@ use super::CryptoApi;
 use crate::{
     CachePolicy, Keyring, Providers,
     authz::{Authz, PolicyFiles},
-    config::RotationPolicy,
     keyring::RevocationSource,
+    keyring::RotationPolicy,
     tls::{PeerIdentity, PeerInfo},
 };
 

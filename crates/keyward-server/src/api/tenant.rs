@@ -213,7 +213,7 @@ impl TenantApi {
     /// The tenant with its current binding and the older ones.
     async fn tenant_view(&self, id: &TenantId) -> Result<pb::Tenant, ServiceError> {
         let (record, _) = self.keyring.tenant(id).await?;
-        let bindings = self.keyring.store().list_bindings(id).await?;
+        let bindings = self.keyring.bindings(id).await?;
         let (current, previous): (Vec<&KekBinding>, Vec<&KekBinding>) =
             bindings.iter().partition(|b| b.deactivated_at_ms.is_none());
         let mut tenant = tenant_to_pb(&record, current.first().copied());

@@ -1,6 +1,5 @@
-//! The revocation engine (docs/revocation.md): durable state transitions of a
-//! tenant's KEK binding, the purge they trigger, the key-state monitor, and
-//! the aggregation of denied requests into the audit log.
+//! The revocation engine (docs/revocation.md): the only writer of a tenant's KEK binding
+//! state, the gate that mirrors it on this replica, and the purge a revocation triggers.
 //!
 //! Order of a revocation: the in-memory gate closes first (no request is
 //! admitted and no plaintext released from then on), then the transition and
@@ -14,45 +13,39 @@
 //! made again from a fresh read, with the same KMS observation. Why a binding is
 //! in its state is stored with it (`state_cause`): an explicit revocation
 //! (`RevokeKey`) is lifted only by `RestoreKey`, whatever the KMS says later.
+//!
+//! Every transition of this replica (revoke, restore, an observation of the KMS by the
+//! monitor or the data path, the state recorded by another replica, a new binding) runs under
+//! one lock, [`Revocation`]'s `transitions` (loading the recorded states at start-up, before
+//! anything else runs, does not take it). The key-state monitor that makes the canary
+//! observations is `monitor`; turning an observation into a transition is
+//! `revocation::observed`; applying what other replicas recorded is `revocation::recorded`.
 
-use std::{str::FromStr as _, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState, StateTransition};
 use keyward_envelope::TenantId;
-use keyward_kms::{ErrorKind, KeyRef, ProviderKind, Purpose, WrapContext};
-use keyward_store::{KekBinding, KekState, StateChange, StateUpdate, StoreError};
+use keyward_kms::ErrorKind;
+use keyward_store::{KekBinding, KekState, StateChange, StateUpdate, Store, StoreError};
 
-use super::{Keyring, internal};
-use crate::{error::ServiceError, gate::Closed, now_ms};
+use super::{cache::KeyCache, kek::Kek, ledger::AuditLedger, require_tenant};
+use crate::{
+    error::ServiceError,
+    keyring::gate::{Closed, Gates},
+    now_ms,
+};
+
+mod observed;
+mod recorded;
+
+pub use observed::CheckOutcome;
+pub(super) use observed::Observation;
 
 /// Who or what revoked or restored a key.
 pub use keyward_audit::RevocationSource;
-
-/// How the key-state monitor paces itself.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MonitorPolicy {
-    /// Time between the starts of two sweeps over every tenant.
-    pub interval: Duration,
-    /// Global cap on canary checks (KMS calls) per second, so that many tenants
-    /// do not burst the KMS; a sweep takes at least tenants / rate seconds.
-    pub max_checks_per_second: u32,
-}
-
-/// The outcome of checking one tenant's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CheckOutcome {
-    /// The key works and the binding was already usable.
-    Healthy,
-    /// The key works again: the binding was restored.
-    Restored,
-    /// The KMS refused: the tenant was revoked (or destroyed).
-    Revoked,
-    /// The KMS could not be reached: marked unavailable, nothing revoked.
-    Unavailable,
-    /// Nothing to do (destroyed, or explicitly revoked and still working).
-    Unchanged,
-}
 
 fn audit_state(state: KekState) -> AuditKeyState {
     match state {
@@ -68,19 +61,6 @@ fn audit_state(state: KekState) -> AuditKeyState {
 /// (each retry follows a change committed by someone else, so this is never reached in practice).
 const MAX_DECISIONS: usize = 8;
 
-/// What the KMS said about a binding's key (a canary unwrap, or a call on the data path).
-#[derive(Debug)]
-enum Observation {
-    /// The key unwraps.
-    Works,
-    /// The KMS refused (disabled key, removed grant, …): a revocation signal.
-    Refused(String),
-    /// The key no longer exists at the KMS.
-    Gone(String),
-    /// The KMS could not be reached: not a refusal.
-    Unreachable(String),
-}
-
 /// One decided transition of a binding.
 struct Transition<'a> {
     to: KekState,
@@ -90,25 +70,47 @@ struct Transition<'a> {
     observed_at_ms: i64,
 }
 
-impl Keyring {
-    /// Closes the gates of every tenant whose current binding is revoked or
-    /// destroyed in the store (at start-up).
-    pub async fn load_revocations(&self) -> Result<usize, ServiceError> {
-        let mut closed = 0;
-        for binding in self.store.active_bindings().await? {
-            if matches!(binding.state, KekState::Revoked | KekState::Destroyed) {
-                self.gates.close(
-                    &binding.tenant,
-                    Closed {
-                        state: binding.state,
-                        since_ms: binding.state_changed_at_ms,
-                        cause: binding.state_cause,
-                    },
-                );
-                closed += 1;
-            }
+/// The revocation state of this replica's tenants and the one writer of binding state.
+pub(super) struct Revocation {
+    store: Arc<dyn Store>,
+    cache: Arc<KeyCache>,
+    kek: Arc<Kek>,
+    ledger: Arc<AuditLedger>,
+    /// Revocation state on the request path, generations, denial counts.
+    gates: Gates,
+    /// Serialises revocation-state transitions (revoke, restore, monitor, other replicas'
+    /// changes, a new binding).
+    transitions: tokio::sync::Mutex<()>,
+    /// Tenants closed by a revocation whose store write failed: reconciliation with the store
+    /// (which still says active) must not reopen them.
+    unrecorded_closures: Mutex<HashSet<TenantId>>,
+    /// Names this replica in log lines (revocations, purges) and in `keys_purged` records.
+    replica_id: String,
+}
+
+impl Revocation {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<KeyCache>,
+        kek: Arc<Kek>,
+        ledger: Arc<AuditLedger>,
+        replica_id: String,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            kek,
+            ledger,
+            gates: Gates::default(),
+            transitions: tokio::sync::Mutex::new(()),
+            unrecorded_closures: Mutex::default(),
+            replica_id,
         }
-        Ok(closed)
+    }
+
+    /// The gates: every request's admission and last check before plaintext leaves.
+    pub(super) fn gates(&self) -> &Gates {
+        &self.gates
     }
 
     /// Revokes the tenant's current binding: gate closed, state and audit
@@ -116,7 +118,7 @@ impl Keyring {
     /// explicit revocation (`source` [`RevocationSource::Explicit`]) of a binding
     /// the KMS or the monitor already revoked makes it explicit (audited), so
     /// that only `RestoreKey` lifts it.
-    pub async fn revoke(
+    pub(super) async fn revoke(
         &self,
         tenant: &TenantId,
         to: KekState,
@@ -147,7 +149,7 @@ impl Keyring {
         result
     }
 
-    /// [`Keyring::revoke`]'s decision loop; the caller holds `transitions`.
+    /// [`Revocation::revoke`]'s decision loop; the caller holds `transitions`.
     async fn revoke_locked(
         &self,
         tenant: &TenantId,
@@ -202,7 +204,7 @@ impl Keyring {
         let first = self
             .unrecorded_closures
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(tenant.clone());
         if !first {
             return;
@@ -274,11 +276,14 @@ impl Keyring {
                 self.forget_unrecorded(tenant);
                 self.purge_and_audit(tenant).await
             } else {
-                self.purge_tenant_key(tenant, &binding.tenant_key_id).await
+                self.cache
+                    .purge_tenant_key(tenant, &binding.tenant_key_id)
+                    .await
             };
             tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, state = t.to.as_str(), source = ?t.source, entries, "tenant key revoked; cached keys purged");
         } else if restoring {
-            self.forget_refusals(tenant, Some(&binding.tenant_key_id))
+            self.cache
+                .forget_refusals(tenant, Some(&binding.tenant_key_id))
                 .await;
             if current {
                 if t.source == RevocationSource::Explicit || !self.is_unrecorded(tenant) {
@@ -299,7 +304,7 @@ impl Keyring {
     /// Removes every cached key of a closed tenant and records the purge (`keys_purged`, with
     /// this replica's last plaintext time). Returns the number of entries removed.
     async fn purge_and_audit(&self, tenant: &TenantId) -> u64 {
-        let entries = self.purge_tenant(tenant).await;
+        let entries = self.cache.purge_tenant(tenant).await;
         let purged = AuditEvent::KeysPurged {
             tenant: tenant.clone(),
             purged_at_ms: now_ms(),
@@ -307,103 +312,28 @@ impl Keyring {
             last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
             replica: Some(self.replica_id.to_string()),
         };
-        self.record_audit(vec![purged]).await;
+        self.ledger.record(vec![purged]).await;
         entries
     }
 
     fn is_unrecorded(&self, tenant: &TenantId) -> bool {
         self.unrecorded_closures
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .contains(tenant)
     }
 
     fn forget_unrecorded(&self, tenant: &TenantId) {
         self.unrecorded_closures
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(tenant);
-    }
-
-    /// Applies the tenant's key state as recorded in the store (by any replica) to this
-    /// replica's gate and caches, exactly as the recording replica did: revoked or destroyed
-    /// closes the gate and purges the tenant's cached keys (audited as `keys_purged` by this
-    /// replica); active, restored or unavailable reopens a closed gate. Keys of the tenant's
-    /// older bindings cached here are checked too: one whose binding is revoked or destroyed is
-    /// purged (a new key may have been registered after a revocation this replica missed), and
-    /// remembered refusals are forgotten (the binding may have been restored). Called for each
-    /// notification of another replica's change and by [`Keyring::reconcile`].
-    pub async fn apply_recorded_state(&self, tenant: &TenantId) -> Result<bool, ServiceError> {
-        let _transition = self.transitions.lock().await;
-        match self.store.active_binding(tenant).await? {
-            Some(binding) => {
-                let changed = self.apply_binding(&binding).await;
-                self.forget_refusals(tenant, None).await;
-                let purged = self.purge_revoked_older_keys(&binding).await?;
-                Ok(changed || purged)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// A tenant's policy changed (on any replica): its cached keys are dropped, so that a
-    /// shortened cache TTL bounds this replica's keys at once.
-    pub async fn apply_recorded_policy(&self, tenant: &TenantId) -> u64 {
-        self.purge_tenant(tenant).await
-    }
-
-    /// Compares every tenant's current binding in the store with this replica's gates and
-    /// applies the differences (see [`Keyring::apply_recorded_state`]): the safety net for
-    /// notifications lost while the listener was disconnected. Returns how many tenants changed.
-    pub async fn reconcile(&self) -> Result<usize, ServiceError> {
-        let _transition = self.transitions.lock().await;
-        let mut changed = 0;
-        for binding in self.store.active_bindings().await? {
-            let gate = self.apply_binding(&binding).await;
-            let purged = self.purge_revoked_older_keys(&binding).await?;
-            if gate || purged {
-                changed += 1;
-            }
-        }
-        self.recheck_refusals().await?;
-        Ok(changed)
-    }
-
-    /// One tenant's recorded state onto its gate; the caller holds `transitions` (so a local
-    /// transition cannot interleave between the store read and this). Returns whether the gate
-    /// changed.
-    pub(super) async fn apply_binding(&self, binding: &KekBinding) -> bool {
-        let tenant = &binding.tenant;
-        let current = self.gates.closed(tenant);
-        if matches!(binding.state, KekState::Revoked | KekState::Destroyed) {
-            self.forget_unrecorded(tenant);
-            if current.is_some_and(|c| c.state == binding.state) {
-                return false;
-            }
-            self.gates.close(
-                tenant,
-                Closed {
-                    state: binding.state,
-                    since_ms: binding.state_changed_at_ms,
-                    cause: binding.state_cause,
-                },
-            );
-            let entries = self.purge_and_audit(tenant).await;
-            tracing::warn!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), entries, "tenant key revoked by another replica; cached keys purged");
-            return true;
-        }
-        if current.is_none() || self.is_unrecorded(tenant) {
-            return false;
-        }
-        self.gates.open(tenant);
-        tracing::info!(%tenant, replica = %self.replica_id, state = binding.state.as_str(), "tenant key usable again (restored, or a new key registered)");
-        true
     }
 
     /// Restores the tenant's current binding after proving with a live canary unwrap that the
     /// KMS accepts the key again (`RestoreKey`). A binding revoked by `RevokeKey` is restored
     /// only with `source` [`RevocationSource::Explicit`].
-    pub async fn restore(
+    pub(super) async fn restore(
         &self,
         tenant: &TenantId,
         source: RevocationSource,
@@ -414,10 +344,10 @@ impl Keyring {
             .await
     }
 
-    /// [`Keyring::restore`] of one binding of the tenant: `None` is the current one; an older
+    /// [`Revocation::restore`] of one binding of the tenant: `None` is the current one; an older
     /// binding (revoked before a newer key was registered) makes the data written under it
     /// readable again.
-    pub async fn restore_binding(
+    pub(super) async fn restore_binding(
         &self,
         tenant: &TenantId,
         binding_id: Option<i64>,
@@ -458,7 +388,7 @@ impl Keyring {
         if binding.explicitly_revoked() && source != RevocationSource::Explicit {
             return Ok(binding); // only RestoreKey lifts an explicit revocation
         }
-        self.canary(&binding).await?;
+        self.kek.canary(&binding).await?;
         let to = if binding.state == KekState::Unavailable {
             KekState::Active
         } else {
@@ -484,7 +414,7 @@ impl Keyring {
 
     /// Binding `id` of `tenant` (current or older).
     async fn binding_of(&self, tenant: &TenantId, id: i64) -> Result<KekBinding, ServiceError> {
-        self.require_tenant(tenant).await?;
+        require_tenant(self.store.as_ref(), tenant).await?;
         self.store
             .list_bindings(tenant)
             .await?
@@ -498,357 +428,49 @@ impl Keyring {
             })
     }
 
-    /// The KMS refused an unwrap on the data path. If the refused key is the
-    /// tenant's current one, that is a revocation; an older binding's refusal
-    /// affects that binding only: its cached keys are dropped and the refusal is
-    /// remembered for the cache TTL (no KMS call, no purge of the tenant's other
-    /// keys, until then).
-    pub(super) async fn on_kms_refusal(
-        &self,
-        tenant: &TenantId,
-        tenant_key_id: &keyward_envelope::KeyId,
-        message: &str,
-    ) {
-        let observed = now_ms();
-        match self.store.active_binding(tenant).await {
-            Ok(Some(binding)) if binding.tenant_key_id == *tenant_key_id => {
-                let _transition = self.transitions.lock().await;
-                if let Err(e) = self
-                    .observe(
-                        &binding,
-                        Observation::Refused(message.to_owned()),
-                        RevocationSource::KmsRefusal,
-                        observed,
-                    )
-                    .await
-                {
-                    tracing::error!(%tenant, error = %e, "could not record a KMS refusal as a revocation");
-                }
-            }
-            _ => {
-                self.remember_refusal(
-                    tenant,
-                    tenant_key_id,
-                    Closed {
-                        state: KekState::Revoked,
-                        since_ms: observed,
-                        cause: Some(RevocationSource::KmsRefusal),
-                    },
-                    false,
-                )
-                .await;
-                self.purge_tenant_key(tenant, tenant_key_id).await;
-            }
-        }
-    }
-
-    /// One live unwrap of the binding's tenant key (the key is discarded):
-    /// shows a removed grant or policy statement that metadata would not.
-    async fn canary(&self, binding: &KekBinding) -> Result<(), ServiceError> {
-        let record = self
-            .store
-            .get_tenant_key(&binding.tenant, &binding.tenant_key_id)
-            .await?
-            .ok_or_else(|| internal("the binding's tenant key is not in the store"))?;
-        self.check_tenant_key_mac(&record)?; // before the KMS sees it (ADR 0007)
-        let kind = ProviderKind::from_str(&record.provider)
-            .map_err(|_| internal(format!("unknown provider {:?} in store", record.provider)))?;
-        let provider = self.providers.get(kind)?;
-        self.counters
-            .kek_unwraps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.usage
-            .record(&binding.tenant, now_ms(), |u| u.kms_calls += 1);
-        provider
-            .unwrap(
-                &KeyRef::new(kind, record.key_ref.clone()),
-                &record.wrapped,
-                &WrapContext::new(&binding.tenant, &binding.tenant_key_id, Purpose::TenantKey),
-            )
-            .await
-            .map(drop)
-            .map_err(ServiceError::from_provider)
-    }
-
-    /// Checks one tenant's key with a canary unwrap and applies the outcome. `binding` may be
-    /// an older read (a sweep's work list): the outcome is applied to the binding as it is now
-    /// (compare-and-set), never to the state that was read.
-    pub async fn check_binding(&self, binding: &KekBinding) -> Result<CheckOutcome, ServiceError> {
-        if binding.state == KekState::Destroyed {
-            return Ok(CheckOutcome::Unchanged);
-        }
-        let observation = match self.canary(binding).await {
-            Ok(()) => Observation::Works,
-            Err(ServiceError::KeyRefused(e)) => Observation::Refused(e.message().to_owned()),
-            Err(ServiceError::KeyNotFound(e)) => Observation::Gone(e.message().to_owned()),
-            Err(ServiceError::KmsUnavailable(e)) => {
-                Observation::Unreachable(e.message().to_owned())
-            }
-            Err(other) => return Err(other),
-        };
-        let _transition = self.transitions.lock().await;
-        self.observe(binding, observation, RevocationSource::Monitor, now_ms())
-            .await
-    }
-
-    /// Applies what the KMS said about `read` (a read of a binding, perhaps stale) to the
-    /// binding as it is in the store now, deciding again after every lost compare-and-set. The
-    /// caller holds `transitions`.
-    async fn observe(
-        &self,
-        read: &KekBinding,
-        observation: Observation,
-        source: RevocationSource,
-        observed_at_ms: i64,
-    ) -> Result<CheckOutcome, ServiceError> {
-        let mut binding = read.clone();
-        for attempt in 0..MAX_DECISIONS {
-            if attempt > 0 {
-                match self.store.active_binding(&read.tenant).await? {
-                    // The observation was about this binding's key; a newer binding is not
-                    // judged by it.
-                    Some(fresh) if fresh.id == read.id => binding = fresh,
-                    _ => return Ok(CheckOutcome::Unchanged),
-                }
-            }
-            let (to, reason, outcome) = match (&observation, binding.state) {
-                (_, KekState::Destroyed) => return Ok(CheckOutcome::Unchanged),
-                (Observation::Works, KekState::Revoked) if binding.explicitly_revoked() => {
-                    // Only RestoreKey lifts a break-glass revocation.
-                    return Ok(CheckOutcome::Unchanged);
-                }
-                (Observation::Works, KekState::Revoked) => (
-                    KekState::Restored,
-                    "the KMS accepts the key again",
-                    CheckOutcome::Restored,
-                ),
-                (Observation::Works, KekState::Unavailable) => (
-                    KekState::Active,
-                    "the KMS is reachable again",
-                    CheckOutcome::Restored,
-                ),
-                (Observation::Works, _) => return Ok(CheckOutcome::Healthy),
-                (Observation::Refused(_), KekState::Revoked) => {
-                    return Ok(CheckOutcome::Unchanged);
-                }
-                (Observation::Refused(why), _) => {
-                    (KekState::Revoked, why.as_str(), CheckOutcome::Revoked)
-                }
-                // The key no longer exists at the KMS: everything under it is gone for good.
-                (Observation::Gone(why), _) => {
-                    (KekState::Destroyed, why.as_str(), CheckOutcome::Revoked)
-                }
-                (Observation::Unreachable(why), KekState::Active | KekState::Restored) => {
-                    // KMS unreachable: recorded, but nothing is revoked and cached keys keep
-                    // serving until their TTL.
-                    (
-                        KekState::Unavailable,
-                        why.as_str(),
-                        CheckOutcome::Unavailable,
-                    )
-                }
-                (Observation::Unreachable(_), _) => return Ok(CheckOutcome::Unavailable),
-            };
-            let transition = Transition {
-                to,
-                source,
-                actor: None,
-                reason,
-                observed_at_ms,
-            };
-            if self.commit(&binding, &transition).await?.is_some() {
-                return Ok(outcome);
-            }
-        }
-        Err(changed_too_often(&read.tenant))
-    }
-
-    /// One sweep of the monitor over every tenant's current binding, paced by
-    /// the global rate limit. Returns the outcomes, in tenant order.
-    pub async fn check_all(
-        &self,
-        max_checks_per_second: u32,
-    ) -> Result<Vec<(TenantId, CheckOutcome)>, ServiceError> {
-        let pause = Duration::from_secs(1) / max_checks_per_second.max(1);
-        let mut outcomes = Vec::new();
-        for (i, binding) in self.store.active_bindings().await?.into_iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(pause).await;
-            }
-            match self.check_binding(&binding).await {
-                Ok(outcome) => outcomes.push((binding.tenant.clone(), outcome)),
-                Err(e) => {
-                    tracing::error!(tenant = %binding.tenant, error = %e, "key-state check failed")
-                }
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// One pass of the monitor: checks every tenant whose interval (its
-    /// policy override, else `policy.interval`) has passed since its last
-    /// check, paced by the global rate limit. Returns the outcomes and how long
-    /// to wait before the next pass (the shortest interval in use).
-    pub async fn check_due(
-        &self,
-        policy: MonitorPolicy,
-    ) -> Result<(Vec<(TenantId, CheckOutcome)>, Duration), ServiceError> {
-        let pause = Duration::from_secs(1) / policy.max_checks_per_second.max(1);
-        let mut next = policy.interval;
-        let mut outcomes = Vec::new();
-        for binding in self.store.active_bindings().await? {
-            let interval = self
-                .store
-                .get_tenant(&binding.tenant)
-                .await?
-                .and_then(|t| t.policy.monitor_interval_seconds)
-                .map_or(policy.interval, Duration::from_secs);
-            next = next.min(interval);
-            let due = self
-                .last_checked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&binding.tenant)
-                .is_none_or(|last| last.elapsed() + interval.mul_f64(0.05) >= interval);
-            if !due {
-                continue;
-            }
-            if !outcomes.is_empty() {
-                tokio::time::sleep(pause).await;
-            }
-            self.last_checked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(binding.tenant.clone(), std::time::Instant::now());
-            match self.check_binding(&binding).await {
-                Ok(outcome) => outcomes.push((binding.tenant.clone(), outcome)),
-                Err(e) => {
-                    tracing::error!(tenant = %binding.tenant, error = %e, "key-state check failed")
-                }
-            }
-        }
-        Ok((outcomes, next))
-    }
-
-    /// The key-state monitor: passes every shortest interval in use (with ±10 %
-    /// jitter, so replicas drift apart) until the task is dropped.
-    pub async fn run_monitor(self: Arc<Self>, policy: MonitorPolicy) {
-        let mut wait = policy.interval;
-        loop {
-            let jitter = wait.mul_f64(jitter_fraction());
-            tokio::time::sleep(wait.mul_f64(0.9) + jitter).await;
-            match self.check_due(policy).await {
-                Ok((_, next)) => wait = next,
-                Err(e) => tracing::error!(error = %e, "key-state monitor pass failed"),
-            }
-        }
-    }
-
-    /// Writes the per-tenant, per-second counts of requests denied because of
-    /// revocation (each second once it is over) and the per-tenant usage
-    /// summaries (each minute once it is over) to the audit log.
-    pub async fn flush_denials(&self) -> Result<usize, ServiceError> {
-        self.flush_denials_before(now_ms()).await
-    }
-
-    /// At shutdown: writes every pending count, the current second's included.
-    pub async fn flush_all_denials(&self) -> Result<usize, ServiceError> {
-        self.flush_denials_before(i64::MAX).await
-    }
-
-    async fn flush_denials_before(&self, now_ms: i64) -> Result<usize, ServiceError> {
-        let denials =
-            self.gates
-                .take_finished_denials(now_ms)
-                .into_iter()
-                .map(|(tenant, second, count)| AuditEvent::RevocationDenials {
-                    tenant,
-                    second,
-                    count,
-                });
-        let usage = self
-            .usage
-            .take_finished(now_ms)
-            .into_iter()
-            .map(|(tenant, minute, u)| AuditEvent::UsageSummary {
-                tenant,
-                minute,
-                encrypts: u.encrypts,
-                decrypts: u.decrypts,
-                bytes_in: u.bytes_in,
-                bytes_out: u.bytes_out,
-                kms_calls: u.kms_calls,
-                cache_hits: u.cache_hits,
-                errors: u.errors,
-            });
-        let events = self.pending_audit.take_with(denials.chain(usage).collect());
-        let count = events.len();
-        if count > 0 {
-            self.append_or_keep(events).await?;
-        }
-        Ok(count)
-    }
-
-    /// Appends records that are not part of a lifecycle transaction (denial and usage counts,
-    /// `keys_purged`, failed registrations, authorization denials), after any still pending; if
-    /// the append fails they all stay pending for the next flush (see `pending_audit`), and the
-    /// failure is logged.
-    pub async fn record_audit(&self, events: Vec<AuditEvent>) {
-        let events = self.pending_audit.take_with(events);
-        if events.is_empty() {
-            return;
-        }
-        if let Err(e) = self.append_or_keep(events).await {
-            tracing::error!(replica = %self.replica_id, error = %e, pending = self.pending_audit.len(), "could not append audit records; they are kept and retried at the next flush");
-        }
-    }
-
-    async fn append_or_keep(&self, events: Vec<AuditEvent>) -> Result<(), ServiceError> {
-        // The records are cloned only so that a failed append can keep them.
-        match self.store.append_audit(events.clone()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.pending_audit.put_back(events);
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Audit records waiting for the store, and those dropped because too many waited.
-    pub fn pending_audit(&self) -> (usize, u64) {
-        (self.pending_audit.len(), self.pending_audit.dropped())
-    }
-
-    /// A pushed key-state event names a key: every tenant currently bound to it
-    /// is checked with the KMS (the event is a hint, the KMS is the truth).
-    /// Returns (checked, revoked).
-    pub async fn recheck_key(
-        &self,
-        provider: &str,
-        key_ref: &str,
-    ) -> Result<(u32, u32), ServiceError> {
-        let mut checked = 0;
-        let mut revoked = 0;
-        for binding in self.store.active_bindings().await? {
-            if binding.provider != provider || binding.key_ref != key_ref {
-                continue;
-            }
-            checked += 1;
-            if self.check_binding(&binding).await? == CheckOutcome::Revoked {
-                revoked += 1;
-            }
-        }
-        Ok((checked, revoked))
-    }
-
     async fn current_binding(&self, tenant: &TenantId) -> Result<KekBinding, ServiceError> {
         match self.store.active_binding(tenant).await? {
             Some(binding) => Ok(binding),
             None => {
-                self.require_tenant(tenant).await?;
+                require_tenant(self.store.as_ref(), tenant).await?;
                 Err(ServiceError::NoKeyRegistered(tenant.to_string()))
             }
         }
+    }
+
+    /// Refuses a new binding while a revocation of `tenant` lives only in this replica's gate.
+    pub(super) fn refuse_if_unrecorded(&self, tenant: &TenantId) -> Result<(), ServiceError> {
+        let unrecorded = self
+            .unrecorded_closures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(tenant);
+        if unrecorded {
+            // The revocation lives only in this replica's gate: a new binding would reopen the
+            // gate while the store still calls the old binding active, and its data readable.
+            return Err(ServiceError::Conflict(format!(
+                "a revocation of tenant {tenant} could not be recorded in the store yet; repeat RevokeKey until it succeeds, then register the new key"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The new binding `binding_id` of `tenant` serves new data: a gate closed by the previous
+    /// binding's revocation opens (on other replicas through the store's notification), if it
+    /// is still the tenant's current binding. Data under a revoked binding stays refused: its
+    /// tenant key never loads while the binding is revoked.
+    pub(super) async fn apply_new_binding(
+        &self,
+        tenant: &TenantId,
+        binding_id: i64,
+    ) -> Result<(), ServiceError> {
+        let _transition = self.transitions.lock().await;
+        if let Some(current) = self.store.active_binding(tenant).await?
+            && current.id == binding_id
+        {
+            self.apply_binding(&current).await;
+        }
+        Ok(())
     }
 }
 
@@ -862,13 +484,4 @@ fn changed_too_often(tenant: &TenantId) -> ServiceError {
     ServiceError::Conflict(format!(
         "the key state of tenant {tenant} changed {MAX_DECISIONS} times while this change was decided"
     ))
-}
-
-/// A uniformly random fraction in [0, 0.2): the jitter of one monitor sweep.
-fn jitter_fraction() -> f64 {
-    let mut byte = [0u8; 1];
-    if aws_lc_rs::rand::fill(&mut byte).is_err() {
-        return 0.1;
-    }
-    f64::from(byte[0]) / 256.0 * 0.2
 }

@@ -29,12 +29,10 @@
 use std::fmt;
 
 use keyward_audit::{AuditEvent, IdentifierHasher};
-use keyward_envelope::{KeyId, TenantId, WrappedKey};
-use keyward_kms::KeyRef;
-use keyward_store::{NewKekBinding, Store, TenantKeyRecord};
+use keyward_envelope::{KeyId, TenantId};
+use keyward_store::{Store, TenantKeyRecord};
 use subtle::ConstantTimeEq as _;
 
-use super::Keyring;
 use crate::error::ServiceError;
 
 /// The [`IdentifierHasher::tag`] purpose of tenant-key tags.
@@ -100,7 +98,10 @@ fn expected_tag(hasher: &IdentifierHasher, record: &TenantKeyRecord) -> Vec<u8> 
 }
 
 /// Whether `record`'s stored tag is present and right, in constant time.
-fn verify(hasher: &IdentifierHasher, record: &TenantKeyRecord) -> Result<(), ServiceError> {
+pub(super) fn verify(
+    hasher: &IdentifierHasher,
+    record: &TenantKeyRecord,
+) -> Result<(), ServiceError> {
     let Some(stored) = record.mac.as_deref() else {
         return Err(ServiceError::WrappedKeyRejected(format!(
             "tenant key {} of tenant {} has no authentication tag (stored before schema \
@@ -119,51 +120,6 @@ fn verify(hasher: &IdentifierHasher, record: &TenantKeyRecord) -> Result<(), Ser
              key is not the one it was stored under; it is not used",
             record.id, record.tenant
         )))
-    }
-}
-
-impl Keyring {
-    /// `binding` with the tag of its wrapped tenant key set (`tenant_keys.mac`). The keyring
-    /// tags every binding it registers; tools that bind through the store directly (the
-    /// benchmark's bulk population) use this so that the keyring accepts what they stored.
-    pub fn with_tenant_key_mac(&self, mut binding: NewKekBinding) -> NewKekBinding {
-        binding.tenant_key_mac = Some(tag_tenant_key(
-            &self.hasher,
-            &binding.tenant,
-            &binding.tenant_key_id,
-            &binding.provider,
-            &binding.key_ref,
-            binding.wrapped_tenant_key.as_bytes(),
-        ));
-        binding
-    }
-
-    /// Refuses a stored tenant key whose tag is missing or wrong (`WRAPPED_KEY_REJECTED`, never
-    /// a KMS refusal: nothing is revoked), before anything asks the KMS to unwrap it.
-    pub(super) fn check_tenant_key_mac(
-        &self,
-        record: &TenantKeyRecord,
-    ) -> Result<(), ServiceError> {
-        verify(&self.hasher, record)
-    }
-
-    /// The tag of a new tenant key wrapped by `kek` (stored as `provider = kek.kind()`,
-    /// `key_ref = kek.id()`), for [`Keyring::register_key`].
-    pub(super) fn tenant_key_tag(
-        &self,
-        tenant: &TenantId,
-        id: &KeyId,
-        kek: &KeyRef,
-        wrapped: &WrappedKey,
-    ) -> Vec<u8> {
-        tag_tenant_key(
-            &self.hasher,
-            tenant,
-            id,
-            kek.kind().as_str(),
-            kek.id(),
-            wrapped.as_bytes(),
-        )
     }
 }
 
@@ -232,6 +188,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
     use super::*;
+    use keyward_envelope::WrappedKey;
 
     fn record(mac: Option<Vec<u8>>) -> TenantKeyRecord {
         TenantKeyRecord {

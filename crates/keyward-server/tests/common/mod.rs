@@ -26,7 +26,7 @@ use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
     local::LocalProvider,
 };
-use keyward_server::{CachePolicy, Keyring, Providers, config::RotationPolicy};
+use keyward_server::{CachePolicy, Keyring, Providers, keyring::RotationPolicy};
 use keyward_store::{KekState, Scope, Store as _, sqlite::SqliteStore};
 
 /// The deployment's audit identifier key in these tests.

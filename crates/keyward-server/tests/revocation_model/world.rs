@@ -10,8 +10,8 @@ use keyward_envelope::{EncryptionContext, KeyId, TenantId};
 use keyward_kms::{KeyRef, ProviderKind, local::LocalProvider};
 use keyward_server::{
     CachePolicy, Keyring, Providers,
-    config::RotationPolicy,
     error::ServiceError,
+    keyring::RotationPolicy,
     keyring::{MonitorPolicy, RevocationSource},
 };
 use keyward_store::{AuditQuery, KekBinding, KekState, Scope, Store, TenantPolicy};
