@@ -33,14 +33,17 @@
 #![forbid(unsafe_code)]
 
 mod canonical;
+mod chain_head;
 mod checkpoint;
 mod error;
 mod event;
 mod export;
+mod fields;
 mod identifier;
 mod record;
 mod verify;
 
+pub use chain_head::ChainHead;
 pub use checkpoint::{
     CHECKPOINT_DOMAIN, Checkpoint, PUBLIC_KEY_TEXT_PREFIX, PublicKey, SigningKey,
 };
@@ -50,7 +53,7 @@ pub use event::{
 };
 pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
 pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
-pub use record::{ChainHead, RECORD_DOMAIN, Record};
+pub use record::{RECORD_DOMAIN, Record};
 pub use verify::{
     FailureKind, Verification, VerifyFailure, VerifyReport, verify_export, verify_export_all,
 };
