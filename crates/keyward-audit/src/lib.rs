@@ -8,6 +8,8 @@
 //! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
 //!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
 //!   [`verify_export_all`] goes on to report every problem it can find.
+//! - [`timeline`]: a tenant's revocation timeline, built from its records (what
+//!   `keyward audit report` prints).
 //!
 //! The byte-exact format is specified in `docs/audit-format.md`; what the events mean to an
 //! auditor is in `docs/auditor-guide.md`.
@@ -41,6 +43,7 @@ mod export;
 mod fields;
 mod identifier;
 mod record;
+pub mod timeline;
 mod verify;
 
 pub use chain_head::ChainHead;
