@@ -240,21 +240,7 @@ async fn run_scenario(
 
     let key_arn = moto.create_symmetric_key().await;
     let mut tenants = TenantServiceClient::new(channel.clone());
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "bench".into(),
-            display_name: String::new(),
-        })
-        .await?;
-    tenants
-        .register_key(pb::RegisterKeyRequest {
-            tenant_id: "bench".into(),
-            key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
-                key_arn: key_arn.clone(),
-                role_arn: String::new(),
-                external_id: String::new(),
-            })),
-        })
+    harness::onboard(&mut tenants, "bench", harness::aws_key(key_arn.clone()))
         .await
         .context("register the emulator key")?;
     let mut crypto = CryptoServiceClient::new(channel.clone());

@@ -22,6 +22,7 @@ use keyward_proto::v1::{
 use keyward_server::{Config, Providers};
 use tonic::transport::{Channel, server::TcpIncoming};
 
+use crate::harness;
 use crate::suite::NullCrypto;
 
 #[derive(Debug, clap::Args)]
@@ -83,20 +84,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let mut tenants = TenantServiceClient::new(channel.clone());
     if args.target == "keyward" {
-        tenants
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: "bench".into(),
-                display_name: String::new(),
-            })
-            .await?;
-        tenants
-            .register_key(pb::RegisterKeyRequest {
-                tenant_id: "bench".into(),
-                key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                    key_name: "default".into(),
-                })),
-            })
-            .await?;
+        harness::onboard(&mut tenants, "bench", harness::local_key()).await?;
     }
     let mut client = CryptoServiceClient::new(channel);
     let plaintext = vec![0x42u8; args.size];

@@ -26,6 +26,8 @@ use keyward_server::{Config, Providers};
 use sqlx::Connection as _;
 use tonic::transport::Channel;
 
+use crate::harness;
+
 /// The p99 the fan-out is meant to meet (issue #9).
 const TARGET_P99: Duration = Duration::from_millis(100);
 /// Longest wait for one replica to deny (or serve again) in a round.
@@ -186,20 +188,7 @@ async fn rounds(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let a = &replicas[0];
     let mut tenants = TenantServiceClient::new(a.channel.clone());
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "bench".into(),
-            display_name: String::new(),
-        })
-        .await?;
-    tenants
-        .register_key(pb::RegisterKeyRequest {
-            tenant_id: "bench".into(),
-            key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                key_name: "default".into(),
-            })),
-        })
-        .await?;
+    harness::onboard(&mut tenants, "bench", harness::local_key()).await?;
     let envelope = CryptoServiceClient::new(a.channel.clone())
         .encrypt(pb::EncryptRequest {
             tenant_id: "bench".into(),
