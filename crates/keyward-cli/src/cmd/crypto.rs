@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use keyward_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
+use tonic::transport::Channel;
 
 use crate::cli::{DecryptArgs, Encoding, EncryptArgs, Target};
 use crate::client::channel;
@@ -31,11 +32,17 @@ fn context_map(pairs: Vec<(String, String)>) -> anyhow::Result<HashMap<String, S
     Ok(map)
 }
 
+/// A crypto client without gRPC's default 4 MiB message limit: an envelope is as large as
+/// the data it holds.
+async fn client(endpoint: &Target) -> anyhow::Result<CryptoServiceClient<Channel>> {
+    Ok(CryptoServiceClient::new(channel(endpoint).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
 pub(crate) async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Result<()> {
     let plaintext = read_stdin()?;
-    let mut client = CryptoServiceClient::new(channel(endpoint).await?)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+    let mut client = client(endpoint).await?;
     let response = client
         .encrypt(pb::EncryptRequest {
             tenant_id: args.tenant,
@@ -67,9 +74,7 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
             .decode(input.trim_ascii())
             .context("stdin is not valid base64")?,
     };
-    let mut client = CryptoServiceClient::new(channel(endpoint).await?)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+    let mut client = client(endpoint).await?;
     let response = client
         .decrypt(pb::DecryptRequest {
             tenant_id: args.tenant,
