@@ -27,6 +27,17 @@ pub(crate) struct Server {
     pub(crate) start_time: Duration,
 }
 
+/// The configuration defaults for a server in this process: port 0, over `data_dir`, and no
+/// admin listener (in-process servers run side by side; the admin one has a fixed port).
+pub(crate) fn server_config(data_dir: &Path) -> anyhow::Result<Config> {
+    Ok(Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.to_owned(),
+        admin: keyward_server::admin::AdminConfig::disabled(),
+        ..Config::default()
+    })
+}
+
 impl Server {
     /// Starts Keyward over `data_dir` with the configuration defaults (cache TTL 300 s,
     /// rotation 2^20 messages / 1 GiB / 24 h) changed only by `tweak`.
@@ -35,13 +46,7 @@ impl Server {
         providers: Providers,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Server> {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.to_owned(),
-            // In-process servers run side by side: no admin listener on the fixed port.
-            admin: keyward_server::admin::AdminConfig::disabled(),
-            ..Config::default()
-        };
+        let mut config = server_config(data_dir)?;
         tweak(&mut config);
         let settings = config.resolve()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -151,13 +151,9 @@ async fn start_replica(
     id: &str,
 ) -> anyhow::Result<Replica> {
     let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: data_dir.to_owned(),
         store: Some(url.to_owned()),
         replica_id: Some(id.to_owned()),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
+        ..harness::server_config(data_dir)?
     };
     config.audit.keys_dir = Some(shared.join("audit"));
     config.local_kms.dir = Some(shared.join("local-kms"));

@@ -20,7 +20,7 @@ use keyward_proto::v1::{
     crypto_service_server::{CryptoService, CryptoServiceServer},
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
+use keyward_server::Providers;
 use tonic::{
     Request, Response, Status,
     transport::{Channel, server::TcpIncoming},
@@ -291,6 +291,25 @@ fn cipher_floor() -> anyhow::Result<Vec<CipherRow>> {
 #[derive(Debug, Default)]
 pub(crate) struct NullCrypto;
 
+impl NullCrypto {
+    /// Serves the null service on a free port of 127.0.0.1 in the background, with the same
+    /// transport settings as Keyward's (TCP_NODELAY, 1 MiB + 64 KiB messages); its address.
+    pub(crate) async fn serve() -> anyhow::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    CryptoServiceServer::new(NullCrypto)
+                        .max_decoding_message_size((1 << 20) + 65536)
+                        .max_encoding_message_size((1 << 20) + 65536),
+                )
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+        );
+        Ok(addr)
+    }
+}
+
 #[tonic::async_trait]
 impl CryptoService for NullCrypto {
     async fn encrypt(
@@ -525,27 +544,11 @@ impl BatchRow {
 
 async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
     // The null service, with the same transport settings as Keyward's.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let null_addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                CryptoServiceServer::new(NullCrypto)
-                    .max_decoding_message_size((1 << 20) + 65536)
-                    .max_encoding_message_size((1 << 20) + 65536),
-            )
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
-    );
+    let null_addr = NullCrypto::serve().await?;
 
     // Keyward with the local provider (no KMS on the warm path anyway).
     let dir = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().to_owned(),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
-    };
+    let mut config = harness::server_config(dir.path())?;
     config.revocation.monitor_interval_seconds = 0;
     let settings = config.resolve()?;
     let providers =

@@ -12,10 +12,11 @@ use keyward_proto::v1::{
     self as pb, crypto_service_server::CryptoServiceServer,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
+use keyward_server::Providers;
 use tonic::transport::Channel;
 
 use super::{Cell, GrpcRow, NullCrypto, cell, paired};
+use crate::harness;
 
 pub(super) struct AuthzReport {
     /// The server's whole check per request (identity lookup, remembered decision).
@@ -218,13 +219,7 @@ pub(super) async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> 
     );
 
     let data = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: data.path().to_owned(),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
-    };
+    let mut config = harness::server_config(data.path())?;
     config.revocation.monitor_interval_seconds = 0;
     config.tls.cert_file = Some(pki.files.cert_file.clone());
     config.tls.key_file = Some(pki.files.key_file.clone());
