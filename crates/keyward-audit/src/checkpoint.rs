@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::canonical;
+use crate::chain_head::ChainHead;
 use crate::error::AuditError;
-use crate::record::{ChainHead, decode_hash};
+use crate::fields::{decode_hash, expect_keys, get_i64, get_str, get_u64};
 
 /// Domain-separation prefix of the checkpoint signature input.
 pub const CHECKPOINT_DOMAIN: &[u8] = b"keyward-audit-checkpoint-v1\n";
@@ -298,40 +299,6 @@ impl Checkpoint {
             signature,
         })
     }
-}
-
-/// Fails unless `obj` has exactly the keys `want`.
-pub(crate) fn expect_keys(
-    obj: &Map<String, Value>,
-    want: &[&str],
-    what: &str,
-) -> Result<(), AuditError> {
-    if obj.len() != want.len() || !want.iter().all(|k| obj.contains_key(*k)) {
-        let mut got: Vec<&str> = obj.keys().map(String::as_str).collect();
-        got.sort_unstable();
-        return Err(AuditError::Malformed(format!(
-            "a {what} has exactly the fields {want:?}, found {got:?}"
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn get_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, AuditError> {
-    obj.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| AuditError::Malformed(format!("{key} must be a string")))
-}
-
-pub(crate) fn get_u64(obj: &Map<String, Value>, key: &str) -> Result<u64, AuditError> {
-    obj.get(key)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| AuditError::Malformed(format!("{key} must be a non-negative integer")))
-}
-
-pub(crate) fn get_i64(obj: &Map<String, Value>, key: &str) -> Result<i64, AuditError> {
-    obj.get(key)
-        .and_then(Value::as_i64)
-        .ok_or_else(|| AuditError::Malformed(format!("{key} must be an integer in i64 range")))
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use std::io::Write;
 use serde_json::{Map, Value};
 
 use crate::canonical;
-use crate::checkpoint::{Checkpoint, SigningKey, expect_keys, get_i64, get_u64};
+use crate::chain_head::ChainHead;
+use crate::checkpoint::{Checkpoint, SigningKey};
 use crate::error::AuditError;
-use crate::record::{ChainHead, Record};
+use crate::fields::{expect_keys, get_i64, get_u64};
+use crate::record::Record;
 
 /// The header line's `"type"`.
 pub const EXPORT_TYPE: &str = "keyward-audit-export";

@@ -8,6 +8,8 @@
 //! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
 //!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
 //!   [`verify_export_all`] goes on to report every problem it can find.
+//! - [`timeline`]: a tenant's revocation timeline, built from its records (what
+//!   `keyward audit report` prints).
 //!
 //! The byte-exact format is specified in `docs/audit-format.md`; what the events mean to an
 //! auditor is in `docs/auditor-guide.md`.
@@ -33,14 +35,18 @@
 #![forbid(unsafe_code)]
 
 mod canonical;
+mod chain_head;
 mod checkpoint;
 mod error;
 mod event;
 mod export;
+mod fields;
 mod identifier;
 mod record;
+pub mod timeline;
 mod verify;
 
+pub use chain_head::ChainHead;
 pub use checkpoint::{
     CHECKPOINT_DOMAIN, Checkpoint, PUBLIC_KEY_TEXT_PREFIX, PublicKey, SigningKey,
 };
@@ -50,7 +56,7 @@ pub use event::{
 };
 pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
 pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
-pub use record::{ChainHead, RECORD_DOMAIN, Record};
+pub use record::{RECORD_DOMAIN, Record};
 pub use verify::{
     FailureKind, Verification, VerifyFailure, VerifyReport, verify_export, verify_export_all,
 };

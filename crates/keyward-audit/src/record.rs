@@ -1,34 +1,17 @@
-//! [`Record`] and [`ChainHead`]: the hash-chained audit record (`docs/audit-format.md` §3).
+//! [`Record`]: the hash-chained audit record (`docs/audit-format.md` §3), which follows a
+//! [`ChainHead`].
 
 use aws_lc_rs::digest;
 use serde_json::{Map, Value};
 
 use crate::canonical;
-use crate::checkpoint::{expect_keys, get_i64, get_str, get_u64};
+use crate::chain_head::ChainHead;
 use crate::error::AuditError;
 use crate::event::AuditEvent;
+use crate::fields::{decode_hash, expect_keys, get_i64, get_str, get_u64};
 
 /// Domain-separation prefix of the record hash input.
 pub const RECORD_DOMAIN: &[u8] = b"keyward-audit-v1\n";
-
-/// The end of the chain: the last record's sequence number and hash.
-///
-/// The store reads it inside the transaction that appends the next record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ChainHead {
-    /// The last record's `seq` (0 for the empty chain).
-    pub seq: u64,
-    /// The last record's hash (all zero for the empty chain).
-    pub hash: [u8; 32],
-}
-
-impl ChainHead {
-    /// The head of the empty chain: seq 0, hash all zero. The first record (seq 1) points to it.
-    pub const GENESIS: ChainHead = ChainHead {
-        seq: 0,
-        hash: [0u8; 32],
-    };
-}
 
 /// One audit record: `seq`, `time_ms`, `prev_hash`, `event`, and `hash` =
 /// SHA-256(`"keyward-audit-v1\n"` || [`canonical_bytes`](Record::canonical_bytes)).
@@ -184,19 +167,6 @@ fn body_bytes(event_json: &str, prev_hash: &[u8; 32], seq: u64, time_ms: i64) ->
 fn encode_event(event: &AuditEvent) -> Result<String, AuditError> {
     let bytes = canonical::to_vec_of(event)?;
     String::from_utf8(bytes).map_err(|e| AuditError::Encoding(e.to_string()))
-}
-
-/// Decodes 64 lowercase hex characters.
-pub(crate) fn decode_hash(text: &str, what: &str) -> Result<[u8; 32], AuditError> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 || text.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(AuditError::Malformed(format!(
-            "{what} must be 64 lowercase hex characters"
-        )));
-    }
-    hex::decode_to_slice(text, &mut out)
-        .map_err(|e| AuditError::Malformed(format!("{what}: {e}")))?;
-    Ok(out)
 }
 
 /// A record line parsed without interpreting its event: what the verifier checks, so that an

@@ -1,6 +1,6 @@
-//! What the `economy`, `scale` and `peers` scenarios share: an in-process Keyward on
-//! 127.0.0.1 that can be stopped and started again over the same data directory (a cold
-//! replica), and a closed-loop Encrypt + Decrypt load over gRPC.
+//! What the scenarios share: an in-process Keyward on 127.0.0.1 that can be stopped and started
+//! again over the same data directory (a cold replica), onboarding a tenant, and a closed-loop
+//! Encrypt + Decrypt load over gRPC.
 
 use std::{
     path::Path,
@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
+use anyhow::Context as _;
+use keyward_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient, register_key_request::Key,
+    tenant_service_client::TenantServiceClient,
+};
 use keyward_server::{Config, Keyring, Providers, Running};
 use tonic::transport::Channel;
 
@@ -23,6 +27,17 @@ pub(crate) struct Server {
     pub(crate) start_time: Duration,
 }
 
+/// The configuration defaults for a server in this process: port 0, over `data_dir`, and no
+/// admin listener (in-process servers run side by side; the admin one has a fixed port).
+pub(crate) fn server_config(data_dir: &Path) -> anyhow::Result<Config> {
+    Ok(Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.to_owned(),
+        admin: keyward_server::admin::AdminConfig::disabled(),
+        ..Config::default()
+    })
+}
+
 impl Server {
     /// Starts Keyward over `data_dir` with the configuration defaults (cache TTL 300 s,
     /// rotation 2^20 messages / 1 GiB / 24 h) changed only by `tweak`.
@@ -31,13 +46,7 @@ impl Server {
         providers: Providers,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Server> {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.to_owned(),
-            // In-process servers run side by side: no admin listener on the fixed port.
-            admin: keyward_server::admin::AdminConfig::disabled(),
-            ..Config::default()
-        };
+        let mut config = server_config(data_dir)?;
         tweak(&mut config);
         let settings = config.resolve()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -67,6 +76,46 @@ impl Server {
         self.running.wait().await?;
         Ok(())
     }
+}
+
+/// Onboards `tenant` as an operator would: creates it, then registers `key` (validated by the
+/// server with a live round trip).
+pub(crate) async fn onboard(
+    tenants: &mut TenantServiceClient<Channel>,
+    tenant: &str,
+    key: Key,
+) -> anyhow::Result<()> {
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: tenant.to_owned(),
+            display_name: String::new(),
+        })
+        .await
+        .with_context(|| format!("create tenant {tenant}"))?;
+    tenants
+        .register_key(pb::RegisterKeyRequest {
+            tenant_id: tenant.to_owned(),
+            key: Some(key),
+        })
+        .await
+        .with_context(|| format!("register the key of tenant {tenant}"))?;
+    Ok(())
+}
+
+/// The server's local development key `default`.
+pub(crate) fn local_key() -> Key {
+    Key::Local(pb::LocalKey {
+        key_name: "default".into(),
+    })
+}
+
+/// An AWS KMS key (the emulator's), used without a role.
+pub(crate) fn aws_key(key_arn: String) -> Key {
+    Key::AwsKms(pb::AwsKmsKey {
+        key_arn,
+        role_arn: String::new(),
+        external_id: String::new(),
+    })
 }
 
 pub(crate) async fn channels(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {

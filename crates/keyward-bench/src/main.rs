@@ -39,7 +39,7 @@ use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
+use keyward_server::Providers;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -212,13 +212,7 @@ async fn run_scenario(
     workers: usize,
 ) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().to_owned(),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
-    };
+    let mut config = harness::server_config(dir.path())?;
     config.cache.ttl_seconds = 300;
     config.revocation.monitor_interval_seconds = match trigger {
         Trigger::KmsDisable { monitor_interval } => monitor_interval.as_secs(),
@@ -240,21 +234,7 @@ async fn run_scenario(
 
     let key_arn = moto.create_symmetric_key().await;
     let mut tenants = TenantServiceClient::new(channel.clone());
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "bench".into(),
-            display_name: String::new(),
-        })
-        .await?;
-    tenants
-        .register_key(pb::RegisterKeyRequest {
-            tenant_id: "bench".into(),
-            key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
-                key_arn: key_arn.clone(),
-                role_arn: String::new(),
-                external_id: String::new(),
-            })),
-        })
+    harness::onboard(&mut tenants, "bench", harness::aws_key(key_arn.clone()))
         .await
         .context("register the emulator key")?;
     let mut crypto = CryptoServiceClient::new(channel.clone());

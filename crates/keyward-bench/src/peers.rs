@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use keyward_kms_aws::test_support::MotoServer;
-use keyward_proto::v1::{self as pb, tenant_service_client::TenantServiceClient};
+use keyward_proto::v1::tenant_service_client::TenantServiceClient;
 use keyward_server::Providers;
 
 use crate::harness::{self, Server, Until};
@@ -100,22 +100,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let setup = harness::channels(server.addr(), 1).await?.remove(0);
     let mut tenants = TenantServiceClient::new(setup);
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "bench".into(),
-            display_name: String::new(),
-        })
-        .await?;
-    tenants
-        .register_key(pb::RegisterKeyRequest {
-            tenant_id: "bench".into(),
-            key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
-                key_arn: moto.create_symmetric_key().await,
-                role_arn: String::new(),
-                external_id: String::new(),
-            })),
-        })
-        .await?;
+    let key = harness::aws_key(moto.create_symmetric_key().await);
+    harness::onboard(&mut tenants, "bench", key).await?;
     let conns = harness::channels(server.addr(), c.clamp(1, 4)).await?;
     let payload = Arc::new(vec![0x42u8; 1024]);
     let pick: harness::Pick = Arc::new(|_| ("bench".to_owned(), String::new()));

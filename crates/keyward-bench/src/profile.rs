@@ -17,11 +17,12 @@ use std::sync::Arc;
 use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
-    crypto_service_server::CryptoServiceServer, tenant_service_client::TenantServiceClient,
+    tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
-use tonic::transport::{Channel, server::TcpIncoming};
+use keyward_server::Providers;
+use tonic::transport::Channel;
 
+use crate::harness;
 use crate::suite::NullCrypto;
 
 #[derive(Debug, clap::Args)]
@@ -43,27 +44,9 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let addr = match args.target.as_str() {
-        "null" => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(
-                        CryptoServiceServer::new(NullCrypto)
-                            .max_decoding_message_size((1 << 20) + 65536)
-                            .max_encoding_message_size((1 << 20) + 65536),
-                    )
-                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
-            );
-            addr
-        }
+        "null" => NullCrypto::serve().await?,
         "keyward" => {
-            let mut config = Config {
-                listen: "127.0.0.1:0".parse()?,
-                data_dir: dir.path().to_owned(),
-                admin: keyward_server::admin::AdminConfig::disabled(),
-                ..Config::default()
-            };
+            let mut config = harness::server_config(dir.path())?;
             config.revocation.monitor_interval_seconds = 0;
             let settings = config.resolve()?;
             let providers =
@@ -83,20 +66,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let mut tenants = TenantServiceClient::new(channel.clone());
     if args.target == "keyward" {
-        tenants
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: "bench".into(),
-                display_name: String::new(),
-            })
-            .await?;
-        tenants
-            .register_key(pb::RegisterKeyRequest {
-                tenant_id: "bench".into(),
-                key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                    key_name: "default".into(),
-                })),
-            })
-            .await?;
+        harness::onboard(&mut tenants, "bench", harness::local_key()).await?;
     }
     let mut client = CryptoServiceClient::new(channel);
     let plaintext = vec![0x42u8; args.size];

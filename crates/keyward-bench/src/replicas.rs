@@ -26,6 +26,8 @@ use keyward_server::{Config, Providers};
 use sqlx::Connection as _;
 use tonic::transport::Channel;
 
+use crate::harness;
+
 /// The p99 the fan-out is meant to meet (issue #9).
 const TARGET_P99: Duration = Duration::from_millis(100);
 /// Longest wait for one replica to deny (or serve again) in a round.
@@ -149,13 +151,9 @@ async fn start_replica(
     id: &str,
 ) -> anyhow::Result<Replica> {
     let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: data_dir.to_owned(),
         store: Some(url.to_owned()),
         replica_id: Some(id.to_owned()),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
+        ..harness::server_config(data_dir)?
     };
     config.audit.keys_dir = Some(shared.join("audit"));
     config.local_kms.dir = Some(shared.join("local-kms"));
@@ -186,20 +184,7 @@ async fn rounds(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let a = &replicas[0];
     let mut tenants = TenantServiceClient::new(a.channel.clone());
-    tenants
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "bench".into(),
-            display_name: String::new(),
-        })
-        .await?;
-    tenants
-        .register_key(pb::RegisterKeyRequest {
-            tenant_id: "bench".into(),
-            key: Some(pb::register_key_request::Key::Local(pb::LocalKey {
-                key_name: "default".into(),
-            })),
-        })
-        .await?;
+    harness::onboard(&mut tenants, "bench", harness::local_key()).await?;
     let envelope = CryptoServiceClient::new(a.channel.clone())
         .encrypt(pb::EncryptRequest {
             tenant_id: "bench".into(),

@@ -189,13 +189,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let deks_per_tenant = (deks / tenants).max(1);
     let deks = deks_per_tenant * tenants;
     let dir = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().to_owned(),
-        // In-process servers run side by side: no admin listener on the fixed port.
-        admin: keyward_server::admin::AdminConfig::disabled(),
-        ..Config::default()
-    };
+    let mut config = harness::server_config(dir.path())?;
     config.revocation.monitor_interval_seconds = 0;
     let settings = config.resolve()?;
     std::fs::create_dir_all(dir.path())?;

@@ -196,22 +196,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.tenants {
         let tenant = format!("soak-{i}");
         let key_arn = moto.create_symmetric_key().await;
-        admin
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: tenant.clone(),
-                display_name: String::new(),
-            })
-            .await?;
-        admin
-            .register_key(pb::RegisterKeyRequest {
-                tenant_id: tenant.clone(),
-                key: Some(pb::register_key_request::Key::AwsKms(pb::AwsKmsKey {
-                    key_arn,
-                    role_arn: String::new(),
-                    external_id: String::new(),
-                })),
-            })
-            .await?;
+        harness::onboard(&mut admin, &tenant, harness::aws_key(key_arn)).await?;
         tenants.push(tenant);
     }
     let tenants = Arc::new(tenants);

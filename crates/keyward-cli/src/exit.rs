@@ -88,12 +88,12 @@ pub(crate) fn local(error: anyhow::Error) -> anyhow::Error {
     with(Exit::Local, error)
 }
 
-/// A gRPC status from a call, rendered by [`crate::status_error`]: the server refused
+/// A gRPC status from a call, rendered by [`crate::client::status_error`]: the server refused
 /// (exit 3), unless the status is the client's own report of a broken or unreachable
 /// connection (exit 4).
 pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
     let exit = status_exit(&status);
-    with(exit, crate::status_error(status))
+    with(exit, crate::client::status_error(status))
 }
 
 /// A status the server sends always carries its reason (ErrorInfo); tonic's own statuses for

@@ -1,60 +1,24 @@
-//! Unit tests of the report engine (`report.rs`): times, attribution of denials, the
-//! per-replica answer, and unknown tenants.
+//! Unit tests of the report's reading and rendering (`report.rs`): records read from their
+//! JSON as the server lists them, the timeline built by keyward-audit, and the text and JSON
+//! people read (times, the per-replica answer, denials outside any revocation). The timeline's
+//! attribution rules are tested beside it (keyward-audit's `timeline_tests.rs`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use keyward_audit::{AuditEvent, KeyState, RevocationSource, StateTransition};
+use keyward_audit::timeline::Timeline;
 
 use super::*;
 
-fn transition(from: KeyState, to: KeyState, observed_at_ms: i64) -> StateTransition {
-    StateTransition {
-        tenant: "acme".parse().unwrap(),
-        binding_id: 1,
-        from,
-        to,
-        source: RevocationSource::Explicit,
-        actor: Some("ops".into()),
-        reason: "test".into(),
-        observed_at_ms,
-    }
+/// The records as the server lists them: one canonical JSON object per line (`seq`, `time_ms`
+/// and the event; the hashes are not read).
+fn timeline(lines: &str) -> Timeline {
+    let entries: Vec<Entry> = lines
+        .lines()
+        .filter_map(|line| entry_from_json(line).unwrap())
+        .collect();
+    Timeline::build("acme", &entries).unwrap()
 }
 
-fn entry(seq: u64, time_ms: i64, event: AuditEvent) -> AuditEntry {
-    AuditEntry {
-        seq,
-        time_ms,
-        event,
-    }
-}
-
-fn denials(second: i64, count: u64) -> AuditEvent {
-    AuditEvent::RevocationDenials {
-        tenant: "acme".parse().unwrap(),
-        second,
-        count,
-    }
-}
-
-fn purge(purged_at_ms: i64, last: Option<i64>) -> AuditEvent {
-    named_purge(purged_at_ms, last, None)
-}
-
-fn named_purge(purged_at_ms: i64, last: Option<i64>, replica: Option<&str>) -> AuditEvent {
-    AuditEvent::KeysPurged {
-        tenant: "acme".parse().unwrap(),
-        purged_at_ms,
-        entries: 2,
-        last_plaintext_at_ms: last,
-        replica: replica.map(str::to_owned),
-    }
-}
-
-fn created() -> AuditEvent {
-    AuditEvent::TenantCreated {
-        tenant: "acme".parse().unwrap(),
-        actor: None,
-    }
-}
+const REVOKED_AT_10_500: &str = r#"{"event":{"binding_id":1,"from":"active","observed_at_ms":10500,"actor":"ops","reason":"test","source":"explicit","tenant":"acme","to":"revoked","type":"revocation_state_changed"},"seq":2,"time_ms":10500}"#;
 
 #[test]
 fn whole_seconds_drop_the_milliseconds() {
@@ -66,111 +30,79 @@ fn whole_seconds_drop_the_milliseconds() {
 }
 
 #[test]
-fn a_denial_record_written_after_the_restoration_counts_for_the_revocation() {
-    // Revoked at 10.500 s, restored at 12.300 s: the denials of seconds 10, 11 and 12 are
-    // written after each second is over, the last one after the restoration's record.
+fn a_revocation_reads_as_when_who_what_was_served_and_what_was_denied() {
     let records = [
-        entry(1, 1_000, created()),
-        entry(
-            2,
-            10_500,
-            AuditEvent::RevocationStateChanged(transition(
-                KeyState::Active,
-                KeyState::Revoked,
-                10_500,
-            )),
-        ),
-        entry(3, 10_501, purge(10_501, Some(9_000))),
-        entry(4, 11_010, denials(10, 1)),
-        entry(5, 12_010, denials(11, 1)),
-        entry(
-            6,
-            12_300,
-            AuditEvent::Restored(transition(KeyState::Revoked, KeyState::Restored, 12_300)),
-        ),
-        entry(7, 13_005, denials(12, 1)),
-        entry(8, 14_000, denials(14, 5)),
-    ];
-    let report = build("acme", &records).unwrap();
-    let text = report.text();
-    assert!(
-        text.contains("denied since:    3 requests in 3 seconds, first 1970-01-01T00:00:10Z, last 1970-01-01T00:00:12Z"),
-        "{text}"
+        r#"{"event":{"actor":null,"tenant":"acme","type":"tenant_created"},"seq":1,"time_ms":1000}"#,
+        REVOKED_AT_10_500,
+        r#"{"event":{"entries":2,"last_plaintext_at_ms":9000,"purged_at_ms":10501,"replica":"eu-1","tenant":"acme","type":"keys_purged"},"seq":3,"time_ms":10501}"#,
+        r#"{"event":{"entries":2,"last_plaintext_at_ms":10650,"purged_at_ms":10700,"tenant":"acme","type":"keys_purged"},"seq":4,"time_ms":10700}"#,
+        r#"{"event":{"count":1,"second":10,"tenant":"acme","type":"revocation_denials"},"seq":5,"time_ms":11010}"#,
+        r#"{"event":{"count":1,"second":11,"tenant":"acme","type":"revocation_denials"},"seq":6,"time_ms":12010}"#,
+        r#"{"event":{"binding_id":1,"from":"revoked","observed_at_ms":12300,"actor":"ops","reason":"fixed","source":"explicit","tenant":"acme","to":"restored","type":"restored"},"seq":7,"time_ms":12300}"#,
+        r#"{"event":{"count":5,"second":14,"tenant":"acme","type":"revocation_denials"},"seq":8,"time_ms":15000}"#,
+    ]
+    .join("\n");
+    let report = timeline(&records);
+    let text = text(&report);
+    for line in [
+        "Revocation report for tenant acme\n",
+        "From the tenant's 7 revocation records (state changes, purges, denials), seq 2 to seq 8. All times are UTC (RFC 3339).\n",
+        "Revocation 1 (seq 2): binding 1 active -> revoked, source: an explicit request by ops\n",
+        "  reason:          test\n",
+        "  first observed:  1970-01-01T00:00:10.500Z (when the signal was first seen)\n",
+        "  revoked at:      1970-01-01T00:00:10.500Z (recorded)\n",
+        "    - replica \"eu-1\", seq 3: purged 2 cached keys at 1970-01-01T00:00:10.501Z; plaintext last served at 1970-01-01T00:00:09.000Z, before the revocation was recorded\n",
+        "    - the replica that wrote seq 4: purged 2 cached keys at 1970-01-01T00:00:10.700Z; plaintext last served at 1970-01-01T00:00:10.650Z, 150 ms AFTER the revocation was recorded\n",
+        "  answer:          plaintext served after the revocation was recorded by 1 of 2 replicas, last at 1970-01-01T00:00:10.650Z (the replica that wrote seq 4) (the log keeps each replica's last time, not each request)\n",
+        "  denied since:    2 requests in 2 seconds, first 1970-01-01T00:00:10Z, last 1970-01-01T00:00:11Z\n",
+        "  restored at:     1970-01-01T00:00:12.300Z (seq 7), source: an explicit request by ops: fixed\n",
+        "\nRequests denied in all: 7 (2 during the revocations above; outside any revocation in these records: 5 requests in the second 1970-01-01T00:00:14Z).\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+
+    let json = json(&report);
+    assert_eq!(json["tenant"], "acme");
+    assert_eq!(
+        (json["first_seq"].as_u64(), json["last_seq"].as_u64()),
+        (Some(2), Some(8))
     );
-    assert!(
-        text.contains(
-            "Requests denied in all: 8 (3 during the revocations above; outside any revocation \
-             in these records: 5 requests in the second 1970-01-01T00:00:14Z)."
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("restored at:     1970-01-01T00:00:12.300Z (seq 6)"),
-        "{text}"
-    );
-    let json = report.json();
-    assert_eq!(json["items"][0]["denied"], 3);
-    assert_eq!(json["denied_total"], 8);
+    let item = &json["items"][0];
+    assert_eq!(item["kind"], "revocation");
+    assert_eq!(item["recorded_at_ms"], 10_500);
+    assert_eq!(item["transition"]["to"], "revoked");
+    assert_eq!(item["plaintext_served_after_revocation"], true);
+    assert_eq!(item["purges"][0]["replica"], "eu-1");
+    assert_eq!(item["purges"][0]["served_after_revocation"], false);
+    assert_eq!(item["purges"][1]["replica"], Value::Null);
+    assert_eq!(item["purges"][1]["served_after_revocation"], true);
+    assert_eq!(item["restored"]["seq"], 7);
+    assert_eq!(item["denied"], 2);
+    assert_eq!(json["denied_total"], 7);
     assert_eq!(json["denials_outside_revocations"][0]["second"], 14);
+    assert_eq!(json["denials_outside_revocations"][0]["count"], 5);
 }
 
 #[test]
-fn each_replica_states_when_it_last_served_plaintext() {
-    let records = [
-        entry(
-            1,
-            5_000,
-            AuditEvent::RevocationStateChanged(transition(
-                KeyState::Active,
-                KeyState::Revoked,
-                4_900,
-            )),
-        ),
-        // Replicas name themselves; the third record is from a server that did not yet.
-        entry(2, 5_001, named_purge(5_001, Some(4_000), Some("eu-1"))),
-        entry(3, 5_200, named_purge(5_200, Some(5_150), Some("eu-2"))),
-        entry(4, 5_300, purge(5_300, None)),
-    ];
-    let text = build("acme", &records).unwrap().text();
-    assert!(
-        text.contains("    - replica \"eu-1\", seq 2: purged 2 cached keys at 1970-01-01T00:00:05.001Z; plaintext last served at 1970-01-01T00:00:04.000Z, before the revocation was recorded"),
-        "{text}"
-    );
-    assert!(
-        text.contains("    - replica \"eu-2\", seq 3: purged 2 cached keys at 1970-01-01T00:00:05.200Z; plaintext last served at 1970-01-01T00:00:05.150Z, 150 ms AFTER the revocation was recorded"),
-        "{text}"
-    );
-    assert!(text.contains("    - the replica that wrote seq 4: purged 2 cached keys at 1970-01-01T00:00:05.300Z; served no plaintext since it started"), "{text}");
-    assert!(
-        text.contains("answer:          plaintext served after the revocation was recorded by 1 of 3 replicas, last at 1970-01-01T00:00:05.150Z (replica \"eu-2\", seq 3)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("revoked at:      1970-01-01T00:00:05.000Z (recorded)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("first observed:  1970-01-01T00:00:04.900Z"),
-        "{text}"
-    );
-    assert!(
-        text.contains("restored:        no (still revoked at the last record)"),
-        "{text}"
-    );
-
-    // Without the late replica, the answer is plain.
-    let text = build("acme", &records[..2]).unwrap().text();
-    assert!(
-        text.contains("answer:          no plaintext served after the revocation was recorded\n"),
-        "{text}"
-    );
+fn a_revocation_still_in_force_and_served_by_nobody_says_so() {
+    let report = timeline(REVOKED_AT_10_500);
+    let text = text(&report);
+    for line in [
+        "From the tenant's 1 revocation records (state changes, purges, denials), seq 2. All times are UTC (RFC 3339).\n",
+        "    (no replica recorded a purge)\n",
+        "  answer:          no plaintext served after the revocation was recorded\n",
+        "  denied since:    0 requests\n",
+        "  restored:        no (still revoked at the last record)\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("Requests denied in all"), "{text}");
 }
 
 #[test]
-fn a_tenant_no_record_names_is_unknown() {
-    let records = [entry(1, 1_000, created())];
-    assert!(build("nosuch", &records).is_none());
-    let text = build("acme", &records).unwrap().text();
+fn a_tenant_without_revocations_says_how_many_records_there_are() {
+    let created = r#"{"event":{"actor":null,"tenant":"acme","type":"tenant_created"},"seq":1,"time_ms":1000}"#;
+    let text = text(&timeline(created));
     assert!(text.contains("(no revocation recorded)"), "{text}");
     assert!(
         text.contains(
@@ -181,15 +113,27 @@ fn a_tenant_no_record_names_is_unknown() {
 }
 
 #[test]
+fn an_unavailable_kms_is_a_state_change_not_a_revocation() {
+    let unavailable = r#"{"event":{"binding_id":1,"from":"active","observed_at_ms":5000,"actor":null,"reason":"timeout","source":"monitor","tenant":"acme","to":"unavailable","type":"revocation_state_changed"},"seq":9,"time_ms":5000}"#;
+    let report = timeline(unavailable);
+    let text = text(&report);
+    assert!(
+        text.contains("KMS unavailable (not a revocation: data stays readable once it answers) (seq 9): binding 1 active -> unavailable at 1970-01-01T00:00:05.000Z, source: the key-state monitor: timeout\n"),
+        "{text}"
+    );
+    assert_eq!(json(&report)["items"][0]["kind"], "state_change");
+}
+
+#[test]
 fn entries_parse_from_listed_and_exported_records_alike() {
     let listed = r#"{"event":{"actor":null,"tenant":"acme","type":"tenant_created"},"prev_hash":"00","seq":1,"time_ms":7}"#;
     let exported = r#"{"event":{"actor":null,"tenant":"acme","type":"tenant_created"},"hash":"11","prev_hash":"00","seq":1,"time_ms":7,"type":"record"}"#;
-    let a = AuditEntry::from_json(listed).unwrap().unwrap();
-    let b = AuditEntry::from_json(exported).unwrap().unwrap();
-    assert_eq!((a.seq, a.time_ms, &a.event), (b.seq, b.time_ms, &b.event));
+    let a = entry_from_json(listed).unwrap().unwrap();
+    let b = entry_from_json(exported).unwrap().unwrap();
+    assert_eq!(a, b);
     let newer = r#"{"event":{"type":"from_the_future"},"seq":2,"time_ms":8}"#;
-    assert!(AuditEntry::from_json(newer).unwrap().is_none());
+    assert!(entry_from_json(newer).unwrap().is_none());
     let broken = r#"{"event":{"type":"tenant_created"},"seq":3,"time_ms":9}"#;
-    let err = AuditEntry::from_json(broken).unwrap_err();
+    let err = entry_from_json(broken).unwrap_err();
     assert!(format!("{err:#}").contains("record seq 3"), "{err:#}");
 }

@@ -1,90 +1,18 @@
 //! `keyward audit …`: export, verify, report, list and rotate (docs/auditor-guide.md).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
-use clap::{Subcommand, ValueEnum};
-use keyward_audit::{PublicKey, Verification, VerifyReport, verify_export_all};
-use keyward_proto::v1 as pb;
+use keyward_audit::{PublicKey, Verification, VerifyReport, timeline, verify_export_all};
+use keyward_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use serde_json::{Value, json};
 
-use crate::report::{self, AuditEntry, hex_string, utc_ms};
-use crate::{Target, channel, exit};
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum AuditCommand {
-    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
-    Export {
-        /// Write to this file instead of stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
-    /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
-    /// Reports every problem found; exit status 1 if there is any.
-    Verify {
-        /// The export file (JSON Lines).
-        file: PathBuf,
-        /// A trusted checkpoint-signing public key (`keyward audit public-key`); repeatable.
-        #[arg(long = "public-key", required = true, value_name = "KEY", value_parser = parse_public_key)]
-        public_keys: Vec<PublicKey>,
-        /// Output: readable text, or JSON with the raw values.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Print the deployment's checkpoint-signing public key (stdout) and its key id (stderr).
-    PublicKey,
-    /// Replace the checkpoint-signing key (recorded in the chain, signed by the old key).
-    RotateSigningKey {
-        #[arg(long, env = "USER", default_value = "")]
-        requested_by: String,
-    },
-    /// A readable revocation report for a tenant: for each revocation, when it was observed
-    /// and recorded, when each replica last served plaintext, whether any was served after the
-    /// revocation was recorded, the requests denied since, and the restoration.
-    Report {
-        #[arg(long)]
-        tenant: String,
-        /// Report from this export instead of the live server, after verifying it (the same
-        /// checks as `audit verify`; an export that does not verify is refused).
-        #[arg(long, value_name = "FILE", requires = "public_keys")]
-        from_export: Option<PathBuf>,
-        /// A trusted checkpoint-signing public key, to verify `--from-export`; repeatable.
-        #[arg(long = "public-key", value_name = "KEY", value_parser = parse_public_key, requires = "from_export")]
-        public_keys: Vec<PublicKey>,
-        /// Output: readable text, or JSON with the raw values.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// List audit records, oldest first.
-    Events {
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Event type, e.g. kek_binding_changed.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Maximum number of records.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// Readable text; times in UTC (RFC 3339).
-    Text,
-    /// JSON, with raw values (Unix milliseconds, seqs, hex).
-    Json,
-}
-
-/// `--public-key`: a usage error (exit 2) when it is not a key's text form.
-fn parse_public_key(text: &str) -> Result<PublicKey, String> {
-    PublicKey::from_text(text).map_err(|e| {
-        format!("{e} (expected the text `keyward audit public-key` prints: keyward-audit-ed25519:<base64>)")
-    })
-}
+use crate::cli::{AuditCommand, Format, Target};
+use crate::client::channel;
+use crate::exit;
+use crate::report::{self, hex_string, utc_ms};
 
 pub(crate) async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Result<()> {
-    use keyward_proto::v1::audit_service_client::AuditServiceClient;
     match cmd {
         AuditCommand::Verify {
             file,
@@ -149,12 +77,12 @@ pub(crate) async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Resul
                     "no audit record".to_owned(),
                 ),
             };
-            let report = report::build(&tenant, &entries).ok_or_else(|| {
+            let report = timeline::Timeline::build(&tenant, &entries).ok_or_else(|| {
                 anyhow!("{whence} names tenant {tenant:?}: there is no such tenant (tenant ids are lowercase; `keyward audit events` lists what is recorded)")
             })?;
             match format {
-                Format::Text => print!("{}", report.text()),
-                Format::Json => println!("{}", report.json()),
+                Format::Text => print!("{}", report::text(&report)),
+                Format::Json => println!("{}", report::json(&report)),
             }
             Ok(())
         }
@@ -221,7 +149,7 @@ fn read_export(file: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The records of an export that verifies under `keys`; an export that does not is refused.
-fn verified_entries(file: &Path, keys: &[PublicKey]) -> anyhow::Result<Vec<AuditEntry>> {
+fn verified_entries(file: &Path, keys: &[PublicKey]) -> anyhow::Result<Vec<timeline::Entry>> {
     let bytes = read_export(file)?;
     let verification = verify_export_all(bytes.as_slice(), keys);
     if verification.report.is_none() {
@@ -237,7 +165,7 @@ fn verified_entries(file: &Path, keys: &[PublicKey]) -> anyhow::Result<Vec<Audit
         let value: Value = serde_json::from_str(line)
             .with_context(|| format!("{}: a line is not JSON", file.display()))?;
         if value.get("type").and_then(Value::as_str) == Some("record")
-            && let Some(entry) = AuditEntry::from_json(line)?
+            && let Some(entry) = report::entry_from_json(line)?
         {
             entries.push(entry);
         }
@@ -246,8 +174,7 @@ fn verified_entries(file: &Path, keys: &[PublicKey]) -> anyhow::Result<Vec<Audit
 }
 
 /// Every record the live server lists for the tenant, oldest first.
-async fn listed_entries(endpoint: &Target, tenant: &str) -> anyhow::Result<Vec<AuditEntry>> {
-    use keyward_proto::v1::audit_service_client::AuditServiceClient;
+async fn listed_entries(endpoint: &Target, tenant: &str) -> anyhow::Result<Vec<timeline::Entry>> {
     let mut client = AuditServiceClient::new(channel(endpoint).await?);
     let mut entries = Vec::new();
     let mut page_token = String::new();
@@ -263,7 +190,7 @@ async fn listed_entries(endpoint: &Target, tenant: &str) -> anyhow::Result<Vec<A
             .map_err(exit::refused)?
             .into_inner();
         for record in &page.records {
-            entries.extend(AuditEntry::from_json(&record.canonical_json)?);
+            entries.extend(report::entry_from_json(&record.canonical_json)?);
         }
         if page.next_page_token.is_empty() {
             break;

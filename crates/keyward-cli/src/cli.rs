@@ -1,0 +1,518 @@
+//! The command line: clap's types for every command, their arguments and the global connection
+//! options (as rage's `cli.rs`). What each command does is in `cmd`; the help texts, flags and
+//! exit codes are pinned by the end-to-end tests (tests/e2e/tests/cli*.rs).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyward_audit::PublicKey;
+
+pub(crate) use crate::cmd::serve::ServeArgs;
+
+/// Keyward: customer-managed-key encryption for AI prompts and outputs.
+#[derive(Debug, Parser)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "clap: one `mut_subcommand(…, offline)` per offline command"
+)]
+#[command(name = "keyward", version, about, long_about = None)]
+// The connection options are global, for the commands that call a server; the offline commands
+// neither list nor accept them (see `offline`).
+#[command(mut_subcommand("serve", offline))]
+#[command(mut_subcommand("key", offline))]
+#[command(mut_subcommand("onboarding", offline))]
+#[command(mut_subcommand("policy", offline))]
+#[command(mut_subcommand("store", offline))]
+#[command(mut_subcommand("audit", |audit: clap::Command| audit.mut_subcommand("verify", |verify| offline_as(verify, "audit verify"))))]
+pub(crate) struct Cli {
+    /// Server address for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        help_heading = CONNECTION
+    )]
+    pub(crate) endpoint: String,
+    #[command(flatten, next_help_heading = CONNECTION)]
+    pub(crate) tls: ClientTlsArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Mutual TLS for client commands (a server with `[tls]` configured; use an `https://` endpoint).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientTlsArgs {
+    /// CA certificate (PEM) the server's certificate must chain to.
+    #[arg(long, global = true, env = "KEYWARD_TLS_CA")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM); its SPIFFE ID or DNS name is the caller's identity.
+    #[arg(long, global = true, env = "KEYWARD_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, global = true, env = "KEYWARD_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The name to verify in the server's certificate (default: the endpoint's host).
+    #[arg(long, global = true, env = "KEYWARD_TLS_SERVER_NAME")]
+    pub(crate) tls_server_name: Option<String>,
+}
+
+/// The help heading of the options every command that calls a server takes.
+pub(crate) const CONNECTION: &str = "Connection (commands that call a server)";
+
+/// The ids and flags of the global connection options ([`Cli::endpoint`], [`ClientTlsArgs`]).
+pub(crate) const CONNECTION_ARGS: [(&str, &str); 5] = [
+    ("endpoint", "endpoint"),
+    ("tls_ca", "tls-ca"),
+    ("tls_cert", "tls-cert"),
+    ("tls_key", "tls-key"),
+    ("tls_server_name", "tls-server-name"),
+];
+
+/// Marks `cmd` (and everything under it) as offline: it gets hidden stand-ins for the global
+/// connection options, which clap's propagation of global options does not replace, so its
+/// help does not list them and giving one is an error that says why.
+pub(crate) fn offline(cmd: clap::Command) -> clap::Command {
+    let name = cmd.get_name().to_owned();
+    offline_as(cmd, &name)
+}
+
+/// [`offline`], naming the command `name` in the error.
+pub(crate) fn offline_as(cmd: clap::Command, name: &str) -> clap::Command {
+    CONNECTION_ARGS.into_iter().fold(cmd, |cmd, (id, flag)| {
+        let name = name.to_owned();
+        cmd.arg(clap::Arg::new(id).long(flag).hide(true).value_parser(
+            move |_: &str| -> Result<String, String> {
+                Err(format!(
+                    "`keyward {name}` works without a server: it takes no --{flag}"
+                ))
+            },
+        ))
+    })
+}
+
+/// Where client commands connect, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) endpoint: String,
+    pub(crate) tls: ClientTlsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the gRPC server (defaults: 127.0.0.1:50051, SQLite and the local dev key under ./keyward-data).
+    Serve(ServeArgs),
+    /// Create, configure and inspect tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Encrypt stdin to stdout as a Keyward envelope.
+    Encrypt(EncryptArgs),
+    /// Decrypt an envelope from stdin to stdout.
+    Decrypt(DecryptArgs),
+    /// Manage the local development key-encryption keys (not for production).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Help a customer set up their key.
+    #[command(subcommand)]
+    Onboarding(OnboardingCommand),
+    /// Read, export and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Check the authorization policies before a change (no server needed).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Operate on the store directly (no server needed; the server may be running).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Write a consistent copy of a SQLite store while the server keeps running (one snapshot:
+    /// every committed transaction before the copy started, none after). For PostgreSQL use
+    /// pg_dump or the database's own backups (docs/operations.md, "Back up the store").
+    Backup {
+        /// The store to copy (the server's `<data_dir>/keyward.db` unless `store` says otherwise).
+        #[arg(long, default_value = "keyward-data/keyward.db")]
+        database: PathBuf,
+        /// Where to write the copy; must not exist.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Tag the tenant keys stored before schema version 5 (no authentication tag yet), which
+    /// the server refuses until then. Trust on first use: it vouches for the rows as they are
+    /// now, so check the store first (docs/operations.md, "Authenticate tenant keys after an
+    /// upgrade"). Lists them without `--confirm`; each one tagged is audited.
+    AuthenticateTenantKeys {
+        /// The servers' TOML configuration file (its store and audit key directory are used).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory, as given to `keyward serve`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Who checked the store, for the audit record.
+        #[arg(long)]
+        actor: String,
+        /// Tag them (after checking the store); without it, only list them.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Validate the Cedar policies against the schema and the identity mapping against both,
+    /// then replay the policy test cases; exits non-zero on any error or failed case.
+    Check {
+        /// Directory with schema.cedarschema and the *.cedar policies.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// The certificate-identity mapping (default: identities.toml in the --policies directory).
+        #[arg(long)]
+        identities: Option<PathBuf>,
+        /// Directory of test cases (default: tests in the --policies directory).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant id: 1-64 characters of [a-z0-9._-].
+        tenant: String,
+        /// Human-readable name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Bind a key-encryption key to a tenant (validated by a live round trip).
+    ///
+    /// Registering again replaces the tenant's key (a validated rotation; the
+    /// history of bindings is kept and old data stays readable).
+    RegisterKey {
+        tenant: String,
+        #[command(flatten, next_help_heading = "Key (exactly one)")]
+        key: KeyChoice,
+        /// Role in the customer's account to assume for this key (cross-account).
+        #[arg(
+            long,
+            value_name = "ARN",
+            requires = "aws_kms_key",
+            requires = "external_id",
+            help_heading = "AWS cross-account role (with --aws-kms-key)"
+        )]
+        role_arn: Option<String>,
+        /// ExternalId required by the role's trust policy.
+        #[arg(
+            long,
+            value_name = "ID",
+            requires = "role_arn",
+            help_heading = "AWS cross-account role (with --aws-kms-key)"
+        )]
+        external_id: Option<String>,
+    },
+    /// Show a tenant and its active key binding.
+    Show { tenant: String },
+    /// Break glass: revoke the tenant's key now (only restore-key lifts it).
+    RevokeKey {
+        tenant: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who asked for it, recorded next to the caller's authenticated identity (e.g. the person behind a service certificate).
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
+    /// Override the cache TTL (the tenant's revocation bound) or the monitor interval.
+    SetPolicy {
+        tenant: String,
+        /// Seconds, at most the server's `cache.ttl_seconds` (a tenant can shorten its window,
+        /// never stretch it); 0 restores the server's setting.
+        #[arg(long, default_value_t = 0)]
+        cache_ttl_seconds: u64,
+        /// Seconds; 0 restores the server's setting.
+        #[arg(long, default_value_t = 0)]
+        monitor_interval_seconds: u64,
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
+    /// Restore a revoked key after a live check that the KMS accepts it again.
+    RestoreKey {
+        tenant: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+        /// An older binding to restore (its id from `tenant show`): data written under a key
+        /// revoked before a new key was registered stays unreadable until then. Default: the
+        /// current binding.
+        #[arg(long, value_name = "ID")]
+        binding: Option<i64>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct KeyChoice {
+    /// Name of a key of the server's local development provider, e.g. "default".
+    #[arg(long, value_name = "NAME")]
+    pub(crate) local_key: Option<String>,
+    /// ARN of the customer's AWS KMS key (or alias ARN).
+    #[arg(long, value_name = "ARN")]
+    pub(crate) aws_kms_key: Option<String>,
+    /// PKCS#11 URI of a key in the server's configured HSM token
+    /// (`pkcs11:token=LABEL;object=KEY-LABEL`).
+    #[arg(long, value_name = "URI")]
+    pub(crate) pkcs11_key: Option<String>,
+    /// Azure Key Vault or Managed HSM key id
+    /// (`https://VAULT.vault.azure.net/keys/NAME[/VERSION]`).
+    #[arg(long, value_name = "KEY ID")]
+    pub(crate) azure_key: Option<String>,
+    /// Resource name of the customer's Google Cloud KMS key
+    /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
+    #[arg(long, value_name = "RESOURCE NAME")]
+    pub(crate) gcp_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OnboardingCommand {
+    /// Print the key-policy statement a customer adds so Keyward may use their key.
+    Policy {
+        #[arg(long, value_enum)]
+        provider: PolicyProvider,
+        /// The principal Keyward runs as (for AWS: the IAM role or user ARN).
+        #[arg(long, value_name = "ARN")]
+        principal: String,
+        /// Restrict the statement to this key (default: the key whose policy it is in).
+        #[arg(long, value_name = "ARN")]
+        key_arn: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PolicyProvider {
+    Aws,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Encoding {
+    /// Raw bytes.
+    Raw,
+    /// Standard base64 (one line).
+    Base64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    #[arg(long)]
+    pub(crate) tenant: String,
+    /// Data-key scope (a conversation, a user, ...).
+    #[arg(long, default_value = "default")]
+    pub(crate) scope: String,
+    /// Encryption context entry KEY=VALUE; repeat for more. Needed again to decrypt.
+    #[arg(long = "context", value_parser = parse_pair)]
+    pub(crate) context: Vec<(String, String)>,
+    /// Encoding of the envelope written to stdout.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub(crate) output: Encoding,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DecryptArgs {
+    #[arg(long)]
+    pub(crate) tenant: String,
+    /// Encryption context entry KEY=VALUE, as given to encrypt.
+    #[arg(long = "context", value_parser = parse_pair)]
+    pub(crate) context: Vec<(String, String)>,
+    /// Encoding of the envelope read from stdin.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub(crate) input: Encoding,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a local key.
+    Create {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
+    /// Disable a local key: the server's KEK calls are refused, as when a customer disables a KMS key.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
+    /// Re-enable a local key.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        dir: KeyDir,
+    },
+    /// List local keys and their state.
+    List {
+        #[command(flatten)]
+        dir: KeyDir,
+    },
+}
+
+/// Which server's local keys: resolved as `keyward serve` resolves its key directory.
+#[derive(Debug, Args)]
+pub(crate) struct KeyDir {
+    /// Data directory of the server, as given to `keyward serve --data-dir` (its keys are in
+    /// DATA_DIR/local-kms).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Configuration file of the server, to find its local key directory.
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
+    /// The local key directory itself (default: from --data-dir, --config, KEYWARD_* variables
+    /// or ./keyward-data, as `keyward serve` finds it).
+    #[arg(long)]
+    pub(crate) local_kms_dir: Option<PathBuf>,
+}
+
+pub(crate) fn parse_pair(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
+    /// Reports every problem found; exit status 1 if there is any.
+    Verify {
+        /// The export file (JSON Lines).
+        file: PathBuf,
+        /// A trusted checkpoint-signing public key (`keyward audit public-key`); repeatable.
+        #[arg(long = "public-key", required = true, value_name = "KEY", value_parser = parse_public_key)]
+        public_keys: Vec<PublicKey>,
+        /// Output: readable text, or JSON with the raw values.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the deployment's checkpoint-signing public key (stdout) and its key id (stderr).
+    PublicKey,
+    /// Replace the checkpoint-signing key (recorded in the chain, signed by the old key).
+    RotateSigningKey {
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
+    /// A readable revocation report for a tenant: for each revocation, when it was observed
+    /// and recorded, when each replica last served plaintext, whether any was served after the
+    /// revocation was recorded, the requests denied since, and the restoration.
+    Report {
+        #[arg(long)]
+        tenant: String,
+        /// Report from this export instead of the live server, after verifying it (the same
+        /// checks as `audit verify`; an export that does not verify is refused).
+        #[arg(long, value_name = "FILE", requires = "public_keys")]
+        from_export: Option<PathBuf>,
+        /// A trusted checkpoint-signing public key, to verify `--from-export`; repeatable.
+        #[arg(long = "public-key", value_name = "KEY", value_parser = parse_public_key, requires = "from_export")]
+        public_keys: Vec<PublicKey>,
+        /// Output: readable text, or JSON with the raw values.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List audit records, oldest first.
+    Events {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Event type, e.g. kek_binding_changed.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Maximum number of records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Readable text; times in UTC (RFC 3339).
+    Text,
+    /// JSON, with raw values (Unix milliseconds, seqs, hex).
+    Json,
+}
+
+/// `--public-key`: a usage error (exit 2) when it is not a key's text form.
+pub(crate) fn parse_public_key(text: &str) -> Result<PublicKey, String> {
+    PublicKey::from_text(text).map_err(|e| {
+        format!("{e} (expected the text `keyward audit public-key` prints: keyward-audit-ed25519:<base64>)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_context_pair_splits_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_pair("purpose=a=b").unwrap(),
+            ("purpose".to_owned(), "a=b".to_owned())
+        );
+        assert_eq!(parse_pair("k=").unwrap(), ("k".to_owned(), String::new()));
+        assert_eq!(
+            parse_pair("novalue").unwrap_err(),
+            "expected KEY=VALUE, got \"novalue\""
+        );
+    }
+
+    #[test]
+    fn an_offline_command_refuses_a_connection_option_and_says_why() {
+        let err = Cli::try_parse_from(["keyward", "serve", "--endpoint", "http://x"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`keyward serve` works without a server: it takes no --endpoint"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["keyward", "audit", "verify", "f", "--tls-ca", "ca.pem"])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`keyward audit verify` works without a server: it takes no --tls-ca"),
+            "{err}"
+        );
+        // A client command takes them.
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "--endpoint",
+            "http://x:1",
+            "tenant",
+            "show",
+            "acme",
+        ])
+        .unwrap();
+        assert_eq!(cli.endpoint, "http://x:1");
+    }
+
+    #[test]
+    fn a_public_key_that_is_not_one_is_a_usage_error_naming_the_expected_form() {
+        let err = parse_public_key("ed25519:AAAA").unwrap_err();
+        assert!(
+            err.ends_with(
+                "(expected the text `keyward audit public-key` prints: keyward-audit-ed25519:<base64>)"
+            ),
+            "{err}"
+        );
+    }
+}

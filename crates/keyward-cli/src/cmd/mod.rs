@@ -1,0 +1,10 @@
+//! One module per command group; each takes its parsed arguments from [`crate::cli`].
+
+pub(crate) mod audit;
+pub(crate) mod crypto;
+pub(crate) mod key;
+pub(crate) mod onboarding;
+pub(crate) mod policy;
+pub(crate) mod serve;
+pub(crate) mod store;
+pub(crate) mod tenant;
