@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId, seal, wrap_key};
+use keyward_envelope::{EncryptionContext, KeyId, Sealer, SecretKey, TenantId, wrap_key};
 use keyward_kms::{KeyProvider, KeyRef, ProviderKind, Purpose, WrapContext, local::LocalProvider};
 use keyward_server::{Config, Providers};
 use keyward_store::sqlite::SqliteStore;
@@ -171,7 +171,10 @@ async fn populate(
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                envelopes.push((u32::try_from(i)?, seal(&key, &tenant, &id, &ctx, b"x")?));
+                envelopes.push((
+                    u32::try_from(i)?,
+                    Sealer::new(&key, &tenant, &id).seal(&ctx, b"x")?,
+                ));
             }
         }
         tx.commit().await?;

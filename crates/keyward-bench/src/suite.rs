@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId, aead, parse, seal};
+use keyward_envelope::{EncryptionContext, KeyId, Sealer, SecretKey, TenantId, aead, parse};
 use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb,
@@ -272,7 +272,7 @@ fn cipher_floor() -> anyhow::Result<Vec<CipherRow>> {
                 Ok(())
             })?);
             env = env.max(throughput(size, budget, || {
-                let sealed = seal(&key, &tenant, &dek_id, &ctx, &plaintext)?;
+                let sealed = Sealer::new(&key, &tenant, &dek_id).seal(&ctx, &plaintext)?;
                 let opened = parse(&sealed)?.open(&key, &ctx)?;
                 anyhow::ensure!(opened.len() == size);
                 Ok(())

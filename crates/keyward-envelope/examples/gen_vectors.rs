@@ -4,7 +4,7 @@
 //! cargo run -p keyward-envelope --example gen_vectors > docs/envelope/vectors-v1.json
 //! ```
 //!
-//! Valid vectors use fixed keys and salts through `seal_with_suite_and_salt`, in both suites
+//! Valid vectors use fixed keys and salts through `Sealer` (`suite`, `fixed_salt_for_test_vectors`), in both suites
 //! (production code always uses `seal`, which draws a random salt), so the output is deterministic: regenerating must give a
 //! byte-identical file unless the format changed. Invalid vectors are derived from one valid
 //! envelope by truncating, corrupting or re-encoding it. `tests/vectors.rs` replays the file.

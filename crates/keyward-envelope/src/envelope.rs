@@ -95,7 +95,7 @@ impl Suite {
         }
     }
 
-    /// The suite [`seal`] writes.
+    /// The suite a [`Sealer`] writes unless told otherwise.
     pub const SEAL: Suite = Suite::Aes256GcmHkdfExpandSha512Committing;
 
     /// The suite with identifier `id`, if this build implements it.
@@ -439,32 +439,6 @@ impl<'a> Sealer<'a> {
             }
         }
     }
-}
-
-/// [`Sealer::new`]`(dek, tenant, dek_id).seal(ctx, plaintext)`.
-pub fn seal(
-    dek: &SecretKey,
-    tenant: &TenantId,
-    dek_id: &KeyId,
-    ctx: &EncryptionContext,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, EnvelopeError> {
-    Sealer::new(dek, tenant, dek_id).seal(ctx, plaintext)
-}
-
-/// [`Sealer::suite`] (kept until every caller uses the [`Sealer`]).
-#[doc(hidden)]
-pub fn seal_with_suite(
-    suite: Suite,
-    dek: &SecretKey,
-    tenant: &TenantId,
-    dek_id: &KeyId,
-    ctx: &EncryptionContext,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, EnvelopeError> {
-    Sealer::new(dek, tenant, dek_id)
-        .suite(suite)
-        .seal(ctx, plaintext)
 }
 
 fn seal_with(

@@ -46,8 +46,7 @@ pub use context::{
 };
 pub use envelope::{
     COMMIT_KEY_LABEL, COMMITMENT_LEN, DERIVE_KEY_LABEL, Envelope, FORMAT_VERSION, HEADER_FIXED_LEN,
-    Header, MAGIC, MESSAGE_KEYS_LABEL, SALT_LEN, Sealer, Suite, parse, seal, seal_with_suite,
-    sealed_len,
+    Header, MAGIC, MESSAGE_KEYS_LABEL, SALT_LEN, Sealer, Suite, parse, sealed_len,
 };
 pub use error::{CryptoError, EnvelopeError};
 pub use key::{KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WrappedKey};

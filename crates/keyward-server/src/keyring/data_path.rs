@@ -16,9 +16,7 @@ use std::{
 };
 
 use keyward_audit::DekRetireReason;
-use keyward_envelope::{
-    EncryptionContext, EnvelopeError, KeyId, Suite, TenantId, parse, seal_with_suite,
-};
+use keyward_envelope::{EncryptionContext, EnvelopeError, KeyId, Sealer, Suite, TenantId, parse};
 use keyward_store::{Scope, Store};
 use moka::ops::compute::Op;
 use zeroize::Zeroizing;
@@ -149,15 +147,10 @@ impl DataPath {
             }
             match active.try_reserve(len, &self.rotation) {
                 Ok(()) => {
-                    let envelope = seal_with_suite(
-                        self.write_suite,
-                        &active.key.key,
-                        tenant,
-                        &active.id,
-                        ctx,
-                        plaintext,
-                    )
-                    .map_err(internal)?;
+                    let envelope = Sealer::new(&active.key.key, tenant, &active.id)
+                        .suite(self.write_suite)
+                        .seal(ctx, plaintext)
+                        .map_err(internal)?;
                     self.still_open(tenant, generation)?;
                     return Ok((envelope, active.id));
                 }
