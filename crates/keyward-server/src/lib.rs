@@ -244,14 +244,12 @@ pub async fn start_with_providers(
         .map(tls::ReloadableTls::load)
         .transpose()?
         .map(Arc::new);
-    let (store, postgres): (Arc<dyn keyward_store::Store>, Option<PostgresStore>) = match &settings
-        .store
-    {
-        config::StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(path).await?), None),
+    let store: Arc<dyn keyward_store::Store> = match &settings.store {
+        config::StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
         config::StoreLocation::Postgres { url, options, .. } => {
             let pg = PostgresStore::connect(url, options.clone()).await?;
             tracing::info!(replica = %settings.replica_id, url = %config::redact_url(url), "opened the PostgreSQL store");
-            (Arc::new(pg.clone()), Some(pg))
+            Arc::new(pg)
         }
     };
     let metrics = Arc::new(metrics::Metrics::new(
@@ -297,7 +295,7 @@ pub async fn start_with_providers(
             "tenants with a revoked or destroyed key are refused"
         );
     }
-    serve_replica(settings, keyring, auditor, authz, tls, postgres, shutdown).await
+    serve_replica(settings, keyring, auditor, authz, tls, true, shutdown).await
 }
 
 /// The policies of `settings`; in development mode with `[authz]` left at its defaults and no
@@ -325,18 +323,18 @@ pub async fn serve(
     tls: Option<Arc<tls::ReloadableTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    serve_replica(settings, keyring, auditor, authz, tls, None, shutdown).await
+    serve_replica(settings, keyring, auditor, authz, tls, false, shutdown).await
 }
 
-/// [`serve`], plus, on a PostgreSQL store, the revocation fan-out between replicas
-/// ([`replication`]).
+/// [`serve`], plus, with `replicas` on a PostgreSQL store, the revocation fan-out between
+/// replicas ([`replication`]) and the configured health-check interval.
 async fn serve_replica(
     settings: &Settings,
     keyring: Arc<Keyring>,
     auditor: Arc<audit::Auditor>,
     authz: Arc<authz::Authz>,
     tls: Option<Arc<tls::ReloadableTls>>,
-    postgres: Option<PostgresStore>,
+    replicas: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     // The keyring's metrics (KMS calls and cache lookups are counted in them); a keyring built
@@ -431,24 +429,18 @@ async fn serve_replica(
         ]
     };
     let health_task = {
-        let (pinger, interval) = match (&postgres, &settings.store) {
+        let interval = match (replicas, &settings.store) {
             (
-                Some(pg),
+                true,
                 config::StoreLocation::Postgres {
                     health_check_interval,
                     ..
                 },
-            ) => (
-                replication::Pinger::Postgres(pg.clone()),
-                *health_check_interval,
-            ),
-            _ => (
-                replication::Pinger::Store(Arc::clone(keyring.store())),
-                std::time::Duration::from_secs(5),
-            ),
+            ) => *health_check_interval,
+            _ => std::time::Duration::from_secs(5),
         };
         tokio::spawn(replication::run_health(
-            pinger,
+            Arc::clone(keyring.store()),
             health_reporter.clone(),
             services.clone(),
             interval,
@@ -456,17 +448,21 @@ async fn serve_replica(
         ))
     };
     if let (
-        Some(_),
+        true,
         config::StoreLocation::Postgres {
-            url,
-            reconcile_interval,
-            ..
+            reconcile_interval, ..
         },
-    ) = (&postgres, &settings.store)
+    ) = (replicas, &settings.store)
+        && let Some(changes) =
+            keyring
+                .store()
+                .key_state_changes(&replication::listener_application_name(
+                    keyring.replica_id(),
+                ))
     {
         background.push(tokio::spawn(replication::run_listener(
             Arc::clone(&keyring),
-            url.clone(),
+            changes,
         )));
         background.push(tokio::spawn(replication::run_reconciliation(
             Arc::clone(&keyring),

@@ -476,6 +476,28 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// A change committed by another process sharing the store, as delivered by
+/// [`Store::key_state_changes`]: the tenant it names; the new state itself is read from the
+/// store.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The subscription was (re)established. Changes committed while it was down were never
+    /// delivered: reconcile every key state now, before handling the events that follow.
+    Subscribed,
+    /// The tenant's current binding or a binding's state changed ([`Store::set_binding_state`],
+    /// [`Store::bind_kek`]).
+    KeyState(TenantId),
+    /// The tenant's policy changed ([`Store::set_tenant_policy`]).
+    Policy(TenantId),
+    /// A notification whose payload names no tenant (the reason): reconcile every key state.
+    Unreadable(String),
+}
+
+/// The stream of [`StoreChange`]s returned by [`Store::key_state_changes`]. It never ends on
+/// its own (the backend reconnects); dropping it ends the subscription.
+pub type StoreChanges = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = StoreChange> + Send>>;
+
 /// Keyward's durable state. Implementations: [`sqlite::SqliteStore`] and, with the `postgres`
 /// feature, `postgres::PostgresStore`.
 ///
@@ -623,4 +645,27 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Checkpoints with `from_seq <= seq <= to_seq`, seq ascending.
     async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Checks that the store answers, for health checks. The default reads the audit chain head
+    /// ([`Store::audit_head`]); a backend with a cheaper round trip overrides it (PostgreSQL: a
+    /// ping on a pooled connection).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.audit_head().await.map(drop)
+    }
+
+    /// The changes other processes commit to this store, for a server that shares it with other
+    /// replicas; `None` when no other process can write to it (SQLite: one process per file),
+    /// the default.
+    ///
+    /// PostgreSQL: a dedicated connection with application name `listener_name` (visible in
+    /// `pg_stat_activity`) that `LISTEN`s on the key-state and policy channels, reconnecting
+    /// with backoff (100 ms doubling to 5 s, each connection attempt bounded by 5 s), and yields
+    /// [`StoreChange::Subscribed`] after every (re)connection, before the notifications it then
+    /// receives. Notifications sent while it is disconnected are lost: reconcile on
+    /// `Subscribed`, and periodically. Must be called within a Tokio runtime (the subscription
+    /// runs on a task of its own until the stream is dropped).
+    fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
+        let _ = listener_name;
+        None
+    }
 }

@@ -1159,7 +1159,7 @@ where
 
 /// Implements [`Store`](crate::Store) for a [`SqlBackend`] by delegating every method to it.
 macro_rules! impl_store_for_sql_backend {
-    ($backend:ty) => {
+    ($backend:ty $(, { $($own:item)* })?) => {
         #[async_trait::async_trait]
         impl $crate::Store for $backend {
             async fn create_tenant(
@@ -1315,6 +1315,8 @@ macro_rules! impl_store_for_sql_backend {
             ) -> Result<Vec<$crate::Checkpoint>, $crate::StoreError> {
                 $crate::sql::SqlBackend::checkpoints(self, from_seq, to_seq).await
             }
+
+            $($($own)*)?
         }
     };
 }

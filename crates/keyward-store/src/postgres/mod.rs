@@ -32,6 +32,8 @@ use sqlx::{Connection, Postgres, Transaction};
 use crate::StoreError;
 use crate::sql::{self, Announcement, Migration, SqlBackend, backend, quote_ident};
 
+mod changes;
+
 /// Attempts of a write transaction that reported [`StoreError::Conflict`] before that error is
 /// returned. With the chain lock taken first such conflicts should not happen between Keyward
 /// replicas; the budget covers deadlocks with other clients of the database.
@@ -66,27 +68,27 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "init",
-        sql: include_str!("../migrations/postgres/0001_init.sql"),
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
     },
     Migration {
         version: 2,
         name: "audit",
-        sql: include_str!("../migrations/postgres/0002_audit.sql"),
+        sql: include_str!("../../migrations/postgres/0002_audit.sql"),
     },
     Migration {
         version: 3,
         name: "tenant_policy",
-        sql: include_str!("../migrations/postgres/0003_tenant_policy.sql"),
+        sql: include_str!("../../migrations/postgres/0003_tenant_policy.sql"),
     },
     Migration {
         version: 4,
         name: "binding_state_cause",
-        sql: include_str!("../migrations/postgres/0004_binding_state_cause.sql"),
+        sql: include_str!("../../migrations/postgres/0004_binding_state_cause.sql"),
     },
     Migration {
         version: 5,
         name: "tenant_key_mac",
-        sql: include_str!("../migrations/postgres/0005_tenant_key_mac.sql"),
+        sql: include_str!("../../migrations/postgres/0005_tenant_key_mac.sql"),
     },
 ];
 
@@ -142,6 +144,9 @@ impl PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The URL's connection options as given (no pool settings): the listening connections of
+    /// [`Store::key_state_changes`](crate::Store::key_state_changes).
+    listen_options: PgConnectOptions,
 }
 
 impl PostgresStore {
@@ -152,8 +157,9 @@ impl PostgresStore {
     /// (`Corrupt`). Sets `application_name=keyward` unless the URL names one.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         options.validate()?;
-        let mut connect = PgConnectOptions::from_str(url)
+        let listen_options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidInput(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut connect = listen_options.clone();
         if connect.get_application_name().is_none() {
             connect = connect.application_name("keyward");
         }
@@ -197,7 +203,10 @@ impl PostgresStore {
             max_connections = options.max_connections,
             "opened PostgreSQL store"
         );
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            listen_options,
+        })
     }
 
     /// Checks that the database answers (a round trip on a pooled connection), for health
@@ -429,4 +438,34 @@ impl SqlBackend for PostgresStore {
     }
 }
 
-sql::impl_store_for_sql_backend!(PostgresStore);
+sql::impl_store_for_sql_backend!(PostgresStore, {
+    async fn ping(&self) -> Result<(), StoreError> {
+        PostgresStore::ping(self).await
+    }
+
+    fn key_state_changes(&self, listener_name: &str) -> Option<crate::StoreChanges> {
+        Some(changes::subscribe(&self.listen_options, listener_name))
+    }
+});
+
+/// Checks a PostgreSQL URL the way [`PostgresStore::connect`] will parse it, plus what the
+/// driver would only default silently (a host and a database name); the error says what is
+/// wrong.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() && !tail.contains("host=") {
+        return Err("it names no host".to_owned());
+    }
+    let database = tail
+        .strip_prefix('/')
+        .map(|t| t.split('?').next().unwrap_or_default())
+        .unwrap_or_default();
+    if database.is_empty() && !tail.contains("dbname=") {
+        return Err("it names no database (postgres://user@host:5432/database)".to_owned());
+    }
+    Ok(())
+}
