@@ -28,7 +28,7 @@ pub mod conformance;
 mod decode;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 
 /// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.

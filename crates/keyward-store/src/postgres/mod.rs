@@ -1,8 +1,9 @@
 //! The PostgreSQL backend: several Keyward replicas on one database.
 //!
 //! Same tables, columns, statements and semantics as the SQLite backend (the statements, row
-//! decoding and write transactions are shared, in `crate::sql`); what is PostgreSQL's own is
-//! here: connecting, the write lock, the migration lock and `dump()`. See `docs/store.md`,
+//! decoding and write transactions are shared: [`SqlStore`], module `crate::sql`); what is
+//! PostgreSQL's own is here: connecting, the write lock, `NOTIFY` and the change listener
+//! ([`PostgresDialect`], module `changes`), the migration lock and `dump()`. See `docs/store.md`,
 //! section "PostgreSQL", for the design.
 //!
 //! Concurrency: every write transaction runs at `READ COMMITTED` (set explicitly, whatever the
@@ -29,8 +30,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
-use crate::StoreError;
-use crate::sql::{self, Announcement, Migration, SqlBackend, backend, quote_ident};
+use crate::sql::{Announcement, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
+use crate::{StoreChanges, StoreError};
 
 mod changes;
 
@@ -140,10 +141,14 @@ impl PostgresOptions {
     }
 }
 
-/// The PostgreSQL [`Store`](crate::Store). Cheap to clone (a pool handle).
+/// The PostgreSQL [`Store`](crate::Store): [`SqlStore`] on [`PostgresDialect`]. Cheap to clone
+/// (a pool handle).
+pub type PostgresStore = SqlStore<PostgresDialect>;
+
+/// What is PostgreSQL's own in [`PostgresStore`]: the chain lock, NUL-free text, `NOTIFY`, the
+/// retry budget, the ping and the change listener (see the module docs).
 #[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
+pub struct PostgresDialect {
     /// The URL's connection options as given (no pool settings): the listening connections of
     /// [`Store::key_state_changes`](crate::Store::key_state_changes).
     listen_options: PgConnectOptions,
@@ -203,28 +208,10 @@ impl PostgresStore {
             max_connections = options.max_connections,
             "opened PostgreSQL store"
         );
-        Ok(PostgresStore {
+        Ok(SqlStore {
             pool,
-            listen_options,
+            dialect: PostgresDialect { listen_options },
         })
-    }
-
-    /// Checks that the database answers (a round trip on a pooled connection), for health
-    /// checks. Fails with [`StoreError::Backend`] if no connection can be had within the acquire
-    /// timeout or the server does not answer.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        conn.ping().await.map_err(backend)
-    }
-
-    /// The connection pool (for `LISTEN`/`NOTIFY`, backend-specific checks and ops tools).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Closes every connection of the pool (waiting for checked-out ones to come back).
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 
     /// Deterministic textual dump of every row of every table of the current schema, ordered:
@@ -373,21 +360,22 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl SqlBackend for PostgresStore {
+impl sealed::Sealed for PostgresDialect {}
+
+impl Dialect for PostgresDialect {
     type Db = Postgres;
 
     const WRITE_ATTEMPTS: usize = WRITE_ATTEMPTS;
 
-    fn sql_pool(&self) -> &PgPool {
-        &self.pool
-    }
+    /// A round trip on a pooled connection: fails with [`StoreError::Backend`] if no connection
+    /// can be had within the acquire timeout or the server does not answer.
+    const PING_CONNECTION: bool = true;
 
     /// `READ COMMITTED`, then the audit chain lock (module docs). Not the server's default
     /// isolation level: under `REPEATABLE READ` the snapshot would be taken before the lock wait
     /// and miss the previous writer's commit.
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self
-            .pool
+    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE")
             .await
             .map_err(backend)?;
@@ -436,17 +424,12 @@ impl SqlBackend for PostgresStore {
         }
         Ok(())
     }
-}
 
-sql::impl_store_for_sql_backend!(PostgresStore, {
-    async fn ping(&self) -> Result<(), StoreError> {
-        PostgresStore::ping(self).await
-    }
-
-    fn key_state_changes(&self, listener_name: &str) -> Option<crate::StoreChanges> {
+    /// A dedicated `LISTEN`ing connection (module `changes`).
+    fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
         Some(changes::subscribe(&self.listen_options, listener_name))
     }
-});
+}
 
 /// Checks a PostgreSQL URL the way [`PostgresStore::connect`] will parse it, plus what the
 /// driver would only default silently (a host and a database name); the error says what is
