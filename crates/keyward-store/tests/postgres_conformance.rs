@@ -15,27 +15,31 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward_store::conformance::{
-    self, binding_changed, dek_events, state_changed, tenant_created,
+    self, Arg, Backdoor, binding_changed, dek_events, populate, tenant_created, usage_event,
 };
 use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::{
     AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
     WrappedKey,
 };
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::{Connection, PgConnection, Postgres as Db, Row};
 
 mod common;
+use common::migration_versions;
 use common::test_db::{DEFAULT_URL, TestDb, admin_url, redacted, with_database};
-use common::{Arg, Backend, migration_versions, populate, revoke_fresh, usage_event};
 
-/// A fresh database for the shared tests of `common`.
+/// A fresh database for the backdoor tests of the conformance suite.
 struct Postgres {
     db: TestDb,
     store: PostgresStore,
     raw: tokio::sync::Mutex<Option<PgConnection>>,
+    /// Whether `tamper` disabled the audit records' append-only trigger.
+    unguarded: AtomicBool,
 }
 
 impl Postgres {
@@ -46,36 +50,40 @@ impl Postgres {
             db,
             store,
             raw: tokio::sync::Mutex::new(None),
+            unguarded: AtomicBool::new(false),
         }
     }
 
-    /// The raw connection, opened at first use with the audit records' append-only trigger
-    /// disabled.
+    /// The raw (superuser) connection, opened at first use.
     async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, PgConnection> {
         let mut guard = self.raw.lock().await;
         if guard.is_none() {
-            let mut conn = self.db.raw().await;
-            sqlx::raw_sql("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            *guard = Some(conn);
+            *guard = Some(self.db.raw().await);
         }
         tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
     }
-
-    /// Closes everything and drops the database (after a passing test).
-    async fn finish(self) {
-        if let Some(raw) = self.raw.into_inner() {
-            raw.close().await.unwrap();
-        }
-        self.store.close().await;
-        self.db.finish().await;
-    }
 }
 
-impl Backend for Postgres {
+fn query<'q>(sql: &'q str, args: Vec<Arg>) -> sqlx::query::Query<'q, Db, PgArguments> {
+    args.into_iter()
+        .fold(sqlx::query(sql), |query, arg| match arg {
+            Arg::Int(i) => query.bind(i),
+            Arg::Text(t) => query.bind(t),
+        })
+}
+
+impl Backdoor for Postgres {
     const REFUSES_NUL_TEXT: bool = true;
+    const RAW_SKIPS_FOREIGN_KEYS: bool = false;
+    const MORE_TABLES: &'static [&'static str] = &["audit_chain_lock"];
+    const MORE_APPEND_ONLY_STATEMENTS: &'static [&'static str] = &[
+        "TRUNCATE audit_records",
+        "TRUNCATE audit_checkpoints",
+        "DELETE FROM audit_chain_lock",
+        "UPDATE audit_chain_lock SET id = 1",
+        "INSERT INTO audit_chain_lock (id) VALUES (1)",
+        "TRUNCATE audit_chain_lock",
+    ];
 
     fn store(&self) -> &dyn Store {
         &self.store
@@ -85,15 +93,46 @@ impl Backend for Postgres {
         self.store.dump().await.unwrap()
     }
 
-    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
-        let mut query = sqlx::query(sql);
-        for arg in args {
-            query = match arg {
-                Arg::Int(i) => query.bind(i),
-                Arg::Text(t) => query.bind(t),
-            };
+    fn dumped_bytes(bytes: &[u8]) -> String {
+        // bytea as `\x…` inside the row text (its backslash doubled).
+        format!("\\\\x{}", hex::encode(bytes))
+    }
+
+    async fn execute(&self, sql: &str, args: Vec<Arg>) -> Result<(), String> {
+        let mut raw = self.raw().await;
+        if args.is_empty() {
+            // Several statements, or one without placeholders.
+            return sqlx::raw_sql(sql)
+                .execute(&mut *raw)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
         }
-        query.execute(&mut *self.raw().await).await.unwrap();
+        query(sql, args)
+            .execute(&mut *raw)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn execute_pooled(&self, sql: &str) -> Result<(), String> {
+        sqlx::query(sql)
+            .execute(self.store.pool())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
+        if !self.unguarded.swap(true, Ordering::SeqCst) {
+            self.execute(
+                "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only",
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        }
+        self.execute(sql, args).await.unwrap();
     }
 
     async fn fetch_text(&self, sql: &str, arg: i64) -> String {
@@ -102,6 +141,50 @@ impl Backend for Postgres {
             .fetch_one(&mut *self.raw().await)
             .await
             .unwrap()
+    }
+
+    async fn break_audit_writes(&self) {
+        self.execute(
+            "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
+             CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
+             FOR EACH ROW EXECUTE FUNCTION fail_audit();",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn repair_audit_writes(&self) {
+        self.execute("DROP TRIGGER fail_audit ON audit_records", Vec::new())
+            .await
+            .unwrap();
+    }
+
+    async fn allow_any_binding_state(&self) {
+        self.execute(
+            "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn reopen(&self) -> Result<(), StoreError> {
+        PostgresStore::connect(&self.db.url, PostgresOptions::default())
+            .await?
+            .close()
+            .await;
+        Ok(())
+    }
+
+    /// Closes everything and drops the database (after a passing test).
+    async fn finish(self) {
+        if let Some(raw) = self.raw.into_inner() {
+            raw.close().await.unwrap();
+        }
+        self.store.close().await;
+        self.db.finish().await;
     }
 }
 
@@ -422,74 +505,6 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
 
 // ----- the audit log ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn audit_tables_are_append_only() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, _) = populate(&store).await;
-    let head = store.audit_head().await.unwrap();
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    store
-        .insert_checkpoint(&key.sign_checkpoint(&head, 1).unwrap())
-        .await
-        .unwrap();
-    let before = store.dump().await.unwrap();
-
-    // Through the store's own pool and through a raw superuser connection alike.
-    let mut raw = db.raw().await;
-    for sql in [
-        "UPDATE audit_records SET time_ms = 0",
-        "UPDATE audit_records SET body = body || ' '",
-        "DELETE FROM audit_records",
-        "DELETE FROM audit_records WHERE seq = (SELECT MAX(seq) FROM audit_records)",
-        "TRUNCATE audit_records",
-        "UPDATE audit_checkpoints SET time_ms = 0",
-        "DELETE FROM audit_checkpoints",
-        "TRUNCATE audit_checkpoints",
-        "DELETE FROM audit_chain_lock",
-        "UPDATE audit_chain_lock SET id = 1",
-        "INSERT INTO audit_chain_lock (id) VALUES (1)",
-        "TRUNCATE audit_chain_lock",
-    ] {
-        let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-    }
-    // A record must extend the chain by exactly one: no gaps, no reuse of a seq.
-    let next = Record::append(&head, 1, usage_event(&tenant, 1)).unwrap();
-    let skipped = Record::append(&next.head(), 1, usage_event(&tenant, 1)).unwrap();
-    for (seq, record) in [(skipped.seq(), &skipped), (head.seq, &next)] {
-        let err = sqlx::query(
-            "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(i64::try_from(seq).unwrap())
-        .bind(record.time_ms())
-        .bind(record.event().event_type())
-        .bind(tenant.as_str())
-        .bind(String::from_utf8(record.canonical_bytes()).unwrap())
-        .bind(hex::encode(record.hash()))
-        .execute(&mut raw)
-        .await
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("extend the chain by one"),
-            "seq {seq}: {err}"
-        );
-    }
-    raw.close().await.unwrap();
-    assert_eq!(store.dump().await.unwrap(), before);
-    // The store still appends normally afterwards.
-    let appended = store
-        .append_audit(vec![usage_event(&tenant, 2)])
-        .await
-        .unwrap();
-    assert!(appended[0].follows(&head));
-    store.close().await;
-    db.finish().await;
-}
-
 /// A raw writer bypassing the store still cannot leave two active DEKs for one scope or two
 /// current bindings for one tenant: the partial unique indexes hold on their own.
 #[tokio::test]
@@ -530,112 +545,6 @@ async fn unique_indexes_hold_for_writers_that_bypass_the_store() {
     db.finish().await;
 }
 
-/// Installs a trigger that makes every audit append fail, as a full or broken audit table would.
-async fn break_audit_writes(raw: &mut PgConnection) {
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
-         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
-         FOR EACH ROW EXECUTE FUNCTION fail_audit();",
-    )
-    .execute(&mut *raw)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, binding, dek) = populate(&store).await;
-    let binding_id = store.active_binding(&tenant).await.unwrap().unwrap().id;
-    let mut raw = db.raw().await;
-    break_audit_writes(&mut raw).await;
-    let before = store.dump().await.unwrap();
-
-    let new_tenant = conformance::unique_tenant_id();
-    let new_binding = NewKekBinding {
-        tenant_key_id: KeyId::generate().unwrap(),
-        key_ref: "local:kek-2".to_owned(),
-        ..binding.clone()
-    };
-    let new_dek = NewDek {
-        id: KeyId::generate().unwrap(),
-        ..dek.clone()
-    };
-    let is_backend = |e: StoreError| matches!(e, StoreError::Backend(_));
-
-    let err = store
-        .create_tenant(&new_tenant, "Unaudited", &tenant_created)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .bind_kek(new_binding.clone(), &binding_changed)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .insert_dek(new_dek.clone(), &dek_events)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .set_binding_state(revoke_fresh(binding_id), &state_changed)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .append_audit(vec![usage_event(&tenant, 1)])
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    assert_eq!(
-        store.dump().await.unwrap(),
-        before,
-        "no change without its record"
-    );
-
-    // Once the audit log accepts writes again, the same calls succeed, each with its records.
-    sqlx::raw_sql("DROP TRIGGER fail_audit ON audit_records")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let head = store.audit_head().await.unwrap();
-    store
-        .create_tenant(&new_tenant, "Audited", &tenant_created)
-        .await
-        .unwrap();
-    store.bind_kek(new_binding, &binding_changed).await.unwrap();
-    let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
-    assert_eq!(inserted.retired, Some(dek.id));
-    // The new binding deactivated this one: its version moved to 1.
-    store
-        .set_binding_state(
-            keyward_store::StateUpdate {
-                expected_version: 1,
-                ..revoke_fresh(binding_id)
-            },
-            &state_changed,
-        )
-        .await
-        .unwrap();
-    store
-        .append_audit(vec![usage_event(&tenant, 1)])
-        .await
-        .unwrap();
-    let after = store
-        .audit_records(&AuditQuery::default().with_after_seq(head.seq))
-        .await
-        .unwrap();
-    // tenant_created 1, binding 2, DEK (retired + created) 2, state 1, usage 1.
-    assert_eq!(after.len(), 7);
-    assert_eq!(store.audit_head().await.unwrap(), after[6].head());
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
-}
-
 /// Without the chain lock row the store cannot serialize writers, so it refuses to write
 /// (reads go on).
 #[tokio::test]
@@ -665,74 +574,6 @@ async fn a_missing_chain_lock_row_stops_writes() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(store.get_dek(&tenant, &dek.id).await.unwrap().is_some());
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
-}
-
-/// Someone who may alter the tables can disable the triggers and edit a record; reading it back
-/// then fails, naming the table, the column and the seq.
-// ----- data and requests --------------------------------------------------------------------
-
-#[tokio::test]
-async fn dump_is_deterministic_and_sees_every_write() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let empty = store.dump().await.unwrap();
-    assert_eq!(store.dump().await.unwrap(), empty);
-    for table in [
-        "audit_chain_lock",
-        "audit_checkpoints",
-        "audit_records",
-        "deks",
-        "kek_bindings",
-        "schema_migrations",
-        "tenant_keys",
-        "tenants",
-    ] {
-        assert!(empty.contains(&format!("table {table} (")), "{empty}");
-    }
-    let (tenant, _, dek) = populate(&store).await;
-    let populated = store.dump().await.unwrap();
-    assert_ne!(populated, empty);
-    assert_eq!(store.dump().await.unwrap(), populated);
-    // Wrapped bytes appear as hex.
-    assert!(populated.contains("\\\\x000102ff"), "{populated}");
-    assert!(populated.contains(&dek.id.to_string()));
-    store.add_dek_usage(&tenant, &dek.id, 1, 1).await.unwrap();
-    assert_ne!(store.dump().await.unwrap(), populated);
-    store.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn corrupt_rows_are_reported_with_table_and_column() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, dek) = populate(&store).await;
-    let mut raw = db.raw().await;
-    sqlx::query("UPDATE deks SET scope = '' WHERE id = $1")
-        .bind(dek.id.to_string())
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = store.get_dek(&tenant, &dek.id).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.starts_with("deks.scope:")),
-        "{err:?}"
-    );
-    sqlx::raw_sql(
-        "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check; \
-         UPDATE kek_bindings SET state = 'sleepy';",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
-    let err = store.active_binding(&tenant).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.starts_with("kek_bindings.state:")),
-        "{err:?}"
-    );
     raw.close().await.unwrap();
     store.close().await;
     db.finish().await;
@@ -776,25 +617,6 @@ async fn replicas_starting_at_once_migrate_once() {
     assert_eq!(migrations(again.clone()).await, first, "nothing re-applied");
     assert_eq!(again.dump().await.unwrap(), dump);
     again.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (9999, 0)")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    store.close().await;
-    let err = PostgresStore::connect(&db.url, PostgresOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("9999")),
-        "{err:?}"
-    );
     db.finish().await;
 }
 
@@ -938,32 +760,6 @@ fn test_database_urls() {
     assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
 }
 
-// ----- the backend-generic tests of `common` --------------------------------------------------
+// ----- the backdoor tests of the conformance suite ----------------------------------------------
 
-#[tokio::test]
-async fn bad_requests_change_nothing() {
-    let b = Postgres::new().await;
-    common::bad_requests_change_nothing(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn checkpoint_of_the_empty_chain() {
-    let b = Postgres::new().await;
-    common::checkpoint_of_the_empty_chain(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn tampered_audit_records_are_reported_as_corrupt() {
-    let b = Postgres::new().await;
-    common::tampered_audit_records_are_reported_as_corrupt(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn record_times_never_go_backwards() {
-    let b = Postgres::new().await;
-    common::record_times_never_go_backwards(&b).await;
-    b.finish().await;
-}
+keyward_store::backdoor_tests!(Postgres::new);
