@@ -15,19 +15,18 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward_store::conformance::{
-    self, Arg, Backdoor, binding_changed, dek_events, populate, tenant_created, usage_event,
+    self, Arg, Backdoor, backdoor, binding_changed, dek_events, populate, tenant_created,
+    usage_event,
 };
 use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::{
     AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
     WrappedKey,
 };
-use sqlx::postgres::PgArguments;
-use sqlx::{Connection, PgConnection, Postgres as Db, Row};
+use sqlx::{Connection, PgConnection, Row};
 
 mod common;
 use common::migration_versions;
@@ -37,9 +36,8 @@ use common::test_db::{DEFAULT_URL, TestDb, admin_url, redacted, with_database};
 struct Postgres {
     db: TestDb,
     store: PostgresStore,
-    raw: tokio::sync::Mutex<Option<PgConnection>>,
-    /// Whether `tamper` disabled the audit records' append-only trigger.
-    unguarded: AtomicBool,
+    /// The raw (superuser) connection, opened at first use.
+    raw: tokio::sync::OnceCell<tokio::sync::Mutex<PgConnection>>,
 }
 
 impl Postgres {
@@ -49,27 +47,9 @@ impl Postgres {
         Postgres {
             db,
             store,
-            raw: tokio::sync::Mutex::new(None),
-            unguarded: AtomicBool::new(false),
+            raw: tokio::sync::OnceCell::new(),
         }
     }
-
-    /// The raw (superuser) connection, opened at first use.
-    async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, PgConnection> {
-        let mut guard = self.raw.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.db.raw().await);
-        }
-        tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
-    }
-}
-
-fn query<'q>(sql: &'q str, args: Vec<Arg>) -> sqlx::query::Query<'q, Db, PgArguments> {
-    args.into_iter()
-        .fold(sqlx::query(sql), |query, arg| match arg {
-            Arg::Int(i) => query.bind(i),
-            Arg::Text(t) => query.bind(t),
-        })
 }
 
 impl Backdoor for Postgres {
@@ -84,6 +64,15 @@ impl Backdoor for Postgres {
         "INSERT INTO audit_chain_lock (id) VALUES (1)",
         "TRUNCATE audit_chain_lock",
     ];
+    const UNGUARD_AUDIT_RECORDS: &'static str =
+        "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only";
+    const BREAK_AUDIT_WRITES: &'static str = "CREATE FUNCTION fail_audit() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
+         FOR EACH ROW EXECUTE FUNCTION fail_audit();";
+    const REPAIR_AUDIT_WRITES: &'static str = "DROP TRIGGER fail_audit ON audit_records";
+    const ALLOW_ANY_BINDING_STATE: &'static str =
+        "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check";
 
     fn store(&self) -> &dyn Store {
         &self.store
@@ -94,80 +83,20 @@ impl Backdoor for Postgres {
     }
 
     fn dumped_bytes(bytes: &[u8]) -> String {
-        // bytea as `\x…` inside the row text (its backslash doubled).
+        // bytea as `\\x…` inside the row text (its backslash doubled).
         format!("\\\\x{}", hex::encode(bytes))
     }
 
     async fn execute(&self, sql: &str, args: Vec<Arg>) -> Result<(), String> {
-        let mut raw = self.raw().await;
-        if args.is_empty() {
-            // Several statements, or one without placeholders.
-            return sqlx::raw_sql(sql)
-                .execute(&mut *raw)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string());
-        }
-        query(sql, args)
-            .execute(&mut *raw)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let raw = self
+            .raw
+            .get_or_init(|| async { tokio::sync::Mutex::new(self.db.raw().await) })
+            .await;
+        backdoor::execute(&mut *raw.lock().await, sql, args).await
     }
 
     async fn execute_pooled(&self, sql: &str) -> Result<(), String> {
-        sqlx::query(sql)
-            .execute(self.store.pool())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-
-    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
-        if !self.unguarded.swap(true, Ordering::SeqCst) {
-            self.execute(
-                "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only",
-                Vec::new(),
-            )
-            .await
-            .unwrap();
-        }
-        self.execute(sql, args).await.unwrap();
-    }
-
-    async fn fetch_text(&self, sql: &str, arg: i64) -> String {
-        sqlx::query_scalar(sql)
-            .bind(arg)
-            .fetch_one(&mut *self.raw().await)
-            .await
-            .unwrap()
-    }
-
-    async fn break_audit_writes(&self) {
-        self.execute(
-            "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
-             CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
-             FOR EACH ROW EXECUTE FUNCTION fail_audit();",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    }
-
-    async fn repair_audit_writes(&self) {
-        self.execute("DROP TRIGGER fail_audit ON audit_records", Vec::new())
-            .await
-            .unwrap();
-    }
-
-    async fn allow_any_binding_state(&self) {
-        self.execute(
-            "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        backdoor::execute(self.store.pool(), sql, Vec::new()).await
     }
 
     async fn reopen(&self) -> Result<(), StoreError> {
@@ -181,7 +110,7 @@ impl Backdoor for Postgres {
     /// Closes everything and drops the database (after a passing test).
     async fn finish(self) {
         if let Some(raw) = self.raw.into_inner() {
-            raw.close().await.unwrap();
+            raw.into_inner().close().await.unwrap();
         }
         self.store.close().await;
         self.db.finish().await;

@@ -8,18 +8,17 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyward_store::conformance::{
-    self, Arg, Backdoor, populate, revoke_fresh, state_changed, tenant_created,
+    self, Arg, Backdoor, backdoor, populate, revoke_fresh, state_changed, tenant_created,
 };
 
 mod common;
 use common::migration_versions;
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{KekState, Store, StoreError};
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions};
-use sqlx::{Connection, Row, Sqlite as Db, SqliteConnection};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, Row, SqliteConnection};
 use tempfile::TempDir;
 
 fn db_path(dir: &TempDir) -> PathBuf {
@@ -36,9 +35,8 @@ async fn open_temp() -> (TempDir, SqliteStore) {
 struct Sqlite {
     dir: TempDir,
     store: SqliteStore,
-    raw: tokio::sync::Mutex<Option<SqliteConnection>>,
-    /// Whether `tamper` dropped the audit records' update guard.
-    unguarded: AtomicBool,
+    /// The raw connection (foreign keys off), opened at first use.
+    raw: tokio::sync::OnceCell<tokio::sync::Mutex<SqliteConnection>>,
 }
 
 impl Sqlite {
@@ -47,27 +45,9 @@ impl Sqlite {
         Sqlite {
             dir,
             store,
-            raw: tokio::sync::Mutex::new(None),
-            unguarded: AtomicBool::new(false),
+            raw: tokio::sync::OnceCell::new(),
         }
     }
-
-    /// The raw connection (foreign keys off), opened at first use.
-    async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, SqliteConnection> {
-        let mut guard = self.raw.lock().await;
-        if guard.is_none() {
-            *guard = Some(raw_connection(&db_path(&self.dir)).await);
-        }
-        tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
-    }
-}
-
-fn query<'q>(sql: &'q str, args: Vec<Arg>) -> sqlx::query::Query<'q, Db, SqliteArguments<'q>> {
-    args.into_iter()
-        .fold(sqlx::query(sql), |query, arg| match arg {
-            Arg::Int(i) => query.bind(i),
-            Arg::Text(t) => query.bind(t),
-        })
 }
 
 impl Backdoor for Sqlite {
@@ -75,6 +55,11 @@ impl Backdoor for Sqlite {
     const RAW_SKIPS_FOREIGN_KEYS: bool = true;
     const MORE_TABLES: &'static [&'static str] = &[];
     const MORE_APPEND_ONLY_STATEMENTS: &'static [&'static str] = &[];
+    const UNGUARD_AUDIT_RECORDS: &'static str = "DROP TRIGGER IF EXISTS audit_records_no_update";
+    const BREAK_AUDIT_WRITES: &'static str = "CREATE TRIGGER fail_audit BEFORE INSERT ON \
+         audit_records BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END";
+    const REPAIR_AUDIT_WRITES: &'static str = "DROP TRIGGER fail_audit";
+    const ALLOW_ANY_BINDING_STATE: &'static str = "PRAGMA ignore_check_constraints = ON";
 
     fn store(&self) -> &dyn Store {
         &self.store
@@ -89,66 +74,17 @@ impl Backdoor for Sqlite {
     }
 
     async fn execute(&self, sql: &str, args: Vec<Arg>) -> Result<(), String> {
-        let mut raw = self.raw().await;
-        if args.is_empty() {
-            return sqlx::raw_sql(sql)
-                .execute(&mut *raw)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string());
-        }
-        query(sql, args)
-            .execute(&mut *raw)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let raw = self
+            .raw
+            .get_or_init(|| async {
+                tokio::sync::Mutex::new(raw_connection(&db_path(&self.dir)).await)
+            })
+            .await;
+        backdoor::execute(&mut *raw.lock().await, sql, args).await
     }
 
     async fn execute_pooled(&self, sql: &str) -> Result<(), String> {
-        sqlx::query(sql)
-            .execute(self.store.pool())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-
-    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
-        if !self.unguarded.swap(true, Ordering::SeqCst) {
-            self.execute("DROP TRIGGER audit_records_no_update", Vec::new())
-                .await
-                .unwrap();
-        }
-        self.execute(sql, args).await.unwrap();
-    }
-
-    async fn fetch_text(&self, sql: &str, arg: i64) -> String {
-        sqlx::query_scalar(sql)
-            .bind(arg)
-            .fetch_one(&mut *self.raw().await)
-            .await
-            .unwrap()
-    }
-
-    async fn break_audit_writes(&self) {
-        self.execute(
-            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
-             BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    }
-
-    async fn repair_audit_writes(&self) {
-        self.execute("DROP TRIGGER fail_audit", Vec::new())
-            .await
-            .unwrap();
-    }
-
-    async fn allow_any_binding_state(&self) {
-        self.execute("PRAGMA ignore_check_constraints = ON", Vec::new())
-            .await
-            .unwrap();
+        backdoor::execute(self.store.pool(), sql, Vec::new()).await
     }
 
     async fn reopen(&self) -> Result<(), StoreError> {

@@ -432,16 +432,7 @@ pub async fn check_audit_chain_links(store: &dyn Store) {
         if page.is_empty() {
             break;
         }
-        for record in page {
-            assert!(record.verify_hash(), "record {} verifies", record.seq());
-            assert!(
-                record.follows(&head),
-                "record {} follows seq {}",
-                record.seq(),
-                head.seq
-            );
-            head = record.head();
-        }
+        head = assert_chain(head, &page);
     }
     assert_eq!(store.audit_head().await.unwrap(), head);
 }

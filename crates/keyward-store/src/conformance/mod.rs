@@ -215,7 +215,12 @@ async fn head_before(store: &dyn Store, seq: u64) -> ChainHead {
 /// the record stored just before it.
 async fn assert_linked(store: &dyn Store, records: &[Record]) {
     let Some(first) = records.first() else { return };
-    let mut head = head_before(store, first.seq()).await;
+    assert_chain(head_before(store, first.seq()).await, records);
+}
+
+/// Each of `records` verifies and follows the one before it, the first following `head`;
+/// returns the last one's head.
+fn assert_chain(mut head: ChainHead, records: &[Record]) -> ChainHead {
     for record in records {
         assert!(record.verify_hash(), "record {} verifies", record.seq());
         assert!(
@@ -226,6 +231,7 @@ async fn assert_linked(store: &dyn Store, records: &[Record]) {
         );
         head = record.head();
     }
+    head
 }
 
 fn key_id() -> KeyId {

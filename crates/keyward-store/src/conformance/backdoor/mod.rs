@@ -9,7 +9,10 @@ use std::future::Future;
 mod audit;
 pub use audit::*;
 
-use super::{binding_changed, dek_events, state_changed, tenant_created, unique_tenant_id};
+use super::{
+    binding_changed, dek_events, new_binding, new_dek, state_changed, tenant_created,
+    unique_tenant_id,
+};
 use crate::{
     AuditEvent, ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, RevocationSource, Scope,
     StateUpdate, Store, StoreError, TenantId, WrappedKey,
@@ -23,7 +26,8 @@ pub enum Arg {
 }
 
 /// What a backend's test file gives the tests of this module: its store, and a way around it,
-/// as anyone who can write the database has.
+/// as anyone who can write the database has. The statements differ per backend; the tests
+/// run them through [`Backdoor::execute`].
 pub trait Backdoor: Sync {
     /// Whether text columns refuse NUL characters (PostgreSQL's text type cannot hold them;
     /// SQLite stores them as given).
@@ -36,6 +40,17 @@ pub trait Backdoor: Sync {
     /// Statements the audit tables' append-only triggers refuse besides the six every backend
     /// refuses (PostgreSQL: `TRUNCATE`, and any change to the chain lock row).
     const MORE_APPEND_ONLY_STATEMENTS: &'static [&'static str];
+    /// Disables the guard that refuses updates of `audit_records` (idempotent), as anyone who
+    /// may alter the tables can.
+    const UNGUARD_AUDIT_RECORDS: &'static str;
+    /// Installs a trigger `fail_audit` that makes every audit append fail inside the database,
+    /// as a full or broken audit table would.
+    const BREAK_AUDIT_WRITES: &'static str;
+    /// Drops that trigger.
+    const REPAIR_AUDIT_WRITES: &'static str;
+    /// Lets `kek_bindings.state` hold any text on the raw connection (drops or ignores its
+    /// `CHECK` constraint).
+    const ALLOW_ANY_BINDING_STATE: &'static str;
 
     /// The store under test, on a fresh database.
     fn store(&self) -> &dyn Store;
@@ -44,24 +59,12 @@ pub trait Backdoor: Sync {
     /// How [`Backdoor::dump`] renders a byte-string value.
     fn dumped_bytes(bytes: &[u8]) -> String;
     /// Runs `sql` on a connection that bypasses the store (one connection for the whole test,
-    /// triggers and constraints as they are); on failure, the database's error message.
+    /// triggers and constraints as they are); on failure, the database's error message. The
+    /// free function [`execute`] does it on any sqlx connection.
     fn execute(&self, sql: &str, args: Vec<Arg>) -> impl Future<Output = Result<(), String>>;
     /// Runs `sql` on a connection of the store's own pool; on failure, the database's error
     /// message.
     fn execute_pooled(&self, sql: &str) -> impl Future<Output = Result<(), String>>;
-    /// [`Backdoor::execute`] with the audit records' append-only (update) guard disabled first
-    /// (for the rest of the test), as anyone who may alter the tables can; panics on failure.
-    fn tamper(&self, sql: &str, args: Vec<Arg>) -> impl Future<Output = ()>;
-    /// One text value read with `sql` (`$1` = `arg`) on that connection.
-    fn fetch_text(&self, sql: &str, arg: i64) -> impl Future<Output = String>;
-    /// Makes every audit append fail inside the database (a trigger), as a full or broken audit
-    /// table would.
-    fn break_audit_writes(&self) -> impl Future<Output = ()>;
-    /// Undoes [`Backdoor::break_audit_writes`].
-    fn repair_audit_writes(&self) -> impl Future<Output = ()>;
-    /// Lets `kek_bindings.state` hold any text on that connection (drops or ignores its
-    /// `CHECK` constraint).
-    fn allow_any_binding_state(&self) -> impl Future<Output = ()>;
     /// Opens the same database again as a new store, as a restart would (its migration run
     /// included), and closes it; the result of opening.
     fn reopen(&self) -> impl Future<Output = Result<(), StoreError>>;
@@ -73,6 +76,41 @@ pub trait Backdoor: Sync {
     {
         async {}
     }
+}
+
+/// Runs `sql` on `executor`: as is (several statements allowed) without `args`, else as one
+/// statement with `args` bound to `$1`, `$2`, …; on failure, the database's error message.
+/// For [`Backdoor::execute`] and [`Backdoor::execute_pooled`] implementations.
+pub async fn execute<'e, E>(executor: E, sql: &'e str, args: Vec<Arg>) -> Result<(), String>
+where
+    E: sqlx::Executor<'e>,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+    for<'q> i64: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+    for<'q> String: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+{
+    let done = if args.is_empty() {
+        sqlx::raw_sql(sql).execute(executor).await
+    } else {
+        let query = args
+            .into_iter()
+            .fold(sqlx::query(sql), |query, arg| match arg {
+                Arg::Int(i) => query.bind(i),
+                Arg::Text(t) => query.bind(t),
+            });
+        query.execute(executor).await
+    };
+    done.map(drop).map_err(|e| e.to_string())
+}
+
+/// Runs one of the backend's statements, which must succeed.
+async fn run<B: Backdoor>(b: &B, sql: &str) {
+    b.execute(sql, Vec::new()).await.unwrap();
+}
+
+/// [`Backdoor::execute`] with the audit records' update guard disabled first; must succeed.
+async fn tamper<B: Backdoor>(b: &B, sql: &str, args: Vec<Arg>) {
+    run(b, B::UNGUARD_AUDIT_RECORDS).await;
+    b.execute(sql, args).await.unwrap();
 }
 
 /// Defines one `#[tokio::test]` per test of [`backdoor`](self), each on a fresh backend from
@@ -115,23 +153,16 @@ pub async fn populate(store: &dyn Store) -> (TenantId, NewKekBinding, NewDek) {
         .await
         .unwrap();
     let binding = NewKekBinding {
-        tenant: tenant.clone(),
-        provider: "local".to_owned(),
-        key_ref: "local:kek".to_owned(),
-        tenant_key_id: KeyId::generate().unwrap(),
         wrapped_tenant_key: WrappedKey::new(vec![0, 1, 2, 255]),
-        tenant_key_mac: Some(vec![0x6d; 32]),
+        ..new_binding(&tenant, "local:kek")
     };
     store
         .bind_kek(binding.clone(), &binding_changed)
         .await
         .unwrap();
     let dek = NewDek {
-        id: KeyId::generate().unwrap(),
-        tenant: tenant.clone(),
-        scope: Scope::default_scope(),
-        tenant_key_id: binding.tenant_key_id,
         wrapped: WrappedKey::new(vec![255, 0, 7]),
+        ..new_dek(&tenant, Scope::DEFAULT, binding.tenant_key_id)
     };
     store.insert_dek(dek.clone(), &dek_events).await.unwrap();
     (tenant, binding, dek)
@@ -243,7 +274,7 @@ pub async fn corrupt_rows_are_reported_with_table_and_column<B: Backdoor>(b: &B)
             "deks.tenant_key_id:",
         );
     }
-    b.allow_any_binding_state().await;
+    run(b, B::ALLOW_ANY_BINDING_STATE).await;
     b.execute(
         "UPDATE kek_bindings SET state = 'sleepy' WHERE tenant_id = $1",
         vec![Arg::Text(tenant.as_str().to_owned())],
