@@ -132,7 +132,7 @@ pub async fn check_audit_head(store: &dyn Store) {
     let tenant = unique_tenant_id();
     let before = store.audit_head().await.unwrap();
     let appended = store
-        .append_audit(vec![usage(&tenant, 1), usage(&tenant, 2)])
+        .append_audit(vec![usage_event(&tenant, 1), usage_event(&tenant, 2)])
         .await
         .unwrap();
     assert_eq!(appended.len(), 2);
@@ -148,14 +148,14 @@ pub async fn check_audit_query(store: &dyn Store) {
     let other = unique_tenant_id();
     let mut events = Vec::new();
     for n in 0..3u32 {
-        events.push(usage(&tenant, u64::from(n)));
+        events.push(usage_event(&tenant, u64::from(n)));
         events.push(AuditEvent::RevocationDenials {
             tenant: tenant.clone(),
             second: 1_700_000_000 + i64::from(n),
             count: u64::from(n) + 1,
         });
     }
-    events.push(usage(&other, 9));
+    events.push(usage_event(&other, 9));
     events.push(AuditEvent::AdminAction {
         actor: format!("admin-{tenant}"),
         action: "conformance".to_owned(),
@@ -258,7 +258,7 @@ pub async fn check_audit_query(store: &dyn Store) {
 /// A page holds at most 1000 records whatever the limit asks (0 meaning the maximum).
 pub async fn check_audit_page_cap(store: &dyn Store) {
     let tenant = unique_tenant_id();
-    let events = (0..1001).map(|n| usage(&tenant, n)).collect();
+    let events = (0..1001).map(|n| usage_event(&tenant, n)).collect();
     let appended = store.append_audit(events).await.unwrap();
     assert_eq!(appended.len(), 1001);
     let query = AuditQuery::default().with_tenant(tenant.clone());
@@ -285,7 +285,7 @@ pub async fn check_checkpoints(store: &dyn Store) {
     let tenant = unique_tenant_id();
     let key = SigningKey::generate().unwrap();
     let records = store
-        .append_audit(vec![usage(&tenant, 1), usage(&tenant, 2)])
+        .append_audit(vec![usage_event(&tenant, 1), usage_event(&tenant, 2)])
         .await
         .unwrap();
     let (r1, r2) = (&records[0], &records[1]);
@@ -369,7 +369,7 @@ pub async fn check_concurrent_audit_appends(store: &dyn Store) {
         async move {
             for i in 0..10 {
                 store
-                    .append_audit(vec![usage(tenant, t * 10 + i)])
+                    .append_audit(vec![usage_event(tenant, t * 10 + i)])
                     .await
                     .unwrap();
             }

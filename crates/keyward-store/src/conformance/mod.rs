@@ -39,7 +39,7 @@ mod deks;
 mod tenants;
 
 pub use audit::*;
-pub use backdoor::{Arg, Backdoor, populate, revoke_fresh, usage_event};
+pub use backdoor::{Arg, Backdoor, populate, revoke_fresh};
 pub use bindings::*;
 pub use deks::*;
 pub use tenants::*;
@@ -162,8 +162,8 @@ fn no_events<T>(_: &T) -> Vec<AuditEvent> {
     Vec::new()
 }
 
-/// A per-tenant event for standalone appends; `n` makes each one distinct.
-fn usage(tenant: &TenantId, n: u64) -> AuditEvent {
+/// A usage summary of `tenant` for standalone appends; `n` makes each one distinct.
+pub fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
     AuditEvent::UsageSummary {
         tenant: tenant.clone(),
         minute: 60 * i64::try_from(n).unwrap(),

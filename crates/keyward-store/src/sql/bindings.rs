@@ -88,20 +88,11 @@ sql_impl!(impl => {
         let tenant_key_id = decode::key_id_text(&b.tenant_key_id);
         let mut tx = D::begin_write(&self.pool).await?;
 
-        let tenant = sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
-            .bind(b.tenant.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if tenant.is_none() {
+        if !Self::exists(&mut tx, "SELECT 1 FROM tenants WHERE id = $1", &[b.tenant.as_str()]).await? {
             return Err(StoreError::NotFound(format!("tenant {}", b.tenant)));
         }
-        let existing = sqlx::query("SELECT 1 FROM tenant_keys WHERE id = $1")
-            .bind(tenant_key_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if existing.is_some() {
+        let existing = "SELECT 1 FROM tenant_keys WHERE id = $1";
+        if Self::exists(&mut tx, existing, &[tenant_key_id.as_str()]).await? {
             return Err(StoreError::AlreadyExists(format!(
                 "tenant key {}",
                 b.tenant_key_id

@@ -41,24 +41,14 @@ sql_impl!(impl => {
 
         // Checked explicitly for a precise error; the composite foreign key
         // deks(tenant_id, tenant_key_id) -> tenant_keys(tenant_id, id) enforces it regardless.
-        let tenant_key = sqlx::query("SELECT 1 FROM tenant_keys WHERE tenant_id = $1 AND id = $2")
-            .bind(dek.tenant.as_str())
-            .bind(tenant_key_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if tenant_key.is_none() {
+        let tenant_key = "SELECT 1 FROM tenant_keys WHERE tenant_id = $1 AND id = $2";
+        if !Self::exists(&mut tx, tenant_key, &[dek.tenant.as_str(), tenant_key_id.as_str()]).await? {
             return Err(StoreError::NotFound(format!(
                 "tenant key {} of tenant {}",
                 dek.tenant_key_id, dek.tenant
             )));
         }
-        let existing = sqlx::query("SELECT 1 FROM deks WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if existing.is_some() {
+        if Self::exists(&mut tx, "SELECT 1 FROM deks WHERE id = $1", &[id.as_str()]).await? {
             return Err(StoreError::AlreadyExists(format!("DEK {}", dek.id)));
         }
 

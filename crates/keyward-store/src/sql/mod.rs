@@ -189,6 +189,20 @@ sql_impl!(impl => {
         row.try_get::<T, _>(column)
             .map_err(|e| StoreError::Corrupt(format!("{table}.{column}: {e}")))
     }
+
+    /// Whether `sql` (a `SELECT 1 …` whose `$1`, `$2`, … are `keys`) finds a row on `conn`
+    /// (inside a write transaction: under the write lock).
+    pub(crate) async fn exists(
+        conn: &mut <D::Db as Database>::Connection,
+        sql: &str,
+        keys: &[&str],
+    ) -> Result<bool, StoreError> {
+        let query = keys
+            .iter()
+            .fold(sqlx::query(sql), |query, key| query.bind(*key));
+        let row = query.fetch_optional(&mut *conn).await.map_err(backend)?;
+        Ok(row.is_some())
+    }
 });
 
 /// Runs a write transaction again (up to `attempts` in all) while it reports

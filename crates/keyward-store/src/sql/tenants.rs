@@ -9,27 +9,33 @@ use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord};
 pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, \
      cache_ttl_seconds, monitor_interval_seconds FROM tenants";
 
-/// A tenant policy value as stored: `None`, or a positive `i64`.
-pub(crate) fn policy_to_db(name: &str, value: Option<u64>) -> Result<Option<i64>, StoreError> {
+/// `value` converted to a positive `T`, else `error(value)`; `None` stays `None`.
+fn positive<F: Copy, T: TryFrom<F> + PartialOrd + Default>(
+    value: Option<F>,
+    error: impl FnOnce(F) -> StoreError,
+) -> Result<Option<T>, StoreError> {
     value
         .map(|v| {
-            i64::try_from(v)
+            T::try_from(v)
                 .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| StoreError::InvalidInput(format!("{name} must be positive")))
+                .filter(|t| *t > T::default())
+                .ok_or_else(|| error(v))
         })
         .transpose()
 }
 
-fn positive(table: &str, column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
-    value
-        .map(|v| {
-            u64::try_from(v)
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| StoreError::Corrupt(format!("{table}.{column}: {v}")))
-        })
-        .transpose()
+/// A tenant policy value as stored: `None`, or a positive `i64`.
+pub(crate) fn policy_to_db(name: &str, value: Option<u64>) -> Result<Option<i64>, StoreError> {
+    positive(value, |_| {
+        StoreError::InvalidInput(format!("{name} must be positive"))
+    })
+}
+
+/// A stored tenant policy value: `None`, or a positive `u64` (else `Corrupt`).
+fn policy_from_db(column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
+    positive(value, |v| {
+        StoreError::Corrupt(format!("tenants.{column}: {v}"))
+    })
 }
 
 sql_impl!(impl => {
@@ -40,13 +46,11 @@ sql_impl!(impl => {
             display_name: Self::col(row, T, "display_name")?,
             created_at_ms: Self::col(row, T, "created_at_ms")?,
             policy: TenantPolicy {
-                cache_ttl_seconds: positive(
-                    T,
+                cache_ttl_seconds: policy_from_db(
                     "cache_ttl_seconds",
                     Self::col(row, T, "cache_ttl_seconds")?,
                 )?,
-                monitor_interval_seconds: positive(
-                    T,
+                monitor_interval_seconds: policy_from_db(
                     "monitor_interval_seconds",
                     Self::col(row, T, "monitor_interval_seconds")?,
                 )?,

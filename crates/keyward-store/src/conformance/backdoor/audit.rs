@@ -1,11 +1,9 @@
 //! The backdoor tests of the audit log: append-only tables, fail-closed lifecycle changes,
 //! tampered and planted records, the empty chain's checkpoint.
 
-use super::{
-    Arg, Backdoor, INSERT_RECORD, populate, record_args, revoke_fresh, run, tamper, usage_event,
-};
+use super::{Arg, Backdoor, INSERT_RECORD, populate, record_args, revoke_fresh, run, tamper};
 use crate::conformance::{
-    binding_changed, dek_events, state_changed, tenant_created, unique_tenant_id,
+    binding_changed, dek_events, state_changed, tenant_created, unique_tenant_id, usage_event,
 };
 use crate::{AuditQuery, ChainHead, KeyId, NewDek, NewKekBinding, Record, StoreError};
 

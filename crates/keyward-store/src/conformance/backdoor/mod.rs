@@ -14,7 +14,7 @@ use super::{
     unique_tenant_id,
 };
 use crate::{
-    AuditEvent, ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, RevocationSource, Scope,
+    ChainHead, KekState, KeyId, NewDek, NewKekBinding, Record, RevocationSource, Scope,
     StateUpdate, Store, StoreError, TenantId, WrappedKey,
 };
 
@@ -166,21 +166,6 @@ pub async fn populate(store: &dyn Store) -> (TenantId, NewKekBinding, NewDek) {
     };
     store.insert_dek(dek.clone(), &dek_events).await.unwrap();
     (tenant, binding, dek)
-}
-
-/// A usage summary of `tenant` for standalone appends.
-pub fn usage_event(tenant: &TenantId, n: u64) -> AuditEvent {
-    AuditEvent::UsageSummary {
-        tenant: tenant.clone(),
-        minute: 0,
-        encrypts: n,
-        decrypts: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        kms_calls: 0,
-        cache_hits: 0,
-        errors: 0,
-    }
 }
 
 /// Revokes a binding that never changed state since registration (version 0).
