@@ -26,10 +26,10 @@ use keyward_store::{
     AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
     WrappedKey,
 };
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 
 mod common;
-use common::migration_versions;
+use common::applied_migrations;
 use common::test_db::{DEFAULT_URL, TestDb, admin_url, redacted, with_database};
 
 /// A fresh database for the backdoor tests of the conformance suite.
@@ -520,21 +520,7 @@ async fn replicas_starting_at_once_migrate_once() {
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     populate(&a).await;
-    let migrations = |store: PostgresStore| async move {
-        sqlx::query("SELECT version, applied_at_ms FROM schema_migrations ORDER BY version")
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| (row.get::<i64, _>(0), row.get::<i64, _>(1)))
-            .collect::<Vec<_>>()
-    };
-    let first = migrations(a.clone()).await;
-    assert_eq!(
-        first.iter().map(|m| m.0).collect::<Vec<_>>(),
-        migration_versions("postgres"),
-        "every migration applied once, in order"
-    );
+    let first = applied_migrations(a.pool(), "postgres").await;
     let dump = a.dump().await.unwrap();
     assert_eq!(b.dump().await.unwrap(), dump);
     assert_eq!(c.dump().await.unwrap(), dump);
@@ -543,7 +529,8 @@ async fn replicas_starting_at_once_migrate_once() {
     }
     // Reconnecting applies nothing again.
     let again = db.store().await;
-    assert_eq!(migrations(again.clone()).await, first, "nothing re-applied");
+    let applied = applied_migrations(again.pool(), "postgres").await;
+    assert_eq!(applied, first, "nothing re-applied");
     assert_eq!(again.dump().await.unwrap(), dump);
     again.close().await;
     db.finish().await;

@@ -14,11 +14,11 @@ use keyward_store::conformance::{
 };
 
 mod common;
-use common::migration_versions;
+use common::applied_migrations;
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{KekState, Store, StoreError};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Connection, SqliteConnection};
 use tempfile::TempDir;
 
 fn db_path(dir: &TempDir) -> PathBuf {
@@ -188,27 +188,14 @@ async fn migrations_are_idempotent_on_reopen() {
     let path = db_path(&dir);
     let store = SqliteStore::open(&path).await.unwrap();
     populate(&store).await;
-    let migrations = |store: SqliteStore| async move {
-        sqlx::query("SELECT version, applied_at_ms FROM schema_migrations ORDER BY version")
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| (row.get::<i64, _>(0), row.get::<i64, _>(1)))
-            .collect::<Vec<_>>()
-    };
-    let first = migrations(store.clone()).await;
-    assert_eq!(
-        first.iter().map(|m| m.0).collect::<Vec<_>>(),
-        migration_versions("sqlite"),
-        "every migration applied once, in order"
-    );
+    let first = applied_migrations(store.pool(), "sqlite").await;
     let dump = store.dump().await.unwrap();
     store.close().await;
 
     for _ in 0..2 {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(migrations(store.clone()).await, first, "nothing re-applied");
+        let again = applied_migrations(store.pool(), "sqlite").await;
+        assert_eq!(again, first, "nothing re-applied");
         assert_eq!(store.dump().await.unwrap(), dump);
         store.close().await;
     }

@@ -27,3 +27,24 @@ pub(crate) fn migration_versions(backend: &str) -> Vec<i64> {
     versions.sort_unstable();
     versions
 }
+
+/// The rows of `schema_migrations` (version, applied_at_ms) read on `executor`, after checking
+/// that they are exactly the migration files of `backend`, each applied once, in order.
+pub(crate) async fn applied_migrations<'e, E>(executor: E, backend: &str) -> Vec<(i64, i64)>
+where
+    E: sqlx::Executor<'e>,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+    for<'r> (i64, i64): sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+{
+    let applied: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT version, applied_at_ms FROM schema_migrations ORDER BY version")
+            .fetch_all(executor)
+            .await
+            .unwrap();
+    assert_eq!(
+        applied.iter().map(|m| m.0).collect::<Vec<_>>(),
+        migration_versions(backend),
+        "every migration applied once, in order"
+    );
+    applied
+}

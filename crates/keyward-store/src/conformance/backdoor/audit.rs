@@ -59,7 +59,7 @@ pub async fn lifecycle_changes_fail_closed_when_the_audit_write_fails<B: Backdoo
     let store = b.store();
     let (tenant, binding, dek) = populate(store).await;
     let binding_id = store.active_binding(&tenant).await.unwrap().unwrap().id;
-    run(b, B::BREAK_AUDIT_WRITES).await;
+    run(b, B::BREAK_AUDIT_WRITES, Vec::new()).await;
     let before = b.dump().await;
 
     let new_tenant = unique_tenant_id();
@@ -102,7 +102,7 @@ pub async fn lifecycle_changes_fail_closed_when_the_audit_write_fails<B: Backdoo
     assert_eq!(b.dump().await, before, "no change without its record");
 
     // Once the audit log accepts writes again, the same calls succeed, each with its records.
-    run(b, B::REPAIR_AUDIT_WRITES).await;
+    run(b, B::REPAIR_AUDIT_WRITES, Vec::new()).await;
     let head = store.audit_head().await.unwrap();
     store
         .create_tenant(&new_tenant, "Audited", &tenant_created)
@@ -141,27 +141,26 @@ pub async fn checkpoint_of_the_empty_chain<B: Backdoor>(b: &B) {
     let store = b.store();
     assert_eq!(store.audit_head().await.unwrap(), ChainHead::GENESIS);
     let key = keyward_audit::SigningKey::generate().unwrap();
-    let bad = ChainHead {
+    let refused = |head: ChainHead| {
+        let checkpoint = key.sign_checkpoint(&head, 5).unwrap();
+        async move {
+            let err = store.insert_checkpoint(&checkpoint).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+        }
+    };
+    refused(ChainHead {
         seq: 0,
         hash: [1; 32],
-    };
-    let err = store
-        .insert_checkpoint(&key.sign_checkpoint(&bad, 5).unwrap())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    })
+    .await;
     let genesis = key.sign_checkpoint(&ChainHead::GENESIS, 5).unwrap();
     store.insert_checkpoint(&genesis).await.unwrap();
     assert_eq!(store.checkpoints(0, 0).await.unwrap(), vec![genesis]);
-    let beyond = ChainHead {
+    refused(ChainHead {
         seq: 1,
         hash: [0; 32],
-    };
-    let err = store
-        .insert_checkpoint(&key.sign_checkpoint(&beyond, 5).unwrap())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    })
+    .await;
 }
 
 /// Audit records edited behind the store's back are reported as corrupt, naming the table, the

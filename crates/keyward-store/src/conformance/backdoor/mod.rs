@@ -102,15 +102,17 @@ where
     done.map(drop).map_err(|e| e.to_string())
 }
 
-/// Runs one of the backend's statements, which must succeed.
-async fn run<B: Backdoor>(b: &B, sql: &str) {
-    b.execute(sql, Vec::new()).await.unwrap();
+/// [`Backdoor::execute`], which must succeed.
+async fn run<B: Backdoor>(b: &B, sql: &str, args: Vec<Arg>) {
+    if let Err(e) = b.execute(sql, args).await {
+        panic!("{sql}: {e}");
+    }
 }
 
-/// [`Backdoor::execute`] with the audit records' update guard disabled first; must succeed.
+/// [`run`] with the audit records' update guard disabled first.
 async fn tamper<B: Backdoor>(b: &B, sql: &str, args: Vec<Arg>) {
-    run(b, B::UNGUARD_AUDIT_RECORDS).await;
-    b.execute(sql, args).await.unwrap();
+    run(b, B::UNGUARD_AUDIT_RECORDS, Vec::new()).await;
+    run(b, sql, args).await;
 }
 
 /// Defines one `#[tokio::test]` per test of [`backdoor`](self), each on a fresh backend from
@@ -236,36 +238,35 @@ pub async fn corrupt_rows_are_reported_with_table_and_column<B: Backdoor>(b: &B)
         );
     };
     let dek_id = || vec![Arg::Text(dek.id.to_string())];
-    b.execute("UPDATE deks SET scope = '' WHERE id = $1", dek_id())
-        .await
-        .unwrap();
+    run(b, "UPDATE deks SET scope = '' WHERE id = $1", dek_id()).await;
     corrupt(
         store.get_dek(&tenant, &dek.id).await.unwrap_err(),
         "deks.scope:",
     );
     if B::RAW_SKIPS_FOREIGN_KEYS {
         // Only a writer that skips the foreign key can store a tenant key id that is no key id.
-        b.execute(
-            "UPDATE deks SET tenant_key_id = 'not hex at all, but 32 chars long' WHERE id = $1",
+        let bad_key = "UPDATE deks SET tenant_key_id = 'not hex at all, but 32 chars long' \
+             WHERE id = $1";
+        run(b, bad_key, dek_id()).await;
+        run(
+            b,
+            "UPDATE deks SET scope = 'default' WHERE id = $1",
             dek_id(),
         )
-        .await
-        .unwrap();
-        b.execute("UPDATE deks SET scope = 'default' WHERE id = $1", dek_id())
-            .await
-            .unwrap();
+        .await;
         corrupt(
             store.get_dek(&tenant, &dek.id).await.unwrap_err(),
             "deks.tenant_key_id:",
         );
     }
-    run(b, B::ALLOW_ANY_BINDING_STATE).await;
-    b.execute(
+    run(b, B::ALLOW_ANY_BINDING_STATE, Vec::new()).await;
+    let tenant_arg = vec![Arg::Text(tenant.as_str().to_owned())];
+    run(
+        b,
         "UPDATE kek_bindings SET state = 'sleepy' WHERE tenant_id = $1",
-        vec![Arg::Text(tenant.as_str().to_owned())],
+        tenant_arg,
     )
-    .await
-    .unwrap();
+    .await;
     corrupt(
         store.active_binding(&tenant).await.unwrap_err(),
         "kek_bindings.state:",
