@@ -14,8 +14,7 @@ pub async fn check_bind_kek_unknown_tenant(store: &dyn Store) {
         matches!(err, StoreError::NotFound(_)),
         "unknown tenant: {err:?}"
     );
-    assert_eq!(store.counts().await.unwrap(), before);
-    assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+    assert_nothing_written(store, &before, &head).await;
     assert!(tenant_records(store, &tenant).await.is_empty());
     assert_eq!(store.active_binding(&tenant).await.unwrap(), None);
     assert_eq!(
@@ -162,8 +161,7 @@ pub async fn check_bind_kek_duplicate_tenant_key(store: &dyn Store) {
         matches!(err, StoreError::AlreadyExists(_)),
         "duplicate tenant key: {err:?}"
     );
-    assert_eq!(store.counts().await.unwrap(), before);
-    assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+    assert_nothing_written(store, &before, &head).await;
     assert_eq!(store.active_binding(&tenant).await.unwrap(), Some(first));
 }
 
@@ -182,8 +180,7 @@ pub async fn check_bind_kek_rejects_empty_fields(store: &dyn Store) {
     let no_ref = new_binding(&tenant, "");
     let err = store.bind_kek(no_ref, &binding_changed).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
-    assert_eq!(store.counts().await.unwrap(), before);
-    assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+    assert_nothing_written(store, &before, &head).await;
     assert_eq!(store.active_binding(&tenant).await.unwrap(), None);
 }
 

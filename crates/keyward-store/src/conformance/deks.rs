@@ -97,8 +97,7 @@ pub async fn check_insert_dek_bad_tenant_key(store: &dyn Store) {
             matches!(err, StoreError::NotFound(_)),
             "bad tenant key: {err:?}"
         );
-        assert_eq!(store.counts().await.unwrap(), before);
-        assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+        assert_nothing_written(store, &before, &head).await;
         assert_eq!(store.get_dek(&a, &dek_id).await.unwrap(), None);
         assert_eq!(store.get_dek(&b, &dek_id).await.unwrap(), None);
         // The failed call did not retire the active DEK either.
@@ -148,8 +147,7 @@ pub async fn check_insert_dek_duplicate_id(store: &dyn Store) {
         "duplicate DEK id, other tenant: {err:?}"
     );
 
-    assert_eq!(store.counts().await.unwrap(), before);
-    assert_eq!(store.audit_head().await.unwrap(), head, "no audit record");
+    assert_nothing_written(store, &before, &head).await;
     assert_eq!(
         store.active_dek(&a, &Scope::default_scope()).await.unwrap(),
         Some(first.clone())

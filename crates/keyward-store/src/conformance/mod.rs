@@ -211,6 +211,13 @@ async fn head_before(store: &dyn Store, seq: u64) -> ChainHead {
     previous[0].head()
 }
 
+/// A refused call inserted nothing (the global counts are still `before`) and appended no audit
+/// record (the chain head is still `head`).
+async fn assert_nothing_written(store: &dyn Store, before: &crate::StoreCounts, head: &ChainHead) {
+    assert_eq!(&store.counts().await.unwrap(), before);
+    assert_eq!(&store.audit_head().await.unwrap(), head, "no audit record");
+}
+
 /// `records` are consecutive, each verifies and follows its predecessor, and the first follows
 /// the record stored just before it.
 async fn assert_linked(store: &dyn Store, records: &[Record]) {

@@ -180,50 +180,42 @@ pub async fn tampered_audit_records_are_reported_as_corrupt<B: Backdoor>(b: &B) 
         );
     };
 
-    // The body edited, hash kept: the hash no longer matches.
-    // As stored: the record's canonical bytes.
-    let body = String::from_utf8(records[0].canonical_bytes()).unwrap();
+    // The body edited, hash kept: the hash no longer matches; then restored. Then index
+    // columns that disagree with the body.
+    let body = String::from_utf8(records[0].canonical_bytes()).unwrap(); // as stored
     let edited = body.replace("conformance", "c0nformance");
     assert_ne!(edited, body);
-    tamper(
-        b,
-        "UPDATE audit_records SET body = $1 WHERE seq = $2",
-        vec![Arg::Text(edited), Arg::Int(seq)],
-    )
-    .await;
-    corrupt(
-        store.audit_records(&query).await.unwrap_err(),
-        "audit_records.hash:",
-    );
-    tamper(
-        b,
-        "UPDATE audit_records SET body = $1 WHERE seq = $2",
-        vec![Arg::Text(body), Arg::Int(seq)],
-    )
-    .await;
-    assert_eq!(
-        store.audit_records(&query).await.unwrap(),
-        records,
-        "restored"
-    );
-
-    // Index columns that disagree with the body.
-    tamper(
-        b,
-        "UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1",
-        vec![Arg::Int(seq)],
-    )
-    .await;
-    corrupt(
-        store.audit_records(&query).await.unwrap_err(),
-        "audit_records.time_ms:",
-    );
-    tamper(
-        b,
-        "UPDATE audit_records SET time_ms = time_ms - 1 WHERE seq = $1",
-        vec![Arg::Int(seq)],
-    )
-    .await;
+    let set_body = "UPDATE audit_records SET body = $1 WHERE seq = $2";
+    let edits = [
+        (set_body, Some(edited), Some("audit_records.hash:")),
+        (set_body, Some(body), None),
+        (
+            "UPDATE audit_records SET time_ms = time_ms + 1 WHERE seq = $1",
+            None,
+            Some("audit_records.time_ms:"),
+        ),
+        (
+            "UPDATE audit_records SET time_ms = time_ms - 1 WHERE seq = $1",
+            None,
+            None,
+        ),
+    ];
+    for (sql, text, expected) in edits {
+        let args = text
+            .map(Arg::Text)
+            .into_iter()
+            .chain([Arg::Int(seq)])
+            .collect();
+        tamper(b, sql, args).await;
+        match expected {
+            Some(expected) => corrupt(store.audit_records(&query).await.unwrap_err(), expected),
+            None => assert_eq!(
+                store.audit_records(&query).await.unwrap(),
+                records,
+                "restored"
+            ),
+        }
+    }
     tamper(
         b,
         "UPDATE audit_records SET event_type = 'admin_action' WHERE seq = $1",
