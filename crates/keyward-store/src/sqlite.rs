@@ -28,7 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::StoreError;
-use crate::sql::{Dialect, Migration, SqlStore, backend, quote_ident, sealed};
+use crate::sql::{self, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
 
 /// Connections in the pool of a file database. SQLite allows one writer at a time, so more
 /// connections only help concurrent readers.
@@ -40,35 +40,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// loop exists so that both backends behave alike.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Every migration (`migrations/sqlite/NNNN_name.sql`), in order. Never edit a released one:
-/// append.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/sqlite/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "audit",
-        sql: include_str!("../migrations/sqlite/0002_audit.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_policy",
-        sql: include_str!("../migrations/sqlite/0003_tenant_policy.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "binding_state_cause",
-        sql: include_str!("../migrations/sqlite/0004_binding_state_cause.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "tenant_key_mac",
-        sql: include_str!("../migrations/sqlite/0005_tenant_key_mac.sql"),
-    },
-];
+/// Every migration (`migrations/sqlite/NNNN_name.sql`), in order.
+const MIGRATIONS: &[Migration] = sql::migrations!("sqlite");
 
 /// The SQLite [`Store`](crate::Store): [`SqlStore`] on [`SqliteDialect`]. Cheap to clone (a
 /// pool handle).

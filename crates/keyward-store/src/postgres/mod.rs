@@ -30,7 +30,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
-use crate::sql::{Announcement, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
+use crate::sql::{self, Announcement, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
 use crate::{StoreChanges, StoreError};
 
 mod changes;
@@ -63,35 +63,8 @@ pub const TENANT_POLICY_CHANNEL: &str = "keyward_tenant_policy";
 /// Oldest server accepted: the migrations use `EXECUTE FUNCTION` (PostgreSQL 11).
 const MIN_SERVER_VERSION: i64 = 110_000;
 
-/// Every migration (`migrations/postgres/NNNN_name.sql`), in order; the same versions and names
-/// as SQLite's. Never edit a released one: append.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "audit",
-        sql: include_str!("../../migrations/postgres/0002_audit.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_policy",
-        sql: include_str!("../../migrations/postgres/0003_tenant_policy.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "binding_state_cause",
-        sql: include_str!("../../migrations/postgres/0004_binding_state_cause.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "tenant_key_mac",
-        sql: include_str!("../../migrations/postgres/0005_tenant_key_mac.sql"),
-    },
-];
+/// Every migration (`migrations/postgres/NNNN_name.sql`), in order.
+const MIGRATIONS: &[Migration] = sql::migrations!("postgres");
 
 /// Connection-pool settings of a [`PostgresStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]

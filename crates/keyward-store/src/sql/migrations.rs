@@ -16,6 +16,31 @@ pub(crate) struct Migration {
     pub(crate) sql: &'static str,
 }
 
+/// Every migration of the backend whose SQL files are in `migrations/<$dir>/`, in order: the
+/// same versions and names for both backends (`NNNN_name.sql`). Never edit a released one:
+/// append.
+macro_rules! migrations {
+    ($dir:literal) => {
+        $crate::sql::migrations!(@files $dir;
+            1 "init" "0001_init",
+            2 "audit" "0002_audit",
+            3 "tenant_policy" "0003_tenant_policy",
+            4 "binding_state_cause" "0004_binding_state_cause",
+            5 "tenant_key_mac" "0005_tenant_key_mac",
+        )
+    };
+    (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {
+        &[$($crate::sql::Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir, "/", $file, ".sql"
+            )),
+        }),*]
+    };
+}
+pub(crate) use migrations;
+
 /// Refuses a database migrated by a newer build (its schema may mean things this build does
 /// not know), rather than letting older code write to it.
 fn refuse_newer_schema(

@@ -34,7 +34,7 @@ mod migrations;
 mod store;
 mod tenants;
 
-pub(crate) use migrations::Migration;
+pub(crate) use migrations::{Migration, migrations};
 
 /// The [`Store`](crate::Store) on a SQL database, written once for every [`Dialect`]:
 /// [`SqliteStore`](crate::sqlite::SqliteStore) and, with the `postgres` feature,
