@@ -215,12 +215,8 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     for migration in MIGRATIONS {
         // BEGIN IMMEDIATE is the migration lock: a second process opening the same file at the
         // same time waits here and then sees the migration as applied.
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        if SqliteStore::apply_migration(&mut tx, migration, MIGRATIONS).await? {
-            tx.commit().await.map_err(backend)?;
-        } else {
-            tx.rollback().await.map_err(backend)?;
-        }
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        SqliteStore::apply_migration(tx, migration, MIGRATIONS).await?;
     }
     Ok(())
 }

@@ -323,12 +323,8 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     tx.commit().await.map_err(backend)?;
 
     for migration in MIGRATIONS {
-        let mut tx = begin_locked(conn).await?;
-        if PostgresStore::apply_migration(&mut tx, migration, MIGRATIONS).await? {
-            tx.commit().await.map_err(backend)?;
-        } else {
-            tx.rollback().await.map_err(backend)?;
-        }
+        let tx = begin_locked(conn).await?;
+        PostgresStore::apply_migration(tx, migration, MIGRATIONS).await?;
     }
     Ok(())
 }

@@ -58,15 +58,16 @@ fn refuse_newer_schema(
 }
 
 sql_impl!(impl => {
-    /// One step of a migration run, inside a transaction that holds the backend's migration
-    /// lock and after `schema_migrations` exists: refuses a database with a newer schema than
-    /// `all` knows, skips `migration` if it is recorded (`false`), else runs it and records it
-    /// (`true`). The caller commits.
+    /// One step of a migration run, in `tx`, a transaction that holds the backend's migration
+    /// lock, after `schema_migrations` exists: refuses a database with a newer schema than
+    /// `all` knows, skips `migration` if it is recorded (rolling back), else runs it, records
+    /// it and commits.
     pub(crate) async fn apply_migration(
-        conn: &mut <D::Db as Database>::Connection,
+        mut tx: sqlx::Transaction<'_, D::Db>,
         migration: &Migration,
         all: &[Migration],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
+        let conn: &mut <D::Db as Database>::Connection = &mut tx;
         // Read under the lock: a second process migrating the same database at the same time
         // waits for it and then sees the migration as applied.
         let newest_applied: Option<i64> =
@@ -81,7 +82,7 @@ sql_impl!(impl => {
             .await
             .map_err(backend)?;
         if applied.is_some() {
-            return Ok(false);
+            return tx.rollback().await.map_err(backend);
         }
         sqlx::raw_sql(migration.sql)
             .execute(&mut *conn)
@@ -98,6 +99,6 @@ sql_impl!(impl => {
             name = migration.name,
             "applied store migration"
         );
-        Ok(true)
+        tx.commit().await.map_err(backend)
     }
 });
