@@ -438,57 +438,45 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
 /// current bindings for one tenant: the partial unique indexes hold on their own.
 #[tokio::test]
 async fn unique_indexes_hold_for_writers_that_bypass_the_store() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, binding, _) = populate(&store).await;
-    let mut raw = db.raw().await;
-    let err = sqlx::query(
-        "INSERT INTO deks (id, tenant_id, scope, tenant_key_id, wrapped, created_at_ms) \
-         VALUES ($1, $2, 'default', $3, '\\x00', 0)",
-    )
-    .bind(KeyId::generate().unwrap().to_string())
-    .bind(tenant.as_str())
-    .bind(binding.tenant_key_id.to_string())
-    .execute(&mut raw)
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("deks_one_active_per_scope"),
-        "{err}"
-    );
-    let err = sqlx::query(
-        "INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
-         state_changed_at_ms) VALUES ($1, 'local', 'x', 'active', 0, 0)",
-    )
-    .bind(tenant.as_str())
-    .execute(&mut raw)
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("kek_bindings_one_current_per_tenant"),
-        "{err}"
-    );
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
+    let b = Postgres::new().await;
+    let (tenant, binding, _) = populate(&b.store).await;
+    let tenant_arg = || Arg::Text(tenant.as_str().to_owned());
+    let dek = vec![
+        Arg::Text(KeyId::generate().unwrap().to_string()),
+        tenant_arg(),
+        Arg::Text(binding.tenant_key_id.to_string()),
+    ];
+    let err = b
+        .execute(
+            "INSERT INTO deks (id, tenant_id, scope, tenant_key_id, wrapped, created_at_ms) \
+             VALUES ($1, $2, 'default', $3, '\\x00', 0)",
+            dek,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.contains("deks_one_active_per_scope"), "{err}");
+    let err = b
+        .execute(
+            "INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
+             state_changed_at_ms) VALUES ($1, 'local', 'x', 'active', 0, 0)",
+            vec![tenant_arg()],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.contains("kek_bindings_one_current_per_tenant"), "{err}");
+    b.finish().await;
 }
 
 /// Without the chain lock row the store cannot serialize writers, so it refuses to write
 /// (reads go on).
 #[tokio::test]
 async fn a_missing_chain_lock_row_stops_writes() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, dek) = populate(&store).await;
-    let mut raw = db.raw().await;
-    sqlx::raw_sql(
-        "ALTER TABLE audit_chain_lock DISABLE TRIGGER audit_chain_lock_fixed; \
-         DELETE FROM audit_chain_lock;",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
+    let b = Postgres::new().await;
+    let store = &b.store;
+    let (tenant, _, dek) = populate(store).await;
+    let drop_lock_row = "ALTER TABLE audit_chain_lock DISABLE TRIGGER audit_chain_lock_fixed; \
+         DELETE FROM audit_chain_lock;";
+    b.execute(drop_lock_row, Vec::new()).await.unwrap();
     let err = store
         .append_audit(vec![usage_event(&tenant, 1)])
         .await
@@ -503,9 +491,7 @@ async fn a_missing_chain_lock_row_stops_writes() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(store.get_dek(&tenant, &dek.id).await.unwrap().is_some());
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
+    b.finish().await;
 }
 
 // ----- migrations and connections -----------------------------------------------------------
