@@ -3,9 +3,11 @@
 //!
 //! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and
 //! `postgres::PostgresStore` (module and feature `postgres`) serves several replicas on one
-//! PostgreSQL database. Both share their statements and write transactions (private module
-//! `sql`) and differ in how a write transaction takes the write lock. Every backend runs the same
-//! `conformance` suite (module and feature `conformance`).
+//! PostgreSQL database. Both are [`sql::SqlStore`] on a [`sql::Dialect`]: every statement and
+//! write transaction is written once, and the dialects differ only in how a write transaction
+//! takes the write lock, text checks, `NOTIFY`, the retry budget, the health check and change
+//! notifications ([`Store::key_state_changes`]). Every backend runs the same `conformance` suite
+//! (module and feature `conformance`).
 //!
 //! The store is precious: wrapped tenant keys and wrapped DEKs live only here, and a key that
 //! appears in an envelope returned to a caller must be committed (durably) first. See
