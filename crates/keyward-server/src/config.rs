@@ -438,7 +438,7 @@ impl Config {
                         .to_owned(),
                 );
             }
-            if let Err(e) = validate_postgres_url(store) {
+            if let Err(e) = keyward_store::postgres::validate_url(store) {
                 return invalid(format!(
                     "store: invalid PostgreSQL URL {}: {e}",
                     redact_url(store)
@@ -498,28 +498,6 @@ impl std::fmt::Debug for StoreLocation {
                 .finish(),
         }
     }
-}
-
-/// Checks a PostgreSQL URL the way the driver will parse it, plus what the driver would only
-/// default silently (a host and a database name).
-fn validate_postgres_url(url: &str) -> Result<(), String> {
-    use std::str::FromStr as _;
-    sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
-    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host.is_empty() && !tail.contains("host=") {
-        return Err("it names no host".to_owned());
-    }
-    let database = tail
-        .strip_prefix('/')
-        .map(|t| t.split('?').next().unwrap_or_default())
-        .unwrap_or_default();
-    if database.is_empty() && !tail.contains("dbname=") {
-        return Err("it names no database (postgres://user@host:5432/database)".to_owned());
-    }
-    Ok(())
 }
 
 /// `url` with its password (if any) replaced by `***`, for messages and logs.

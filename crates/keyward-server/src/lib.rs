@@ -232,14 +232,12 @@ async fn start_serving(
         .map(tls::ReloadableTls::load)
         .transpose()?
         .map(Arc::new);
-    let (store, postgres): (Arc<dyn keyward_store::Store>, Option<PostgresStore>) = match &settings
-        .store
-    {
-        config::StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(path).await?), None),
+    let store: Arc<dyn keyward_store::Store> = match &settings.store {
+        config::StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
         config::StoreLocation::Postgres { url, options, .. } => {
             let pg = PostgresStore::connect(url, options.clone()).await?;
             tracing::info!(replica = %settings.replica_id, url = %config::redact_url(url), "opened the PostgreSQL store");
-            (Arc::new(pg.clone()), Some(pg))
+            Arc::new(pg)
         }
     };
     let metrics = Arc::new(metrics::Metrics::new(
@@ -286,7 +284,7 @@ async fn start_serving(
         );
     }
     serve_replica(
-        settings, keyring, auditor, authz, tls, postgres, &registry, shutdown,
+        settings, keyring, auditor, authz, tls, true, &registry, shutdown,
     )
     .await
 }
@@ -318,13 +316,13 @@ pub async fn serve(
 ) -> Result<Running, StartError> {
     let registry = keyward_kms::ProviderRegistry::default();
     serve_replica(
-        settings, keyring, auditor, authz, tls, None, &registry, shutdown,
+        settings, keyring, auditor, authz, tls, false, &registry, shutdown,
     )
     .await
 }
 
-/// [`serve`], plus, on a PostgreSQL store, the revocation fan-out between replicas
-/// ([`replication`]).
+/// [`serve`], plus, with `replicas` on a PostgreSQL store, the revocation fan-out between
+/// replicas ([`replication`]) and the configured health-check interval.
 #[allow(
     clippy::too_many_arguments,
     reason = "the parts of a server until one builder owns them (issue #19, item 4)"
@@ -335,7 +333,7 @@ async fn serve_replica(
     auditor: Arc<audit::Auditor>,
     authz: Arc<authz::Authz>,
     tls: Option<Arc<tls::ReloadableTls>>,
-    postgres: Option<PostgresStore>,
+    replicas: bool,
     registry: &keyward_kms::ProviderRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
@@ -430,24 +428,18 @@ async fn serve_replica(
         ]
     };
     let health_task = {
-        let (pinger, interval) = match (&postgres, &settings.store) {
+        let interval = match (replicas, &settings.store) {
             (
-                Some(pg),
+                true,
                 config::StoreLocation::Postgres {
                     health_check_interval,
                     ..
                 },
-            ) => (
-                replication::Pinger::Postgres(pg.clone()),
-                *health_check_interval,
-            ),
-            _ => (
-                replication::Pinger::Store(Arc::clone(keyring.store())),
-                std::time::Duration::from_secs(5),
-            ),
+            ) => *health_check_interval,
+            _ => std::time::Duration::from_secs(5),
         };
         tokio::spawn(replication::run_health(
-            pinger,
+            Arc::clone(keyring.store()),
             health_reporter.clone(),
             services.clone(),
             interval,
@@ -455,17 +447,21 @@ async fn serve_replica(
         ))
     };
     if let (
-        Some(_),
+        true,
         config::StoreLocation::Postgres {
-            url,
-            reconcile_interval,
-            ..
+            reconcile_interval, ..
         },
-    ) = (&postgres, &settings.store)
+    ) = (replicas, &settings.store)
+        && let Some(changes) =
+            keyring
+                .store()
+                .key_state_changes(&replication::listener_application_name(
+                    keyring.replica_id(),
+                ))
     {
         background.push(tokio::spawn(replication::run_listener(
             Arc::clone(&keyring),
-            url.clone(),
+            changes,
         )));
         background.push(tokio::spawn(replication::run_reconciliation(
             Arc::clone(&keyring),

@@ -4,9 +4,10 @@
 //! * **Fan-out.** Every committed key-state change and new binding (`Store::set_binding_state`,
 //!   `Store::bind_kek`, whichever replica made it) sends a `NOTIFY` on [`KEY_STATE_CHANNEL`]
 //!   inside its transaction, naming the tenant; every policy change (`Store::set_tenant_policy`)
-//!   one on [`TENANT_POLICY_CHANNEL`]. Each replica keeps one dedicated listening connection
-//!   (application name `keyward-listener-<replica id>`) and, per key-state notification, reads
-//!   the tenant's binding from the store and applies it through
+//!   one on [`TENANT_POLICY_CHANNEL`]. Each replica subscribes with
+//!   [`Store::key_state_changes`] (the store keeps one dedicated listening connection,
+//!   application name `keyward-listener-<replica id>`, reconnecting with backoff) and, per
+//!   key-state notification, reads the tenant's binding from the store and applies it through
 //!   [`Keyring::apply_recorded_state`] — the same gate close and purge as a local revocation, the
 //!   gate reopened by a new binding, the keys of revoked older bindings purged; per policy
 //!   notification it drops the tenant's cached keys ([`Keyring::apply_recorded_policy`]), so a
@@ -14,108 +15,54 @@
 //! * **Reconciliation.** Notifications sent while a listener is disconnected are lost, so every
 //!   replica also compares all key states with its gates every `reconcile_interval`, and at once
 //!   after each (re)connection of its listener, before it waits for notifications.
-//! * **Health.** A ping of the store every `health_check_interval` sets the gRPC health status of
-//!   every service: `NOT_SERVING` while the store does not answer.
+//! * **Health.** A ping of the store ([`Store::ping`]) every `health_check_interval` sets the
+//!   gRPC health status of every service: `NOT_SERVING` while the store does not answer.
+//!
+//! [`TENANT_POLICY_CHANNEL`]: keyward_store::postgres::TENANT_POLICY_CHANNEL
+//! [`Store::key_state_changes`]: keyward_store::Store::key_state_changes
+//! [`Store::ping`]: keyward_store::Store::ping
 
-use std::{str::FromStr as _, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use keyward_envelope::TenantId;
-use keyward_store::postgres::{KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use keyward_store::postgres::KEY_STATE_CHANNEL;
+use keyward_store::{StoreChange, StoreChanges};
+use tokio_stream::StreamExt as _;
 
 use crate::Keyring;
-
-/// Longest pause between two attempts to reconnect the listener.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Bound on opening the listening connection.
-const LISTENER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The application name of a replica's listening connection (visible in `pg_stat_activity`).
 pub fn listener_application_name(replica_id: &str) -> String {
     format!("keyward-listener-{replica_id}")
 }
 
-/// Listens for key-state changes of other replicas until the task is dropped; reconnects with
-/// backoff and reconciles after every (re)connection.
-pub(crate) async fn run_listener(keyring: Arc<Keyring>, url: String) {
-    let options = match PgConnectOptions::from_str(&url) {
-        Ok(options) => options.application_name(&listener_application_name(keyring.replica_id())),
-        Err(e) => {
-            // The URL was checked when the configuration was resolved and used to open the store.
-            tracing::error!(error = %e, "invalid PostgreSQL URL: no revocation fan-out (reconciliation only)");
-            return;
-        }
-    };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match listen(&options).await {
-            Ok(mut listener) => {
-                backoff = Duration::from_millis(100);
+/// Applies the key-state and policy changes of other replicas, as the store delivers them
+/// ([`keyward_store::Store::key_state_changes`]: it keeps the listening connection up, with
+/// backoff), until the task is dropped; reconciles after every (re)connection.
+pub(crate) async fn run_listener(keyring: Arc<Keyring>, mut changes: StoreChanges) {
+    while let Some(change) = changes.next().await {
+        match change {
+            StoreChange::Subscribed => {
                 tracing::info!(replica = %keyring.replica_id(), channel = KEY_STATE_CHANNEL, "listening for key-state changes");
                 // Changes committed while this replica was not listening were never delivered.
                 reconcile_once(&keyring, "after the listener connected").await;
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(notification)) => {
-                            apply_notification(
-                                &keyring,
-                                notification.channel(),
-                                notification.payload(),
-                            )
-                            .await;
-                        }
-                        Ok(None) => {
-                            tracing::warn!(replica = %keyring.replica_id(), "the key-state listener lost its connection; reconnecting");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(replica = %keyring.replica_id(), error = %e, "the key-state listener failed; reconnecting");
-                            break;
-                        }
-                    }
+            }
+            StoreChange::Policy(tenant) => {
+                let entries = keyring.apply_recorded_policy(&tenant).await;
+                tracing::info!(replica = %keyring.replica_id(), %tenant, entries, "tenant policy changed by another replica; cached keys dropped");
+            }
+            StoreChange::KeyState(tenant) => {
+                if let Err(e) = keyring.apply_recorded_state(&tenant).await {
+                    // The periodic reconciliation retries.
+                    tracing::error!(replica = %keyring.replica_id(), %tenant, error = %e, "could not apply another replica's key-state change");
                 }
             }
-            Err(e) => {
-                tracing::warn!(replica = %keyring.replica_id(), error = %e, retry_in = ?backoff, "cannot listen for key-state changes");
+            StoreChange::Unreadable(error) => {
+                tracing::warn!(replica = %keyring.replica_id(), %error, "ignoring a key-state notification that names no tenant; reconciling");
+                reconcile_once(&keyring, "after an unreadable notification").await;
             }
+            // A kind of change this build does not know: reconcile, which catches up with any.
+            _ => reconcile_once(&keyring, "after an unknown change notification").await,
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// A fresh dedicated connection, subscribed to [`KEY_STATE_CHANNEL`] and
-/// [`TENANT_POLICY_CHANNEL`].
-async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(LISTENER_CONNECT_TIMEOUT)
-        .connect_lazy_with(options.clone());
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener
-        .listen_all([KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL])
-        .await?;
-    Ok(listener)
-}
-
-async fn apply_notification(keyring: &Keyring, channel: &str, payload: &str) {
-    let tenant = match TenantId::try_from(payload) {
-        Ok(tenant) => tenant,
-        Err(e) => {
-            tracing::warn!(replica = %keyring.replica_id(), error = %e, "ignoring a key-state notification that names no tenant; reconciling");
-            reconcile_once(keyring, "after an unreadable notification").await;
-            return;
-        }
-    };
-    if channel == TENANT_POLICY_CHANNEL {
-        let entries = keyring.apply_recorded_policy(&tenant).await;
-        tracing::info!(replica = %keyring.replica_id(), %tenant, entries, "tenant policy changed by another replica; cached keys dropped");
-        return;
-    }
-    if let Err(e) = keyring.apply_recorded_state(&tenant).await {
-        // The periodic reconciliation retries.
-        tracing::error!(replica = %keyring.replica_id(), %tenant, error = %e, "could not apply another replica's key-state change");
     }
 }
 
@@ -142,27 +89,10 @@ pub(crate) async fn run_reconciliation(keyring: Arc<Keyring>, interval: Duration
     }
 }
 
-/// How the health task reaches the store.
-#[derive(Debug, Clone)]
-pub(crate) enum Pinger {
-    Postgres(keyward_store::postgres::PostgresStore),
-    /// Any store: a read of the audit chain head.
-    Store(Arc<dyn keyward_store::Store>),
-}
-
-impl Pinger {
-    async fn ping(&self) -> Result<(), keyward_store::StoreError> {
-        match self {
-            Pinger::Postgres(store) => store.ping().await,
-            Pinger::Store(store) => store.audit_head().await.map(drop),
-        }
-    }
-}
-
 /// Pings the store every `interval` (each ping bounded by `interval`) and sets every service's
 /// gRPC health status: `SERVING` while it answers, `NOT_SERVING` while it does not.
 pub(crate) async fn run_health(
-    pinger: Pinger,
+    store: Arc<dyn keyward_store::Store>,
     reporter: tonic_health::server::HealthReporter,
     services: Vec<&'static str>,
     interval: Duration,
@@ -173,7 +103,7 @@ pub(crate) async fn run_health(
     let mut healthy = true;
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(interval, pinger.ping()).await {
+        let result = match tokio::time::timeout(interval, store.ping()).await {
             Ok(result) => result,
             Err(_) => Err(keyward_store::StoreError::Backend(
                 format!("the store did not answer within {interval:?}").into(),

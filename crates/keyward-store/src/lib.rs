@@ -3,9 +3,11 @@
 //!
 //! The [`Store`] trait is backend-neutral; [`sqlite::SqliteStore`] is the embedded default and
 //! `postgres::PostgresStore` (module and feature `postgres`) serves several replicas on one
-//! PostgreSQL database. Both share their statements and write transactions (private module
-//! `sql`) and differ in how a write transaction takes the write lock. Every backend runs the same
-//! `conformance` suite (module and feature `conformance`).
+//! PostgreSQL database. Both are [`sql::SqlStore`] on a [`sql::Dialect`]: every statement and
+//! write transaction is written once, and the dialects differ only in how a write transaction
+//! takes the write lock, text checks, `NOTIFY`, the retry budget, the health check and change
+//! notifications ([`Store::key_state_changes`]). Every backend runs the same `conformance` suite
+//! (module and feature `conformance`).
 //!
 //! The store is precious: wrapped tenant keys and wrapped DEKs live only here, and a key that
 //! appears in an envelope returned to a caller must be committed (durably) first. See
@@ -22,13 +24,15 @@ use std::str::FromStr;
 
 pub use keyward_audit::{AuditError, AuditEvent, ChainHead, Checkpoint, Record, RevocationSource};
 pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
+pub use query::AuditQuery;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod decode;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod sql;
+mod query;
+pub mod sql;
 pub mod sqlite;
 
 /// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.
@@ -352,86 +356,6 @@ pub struct DekInsert {
     pub retired: Option<KeyId>,
 }
 
-/// Which audit records [`Store::audit_records`] returns: those matching every given filter,
-/// `seq > after_seq`, in ascending `seq` order, at most `limit`.
-///
-/// Build it with `AuditQuery::default()` and the `with_*` methods (or by assigning fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AuditQuery {
-    /// Only records about this tenant ([`AuditEvent::tenant`]).
-    pub tenant: Option<TenantId>,
-    /// Only events of this type ([`AuditEvent::event_type`], e.g. `"dek_created"`); a name not in
-    /// [`AuditEvent::TYPES`] is `InvalidInput`.
-    pub event_type: Option<String>,
-    /// Only records with `time_ms >= from_ms`.
-    pub from_ms: Option<i64>,
-    /// Only records with `time_ms < to_ms` (exclusive).
-    pub to_ms: Option<i64>,
-    /// Paging cursor: only records with `seq > after_seq` (0: from the start). Pass the last
-    /// returned record's seq to get the next page.
-    pub after_seq: u64,
-    /// Page size; 0 means [`AuditQuery::MAX_LIMIT`], larger values are capped to it.
-    pub limit: u32,
-}
-
-impl AuditQuery {
-    /// The largest page [`Store::audit_records`] returns.
-    pub const MAX_LIMIT: u32 = 1000;
-
-    /// Only records about `tenant`.
-    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
-        self.tenant = Some(tenant);
-        self
-    }
-
-    /// Only events of type `event_type` (e.g. `"dek_created"`).
-    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
-        self.event_type = Some(event_type.into());
-        self
-    }
-
-    /// Only records with `from_ms <= time_ms < to_ms`.
-    pub fn with_time_range(mut self, from_ms: Option<i64>, to_ms: Option<i64>) -> Self {
-        self.from_ms = from_ms;
-        self.to_ms = to_ms;
-        self
-    }
-
-    /// Only records with `seq > after_seq`.
-    pub fn with_after_seq(mut self, after_seq: u64) -> Self {
-        self.after_seq = after_seq;
-        self
-    }
-
-    /// At most `limit` records (0 or more than [`AuditQuery::MAX_LIMIT`]: that maximum).
-    pub fn with_limit(mut self, limit: u32) -> Self {
-        self.limit = limit;
-        self
-    }
-
-    /// The page size actually used: `limit`, or [`AuditQuery::MAX_LIMIT`] for 0 or more.
-    pub fn effective_limit(&self) -> u32 {
-        if self.limit == 0 {
-            Self::MAX_LIMIT
-        } else {
-            self.limit.min(Self::MAX_LIMIT)
-        }
-    }
-
-    /// Rejects an unknown event type name (most likely a typo, which would match nothing).
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        if let Some(event_type) = &self.event_type
-            && !AuditEvent::TYPES.contains(&event_type.as_str())
-        {
-            return Err(StoreError::InvalidInput(format!(
-                "unknown audit event type {event_type:?}"
-            )));
-        }
-        Ok(())
-    }
-}
-
 /// Row counts, for metrics and for tests asserting that a failed call inserted nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreCounts {
@@ -475,6 +399,28 @@ pub enum StoreError {
     #[error("store backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// A change committed by another process sharing the store, as delivered by
+/// [`Store::key_state_changes`]: the tenant it names; the new state itself is read from the
+/// store.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The subscription was (re)established. Changes committed while it was down were never
+    /// delivered: reconcile every key state now, before handling the events that follow.
+    Subscribed,
+    /// The tenant's current binding or a binding's state changed ([`Store::set_binding_state`],
+    /// [`Store::bind_kek`]).
+    KeyState(TenantId),
+    /// The tenant's policy changed ([`Store::set_tenant_policy`]).
+    Policy(TenantId),
+    /// A notification whose payload names no tenant (the reason): reconcile every key state.
+    Unreadable(String),
+}
+
+/// The stream of [`StoreChange`]s returned by [`Store::key_state_changes`]. It never ends on
+/// its own (the backend reconnects); dropping it ends the subscription.
+pub type StoreChanges = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = StoreChange> + Send>>;
 
 /// Keyward's durable state. Implementations: [`sqlite::SqliteStore`] and, with the `postgres`
 /// feature, `postgres::PostgresStore`.
@@ -623,4 +569,27 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Checkpoints with `from_seq <= seq <= to_seq`, seq ascending.
     async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Checks that the store answers, for health checks. The default reads the audit chain head
+    /// ([`Store::audit_head`]); a backend with a cheaper round trip overrides it (PostgreSQL: a
+    /// ping on a pooled connection).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.audit_head().await.map(drop)
+    }
+
+    /// The changes other processes commit to this store, for a server that shares it with other
+    /// replicas; `None` when no other process can write to it (SQLite: one process per file),
+    /// the default.
+    ///
+    /// PostgreSQL: a dedicated connection with application name `listener_name` (visible in
+    /// `pg_stat_activity`) that `LISTEN`s on the key-state and policy channels, reconnecting
+    /// with backoff (100 ms doubling to 5 s, each connection attempt bounded by 5 s), and yields
+    /// [`StoreChange::Subscribed`] after every (re)connection, before the notifications it then
+    /// receives. Notifications sent while it is disconnected are lost: reconcile on
+    /// `Subscribed`, and periodically. Must be called within a Tokio runtime (the subscription
+    /// runs on a task of its own until the stream is dropped).
+    fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
+        let _ = listener_name;
+        None
+    }
 }

@@ -15,8 +15,8 @@
 //! `audit_checkpoints` append-only and the sequence gap-free.
 //!
 //! The statements, row decoding and write transactions are shared with the PostgreSQL backend
-//! (`crate::sql`); this module holds what is SQLite's own: opening the file, the PRAGMAs, the
-//! write lock, migrations and `dump()`.
+//! ([`SqlStore`], module `crate::sql`); this module holds what is SQLite's own: opening the
+//! file, the PRAGMAs, the write lock ([`SqliteDialect`]), migrations, `backup()` and `dump()`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::StoreError;
-use crate::sql::{self, Migration, SqlBackend, backend, quote_ident};
+use crate::sql::{self, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
 
 /// Connections in the pool of a file database. SQLite allows one writer at a time, so more
 /// connections only help concurrent readers.
@@ -40,41 +40,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// loop exists so that both backends behave alike.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Every migration (`migrations/sqlite/NNNN_name.sql`), in order. Never edit a released one:
-/// append.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/sqlite/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "audit",
-        sql: include_str!("../migrations/sqlite/0002_audit.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_policy",
-        sql: include_str!("../migrations/sqlite/0003_tenant_policy.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "binding_state_cause",
-        sql: include_str!("../migrations/sqlite/0004_binding_state_cause.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "tenant_key_mac",
-        sql: include_str!("../migrations/sqlite/0005_tenant_key_mac.sql"),
-    },
-];
+/// Every migration (`migrations/sqlite/NNNN_name.sql`), in order.
+const MIGRATIONS: &[Migration] = sql::migrations!("sqlite");
 
-/// The SQLite [`Store`](crate::Store). Cheap to clone (a pool handle).
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
+/// The SQLite [`Store`](crate::Store): [`SqlStore`] on [`SqliteDialect`]. Cheap to clone (a
+/// pool handle).
+pub type SqliteStore = SqlStore<SqliteDialect>;
+
+/// What is SQLite's own in [`SqliteStore`]: `BEGIN IMMEDIATE` (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteDialect;
 
 impl SqliteStore {
     /// Creates the file if needed; WAL journal, synchronous=FULL, foreign_keys=ON, busy_timeout
@@ -114,7 +89,10 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         tracing::debug!(path = %path.display(), "opened SQLite store");
-        Ok(SqliteStore { pool })
+        Ok(SqlStore {
+            pool,
+            dialect: SqliteDialect,
+        })
     }
 
     /// Read-only connection to an existing database (for tests and ops tools reading while the
@@ -131,7 +109,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(SqliteStore { pool })
+        Ok(SqlStore {
+            pool,
+            dialect: SqliteDialect,
+        })
     }
 
     /// Writes a consistent copy of the whole database to `destination` (which must not exist)
@@ -159,16 +140,6 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         Ok(())
-    }
-
-    /// The connection pool, for backend-specific checks (tests, ops tools).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Closes every connection of the pool (waiting for checked-out ones to come back).
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 
     /// Deterministic textual dump of every row of every table (wrapped bytes as hex), ordered:
@@ -244,32 +215,21 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     for migration in MIGRATIONS {
         // BEGIN IMMEDIATE is the migration lock: a second process opening the same file at the
         // same time waits here and then sees the migration as applied.
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        if SqliteStore::apply_migration(&mut tx, migration, MIGRATIONS).await? {
-            tx.commit().await.map_err(backend)?;
-        } else {
-            tx.rollback().await.map_err(backend)?;
-        }
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        SqliteStore::apply_migration(tx, migration, MIGRATIONS).await?;
     }
     Ok(())
 }
 
-impl SqlBackend for SqliteStore {
+impl sealed::Sealed for SqliteDialect {}
+
+impl Dialect for SqliteDialect {
     type Db = Sqlite;
 
     const WRITE_ATTEMPTS: usize = WRITE_ATTEMPTS;
 
-    fn sql_pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     /// `BEGIN IMMEDIATE`: SQLite's single write lock from the first statement.
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)
+    async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
 }
-
-sql::impl_store_for_sql_backend!(SqliteStore);

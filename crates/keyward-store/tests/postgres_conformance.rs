@@ -18,24 +18,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_store::conformance::{
-    self, binding_changed, dek_events, state_changed, tenant_created,
+    self, Arg, Backdoor, backdoor, binding_changed, dek_events, populate, tenant_created,
+    usage_event,
 };
 use keyward_store::postgres::{PostgresOptions, PostgresStore};
 use keyward_store::{
     AuditQuery, DekInsert, KeyId, NewDek, NewKekBinding, Record, Scope, Store, StoreError,
     WrappedKey,
 };
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 
 mod common;
+use common::applied_migrations;
 use common::test_db::{DEFAULT_URL, TestDb, admin_url, redacted, with_database};
-use common::{Arg, Backend, migration_versions, populate, revoke_fresh, usage_event};
 
-/// A fresh database for the shared tests of `common`.
+/// A fresh database for the backdoor tests of the conformance suite.
 struct Postgres {
     db: TestDb,
     store: PostgresStore,
-    raw: tokio::sync::Mutex<Option<PgConnection>>,
+    /// The raw (superuser) connection, opened at first use.
+    raw: tokio::sync::OnceCell<tokio::sync::Mutex<PgConnection>>,
 }
 
 impl Postgres {
@@ -45,37 +47,32 @@ impl Postgres {
         Postgres {
             db,
             store,
-            raw: tokio::sync::Mutex::new(None),
+            raw: tokio::sync::OnceCell::new(),
         }
-    }
-
-    /// The raw connection, opened at first use with the audit records' append-only trigger
-    /// disabled.
-    async fn raw(&self) -> tokio::sync::MappedMutexGuard<'_, PgConnection> {
-        let mut guard = self.raw.lock().await;
-        if guard.is_none() {
-            let mut conn = self.db.raw().await;
-            sqlx::raw_sql("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            *guard = Some(conn);
-        }
-        tokio::sync::MutexGuard::map(guard, |c| c.as_mut().unwrap())
-    }
-
-    /// Closes everything and drops the database (after a passing test).
-    async fn finish(self) {
-        if let Some(raw) = self.raw.into_inner() {
-            raw.close().await.unwrap();
-        }
-        self.store.close().await;
-        self.db.finish().await;
     }
 }
 
-impl Backend for Postgres {
+impl Backdoor for Postgres {
     const REFUSES_NUL_TEXT: bool = true;
+    const RAW_SKIPS_FOREIGN_KEYS: bool = false;
+    const MORE_TABLES: &'static [&'static str] = &["audit_chain_lock"];
+    const MORE_APPEND_ONLY_STATEMENTS: &'static [&'static str] = &[
+        "TRUNCATE audit_records",
+        "TRUNCATE audit_checkpoints",
+        "DELETE FROM audit_chain_lock",
+        "UPDATE audit_chain_lock SET id = 1",
+        "INSERT INTO audit_chain_lock (id) VALUES (1)",
+        "TRUNCATE audit_chain_lock",
+    ];
+    const UNGUARD_AUDIT_RECORDS: &'static str =
+        "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only";
+    const BREAK_AUDIT_WRITES: &'static str = "CREATE FUNCTION fail_audit() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
+         FOR EACH ROW EXECUTE FUNCTION fail_audit();";
+    const REPAIR_AUDIT_WRITES: &'static str = "DROP TRIGGER fail_audit ON audit_records";
+    const ALLOW_ANY_BINDING_STATE: &'static str =
+        "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check";
 
     fn store(&self) -> &dyn Store {
         &self.store
@@ -85,23 +82,38 @@ impl Backend for Postgres {
         self.store.dump().await.unwrap()
     }
 
-    async fn tamper(&self, sql: &str, args: Vec<Arg>) {
-        let mut query = sqlx::query(sql);
-        for arg in args {
-            query = match arg {
-                Arg::Int(i) => query.bind(i),
-                Arg::Text(t) => query.bind(t),
-            };
-        }
-        query.execute(&mut *self.raw().await).await.unwrap();
+    fn dumped_bytes(bytes: &[u8]) -> String {
+        // bytea as `\\x…` inside the row text (its backslash doubled).
+        format!("\\\\x{}", hex::encode(bytes))
     }
 
-    async fn fetch_text(&self, sql: &str, arg: i64) -> String {
-        sqlx::query_scalar(sql)
-            .bind(arg)
-            .fetch_one(&mut *self.raw().await)
-            .await
-            .unwrap()
+    async fn execute(&self, sql: &str, args: Vec<Arg>) -> Result<(), String> {
+        let raw = self
+            .raw
+            .get_or_init(|| async { tokio::sync::Mutex::new(self.db.raw().await) })
+            .await;
+        backdoor::execute(&mut *raw.lock().await, sql, args).await
+    }
+
+    async fn execute_pooled(&self, sql: &str) -> Result<(), String> {
+        backdoor::execute(self.store.pool(), sql, Vec::new()).await
+    }
+
+    async fn reopen(&self) -> Result<(), StoreError> {
+        PostgresStore::connect(&self.db.url, PostgresOptions::default())
+            .await?
+            .close()
+            .await;
+        Ok(())
+    }
+
+    /// Closes everything and drops the database (after a passing test).
+    async fn finish(self) {
+        if let Some(raw) = self.raw.into_inner() {
+            raw.into_inner().close().await.unwrap();
+        }
+        self.store.close().await;
+        self.db.finish().await;
     }
 }
 
@@ -422,235 +434,49 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
 
 // ----- the audit log ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn audit_tables_are_append_only() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, _) = populate(&store).await;
-    let head = store.audit_head().await.unwrap();
-    let key = keyward_audit::SigningKey::generate().unwrap();
-    store
-        .insert_checkpoint(&key.sign_checkpoint(&head, 1).unwrap())
-        .await
-        .unwrap();
-    let before = store.dump().await.unwrap();
-
-    // Through the store's own pool and through a raw superuser connection alike.
-    let mut raw = db.raw().await;
-    for sql in [
-        "UPDATE audit_records SET time_ms = 0",
-        "UPDATE audit_records SET body = body || ' '",
-        "DELETE FROM audit_records",
-        "DELETE FROM audit_records WHERE seq = (SELECT MAX(seq) FROM audit_records)",
-        "TRUNCATE audit_records",
-        "UPDATE audit_checkpoints SET time_ms = 0",
-        "DELETE FROM audit_checkpoints",
-        "TRUNCATE audit_checkpoints",
-        "DELETE FROM audit_chain_lock",
-        "UPDATE audit_chain_lock SET id = 1",
-        "INSERT INTO audit_chain_lock (id) VALUES (1)",
-        "TRUNCATE audit_chain_lock",
-    ] {
-        let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-    }
-    // A record must extend the chain by exactly one: no gaps, no reuse of a seq.
-    let next = Record::append(&head, 1, usage_event(&tenant, 1)).unwrap();
-    let skipped = Record::append(&next.head(), 1, usage_event(&tenant, 1)).unwrap();
-    for (seq, record) in [(skipped.seq(), &skipped), (head.seq, &next)] {
-        let err = sqlx::query(
-            "INSERT INTO audit_records (seq, time_ms, event_type, tenant_id, body, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(i64::try_from(seq).unwrap())
-        .bind(record.time_ms())
-        .bind(record.event().event_type())
-        .bind(tenant.as_str())
-        .bind(String::from_utf8(record.canonical_bytes()).unwrap())
-        .bind(hex::encode(record.hash()))
-        .execute(&mut raw)
-        .await
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("extend the chain by one"),
-            "seq {seq}: {err}"
-        );
-    }
-    raw.close().await.unwrap();
-    assert_eq!(store.dump().await.unwrap(), before);
-    // The store still appends normally afterwards.
-    let appended = store
-        .append_audit(vec![usage_event(&tenant, 2)])
-        .await
-        .unwrap();
-    assert!(appended[0].follows(&head));
-    store.close().await;
-    db.finish().await;
-}
-
 /// A raw writer bypassing the store still cannot leave two active DEKs for one scope or two
 /// current bindings for one tenant: the partial unique indexes hold on their own.
 #[tokio::test]
 async fn unique_indexes_hold_for_writers_that_bypass_the_store() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, binding, _) = populate(&store).await;
-    let mut raw = db.raw().await;
-    let err = sqlx::query(
-        "INSERT INTO deks (id, tenant_id, scope, tenant_key_id, wrapped, created_at_ms) \
-         VALUES ($1, $2, 'default', $3, '\\x00', 0)",
-    )
-    .bind(KeyId::generate().unwrap().to_string())
-    .bind(tenant.as_str())
-    .bind(binding.tenant_key_id.to_string())
-    .execute(&mut raw)
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("deks_one_active_per_scope"),
-        "{err}"
-    );
-    let err = sqlx::query(
-        "INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
-         state_changed_at_ms) VALUES ($1, 'local', 'x', 'active', 0, 0)",
-    )
-    .bind(tenant.as_str())
-    .execute(&mut raw)
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("kek_bindings_one_current_per_tenant"),
-        "{err}"
-    );
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
-}
-
-/// Installs a trigger that makes every audit append fail, as a full or broken audit table would.
-async fn break_audit_writes(raw: &mut PgConnection) {
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'audit unavailable'; END; $$; \
-         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_records \
-         FOR EACH ROW EXECUTE FUNCTION fail_audit();",
-    )
-    .execute(&mut *raw)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn lifecycle_changes_fail_closed_when_the_audit_write_fails() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, binding, dek) = populate(&store).await;
-    let binding_id = store.active_binding(&tenant).await.unwrap().unwrap().id;
-    let mut raw = db.raw().await;
-    break_audit_writes(&mut raw).await;
-    let before = store.dump().await.unwrap();
-
-    let new_tenant = conformance::unique_tenant_id();
-    let new_binding = NewKekBinding {
-        tenant_key_id: KeyId::generate().unwrap(),
-        key_ref: "local:kek-2".to_owned(),
-        ..binding.clone()
-    };
-    let new_dek = NewDek {
-        id: KeyId::generate().unwrap(),
-        ..dek.clone()
-    };
-    let is_backend = |e: StoreError| matches!(e, StoreError::Backend(_));
-
-    let err = store
-        .create_tenant(&new_tenant, "Unaudited", &tenant_created)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .bind_kek(new_binding.clone(), &binding_changed)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .insert_dek(new_dek.clone(), &dek_events)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .set_binding_state(revoke_fresh(binding_id), &state_changed)
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    let err = store
-        .append_audit(vec![usage_event(&tenant, 1)])
-        .await
-        .unwrap_err();
-    assert!(is_backend(err));
-    assert_eq!(
-        store.dump().await.unwrap(),
-        before,
-        "no change without its record"
-    );
-
-    // Once the audit log accepts writes again, the same calls succeed, each with its records.
-    sqlx::raw_sql("DROP TRIGGER fail_audit ON audit_records")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let head = store.audit_head().await.unwrap();
-    store
-        .create_tenant(&new_tenant, "Audited", &tenant_created)
-        .await
-        .unwrap();
-    store.bind_kek(new_binding, &binding_changed).await.unwrap();
-    let inserted = store.insert_dek(new_dek, &dek_events).await.unwrap();
-    assert_eq!(inserted.retired, Some(dek.id));
-    // The new binding deactivated this one: its version moved to 1.
-    store
-        .set_binding_state(
-            keyward_store::StateUpdate {
-                expected_version: 1,
-                ..revoke_fresh(binding_id)
-            },
-            &state_changed,
+    let b = Postgres::new().await;
+    let (tenant, binding, _) = populate(&b.store).await;
+    let tenant_arg = || Arg::Text(tenant.as_str().to_owned());
+    let dek = vec![
+        Arg::Text(KeyId::generate().unwrap().to_string()),
+        tenant_arg(),
+        Arg::Text(binding.tenant_key_id.to_string()),
+    ];
+    let err = b
+        .execute(
+            "INSERT INTO deks (id, tenant_id, scope, tenant_key_id, wrapped, created_at_ms) \
+             VALUES ($1, $2, 'default', $3, '\\x00', 0)",
+            dek,
         )
         .await
-        .unwrap();
-    store
-        .append_audit(vec![usage_event(&tenant, 1)])
+        .unwrap_err();
+    assert!(err.contains("deks_one_active_per_scope"), "{err}");
+    let err = b
+        .execute(
+            "INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
+             state_changed_at_ms) VALUES ($1, 'local', 'x', 'active', 0, 0)",
+            vec![tenant_arg()],
+        )
         .await
-        .unwrap();
-    let after = store
-        .audit_records(&AuditQuery::default().with_after_seq(head.seq))
-        .await
-        .unwrap();
-    // tenant_created 1, binding 2, DEK (retired + created) 2, state 1, usage 1.
-    assert_eq!(after.len(), 7);
-    assert_eq!(store.audit_head().await.unwrap(), after[6].head());
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
+        .unwrap_err();
+    assert!(err.contains("kek_bindings_one_current_per_tenant"), "{err}");
+    b.finish().await;
 }
 
 /// Without the chain lock row the store cannot serialize writers, so it refuses to write
 /// (reads go on).
 #[tokio::test]
 async fn a_missing_chain_lock_row_stops_writes() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, dek) = populate(&store).await;
-    let mut raw = db.raw().await;
-    sqlx::raw_sql(
-        "ALTER TABLE audit_chain_lock DISABLE TRIGGER audit_chain_lock_fixed; \
-         DELETE FROM audit_chain_lock;",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
+    let b = Postgres::new().await;
+    let store = &b.store;
+    let (tenant, _, dek) = populate(store).await;
+    let drop_lock_row = "ALTER TABLE audit_chain_lock DISABLE TRIGGER audit_chain_lock_fixed; \
+         DELETE FROM audit_chain_lock;";
+    b.execute(drop_lock_row, Vec::new()).await.unwrap();
     let err = store
         .append_audit(vec![usage_event(&tenant, 1)])
         .await
@@ -665,77 +491,7 @@ async fn a_missing_chain_lock_row_stops_writes() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(store.get_dek(&tenant, &dek.id).await.unwrap().is_some());
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
-}
-
-/// Someone who may alter the tables can disable the triggers and edit a record; reading it back
-/// then fails, naming the table, the column and the seq.
-// ----- data and requests --------------------------------------------------------------------
-
-#[tokio::test]
-async fn dump_is_deterministic_and_sees_every_write() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let empty = store.dump().await.unwrap();
-    assert_eq!(store.dump().await.unwrap(), empty);
-    for table in [
-        "audit_chain_lock",
-        "audit_checkpoints",
-        "audit_records",
-        "deks",
-        "kek_bindings",
-        "schema_migrations",
-        "tenant_keys",
-        "tenants",
-    ] {
-        assert!(empty.contains(&format!("table {table} (")), "{empty}");
-    }
-    let (tenant, _, dek) = populate(&store).await;
-    let populated = store.dump().await.unwrap();
-    assert_ne!(populated, empty);
-    assert_eq!(store.dump().await.unwrap(), populated);
-    // Wrapped bytes appear as hex.
-    assert!(populated.contains("\\\\x000102ff"), "{populated}");
-    assert!(populated.contains(&dek.id.to_string()));
-    store.add_dek_usage(&tenant, &dek.id, 1, 1).await.unwrap();
-    assert_ne!(store.dump().await.unwrap(), populated);
-    store.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn corrupt_rows_are_reported_with_table_and_column() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (tenant, _, dek) = populate(&store).await;
-    let mut raw = db.raw().await;
-    sqlx::query("UPDATE deks SET scope = '' WHERE id = $1")
-        .bind(dek.id.to_string())
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = store.get_dek(&tenant, &dek.id).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.starts_with("deks.scope:")),
-        "{err:?}"
-    );
-    sqlx::raw_sql(
-        "ALTER TABLE kek_bindings DROP CONSTRAINT kek_bindings_state_check; \
-         UPDATE kek_bindings SET state = 'sleepy';",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
-    let err = store.active_binding(&tenant).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.starts_with("kek_bindings.state:")),
-        "{err:?}"
-    );
-    raw.close().await.unwrap();
-    store.close().await;
-    db.finish().await;
+    b.finish().await;
 }
 
 // ----- migrations and connections -----------------------------------------------------------
@@ -750,21 +506,7 @@ async fn replicas_starting_at_once_migrate_once() {
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     populate(&a).await;
-    let migrations = |store: PostgresStore| async move {
-        sqlx::query("SELECT version, applied_at_ms FROM schema_migrations ORDER BY version")
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| (row.get::<i64, _>(0), row.get::<i64, _>(1)))
-            .collect::<Vec<_>>()
-    };
-    let first = migrations(a.clone()).await;
-    assert_eq!(
-        first.iter().map(|m| m.0).collect::<Vec<_>>(),
-        migration_versions("postgres"),
-        "every migration applied once, in order"
-    );
+    let first = applied_migrations(a.pool(), "postgres").await;
     let dump = a.dump().await.unwrap();
     assert_eq!(b.dump().await.unwrap(), dump);
     assert_eq!(c.dump().await.unwrap(), dump);
@@ -773,28 +515,10 @@ async fn replicas_starting_at_once_migrate_once() {
     }
     // Reconnecting applies nothing again.
     let again = db.store().await;
-    assert_eq!(migrations(again.clone()).await, first, "nothing re-applied");
+    let applied = applied_migrations(again.pool(), "postgres").await;
+    assert_eq!(applied, first, "nothing re-applied");
     assert_eq!(again.dump().await.unwrap(), dump);
     again.close().await;
-    db.finish().await;
-}
-
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (9999, 0)")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    store.close().await;
-    let err = PostgresStore::connect(&db.url, PostgresOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("9999")),
-        "{err:?}"
-    );
     db.finish().await;
 }
 
@@ -938,32 +662,6 @@ fn test_database_urls() {
     assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
 }
 
-// ----- the backend-generic tests of `common` --------------------------------------------------
+// ----- the backdoor tests of the conformance suite ----------------------------------------------
 
-#[tokio::test]
-async fn bad_requests_change_nothing() {
-    let b = Postgres::new().await;
-    common::bad_requests_change_nothing(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn checkpoint_of_the_empty_chain() {
-    let b = Postgres::new().await;
-    common::checkpoint_of_the_empty_chain(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn tampered_audit_records_are_reported_as_corrupt() {
-    let b = Postgres::new().await;
-    common::tampered_audit_records_are_reported_as_corrupt(&b).await;
-    b.finish().await;
-}
-
-#[tokio::test]
-async fn record_times_never_go_backwards() {
-    let b = Postgres::new().await;
-    common::record_times_never_go_backwards(&b).await;
-    b.finish().await;
-}
+keyward_store::backdoor_tests!(Postgres::new);

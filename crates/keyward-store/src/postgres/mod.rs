@@ -1,8 +1,9 @@
 //! The PostgreSQL backend: several Keyward replicas on one database.
 //!
 //! Same tables, columns, statements and semantics as the SQLite backend (the statements, row
-//! decoding and write transactions are shared, in `crate::sql`); what is PostgreSQL's own is
-//! here: connecting, the write lock, the migration lock and `dump()`. See `docs/store.md`,
+//! decoding and write transactions are shared: [`SqlStore`], module `crate::sql`); what is
+//! PostgreSQL's own is here: connecting, the write lock, `NOTIFY` and the change listener
+//! ([`PostgresDialect`], module `changes`), the migration lock and `dump()`. See `docs/store.md`,
 //! section "PostgreSQL", for the design.
 //!
 //! Concurrency: every write transaction runs at `READ COMMITTED` (set explicitly, whatever the
@@ -29,8 +30,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
-use crate::StoreError;
-use crate::sql::{self, Announcement, Migration, SqlBackend, backend, quote_ident};
+use crate::sql::{self, Announcement, Dialect, Migration, SqlStore, backend, quote_ident, sealed};
+use crate::{StoreChanges, StoreError};
+
+mod changes;
 
 /// Attempts of a write transaction that reported [`StoreError::Conflict`] before that error is
 /// returned. With the chain lock taken first such conflicts should not happen between Keyward
@@ -60,35 +63,8 @@ pub const TENANT_POLICY_CHANNEL: &str = "keyward_tenant_policy";
 /// Oldest server accepted: the migrations use `EXECUTE FUNCTION` (PostgreSQL 11).
 const MIN_SERVER_VERSION: i64 = 110_000;
 
-/// Every migration (`migrations/postgres/NNNN_name.sql`), in order; the same versions and names
-/// as SQLite's. Never edit a released one: append.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "audit",
-        sql: include_str!("../migrations/postgres/0002_audit.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_policy",
-        sql: include_str!("../migrations/postgres/0003_tenant_policy.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "binding_state_cause",
-        sql: include_str!("../migrations/postgres/0004_binding_state_cause.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "tenant_key_mac",
-        sql: include_str!("../migrations/postgres/0005_tenant_key_mac.sql"),
-    },
-];
+/// Every migration (`migrations/postgres/NNNN_name.sql`), in order.
+const MIGRATIONS: &[Migration] = sql::migrations!("postgres");
 
 /// Connection-pool settings of a [`PostgresStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,10 +114,17 @@ impl PostgresOptions {
     }
 }
 
-/// The PostgreSQL [`Store`](crate::Store). Cheap to clone (a pool handle).
+/// The PostgreSQL [`Store`](crate::Store): [`SqlStore`] on [`PostgresDialect`]. Cheap to clone
+/// (a pool handle).
+pub type PostgresStore = SqlStore<PostgresDialect>;
+
+/// What is PostgreSQL's own in [`PostgresStore`]: the chain lock, NUL-free text, `NOTIFY`, the
+/// retry budget, the ping and the change listener (see the module docs).
 #[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
+pub struct PostgresDialect {
+    /// The URL's connection options as given (no pool settings): the listening connections of
+    /// [`Store::key_state_changes`](crate::Store::key_state_changes).
+    listen_options: PgConnectOptions,
 }
 
 impl PostgresStore {
@@ -152,8 +135,9 @@ impl PostgresStore {
     /// (`Corrupt`). Sets `application_name=keyward` unless the URL names one.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         options.validate()?;
-        let mut connect = PgConnectOptions::from_str(url)
+        let listen_options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidInput(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut connect = listen_options.clone();
         if connect.get_application_name().is_none() {
             connect = connect.application_name("keyward");
         }
@@ -197,25 +181,10 @@ impl PostgresStore {
             max_connections = options.max_connections,
             "opened PostgreSQL store"
         );
-        Ok(PostgresStore { pool })
-    }
-
-    /// Checks that the database answers (a round trip on a pooled connection), for health
-    /// checks. Fails with [`StoreError::Backend`] if no connection can be had within the acquire
-    /// timeout or the server does not answer.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        conn.ping().await.map_err(backend)
-    }
-
-    /// The connection pool (for `LISTEN`/`NOTIFY`, backend-specific checks and ops tools).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Closes every connection of the pool (waiting for checked-out ones to come back).
-    pub async fn close(&self) {
-        self.pool.close().await;
+        Ok(SqlStore {
+            pool,
+            dialect: PostgresDialect { listen_options },
+        })
     }
 
     /// Deterministic textual dump of every row of every table of the current schema, ordered:
@@ -354,31 +323,28 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     tx.commit().await.map_err(backend)?;
 
     for migration in MIGRATIONS {
-        let mut tx = begin_locked(conn).await?;
-        if PostgresStore::apply_migration(&mut tx, migration, MIGRATIONS).await? {
-            tx.commit().await.map_err(backend)?;
-        } else {
-            tx.rollback().await.map_err(backend)?;
-        }
+        let tx = begin_locked(conn).await?;
+        PostgresStore::apply_migration(tx, migration, MIGRATIONS).await?;
     }
     Ok(())
 }
 
-impl SqlBackend for PostgresStore {
+impl sealed::Sealed for PostgresDialect {}
+
+impl Dialect for PostgresDialect {
     type Db = Postgres;
 
     const WRITE_ATTEMPTS: usize = WRITE_ATTEMPTS;
 
-    fn sql_pool(&self) -> &PgPool {
-        &self.pool
-    }
+    /// A round trip on a pooled connection: fails with [`StoreError::Backend`] if no connection
+    /// can be had within the acquire timeout or the server does not answer.
+    const PING_CONNECTION: bool = true;
 
     /// `READ COMMITTED`, then the audit chain lock (module docs). Not the server's default
     /// isolation level: under `REPEATABLE READ` the snapshot would be taken before the lock wait
     /// and miss the previous writer's commit.
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self
-            .pool
+    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE")
             .await
             .map_err(backend)?;
@@ -427,6 +393,31 @@ impl SqlBackend for PostgresStore {
         }
         Ok(())
     }
+
+    /// A dedicated `LISTEN`ing connection (module `changes`).
+    fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
+        Some(changes::subscribe(&self.listen_options, listener_name))
+    }
 }
 
-sql::impl_store_for_sql_backend!(PostgresStore);
+/// Checks a PostgreSQL URL the way [`PostgresStore::connect`] will parse it, plus what the
+/// driver would only default silently (a host and a database name); the error says what is
+/// wrong.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() && !tail.contains("host=") {
+        return Err("it names no host".to_owned());
+    }
+    let database = tail
+        .strip_prefix('/')
+        .map(|t| t.split('?').next().unwrap_or_default())
+        .unwrap_or_default();
+    if database.is_empty() && !tail.contains("dbname=") {
+        return Err("it names no database (postgres://user@host:5432/database)".to_owned());
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! [`Store`] for every [`SqlStore`]: the reads, and the write methods, each running its write
+//! transaction (in the topic modules) under the dialect's retry budget.
+
+use sqlx::Connection as _;
+
+use super::audit::audit_query_sql;
+use super::bindings::{BINDING_COLUMNS, TENANT_KEY_COLUMNS};
+use super::deks::DEK_COLUMNS;
+use super::tenants::{TENANT_COLUMNS, policy_to_db};
+use super::{backend, sql_impl, with_retries};
+use crate::decode;
+use crate::{
+    AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord,
+    KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store,
+    StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
+};
+
+sql_impl!(#[async_trait::async_trait] impl Store => {
+    async fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        D::check_text("display_name", display_name)?;
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_create_tenant(id, display_name, audit)
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        sqlx::query(&format!("{TENANT_COLUMNS} WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(Self::tenant_from_row)
+            .transpose()
+    }
+
+    async fn set_tenant_policy(
+        &self,
+        id: &TenantId,
+        policy: TenantPolicy,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        let ttl = policy_to_db("cache_ttl_seconds", policy.cache_ttl_seconds)?;
+        let interval = policy_to_db("monitor_interval_seconds", policy.monitor_interval_seconds)?;
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_set_tenant_policy(id, ttl, interval, audit)
+        })
+        .await
+    }
+
+    async fn bind_kek(
+        &self,
+        binding: NewKekBinding,
+        audit: AuditFn<'_, BindingChange>,
+    ) -> Result<KekBinding, StoreError> {
+        decode::validate_binding_text("provider", &binding.provider)?;
+        decode::validate_binding_text("key_ref", &binding.key_ref)?;
+        let binding = &binding;
+        with_retries(D::WRITE_ATTEMPTS, || self.try_bind_kek(binding, audit)).await
+    }
+
+    async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
+        sqlx::query(&format!(
+            "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 AND kb.deactivated_at_ms IS NULL"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(Self::binding_from_row)
+        .transpose()
+    }
+
+    async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
+        sqlx::query(&format!(
+            "{BINDING_COLUMNS} WHERE kb.deactivated_at_ms IS NULL ORDER BY kb.tenant_id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(Self::binding_from_row)
+        .collect()
+    }
+
+    async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {
+        sqlx::query(&format!(
+            "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(Self::binding_from_row)
+        .collect()
+    }
+
+    async fn set_binding_state(
+        &self,
+        update: StateUpdate,
+        audit: AuditFn<'_, StateChange>,
+    ) -> Result<KekBinding, StoreError> {
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_set_binding_state(update, audit)
+        })
+        .await
+    }
+
+    async fn get_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<TenantKeyRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{TENANT_KEY_COLUMNS} WHERE tk.tenant_id = $1 AND tk.id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(decode::key_id_text(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(Self::tenant_key_from_row)
+        .transpose()
+    }
+
+    async fn insert_dek(
+        &self,
+        dek: NewDek,
+        audit: AuditFn<'_, DekInsert>,
+    ) -> Result<DekInsert, StoreError> {
+        let dek = &dek;
+        with_retries(D::WRITE_ATTEMPTS, || self.try_insert_dek(dek, audit)).await
+    }
+
+    async fn active_dek(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{DEK_COLUMNS} WHERE tenant_id = $1 AND scope = $2 AND retired_at_ms IS NULL"
+        ))
+        .bind(tenant.as_str())
+        .bind(scope.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(Self::dek_from_row)
+        .transpose()
+    }
+
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<DekRecord>, StoreError> {
+        sqlx::query(&format!("{DEK_COLUMNS} WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant.as_str())
+            .bind(decode::key_id_text(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(Self::dek_from_row)
+            .transpose()
+    }
+
+    async fn add_dek_usage(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        let messages = decode::counter_delta(messages);
+        let bytes = decode::counter_delta(bytes);
+        // One statement, so atomic without an explicit transaction (and without the write
+        // lock: it touches no uniqueness rule and appends nothing); saturates at i64::MAX
+        // (SQLite would otherwise turn an overflowing sum into a REAL, PostgreSQL would fail).
+        let updated = sqlx::query(
+            "UPDATE deks SET \
+               messages = CASE WHEN messages > $1 THEN $2 ELSE messages + $3 END, \
+               bytes = CASE WHEN bytes > $4 THEN $2 ELSE bytes + $5 END \
+             WHERE tenant_id = $6 AND id = $7 RETURNING id",
+        )
+        .bind(i64::MAX - messages)
+        .bind(i64::MAX)
+        .bind(messages)
+        .bind(i64::MAX - bytes)
+        .bind(bytes)
+        .bind(tenant.as_str())
+        .bind(decode::key_id_text(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if updated.is_none() {
+            return Err(StoreError::NotFound(format!("DEK {id} of tenant {tenant}")));
+        }
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tenants) AS tenants, \
+                    (SELECT COUNT(*) FROM kek_bindings) AS bindings, \
+                    (SELECT COUNT(*) FROM tenant_keys) AS tenant_keys, \
+                    (SELECT COUNT(*) FROM deks) AS deks",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let count = |table: &str| -> Result<u64, StoreError> {
+            decode::counter(table, "COUNT(*)", Self::col(&row, table, table)?)
+        };
+        Ok(StoreCounts {
+            tenants: count("tenants")?,
+            bindings: count("bindings")?,
+            tenant_keys: count("tenant_keys")?,
+            deks: count("deks")?,
+        })
+    }
+
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.as_slice();
+        with_retries(D::WRITE_ATTEMPTS, || self.try_append_audit(events)).await
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        const T: &str = "audit_records";
+        let last = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        match last {
+            None => Ok(ChainHead::GENESIS),
+            Some(row) => decode::chain_head(
+                Self::col(&row, T, "seq")?,
+                &Self::col::<String>(&row, T, "hash")?,
+            ),
+        }
+    }
+
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<Record>, StoreError> {
+        query.validate()?;
+        let sql = audit_query_sql(query);
+        let mut select = sqlx::query(&sql).bind(decode::seq_bound(query.after_seq));
+        if let Some(tenant) = &query.tenant {
+            select = select.bind(tenant.as_str());
+        }
+        if let Some(event_type) = &query.event_type {
+            select = select.bind(event_type.as_str());
+        }
+        if let Some(from_ms) = query.from_ms {
+            select = select.bind(from_ms);
+        }
+        if let Some(to_ms) = query.to_ms {
+            select = select.bind(to_ms);
+        }
+        select
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(Self::record_from_row)
+            .collect()
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_insert_checkpoint(checkpoint)
+        })
+        .await
+    }
+
+    async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
+        const T: &str = "audit_checkpoints";
+        if from_seq > to_seq {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "SELECT seq, time_ms, key_id, body FROM audit_checkpoints \
+             WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(decode::seq_bound(from_seq))
+        .bind(decode::seq_bound(to_seq))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| {
+            decode::checkpoint(
+                Self::col(row, T, "seq")?,
+                Self::col(row, T, "time_ms")?,
+                Self::col(row, T, "key_id")?,
+                Self::col(row, T, "body")?,
+            )
+        })
+        .collect()
+    }
+
+    async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{TENANT_KEY_COLUMNS} WHERE tk.mac IS NULL ORDER BY tk.tenant_id, tk.id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(Self::tenant_key_from_row)
+        .collect()
+    }
+
+    async fn authenticate_tenant_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        mac: Vec<u8>,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        if mac.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "tenant_keys.mac: an authentication tag must not be empty".to_owned(),
+            ));
+        }
+        let mac = &mac;
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_authenticate_tenant_key(tenant, id, mac, audit)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if D::PING_CONNECTION {
+            let mut conn = self.pool.acquire().await.map_err(backend)?;
+            conn.ping().await.map_err(backend)
+        } else {
+            self.audit_head().await.map(drop)
+        }
+    }
+
+    fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
+        self.dialect.key_state_changes(listener_name)
+    }
+});

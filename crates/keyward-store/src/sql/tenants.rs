@@ -1,0 +1,123 @@
+//! Tenants: their rows, their policy and the write transactions that change them.
+
+use sqlx::Database;
+
+use super::{Announcement, backend, sql_impl, write_error};
+use crate::decode::{self, now_ms};
+use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord};
+
+pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, \
+     cache_ttl_seconds, monitor_interval_seconds FROM tenants";
+
+/// `value` converted to a positive `T`, else `error(value)`; `None` stays `None`.
+fn positive<F: Copy, T: TryFrom<F> + PartialOrd + Default>(
+    value: Option<F>,
+    error: impl FnOnce(F) -> StoreError,
+) -> Result<Option<T>, StoreError> {
+    value
+        .map(|v| {
+            T::try_from(v)
+                .ok()
+                .filter(|t| *t > T::default())
+                .ok_or_else(|| error(v))
+        })
+        .transpose()
+}
+
+/// A tenant policy value as stored: `None`, or a positive `i64`.
+pub(crate) fn policy_to_db(name: &str, value: Option<u64>) -> Result<Option<i64>, StoreError> {
+    positive(value, |_| {
+        StoreError::InvalidInput(format!("{name} must be positive"))
+    })
+}
+
+/// A stored tenant policy value: `None`, or a positive `u64` (else `Corrupt`).
+fn policy_from_db(column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
+    positive(value, |v| {
+        StoreError::Corrupt(format!("tenants.{column}: {v}"))
+    })
+}
+
+sql_impl!(impl => {
+    pub(crate) fn tenant_from_row(row: &<D::Db as Database>::Row) -> Result<TenantRecord, StoreError> {
+        const T: &str = "tenants";
+        Ok(TenantRecord {
+            id: decode::tenant_id(T, "id", &Self::col::<String>(row, T, "id")?)?,
+            display_name: Self::col(row, T, "display_name")?,
+            created_at_ms: Self::col(row, T, "created_at_ms")?,
+            policy: TenantPolicy {
+                cache_ttl_seconds: policy_from_db(
+                    "cache_ttl_seconds",
+                    Self::col(row, T, "cache_ttl_seconds")?,
+                )?,
+                monitor_interval_seconds: policy_from_db(
+                    "monitor_interval_seconds",
+                    Self::col(row, T, "monitor_interval_seconds")?,
+                )?,
+            },
+        })
+    }
+
+    pub(crate) async fn try_create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = D::begin_write(&self.pool).await?;
+        sqlx::query("INSERT INTO tenants (id, display_name, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(id.as_str())
+            .bind(display_name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match write_error(e, "") {
+                StoreError::Conflict(_) => StoreError::AlreadyExists(format!("tenant {id}")),
+                other => other,
+            })?;
+        let tenant = TenantRecord {
+            id: id.clone(),
+            display_name: display_name.to_owned(),
+            created_at_ms: now,
+            policy: TenantPolicy::default(),
+        };
+        Self::append_events(&mut tx, audit(&tenant)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(tenant)
+    }
+
+    pub(crate) async fn try_set_tenant_policy(
+        &self,
+        id: &TenantId,
+        ttl: Option<i64>,
+        interval: Option<i64>,
+        audit: AuditFn<'_, TenantRecord>,
+    ) -> Result<TenantRecord, StoreError> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        // `RETURNING` rather than rows_affected(), which sqlx does not offer generically.
+        let updated = sqlx::query(
+            "UPDATE tenants SET cache_ttl_seconds = $1, monitor_interval_seconds = $2 \
+             WHERE id = $3 RETURNING id",
+        )
+        .bind(ttl)
+        .bind(interval)
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if updated.is_none() {
+            return Err(StoreError::NotFound(format!("tenant {id}")));
+        }
+        let row = sqlx::query(&format!("{TENANT_COLUMNS} WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let tenant = Self::tenant_from_row(&row)?;
+        Self::append_events(&mut tx, audit(&tenant)).await?;
+        D::announce(&mut tx, Announcement::TenantPolicy, id.as_str()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(tenant)
+    }
+});
