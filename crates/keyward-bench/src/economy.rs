@@ -122,11 +122,16 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
     eprintln!("economy: populating {} tenants", names.len());
     {
         let keyring = server.keyring().clone();
+        let store = server.open_store().await?;
         let (aws, kek, names) = (aws.clone(), kek.clone(), Arc::new(names.clone()));
         harness::bounded(names.len() as u64, 16, move |i| {
-            let (keyring, aws, kek, names) =
-                (keyring.clone(), aws.clone(), kek.clone(), names.clone());
-            let store = keyring.store().clone();
+            let (keyring, store, aws, kek, names) = (
+                keyring.clone(),
+                store.clone(),
+                aws.clone(),
+                kek.clone(),
+                names.clone(),
+            );
             async move {
                 let tenant = TenantId::try_from(names[i as usize].as_str())?;
                 store.create_tenant(&tenant, "", &|_| Vec::new()).await?;
@@ -182,7 +187,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
     // 1 and 2 on a fresh (cold) server.
     eprintln!("economy: cold path and single flight");
     let server = Server::start(dir.path(), providers(), no_monitor).await?;
-    let store = server.keyring().store().clone();
+    let store = server.open_store().await?;
     let conn = harness::channels(server.addr(), 1).await?.remove(0);
     let mut crypto = CryptoServiceClient::new(conn.clone());
     let (mut bare, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());

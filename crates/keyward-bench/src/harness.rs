@@ -25,6 +25,8 @@ pub(crate) struct Server {
     stop: tokio::sync::oneshot::Sender<()>,
     /// How long `start_with_providers` took (store open, audit keys, revocation states, bind).
     pub(crate) start_time: Duration,
+    /// The server's SQLite database, which a benchmark may seed through its own handle.
+    database_path: std::path::PathBuf,
 }
 
 /// The configuration defaults for a server in this process: port 0, over `data_dir`, and no
@@ -59,7 +61,17 @@ impl Server {
             running,
             stop,
             start_time: started.elapsed(),
+            database_path: settings.database_path.clone(),
         })
+    }
+
+    /// A second handle on the server's store (the same SQLite file, in WAL mode), for
+    /// benchmarks that seed many tenants faster than the API would; the server reads what it
+    /// commits.
+    pub(crate) async fn open_store(&self) -> anyhow::Result<Arc<dyn keyward_store::Store>> {
+        Ok(Arc::new(
+            keyward_store::sqlite::SqliteStore::open(&self.database_path).await?,
+        ))
     }
 
     pub(crate) fn addr(&self) -> std::net::SocketAddr {

@@ -3,7 +3,7 @@
 //! This is the primitive layer under the envelope and [`crate::wrap_key`]: the Wycheproof
 //! AES-GCM vectors run against it (`tests/wycheproof.rs`) and the library comparison bench
 //! measures it (`benches/aead.rs`). It is a hazmat layer: callers choose nonces, and reusing a
-//! (key, nonce) pair destroys both confidentiality and authenticity. Prefer [`crate::seal`].
+//! (key, nonce) pair destroys both confidentiality and authenticity. Prefer [`crate::Sealer`].
 //!
 //! Ciphertexts are laid out as `ciphertext || tag`, the tag being [`TAG_LEN`] bytes.
 

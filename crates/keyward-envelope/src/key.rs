@@ -109,7 +109,7 @@ impl SecretKey {
     }
 }
 
-/// Opaque wrapped-key bytes: a key encrypted under another key, by [`wrap_key`] or by a KMS.
+/// Opaque wrapped-key bytes: a key encrypted under another key, by [`crate::wrap_key`] or by a KMS.
 ///
 /// Not secret (it is what the store persists), but its `Debug` shows only the length, because
 /// the bytes are useless in a log and noisy.

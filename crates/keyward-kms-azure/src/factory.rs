@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyward_kms::{
     ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyProvider, KeyRef,
-    KeyRefFields, ProviderError, ProviderFactory, ProviderKind,
+    KeyRefFields, ProviderError, ProviderFactory, ProviderKind, configure_if_present,
 };
 
 use crate::{AzureKeyId, AzureKeyVaultConfig, AzureKeyVaultProvider};
@@ -30,12 +30,7 @@ impl ProviderFactory for AzureKeyVaultFactory {
         &self,
         section: Option<&ConfigSection>,
     ) -> Result<Option<Arc<dyn ConfiguredProvider>>, ConfigSectionError> {
-        let Some(section) = section else {
-            return Ok(None);
-        };
-        Ok(Some(Arc::new(
-            section.deserialize::<AzureKeyVaultConfig>()?,
-        )))
+        configure_if_present::<AzureKeyVaultConfig>(section)
     }
 
     /// A key id (docs/onboarding/azure.md), from the `key_id` field.

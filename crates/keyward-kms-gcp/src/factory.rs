@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyward_kms::{
     ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyProvider, KeyRef,
-    KeyRefFields, ProviderError, ProviderFactory, ProviderKind,
+    KeyRefFields, ProviderError, ProviderFactory, ProviderKind, configure_if_present,
 };
 
 use crate::{CryptoKeyName, GcpKmsConfig, GcpKmsProvider};
@@ -30,10 +30,7 @@ impl ProviderFactory for GcpKmsFactory {
         &self,
         section: Option<&ConfigSection>,
     ) -> Result<Option<Arc<dyn ConfiguredProvider>>, ConfigSectionError> {
-        let Some(section) = section else {
-            return Ok(None);
-        };
-        Ok(Some(Arc::new(section.deserialize::<GcpKmsConfig>()?)))
+        configure_if_present::<GcpKmsConfig>(section)
     }
 
     /// A CryptoKey resource name (docs/onboarding/gcp.md), from the `crypto_key` field; a

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyward_kms::{
     ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyProvider, KeyRef,
-    KeyRefFields, ProviderError, ProviderFactory, ProviderKind,
+    KeyRefFields, ProviderError, ProviderFactory, ProviderKind, configure_if_present,
 };
 
 use crate::{Pkcs11Config, Pkcs11KeyUri, Pkcs11Provider};
@@ -30,10 +30,7 @@ impl ProviderFactory for Pkcs11Factory {
         &self,
         section: Option<&ConfigSection>,
     ) -> Result<Option<Arc<dyn ConfiguredProvider>>, ConfigSectionError> {
-        let Some(section) = section else {
-            return Ok(None);
-        };
-        Ok(Some(Arc::new(section.deserialize::<Pkcs11Config>()?)))
+        configure_if_present::<Pkcs11Config>(section)
     }
 
     /// A `pkcs11:` URI naming the key (docs/onboarding/pkcs11.md), from the `uri` field.

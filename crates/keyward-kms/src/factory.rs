@@ -138,6 +138,20 @@ pub trait ProviderFactory: Send + Sync + fmt::Debug {
     fn parse_key_ref(&self, fields: &KeyRefFields<'_>) -> Result<KeyRef, InvalidKeyRef>;
 }
 
+/// [`ProviderFactory::configure`] for a provider that runs only when its section is present: the
+/// section typed as `T` (which builds the provider), or `None` without a section.
+pub fn configure_if_present<T>(
+    section: Option<&ConfigSection>,
+) -> Result<Option<Arc<dyn ConfiguredProvider>>, ConfigSectionError>
+where
+    T: DeserializeOwned + ConfiguredProvider + 'static,
+{
+    match section {
+        Some(section) => Ok(Some(Arc::new(section.deserialize::<T>()?))),
+        None => Ok(None),
+    }
+}
+
 /// A provider's checked configuration, ready to build the provider.
 #[async_trait]
 pub trait ConfiguredProvider: Send + Sync + fmt::Debug {

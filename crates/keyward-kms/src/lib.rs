@@ -34,7 +34,7 @@ pub use context::{Purpose, WrapContext};
 pub use error::{ErrorKind, ProviderError};
 pub use factory::{
     ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyRefFields,
-    ProviderFactory, ProviderRegistry,
+    ProviderFactory, ProviderRegistry, configure_if_present,
 };
 pub use keyward_envelope::{SecretKey, WrappedKey};
 pub use provider::{

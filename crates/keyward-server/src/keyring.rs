@@ -217,13 +217,6 @@ impl Keyring {
         self.cache.stats()
     }
 
-    /// The store. Its remaining users: the server's health check (until the store can be
-    /// pinged itself) and the benchmark's bulk population; the keyring's own work goes through
-    /// its parts.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.wiring.store
-    }
-
     /// The server's cache TTL: the hard upper bound of every tenant's revocation window.
     pub fn server_ttl(&self) -> Duration {
         self.wiring.cache.ttl

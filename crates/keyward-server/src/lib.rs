@@ -1,7 +1,7 @@
 //! Keyward's server: tonic services over the key hierarchy ([`keyring`]),
 //! configuration ([`config`]) and the error-to-status mapping ([`error`]).
 //!
-//! Data flows one way: proto -> [`service`] -> [`keyring`] -> (store, KEK
+//! Data flows one way: proto -> [`api`] -> [`keyring`] -> (store, KEK
 //! providers) -> envelope. Nothing below this crate knows about gRPC.
 
 pub mod admin;
@@ -259,7 +259,7 @@ async fn start_serving(
         .map_err(|e| StartError::AuditRecovery(e.to_string()))?;
     let keyring = Arc::new(
         Keyring::new(
-            store,
+            Arc::clone(&store),
             providers,
             CachePolicy {
                 ttl: settings.cache_ttl,
@@ -284,7 +284,7 @@ async fn start_serving(
         );
     }
     serve_replica(
-        settings, keyring, auditor, authz, tls, true, &registry, shutdown,
+        settings, keyring, auditor, authz, tls, store, &registry, shutdown,
     )
     .await
 }
@@ -305,24 +305,9 @@ fn load_authz(settings: &Settings) -> Result<authz::Authz, StartError> {
     Ok(authz::Authz::load(files)?)
 }
 
-/// Serves `keyring` on the configured address until `shutdown`.
-pub async fn serve(
-    settings: &Settings,
-    keyring: Arc<Keyring>,
-    auditor: Arc<audit::Auditor>,
-    authz: Arc<authz::Authz>,
-    tls: Option<Arc<tls::ReloadableTls>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Running, StartError> {
-    let registry = keyward_kms::ProviderRegistry::default();
-    serve_replica(
-        settings, keyring, auditor, authz, tls, false, &registry, shutdown,
-    )
-    .await
-}
-
-/// [`serve`], plus, with `replicas` on a PostgreSQL store, the revocation fan-out between
-/// replicas ([`replication`]) and the configured health-check interval.
+/// Serves `keyring` on the configured address until `shutdown`; on a PostgreSQL `store`, with
+/// the revocation fan-out between replicas ([`replication`]) and the configured health-check
+/// interval.
 #[allow(
     clippy::too_many_arguments,
     reason = "the parts of a server until one builder owns them (issue #19, item 4)"
@@ -333,7 +318,7 @@ async fn serve_replica(
     auditor: Arc<audit::Auditor>,
     authz: Arc<authz::Authz>,
     tls: Option<Arc<tls::ReloadableTls>>,
-    replicas: bool,
+    store: Arc<dyn keyward_store::Store>,
     registry: &keyward_kms::ProviderRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
@@ -428,36 +413,27 @@ async fn serve_replica(
         ]
     };
     let health_task = {
-        let interval = match (replicas, &settings.store) {
-            (
-                true,
-                config::StoreLocation::Postgres {
-                    health_check_interval,
-                    ..
-                },
-            ) => *health_check_interval,
+        let interval = match &settings.store {
+            config::StoreLocation::Postgres {
+                health_check_interval,
+                ..
+            } => *health_check_interval,
             _ => std::time::Duration::from_secs(5),
         };
         tokio::spawn(replication::run_health(
-            Arc::clone(keyring.store()),
+            Arc::clone(&store),
             health_reporter.clone(),
             services.clone(),
             interval,
             Arc::clone(&readiness),
         ))
     };
-    if let (
-        true,
-        config::StoreLocation::Postgres {
-            reconcile_interval, ..
-        },
-    ) = (replicas, &settings.store)
-        && let Some(changes) =
-            keyring
-                .store()
-                .key_state_changes(&replication::listener_application_name(
-                    keyring.replica_id(),
-                ))
+    if let config::StoreLocation::Postgres {
+        reconcile_interval, ..
+    } = &settings.store
+        && let Some(changes) = store.key_state_changes(&replication::listener_application_name(
+            keyring.replica_id(),
+        ))
     {
         background.push(tokio::spawn(replication::run_listener(
             Arc::clone(&keyring),

@@ -1,5 +1,5 @@
 //! The gRPC layer: the tonic services ([`CryptoApi`], [`TenantApi`], [`AuditApi`]) hold only
-//! protobuf ↔ domain conversion ([`convert`]) and authorization; the work is the keyring's and
+//! protobuf ↔ domain conversion (`convert.rs`) and authorization; the work is the keyring's and
 //! the auditor's. Wire types are converted to domain types here and nowhere deeper.
 
 mod audit;
