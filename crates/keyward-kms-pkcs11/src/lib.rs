@@ -18,6 +18,7 @@ mod factory;
 pub mod fuzzing;
 mod provider;
 mod remediation;
+mod token_keys;
 mod uri;
 mod wrapped_key_format;
 
