@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 pub(crate) struct Server {
     running: Running,
     stop: tokio::sync::oneshot::Sender<()>,
-    /// How long `start_with_providers` took (store open, audit keys, revocation states, bind).
+    /// How long `ServerBuilder::start` took (store open, audit keys, revocation states, bind).
     pub(crate) start_time: Duration,
     /// The server's SQLite database, which a benchmark may seed through its own handle.
     database_path: std::path::PathBuf,
@@ -53,10 +53,12 @@ impl Server {
         let settings = config.resolve()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
-        let running = keyward_server::start_with_providers(&settings, providers, async {
-            let _ = stopped.await;
-        })
-        .await?;
+        let running = keyward_server::ServerBuilder::new(&settings)
+            .providers(providers)
+            .start(async {
+                let _ = stopped.await;
+            })
+            .await?;
         Ok(Server {
             running,
             stop,

@@ -224,10 +224,12 @@ async fn run_scenario(
         .with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?))
         .with(Arc::new(moto.provider().await));
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = keyward_server::start_with_providers(&settings, providers, async {
-        let _ = stopped.await;
-    })
-    .await?;
+    let running = keyward_server::ServerBuilder::new(&settings)
+        .providers(providers)
+        .start(async {
+            let _ = stopped.await;
+        })
+        .await?;
     let channel = Channel::from_shared(format!("http://{}", running.local_addr()))?
         .connect()
         .await?;

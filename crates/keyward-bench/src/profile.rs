@@ -51,9 +51,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let settings = config.resolve()?;
             let providers =
                 Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-            let running =
-                keyward_server::start_with_providers(&settings, providers, std::future::pending())
-                    .await?;
+            let running = keyward_server::ServerBuilder::new(&settings)
+                .providers(providers)
+                .start(std::future::pending())
+                .await?;
             let addr = running.local_addr();
             std::mem::forget(running);
             addr

@@ -1,7 +1,7 @@
 //! `keyward-bench replicas`: the revocation fan-out across replicas (docs/benchmarks.md,
 //! "Revocation fan-out across replicas").
 //!
-//! Three replicas run in-process (`keyward_server::start_with_providers`) on one fresh
+//! Three replicas run in-process (`keyward_server::ServerBuilder` with their providers) on one fresh
 //! PostgreSQL database, sharing the audit keys and the local KEK directory as a deployment must.
 //! Each round revokes a tenant through replica A (`TenantService.RevokeKey`) while B and C are
 //! warm, and measures from RevokeKey's return on A to the first `KEY_REVOKED` denial on B and on
@@ -163,11 +163,13 @@ async fn start_replica(
         &settings.local_kms_dir,
     )?));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = keyward_server::start_with_providers(&settings, providers, async {
-        let _ = stopped.await;
-    })
-    .await
-    .with_context(|| format!("start replica {id}"))?;
+    let running = keyward_server::ServerBuilder::new(&settings)
+        .providers(providers)
+        .start(async {
+            let _ = stopped.await;
+        })
+        .await
+        .with_context(|| format!("start replica {id}"))?;
     let channel = Channel::from_shared(format!("http://{}", running.local_addr()))?
         .connect()
         .await?;

@@ -553,8 +553,10 @@ async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow>)> {
     let settings = config.resolve()?;
     let providers =
         Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-    let running =
-        keyward_server::start_with_providers(&settings, providers, std::future::pending()).await?;
+    let running = keyward_server::ServerBuilder::new(&settings)
+        .providers(providers)
+        .start(std::future::pending())
+        .await?;
     let keyward_addr = running.local_addr();
     let setup = channels(keyward_addr, 1).await?.remove(0);
     let mut tenants = TenantServiceClient::new(setup.clone());

@@ -229,8 +229,10 @@ pub(super) async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> 
     let settings = config.resolve()?;
     let providers =
         Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-    let running =
-        keyward_server::start_with_providers(&settings, providers, std::future::pending()).await?;
+    let running = keyward_server::ServerBuilder::new(&settings)
+        .providers(providers)
+        .start(std::future::pending())
+        .await?;
     let addr = running.local_addr();
     let operator = tls_channels(addr, 1, &pki, &ids[1]).await?.remove(0);
     TenantServiceClient::new(operator)

@@ -30,7 +30,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config.resolve()?;
     // Before any key is loaded: keep them out of swap and core dumps ([memory]).
     keyward_server::memory::harden(&settings.memory)?;
-    let running = keyward_server::start(&settings, &registry, shutdown_signal()).await?;
+    let running = keyward_server::ServerBuilder::new(&settings)
+        .registry(registry)
+        .start(shutdown_signal())
+        .await?;
     // Scripts and tests read the bound addresses from these lines (the admin one first).
     if let Some(admin) = running.admin_addr() {
         println!("keyward admin listening on {admin}");
