@@ -414,30 +414,23 @@ impl<'a> Sealer<'a> {
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
-        match self.salt {
-            Some(salt) => seal_with(
-                self.suite,
-                self.dek,
-                self.tenant,
-                self.dek_id,
-                ctx,
-                plaintext,
-                salt,
-            ),
+        let mut fresh = [0u8; SALT_LEN];
+        let salt = match self.salt {
+            Some(salt) => salt,
             None => {
-                let mut salt = [0u8; SALT_LEN];
-                aws_lc_rs::rand::fill(&mut salt).map_err(|_| CryptoError::Rng)?;
-                seal_with(
-                    self.suite,
-                    self.dek,
-                    self.tenant,
-                    self.dek_id,
-                    ctx,
-                    plaintext,
-                    &salt,
-                )
+                aws_lc_rs::rand::fill(&mut fresh).map_err(|_| CryptoError::Rng)?;
+                &fresh
             }
-        }
+        };
+        seal_with(
+            self.suite,
+            self.dek,
+            self.tenant,
+            self.dek_id,
+            ctx,
+            plaintext,
+            salt,
+        )
     }
 }
 
