@@ -24,7 +24,7 @@ use keyward_store::postgres::PostgresOptions;
 use crate::{
     admin::AdminConfig,
     authz::PolicyFiles,
-    keyring::{MonitorPolicy, RotationPolicy},
+    keyring::{CachePolicy, MonitorPolicy, RotationPolicy},
     metrics::{MAX_TENANT_LABELS_CEILING, MetricsConfig},
     telemetry::{LogFormat, OtlpConfig},
     tls::TlsFiles,
@@ -351,9 +351,11 @@ impl Config {
             data_dir: self.data_dir.clone(),
             local_kms_dir,
             max_plaintext_bytes: self.max_plaintext_bytes,
-            cache_ttl: Duration::from_secs(self.cache.ttl_seconds),
-            max_tenant_keys: self.cache.max_tenant_keys,
-            max_deks: self.cache.max_deks,
+            cache: CachePolicy {
+                ttl: Duration::from_secs(self.cache.ttl_seconds),
+                max_tenant_keys: self.cache.max_tenant_keys,
+                max_deks: self.cache.max_deks,
+            },
             rotation: RotationPolicy {
                 max_age: Duration::from_secs(self.rotation.max_age_seconds),
                 max_messages: self.rotation.max_messages,

@@ -8,8 +8,7 @@ use keyward_store::{postgres::PostgresStore, sqlite::SqliteStore};
 use tokio::task::JoinHandle;
 
 use crate::{
-    CachePolicy, Keyring, Providers, Settings, admin, audit, authz, builtin_policies, config,
-    metrics, tls,
+    Keyring, Providers, Settings, admin, audit, authz, builtin_policies, config, metrics, tls,
 };
 
 mod serve;
@@ -272,11 +271,7 @@ async fn start_serving(
         Keyring::new(
             Arc::clone(&store),
             providers,
-            CachePolicy {
-                ttl: settings.cache_ttl,
-                max_tenant_keys: settings.max_tenant_keys,
-                max_deks: settings.max_deks,
-            },
+            settings.cache,
             settings.rotation,
             hasher,
         )

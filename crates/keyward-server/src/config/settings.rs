@@ -7,7 +7,7 @@ use keyward_kms::ConfigSection;
 use super::StoreLocation;
 use crate::{
     authz::PolicyFiles,
-    keyring::{MonitorPolicy, RotationPolicy},
+    keyring::{CachePolicy, MonitorPolicy, RotationPolicy},
     telemetry::LogFormat,
     tls::TlsFiles,
 };
@@ -49,9 +49,9 @@ pub struct Settings {
     pub kms_quota: Option<keyward_kms::QuotaPolicy>,
     pub local_kms_dir: PathBuf,
     pub max_plaintext_bytes: usize,
-    pub cache_ttl: Duration,
-    pub max_tenant_keys: u64,
-    pub max_deks: u64,
+    /// `[cache]`: the TTL (the hard upper bound of every tenant's revocation window) and the
+    /// caches' sizes.
+    pub cache: CachePolicy,
     pub rotation: RotationPolicy,
     /// The envelope suite new messages are sealed with (`envelope.write_suite`).
     pub write_suite: keyward_envelope::Suite,

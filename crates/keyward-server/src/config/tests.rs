@@ -9,7 +9,7 @@ fn defaults_resolve() {
     assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
     assert_eq!(s.database_path, PathBuf::from("./keyward-data/keyward.db"));
     assert_eq!(s.local_kms_dir, PathBuf::from("./keyward-data/local-kms"));
-    assert_eq!(s.cache_ttl, Duration::from_secs(300));
+    assert_eq!(s.cache.ttl, Duration::from_secs(300));
     let q = s.kms_quota.unwrap();
     assert_eq!((q.requests_per_second, q.burst), (50.0, 100));
     assert_eq!(q.max_wait, Duration::from_millis(1000));
