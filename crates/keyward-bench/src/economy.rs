@@ -143,7 +143,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
                         // Tagged as the keyring tags what it registers, or it refuses the key.
                         keyring.with_tenant_key_mac(NewKekBinding {
                             tenant,
-                            provider: ProviderKind::AwsKms.as_str().to_owned(),
+                            provider: ProviderKind::AwsKms,
                             key_ref: kek.id().to_owned(),
                             tenant_key_id,
                             wrapped_tenant_key: wrapped,

@@ -138,7 +138,7 @@ async fn populate(
                 audit_keys.hasher(),
                 &tenant,
                 &tenant_key_id,
-                "local",
+                kek.kind(),
                 kek.id(),
                 wrapped.as_bytes(),
             );

@@ -460,7 +460,7 @@ impl Keyring {
     /// Returns (checked, revoked).
     pub async fn recheck_key(
         &self,
-        provider: &str,
+        provider: keyward_kms::ProviderKind,
         key_ref: &str,
     ) -> Result<(u32, u32), ServiceError> {
         self.monitor.recheck_key(provider, key_ref).await

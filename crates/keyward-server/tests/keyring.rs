@@ -769,12 +769,18 @@ async fn a_pushed_key_event_rechecks_every_tenant_on_that_key_with_the_kms() {
 
     // An event about a key that still works changes nothing: the KMS is the truth.
     assert_eq!(
-        keyring.recheck_key("local", "default").await.unwrap(),
+        keyring
+            .recheck_key(ProviderKind::Local, "default")
+            .await
+            .unwrap(),
         (2, 0)
     );
     fx.operator().set_enabled("default", false).unwrap();
     assert_eq!(
-        keyring.recheck_key("local", "default").await.unwrap(),
+        keyring
+            .recheck_key(ProviderKind::Local, "default")
+            .await
+            .unwrap(),
         (2, 2)
     );
     let c = EncryptionContext::empty();

@@ -7,8 +7,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
-    AuditError, ChainHead, Checkpoint, KekState, KeyId, Record, RevocationSource, Scope,
-    StoreError, TenantId,
+    AuditError, ChainHead, Checkpoint, KekState, KeyId, ProviderKind, Record, RevocationSource,
+    Scope, StoreError, TenantId,
 };
 
 /// Milliseconds since the UNIX epoch, now. A clock before 1970 reads as 0.
@@ -112,6 +112,15 @@ pub(crate) fn counter(table: &str, column: &str, value: i64) -> Result<u64, Stor
 /// larger increments saturate.
 pub(crate) fn counter_delta(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A provider kind as stored (its stable name); any other text is corruption.
+pub(crate) fn provider_kind(
+    table: &str,
+    column: &str,
+    value: &str,
+) -> Result<ProviderKind, StoreError> {
+    value.parse().map_err(|e| corrupt(table, column, e))
 }
 
 pub(crate) fn validate_binding_text(field: &str, value: &str) -> Result<(), StoreError> {

@@ -24,6 +24,7 @@ use std::str::FromStr;
 
 pub use keyward_audit::{AuditError, AuditEvent, ChainHead, Checkpoint, Record, RevocationSource};
 pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
+pub use keyward_kms::ProviderKind;
 pub use query::AuditQuery;
 
 #[cfg(feature = "conformance")]
@@ -243,8 +244,8 @@ impl StateUpdate {
 #[derive(Debug, Clone)]
 pub struct NewKekBinding {
     pub tenant: TenantId,
-    /// Provider kind, e.g. `"aws-kms"`, `"local"`.
-    pub provider: String,
+    /// Which kind of KMS or HSM holds the KEK (stored as its stable name, e.g. `aws-kms`).
+    pub provider: ProviderKind,
     /// The provider's name of the KEK (key ARN, CryptoKey resource name, PKCS#11 URI, …).
     pub key_ref: String,
     /// Id of the new tenant key; must not exist yet.
@@ -263,7 +264,9 @@ pub struct NewKekBinding {
 pub struct KekBinding {
     pub id: i64,
     pub tenant: TenantId,
-    pub provider: String,
+    /// Which kind of KMS or HSM holds the KEK; a stored name no kind has is reported as
+    /// [`StoreError::Corrupt`] when the row is read.
+    pub provider: ProviderKind,
     pub key_ref: String,
     pub state: KekState,
     /// The tenant key this binding's KEK wraps.
@@ -296,7 +299,7 @@ pub struct TenantKeyRecord {
     pub id: KeyId,
     pub tenant: TenantId,
     pub binding_id: i64,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub key_ref: String,
     pub wrapped: WrappedKey,
     pub created_at_ms: i64,

@@ -186,7 +186,7 @@ async fn two_replicas_mint_deks_and_append_audit_concurrently() {
         .bind_kek(
             NewKekBinding {
                 tenant: tenant.clone(),
-                provider: "local".to_owned(),
+                provider: keyward_store::ProviderKind::Local,
                 key_ref: "local:kek".to_owned(),
                 tenant_key_id: KeyId::generate().unwrap(),
                 wrapped_tenant_key: WrappedKey::new(vec![7; 61]),
@@ -390,7 +390,7 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
                 .bind_kek(
                     NewKekBinding {
                         tenant: tenant.clone(),
-                        provider: "local".to_owned(),
+                        provider: keyward_store::ProviderKind::Local,
                         key_ref: format!("local:kek-{i}"),
                         tenant_key_id: KeyId::generate().unwrap(),
                         wrapped_tenant_key: WrappedKey::new(vec![u8::try_from(i).unwrap(); 61]),

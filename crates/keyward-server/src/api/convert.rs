@@ -229,12 +229,12 @@ pub(crate) fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) 
 }
 
 pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
-    let provider = match binding.provider.parse::<DomainProviderKind>() {
-        Ok(DomainProviderKind::Local) => pb::ProviderKind::Local,
-        Ok(DomainProviderKind::AwsKms) => pb::ProviderKind::AwsKms,
-        Ok(DomainProviderKind::GcpKms) => pb::ProviderKind::GcpKms,
-        Ok(DomainProviderKind::AzureKeyVault) => pb::ProviderKind::AzureKeyVault,
-        Ok(DomainProviderKind::Pkcs11) => pb::ProviderKind::Pkcs11,
+    let provider = match binding.provider {
+        DomainProviderKind::Local => pb::ProviderKind::Local,
+        DomainProviderKind::AwsKms => pb::ProviderKind::AwsKms,
+        DomainProviderKind::GcpKms => pb::ProviderKind::GcpKms,
+        DomainProviderKind::AzureKeyVault => pb::ProviderKind::AzureKeyVault,
+        DomainProviderKind::Pkcs11 => pb::ProviderKind::Pkcs11,
         _ => pb::ProviderKind::Unspecified,
     };
     let state = match binding.state {

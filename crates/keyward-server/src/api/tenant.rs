@@ -198,10 +198,7 @@ impl TenantService for TenantApi {
         )?;
         let provider = key_event(&r)?;
         tracing::info!(provider = %provider, key_ref = %r.key_ref, event = %r.event, "key-state event received; verifying with the KMS");
-        let (checked, revoked) = self
-            .keyring
-            .recheck_key(provider.as_str(), &r.key_ref)
-            .await?;
+        let (checked, revoked) = self.keyring.recheck_key(provider, &r.key_ref).await?;
         Ok(Response::new(pb::ReportKeyEventResponse {
             tenants_checked: checked,
             tenants_revoked: revoked,

@@ -5,10 +5,7 @@
 //! between that check and the unwrap, which the canary must not (it is how a revoked binding is
 //! found usable again), so the check of the tag stays with each caller.
 
-use std::{
-    str::FromStr as _,
-    sync::{Arc, atomic::Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use keyward_envelope::{KeyId, SecretKey, TenantId, WrappedKey};
 use keyward_kms::{KeyProvider, KeyRef, ProviderKind, Purpose, WrapContext};
@@ -98,8 +95,7 @@ impl Kek {
         id: &KeyId,
         record: &TenantKeyRecord,
     ) -> Result<SecretKey, ServiceError> {
-        let kind = ProviderKind::from_str(&record.provider)
-            .map_err(|_| internal(format!("unknown provider {:?} in store", record.provider)))?;
+        let kind = record.provider;
         let provider = self.providers.get(kind)?;
         self.count_unwrap(tenant);
         provider
@@ -134,7 +130,7 @@ impl Kek {
             &self.hasher,
             &binding.tenant,
             &binding.tenant_key_id,
-            &binding.provider,
+            binding.provider,
             &binding.key_ref,
             binding.wrapped_tenant_key.as_bytes(),
         ));
@@ -163,7 +159,7 @@ impl Kek {
             &self.hasher,
             tenant,
             id,
-            kek.kind().as_str(),
+            kek.kind(),
             kek.id(),
             wrapped.as_bytes(),
         )

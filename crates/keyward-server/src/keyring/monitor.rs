@@ -9,7 +9,7 @@ use std::{
 };
 
 use keyward_envelope::TenantId;
-use keyward_store::{KekBinding, KekState, Store};
+use keyward_store::{KekBinding, KekState, ProviderKind, Store};
 
 use super::{
     kek::Kek,
@@ -156,7 +156,7 @@ impl Monitor {
     /// Returns (checked, revoked).
     pub(super) async fn recheck_key(
         &self,
-        provider: &str,
+        provider: ProviderKind,
         key_ref: &str,
     ) -> Result<(u32, u32), ServiceError> {
         let mut checked = 0;

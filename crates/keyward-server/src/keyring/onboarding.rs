@@ -162,7 +162,7 @@ impl Onboarding {
             .bind_kek(
                 NewKekBinding {
                     tenant: tenant.clone(),
-                    provider: kek.kind().as_str().to_owned(),
+                    provider: kek.kind(),
                     key_ref: kek.id().to_owned(),
                     tenant_key_id,
                     tenant_key_mac: Some(tag),
@@ -173,14 +173,14 @@ impl Onboarding {
                     vec![
                         AuditEvent::KeyRegistrationAttempted {
                             tenant: b.tenant.clone(),
-                            provider: b.provider.clone(),
+                            provider: b.provider.to_string(),
                             key_ref: b.key_ref.clone(),
                             outcome: RegistrationOutcome::Succeeded,
                         },
                         AuditEvent::KekBindingChanged {
                             tenant: b.tenant.clone(),
                             binding_id: b.id,
-                            provider: b.provider.clone(),
+                            provider: b.provider.to_string(),
                             key_ref: b.key_ref.clone(),
                             tenant_key_id: b.tenant_key_id,
                             previous_binding_id: change.previous,

@@ -30,7 +30,7 @@ use std::fmt;
 
 use keyward_audit::{AuditEvent, IdentifierHasher};
 use keyward_envelope::{KeyId, TenantId};
-use keyward_store::{Store, TenantKeyRecord};
+use keyward_store::{ProviderKind, Store, TenantKeyRecord};
 use subtle::ConstantTimeEq as _;
 
 use crate::error::ServiceError;
@@ -73,14 +73,14 @@ pub fn tag_tenant_key(
     hasher: &IdentifierHasher,
     tenant: &TenantId,
     id: &KeyId,
-    provider: &str,
+    provider: ProviderKind,
     key_ref: &str,
     wrapped: &[u8],
 ) -> Vec<u8> {
     hasher
         .tag(
             TAG_PURPOSE,
-            &message(tenant, id, provider, key_ref, wrapped),
+            &message(tenant, id, provider.as_str(), key_ref, wrapped),
         )
         .to_vec()
 }
@@ -91,7 +91,7 @@ fn expected_tag(hasher: &IdentifierHasher, record: &TenantKeyRecord) -> Vec<u8> 
         hasher,
         &record.tenant,
         &record.id,
-        &record.provider,
+        record.provider,
         &record.key_ref,
         record.wrapped.as_bytes(),
     )
@@ -160,7 +160,7 @@ pub async fn authenticate_stored_tenant_keys(
             tenant: record.tenant.clone(),
             tenant_key_id: record.id,
             binding_id: record.binding_id,
-            provider: record.provider.clone(),
+            provider: record.provider.to_string(),
             key_ref: record.key_ref.clone(),
         };
         let detail = key.to_string();
@@ -195,7 +195,7 @@ mod tests {
             id: KeyId::from_bytes([1; 16]),
             tenant: TenantId::try_from("acme").unwrap(),
             binding_id: 7,
-            provider: "azure-key-vault".to_owned(),
+            provider: ProviderKind::AzureKeyVault,
             key_ref: "https://kwtest.vault.azure.net/keys/kek".to_owned(),
             wrapped: WrappedKey::new(vec![9; 40]),
             created_at_ms: 0,
@@ -222,7 +222,7 @@ mod tests {
         let changes: [fn(&mut TenantKeyRecord); 5] = [
             |r| r.tenant = TenantId::try_from("acmf").unwrap(),
             |r| r.id = KeyId::from_bytes([2; 16]),
-            |r| r.provider = "aws-kms".to_owned(),
+            |r| r.provider = ProviderKind::AwsKms,
             |r| r.key_ref.push('2'),
             |r| r.wrapped = WrappedKey::new(vec![9; 41]),
         ];

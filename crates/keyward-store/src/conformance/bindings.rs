@@ -36,7 +36,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(first.tenant, tenant);
-    assert_eq!(first.provider, "local");
+    assert_eq!(first.provider, crate::ProviderKind::Local);
     assert_eq!(first.key_ref, "local:kek-1");
     assert_eq!(first.state, KekState::Active);
     assert_eq!(first.tenant_key_id, first_new.tenant_key_id);
@@ -48,7 +48,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     );
 
     let mut second_new = new_binding(&tenant, "local:kek-2");
-    second_new.provider = "aws-kms".to_owned();
+    second_new.provider = crate::ProviderKind::AwsKms;
     second_new.wrapped_tenant_key = wrapped(0x33);
     // Any bytes, NUL and 0xff included.
     second_new.tenant_key_mac = Some((0..=255u8).rev().chain([0, 0]).collect());
@@ -84,7 +84,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
         .unwrap()
         .expect("first tenant key");
     assert_eq!(old_key.binding_id, first.id);
-    assert_eq!(old_key.provider, "local");
+    assert_eq!(old_key.provider, crate::ProviderKind::Local);
     assert_eq!(old_key.key_ref, "local:kek-1");
     assert_eq!(old_key.wrapped, first_new.wrapped_tenant_key);
     assert_eq!(old_key.mac, first_new.tenant_key_mac);
@@ -96,7 +96,7 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     assert_eq!(new_key.id, second_new.tenant_key_id);
     assert_eq!(new_key.tenant, tenant);
     assert_eq!(new_key.binding_id, second.id);
-    assert_eq!(new_key.provider, "aws-kms");
+    assert_eq!(new_key.provider, crate::ProviderKind::AwsKms);
     assert_eq!(new_key.key_ref, "local:kek-2");
     assert_eq!(new_key.wrapped, second_new.wrapped_tenant_key);
     assert_eq!(new_key.mac, second_new.tenant_key_mac);
@@ -165,21 +165,20 @@ pub async fn check_bind_kek_duplicate_tenant_key(store: &dyn Store) {
     assert_eq!(store.active_binding(&tenant).await.unwrap(), Some(first));
 }
 
-/// Empty provider or key_ref -> InvalidInput, nothing inserted.
+/// Empty or control-character key_ref -> InvalidInput, nothing inserted (the provider is a
+/// [`crate::ProviderKind`]: there is no text to check).
 pub async fn check_bind_kek_rejects_empty_fields(store: &dyn Store) {
     let tenant = new_tenant(store).await;
     let before = store.counts().await.unwrap();
     let head = store.audit_head().await.unwrap();
-    let mut no_provider = new_binding(&tenant, "local:kek-1");
-    no_provider.provider = String::new();
-    let err = store
-        .bind_kek(no_provider, &binding_changed)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
-    let no_ref = new_binding(&tenant, "");
-    let err = store.bind_kek(no_ref, &binding_changed).await.unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    for key_ref in ["", "kek\n1"] {
+        let refused = new_binding(&tenant, key_ref);
+        let err = store.bind_kek(refused, &binding_changed).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidInput(_)),
+            "{key_ref:?}: {err:?}"
+        );
+    }
     assert_nothing_written(store, &before, &head).await;
     assert_eq!(store.active_binding(&tenant).await.unwrap(), None);
 }
@@ -311,7 +310,7 @@ struct TenantKeyRecordWithoutMac {
     id: KeyId,
     tenant: TenantId,
     binding_id: i64,
-    provider: String,
+    provider: crate::ProviderKind,
     key_ref: String,
     wrapped: WrappedKey,
     created_at_ms: i64,
@@ -323,7 +322,7 @@ impl From<&crate::TenantKeyRecord> for TenantKeyRecordWithoutMac {
             id: r.id,
             tenant: r.tenant.clone(),
             binding_id: r.binding_id,
-            provider: r.provider.clone(),
+            provider: r.provider,
             key_ref: r.key_ref.clone(),
             wrapped: r.wrapped.clone(),
             created_at_ms: r.created_at_ms,

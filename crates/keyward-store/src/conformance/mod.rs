@@ -95,14 +95,14 @@ pub fn binding_changed(change: &BindingChange) -> Vec<AuditEvent> {
     vec![
         AuditEvent::KeyRegistrationAttempted {
             tenant: binding.tenant.clone(),
-            provider: binding.provider.clone(),
+            provider: binding.provider.to_string(),
             key_ref: binding.key_ref.clone(),
             outcome: RegistrationOutcome::Succeeded,
         },
         AuditEvent::KekBindingChanged {
             tenant: binding.tenant.clone(),
             binding_id: binding.id,
-            provider: binding.provider.clone(),
+            provider: binding.provider.to_string(),
             key_ref: binding.key_ref.clone(),
             tenant_key_id: binding.tenant_key_id,
             previous_binding_id: change.previous,
@@ -271,7 +271,7 @@ async fn new_tenant(store: &dyn Store) -> TenantId {
 fn new_binding(tenant: &TenantId, key_ref: &str) -> NewKekBinding {
     NewKekBinding {
         tenant: tenant.clone(),
-        provider: "local".to_owned(),
+        provider: crate::ProviderKind::Local,
         key_ref: key_ref.to_owned(),
         tenant_key_id: key_id(),
         wrapped_tenant_key: wrapped(0x5a),

@@ -37,7 +37,7 @@ sql_impl!(impl => {
         Ok(KekBinding {
             id,
             tenant: decode::tenant_id(T, "tenant_id", &Self::col::<String>(row, T, "tenant_id")?)?,
-            provider: Self::col(row, T, "provider")?,
+            provider: decode::provider_kind(T, "provider", &Self::col::<String>(row, T, "provider")?)?,
             key_ref: Self::col(row, T, "key_ref")?,
             state: decode::kek_state(T, "state", &Self::col::<String>(row, T, "state")?)?,
             tenant_key_id: decode::key_id("tenant_keys", "id", &tenant_key_id)?,
@@ -61,7 +61,11 @@ sql_impl!(impl => {
             id: decode::key_id(T, "id", &Self::col::<String>(row, T, "id")?)?,
             tenant: decode::tenant_id(T, "tenant_id", &Self::col::<String>(row, T, "tenant_id")?)?,
             binding_id: Self::col(row, T, "binding_id")?,
-            provider: Self::col(row, "kek_bindings", "provider")?,
+            provider: decode::provider_kind(
+                "kek_bindings",
+                "provider",
+                &Self::col::<String>(row, "kek_bindings", "provider")?,
+            )?,
             key_ref: Self::col(row, "kek_bindings", "key_ref")?,
             wrapped: WrappedKey::new(Self::col(row, T, "wrapped")?),
             created_at_ms: Self::col(row, T, "created_at_ms")?,
@@ -149,7 +153,7 @@ sql_impl!(impl => {
         let binding = KekBinding {
             id,
             tenant: b.tenant.clone(),
-            provider: b.provider.clone(),
+            provider: b.provider,
             key_ref: b.key_ref.clone(),
             state: KekState::Active,
             tenant_key_id: b.tenant_key_id,

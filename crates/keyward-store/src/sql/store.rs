@@ -59,7 +59,6 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         binding: NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
     ) -> Result<KekBinding, StoreError> {
-        decode::validate_binding_text("provider", &binding.provider)?;
         decode::validate_binding_text("key_ref", &binding.key_ref)?;
         let binding = &binding;
         with_retries(D::WRITE_ATTEMPTS, || self.try_bind_kek(binding, audit)).await

@@ -259,12 +259,31 @@ pub async fn corrupt_rows_are_reported_with_table_and_column<B: Backdoor>(b: &B)
             "deks.tenant_key_id:",
         );
     }
+    let tenant_arg = || vec![Arg::Text(tenant.as_str().to_owned())];
+    // A provider name no kind has: the binding and the tenant keys it wraps are unreadable
+    // rather than handed to the keyring to guess at.
+    let provider = "UPDATE kek_bindings SET provider = $2 WHERE tenant_id = $1";
+    let with = |name: &str| {
+        let mut args = tenant_arg();
+        args.push(Arg::Text(name.to_owned()));
+        args
+    };
+    run(b, provider, with("vault-9000")).await;
+    let binding = store.active_binding(&tenant).await.unwrap_err();
+    corrupt(
+        binding,
+        "kek_bindings.provider: unknown key provider 'vault-9000'",
+    );
+    let key = store.get_tenant_key(&tenant, &dek.tenant_key_id).await;
+    corrupt(key.unwrap_err(), "kek_bindings.provider:");
+    run(b, provider, with("local")).await;
+    assert!(store.active_binding(&tenant).await.is_ok());
+
     run(b, B::ALLOW_ANY_BINDING_STATE, Vec::new()).await;
-    let tenant_arg = vec![Arg::Text(tenant.as_str().to_owned())];
     run(
         b,
         "UPDATE kek_bindings SET state = 'sleepy' WHERE tenant_id = $1",
-        tenant_arg,
+        tenant_arg(),
     )
     .await;
     corrupt(
