@@ -22,7 +22,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use keyward_audit::{AuditEvent, IdentifierHasher};
 use keyward_envelope::{EncryptionContext, KeyId, Suite, TenantId};
 use keyward_kms::KeyRef;
-use keyward_store::{KekBinding, KekState, NewKekBinding, Scope, Store, TenantRecord};
+use keyward_store::{
+    BindingCommit, KekBinding, KekState, NewKekBinding, Scope, Store, TenantRecord, TenantState,
+};
 use zeroize::Zeroizing;
 
 use crate::{error::ServiceError, metrics::Metrics, now_ms};
@@ -233,16 +235,9 @@ impl Keyring {
         self.onboarding.create_tenant(id, display_name, actor).await
     }
 
-    pub async fn tenant(
-        &self,
-        id: &TenantId,
-    ) -> Result<(TenantRecord, Option<KekBinding>), ServiceError> {
-        self.onboarding.tenant(id).await
-    }
-
-    /// Every KEK binding of `tenant`, current and older.
-    pub async fn bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, ServiceError> {
-        self.onboarding.bindings(tenant).await
+    /// The tenant and every binding of it, current and older, as the store has them now.
+    pub async fn tenant_state(&self, id: &TenantId) -> Result<TenantState, ServiceError> {
+        self.onboarding.tenant_state(id).await
     }
 
     /// Validates `kek` (it exists, is enabled, and a generate + unwrap round
@@ -254,7 +249,7 @@ impl Keyring {
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<BindingCommit, ServiceError> {
         self.onboarding.register_key(tenant, kek).await
     }
 
@@ -265,7 +260,7 @@ impl Keyring {
         tenant: &TenantId,
         policy: keyward_store::TenantPolicy,
         actor: String,
-    ) -> Result<TenantRecord, ServiceError> {
+    ) -> Result<TenantState, ServiceError> {
         self.onboarding
             .set_tenant_policy(tenant, policy, actor)
             .await
@@ -364,10 +359,12 @@ impl Keyring {
         actor: Option<String>,
         reason: &str,
         observed_at_ms: i64,
-    ) -> Result<KekBinding, ServiceError> {
-        self.revocation
+    ) -> Result<BindingCommit, ServiceError> {
+        let outcome = self
+            .revocation
             .revoke(tenant, to, source, actor, reason, observed_at_ms)
-            .await
+            .await?;
+        self.answer(outcome).await
     }
 
     /// Restores the tenant's current binding after proving with a live canary unwrap that the
@@ -379,8 +376,12 @@ impl Keyring {
         source: RevocationSource,
         actor: Option<String>,
         reason: &str,
-    ) -> Result<KekBinding, ServiceError> {
-        self.revocation.restore(tenant, source, actor, reason).await
+    ) -> Result<BindingCommit, ServiceError> {
+        let outcome = self
+            .revocation
+            .restore(tenant, source, actor, reason)
+            .await?;
+        self.answer(outcome).await
     }
 
     /// [`Keyring::restore`] of one binding of the tenant: `None` is the current one; an older
@@ -393,10 +394,30 @@ impl Keyring {
         source: RevocationSource,
         actor: Option<String>,
         reason: &str,
-    ) -> Result<KekBinding, ServiceError> {
-        self.revocation
+    ) -> Result<BindingCommit, ServiceError> {
+        let outcome = self
+            .revocation
             .restore_binding(tenant, binding_id, source, actor, reason)
-            .await
+            .await?;
+        self.answer(outcome).await
+    }
+
+    /// A revocation's or restoration's answer: the tenant as its store write left it, or, when
+    /// nothing needed writing, as the store has it now (read after the transition, outside it: a
+    /// failed read fails the answer, never the transition).
+    async fn answer(&self, outcome: revocation::Outcome) -> Result<BindingCommit, ServiceError> {
+        let tenant = match outcome.committed {
+            Some(tenant) => tenant,
+            None => {
+                self.onboarding
+                    .tenant_state(&outcome.binding.tenant)
+                    .await?
+            }
+        };
+        Ok(BindingCommit {
+            binding: outcome.binding,
+            tenant,
+        })
     }
 
     /// Applies the tenant's key state as recorded in the store (by any replica) to this
@@ -517,6 +538,13 @@ async fn require_tenant(store: &dyn Store, id: &TenantId) -> Result<TenantRecord
         .get_tenant(id)
         .await?
         .ok_or_else(|| ServiceError::TenantNotFound(id.to_string()))
+}
+
+/// The tenant and its bindings, oldest first, as `store` has them now.
+async fn tenant_state(store: &dyn Store, id: &TenantId) -> Result<TenantState, ServiceError> {
+    let tenant = require_tenant(store, id).await?;
+    let bindings = store.list_bindings(id).await?;
+    Ok(TenantState { tenant, bindings })
 }
 
 fn revoked(tenant: &TenantId, closed: Closed) -> ServiceError {

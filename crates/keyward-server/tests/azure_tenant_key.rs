@@ -28,7 +28,7 @@ async fn a_tenant_key_forged_with_the_rsa_public_key_is_refused() {
         .create_tenant(&t, "Acme", "test".to_owned())
         .await
         .unwrap();
-    let binding = keyring.register_key(&t, &kek).await.unwrap();
+    let binding = keyring.register_key(&t, &kek).await.unwrap().binding;
     let (envelope, _) = keyring
         .encrypt(&t, &scope("s1"), &ctx(), b"genuine")
         .await

@@ -396,7 +396,8 @@ async fn kek_rotation_keeps_old_data_and_moves_new_deks_to_the_new_tenant_key() 
     let binding = keyring
         .register_key(&t, &KeyRef::new(ProviderKind::Local, "second"))
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let (new_env, new_dek) = keyring.encrypt(&t, &s, &c, b"after").await.unwrap();
     assert_ne!(old_dek, new_dek);
     let record = fx.store.get_dek(&t, &new_dek).await.unwrap().unwrap();
@@ -844,7 +845,8 @@ async fn a_tenant_ttl_override_bounds_that_tenants_revocation_window() {
     let record = keyring
         .set_tenant_policy(&strict, policy, "ops".into())
         .await
-        .unwrap();
+        .unwrap()
+        .tenant;
     assert_eq!(record.policy, policy);
     let c = EncryptionContext::empty();
     let s = Scope::default_scope();

@@ -25,9 +25,10 @@ use keyward_server::{
     CachePolicy, Keyring, Providers, keyring::CheckOutcome, keyring::RotationPolicy,
 };
 use keyward_store::{
-    AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord, KekBinding,
-    KekState, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store, StoreCounts,
-    StoreError, TenantKeyRecord, TenantPolicy, TenantRecord, sqlite::SqliteStore,
+    AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint, DekInsert, DekRecord,
+    KekBinding, KekState, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store,
+    StoreCounts, StoreError, TenantKeyRecord, TenantPolicy, TenantRecord, TenantState,
+    sqlite::SqliteStore,
 };
 
 // ----- a store with hooks --------------------------------------------------------------------
@@ -75,14 +76,14 @@ impl Store for HookedStore {
         id: &TenantId,
         policy: TenantPolicy,
         audit: AuditFn<'_, TenantRecord>,
-    ) -> Result<TenantRecord, StoreError> {
+    ) -> Result<TenantState, StoreError> {
         self.inner.set_tenant_policy(id, policy, audit).await
     }
     async fn bind_kek(
         &self,
         binding: NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         self.inner.bind_kek(binding, audit).await
     }
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
@@ -101,7 +102,7 @@ impl Store for HookedStore {
         &self,
         update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         let hook = self.before_state_write.lock().unwrap().take();
         if let Some(hook) = hook {
             hook().await;
@@ -301,6 +302,7 @@ async fn register(k: &Keyring, t: &TenantId, key: &str) -> KekBinding {
     k.register_key(t, &KeyRef::new(ProviderKind::Local, key))
         .await
         .unwrap()
+        .binding
 }
 
 async fn seal(k: &Keyring, t: &TenantId, plaintext: &[u8]) -> Vec<u8> {
@@ -339,6 +341,7 @@ async fn revoke_result(
         now_ms(),
     )
     .await
+    .map(|commit| commit.binding)
 }
 
 // ----- 1. the monitor never lifts an explicit revocation --------------------------------------
@@ -704,7 +707,8 @@ async fn restore_key_lifts_a_revoke_key_that_failed_on_the_store() {
             "mistake",
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     assert_eq!(restored.state, KekState::Active);
     assert_eq!(open_reason(&a, &t, &env).await, "OK");
 }

@@ -19,7 +19,13 @@ use keyward_server::{CachePolicy, Keyring, Providers};
 use keyward_store::{AuditQuery, KekState, Scope, Store as _, sqlite::SqliteStore};
 
 async fn state(keyring: &Keyring, t: &TenantId) -> KekState {
-    keyring.tenant(t).await.unwrap().1.unwrap().state
+    keyring
+        .tenant_state(t)
+        .await
+        .unwrap()
+        .current()
+        .unwrap()
+        .state
 }
 
 #[tokio::test]

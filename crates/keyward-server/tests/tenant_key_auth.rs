@@ -26,7 +26,8 @@ async fn registered(dir: &std::path::Path) -> (Fixture, Arc<Counting>, TenantId,
     let binding = keyring
         .register_key(&t, &KeyRef::new(ProviderKind::Local, "default"))
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let (envelope, _) = keyring
         .encrypt(&t, &scope("s1"), &ctx(), b"before")
         .await

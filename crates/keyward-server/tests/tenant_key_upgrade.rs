@@ -29,7 +29,8 @@ async fn untagged_tenant_keys_serve_again_once_the_operator_authenticates_them()
         let binding = keyring
             .register_key(t, &KeyRef::new(ProviderKind::Local, "default"))
             .await
-            .unwrap();
+            .unwrap()
+            .binding;
         let (envelope, _) = keyring
             .encrypt(t, &scope("s"), &ctx(), b"stored before the upgrade")
             .await

@@ -293,6 +293,38 @@ impl KekBinding {
     }
 }
 
+/// A tenant as the write transaction that changed it left it: its record and every binding,
+/// oldest first. Returned by the writes that change a tenant, so that the caller answers with
+/// what it committed instead of reading again (another writer may have moved on since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantState {
+    pub tenant: TenantRecord,
+    /// Every binding of the tenant, oldest first (as [`Store::list_bindings`] lists them).
+    pub bindings: Vec<KekBinding>,
+}
+
+impl TenantState {
+    /// The tenant's current binding (the one not deactivated), if it has one.
+    pub fn current(&self) -> Option<&KekBinding> {
+        self.bindings.iter().find(|b| b.deactivated_at_ms.is_none())
+    }
+
+    /// The bindings a newer one replaced, oldest first.
+    pub fn previous(&self) -> impl Iterator<Item = &KekBinding> {
+        self.bindings
+            .iter()
+            .filter(|b| b.deactivated_at_ms.is_some())
+    }
+}
+
+/// A binding as a write transaction left it, with its tenant as that transaction left it
+/// ([`Store::bind_kek`], [`Store::set_binding_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingCommit {
+    pub binding: KekBinding,
+    pub tenant: TenantState,
+}
+
 /// A wrapped tenant key, with the provider and key ref of the binding whose KEK wraps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKeyRecord {
@@ -453,22 +485,24 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Replaces the tenant's policy overrides and appends `audit(&updated)`, in one
     /// transaction. Unknown tenant -> NotFound; a zero value -> InvalidInput. Announces the
     /// tenant to other replicas (PostgreSQL: `NOTIFY` on the policy channel) when it commits.
+    /// Returns the tenant as the transaction left it.
     async fn set_tenant_policy(
         &self,
         id: &TenantId,
         policy: TenantPolicy,
         audit: AuditFn<'_, TenantRecord>,
-    ) -> Result<TenantRecord, StoreError>;
+    ) -> Result<TenantState, StoreError>;
 
     /// One transaction: deactivate the tenant's current active binding (set deactivated_at_ms;
     /// its state is kept), insert the new binding (state Active) and its wrapped tenant key,
     /// append `audit(&binding)`. Unknown tenant -> NotFound. Durable before returning; announces
-    /// the tenant to other replicas (PostgreSQL: `NOTIFY`) when it commits.
+    /// the tenant to other replicas (PostgreSQL: `NOTIFY`) when it commits. Returns the new
+    /// binding and the tenant as the transaction left it.
     async fn bind_kek(
         &self,
         binding: NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
-    ) -> Result<KekBinding, StoreError>;
+    ) -> Result<BindingCommit, StoreError>;
 
     /// The tenant's current binding (the one not deactivated), whatever its state.
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError>;
@@ -484,12 +518,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// `update.expected_version`, sets its state, cause and state_changed_at_ms, increments its
     /// version and appends `audit(&change)`, in one transaction; otherwise changes nothing and
     /// fails with `StateChanged`. Unknown binding -> NotFound. Announces the tenant to other
-    /// replicas (PostgreSQL: `NOTIFY`) when it commits.
+    /// replicas (PostgreSQL: `NOTIFY`) when it commits. Returns the updated binding and the
+    /// tenant as the transaction left it.
     async fn set_binding_state(
         &self,
         update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
-    ) -> Result<KekBinding, StoreError>;
+    ) -> Result<BindingCommit, StoreError>;
 
     /// Tenant key by id, only if it belongs to `tenant` (cross-tenant lookups return None).
     /// Includes its binding's provider and key_ref.

@@ -195,7 +195,8 @@ async fn two_replicas_mint_deks_and_append_audit_concurrently() {
             &binding_changed,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let scope = Scope::try_from("hammered").unwrap();
 
     let tasks = usize::try_from(2 * TASKS_PER_REPLICA).unwrap();
@@ -403,7 +404,7 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
     }
     let mut ids = Vec::new();
     for handle in handles {
-        ids.push(handle.await.unwrap().unwrap().id);
+        ids.push(handle.await.unwrap().unwrap().binding.id);
     }
     let all = b.list_bindings(&tenant).await.unwrap();
     assert_eq!(all.len(), 12);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use keyward_envelope::TenantId;
 use keyward_kms::ProviderRegistry;
 use keyward_proto::v1::{self as pb, tenant_service_server::TenantService};
-use keyward_store::{KekBinding, KekState};
+use keyward_store::{KekState, TenantState};
 use tonic::{Request, Response, Status};
 
 use keyward_authz::{Action, RequestContext};
@@ -95,8 +95,8 @@ impl TenantService for TenantApi {
             &RequestContext::default(),
         )?;
         let kek = kek_ref(&self.key_refs, request.key)?;
-        self.keyring.register_key(&id, &kek).await?;
-        Ok(Response::new(self.tenant_view(&id).await?))
+        let commit = self.keyring.register_key(&id, &kek).await?;
+        Ok(Response::new(self.tenant_to_pb(&commit.tenant)))
     }
 
     async fn get_tenant(
@@ -127,7 +127,8 @@ impl TenantService for TenantApi {
             &RequestContext::default(),
         )?;
         let reason = reason(&r.reason)?;
-        self.keyring
+        let commit = self
+            .keyring
             .revoke(
                 &id,
                 KekState::Revoked,
@@ -137,7 +138,7 @@ impl TenantService for TenantApi {
                 now_ms(),
             )
             .await?;
-        Ok(Response::new(self.tenant_view(&id).await?))
+        Ok(Response::new(self.tenant_to_pb(&commit.tenant)))
     }
 
     async fn restore_key(
@@ -154,7 +155,8 @@ impl TenantService for TenantApi {
         )?;
         let reason = reason(&r.reason)?;
         let binding = binding_id(r.binding_id)?;
-        self.keyring
+        let commit = self
+            .keyring
             .restore_binding(
                 &id,
                 binding,
@@ -163,7 +165,7 @@ impl TenantService for TenantApi {
                 reason,
             )
             .await?;
-        Ok(Response::new(self.tenant_view(&id).await?))
+        Ok(Response::new(self.tenant_to_pb(&commit.tenant)))
     }
 
     async fn set_tenant_policy(
@@ -179,10 +181,11 @@ impl TenantService for TenantApi {
             &RequestContext::default(),
         )?;
         let policy = tenant_policy(r.policy)?;
-        self.keyring
+        let state = self
+            .keyring
             .set_tenant_policy(&id, policy, caller.actor(&r.requested_by))
             .await?;
-        Ok(Response::new(self.tenant_view(&id).await?))
+        Ok(Response::new(self.tenant_to_pb(&state)))
     }
 
     async fn report_key_event(
@@ -207,16 +210,19 @@ impl TenantService for TenantApi {
 }
 
 impl TenantApi {
-    /// The tenant with its current binding and the older ones.
+    /// `GetTenant`'s answer: the tenant as the store has it now.
     async fn tenant_view(&self, id: &TenantId) -> Result<pb::Tenant, ServiceError> {
-        let (record, _) = self.keyring.tenant(id).await?;
-        let bindings = self.keyring.bindings(id).await?;
-        let (current, previous): (Vec<&KekBinding>, Vec<&KekBinding>) =
-            bindings.iter().partition(|b| b.deactivated_at_ms.is_none());
-        let mut tenant = tenant_to_pb(&record, current.first().copied());
-        tenant.previous_keys = previous.into_iter().map(binding_to_pb).collect();
-        tenant.effective_policy = Some(self.effective_policy(&record.policy));
-        Ok(tenant)
+        Ok(self.tenant_to_pb(&self.keyring.tenant_state(id).await?))
+    }
+
+    /// The tenant with its current binding, the older ones and the policy in force. The
+    /// mutations answer with the state their own store write left (`TenantState`), not with a
+    /// later read that another replica's change could already have overtaken.
+    fn tenant_to_pb(&self, state: &TenantState) -> pb::Tenant {
+        let mut tenant = tenant_to_pb(&state.tenant, state.current());
+        tenant.previous_keys = state.previous().map(binding_to_pb).collect();
+        tenant.effective_policy = Some(self.effective_policy(&state.tenant.policy));
+        tenant
     }
 }
 

@@ -9,7 +9,9 @@ use std::{
 use keyward_audit::{AuditEvent, RegistrationOutcome};
 use keyward_envelope::{KeyId, TenantId};
 use keyward_kms::{ErrorKind, KeyRef, KeyState, ProviderError, Purpose, WrapContext};
-use keyward_store::{BindingChange, KekBinding, NewKekBinding, Store, TenantRecord};
+use keyward_store::{
+    BindingChange, BindingCommit, NewKekBinding, Store, TenantRecord, TenantState,
+};
 use subtle::ConstantTimeEq as _;
 
 use super::{
@@ -54,21 +56,9 @@ impl Onboarding {
             })
     }
 
-    pub(super) async fn tenant(
-        &self,
-        id: &TenantId,
-    ) -> Result<(TenantRecord, Option<KekBinding>), ServiceError> {
-        let tenant = require_tenant(self.store.as_ref(), id).await?;
-        let binding = self.store.active_binding(id).await?;
-        Ok((tenant, binding))
-    }
-
-    /// Every KEK binding of `tenant`, current and older.
-    pub(super) async fn bindings(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<Vec<KekBinding>, ServiceError> {
-        Ok(self.store.list_bindings(tenant).await?)
+    /// The tenant and every binding of it, as the store has them now.
+    pub(super) async fn tenant_state(&self, id: &TenantId) -> Result<TenantState, ServiceError> {
+        super::tenant_state(self.store.as_ref(), id).await
     }
 
     /// Validates `kek` (it exists, is enabled, and a generate + unwrap round
@@ -80,7 +70,7 @@ impl Onboarding {
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<BindingCommit, ServiceError> {
         require_tenant(self.store.as_ref(), tenant).await?;
         self.revocation.refuse_if_unrecorded(tenant)?;
         let result = self.validate_and_bind(tenant, kek).await;
@@ -102,7 +92,7 @@ impl Onboarding {
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<BindingCommit, ServiceError> {
         let provider = self.kek.providers.get(kek.kind())?;
         let kek = &provider
             .canonicalize(kek)
@@ -157,7 +147,7 @@ impl Onboarding {
         let tag = self
             .kek
             .tenant_key_tag(tenant, &tenant_key_id, kek, &wrapped); // ADR 0007
-        let binding = self
+        let commit = self
             .store
             .bind_kek(
                 NewKekBinding {
@@ -193,7 +183,7 @@ impl Onboarding {
         // opens (on other replicas through the store's notification). Data under a revoked
         // binding stays refused: its tenant key never loads while the binding is revoked.
         self.revocation
-            .apply_new_binding(tenant, binding.id)
+            .apply_new_binding(tenant, commit.binding.id)
             .await?;
         let ttl = self.cache.ttl_for(self.store.as_ref(), tenant).await?;
         self.cache
@@ -210,7 +200,7 @@ impl Onboarding {
             .await;
         // New DEKs must go under the new tenant key: drop the active ones.
         self.cache.invalidate_active(tenant).await;
-        Ok(binding)
+        Ok(commit)
     }
 
     /// Sets the tenant's overrides of the cache TTL and monitor interval
@@ -220,7 +210,7 @@ impl Onboarding {
         tenant: &TenantId,
         policy: keyward_store::TenantPolicy,
         actor: String,
-    ) -> Result<TenantRecord, ServiceError> {
+    ) -> Result<TenantState, ServiceError> {
         let bound = self.cache.policy().ttl.as_secs();
         if let Some(ttl) = policy.cache_ttl_seconds
             && ttl > bound
@@ -237,7 +227,7 @@ impl Onboarding {
             "cache_ttl_seconds={:?} monitor_interval_seconds={:?}",
             policy.cache_ttl_seconds, policy.monitor_interval_seconds
         );
-        let record = self
+        let state = self
             .store
             .set_tenant_policy(tenant, policy, &|t: &TenantRecord| {
                 vec![AuditEvent::AdminAction {
@@ -257,6 +247,6 @@ impl Onboarding {
         // Keys cached under a longer TTL must not outlive a shortened one (other replicas drop
         // theirs on the store's notification, see `apply_recorded_policy`).
         self.cache.purge_tenant(tenant).await;
-        Ok(record)
+        Ok(state)
     }
 }

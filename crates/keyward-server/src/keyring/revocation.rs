@@ -29,7 +29,9 @@ use std::{
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState, StateTransition};
 use keyward_envelope::TenantId;
 use keyward_kms::ErrorKind;
-use keyward_store::{KekBinding, KekState, StateChange, StateUpdate, Store, StoreError};
+use keyward_store::{
+    BindingCommit, KekBinding, KekState, StateChange, StateUpdate, Store, StoreError, TenantState,
+};
 
 use super::{cache::KeyCache, kek::Kek, ledger::AuditLedger, require_tenant};
 use crate::{
@@ -54,6 +56,31 @@ fn audit_state(state: KekState) -> AuditKeyState {
         KekState::Restored => AuditKeyState::Restored,
         KekState::Destroyed => AuditKeyState::Destroyed,
         _ => AuditKeyState::Active,
+    }
+}
+
+/// What a revocation or restoration left: the binding, and its tenant as the store's write left
+/// it (`None` when nothing needed writing: the binding already was in the state asked for).
+pub(super) struct Outcome {
+    pub(super) binding: KekBinding,
+    pub(super) committed: Option<TenantState>,
+}
+
+impl Outcome {
+    fn unchanged(binding: KekBinding) -> Self {
+        Self {
+            binding,
+            committed: None,
+        }
+    }
+}
+
+impl From<BindingCommit> for Outcome {
+    fn from(c: BindingCommit) -> Self {
+        Self {
+            binding: c.binding,
+            committed: Some(c.tenant),
+        }
     }
 }
 
@@ -117,7 +144,8 @@ impl Revocation {
     /// record committed together, caches purged, purge audited. Idempotent; an
     /// explicit revocation (`source` [`RevocationSource::Explicit`]) of a binding
     /// the KMS or the monitor already revoked makes it explicit (audited), so
-    /// that only `RestoreKey` lifts it.
+    /// that only `RestoreKey` lifts it. Returns the binding and its tenant as the store's write
+    /// left them (as read, when there was nothing to write).
     pub(super) async fn revoke(
         &self,
         tenant: &TenantId,
@@ -126,7 +154,7 @@ impl Revocation {
         actor: Option<String>,
         reason: &str,
         observed_at_ms: i64,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<Outcome, ServiceError> {
         let _transition = self.transitions.lock().await;
         let transition = Transition {
             to,
@@ -154,7 +182,7 @@ impl Revocation {
         &self,
         tenant: &TenantId,
         transition: &Transition<'_>,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<Outcome, ServiceError> {
         let (to, source) = (transition.to, transition.source);
         for _ in 0..MAX_DECISIONS {
             let binding = self.current_binding(tenant).await?;
@@ -170,12 +198,12 @@ impl Revocation {
                 self.apply_binding(&binding).await;
                 let confirmed = self.current_binding(tenant).await?;
                 if confirmed.id == binding.id && confirmed.state_version == binding.state_version {
-                    return Ok(binding);
+                    return Ok(Outcome::unchanged(binding));
                 }
                 continue;
             }
             if let Some(updated) = self.commit(&binding, transition).await? {
-                return Ok(updated);
+                return Ok(updated.into());
             }
         }
         Err(changed_too_often(tenant))
@@ -222,7 +250,7 @@ impl Revocation {
         &self,
         binding: &KekBinding,
         t: &Transition<'_>,
-    ) -> Result<Option<KekBinding>, ServiceError> {
+    ) -> Result<Option<BindingCommit>, ServiceError> {
         let tenant = &binding.tenant;
         let current = binding.deactivated_at_ms.is_none();
         let closing = closing(t.to);
@@ -339,7 +367,7 @@ impl Revocation {
         source: RevocationSource,
         actor: Option<String>,
         reason: &str,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<Outcome, ServiceError> {
         self.restore_binding(tenant, None, source, actor, reason)
             .await
     }
@@ -354,7 +382,7 @@ impl Revocation {
         source: RevocationSource,
         actor: Option<String>,
         reason: &str,
-    ) -> Result<KekBinding, ServiceError> {
+    ) -> Result<Outcome, ServiceError> {
         let _transition = self.transitions.lock().await;
         let binding = match binding_id {
             None => self.current_binding(tenant).await?,
@@ -382,11 +410,11 @@ impl Revocation {
                     self.apply_binding(&binding).await;
                     tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, "RestoreKey lifted this replica's unrecorded closure (a RevokeKey here had failed on the store)");
                 }
-                return Ok(binding);
+                return Ok(Outcome::unchanged(binding));
             }
         }
         if binding.explicitly_revoked() && source != RevocationSource::Explicit {
-            return Ok(binding); // only RestoreKey lifts an explicit revocation
+            return Ok(Outcome::unchanged(binding)); // only RestoreKey lifts an explicit revocation
         }
         self.kek.canary(&binding).await?;
         let to = if binding.state == KekState::Unavailable {
@@ -405,7 +433,7 @@ impl Revocation {
         // revocation, perhaps an explicit one by someone else), that decision is stale:
         // nothing is lifted, and the caller sees the new state and decides again.
         match self.commit(&binding, &transition).await? {
-            Some(updated) => Ok(updated),
+            Some(updated) => Ok(updated.into()),
             None => Err(ServiceError::Conflict(format!(
                 "the key state of tenant {tenant} changed while it was being restored; nothing was restored: check it (`keyward tenant show`) and repeat RestoreKey if it should still be lifted"
             ))),

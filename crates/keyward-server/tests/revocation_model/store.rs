@@ -10,9 +10,10 @@ use std::sync::{
 
 use async_trait::async_trait;
 use keyward_store::{
-    AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord,
-    KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store,
-    StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
+    AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
+    DekInsert, DekRecord, KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange,
+    StateUpdate, Store, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy,
+    TenantRecord, TenantState,
 };
 
 use super::hold::Hold;
@@ -102,7 +103,7 @@ impl Store for FaultyStore {
         id: &TenantId,
         policy: TenantPolicy,
         audit: AuditFn<'_, TenantRecord>,
-    ) -> Result<TenantRecord, StoreError> {
+    ) -> Result<TenantState, StoreError> {
         self.write()?;
         self.inner.set_tenant_policy(id, policy, audit).await
     }
@@ -111,7 +112,7 @@ impl Store for FaultyStore {
         &self,
         binding: NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         self.write()?;
         self.inner.bind_kek(binding, audit).await
     }
@@ -143,7 +144,7 @@ impl Store for FaultyStore {
         &self,
         update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         self.write()?;
         self.inner.set_binding_state(update, audit).await
     }

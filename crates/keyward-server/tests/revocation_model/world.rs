@@ -865,6 +865,7 @@ pub(crate) async fn revoke(
             now_ms(),
         )
         .await
+        .map(|commit| commit.binding)
 }
 
 pub(crate) async fn restore(
@@ -879,6 +880,7 @@ pub(crate) async fn restore(
             "resolved",
         )
         .await
+        .map(|commit| commit.binding)
 }
 
 fn refused_revoked<T>(result: &Result<T, ServiceError>) -> bool {

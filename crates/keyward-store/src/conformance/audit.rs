@@ -16,7 +16,8 @@ pub async fn check_audit_lifecycle_events(store: &dyn Store) {
     let binding = store
         .bind_kek(new_binding(&id, "local:kek-1"), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let first = store
         .insert_dek(new_dek(&id, "default", binding.tenant_key_id), &dek_events)
         .await
@@ -32,7 +33,8 @@ pub async fn check_audit_lifecycle_events(store: &dyn Store) {
             &state_changed,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
 
     // One group of records per call, in call order, each group exactly what its closure built
     // from the returned result.
@@ -101,7 +103,8 @@ pub async fn check_audit_empty_closures_append_nothing(store: &dyn Store) {
     let binding = store
         .bind_kek(new_binding(&id, "local:kek-1"), &no_events::<BindingChange>)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     store
         .insert_dek(
             new_dek(&id, "default", binding.tenant_key_id),

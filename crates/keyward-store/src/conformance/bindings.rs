@@ -34,7 +34,8 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     let first = store
         .bind_kek(first_new.clone(), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     assert_eq!(first.tenant, tenant);
     assert_eq!(first.provider, crate::ProviderKind::Local);
     assert_eq!(first.key_ref, "local:kek-1");
@@ -55,7 +56,8 @@ pub async fn check_bind_kek_rotation(store: &dyn Store) {
     let second = store
         .bind_kek(second_new.clone(), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     assert_ne!(second.id, first.id);
     assert_eq!(second.state, KekState::Active);
     assert_eq!(second.deactivated_at_ms, None);
@@ -109,11 +111,13 @@ pub async fn check_active_bindings_lists_current_bindings(store: &dyn Store) {
     let first = store
         .bind_kek(new_binding(&tenant, "local:kek-1"), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let second = store
         .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let unbound = new_tenant(store).await;
     let all = store.active_bindings().await.unwrap();
     let mine: Vec<&KekBinding> = all.iter().filter(|b| b.tenant == tenant).collect();
@@ -138,11 +142,13 @@ pub async fn check_bind_kek_reports_previous_binding(store: &dyn Store) {
     let first = store
         .bind_kek(new_binding(&tenant, "local:kek-1"), &record)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let second = store
         .bind_kek(new_binding(&tenant, "local:kek-2"), &record)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     assert_eq!(
         *seen.lock().unwrap(),
         vec![(first.id, None), (second.id, Some(first.id))]
@@ -213,7 +219,8 @@ pub async fn check_tenant_key_authentication(store: &dyn Store) {
     let untagged = store
         .bind_kek(untagged_new.clone(), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let id = untagged.tenant_key_id;
     let before = store.get_tenant_key(&tenant, &id).await.unwrap().unwrap();
     assert_eq!(before.mac, None);
@@ -359,7 +366,8 @@ pub async fn check_set_binding_state(store: &dyn Store) {
                 },
             )
             .await
-            .unwrap();
+            .unwrap()
+            .binding;
         assert_eq!(
             *seen.lock().unwrap(),
             Some((before.state, before.state_cause)),
@@ -423,7 +431,8 @@ pub async fn check_set_binding_state_compares_the_version(store: &dyn Store) {
             &state_changed,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let head = store.audit_head().await.unwrap();
     // B decided from its older read (active) that the KMS is only unreachable.
     let err = store
@@ -451,7 +460,8 @@ pub async fn check_set_binding_state_compares_the_version(store: &dyn Store) {
             &state_changed,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let err = store
         .set_binding_state(
             StateUpdate::of(&revoked, KekState::Restored, RevocationSource::Monitor),
@@ -473,11 +483,13 @@ pub async fn check_bind_kek_keeps_the_old_bindings_state(store: &dyn Store) {
             &state_changed,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     let new = store
         .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     assert_eq!(new.state, KekState::Active);
     let bindings = store.list_bindings(&tenant).await.unwrap();
     assert_eq!(bindings.len(), 2);
@@ -501,4 +513,59 @@ pub async fn check_bind_kek_keeps_the_old_bindings_state(store: &dyn Store) {
         .unwrap()
         .unwrap();
     assert_eq!(new_key.binding_state, KekState::Active);
+}
+
+/// The writes that change a tenant (`bind_kek`, `set_binding_state`, `set_tenant_policy`) return
+/// the tenant as their transaction left it: exactly what a read right after returns.
+pub async fn check_writes_return_the_tenant_they_left(store: &dyn Store) {
+    let tenant = new_tenant(store).await;
+    let read = || async {
+        crate::TenantState {
+            tenant: store.get_tenant(&tenant).await.unwrap().unwrap(),
+            bindings: store.list_bindings(&tenant).await.unwrap(),
+        }
+    };
+
+    let first = store
+        .bind_kek(new_binding(&tenant, "local:kek-1"), &binding_changed)
+        .await
+        .unwrap();
+    assert_eq!(first.tenant, read().await);
+    assert_eq!(first.tenant.current(), Some(&first.binding));
+    assert_eq!(first.tenant.previous().count(), 0);
+
+    let second = store
+        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
+        .await
+        .unwrap();
+    assert_eq!(second.tenant, read().await);
+    assert_eq!(second.tenant.current(), Some(&second.binding));
+    let previous: Vec<_> = second.tenant.previous().map(|b| b.id).collect();
+    assert_eq!(previous, [first.binding.id]);
+
+    // A state change of the older binding: the commit carries that binding, changed.
+    let old = &second.tenant.bindings[0];
+    let revoked = store
+        .set_binding_state(
+            StateUpdate::of(old, KekState::Revoked, RevocationSource::Explicit),
+            &state_changed,
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.tenant, read().await);
+    assert_eq!(revoked.binding.id, first.binding.id);
+    assert_eq!(revoked.binding.state, KekState::Revoked);
+    assert_eq!(revoked.tenant.bindings[0], revoked.binding);
+    assert_eq!(revoked.tenant.current(), Some(&second.binding));
+
+    let policy = crate::TenantPolicy {
+        cache_ttl_seconds: Some(30),
+        monitor_interval_seconds: None,
+    };
+    let with_policy = store
+        .set_tenant_policy(&tenant, policy, &tenant_created)
+        .await
+        .unwrap();
+    assert_eq!(with_policy, read().await);
+    assert_eq!(with_policy.tenant.policy, policy);
 }

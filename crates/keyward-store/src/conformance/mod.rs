@@ -54,6 +54,7 @@ pub async fn run_all(store: &dyn Store) {
     check_tenant_policy(store).await;
     check_bind_kek_duplicate_tenant_key(store).await;
     check_bind_kek_rejects_empty_fields(store).await;
+    check_writes_return_the_tenant_they_left(store).await;
     check_tenant_key_isolation(store).await;
     check_tenant_key_authentication(store).await;
     check_set_binding_state(store).await;
@@ -285,7 +286,8 @@ async fn bound_tenant(store: &dyn Store) -> (TenantId, KekBinding) {
     let binding = store
         .bind_kek(new_binding(&tenant, "local:kek-1"), &binding_changed)
         .await
-        .unwrap();
+        .unwrap()
+        .binding;
     (tenant, binding)
 }
 

@@ -44,7 +44,8 @@ pub async fn check_tenant_policy(store: &dyn Store) {
     let updated = store
         .set_tenant_policy(&tenant, policy, &tenant_created)
         .await
-        .unwrap();
+        .unwrap()
+        .tenant;
     assert_eq!(updated.policy, policy);
     assert_eq!(store.get_tenant(&tenant).await.unwrap(), Some(updated));
     assert_eq!(store.audit_head().await.unwrap().seq, head.seq + 1);
@@ -74,6 +75,7 @@ pub async fn check_tenant_policy(store: &dyn Store) {
     let cleared = store
         .set_tenant_policy(&tenant, crate::TenantPolicy::default(), &|_| Vec::new())
         .await
-        .unwrap();
+        .unwrap()
+        .tenant;
     assert_eq!(cleared.policy, crate::TenantPolicy::default());
 }

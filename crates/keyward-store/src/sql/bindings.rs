@@ -6,8 +6,8 @@ use sqlx::{Database, Row as _};
 use super::{Announcement, backend, sql_impl, write_error};
 use crate::decode::{self, now_ms};
 use crate::{
-    AuditFn, BindingChange, KekBinding, KekState, KeyId, NewKekBinding, StateChange, StateUpdate,
-    StoreError, TenantId, TenantKeyRecord, WrappedKey,
+    AuditFn, BindingChange, BindingCommit, KekBinding, KekState, KeyId, NewKekBinding, StateChange,
+    StateUpdate, StoreError, TenantId, TenantKeyRecord, WrappedKey,
 };
 
 /// A binding with the id of its tenant key (one per binding; LEFT JOIN so that a missing one is
@@ -87,7 +87,7 @@ sql_impl!(impl => {
         &self,
         b: &NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         let now = now_ms();
         let tenant_key_id = decode::key_id_text(&b.tenant_key_id);
         let mut tx = D::begin_write(&self.pool).await?;
@@ -166,15 +166,19 @@ sql_impl!(impl => {
         let change = BindingChange { binding, previous };
         Self::append_events(&mut tx, audit(&change)).await?;
         D::announce(&mut tx, Announcement::KeyState, b.tenant.as_str()).await?;
+        let tenant = Self::tenant_state_in(&mut tx, &b.tenant).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(change.binding)
+        Ok(BindingCommit {
+            binding: change.binding,
+            tenant,
+        })
     }
 
     pub(crate) async fn try_set_binding_state(
         &self,
         update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         let binding_id = update.binding_id;
         let mut tx = D::begin_write(&self.pool).await?;
         // Read under the write lock: nothing can change the row between this read and the
@@ -230,8 +234,12 @@ sql_impl!(impl => {
             change.binding.tenant.as_str(),
         )
         .await?;
+        let tenant = Self::tenant_state_in(&mut tx, &change.binding.tenant).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(change.binding)
+        Ok(BindingCommit {
+            binding: change.binding,
+            tenant,
+        })
     }
 
     pub(crate) async fn try_authenticate_tenant_key(

@@ -10,9 +10,10 @@ use super::tenants::{TENANT_COLUMNS, policy_to_db};
 use super::{backend, sql_impl, with_retries};
 use crate::decode;
 use crate::{
-    AuditEvent, AuditFn, AuditQuery, BindingChange, ChainHead, Checkpoint, DekInsert, DekRecord,
-    KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange, StateUpdate, Store,
-    StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy, TenantRecord,
+    AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
+    DekInsert, DekRecord, KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange,
+    StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord,
+    TenantPolicy, TenantRecord, TenantState,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -45,7 +46,7 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         id: &TenantId,
         policy: TenantPolicy,
         audit: AuditFn<'_, TenantRecord>,
-    ) -> Result<TenantRecord, StoreError> {
+    ) -> Result<TenantState, StoreError> {
         let ttl = policy_to_db("cache_ttl_seconds", policy.cache_ttl_seconds)?;
         let interval = policy_to_db("monitor_interval_seconds", policy.monitor_interval_seconds)?;
         with_retries(D::WRITE_ATTEMPTS, || {
@@ -58,7 +59,7 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         &self,
         binding: NewKekBinding,
         audit: AuditFn<'_, BindingChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         decode::validate_binding_text("key_ref", &binding.key_ref)?;
         let binding = &binding;
         with_retries(D::WRITE_ATTEMPTS, || self.try_bind_kek(binding, audit)).await
@@ -106,7 +107,7 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         &self,
         update: StateUpdate,
         audit: AuditFn<'_, StateChange>,
-    ) -> Result<KekBinding, StoreError> {
+    ) -> Result<BindingCommit, StoreError> {
         with_retries(D::WRITE_ATTEMPTS, || {
             self.try_set_binding_state(update, audit)
         })

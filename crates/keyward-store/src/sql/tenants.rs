@@ -2,9 +2,10 @@
 
 use sqlx::Database;
 
+use super::bindings::BINDING_COLUMNS;
 use super::{Announcement, backend, sql_impl, write_error};
 use crate::decode::{self, now_ms};
-use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord};
+use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord, TenantState};
 
 pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, \
      cache_ttl_seconds, monitor_interval_seconds FROM tenants";
@@ -93,7 +94,7 @@ sql_impl!(impl => {
         ttl: Option<i64>,
         interval: Option<i64>,
         audit: AuditFn<'_, TenantRecord>,
-    ) -> Result<TenantRecord, StoreError> {
+    ) -> Result<TenantState, StoreError> {
         let mut tx = D::begin_write(&self.pool).await?;
         // `RETURNING` rather than rows_affected(), which sqlx does not offer generically.
         let updated = sqlx::query(
@@ -109,15 +110,34 @@ sql_impl!(impl => {
         if updated.is_none() {
             return Err(StoreError::NotFound(format!("tenant {id}")));
         }
+        let state = Self::tenant_state_in(&mut tx, id).await?;
+        Self::append_events(&mut tx, audit(&state.tenant)).await?;
+        D::announce(&mut tx, Announcement::TenantPolicy, id.as_str()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(state)
+    }
+
+    /// The tenant and its bindings as `conn` (a write transaction, after its change) sees them.
+    pub(crate) async fn tenant_state_in(
+        conn: &mut <D::Db as Database>::Connection,
+        id: &TenantId,
+    ) -> Result<TenantState, StoreError> {
         let row = sqlx::query(&format!("{TENANT_COLUMNS} WHERE id = $1"))
             .bind(id.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await
             .map_err(backend)?;
         let tenant = Self::tenant_from_row(&row)?;
-        Self::append_events(&mut tx, audit(&tenant)).await?;
-        D::announce(&mut tx, Announcement::TenantPolicy, id.as_str()).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(tenant)
+        let bindings = sqlx::query(&format!(
+            "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id"
+        ))
+        .bind(id.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(Self::binding_from_row)
+        .collect::<Result<_, _>>()?;
+        Ok(TenantState { tenant, bindings })
     }
 });
