@@ -15,7 +15,8 @@ use keyward_proto::v1::{
 use keyward_server::Providers;
 use tonic::transport::Channel;
 
-use super::{Cell, GrpcRow, NullCrypto, cell, paired};
+use super::cell;
+use super::grpc::{Cell, GrpcRow, NullCrypto, paired};
 use crate::harness;
 
 pub(super) struct AuthzReport {
