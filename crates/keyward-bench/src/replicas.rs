@@ -17,12 +17,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
 use sqlx::Connection as _;
 use tonic::transport::Channel;
 
@@ -52,8 +50,7 @@ pub(crate) struct Args {
 }
 
 struct Replica {
-    running: keyward_server::Running,
-    stop: tokio::sync::oneshot::Sender<()>,
+    server: harness::Server,
     channel: Channel,
 }
 
@@ -138,8 +135,7 @@ async fn measure(url: &str, revocations: usize) -> anyhow::Result<(Vec<Duration>
     }
     let result = rounds(&replicas, revocations).await;
     for r in replicas {
-        let _ = r.stop.send(());
-        let _ = r.running.wait().await;
+        let _ = r.server.stop().await;
     }
     result
 }
@@ -150,34 +146,19 @@ async fn start_replica(
     data_dir: &std::path::Path,
     id: &str,
 ) -> anyhow::Result<Replica> {
-    let mut config = Config {
-        store: Some(url.to_owned()),
-        replica_id: Some(id.to_owned()),
-        ..harness::server_config(data_dir)?
-    };
-    config.audit.keys_dir = Some(shared.join("audit"));
-    config.local_kms.dir = Some(shared.join("local-kms"));
-    config.revocation.monitor_interval_seconds = 0;
-    let settings = config.resolve()?;
-    let providers = Providers::default().with(std::sync::Arc::new(LocalProvider::open(
-        &settings.local_kms_dir,
-    )?));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = keyward_server::ServerBuilder::new(&settings)
-        .providers(providers)
-        .start(async {
-            let _ = stopped.await;
-        })
-        .await
-        .with_context(|| format!("start replica {id}"))?;
-    let channel = Channel::from_shared(format!("http://{}", running.local_addr()))?
+    let server = harness::Server::start_local(data_dir, |config| {
+        config.store = Some(url.to_owned());
+        config.replica_id = Some(id.to_owned());
+        config.audit.keys_dir = Some(shared.join("audit"));
+        config.local_kms.dir = Some(shared.join("local-kms"));
+        config.revocation.monitor_interval_seconds = 0;
+    })
+    .await
+    .with_context(|| format!("start replica {id}"))?;
+    let channel = Channel::from_shared(format!("http://{}", server.addr()))?
         .connect()
         .await?;
-    Ok(Replica {
-        running,
-        stop,
-        channel,
-    })
+    Ok(Replica { server, channel })
 }
 
 async fn rounds(

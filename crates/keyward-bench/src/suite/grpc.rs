@@ -8,14 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb,
     crypto_service_client::CryptoServiceClient,
     crypto_service_server::{CryptoService, CryptoServiceServer},
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::Providers;
 use tonic::{
     Request, Response, Status,
     transport::{Channel, server::TcpIncoming},
@@ -285,16 +283,11 @@ pub(super) async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow
 
     // Keyward with the local provider (no KMS on the warm path anyway).
     let dir = tempfile::tempdir()?;
-    let mut config = harness::server_config(dir.path())?;
-    config.revocation.monitor_interval_seconds = 0;
-    let settings = config.resolve()?;
-    let providers =
-        Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-    let running = keyward_server::ServerBuilder::new(&settings)
-        .providers(providers)
-        .start(std::future::pending())
-        .await?;
-    let keyward_addr = running.local_addr();
+    let server = harness::Server::start_local(dir.path(), |config| {
+        config.revocation.monitor_interval_seconds = 0;
+    })
+    .await?;
+    let keyward_addr = server.addr();
     let setup = channels(keyward_addr, 1).await?.remove(0);
     let mut tenants = TenantServiceClient::new(setup.clone());
     harness::onboard(&mut tenants, "bench", harness::local_key()).await?;
