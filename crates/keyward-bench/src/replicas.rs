@@ -1,15 +1,18 @@
 //! `keyward-bench replicas`: the revocation fan-out across replicas (docs/benchmarks.md,
 //! "Revocation fan-out across replicas").
 //!
-//! Three replicas run in-process (`keyward_server::ServerBuilder` with their providers) on one fresh
+//! Three replicas run in-process (`harness::Server::start_local`: the local provider) on one fresh
 //! PostgreSQL database, sharing the audit keys and the local KEK directory as a deployment must.
 //! Each round revokes a tenant through replica A (`TenantService.RevokeKey`) while B and C are
 //! warm, and measures from RevokeKey's return on A to the first `KEY_REVOKED` denial on B and on
 //! C (each polled by back-to-back decrypts); the tenant is then restored through A and both are
 //! waited for to serve again. Every wait is bounded.
 //!
-//! The PostgreSQL driver comes through `keyward-server`, which always builds `sqlx` with its
-//! `postgres` feature.
+//! The replicas open their PostgreSQL store through `keyward-server`, which depends on
+//! `keyward-store` with its `postgres` feature (the backend is always built). That feature enables
+//! `sqlx/postgres`, and Cargo unifies features, so the `sqlx` this file uses directly
+//! (`sqlx::PgConnection`, to create and drop the database) has the PostgreSQL driver although
+//! the bench's own `sqlx` dependency asks only for the workspace's `sqlite`.
 
 use std::{
     path::PathBuf,
