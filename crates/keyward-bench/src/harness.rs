@@ -1,6 +1,6 @@
 //! What the scenarios share: an in-process Keyward on 127.0.0.1 that can be stopped and started
 //! again over the same data directory (a cold replica), onboarding a tenant, and a closed-loop
-//! Encrypt + Decrypt load over gRPC.
+//! Encrypt + Decrypt load over gRPC. Every scenario starts its servers through [`Server`].
 
 use std::{
     path::Path,
@@ -12,11 +12,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient, register_key_request::Key,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Keyring, Providers, Running};
+use keyward_server::{Config, Keyring, Providers, Running, Settings};
 use tonic::transport::Channel;
 
 /// A Keyward server running in this process.
@@ -48,9 +49,32 @@ impl Server {
         providers: Providers,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Server> {
+        Self::start_with(data_dir, tweak, |_| Ok(providers)).await
+    }
+
+    /// [`Server::start`] with the local development provider alone, its keys under the
+    /// resolved `local_kms_dir` (the data directory's, unless `tweak` moves it).
+    pub(crate) async fn start_local(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Server> {
+        Self::start_with(data_dir, tweak, |settings| {
+            Ok(Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?)))
+        })
+        .await
+    }
+
+    /// Starts Keyward with the providers `providers` builds from the resolved settings. The
+    /// server runs until [`Server::stop`], or until the `Server` is dropped.
+    async fn start_with(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut Config),
+        providers: impl FnOnce(&Settings) -> anyhow::Result<Providers>,
+    ) -> anyhow::Result<Server> {
         let mut config = server_config(data_dir)?;
         tweak(&mut config);
         let settings = config.resolve()?;
+        let providers = providers(&settings)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
         let running = keyward_server::ServerBuilder::new(&settings)

@@ -12,14 +12,10 @@
 //! `--target null` gives the floor; `callgrind_annotate` on the Keyward run shows where its
 //! extra instructions go (docs/benchmarks.md, "Profiles").
 
-use std::sync::Arc;
-
-use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::Providers;
 use tonic::transport::Channel;
 
 use crate::harness;
@@ -46,17 +42,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let addr = match args.target.as_str() {
         "null" => NullCrypto::serve().await?,
         "keyward" => {
-            let mut config = harness::server_config(dir.path())?;
-            config.revocation.monitor_interval_seconds = 0;
-            let settings = config.resolve()?;
-            let providers =
-                Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-            let running = keyward_server::ServerBuilder::new(&settings)
-                .providers(providers)
-                .start(std::future::pending())
-                .await?;
-            let addr = running.local_addr();
-            std::mem::forget(running);
+            let server = harness::Server::start_local(dir.path(), |config| {
+                config.revocation.monitor_interval_seconds = 0;
+            })
+            .await?;
+            let addr = server.addr();
+            // Never stopped: it serves until the process exits.
+            std::mem::forget(server);
             addr
         }
         other => anyhow::bail!("--target must be keyward or null, not {other}"),

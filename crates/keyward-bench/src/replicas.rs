@@ -1,15 +1,18 @@
 //! `keyward-bench replicas`: the revocation fan-out across replicas (docs/benchmarks.md,
 //! "Revocation fan-out across replicas").
 //!
-//! Three replicas run in-process (`keyward_server::ServerBuilder` with their providers) on one fresh
+//! Three replicas run in-process (`harness::Server::start_local`: the local provider) on one fresh
 //! PostgreSQL database, sharing the audit keys and the local KEK directory as a deployment must.
 //! Each round revokes a tenant through replica A (`TenantService.RevokeKey`) while B and C are
 //! warm, and measures from RevokeKey's return on A to the first `KEY_REVOKED` denial on B and on
 //! C (each polled by back-to-back decrypts); the tenant is then restored through A and both are
 //! waited for to serve again. Every wait is bounded.
 //!
-//! The PostgreSQL driver comes through `keyward-server`, which always builds `sqlx` with its
-//! `postgres` feature.
+//! The replicas open their PostgreSQL store through `keyward-server`, which depends on
+//! `keyward-store` with its `postgres` feature (the backend is always built). That feature enables
+//! `sqlx/postgres`, and Cargo unifies features, so the `sqlx` this file uses directly
+//! (`sqlx::PgConnection`, to create and drop the database) has the PostgreSQL driver although
+//! the bench's own `sqlx` dependency asks only for the workspace's `sqlite`.
 
 use std::{
     path::PathBuf,
@@ -17,12 +20,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::{Config, Providers};
 use sqlx::Connection as _;
 use tonic::transport::Channel;
 
@@ -52,8 +53,7 @@ pub(crate) struct Args {
 }
 
 struct Replica {
-    running: keyward_server::Running,
-    stop: tokio::sync::oneshot::Sender<()>,
+    server: harness::Server,
     channel: Channel,
 }
 
@@ -138,8 +138,7 @@ async fn measure(url: &str, revocations: usize) -> anyhow::Result<(Vec<Duration>
     }
     let result = rounds(&replicas, revocations).await;
     for r in replicas {
-        let _ = r.stop.send(());
-        let _ = r.running.wait().await;
+        let _ = r.server.stop().await;
     }
     result
 }
@@ -150,34 +149,19 @@ async fn start_replica(
     data_dir: &std::path::Path,
     id: &str,
 ) -> anyhow::Result<Replica> {
-    let mut config = Config {
-        store: Some(url.to_owned()),
-        replica_id: Some(id.to_owned()),
-        ..harness::server_config(data_dir)?
-    };
-    config.audit.keys_dir = Some(shared.join("audit"));
-    config.local_kms.dir = Some(shared.join("local-kms"));
-    config.revocation.monitor_interval_seconds = 0;
-    let settings = config.resolve()?;
-    let providers = Providers::default().with(std::sync::Arc::new(LocalProvider::open(
-        &settings.local_kms_dir,
-    )?));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = keyward_server::ServerBuilder::new(&settings)
-        .providers(providers)
-        .start(async {
-            let _ = stopped.await;
-        })
-        .await
-        .with_context(|| format!("start replica {id}"))?;
-    let channel = Channel::from_shared(format!("http://{}", running.local_addr()))?
+    let server = harness::Server::start_local(data_dir, |config| {
+        config.store = Some(url.to_owned());
+        config.replica_id = Some(id.to_owned());
+        config.audit.keys_dir = Some(shared.join("audit"));
+        config.local_kms.dir = Some(shared.join("local-kms"));
+        config.revocation.monitor_interval_seconds = 0;
+    })
+    .await
+    .with_context(|| format!("start replica {id}"))?;
+    let channel = Channel::from_shared(format!("http://{}", server.addr()))?
         .connect()
         .await?;
-    Ok(Replica {
-        running,
-        stop,
-        channel,
-    })
+    Ok(Replica { server, channel })
 }
 
 async fn rounds(

@@ -22,6 +22,9 @@ pub mod tls;
 
 mod server;
 
+#[cfg(test)]
+mod test_support;
+
 pub use crate::{
     config::{Config, Settings},
     keyring::{CachePolicy, Keyring, Providers},

@@ -15,6 +15,19 @@ mod serve;
 
 use serve::{create_private_dir, serve_replica};
 
+/// What [`ServerBuilder::start`] has built by the time it serves: the store, the keyring over it
+/// and the providers, the auditor, the policies, the TLS configuration, and the registry that
+/// reads key references.
+struct Parts<'a> {
+    settings: &'a Settings,
+    keyring: Arc<Keyring>,
+    auditor: Arc<audit::Auditor>,
+    authz: Arc<authz::Authz>,
+    tls: Option<Arc<tls::ReloadableTls>>,
+    store: Arc<dyn keyward_store::Store>,
+    registry: &'a ProviderRegistry,
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -289,10 +302,16 @@ async fn start_serving(
             "tenants with a revoked or destroyed key are refused"
         );
     }
-    serve_replica(
-        settings, keyring, auditor, authz, tls, store, &registry, shutdown,
-    )
-    .await
+    let parts = Parts {
+        settings,
+        keyring,
+        auditor,
+        authz,
+        tls,
+        store,
+        registry: &registry,
+    };
+    serve_replica(parts, shutdown).await
 }
 
 /// The policies of `settings`; in development mode with `[authz]` left at its defaults and no

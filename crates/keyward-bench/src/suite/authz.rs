@@ -7,15 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward_kms::local::LocalProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_server::CryptoServiceServer,
     tenant_service_client::TenantServiceClient,
 };
-use keyward_server::Providers;
 use tonic::transport::Channel;
 
-use super::{Cell, GrpcRow, NullCrypto, cell, paired};
+use super::cell;
+use super::grpc::{Cell, GrpcRow, NullCrypto, paired};
 use crate::harness;
 
 pub(super) struct AuthzReport {
@@ -219,21 +218,16 @@ pub(super) async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> 
     );
 
     let data = tempfile::tempdir()?;
-    let mut config = harness::server_config(data.path())?;
-    config.revocation.monitor_interval_seconds = 0;
-    config.tls.cert_file = Some(pki.files.cert_file.clone());
-    config.tls.key_file = Some(pki.files.key_file.clone());
-    config.tls.client_ca_file = Some(pki.files.client_ca_file.clone());
-    config.authz.policies_dir = policies_dir();
-    config.authz.identities_file = Some(identities);
-    let settings = config.resolve()?;
-    let providers =
-        Providers::default().with(Arc::new(LocalProvider::open(&settings.local_kms_dir)?));
-    let running = keyward_server::ServerBuilder::new(&settings)
-        .providers(providers)
-        .start(std::future::pending())
-        .await?;
-    let addr = running.local_addr();
+    let server = harness::Server::start_local(data.path(), |config| {
+        config.revocation.monitor_interval_seconds = 0;
+        config.tls.cert_file = Some(pki.files.cert_file.clone());
+        config.tls.key_file = Some(pki.files.key_file.clone());
+        config.tls.client_ca_file = Some(pki.files.client_ca_file.clone());
+        config.authz.policies_dir = policies_dir();
+        config.authz.identities_file = Some(identities);
+    })
+    .await?;
+    let addr = server.addr();
     let operator = tls_channels(addr, 1, &pki, &ids[1]).await?.remove(0);
     TenantServiceClient::new(operator)
         .create_tenant(pb::CreateTenantRequest {

@@ -149,7 +149,7 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::api::proptests::registry(),
+                &crate::test_support::test_registry(),
                 request(None)
             )),
             "key"
@@ -161,13 +161,13 @@ mod tests {
         };
         assert_eq!(
             field(register_key(
-                &crate::api::proptests::registry(),
+                &crate::test_support::test_registry(),
                 request(local(""))
             )),
             "local.key_name"
         );
         let (tenant, kek) = register_key(
-            &crate::api::proptests::registry(),
+            &crate::test_support::test_registry(),
             request(local("default")),
         )
         .unwrap();
@@ -181,7 +181,7 @@ mod tests {
         }));
         assert_eq!(
             field(register_key(
-                &crate::api::proptests::registry(),
+                &crate::test_support::test_registry(),
                 request(gcp)
             )),
             "gcp_kms.crypto_key"

@@ -8,7 +8,7 @@
 //! value is exactly what the request said.
 //!
 //! Key references are read through every provider's factory, as the shipped binary registers
-//! them ([`registry`]), so the AWS ARN and PKCS#11 URI parsers are the ones modelled.
+//! them ([`test_registry`]), so the AWS ARN and PKCS#11 URI parsers are the ones modelled.
 //!
 //! Bounded in CI: `PROPTEST_CASES` cases per target (default 512, about a second each in a debug
 //! build);
@@ -23,29 +23,23 @@ use proptest::prelude::*;
 
 use super::convert::*;
 use crate::error::ServiceError;
-use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind, ProviderRegistry};
+use crate::test_support::test_registry;
+use keyward_kms::{KeyRef, ProviderKind as DomainProviderKind};
 use keyward_proto::v1::{self as pb, register_key_request};
 use keyward_store::Scope;
 
-/// Every provider factory, as the shipped binary registers them (crates/keyward-cli/src/providers.rs).
-pub(super) fn registry() -> ProviderRegistry {
-    use std::sync::Arc;
-    ProviderRegistry::default()
-        .with(Arc::new(keyward_kms_aws::AwsKmsFactory))
-        .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
-        .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
-        .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
-}
-
 /// RegisterKey's AWS key reference, read as the server reads it (the AWS crate's factory).
 fn aws_key_ref(aws: pb::AwsKmsKey) -> Result<KeyRef, ServiceError> {
-    kek_ref(&registry(), Some(register_key_request::Key::AwsKms(aws)))
+    kek_ref(
+        &test_registry(),
+        Some(register_key_request::Key::AwsKms(aws)),
+    )
 }
 
 /// RegisterKey's PKCS#11 key reference, read as the server reads it (the PKCS#11 crate's factory).
 fn pkcs11_key_ref(uri: &str) -> Result<KeyRef, ServiceError> {
     kek_ref(
-        &registry(),
+        &test_registry(),
         Some(register_key_request::Key::Pkcs11(pb::Pkcs11Key {
             uri: uri.to_owned(),
         })),

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 use super::*;
+use crate::test_support::test_registry;
 
 #[test]
 fn defaults_resolve() {
@@ -25,7 +26,7 @@ fn envelope_write_suite_defaults_to_the_newest_and_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, "[envelope]\nwrite_suite = 1\n").unwrap();
-    let c = Config::load(Some(&path), &registry()).unwrap();
+    let c = Config::load(Some(&path), &test_registry()).unwrap();
     assert_eq!(
         c.resolve().unwrap().write_suite,
         Suite::Aes256GcmHkdfSha512Committing
@@ -94,12 +95,12 @@ fn file_values_override_defaults_and_unknown_keys_are_rejected() {
         "listen = \"127.0.0.1:0\"\n[cache]\nttl_seconds = 7\n",
     )
     .unwrap();
-    let c = Config::load(Some(&path), &registry()).unwrap();
+    let c = Config::load(Some(&path), &test_registry()).unwrap();
     assert_eq!(c.cache.ttl_seconds, 7);
     assert_eq!(c.listen.port(), 0);
 
     std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
-    let err = Config::load(Some(&path), &registry())
+    let err = Config::load(Some(&path), &test_registry())
         .unwrap_err()
         .to_string();
     assert!(err.contains("lisen"), "{err}");
@@ -111,23 +112,16 @@ fn toml_text_is_read_like_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyward.toml");
     std::fs::write(&path, text).unwrap();
-    let from_text = Config::from_toml_str(text, &registry()).unwrap();
-    assert_eq!(from_text, Config::load(Some(&path), &registry()).unwrap());
+    let from_text = Config::from_toml_str(text, &test_registry()).unwrap();
+    assert_eq!(
+        from_text,
+        Config::load(Some(&path), &test_registry()).unwrap()
+    );
     assert_eq!(from_text.cache.ttl_seconds, 7);
-    let err = Config::from_toml_str("lisen = \"127.0.0.1:0\"\n", &registry())
+    let err = Config::from_toml_str("lisen = \"127.0.0.1:0\"\n", &test_registry())
         .unwrap_err()
         .to_string();
     assert!(err.contains("lisen"), "{err}");
-}
-
-/// Every provider factory, as the shipped binary registers them.
-fn registry() -> ProviderRegistry {
-    use std::sync::Arc;
-    ProviderRegistry::default()
-        .with(Arc::new(keyward_kms_aws::AwsKmsFactory))
-        .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
-        .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
-        .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
 }
 
 #[test]
@@ -136,7 +130,7 @@ fn a_provider_section_is_read_by_its_crate_and_one_no_provider_claims_is_refused
     let path = dir.path().join("keyward.toml");
     let gcp = "[gcp]\ncredentials = { kind = \"service-account\", file = \"/etc/keyward/sa.json\" }\ncall_timeout_ms = 900\n";
     std::fs::write(&path, gcp).unwrap();
-    let s = Config::load(Some(&path), &registry())
+    let s = Config::load(Some(&path), &test_registry())
         .unwrap()
         .resolve()
         .unwrap();
@@ -156,7 +150,7 @@ fn a_provider_section_is_read_by_its_crate_and_one_no_provider_claims_is_refused
         .to_string();
     assert!(err.contains("unknown field `gcp`"), "{err}");
     assert!(!err.contains("`aws_kms`"), "{err}");
-    let err = Config::from_toml_str("lisen = 1\n", &registry())
+    let err = Config::from_toml_str("lisen = 1\n", &test_registry())
         .unwrap_err()
         .to_string();
     assert!(err.contains("`aws_kms`, `pkcs11`, `gcp`, `azure`"), "{err}");
@@ -167,7 +161,7 @@ fn a_provider_section_is_read_by_its_crate_and_one_no_provider_claims_is_refused
         "[gcp]\ncredentials = { kind = \"metadata-server\" }\n",
     )
     .unwrap();
-    let err = Config::load(Some(&path), &registry())
+    let err = Config::load(Some(&path), &test_registry())
         .unwrap_err()
         .to_string();
     assert!(
@@ -175,7 +169,7 @@ fn a_provider_section_is_read_by_its_crate_and_one_no_provider_claims_is_refused
         "{err}"
     );
     std::fs::write(&path, "[aws_kms]\nattempt_timeout_msx = 1\n").unwrap();
-    let err = Config::load(Some(&path), &registry())
+    let err = Config::load(Some(&path), &test_registry())
         .unwrap_err()
         .to_string();
     assert!(
@@ -499,7 +493,11 @@ fn each_out_of_range_value_is_refused_with_its_precise_error() {
 
 #[test]
 fn missing_file_is_an_error() {
-    let err = Config::load(Some(Path::new("/nonexistent/keyward.toml")), &registry()).unwrap_err();
+    let err = Config::load(
+        Some(Path::new("/nonexistent/keyward.toml")),
+        &test_registry(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("does not exist"));
 }
 

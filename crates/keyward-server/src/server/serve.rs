@@ -10,29 +10,25 @@ use keyward_proto::v1::{
 };
 use tokio::net::TcpListener;
 
-use super::{Running, StartError};
-use crate::{
-    Keyring, Settings, admin, api, audit, authz, config, limits, metrics, replication, telemetry,
-    tls,
-};
+use super::{Parts, Running, StartError};
+use crate::{admin, api, authz, config, limits, metrics, replication, telemetry, tls};
 
-/// Serves `keyring` on the configured address until `shutdown`; on a PostgreSQL `store`, with
-/// the revocation fan-out between replicas ([`replication`]) and the configured health-check
-/// interval.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the parts of a server until one builder owns them (issue #19, item 4)"
-)]
+/// Serves the keyring of `parts` on the configured address until `shutdown`; on a PostgreSQL
+/// store, with the revocation fan-out between replicas ([`replication`]) and the configured
+/// health-check interval.
 pub(super) async fn serve_replica(
-    settings: &Settings,
-    keyring: Arc<Keyring>,
-    auditor: Arc<audit::Auditor>,
-    authz: Arc<authz::Authz>,
-    tls: Option<Arc<tls::ReloadableTls>>,
-    store: Arc<dyn keyward_store::Store>,
-    registry: &keyward_kms::ProviderRegistry,
+    parts: Parts<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
+    let Parts {
+        settings,
+        keyring,
+        auditor,
+        authz,
+        tls,
+        store,
+        registry,
+    } = parts;
     // The keyring's metrics (KMS calls and cache lookups are counted in them); a keyring built
     // without metrics gets fresh ones for the calls, bytes and denials counted here.
     let metrics = keyring.metrics().cloned().unwrap_or_else(|| {
