@@ -176,7 +176,34 @@ macro_rules! sql_impl {
 }
 use sql_impl;
 
+/// A statement with its bound parameters, as `sqlx::query(…).bind(…)` builds it.
+pub(crate) type Query<'q, D> =
+    sqlx::query::Query<'q, <D as Dialect>::Db, <<D as Dialect>::Db as Database>::Arguments<'q>>;
+
+/// Decodes one row into a domain value (`Corrupt` when a column fails validation).
+pub(crate) type FromRow<D, T> = fn(&<<D as Dialect>::Db as Database>::Row) -> Result<T, StoreError>;
+
 sql_impl!(impl => {
+    /// The row `query` finds on the pool, if any, decoded by `from_row`.
+    pub(crate) async fn fetch_optional<T>(
+        &self,
+        query: Query<'_, D>,
+        from_row: FromRow<D, T>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = query.fetch_optional(&self.pool).await.map_err(backend)?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Every row `query` finds on the pool, in its order, decoded by `from_row`.
+    pub(crate) async fn fetch_all<T>(
+        &self,
+        query: Query<'_, D>,
+        from_row: FromRow<D, T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Reads one column, mapping a type mismatch or unexpected NULL to `Corrupt`.
     pub(crate) fn col<'r, T>(
         row: &'r <D::Db as Database>::Row,

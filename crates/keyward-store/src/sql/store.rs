@@ -31,14 +31,9 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
-        sqlx::query(&format!("{TENANT_COLUMNS} WHERE id = $1"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .as_ref()
-            .map(Self::tenant_from_row)
-            .transpose()
+        let sql = format!("{TENANT_COLUMNS} WHERE id = $1");
+        let query = sqlx::query(&sql).bind(id.as_str());
+        self.fetch_optional(query, Self::tenant_from_row).await
     }
 
     async fn set_tenant_policy(
@@ -66,41 +61,22 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
     }
 
     async fn active_binding(&self, tenant: &TenantId) -> Result<Option<KekBinding>, StoreError> {
-        sqlx::query(&format!(
-            "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 AND kb.deactivated_at_ms IS NULL"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .as_ref()
-        .map(Self::binding_from_row)
-        .transpose()
+        let sql =
+            format!("{BINDING_COLUMNS} WHERE kb.tenant_id = $1 AND kb.deactivated_at_ms IS NULL");
+        let query = sqlx::query(&sql).bind(tenant.as_str());
+        self.fetch_optional(query, Self::binding_from_row).await
     }
 
     async fn active_bindings(&self) -> Result<Vec<KekBinding>, StoreError> {
-        sqlx::query(&format!(
-            "{BINDING_COLUMNS} WHERE kb.deactivated_at_ms IS NULL ORDER BY kb.tenant_id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(Self::binding_from_row)
-        .collect()
+        let sql =
+            format!("{BINDING_COLUMNS} WHERE kb.deactivated_at_ms IS NULL ORDER BY kb.tenant_id");
+        self.fetch_all(sqlx::query(&sql), Self::binding_from_row).await
     }
 
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {
-        sqlx::query(&format!(
-            "{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id"
-        ))
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(Self::binding_from_row)
-        .collect()
+        let sql = format!("{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id");
+        let query = sqlx::query(&sql).bind(tenant.as_str());
+        self.fetch_all(query, Self::binding_from_row).await
     }
 
     async fn set_binding_state(
@@ -119,17 +95,11 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Option<TenantKeyRecord>, StoreError> {
-        sqlx::query(&format!(
-            "{TENANT_KEY_COLUMNS} WHERE tk.tenant_id = $1 AND tk.id = $2"
-        ))
-        .bind(tenant.as_str())
-        .bind(decode::key_id_text(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .as_ref()
-        .map(Self::tenant_key_from_row)
-        .transpose()
+        let sql = format!("{TENANT_KEY_COLUMNS} WHERE tk.tenant_id = $1 AND tk.id = $2");
+        let query = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(decode::key_id_text(id));
+        self.fetch_optional(query, Self::tenant_key_from_row).await
     }
 
     async fn insert_dek(
@@ -146,17 +116,13 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         tenant: &TenantId,
         scope: &Scope,
     ) -> Result<Option<DekRecord>, StoreError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "{DEK_COLUMNS} WHERE tenant_id = $1 AND scope = $2 AND retired_at_ms IS NULL"
-        ))
-        .bind(tenant.as_str())
-        .bind(scope.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .as_ref()
-        .map(Self::dek_from_row)
-        .transpose()
+        );
+        let query = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(scope.as_str());
+        self.fetch_optional(query, Self::dek_from_row).await
     }
 
     async fn get_dek(
@@ -164,15 +130,11 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Option<DekRecord>, StoreError> {
-        sqlx::query(&format!("{DEK_COLUMNS} WHERE tenant_id = $1 AND id = $2"))
+        let sql = format!("{DEK_COLUMNS} WHERE tenant_id = $1 AND id = $2");
+        let query = sqlx::query(&sql)
             .bind(tenant.as_str())
-            .bind(decode::key_id_text(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .as_ref()
-            .map(Self::dek_from_row)
-            .transpose()
+            .bind(decode::key_id_text(id));
+        self.fetch_optional(query, Self::dek_from_row).await
     }
 
     async fn add_dek_usage(
@@ -269,14 +231,8 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         if let Some(to_ms) = query.to_ms {
             select = select.bind(to_ms);
         }
-        select
-            .bind(i64::from(query.effective_limit()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(Self::record_from_row)
-            .collect()
+        let select = select.bind(i64::from(query.effective_limit()));
+        self.fetch_all(select, Self::record_from_row).await
     }
 
     async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -313,15 +269,9 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
     }
 
     async fn unauthenticated_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>, StoreError> {
-        sqlx::query(&format!(
-            "{TENANT_KEY_COLUMNS} WHERE tk.mac IS NULL ORDER BY tk.tenant_id, tk.id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(Self::tenant_key_from_row)
-        .collect()
+        let sql =
+            format!("{TENANT_KEY_COLUMNS} WHERE tk.mac IS NULL ORDER BY tk.tenant_id, tk.id");
+        self.fetch_all(sqlx::query(&sql), Self::tenant_key_from_row).await
     }
 
     async fn authenticate_tenant_key(
