@@ -15,6 +15,8 @@
 mod classify;
 mod config;
 mod factory;
+#[doc(hidden)]
+pub mod for_test_support;
 mod fresh_token;
 #[doc(hidden)]
 pub mod fuzzing;
