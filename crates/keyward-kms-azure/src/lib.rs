@@ -8,8 +8,8 @@
 //! explicit ([`AzureCredentialConfig`]); failures are classified once (`classify.rs`, table in
 //! `docs/providers/azure.md`).
 //!
-//! With the `test-support` feature, [`test_support`] runs a Key Vault test double over HTTPS
-//! on 127.0.0.1 (there is no Key Vault emulator).
+//! Its tests run a Key Vault test double over HTTPS on 127.0.0.1 (there is no Key Vault
+//! emulator): `keyward-test-support`'s `azure` module.
 #![forbid(unsafe_code)]
 
 mod classify;
@@ -24,9 +24,6 @@ mod key_id;
 mod provider;
 pub mod remediation;
 mod wrapped_key_format;
-
-#[cfg(feature = "test-support")]
-pub mod test_support;
 
 pub use config::{AzureCredentialConfig, AzureKeyVaultConfig, PUBLIC_AUTHORITY_HOST};
 pub use factory::AzureKeyVaultFactory;
