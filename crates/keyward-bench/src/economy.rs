@@ -19,10 +19,10 @@ use std::{
 
 use keyward_envelope::{KeyId, TenantId};
 use keyward_kms::{KeyProvider, KeyRef, ProviderKind, Purpose, WrapContext};
-use keyward_kms_aws::test_support::MotoServer;
 use keyward_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use keyward_server::Providers;
 use keyward_store::NewKekBinding;
+use keyward_test_support::aws::MotoServer;
 
 use crate::harness::{self, Server, Until};
 

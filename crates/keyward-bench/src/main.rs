@@ -34,12 +34,12 @@ mod suite;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keyward_kms::local::LocalProvider;
-use keyward_kms_aws::test_support::MotoServer;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
 use keyward_server::Providers;
+use keyward_test_support::aws::MotoServer;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]

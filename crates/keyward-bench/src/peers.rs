@@ -16,9 +16,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use keyward_kms_aws::test_support::MotoServer;
 use keyward_proto::v1::tenant_service_client::TenantServiceClient;
 use keyward_server::Providers;
+use keyward_test_support::aws::MotoServer;
 
 use crate::harness::{self, Server, Until};
 

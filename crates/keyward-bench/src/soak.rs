@@ -29,12 +29,13 @@ use std::{
 };
 
 use keyward_kms::local::LocalProvider;
-use keyward_kms_aws::{AwsKmsProvider, test_support::MotoServer};
+use keyward_kms_aws::AwsKmsProvider;
 use keyward_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient,
     tenant_service_client::TenantServiceClient,
 };
 use keyward_server::Providers;
+use keyward_test_support::aws::MotoServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::Code;
 

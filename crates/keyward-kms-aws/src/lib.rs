@@ -8,19 +8,18 @@
 //! for cross-account keys. Errors are classified once, from typed AWS error codes
 //! (`docs/providers/aws.md` has the table).
 //!
-//! With the `test-support` feature, [`test_support`] runs the moto KMS emulator with AWS's
-//! key-state enforcement (`tests/kms-emulator/keyward_moto.py`).
+//! Its tests run the moto KMS emulator with AWS's key-state enforcement
+//! (`tests/kms-emulator/keyward_moto.py`), started by `keyward-test-support`'s `aws` module.
 #![forbid(unsafe_code)]
 
 mod classify;
 mod config;
 mod factory;
+#[doc(hidden)]
+pub mod for_test_support;
 mod key_ref;
 mod policy;
 mod provider;
-
-#[cfg(feature = "test-support")]
-pub mod test_support;
 
 pub use config::AwsKmsConfig;
 pub use factory::AwsKmsFactory;

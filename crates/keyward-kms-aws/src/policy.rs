@@ -93,7 +93,7 @@ fn pretty(v: &serde_json::Value) -> String {
 /// an assumed-role session `arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION` becomes the role
 /// `arn:aws:iam::ACCOUNT:role/NAME` (a key policy cannot name a session; a role with a path
 /// needs the path added by hand, `GetCallerIdentity` does not report it).
-pub(crate) fn principal_for_caller(caller_arn: &str) -> String {
+pub fn principal_for_caller(caller_arn: &str) -> String {
     let fields: Vec<&str> = caller_arn.splitn(6, ':').collect();
     if let [_, partition, "sts", _, account, resource] = fields[..]
         && let Some(rest) = resource.strip_prefix("assumed-role/")

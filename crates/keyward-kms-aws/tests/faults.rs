@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use keyward_envelope::{KeyId, TenantId, WrappedKey};
 use keyward_kms::{ErrorKind, KeyProvider, KeyRef, ProviderError, Purpose, WrapContext};
-use keyward_kms_aws::test_support::{Fault, FaultProxy, MotoServer, key_ref};
 use keyward_kms_aws::{AwsKmsConfig, AwsKmsProvider};
+use keyward_test_support::aws::{Fault, FaultProxy, MotoServer, key_ref};
 
 fn ctx() -> WrapContext {
     WrapContext::new(

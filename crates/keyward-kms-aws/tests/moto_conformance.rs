@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use keyward_kms::conformance::{self, Harness};
 use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_aws::AwsKmsProvider;
-use keyward_kms_aws::test_support::{ACCOUNT, MotoServer, REGION, key_ref};
+use keyward_test_support::aws::{ACCOUNT, MotoServer, REGION, key_ref};
 
 struct MotoHarness {
     moto: MotoServer,

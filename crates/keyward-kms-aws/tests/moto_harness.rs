@@ -15,7 +15,7 @@ use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use keyward_kms_aws::test_support::MotoServer;
+use keyward_test_support::aws::MotoServer;
 
 fn code<T: Debug, E: ProvideErrorMetadata + Debug, R: Debug>(
     what: &str,

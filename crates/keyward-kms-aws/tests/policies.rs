@@ -9,7 +9,7 @@
 
 use keyward_envelope::{KeyId, TenantId};
 use keyward_kms::{ErrorKind, KeyProvider, KeyState, ProviderError, Purpose, WrapContext};
-use keyward_kms_aws::test_support::{ACCOUNT, MotoServer, key_ref};
+use keyward_test_support::aws::{ACCOUNT, MotoServer, key_ref};
 
 fn ctx() -> WrapContext {
     WrapContext::new(

@@ -17,8 +17,8 @@ use keyward_envelope::{KeyId, SecretKey, TenantId};
 use keyward_kms::{
     ErrorKind, KeyProvider, KeyRef, KeyState, ProviderError, ProviderKind, Purpose, WrapContext,
 };
-use keyward_kms_aws::test_support::{ACCOUNT, MotoServer, REGION, key_ref};
 use keyward_kms_aws::{AwsKmsConfig, AwsKmsProvider};
+use keyward_test_support::aws::{ACCOUNT, MotoServer, REGION, key_ref};
 
 fn ctx(tenant: &str) -> WrapContext {
     WrapContext::new(

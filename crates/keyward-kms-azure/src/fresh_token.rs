@@ -6,9 +6,10 @@
 //! asks the credential again. `azure_identity`'s credentials keep their own cache until 5 minutes
 //! before expiry (about 55 minutes), so they would hand back the very token the vault just
 //! refused, and every call would fail until it expired (found with
-//! `test_support::KeyVaultDouble::revoke_tokens`, `tests/refusals.rs`). The client asks the
-//! credential only for its first request, near expiry and after a `401`, so building a fresh SDK
-//! credential each time costs one token request per vault client and hour, plus one per refusal.
+//! `keyward_test_support::azure::KeyVaultDouble::revoke_tokens`, `tests/refusals.rs`). The
+//! client asks the credential only for its first request, near expiry and after a `401`, so
+//! building a fresh SDK credential each time costs one token request per vault client and hour,
+//! plus one per refusal.
 
 use std::fmt;
 use std::sync::Arc;

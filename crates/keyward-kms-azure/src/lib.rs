@@ -8,13 +8,15 @@
 //! explicit ([`AzureCredentialConfig`]); failures are classified once (`classify.rs`, table in
 //! `docs/providers/azure.md`).
 //!
-//! With the `test-support` feature, [`test_support`] runs a Key Vault test double over HTTPS
-//! on 127.0.0.1 (there is no Key Vault emulator).
+//! Its tests run a Key Vault test double over HTTPS on 127.0.0.1 (there is no Key Vault
+//! emulator): `keyward-test-support`'s `azure` module.
 #![forbid(unsafe_code)]
 
 mod classify;
 mod config;
 mod factory;
+#[doc(hidden)]
+pub mod for_test_support;
 mod fresh_token;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -22,9 +24,6 @@ mod key_id;
 mod provider;
 pub mod remediation;
 mod wrapped_key_format;
-
-#[cfg(feature = "test-support")]
-pub mod test_support;
 
 pub use config::{AzureCredentialConfig, AzureKeyVaultConfig, PUBLIC_AUTHORITY_HOST};
 pub use factory::AzureKeyVaultFactory;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use keyward_envelope::{KeyId, SecretKey, TenantId, WrappedKey};
 use keyward_kms::{ErrorKind, KeyProvider, KeyRef, KeyState, ProviderKind, Purpose, WrapContext};
-use keyward_kms_azure::test_support::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use keyward_kms_azure::{AzureCredentialConfig, AzureKeyVaultProvider, VaultKind};
+use keyward_test_support::azure::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use serde_json::Value;
 
 fn ctx() -> WrapContext {

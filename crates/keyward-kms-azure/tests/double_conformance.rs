@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyward_kms::conformance::{self, Harness};
 use keyward_kms::{KeyProvider, KeyRef};
-use keyward_kms_azure::test_support::KeyVaultDouble;
 use keyward_kms_azure::{AzureKeyVaultProvider, VaultKind};
+use keyward_test_support::azure::KeyVaultDouble;
 
 /// The second key the kit's `wrong_key` check unwraps with (created by each test, of the same
 /// type as the usable key).

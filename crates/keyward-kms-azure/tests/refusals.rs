@@ -6,8 +6,8 @@
 
 use keyward_envelope::{KeyId, SecretKey, TenantId};
 use keyward_kms::{ErrorKind, KeyProvider, KeyRef, Purpose, WrapContext};
-use keyward_kms_azure::test_support::{CLIENT_ID, Call, KeyVaultDouble};
 use keyward_kms_azure::{AzureKeyVaultProvider, VaultKind};
+use keyward_test_support::azure::{CLIENT_ID, Call, KeyVaultDouble};
 
 fn ctx() -> WrapContext {
     WrapContext::new(

@@ -9,8 +9,8 @@
 //! in `docs/providers/gcp.md`). Credentials are always explicit ([`GcpKmsConfig`]): a
 //! service-account key file or an external-account (workload identity federation) file.
 //!
-//! With the `test-support` feature, [`test_support`] runs a Cloud KMS test double on
-//! 127.0.0.1 (there is no emulator).
+//! Its tests run a Cloud KMS test double on 127.0.0.1 (there is no emulator):
+//! `keyward-test-support`'s `gcp` module.
 #![forbid(unsafe_code)]
 
 mod classify;
@@ -19,9 +19,6 @@ mod factory;
 mod name;
 mod provider;
 pub mod remediation;
-
-#[cfg(feature = "test-support")]
-pub mod test_support;
 
 pub use config::{DEFAULT_ENDPOINT, GcpCredentials, GcpKmsConfig};
 pub use factory::GcpKmsFactory;

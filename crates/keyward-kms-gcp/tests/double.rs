@@ -11,7 +11,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
 use google_cloud_kms_v1::model::crypto_key::CryptoKeyPurpose;
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState as State;
-use keyward_kms_gcp::test_support::{KmsDouble, VersionState};
+use keyward_test_support::gcp::{KmsDouble, VersionState};
 
 async fn client(kms: &KmsDouble) -> KeyManagementService {
     KeyManagementService::builder()

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use keyward_kms::conformance::{self, Harness};
 use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_gcp::GcpKmsProvider;
-use keyward_kms_gcp::test_support::KmsDouble;
+use keyward_test_support::gcp::KmsDouble;
 
 /// The second key the kit's `wrong_key` check unwraps with (created by each test).
 const OTHER_KEY: &str = "kek-other";

@@ -1,12 +1,12 @@
 //! The provider's integrity checks, each proved by a double that lies about exactly one field
-//! (`test_support::Lie`), and the key-purpose check on a key that is not a symmetric encryption
-//! key. Without these, deleting any of the checks in provider.rs passes every other test: the
-//! double answers correctly unless told otherwise.
+//! (`keyward_test_support::gcp::Lie`), and the key-purpose check on a key that is not a
+//! symmetric encryption key. Without these, deleting any of the checks in provider.rs passes
+//! every other test: the double answers correctly unless told otherwise.
 #![allow(clippy::unwrap_used, reason = "test code fails loudly on purpose")]
 
 use keyward_envelope::{KeyId, SecretKey, TenantId};
 use keyward_kms::{ErrorKind, KeyProvider, ProviderError, Purpose, WrapContext};
-use keyward_kms_gcp::test_support::{KeyPurpose, KmsDouble, Lie};
+use keyward_test_support::gcp::{KeyPurpose, KmsDouble, Lie};
 
 fn ctx() -> WrapContext {
     WrapContext::new(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use keyward_envelope::{KeyId, SecretKey, TenantId};
 use keyward_kms::{ErrorKind, KeyProvider, KeyRef, KeyState, ProviderKind, Purpose, WrapContext};
-use keyward_kms_gcp::test_support::{KmsDouble, VersionState};
 use keyward_kms_gcp::{EXPECTED_FORM, GcpKmsConfig, GcpKmsProvider};
+use keyward_test_support::gcp::{KmsDouble, VersionState};
 
 const GRANT: &str = "gcloud kms keys add-iam-policy-binding kek --keyring keyward --location global \
                      --project keyward-test --member serviceAccount:keyward@keyward-test.iam.gserviceaccount.com \

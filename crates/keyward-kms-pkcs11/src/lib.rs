@@ -8,7 +8,7 @@
 //! pool on tokio's blocking threads; return codes are classified once (`classify.rs`, table in
 //! `docs/providers/pkcs11.md`).
 //!
-//! With the `test-support` feature, [`test_support`] runs a private SoftHSM2 token.
+//! Its tests run a private SoftHSM2 token (`keyward-test-support`'s `pkcs11` module).
 #![forbid(unsafe_code)]
 
 mod classify;
@@ -21,9 +21,6 @@ mod remediation;
 mod token_keys;
 mod uri;
 mod wrapped_key_format;
-
-#[cfg(feature = "test-support")]
-pub mod test_support;
 
 pub use config::Pkcs11Config;
 pub use factory::Pkcs11Factory;

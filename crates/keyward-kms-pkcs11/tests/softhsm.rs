@@ -8,8 +8,8 @@ use std::sync::Arc;
 use keyward_kms::{
     ErrorKind, KeyProvider, KeyRef, KeyState, ProviderKind, Purpose, SecretKey, WrapContext,
 };
-use keyward_kms_pkcs11::test_support::{KeySpec, SoftHsm, TOKEN_LABEL};
 use keyward_kms_pkcs11::{Pkcs11Config, Pkcs11Provider, WRAPPED_LEN};
+use keyward_test_support::pkcs11::{KeySpec, SoftHsm, TOKEN_LABEL};
 
 fn ctx() -> WrapContext {
     WrapContext::new(

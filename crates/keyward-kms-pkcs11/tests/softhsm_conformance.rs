@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use keyward_kms::conformance::{self, Harness};
 use keyward_kms::{KeyProvider, KeyRef};
 use keyward_kms_pkcs11::Pkcs11Provider;
-use keyward_kms_pkcs11::test_support::SoftHsm;
+use keyward_test_support::pkcs11::SoftHsm;
 
 /// The second key the kit's `wrong_key` check unwraps with (created by each test).
 const OTHER_KEY: &str = "kek-other";

@@ -13,8 +13,8 @@ use common::{Fixture, assert_refused_without_revoking, ctx, scope, tenant};
 use keyward_envelope::SecretKey;
 use keyward_kms::{KeyProvider, KeyRef, ProviderKind, Purpose, WrapContext};
 use keyward_kms_azure::VaultKind;
-use keyward_kms_azure::test_support::{Call, KeyVaultDouble};
 use keyward_server::Providers;
+use keyward_test_support::azure::{Call, KeyVaultDouble};
 
 #[tokio::test]
 async fn a_tenant_key_forged_with_the_rsa_public_key_is_refused() {

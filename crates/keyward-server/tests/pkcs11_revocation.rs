@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState, StateTransition};
 use keyward_envelope::{EncryptionContext, TenantId};
-use keyward_kms_pkcs11::test_support::SoftHsm;
 use keyward_server::keyring::CheckOutcome;
 use keyward_server::keyring::RotationPolicy;
 use keyward_server::{CachePolicy, Keyring, Providers};
 use keyward_store::{AuditQuery, KekState, Scope, Store as _, sqlite::SqliteStore};
+use keyward_test_support::pkcs11::SoftHsm;
 
 async fn state(keyring: &Keyring, t: &TenantId) -> KekState {
     keyring

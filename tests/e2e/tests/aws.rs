@@ -13,9 +13,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use keyward_kms_aws::test_support::MotoServer;
 use keyward_proto::v1 as pb;
 use keyward_store::sqlite::SqliteStore;
+use keyward_test_support::aws::MotoServer;
 use support::{Server, assert_status, context};
 use tonic::Code;
 
@@ -210,7 +210,7 @@ async fn onboarding_failures_say_what_is_wrong_and_activate_nothing() {
     // Nonexistent key.
     let missing = format!(
         "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
-        keyward_kms_aws::test_support::ACCOUNT
+        keyward_test_support::aws::ACCOUNT
     );
     let status = tenants
         .register_key(aws_key("acme", &missing))
@@ -329,7 +329,7 @@ async fn an_unreachable_kms_is_unavailable_not_refused() {
     create_tenant(&server, "acme").await;
     let arn = format!(
         "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
-        keyward_kms_aws::test_support::ACCOUNT
+        keyward_test_support::aws::ACCOUNT
     );
     let started = Instant::now();
     let status = server

@@ -1,5 +1,5 @@
 //! A customer key in Azure Key Vault through the real binary, against the Key Vault test double
-//! (`keyward_kms_azure::test_support`: HTTPS on 127.0.0.1 with Key Vault's bearer challenge, an
+//! (`keyward_test_support::azure`: HTTPS on 127.0.0.1 with Key Vault's bearer challenge, an
 //! Entra ID token endpoint, real RSA-OAEP-256; there is no Key Vault emulator). The server is
 //! configured only through `[azure]` (`KEYWARD_AZURE__*`): client-secret credential from a file,
 //! the double's CA as an extra trusted CA, and its host names resolved to 127.0.0.1. Covers
@@ -11,9 +11,9 @@
 mod support;
 
 use keyward_kms_azure::VaultKind;
-use keyward_kms_azure::test_support::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use keyward_proto::v1 as pb;
 use keyward_store::sqlite::SqliteStore;
+use keyward_test_support::azure::{CLIENT_ID, Call, KeyVaultDouble, LOGIN_HOST, TENANT_ID};
 use support::Server;
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -555,7 +555,7 @@ fn the_emulator_and_database_commands_and_healthchecks_fit() {
         .unwrap_or_else(|| panic!("{launcher} is on no mounted volume"));
     assert_eq!(
         host_path.canonicalize().unwrap(),
-        keyward_kms_aws::test_support::launcher_path()
+        keyward_test_support::aws::launcher_path()
             .canonicalize()
             .unwrap()
     );
@@ -595,7 +595,7 @@ fn the_emulator_and_database_commands_and_healthchecks_fit() {
     // The healthcheck's own command, against the running launcher.
     let check = strings(&kms["healthcheck"]["test"]);
     assert_eq!(check[..3], ["CMD", "python", "-c"], "{check:?}");
-    let emulator = keyward_kms_aws::test_support::MotoServer::start();
+    let emulator = keyward_test_support::aws::MotoServer::start();
     let code = check[3].replace(
         &format!("127.0.0.1:{port}"),
         emulator.endpoint.trim_start_matches("http://"),

@@ -7,10 +7,10 @@
 mod support;
 
 use keyward_audit::{AuditEvent, KeyState as AuditKeyState};
-use keyward_kms_gcp::test_support::KmsDouble;
 use keyward_proto::v1 as pb;
 use keyward_store::Store as _;
 use keyward_store::sqlite::SqliteStore;
+use keyward_test_support::gcp::KmsDouble;
 use support::Server;
 use tonic::Code;
 use tonic_types::StatusExt as _;

@@ -1,5 +1,5 @@
 //! A KMS outage seen by the real `keyward` binary: its (unmodified) AWS SDK talks to moto through
-//! the fault-injecting proxy (`keyward_kms_aws::test_support::FaultProxy`), which resets and then
+//! the fault-injecting proxy (`keyward_test_support::aws::FaultProxy`), which resets and then
 //! black-holes every request for the outage.
 //!
 //! What must hold (PRODUCT.md, "Revocation: the promise"; docs/revocation.md, "KMS outage"):
@@ -20,9 +20,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keyward_audit::{AuditEvent, KeyState};
-use keyward_kms_aws::test_support::{Fault, FaultProxy, MotoServer};
 use keyward_proto::v1 as pb;
 use keyward_store::{AuditQuery, Store as _, sqlite::SqliteStore};
+use keyward_test_support::aws::{Fault, FaultProxy, MotoServer};
 use support::{Server, assert_status, context};
 use tonic::Code;
 

@@ -6,8 +6,8 @@
 
 mod support;
 
-use keyward_kms_pkcs11::test_support::{KeySpec, SoftHsm, TOKEN_LABEL};
 use keyward_proto::v1 as pb;
+use keyward_test_support::pkcs11::{KeySpec, SoftHsm, TOKEN_LABEL};
 use support::{Server, assert_status};
 use tonic::Code;
 

@@ -1,9 +1,10 @@
-//! A **test double** of Google Cloud KMS, for tests only (feature `test-support`).
+//! A **test double** of Google Cloud KMS, for tests only (`keyward-test-support`, feature `gcp`;
+//! for `keyward-kms-gcp`'s tests and the end-to-end tests).
 //!
 //! Google ships no Cloud KMS emulator, so this module serves the subset of the documented
-//! Cloud KMS v1 REST API that [`crate::GcpKmsProvider`] calls, on `http://127.0.0.1:<port>`, to
-//! the **unmodified** official client (`google-cloud-kms-v1`, configured with anonymous
-//! credentials and this endpoint):
+//! Cloud KMS v1 REST API that [`keyward_kms_gcp::GcpKmsProvider`] calls, on
+//! `http://127.0.0.1:<port>`, to the **unmodified** official client (`google-cloud-kms-v1`,
+//! configured with anonymous credentials and this endpoint):
 //!
 //! | request                                   | behaviour                                           |
 //! |-------------------------------------------|-----------------------------------------------------|
@@ -68,7 +69,7 @@ use keyward_kms::{KeyRef, ProviderKind};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::{GcpCredentials, GcpKmsConfig};
+use keyward_kms_gcp::{GcpCredentials, GcpKmsConfig};
 
 /// The project, location and key ring of keys created by [`KmsDouble::create_key`].
 pub const KEY_RING: &str = "projects/keyward-test/locations/global/keyRings/keyward";
@@ -254,8 +255,8 @@ impl KmsDouble {
     }
 
     /// A provider on this double.
-    pub async fn provider(&self) -> crate::GcpKmsProvider {
-        crate::GcpKmsProvider::new(self.config())
+    pub async fn provider(&self) -> keyward_kms_gcp::GcpKmsProvider {
+        keyward_kms_gcp::GcpKmsProvider::new(self.config())
             .await
             .expect("a provider on the test double")
     }

@@ -1,5 +1,6 @@
 //! A **test double** of Azure Key Vault / Managed HSM and of the Microsoft Entra ID token
-//! endpoint, for tests only.
+//! endpoint, for tests only (`keyward-test-support`, feature `azure`; for `keyward-kms-azure`'s
+//! tests, the server's tests and the end-to-end tests).
 //!
 //! There is no Key Vault emulator, so this module serves the documented REST endpoints that
 //! the official SDK client calls, over HTTPS on 127.0.0.1, to the unmodified client:
@@ -77,7 +78,9 @@ use hyper_util::rt::TokioIo;
 use keyward_kms::{KeyRef, ProviderKind};
 use serde_json::{Value, json};
 
-use crate::{AzureCredentialConfig, AzureKeyVaultConfig, AzureKeyVaultProvider, VaultKind};
+use keyward_kms_azure::{
+    AzureCredentialConfig, AzureKeyVaultConfig, AzureKeyVaultProvider, VaultKind,
+};
 
 /// The vault (or HSM) name the double serves.
 pub const VAULT_NAME: &str = "kwtest";
@@ -432,9 +435,10 @@ impl KeyVaultDouble {
 
     /// What anyone who has read the public half of RSA key `name` (`GET /keys/{name}` returns
     /// its `n` and `e`) can make without the vault and without any permission on the key: `key`
-    /// wrapped for the current version exactly as the provider wraps (wrapped_key_format.rs), with no
-    /// `wrapKey` call (RSA-OAEP needs only the public key). It unwraps through the vault like a
-    /// genuine wrap; docs/adr/0007-tenant-key-mac.md is why Keyward does not take it.
+    /// wrapped for the current version exactly as the provider wraps (keyward-kms-azure's
+    /// wrapped_key_format.rs, through `for_test_support::seal_rsa_oaep256`), with no `wrapKey`
+    /// call (RSA-OAEP needs only the public key). It unwraps through the vault like a genuine
+    /// wrap; docs/adr/0007-tenant-key-mac.md is why Keyward does not take it.
     pub fn forge_with_public_key(
         &self,
         name: &str,
@@ -458,8 +462,7 @@ impl KeyVaultDouble {
         let vault_wrapped = public
             .encrypt(&OAEP_SHA256_MGF1SHA256, &k, &mut out, None)
             .unwrap();
-        let bytes = crate::wrapped_key_format::seal(
-            crate::wrapped_key_format::VaultAlg::RsaOaep256,
+        let bytes = keyward_kms_azure::for_test_support::seal_rsa_oaep256(
             &v.id,
             vault_wrapped,
             &k,

@@ -1,5 +1,6 @@
 //! A private SoftHSM2 token for tests, and helpers to create, disable, re-enable and destroy
-//! KEKs on it, log the token out and restart the module.
+//! KEKs on it, log the token out and restart the module. In `keyward-test-support` (feature
+//! `pkcs11`); for `keyward-kms-pkcs11`'s tests, the server's tests and the end-to-end tests.
 //!
 //! SoftHSM2 reads its configuration (`SOFTHSM2_CONF`) once per process, at `C_Initialize`, and
 //! this workspace forbids `unsafe` (so no `std::env::set_var`). So each test runs in a child
@@ -39,7 +40,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use keyward_kms::{KeyRef, ProviderKind};
 
-use crate::{Pkcs11Config, Pkcs11KeyUri, Pkcs11Provider};
+use keyward_kms_pkcs11::{Pkcs11Config, Pkcs11KeyUri, Pkcs11Provider};
 
 /// The environment variable naming the PKCS#11 module (set by `scripts/test`).
 pub const MODULE_ENV: &str = "KEYWARD_PKCS11_MODULE";

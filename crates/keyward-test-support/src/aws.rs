@@ -1,5 +1,6 @@
 //! Test support: the moto AWS KMS emulator, patched to enforce key states, key policies and role
-//! trust policies as AWS does, and SDK helpers to drive it. Feature `test-support`; for this crate's tests and the end-to-end tests.
+//! trust policies as AWS does, and SDK helpers to drive it. In `keyward-test-support` (feature
+//! `aws`); for `keyward-kms-aws`'s tests, the end-to-end tests and `keyward-bench`.
 //!
 //! [`MotoServer::start`] runs `tests/kms-emulator/keyward_moto.py` with `$KEYWARD_MOTO_PYTHON`
 //! (`scripts/test` creates `target/test-venv` with `moto[server]` and sets it), falling back to
@@ -22,7 +23,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use keyward_kms::{KeyRef, ProviderKind};
 
-use crate::{AwsKmsConfig, AwsKmsProvider};
+use keyward_kms_aws::{AwsKmsConfig, AwsKmsProvider};
 
 pub mod fault_proxy;
 pub use fault_proxy::{Fault, FaultProxy, Seen};
@@ -225,8 +226,8 @@ impl MotoServer {
 
     /// The key policy a customer ends up with after following the onboarding guide: the key
     /// administrators' role may manage the key, and Keyward's principal may use it through
-    /// [`crate::key_policy_statement`]. With `keyward: false`, the same policy after the
-    /// customer removed Keyward's statements (the most common revocation): nothing in it names
+    /// [`keyward_kms_aws::key_policy_statement`]. With `keyward: false`, the same policy after
+    /// the customer removed Keyward's statements (the most common revocation): nothing in it names
     /// Keyward any more. (No `arn:aws:iam::ACCOUNT:root` statement: the emulator, which has no
     /// IAM policies, lets it match every caller of the account, and Keyward's test principal is
     /// in the same account; a real Keyward principal lives in Keyward's own account.)
@@ -244,10 +245,12 @@ impl MotoServer {
             "Resource": "*"
         })];
         if keyward {
-            let principal = crate::policy::principal_for_caller(&self.caller_arn().await);
-            let keyward: Vec<serde_json::Value> =
-                serde_json::from_str(&crate::key_policy_statement(&principal, Some(key_arn)))
-                    .expect("key_policy_statement is a JSON array");
+            let principal =
+                keyward_kms_aws::for_test_support::principal_for_caller(&self.caller_arn().await);
+            let keyward: Vec<serde_json::Value> = serde_json::from_str(
+                &keyward_kms_aws::key_policy_statement(&principal, Some(key_arn)),
+            )
+            .expect("key_policy_statement is a JSON array");
             statements.extend(keyward);
         }
         serde_json::json!({ "Version": "2012-10-17", "Statement": statements }).to_string()
@@ -271,13 +274,14 @@ impl MotoServer {
     }
 
     /// Creates IAM role `name` whose trust policy lets the test credentials assume it with
-    /// `external_id` ([`crate::cross_account_trust_policy`], what the onboarding guide has the
-    /// customer create); returns the role ARN. The emulator enforces the trust policy on
+    /// `external_id` ([`keyward_kms_aws::cross_account_trust_policy`], what the onboarding guide
+    /// has the customer create); returns the role ARN. The emulator enforces the trust policy on
     /// `AssumeRole` (`keyward_moto.py`, gap 5): an unknown role or another external id is
     /// `AccessDenied`.
     pub async fn create_keyward_role(&self, name: &str, external_id: &str) -> String {
-        let principal = crate::policy::principal_for_caller(&self.caller_arn().await);
-        let trust = crate::cross_account_trust_policy(&principal, external_id);
+        let principal =
+            keyward_kms_aws::for_test_support::principal_for_caller(&self.caller_arn().await);
+        let trust = keyward_kms_aws::cross_account_trust_policy(&principal, external_id);
         self.create_role(name, &trust).await
     }
 
