@@ -1,0 +1,347 @@
+//! The values the store keeps and returns: scopes, key states, tenants and their policies, KEK
+//! bindings and their changes, tenant keys and DEKs (re-exported at the crate root).
+
+use std::fmt;
+use std::str::FromStr;
+
+#[cfg(doc)]
+use crate::Store;
+use crate::{KeyId, ProviderKind, RevocationSource, StoreError, TenantId, WrappedKey};
+
+/// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// The scope used when the caller names none.
+    pub const DEFAULT: &'static str = "default";
+    /// Longest accepted scope label, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// The `"default"` scope.
+    pub fn default_scope() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+
+    /// The label.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn validate(s: &str) -> Result<(), StoreError> {
+        if s.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "scope must not be empty".to_owned(),
+            ));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "scope is {} bytes long, at most {} are allowed",
+                s.len(),
+                Self::MAX_LEN
+            )));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(StoreError::InvalidInput(
+                "scope must not contain control characters".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::default_scope()
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Scope {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::validate(s)?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<&str> for Scope {
+    type Error = StoreError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = StoreError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::validate(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl AsRef<str> for Scope {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The health of a KEK binding, as last observed (monitor, KMS refusal, `RevokeKey`, restore).
+///
+/// Independent of whether the binding is the tenant's current one: a deactivated (rotated-away)
+/// binding keeps its last state.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekState {
+    /// The KEK wraps and unwraps.
+    Active,
+    /// The KMS refused us (disabled key, removed grant, explicit revocation).
+    Revoked,
+    /// The KMS could not be reached; not a refusal.
+    Unavailable,
+    /// The KEK works again after a revocation.
+    Restored,
+    /// The KEK is gone for good: everything below it is crypto-shredded.
+    Destroyed,
+}
+
+impl KekState {
+    /// Every state, in declaration order.
+    pub const ALL: [KekState; 5] = [
+        KekState::Active,
+        KekState::Revoked,
+        KekState::Unavailable,
+        KekState::Restored,
+        KekState::Destroyed,
+    ];
+
+    /// The stored (and displayed) name: `"active"`, `"revoked"`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KekState::Active => "active",
+            KekState::Revoked => "revoked",
+            KekState::Unavailable => "unavailable",
+            KekState::Restored => "restored",
+            KekState::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl fmt::Display for KekState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KekState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KekState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError::InvalidInput(format!("unknown KEK state {s:?}")))
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub display_name: String,
+    pub created_at_ms: i64,
+    pub policy: TenantPolicy,
+}
+
+/// Per-tenant overrides of server-wide settings; `None`: the server's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// Lifetime of the tenant's unwrapped keys in memory (its revocation bound).
+    pub cache_ttl_seconds: Option<u64>,
+    /// How often the key-state monitor checks the tenant's key.
+    pub monitor_interval_seconds: Option<u64>,
+}
+
+/// What [`Store::bind_kek`] changed: the new binding and the one it deactivated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingChange {
+    pub binding: KekBinding,
+    /// The tenant's previously active binding, now deactivated.
+    pub previous: Option<i64>,
+}
+
+/// What [`Store::set_binding_state`] changed: the updated binding and its former state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub binding: KekBinding,
+    pub from: KekState,
+    /// What had set the former state (`None`: registration, or unknown before schema 4).
+    pub from_cause: Option<RevocationSource>,
+}
+
+/// A state change of one binding, decided from a read of it: [`Store::set_binding_state`]
+/// applies it only if the binding is still at `expected_version` (compare-and-set), so a writer
+/// that decided from an older read never overwrites a newer decision, of any replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub binding_id: i64,
+    /// The [`KekBinding::state_version`] the decision was made from.
+    pub expected_version: i64,
+    pub to: KekState,
+    /// What decided the change; stored as [`KekBinding::state_cause`].
+    pub cause: RevocationSource,
+}
+
+impl StateUpdate {
+    /// `binding` (as read) moved to `to` because of `cause`.
+    pub fn of(binding: &KekBinding, to: KekState, cause: RevocationSource) -> Self {
+        Self {
+            binding_id: binding.id,
+            expected_version: binding.state_version,
+            to,
+            cause,
+        }
+    }
+}
+
+/// A new KEK binding together with the tenant key it wraps (see [`Store::bind_kek`]).
+#[derive(Debug, Clone)]
+pub struct NewKekBinding {
+    pub tenant: TenantId,
+    /// Which kind of KMS or HSM holds the KEK (stored as its stable name, e.g. `aws-kms`).
+    pub provider: ProviderKind,
+    /// The provider's name of the KEK (key ARN, CryptoKey resource name, PKCS#11 URI, …).
+    pub key_ref: String,
+    /// Id of the new tenant key; must not exist yet.
+    pub tenant_key_id: KeyId,
+    /// The new tenant key, wrapped by the KEK.
+    pub wrapped_tenant_key: WrappedKey,
+    /// The wrapped tenant key's authentication tag (`tenant_keys.mac`), made by the keyring
+    /// under a key the store never sees (docs/adr/0007-tenant-key-mac.md). The keyring always
+    /// sets it; `None` stores a row the keyring refuses until
+    /// [`Store::authenticate_tenant_key`] gives it one (tests of that upgrade path).
+    pub tenant_key_mac: Option<Vec<u8>>,
+}
+
+/// A KEK binding: which customer key protects a tenant's tenant key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekBinding {
+    pub id: i64,
+    pub tenant: TenantId,
+    /// Which kind of KMS or HSM holds the KEK; a stored name no kind has is reported as
+    /// [`StoreError::Corrupt`] when the row is read.
+    pub provider: ProviderKind,
+    pub key_ref: String,
+    pub state: KekState,
+    /// The tenant key this binding's KEK wraps.
+    pub tenant_key_id: KeyId,
+    pub created_at_ms: i64,
+    /// When a newer binding replaced this one; `None` for the tenant's current binding.
+    pub deactivated_at_ms: Option<i64>,
+    pub state_changed_at_ms: i64,
+    /// What set the current state: `Explicit` for `RevokeKey`/`RestoreKey` (an explicit
+    /// revocation is lifted only by `RestoreKey`), else the monitor, a KMS refusal or a pushed
+    /// event. `None` while the binding never changed state, and for states set before schema
+    /// version 4 (a revoked binding whose cause is unknown is treated as explicitly revoked).
+    pub state_cause: Option<RevocationSource>,
+    /// Incremented by every committed state change: the compare-and-set token of
+    /// [`Store::set_binding_state`] ([`StateUpdate::expected_version`]).
+    pub state_version: i64,
+}
+
+impl KekBinding {
+    /// Revoked by `RevokeKey` (or revoked before causes were recorded): only `RestoreKey` lifts it.
+    pub fn explicitly_revoked(&self) -> bool {
+        self.state == KekState::Revoked
+            && matches!(self.state_cause, None | Some(RevocationSource::Explicit))
+    }
+}
+
+/// A tenant as the write transaction that changed it left it: its record and every binding,
+/// oldest first. Returned by the writes that change a tenant, so that the caller answers with
+/// what it committed instead of reading again (another writer may have moved on since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantState {
+    pub tenant: TenantRecord,
+    /// Every binding of the tenant, oldest first (as [`Store::list_bindings`] lists them).
+    pub bindings: Vec<KekBinding>,
+}
+
+impl TenantState {
+    /// The tenant's current binding (the one not deactivated), if it has one.
+    pub fn current(&self) -> Option<&KekBinding> {
+        self.bindings.iter().find(|b| b.deactivated_at_ms.is_none())
+    }
+
+    /// The bindings a newer one replaced, oldest first.
+    pub fn previous(&self) -> impl Iterator<Item = &KekBinding> {
+        self.bindings
+            .iter()
+            .filter(|b| b.deactivated_at_ms.is_some())
+    }
+}
+
+/// A binding as a write transaction left it, with its tenant as that transaction left it
+/// ([`Store::bind_kek`], [`Store::set_binding_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingCommit {
+    pub binding: KekBinding,
+    pub tenant: TenantState,
+}
+
+/// A wrapped tenant key, with the provider and key ref of the binding whose KEK wraps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeyRecord {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub binding_id: i64,
+    pub provider: ProviderKind,
+    pub key_ref: String,
+    pub wrapped: WrappedKey,
+    pub created_at_ms: i64,
+    /// The state of the binding whose KEK wraps this key: data under a revoked or destroyed
+    /// binding stays unreadable even after a newer binding was registered.
+    pub binding_state: KekState,
+    /// When that binding's state last changed.
+    pub binding_state_changed_at_ms: i64,
+    /// The authentication tag stored with the wrapped key (`tenant_keys.mac`); `None` for a row
+    /// written before schema version 5 and not yet authenticated. The store neither makes nor
+    /// checks it: the keyring does, with a key the store never sees.
+    pub mac: Option<Vec<u8>>,
+}
+
+/// A new DEK (see [`Store::insert_dek`]).
+#[derive(Debug, Clone)]
+pub struct NewDek {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub scope: Scope,
+    /// The tenant key that wraps this DEK; must belong to `tenant`.
+    pub tenant_key_id: KeyId,
+    pub wrapped: WrappedKey,
+}
+
+/// A stored DEK with its usage counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekRecord {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub scope: Scope,
+    pub tenant_key_id: KeyId,
+    pub wrapped: WrappedKey,
+    pub created_at_ms: i64,
+    /// When a newer DEK replaced this one for its (tenant, scope); `None` while active.
+    pub retired_at_ms: Option<i64>,
+    /// Messages encrypted under this DEK (saturating at `i64::MAX`).
+    pub messages: u64,
+    /// Plaintext bytes encrypted under this DEK (saturating at `i64::MAX`).
+    pub bytes: u64,
+}
