@@ -8,11 +8,10 @@
 //! C (each polled by back-to-back decrypts); the tenant is then restored through A and both are
 //! waited for to serve again. Every wait is bounded.
 //!
-//! The replicas open their PostgreSQL store through `keyward-server`, which depends on
-//! `keyward-store` with its `postgres` feature (the backend is always built). That feature enables
-//! `sqlx/postgres`, and Cargo unifies features, so the `sqlx` this file uses directly
-//! (`sqlx::PgConnection`, to create and drop the database) has the PostgreSQL driver although
-//! the bench's own `sqlx` dependency asks only for the workspace's `sqlite`.
+//! The replicas open their PostgreSQL store through `keyward-server` (which always builds
+//! `keyward-store`'s `postgres` backend); the bench asks for the same backend and for `sqlx`'s
+//! PostgreSQL driver itself (its Cargo.toml), for the `sqlx::PgConnection` that creates and drops
+//! the scenario's database.
 
 use std::{
     path::PathBuf,
