@@ -540,13 +540,6 @@ async fn require_tenant(store: &dyn Store, id: &TenantId) -> Result<TenantRecord
         .ok_or_else(|| ServiceError::TenantNotFound(id.to_string()))
 }
 
-/// The tenant and its bindings, oldest first, as `store` has them now.
-async fn tenant_state(store: &dyn Store, id: &TenantId) -> Result<TenantState, ServiceError> {
-    let tenant = require_tenant(store, id).await?;
-    let bindings = store.list_bindings(id).await?;
-    Ok(TenantState { tenant, bindings })
-}
-
 fn revoked(tenant: &TenantId, closed: Closed) -> ServiceError {
     ServiceError::KeyRevoked {
         tenant: tenant.to_string(),

@@ -58,7 +58,9 @@ impl Onboarding {
 
     /// The tenant and every binding of it, as the store has them now.
     pub(super) async fn tenant_state(&self, id: &TenantId) -> Result<TenantState, ServiceError> {
-        super::tenant_state(self.store.as_ref(), id).await
+        let tenant = require_tenant(self.store.as_ref(), id).await?;
+        let bindings = self.store.list_bindings(id).await?;
+        Ok(TenantState { tenant, bindings })
     }
 
     /// Validates `kek` (it exists, is enabled, and a generate + unwrap round

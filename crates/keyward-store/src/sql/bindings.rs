@@ -210,13 +210,17 @@ sql_impl!(impl => {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        let row = sqlx::query(&format!("{BINDING_COLUMNS} WHERE kb.id = $1"))
-            .bind(binding_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
+        // The tenant as this transaction leaves it, the updated binding among its bindings: one
+        // read serves the audit record and the answer.
+        let tenant = Self::tenant_state_in(&mut tx, &current.tenant).await?;
+        let updated = tenant.bindings.iter().find(|b| b.id == binding_id).cloned();
+        let updated = updated.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "kek_bindings.id: binding {binding_id} vanished during its own update"
+            ))
+        })?;
         let change = StateChange {
-            binding: Self::binding_from_row(&row)?,
+            binding: updated,
             from: current.state,
             from_cause: current.state_cause,
         };
@@ -234,7 +238,6 @@ sql_impl!(impl => {
             change.binding.tenant.as_str(),
         )
         .await?;
-        let tenant = Self::tenant_state_in(&mut tx, &change.binding.tenant).await?;
         tx.commit().await.map_err(backend)?;
         Ok(BindingCommit {
             binding: change.binding,
