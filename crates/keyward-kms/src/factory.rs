@@ -13,7 +13,7 @@ use std::{fmt, sync::Arc};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
-use crate::{KeyProvider, KeyRef, ProviderError, ProviderKind};
+use crate::{KeyEventSourceFactory, KeyProvider, KeyRef, ProviderError, ProviderKind};
 
 /// One top-level section of the configuration (`[aws_kms]`, `[gcp]`, …) as the loader read it
 /// from the file and the `KEYWARD_<SECTION>__*` environment variables, not yet typed.
@@ -159,10 +159,12 @@ pub trait ConfiguredProvider: Send + Sync + fmt::Debug {
     async fn build(&self) -> Result<Arc<dyn KeyProvider>, ProviderError>;
 }
 
-/// The provider factories an application was built with, at most one per kind.
+/// The provider factories an application was built with, at most one per kind, and the
+/// key-event sources it offers (docs/adr/0013-key-event-sources.md), at most one per section.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderRegistry {
     factories: Vec<Arc<dyn ProviderFactory>>,
+    event_sources: Vec<Arc<dyn KeyEventSourceFactory>>,
 }
 
 impl ProviderRegistry {
@@ -189,9 +191,33 @@ impl ProviderRegistry {
         self.factories.iter()
     }
 
-    /// The configuration sections of every factory.
+    /// The configuration sections of every factory: the providers', then the event sources'.
     pub fn sections(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.factories.iter().map(|f| f.config_section())
+        self.factories
+            .iter()
+            .map(|f| f.config_section())
+            .chain(self.event_sources.iter().map(|f| f.config_section()))
+    }
+
+    /// Adds a key-event source, replacing any earlier one with the same section.
+    #[must_use]
+    pub fn with_event_source(mut self, factory: Arc<dyn KeyEventSourceFactory>) -> Self {
+        self.event_sources
+            .retain(|f| f.config_section() != factory.config_section());
+        self.event_sources.push(factory);
+        self
+    }
+
+    /// Every key-event source, in the order they were added.
+    pub fn event_sources(&self) -> impl Iterator<Item = &Arc<dyn KeyEventSourceFactory>> {
+        self.event_sources.iter()
+    }
+
+    /// The key-event source configured by the section `name`, if any.
+    pub fn event_source_by_section(&self, name: &str) -> Option<&Arc<dyn KeyEventSourceFactory>> {
+        self.event_sources
+            .iter()
+            .find(|f| f.config_section() == name)
     }
 }
 
@@ -239,6 +265,37 @@ mod tests {
             ProviderKind::GcpKms
         );
         assert!(registry.get(ProviderKind::Pkcs11).is_none());
+    }
+
+    #[derive(Debug)]
+    struct FakeEvents(&'static str);
+
+    impl KeyEventSourceFactory for FakeEvents {
+        fn config_section(&self) -> &'static str {
+            self.0
+        }
+        fn configure(
+            &self,
+            _: Option<&ConfigSection>,
+        ) -> Result<Option<Arc<dyn crate::ConfiguredEventSource>>, ConfigSectionError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn event_sources_add_their_sections_after_the_providers_and_are_found_by_section() {
+        let registry = ProviderRegistry::default()
+            .with_event_source(Arc::new(FakeEvents("aws_events")))
+            .with(Arc::new(Fake(ProviderKind::AwsKms, "aws_kms")))
+            .with_event_source(Arc::new(FakeEvents("aws_events")));
+        assert_eq!(
+            registry.sections().collect::<Vec<_>>(),
+            ["aws_kms", "aws_events"]
+        );
+        assert_eq!(registry.event_sources().count(), 1);
+        assert!(registry.event_source_by_section("aws_events").is_some());
+        assert!(registry.event_source_by_section("aws_kms").is_none());
+        assert!(registry.by_section("aws_events").is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 mod context;
 mod error;
+mod events;
 mod factory;
 mod provider;
 
@@ -32,6 +33,10 @@ pub mod controlled;
 
 pub use context::{Purpose, WrapContext};
 pub use error::{ErrorKind, ProviderError};
+pub use events::{
+    ConfiguredEventSource, DeferReason, KeyEventSink, KeyEventSource, KeyEventSourceFactory,
+    RecheckSummary, RejectReason, SinkError, SourceEvent,
+};
 pub use factory::{
     ConfigSection, ConfigSectionError, ConfiguredProvider, InvalidKeyRef, KeyRefFields,
     ProviderFactory, ProviderRegistry, configure_if_present,
