@@ -14,6 +14,7 @@
 
 mod classify;
 mod config;
+pub mod events;
 mod factory;
 #[doc(hidden)]
 pub mod for_test_support;
@@ -22,6 +23,7 @@ mod policy;
 mod provider;
 
 pub use config::AwsKmsConfig;
+pub use events::{AwsEventsConfig, AwsEventsFactory};
 pub use factory::AwsKmsFactory;
 pub use key_ref::{
     AssumeRole, AwsKeyRef, EXPECTED_FORM, EXPECTED_ROLE_FORM, InvalidAwsKeyRef, KeyRefPart,

@@ -26,7 +26,9 @@ use keyward_kms::{KeyRef, ProviderKind};
 use keyward_kms_aws::{AwsKmsConfig, AwsKmsProvider};
 
 pub mod fault_proxy;
+mod sqs;
 pub use fault_proxy::{Fault, FaultProxy, Seen};
+pub use sqs::{DISABLE_KEY_EVENT, kms_event};
 
 /// The region every helper works in (moto keeps one backend per region).
 pub const REGION: &str = "us-east-1";
