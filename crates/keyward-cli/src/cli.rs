@@ -288,6 +288,19 @@ pub(crate) enum OnboardingCommand {
         #[arg(long, value_name = "ARN")]
         key_arn: Option<String>,
     },
+    /// Print what the customer (and Keyward's operator) set up so that the customer's KMS key
+    /// events reach Keyward's `[aws_events]` queue: the EventBridge rule's pattern, its targets
+    /// and the permissions, as `aws` CLI commands (docs/onboarding/aws.md, "Key events").
+    Events {
+        #[arg(long, value_enum)]
+        provider: PolicyProvider,
+        /// The ARN of the SQS queue Keyward reads (`[aws_events]` queue_url).
+        #[arg(long, value_name = "ARN")]
+        queue_arn: String,
+        /// The customer's 12-digit AWS account (default: a placeholder to replace).
+        #[arg(long, value_name = "ACCOUNT")]
+        customer_account: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -188,6 +188,12 @@ impl Config {
     fn check_provider_sections(&self, registry: &ProviderRegistry) -> Result<(), ConfigError> {
         let sections = self.provider_sections()?;
         for name in self.providers.keys() {
+            if let Some(events) = registry.event_source_by_section(name) {
+                events
+                    .configure(sections.get(name))
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                continue;
+            }
             let Some(factory) = registry.by_section(name) else {
                 let mut known: Vec<&str> = CONFIG_SECTIONS.to_vec();
                 known.extend(registry.sections());

@@ -487,6 +487,44 @@ impl Keyring {
         self.monitor.recheck_key(provider, key_ref).await
     }
 
+    /// [`Keyring::recheck_key`] with what each tenant's check found, for a key-event source
+    /// (`crate::key_events`): it must know whether the KMS answered for every tenant
+    /// ([`CheckOutcome::Unavailable`]: no verdict, the event is kept to be tried again).
+    pub async fn recheck_key_outcomes(
+        &self,
+        provider: keyward_kms::ProviderKind,
+        key_ref: &str,
+    ) -> Result<Vec<(TenantId, CheckOutcome)>, ServiceError> {
+        let mut outcomes = Vec::new();
+        for binding in self.wiring.store.active_bindings().await? {
+            if binding.provider != provider || binding.key_ref != key_ref {
+                continue;
+            }
+            let outcome = self.monitor.check_binding(&binding).await?;
+            outcomes.push((binding.tenant, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// The distinct key references of `provider` that tenants' current bindings name.
+    pub async fn bound_key_refs(
+        &self,
+        provider: keyward_kms::ProviderKind,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut refs: Vec<String> = self
+            .wiring
+            .store
+            .active_bindings()
+            .await?
+            .into_iter()
+            .filter(|b| b.provider == provider)
+            .map(|b| b.key_ref)
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        Ok(refs)
+    }
+
     // ----- audit ledger (`ledger`) --------------------------------------------------------
 
     /// Writes the per-tenant, per-second counts of requests denied because of

@@ -11,6 +11,7 @@ pub mod authz;
 mod builtin_policies;
 pub mod config;
 pub mod error;
+mod key_events;
 pub mod keyring;
 pub mod limits;
 pub mod memory;

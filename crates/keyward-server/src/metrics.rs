@@ -37,6 +37,8 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 
+mod key_events;
+
 /// `[metrics]` in the configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -207,6 +209,8 @@ pub struct Metrics {
     denials: Family<ActionLabels, Counter>,
     tenant_labels: Gauge,
     in_flight: Gauge,
+    /// `keyward_key_event_*`: the key-event sources' messages (`metrics/key_events.rs`).
+    key_events: key_events::KeyEventMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -220,8 +224,10 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// Empty metrics; at most `max_tenant_labels` tenants get a `tenant` label of their own.
     pub fn new(max_tenant_labels: usize) -> Self {
+        let mut registry = Registry::with_prefix("keyward");
+        let key_events = key_events::KeyEventMetrics::register(&mut registry);
         let mut metrics = Self {
-            registry: Registry::with_prefix("keyward"),
+            registry,
             tenants: TenantLabels::new(max_tenant_labels),
             rpcs: Family::default(),
             rpc_seconds: Family::new_with_constructor(LatencyBuckets),
@@ -234,6 +240,7 @@ impl Metrics {
             denials: Family::default(),
             tenant_labels: Gauge::default(),
             in_flight: Gauge::default(),
+            key_events,
         };
         let r = &mut metrics.registry;
         r.register(
@@ -344,6 +351,16 @@ impl Metrics {
                 result: if hit { "hit" } else { "miss" },
             })
             .inc();
+    }
+
+    /// What a key-event source did with one message.
+    pub fn key_event(&self, source: &'static str, event: keyward_kms::SourceEvent) {
+        self.key_events.record(source, event);
+    }
+
+    /// How long the re-check of the tenants bound to an event's key took.
+    pub fn key_event_recheck(&self, source: &'static str, elapsed: Duration) {
+        self.key_events.recheck(source, elapsed);
     }
 
     pub(crate) fn denial(&self, action: &'static str) {

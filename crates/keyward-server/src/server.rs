@@ -26,6 +26,8 @@ struct Parts<'a> {
     tls: Option<Arc<tls::ReloadableTls>>,
     store: Arc<dyn keyward_store::Store>,
     registry: &'a ProviderRegistry,
+    /// The key-event sources the configuration enables (`[aws_events]`, docs/adr/0013).
+    event_sources: Vec<Arc<dyn keyward_kms::KeyEventSource>>,
 }
 
 /// Why the server could not start.
@@ -302,6 +304,7 @@ async fn start_serving(
             "tenants with a revoked or destroyed key are refused"
         );
     }
+    let event_sources = build_event_sources(settings, &registry).await?;
     let parts = Parts {
         settings,
         keyring,
@@ -310,8 +313,24 @@ async fn start_serving(
         tls,
         store,
         registry: &registry,
+        event_sources,
     };
     serve_replica(parts, shutdown).await
+}
+
+/// Every key-event source of `registry` whose section the configuration has, built.
+async fn build_event_sources(
+    settings: &Settings,
+    registry: &ProviderRegistry,
+) -> Result<Vec<Arc<dyn keyward_kms::KeyEventSource>>, StartError> {
+    let mut sources = Vec::new();
+    for factory in registry.event_sources() {
+        let section = settings.providers.get(factory.config_section());
+        if let Some(configured) = factory.configure(section)? {
+            sources.push(configured.build().await?);
+        }
+    }
+    Ok(sources)
 }
 
 /// The policies of `settings`; in development mode with `[authz]` left at its defaults and no

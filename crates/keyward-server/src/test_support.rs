@@ -13,4 +13,5 @@ pub(crate) fn test_registry() -> ProviderRegistry {
         .with(Arc::new(keyward_kms_pkcs11::Pkcs11Factory))
         .with(Arc::new(keyward_kms_gcp::GcpKmsFactory))
         .with(Arc::new(keyward_kms_azure::AzureKeyVaultFactory))
+        .with_event_source(Arc::new(keyward_kms_aws::AwsEventsFactory))
 }

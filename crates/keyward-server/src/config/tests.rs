@@ -551,3 +551,30 @@ fn plaintext_is_refused_off_loopback_and_tls_files_go_together() {
         PathBuf::from("policies/identities.toml")
     );
 }
+
+#[test]
+fn an_event_source_section_is_read_by_its_crate_and_refused_without_it() {
+    let text = "[aws_events]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/111122223333/keyward-key-events\"\nwait_seconds = 5\n";
+    let s = Config::from_toml_str(text, &test_registry())
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert!(s.providers.contains_key("aws_events"));
+    let err = Config::from_toml_str(text, &ProviderRegistry::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `aws_events`"), "{err}");
+    let err = Config::from_toml_str("lisen = 1\n", &test_registry())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`azure`, `aws_events`"), "{err}");
+    // Checked by keyward-kms-aws when the configuration is loaded, naming the key.
+    let bad = text.replace("wait_seconds = 5", "max_messages = 11");
+    let err = Config::from_toml_str(&bad, &test_registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[aws_events]: max_messages is 11; it must be 1 to 10"),
+        "{err}"
+    );
+}

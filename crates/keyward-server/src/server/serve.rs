@@ -28,6 +28,7 @@ pub(super) async fn serve_replica(
         tls,
         store,
         registry,
+        event_sources,
     } = parts;
     // The keyring's metrics (KMS calls and cache lookups are counted in them); a keyring built
     // without metrics gets fresh ones for the calls, bytes and denials counted here.
@@ -98,6 +99,14 @@ pub(super) async fn serve_replica(
     ));
     if let Some(policy) = settings.monitor {
         background.push(tokio::spawn(Arc::clone(&keyring).run_monitor(policy)));
+    }
+    // Key events that arrive on their own (`[aws_events]`): hints to re-check keys at once.
+    for source in event_sources {
+        background.push(tokio::spawn(crate::key_events::run_source(
+            source,
+            Arc::clone(&keyring),
+            Arc::clone(&metrics),
+        )));
     }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
