@@ -358,7 +358,7 @@ impl SqsEventSource {
                     rechecked.insert(key_ref.to_owned(), result);
                 }
                 match &rechecked[key_ref] {
-                    Ok(s) => summary = summary.add(*s),
+                    Ok(s) => summary = summary + *s,
                     Err(_) => store_failed = true,
                 }
             }

@@ -96,10 +96,13 @@ impl RecheckSummary {
     pub fn complete(&self) -> bool {
         self.unavailable == 0
     }
+}
 
-    /// The sum of two summaries (an event naming several keys).
-    #[must_use]
-    pub fn add(self, other: RecheckSummary) -> Self {
+/// The sum of two summaries (an event naming several keys).
+impl std::ops::Add for RecheckSummary {
+    type Output = Self;
+
+    fn add(self, other: RecheckSummary) -> Self {
         Self {
             checked: self.checked + other.checked,
             revoked: self.revoked + other.revoked,
@@ -222,7 +225,7 @@ mod tests {
     fn a_summary_is_complete_only_when_the_kms_answered_for_every_tenant() {
         let ok = RecheckSummary::new(2, 1, 0, 0);
         assert!(ok.complete());
-        let partial = ok.add(RecheckSummary::new(1, 0, 0, 1));
+        let partial = ok + RecheckSummary::new(1, 0, 0, 1);
         assert_eq!(partial, RecheckSummary::new(3, 1, 0, 1));
         assert!(!partial.complete());
     }

@@ -69,7 +69,7 @@ impl KeyEventSink for KeyringEventSink {
                 CheckOutcome::Unavailable => RecheckSummary::new(1, 0, 0, 1),
                 _ => RecheckSummary::new(1, 0, 0, 0),
             };
-            summary = summary.add(counts);
+            summary = summary + counts;
         }
         Ok(summary)
     }
