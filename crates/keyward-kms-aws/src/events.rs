@@ -27,6 +27,8 @@ use keyward_kms::{
 mod cloudtrail;
 mod customer_side;
 
+use crate::key_ref::is_region;
+
 pub use cloudtrail::KEY_EVENT_NAMES;
 pub use customer_side::{QueueArn, RULE_NAME, event_pattern, eventbridge_setup};
 
@@ -389,13 +391,15 @@ impl SqsEventSource {
     ) {
         sink.record(SECTION, SourceEvent::Rejected(reason));
         // The message id and the reason only: the body is the sender's, and may be anything.
-        tracing::warn!(
-            message_id = %bounded(message.message_id().unwrap_or_default()),
-            reason = reason.as_str(),
-            event = event.unwrap_or(""),
-            bytes = message.body().map_or(0, str::len),
-            "key event refused and deleted; nothing was re-checked"
-        );
+        let id = bounded(message.message_id().unwrap_or_default());
+        let bytes = message.body().map_or(0, str::len);
+        let event = event.unwrap_or("");
+        if reason == RejectReason::UnknownKey {
+            // The customer's other keys: expected, not worth a warning.
+            tracing::debug!(message_id = %id, reason = reason.as_str(), event, bytes, "key event for a key no tenant is bound to; deleted");
+        } else {
+            tracing::warn!(message_id = %id, reason = reason.as_str(), event, bytes, "key event refused and deleted; nothing was re-checked");
+        }
     }
 
     /// Deletes `messages` (in batches of at most 10, SQS's limit). A failed delete is logged:
@@ -445,13 +449,6 @@ fn bounded(s: &str) -> String {
         .take(200)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
-}
-
-/// `xx-name(-name)*-N`, as in key ARNs.
-fn is_region(s: &str) -> bool {
-    format!("arn:aws:kms:{s}:111122223333:alias/x")
-        .parse::<crate::AwsKeyRef>()
-        .is_ok()
 }
 
 #[cfg(test)]

@@ -390,7 +390,7 @@ fn validate_role_arn(role_arn: &str, key_partition: &str) -> Result<(), PartErro
 }
 
 /// `xx-name(-name)*-N`: e.g. `us-east-1`, `us-gov-west-1`, `cn-north-1`, `us-isob-east-1`.
-fn is_region(s: &str) -> bool {
+pub(crate) fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let [first, middle @ .., last] = &parts[..] else {
         return false;

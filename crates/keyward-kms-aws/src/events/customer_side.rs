@@ -62,7 +62,7 @@ impl std::str::FromStr for QueueArn {
                  Keyward reads (its [aws_events] queue_url); {expected}"
             ));
         }
-        if !super::is_region(region) {
+        if !crate::key_ref::is_region(region) {
             return Err(format!(
                 "region '{region}' of '{shown}' is not a region name; {expected}"
             ));
