@@ -398,3 +398,68 @@ fn onboarding_prints_the_eventbridge_rule_and_refuses_a_bad_queue_arn() {
         "{err}"
     );
 }
+
+/// What a flood costs (docs/threat-model.md, "Key events"): 100 junk messages and 100 events for
+/// one bound key, queued before the server starts, are all drained; the junk causes no KMS call
+/// and the events one KMS check per received batch (of up to 10), not one per event. The drain
+/// time is printed (moto's ReceiveMessage scans the whole queue: ~0.7 s per call at 1,000
+/// messages, so it measures the emulator more than Keyward).
+#[tokio::test]
+async fn a_flood_costs_one_kms_check_per_batch_and_junk_none() {
+    let moto = MotoServer::start();
+    let key = moto.create_symmetric_key().await;
+    let queue = moto.create_queue("keyward-key-events", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("KEYWARD_AWS_KMS__ENDPOINT_URL", moto.endpoint.as_str()),
+        ("KEYWARD_AWS_KMS__STS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "0"),
+        ("KEYWARD_AWS_EVENTS__QUEUE_URL", queue.as_str()),
+        ("KEYWARD_AWS_EVENTS__ENDPOINT_URL", moto.endpoint.as_str()),
+        ("KEYWARD_AWS_EVENTS__REGION", "us-east-1"),
+        ("KEYWARD_AWS_EVENTS__WAIT_SECONDS", "2"),
+        // Refused messages are logged one line each: keep the test's output short.
+        ("KEYWARD_LOG", "error"),
+    ];
+    let mut server = Server::start_in(dir.path(), &env);
+    onboard(&server, "acme", &key).await;
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    drop(server);
+
+    let n = 100;
+    for i in 0..n {
+        moto.send_message(&queue, &format!("junk {i}")).await;
+    }
+    let event = kms_event("DisableKey", &key).to_string();
+    for _ in 0..n {
+        moto.send_message(&queue, &event).await;
+    }
+    let started = Instant::now();
+    let server = Server::start_in(dir.path(), &env);
+    until_counted(&server, &moto, &queue, RECEIVED, SOURCE, 2 * n).await;
+    eprintln!(
+        "{} queued messages drained {:?} after the server's start",
+        2 * n,
+        started.elapsed()
+    );
+    assert_eq!(
+        counter(&server, REJECTED, &format!("{SOURCE},reason=\"not_json\"")),
+        n
+    );
+    assert_eq!(counter(&server, HANDLED, SOURCE), n);
+    let unwraps = counter(
+        &server,
+        "keyward_kms_calls_total",
+        "provider=\"aws-kms\",operation=\"unwrap\",outcome=\"ok\"",
+    );
+    eprintln!("{n} events for one key: {unwraps} KMS checks");
+    assert!(
+        (n / 10..=n / 5).contains(&unwraps),
+        "{unwraps} KMS checks for {n} events in batches of 10"
+    );
+}
