@@ -76,8 +76,9 @@ pub struct RecheckSummary {
     pub revoked: u32,
     /// Tenants whose key works again: restored now.
     pub restored: u32,
-    /// Tenants whose check found the KMS unreachable: no verdict, so the event should be tried
-    /// again later (a source leaves its message to be delivered again).
+    /// Tenants whose check got no verdict (the KMS unreachable or throttled; rarely, the store
+    /// failing during that tenant's check), so the event should be tried again later (a source
+    /// leaves its message to be delivered again).
     pub unavailable: u32,
 }
 
@@ -193,7 +194,8 @@ impl RejectReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DeferReason {
-    /// The KMS did not answer for at least one tenant (outage, throttling, quota).
+    /// No verdict for at least one tenant: the KMS did not answer (outage, throttling, quota),
+    /// or, rarely, the store failed during that tenant's check.
     KmsUnavailable,
     /// The server's store failed.
     Store,

@@ -489,18 +489,20 @@ impl Keyring {
 
     /// [`Keyring::recheck_key`] with what each tenant's check found, for a key-event source
     /// (`crate::key_events`): it must know whether the KMS answered for every tenant
-    /// ([`CheckOutcome::Unavailable`]: no verdict, the event is kept to be tried again).
+    /// ([`CheckOutcome::Unavailable`]: no verdict, the event is kept to be tried again). A failed
+    /// check of one tenant (its stored key rejected, a store error) is that tenant's answer and
+    /// does not stop the checks of the others bound to the key.
     pub async fn recheck_key_outcomes(
         &self,
         provider: keyward_kms::ProviderKind,
         key_ref: &str,
-    ) -> Result<Vec<(TenantId, CheckOutcome)>, ServiceError> {
+    ) -> Result<Vec<(TenantId, Result<CheckOutcome, ServiceError>)>, ServiceError> {
         let mut outcomes = Vec::new();
         for binding in self.wiring.store.active_bindings().await? {
             if binding.provider != provider || binding.key_ref != key_ref {
                 continue;
             }
-            let outcome = self.monitor.check_binding(&binding).await?;
+            let outcome = self.monitor.check_binding(&binding).await;
             outcomes.push((binding.tenant, outcome));
         }
         Ok(outcomes)
