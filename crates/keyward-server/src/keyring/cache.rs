@@ -212,16 +212,18 @@ impl KeyCache {
     /// override, else the server's TTL, and never longer than the server's TTL (the hard bound
     /// of the revocation window; a larger value stored before that bound was enforced is
     /// clamped).
+    /// Also returns the tenant's monitor interval override, read with it.
     pub(super) async fn ttl_for(
         &self,
         store: &dyn Store,
         tenant: &TenantId,
-    ) -> Result<Duration, ServiceError> {
+    ) -> Result<(Duration, Option<u64>), ServiceError> {
         let policy = require_tenant(store, tenant).await?.policy;
-        Ok(policy
+        let ttl = policy
             .cache_ttl_seconds
             .map_or(self.policy.ttl, Duration::from_secs)
-            .min(self.policy.ttl))
+            .min(self.policy.ttl);
+        Ok((ttl, policy.monitor_interval_seconds))
     }
 
     /// The refusal remembered for tenant key `id` of `tenant`, if any.
