@@ -354,6 +354,8 @@ pub struct KeyCheck {
     /// The binding as the claim read it (its state may change before the check's answer is
     /// applied: the answer is applied with a compare-and-set).
     pub binding: KekBinding,
+    /// The binding's wrapped tenant key, which the canary asks the KMS to unwrap.
+    pub tenant_key: TenantKeyRecord,
     /// The latest deadline of any replica's cached copy of the binding's tenant key: none is
     /// held after it (`0`: never held).
     pub held_until_ms: i64,

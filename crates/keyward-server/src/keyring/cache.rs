@@ -110,6 +110,7 @@ impl<K, V: Expiring> Expiry<K, Arc<V>> for UntilDeadline {
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     pub(super) kek_unwraps: AtomicU64,
+    pub(super) canary_checks: AtomicU64,
     pub(super) kek_generates: AtomicU64,
     pub(super) deks_created: AtomicU64,
 }
@@ -118,8 +119,11 @@ pub(super) struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct KeyringStats {
-    /// Tenant-key unwraps sent to a KEK provider (the data path's only KMS call).
+    /// Tenant-key unwraps sent to a KEK provider: the data path's only KMS call, and the
+    /// key-state checks' canaries.
     pub kek_unwraps: u64,
+    /// Of `kek_unwraps`, the canaries of key-state checks (the monitor, a key event).
+    pub canary_checks: u64,
     /// Tenant keys generated through a KEK provider (registration).
     pub kek_generates: u64,
     /// DEKs created and stored.
@@ -194,6 +198,7 @@ impl KeyCache {
     pub(super) fn stats(&self) -> KeyringStats {
         KeyringStats {
             kek_unwraps: self.counters.kek_unwraps.load(Ordering::Relaxed),
+            canary_checks: self.counters.canary_checks.load(Ordering::Relaxed),
             kek_generates: self.counters.kek_generates.load(Ordering::Relaxed),
             deks_created: self.counters.deks_created.load(Ordering::Relaxed),
         }

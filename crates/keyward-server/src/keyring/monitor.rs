@@ -287,7 +287,23 @@ impl Monitor {
         if binding.state == KekState::Destroyed {
             return Ok(CheckOutcome::Unchanged);
         }
-        let observation = match self.kek.canary(binding).await {
+        self.observe(binding, self.kek.canary(binding).await).await
+    }
+
+    /// [`Monitor::check_binding`] of a claimed check: its wrapped tenant key came with the
+    /// claim (no store read).
+    async fn check_claimed(&self, check: &KeyCheck) -> Result<CheckOutcome, ServiceError> {
+        let canary = self.kek.canary_of(&check.tenant_key).await;
+        self.observe(&check.binding, canary).await
+    }
+
+    /// Hands what the canary showed to [`Revocation`].
+    async fn observe(
+        &self,
+        binding: &KekBinding,
+        canary: Result<(), ServiceError>,
+    ) -> Result<CheckOutcome, ServiceError> {
+        let observation = match canary {
             Ok(()) => Observation::Works,
             Err(ServiceError::KeyRefused(e)) => Observation::Refused(e.message().to_owned()),
             Err(ServiceError::KeyNotFound(e)) => Observation::Gone(e.message().to_owned()),
@@ -387,7 +403,7 @@ impl Monitor {
         let mut retry_sooner = false;
         if needs_call && !binding.explicitly_revoked() && binding.state != KekState::Destroyed {
             budget.take().await;
-            match self.check_binding(binding).await {
+            match self.check_claimed(&check).await {
                 Ok(outcome) => {
                     if let Some(m) = &self.schedule.metrics {
                         m.monitor_check(outcome_label(outcome));

@@ -47,6 +47,15 @@ pub async fn check_key_check_schedule(store: &dyn Store) {
         .await
         .expect("due at 2000");
     assert_eq!(claimed.binding, binding);
+    let stored = store
+        .get_tenant_key(&tenant, &binding.tenant_key_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(claimed.tenant_key.clone()),
+        stored,
+        "the claim carries the wrapped tenant key"
+    );
     assert_eq!(claimed.held_until_ms, 5_000);
     assert_eq!(claimed.due_at_ms, 2_000);
     assert!(claimed.held_at(4_999) && !claimed.held_at(5_000));

@@ -9,7 +9,7 @@ use sqlx::Database;
 
 use super::bindings::BINDING_COLUMNS;
 use super::{backend, sql_impl};
-use crate::{KeyCheck, StoreError, TenantId};
+use crate::{KeyCheck, StoreError, TenantId, TenantKeyRecord, WrappedKey};
 
 sql_impl!(impl => {
     pub(crate) async fn try_hold_key(
@@ -77,7 +77,8 @@ sql_impl!(impl => {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        // One read for the whole batch: the bindings, their holdings and their tenants' intervals.
+        // One read for the whole batch: the bindings, their wrapped tenant keys, their holdings
+        // and their tenants' intervals.
         let ids = claimed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "{BINDING_COLUMNS} JOIN key_checks kc ON kc.binding_id = kb.id \
@@ -86,7 +87,8 @@ sql_impl!(impl => {
         );
         let sql = sql.replacen(
             "SELECT kb.id,",
-            "SELECT kc.held_until_ms, kc.due_at_ms, t.monitor_interval_seconds AS tenant_interval, kb.id,",
+            "SELECT kc.held_until_ms, kc.due_at_ms, t.monitor_interval_seconds AS tenant_interval, \
+             tk.wrapped AS tk_wrapped, tk.mac AS tk_mac, tk.created_at_ms AS tk_created_at_ms, kb.id,",
             1,
         );
         self.fetch_all(sqlx::query(&sql).bind(replica), Self::key_check_from_row).await
@@ -95,8 +97,22 @@ sql_impl!(impl => {
     fn key_check_from_row(row: &<D::Db as Database>::Row) -> Result<KeyCheck, StoreError> {
         const T: &str = "key_checks";
         let interval: Option<i64> = Self::col(row, "tenants", "tenant_interval")?;
+        let binding = Self::binding_from_row(row)?;
+        let tenant_key = TenantKeyRecord {
+            id: binding.tenant_key_id,
+            tenant: binding.tenant.clone(),
+            binding_id: binding.id,
+            provider: binding.provider,
+            key_ref: binding.key_ref.clone(),
+            wrapped: WrappedKey::new(Self::col(row, "tenant_keys", "tk_wrapped")?),
+            created_at_ms: Self::col(row, "tenant_keys", "tk_created_at_ms")?,
+            binding_state: binding.state,
+            binding_state_changed_at_ms: binding.state_changed_at_ms,
+            mac: Self::col(row, "tenant_keys", "tk_mac")?,
+        };
         Ok(KeyCheck {
-            binding: Self::binding_from_row(row)?,
+            binding,
+            tenant_key,
             held_until_ms: Self::col(row, T, "held_until_ms")?,
             due_at_ms: Self::col::<Option<i64>>(row, T, "due_at_ms")?.unwrap_or(0),
             monitor_interval_seconds: crate::sql::tenants::policy_from_db(
