@@ -677,6 +677,7 @@ mod tests {
         for expected in [
             r#"keyward_dek_cache_lookups_total{operation="decrypt",result="hit"} 1"#,
             r#"keyward_authz_denials_total{action="Decrypt"} 1"#,
+            "keyward_monitor_overcommitted 1",
             r#"keyward_payload_bytes_total{tenant="t",kind="plaintext_in"} 42"#,
             r#"keyward_cache_resident_keys{cache="deks"} 2"#,
             r#"keyward_tenants_closed{state="revoked"} 4"#,

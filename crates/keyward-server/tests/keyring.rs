@@ -950,9 +950,13 @@ async fn a_key_no_replica_holds_gets_no_canary_until_it_is_loaded_again() {
         .encrypt(&t, &Scope::default_scope(), &c, b"x")
         .await
         .unwrap();
-    // The key lapses from every cache before its due check is looked at: the check calls no
-    // KMS, and none is scheduled any more.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Held: checked when due.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert_eq!(checked, vec![(t.clone(), CheckOutcome::Healthy)]);
+    // The key lapses from every cache (2 s after it was loaded) before its next check: that
+    // check calls no KMS, and none is scheduled any more.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     let unwraps = fx.unwraps();
     assert!(keyring.check_due(every_second).await.unwrap().0.is_empty());
     assert_eq!(fx.unwraps(), unwraps, "an idle tenant costs no KMS call");
@@ -962,9 +966,63 @@ async fn a_key_no_replica_holds_gets_no_canary_until_it_is_loaded_again() {
     // Used again: loaded (one unwrap), held, and checked when its interval comes.
     keyring.decrypt(&t, &env, &c).await.unwrap();
     assert_eq!(fx.unwraps(), unwraps + 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     let (checked, _) = keyring.check_due(every_second).await.unwrap();
     assert_eq!(checked, vec![(t.clone(), CheckOutcome::Healthy)]);
+}
+
+#[tokio::test]
+async fn an_overcommitted_monitor_says_so_and_caches_keys_for_at_most_the_interval() {
+    let fx = Fixture::new().await;
+    // Four held keys due every second, and a budget of one check per second: it cannot keep up.
+    let starved = MonitorPolicy::new(Duration::from_secs(1), 1);
+    let keyring = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(starved));
+    let c = EncryptionContext::empty();
+    let mut envelopes = Vec::new();
+    for i in 0..4 {
+        let t = tenant(&format!("busy-{i}"));
+        onboard(&keyring, &t, "default").await;
+        let (env, _) = keyring
+            .encrypt(&t, &Scope::default_scope(), &c, b"x")
+            .await
+            .unwrap();
+        envelopes.push((t, env));
+    }
+    assert!(!keyring.monitor_status().overcommitted);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (checked, _) = keyring.check_due(starved).await.unwrap();
+    assert_eq!(checked.len(), 4, "every due check ran, late: {checked:?}");
+    let status = keyring.monitor_status();
+    assert!(status.overcommitted, "{status:?}");
+    assert!(status.lag_ms > 1000, "{status:?}");
+    assert_eq!(
+        keyring.scrape_gauges().monitor,
+        status,
+        "the metrics and /readyz read the same status"
+    );
+
+    // While overcommitted, a key loaded now is cached for the interval (1 s), not the TTL.
+    let cold = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(starved));
+    let (t, env) = &envelopes[0];
+    // `cold` learns of the overcommitment from its own pass (each replica judges its own).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cold.check_due(starved).await.unwrap();
+    assert!(cold.monitor_status().overcommitted);
+    let before = fx.unwraps();
+    cold.decrypt(t, env, &c).await.unwrap();
+    cold.decrypt(t, env, &c).await.unwrap();
+    assert_eq!(fx.unwraps(), before + 1, "cached while fresh");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cold.decrypt(t, env, &c).await.unwrap();
+    assert_eq!(
+        fx.unwraps(),
+        before + 2,
+        "unwrapped again after the interval, not the TTL"
+    );
 }
 
 #[tokio::test]

@@ -90,6 +90,9 @@ const MAX_BATCH: u32 = 500;
 /// earlier than the earliest one seen (a tenant with a shorter interval).
 const MAX_IDLE: Duration = Duration::from_secs(1);
 const MIN_IDLE: Duration = Duration::from_millis(10);
+/// How long the monitor counts as overcommitted after a late check (at least an interval): long
+/// enough for a metrics scrape to see it, and for keys loaded meanwhile to be cached briefly.
+const OVERCOMMIT_MEMORY: Duration = Duration::from_secs(60);
 /// A check that starts this much later than its due time (or a tenth of its interval, if more)
 /// means the budget does not cover the schedule.
 const LATE: Duration = Duration::from_secs(1);
@@ -101,7 +104,7 @@ pub(super) struct Schedule {
     /// `None`: the monitor is off; nothing is published (the cache TTL alone bounds the window).
     policy: Option<MonitorPolicy>,
     /// Until when tenant keys are cached for at most their monitor interval (ms since the epoch;
-    /// 0: not overcommitted).
+    /// 0: not overcommitted): a minute, or an interval if longer, after the last late check.
     overcommitted_until_ms: AtomicI64,
     /// How late the latest late check started (ms).
     lag_ms: AtomicI64,
@@ -192,8 +195,8 @@ impl Schedule {
         }
     }
 
-    /// Notes how late the claimed checks start; marks the monitor overcommitted for an interval
-    /// when one is later than its slack.
+    /// Notes how late the claimed checks start; marks the monitor overcommitted for a minute (or
+    /// an interval, if longer) when one is later than its slack.
     fn note_lateness(&self, claimed: &[KeyCheck], now_ms: i64, policy: &MonitorPolicy) {
         let late = claimed
             .iter()
@@ -208,7 +211,7 @@ impl Schedule {
             return;
         };
         self.lag_ms.store(lag, Ordering::Relaxed);
-        let until = now_ms.saturating_add(millis(policy.interval));
+        let until = now_ms.saturating_add(millis(policy.interval.max(OVERCOMMIT_MEMORY)));
         let was = self.overcommitted_until_ms.swap(until, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.monitor_late(lag);
@@ -338,8 +341,8 @@ impl Monitor {
         Ok(outcomes)
     }
 
-    /// One pass of the monitor: claims the checks due now from the shared schedule, batch after
-    /// batch until none is left, and runs them (concurrently, within the budget). Returns the
+    /// One pass of the monitor: claims the checks due when it starts from the shared schedule,
+    /// batch after batch until none is left, and runs them (concurrently, within the budget). Returns the
     /// outcomes of the checks that called the KMS, and how long to wait before the next pass
     /// (until the next check is due, at most a second).
     pub(super) async fn check_due(
@@ -348,13 +351,16 @@ impl Monitor {
     ) -> Result<(Vec<(TenantId, CheckOutcome)>, Duration), ServiceError> {
         let budget = Budget::new(policy.max_checks_per_second);
         let mut outcomes = Vec::new();
+        // A pass takes the checks due when it started: an overcommitted schedule (checks coming
+        // due faster than the budget runs them) ends the pass, and the next one starts at once.
+        let started = now_ms();
         loop {
             let now = now_ms();
             let claimed = self
                 .store
                 .claim_key_checks(
                     &self.replica,
-                    now,
+                    started,
                     now.saturating_add(millis(policy.lease())),
                     policy.batch(),
                 )
