@@ -346,11 +346,13 @@ impl SqsEventSource {
         let mut rechecked: HashMap<String, Result<RecheckSummary, SinkError>> = HashMap::new();
         let mut done = Vec::new();
         for (message, event) in events {
-            let refs = cloudtrail::matching_refs(&event.key_arns, &bound);
-            if refs.is_empty() {
-                self.rejected(message, RejectReason::UnknownKey, Some(event.name), sink);
-                done.push(message);
-                continue;
+            // The references of current bindings that name the key (through a role or not), and
+            // the key ARN itself, which also finds older bindings registered without a role.
+            let mut refs = cloudtrail::matching_refs(&event.key_arns, &bound);
+            for arn in &event.key_arns {
+                if !refs.contains(&arn.as_str()) {
+                    refs.push(arn.as_str());
+                }
             }
             let mut summary = RecheckSummary::default();
             let mut store_failed = false;
@@ -365,6 +367,11 @@ impl SqsEventSource {
                 }
             }
             let id = message.message_id().unwrap_or_default();
+            if !store_failed && summary.checked == 0 {
+                self.rejected(message, RejectReason::UnknownKey, Some(event.name), sink);
+                done.push(message);
+                continue;
+            }
             if store_failed || !summary.complete() {
                 let reason = if store_failed {
                     DeferReason::Store

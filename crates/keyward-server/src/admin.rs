@@ -214,6 +214,16 @@ async fn livez(State(state): State<AdminState>) -> Response {
 async fn readyz(State(state): State<AdminState>) -> Response {
     let r = &state.readiness;
     if r.ready() {
+        // Ready; a monitor that does not keep up is a detail to act on, not a reason to take
+        // this replica out of rotation (its keys are cached for at most the interval meanwhile).
+        let monitor = state.keyring.monitor_status();
+        if monitor.overcommitted {
+            let detail = format!(
+                "ready\nmonitor: overcommitted: key-state checks start up to {} ms late; tenant keys are cached for at most the monitor interval until the budget (revocation.monitor_max_checks_per_second) covers the schedule\n",
+                monitor.lag_ms
+            );
+            return (StatusCode::OK, detail).into_response();
+        }
         return (StatusCode::OK, "ready\n").into_response();
     }
     let mut why = String::new();

@@ -247,6 +247,9 @@ impl Config {
         if self.revocation.monitor_max_checks_per_second == 0 {
             return invalid("revocation.monitor_max_checks_per_second must be at least 1");
         }
+        if !(1..=1024).contains(&self.revocation.monitor_max_concurrent_checks) {
+            return invalid("revocation.monitor_max_concurrent_checks must be 1 to 1024");
+        }
         let Some(write_suite) = keyward_envelope::Suite::from_id(self.envelope.write_suite) else {
             return Err(ConfigError::Invalid(format!(
                 "envelope.write_suite is {}; it must be 1 or 2 (the envelope suites this build implements)",
@@ -347,6 +350,7 @@ impl Config {
             monitor: (self.revocation.monitor_interval_seconds > 0).then(|| MonitorPolicy {
                 interval: Duration::from_secs(self.revocation.monitor_interval_seconds),
                 max_checks_per_second: self.revocation.monitor_max_checks_per_second,
+                max_concurrent_checks: self.revocation.monitor_max_concurrent_checks,
             }),
             kms_quota: (q.requests_per_second > 0).then(|| keyward_kms::QuotaPolicy {
                 requests_per_second: f64::from(q.requests_per_second),

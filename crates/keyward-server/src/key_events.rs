@@ -212,6 +212,17 @@ mod tests {
         assert_eq!(s, RecheckSummary::new(2, 0, 2, 0));
         assert_eq!(state(&keyring, "a").await, KekState::Restored);
 
+        // Tenant c rotates from k2 to k1: its older binding is still found by k2, which no
+        // current binding names any more.
+        let c = TenantId::try_from("c").unwrap();
+        keyring
+            .register_key(&c, &KeyRef::new(ProviderKind::Local, "k1"))
+            .await
+            .unwrap();
+        assert_eq!(sink.bound_keys(ProviderKind::Local).await.unwrap(), ["k1"]);
+        let s = sink.recheck(ProviderKind::Local, "k2").await.unwrap();
+        assert_eq!(s, RecheckSummary::new(1, 0, 0, 0));
+
         // A key nobody is bound to: nothing checked.
         let s = sink.recheck(ProviderKind::Local, "k3").await.unwrap();
         assert_eq!(s, RecheckSummary::default());

@@ -30,8 +30,14 @@ use zeroize::Zeroizing;
 use crate::{error::ServiceError, metrics::Metrics, now_ms};
 
 use self::{
-    cache::KeyCache, data_path::DataPath, gate::Closed, kek::Kek, ledger::AuditLedger,
-    monitor::Monitor, onboarding::Onboarding, revocation::Revocation,
+    cache::KeyCache,
+    data_path::DataPath,
+    gate::Closed,
+    kek::Kek,
+    ledger::AuditLedger,
+    monitor::{Monitor, Schedule},
+    onboarding::Onboarding,
+    revocation::Revocation,
 };
 
 mod cache;
@@ -49,7 +55,9 @@ pub use cache::{CachePolicy, KeyringStats};
 pub use data_path::RotationPolicy;
 pub use kek::Providers;
 pub use ledger::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
-pub use monitor::MonitorPolicy;
+pub use monitor::{
+    DEFAULT_CHECKS_PER_SECOND, DEFAULT_CONCURRENT_CHECKS, MonitorPolicy, MonitorStatus,
+};
 pub use revocation::{CheckOutcome, RevocationSource};
 pub use tenant_key_auth::{
     AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys, tag_tenant_key,
@@ -69,6 +77,10 @@ struct Wiring {
     write_suite: Suite,
     /// Cache hit/miss counters (docs/observability.md); none in tests that build a bare keyring.
     metrics: Option<Arc<Metrics>>,
+    /// The key-state monitor's policy, which the holdings this replica publishes are scheduled
+    /// with; `None`: the monitor is off and nothing is published ([`MonitorPolicy::default`]
+    /// unless configured).
+    monitor: Option<MonitorPolicy>,
 }
 
 /// Tenant onboarding, the encrypt/decrypt data path and the revocation engine, wired from
@@ -79,6 +91,7 @@ pub struct Keyring {
     ledger: Arc<AuditLedger>,
     kek: Arc<Kek>,
     revocation: Arc<Revocation>,
+    schedule: Arc<Schedule>,
     monitor: Monitor,
     data: DataPath,
     onboarding: Onboarding,
@@ -112,6 +125,7 @@ impl Keyring {
             replica_id: "local".to_owned(),
             write_suite: Suite::SEAL,
             metrics: None,
+            monitor: Some(MonitorPolicy::default()),
         })
     }
 
@@ -135,10 +149,17 @@ impl Keyring {
             Arc::clone(&ledger),
             w.replica_id,
         ));
+        let schedule = Arc::new(Schedule::new(
+            Arc::clone(&w.store),
+            w.monitor,
+            w.metrics.clone(),
+        ));
         let monitor = Monitor::new(
             Arc::clone(&w.store),
             Arc::clone(&kek),
             Arc::clone(&revocation),
+            Arc::clone(&schedule),
+            wiring.replica_id.clone(),
         );
         let data = DataPath {
             store: Arc::clone(&w.store),
@@ -146,6 +167,7 @@ impl Keyring {
             kek: Arc::clone(&kek),
             revocation: Arc::clone(&revocation),
             ledger: Arc::clone(&ledger),
+            schedule: Arc::clone(&schedule),
             rotation: w.rotation,
             write_suite: w.write_suite,
             metrics: w.metrics,
@@ -156,6 +178,7 @@ impl Keyring {
             kek: Arc::clone(&kek),
             revocation: Arc::clone(&revocation),
             ledger: Arc::clone(&ledger),
+            schedule: Arc::clone(&schedule),
         };
         Self {
             wiring,
@@ -163,6 +186,7 @@ impl Keyring {
             ledger,
             kek,
             revocation,
+            schedule,
             monitor,
             data,
             onboarding,
@@ -182,6 +206,16 @@ impl Keyring {
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
         Self::wire(Wiring {
             metrics: Some(metrics),
+            ..self.wiring
+        })
+    }
+
+    /// Publishes the tenant keys this replica loads on the key-state monitor's schedule with
+    /// `policy` (`None`: the monitor is off, nothing is published). Default:
+    /// [`MonitorPolicy::default`].
+    pub fn with_monitor(self, policy: Option<MonitorPolicy>) -> Self {
+        Self::wire(Wiring {
+            monitor: policy,
             ..self.wiring
         })
     }
@@ -207,7 +241,13 @@ impl Keyring {
             deks,
             active_deks,
             closed: self.revocation.gates().closed_counts(),
+            monitor: self.schedule.status(),
         }
+    }
+
+    /// Whether the key-state monitor keeps up with its schedule on this replica.
+    pub fn monitor_status(&self) -> MonitorStatus {
+        self.schedule.status()
     }
 
     /// This replica's name in log lines.
@@ -450,8 +490,9 @@ impl Keyring {
         self.monitor.check_binding(binding).await
     }
 
-    /// One sweep of the monitor over every tenant's current binding, paced by
-    /// the global rate limit. Returns the outcomes, in tenant order.
+    /// Checks every tenant's current binding now, whether or not its key is held anywhere,
+    /// paced by `max_checks_per_second`, outside the schedule (a full sweep, for operators and
+    /// tests). Returns the outcomes, in tenant order.
     pub async fn check_all(
         &self,
         max_checks_per_second: u32,
@@ -459,10 +500,9 @@ impl Keyring {
         self.monitor.check_all(max_checks_per_second).await
     }
 
-    /// One pass of the monitor: checks every tenant whose interval (its
-    /// policy override, else `policy.interval`) has passed since its last
-    /// check, paced by the global rate limit. Returns the outcomes and how long
-    /// to wait before the next pass (the shortest interval in use).
+    /// One pass of the monitor: claims the checks due now from the shared schedule and runs
+    /// them (concurrently, within the budget). Returns the outcomes of the checks that called
+    /// the KMS, and how long to wait before the next pass (at most a second).
     pub async fn check_due(
         &self,
         policy: MonitorPolicy,
@@ -470,14 +510,13 @@ impl Keyring {
         self.monitor.check_due(policy).await
     }
 
-    /// The key-state monitor: passes every shortest interval in use (with ±10 %
-    /// jitter, so replicas drift apart) until the task is dropped.
+    /// The key-state monitor: passes over the shared schedule until the task is dropped.
     pub async fn run_monitor(self: Arc<Self>, policy: MonitorPolicy) {
         self.monitor.run(policy).await;
     }
 
-    /// A pushed key-state event names a key: every tenant currently bound to it
-    /// is checked with the KMS (the event is a hint, the KMS is the truth).
+    /// A pushed key-state event names a key: every binding registered with it (current or
+    /// older) is checked with the KMS now (the event is a hint, the KMS is the truth).
     /// Returns (checked, revoked).
     pub async fn recheck_key(
         &self,
@@ -498,8 +537,15 @@ impl Keyring {
         key_ref: &str,
     ) -> Result<Vec<(TenantId, Result<CheckOutcome, ServiceError>)>, ServiceError> {
         let mut outcomes = Vec::new();
-        for binding in self.wiring.store.active_bindings().await? {
-            if binding.provider != provider || binding.key_ref != key_ref {
+        // As `recheck_key`: every binding registered with the key, current or older (found by
+        // the store's index), but a destroyed one.
+        for binding in self
+            .wiring
+            .store
+            .bindings_with_key(provider, key_ref)
+            .await?
+        {
+            if binding.state == KekState::Destroyed {
                 continue;
             }
             let outcome = self.monitor.check_binding(&binding).await;
@@ -508,7 +554,9 @@ impl Keyring {
         Ok(outcomes)
     }
 
-    /// The distinct key references of `provider` that tenants' current bindings name.
+    /// The distinct key references of `provider` that tenants' current bindings name (a key
+    /// event's source matches its key against them; older bindings are found by
+    /// [`Keyring::recheck_key_outcomes`] from the exact reference).
     pub async fn bound_key_refs(
         &self,
         provider: keyward_kms::ProviderKind,

@@ -113,6 +113,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -207,6 +212,11 @@ pub struct Metrics {
     resident: Family<ResidentLabels, Gauge>,
     tenants_closed: Family<StateLabels, Gauge>,
     denials: Family<ActionLabels, Counter>,
+    monitor_checks: Family<OutcomeLabels, Counter>,
+    monitor_late: Counter,
+    monitor_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    monitor_overcommitted: Gauge,
+    monitor_hold_failures: Counter,
     tenant_labels: Gauge,
     in_flight: Gauge,
     /// `keyward_key_event_*`: the key-event sources' messages (`metrics/key_events.rs`).
@@ -238,6 +248,11 @@ impl Metrics {
             resident: Family::default(),
             tenants_closed: Family::default(),
             denials: Family::default(),
+            monitor_checks: Family::default(),
+            monitor_late: Counter::default(),
+            monitor_lag: Gauge::default(),
+            monitor_overcommitted: Gauge::default(),
+            monitor_hold_failures: Counter::default(),
             tenant_labels: Gauge::default(),
             in_flight: Gauge::default(),
             key_events,
@@ -292,6 +307,33 @@ impl Metrics {
             "authz_denials",
             "Requests refused by authentication or authorization, by action",
             metrics.denials.clone(),
+        );
+        r.register(
+            "monitor_checks",
+            "Key-state checks claimed from the shared schedule, by outcome (skipped: no replica \
+             holds the key any more, no KMS call)",
+            metrics.monitor_checks.clone(),
+        );
+        r.register(
+            "monitor_late_batches",
+            "Batches of key-state checks that started later than their slack after their due time",
+            metrics.monitor_late.clone(),
+        );
+        r.register(
+            "monitor_lag_seconds",
+            "How late the latest late key-state check started",
+            metrics.monitor_lag.clone(),
+        );
+        r.register(
+            "monitor_overcommitted",
+            "1 while the check budget does not cover the schedule (tenant keys are then cached \
+             for at most the monitor interval), else 0",
+            metrics.monitor_overcommitted.clone(),
+        );
+        r.register(
+            "monitor_hold_failures",
+            "Tenant keys loaded whose holding could not be published on the monitor's schedule",
+            metrics.monitor_hold_failures.clone(),
         );
         r.register(
             "metrics_tenant_labels",
@@ -353,6 +395,23 @@ impl Metrics {
             .inc();
     }
 
+    /// A claimed key-state check ended with `outcome`.
+    pub(crate) fn monitor_check(&self, outcome: &'static str) {
+        self.monitor_checks
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A batch of checks started `lag_ms` late.
+    pub(crate) fn monitor_late(&self, lag_ms: i64) {
+        self.monitor_late.inc();
+        self.monitor_lag.set(lag_ms as f64 / 1000.0);
+    }
+
+    pub(crate) fn monitor_hold_failed(&self) {
+        self.monitor_hold_failures.inc();
+    }
+
     /// What a key-event source did with one message.
     pub fn key_event(&self, source: &'static str, event: keyward_kms::SourceEvent) {
         self.key_events.record(source, event);
@@ -402,6 +461,8 @@ impl Metrics {
                 .get_or_create(&ResidentLabels { cache })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.monitor_overcommitted
+            .set(i64::from(gauges.monitor.overcommitted));
         for (state, count) in &gauges.closed {
             self.tenants_closed
                 .get_or_create(&StateLabels { state })
@@ -429,6 +490,8 @@ pub struct ScrapeGauges {
     pub active_deks: u64,
     /// Closed tenants per key state (every known state, zeros included).
     pub closed: Vec<(&'static str, u64)>,
+    /// Whether the key-state monitor keeps up with its schedule.
+    pub monitor: crate::keyring::MonitorStatus,
 }
 
 /// The gRPC status code's canonical name, the `code` label.
@@ -622,11 +685,16 @@ mod tests {
                 deks: 2,
                 active_deks: 3,
                 closed: vec![("revoked", 4)],
+                monitor: crate::keyring::MonitorStatus {
+                    overcommitted: true,
+                    ..Default::default()
+                },
             })
             .unwrap();
         for expected in [
             r#"keyward_dek_cache_lookups_total{operation="decrypt",result="hit"} 1"#,
             r#"keyward_authz_denials_total{action="Decrypt"} 1"#,
+            "keyward_monitor_overcommitted 1",
             r#"keyward_payload_bytes_total{tenant="t",kind="plaintext_in"} 42"#,
             r#"keyward_cache_resident_keys{cache="deks"} 2"#,
             r#"keyward_tenants_closed{state="revoked"} 4"#,

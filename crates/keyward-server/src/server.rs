@@ -292,6 +292,7 @@ async fn start_serving(
         )
         .with_replica_id(settings.replica_id.clone())
         .with_write_suite(settings.write_suite)
+        .with_monitor(settings.monitor)
         .with_metrics(Arc::clone(&metrics)),
     );
     let revoked = keyring

@@ -20,7 +20,7 @@ use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
     local::LocalProvider,
 };
-use keyward_server::keyring::{CheckOutcome, RevocationSource};
+use keyward_server::keyring::{CheckOutcome, MonitorPolicy, RevocationSource};
 use keyward_server::{
     CachePolicy, Keyring, Providers, error::ServiceError, keyring::RotationPolicy,
 };
@@ -887,10 +887,18 @@ async fn a_tenant_ttl_override_bounds_that_tenants_revocation_window() {
     );
 }
 
+/// The monitor's policy in these tests: an hour between checks unless a tenant's policy says
+/// otherwise, and no pacing to speak of.
+fn hourly() -> MonitorPolicy {
+    MonitorPolicy::new(Duration::from_secs(3600), 1000)
+}
+
 #[tokio::test]
-async fn the_monitor_checks_each_tenant_at_its_own_interval() {
+async fn the_monitor_checks_held_keys_at_each_tenants_own_interval() {
     let fx = Fixture::new().await;
-    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let keyring = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(hourly()));
     let (fast, slow) = (tenant("fast"), tenant("slow"));
     onboard(&keyring, &fast, "default").await;
     onboard(&keyring, &slow, "default").await;
@@ -905,19 +913,203 @@ async fn the_monitor_checks_each_tenant_at_its_own_interval() {
         )
         .await
         .unwrap();
-    let policy = keyward_server::keyring::MonitorPolicy {
-        interval: Duration::from_secs(3600),
-        max_checks_per_second: 1000,
-    };
-    // First pass: both are due; the next pass comes after the shortest interval.
-    let (checked, next) = keyring.check_due(policy).await.unwrap();
-    assert_eq!(checked.len(), 2);
-    assert_eq!(next, Duration::from_secs(1));
-    // Right after, nobody is due; one second later only the fast tenant.
-    assert!(keyring.check_due(policy).await.unwrap().0.is_empty());
+    // Both keys are held (registration cached them); the fast tenant's key is loaded again
+    // under its new policy and so scheduled a second from now, the slow one's in an hour.
+    let c = EncryptionContext::empty();
+    for t in [&fast, &slow] {
+        keyring
+            .encrypt(t, &Scope::default_scope(), &c, b"x")
+            .await
+            .unwrap();
+    }
+    let (checked, next) = keyring.check_due(hourly()).await.unwrap();
+    assert!(checked.is_empty(), "nothing is due yet: {checked:?}");
+    assert!(next <= Duration::from_secs(1), "next pass in {next:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (checked, _) = keyring.check_due(policy).await.unwrap();
+    let (checked, _) = keyring.check_due(hourly()).await.unwrap();
     assert_eq!(checked, vec![(fast.clone(), CheckOutcome::Healthy)]);
+    // Checked once per interval, not once per pass.
+    assert!(keyring.check_due(hourly()).await.unwrap().0.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (checked, _) = keyring.check_due(hourly()).await.unwrap();
+    assert_eq!(checked, vec![(fast.clone(), CheckOutcome::Healthy)]);
+}
+
+#[tokio::test]
+async fn a_key_no_replica_holds_gets_no_canary_until_it_is_loaded_again() {
+    let fx = Fixture::new().await;
+    // Keys are cached for two seconds and checked every second.
+    let every_second = MonitorPolicy::new(Duration::from_secs(1), 1000);
+    let keyring = fx
+        .keyring(Duration::from_secs(2), LOOSE)
+        .with_monitor(Some(every_second));
+    let t = tenant("idle");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = keyring
+        .encrypt(&t, &Scope::default_scope(), &c, b"x")
+        .await
+        .unwrap();
+    // Held: checked when due.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert_eq!(checked, vec![(t.clone(), CheckOutcome::Healthy)]);
+    // The key lapses from every cache (2 s after it was loaded) before its next check: that
+    // check calls no KMS, and none is scheduled any more.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let unwraps = fx.unwraps();
+    assert!(keyring.check_due(every_second).await.unwrap().0.is_empty());
+    assert_eq!(fx.unwraps(), unwraps, "an idle tenant costs no KMS call");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(keyring.check_due(every_second).await.unwrap().0.is_empty());
+    assert_eq!(fx.unwraps(), unwraps);
+    // Used again: loaded (one unwrap), held, and checked when its interval comes.
+    keyring.decrypt(&t, &env, &c).await.unwrap();
+    assert_eq!(fx.unwraps(), unwraps + 1);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert_eq!(checked, vec![(t.clone(), CheckOutcome::Healthy)]);
+}
+
+#[tokio::test]
+async fn an_overcommitted_monitor_says_so_and_caches_keys_for_at_most_the_interval() {
+    let fx = Fixture::new().await;
+    // Four held keys due every second, and a budget of one check per second: it cannot keep up.
+    let starved = MonitorPolicy::new(Duration::from_secs(1), 1);
+    let keyring = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(starved));
+    let c = EncryptionContext::empty();
+    let mut envelopes = Vec::new();
+    for i in 0..4 {
+        let t = tenant(&format!("busy-{i}"));
+        onboard(&keyring, &t, "default").await;
+        let (env, _) = keyring
+            .encrypt(&t, &Scope::default_scope(), &c, b"x")
+            .await
+            .unwrap();
+        envelopes.push((t, env));
+    }
+    assert!(!keyring.monitor_status().overcommitted);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (checked, _) = keyring.check_due(starved).await.unwrap();
+    assert_eq!(checked.len(), 4, "every due check ran, late: {checked:?}");
+    let status = keyring.monitor_status();
+    assert!(status.overcommitted, "{status:?}");
+    assert!(status.lag_ms > 1000, "{status:?}");
+    assert_eq!(
+        keyring.scrape_gauges().monitor,
+        status,
+        "the metrics and /readyz read the same status"
+    );
+
+    // While overcommitted, a key loaded now is cached for the interval (1 s), not the TTL.
+    let cold = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(starved));
+    let (t, env) = &envelopes[0];
+    // `cold` learns of the overcommitment from its own pass (each replica judges its own).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cold.check_due(starved).await.unwrap();
+    assert!(cold.monitor_status().overcommitted);
+    let before = fx.unwraps();
+    cold.decrypt(t, env, &c).await.unwrap();
+    cold.decrypt(t, env, &c).await.unwrap();
+    assert_eq!(fx.unwraps(), before + 1, "cached while fresh");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cold.decrypt(t, env, &c).await.unwrap();
+    assert_eq!(
+        fx.unwraps(),
+        before + 2,
+        "unwrapped again after the interval, not the TTL"
+    );
+}
+
+#[tokio::test]
+async fn disabling_a_rotated_out_key_is_caught_by_the_monitor_while_its_data_is_cached() {
+    let fx = Fixture::new().await;
+    let every_second = MonitorPolicy::new(Duration::from_secs(1), 1000);
+    let keyring = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(every_second));
+    let t = tenant("rotating");
+    fx.operator().create_key("old-kek").unwrap();
+    fx.operator().create_key("new-kek").unwrap();
+    onboard(&keyring, &t, "old-kek").await;
+    let c = EncryptionContext::empty();
+    let (old_env, _) = keyring
+        .encrypt(&t, &Scope::default_scope(), &c, b"old")
+        .await
+        .unwrap();
+    keyring
+        .register_key(&t, &KeyRef::new(ProviderKind::Local, "new-kek"))
+        .await
+        .unwrap();
+    let (new_env, _) = keyring
+        .encrypt(&t, &Scope::default_scope(), &c, b"new")
+        .await
+        .unwrap();
+    // The old data is read (its tenant key cached, TTL 300 s); then the customer disables the
+    // old key.
+    assert_eq!(
+        keyring.decrypt(&t, &old_env, &c).await.unwrap().as_slice(),
+        b"old"
+    );
+    fx.operator().set_enabled("old-kek", false).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert!(
+        checked.contains(&(t.clone(), CheckOutcome::Revoked)),
+        "the old binding's check revokes it: {checked:?}"
+    );
+    assert_eq!(
+        keyring
+            .decrypt(&t, &old_env, &c)
+            .await
+            .unwrap_err()
+            .reason(),
+        "KEY_REVOKED"
+    );
+    // Data under the current key is untouched.
+    assert_eq!(
+        keyring.decrypt(&t, &new_env, &c).await.unwrap().as_slice(),
+        b"new"
+    );
+    let bindings = keyring.tenant_state(&t).await.unwrap().bindings;
+    assert_eq!(bindings[0].state, KekState::Revoked);
+    assert_eq!(bindings[1].state, KekState::Active);
+}
+
+#[tokio::test]
+async fn a_key_event_rechecks_every_binding_of_that_key_older_ones_included() {
+    let fx = Fixture::new().await;
+    let keyring = fx.keyring(Duration::from_secs(300), LOOSE);
+    let t = tenant("evented");
+    fx.operator().create_key("shared-old").unwrap();
+    fx.operator().create_key("fresh").unwrap();
+    onboard(&keyring, &t, "shared-old").await;
+    keyring
+        .register_key(&t, &KeyRef::new(ProviderKind::Local, "fresh"))
+        .await
+        .unwrap();
+    fx.operator().set_enabled("shared-old", false).unwrap();
+    assert_eq!(
+        keyring
+            .recheck_key(ProviderKind::Local, "shared-old")
+            .await
+            .unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        keyring
+            .recheck_key(ProviderKind::Local, "no-such-key")
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    let bindings = keyring.tenant_state(&t).await.unwrap().bindings;
+    assert_eq!(bindings[0].state, KekState::Revoked);
+    assert_eq!(bindings[1].state, KekState::Active);
 }
 
 #[tokio::test]

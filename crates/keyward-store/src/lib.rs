@@ -247,6 +247,58 @@ pub trait Store: Send + Sync + fmt::Debug {
         bytes: u64,
     ) -> Result<(), StoreError>;
 
+    /// Every binding (current or older, of any tenant) registered with `provider`'s key
+    /// `key_ref`, ordered by id: the bindings a key event naming that key concerns (indexed).
+    async fn bindings_with_key(
+        &self,
+        provider: ProviderKind,
+        key_ref: &str,
+    ) -> Result<Vec<KekBinding>, StoreError>;
+
+    /// Publishes that a replica holds binding `binding_id`'s tenant key (of `tenant`) unwrapped
+    /// until `until_ms` at the latest, in the key-state monitor's shared schedule: the binding's
+    /// `held_until_ms` becomes at least `until_ms`, and its next check is due at `check_at_ms`
+    /// unless one is due earlier (the unwrap that loaded the key was the KMS vouching for it
+    /// now). Not a lifecycle change: no audit record, no write lock of the audit chain. Unknown
+    /// binding (or another tenant's) -> NotFound.
+    async fn hold_key(
+        &self,
+        tenant: &TenantId,
+        binding_id: i64,
+        until_ms: i64,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Claims for `replica`, until `lease_until_ms`, up to `limit` checks due at `now_ms`
+    /// (`due_at_ms <= now_ms`, no live lease), earliest due first, and returns them with their
+    /// bindings and tenant intervals. Claims of several replicas never overlap (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED`; SQLite: one writer); a claim whose lease lapses (its replica
+    /// died or stalled) is claimable again.
+    async fn claim_key_checks(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<KeyCheck>, StoreError>;
+
+    /// Ends `replica`'s claim of binding `binding_id`'s check and schedules the next: at
+    /// `next_due_ms` if a replica still holds its key at `now_ms` (its `held_until_ms`, as it
+    /// is when this runs, not as claimed), else at `unheld_due_ms` (`None`: no check until a
+    /// replica holds the key again). Does nothing if the claim is no longer `replica`'s.
+    /// Returns whether it was.
+    async fn finish_key_check(
+        &self,
+        replica: &str,
+        binding_id: i64,
+        now_ms: i64,
+        next_due_ms: i64,
+        unheld_due_ms: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// When the earliest check not claimed at `now_ms` is due (`None`: nothing scheduled).
+    async fn next_key_check_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
+
     /// Row counts over the whole store.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
 

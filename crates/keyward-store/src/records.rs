@@ -345,3 +345,29 @@ pub struct DekRecord {
     /// Plaintext bytes encrypted under this DEK (saturating at `i64::MAX`).
     pub bytes: u64,
 }
+
+/// A canary check of one binding's key claimed from the monitor's shared schedule
+/// ([`Store::claim_key_checks`]), with what the monitor needs to run it and schedule the next:
+/// no further store read per check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// The binding as the claim read it (its state may change before the check's answer is
+    /// applied: the answer is applied with a compare-and-set).
+    pub binding: KekBinding,
+    /// The binding's wrapped tenant key, which the canary asks the KMS to unwrap.
+    pub tenant_key: TenantKeyRecord,
+    /// The latest deadline of any replica's cached copy of the binding's tenant key: none is
+    /// held after it (`0`: never held).
+    pub held_until_ms: i64,
+    /// When the check was due.
+    pub due_at_ms: i64,
+    /// The tenant's monitor interval override (`TenantPolicy::monitor_interval_seconds`).
+    pub monitor_interval_seconds: Option<u64>,
+}
+
+impl KeyCheck {
+    /// Whether some replica may still hold the binding's tenant key unwrapped at `now_ms`.
+    pub fn held_at(&self, now_ms: i64) -> bool {
+        self.held_until_ms > now_ms
+    }
+}

@@ -433,6 +433,83 @@ async fn two_replicas_rebind_one_tenant_concurrently() {
     db.finish().await;
 }
 
+/// Three replicas claim the monitor's due checks at once, each from its own pool (issue #20):
+/// `FOR UPDATE SKIP LOCKED` gives each check to exactly one of them (one canary per binding for
+/// the fleet), without one waiting for another's batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_claiming_at_once_take_each_check_once() {
+    let db = TestDb::create().await;
+    let stores = [
+        Arc::new(db.store().await),
+        Arc::new(db.store().await),
+        Arc::new(db.store().await),
+    ];
+    let mut all = HashSet::new();
+    for i in 0..120usize {
+        let tenant = conformance::unique_tenant_id();
+        stores[0]
+            .create_tenant(&tenant, "Claimed", &tenant_created)
+            .await
+            .unwrap();
+        let binding = stores[0]
+            .bind_kek(
+                NewKekBinding {
+                    tenant: tenant.clone(),
+                    provider: keyward_store::ProviderKind::Local,
+                    key_ref: format!("local:kek-{i}"),
+                    tenant_key_id: KeyId::generate().unwrap(),
+                    wrapped_tenant_key: WrappedKey::new(vec![7; 61]),
+                    tenant_key_mac: Some(vec![0x6d; 32]),
+                },
+                &binding_changed,
+            )
+            .await
+            .unwrap()
+            .binding;
+        stores[0]
+            .hold_key(
+                &tenant,
+                binding.id,
+                10_000,
+                1_000 + i64::try_from(i % 7).unwrap(),
+            )
+            .await
+            .unwrap();
+        all.insert(binding.id);
+    }
+    let mut handles = Vec::new();
+    for (r, store) in stores.iter().enumerate() {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_key_checks(&format!("replica-{r}"), 2_000, 60_000, 5)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|c| c.binding.id));
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    let mut per_replica = Vec::new();
+    for handle in handles {
+        let mine = handle.await.unwrap();
+        per_replica.push(mine.len());
+        claimed.extend(mine);
+    }
+    let unique: HashSet<i64> = claimed.iter().copied().collect();
+    assert_eq!(unique.len(), claimed.len(), "a check was claimed twice");
+    assert_eq!(unique, all, "every due check was claimed: {per_replica:?}");
+    for store in &stores {
+        store.close().await;
+    }
+    db.finish().await;
+}
+
 // ----- the audit log ------------------------------------------------------------------------
 
 /// A raw writer bypassing the store still cannot leave two active DEKs for one scope or two

@@ -256,8 +256,10 @@ fn policy_check_validates_and_replays_the_cases() {
 #[test]
 fn a_break_glass_revocation_survives_the_key_coming_back() {
     use std::time::{Duration, Instant};
+    // The key stays cached (held) for 30 s, so the monitor checks it every second (a key held
+    // nowhere gets no canary: its next use asks the KMS).
     let server = Server::start(&[
-        ("KEYWARD_CACHE__TTL_SECONDS", "1"),
+        ("KEYWARD_CACHE__TTL_SECONDS", "30"),
         ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
     ]);
     let kms_dir = server.local_kms_dir();

@@ -137,10 +137,11 @@ pub(crate) fn parse(body: &str) -> Result<KeyEvent, RejectReason> {
     Ok(KeyEvent { name, key_arns })
 }
 
-/// The stored key references among `bound` that name one of `key_arns`: a reference is the key
-/// ARN, optionally followed by `?role_arn=…&external_id=…` (one key may be bound through several
-/// roles). References stored by alias ARN, which registration no longer produces (it stores the
-/// key ARN the alias pointed to), never match: the monitor covers them.
+/// The stored key references among `bound` (the current bindings') that name one of `key_arns`: a
+/// reference is the key ARN, optionally followed by `?role_arn=…&external_id=…` (one key may be
+/// bound through several roles). The caller re-checks the bare key ARNs too, which finds older
+/// bindings registered without a role. References stored by alias ARN, which registration does not
+/// produce (it stores the key ARN the alias pointed to), never match: the monitor covers them.
 pub(crate) fn matching_refs<'a>(key_arns: &[String], bound: &'a [String]) -> Vec<&'a str> {
     bound
         .iter()

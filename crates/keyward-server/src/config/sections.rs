@@ -150,18 +150,23 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RevocationConfig {
-    /// Interval of the key-state monitor's sweeps (a canary unwrap per tenant); 0 disables it
-    /// (revocation is then still bounded by cache.ttl_seconds).
+    /// Time between two key-state checks (a canary unwrap) of each binding whose tenant key some
+    /// replica holds; 0 disables the monitor (revocation is then still bounded by
+    /// cache.ttl_seconds).
     pub monitor_interval_seconds: u64,
-    /// Global cap on the monitor's KMS calls per second.
+    /// The budget: most key-state checks (KMS calls) this replica starts per second. The
+    /// replicas share the schedule, so the fleet's budget is the sum of theirs.
     pub monitor_max_checks_per_second: u32,
+    /// Most key-state checks in flight at once on this replica.
+    pub monitor_max_concurrent_checks: u32,
 }
 
 impl Default for RevocationConfig {
     fn default() -> Self {
         Self {
             monitor_interval_seconds: 60,
-            monitor_max_checks_per_second: 20,
+            monitor_max_checks_per_second: crate::keyring::DEFAULT_CHECKS_PER_SECOND,
+            monitor_max_concurrent_checks: crate::keyring::DEFAULT_CONCURRENT_CHECKS,
         }
     }
 }

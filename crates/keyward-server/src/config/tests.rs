@@ -331,6 +331,18 @@ fn each_out_of_range_value_is_refused_with_its_precise_error() {
             "revocation.monitor_max_checks_per_second must be at least 1",
         ),
         (
+            "revocation.monitor_max_concurrent_checks = 0",
+            |c| c.revocation.monitor_max_concurrent_checks = 0,
+            |c| c.revocation.monitor_max_concurrent_checks = 1,
+            "revocation.monitor_max_concurrent_checks must be 1 to 1024",
+        ),
+        (
+            "revocation.monitor_max_concurrent_checks = 1025",
+            |c| c.revocation.monitor_max_concurrent_checks = 1025,
+            |c| c.revocation.monitor_max_concurrent_checks = 1024,
+            "revocation.monitor_max_concurrent_checks must be 1 to 1024",
+        ),
+        (
             "envelope.write_suite = 3",
             |c| c.envelope.write_suite = 3,
             |c| c.envelope.write_suite = 2,

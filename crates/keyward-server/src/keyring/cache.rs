@@ -110,6 +110,7 @@ impl<K, V: Expiring> Expiry<K, Arc<V>> for UntilDeadline {
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     pub(super) kek_unwraps: AtomicU64,
+    pub(super) canary_checks: AtomicU64,
     pub(super) kek_generates: AtomicU64,
     pub(super) deks_created: AtomicU64,
 }
@@ -118,8 +119,11 @@ pub(super) struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct KeyringStats {
-    /// Tenant-key unwraps sent to a KEK provider (the data path's only KMS call).
+    /// Tenant-key unwraps sent to a KEK provider: the data path's only KMS call, and the
+    /// key-state checks' canaries.
     pub kek_unwraps: u64,
+    /// Of `kek_unwraps`, the canaries of key-state checks (the monitor, a key event).
+    pub canary_checks: u64,
     /// Tenant keys generated through a KEK provider (registration).
     pub kek_generates: u64,
     /// DEKs created and stored.
@@ -194,6 +198,7 @@ impl KeyCache {
     pub(super) fn stats(&self) -> KeyringStats {
         KeyringStats {
             kek_unwraps: self.counters.kek_unwraps.load(Ordering::Relaxed),
+            canary_checks: self.counters.canary_checks.load(Ordering::Relaxed),
             kek_generates: self.counters.kek_generates.load(Ordering::Relaxed),
             deks_created: self.counters.deks_created.load(Ordering::Relaxed),
         }
@@ -212,16 +217,18 @@ impl KeyCache {
     /// override, else the server's TTL, and never longer than the server's TTL (the hard bound
     /// of the revocation window; a larger value stored before that bound was enforced is
     /// clamped).
+    /// Also returns the tenant's monitor interval override, read with it.
     pub(super) async fn ttl_for(
         &self,
         store: &dyn Store,
         tenant: &TenantId,
-    ) -> Result<Duration, ServiceError> {
+    ) -> Result<(Duration, Option<u64>), ServiceError> {
         let policy = require_tenant(store, tenant).await?.policy;
-        Ok(policy
+        let ttl = policy
             .cache_ttl_seconds
             .map_or(self.policy.ttl, Duration::from_secs)
-            .min(self.policy.ttl))
+            .min(self.policy.ttl);
+        Ok((ttl, policy.monitor_interval_seconds))
     }
 
     /// The refusal remembered for tenant key `id` of `tenant`, if any.

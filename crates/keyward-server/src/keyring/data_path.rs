@@ -26,6 +26,7 @@ use super::{
     internal,
     kek::Kek,
     ledger::AuditLedger,
+    monitor::Schedule,
     revocation::Revocation,
     revoked,
 };
@@ -78,6 +79,8 @@ pub(super) struct DataPath {
     pub(super) kek: Arc<Kek>,
     pub(super) revocation: Arc<Revocation>,
     pub(super) ledger: Arc<AuditLedger>,
+    /// The monitor's schedule: every tenant key loaded is published there.
+    pub(super) schedule: Arc<Schedule>,
     pub(super) rotation: RotationPolicy,
     /// The envelope suite new messages are sealed with ([`Suite::SEAL`] unless configured).
     pub(super) write_suite: Suite,

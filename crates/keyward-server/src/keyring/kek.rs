@@ -116,8 +116,17 @@ impl Kek {
             .get_tenant_key(&binding.tenant, &binding.tenant_key_id)
             .await?
             .ok_or_else(|| internal("the binding's tenant key is not in the store"))?;
-        self.check_tenant_key_mac(&record)?; // before the KMS sees it (ADR 0007)
-        self.unwrap_tenant_key(&binding.tenant, &binding.tenant_key_id, &record)
+        self.canary_of(&record).await
+    }
+
+    /// [`Kek::canary`] of a tenant key already read (a claimed check carries it).
+    pub(super) async fn canary_of(&self, record: &TenantKeyRecord) -> Result<(), ServiceError> {
+        self.check_tenant_key_mac(record)?; // before the KMS sees it (ADR 0007)
+        self.cache
+            .counters()
+            .canary_checks
+            .fetch_add(1, Ordering::Relaxed);
+        self.unwrap_tenant_key(&record.tenant, &record.id, record)
             .await
             .map(drop)
     }

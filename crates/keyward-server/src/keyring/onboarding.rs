@@ -19,6 +19,7 @@ use super::{
     internal,
     kek::Kek,
     ledger::AuditLedger,
+    monitor::Schedule,
     require_tenant,
     revocation::Revocation,
 };
@@ -31,6 +32,7 @@ pub(super) struct Onboarding {
     pub(super) kek: Arc<Kek>,
     pub(super) revocation: Arc<Revocation>,
     pub(super) ledger: Arc<AuditLedger>,
+    pub(super) schedule: Arc<Schedule>,
 }
 
 impl Onboarding {
@@ -128,6 +130,7 @@ impl Onboarding {
         self.ledger.count_usage(tenant, |u| u.kms_calls += 2); // generate + unwrap
         // The new tenant key's TTL runs from before the KMS produced it.
         let vouched_at = Instant::now();
+        let vouched_at_ms = crate::now_ms();
         let (key, wrapped) = provider
             .generate(kek, &ctx)
             .await
@@ -187,7 +190,17 @@ impl Onboarding {
         self.revocation
             .apply_new_binding(tenant, commit.binding.id)
             .await?;
-        let ttl = self.cache.ttl_for(self.store.as_ref(), tenant).await?;
+        let (ttl, monitor_interval) = self.cache.ttl_for(self.store.as_ref(), tenant).await?;
+        let ttl = self
+            .schedule
+            .hold(
+                tenant,
+                commit.binding.id,
+                vouched_at_ms,
+                ttl,
+                monitor_interval,
+            )
+            .await;
         self.cache
             .tenant_keys
             .insert(

@@ -140,6 +140,55 @@ impl Store for FaultyStore {
         self.inner.list_bindings(tenant).await
     }
 
+    async fn bindings_with_key(
+        &self,
+        provider: keyward_store::ProviderKind,
+        key_ref: &str,
+    ) -> Result<Vec<KekBinding>, StoreError> {
+        self.inner.bindings_with_key(provider, key_ref).await
+    }
+
+    async fn hold_key(
+        &self,
+        tenant: &TenantId,
+        binding_id: i64,
+        until_ms: i64,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .hold_key(tenant, binding_id, until_ms, check_at_ms)
+            .await
+    }
+
+    async fn claim_key_checks(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::KeyCheck>, StoreError> {
+        self.inner
+            .claim_key_checks(replica, now_ms, lease_until_ms, limit)
+            .await
+    }
+
+    async fn finish_key_check(
+        &self,
+        replica: &str,
+        binding_id: i64,
+        now_ms: i64,
+        next_due_ms: i64,
+        unheld_due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .finish_key_check(replica, binding_id, now_ms, next_due_ms, unheld_due_ms)
+            .await
+    }
+
+    async fn next_key_check_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.inner.next_key_check_due(now_ms).await
+    }
+
     async fn set_binding_state(
         &self,
         update: StateUpdate,

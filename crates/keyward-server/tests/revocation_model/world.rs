@@ -247,10 +247,7 @@ impl World {
                 }
             }
             Op::CheckDue { on } => {
-                let policy = MonitorPolicy {
-                    interval: Duration::from_secs(3600),
-                    max_checks_per_second: 1000,
-                };
+                let policy = MonitorPolicy::new(Duration::from_secs(3600), 1000);
                 let keyring = &self.replicas[on.index()].keyring;
                 let _ = bounded("check_due", keyring.check_due(policy)).await;
             }

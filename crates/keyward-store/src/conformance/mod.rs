@@ -35,12 +35,14 @@ use crate::{
 mod audit;
 pub mod backdoor;
 mod bindings;
+mod checks;
 mod deks;
 mod tenants;
 
 pub use audit::*;
 pub use backdoor::{Arg, Backdoor, populate, revoke_fresh};
 pub use bindings::*;
+pub use checks::*;
 pub use deks::*;
 pub use tenants::*;
 
@@ -60,6 +62,12 @@ pub async fn run_all(store: &dyn Store) {
     check_set_binding_state(store).await;
     check_set_binding_state_compares_the_version(store).await;
     check_bind_kek_keeps_the_old_bindings_state(store).await;
+    check_key_check_schedule(store).await;
+    check_key_holdings(store).await;
+    check_key_check_claim_order(store).await;
+    check_next_key_check_due(store).await;
+    check_kms_revocations_are_scheduled(store).await;
+    check_bindings_with_key(store).await;
     check_insert_dek_retires_per_scope(store).await;
     check_insert_dek_bad_tenant_key(store).await;
     check_insert_dek_duplicate_id(store).await;

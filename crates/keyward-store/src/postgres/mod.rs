@@ -340,6 +340,8 @@ impl Dialect for PostgresDialect {
     /// can be had within the acquire timeout or the server does not answer.
     const PING_CONNECTION: bool = true;
 
+    const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// `READ COMMITTED`, then the audit chain lock (module docs). Not the server's default
     /// isolation level: under `REPEATABLE READ` the snapshot would be taken before the lock wait
     /// and miss the previous writer's commit.

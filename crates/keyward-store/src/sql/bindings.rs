@@ -6,8 +6,8 @@ use sqlx::{Database, Row as _};
 use super::{Announcement, backend, sql_impl, write_error};
 use crate::decode::{self, now_ms};
 use crate::{
-    AuditFn, BindingChange, BindingCommit, KekBinding, KekState, KeyId, NewKekBinding, StateChange,
-    StateUpdate, StoreError, TenantId, TenantKeyRecord, WrappedKey,
+    AuditFn, BindingChange, BindingCommit, KekBinding, KekState, KeyId, NewKekBinding,
+    RevocationSource, StateChange, StateUpdate, StoreError, TenantId, TenantKeyRecord, WrappedKey,
 };
 
 /// A binding with the id of its tenant key (one per binding; LEFT JOIN so that a missing one is
@@ -210,6 +210,24 @@ sql_impl!(impl => {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        if matches!(update.to, KekState::Revoked | KekState::Unavailable)
+            && update.cause != RevocationSource::Explicit
+            && current.deactivated_at_ms.is_none()
+        {
+            // What the KMS said can lift this state when it answers again: the monitor checks
+            // the binding even when no replica holds its key (docs/revocation.md, "Monitor").
+            sqlx::query(
+                "INSERT INTO key_checks (binding_id, tenant_id, due_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (binding_id) DO UPDATE SET \
+                 due_at_ms = COALESCE(key_checks.due_at_ms, excluded.due_at_ms)",
+            )
+            .bind(binding_id)
+            .bind(current.tenant.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
         // The tenant as this transaction leaves it, the updated binding among its bindings: one
         // read serves the audit record and the answer.
         let tenant = Self::tenant_state_in(&mut tx, &current.tenant).await?;

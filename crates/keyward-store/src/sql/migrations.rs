@@ -27,6 +27,7 @@ macro_rules! migrations {
             3 "tenant_policy" "0003_tenant_policy",
             4 "binding_state_cause" "0004_binding_state_cause",
             5 "tenant_key_mac" "0005_tenant_key_mac",
+            6 "key_checks" "0006_key_checks",
         )
     };
     (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {

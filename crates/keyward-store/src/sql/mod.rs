@@ -29,6 +29,7 @@ use crate::{StoreChanges, StoreError};
 
 mod audit;
 mod bindings;
+mod checks;
 mod deks;
 mod migrations;
 mod store;
@@ -94,6 +95,12 @@ pub trait Dialect: sealed::Sealed + Clone + fmt::Debug + Send + Sync + 'static {
     /// [`Store::ping`](crate::Store::ping): a round trip on a pooled connection (`true`), or the
     /// read of the audit chain head, the trait's default (`false`).
     const PING_CONNECTION: bool = false;
+
+    /// Appended to the sub-select that picks the rows a claim takes
+    /// ([`Store::claim_key_checks`](crate::Store::claim_key_checks)): PostgreSQL
+    /// `FOR UPDATE SKIP LOCKED`, so that replicas claiming at the same time take disjoint rows
+    /// without waiting for each other; SQLite: nothing (one writer at a time).
+    const CLAIM_LOCK: &'static str = "";
 
     /// Opens a write transaction holding the backend's write lock: until it commits or rolls
     /// back, no other write transaction (of any process on the same database) gets past its own

@@ -11,9 +11,9 @@ use super::{backend, sql_impl, with_retries};
 use crate::decode;
 use crate::{
     AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
-    DekInsert, DekRecord, KekBinding, KeyId, NewDek, NewKekBinding, Record, Scope, StateChange,
-    StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord,
-    TenantPolicy, TenantRecord, TenantState,
+    DekInsert, DekRecord, KekBinding, KeyCheck, KeyId, NewDek, NewKekBinding, ProviderKind, Record,
+    Scope, StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
+    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -71,6 +71,62 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         let sql =
             format!("{BINDING_COLUMNS} WHERE kb.deactivated_at_ms IS NULL ORDER BY kb.tenant_id");
         self.fetch_all(sqlx::query(&sql), Self::binding_from_row).await
+    }
+
+    async fn bindings_with_key(
+        &self,
+        provider: ProviderKind,
+        key_ref: &str,
+    ) -> Result<Vec<KekBinding>, StoreError> {
+        let sql = format!("{BINDING_COLUMNS} WHERE kb.provider = $1 AND kb.key_ref = $2 ORDER BY kb.id");
+        let query = sqlx::query(&sql).bind(provider.as_str()).bind(key_ref);
+        self.fetch_all(query, Self::binding_from_row).await
+    }
+
+    async fn hold_key(
+        &self,
+        tenant: &TenantId,
+        binding_id: i64,
+        until_ms: i64,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_hold_key(tenant, binding_id, until_ms, check_at_ms)
+        })
+        .await
+    }
+
+    async fn claim_key_checks(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<KeyCheck>, StoreError> {
+        D::check_text("replica", replica)?;
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_claim_key_checks(replica, now_ms, lease_until_ms, limit)
+        })
+        .await
+    }
+
+    async fn finish_key_check(
+        &self,
+        replica: &str,
+        binding_id: i64,
+        now_ms: i64,
+        next_due_ms: i64,
+        unheld_due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        D::check_text("replica", replica)?;
+        with_retries(D::WRITE_ATTEMPTS, || {
+            self.try_finish_key_check(replica, binding_id, now_ms, next_due_ms, unheld_due_ms)
+        })
+        .await
+    }
+
+    async fn next_key_check_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.try_next_key_check_due(now_ms).await
     }
 
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError> {

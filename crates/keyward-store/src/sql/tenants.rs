@@ -33,7 +33,7 @@ pub(crate) fn policy_to_db(name: &str, value: Option<u64>) -> Result<Option<i64>
 }
 
 /// A stored tenant policy value: `None`, or a positive `u64` (else `Corrupt`).
-fn policy_from_db(column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
+pub(crate) fn policy_from_db(column: &str, value: Option<i64>) -> Result<Option<u64>, StoreError> {
     positive(value, |v| {
         StoreError::Corrupt(format!("tenants.{column}: {v}"))
     })

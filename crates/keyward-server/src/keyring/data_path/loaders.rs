@@ -21,7 +21,7 @@ use super::{
     },
     DataPath, age,
 };
-use crate::{error::ServiceError, keyring::gate::Closed};
+use crate::{error::ServiceError, keyring::gate::Closed, now_ms};
 
 impl DataPath {
     /// The unwrapped tenant key `id`: the one KEK call of the data path.
@@ -38,7 +38,8 @@ impl DataPath {
             .tenant_keys
             .try_get_with((tenant.clone(), *id), async {
                 let generation = self.revocation.gates().generation(tenant);
-                let ttl = self.cache.ttl_for(self.store.as_ref(), tenant).await?;
+                let (ttl, monitor_interval) =
+                    self.cache.ttl_for(self.store.as_ref(), tenant).await?;
                 let record = self
                     .store
                     .get_tenant_key(tenant, id)
@@ -66,7 +67,20 @@ impl DataPath {
                 // The TTL runs from before the call: the KMS vouched for the key at some
                 // moment during it, and a slow answer must not stretch the window.
                 let asked_at = Instant::now();
+                let asked_at_ms = now_ms();
                 let key = self.kek.unwrap_tenant_key(tenant, id, &record).await?;
+                // Published before the key is cached: every cached key is on the monitor's
+                // schedule, or cached for at most the monitor interval.
+                let ttl = self
+                    .schedule
+                    .hold(
+                        tenant,
+                        record.binding_id,
+                        asked_at_ms,
+                        ttl,
+                        monitor_interval,
+                    )
+                    .await;
                 // An unwrap that was in flight while the tenant was revoked must not
                 // put its key back in the cache (an error is never cached).
                 self.still_open(tenant, generation)?;
