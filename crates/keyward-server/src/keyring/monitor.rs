@@ -342,9 +342,9 @@ impl Monitor {
     }
 
     /// One pass of the monitor: claims the checks due when it starts from the shared schedule,
-    /// batch after batch until none is left, and runs them (concurrently, within the budget). Returns the
-    /// outcomes of the checks that called the KMS, and how long to wait before the next pass
-    /// (until the next check is due, at most a second).
+    /// batch after batch until none is left, and runs them (concurrently, within the budget).
+    /// Returns the outcomes of the checks that called the KMS, and how long to wait before the
+    /// next pass (until the next check is due, at most a second).
     pub(super) async fn check_due(
         &self,
         policy: MonitorPolicy,
