@@ -54,6 +54,49 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// A key-state monitor whose budget cannot cover its schedule says so on /readyz (still ready)
+/// and in the metrics (docs/operations.md, "Sizing the key-state monitor").
+#[tokio::test]
+async fn an_overcommitted_monitor_shows_on_readyz_and_in_the_metrics() {
+    let server = Server::start(&[
+        ("KEYWARD_REVOCATION__MONITOR_INTERVAL_SECONDS", "1"),
+        ("KEYWARD_REVOCATION__MONITOR_MAX_CHECKS_PER_SECOND", "1"),
+    ]);
+    let (status, body) = server.admin_get("/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // Four held keys (registration caches each), each due every second: four checks a second
+    // needed, one allowed.
+    for i in 0..4 {
+        server.onboard(&format!("busy-{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = server.admin_get("/readyz");
+        assert_eq!(
+            status, 200,
+            "an overcommitted monitor does not make a replica unready"
+        );
+        if body.contains("monitor: overcommitted") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/readyz never said so: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.starts_with("ready\n"), "{body}");
+    let (_, metrics) = server.admin_get("/metrics");
+    assert_eq!(sample(&metrics, "keyward_monitor_overcommitted"), Some(1.0));
+    assert!(sample(&metrics, "keyward_monitor_lag_seconds").unwrap() > 1.0);
+    assert!(
+        sample(
+            &metrics,
+            r#"keyward_monitor_checks_total{outcome="healthy"}"#
+        )
+        .unwrap()
+            >= 1.0,
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn admin_endpoints_metrics_and_request_ids() {
     let server = Server::start(&[]);

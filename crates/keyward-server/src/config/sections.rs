@@ -157,7 +157,7 @@ pub struct RevocationConfig {
     /// The budget: most key-state checks (KMS calls) this replica starts per second. The
     /// replicas share the schedule, so the fleet's budget is the sum of theirs.
     pub monitor_max_checks_per_second: u32,
-    /// Most key-state checks in flight at once on this replica.
+    /// Most key-state checks in flight at once on this replica, per provider kind.
     pub monitor_max_concurrent_checks: u32,
 }
 

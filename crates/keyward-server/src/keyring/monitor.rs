@@ -12,15 +12,16 @@
 //!   ([`Store::claim_key_checks`]; PostgreSQL `FOR UPDATE SKIP LOCKED`): one canary per binding
 //!   per interval for the whole fleet, and a claim of a replica that died comes due again when
 //!   its lease lapses;
-//! - claimed checks run concurrently (at most `max_concurrent_checks`), started at most
-//!   `max_checks_per_second` per second (the budget); the KMS providers' own per-key quota
-//!   (`[kms_quota]`) applies to them as to every call;
+//! - claimed checks run concurrently (at most `max_concurrent_checks` per provider kind),
+//!   started at most `max_checks_per_second` per second (the budget); the KMS providers' own
+//!   per-key quota (`[kms_quota]`) applies to them as to every call;
 //! - a check that starts later than its slack after its due time means the budget does not
 //!   cover the due checks: the monitor says so (log, metric, readiness detail) and, while that
 //!   lasts, tenant keys are cached for at most their monitor interval ([`Schedule::hold`]), so
 //!   that the window stays bounded by the interval rather than stretching silently.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -45,7 +46,7 @@ pub struct MonitorPolicy {
     pub interval: Duration,
     /// The budget: most checks (KMS calls) this replica starts per second.
     pub max_checks_per_second: u32,
-    /// Most checks in flight at once on this replica.
+    /// Most checks in flight at once on this replica, per provider kind (AWS KMS, Cloud KMS, …).
     pub max_concurrent_checks: u32,
 }
 
@@ -342,9 +343,9 @@ impl Monitor {
     }
 
     /// One pass of the monitor: claims the checks due when it starts from the shared schedule,
-    /// batch after batch until none is left, and runs them (concurrently, within the budget). Returns the
-    /// outcomes of the checks that called the KMS, and how long to wait before the next pass
-    /// (until the next check is due, at most a second).
+    /// batch after batch until none is left, and runs them (concurrently, within the budget).
+    /// Returns the outcomes of the checks that called the KMS, and how long to wait before the
+    /// next pass (until the next check is due, at most a second).
     pub(super) async fn check_due(
         &self,
         policy: MonitorPolicy,
@@ -370,13 +371,28 @@ impl Monitor {
                 break;
             }
             self.schedule.note_lateness(&claimed, now, &policy);
-            let concurrency = usize::try_from(policy.max_concurrent_checks.max(1)).unwrap_or(1);
+            // At most `max_concurrent_checks` in flight per provider kind, so that a slow KMS
+            // does not hold up the checks of keys elsewhere.
+            let per_kind = usize::try_from(policy.max_concurrent_checks.max(1)).unwrap_or(1);
+            let mut kinds: Vec<ProviderKind> = claimed.iter().map(|c| c.binding.provider).collect();
+            kinds.sort_unstable_by_key(|k| k.as_str());
+            kinds.dedup();
+            let slots: HashMap<ProviderKind, tokio::sync::Semaphore> = kinds
+                .iter()
+                .map(|k| (*k, tokio::sync::Semaphore::new(per_kind)))
+                .collect();
             let done: Vec<Option<(TenantId, CheckOutcome)>> = futures_util::stream::iter(claimed)
                 .map(|check| {
-                    let budget = &budget;
-                    async move { self.run_check(check, &policy, budget).await }
+                    let (budget, slots) = (&budget, &slots);
+                    async move {
+                        let _slot = match slots.get(&check.binding.provider) {
+                            Some(slot) => slot.acquire().await.ok(),
+                            None => None,
+                        };
+                        self.run_check(check, &policy, budget).await
+                    }
                 })
-                .buffer_unordered(concurrency)
+                .buffer_unordered(per_kind.saturating_mul(kinds.len().max(1)))
                 .collect()
                 .await;
             outcomes.extend(done.into_iter().flatten());
