@@ -536,22 +536,7 @@ impl Keyring {
         provider: keyward_kms::ProviderKind,
         key_ref: &str,
     ) -> Result<Vec<(TenantId, Result<CheckOutcome, ServiceError>)>, ServiceError> {
-        let mut outcomes = Vec::new();
-        // As `recheck_key`: every binding registered with the key, current or older (found by
-        // the store's index), but a destroyed one.
-        for binding in self
-            .wiring
-            .store
-            .bindings_with_key(provider, key_ref)
-            .await?
-        {
-            if binding.state == KekState::Destroyed {
-                continue;
-            }
-            let outcome = self.monitor.check_binding(&binding).await;
-            outcomes.push((binding.tenant, outcome));
-        }
-        Ok(outcomes)
+        self.monitor.recheck_key_outcomes(provider, key_ref).await
     }
 
     /// The distinct key references of `provider` that tenants' current bindings name (a key

@@ -484,24 +484,45 @@ impl Monitor {
 
     /// A pushed key-state event names a key: every binding registered with it (current or
     /// older, found by the store's index) whose data may be readable is checked with the KMS
-    /// now (the event is a hint, the KMS is the truth). Returns (checked, revoked).
+    /// now (the event is a hint, the KMS is the truth). Returns (checked, revoked); the first
+    /// failed check's error, once every binding was checked.
     pub(super) async fn recheck_key(
         &self,
         provider: ProviderKind,
         key_ref: &str,
     ) -> Result<(u32, u32), ServiceError> {
-        let mut checked = 0;
-        let mut revoked = 0;
+        let outcomes = self.recheck_key_outcomes(provider, key_ref).await?;
+        let (mut checked, mut revoked) = (0, 0);
+        let mut first_error = None;
+        for (_, outcome) in outcomes {
+            checked += 1;
+            match outcome {
+                Ok(CheckOutcome::Revoked) => revoked += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok((checked, revoked)), Err)
+    }
+
+    /// [`Monitor::recheck_key`] with what each binding's check found: a failed check of one
+    /// tenant is that tenant's answer and does not stop the checks of the others.
+    pub(super) async fn recheck_key_outcomes(
+        &self,
+        provider: ProviderKind,
+        key_ref: &str,
+    ) -> Result<Vec<(TenantId, Result<CheckOutcome, ServiceError>)>, ServiceError> {
+        let mut outcomes = Vec::new();
         for binding in self.store.bindings_with_key(provider, key_ref).await? {
             if binding.state == KekState::Destroyed {
                 continue;
             }
-            checked += 1;
-            if self.check_binding(&binding).await? == CheckOutcome::Revoked {
-                revoked += 1;
-            }
+            let outcome = self.check_binding(&binding).await;
+            outcomes.push((binding.tenant, outcome));
         }
-        Ok((checked, revoked))
+        Ok(outcomes)
     }
 }
 
