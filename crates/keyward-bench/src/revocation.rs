@@ -1,4 +1,6 @@
-//! `keyward-bench revocation` measures the revocation window (docs/revocation.md,
+//! `keyward-bench revocation` measures the revocation window. With `--tenants N` (or
+//! `--quick`): the key-state monitor with many tenants, each with its own key (`at_scale`).
+//! Without: the single-tenant scenarios (docs/revocation.md,
 //! docs/benchmarks.md): continuous decrypt load on one tenant whose key lives in
 //! the AWS KMS emulator; the key is then disabled at the KMS (with the key-state
 //! monitor at 1 s and at 10 s) or revoked through `RevokeKey`, and the command
@@ -27,9 +29,23 @@ use tonic::transport::Channel;
 
 use crate::harness;
 
+mod at_scale;
+mod metered;
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Concurrent decrypt loops.
+    /// Warm tenants, each with its own local key: the key-state monitor's window at scale
+    /// (`at_scale`). Without it (and without `--quick`): the single-tenant scenarios against
+    /// the AWS KMS emulator.
+    #[arg(long)]
+    tenants: Option<u64>,
+    /// The at-scale run CI makes: 50 tenants (+10 idle), interval 2 s, 3 keys disabled, on 1
+    /// and on 3 replicas; every target checked.
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    at_scale: at_scale::Args,
+    /// Concurrent decrypt loops (single-tenant scenarios).
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Where to write the JSON results.
@@ -38,7 +54,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    revocation(args.workers, &args.json).await
+    match (args.tenants, args.quick) {
+        (None, false) => revocation(args.workers, &args.json).await,
+        (tenants, quick) => {
+            at_scale::run(tenants.unwrap_or(0), quick, &args.at_scale, &args.json).await
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
