@@ -250,7 +250,7 @@ async fn wait_until(
     }
 }
 
-async fn create_database(admin_url: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn create_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     let mut admin = tokio::time::timeout(
         Duration::from_secs(10),
         sqlx::PgConnection::connect(admin_url),
@@ -279,7 +279,7 @@ async fn create_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     ))
 }
 
-async fn drop_database(admin_url: &str, name: &str) {
+pub(crate) async fn drop_database(admin_url: &str, name: &str) {
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
         let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .execute(&mut admin)
