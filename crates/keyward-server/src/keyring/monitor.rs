@@ -444,11 +444,15 @@ impl Monitor {
             m.monitor_check("skipped");
         }
         let now = now_ms();
-        let next = now.saturating_add(if retry_sooner {
-            (interval / 10).max(millis(MIN_LEASE))
+        let next = if retry_sooner {
+            now.saturating_add((interval / 10).max(millis(MIN_LEASE)))
         } else {
-            interval
-        });
+            // One interval after this check was due, not after it ended, so that checks keep
+            // their cadence when they start a little late; never sooner than a tenth of an
+            // interval from now (a check that started very late does not make the next one due
+            // at once).
+            next_due(check.due_at_ms, now, interval)
+        };
         // Without a holding, keep checking only what the KMS's answer may lift (decided from
         // the outcome: the claim's read may predate this check's own transition).
         let lift = match answer {
@@ -526,6 +530,12 @@ impl Monitor {
     }
 }
 
+/// When the next check of a binding whose check was due at `due` and ended at `now` is due.
+fn next_due(due: i64, now: i64, interval: i64) -> i64 {
+    due.saturating_add(interval)
+        .max(now.saturating_add(interval / 10))
+}
+
 /// A binding in a state that the KMS's answer lifts when it accepts the key again.
 fn kms_may_lift(binding: &KekBinding) -> bool {
     match binding.state {
@@ -554,4 +564,19 @@ fn outcome_label(outcome: CheckOutcome) -> &'static str {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_due;
+
+    #[test]
+    fn the_next_check_keeps_the_cadence_of_the_due_times() {
+        // Due at 1000, interval 60 s: ended a little late, the next is due at 61,000.
+        assert_eq!(next_due(1_000, 1_250, 60_000), 61_000);
+        // Started very late (overcommitted): not due again at once, a tenth of an interval on.
+        assert_eq!(next_due(1_000, 70_000, 60_000), 76_000);
+        // Never overflows.
+        assert_eq!(next_due(i64::MAX - 1, i64::MAX - 1, 60_000), i64::MAX);
+    }
 }
