@@ -1025,6 +1025,117 @@ async fn an_overcommitted_monitor_says_so_and_caches_keys_for_at_most_the_interv
     );
 }
 
+/// The local provider presented as another kind (PKCS#11 here), so that one test has two
+/// provider kinds; counts its unwraps.
+#[derive(Debug)]
+struct OtherKind {
+    inner: LocalProvider,
+    unwraps: AtomicU64,
+}
+
+impl OtherKind {
+    fn local(kek: &KeyRef) -> KeyRef {
+        KeyRef::new(ProviderKind::Local, kek.id())
+    }
+}
+
+#[async_trait]
+impl KeyProvider for OtherKind {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Pkcs11
+    }
+    async fn wrap(
+        &self,
+        kek: &KeyRef,
+        key: &SecretKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedKey, ProviderError> {
+        self.inner.wrap(&Self::local(kek), key, ctx).await
+    }
+    async fn unwrap(
+        &self,
+        kek: &KeyRef,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext,
+    ) -> Result<SecretKey, ProviderError> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.unwrap(&Self::local(kek), wrapped, ctx).await
+    }
+    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
+        self.inner.describe(&Self::local(kek)).await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_kms_does_not_hold_up_the_checks_of_keys_at_another_provider() {
+    let fx = Fixture::new().await;
+    let other = Arc::new(OtherKind {
+        inner: fx.operator(),
+        unwraps: AtomicU64::new(0),
+    });
+    // One check in flight per provider kind.
+    let policy = MonitorPolicy {
+        max_concurrent_checks: 1,
+        ..MonitorPolicy::new(Duration::from_secs(1), 1000)
+    };
+    let keyring = Keyring::new(
+        fx.store.clone(),
+        Providers::default()
+            .with(fx.provider.clone())
+            .with(other.clone()),
+        CachePolicy {
+            ttl: Duration::from_secs(300),
+            max_tenant_keys: 1000,
+            max_deks: 1000,
+        },
+        LOOSE,
+        Arc::new(keyward_audit::IdentifierHasher::new([7; 32])),
+    )
+    .with_monitor(Some(policy));
+    let keyring = Arc::new(keyring);
+    // The local tenant's check comes due first.
+    let (slow, fast) = (tenant("at-local"), tenant("at-other"));
+    onboard(&keyring, &slow, "default").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    keyring
+        .create_tenant(&fast, "Test tenant", "test".to_owned())
+        .await
+        .unwrap();
+    keyring
+        .register_key(&fast, &KeyRef::new(ProviderKind::Pkcs11, "default"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The local KMS stalls after answering; the other provider's check must still run.
+    fx.provider.hold.store(true, Ordering::SeqCst);
+    let before = other.unwraps.load(Ordering::SeqCst);
+    let pass = {
+        let keyring = Arc::clone(&keyring);
+        tokio::spawn(async move { keyring.check_due(policy).await.unwrap().0 })
+    };
+    fx.provider.entered.notified().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while other.unwraps.load(Ordering::SeqCst) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other provider's check waited for the stalled one"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fx.provider.hold.store(false, Ordering::SeqCst);
+    fx.provider.release.notify_one();
+    let mut outcomes = pass.await.unwrap();
+    outcomes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    assert_eq!(
+        outcomes,
+        vec![
+            (slow.clone(), CheckOutcome::Healthy),
+            (fast.clone(), CheckOutcome::Healthy)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn disabling_a_rotated_out_key_is_caught_by_the_monitor_while_its_data_is_cached() {
     let fx = Fixture::new().await;
