@@ -1,5 +1,6 @@
 //! `keyward-bench revocation` measures the revocation window. With `--tenants N` (or
 //! `--quick`): the key-state monitor with many tenants, each with its own key (`at_scale`).
+//! With `--events`: the SQS key-event path (`[aws_events]`, `events`).
 //! Without: the single-tenant scenarios (docs/revocation.md,
 //! docs/benchmarks.md): continuous decrypt load on one tenant whose key lives in
 //! the AWS KMS emulator; the key is then disabled at the KMS (with the key-state
@@ -30,6 +31,7 @@ use tonic::transport::Channel;
 use crate::harness;
 
 mod at_scale;
+mod events;
 mod metered;
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +45,12 @@ pub(crate) struct Args {
     /// and on 3 replicas; every target checked.
     #[arg(long)]
     quick: bool,
+    /// The SQS key-event path (`[aws_events]`) on the AWS emulator instead of the monitor:
+    /// `--tenants` (default 20) warm tenants on their own emulator keys, `--disable` keys
+    /// disabled one by one at random moments, each followed by its CloudTrail-shaped DisableKey
+    /// event; the window from the send. With `--quick`: 5 tenants, 3 events (`events`).
+    #[arg(long)]
+    events: bool,
     #[command(flatten)]
     at_scale: at_scale::Args,
     /// Concurrent decrypt loops (single-tenant scenarios).
@@ -54,6 +62,16 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    if args.events {
+        return events::run(
+            args.tenants,
+            args.quick,
+            args.at_scale.disable,
+            args.at_scale.seed,
+            &args.json,
+        )
+        .await;
+    }
     match (args.tenants, args.quick) {
         (None, false) => revocation(args.workers, &args.json).await,
         (tenants, quick) => {

@@ -79,7 +79,7 @@ pub(crate) struct Args {
     concurrent_checks: u32,
     /// Warm tenants whose key is disabled, at random moments over one interval.
     #[arg(long, default_value_t = 10)]
-    disable: usize,
+    pub(super) disable: usize,
     /// Artificial latency of every KMS call (wrap, unwrap, describe), milliseconds.
     #[arg(long, default_value_t = 0)]
     kms_latency_ms: u64,
@@ -93,7 +93,7 @@ pub(crate) struct Args {
     /// Seed of the choice of disabled tenants and of their moments (default: from the clock;
     /// printed).
     #[arg(long)]
-    seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     /// A PostgreSQL URL whose role may CREATE DATABASE (runs with more than one replica; a
     /// database `kw_bench_<hex>` is created and dropped per run).
     #[arg(
@@ -233,7 +233,7 @@ impl Run {
     }
 }
 
-fn stats(samples: &[Option<Duration>]) -> (Duration, Duration, Duration) {
+pub(super) fn stats(samples: &[Option<Duration>]) -> (Duration, Duration, Duration) {
     let mut v: Vec<Duration> = samples.iter().flatten().copied().collect();
     v.sort();
     (
@@ -260,14 +260,14 @@ fn idle_name(i: u64) -> String {
     format!("i{i:05}")
 }
 
-fn wall_us() -> i64 {
+pub(super) fn wall_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// SplitMix64: the benchmark's reproducible randomness (no crate for a few numbers).
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -279,7 +279,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
