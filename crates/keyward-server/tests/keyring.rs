@@ -1137,6 +1137,34 @@ async fn a_stalled_kms_does_not_hold_up_the_checks_of_keys_at_another_provider()
 }
 
 #[tokio::test]
+async fn the_budget_paces_checks_across_passes() {
+    let fx = Fixture::new().await;
+    // Two checks per second at most; six keys due every second, each at its own moment, so that
+    // most passes find a single check due.
+    let policy = MonitorPolicy::new(Duration::from_secs(1), 2);
+    let keyring = fx
+        .keyring(Duration::from_secs(300), LOOSE)
+        .with_monitor(Some(policy));
+    for i in 0..6 {
+        onboard(&keyring, &tenant(&format!("paced-{i}")), "default").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let start = std::time::Instant::now();
+    let before = keyring.stats().canary_checks;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let (_, wait) = keyring.check_due(policy).await.unwrap();
+        tokio::time::sleep(wait).await;
+    }
+    let canaries = keyring.stats().canary_checks - before;
+    let allowed = (start.elapsed().as_secs_f64() * 2.0).ceil() as u64 + 1;
+    assert!(
+        (2..=allowed).contains(&canaries),
+        "{canaries} canaries in {:?} at 2 per second",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn disabling_a_rotated_out_key_is_caught_by_the_monitor_while_its_data_is_cached() {
     let fx = Fixture::new().await;
     let every_second = MonitorPolicy::new(Duration::from_secs(1), 1000);

@@ -228,25 +228,30 @@ impl Schedule {
     }
 }
 
-/// Paces the start of checks: at most `rate` per second, none in a burst.
+/// Paces the start of checks: at most `rate` per second, none in a burst. The monitor keeps one
+/// across its passes (a pass may take a single check: a new budget per pass would let every
+/// pass start at once).
 struct Budget {
-    gap: Duration,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
+    next: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Budget {
-    fn new(rate: u32) -> Self {
+    fn new() -> Self {
         Self {
-            gap: Duration::from_secs(1) / rate.max(1),
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
-    async fn take(&self) {
+    /// Waits for the next start `rate` per second allows.
+    async fn take(&self, rate: u32) {
+        let gap = Duration::from_secs(1) / rate.max(1);
         let at = {
-            let mut next = self.next.lock().await;
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let at = (*next).max(tokio::time::Instant::now());
-            *next = at + self.gap;
+            *next = at + gap;
             at
         };
         tokio::time::sleep_until(at).await;
@@ -262,6 +267,8 @@ pub(super) struct Monitor {
     schedule: Arc<Schedule>,
     /// The claimant's name in the schedule (the replica id).
     replica: String,
+    /// The pace of the scheduled checks' starts, across passes.
+    budget: Budget,
 }
 
 impl Monitor {
@@ -278,6 +285,7 @@ impl Monitor {
             revocation,
             schedule,
             replica,
+            budget: Budget::new(),
         }
     }
 
@@ -328,10 +336,10 @@ impl Monitor {
         &self,
         max_checks_per_second: u32,
     ) -> Result<Vec<(TenantId, CheckOutcome)>, ServiceError> {
-        let budget = Budget::new(max_checks_per_second);
+        let budget = Budget::new();
         let mut outcomes = Vec::new();
         for binding in self.store.active_bindings().await? {
-            budget.take().await;
+            budget.take(max_checks_per_second).await;
             match self.check_binding(&binding).await {
                 Ok(outcome) => outcomes.push((binding.tenant.clone(), outcome)),
                 Err(e) => {
@@ -350,7 +358,6 @@ impl Monitor {
         &self,
         policy: MonitorPolicy,
     ) -> Result<(Vec<(TenantId, CheckOutcome)>, Duration), ServiceError> {
-        let budget = Budget::new(policy.max_checks_per_second);
         let mut outcomes = Vec::new();
         // A pass takes the checks due when it started: an overcommitted schedule (checks coming
         // due faster than the budget runs them) ends the pass, and the next one starts at once.
@@ -383,7 +390,7 @@ impl Monitor {
                 .collect();
             let done: Vec<Option<(TenantId, CheckOutcome)>> = futures_util::stream::iter(claimed)
                 .map(|check| {
-                    let (budget, slots) = (&budget, &slots);
+                    let (budget, slots) = (&self.budget, &slots);
                     async move {
                         let _slot = match slots.get(&check.binding.provider) {
                             Some(slot) => slot.acquire().await.ok(),
@@ -424,7 +431,7 @@ impl Monitor {
         let mut answer = None;
         let mut retry_sooner = false;
         if needs_call && !binding.explicitly_revoked() && binding.state != KekState::Destroyed {
-            budget.take().await;
+            budget.take(policy.max_checks_per_second).await;
             match self.check_claimed(&check).await {
                 Ok(outcome) => {
                     if let Some(m) = &self.schedule.metrics {
