@@ -8,21 +8,11 @@
     reason = "tests: a failure must abort with a message"
 )]
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use keyward_audit::IdentifierHasher;
-use keyward_envelope::{EncryptionContext, SecretKey, TenantId, WrappedKey};
-use keyward_kms::{
-    Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, WrapContext,
-    local::LocalProvider,
-};
+use keyward_envelope::{EncryptionContext, TenantId};
+use keyward_kms::{KeyRef, ProviderKind, controlled::Controlled, local::LocalProvider};
 use keyward_server::{
     CachePolicy, Keyring, Providers,
     keyring::{CheckOutcome, MonitorPolicy, RotationPolicy},
@@ -33,64 +23,11 @@ use keyward_store::{KekState, Scope, Store};
 mod test_db;
 use test_db::TestDb;
 
-/// The local provider, with a switch that stalls unwraps (after the KMS answered) until
-/// released.
-#[derive(Debug)]
-struct Stalling {
-    inner: LocalProvider,
-    stall: AtomicBool,
-    stalled: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-    unwraps: AtomicU64,
-}
-
-#[async_trait]
-impl KeyProvider for Stalling {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn generate(
-        &self,
-        kek: &KeyRef,
-        ctx: &WrapContext,
-    ) -> Result<(SecretKey, WrappedKey), ProviderError> {
-        self.inner.generate(kek, ctx).await
-    }
-    async fn wrap(
-        &self,
-        kek: &KeyRef,
-        key: &SecretKey,
-        ctx: &WrapContext,
-    ) -> Result<WrappedKey, ProviderError> {
-        self.inner.wrap(kek, key, ctx).await
-    }
-    async fn unwrap(
-        &self,
-        kek: &KeyRef,
-        wrapped: &WrappedKey,
-        ctx: &WrapContext,
-    ) -> Result<SecretKey, ProviderError> {
-        self.unwraps.fetch_add(1, Ordering::SeqCst);
-        let answer = self.inner.unwrap(kek, wrapped, ctx).await;
-        if self.stall.swap(false, Ordering::SeqCst) {
-            self.stalled.notify_one();
-            self.release.notified().await;
-        }
-        answer
-    }
-    async fn describe(&self, kek: &KeyRef) -> Result<KeyStatus, ProviderError> {
-        self.inner.describe(kek).await
-    }
-}
-
 struct Fleet {
     db: TestDb,
     _kms: tempfile::TempDir,
     operator: LocalProvider,
-    providers: Vec<Arc<Stalling>>,
+    providers: Vec<Arc<Controlled<LocalProvider>>>,
     replicas: Vec<Arc<Keyring>>,
     stores: Vec<Arc<keyward_store::postgres::PostgresStore>>,
 }
@@ -105,13 +42,7 @@ impl Fleet {
         let mut stores = Vec::new();
         for r in 0..n {
             let store = Arc::new(db.store().await);
-            let provider = Arc::new(Stalling {
-                inner: LocalProvider::open(kms.path()).unwrap(),
-                stall: AtomicBool::new(false),
-                stalled: tokio::sync::Notify::new(),
-                release: tokio::sync::Notify::new(),
-                unwraps: AtomicU64::new(0),
-            });
+            let provider = Arc::new(Controlled::new(LocalProvider::open(kms.path()).unwrap()));
             let keyring = Keyring::new(
                 store.clone(),
                 Providers::default().with(provider.clone()),
@@ -233,12 +164,12 @@ async fn a_replica_stalled_past_its_lease_hands_the_check_over_and_its_late_answ
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Replica 0 claims the check and its canary stalls after the KMS answered "works".
-    fleet.providers[0].stall.store(true, Ordering::SeqCst);
+    fleet.providers[0].hold_next_unwrap();
     let stalled = {
         let k = Arc::clone(&fleet.replicas[0]);
         tokio::spawn(async move { k.check_due(policy).await.unwrap().0 })
     };
-    fleet.providers[0].stalled.notified().await;
+    fleet.providers[0].held().await;
     // Meanwhile the customer disables the key; the claim is replica 0's until its lease lapses.
     fleet.operator.set_enabled("kek-0", false).unwrap();
     assert!(
@@ -256,7 +187,7 @@ async fn a_replica_stalled_past_its_lease_hands_the_check_over_and_its_late_answ
     // Replica 0's stale "works" arrives: it is about the binding as replica 0 read it (active:
     // nothing to do), never applied to the newer state, so it cannot lift the revocation; and
     // its finish is refused (the check is no longer its claim).
-    fleet.providers[0].release.notify_one();
+    fleet.providers[0].release();
     let late = stalled.await.unwrap();
     assert!(
         !late.contains(&(tenant(0), CheckOutcome::Restored)),
