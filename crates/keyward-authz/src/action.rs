@@ -33,11 +33,20 @@ pub enum Action {
     ReadAuditPublicKey,
     /// Rotate the audit checkpoint signing key (on the system).
     RotateSigningKey,
+    /// `CryptoService.Rewrap` (and each item of `RewrapBatch`) on a tenant: re-encrypt an
+    /// envelope without the plaintext leaving the server. Not implied by Decrypt, nor it by this.
+    Rewrap,
+    /// `TenantService.ShredScope`: crypto-shred one scope of a tenant.
+    ShredScope,
+    /// `TenantService.ShredScopes`: retention shredding (and its dry run).
+    ShredScopes,
+    /// `TenantService.ListKeyBindings`: the tenant's key history.
+    ListKeyBindings,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 17] = [
         Action::Encrypt,
         Action::Decrypt,
         Action::CreateTenant,
@@ -51,6 +60,10 @@ impl Action {
         Action::ExportAudit,
         Action::ReadAuditPublicKey,
         Action::RotateSigningKey,
+        Action::Rewrap,
+        Action::ShredScope,
+        Action::ShredScopes,
+        Action::ListKeyBindings,
     ];
 
     /// The Cedar action id, e.g. `"Encrypt"`.
@@ -69,12 +82,16 @@ impl Action {
             Action::ExportAudit => "ExportAudit",
             Action::ReadAuditPublicKey => "ReadAuditPublicKey",
             Action::RotateSigningKey => "RotateSigningKey",
+            Action::Rewrap => "Rewrap",
+            Action::ShredScope => "ShredScope",
+            Action::ShredScopes => "ShredScopes",
+            Action::ListKeyBindings => "ListKeyBindings",
         }
     }
 
     /// Whether the action touches data (its Cedar context is `{ purpose, scope }`).
     pub(crate) fn is_crypto(self) -> bool {
-        matches!(self, Action::Encrypt | Action::Decrypt)
+        matches!(self, Action::Encrypt | Action::Decrypt | Action::Rewrap)
     }
 
     /// Position in [`Action::ALL`].

@@ -282,7 +282,7 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Case>, Vec<Problem>> {
                     problem(
                         v.span().start,
                         format!(
-                            "case {name:?}: `{key}` only applies to Encrypt and Decrypt, not {action}"
+                            "case {name:?}: `{key}` only applies to Encrypt, Decrypt and Rewrap, not {action}"
                         ),
                     );
                 }

@@ -81,7 +81,7 @@ fn crypto<'a>(purpose: &'a str) -> RequestContext<'a> {
 #[test]
 fn shipped_policies_load() {
     let p = shipped();
-    assert_eq!(p.policy_count(), 12);
+    assert_eq!(p.policy_count(), 15);
     assert_eq!(p.principal_count(), 8);
     let names: Vec<String> = p
         .sources()
@@ -420,7 +420,7 @@ fn hidden_and_other_files_are_ignored() {
     write(t.path(), ".#services.cedar", "garbage");
     write(t.path(), "notes.txt", "garbage");
     std::fs::create_dir(t.path().join("sub.cedar")).unwrap();
-    assert_eq!(load(t.path()).unwrap().policy_count(), 12);
+    assert_eq!(load(t.path()).unwrap().policy_count(), 15);
 }
 
 // --- load errors: the identity mapping -----------------------------------------------------------
@@ -626,7 +626,7 @@ fn malformed_cases_are_errors_not_failures() {
         ),
         (
             "[[case]]\nname = \"a\"\ndeveloper = true\naction = \"GetTenant\"\npurpose = \"x\"\nexpect = \"deny\"\n",
-            "only applies to Encrypt and Decrypt",
+            "only applies to Encrypt, Decrypt and Rewrap",
         ),
         (
             "[[case]]\nname = \"a\"\ndeveloper = true\naction = \"GetTenant\"\nexpect = \"maybe\"\n",

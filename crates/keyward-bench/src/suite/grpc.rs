@@ -99,6 +99,33 @@ impl CryptoService for NullCrypto {
                 .collect(),
         }))
     }
+    async fn rewrap(
+        &self,
+        r: Request<pb::RewrapRequest>,
+    ) -> Result<Response<pb::RewrapResponse>, Status> {
+        Ok(Response::new(pb::RewrapResponse {
+            envelope: r.into_inner().envelope,
+            dek_id: String::new(),
+        }))
+    }
+    async fn rewrap_batch(
+        &self,
+        r: Request<pb::RewrapBatchRequest>,
+    ) -> Result<Response<pb::RewrapBatchResponse>, Status> {
+        Ok(Response::new(pb::RewrapBatchResponse {
+            results: r
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| pb::RewrapBatchResult {
+                    result: Some(pb::rewrap_batch_result::Result::Ok(pb::RewrapResponse {
+                        envelope: i.envelope,
+                        dek_id: String::new(),
+                    })),
+                })
+                .collect(),
+        }))
+    }
 }
 
 #[derive(Debug, Default)]

@@ -199,6 +199,20 @@ fn item_error(e: &ServiceError) -> pb::BatchItemError {
 
 #[tonic::async_trait]
 impl CryptoService for CryptoApi {
+    async fn rewrap(
+        &self,
+        request: Request<pb::RewrapRequest>,
+    ) -> Result<Response<pb::RewrapResponse>, Status> {
+        self.rewrap_call(request).await
+    }
+
+    async fn rewrap_batch(
+        &self,
+        request: Request<pb::RewrapBatchRequest>,
+    ) -> Result<Response<pb::RewrapBatchResponse>, Status> {
+        self.rewrap_batch_call(request).await
+    }
+
     async fn encrypt(
         &self,
         request: Request<pb::EncryptRequest>,

@@ -5,6 +5,9 @@
 mod audit;
 pub(crate) mod convert;
 mod crypto;
+mod key_history;
+mod rewrap;
+mod shred;
 mod tenant;
 
 pub use audit::AuditApi;

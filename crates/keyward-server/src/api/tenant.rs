@@ -60,6 +60,27 @@ impl TenantApi {
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
+    async fn shred_scope(
+        &self,
+        request: Request<pb::ShredScopeRequest>,
+    ) -> Result<Response<pb::ShredScopeResponse>, Status> {
+        self.shred_scope_call(request).await
+    }
+
+    async fn shred_scopes(
+        &self,
+        request: Request<pb::ShredScopesRequest>,
+    ) -> Result<Response<pb::ShredScopesResponse>, Status> {
+        self.shred_scopes_call(request).await
+    }
+
+    async fn list_key_bindings(
+        &self,
+        request: Request<pb::ListKeyBindingsRequest>,
+    ) -> Result<Response<pb::ListKeyBindingsResponse>, Status> {
+        self.list_key_bindings_call(request).await
+    }
+
     async fn create_tenant(
         &self,
         request: Request<pb::CreateTenantRequest>,

@@ -28,6 +28,7 @@ macro_rules! migrations {
             4 "binding_state_cause" "0004_binding_state_cause",
             5 "tenant_key_mac" "0005_tenant_key_mac",
             6 "key_checks" "0006_key_checks",
+            7 "dek_tombstones" "0007_dek_tombstones",
         )
     };
     (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {
