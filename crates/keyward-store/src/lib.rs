@@ -112,6 +112,8 @@ pub enum StoreChange {
     KeyState(TenantId),
     /// The tenant's policy changed ([`Store::set_tenant_policy`]).
     Policy(TenantId),
+    /// DEKs of the tenant were shredded ([`Store::shred_scope`]): drop its cached DEKs.
+    Shredded(TenantId),
     /// A notification whose payload names no tenant (the reason): reconcile every key state.
     Unreadable(String),
 }
@@ -246,6 +248,48 @@ pub trait Store: Send + Sync + fmt::Debug {
         messages: u64,
         bytes: u64,
     ) -> Result<(), StoreError>;
+
+    /// Crypto-shreds one scope, in one transaction: every DEK of (tenant, scope) is deleted and
+    /// replaced by a [`DekTombstone`] (no key material), and `audit(&result)` is appended. With
+    /// [`ScopeShred::only_if`] (retention), the scope is shredded only if it still matches the
+    /// rule under the write lock, else nothing changes and the result says `skipped`. A scope
+    /// without DEKs shreds nothing (the audit function still runs, with no tombstones).
+    /// Unknown tenant -> NotFound. When DEKs were destroyed, announces the tenant to other
+    /// replicas (PostgreSQL: `NOTIFY` on the shred channel) at commit. SQLite erases the
+    /// deleted rows' bytes (`secure_delete`) and checkpoints the WAL after the commit
+    /// (docs/deleting-data.md says what each backend leaves).
+    async fn shred_scope(
+        &self,
+        shred: ScopeShred,
+        audit: AuditFn<'_, ShredResult>,
+    ) -> Result<ShredResult, StoreError>;
+
+    /// Up to `limit` scopes of `tenant` that match the retention rule, by label, with their DEK
+    /// counts.
+    async fn shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &WrittenBefore,
+        limit: u32,
+    ) -> Result<Vec<ShredCandidate>, StoreError>;
+
+    /// How many scopes of `tenant` match the retention rule, and how many DEKs they hold.
+    async fn count_shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &WrittenBefore,
+    ) -> Result<(u64, u64), StoreError>;
+
+    /// The tombstone of DEK `id`, only if it belonged to `tenant`.
+    async fn dek_tombstone(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<DekTombstone>, StoreError>;
+
+    /// The tenants with tombstones whose `seq` is above `after_seq`, each with its highest
+    /// `seq`, ordered by tenant (replicas catching up with shreds they were not told of).
+    async fn shreds_after(&self, after_seq: i64) -> Result<Vec<(TenantId, i64)>, StoreError>;
 
     /// Every binding (current or older, of any tenant) registered with `provider`'s key
     /// `key_ref`, ordered by id: the bindings a key event naming that key concerns (indexed).

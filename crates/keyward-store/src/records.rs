@@ -371,3 +371,66 @@ impl KeyCheck {
         self.held_until_ms > now_ms
     }
 }
+
+/// A request to crypto-shred one scope of a tenant ([`Store::shred_scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeShred {
+    pub tenant: TenantId,
+    pub scope: Scope,
+    /// The scope's HMAC (the only form of the label kept in the tombstones and the audit log).
+    pub scope_hmac: String,
+    /// Who asked (the caller's identity), recorded in each tombstone.
+    pub shredded_by: String,
+    /// Why, recorded in each tombstone.
+    pub reason: String,
+    /// Retention shredding: shred the scope only if it is still [`WrittenBefore`] inside the
+    /// transaction (a DEK created since the candidates were listed keeps the scope).
+    pub only_if: Option<WrittenBefore>,
+}
+
+/// The retention rule of [`Store::shred_candidates`]: a scope all of whose data was written
+/// before `cutoff_ms`, i.e. every DEK of it could no longer encrypt at `cutoff_ms`: it was
+/// retired before, or created at least `max_age_ms` before (the rotation age after which a DEK
+/// is never used again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenBefore {
+    pub cutoff_ms: i64,
+    pub max_age_ms: i64,
+    /// Only scopes whose label starts with this (empty: every scope).
+    pub scope_prefix: String,
+}
+
+/// What remains of a shredded DEK: no key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekTombstone {
+    /// Orders tombstones across the store (replicas catch up with shreds by it).
+    pub seq: i64,
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub scope_hmac: String,
+    /// The tenant key the DEK was wrapped under.
+    pub tenant_key_id: KeyId,
+    pub created_at_ms: i64,
+    pub shredded_at_ms: i64,
+    pub shredded_by: String,
+    pub reason: String,
+}
+
+/// What [`Store::shred_scope`] destroyed: one tombstone per DEK (none if the scope had none, or
+/// if a retention shred found the scope no longer eligible).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShredResult {
+    pub tenant: TenantId,
+    pub scope_hmac: String,
+    pub shredded_at_ms: i64,
+    pub tombstones: Vec<DekTombstone>,
+    /// A retention shred ([`ScopeShred::only_if`]) whose scope was no longer eligible.
+    pub skipped: bool,
+}
+
+/// A scope a retention shred would destroy, with its DEK count ([`Store::shred_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShredCandidate {
+    pub scope: Scope,
+    pub deks: u64,
+}

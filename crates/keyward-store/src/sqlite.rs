@@ -72,6 +72,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted content (a shredded DEK's wrapped key) is overwritten with zeros instead
+            // of lingering in free space (docs/deleting-data.md).
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
 
         // Switching a new database into WAL mode needs an exclusive lock that the busy timeout
@@ -232,4 +235,37 @@ impl Dialect for SqliteDialect {
     async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
         pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
+
+    /// With `secure_delete` the shred's transaction already zeroed the deleted cells, but the
+    /// WAL still holds earlier versions of those pages (and the frames that first wrote the
+    /// DEK), and the database file holds them until a checkpoint copies the new pages over:
+    /// `wal_checkpoint(TRUNCATE)` does both and empties the WAL file. It cannot finish while a
+    /// reader still uses an older snapshot, so it is retried for up to
+    /// [`SHRED_CHECKPOINT_ATTEMPTS`] × [`SHRED_CHECKPOINT_PAUSE`].
+    async fn after_shred(pool: &SqlitePool) {
+        for attempt in 1..=SHRED_CHECKPOINT_ATTEMPTS {
+            match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(pool)
+                .await
+            {
+                Ok(row) if row.try_get::<i64, _>(0).unwrap_or(1) == 0 => return,
+                Ok(_) if attempt < SHRED_CHECKPOINT_ATTEMPTS => {
+                    tokio::time::sleep(SHRED_CHECKPOINT_PAUSE).await;
+                }
+                Ok(_) => tracing::warn!(
+                    "the WAL checkpoint after a shred stayed busy (a long reader); the next \
+                     checkpoint erases the shredded keys' old pages"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the WAL checkpoint after a shred failed");
+                    return;
+                }
+            }
+        }
+    }
 }
+
+/// How often [`SqliteDialect::after_shred`] tries its checkpoint.
+const SHRED_CHECKPOINT_ATTEMPTS: u32 = 20;
+/// The pause between two of those attempts.
+const SHRED_CHECKPOINT_PAUSE: Duration = Duration::from_millis(50);

@@ -37,6 +37,7 @@ pub mod backdoor;
 mod bindings;
 mod checks;
 mod deks;
+mod shred;
 mod tenants;
 
 pub use audit::*;
@@ -44,6 +45,7 @@ pub use backdoor::{Arg, Backdoor, populate, revoke_fresh};
 pub use bindings::*;
 pub use checks::*;
 pub use deks::*;
+pub use shred::*;
 pub use tenants::*;
 
 /// Runs every check, in order.
@@ -76,6 +78,9 @@ pub async fn run_all(store: &dyn Store) {
     check_wrapped_round_trip(store).await;
     check_concurrent_insert_dek(store).await;
     check_counts_grow(store).await;
+    check_shred_scope(store).await;
+    check_shred_scope_edges(store).await;
+    check_retention_candidates(store).await;
     check_audit_lifecycle_events(store).await;
     check_audit_empty_closures_append_nothing(store).await;
     check_append_audit_empty_is_a_no_op(store).await;

@@ -2,8 +2,9 @@
 //! `LISTEN`ing connection per subscription, kept up by a task of its own.
 //!
 //! Every committed key-state change, new binding and policy change sends a `NOTIFY` naming its
-//! tenant inside its transaction ([`KEY_STATE_CHANNEL`], [`TENANT_POLICY_CHANNEL`]). The task
-//! connects (bounded by [`CONNECT_TIMEOUT`]), subscribes to both channels, yields
+//! tenant inside its transaction ([`KEY_STATE_CHANNEL`], [`TENANT_POLICY_CHANNEL`]), and every
+//! shred that destroyed DEKs one on [`DEK_SHRED_CHANNEL`]. The task
+//! connects (bounded by [`CONNECT_TIMEOUT`]), subscribes to the three channels, yields
 //! [`StoreChange::Subscribed`] and then one event per notification; when the connection fails it
 //! reconnects after a pause that starts at [`FIRST_BACKOFF`] and doubles up to [`MAX_BACKOFF`]
 //! (reset by a successful connection). Notifications sent while it is disconnected are lost,
@@ -16,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL};
+use super::{DEK_SHRED_CHANNEL, KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL};
 use crate::{StoreChange, StoreChanges, TenantId};
 
 /// First pause before reconnecting the listener.
@@ -97,8 +98,8 @@ async fn listen_until_dropped(
     }
 }
 
-/// A fresh dedicated connection, subscribed to [`KEY_STATE_CHANNEL`] and
-/// [`TENANT_POLICY_CHANNEL`].
+/// A fresh dedicated connection, subscribed to [`KEY_STATE_CHANNEL`],
+/// [`TENANT_POLICY_CHANNEL`] and [`DEK_SHRED_CHANNEL`].
 async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -107,7 +108,7 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
         .connect_lazy_with(options.clone());
     let mut listener = PgListener::connect_with(&pool).await?;
     listener
-        .listen_all([KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL])
+        .listen_all([KEY_STATE_CHANNEL, TENANT_POLICY_CHANNEL, DEK_SHRED_CHANNEL])
         .await?;
     Ok(listener)
 }
@@ -116,6 +117,7 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
 fn decode(channel: &str, payload: &str) -> StoreChange {
     match TenantId::try_from(payload) {
         Ok(tenant) if channel == TENANT_POLICY_CHANNEL => StoreChange::Policy(tenant),
+        Ok(tenant) if channel == DEK_SHRED_CHANNEL => StoreChange::Shredded(tenant),
         Ok(tenant) => StoreChange::KeyState(tenant),
         Err(e) => StoreChange::Unreadable(e.to_string()),
     }
@@ -135,7 +137,11 @@ mod tests {
         );
         assert_eq!(
             decode(TENANT_POLICY_CHANNEL, "acme"),
-            StoreChange::Policy(tenant)
+            StoreChange::Policy(tenant.clone())
+        );
+        assert_eq!(
+            decode(DEK_SHRED_CHANNEL, "acme"),
+            StoreChange::Shredded(tenant)
         );
         assert!(matches!(
             decode(KEY_STATE_CHANNEL, ""),

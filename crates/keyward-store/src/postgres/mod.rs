@@ -60,6 +60,13 @@ pub const KEY_STATE_CHANNEL: &str = "keyward_key_state";
 /// [`Store::set_tenant_policy`]: crate::Store::set_tenant_policy
 pub const TENANT_POLICY_CHANNEL: &str = "keyward_tenant_policy";
 
+/// The `LISTEN`/`NOTIFY` channel on which every committed [`Store::shred_scope`] that destroyed
+/// DEKs announces its tenant: replicas drop the tenant's cached DEKs, so none serves a shredded
+/// one after it arrives.
+///
+/// [`Store::shred_scope`]: crate::Store::shred_scope
+pub const DEK_SHRED_CHANNEL: &str = "keyward_dek_shred";
+
 /// Oldest server accepted: the migrations use `EXECUTE FUNCTION` (PostgreSQL 11).
 const MIN_SERVER_VERSION: i64 = 110_000;
 
@@ -342,6 +349,17 @@ impl Dialect for PostgresDialect {
 
     const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
 
+    /// `VACUUM deks`: removes the deleted row versions (which a table scan of dead tuples, e.g.
+    /// `pageinspect`, could still read) and makes their space reusable. PostgreSQL has no secure
+    /// delete: the bytes may stay in the table's free space until overwritten, in WAL segments
+    /// until they are recycled and in WAL archives (docs/deleting-data.md). Runs outside a
+    /// transaction (VACUUM refuses one), on the simple query protocol.
+    async fn after_shred(pool: &sqlx::PgPool) {
+        if let Err(e) = sqlx::raw_sql("VACUUM deks").execute(pool).await {
+            tracing::warn!(error = %e, "VACUUM after a shred failed; autovacuum will do it later");
+        }
+    }
+
     /// `READ COMMITTED`, then the audit chain lock (module docs). Not the server's default
     /// isolation level: under `REPEATABLE READ` the snapshot would be taken before the lock wait
     /// and miss the previous writer's commit.
@@ -375,6 +393,7 @@ impl Dialect for PostgresDialect {
         let channel = match change {
             Announcement::KeyState => KEY_STATE_CHANNEL,
             Announcement::TenantPolicy => TENANT_POLICY_CHANNEL,
+            Announcement::Shred => DEK_SHRED_CHANNEL,
         };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)

@@ -32,6 +32,7 @@ mod bindings;
 mod checks;
 mod deks;
 mod migrations;
+mod shred;
 mod store;
 mod tenants;
 
@@ -131,6 +132,15 @@ pub trait Dialect: sealed::Sealed + Clone + fmt::Debug + Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Runs after a committed shred that destroyed DEKs, outside any transaction, to erase what
+    /// the backend keeps of the deleted rows where it can (SQLite: a WAL checkpoint that
+    /// truncates the WAL; PostgreSQL: `VACUUM` of the table). Best effort: a failure is logged,
+    /// the shred itself is committed (docs/deleting-data.md).
+    fn after_shred(pool: &Pool<Self::Db>) -> impl Future<Output = ()> + Send {
+        let _ = pool;
+        async {}
+    }
+
     /// [`Store::key_state_changes`](crate::Store::key_state_changes); `None` (the default):
     /// no other process writes to the database.
     fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
@@ -148,6 +158,8 @@ pub enum Announcement {
     KeyState,
     /// The tenant's policy (cache TTL, monitor interval) changed.
     TenantPolicy,
+    /// DEKs of the tenant were shredded ([`Store::shred_scope`](crate::Store::shred_scope)).
+    Shred,
 }
 
 /// `impl<D: Dialect> [Trait for] SqlStore<D> where …`, with the bounds every statement needs

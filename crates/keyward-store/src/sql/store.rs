@@ -11,9 +11,9 @@ use super::{backend, sql_impl, with_retries};
 use crate::decode;
 use crate::{
     AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
-    DekInsert, DekRecord, KekBinding, KeyCheck, KeyId, NewDek, NewKekBinding, ProviderKind, Record,
-    Scope, StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
-    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState,
+    DekInsert, DekRecord, DekTombstone, KekBinding, KeyCheck, KeyId, NewDek, NewKekBinding,
+    ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult, StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
+    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState, WrittenBefore,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -179,6 +179,51 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
             .bind(tenant.as_str())
             .bind(scope.as_str());
         self.fetch_optional(query, Self::dek_from_row).await
+    }
+
+    async fn shred_scope(
+        &self,
+        shred: ScopeShred,
+        audit: AuditFn<'_, ShredResult>,
+    ) -> Result<ShredResult, StoreError> {
+        D::check_text("shredded_by", &shred.shredded_by)?;
+        D::check_text("reason", &shred.reason)?;
+        let shred = &shred;
+        let result =
+            with_retries(D::WRITE_ATTEMPTS, || self.try_shred_scope(shred, audit)).await?;
+        if !result.tombstones.is_empty() {
+            D::after_shred(&self.pool).await;
+        }
+        Ok(result)
+    }
+
+    async fn shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &WrittenBefore,
+        limit: u32,
+    ) -> Result<Vec<ShredCandidate>, StoreError> {
+        self.read_shred_candidates(tenant, rule, limit).await
+    }
+
+    async fn count_shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &WrittenBefore,
+    ) -> Result<(u64, u64), StoreError> {
+        self.read_shred_candidate_counts(tenant, rule).await
+    }
+
+    async fn dek_tombstone(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<DekTombstone>, StoreError> {
+        self.read_dek_tombstone(tenant, id).await
+    }
+
+    async fn shreds_after(&self, after_seq: i64) -> Result<Vec<(TenantId, i64)>, StoreError> {
+        self.read_shreds_after(after_seq).await
     }
 
     async fn get_dek(
