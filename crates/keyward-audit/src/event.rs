@@ -133,6 +133,24 @@ pub enum AuditEvent {
         cache_hits: u64,
         errors: u64,
     },
+    /// A scope of a tenant was crypto-shredded (`ShredScope`, or one scope of a retention run,
+    /// `ShredScopes`): its DEKs were deleted, each recorded as `dek_retired` with reason
+    /// `shredded` in the same transaction, before this record.
+    ScopeShredded {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// HMAC of the scope label ([`crate::IdentifierHasher`], kind `"scope"`).
+        scope_hmac: String,
+        /// DEKs destroyed (0: the scope had none).
+        deks: u64,
+        /// The caller that asked.
+        actor: String,
+        /// Why, as the caller gave it.
+        reason: String,
+        /// The retention cutoff (Unix ms) when a retention run (`ShredScopes`) shredded it; null
+        /// for `ShredScope`.
+        retention_cutoff_ms: Option<i64>,
+    },
     /// The deployment's checkpoint-signing key was rotated. Once a checkpoint signed by the old
     /// key covers this record, verifiers trust `new_public_key` (`docs/audit-format.md` §5).
     SigningKeyRotated {
@@ -144,7 +162,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 13] = [
+    pub const TYPES: [&'static str; 14] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -158,6 +176,7 @@ impl AuditEvent {
         "admin_action",
         "usage_summary",
         "signing_key_rotated",
+        "scope_shredded",
     ];
 
     /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
@@ -177,6 +196,7 @@ impl AuditEvent {
             AuditEvent::AdminAction { .. } => "admin_action",
             AuditEvent::UsageSummary { .. } => "usage_summary",
             AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
+            AuditEvent::ScopeShredded { .. } => "scope_shredded",
         }
     }
 
@@ -190,7 +210,8 @@ impl AuditEvent {
             | AuditEvent::DekRetired { tenant, .. }
             | AuditEvent::KeysPurged { tenant, .. }
             | AuditEvent::RevocationDenials { tenant, .. }
-            | AuditEvent::UsageSummary { tenant, .. } => Some(tenant),
+            | AuditEvent::UsageSummary { tenant, .. }
+            | AuditEvent::ScopeShredded { tenant, .. } => Some(tenant),
             AuditEvent::RevocationStateChanged(t) | AuditEvent::Restored(t) => Some(&t.tenant),
             AuditEvent::AuthorizationDenied { tenant, .. } => tenant.as_ref(),
             AuditEvent::AdminAction { .. } | AuditEvent::SigningKeyRotated { .. } => None,

@@ -42,10 +42,15 @@ pub enum ServiceError {
     TenantNotFound(String),
     #[error("tenant {0} already exists")]
     TenantAlreadyExists(String),
-    #[error(
-        "the data key of this envelope does not exist for tenant {0} (it may have been shredded)"
-    )]
+    #[error("the data key of this envelope does not exist for tenant {0}")]
     DataKeyNotFound(String),
+    /// The envelope's data key was crypto-shredded (ShredScope/ShredScopes): its data is gone
+    /// for good. Distinct from a key that never existed.
+    #[error(
+        "the data key of this envelope was shredded at {} (tenant {tenant}): its data is unreadable for good",
+        rfc3339_utc_ms(*shredded_at_ms)
+    )]
+    DataKeyShredded { tenant: String, shredded_at_ms: i64 },
     #[error("tenant {0} has no key registered; call RegisterKey first")]
     NoKeyRegistered(String),
     // Provider errors show their message only: the kind is the reason already, and its
@@ -129,6 +134,7 @@ impl ServiceError {
             Self::TenantNotFound(_) => "TENANT_NOT_FOUND",
             Self::TenantAlreadyExists(_) => "TENANT_ALREADY_EXISTS",
             Self::DataKeyNotFound(_) => "DATA_KEY_NOT_FOUND",
+            Self::DataKeyShredded { .. } => "DATA_KEY_SHREDDED",
             Self::NoKeyRegistered(_) => "NO_KEY_REGISTERED",
             Self::KeyRefused(_) => "KEY_REFUSED",
             Self::KeyRevoked { .. } => "KEY_REVOKED",
@@ -158,6 +164,7 @@ impl ServiceError {
             Self::TenantNotFound(_) | Self::DataKeyNotFound(_) => Code::NotFound,
             Self::TenantAlreadyExists(_) => Code::AlreadyExists,
             Self::NoKeyRegistered(_)
+            | Self::DataKeyShredded { .. }
             | Self::KeyRefused(_)
             | Self::KeyRevoked { .. }
             | Self::KeyNotFound(_)
@@ -198,6 +205,11 @@ impl ServiceError {
                 if let Some(cause) = cause {
                     metadata.insert("source".to_owned(), source_name(*cause).to_owned());
                 }
+                self.to_string()
+            }
+            Self::DataKeyShredded { shredded_at_ms, .. } => {
+                metadata.insert("shredded_at".to_owned(), rfc3339_utc_ms(*shredded_at_ms));
+                metadata.insert("shredded_at_ms".to_owned(), shredded_at_ms.to_string());
                 self.to_string()
             }
             Self::ProviderNotConfigured(kind) => {
@@ -390,6 +402,19 @@ mod tests {
                 "NO_KEY_REGISTERED",
             ),
             (
+                ServiceError::DataKeyNotFound("t".into()),
+                Code::NotFound,
+                "DATA_KEY_NOT_FOUND",
+            ),
+            (
+                ServiceError::DataKeyShredded {
+                    tenant: "t".into(),
+                    shredded_at_ms: 0,
+                },
+                Code::FailedPrecondition,
+                "DATA_KEY_SHREDDED",
+            ),
+            (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Refused, "disabled")),
                 Code::FailedPrecondition,
                 "KEY_REFUSED",
@@ -426,6 +451,27 @@ mod tests {
             assert_eq!(err.reason(), reason, "{err}");
             assert_eq!(info(&status).0, reason, "{err}");
         }
+    }
+
+    #[test]
+    fn data_key_shredded_says_when() {
+        let status = ServiceError::DataKeyShredded {
+            tenant: "acme".into(),
+            shredded_at_ms: 1_796_570_581_310,
+        }
+        .to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let (reason, metadata) = info(&status);
+        assert_eq!(reason, "DATA_KEY_SHREDDED");
+        assert_eq!(metadata["shredded_at_ms"], "1796570581310");
+        assert_eq!(metadata["shredded_at"], "2026-12-06T15:23:01.310Z");
+        assert!(
+            status
+                .message()
+                .contains("shredded at 2026-12-06T15:23:01.310Z"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

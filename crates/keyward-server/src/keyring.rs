@@ -52,7 +52,7 @@ mod tenant_key_auth;
 mod usage;
 
 pub use cache::{CachePolicy, KeyringStats};
-pub use data_path::RotationPolicy;
+pub use data_path::{RetentionOutcome, RotationPolicy};
 pub use kek::Providers;
 pub use ledger::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
 pub use monitor::{
@@ -171,6 +171,7 @@ impl Keyring {
             rotation: w.rotation,
             write_suite: w.write_suite,
             metrics: w.metrics,
+            shreds_seen: std::sync::atomic::AtomicI64::new(0),
         };
         let onboarding = Onboarding {
             store: w.store,
@@ -475,10 +476,70 @@ impl Keyring {
     }
 
     /// Compares every tenant's current binding in the store with this replica's gates and
-    /// applies the differences (see [`Keyring::apply_recorded_state`]): the safety net for
-    /// notifications lost while the listener was disconnected. Returns how many tenants changed.
+    /// applies the differences (see [`Keyring::apply_recorded_state`]), and drops the cached
+    /// DEKs of every tenant with a shred this replica has not applied yet (see
+    /// [`Keyring::apply_recorded_shred`]): the safety net for notifications lost while the
+    /// listener was disconnected. Returns how many tenants' key states changed (shreds caught
+    /// up with are not counted: a shred this replica was told of is applied again, which only
+    /// reloads DEKs from the store).
     pub async fn reconcile(&self) -> Result<usize, ServiceError> {
-        self.revocation.reconcile().await
+        let changed = self.revocation.reconcile().await?;
+        let shredded = self.data.catch_up_shreds().await?;
+        if shredded > 0 {
+            tracing::debug!(replica = %self.replica_id(), tenants = shredded, "reconciliation applied shreds");
+        }
+        Ok(changed)
+    }
+
+    // ----- shredding (`data_path/shred`) --------------------------------------------------
+
+    /// Crypto-shreds one scope of `tenant`: its DEKs are deleted from the store (tombstones and
+    /// audit records in the same transaction), this replica drops its cached DEKs of the tenant
+    /// before returning, other replicas when the store announces it (docs/deleting-data.md).
+    pub async fn shred_scope(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        actor: &str,
+        reason: &str,
+    ) -> Result<keyward_store::ShredResult, ServiceError> {
+        let result = self
+            .data
+            .shred_scope(tenant, scope, actor, reason, None)
+            .await?;
+        if !result.tombstones.is_empty() {
+            self.data.erase_shredded().await;
+        }
+        Ok(result)
+    }
+
+    /// Retention shredding: up to `max_scopes` scopes of `tenant` that match `rule`, each in
+    /// its own transaction; with `dry_run`, counts every matching scope and changes nothing.
+    pub async fn shred_scopes(
+        &self,
+        tenant: &TenantId,
+        rule: keyward_store::WrittenBefore,
+        dry_run: bool,
+        max_scopes: u32,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RetentionOutcome, ServiceError> {
+        self.data
+            .shred_scopes(tenant, rule, dry_run, max_scopes, actor, reason)
+            .await
+    }
+
+    /// DEKs of `tenant` were shredded by another replica (the store's notification): this
+    /// replica drops its cached DEKs of the tenant, and stops using any loaded before. Returns
+    /// how many cache entries were dropped.
+    pub async fn apply_recorded_shred(&self, tenant: &TenantId) -> u64 {
+        self.data.forget_shredded(tenant).await
+    }
+
+    /// The rotation age after which a DEK never encrypts again (the retention rule's
+    /// `max_age_ms`).
+    pub fn dek_max_age(&self) -> Duration {
+        self.data.rotation.max_age
     }
 
     // ----- monitor (`monitor`) ------------------------------------------------------------

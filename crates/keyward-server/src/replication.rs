@@ -50,6 +50,10 @@ pub(crate) async fn run_listener(keyring: Arc<Keyring>, mut changes: StoreChange
                 let entries = keyring.apply_recorded_policy(&tenant).await;
                 tracing::info!(replica = %keyring.replica_id(), %tenant, entries, "tenant policy changed by another replica; cached keys dropped");
             }
+            StoreChange::Shredded(tenant) => {
+                let entries = keyring.apply_recorded_shred(&tenant).await;
+                tracing::info!(replica = %keyring.replica_id(), %tenant, entries, "data keys shredded by another replica; cached data keys dropped");
+            }
             StoreChange::KeyState(tenant) => {
                 if let Err(e) = keyring.apply_recorded_state(&tenant).await {
                     // The periodic reconciliation retries.

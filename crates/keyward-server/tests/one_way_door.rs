@@ -212,6 +212,41 @@ impl Store for HookedStore {
     ) -> Result<(), StoreError> {
         self.inner.add_dek_usage(tenant, id, messages, bytes).await
     }
+    async fn shred_scope(
+        &self,
+        shred: keyward_store::ScopeShred,
+        audit: keyward_store::AuditFn<'_, keyward_store::ShredResult>,
+    ) -> Result<keyward_store::ShredResult, StoreError> {
+        self.inner.shred_scope(shred, audit).await
+    }
+    async fn erase_shredded(&self) {
+        self.inner.erase_shredded().await;
+    }
+    async fn shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &keyward_store::WrittenBefore,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::ShredCandidate>, StoreError> {
+        self.inner.shred_candidates(tenant, rule, limit).await
+    }
+    async fn count_shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &keyward_store::WrittenBefore,
+    ) -> Result<(u64, u64), StoreError> {
+        self.inner.count_shred_candidates(tenant, rule).await
+    }
+    async fn dek_tombstone(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<keyward_store::DekTombstone>, StoreError> {
+        self.inner.dek_tombstone(tenant, id).await
+    }
+    async fn shreds_after(&self, after_seq: i64) -> Result<Vec<(TenantId, i64)>, StoreError> {
+        self.inner.shreds_after(after_seq).await
+    }
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
         self.inner.counts().await
     }
@@ -866,4 +901,164 @@ async fn an_unwrap_in_flight_across_revoke_and_register_returns_no_plaintext() {
         .unwrap();
     assert_ne!(reason, "OK", "no plaintext of the revoked binding");
     assert_eq!(open_reason(&a, &t, &env).await, "KEY_REVOKED");
+}
+
+// ----- shredding: a shredded DEK is never used again (issue #21) -----------------------------
+
+async fn seal_in(k: &Keyring, t: &TenantId, scope: &str, plaintext: &[u8]) -> (Vec<u8>, KeyId) {
+    k.encrypt(
+        t,
+        &Scope::try_from(scope).unwrap(),
+        &EncryptionContext::empty(),
+        plaintext,
+    )
+    .await
+    .unwrap()
+}
+
+async fn shred(k: &Keyring, t: &TenantId, scope: &str) -> keyward_store::ShredResult {
+    k.shred_scope(
+        t,
+        &Scope::try_from(scope).unwrap(),
+        "TenantAdmin::\"secops\"",
+        "erasure request 7",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_shredded_scope_is_refused_with_its_own_reason_and_the_others_keep_working() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("shred-basic");
+    onboard(&a, &t, "k1").await;
+    let (gone, gone_dek) = seal_in(&a, &t, "conv-1", b"erase me").await;
+    let (kept, _) = seal_in(&a, &t, "conv-2", b"keep me").await;
+    assert_eq!(
+        open_reason(&a, &t, &gone).await,
+        "OK",
+        "cached before the shred"
+    );
+
+    let result = shred(&a, &t, "conv-1").await;
+    assert_eq!(result.tombstones.len(), 1);
+    assert_eq!(result.tombstones[0].id, gone_dek);
+    let err = a
+        .decrypt(&t, &gone, &EncryptionContext::empty())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "DATA_KEY_SHREDDED");
+    assert!(
+        matches!(err.root(), keyward_server::error::ServiceError::DataKeyShredded { shredded_at_ms, .. } if *shredded_at_ms == result.shredded_at_ms),
+        "{err:?}"
+    );
+    assert_eq!(open_reason(&a, &t, &kept).await, "OK");
+    // An envelope of the tenant under a DEK that never existed in this store (sealed by
+    // another deployment) is still DATA_KEY_NOT_FOUND, not "shredded".
+    let elsewhere = Fixture::new().await;
+    let other = elsewhere.replica("elsewhere");
+    onboard(&other, &t, "k1").await;
+    let (foreign, _) = seal_in(&other, &t, "conv-1", b"x").await;
+    assert_eq!(open_reason(&a, &t, &foreign).await, "DATA_KEY_NOT_FOUND");
+    // The scope takes a fresh DEK.
+    let (fresh, fresh_dek) = seal_in(&a, &t, "conv-1", b"new turn").await;
+    assert_ne!(fresh_dek, gone_dek);
+    assert_eq!(open_reason(&a, &t, &fresh).await, "OK");
+    // The signed log names it: a dek_retired (shredded) per DEK, then scope_shredded.
+    let retired = fx.events(&t, "dek_retired").await;
+    assert!(retired.iter().any(|e| matches!(
+        e,
+        AuditEvent::DekRetired { dek_id, reason: keyward_audit::DekRetireReason::Shredded, .. } if *dek_id == gone_dek
+    )));
+    let shreds = fx.events(&t, "scope_shredded").await;
+    assert_eq!(shreds.len(), 1);
+    assert!(
+        matches!(
+            &shreds[0],
+            AuditEvent::ScopeShredded { deks: 1, actor, reason, retention_cutoff_ms: None, .. }
+                if actor == "TenantAdmin::\"secops\"" && reason == "erasure request 7"
+        ),
+        "{:?}",
+        shreds[0]
+    );
+}
+
+#[tokio::test]
+async fn a_dek_loading_across_a_shred_is_never_served() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let b = fx.replica("b");
+    let t = tenant("shred-race-read");
+    onboard(&a, &t, "k1").await;
+    let (env, _) = seal_in(&a, &t, "conv-1", b"erase me").await;
+    // Replica b reads the DEK's row, then waits on the KMS for its tenant key.
+    fx.kms.hold_next_unwrap();
+    let reader = {
+        let (b, t, env) = (Arc::clone(&b), t.clone(), env.clone());
+        tokio::spawn(async move { open_reason(&b, &t, &env).await })
+    };
+    fx.kms.held().await;
+    // Meanwhile replica a shreds the scope, and b is told (the store's notification).
+    shred(&a, &t, "conv-1").await;
+    b.apply_recorded_shred(&t).await;
+    fx.kms.release();
+    let in_flight = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(in_flight, "DATA_KEY_SHREDDED");
+    // The key b loaded from its earlier read never serves a later request either.
+    assert_eq!(open_reason(&b, &t, &env).await, "DATA_KEY_SHREDDED");
+}
+
+#[tokio::test]
+async fn an_encrypt_loading_its_dek_across_a_shred_seals_under_a_fresh_one() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let b = fx.replica("b");
+    let t = tenant("shred-race-write");
+    onboard(&a, &t, "k1").await;
+    let (_, shredded) = seal_in(&a, &t, "conv-1", b"first turn").await;
+    fx.kms.hold_next_unwrap();
+    let writer = {
+        let (b, t) = (Arc::clone(&b), t.clone());
+        tokio::spawn(async move { seal_in(&b, &t, "conv-1", b"second turn").await })
+    };
+    fx.kms.held().await;
+    shred(&a, &t, "conv-1").await;
+    b.apply_recorded_shred(&t).await;
+    fx.kms.release();
+    let (env, dek) = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(dek, shredded, "sealed under the shredded DEK");
+    assert_eq!(
+        open_reason(&a, &t, &env).await,
+        "OK",
+        "written after the shred: kept"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_the_notification_catches_up_at_reconciliation() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let b = fx.replica("b");
+    let t = tenant("shred-catch-up");
+    onboard(&a, &t, "k1").await;
+    let (env, _) = seal_in(&a, &t, "conv-1", b"erase me").await;
+    let (kept, _) = seal_in(&a, &t, "conv-2", b"keep me").await;
+    assert_eq!(open_reason(&b, &t, &env).await, "OK", "cached on b");
+    shred(&a, &t, "conv-1").await;
+    // No notification reaches b; its reconciliation finds the tombstones.
+    assert_eq!(b.reconcile().await.unwrap(), 0, "no key state changed");
+    assert_eq!(open_reason(&b, &t, &env).await, "DATA_KEY_SHREDDED");
+    assert_eq!(open_reason(&b, &t, &kept).await, "OK");
+    let unwraps = fx.unwraps();
+    // Catching up drops DEKs only: the tenant key stays cached (no KMS call).
+    b.reconcile().await.unwrap();
+    assert_eq!(open_reason(&b, &t, &kept).await, "OK");
+    assert_eq!(fx.unwraps(), unwraps);
 }

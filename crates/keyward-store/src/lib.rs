@@ -255,14 +255,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// rule under the write lock, else nothing changes and the result says `skipped`. A scope
     /// without DEKs shreds nothing (the audit function still runs, with no tombstones).
     /// Unknown tenant -> NotFound. When DEKs were destroyed, announces the tenant to other
-    /// replicas (PostgreSQL: `NOTIFY` on the shred channel) at commit. SQLite erases the
-    /// deleted rows' bytes (`secure_delete`) and checkpoints the WAL after the commit
-    /// (docs/deleting-data.md says what each backend leaves).
+    /// replicas (PostgreSQL: `NOTIFY` on the shred channel) at commit. SQLite overwrites the
+    /// deleted rows' bytes in the transaction (`secure_delete`); call
+    /// [`Store::erase_shredded`] after one or more shreds for what stays elsewhere.
     async fn shred_scope(
         &self,
         shred: ScopeShred,
         audit: AuditFn<'_, ShredResult>,
     ) -> Result<ShredResult, StoreError>;
+
+    /// Erases what the backend still keeps of shredded rows, where it can, outside any
+    /// transaction (SQLite: a WAL checkpoint that truncates the WAL, so neither the WAL nor the
+    /// database file keeps an old page with a shredded key; PostgreSQL: `VACUUM deks`).
+    /// Best effort: failures are logged. docs/deleting-data.md says what each backend leaves.
+    async fn erase_shredded(&self) {}
 
     /// Up to `limit` scopes of `tenant` that match the retention rule, by label, with their DEK
     /// counts.

@@ -24,8 +24,8 @@ use super::{convert::*, split};
 /// `keyward.v1.TenantService`.
 #[derive(Debug, Clone)]
 pub struct TenantApi {
-    keyring: Arc<Keyring>,
-    authz: Arc<Authz>,
+    pub(super) keyring: Arc<Keyring>,
+    pub(super) authz: Arc<Authz>,
     /// The key-state monitor's interval (`None`: no monitor), for `Tenant.effective_policy`.
     monitor_interval: Option<std::time::Duration>,
     /// The key providers' factories, which read the key references RegisterKey receives.

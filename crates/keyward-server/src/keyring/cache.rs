@@ -43,6 +43,9 @@ pub(super) struct LiveKey {
     /// The tenant's gate generation when the key was unwrapped: a key from
     /// before a revocation (or restoration) is never used (see `gate`).
     pub(super) generation: u64,
+    /// The tenant's shred count (`Gates::shreds`) when the key's store row was read: a DEK
+    /// read before a shred of the tenant is looked up again before use (it may be shredded).
+    pub(super) shreds: u64,
 }
 
 impl fmt::Debug for LiveKey {
@@ -247,6 +250,19 @@ impl KeyCache {
                 .await
             + self
                 .invalidate_where(&self.tenant_keys, |(t, _)| t == tenant)
+                .await;
+        self.run_maintenance().await;
+        removed
+    }
+
+    /// Forgets every cached DEK (active or not) of `tenant`, keeping its tenant keys: after a
+    /// shred, whose DEKs are reloaded from the store (no KMS call). Returns how many entries.
+    pub(super) async fn purge_deks(&self, tenant: &TenantId) -> u64 {
+        let removed = self
+            .invalidate_where(&self.active, |(t, _)| t == tenant)
+            .await
+            + self
+                .invalidate_where(&self.deks, |(t, _)| t == tenant)
                 .await;
         self.run_maintenance().await;
         removed

@@ -33,6 +33,9 @@ use super::{
 use crate::{error::ServiceError, keyring::usage::Usage, metrics::Metrics, now_ms};
 
 mod loaders;
+mod shred;
+
+pub use shred::RetentionOutcome;
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
@@ -86,6 +89,8 @@ pub(super) struct DataPath {
     pub(super) write_suite: Suite,
     /// Cache hit/miss counters (docs/observability.md); none in tests that build a bare keyring.
     pub(super) metrics: Option<Arc<Metrics>>,
+    /// The highest tombstone `seq` this replica has caught up with (reconciliation).
+    pub(super) shreds_seen: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for DataPath {
@@ -137,9 +142,15 @@ impl DataPath {
         // with tiny limits other requests may fill it first: retry, bounded.
         for _ in 0..MAX_ENCRYPT_ATTEMPTS {
             let active = self.active_dek(tenant, scope).await?;
-            if active.key.generation != generation || active.key.expires_at <= Instant::now() {
-                // Loaded before a revocation or restoration of this tenant, or vouched for by
-                // the KMS a TTL ago or more (this request stalled after the unwrap answered):
+            // Read after the lookup, with no await until the envelope is sealed: a shred this
+            // replica applied while the DEK was being loaded is seen.
+            if active.key.generation != generation
+                || active.key.shreds != self.revocation.gates().shreds(tenant)
+                || active.key.expires_at <= Instant::now()
+            {
+                // Loaded before a revocation or restoration of this tenant, or read from the
+                // store before a shred of the tenant (it may be gone), or vouched for by the
+                // KMS a TTL ago or more (this request stalled after the unwrap answered):
                 // never used past the TTL. No await from here until the envelope is sealed.
                 self.cache
                     .active
@@ -219,8 +230,12 @@ impl DataPath {
                 }
                 None => self.dek(tenant, header.dek_id()).await?,
             };
-            if dek.generation != generation {
-                // Loaded before a revocation or restoration of this tenant.
+            // The shred count is read after the lookup (no await from here until the plaintext
+            // is released): a shred this replica applied while the DEK was loading is seen.
+            if dek.generation != generation || dek.shreds != self.revocation.gates().shreds(tenant)
+            {
+                // Loaded before a revocation or restoration of this tenant, or read from the
+                // store before a shred of the tenant (it may be gone: look it up again).
                 *hit = false;
                 self.cache.deks.invalidate(&key).await;
                 continue;
@@ -344,9 +359,10 @@ impl DataPath {
                 if current.is_some_and(|c| c.value().id != exhausted.id) {
                     return Ok(Op::Nop); // someone else already rotated
                 }
+                let shreds = self.revocation.gates().shreds(tenant);
                 let binding = self.usable_binding(tenant).await?;
                 let fresh = self
-                    .create_dek(tenant, scope, &binding, Some(reason))
+                    .create_dek(tenant, scope, &binding, Some(reason), shreds)
                     .await?;
                 Ok::<_, ServiceError>(Op::Put(fresh))
             })

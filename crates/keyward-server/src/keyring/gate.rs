@@ -30,6 +30,9 @@ struct Gate {
     /// older generation is never used.
     generation: u64,
     closed: Option<Closed>,
+    /// Bumped whenever DEKs of the tenant are shredded (here or, as notified, on another
+    /// replica): a DEK loaded under an older value is looked up in the store again before use.
+    shreds: u64,
     /// When this replica last returned plaintext for the tenant (0: never).
     /// Atomic so that releasing plaintext needs only the read lock.
     last_plaintext_ms: Arc<AtomicI64>,
@@ -80,6 +83,21 @@ impl Gates {
             .unwrap_or_else(PoisonError::into_inner)
             .get(tenant)
             .map_or(0, |g| g.generation)
+    }
+
+    /// The tenant's shred count: a cached DEK loaded when it was lower may have been shredded.
+    pub(crate) fn shreds(&self, tenant: &TenantId) -> u64 {
+        self.gates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .map_or(0, |g| g.shreds)
+    }
+
+    /// Records that DEKs of the tenant were shredded: every DEK loaded before is stale.
+    pub(crate) fn count_shred(&self, tenant: &TenantId) {
+        let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
+        gates.entry(tenant.clone()).or_default().shreds += 1;
     }
 
     /// Closes the tenant; returns false if it already was.

@@ -210,6 +210,7 @@ impl Onboarding {
                     tenant_key_id,
                     expires_at: vouched_at + ttl,
                     generation: self.revocation.gates().generation(tenant),
+                    shreds: self.revocation.gates().shreds(tenant),
                 }),
             )
             .await;

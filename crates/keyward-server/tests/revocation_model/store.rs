@@ -259,6 +259,43 @@ impl Store for FaultyStore {
         self.inner.add_dek_usage(tenant, id, messages, bytes).await
     }
 
+    async fn shred_scope(
+        &self,
+        shred: keyward_store::ScopeShred,
+        audit: keyward_store::AuditFn<'_, keyward_store::ShredResult>,
+    ) -> Result<keyward_store::ShredResult, StoreError> {
+        self.write()?;
+        self.inner.shred_scope(shred, audit).await
+    }
+    async fn erase_shredded(&self) {
+        self.inner.erase_shredded().await;
+    }
+    async fn shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &keyward_store::WrittenBefore,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::ShredCandidate>, StoreError> {
+        self.inner.shred_candidates(tenant, rule, limit).await
+    }
+    async fn count_shred_candidates(
+        &self,
+        tenant: &TenantId,
+        rule: &keyward_store::WrittenBefore,
+    ) -> Result<(u64, u64), StoreError> {
+        self.inner.count_shred_candidates(tenant, rule).await
+    }
+    async fn dek_tombstone(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<keyward_store::DekTombstone>, StoreError> {
+        self.inner.dek_tombstone(tenant, id).await
+    }
+    async fn shreds_after(&self, after_seq: i64) -> Result<Vec<(TenantId, i64)>, StoreError> {
+        self.inner.shreds_after(after_seq).await
+    }
+
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
         self.inner.counts().await
     }

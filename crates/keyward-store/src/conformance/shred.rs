@@ -82,11 +82,18 @@ pub async fn check_shred_scope(store: &dyn Store) {
         );
         assert_eq!(store.get_dek(&tenant, &dek.id).await.unwrap(), None);
         assert_eq!(
-            store.dek_tombstone(&tenant, &dek.id).await.unwrap().as_ref(),
+            store
+                .dek_tombstone(&tenant, &dek.id)
+                .await
+                .unwrap()
+                .as_ref(),
             Some(tombstone)
         );
     }
-    assert_eq!(store.active_dek(&tenant, &scope("conv-1")).await.unwrap(), None);
+    assert_eq!(
+        store.active_dek(&tenant, &scope("conv-1")).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.counts().await.unwrap().deks,
         before.deks - 2,
@@ -125,10 +132,7 @@ pub async fn check_shred_scope(store: &dyn Store) {
         .await
         .unwrap();
     assert!(listed.contains(&(tenant.clone(), result.tombstones[1].seq)));
-    let later = store
-        .shreds_after(result.tombstones[1].seq)
-        .await
-        .unwrap();
+    let later = store.shreds_after(result.tombstones[1].seq).await.unwrap();
     assert!(!later.iter().any(|(t, _)| *t == tenant));
 }
 
@@ -161,7 +165,10 @@ pub async fn check_shred_scope_edges(store: &dyn Store) {
     assert_eq!(store.audit_head().await.unwrap(), head);
 
     let dek = store
-        .insert_dek(new_dek(&tenant, "conv-9", binding.tenant_key_id), &dek_events)
+        .insert_dek(
+            new_dek(&tenant, "conv-9", binding.tenant_key_id),
+            &dek_events,
+        )
         .await
         .unwrap()
         .dek;
@@ -171,7 +178,13 @@ pub async fn check_shred_scope_edges(store: &dyn Store) {
         .unwrap();
     let stranger = new_tenant(store).await;
     assert_eq!(store.dek_tombstone(&stranger, &dek.id).await.unwrap(), None);
-    assert!(store.dek_tombstone(&tenant, &dek.id).await.unwrap().is_some());
+    assert!(
+        store
+            .dek_tombstone(&tenant, &dek.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.dek_tombstone(&tenant, &key_id()).await.unwrap(), None);
 }
 
@@ -226,10 +239,7 @@ pub async fn check_retention_candidates(store: &dyn Store) {
         (3, 4),
         "no prefix: conv-a too"
     );
-    let page = store
-        .shred_candidates(&tenant, &rule(""), 1)
-        .await
-        .unwrap();
+    let page = store.shred_candidates(&tenant, &rule(""), 1).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].scope.as_str(), "2026-10");
     // A rotation age keeps the active DEKs: they could still encrypt at the cutoff.
@@ -251,7 +261,10 @@ pub async fn check_retention_candidates(store: &dyn Store) {
 
     // The rule is checked again inside the shred's transaction.
     let skipped = store
-        .shred_scope(shred(&tenant, "2026-12", Some(rule("2026-"))), &shred_events)
+        .shred_scope(
+            shred(&tenant, "2026-12", Some(rule("2026-"))),
+            &shred_events,
+        )
         .await
         .unwrap();
     assert!(skipped.skipped && skipped.tombstones.is_empty());
@@ -263,7 +276,10 @@ pub async fn check_retention_candidates(store: &dyn Store) {
             .is_some()
     );
     let done = store
-        .shred_scope(shred(&tenant, "2026-11", Some(rule("2026-"))), &shred_events)
+        .shred_scope(
+            shred(&tenant, "2026-11", Some(rule("2026-"))),
+            &shred_events,
+        )
         .await
         .unwrap();
     assert_eq!(done.tombstones.len(), 2);

@@ -12,8 +12,9 @@ use crate::decode;
 use crate::{
     AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
     DekInsert, DekRecord, DekTombstone, KekBinding, KeyCheck, KeyId, NewDek, NewKekBinding,
-    ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult, StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
-    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState, WrittenBefore,
+    ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult, StateChange, StateUpdate,
+    Store, StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy,
+    TenantRecord, TenantState, WrittenBefore,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -189,12 +190,11 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         D::check_text("shredded_by", &shred.shredded_by)?;
         D::check_text("reason", &shred.reason)?;
         let shred = &shred;
-        let result =
-            with_retries(D::WRITE_ATTEMPTS, || self.try_shred_scope(shred, audit)).await?;
-        if !result.tombstones.is_empty() {
-            D::after_shred(&self.pool).await;
-        }
-        Ok(result)
+        with_retries(D::WRITE_ATTEMPTS, || self.try_shred_scope(shred, audit)).await
+    }
+
+    async fn erase_shredded(&self) {
+        D::after_shred(&self.pool).await;
     }
 
     async fn shred_candidates(

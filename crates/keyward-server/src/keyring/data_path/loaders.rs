@@ -89,6 +89,8 @@ impl DataPath {
                     tenant_key_id: *id,
                     expires_at: asked_at + ttl,
                     generation,
+                    // Not a DEK: shreds do not concern it.
+                    shreds: 0,
                 }))
             })
             .await;
@@ -116,19 +118,29 @@ impl DataPath {
         self.cache
             .deks
             .try_get_with((tenant.clone(), *id), async {
+                // Read before the row: a shred committed after this read bumps it.
+                let shreds = self.revocation.gates().shreds(tenant);
                 let Some(record) = self.store.get_dek(tenant, id).await? else {
+                    if let Some(tombstone) = self.store.dek_tombstone(tenant, id).await? {
+                        return Err(ServiceError::DataKeyShredded {
+                            tenant: tenant.to_string(),
+                            shredded_at_ms: tombstone.shredded_at_ms,
+                        });
+                    }
                     require_tenant(self.store.as_ref(), tenant).await?;
                     return Err(ServiceError::DataKeyNotFound(tenant.to_string()));
                 };
-                self.unwrap_dek(&record).await
+                self.unwrap_dek(&record, shreds).await
             })
             .await
             .map_err(unshare)
     }
 
+    /// Unwraps a DEK read from the store when the tenant's shred count was `shreds`.
     pub(super) async fn unwrap_dek(
         &self,
         record: &DekRecord,
+        shreds: u64,
     ) -> Result<Arc<LiveKey>, ServiceError> {
         let tenant_key = self
             .tenant_key(&record.tenant, &record.tenant_key_id)
@@ -146,6 +158,7 @@ impl DataPath {
             tenant_key_id: record.tenant_key_id,
             expires_at: (Instant::now() + self.cache.policy().ttl).min(tenant_key.expires_at),
             generation: tenant_key.generation,
+            shreds,
         }))
     }
 
@@ -159,6 +172,7 @@ impl DataPath {
         self.cache
             .active
             .try_get_with((tenant.clone(), scope.clone()), async {
+                let shreds = self.revocation.gates().shreds(tenant);
                 let binding = self.usable_binding(tenant).await?;
                 let existing = self.store.active_dek(tenant, scope).await?;
                 let retire_reason = existing
@@ -166,7 +180,7 @@ impl DataPath {
                     .and_then(|record| self.retire_reason(record, &binding));
                 match existing {
                     Some(record) if retire_reason.is_none() => {
-                        let key = self.unwrap_dek(&record).await?;
+                        let key = self.unwrap_dek(&record, shreds).await?;
                         Ok(Arc::new(ActiveDek {
                             id: record.id,
                             key,
@@ -178,7 +192,7 @@ impl DataPath {
                         }))
                     }
                     _ => {
-                        self.create_dek(tenant, scope, &binding, retire_reason)
+                        self.create_dek(tenant, scope, &binding, retire_reason, shreds)
                             .await
                     }
                 }
@@ -228,13 +242,15 @@ impl DataPath {
     }
 
     /// Generates a DEK, wraps it under the binding's tenant key and commits it
-    /// to the store (retiring the scope's previous active DEK) before use.
+    /// to the store (retiring the scope's previous active DEK) before use. `shreds`: the
+    /// tenant's shred count read before the decision to create it.
     pub(super) async fn create_dek(
         &self,
         tenant: &TenantId,
         scope: &Scope,
         binding: &KekBinding,
         retire_reason: Option<DekRetireReason>,
+        shreds: u64,
     ) -> Result<Arc<ActiveDek>, ServiceError> {
         let tenant_key = self.tenant_key(tenant, &binding.tenant_key_id).await?;
         let scope_hmac = self.kek.hasher.hash("scope", scope.as_str());
@@ -287,6 +303,7 @@ impl DataPath {
             tenant_key_id: binding.tenant_key_id,
             expires_at: (Instant::now() + self.cache.policy().ttl).min(tenant_key.expires_at),
             generation: tenant_key.generation,
+            shreds,
         });
         Ok(Arc::new(ActiveDek {
             id,
