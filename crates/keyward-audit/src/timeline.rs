@@ -168,6 +168,25 @@ pub struct Timeline {
     pub unattributed_denials: Vec<DeniedSecond>,
     /// All the tenant's denied requests.
     pub total_denied: u64,
+    /// Scopes crypto-shredded (`scope_shredded` records), in record order.
+    pub shreds: Vec<Shred>,
+}
+
+/// One scope crypto-shredded, from its `scope_shredded` record and the `dek_retired` (reason
+/// `shredded`) records written in the same transaction, just before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shred {
+    pub seq: u64,
+    pub recorded_ms: i64,
+    pub scope_hmac: String,
+    /// DEKs destroyed, as the `scope_shredded` record counts them.
+    pub deks: u64,
+    /// The `dek_retired` (shredded) records of that scope just before it: one per DEK.
+    pub dek_ids: Vec<String>,
+    pub actor: String,
+    pub reason: String,
+    /// Set when a retention run (`ShredScopes`) shredded it.
+    pub retention_cutoff_ms: Option<i64>,
 }
 
 impl Timeline {
@@ -204,8 +223,11 @@ impl Timeline {
             unattached_purges: Vec::new(),
             unattributed_denials: Vec::new(),
             total_denied: 0,
+            shreds: Vec::new(),
         };
         let mut denials = Vec::new();
+        // `dek_retired` (shredded) records waiting for their scope's `scope_shredded` record.
+        let mut shredded_deks: Vec<(String, String)> = Vec::new();
         for entry in mine {
             let recorded = |t: &StateTransition| RecordedTransition {
                 seq: entry.seq,
@@ -262,6 +284,35 @@ impl Timeline {
                     denials.push(DeniedSecond {
                         second: *second,
                         count: *count,
+                    });
+                }
+                AuditEvent::DekRetired {
+                    scope_hmac,
+                    dek_id,
+                    reason: crate::DekRetireReason::Shredded,
+                    ..
+                } => shredded_deks.push((scope_hmac.clone(), dek_id.to_string())),
+                AuditEvent::ScopeShredded {
+                    scope_hmac,
+                    deks,
+                    actor,
+                    reason,
+                    retention_cutoff_ms,
+                    ..
+                } => {
+                    let (mine, others): (Vec<_>, Vec<_>) = shredded_deks
+                        .drain(..)
+                        .partition(|(scope, _)| scope == scope_hmac);
+                    shredded_deks = others;
+                    timeline.shreds.push(Shred {
+                        seq: entry.seq,
+                        recorded_ms: entry.time_ms,
+                        scope_hmac: scope_hmac.clone(),
+                        deks: *deks,
+                        dek_ids: mine.into_iter().map(|(_, id)| id).collect(),
+                        actor: actor.clone(),
+                        reason: reason.clone(),
+                        retention_cutoff_ms: *retention_cutoff_ms,
                     });
                 }
                 _ => {}

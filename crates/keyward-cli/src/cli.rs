@@ -178,6 +178,10 @@ pub(crate) enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
+    /// Crypto-shred data: one scope (`--scope`), or every scope whose data was all written
+    /// before a time (`--created-before`, retention). Irreversible: the scope's data keys are
+    /// destroyed and its envelopes fail DATA_KEY_SHREDDED (docs/deleting-data.md).
+    Shred(ShredArgs),
     /// Create a tenant.
     Create {
         /// Tenant id: 1-64 characters of [a-z0-9._-].
@@ -250,6 +254,39 @@ pub(crate) enum TenantCommand {
         #[arg(long, value_name = "ID")]
         binding: Option<i64>,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShredArgs {
+    pub(crate) tenant: String,
+    /// The scope to shred, as Encrypt named it ("default" when it named none).
+    #[arg(long, value_name = "SCOPE", required_unless_present = "created_before", conflicts_with_all = ["created_before", "scope_prefix", "dry_run", "max_scopes"])]
+    pub(crate) scope: Option<String>,
+    /// Retention: shred every scope whose data was all written before this time
+    /// (`2026-11-01` = midnight UTC, or `2026-11-01T12:00:00Z`), in pages until none is left.
+    #[arg(long, value_name = "TIME", value_parser = parse_cutoff)]
+    pub(crate) created_before: Option<i64>,
+    /// Retention: only scopes whose label starts with this (e.g. `2026-` or `conv-`).
+    #[arg(long, value_name = "PREFIX", requires = "created_before")]
+    pub(crate) scope_prefix: Option<String>,
+    /// Retention: say how many scopes and data keys would be shredded; change nothing.
+    #[arg(long, requires = "created_before")]
+    pub(crate) dry_run: bool,
+    /// Retention: scopes per call (the server's default is 100, at most 1000).
+    #[arg(long, value_name = "N", requires = "created_before")]
+    pub(crate) max_scopes: Option<u32>,
+    /// Why (recorded in the audit log); required unless --dry-run.
+    #[arg(long, required_unless_present = "dry_run")]
+    pub(crate) reason: Option<String>,
+    /// Who asked for it, recorded next to the caller's authenticated identity.
+    #[arg(long, env = "USER", default_value = "")]
+    pub(crate) requested_by: String,
+}
+
+fn parse_cutoff(text: &str) -> Result<i64, String> {
+    keyward_server::time::parse_utc_ms(text).ok_or_else(|| {
+        format!("{text:?} is not a UTC time: write 2026-11-01 or 2026-11-01T12:00:00Z")
+    })
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! The revocation report of `keyward audit report`: the records read from their JSON, and the
-//! tenant's revocation timeline ([`keyward_audit::timeline`], built from them) as text and as
+//! The report of `keyward audit report`: the records read from their JSON, and the
+//! tenant's revocation timeline and crypto-shredding ([`keyward_audit::timeline`], built from them) as text and as
 //! JSON. The rendering stays here: its times are written by the RFC 3339 formatter the server's
 //! error messages share (`keyward_server::time`), which keyward-audit, below the server, cannot
 //! use.
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use keyward_audit::timeline::{
-    DeniedSecond, Entry, Item, Purge, RecordedTransition, Revocation, Timeline,
+    DeniedSecond, Entry, Item, Purge, RecordedTransition, Revocation, Shred, Timeline,
 };
 use keyward_audit::{AuditEvent, KeyState, StateTransition};
 use serde_json::{Value, json};
@@ -140,7 +140,80 @@ pub(crate) fn text(report: &Timeline) -> String {
         }
         out.push_str(").\n");
     }
+    write_shreds(&mut out, &report.shreds);
     out
+}
+
+/// The scopes crypto-shredded, as the signed log proves them: the `scope_shredded` record and
+/// the `dek_retired` (shredded) records of its transaction.
+fn write_shreds(out: &mut String, shreds: &[Shred]) {
+    if shreds.is_empty() {
+        return;
+    }
+    let deks: u64 = shreds.iter().map(|s| s.deks).sum();
+    let _ = writeln!(
+        out,
+        "\nCrypto-shredding: {} scope{} shredded, {deks} data key{} destroyed \
+         (scopes are named by their HMAC, as in the log):",
+        shreds.len(),
+        if shreds.len() == 1 { "" } else { "s" },
+        if deks == 1 { "" } else { "s" },
+    );
+    for s in shreds {
+        let how = match s.retention_cutoff_ms {
+            Some(cutoff) => format!("retention (data written before {})", utc_ms(cutoff)),
+            None => "ShredScope".to_owned(),
+        };
+        let check = if usize::try_from(s.deks).ok() == Some(s.dek_ids.len()) {
+            format!(
+                "{} dek_retired (shredded) record{} {} it",
+                s.dek_ids.len(),
+                if s.dek_ids.len() == 1 { "" } else { "s" },
+                if s.dek_ids.len() == 1 {
+                    "matches"
+                } else {
+                    "match"
+                }
+            )
+        } else {
+            format!(
+                "WARNING: {} dek_retired (shredded) records in these records for {} data keys",
+                s.dek_ids.len(),
+                s.deks
+            )
+        };
+        let _ = writeln!(
+            out,
+            "- seq {} at {}: scope {}: {} data key{} destroyed ({how}) by {}: {}",
+            s.seq,
+            utc_ms(s.recorded_ms),
+            s.scope_hmac,
+            s.deks,
+            if s.deks == 1 { "" } else { "s" },
+            s.actor,
+            s.reason,
+        );
+        if !s.dek_ids.is_empty() {
+            // An envelope's DEK id (EncryptResponse.dek_id, or its header) finds its shred here.
+            const SHOWN: usize = 8;
+            let mut ids = s
+                .dek_ids
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if s.dek_ids.len() > SHOWN {
+                let _ = write!(
+                    ids,
+                    ", … ({} more in --format json)",
+                    s.dek_ids.len() - SHOWN
+                );
+            }
+            let _ = writeln!(out, "  data keys: {ids}");
+        }
+        let _ = writeln!(out, "  {check}");
+    }
 }
 
 /// The report as JSON, with the raw values (Unix milliseconds, seconds, seqs).
@@ -179,6 +252,16 @@ pub(crate) fn json(report: &Timeline) -> Value {
         "unattached_purges": report.unattached_purges.iter().map(|p| purge_json(p, None)).collect::<Vec<_>>(),
         "denied_total": report.total_denied,
         "denials_outside_revocations": denials_json(&report.unattributed_denials),
+        "shreds": report.shreds.iter().map(|s| json!({
+            "seq": s.seq,
+            "recorded_at_ms": s.recorded_ms,
+            "scope_hmac": s.scope_hmac,
+            "deks": s.deks,
+            "dek_ids": s.dek_ids,
+            "actor": s.actor,
+            "reason": s.reason,
+            "retention_cutoff_ms": s.retention_cutoff_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -137,3 +137,32 @@ fn entries_parse_from_listed_and_exported_records_alike() {
     let err = entry_from_json(broken).unwrap_err();
     assert!(format!("{err:#}").contains("record seq 3"), "{err:#}");
 }
+
+#[test]
+fn a_shred_reads_as_its_scope_its_data_keys_who_and_why() {
+    let dek = "ac1786e856da607c39cecbb96e482f45";
+    let other = "0f1786e856da607c39cecbb96e482f45";
+    let records = [
+        r#"{"event":{"actor":null,"tenant":"acme","type":"tenant_created"},"seq":1,"time_ms":1000}"#.to_owned(),
+        format!(r#"{{"event":{{"dek_id":"{dek}","reason":"shredded","scope_hmac":"hmac-sha256:aa","tenant":"acme","type":"dek_retired"}},"seq":2,"time_ms":2000}}"#),
+        r#"{"event":{"actor":"TenantAdmin::\"secops\"","deks":1,"reason":"erasure 7","retention_cutoff_ms":null,"scope_hmac":"hmac-sha256:aa","tenant":"acme","type":"scope_shredded"},"seq":3,"time_ms":2000}"#.to_owned(),
+        format!(r#"{{"event":{{"dek_id":"{other}","reason":"shredded","scope_hmac":"hmac-sha256:bb","tenant":"acme","type":"dek_retired"}},"seq":4,"time_ms":3000}}"#),
+        r#"{"event":{"actor":"Operator::\"oncall\"","deks":2,"reason":"retention","retention_cutoff_ms":1500,"scope_hmac":"hmac-sha256:bb","tenant":"acme","type":"scope_shredded"},"seq":5,"time_ms":3000}"#.to_owned(),
+    ]
+    .join("\n");
+    let report = timeline(&records);
+    let text = text(&report);
+    for line in [
+        "Crypto-shredding: 2 scopes shredded, 3 data keys destroyed (scopes are named by their HMAC, as in the log):\n",
+        "- seq 3 at 1970-01-01T00:00:02.000Z: scope hmac-sha256:aa: 1 data key destroyed (ShredScope) by TenantAdmin::\"secops\": erasure 7\n",
+        "  data keys: ac1786e856da607c39cecbb96e482f45\n  1 dek_retired (shredded) record matches it\n",
+        "- seq 5 at 1970-01-01T00:00:03.000Z: scope hmac-sha256:bb: 2 data keys destroyed (retention (data written before 1970-01-01T00:00:01.500Z)) by Operator::\"oncall\": retention\n",
+        // The log holds one dek_retired record for two data keys: said, not hidden.
+        "  WARNING: 1 dek_retired (shredded) records in these records for 2 data keys\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let json = json(&report);
+    assert_eq!(json["shreds"][0]["dek_ids"][0], dek);
+    assert_eq!(json["shreds"][1]["retention_cutoff_ms"], 1500);
+}

@@ -18,6 +18,61 @@ pub fn rfc3339_utc_ms(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
+/// Reads a time as people write it for a cutoff: `2026-11-01` (midnight UTC),
+/// `2026-11-01T12:30:00Z` or with milliseconds (`…:00.250Z`), UTC only. `None` when it is not
+/// one of those or not a real date.
+pub fn parse_utc_ms(text: &str) -> Option<i64> {
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut parts = date.splitn(3, '-');
+    let year: i64 = number(parts.next()?, 4)?;
+    let month: u32 = number(parts.next()?, 2)?;
+    let day: u32 = number(parts.next()?, 2)?;
+    let days = days_from_civil(year, month, day)?;
+    let mut ms = days * 86_400_000;
+    if let Some(time) = time {
+        let (hms, milli) = match time.split_once('.') {
+            Some((hms, milli)) => (hms, number::<i64>(milli, 3)?),
+            None => (time, 0),
+        };
+        let mut parts = hms.splitn(3, ':');
+        let h: i64 = number(parts.next()?, 2)?;
+        let m: i64 = number(parts.next()?, 2)?;
+        let s: i64 = number(parts.next()?, 2)?;
+        if h > 23 || m > 59 || s > 59 {
+            return None;
+        }
+        ms += ((h * 60 + m) * 60 + s) * 1000 + milli;
+    }
+    Some(ms)
+}
+
+/// Exactly `digits` ASCII digits.
+fn number<T: std::str::FromStr>(text: &str, digits: usize) -> Option<T> {
+    (text.len() == digits && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`);
+/// `None` for a date that does not exist (2026-02-30).
+fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
+    if !(1..=12).contains(&month) || day == 0 {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    // Rejects day 31 of a 30-day month, 29 February of a common year, …
+    (civil_from_days(days) == (year, month, day)).then_some(days)
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
 /// `civil_from_days`, <http://howardhinnant.github.io/date_algorithms.html>).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -41,6 +96,36 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cutoffs_are_read_as_written_in_utc() {
+        assert_eq!(parse_utc_ms("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_utc_ms("2026-12-06T15:23:01.310Z"),
+            Some(1_796_570_581_310)
+        );
+        assert_eq!(
+            parse_utc_ms("2026-12-06T15:23:01Z"),
+            Some(1_796_570_581_000)
+        );
+        assert_eq!(parse_utc_ms("2000-02-29"), Some(951_782_400_000));
+        for bad in [
+            "2100-02-29",
+            "2026-04-31",
+            "2026-13-01",
+            "2026-1-01",
+            "2026-12-06T15:23:01",
+            "2026-12-06T24:00:00Z",
+            "2026-12-06T15:23:01+01:00",
+            "yesterday",
+            "",
+        ] {
+            assert_eq!(parse_utc_ms(bad), None, "{bad}");
+        }
+        for ms in [0, 951_782_400_000, 1_796_570_581_310, 4_107_542_400_000] {
+            assert_eq!(parse_utc_ms(&rfc3339_utc_ms(ms)), Some(ms));
+        }
+    }
 
     #[test]
     fn times_are_rfc3339_utc_with_milliseconds() {

@@ -6,5 +6,6 @@ pub(crate) mod key;
 pub(crate) mod onboarding;
 pub(crate) mod policy;
 pub(crate) mod serve;
+pub(crate) mod shred;
 pub(crate) mod store;
 pub(crate) mod tenant;

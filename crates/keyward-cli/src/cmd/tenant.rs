@@ -10,6 +10,7 @@ use crate::exit;
 pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Result<()> {
     let mut client = TenantServiceClient::new(channel(endpoint).await?);
     let tenant = match cmd {
+        TenantCommand::Shred(args) => return super::shred::shred(&mut client, args).await,
         TenantCommand::Create { tenant, name } => {
             client
                 .create_tenant(pb::CreateTenantRequest {
