@@ -600,3 +600,159 @@ async fn a_tenant_policy_change_drops_the_tenants_cached_keys_on_every_replica()
     drop((a, b));
     db.finish().await;
 }
+
+// ----- crypto-shredding across replicas (issue #21) -------------------------------------------
+
+fn reason_of(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+async fn seal_in(server: &Server, tenant: &str, scope: &str, plaintext: &[u8]) -> Vec<u8> {
+    server
+        .crypto()
+        .await
+        .encrypt(pb::EncryptRequest {
+            tenant_id: tenant.into(),
+            plaintext: plaintext.to_vec(),
+            encryption_context: ctx(),
+            scope: scope.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scope_shredded_through_one_replica_is_refused_by_every_replica() {
+    let db = TestDb::create().await;
+    let mut deployment = Deployment::new();
+    let replicas: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|id| deployment.start(&db, id, &[]))
+        .collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    a.onboard("acme").await;
+    let gone = seal_in(a, "acme", "conv-1", b"delete this conversation").await;
+    let kept = seal_in(b, "acme", "conv-2", b"keep this one").await;
+    // Every replica holds both scopes' data keys in its cache.
+    for server in &replicas {
+        let mut client = server.crypto().await;
+        assert_eq!(
+            decrypt(&mut client, "acme", &gone).await.unwrap(),
+            b"delete this conversation"
+        );
+        assert_eq!(
+            decrypt(&mut client, "acme", &kept).await.unwrap(),
+            b"keep this one"
+        );
+    }
+
+    let answer = a
+        .tenants()
+        .await
+        .shred_scope(pb::ShredScopeRequest {
+            tenant_id: "acme".into(),
+            scope: "conv-1".into(),
+            reason: "data subject request 12".into(),
+            requested_by: "dpo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let returned = Instant::now();
+    assert_eq!(answer.deks_shredded, 1);
+
+    // The replica that shredded refuses at once, with the shred's own reason and time.
+    let status = decrypt(&mut a.crypto().await, "acme", &gone)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason_of(&status), "DATA_KEY_SHREDDED");
+    let info = status.get_details_error_info().unwrap();
+    let at = answer.shredded_at.unwrap();
+    assert_eq!(
+        info.metadata["shredded_at_ms"],
+        (at.seconds * 1000 + i64::from(at.nanos) / 1_000_000).to_string()
+    );
+    // The others within the push bound (LISTEN/NOTIFY; their cached copies are dropped).
+    let bound = support::bound::push();
+    let (to_b, to_c) = tokio::join!(
+        first_refusal(b, &gone, returned, bound),
+        first_refusal(c, &gone, returned, bound),
+    );
+    println!("shred through A reached B after {to_b:?}, C after {to_c:?}");
+
+    // The tenant's other scope keeps working everywhere; the shredded scope takes new data.
+    let fresh = seal_in(b, "acme", "conv-1", b"a new conversation").await;
+    for server in &replicas {
+        let mut client = server.crypto().await;
+        assert_eq!(
+            decrypt(&mut client, "acme", &kept).await.unwrap(),
+            b"keep this one"
+        );
+        assert_eq!(
+            decrypt(&mut client, "acme", &fresh).await.unwrap(),
+            b"a new conversation"
+        );
+        let status = decrypt(&mut client, "acme", &gone).await.unwrap_err();
+        assert_eq!(reason_of(&status), "DATA_KEY_SHREDDED");
+    }
+
+    // The signed chain verifies and names the shred with its count.
+    let dir = tempfile::tempdir().unwrap();
+    let verified = a.verify_audit_chain(dir.path());
+    println!("{verified}");
+    let store = PostgresStore::connect(&db.url, Default::default())
+        .await
+        .unwrap();
+    let shreds = store
+        .audit_records(
+            &AuditQuery::default()
+                .with_tenant("acme".try_into().unwrap())
+                .with_event_type("scope_shredded"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(shreds.len(), 1);
+    assert!(matches!(
+        shreds[0].event(),
+        keyward_store::AuditEvent::ScopeShredded { deks: 1, .. }
+    ));
+    store.close().await;
+    let (ok, out, err) = a.cli(&["audit", "report", "--tenant", "acme"], b"");
+    assert!(ok, "{err}");
+    let report = String::from_utf8(out).unwrap();
+    assert!(
+        report.contains("Crypto-shredding: 1 scope shredded, 1 data key destroyed"),
+        "{report}"
+    );
+    assert!(report.contains("data subject request 12"), "{report}");
+    db.drop_database().await;
+}
+
+/// Polls `server` with decrypts of `envelope` until one is refused; returns when that decrypt
+/// was sent, counted from `since` (panics if one sent `bound` after `since` was served).
+async fn first_refusal(
+    server: &Server,
+    envelope: &[u8],
+    since: Instant,
+    bound: Duration,
+) -> Duration {
+    let client = server.crypto().await;
+    let (status, sent) = support::bound::stops_serving(since, bound, || {
+        let mut client = client.clone();
+        async move { decrypt(&mut client, "acme", envelope).await }
+    })
+    .await;
+    assert_eq!(
+        reason_of(&status),
+        "DATA_KEY_SHREDDED",
+        "replica {}: {status:?}",
+        server.addr
+    );
+    sent
+}
