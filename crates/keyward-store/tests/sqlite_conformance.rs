@@ -321,3 +321,112 @@ async fn database_files_are_private_to_their_owner() {
 // ----- the backdoor tests of the conformance suite ----------------------------------------------
 
 keyward_store::backdoor_tests!(Sqlite::new);
+
+/// Crypto-shredding leaves no copy of a shredded wrapped DEK in the database's files: not in
+/// free pages (`secure_delete`), not in the WAL nor in an old page of the main file (the
+/// checkpoint of `erase_shredded`). The wrapped key is found in the files before the shred, so
+/// the search is known to work.
+#[tokio::test]
+async fn a_shredded_wrapped_dek_is_nowhere_in_the_files() {
+    use keyward_store::{NewDek, NewKekBinding, ProviderKind, Scope, ScopeShred, WrappedKey};
+    let (dir, store) = open_temp().await;
+    let tenant = conformance::unique_tenant_id();
+    store
+        .create_tenant(&tenant, "Shred", &tenant_created)
+        .await
+        .unwrap();
+    let binding = store
+        .bind_kek(
+            NewKekBinding {
+                tenant: tenant.clone(),
+                provider: ProviderKind::Local,
+                key_ref: "kek".to_owned(),
+                tenant_key_id: keyward_store::KeyId::generate().unwrap(),
+                wrapped_tenant_key: WrappedKey::new(vec![0x11; 60]),
+                tenant_key_mac: Some(vec![0x22; 32]),
+            },
+            &conformance::binding_changed,
+        )
+        .await
+        .unwrap()
+        .binding;
+    // A wrapped key no other bytes in the files can look like.
+    let secret: Vec<u8> = (0u8..60).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    let keep: Vec<u8> = (0u8..60).map(|i| i.wrapping_mul(53) ^ 0x3c).collect();
+    for (scope, wrapped) in [("conv-erase", &secret), ("conv-keep", &keep)] {
+        store
+            .insert_dek(
+                NewDek {
+                    id: keyward_store::KeyId::generate().unwrap(),
+                    tenant: tenant.clone(),
+                    scope: Scope::try_from(scope).unwrap(),
+                    tenant_key_id: binding.tenant_key_id,
+                    wrapped: WrappedKey::new(wrapped.clone()),
+                },
+                &conformance::dek_events,
+            )
+            .await
+            .unwrap();
+    }
+    // Some rows after it, so that the page it sits on is not simply the last one written.
+    for i in 0..200 {
+        store
+            .insert_dek(
+                NewDek {
+                    id: keyward_store::KeyId::generate().unwrap(),
+                    tenant: tenant.clone(),
+                    scope: Scope::try_from(format!("filler-{i}")).unwrap(),
+                    tenant_key_id: binding.tenant_key_id,
+                    wrapped: WrappedKey::new(vec![0x77; 60]),
+                },
+                &conformance::dek_events,
+            )
+            .await
+            .unwrap();
+    }
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect()
+    };
+    let holds = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        files(dir.path()).iter().any(|(_, b)| holds(b, &secret)),
+        "the wrapped DEK is in the files before the shred (else this test proves nothing)"
+    );
+
+    let result = store
+        .shred_scope(
+            ScopeShred {
+                tenant: tenant.clone(),
+                scope: Scope::try_from("conv-erase").unwrap(),
+                scope_hmac: "hmac:conv-erase".to_owned(),
+                shredded_by: "test".to_owned(),
+                reason: "raw bytes".to_owned(),
+                only_if: None,
+            },
+            &conformance::shred_events,
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.tombstones.len(), 1);
+    store.erase_shredded().await;
+
+    for (name, bytes) in files(dir.path()) {
+        assert!(
+            !holds(&bytes, &secret),
+            "the shredded wrapped DEK is still in {name}"
+        );
+    }
+    assert!(
+        files(dir.path()).iter().any(|(_, b)| holds(b, &keep)),
+        "the other scope's wrapped DEK is kept"
+    );
+    store.close().await;
+    for (name, bytes) in files(dir.path()) {
+        assert!(!holds(&bytes, &secret), "after closing: still in {name}");
+    }
+}
