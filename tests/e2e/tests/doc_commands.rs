@@ -1,4 +1,5 @@
-//! Every `keyward …` command in the code blocks of README.md and docs/onboarding/*.md, run
+//! Every `keyward …` command in the code blocks of README.md, docs/onboarding/*.md and the task
+//! guides (docs/deleting-data.md), run
 //! against the real binary, so that the docs cannot drift from it (issue #18, item 12).
 //!
 //! - The README's quickstart runs for real, in order, as a new user runs it: `keyward serve` with
@@ -457,6 +458,12 @@ fn every_other_documented_command_parses() {
             !found.is_empty(),
             "no keyward command found in docs/onboarding/{name}"
         );
+        commands.extend(found);
+    }
+    // The task guides whose commands are not walked through for real here.
+    for guide in ["docs/deleting-data.md"] {
+        let found = commands_in(guide);
+        assert!(!found.is_empty(), "no keyward command found in {guide}");
         commands.extend(found);
     }
     assert!(

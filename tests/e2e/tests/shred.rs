@@ -263,3 +263,102 @@ async fn retention_counts_what_it_shreds_and_a_crash_mid_run_leaves_each_key_who
     let dir = tempfile::tempdir().unwrap();
     server.verify_audit_chain(dir.path());
 }
+
+#[tokio::test]
+async fn bad_shred_requests_name_their_field_and_change_nothing() {
+    let server = Server::start(&env());
+    server.onboard("acme").await;
+    let mut crypto = server.crypto().await;
+    crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: "acme".into(),
+            plaintext: b"x".to_vec(),
+            encryption_context: ctx(),
+            scope: "conv-1".into(),
+        })
+        .await
+        .unwrap();
+    let store = SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let before = support::domain_state(&store).await;
+    let mut tenants = server.tenants().await;
+    let field = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        use tonic_types::StatusExt as _;
+        status.get_details_bad_request().unwrap().field_violations[0]
+            .field
+            .clone()
+    };
+    let one = |scope: &str, reason: &str| pb::ShredScopeRequest {
+        tenant_id: "acme".into(),
+        scope: scope.into(),
+        reason: reason.into(),
+        requested_by: String::new(),
+    };
+    for (request, expected) in [
+        (one("", "why"), "scope"),
+        (one("conv-1", ""), "reason"),
+        (one("conv\u{7}", "why"), "scope"),
+        (
+            pb::ShredScopeRequest {
+                tenant_id: "ACME".into(),
+                ..one("conv-1", "why")
+            },
+            "tenant_id",
+        ),
+    ] {
+        assert_eq!(
+            field(tenants.shred_scope(request).await.unwrap_err()),
+            expected
+        );
+    }
+    let many = |f: &dyn Fn(&mut pb::ShredScopesRequest)| {
+        let mut r = retention(now_ms() - 1000, false);
+        f(&mut r);
+        r
+    };
+    for (request, expected) in [
+        (many(&|r| r.created_before = None), "created_before"),
+        (
+            many(&|r| r.created_before = Some(timestamp(now_ms() + 3_600_000))),
+            "created_before",
+        ),
+        (many(&|r| r.max_scopes = 1001), "max_scopes"),
+        (many(&|r| r.scope_prefix = "x".repeat(129)), "scope_prefix"),
+        (many(&|r| r.reason = String::new()), "reason"),
+    ] {
+        assert_eq!(
+            field(tenants.shred_scopes(request).await.unwrap_err()),
+            expected
+        );
+    }
+    // An unknown tenant: NOT_FOUND, also for a dry run.
+    for dry_run in [false, true] {
+        let status = tenants
+            .shred_scopes(pb::ShredScopesRequest {
+                tenant_id: "nobody".into(),
+                ..retention(now_ms() - 1000, dry_run)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+    let status = tenants
+        .shred_scope(pb::ShredScopeRequest {
+            tenant_id: "nobody".into(),
+            ..one("conv-1", "why")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert_eq!(support::domain_state(&store).await, before);
+    // No record either (compared by type: a usage summary may be written meanwhile).
+    for kind in ["scope_shredded", "dek_retired"] {
+        let records = store
+            .audit_records(&AuditQuery::default().with_event_type(kind))
+            .await
+            .unwrap();
+        assert!(records.is_empty(), "{kind}: {records:?}");
+    }
+}
