@@ -25,7 +25,8 @@
 //!   the binding earlier), `CheckDue`; `Revoke` (`RevokeKey`, explicit) and `Restore`
 //!   (`RestoreKey`, explicit); `Kms` (key disabled/enabled, outage on/off); `Register` (a new
 //!   KEK binding); `SetPolicy` (cache TTL / monitor interval overrides); `Reconcile`,
-//!   `ApplyRecorded`; `FailWrites`; `FailReads`; `FlushDenials`; `Purge`; `Wait` (time passes beyond the
+//!   `ApplyRecorded`; `Shred` (`ShredScope` of the scope every message is written to) and
+//!   `ApplyShred` (the notification of another replica's shred); `FailWrites`; `FailReads`; `FlushDenials`; `Purge`; `Wait` (time passes beyond the
 //!   server TTL); `Hold` (start a check, decrypt, revoke or restore on a replica and stop it at
 //!   a hold point) and `Release` (let it finish). Held tasks run on a current-thread runtime and
 //!   only move when the test awaits them: every interleaving is deterministic and there is no
@@ -58,6 +59,9 @@
 //!   clamped) would depend on where the fix puts the bound (service or keyring); this checks the
 //!   promise itself, wherever it is enforced. `Wait` is rare in the generated sequences, which
 //!   is most of this test's run time.
+//! - `no_plaintext_after_shred`: no encrypt or decrypt on a replica succeeds with a DEK whose
+//!   shred was committed and delivered to that replica (it shredded it, or applied the shred's
+//!   notification or reconciled after the commit) (docs/deleting-data.md).
 //! - `audit_is_complete`: the binding states in the store are exactly what the audit records
 //!   of their transitions say; each revocation record is followed by a `keys_purged` record
 //!   (checked at the end, so a purge audit retried at a later flush counts); after every replica

@@ -18,16 +18,18 @@ pub(crate) enum Invariant {
     NoOverwriteFromAnOlderRead,
     TtlBoundsKeyUse,
     AuditIsComplete,
+    NoPlaintextAfterShred,
 }
 
 impl Invariant {
-    const ALL: [Invariant; 6] = [
+    const ALL: [Invariant; 7] = [
         Invariant::NoPlaintextAfterRevocation,
         Invariant::AFailedRevokeKeyClosesItsReplica,
         Invariant::ExplicitRevocationLiftedOnlyByRestoreKey,
         Invariant::NoOverwriteFromAnOlderRead,
         Invariant::TtlBoundsKeyUse,
         Invariant::AuditIsComplete,
+        Invariant::NoPlaintextAfterShred,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Invariant {
             Invariant::NoOverwriteFromAnOlderRead => "no_overwrite_from_an_older_read",
             Invariant::TtlBoundsKeyUse => "ttl_bounds_key_use",
             Invariant::AuditIsComplete => "audit_is_complete",
+            Invariant::NoPlaintextAfterShred => "no_plaintext_after_shred",
         }
     }
 
@@ -117,6 +120,8 @@ pub(crate) struct EnvelopeModel {
     pub(crate) plaintext: Vec<u8>,
     pub(crate) tenant_key: KeyId,
     pub(crate) binding: i64,
+    /// The DEK it was sealed under.
+    pub(crate) dek: KeyId,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +130,10 @@ pub(crate) struct Model {
     pub(crate) envelopes: Vec<EnvelopeModel>,
     /// The step of each replica's last completed reconciliation with the store.
     pub(crate) synced: [Option<usize>; REPLICAS],
+    /// Shredded DEKs: the step and replica of the shred that destroyed each.
+    pub(crate) shreds: BTreeMap<KeyId, Revocation>,
+    /// The step of each replica's last shred notification (`ApplyShred`) or reconciliation.
+    pub(crate) shred_synced: [Option<usize>; REPLICAS],
     /// The step of a `RevokeKey` on each replica that failed on the store (`STORE_ERROR`): not
     /// recorded, but in force on that replica until a revocation is recorded or `RestoreKey`
     /// succeeds there (docs/operations.md, "A PostgreSQL outage or restart").
@@ -160,6 +169,16 @@ impl Model {
         let delivered = revocation.by == Some(replica)
             || self.synced[replica].is_some_and(|synced| synced > revocation.step);
         delivered.then_some(revocation)
+    }
+}
+
+impl Model {
+    /// Whether `replica` must know that `dek` was shredded (and so never use it).
+    pub(crate) fn known_shred(&self, dek: &KeyId, replica: usize) -> Option<Revocation> {
+        let shred = *self.shreds.get(dek)?;
+        let delivered = shred.by == Some(replica)
+            || self.shred_synced[replica].is_some_and(|synced| synced > shred.step);
+        delivered.then_some(shred)
     }
 }
 

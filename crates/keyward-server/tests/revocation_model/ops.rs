@@ -104,6 +104,14 @@ pub(crate) enum Op {
     Reconcile {
         on: Replica,
     },
+    /// `ShredScope` of the scope every message is written to.
+    Shred {
+        on: Replica,
+    },
+    /// The notification of another replica's shred (`apply_recorded_shred`).
+    ApplyShred {
+        on: Replica,
+    },
     ApplyRecorded {
         on: Replica,
     },
@@ -203,6 +211,8 @@ pub(crate) fn op_kinds() -> Vec<(u32, BoxedStrategy<Op>)> {
                 .boxed(),
         ),
         (4, replica().prop_map(|on| Op::Reconcile { on }).boxed()),
+        (2, replica().prop_map(|on| Op::Shred { on }).boxed()),
+        (2, replica().prop_map(|on| Op::ApplyShred { on }).boxed()),
         (2, replica().prop_map(|on| Op::ApplyRecorded { on }).boxed()),
         (
             2,

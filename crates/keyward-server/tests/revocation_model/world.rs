@@ -170,6 +170,8 @@ impl World {
             | Op::Register { on, .. }
             | Op::SetPolicy { on, .. }
             | Op::Reconcile { on }
+            | Op::Shred { on }
+            | Op::ApplyShred { on }
             | Op::ApplyRecorded { on }
             | Op::FailWrites { on, .. }
             | Op::FailReads { on, .. }
@@ -204,11 +206,13 @@ impl World {
                     let record = self.store.get_dek(&tenant, &dek).await.unwrap().unwrap();
                     let binding = self.binding_of_key(&record.tenant_key_id).await;
                     self.check_key_use(r, "encrypt", binding, &record.tenant_key_id, used_at)?;
+                    self.check_not_shredded(r, "encrypt", &dek)?;
                     self.model.envelopes.push(EnvelopeModel {
                         bytes,
                         plaintext,
                         tenant_key: record.tenant_key_id,
                         binding,
+                        dek,
                     });
                 }
             }
@@ -293,7 +297,37 @@ impl World {
                     .is_ok()
                 {
                     self.model.synced[r] = Some(step);
+                    self.model.shred_synced[r] = Some(step);
                 }
+            }
+            Op::Shred { on } => {
+                let r = on.index();
+                let result = bounded(
+                    "shred_scope",
+                    self.replicas[r].keyring.shred_scope(
+                        &tenant,
+                        &Scope::default_scope(),
+                        "model",
+                        "model",
+                    ),
+                )
+                .await;
+                if let Ok(result) = result {
+                    for tombstone in result.tombstones {
+                        self.model
+                            .shreds
+                            .insert(tombstone.id, Revocation { step, by: Some(r) });
+                    }
+                }
+            }
+            Op::ApplyShred { on } => {
+                let r = on.index();
+                bounded(
+                    "apply_recorded_shred",
+                    self.replicas[r].keyring.apply_recorded_shred(&tenant),
+                )
+                .await;
+                self.model.shred_synced[r] = Some(step);
             }
             Op::ApplyRecorded { on } => {
                 let r = on.index();
@@ -410,8 +444,29 @@ impl World {
             plaintext, envelope.plaintext,
             "decrypt returned another plaintext"
         );
-        let (binding, tenant_key) = (envelope.binding, envelope.tenant_key);
+        let (binding, tenant_key, dek) = (envelope.binding, envelope.tenant_key, envelope.dek);
+        self.check_not_shredded(r, "decrypt", &dek)?;
         self.check_key_use(r, "decrypt", binding, &tenant_key, used_at)
+    }
+
+    /// An encrypt or decrypt that succeeded on replica `r` with `dek` did not use a DEK whose
+    /// shred that replica had made or been told of.
+    pub(crate) fn check_not_shredded(
+        &self,
+        r: usize,
+        what: &str,
+        dek: &KeyId,
+    ) -> Result<(), Violation> {
+        let shred = self.model.known_shred(dek, r);
+        check(Invariant::NoPlaintextAfterShred, shred.is_none(), || {
+            let shred = shred.unwrap();
+            format!(
+                "{what} on R{r} succeeded with DEK {dek}, shredded at step {} by {} and \
+                 delivered to R{r}",
+                shred.step,
+                by(shred.by)
+            )
+        })
     }
 
     /// Checks an encrypt or decrypt that succeeded on replica `r` with `tenant_key`.
