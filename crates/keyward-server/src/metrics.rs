@@ -217,6 +217,7 @@ pub struct Metrics {
     monitor_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     monitor_overcommitted: Gauge,
     monitor_hold_failures: Counter,
+    deks_shredded: Counter,
     tenant_labels: Gauge,
     in_flight: Gauge,
     /// `keyward_key_event_*`: the key-event sources' messages (`metrics/key_events.rs`).
@@ -253,6 +254,7 @@ impl Metrics {
             monitor_lag: Gauge::default(),
             monitor_overcommitted: Gauge::default(),
             monitor_hold_failures: Counter::default(),
+            deks_shredded: Counter::default(),
             tenant_labels: Gauge::default(),
             in_flight: Gauge::default(),
             key_events,
@@ -336,6 +338,11 @@ impl Metrics {
             metrics.monitor_hold_failures.clone(),
         );
         r.register(
+            "deks_shredded",
+            "Data keys crypto-shredded by this replica (ShredScope, ShredScopes)",
+            metrics.deks_shredded.clone(),
+        );
+        r.register(
             "metrics_tenant_labels",
             "Tenants with a label of their own (bounded by metrics.max_tenant_labels)",
             metrics.tenant_labels.clone(),
@@ -410,6 +417,11 @@ impl Metrics {
 
     pub(crate) fn monitor_hold_failed(&self) {
         self.monitor_hold_failures.inc();
+    }
+
+    /// This replica shredded `deks` data keys.
+    pub(crate) fn deks_shredded(&self, deks: usize) {
+        self.deks_shredded.inc_by(deks as u64);
     }
 
     /// What a key-event source did with one message.

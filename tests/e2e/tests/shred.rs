@@ -260,6 +260,13 @@ async fn retention_counts_what_it_shreds_and_a_crash_mid_run_leaves_each_key_who
             .all(|f| f.as_deref() == Some("DATA_KEY_SHREDDED"))
     );
     assert_eq!(fates(&server, &[kept]).await, [None]);
+    // This server process shredded the rest (the first one's count died with it).
+    let (_, metrics) = server.admin_get("/metrics");
+    let line = format!("keyward_deks_shredded_total {}", SCOPES - refused);
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line:?} in\n{metrics}"
+    );
     let dir = tempfile::tempdir().unwrap();
     server.verify_audit_chain(dir.path());
 }

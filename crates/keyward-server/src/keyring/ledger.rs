@@ -159,8 +159,15 @@ impl AuditLedger {
         if messages == 0 && bytes == 0 {
             return;
         }
-        if let Err(e) = self.store.add_dek_usage(tenant, dek, messages, bytes).await {
-            tracing::warn!(%tenant, dek = %dek, error = %e, "could not record DEK usage");
+        match self.store.add_dek_usage(tenant, dek, messages, bytes).await {
+            // The DEK was shredded since it was used: its usage no longer steers anything.
+            Err(keyward_store::StoreError::NotFound(_)) => {
+                tracing::debug!(%tenant, dek = %dek, "usage of a shredded DEK not recorded");
+            }
+            Err(e) => {
+                tracing::warn!(%tenant, dek = %dek, error = %e, "could not record DEK usage");
+            }
+            Ok(()) => {}
         }
     }
 }

@@ -83,6 +83,9 @@ impl DataPath {
                 other => other.into(),
             })?;
         if !result.tombstones.is_empty() {
+            if let Some(metrics) = self.metrics() {
+                metrics.deks_shredded(result.tombstones.len());
+            }
             let entries = self.forget_shredded(tenant).await;
             tracing::info!(%tenant, scope = %scope_hmac, deks = result.tombstones.len(), entries, "scope shredded");
         }
