@@ -241,7 +241,7 @@ impl Dialect for SqliteDialect {
     /// DEK), and the database file holds them until a checkpoint copies the new pages over:
     /// `wal_checkpoint(TRUNCATE)` does both and empties the WAL file. It cannot finish while a
     /// reader still uses an older snapshot, so it is retried for up to
-    /// [`SHRED_CHECKPOINT_ATTEMPTS`] × [`SHRED_CHECKPOINT_PAUSE`].
+    /// 20 × 50 ms.
     async fn after_shred(pool: &SqlitePool) {
         for attempt in 1..=SHRED_CHECKPOINT_ATTEMPTS {
             match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
