@@ -33,6 +33,7 @@ use super::{
 use crate::{error::ServiceError, keyring::usage::Usage, metrics::Metrics, now_ms};
 
 mod loaders;
+mod rewrap;
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
