@@ -25,6 +25,7 @@ use crate::{
 const MOVER: &str = "spiffe://keyward.test/ns/jobs/sa/mover";
 const READER: &str = "spiffe://keyward.test/ns/jobs/sa/reader";
 const ARCHIVER: &str = "spiffe://keyward.test/ns/jobs/sa/archiver";
+const KEEPER: &str = "spiffe://keyward.test/ns/jobs/sa/keeper";
 
 const IDENTITIES: &str = r#"
 [[service]]
@@ -41,9 +42,15 @@ all_tenants = true
 id = "archiver"
 identities = ["spiffe://keyward.test/ns/jobs/sa/archiver"]
 all_tenants = true
+
+[[service]]
+id = "keeper"
+identities = ["spiffe://keyward.test/ns/jobs/sa/keeper"]
+all_tenants = true
 "#;
 
-/// The mover may only rewrap, the reader only decrypt, the archiver only rewrap into `archive`.
+/// The mover may only rewrap, the reader only decrypt, the archiver only rewrap into `archive`,
+/// the keeper only rewrap within the envelope's own scope (`""`, never a scope label).
 const POLICIES: &str = r#"
 permit (
   principal == Keyward::Service::"mover",
@@ -61,6 +68,12 @@ permit (
   resource is Keyward::Tenant
 )
 when { context.scope == "archive" };
+permit (
+  principal == Keyward::Service::"keeper",
+  action == Keyward::Action::"Rewrap",
+  resource is Keyward::Tenant
+)
+when { context.scope == "" };
 "#;
 
 struct Fixture {
@@ -271,6 +284,30 @@ async fn rewrap_policies_see_the_target_scope_per_item() {
                 ARCHIVER,
                 fx.rewrap_request(envelope.clone(), target),
             ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{target:?}: {status:?}"
+        );
+    }
+
+    // Keeping the envelope's own scope is "", not the default scope's label nor any other.
+    let kept = fx
+        .api
+        .rewrap(request(KEEPER, fx.rewrap_request(envelope.clone(), "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        fx.decrypt_as(READER, kept.envelope).await.unwrap(),
+        b"the prompt"
+    );
+    for target in ["default", "conv-1", "archive"] {
+        let status = fx
+            .api
+            .rewrap(request(KEEPER, fx.rewrap_request(envelope.clone(), target)))
             .await
             .unwrap_err();
         assert_eq!(
