@@ -110,7 +110,7 @@ pub(crate) enum Command {
     /// Decrypt an envelope from stdin to stdout.
     Decrypt(DecryptArgs),
     /// Re-encrypt an envelope from stdin under the current data key of a scope (its own by
-    /// default), with the same context and the newest suite; the plaintext stays in the server.
+    /// default), same context, the server's write suite; the plaintext stays in the server.
     Rewrap(RewrapArgs),
     /// Manage the local development key-encryption keys (not for production).
     #[command(subcommand)]
