@@ -109,6 +109,9 @@ pub(crate) enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt an envelope from stdin to stdout.
     Decrypt(DecryptArgs),
+    /// Re-encrypt an envelope from stdin under the current data key of a scope (its own by
+    /// default), same context, the server's write suite; the plaintext stays in the server.
+    Rewrap(RewrapArgs),
     /// Manage the local development key-encryption keys (not for production).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -378,6 +381,24 @@ pub(crate) struct DecryptArgs {
     /// Encoding of the envelope read from stdin.
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) input: Encoding,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RewrapArgs {
+    #[arg(long)]
+    pub(crate) tenant: String,
+    /// Encryption context entry KEY=VALUE, as given to encrypt; the new envelope keeps it.
+    #[arg(long = "context", value_parser = parse_pair)]
+    pub(crate) context: Vec<(String, String)>,
+    /// Data-key scope of the new envelope (default: the scope of the envelope's own data key).
+    #[arg(long, value_name = "SCOPE")]
+    pub(crate) to_scope: Option<String>,
+    /// Encoding of the envelope read from stdin.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub(crate) input: Encoding,
+    /// Encoding of the new envelope written to stdout.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub(crate) output: Encoding,
 }
 
 #[derive(Debug, Subcommand)]

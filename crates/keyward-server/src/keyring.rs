@@ -337,6 +337,19 @@ impl Keyring {
         self.data.decrypt(tenant, envelope, ctx).await
     }
 
+    /// Re-encrypts `envelope` (sealed with `ctx`) under the active DEK of `target`, or of the
+    /// envelope's own DEK's scope when `None`, with the same context and the configured write
+    /// suite; the plaintext never leaves the keyring. Returns the new envelope and its DEK id.
+    pub async fn rewrap(
+        &self,
+        tenant: &TenantId,
+        envelope: &[u8],
+        ctx: &EncryptionContext,
+        target: Option<&Scope>,
+    ) -> Result<(Vec<u8>, KeyId), ServiceError> {
+        self.data.rewrap(tenant, envelope, ctx, target).await
+    }
+
     /// [`Keyring::decrypt`], also returning the gate generation the plaintext was released at.
     /// A caller that holds the plaintext before sending it (a batch, until its last item is
     /// done) calls [`Keyring::release`] with it right before the response leaves, so that a

@@ -271,6 +271,8 @@ fn method_name(path: &str) -> &'static str {
         "Decrypt",
         "EncryptBatch",
         "DecryptBatch",
+        "Rewrap",
+        "RewrapBatch",
         "CreateTenant",
         "RegisterKey",
         "GetTenant",
@@ -278,6 +280,9 @@ fn method_name(path: &str) -> &'static str {
         "RestoreKey",
         "ReportKeyEvent",
         "SetTenantPolicy",
+        "ShredScope",
+        "ShredScopes",
+        "ListKeyBindings",
         "ListEvents",
         "Export",
         "GetPublicKey",
@@ -375,7 +380,15 @@ mod tests {
     #[test]
     fn method_labels_are_bounded() {
         assert_eq!(method_name("/keyward.v1.CryptoService/Encrypt"), "Encrypt");
+        assert_eq!(
+            method_name("/keyward.v1.CryptoService/RewrapBatch"),
+            "RewrapBatch"
+        );
         assert_eq!(method_name("/grpc.health.v1.Health/Check"), "Check");
+        assert_eq!(
+            method_name("/keyward.v1.TenantService/ShredScope"),
+            "ShredScope"
+        );
         assert_eq!(method_name("/keyward.v1.CryptoService/Nope"), "other");
         assert_eq!(method_name("/x.Y/Encrypt"), "other");
         assert_eq!(method_name(""), "other");

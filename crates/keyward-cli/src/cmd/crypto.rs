@@ -1,4 +1,4 @@
-//! `keyward encrypt` and `keyward decrypt`: stdin to stdout through the server.
+//! `keyward encrypt`, `keyward decrypt` and `keyward rewrap`: stdin to stdout through the server.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,7 @@ use base64::Engine as _;
 use keyward_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use tonic::transport::Channel;
 
-use crate::cli::{DecryptArgs, Encoding, EncryptArgs, Target};
+use crate::cli::{DecryptArgs, Encoding, EncryptArgs, RewrapArgs, Target};
 use crate::client::channel;
 use crate::exit;
 
@@ -20,6 +20,32 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .context("cannot read stdin")?;
     Ok(buf)
+}
+
+/// The envelope on stdin, in `encoding`.
+fn read_envelope(encoding: Encoding) -> anyhow::Result<Vec<u8>> {
+    let input = read_stdin()?;
+    Ok(match encoding {
+        Encoding::Raw => input,
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(input.trim_ascii())
+            .context("stdin is not valid base64")?,
+    })
+}
+
+/// Writes `envelope` to stdout in `encoding`.
+fn write_envelope(envelope: &[u8], encoding: Encoding) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match encoding {
+        Encoding::Raw => out.write_all(envelope)?,
+        Encoding::Base64 => writeln!(
+            out,
+            "{}",
+            base64::engine::general_purpose::STANDARD.encode(envelope)
+        )?,
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn context_map(pairs: Vec<(String, String)>) -> anyhow::Result<HashMap<String, String>> {
@@ -53,27 +79,11 @@ pub(crate) async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Res
         .await
         .map_err(exit::refused)?
         .into_inner();
-    let mut out = std::io::stdout().lock();
-    match args.output {
-        Encoding::Raw => out.write_all(&response.envelope)?,
-        Encoding::Base64 => writeln!(
-            out,
-            "{}",
-            base64::engine::general_purpose::STANDARD.encode(&response.envelope)
-        )?,
-    }
-    out.flush()?;
-    Ok(())
+    write_envelope(&response.envelope, args.output)
 }
 
 pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Result<()> {
-    let input = read_stdin()?;
-    let envelope = match args.input {
-        Encoding::Raw => input,
-        Encoding::Base64 => base64::engine::general_purpose::STANDARD
-            .decode(input.trim_ascii())
-            .context("stdin is not valid base64")?,
-    };
+    let envelope = read_envelope(args.input)?;
     let mut client = client(endpoint).await?;
     let response = client
         .decrypt(pb::DecryptRequest {
@@ -88,6 +98,24 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
     out.write_all(&response.plaintext)?;
     out.flush()?;
     Ok(())
+}
+
+/// Reads an envelope like `decrypt`, writes the new one like `encrypt`: no plaintext on either
+/// side of the call.
+pub(crate) async fn rewrap(endpoint: &Target, args: RewrapArgs) -> anyhow::Result<()> {
+    let envelope = read_envelope(args.input)?;
+    let mut client = client(endpoint).await?;
+    let response = client
+        .rewrap(pb::RewrapRequest {
+            tenant_id: args.tenant,
+            envelope,
+            encryption_context: context_map(args.context)?,
+            target_scope: args.to_scope.unwrap_or_default(),
+        })
+        .await
+        .map_err(exit::refused)?
+        .into_inner();
+    write_envelope(&response.envelope, args.output)
 }
 
 #[cfg(test)]

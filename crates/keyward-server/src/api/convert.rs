@@ -43,6 +43,17 @@ pub(crate) fn scope(raw: &str) -> Result<Scope, ServiceError> {
     Scope::try_from(raw).map_err(|e| ServiceError::invalid("scope", e.to_string()))
 }
 
+/// Rewrap's `target_scope`: `None` (the envelope's own scope) when empty, else a scope label
+/// checked as Encrypt's `scope` is.
+pub(crate) fn target_scope(raw: &str) -> Result<Option<Scope>, ServiceError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    Scope::try_from(raw)
+        .map(Some)
+        .map_err(|e| ServiceError::invalid("target_scope", e.to_string()))
+}
+
 pub(crate) fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceError> {
     EncryptionContext::try_from_map(raw.into_iter().collect())
         .map_err(|e| ServiceError::invalid("encryption_context", e.to_string()))

@@ -33,6 +33,10 @@ impl CryptoApi {
             max_plaintext_bytes,
         }
     }
+
+    pub(super) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
 }
 
 /// The encryption-context key whose value policies see as the data purpose.
@@ -52,10 +56,10 @@ const ITEM_FRAMING_BYTES: usize = 64;
 
 /// (purpose, scope) pairs already authorized within one batch: items sharing them skip the
 /// policy evaluation (denials are evaluated, and counted, per item).
-type Allowed = HashSet<(Option<String>, Option<String>)>;
+pub(super) type Allowed = HashSet<(Option<String>, Option<String>)>;
 
 impl CryptoApi {
-    fn authorize(
+    pub(super) fn authorize(
         &self,
         head: &Request<()>,
         action: Action,
@@ -159,7 +163,7 @@ impl CryptoApi {
 
     /// Refuses a batch whose response could exceed the message limit, before any work: the
     /// worst case of each item (its envelope or plaintext, or an error) plus protobuf framing.
-    fn check_response_size(
+    pub(super) fn check_response_size(
         &self,
         item_bounds: impl Iterator<Item = usize>,
     ) -> Result<(), ServiceError> {
@@ -180,7 +184,7 @@ impl CryptoApi {
 }
 
 /// What the single-item call would have returned, as a batch item's error.
-fn item_error(e: &ServiceError) -> pb::BatchItemError {
+pub(super) fn item_error(e: &ServiceError) -> pb::BatchItemError {
     let status = e.to_status();
     let mut message = status.message();
     if message.len() > ITEM_ERROR_MESSAGE_MAX_BYTES {

@@ -32,3 +32,6 @@ mod proptests;
 
 #[cfg(test)]
 mod batch_tests;
+
+#[cfg(test)]
+mod rewrap_tests;

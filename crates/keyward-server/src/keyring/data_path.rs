@@ -33,6 +33,7 @@ use super::{
 use crate::{error::ServiceError, keyring::usage::Usage, metrics::Metrics, now_ms};
 
 mod loaders;
+mod rewrap;
 mod shred;
 
 pub use shred::RetentionOutcome;
