@@ -203,14 +203,26 @@ impl World {
                 .await;
                 self.count_request(refused_revoked(&result), result.is_ok());
                 if let Ok((bytes, dek)) = result {
-                    let record = self.store.get_dek(&tenant, &dek).await.unwrap().unwrap();
-                    let binding = self.binding_of_key(&record.tenant_key_id).await;
-                    self.check_key_use(r, "encrypt", binding, &record.tenant_key_id, used_at)?;
+                    // A replica not told of a shred may still seal under the shredded DEK (the
+                    // invariant says when it must not): its tombstone names its tenant key.
+                    let tenant_key_id = match self.store.get_dek(&tenant, &dek).await.unwrap() {
+                        Some(record) => record.tenant_key_id,
+                        None => {
+                            self.store
+                                .dek_tombstone(&tenant, &dek)
+                                .await
+                                .unwrap()
+                                .expect("a DEK an encrypt returned is stored or shredded")
+                                .tenant_key_id
+                        }
+                    };
+                    let binding = self.binding_of_key(&tenant_key_id).await;
+                    self.check_key_use(r, "encrypt", binding, &tenant_key_id, used_at)?;
                     self.check_not_shredded(r, "encrypt", &dek)?;
                     self.model.envelopes.push(EnvelopeModel {
                         bytes,
                         plaintext,
-                        tenant_key: record.tenant_key_id,
+                        tenant_key: tenant_key_id,
                         binding,
                         dek,
                     });
