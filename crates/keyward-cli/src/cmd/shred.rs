@@ -86,6 +86,9 @@ pub(crate) async fn shred(
             answer.deks,
             plural(answer.deks)
         );
+        println!(
+            "(A scope counts once each of its data keys could no longer encrypt at that time: retired, or older than the server's rotation.max_age_seconds; docs/deleting-data.md.)"
+        );
         return Ok(());
     }
     let progress = std::io::stderr().is_terminal();
