@@ -24,8 +24,8 @@ use super::{convert::*, split};
 /// `keyward.v1.TenantService`.
 #[derive(Debug, Clone)]
 pub struct TenantApi {
-    keyring: Arc<Keyring>,
-    authz: Arc<Authz>,
+    pub(super) keyring: Arc<Keyring>,
+    pub(super) authz: Arc<Authz>,
     /// The key-state monitor's interval (`None`: no monitor), for `Tenant.effective_policy`.
     monitor_interval: Option<std::time::Duration>,
     /// The key providers' factories, which read the key references RegisterKey receives.
@@ -109,14 +109,17 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let (head, request) = split(request);
         let id = tenant_id(&request.tenant_id)?;
-        self.authz.check(
+        let caller = self.authz.check(
             &head,
             Action::RegisterKey,
             Some(&id),
             &RequestContext::default(),
         )?;
         let kek = kek_ref(&self.key_refs, request.key)?;
-        let commit = self.keyring.register_key(&id, &kek).await?;
+        let commit = self
+            .keyring
+            .register_key_as(&id, &kek, caller.actor(""))
+            .await?;
         Ok(Response::new(self.tenant_to_pb(&commit.tenant)))
     }
 
