@@ -47,6 +47,12 @@ pub enum AuditEvent {
         tenant_key_id: KeyId,
         /// The binding this one replaced, if any.
         previous_binding_id: Option<i64>,
+        /// The authenticated caller that registered the key (`RegisterKey`), as the other
+        /// records name actors. Absent in records written before the field existed (their
+        /// canonical bytes have no key for it, and must keep hashing the same) and in records of
+        /// bindings made without a caller.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
     },
     /// A data-encryption key was created.
     DekCreated {
@@ -406,6 +412,37 @@ mod tests {
             "entries": 3, "last_plaintext_at_ms": 4, "replica": "eu-1"});
         let event: AuditEvent = serde_json::from_value(named.clone()).unwrap();
         assert!(matches!(&event, AuditEvent::KeysPurged { replica: Some(r), .. } if r == "eu-1"));
+        assert_eq!(serde_json::to_value(&event).unwrap(), named);
+    }
+
+    /// `kek_binding_changed` gained `actor`: a record written before it (no key) still reads,
+    /// and one without an actor serializes exactly as before, so its hash is unchanged.
+    #[test]
+    fn kek_binding_changed_names_its_actor_and_reads_records_without_one() {
+        let old = r#"{"binding_id":2,"key_ref":"default","previous_binding_id":1,"provider":"local","tenant":"acme","tenant_key_id":"000102030405060708090a0b0c0d0e0f","type":"kek_binding_changed"}"#;
+        let event: AuditEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            &event,
+            AuditEvent::KekBindingChanged {
+                actor: None,
+                binding_id: 2,
+                previous_binding_id: Some(1),
+                ..
+            }
+        ));
+        assert_eq!(
+            crate::canonical::to_vec_of(&event).unwrap(),
+            old.as_bytes(),
+            "no `actor` key added: the canonical bytes of an older record are unchanged"
+        );
+        let mut named: serde_json::Value = serde_json::from_str(old).unwrap();
+        named["actor"] = serde_json::json!("Service::\"onboarding\" requested_by=\"ana\"");
+        let event: AuditEvent = serde_json::from_value(named.clone()).unwrap();
+        assert!(matches!(
+            &event,
+            AuditEvent::KekBindingChanged { actor: Some(a), .. }
+                if a == "Service::\"onboarding\" requested_by=\"ana\""
+        ));
         assert_eq!(serde_json::to_value(&event).unwrap(), named);
     }
 

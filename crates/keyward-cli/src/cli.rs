@@ -141,6 +141,10 @@ pub(crate) enum StoreCommand {
         /// Where to write the copy; must not exist.
         #[arg(long)]
         output: PathBuf,
+        /// Print the summary of the copy (what it holds, how old its oldest key is) as one JSON
+        /// object.
+        #[arg(long)]
+        json: bool,
     },
     /// Tag the tenant keys stored before schema version 5 (no authentication tag yet), which
     /// the server refuses until then. Trust on first use: it vouches for the rows as they are
@@ -221,6 +225,14 @@ pub(crate) enum TenantCommand {
     },
     /// Show a tenant and its active key binding.
     Show { tenant: String },
+    /// The tenant's key history: every key binding, oldest first, with the data keys and scopes
+    /// that still depend on it, and which older KMS keys may be disabled.
+    Keys {
+        tenant: String,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Break glass: revoke the tenant's key now (only restore-key lifts it).
     RevokeKey {
         tenant: String,

@@ -291,7 +291,29 @@ impl Keyring {
         tenant: &TenantId,
         kek: &KeyRef,
     ) -> Result<BindingCommit, ServiceError> {
-        self.onboarding.register_key(tenant, kek).await
+        self.onboarding.register_key(tenant, kek, None).await
+    }
+
+    /// [`Keyring::register_key`] for a caller: its `kek_binding_changed` record names `actor`
+    /// as who bound the key (`ListKeyBindings`' `bound_by`). `register_key` records none (for
+    /// in-process callers: tests, tools).
+    pub async fn register_key_as(
+        &self,
+        tenant: &TenantId,
+        kek: &KeyRef,
+        actor: String,
+    ) -> Result<BindingCommit, ServiceError> {
+        self.onboarding.register_key(tenant, kek, Some(actor)).await
+    }
+
+    /// The tenant's key history: every binding, oldest first, with the DEKs and scopes that
+    /// depend on it, its shredded DEKs and who bound it (`ListKeyBindings`). Unknown tenant:
+    /// `TenantNotFound`.
+    pub async fn key_history(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<keyward_store::BindingUsage>, ServiceError> {
+        self.onboarding.key_history(tenant).await
     }
 
     /// Sets the tenant's overrides of the cache TTL and monitor interval

@@ -99,6 +99,13 @@ impl Store for HookedStore {
         self.inner.list_bindings(tenant).await
     }
 
+    async fn binding_usage(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<keyward_store::BindingUsage>, StoreError> {
+        self.inner.binding_usage(tenant).await
+    }
+
     async fn bindings_with_key(
         &self,
         provider: keyward_store::ProviderKind,

@@ -179,6 +179,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Every binding of the tenant, oldest first.
     async fn list_bindings(&self, tenant: &TenantId) -> Result<Vec<KekBinding>, StoreError>;
 
+    /// The tenant's key history: every binding, oldest first (as [`Store::list_bindings`]),
+    /// each with the DEKs and distinct scopes wrapped under its tenant key and not shredded,
+    /// the DEKs of that key shredded so far (`dek_tombstones`), all counted in one statement
+    /// (one snapshot), and who bound it, read from its `kek_binding_changed` audit record
+    /// (indexed by event type; a record whose stored hash does not match is `Corrupt`). An
+    /// unknown tenant has none (an empty `Vec`, as `list_bindings`).
+    async fn binding_usage(&self, tenant: &TenantId) -> Result<Vec<BindingUsage>, StoreError>;
+
     /// Compare-and-set of a binding's state: if the binding is still at
     /// `update.expected_version`, sets its state, cause and state_changed_at_ms, increments its
     /// version and appends `audit(&change)`, in one transaction; otherwise changes nothing and

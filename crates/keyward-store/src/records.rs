@@ -289,6 +289,46 @@ impl TenantState {
     }
 }
 
+/// A KEK binding with what depends on it ([`Store::binding_usage`]): one line of the tenant's
+/// key history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingUsage {
+    pub binding: KekBinding,
+    /// DEKs wrapped under the binding's tenant key that are not shredded (active or retired):
+    /// while this is not 0, disabling the binding's KEK makes that data unreadable.
+    pub deks: u64,
+    /// The distinct scopes of those DEKs.
+    pub scopes: u64,
+    /// DEKs of the binding's tenant key shredded so far (its rows of `dek_tombstones`).
+    pub deks_shredded: u64,
+    /// The caller that registered the binding, as its `kek_binding_changed` audit record names
+    /// it; `None` when the record names none (written before records carried it, or a binding
+    /// made without a caller).
+    pub bound_by: Option<String>,
+}
+
+/// What a store holds and how old the oldest of it is ([`SqlStore::contents`]); what
+/// `keyward store backup` reports about the copy it wrote.
+///
+/// [`SqlStore::contents`]: crate::sql::SqlStore::contents
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreContents {
+    pub tenants: u64,
+    /// Wrapped tenant keys (one per binding, current or older).
+    pub tenant_keys: u64,
+    /// Wrapped DEKs (active or retired; shredded ones are no longer there).
+    pub deks: u64,
+    /// Tombstones of shredded DEKs (no key material).
+    pub dek_tombstones: u64,
+    /// When the oldest wrapped DEK was created; `None` without DEKs.
+    pub oldest_dek_created_at_ms: Option<i64>,
+    /// When the oldest wrapped tenant key was created; `None` without tenant keys.
+    pub oldest_tenant_key_created_at_ms: Option<i64>,
+    /// The time of the last audit record (the newest lifecycle change the store holds);
+    /// `None` while the chain is empty.
+    pub last_record_at_ms: Option<i64>,
+}
+
 /// A binding as a write transaction left it, with its tenant as that transaction left it
 /// ([`Store::bind_kek`], [`Store::set_binding_state`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -318,6 +318,59 @@ async fn database_files_are_private_to_their_owner() {
     }
 }
 
+/// `contents()` (what `keyward store backup` reports of its copy): the counts of one snapshot
+/// and the oldest DEK and tenant key; an empty store has no oldest anything. Read through a
+/// read-only handle, as the backup command reads its copy.
+#[tokio::test]
+async fn contents_counts_keys_and_finds_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let empty = store.contents().await.unwrap();
+    assert_eq!(empty, keyward_store::StoreContents::default());
+
+    let (tenant, binding, dek) = populate(&store).await;
+    let (_, _, second) = populate(&store).await;
+    let first_dek = store.get_dek(&tenant, &dek.id).await.unwrap().unwrap();
+    let key = store
+        .get_tenant_key(&tenant, &binding.tenant_key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let head = store.audit_head().await.unwrap();
+    let last = store
+        .audit_records(
+            &keyward_store::AuditQuery::default()
+                .with_after_seq(head.seq - 1)
+                .with_limit(1),
+        )
+        .await
+        .unwrap();
+    let reader = SqliteStore::open_read_only(&path).await.unwrap();
+    let contents = reader.contents().await.unwrap();
+    assert_eq!(
+        contents,
+        keyward_store::StoreContents {
+            tenants: 2,
+            tenant_keys: 2,
+            deks: 2,
+            dek_tombstones: 0,
+            oldest_dek_created_at_ms: Some(first_dek.created_at_ms),
+            oldest_tenant_key_created_at_ms: Some(key.created_at_ms),
+            last_record_at_ms: Some(last[0].time_ms()),
+        }
+    );
+    assert!(
+        store
+            .get_dek(&second.tenant, &second.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at_ms
+            >= first_dek.created_at_ms
+    );
+}
+
 // ----- the backdoor tests of the conformance suite ----------------------------------------------
 
 keyward_store::backdoor_tests!(Sqlite::new);

@@ -682,3 +682,69 @@ fn a_malformed_policy_stops_startup_naming_file_and_line() {
     assert!(err.contains("identities.toml"), "{err}");
     assert!(err.contains("colour"), "{err}");
 }
+
+/// `ListKeyBindings` under the shipped policies: the tenant's admin, an operator and the
+/// tenant's auditor read the key history, with `bound_by` naming the admin's authenticated
+/// principal (from its certificate); another tenant's admin, another tenant's auditor and a
+/// service are denied, and a denial looks the same for a tenant that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_history_is_for_the_tenant_s_admin_operators_and_auditor() {
+    let pki = Pki::new();
+    let server = pki.start(&shipped_policies());
+    let acme_admin = pki
+        .ca
+        .client("acme-admin", &[San::Dns(ACME_ADMIN_DNS)], false);
+    let mut op = caller(&server, &pki, &pki.spiffe("operator", OPERATOR)).await;
+    for tenant in ["acme", "globex"] {
+        op.tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: tenant.into(),
+                display_name: tenant.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut acme = caller(&server, &pki, &acme_admin).await;
+    acme.tenants
+        .register_key(local_key("acme", "default"))
+        .await
+        .unwrap();
+    let history = |tenant: &str| pb::ListKeyBindingsRequest {
+        tenant_id: tenant.into(),
+    };
+
+    let mut auditor = caller(&server, &pki, &pki.spiffe("auditor", ACME_AUDITOR)).await;
+    for who in [&mut acme, &mut op, &mut auditor] {
+        let bindings = who
+            .tenants
+            .list_key_bindings(history("acme"))
+            .await
+            .unwrap()
+            .into_inner()
+            .bindings;
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(bindings[0].bound_by, "TenantAdmin::\"acme-secops\"");
+    }
+    let mut globex = caller(&server, &pki, &pki.spiffe("globex-admin", GLOBEX_ADMIN)).await;
+    let mut chat = caller(&server, &pki, &pki.spiffe("chat", CHAT)).await;
+    for (who, tenant) in [
+        (&mut globex, "acme"),
+        (&mut auditor, "globex"),
+        (&mut chat, "acme"),
+        (&mut acme, "no-such-tenant"),
+    ] {
+        assert_status(
+            who.tenants.list_key_bindings(history(tenant)).await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    // An operator may read any tenant's: an unknown one is not found.
+    assert_status(
+        op.tenants
+            .list_key_bindings(history("no-such-tenant"))
+            .await,
+        Code::NotFound,
+        "TENANT_NOT_FOUND",
+    );
+}

@@ -179,3 +179,97 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_ciphertext() {
 
     restored.verify_audit_chain(restore_dir.path());
 }
+
+/// `keyward store backup` says what the copy holds and how old its oldest key is, read from the
+/// copy itself (a later write on the live store is not in it), with the shredding caveat; as
+/// text and as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_says_what_it_holds_and_how_old_its_oldest_key_is() {
+    let server = Server::start(&[]);
+    server.onboard("acme").await;
+    let mut crypto = server.crypto().await;
+    encrypt(&mut crypto, "acme", b"first").await; // scope "s"
+    crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: "acme".into(),
+            plaintext: b"second".to_vec(),
+            encryption_context: Default::default(),
+            scope: "t".into(),
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = |name: &str, json: bool| {
+        let copy = dir.path().join(name);
+        let mut args = vec![
+            "store".to_owned(),
+            "backup".to_owned(),
+            "--database".to_owned(),
+            server.database().to_str().unwrap().to_owned(),
+            "--output".to_owned(),
+            copy.to_str().unwrap().to_owned(),
+        ];
+        if json {
+            args.push("--json".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = server.cli(&args, b"");
+        assert!(ok, "{err}");
+        (copy, String::from_utf8(out).unwrap())
+    };
+    let caveat = "A backup keeps every key it holds, including keys shredded after it was taken: \
+         crypto-shredding is only as strong as backup retention (docs/store.md, \"Backups\").";
+
+    let (first, out) = backup("first.db", true);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let copy = keyward_store::sqlite::SqliteStore::open_read_only(&first)
+        .await
+        .unwrap();
+    let held = copy.contents().await.unwrap();
+    copy.close().await;
+    assert_eq!((held.tenants, held.tenant_keys, held.deks), (1, 1, 2));
+    assert_eq!(summary["wrapped_deks"], 2);
+    assert_eq!(summary["tenant_keys"], 1);
+    assert_eq!(summary["tenants"], 1);
+    assert_eq!(summary["output"], first.to_str().unwrap());
+    assert!(summary["backup_time"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        summary["oldest_dek_created_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let age = summary["oldest_dek_age_seconds"].as_i64().unwrap();
+    assert!((0..600).contains(&age), "{age}");
+    assert_eq!(summary["note"], caveat);
+
+    // A write after the first backup: in the second copy, not in the first.
+    crypto
+        .encrypt(pb::EncryptRequest {
+            tenant_id: "acme".into(),
+            plaintext: b"third".to_vec(),
+            encryption_context: Default::default(),
+            scope: "u".into(),
+        })
+        .await
+        .unwrap();
+    let (_, text) = backup("second.db", false);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("backup time:  "), "{text}");
+    assert_eq!(lines[1], "wrapped DEKs: 3");
+    assert_eq!(lines[2], "tenant keys:  1 (of 1 tenant)");
+    assert!(
+        lines[3].starts_with("oldest DEK:   created ") && lines[3].ends_with(" before the backup"),
+        "{text}"
+    );
+    assert_eq!(lines[4], caveat);
+    let copy = keyward_store::sqlite::SqliteStore::open_read_only(&first)
+        .await
+        .unwrap();
+    assert_eq!(
+        copy.contents().await.unwrap().deks,
+        2,
+        "the first copy kept its own"
+    );
+    copy.close().await;
+}

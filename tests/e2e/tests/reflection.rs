@@ -138,15 +138,18 @@ async fn assert_discovered_and_used(server: &Server, report: &Value, version: &s
         "/keyward.v1.CryptoService/DecryptBatch (keyward.v1.DecryptBatchRequest) -> keyward.v1.DecryptBatchResponse",
         "/keyward.v1.TenantService/GetTenant (keyward.v1.GetTenantRequest) -> keyward.v1.Tenant",
         "/keyward.v1.AuditService/ListEvents (keyward.v1.ListAuditEventsRequest) -> keyward.v1.ListAuditEventsResponse",
+        "/keyward.v1.CryptoService/Rewrap (keyward.v1.RewrapRequest) -> keyward.v1.RewrapResponse",
+        "/keyward.v1.TenantService/ShredScope (keyward.v1.ShredScopeRequest) -> keyward.v1.ShredScopeResponse",
+        "/keyward.v1.TenantService/ListKeyBindings (keyward.v1.ListKeyBindingsRequest) -> keyward.v1.ListKeyBindingsResponse",
     ] {
         assert!(methods.contains(&method), "{method} missing: {methods:#?}");
     }
-    // 15 keyward.v1 methods, the health service's and one per reflection service.
+    // 20 keyward.v1 methods, the health service's and one per reflection service.
     let keyward = methods
         .iter()
         .filter(|m| m.starts_with("/keyward.v1."))
         .count();
-    assert_eq!(keyward, 15, "{methods:#?}");
+    assert_eq!(keyward, 20, "{methods:#?}");
 
     let trip = &report["round_trip"];
     let hex = |key: &str| -> Vec<u8> {

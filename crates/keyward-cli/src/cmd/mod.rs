@@ -3,6 +3,7 @@
 pub(crate) mod audit;
 pub(crate) mod crypto;
 pub(crate) mod key;
+pub(crate) mod key_history;
 pub(crate) mod onboarding;
 pub(crate) mod policy;
 pub(crate) mod serve;

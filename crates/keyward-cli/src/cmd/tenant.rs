@@ -83,6 +83,10 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
                 .get_tenant(pb::GetTenantRequest { tenant_id: tenant })
                 .await
         }
+        // Not a tenant: the key history has its own answer.
+        TenantCommand::Keys { tenant, json } => {
+            return super::key_history::keys(&mut client, tenant, json).await;
+        }
     }
     .map_err(exit::refused)?
     .into_inner();
@@ -226,7 +230,7 @@ fn tenant_text(t: &pb::Tenant) -> String {
 /// The key reference as labelled parts. An AWS key with a role is stored as
 /// `ARN?role_arn=…&external_id=…` (the provider's own syntax); its owner gave three values, so
 /// three are shown.
-fn key_parts(k: &pb::KekBinding) -> Vec<(&'static str, String)> {
+pub(super) fn key_parts(k: &pb::KekBinding) -> Vec<(&'static str, String)> {
     if k.provider() == pb::ProviderKind::AwsKms {
         let (arn, query) = k.key_ref.split_once('?').unwrap_or((&k.key_ref, ""));
         let mut parts = vec![("key ARN", arn.to_owned())];

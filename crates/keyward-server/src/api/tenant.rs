@@ -109,14 +109,17 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let (head, request) = split(request);
         let id = tenant_id(&request.tenant_id)?;
-        self.authz.check(
+        let caller = self.authz.check(
             &head,
             Action::RegisterKey,
             Some(&id),
             &RequestContext::default(),
         )?;
         let kek = kek_ref(&self.key_refs, request.key)?;
-        let commit = self.keyring.register_key(&id, &kek).await?;
+        let commit = self
+            .keyring
+            .register_key_as(&id, &kek, caller.actor(""))
+            .await?;
         Ok(Response::new(self.tenant_to_pb(&commit.tenant)))
     }
 

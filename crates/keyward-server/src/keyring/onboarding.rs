@@ -10,7 +10,7 @@ use keyward_audit::{AuditEvent, RegistrationOutcome};
 use keyward_envelope::{KeyId, TenantId};
 use keyward_kms::{ErrorKind, KeyRef, KeyState, ProviderError, Purpose, WrapContext};
 use keyward_store::{
-    BindingChange, BindingCommit, NewKekBinding, Store, TenantRecord, TenantState,
+    BindingChange, BindingCommit, BindingUsage, NewKekBinding, Store, TenantRecord, TenantState,
 };
 use subtle::ConstantTimeEq as _;
 
@@ -65,19 +65,30 @@ impl Onboarding {
         Ok(TenantState { tenant, bindings })
     }
 
+    /// Every binding of the tenant with what depends on it and who bound it.
+    pub(super) async fn key_history(
+        &self,
+        id: &TenantId,
+    ) -> Result<Vec<BindingUsage>, ServiceError> {
+        require_tenant(self.store.as_ref(), id).await?;
+        Ok(self.store.binding_usage(id).await?)
+    }
+
     /// Validates `kek` (it exists, is enabled, and a generate + unwrap round
     /// trip under the tenant's real wrap context returns the same key), then
     /// stores a new tenant key wrapped by it as the tenant's active binding.
-    /// Success is audited in the same transaction as the binding; a failed
-    /// attempt on an existing tenant is audited with its reason.
+    /// Success is audited in the same transaction as the binding, naming `actor`
+    /// (the caller) as who bound it; a failed attempt on an existing tenant is
+    /// audited with its reason.
     pub(super) async fn register_key(
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
+        actor: Option<String>,
     ) -> Result<BindingCommit, ServiceError> {
         require_tenant(self.store.as_ref(), tenant).await?;
         self.revocation.refuse_if_unrecorded(tenant)?;
-        let result = self.validate_and_bind(tenant, kek).await;
+        let result = self.validate_and_bind(tenant, kek, actor).await;
         if let Err(e) = &result {
             let attempt = AuditEvent::KeyRegistrationAttempted {
                 tenant: tenant.clone(),
@@ -96,6 +107,7 @@ impl Onboarding {
         &self,
         tenant: &TenantId,
         kek: &KeyRef,
+        actor: Option<String>,
     ) -> Result<BindingCommit, ServiceError> {
         let provider = self.kek.providers.get(kek.kind())?;
         let kek = &provider
@@ -179,6 +191,7 @@ impl Onboarding {
                             key_ref: b.key_ref.clone(),
                             tenant_key_id: b.tenant_key_id,
                             previous_binding_id: change.previous,
+                            actor: actor.clone(),
                         },
                     ]
                 },

@@ -140,6 +140,13 @@ impl Store for FaultyStore {
         self.inner.list_bindings(tenant).await
     }
 
+    async fn binding_usage(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<keyward_store::BindingUsage>, StoreError> {
+        self.inner.binding_usage(tenant).await
+    }
+
     async fn bindings_with_key(
         &self,
         provider: keyward_store::ProviderKind,

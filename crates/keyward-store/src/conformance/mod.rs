@@ -10,10 +10,11 @@
 //! and after, and filter records by their own tenants. Those comparing the head before and after
 //! a call (like the "nothing was inserted" checks) assume no concurrent writer either.
 //!
-//! By topic: tenants, bindings (KEK bindings, tenant keys and their states), DEKs, the audit
-//! log. Tests that need more than the `Store` trait — a dump of the whole database, SQL run
-//! behind the store's back, a broken audit table, reopening — are written once too, in
-//! [`backdoor`], against the small [`Backdoor`] trait each backend's test file implements.
+//! By topic: tenants, bindings (KEK bindings, tenant keys and their states), DEKs, the key
+//! history, the audit log. Tests that need more than the `Store` trait — a dump of the whole
+//! database, SQL run behind the store's back, a broken audit table, reopening — are written
+//! once too, in [`backdoor`], against the small [`Backdoor`] trait each backend's test file
+//! implements.
 //! Behaviour that only one backend can show (reopening a file, PRAGMAs, read-only handles,
 //! several replicas) is tested in that backend's own test file.
 #![allow(
@@ -37,6 +38,7 @@ pub mod backdoor;
 mod bindings;
 mod checks;
 mod deks;
+mod history;
 mod shred;
 mod tenants;
 
@@ -45,6 +47,7 @@ pub use backdoor::{Arg, Backdoor, populate, revoke_fresh};
 pub use bindings::*;
 pub use checks::*;
 pub use deks::*;
+pub use history::*;
 pub use shred::*;
 pub use tenants::*;
 
@@ -78,6 +81,8 @@ pub async fn run_all(store: &dyn Store) {
     check_wrapped_round_trip(store).await;
     check_concurrent_insert_dek(store).await;
     check_counts_grow(store).await;
+    check_binding_usage(store).await;
+    check_binding_usage_names_who_bound_each_binding(store).await;
     check_shred_scope(store).await;
     check_shred_scope_edges(store).await;
     check_retention_candidates(store).await;
@@ -120,6 +125,7 @@ pub fn binding_changed(change: &BindingChange) -> Vec<AuditEvent> {
             key_ref: binding.key_ref.clone(),
             tenant_key_id: binding.tenant_key_id,
             previous_binding_id: change.previous,
+            actor: Some("conformance".to_owned()),
         },
     ]
 }

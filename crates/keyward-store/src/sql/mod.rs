@@ -14,8 +14,9 @@
 //! (existence checks, the chain head) are atomic.
 //!
 //! By topic: `tenants`, `bindings` (KEK bindings and tenant keys), `deks`, `audit`,
-//! `migrations`; `store` implements [`Store`] on top of them. Why a generic struct with its sqlx
-//! bounds spelled out once (`sql_impl!`): docs/adr/0009-sql-store-written-once.md.
+//! `history` (a tenant's key history, what a store holds), `migrations`; `store` implements
+//! [`Store`] on top of them. Why a generic struct with its sqlx bounds spelled out once
+//! (`sql_impl!`): docs/adr/0009-sql-store-written-once.md.
 //!
 //! [`Store`]: crate::Store
 
@@ -31,6 +32,7 @@ mod audit;
 mod bindings;
 mod checks;
 mod deks;
+mod history;
 mod migrations;
 mod shred;
 mod store;

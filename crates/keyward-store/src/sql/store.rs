@@ -10,11 +10,11 @@ use super::tenants::{TENANT_COLUMNS, policy_to_db};
 use super::{backend, sql_impl, with_retries};
 use crate::decode;
 use crate::{
-    AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, ChainHead, Checkpoint,
-    DekInsert, DekRecord, DekTombstone, KekBinding, KeyCheck, KeyId, NewDek, NewKekBinding,
-    ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult, StateChange, StateUpdate,
-    Store, StoreChanges, StoreCounts, StoreError, TenantId, TenantKeyRecord, TenantPolicy,
-    TenantRecord, TenantState, WrittenBefore,
+    AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, BindingUsage, ChainHead,
+    Checkpoint, DekInsert, DekRecord, DekTombstone, KekBinding, KeyCheck, KeyId, NewDek,
+    NewKekBinding, ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult,
+    StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
+    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState, WrittenBefore,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -134,6 +134,10 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         let sql = format!("{BINDING_COLUMNS} WHERE kb.tenant_id = $1 ORDER BY kb.id");
         let query = sqlx::query(&sql).bind(tenant.as_str());
         self.fetch_all(query, Self::binding_from_row).await
+    }
+
+    async fn binding_usage(&self, tenant: &TenantId) -> Result<Vec<BindingUsage>, StoreError> {
+        self.try_binding_usage(tenant).await
     }
 
     async fn set_binding_state(

@@ -8,6 +8,8 @@ use std::future::Future;
 
 mod audit;
 pub use audit::*;
+// Written with the key history checks it belongs to.
+pub use super::history::binding_usage_counts_shredded_deks;
 
 use super::{
     binding_changed, dek_events, new_binding, new_dek, state_changed, tenant_created,
@@ -132,6 +134,7 @@ macro_rules! backdoor_tests {
             checkpoint_of_the_empty_chain,
             tampered_audit_records_are_reported_as_corrupt,
             record_times_never_go_backwards,
+            binding_usage_counts_shredded_deks,
         );
     };
     (@each $new:expr; $($name:ident),* $(,)?) => {
