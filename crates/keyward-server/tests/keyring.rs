@@ -1336,3 +1336,54 @@ async fn recovery_from_a_kms_outage_keeps_cached_tenant_keys_usable() {
     }
     assert_eq!(fx.unwraps(), unwraps, "served from the cached tenant key");
 }
+
+/// A binding revoked by what the KMS said stays on the monitor's schedule while the KMS keeps
+/// refusing, and is restored by the first check after the customer enables the key again. (A
+/// check that found the key still refused used to answer "unchanged" and park the binding: with
+/// its key purged, no replica held it, so nothing checked it again and the tenant stayed revoked
+/// after the key was enabled; seen in tests/e2e/tests/aws.rs when a check ran between a
+/// data-path refusal and the re-enable.)
+#[tokio::test]
+async fn a_key_the_kms_still_refuses_stays_scheduled_and_is_restored_once_enabled() {
+    let fx = Fixture::new().await;
+    let every_second = MonitorPolicy::new(Duration::from_secs(1), 1000);
+    // Keys cached for a second: the holding lapses before the checks below.
+    let keyring = fx
+        .keyring(Duration::from_secs(1), LOOSE)
+        .with_monitor(Some(every_second));
+    let t = tenant("still-refused");
+    onboard(&keyring, &t, "default").await;
+    let c = EncryptionContext::empty();
+    let (env, _) = keyring
+        .encrypt(&t, &Scope::default_scope(), &c, b"data")
+        .await
+        .unwrap();
+    // The customer disables the key; the next cold decrypt meets the refusal and revokes.
+    fx.operator().set_enabled("default", false).unwrap();
+    keyring.purge_tenant(&t).await;
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap_err().reason(),
+        "KEY_REFUSED"
+    );
+    let binding = fx.store.active_binding(&t).await.unwrap().unwrap();
+    assert_eq!(binding.state, KekState::Revoked);
+    // The check the revocation scheduled finds the key still refused: nothing changes...
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert_eq!(checked, vec![(t.clone(), CheckOutcome::Unchanged)]);
+    // ...and the binding stays scheduled, although no replica holds its key.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let (checked, _) = keyring.check_due(every_second).await.unwrap();
+        assert_eq!(checked, vec![(t.clone(), CheckOutcome::Unchanged)]);
+    }
+    // Enabled again: the next check restores.
+    fx.operator().set_enabled("default", true).unwrap();
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let (checked, _) = keyring.check_due(every_second).await.unwrap();
+    assert_eq!(checked, vec![(t.clone(), CheckOutcome::Restored)]);
+    assert_eq!(
+        keyring.decrypt(&t, &env, &c).await.unwrap().as_slice(),
+        b"data"
+    );
+}

@@ -464,6 +464,19 @@ impl Monitor {
         // the outcome: the claim's read may predate this check's own transition).
         let lift = match answer {
             Some((_, CheckOutcome::Revoked | CheckOutcome::Unavailable)) => true,
+            // Nothing changed: the binding may be one the KMS still refuses (revoked by a
+            // refusal, perhaps after this check was claimed), which its next answer lifts, or
+            // one it never lifts (explicitly revoked, destroyed). The claim's read cannot tell:
+            // read the binding as it is now. Parking a binding the KMS refuses would leave it
+            // revoked after the customer enables the key again.
+            Some((_, CheckOutcome::Unchanged)) => {
+                match self.store.active_binding(&binding.tenant).await {
+                    Ok(Some(now)) => now.id == binding.id && kms_may_lift(&now),
+                    Ok(None) => false,
+                    // Unknown: keep checking (a check too many costs one KMS call).
+                    Err(_) => true,
+                }
+            }
             Some(_) => false,
             None => kms_may_lift(binding) || retry_sooner,
         };
