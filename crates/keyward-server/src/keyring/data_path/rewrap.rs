@@ -36,12 +36,19 @@ impl DataPath {
                     .map_err(classify_parse_error)?
                     .header()
                     .dek_id();
-                own_scope = self
-                    .store
-                    .get_dek(tenant, &dek_id)
-                    .await?
-                    .ok_or_else(|| ServiceError::DataKeyNotFound(tenant.to_string()))?
-                    .scope;
+                own_scope = match self.store.get_dek(tenant, &dek_id).await? {
+                    Some(record) => record.scope,
+                    // Shredded since it was opened: the shred wins.
+                    None => {
+                        return Err(match self.store.dek_tombstone(tenant, &dek_id).await? {
+                            Some(tombstone) => ServiceError::DataKeyShredded {
+                                tenant: tenant.to_string(),
+                                shredded_at_ms: tombstone.shredded_at_ms,
+                            },
+                            None => ServiceError::DataKeyNotFound(tenant.to_string()),
+                        });
+                    }
+                };
                 &own_scope
             }
         };
