@@ -1069,3 +1069,26 @@ async fn a_replica_that_missed_the_notification_catches_up_at_reconciliation() {
     assert_eq!(open_reason(&b, &t, &kept).await, "OK");
     assert_eq!(fx.unwraps(), unwraps);
 }
+
+#[tokio::test]
+async fn a_copy_rewrapped_before_the_shred_survives_it_and_the_original_cannot_be_rewrapped_after()
+{
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("shred-rewrap");
+    onboard(&a, &t, "k1").await;
+    let (original, _) = seal_in(&a, &t, "conv-1", b"keep this answer").await;
+    let hold = Scope::try_from("legal-hold").unwrap();
+    let (kept, _) = a
+        .rewrap(&t, &original, &EncryptionContext::empty(), Some(&hold))
+        .await
+        .unwrap();
+    shred(&a, &t, "conv-1").await;
+    assert_eq!(open_reason(&a, &t, &original).await, "DATA_KEY_SHREDDED");
+    assert_eq!(open_reason(&a, &t, &kept).await, "OK");
+    let err = a
+        .rewrap(&t, &original, &EncryptionContext::empty(), Some(&hold))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "DATA_KEY_SHREDDED");
+}
