@@ -44,6 +44,8 @@ struct HookedStore {
     fail_appends: AtomicBool,
     fail_binding_reads: AtomicBool,
     fail_state_writes: AtomicBool,
+    /// `get_dek` calls so far.
+    dek_reads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for HookedStore {
@@ -208,6 +210,7 @@ impl Store for HookedStore {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Option<DekRecord>, StoreError> {
+        self.dek_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_dek(tenant, id).await
     }
     async fn add_dek_usage(
@@ -304,6 +307,7 @@ impl Fixture {
             before_state_write: Mutex::new(None),
             fail_appends: AtomicBool::new(false),
             fail_state_writes: AtomicBool::new(false),
+            dek_reads: std::sync::atomic::AtomicU64::new(0),
             fail_binding_reads: AtomicBool::new(false),
         });
         let kms = Arc::new(Controlled::new(inner));
@@ -1091,4 +1095,24 @@ async fn a_copy_rewrapped_before_the_shred_survives_it_and_the_original_cannot_b
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "DATA_KEY_SHREDDED");
+}
+
+#[tokio::test]
+async fn envelopes_of_a_shredded_scope_sent_again_cost_no_store_read() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("shred-repeat");
+    onboard(&a, &t, "k1").await;
+    let (gone, _) = seal_in(&a, &t, "conv-1", b"erase me").await;
+    shred(&a, &t, "conv-1").await;
+    assert_eq!(open_reason(&a, &t, &gone).await, "DATA_KEY_SHREDDED");
+    let reads = fx.store.dek_reads.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(open_reason(&a, &t, &gone).await, "DATA_KEY_SHREDDED");
+    }
+    assert_eq!(
+        fx.store.dek_reads.load(Ordering::SeqCst),
+        reads,
+        "the tombstone is remembered"
+    );
 }

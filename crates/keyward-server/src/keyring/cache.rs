@@ -157,6 +157,10 @@ pub(super) struct KeyCache {
     pub(super) active: ActiveCache,
     /// Tenant keys refused without a KMS call, each for at most the cache TTL.
     refused: RefusalCache,
+    /// DEKs found shredded (their tombstone's time), for at most the cache TTL: a client that
+    /// keeps sending envelopes of a shredded scope costs no store read per request. A
+    /// tombstone is permanent, so remembering it is never wrong.
+    shredded: Cache<(TenantId, KeyId), i64>,
     counters: Counters,
 }
 
@@ -183,6 +187,10 @@ impl KeyCache {
             active,
             refused: Cache::builder()
                 .max_capacity(policy.max_tenant_keys)
+                .time_to_live(policy.ttl)
+                .build(),
+            shredded: Cache::builder()
+                .max_capacity(policy.max_deks)
                 .time_to_live(policy.ttl)
                 .build(),
             counters: Counters::default(),
@@ -319,6 +327,16 @@ impl KeyCache {
     }
 
     /// Refuses tenant key `id` of `tenant` without a KMS or store call for the cache TTL.
+    /// When DEK `id` of `tenant` was shredded, if this replica found its tombstone recently.
+    pub(super) async fn shredded(&self, tenant: &TenantId, id: &KeyId) -> Option<i64> {
+        self.shredded.get(&(tenant.clone(), *id)).await
+    }
+
+    /// Remembers that DEK `id` of `tenant` was shredded at `at_ms` (its tombstone).
+    pub(super) async fn remember_shredded(&self, tenant: &TenantId, id: &KeyId, at_ms: i64) {
+        self.shredded.insert((tenant.clone(), *id), at_ms).await;
+    }
+
     pub(super) async fn remember_refusal(
         &self,
         tenant: &TenantId,

@@ -115,6 +115,13 @@ impl DataPath {
         tenant: &TenantId,
         id: &KeyId,
     ) -> Result<Arc<LiveKey>, ServiceError> {
+        let shredded = |shredded_at_ms| ServiceError::DataKeyShredded {
+            tenant: tenant.to_string(),
+            shredded_at_ms,
+        };
+        if let Some(at_ms) = self.cache.shredded(tenant, id).await {
+            return Err(shredded(at_ms));
+        }
         self.cache
             .deks
             .try_get_with((tenant.clone(), *id), async {
@@ -122,10 +129,10 @@ impl DataPath {
                 let shreds = self.revocation.gates().shreds(tenant);
                 let Some(record) = self.store.get_dek(tenant, id).await? else {
                     if let Some(tombstone) = self.store.dek_tombstone(tenant, id).await? {
-                        return Err(ServiceError::DataKeyShredded {
-                            tenant: tenant.to_string(),
-                            shredded_at_ms: tombstone.shredded_at_ms,
-                        });
+                        self.cache
+                            .remember_shredded(tenant, id, tombstone.shredded_at_ms)
+                            .await;
+                        return Err(shredded(tombstone.shredded_at_ms));
                     }
                     require_tenant(self.store.as_ref(), tenant).await?;
                     return Err(ServiceError::DataKeyNotFound(tenant.to_string()));
