@@ -743,3 +743,47 @@ fn test_database_urls() {
 // ----- the backdoor tests of the conformance suite ----------------------------------------------
 
 keyward_store::backdoor_tests!(Postgres::new);
+
+/// After a shred, `erase_shredded` vacuums `deks` (docs/deleting-data.md: PostgreSQL keeps
+/// deleted row versions until a VACUUM removes them; it has no secure delete).
+#[tokio::test]
+async fn erasing_after_a_shred_vacuums_the_deks_table() {
+    let b = Postgres::new().await;
+    let (tenant, _, _) = populate(&b.store).await;
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'deks'",
+        )
+        .fetch_one(b.store.pool())
+        .await
+        .unwrap()
+    };
+    let before = vacuums().await;
+    let result = b
+        .store
+        .shred_scope(
+            keyward_store::ScopeShred {
+                tenant: tenant.clone(),
+                scope: keyward_store::Scope::default_scope(),
+                scope_hmac: "hmac:default".to_owned(),
+                shredded_by: "test".to_owned(),
+                reason: "vacuum".to_owned(),
+                only_if: None,
+            },
+            &conformance::shred_events,
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.tombstones.len(), 1);
+    b.store.erase_shredded().await;
+    // The statistics of another backend's VACUUM are visible within a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vacuums().await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no VACUUM of deks after the shred"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.finish().await;
+}
