@@ -16,7 +16,9 @@
 //!   disabled it) or is unreachable; the next unwrap of one replica can be held *after* the KMS
 //!   answered, so a sweep or request completes later with a stale answer.
 //! - The store ([`store`]): each replica's connection can fail its next write(s) with
-//!   `StoreError::Backend` (before the database sees them: nothing commits), fail its next
+//!   `StoreError::Backend` (before the database sees them: nothing commits; lifecycle writes,
+//!   DEK inserts and usage, shreds, and the monitor's schedule: holdings, claims, finishes),
+//!   fail its next
 //!   read(s) of the tenant's current binding (the database cannot be read), and can hold its
 //!   next read of the tenant's current binding after the database answered (a decision made
 //!   from a state that other replicas then change).

@@ -162,6 +162,9 @@ impl Store for FaultyStore {
         until_ms: i64,
         check_at_ms: i64,
     ) -> Result<(), StoreError> {
+        // The monitor's schedule is written to like any other table: an injected failure
+        // fails the holding (the key is then cached for at most the monitor interval).
+        self.write()?;
         self.inner
             .hold_key(tenant, binding_id, until_ms, check_at_ms)
             .await
@@ -174,6 +177,7 @@ impl Store for FaultyStore {
         lease_until_ms: i64,
         limit: u32,
     ) -> Result<Vec<keyward_store::KeyCheck>, StoreError> {
+        self.write()?;
         self.inner
             .claim_key_checks(replica, now_ms, lease_until_ms, limit)
             .await
@@ -187,6 +191,8 @@ impl Store for FaultyStore {
         next_due_ms: i64,
         unheld_due_ms: Option<i64>,
     ) -> Result<bool, StoreError> {
+        // A failed finish leaves the claim's lease to lapse: the check comes due again.
+        self.write()?;
         self.inner
             .finish_key_check(replica, binding_id, now_ms, next_due_ms, unheld_due_ms)
             .await
