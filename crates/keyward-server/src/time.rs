@@ -1,5 +1,23 @@
 //! Times as people read them: RFC 3339, UTC, milliseconds; the one formatter the server's error
-//! messages and the CLI's reports share.
+//! messages and the CLI's reports share. Also the one conversion between the store's times
+//! (milliseconds since the UNIX epoch) and the API's `google.protobuf.Timestamp`, for the server
+//! and its clients alike.
+
+/// A time in milliseconds since the UNIX epoch (the store's) as a protobuf `Timestamp`.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A protobuf `Timestamp` in milliseconds since the UNIX epoch (saturating; sub-millisecond
+/// nanos are dropped).
+pub fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
 
 /// `2026-12-06T19:10:00.123Z`: RFC 3339, UTC, milliseconds. Outside years 0000–9999, which
 /// RFC 3339 cannot write, the raw value.

@@ -4,6 +4,7 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use keyward_proto::v1::{self as pb, tenant_service_client::TenantServiceClient};
+use keyward_server::time::{millis, timestamp};
 use tonic::transport::Channel;
 
 use crate::cli::ShredArgs;
@@ -63,10 +64,7 @@ pub(crate) async fn shred(
     };
     let request = |dry_run: bool| pb::ShredScopesRequest {
         tenant_id: args.tenant.clone(),
-        created_before: Some(prost_types::Timestamp {
-            seconds: cutoff_ms.div_euclid(1000),
-            nanos: i32::try_from(cutoff_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-        }),
+        created_before: Some(timestamp(cutoff_ms)),
         scope_prefix: args.scope_prefix.clone().unwrap_or_default(),
         dry_run,
         max_scopes: args.max_scopes.unwrap_or(0),
@@ -139,12 +137,6 @@ pub(crate) async fn shred(
         println!("{BACKUPS}");
     }
     Ok(())
-}
-
-fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
 fn plural(n: u64) -> &'static str {

@@ -272,13 +272,7 @@ pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
     }
 }
 
-/// Store timestamps are milliseconds since the UNIX epoch.
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
+pub(crate) use crate::time::{millis, timestamp};
 
 // ----- AuditService ---------------------------------------------------------
 
@@ -328,12 +322,6 @@ pub(crate) fn list_query(
         n => n.min(PAGE),
     };
     Ok(query.with_after_seq(after).with_limit(limit))
-}
-
-pub(crate) fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
 pub(crate) fn record_to_pb(record: &Record) -> pb::AuditRecord {
