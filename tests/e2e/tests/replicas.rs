@@ -117,9 +117,26 @@ fn is_revoked(status: &tonic::Status) -> bool {
             .is_some_and(|i| i.reason == "KEY_REVOKED")
 }
 
-/// Polls `server` with decrypts of `envelope` until one is denied `KEY_REVOKED`; returns when
+/// Polls `server` with decrypts of `envelope` until one is refused; returns the refusal and when
 /// that decrypt was sent, counted from `since`. Panics if a decrypt sent `bound` after `since`
-/// was served (support::bound), or on any other error.
+/// was served (support::bound).
+async fn first_refusal(
+    server: &Server,
+    tenant: &str,
+    envelope: &[u8],
+    since: Instant,
+    bound: Duration,
+) -> (tonic::Status, Duration) {
+    let client = server.crypto().await;
+    support::bound::stops_serving(since, bound, || {
+        let mut client = client.clone();
+        async move { decrypt(&mut client, tenant, envelope).await }
+    })
+    .await
+}
+
+/// [`first_refusal`] that must be `KEY_REVOKED` (any other error panics); returns when the
+/// refused decrypt was sent.
 async fn first_denial(
     server: &Server,
     tenant: &str,
@@ -127,12 +144,7 @@ async fn first_denial(
     since: Instant,
     bound: Duration,
 ) -> Duration {
-    let client = server.crypto().await;
-    let (status, sent) = support::bound::stops_serving(since, bound, || {
-        let mut client = client.clone();
-        async move { decrypt(&mut client, tenant, envelope).await }
-    })
-    .await;
+    let (status, sent) = first_refusal(server, tenant, envelope, since, bound).await;
     assert!(
         is_revoked(&status),
         "replica {}: unexpected error while waiting for the revocation: {status:?}",
@@ -680,10 +692,13 @@ async fn a_scope_shredded_through_one_replica_is_refused_by_every_replica() {
     );
     // The others within the push bound (LISTEN/NOTIFY; their cached copies are dropped).
     let bound = support::bound::push();
-    let (to_b, to_c) = tokio::join!(
-        first_refusal(b, &gone, returned, bound),
-        first_refusal(c, &gone, returned, bound),
+    let ((at_b, to_b), (at_c, to_c)) = tokio::join!(
+        first_refusal(b, "acme", &gone, returned, bound),
+        first_refusal(c, "acme", &gone, returned, bound),
     );
+    for status in [at_b, at_c] {
+        assert_eq!(reason_of(&status), "DATA_KEY_SHREDDED", "{status:?}");
+    }
     println!("shred through A reached B after {to_b:?}, C after {to_c:?}");
 
     // The tenant's other scope keeps working everywhere; the shredded scope takes new data.
@@ -732,27 +747,4 @@ async fn a_scope_shredded_through_one_replica_is_refused_by_every_replica() {
     );
     assert!(report.contains("data subject request 12"), "{report}");
     db.drop_database().await;
-}
-
-/// Polls `server` with decrypts of `envelope` until one is refused; returns when that decrypt
-/// was sent, counted from `since` (panics if one sent `bound` after `since` was served).
-async fn first_refusal(
-    server: &Server,
-    envelope: &[u8],
-    since: Instant,
-    bound: Duration,
-) -> Duration {
-    let client = server.crypto().await;
-    let (status, sent) = support::bound::stops_serving(since, bound, || {
-        let mut client = client.clone();
-        async move { decrypt(&mut client, "acme", envelope).await }
-    })
-    .await;
-    assert_eq!(
-        reason_of(&status),
-        "DATA_KEY_SHREDDED",
-        "replica {}: {status:?}",
-        server.addr
-    );
-    sent
 }

@@ -223,7 +223,8 @@ impl Onboarding {
                     tenant_key_id,
                     expires_at: vouched_at + ttl,
                     generation: self.revocation.gates().generation(tenant),
-                    shreds: self.revocation.gates().shreds(tenant),
+                    // Not a DEK: shreds do not concern it (as in the data path's loader).
+                    shreds: 0,
                 }),
             )
             .await;

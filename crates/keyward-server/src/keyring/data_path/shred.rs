@@ -13,13 +13,12 @@
 
 use keyward_audit::{AuditEvent, DekRetireReason};
 use keyward_envelope::TenantId;
-use keyward_store::{ScopeShred, ShredResult, StoreError, WrittenBefore};
+use keyward_store::{Scope, ScopeShred, ShredResult, StoreError, WrittenBefore};
 
 use std::sync::atomic::Ordering;
 
 use super::DataPath;
 use crate::error::ServiceError;
-use keyward_store::Scope;
 
 /// What a retention run (or its dry run) did: scopes and DEKs shredded (or that would be), and
 /// the scopes that still match afterwards.
