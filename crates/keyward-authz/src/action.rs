@@ -42,11 +42,18 @@ pub enum Action {
     ShredScopes,
     /// `TenantService.ListKeyBindings`: the tenant's key history.
     ListKeyBindings,
+    /// `TenantService.RekeyTenant`: re-wrap the tenant keys of older bindings under the current
+    /// KEK and retire those bindings (the customer's key decision).
+    RekeyTenant,
+    /// `TenantService.GetRekeyStatus`: what a re-key has left to do.
+    GetRekeyStatus,
+    /// `TenantService.ExportKeyHierarchy`: the tenant's exit kit (wrapped keys only).
+    ExportKeyHierarchy,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 20] = [
         Action::Encrypt,
         Action::Decrypt,
         Action::CreateTenant,
@@ -64,6 +71,9 @@ impl Action {
         Action::ShredScope,
         Action::ShredScopes,
         Action::ListKeyBindings,
+        Action::RekeyTenant,
+        Action::GetRekeyStatus,
+        Action::ExportKeyHierarchy,
     ];
 
     /// The Cedar action id, e.g. `"Encrypt"`.
@@ -86,6 +96,9 @@ impl Action {
             Action::ShredScope => "ShredScope",
             Action::ShredScopes => "ShredScopes",
             Action::ListKeyBindings => "ListKeyBindings",
+            Action::RekeyTenant => "RekeyTenant",
+            Action::GetRekeyStatus => "GetRekeyStatus",
+            Action::ExportKeyHierarchy => "ExportKeyHierarchy",
         }
     }
 

@@ -143,11 +143,12 @@ async fn populate(
                 wrapped.as_bytes(),
             );
             sqlx::query(
-                "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms, mac) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tenant_keys (id, tenant_id, binding_id, kek_binding_id, wrapped, created_at_ms, mac) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(tenant_key_id.to_string())
             .bind(&name)
+            .bind(binding)
             .bind(binding)
             .bind(wrapped.as_bytes())
             .bind(now)

@@ -253,6 +253,11 @@ pub(crate) enum TenantCommand {
         /// Seconds; 0 restores the server's setting.
         #[arg(long, default_value_t = 0)]
         monitor_interval_seconds: u64,
+        /// Scheduled re-key: when a new key is registered, re-wrap the older keys' tenant keys
+        /// under it in the background and retire the older bindings (docs/rekey.md). Like the
+        /// other settings, omitting it turns it off.
+        #[arg(long)]
+        auto_rekey: bool,
         #[arg(long, env = "USER", default_value = "")]
         requested_by: String,
     },

@@ -639,6 +639,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
             TenantPolicy {
                 cache_ttl_seconds: Some(61),
                 monitor_interval_seconds: None,
+                auto_rekey: false,
             },
             "admin".to_owned(),
         )
@@ -656,6 +657,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
         TenantPolicy {
             cache_ttl_seconds: Some(60),
             monitor_interval_seconds: None,
+            auto_rekey: false,
         },
         "admin".to_owned(),
     )
@@ -670,6 +672,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
             TenantPolicy {
                 cache_ttl_seconds: Some(3600),
                 monitor_interval_seconds: None,
+                auto_rekey: false,
             },
             &|_| Vec::new(),
         )

@@ -111,16 +111,21 @@ pub enum KekState {
     Restored,
     /// The KEK is gone for good: everything below it is crypto-shredded.
     Destroyed,
+    /// Re-keyed (`Store::retire_bindings`): every tenant key it wrapped is wrapped by a newer
+    /// binding's KEK, so nothing depends on its key any more. Not a revocation; final (stored as
+    /// `kek_bindings.retired_at_ms`, never written as a state).
+    Retired,
 }
 
 impl KekState {
     /// Every state, in declaration order.
-    pub const ALL: [KekState; 5] = [
+    pub const ALL: [KekState; 6] = [
         KekState::Active,
         KekState::Revoked,
         KekState::Unavailable,
         KekState::Restored,
         KekState::Destroyed,
+        KekState::Retired,
     ];
 
     /// The stored (and displayed) name: `"active"`, `"revoked"`, ….
@@ -131,6 +136,7 @@ impl KekState {
             KekState::Unavailable => "unavailable",
             KekState::Restored => "restored",
             KekState::Destroyed => "destroyed",
+            KekState::Retired => "retired",
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct TenantPolicy {
     pub cache_ttl_seconds: Option<u64>,
     /// How often the key-state monitor checks the tenant's key.
     pub monitor_interval_seconds: Option<u64>,
+    /// Scheduled re-key: when a new key is bound, re-key the tenant in the background.
+    pub auto_rekey: bool,
 }
 
 /// What [`Store::bind_kek`] changed: the new binding and the one it deactivated.

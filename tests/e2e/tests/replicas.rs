@@ -586,6 +586,7 @@ async fn a_tenant_policy_change_drops_the_tenants_cached_keys_on_every_replica()
             policy: Some(pb::TenantPolicy {
                 cache_ttl_seconds: 30,
                 monitor_interval_seconds: 0,
+                auto_rekey: false,
             }),
             requested_by: "admin".into(),
         })

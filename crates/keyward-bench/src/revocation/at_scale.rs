@@ -464,6 +464,7 @@ async fn setup_idle(
                     TenantPolicy {
                         cache_ttl_seconds: Some(IDLE_TTL),
                         monitor_interval_seconds: None,
+                        auto_rekey: false,
                     },
                     "keyward-bench".into(),
                 )

@@ -50,6 +50,7 @@ fn state_name(state: pb::KekState) -> &'static str {
         pb::KekState::Unavailable => "unavailable",
         pb::KekState::Restored => "restored",
         pb::KekState::Destroyed => "destroyed",
+        pb::KekState::Retired => "retired",
         pb::KekState::Unspecified => "unknown",
     }
 }

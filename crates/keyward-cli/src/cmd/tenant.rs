@@ -65,6 +65,7 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
             tenant,
             cache_ttl_seconds,
             monitor_interval_seconds,
+            auto_rekey,
             requested_by,
         } => {
             client
@@ -73,6 +74,7 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
                     policy: Some(pb::TenantPolicy {
                         cache_ttl_seconds,
                         monitor_interval_seconds,
+                        auto_rekey,
                     }),
                     requested_by,
                 })
@@ -264,8 +266,9 @@ fn state_words(k: &pb::KekBinding) -> String {
         pb::KekState::Active => "active",
         pb::KekState::Revoked => "revoked",
         pb::KekState::Unavailable => "unavailable (the KMS could not be reached)",
-        pb::KekState::Restored => "restored",
         pb::KekState::Destroyed => "destroyed",
+        pb::KekState::Retired => "retired (re-keyed: nothing depends on this key any more)",
+        pb::KekState::Restored => "restored",
         pb::KekState::Unspecified => "unknown",
     };
     if k.state_cause.is_empty() {
@@ -362,6 +365,7 @@ mod tests {
             policy: Some(pb::TenantPolicy {
                 cache_ttl_seconds: 60,
                 monitor_interval_seconds: 0,
+                auto_rekey: false,
             }),
             ..Default::default()
         };

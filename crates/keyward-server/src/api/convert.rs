@@ -177,6 +177,7 @@ pub(crate) fn tenant_policy(
     let policy = keyward_store::TenantPolicy {
         cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
         monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
+        auto_rekey: policy.auto_rekey,
     };
     if policy
         .cache_ttl_seconds
@@ -233,6 +234,7 @@ pub(crate) fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) 
         policy: Some(pb::TenantPolicy {
             cache_ttl_seconds: record.policy.cache_ttl_seconds.unwrap_or(0),
             monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
+            auto_rekey: record.policy.auto_rekey,
         }),
         previous_keys: Vec::new(),
         effective_policy: None,
@@ -254,6 +256,7 @@ pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
         KekState::Unavailable => pb::KekState::Unavailable,
         KekState::Restored => pb::KekState::Restored,
         KekState::Destroyed => pb::KekState::Destroyed,
+        KekState::Retired => pb::KekState::Retired,
         _ => pb::KekState::Unspecified,
     };
     pb::KekBinding {

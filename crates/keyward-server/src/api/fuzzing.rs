@@ -211,6 +211,7 @@ mod tests {
             policy: Some(pb::TenantPolicy {
                 cache_ttl_seconds: ttl,
                 monitor_interval_seconds: monitor,
+                auto_rekey: false,
             }),
             requested_by: String::new(),
         };

@@ -5,7 +5,9 @@
 mod audit;
 pub(crate) mod convert;
 mod crypto;
+mod export;
 mod key_history;
+mod rekey;
 mod rewrap;
 mod shred;
 mod tenant;

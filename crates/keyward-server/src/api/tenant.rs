@@ -60,6 +60,29 @@ impl TenantApi {
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
+    type ExportKeyHierarchyStream = super::export::ExportStream;
+
+    async fn rekey_tenant(
+        &self,
+        request: Request<pb::RekeyTenantRequest>,
+    ) -> Result<Response<pb::RekeyStatus>, Status> {
+        self.rekey_tenant_call(request).await
+    }
+
+    async fn get_rekey_status(
+        &self,
+        request: Request<pb::GetRekeyStatusRequest>,
+    ) -> Result<Response<pb::RekeyStatus>, Status> {
+        self.get_rekey_status_call(request).await
+    }
+
+    async fn export_key_hierarchy(
+        &self,
+        request: Request<pb::ExportKeyHierarchyRequest>,
+    ) -> Result<Response<Self::ExportKeyHierarchyStream>, Status> {
+        self.export_key_hierarchy_call(request).await
+    }
+
     async fn shred_scope(
         &self,
         request: Request<pb::ShredScopeRequest>,

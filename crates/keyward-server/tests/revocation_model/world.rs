@@ -294,6 +294,7 @@ impl World {
                 let policy = TenantPolicy {
                     cache_ttl_seconds: cache_ttl_s,
                     monitor_interval_seconds: monitor_interval_s,
+                    auto_rekey: false,
                 };
                 let keyring = &self.replicas[on.index()].keyring;
                 let _ = bounded(

@@ -561,6 +561,7 @@ pub async fn check_writes_return_the_tenant_they_left(store: &dyn Store) {
     let policy = crate::TenantPolicy {
         cache_ttl_seconds: Some(30),
         monitor_interval_seconds: None,
+        auto_rekey: false,
     };
     let with_policy = store
         .set_tenant_policy(&tenant, policy, &tenant_created)

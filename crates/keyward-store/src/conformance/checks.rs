@@ -204,6 +204,7 @@ pub async fn check_key_check_claim_order(store: &dyn Store) {
     let policy = crate::TenantPolicy {
         cache_ttl_seconds: None,
         monitor_interval_seconds: Some(7),
+        auto_rekey: false,
     };
     store
         .set_tenant_policy(first_tenant, policy, &super::no_events)

@@ -160,6 +160,7 @@ fn key_state(state: KekState) -> KeyState {
         KekState::Unavailable => KeyState::Unavailable,
         KekState::Restored => KeyState::Restored,
         KekState::Destroyed => KeyState::Destroyed,
+        other => panic!("{other} is not a state set_binding_state writes"),
     }
 }
 

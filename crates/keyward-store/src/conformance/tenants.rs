@@ -39,6 +39,7 @@ pub async fn check_tenant_policy(store: &dyn Store) {
     let policy = crate::TenantPolicy {
         cache_ttl_seconds: Some(5),
         monitor_interval_seconds: Some(10),
+        auto_rekey: true,
     };
     let head = store.audit_head().await.unwrap();
     let updated = store
@@ -54,6 +55,7 @@ pub async fn check_tenant_policy(store: &dyn Store) {
     let zero = crate::TenantPolicy {
         cache_ttl_seconds: Some(0),
         monitor_interval_seconds: None,
+        auto_rekey: false,
     };
     let err = store
         .set_tenant_policy(&tenant, zero, &tenant_created)

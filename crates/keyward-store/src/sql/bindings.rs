@@ -12,15 +12,21 @@ use crate::{
 
 /// A binding with the id of its tenant key (one per binding; LEFT JOIN so that a missing one is
 /// reported as corruption instead of hiding the binding).
+/// A retired binding (`retired_at_ms` set by a re-key) reads as state `retired`.
 pub(crate) const BINDING_COLUMNS: &str = "SELECT kb.id, kb.tenant_id, kb.provider, kb.key_ref, \
-     kb.state, tk.id AS tenant_key_id, kb.created_at_ms, kb.deactivated_at_ms, \
+     CASE WHEN kb.retired_at_ms IS NULL THEN kb.state ELSE 'retired' END AS state, \
+     tk.id AS tenant_key_id, kb.created_at_ms, kb.deactivated_at_ms, \
      kb.state_changed_at_ms, kb.state_cause, kb.state_version \
      FROM kek_bindings kb LEFT JOIN tenant_keys tk ON tk.binding_id = kb.id";
 
-pub(crate) const TENANT_KEY_COLUMNS: &str = "SELECT tk.id, tk.tenant_id, tk.binding_id, \
-     kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms, tk.mac, kb.state AS binding_state, \
+/// A tenant key as wrapped now: `binding_id`, `provider`, `key_ref` and the binding state are
+/// those of the binding whose KEK wraps it (`kek_binding_id`: its own binding's until a re-key
+/// moves it under a newer one).
+pub(crate) const TENANT_KEY_COLUMNS: &str = "SELECT tk.id, tk.tenant_id, \
+     tk.kek_binding_id AS binding_id, kb.provider, kb.key_ref, tk.wrapped, tk.created_at_ms, \
+     tk.mac, CASE WHEN kb.retired_at_ms IS NULL THEN kb.state ELSE 'retired' END AS binding_state, \
      kb.state_changed_at_ms AS binding_state_changed_at_ms \
-     FROM tenant_keys tk JOIN kek_bindings kb ON kb.id = tk.binding_id";
+     FROM tenant_keys tk JOIN kek_bindings kb ON kb.id = tk.kek_binding_id";
 
 sql_impl!(impl => {
     pub(crate) fn binding_from_row(row: &<D::Db as Database>::Row) -> Result<KekBinding, StoreError> {
@@ -137,8 +143,8 @@ sql_impl!(impl => {
         .map_err(|e| write_error(e, &format!("KEK binding for tenant {}", b.tenant)))?;
 
         sqlx::query(
-            "INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO tenant_keys (id, tenant_id, binding_id, kek_binding_id, wrapped, created_at_ms, mac) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6)",
         )
         .bind(tenant_key_id.as_str())
         .bind(b.tenant.as_str())

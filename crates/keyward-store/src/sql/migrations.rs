@@ -29,6 +29,7 @@ macro_rules! migrations {
             5 "tenant_key_mac" "0005_tenant_key_mac",
             6 "key_checks" "0006_key_checks",
             7 "dek_tombstones" "0007_dek_tombstones",
+            8 "rekey" "0008_rekey",
         )
     };
     (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {

@@ -46,7 +46,7 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
         let ttl = policy_to_db("cache_ttl_seconds", policy.cache_ttl_seconds)?;
         let interval = policy_to_db("monitor_interval_seconds", policy.monitor_interval_seconds)?;
         with_retries(D::WRITE_ATTEMPTS, || {
-            self.try_set_tenant_policy(id, ttl, interval, audit)
+            self.try_set_tenant_policy(id, ttl, interval, policy.auto_rekey, audit)
         })
         .await
     }

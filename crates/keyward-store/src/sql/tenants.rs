@@ -8,7 +8,7 @@ use crate::decode::{self, now_ms};
 use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord, TenantState};
 
 pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, \
-     cache_ttl_seconds, monitor_interval_seconds FROM tenants";
+     cache_ttl_seconds, monitor_interval_seconds, auto_rekey FROM tenants";
 
 /// `value` converted to a positive `T`, else `error(value)`; `None` stays `None`.
 fn positive<F: Copy, T: TryFrom<F> + PartialOrd + Default>(
@@ -55,6 +55,7 @@ sql_impl!(impl => {
                     "monitor_interval_seconds",
                     Self::col(row, T, "monitor_interval_seconds")?,
                 )?,
+                auto_rekey: Self::col::<i64>(row, T, "auto_rekey")? != 0,
             },
         })
     }
@@ -93,17 +94,19 @@ sql_impl!(impl => {
         id: &TenantId,
         ttl: Option<i64>,
         interval: Option<i64>,
+        auto_rekey: bool,
         audit: AuditFn<'_, TenantRecord>,
     ) -> Result<TenantState, StoreError> {
         let mut tx = D::begin_write(&self.pool).await?;
         // `RETURNING` rather than rows_affected(), which sqlx does not offer generically.
         let updated = sqlx::query(
-            "UPDATE tenants SET cache_ttl_seconds = $1, monitor_interval_seconds = $2 \
-             WHERE id = $3 RETURNING id",
+            "UPDATE tenants SET cache_ttl_seconds = $1, monitor_interval_seconds = $2, \
+             auto_rekey = $4 WHERE id = $3 RETURNING id",
         )
         .bind(ttl)
         .bind(interval)
         .bind(id.as_str())
+        .bind(i64::from(auto_rekey))
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
