@@ -157,6 +157,37 @@ pub enum AuditEvent {
         /// for `ShredScope`.
         retention_cutoff_ms: Option<i64>,
     },
+    /// A re-key (`RekeyTenant`) re-wrapped one tenant key under a newer binding's KEK: the KEK
+    /// of `from_binding_id` unwrapped it (its owner still allowed it) and the KEK of
+    /// `to_binding_id` wraps it from this record on. The DEKs below it are unchanged.
+    TenantKeyRewrapped {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        #[serde(with = "key_id")]
+        tenant_key_id: KeyId,
+        from_binding_id: i64,
+        to_binding_id: i64,
+        /// The caller that asked (`RekeyTenant`), or `scheduled-rekey` for the background re-key
+        /// of a tenant whose policy asks for it.
+        actor: String,
+    },
+    /// A re-key retired a binding: no tenant key is wrapped by its KEK any more (each was
+    /// re-wrapped, `tenant_key_rewrapped`), so no data depends on that KMS key and the customer
+    /// may disable or delete it. A retired binding never changes state again.
+    KekBindingRetired {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        binding_id: i64,
+        provider: String,
+        key_ref: String,
+        /// The binding whose KEK wraps the tenant's keys now.
+        to_binding_id: i64,
+        /// The tenant keys wrapped by `to_binding_id`'s KEK, and the DEKs below them, when this
+        /// binding was retired.
+        tenant_keys: u64,
+        deks: u64,
+        actor: String,
+    },
     /// The deployment's checkpoint-signing key was rotated. Once a checkpoint signed by the old
     /// key covers this record, verifiers trust `new_public_key` (`docs/audit-format.md` §5).
     SigningKeyRotated {
@@ -168,7 +199,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 14] = [
+    pub const TYPES: [&'static str; 16] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -183,6 +214,8 @@ impl AuditEvent {
         "usage_summary",
         "signing_key_rotated",
         "scope_shredded",
+        "tenant_key_rewrapped",
+        "kek_binding_retired",
     ];
 
     /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
@@ -203,6 +236,8 @@ impl AuditEvent {
             AuditEvent::UsageSummary { .. } => "usage_summary",
             AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
             AuditEvent::ScopeShredded { .. } => "scope_shredded",
+            AuditEvent::TenantKeyRewrapped { .. } => "tenant_key_rewrapped",
+            AuditEvent::KekBindingRetired { .. } => "kek_binding_retired",
         }
     }
 
@@ -217,7 +252,9 @@ impl AuditEvent {
             | AuditEvent::KeysPurged { tenant, .. }
             | AuditEvent::RevocationDenials { tenant, .. }
             | AuditEvent::UsageSummary { tenant, .. }
-            | AuditEvent::ScopeShredded { tenant, .. } => Some(tenant),
+            | AuditEvent::ScopeShredded { tenant, .. }
+            | AuditEvent::TenantKeyRewrapped { tenant, .. }
+            | AuditEvent::KekBindingRetired { tenant, .. } => Some(tenant),
             AuditEvent::RevocationStateChanged(t) | AuditEvent::Restored(t) => Some(&t.tenant),
             AuditEvent::AuthorizationDenied { tenant, .. } => tenant.as_ref(),
             AuditEvent::AdminAction { .. } | AuditEvent::SigningKeyRotated { .. } => None,

@@ -233,6 +233,25 @@ pub(crate) enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move the tenant's data off its older KMS keys: re-wrap every tenant key still wrapped
+    /// by an older key under the current key, then retire the older bindings (their keys may
+    /// then be disabled). Each old key is asked for one unwrap per tenant key; data keys and
+    /// envelopes are not touched. Resumable: run it again after an interruption (docs/rekey.md).
+    Rekey {
+        tenant: String,
+        /// Only report what is left (GetRekeyStatus); change nothing.
+        #[arg(long)]
+        status: bool,
+        /// Tenant keys moved per call (the progress steps); the command calls until done.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        batch: u32,
+        /// One JSON object (the final status) instead of the text.
+        #[arg(long)]
+        json: bool,
+        /// Who asked for it, recorded next to the caller's authenticated identity.
+        #[arg(long, env = "USER", default_value = "")]
+        requested_by: String,
+    },
     /// Break glass: revoke the tenant's key now (only restore-key lifts it).
     RevokeKey {
         tenant: String,

@@ -68,6 +68,24 @@ pub enum ServiceError {
         /// (an older binding's key). Not named `source`: thiserror reserves that name.
         cause: Option<RevocationSource>,
     },
+    /// A re-key cannot move the tenant keys of an older binding in this state (revoked or
+    /// destroyed): revocation stays a one-way door, so the customer restores the key first.
+    #[error(
+        "the re-key of tenant {tenant} cannot move the data under binding {binding_id} ({provider} key {key_ref}): it is {state}; {remedy}",
+        state = state.as_str(),
+        remedy = if *state == keyward_store::KekState::Destroyed {
+            "its data is unreadable for good and cannot be re-keyed"
+        } else {
+            "restore it first (RestoreKey with its binding id) if that data should be kept"
+        }
+    )]
+    RekeyBlocked {
+        tenant: String,
+        binding_id: i64,
+        provider: String,
+        key_ref: String,
+        state: keyward_store::KekState,
+    },
     #[error("the key-encryption key was not found: {}", .0.message())]
     KeyNotFound(#[source] ProviderError),
     #[error("the key-encryption key is misconfigured: {}", .0.message())]
@@ -138,6 +156,7 @@ impl ServiceError {
             Self::NoKeyRegistered(_) => "NO_KEY_REGISTERED",
             Self::KeyRefused(_) => "KEY_REFUSED",
             Self::KeyRevoked { .. } => "KEY_REVOKED",
+            Self::RekeyBlocked { .. } => "REKEY_BLOCKED",
             Self::KeyNotFound(_) => "KEY_NOT_FOUND",
             Self::KeyMisconfigured(_) => "KEY_MISCONFIGURED",
             Self::ProviderNotConfigured(_) => "PROVIDER_NOT_CONFIGURED",
@@ -167,6 +186,7 @@ impl ServiceError {
             | Self::DataKeyShredded { .. }
             | Self::KeyRefused(_)
             | Self::KeyRevoked { .. }
+            | Self::RekeyBlocked { .. }
             | Self::KeyNotFound(_)
             | Self::KeyMisconfigured(_)
             | Self::ProviderNotConfigured(_) => Code::FailedPrecondition,
@@ -205,6 +225,17 @@ impl ServiceError {
                 if let Some(cause) = cause {
                     metadata.insert("source".to_owned(), source_name(*cause).to_owned());
                 }
+                self.to_string()
+            }
+            Self::RekeyBlocked {
+                binding_id,
+                key_ref,
+                state,
+                ..
+            } => {
+                metadata.insert("binding_id".to_owned(), binding_id.to_string());
+                metadata.insert("key_ref".to_owned(), key_ref.clone());
+                metadata.insert("state".to_owned(), state.as_str().to_owned());
                 self.to_string()
             }
             Self::DataKeyShredded { shredded_at_ms, .. } => {

@@ -47,6 +47,7 @@ mod kek;
 mod ledger;
 mod monitor;
 mod onboarding;
+mod rekey;
 mod revocation;
 mod tenant_key_auth;
 mod usage;
@@ -58,6 +59,7 @@ pub use ledger::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
 pub use monitor::{
     DEFAULT_CHECKS_PER_SECOND, DEFAULT_CONCURRENT_CHECKS, MonitorPolicy, MonitorStatus,
 };
+pub use rekey::{RekeyStatus, SCHEDULED_REKEY_ACTOR, SCHEDULED_REKEY_INTERVAL};
 pub use revocation::{CheckOutcome, RevocationSource};
 pub use tenant_key_auth::{
     AuthenticatedTenantKey, TAG_PURPOSE, authenticate_stored_tenant_keys, tag_tenant_key,
@@ -95,6 +97,8 @@ pub struct Keyring {
     monitor: Monitor,
     data: DataPath,
     onboarding: Onboarding,
+    /// The re-keys running on this replica and the scheduled re-key's state (`rekey`).
+    rekeys: Arc<rekey::Rekeys>,
 }
 
 impl fmt::Debug for Keyring {
@@ -191,6 +195,7 @@ impl Keyring {
             monitor,
             data,
             onboarding,
+            rekeys: Arc::default(),
         }
     }
 
@@ -291,7 +296,16 @@ impl Keyring {
         tenant: &TenantId,
         kek: &KeyRef,
     ) -> Result<BindingCommit, ServiceError> {
-        self.onboarding.register_key(tenant, kek, None).await
+        let commit = self.onboarding.register_key(tenant, kek, None).await?;
+        self.after_registration(&commit);
+        Ok(commit)
+    }
+
+    /// A new key of a tenant whose policy asks for a scheduled re-key wakes it.
+    fn after_registration(&self, commit: &BindingCommit) {
+        if commit.tenant.tenant.policy.auto_rekey {
+            self.rekeys.wake();
+        }
     }
 
     /// [`Keyring::register_key`] for a caller: its `kek_binding_changed` record names `actor`
@@ -303,7 +317,12 @@ impl Keyring {
         kek: &KeyRef,
         actor: String,
     ) -> Result<BindingCommit, ServiceError> {
-        self.onboarding.register_key(tenant, kek, Some(actor)).await
+        let commit = self
+            .onboarding
+            .register_key(tenant, kek, Some(actor))
+            .await?;
+        self.after_registration(&commit);
+        Ok(commit)
     }
 
     /// The tenant's key history: every binding, oldest first, with the DEKs and scopes that
@@ -324,9 +343,14 @@ impl Keyring {
         policy: keyward_store::TenantPolicy,
         actor: String,
     ) -> Result<TenantState, ServiceError> {
-        self.onboarding
+        let state = self
+            .onboarding
             .set_tenant_policy(tenant, policy, actor)
-            .await
+            .await?;
+        if state.tenant.policy.auto_rekey {
+            self.rekeys.wake();
+        }
+        Ok(state)
     }
 
     /// `binding` with the tag of its wrapped tenant key set (`tenant_keys.mac`). The keyring

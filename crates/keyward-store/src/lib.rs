@@ -357,6 +357,38 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// When the earliest check not claimed at `now_ms` is due (`None`: nothing scheduled).
     async fn next_key_check_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
+    /// A tenant's key hierarchy for a re-key: every binding, every tenant key as wrapped now
+    /// (`TenantKeyRecord::binding_id` is the binding whose KEK wraps it), and the DEKs below
+    /// each tenant key. Unknown tenant: all empty.
+    async fn rekey_state(&self, tenant: &TenantId) -> Result<RekeyState, StoreError>;
+
+    /// Re-key of one tenant key, in one transaction: if it is still wrapped by
+    /// `from_binding_id`, that binding is not revoked, destroyed or retired, and
+    /// `to_binding_id` is still the tenant's current binding and usable (active, restored or
+    /// unavailable), replaces its wrap, tag and wrapping binding in one `UPDATE` and appends
+    /// `audit(&moved)`; otherwise changes nothing and fails with `StateChanged` (re-read and
+    /// decide again). Unknown key -> NotFound. Durable before returning.
+    async fn rewrap_tenant_key(
+        &self,
+        rewrap: TenantKeyRewrap,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError>;
+
+    /// Retires, in one transaction, every older binding of the tenant (not current, not retired
+    /// yet) whose KEK wraps no tenant key any more: state `retired` from then on (a new
+    /// `state_version`), its monitor check removed; appends `audit(&result)` and announces the
+    /// tenant when it retired any. No current binding -> NotFound. Retiring nothing changes
+    /// nothing and records nothing.
+    async fn retire_bindings(
+        &self,
+        tenant: &TenantId,
+        audit: AuditFn<'_, RetiredBindings>,
+    ) -> Result<RetiredBindings, StoreError>;
+
+    /// The tenants whose policy asks for a scheduled re-key (`TenantPolicy::auto_rekey`) and
+    /// that have an older binding not retired yet, ordered by id.
+    async fn scheduled_rekeys(&self) -> Result<Vec<TenantId>, StoreError>;
+
     /// Row counts over the whole store.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
 

@@ -302,8 +302,10 @@ impl TenantState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingUsage {
     pub binding: KekBinding,
-    /// DEKs wrapped under the binding's tenant key that are not shredded (active or retired):
-    /// while this is not 0, disabling the binding's KEK makes that data unreadable.
+    /// DEKs not shredded (active or retired) under the tenant keys the binding's KEK wraps now
+    /// (its own tenant key, plus older ones a re-key moved under it; none once a re-key moved
+    /// its own away): while this is not 0, disabling the binding's KEK makes that data
+    /// unreadable.
     pub deks: u64,
     /// The distinct scopes of those DEKs.
     pub scopes: u64,
@@ -402,8 +404,10 @@ pub struct KeyCheck {
     /// The binding as the claim read it (its state may change before the check's answer is
     /// applied: the answer is applied with a compare-and-set).
     pub binding: KekBinding,
-    /// The binding's wrapped tenant key, which the canary asks the KMS to unwrap.
-    pub tenant_key: TenantKeyRecord,
+    /// A tenant key the binding's KEK wraps now, which the canary asks the KMS to unwrap;
+    /// `None` when it wraps none (a re-key moved them all under a newer binding): nothing
+    /// depends on the binding's key, there is nothing to check.
+    pub tenant_key: Option<TenantKeyRecord>,
     /// The latest deadline of any replica's cached copy of the binding's tenant key: none is
     /// held after it (`0`: never held).
     pub held_until_ms: i64,
@@ -481,4 +485,43 @@ pub struct ShredResult {
 pub struct ShredCandidate {
     pub scope: Scope,
     pub deks: u64,
+}
+
+/// One tenant key re-wrapped by a re-key ([`Store::rewrap_tenant_key`]): the same key (same id,
+/// same bytes once unwrapped), now wrapped by the KEK of `to_binding_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeyRewrap {
+    pub tenant: TenantId,
+    pub id: KeyId,
+    /// The binding whose KEK wrapped it when the re-key read it: the update applies only if it
+    /// still does (compare-and-set), and only if that binding is not revoked, destroyed or
+    /// retired at commit.
+    pub from_binding_id: i64,
+    /// The tenant's current binding, which must still be current and usable at commit.
+    pub to_binding_id: i64,
+    /// The key wrapped by `to_binding_id`'s KEK, and its tag (ADR 0007) for that KEK.
+    pub wrapped: WrappedKey,
+    pub mac: Vec<u8>,
+}
+
+/// What [`Store::retire_bindings`] did: the bindings it retired (none when nothing was left to
+/// retire), the binding whose KEK wraps the tenant's keys now, and what is below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredBindings {
+    pub retired: Vec<KekBinding>,
+    pub target: KekBinding,
+    /// Tenant keys wrapped by `target`'s KEK, and the DEKs below them, at commit.
+    pub tenant_keys: u64,
+    pub deks: u64,
+}
+
+/// A tenant's key hierarchy as a re-key sees it ([`Store::rekey_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RekeyState {
+    /// Every binding of the tenant, oldest first (the current one last, if any).
+    pub bindings: Vec<KekBinding>,
+    /// Every tenant key of the tenant, as wrapped now, ordered by id.
+    pub tenant_keys: Vec<TenantKeyRecord>,
+    /// The DEKs below each tenant key (not shredded), by tenant key id.
+    pub deks_by_tenant_key: Vec<(KeyId, u64)>,
 }

@@ -144,8 +144,8 @@ async fn tenant_keys_counts_each_bindings_data_after_rotations() {
     assert_eq!(
         lines[6..],
         [
-            "binding 1 (default) still wraps 3 DEKs in 2 scopes: do not disable it",
-            "binding 2 (k2) still wraps 2 DEKs in 2 scopes: do not disable it",
+            "binding 1 (default) still wraps 3 DEKs in 2 scopes: do not disable it (or first move them to the current key: keyward tenant rekey acme)",
+            "binding 2 (k2) still wraps 2 DEKs in 2 scopes: do not disable it (or first move them to the current key: keyward tenant rekey acme)",
             "no data depends on binding 3 (k3): its KMS key may be disabled",
             "binding 4 (k4) is the current key: new data goes under it",
         ]

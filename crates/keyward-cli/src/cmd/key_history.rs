@@ -32,7 +32,7 @@ pub(crate) async fn keys(
 }
 
 /// The stable name of a provider (as the audit log and the configuration spell it).
-fn provider_name(kind: pb::ProviderKind) -> &'static str {
+pub(super) fn provider_name(kind: pb::ProviderKind) -> &'static str {
     match kind {
         pb::ProviderKind::Local => "local",
         pb::ProviderKind::AwsKms => "aws-kms",
@@ -43,7 +43,7 @@ fn provider_name(kind: pb::ProviderKind) -> &'static str {
     }
 }
 
-fn state_name(state: pb::KekState) -> &'static str {
+pub(super) fn state_name(state: pb::KekState) -> &'static str {
     match state {
         pb::KekState::Active => "active",
         pb::KekState::Revoked => "revoked",
@@ -69,7 +69,7 @@ macro_rules! time_of {
 
 /// The key as its owner names it: an AWS key's ARN without the role it is reached through;
 /// any other provider's reference as stored.
-fn key_name(k: &pb::KekBinding) -> String {
+pub(super) fn key_name(k: &pb::KekBinding) -> String {
     key_parts(k)
         .into_iter()
         .next()
@@ -196,7 +196,8 @@ fn history_text(tenant: &str, usage: &[pb::KeyBindingUsage]) -> String {
             ),
             Some(Verdict::StillWraps { deks, scopes }) => writeln!(
                 out,
-                "binding {id} ({key}) still wraps {} in {}: do not disable it",
+                "binding {id} ({key}) still wraps {} in {}: do not disable it (or first move \
+                 them to the current key: keyward tenant rekey {tenant})",
                 plural(deks, "DEK", "DEKs"),
                 plural(scopes, "scope", "scopes")
             ),
@@ -317,7 +318,7 @@ mod tests {
              1        aws-kms   {A}  active  2026-12-06T15:23:02.000Z  2026-12-06T15:23:20.000Z  12    4       0         Service::\"onboarding\"\n\
              2        aws-kms   {B}  active  2026-12-06T15:23:03.000Z  2026-12-06T15:25:00.000Z  0     0       3         -\n\
              3        aws-kms   arn:c{c}  active  2026-12-06T15:23:04.000Z  -                         5     1       0         -\n\
-             binding 1 ({A}) still wraps 12 DEKs in 4 scopes: do not disable it\n\
+             binding 1 ({A}) still wraps 12 DEKs in 4 scopes: do not disable it (or first move them to the current key: keyward tenant rekey acme)\n\
              no data depends on binding 2 ({B}): its KMS key may be disabled\n\
              binding 3 (arn:c) is the current key: new data goes under it\n",
             k = " ".repeat(A.len() - 3),
@@ -342,7 +343,7 @@ mod tests {
             "no data depends on binding 1 ({A}), but the same key serves binding 3: keep it enabled\n"
         )));
         assert!(text.contains(&format!(
-            "binding 2 ({B}) still wraps 1 DEK in 1 scope: do not disable it\n"
+            "binding 2 ({B}) still wraps 1 DEK in 1 scope: do not disable it (or first move them to the current key: keyward tenant rekey acme)\n"
         )));
         assert_eq!(
             history_text("acme", &[]),

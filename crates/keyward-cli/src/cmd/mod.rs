@@ -6,6 +6,7 @@ pub(crate) mod key;
 pub(crate) mod key_history;
 pub(crate) mod onboarding;
 pub(crate) mod policy;
+pub(crate) mod rekey;
 pub(crate) mod serve;
 pub(crate) mod shred;
 pub(crate) mod store;

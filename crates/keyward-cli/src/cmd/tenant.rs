@@ -89,6 +89,22 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
         TenantCommand::Keys { tenant, json } => {
             return super::key_history::keys(&mut client, tenant, json).await;
         }
+        TenantCommand::Rekey {
+            tenant,
+            status,
+            batch,
+            json,
+            requested_by,
+        } => {
+            let args = super::rekey::RekeyArgs {
+                tenant,
+                status_only: status,
+                batch,
+                json,
+                requested_by,
+            };
+            return super::rekey::rekey(&mut client, args).await;
+        }
     }
     .map_err(exit::refused)?
     .into_inner();

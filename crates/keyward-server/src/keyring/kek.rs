@@ -108,15 +108,53 @@ impl Kek {
             .map_err(ServiceError::from_provider)
     }
 
-    /// One live unwrap of the binding's tenant key (the key is discarded):
-    /// shows a removed grant or policy statement that metadata would not.
-    pub(super) async fn canary(&self, binding: &KekBinding) -> Result<(), ServiceError> {
-        let record = self
+    /// One live unwrap of a tenant key the binding's KEK wraps now (the key is discarded):
+    /// shows a removed grant or policy statement that metadata would not. `Ok(false)`: the
+    /// binding wraps no tenant key any more (a re-key moved them under a newer binding), so
+    /// there is nothing to check and nothing depends on its key.
+    pub(super) async fn canary(&self, binding: &KekBinding) -> Result<bool, ServiceError> {
+        match self.key_wrapped_by(binding).await? {
+            Some(record) => self.canary_of(&record).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// A tenant key `binding`'s KEK wraps now: its own (always, for the current binding), or
+    /// after a re-key moved its own away, another one moved under it; `None` when it wraps
+    /// none.
+    pub(super) async fn key_wrapped_by(
+        &self,
+        binding: &KekBinding,
+    ) -> Result<Option<TenantKeyRecord>, ServiceError> {
+        let own = self
             .store
             .get_tenant_key(&binding.tenant, &binding.tenant_key_id)
             .await?
             .ok_or_else(|| internal("the binding's tenant key is not in the store"))?;
-        self.canary_of(&record).await
+        if own.binding_id == binding.id {
+            return Ok(Some(own));
+        }
+        Ok(self
+            .keys_wrapped_by(&binding.tenant, binding.id)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Every tenant key of `tenant` that binding `binding_id`'s KEK wraps now.
+    pub(super) async fn keys_wrapped_by(
+        &self,
+        tenant: &TenantId,
+        binding_id: i64,
+    ) -> Result<Vec<TenantKeyRecord>, ServiceError> {
+        Ok(self
+            .store
+            .rekey_state(tenant)
+            .await?
+            .tenant_keys
+            .into_iter()
+            .filter(|k| k.binding_id == binding_id)
+            .collect())
     }
 
     /// [`Kek::canary`] of a tenant key already read (a claimed check carries it).

@@ -296,16 +296,24 @@ impl Monitor {
         &self,
         binding: &KekBinding,
     ) -> Result<CheckOutcome, ServiceError> {
-        if binding.state == KekState::Destroyed {
+        if matches!(binding.state, KekState::Destroyed | KekState::Retired) {
             return Ok(CheckOutcome::Unchanged);
         }
-        self.observe(binding, self.kek.canary(binding).await).await
+        match self.kek.canary(binding).await {
+            // It wraps nothing (re-keyed away): nothing depends on its key.
+            Ok(false) => Ok(CheckOutcome::Unchanged),
+            Ok(true) => self.observe(binding, Ok(())).await,
+            Err(e) => self.observe(binding, Err(e)).await,
+        }
     }
 
     /// [`Monitor::check_binding`] of a claimed check: its wrapped tenant key came with the
-    /// claim (no store read).
+    /// claim (no store read). A binding that wraps no tenant key any more has nothing to check.
     async fn check_claimed(&self, check: &KeyCheck) -> Result<CheckOutcome, ServiceError> {
-        let canary = self.kek.canary_of(&check.tenant_key).await;
+        let Some(tenant_key) = &check.tenant_key else {
+            return Ok(CheckOutcome::Unchanged);
+        };
+        let canary = self.kek.canary_of(tenant_key).await;
         self.observe(&check.binding, canary).await
     }
 
@@ -430,7 +438,11 @@ impl Monitor {
             || (kms_may_lift(binding) && binding.deactivated_at_ms.is_none());
         let mut answer = None;
         let mut retry_sooner = false;
-        if needs_call && !binding.explicitly_revoked() && binding.state != KekState::Destroyed {
+        if needs_call
+            && !binding.explicitly_revoked()
+            && !matches!(binding.state, KekState::Destroyed | KekState::Retired)
+            && check.tenant_key.is_some()
+        {
             budget.take(policy.max_checks_per_second).await;
             match self.check_claimed(&check).await {
                 Ok(outcome) => {
@@ -540,8 +552,8 @@ impl Monitor {
     ) -> Result<Vec<(TenantId, Result<CheckOutcome, ServiceError>)>, ServiceError> {
         let mut outcomes = Vec::new();
         for binding in self.store.bindings_with_key(provider, key_ref).await? {
-            if binding.state == KekState::Destroyed {
-                continue;
+            if matches!(binding.state, KekState::Destroyed | KekState::Retired) {
+                continue; // nothing readable depends on its key
             }
             let outcome = self.check_binding(&binding).await;
             outcomes.push((binding.tenant, outcome));

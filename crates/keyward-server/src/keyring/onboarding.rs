@@ -254,8 +254,8 @@ impl Onboarding {
             ));
         }
         let detail = format!(
-            "cache_ttl_seconds={:?} monitor_interval_seconds={:?}",
-            policy.cache_ttl_seconds, policy.monitor_interval_seconds
+            "cache_ttl_seconds={:?} monitor_interval_seconds={:?} auto_rekey={}",
+            policy.cache_ttl_seconds, policy.monitor_interval_seconds, policy.auto_rekey
         );
         let state = self
             .store

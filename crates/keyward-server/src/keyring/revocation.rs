@@ -304,15 +304,17 @@ impl Revocation {
                 self.forget_unrecorded(tenant);
                 self.purge_and_audit(tenant).await
             } else {
-                self.cache
-                    .purge_tenant_key(tenant, &binding.tenant_key_id)
-                    .await
+                let mut entries = 0;
+                for id in self.keys_wrapped_by(binding).await {
+                    entries += self.cache.purge_tenant_key(tenant, &id).await;
+                }
+                entries
             };
             tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, state = t.to.as_str(), source = ?t.source, entries, "tenant key revoked; cached keys purged");
         } else if restoring {
-            self.cache
-                .forget_refusals(tenant, Some(&binding.tenant_key_id))
-                .await;
+            for id in self.keys_wrapped_by(binding).await {
+                self.cache.forget_refusals(tenant, Some(&id)).await;
+            }
             if current {
                 if t.source == RevocationSource::Explicit || !self.is_unrecorded(tenant) {
                     self.forget_unrecorded(tenant);
@@ -327,6 +329,23 @@ impl Revocation {
             tracing::info!(%tenant, replica = %self.replica_id, binding = binding.id, source = ?t.source, "tenant key restored");
         }
         Ok(Some(updated))
+    }
+
+    /// The tenant keys `binding`'s KEK wraps now (its own, and any a re-key moved under it),
+    /// and its own in any case. If the store cannot say, its own only (logged): a revocation
+    /// of an older binding is recorded all the same, and the keys it wraps are refused by the
+    /// loader from the store's state.
+    async fn keys_wrapped_by(&self, binding: &KekBinding) -> Vec<keyward_envelope::KeyId> {
+        let mut ids = vec![binding.tenant_key_id];
+        match self.kek.keys_wrapped_by(&binding.tenant, binding.id).await {
+            Ok(keys) => ids.extend(keys.into_iter().map(|k| k.id)),
+            Err(e) => {
+                tracing::warn!(tenant = %binding.tenant, binding = binding.id, error = %e, "could not list the tenant keys wrapped by the binding; purging its own only");
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Removes every cached key of a closed tenant and records the purge (`keys_purged`, with
@@ -390,6 +409,15 @@ impl Revocation {
         };
         match binding.state {
             KekState::Revoked | KekState::Unavailable => {}
+            KekState::Retired => {
+                return Err(ServiceError::invalid(
+                    "binding_id",
+                    format!(
+                        "binding {} of tenant {tenant} is retired (re-keyed): nothing depends on its key, nothing to restore",
+                        binding.id
+                    ),
+                ));
+            }
             KekState::Destroyed => {
                 return Err(ServiceError::KeyMisconfigured(
                     keyward_kms::ProviderError::new(
@@ -416,7 +444,17 @@ impl Revocation {
         if binding.explicitly_revoked() && source != RevocationSource::Explicit {
             return Ok(Outcome::unchanged(binding)); // only RestoreKey lifts an explicit revocation
         }
-        self.kek.canary(&binding).await?;
+        if !self.kek.canary(&binding).await? {
+            // Its tenant keys were re-keyed under a newer binding before it was revoked: no
+            // data depends on it, so there is nothing to restore (a re-key retires it).
+            return Err(ServiceError::invalid(
+                "binding_id",
+                format!(
+                    "binding {} of tenant {tenant} wraps no tenant key any more (re-keyed): nothing depends on it, nothing to restore",
+                    binding.id
+                ),
+            ));
+        }
         let to = if binding.state == KekState::Unavailable {
             KekState::Active
         } else {

@@ -94,6 +94,11 @@ pub(super) async fn serve_replica(
         );
     }
     // Expired keys leave memory within a second of their expiry, even when idle.
+    // Tenants whose policy asks for it are re-keyed in the background when a new key is
+    // registered, and resumed here after a restart (docs/rekey.md, "Scheduled re-key").
+    background.push(tokio::spawn(
+        Arc::clone(&keyring).run_scheduled_rekeys(crate::keyring::SCHEDULED_REKEY_INTERVAL),
+    ));
     background.push(tokio::spawn(
         Arc::clone(&keyring).run_cache_sweeper(std::time::Duration::from_secs(1)),
     ));

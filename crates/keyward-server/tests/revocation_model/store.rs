@@ -228,6 +228,31 @@ impl Store for FaultyStore {
             .await
     }
 
+    async fn scheduled_rekeys(&self) -> Result<Vec<TenantId>, StoreError> {
+        self.inner.scheduled_rekeys().await
+    }
+    async fn rekey_state(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<keyward_store::RekeyState, StoreError> {
+        self.inner.rekey_state(tenant).await
+    }
+    async fn rewrap_tenant_key(
+        &self,
+        rewrap: keyward_store::TenantKeyRewrap,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        self.write()?;
+        self.inner.rewrap_tenant_key(rewrap, audit).await
+    }
+    async fn retire_bindings(
+        &self,
+        tenant: &TenantId,
+        audit: AuditFn<'_, keyward_store::RetiredBindings>,
+    ) -> Result<keyward_store::RetiredBindings, StoreError> {
+        self.write()?;
+        self.inner.retire_bindings(tenant, audit).await
+    }
     async fn get_tenant_key(
         &self,
         tenant: &TenantId,

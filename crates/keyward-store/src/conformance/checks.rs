@@ -52,7 +52,7 @@ pub async fn check_key_check_schedule(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        Some(claimed.tenant_key.clone()),
+        claimed.tenant_key.clone(),
         stored,
         "the claim carries the wrapped tenant key"
     );

@@ -204,6 +204,15 @@ sql_impl!(impl => {
                 current.tenant, current.state, current.state_version, update.expected_version
             )));
         }
+        if current.state == KekState::Retired || update.to == KekState::Retired {
+            // Retired is final and only a re-key sets it (`retire_bindings`): nothing depends
+            // on the binding's key, so what its KMS says no longer matters.
+            return Err(StoreError::InvalidInput(format!(
+                "binding {binding_id} of tenant {}: a retired binding never changes state, and \
+                 only a re-key retires one",
+                current.tenant
+            )));
+        }
         sqlx::query(
             "UPDATE kek_bindings SET state = $1, state_cause = $2, state_changed_at_ms = $3, \
              state_version = state_version + 1 WHERE id = $4 AND state_version = $5",

@@ -80,15 +80,20 @@ sql_impl!(impl => {
         // One read for the whole batch: the bindings, their wrapped tenant keys, their holdings
         // and their tenants' intervals.
         let ids = claimed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        // The canary unwraps a tenant key the binding's KEK wraps now: its own, or (after a
+        // re-key moved its own away) one it wraps; none for a binding that wraps nothing.
         let sql = format!(
             "{BINDING_COLUMNS} JOIN key_checks kc ON kc.binding_id = kb.id \
              JOIN tenants t ON t.id = kb.tenant_id \
+             LEFT JOIN tenant_keys wk ON wk.id = (SELECT MIN(w.id) FROM tenant_keys w \
+                 WHERE w.tenant_id = kb.tenant_id AND w.kek_binding_id = kb.id) \
              WHERE kb.id IN ({ids}) AND kc.lease_owner = $1 ORDER BY kc.due_at_ms"
         );
         let sql = sql.replacen(
             "SELECT kb.id,",
             "SELECT kc.held_until_ms, kc.due_at_ms, t.monitor_interval_seconds AS tenant_interval, \
-             tk.wrapped AS tk_wrapped, tk.mac AS tk_mac, tk.created_at_ms AS tk_created_at_ms, kb.id,",
+             wk.id AS wk_id, wk.wrapped AS wk_wrapped, wk.mac AS wk_mac, \
+             wk.created_at_ms AS wk_created_at_ms, kb.id,",
             1,
         );
         self.fetch_all(sqlx::query(&sql).bind(replica), Self::key_check_from_row).await
@@ -98,17 +103,21 @@ sql_impl!(impl => {
         const T: &str = "key_checks";
         let interval: Option<i64> = Self::col(row, "tenants", "tenant_interval")?;
         let binding = Self::binding_from_row(row)?;
-        let tenant_key = TenantKeyRecord {
-            id: binding.tenant_key_id,
-            tenant: binding.tenant.clone(),
-            binding_id: binding.id,
-            provider: binding.provider,
-            key_ref: binding.key_ref.clone(),
-            wrapped: WrappedKey::new(Self::col(row, "tenant_keys", "tk_wrapped")?),
-            created_at_ms: Self::col(row, "tenant_keys", "tk_created_at_ms")?,
-            binding_state: binding.state,
-            binding_state_changed_at_ms: binding.state_changed_at_ms,
-            mac: Self::col(row, "tenant_keys", "tk_mac")?,
+        let wrapped_id: Option<String> = Self::col(row, "tenant_keys", "wk_id")?;
+        let tenant_key = match wrapped_id {
+            None => None,
+            Some(id) => Some(TenantKeyRecord {
+                id: crate::decode::key_id("tenant_keys", "id", &id)?,
+                tenant: binding.tenant.clone(),
+                binding_id: binding.id,
+                provider: binding.provider,
+                key_ref: binding.key_ref.clone(),
+                wrapped: WrappedKey::new(Self::col(row, "tenant_keys", "wk_wrapped")?),
+                created_at_ms: Self::col(row, "tenant_keys", "wk_created_at_ms")?,
+                binding_state: binding.state,
+                binding_state_changed_at_ms: binding.state_changed_at_ms,
+                mac: Self::col(row, "tenant_keys", "wk_mac")?,
+            }),
         };
         Ok(KeyCheck {
             binding,

@@ -4,7 +4,9 @@
 //! Counts are correlated sub-selects of one statement, so they describe one snapshot on both
 //! backends (a statement sees one snapshot on PostgreSQL under READ COMMITTED, and on SQLite it
 //! runs in one read transaction): a shred that moves a DEK from `deks` to `dek_tombstones` in
-//! one transaction is counted on exactly one side. Each sub-select is an index search:
+//! one transaction is counted on exactly one side. A binding's DEKs and scopes are those below
+//! the tenant keys its KEK wraps now (after a re-key: none for the older bindings, all for the
+//! current one); its shredded DEKs are those of the tenant key created with it. Each sub-select is an index search:
 //! `deks_by_tenant_key (tenant_id, tenant_key_id)` and `dek_tombstones_by_tenant (tenant_id,
 //! tenant_key_id)`.
 //!
@@ -46,10 +48,10 @@ sql_impl!(impl => {
     ) -> Result<Vec<BindingUsage>, StoreError> {
         let sql = format!(
             "SELECT b.*, \
-             (SELECT COUNT(*) FROM deks d \
-              WHERE d.tenant_id = b.tenant_id AND d.tenant_key_id = b.tenant_key_id) AS deks, \
-             (SELECT COUNT(DISTINCT d.scope) FROM deks d \
-              WHERE d.tenant_id = b.tenant_id AND d.tenant_key_id = b.tenant_key_id) AS scopes, \
+             (SELECT COUNT(*) FROM deks d JOIN tenant_keys w ON w.id = d.tenant_key_id \
+              WHERE d.tenant_id = b.tenant_id AND w.kek_binding_id = b.id) AS deks, \
+             (SELECT COUNT(DISTINCT d.scope) FROM deks d JOIN tenant_keys w ON w.id = d.tenant_key_id \
+              WHERE d.tenant_id = b.tenant_id AND w.kek_binding_id = b.id) AS scopes, \
              (SELECT COUNT(*) FROM dek_tombstones t \
               WHERE t.tenant_id = b.tenant_id AND t.tenant_key_id = b.tenant_key_id) \
               AS deks_shredded \

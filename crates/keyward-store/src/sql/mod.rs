@@ -34,6 +34,7 @@ mod checks;
 mod deks;
 mod history;
 mod migrations;
+mod rekey;
 mod shred;
 mod store;
 mod tenants;

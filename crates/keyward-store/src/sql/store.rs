@@ -12,9 +12,10 @@ use crate::decode;
 use crate::{
     AuditEvent, AuditFn, AuditQuery, BindingChange, BindingCommit, BindingUsage, ChainHead,
     Checkpoint, DekInsert, DekRecord, DekTombstone, KekBinding, KeyCheck, KeyId, NewDek,
-    NewKekBinding, ProviderKind, Record, Scope, ScopeShred, ShredCandidate, ShredResult,
-    StateChange, StateUpdate, Store, StoreChanges, StoreCounts, StoreError, TenantId,
-    TenantKeyRecord, TenantPolicy, TenantRecord, TenantState, WrittenBefore,
+    NewKekBinding, ProviderKind, Record, RekeyState, RetiredBindings, Scope, ScopeShred,
+    ShredCandidate, ShredResult, StateChange, StateUpdate, Store, StoreChanges, StoreCounts,
+    StoreError, TenantId, TenantKeyRecord, TenantKeyRewrap, TenantPolicy, TenantRecord,
+    TenantState, WrittenBefore,
 };
 
 sql_impl!(#[async_trait::async_trait] impl Store => {
@@ -149,6 +150,31 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
             self.try_set_binding_state(update, audit)
         })
         .await
+    }
+
+    async fn rekey_state(&self, tenant: &TenantId) -> Result<RekeyState, StoreError> {
+        self.try_rekey_state(tenant).await
+    }
+
+    async fn scheduled_rekeys(&self) -> Result<Vec<TenantId>, StoreError> {
+        self.try_scheduled_rekeys().await
+    }
+
+    async fn rewrap_tenant_key(
+        &self,
+        rewrap: TenantKeyRewrap,
+        audit: AuditFn<'_, TenantKeyRecord>,
+    ) -> Result<TenantKeyRecord, StoreError> {
+        let rewrap = &rewrap;
+        with_retries(D::WRITE_ATTEMPTS, || self.try_rewrap_tenant_key(rewrap, audit)).await
+    }
+
+    async fn retire_bindings(
+        &self,
+        tenant: &TenantId,
+        audit: AuditFn<'_, RetiredBindings>,
+    ) -> Result<RetiredBindings, StoreError> {
+        with_retries(D::WRITE_ATTEMPTS, || self.try_retire_bindings(tenant, audit)).await
     }
 
     async fn get_tenant_key(

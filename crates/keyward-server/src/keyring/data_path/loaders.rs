@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -33,6 +33,9 @@ impl DataPath {
         if let Some(refusal) = self.cache.refusal(tenant, id).await {
             return Err(revoked(tenant, refusal.closed));
         }
+        // The binding whose KEK this load asked (a re-key may move the key under another
+        // between the read and a refusal): what a refusal is about.
+        let asked = AtomicI64::new(0);
         let result = self
             .cache
             .tenant_keys
@@ -68,6 +71,7 @@ impl DataPath {
                 // moment during it, and a slow answer must not stretch the window.
                 let asked_at = Instant::now();
                 let asked_at_ms = now_ms();
+                asked.store(record.binding_id, Ordering::Relaxed);
                 let key = self.kek.unwrap_tenant_key(tenant, id, &record).await?;
                 // Published before the key is cached: every cached key is on the monitor's
                 // schedule, or cached for at most the monitor interval.
@@ -100,8 +104,11 @@ impl DataPath {
                 let err = unshare(shared);
                 if let ServiceError::KeyRefused(e) = err.root() {
                     tracing::warn!(%tenant, error = %e, "KEK refused");
+                    // 0: another request's load (single flight) was refused; the binding that
+                    // wraps the key now is the best guess.
+                    let binding = Some(asked.load(Ordering::Relaxed)).filter(|b| *b != 0);
                     self.revocation
-                        .on_kms_refusal(tenant, id, e.message())
+                        .on_kms_refusal(tenant, id, binding, e.message())
                         .await;
                 }
                 Err(err)

@@ -37,20 +37,34 @@ pub(in crate::keyring) enum Observation {
 }
 
 impl Revocation {
-    /// The KMS refused an unwrap on the data path. If the refused key is the
-    /// tenant's current one, that is a revocation; an older binding's refusal
-    /// affects that binding only: its cached keys are dropped and the refusal is
-    /// remembered for the cache TTL (no KMS call, no purge of the tenant's other
-    /// keys, until then).
+    /// The KMS refused an unwrap of tenant key `tenant_key_id` on the data path, asked of the
+    /// KEK of binding `asked` (`None`: unknown, the binding that wraps the key now). If that is
+    /// the tenant's current binding, that is a revocation; an older binding's refusal affects
+    /// that binding only: its cached keys are dropped and the refusal is remembered for the
+    /// cache TTL (no KMS call, no purge of the tenant's other keys, until then). A refusal of a
+    /// KEK that no longer wraps the key (a re-key moved it under a newer binding meanwhile) is
+    /// about nothing: the next load unwraps the key's new wrap.
     pub(in crate::keyring) async fn on_kms_refusal(
         &self,
         tenant: &TenantId,
         tenant_key_id: &KeyId,
+        asked: Option<i64>,
         message: &str,
     ) {
         let observed = now_ms();
+        let wrapping = match self.store.get_tenant_key(tenant, tenant_key_id).await {
+            Ok(Some(record)) => Some(record.binding_id),
+            _ => None,
+        };
+        let asked = asked.or(wrapping);
+        if let (Some(asked), Some(now)) = (asked, wrapping)
+            && asked != now
+        {
+            tracing::info!(%tenant, tenant_key = %tenant_key_id, refused_binding = asked, binding = now, "a KEK that no longer wraps the tenant key refused it (re-keyed meanwhile); nothing recorded");
+            return;
+        }
         match self.store.active_binding(tenant).await {
-            Ok(Some(binding)) if binding.tenant_key_id == *tenant_key_id => {
+            Ok(Some(binding)) if Some(binding.id) == asked => {
                 let _transition = self.transitions.lock().await;
                 if let Err(e) = self
                     .observe(
@@ -115,7 +129,10 @@ impl Revocation {
                 }
             }
             let (to, reason, outcome) = match (&observation, binding.state) {
-                (_, KekState::Destroyed) => return Ok(CheckOutcome::Unchanged),
+                // Destroyed is final; retired too (nothing depends on its key any more).
+                (_, KekState::Destroyed | KekState::Retired) => {
+                    return Ok(CheckOutcome::Unchanged);
+                }
                 (Observation::Works, KekState::Revoked) if binding.explicitly_revoked() => {
                     // Only RestoreKey lifts a break-glass revocation.
                     return Ok(CheckOutcome::Unchanged);
