@@ -483,3 +483,77 @@ async fn a_shredded_wrapped_dek_is_nowhere_in_the_files() {
         assert!(!holds(&bytes, &secret), "after closing: still in {name}");
     }
 }
+
+/// A database written by schema version 7 (before re-keying) upgrades to 8 in place: each
+/// tenant key is then wrapped by the binding it was created with (`kek_binding_id` filled in),
+/// bindings are not retired, tenants do not re-key on their own, and the store reads it all.
+#[tokio::test]
+async fn a_schema_7_database_upgrades_to_re_keying() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY, \
+             applied_at_ms INTEGER NOT NULL) STRICT",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        let mut files: Vec<_> = std::fs::read_dir(&migrations)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files.iter().filter(|f| {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            name[..4].parse::<i64>().unwrap() <= 7
+        }) {
+            let version: i64 = file.file_name().unwrap().to_str().unwrap()[..4]
+                .parse()
+                .unwrap();
+            sqlx::raw_sql(&std::fs::read_to_string(file).unwrap())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO schema_migrations VALUES ($1, 0)")
+                .bind(version)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let tk = "0123456789abcdef0123456789abcdef";
+        sqlx::raw_sql(&format!(
+            "INSERT INTO tenants (id, display_name, created_at_ms) VALUES ('acme', 'Acme', 1); \
+             INSERT INTO kek_bindings (tenant_id, provider, key_ref, state, created_at_ms, \
+                 deactivated_at_ms, state_changed_at_ms) VALUES ('acme', 'local', 'k1', 'active', 1, NULL, 1); \
+             INSERT INTO tenant_keys (id, tenant_id, binding_id, wrapped, created_at_ms, mac) \
+                 VALUES ('{tk}', 'acme', 1, x'0102', 1, x'0304');"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    applied_migrations(store.pool(), "sqlite").await;
+    let tenant = keyward_store::TenantId::try_from("acme").unwrap();
+    let id: keyward_store::KeyId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+    let record = store.get_tenant_key(&tenant, &id).await.unwrap().unwrap();
+    assert_eq!(record.binding_id, 1);
+    assert_eq!(record.key_ref, "k1");
+    assert_eq!(record.binding_state, KekState::Active);
+    assert_eq!(record.wrapped.as_bytes(), [1, 2]);
+    let state = store.rekey_state(&tenant).await.unwrap();
+    assert_eq!(state.bindings[0].state, KekState::Active);
+    assert_eq!(state.tenant_keys, [record]);
+    let tenant_row = store.get_tenant(&tenant).await.unwrap().unwrap();
+    assert!(!tenant_row.policy.auto_rekey);
+    assert!(store.scheduled_rekeys().await.unwrap().is_empty());
+}

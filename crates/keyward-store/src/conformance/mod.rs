@@ -39,6 +39,7 @@ mod bindings;
 mod checks;
 mod deks;
 mod history;
+mod rekey;
 mod shred;
 mod tenants;
 
@@ -48,6 +49,7 @@ pub use bindings::*;
 pub use checks::*;
 pub use deks::*;
 pub use history::*;
+pub use rekey::*;
 pub use shred::*;
 pub use tenants::*;
 
@@ -83,6 +85,9 @@ pub async fn run_all(store: &dyn Store) {
     check_counts_grow(store).await;
     check_binding_usage(store).await;
     check_binding_usage_names_who_bound_each_binding(store).await;
+    check_rekey(store).await;
+    check_rekey_respects_revocation(store).await;
+    check_rekey_schedule_and_checks(store).await;
     check_shred_scope(store).await;
     check_shred_scope_edges(store).await;
     check_retention_candidates(store).await;
