@@ -170,6 +170,41 @@ pub struct Timeline {
     pub total_denied: u64,
     /// Scopes crypto-shredded (`scope_shredded` records), in record order.
     pub shreds: Vec<Shred>,
+    /// Older customer keys retired by a re-key (`kek_binding_retired` records), in record
+    /// order, each with the tenant keys moved off it.
+    pub rekeys: Vec<Retirement>,
+    /// Tenant keys moved (`tenant_key_rewrapped` records) from a binding not retired in these
+    /// records (a re-key not finished, or the records end before its retirement).
+    pub moves_in_progress: Vec<KeyMove>,
+}
+
+/// One tenant key moved by a re-key, from its `tenant_key_rewrapped` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMove {
+    pub seq: u64,
+    pub recorded_ms: i64,
+    pub tenant_key_id: String,
+    pub from_binding_id: i64,
+    pub to_binding_id: i64,
+    pub actor: String,
+}
+
+/// An older customer key retired by a re-key: its `kek_binding_retired` record and the
+/// `tenant_key_rewrapped` records that moved the keys it wrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retirement {
+    pub seq: u64,
+    pub recorded_ms: i64,
+    pub binding_id: i64,
+    pub provider: String,
+    pub key_ref: String,
+    pub to_binding_id: i64,
+    /// Tenant keys, and data keys below them, the target wraps when this one retired.
+    pub tenant_keys: u64,
+    pub deks: u64,
+    pub actor: String,
+    /// The moves off this binding in these records.
+    pub moves: Vec<KeyMove>,
 }
 
 /// One scope crypto-shredded, from its `scope_shredded` record and the `dek_retired` (reason
@@ -224,6 +259,8 @@ impl Timeline {
             unattributed_denials: Vec::new(),
             total_denied: 0,
             shreds: Vec::new(),
+            rekeys: Vec::new(),
+            moves_in_progress: Vec::new(),
         };
         let mut denials = Vec::new();
         // `dek_retired` (shredded) records waiting for their scope's `scope_shredded` record.
@@ -292,6 +329,48 @@ impl Timeline {
                     reason: crate::DekRetireReason::Shredded,
                     ..
                 } => shredded_deks.push((scope_hmac.clone(), dek_id.to_string())),
+                AuditEvent::TenantKeyRewrapped {
+                    tenant_key_id,
+                    from_binding_id,
+                    to_binding_id,
+                    actor,
+                    ..
+                } => timeline.moves_in_progress.push(KeyMove {
+                    seq: entry.seq,
+                    recorded_ms: entry.time_ms,
+                    tenant_key_id: tenant_key_id.to_string(),
+                    from_binding_id: *from_binding_id,
+                    to_binding_id: *to_binding_id,
+                    actor: actor.clone(),
+                }),
+                AuditEvent::KekBindingRetired {
+                    binding_id,
+                    provider,
+                    key_ref,
+                    to_binding_id,
+                    tenant_keys,
+                    deks,
+                    actor,
+                    ..
+                } => {
+                    let (moves, others): (Vec<_>, Vec<_>) = timeline
+                        .moves_in_progress
+                        .drain(..)
+                        .partition(|m| m.from_binding_id == *binding_id);
+                    timeline.moves_in_progress = others;
+                    timeline.rekeys.push(Retirement {
+                        seq: entry.seq,
+                        recorded_ms: entry.time_ms,
+                        binding_id: *binding_id,
+                        provider: provider.clone(),
+                        key_ref: key_ref.clone(),
+                        to_binding_id: *to_binding_id,
+                        tenant_keys: *tenant_keys,
+                        deks: *deks,
+                        actor: actor.clone(),
+                        moves,
+                    });
+                }
                 AuditEvent::ScopeShredded {
                     scope_hmac,
                     deks,

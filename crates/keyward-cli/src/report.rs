@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use keyward_audit::timeline::{
-    DeniedSecond, Entry, Item, Purge, RecordedTransition, Revocation, Shred, Timeline,
+    DeniedSecond, Entry, Item, KeyMove, Purge, RecordedTransition, Retirement, Revocation, Shred,
+    Timeline,
 };
 use keyward_audit::{AuditEvent, KeyState, StateTransition};
 use serde_json::{Value, json};
@@ -141,7 +142,61 @@ pub(crate) fn text(report: &Timeline) -> String {
         out.push_str(").\n");
     }
     write_shreds(&mut out, &report.shreds);
+    write_rekeys(&mut out, &report.rekeys, &report.moves_in_progress);
     out
+}
+
+/// The older customer keys retired by a re-key, and the tenant keys moved off them.
+fn write_rekeys(out: &mut String, rekeys: &[Retirement], in_progress: &[KeyMove]) {
+    if rekeys.is_empty() && in_progress.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nRe-keying: {} older key{} retired (no data depends on {} since):",
+        rekeys.len(),
+        if rekeys.len() == 1 { "" } else { "s" },
+        if rekeys.len() == 1 { "it" } else { "them" },
+    );
+    for r in rekeys {
+        let moved: Vec<String> = r
+            .moves
+            .iter()
+            .map(|m| format!("{} (seq {})", m.tenant_key_id, m.seq))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- seq {} at {}: binding {} ({} {}) retired by {}; binding {} now wraps {} tenant key{} and {} data key{}; moved off it in these records: {}",
+            r.seq,
+            utc_ms(r.recorded_ms),
+            r.binding_id,
+            r.provider,
+            r.key_ref,
+            r.actor,
+            r.to_binding_id,
+            r.tenant_keys,
+            if r.tenant_keys == 1 { "" } else { "s" },
+            r.deks,
+            if r.deks == 1 { "" } else { "s" },
+            if moved.is_empty() {
+                "none".to_owned()
+            } else {
+                moved.join(", ")
+            },
+        );
+    }
+    for m in in_progress {
+        let _ = writeln!(
+            out,
+            "- seq {} at {}: tenant key {} moved from binding {} to {} by {} (its old binding is not retired in these records: the re-key is not finished)",
+            m.seq,
+            utc_ms(m.recorded_ms),
+            m.tenant_key_id,
+            m.from_binding_id,
+            m.to_binding_id,
+            m.actor,
+        );
+    }
 }
 
 /// The scopes crypto-shredded, as the signed log proves them: the `scope_shredded` record and
@@ -262,6 +317,30 @@ pub(crate) fn json(report: &Timeline) -> Value {
             "reason": s.reason,
             "retention_cutoff_ms": s.retention_cutoff_ms,
         })).collect::<Vec<_>>(),
+        "rekeys": report.rekeys.iter().map(|r| json!({
+            "seq": r.seq,
+            "recorded_at_ms": r.recorded_ms,
+            "binding_id": r.binding_id,
+            "provider": r.provider,
+            "key_ref": r.key_ref,
+            "to_binding_id": r.to_binding_id,
+            "tenant_keys": r.tenant_keys,
+            "deks": r.deks,
+            "actor": r.actor,
+            "moves": r.moves.iter().map(move_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "moves_in_progress": report.moves_in_progress.iter().map(move_json).collect::<Vec<_>>(),
+    })
+}
+
+fn move_json(m: &KeyMove) -> Value {
+    json!({
+        "seq": m.seq,
+        "recorded_at_ms": m.recorded_ms,
+        "tenant_key_id": m.tenant_key_id,
+        "from_binding_id": m.from_binding_id,
+        "to_binding_id": m.to_binding_id,
+        "actor": m.actor,
     })
 }
 

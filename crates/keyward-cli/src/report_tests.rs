@@ -166,3 +166,36 @@ fn a_shred_reads_as_its_scope_its_data_keys_who_and_why() {
     assert_eq!(json["shreds"][0]["dek_ids"][0], dek);
     assert_eq!(json["shreds"][1]["retention_cutoff_ms"], 1500);
 }
+
+/// A re-key reads as the older keys it retired, each with the tenant keys moved off it (their
+/// `tenant_key_rewrapped` records) and what the current key wraps; a move whose binding is not
+/// retired in the records is an unfinished re-key. The same in the JSON.
+#[test]
+fn a_rekey_lists_the_retired_keys_and_the_moves() {
+    let tk1 = "11111111111111111111111111111111";
+    let tk2 = "22222222222222222222222222222222";
+    let records = [
+        format!(r#"{{"event":{{"actor":"secops","from_binding_id":1,"tenant":"acme","tenant_key_id":"{tk1}","to_binding_id":3,"type":"tenant_key_rewrapped"}},"seq":10,"time_ms":20000}}"#),
+        format!(r#"{{"event":{{"actor":"secops","from_binding_id":2,"tenant":"acme","tenant_key_id":"{tk2}","to_binding_id":3,"type":"tenant_key_rewrapped"}},"seq":11,"time_ms":20100}}"#),
+        r#"{"event":{"actor":"secops","binding_id":1,"deks":7,"key_ref":"arn:old","provider":"aws-kms","tenant":"acme","tenant_keys":3,"to_binding_id":3,"type":"kek_binding_retired"},"seq":12,"time_ms":20200}"#.to_owned(),
+    ]
+    .join("\n");
+    let report = timeline(&records);
+    let text = text(&report);
+    for line in [
+        "\nRe-keying: 1 older key retired (no data depends on it since):\n",
+        &format!(
+            "- seq 12 at 1970-01-01T00:00:20.200Z: binding 1 (aws-kms arn:old) retired by secops; binding 3 now wraps 3 tenant keys and 7 data keys; moved off it in these records: {tk1} (seq 10)\n"
+        ),
+        &format!(
+            "- seq 11 at 1970-01-01T00:00:20.100Z: tenant key {tk2} moved from binding 2 to 3 by secops (its old binding is not retired in these records: the re-key is not finished)\n"
+        ),
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let json = json(&report);
+    assert_eq!(json["rekeys"][0]["binding_id"], 1);
+    assert_eq!(json["rekeys"][0]["moves"][0]["tenant_key_id"], tk1);
+    assert_eq!(json["rekeys"][0]["deks"], 7);
+    assert_eq!(json["moves_in_progress"][0]["from_binding_id"], 2);
+}

@@ -451,6 +451,17 @@ mod tests {
                 "KEY_REFUSED",
             ),
             (
+                ServiceError::RekeyBlocked {
+                    tenant: "t".into(),
+                    binding_id: 1,
+                    provider: "local".into(),
+                    key_ref: "k1".into(),
+                    state: keyward_store::KekState::Revoked,
+                },
+                Code::FailedPrecondition,
+                "REKEY_BLOCKED",
+            ),
+            (
                 ServiceError::from_provider(ProviderError::new(ErrorKind::Throttled, "slow")),
                 Code::Unavailable,
                 "KMS_UNAVAILABLE",

@@ -426,6 +426,63 @@ fn issue_16_sequences() {
                 },
             ],
         ),
+        (
+            "issue 22: an older binding revoked while a re-key holds its key keeps the key",
+            vec![
+                Encrypt { on: R0 },
+                Register {
+                    on: R0,
+                    kek: Kek::K1,
+                },
+                Hold {
+                    on: R1,
+                    task: Task::Rekey,
+                    at: HoldAt::KmsAnswer,
+                },
+                Kms {
+                    kek: Kek::K0,
+                    mode: Mode::Refused,
+                },
+                KeyEvent {
+                    on: R0,
+                    kek: Kek::K0,
+                },
+                Release,
+                Decrypt {
+                    on: R1,
+                    envelope: 0,
+                },
+            ],
+        ),
+        (
+            "issue 22: a re-key, then the old key refused: the data reads and the tenant stands",
+            vec![
+                Encrypt { on: R0 },
+                Register {
+                    on: R1,
+                    kek: Kek::K1,
+                },
+                Rekey { on: R1 },
+                Kms {
+                    kek: Kek::K0,
+                    mode: Mode::Refused,
+                },
+                KeyEvent {
+                    on: R0,
+                    kek: Kek::K0,
+                },
+                Purge { on: R0 },
+                Decrypt {
+                    on: R0,
+                    envelope: 0,
+                },
+                Revoke { on: R1 },
+                Decrypt {
+                    on: R0,
+                    envelope: 0,
+                },
+            ],
+        ),
     ];
     let mut failures = Vec::new();
     for backend in [Backend::Sqlite, Backend::Postgres] {

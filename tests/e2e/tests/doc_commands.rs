@@ -1,5 +1,5 @@
 //! Every `keyward …` command in the code blocks of README.md, docs/onboarding/*.md and the task
-//! guides (docs/deleting-data.md, docs/rewrap.md), run
+//! guides (docs/deleting-data.md, docs/rewrap.md, docs/rekey.md), run
 //! against the real binary, so that the docs cannot drift from it (issue #18, item 12).
 //!
 //! - The README's quickstart runs for real, in order, as a new user runs it: `keyward serve` with
@@ -317,8 +317,14 @@ fn the_aws_emulator_walkthrough_runs_as_written() {
     );
     assert_eq!(
         stdout.lines().filter(|l| *l == "hello").count(),
-        2,
-        "decrypted before and after the restore:\n{stdout}\n{stderr}"
+        3,
+        "decrypted before and after the restore, and after the re-key with the old key \
+         disabled and pending deletion:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("re-key done"), "{stdout}");
+    assert!(
+        stdout.contains("its KMS key may be disabled"),
+        "the key history says the old key may go:\n{stdout}"
     );
 }
 
@@ -439,7 +445,7 @@ fn run_walkthrough(
 }
 
 /// The task guides whose commands are checked here (not walked through for real).
-const TASK_GUIDES: &[&str] = &["docs/deleting-data.md", "docs/rewrap.md"];
+const TASK_GUIDES: &[&str] = &["docs/deleting-data.md", "docs/rewrap.md", "docs/rekey.md"];
 
 #[test]
 fn every_other_documented_command_parses() {

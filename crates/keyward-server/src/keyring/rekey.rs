@@ -529,8 +529,12 @@ impl Keyring {
                 // Another re-key of the tenant runs here: it does the work.
                 Err(ServiceError::Conflict(_)) => {}
                 Err(e) => {
-                    tracing::warn!(%tenant, error = %e, "scheduled re-key stopped; trying again later");
-                    self.rekeys.set_last_error(&tenant, Some(e.to_string()));
+                    let error = e.to_string();
+                    // Once per new reason: a blocked tenant is tried every pass.
+                    if self.rekeys.last_error(&tenant).as_deref() != Some(error.as_str()) {
+                        tracing::warn!(%tenant, error = %error, "scheduled re-key stopped; trying again every pass until it succeeds (GetRekeyStatus shows why)");
+                    }
+                    self.rekeys.set_last_error(&tenant, Some(error));
                 }
             }
         }

@@ -304,10 +304,21 @@ impl Revocation {
                 self.forget_unrecorded(tenant);
                 self.purge_and_audit(tenant).await
             } else {
+                // An older binding: only the keys it wraps go, and the purge is recorded like
+                // any revocation's (the auditor pairs each revocation with its purges).
                 let mut entries = 0;
                 for id in self.keys_wrapped_by(binding).await {
                     entries += self.cache.purge_tenant_key(tenant, &id).await;
                 }
+                self.ledger
+                    .record(vec![AuditEvent::KeysPurged {
+                        tenant: tenant.clone(),
+                        purged_at_ms: now_ms(),
+                        entries,
+                        last_plaintext_at_ms: self.gates.last_plaintext_ms(tenant),
+                        replica: Some(self.replica_id.to_string()),
+                    }])
+                    .await;
                 entries
             };
             tracing::warn!(%tenant, replica = %self.replica_id, binding = binding.id, state = t.to.as_str(), source = ?t.source, entries, "tenant key revoked; cached keys purged");

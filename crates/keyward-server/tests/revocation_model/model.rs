@@ -19,10 +19,12 @@ pub(crate) enum Invariant {
     TtlBoundsKeyUse,
     AuditIsComplete,
     NoPlaintextAfterShred,
+    NoMoveFromARevokedBinding,
+    RetiredWrapsNothing,
 }
 
 impl Invariant {
-    const ALL: [Invariant; 7] = [
+    const ALL: [Invariant; 9] = [
         Invariant::NoPlaintextAfterRevocation,
         Invariant::AFailedRevokeKeyClosesItsReplica,
         Invariant::ExplicitRevocationLiftedOnlyByRestoreKey,
@@ -30,6 +32,8 @@ impl Invariant {
         Invariant::TtlBoundsKeyUse,
         Invariant::AuditIsComplete,
         Invariant::NoPlaintextAfterShred,
+        Invariant::NoMoveFromARevokedBinding,
+        Invariant::RetiredWrapsNothing,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -43,6 +47,8 @@ impl Invariant {
             Invariant::TtlBoundsKeyUse => "ttl_bounds_key_use",
             Invariant::AuditIsComplete => "audit_is_complete",
             Invariant::NoPlaintextAfterShred => "no_plaintext_after_shred",
+            Invariant::NoMoveFromARevokedBinding => "no_move_from_a_revoked_binding",
+            Invariant::RetiredWrapsNothing => "retired_wraps_nothing",
         }
     }
 
@@ -105,7 +111,6 @@ pub(crate) struct Revocation {
 
 #[derive(Debug)]
 pub(crate) struct BindingModel {
-    pub(crate) tenant_key: KeyId,
     /// The state its audit records say it is in.
     pub(crate) state: KekState,
     /// `RevokeKey` returned OK for it and `RestoreKey` has not since.
@@ -127,6 +132,9 @@ pub(crate) struct EnvelopeModel {
 #[derive(Debug, Default)]
 pub(crate) struct Model {
     pub(crate) bindings: BTreeMap<i64, BindingModel>,
+    /// The binding whose KEK wraps each tenant key, as the audit log says (its own binding's
+    /// from `kek_binding_changed`, the target's from each `tenant_key_rewrapped`).
+    pub(crate) wrapping: BTreeMap<KeyId, i64>,
     pub(crate) envelopes: Vec<EnvelopeModel>,
     /// The step of each replica's last completed reconciliation with the store.
     pub(crate) synced: [Option<usize>; REPLICAS],
@@ -156,11 +164,9 @@ pub(crate) struct Model {
 }
 
 impl Model {
+    /// The binding whose KEK wraps `tenant_key` now (a re-key moves it).
     pub(crate) fn binding_of_key(&self, tenant_key: &KeyId) -> Option<i64> {
-        self.bindings
-            .iter()
-            .find(|(_, b)| b.tenant_key == *tenant_key)
-            .map(|(id, _)| *id)
+        self.wrapping.get(tenant_key).copied()
     }
 
     /// Whether `replica` must know that `binding` is revoked (and so refuse its keys).

@@ -51,6 +51,8 @@ pub(crate) enum Task {
     Revoke,
     /// `RestoreKey`.
     Restore,
+    /// `RekeyTenant` (every tenant key under the current binding's KEK).
+    Rekey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,17 @@ pub(crate) enum Op {
         monitor_interval_s: Option<u64>,
     },
     Reconcile {
+        on: Replica,
+    },
+    /// A key event naming `kek` (`ReportKeyEvent`): every binding registered with it, current
+    /// or older, is checked with the KMS now.
+    KeyEvent {
+        on: Replica,
+        kek: Kek,
+    },
+    /// `RekeyTenant`: every tenant key moves under the current binding's KEK, the older
+    /// bindings retire.
+    Rekey {
         on: Replica,
     },
     /// `ShredScope` of the scope every message is written to.
@@ -172,6 +185,7 @@ pub(crate) fn op_kinds() -> Vec<(u32, BoxedStrategy<Op>)> {
         (0u8..8).prop_map(|envelope| Task::Decrypt { envelope }),
         Just(Task::Revoke),
         Just(Task::Restore),
+        Just(Task::Rekey),
     ];
     let at = prop_oneof![Just(HoldAt::KmsAnswer), Just(HoldAt::BindingRead)];
     vec![
@@ -211,6 +225,13 @@ pub(crate) fn op_kinds() -> Vec<(u32, BoxedStrategy<Op>)> {
                 .boxed(),
         ),
         (4, replica().prop_map(|on| Op::Reconcile { on }).boxed()),
+        (3, replica().prop_map(|on| Op::Rekey { on }).boxed()),
+        (
+            2,
+            (replica(), kek())
+                .prop_map(|(on, kek)| Op::KeyEvent { on, kek })
+                .boxed(),
+        ),
         (2, replica().prop_map(|on| Op::Shred { on }).boxed()),
         (2, replica().prop_map(|on| Op::ApplyShred { on }).boxed()),
         (2, replica().prop_map(|on| Op::ApplyRecorded { on }).boxed()),

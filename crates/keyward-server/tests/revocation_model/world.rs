@@ -170,6 +170,8 @@ impl World {
             | Op::Register { on, .. }
             | Op::SetPolicy { on, .. }
             | Op::Reconcile { on }
+            | Op::Rekey { on }
+            | Op::KeyEvent { on, .. }
             | Op::Shred { on }
             | Op::ApplyShred { on }
             | Op::ApplyRecorded { on }
@@ -281,6 +283,18 @@ impl World {
                 self.restored(step, on.index(), result);
             }
             Op::Kms { kek, mode } => self.control.set(kek.name(), mode),
+            Op::Rekey { on } => {
+                let keyring = &self.replicas[on.index()].keyring;
+                let _ = bounded("rekey", keyring.rekey(&tenant, None, "model")).await;
+            }
+            Op::KeyEvent { on, kek } => {
+                let keyring = &self.replicas[on.index()].keyring;
+                let _ = bounded(
+                    "recheck_key",
+                    keyring.recheck_key(ProviderKind::Local, kek.name()),
+                )
+                .await;
+            }
             Op::Register { on, kek } => {
                 let keyring = &self.replicas[on.index()].keyring;
                 let kek = KeyRef::new(ProviderKind::Local, kek.name());
@@ -457,7 +471,13 @@ impl World {
             plaintext, envelope.plaintext,
             "decrypt returned another plaintext"
         );
-        let (binding, tenant_key, dek) = (envelope.binding, envelope.tenant_key, envelope.dek);
+        let (tenant_key, dek) = (envelope.tenant_key, envelope.dek);
+        // The binding whose KEK wraps the tenant key now: a re-key moves it, and what decides
+        // whether its data may be read is that binding's state.
+        let binding = self
+            .model
+            .binding_of_key(&tenant_key)
+            .unwrap_or(envelope.binding);
         self.check_not_shredded(r, "decrypt", &dek)?;
         self.check_key_use(r, "decrypt", binding, &tenant_key, used_at)
     }
@@ -590,6 +610,10 @@ impl World {
                 }
                 Task::Revoke => TaskResult::Revoked(revoke(&keyring, &tenant).await),
                 Task::Restore => TaskResult::Restored(restore(&keyring, &tenant).await),
+                Task::Rekey => {
+                    let _ = keyring.rekey(&tenant, None, "model").await;
+                    TaskResult::Checked
+                }
             }
         });
         // Either it reaches the hold point, or it finishes without getting there.
@@ -711,6 +735,20 @@ impl World {
                 )?;
             }
         }
+        // No tenant key is wrapped by a retired binding (whose key the customer may delete).
+        let state = self.store.rekey_state(&self.tenant).await.unwrap();
+        for key in &state.tenant_keys {
+            check(
+                Invariant::RetiredWrapsNothing,
+                key.binding_state != KekState::Retired,
+                || {
+                    format!(
+                        "after step {step}: tenant key {} is wrapped by binding {}, which is retired",
+                        key.id, key.binding_id
+                    )
+                },
+            )?;
+        }
         self.model.restore_started = None;
         // A replica that acted while a revocation is recorded may have applied it, which ends
         // its unrecorded closure (the recorded one is checked from now on): forget it here, so
@@ -731,15 +769,57 @@ impl World {
         event: &AuditEvent,
     ) -> Result<(), Violation> {
         match event {
+            AuditEvent::TenantKeyRewrapped {
+                tenant_key_id,
+                from_binding_id,
+                to_binding_id,
+                ..
+            } => {
+                let from = self.model.bindings.get(from_binding_id).map(|b| b.state);
+                check(
+                    Invariant::NoMoveFromARevokedBinding,
+                    from.is_some_and(|state| !is_revoked(state) && state != KekState::Retired)
+                        && self.model.wrapping.get(tenant_key_id) == Some(from_binding_id),
+                    || {
+                        format!(
+                            "tenant_key_rewrapped record seq {seq} (step {step}, {}): tenant key \
+                             {tenant_key_id} moved from binding {from_binding_id} ({from:?}, \
+                             wrapping it: {}) to {to_binding_id}",
+                            by(actor),
+                            self.model.wrapping.get(tenant_key_id) == Some(from_binding_id)
+                        )
+                    },
+                )?;
+                self.model.wrapping.insert(*tenant_key_id, *to_binding_id);
+            }
+            AuditEvent::KekBindingRetired { binding_id, .. } => {
+                let wraps: Vec<KeyId> = self
+                    .model
+                    .wrapping
+                    .iter()
+                    .filter(|(_, b)| **b == *binding_id)
+                    .map(|(k, _)| *k)
+                    .collect();
+                check(Invariant::RetiredWrapsNothing, wraps.is_empty(), || {
+                    format!(
+                        "kek_binding_retired record seq {seq} (step {step}, {}): binding \
+                         {binding_id} retired while it wraps {wraps:?}",
+                        by(actor)
+                    )
+                })?;
+                if let Some(b) = self.model.bindings.get_mut(binding_id) {
+                    b.state = KekState::Retired;
+                }
+            }
             AuditEvent::KekBindingChanged {
                 binding_id,
                 tenant_key_id,
                 ..
             } => {
+                self.model.wrapping.insert(*tenant_key_id, *binding_id);
                 self.model.bindings.insert(
                     *binding_id,
                     BindingModel {
-                        tenant_key: *tenant_key_id,
                         state: KekState::Active,
                         explicit: None,
                         revocation: None,
