@@ -97,13 +97,18 @@ pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
 }
 
 /// A status the server sends always carries its reason (ErrorInfo); tonic's own statuses for
-/// a connection that failed (UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED) carry none.
+/// a connection that failed carry none: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, and, for a
+/// connection that broke during the call (the server died), UNKNOWN or INTERNAL made from the
+/// transport error, which tonic keeps as the status's source (a status decoded from a response
+/// never has one).
 fn status_exit(status: &tonic::Status) -> Exit {
-    let from_server = status.get_details_error_info().is_some();
+    if status.get_details_error_info().is_some() {
+        return Exit::Refused;
+    }
+    let made_by_tonic = std::error::Error::source(status).is_some();
     match status.code() {
-        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded if !from_server => {
-            Exit::Unreachable
-        }
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => Exit::Unreachable,
+        _ if made_by_tonic => Exit::Unreachable,
         _ => Exit::Refused,
     }
 }
@@ -143,5 +148,21 @@ mod tests {
         let not_found = tonic::Status::new(Code::NotFound, "no such tenant");
         assert_eq!(status_exit(&not_found), Exit::Refused);
         assert_eq!(Exit::of(&refused(not_found)), Exit::Refused);
+    }
+
+    /// A server killed during a call: tonic reports the broken connection as UNKNOWN
+    /// ("transport error"), made from the transport error (its source). Not a refusal.
+    #[test]
+    fn a_connection_broken_during_the_call_is_unreachable_not_refused() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(status_exit(&broken), Exit::Unreachable);
+        assert_eq!(Exit::of(&refused(broken)), Exit::Unreachable);
+        // The same code sent by a server (decoded from its trailers: no source) is its answer.
+        let answered = tonic::Status::new(Code::Unknown, "a server's own error");
+        assert_eq!(status_exit(&answered), Exit::Refused);
     }
 }

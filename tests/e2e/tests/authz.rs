@@ -748,3 +748,218 @@ async fn the_key_history_is_for_the_tenant_s_admin_operators_and_auditor() {
         "TENANT_NOT_FOUND",
     );
 }
+
+/// `RekeyTenant` and `GetRekeyStatus` under the shipped policies: the tenant's admin re-keys
+/// its own tenant (never another's) and reads the progress; an operator and the tenant's
+/// auditor read the progress but may not re-key; a service may do neither. The denied calls
+/// move nothing, each denial is recorded, and the re-key's records name the admin's
+/// authenticated principal with the human it claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekeying_is_for_the_tenant_s_admin_and_its_progress_for_operators_and_auditors_too() {
+    let pki = Pki::new();
+    let server = pki.start(&shipped_policies());
+    let acme_admin = pki
+        .ca
+        .client("acme-admin", &[San::Dns(ACME_ADMIN_DNS)], false);
+    let mut op = caller(&server, &pki, &pki.spiffe("operator", OPERATOR)).await;
+    for tenant in ["acme", "globex"] {
+        op.tenants
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: tenant.into(),
+                display_name: tenant.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut acme = caller(&server, &pki, &acme_admin).await;
+    let mut globex = caller(&server, &pki, &pki.spiffe("globex-admin", GLOBEX_ADMIN)).await;
+    let mut chat = caller(&server, &pki, &pki.spiffe("chat", CHAT)).await;
+    let mut auditor = caller(&server, &pki, &pki.spiffe("auditor", ACME_AUDITOR)).await;
+    // Each tenant: data under "default", then a second key: one tenant key to move.
+    keyward_kms::local::LocalProvider::open_existing(server.local_kms_dir())
+        .unwrap()
+        .create_key("k2")
+        .unwrap();
+    acme.tenants
+        .register_key(local_key("acme", "default"))
+        .await
+        .unwrap();
+    globex
+        .tenants
+        .register_key(local_key("globex", "default"))
+        .await
+        .unwrap();
+    chat.crypto
+        .encrypt(encrypt_req("acme", "chat-history"))
+        .await
+        .unwrap();
+    acme.tenants
+        .register_key(local_key("acme", "k2"))
+        .await
+        .unwrap();
+    globex
+        .tenants
+        .register_key(local_key("globex", "k2"))
+        .await
+        .unwrap();
+    let status = |tenant: &str| pb::GetRekeyStatusRequest {
+        tenant_id: tenant.into(),
+    };
+    let rekey = |tenant: &str| pb::RekeyTenantRequest {
+        tenant_id: tenant.into(),
+        max_tenant_keys: 0,
+        requested_by: "ciso".into(),
+    };
+
+    // The progress: the tenant's admin, an operator and the tenant's auditor read it.
+    for who in [&mut acme, &mut op, &mut auditor] {
+        let s = who
+            .tenants
+            .get_rekey_status(status("acme"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((s.tenant_keys_remaining, s.deks_remaining), (1, 1), "{s:?}");
+        assert!(!s.done);
+    }
+    // Nobody else: another tenant's admin or auditor scope, a service; a tenant that does not
+    // exist looks the same to a tenant admin.
+    for (who, tenant) in [
+        (&mut globex, "acme"),
+        (&mut acme, "globex"),
+        (&mut auditor, "globex"),
+        (&mut chat, "acme"),
+    ] {
+        assert_status(
+            who.tenants.get_rekey_status(status(tenant)).await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    assert_status(
+        acme.tenants
+            .get_rekey_status(status("no-such-tenant"))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    // An operator may read any tenant's: an unknown one is not found.
+    assert_status(
+        op.tenants.get_rekey_status(status("no-such-tenant")).await,
+        Code::NotFound,
+        "TENANT_NOT_FOUND",
+    );
+
+    // The re-key itself: only the tenant's own admin.
+    for (who, tenant) in [
+        (&mut op, "acme"),
+        (&mut auditor, "acme"),
+        (&mut chat, "acme"),
+        (&mut globex, "acme"),
+        (&mut acme, "globex"),
+    ] {
+        assert_status(
+            who.tenants.rekey_tenant(rekey(tenant)).await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    for tenant in ["acme", "globex"] {
+        let s = op
+            .tenants
+            .get_rekey_status(status(tenant))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            s.tenant_keys_remaining, 1,
+            "a denied call moved {tenant}'s key"
+        );
+    }
+    let done = acme
+        .tenants
+        .rekey_tenant(rekey("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.done, "{done:?}");
+    assert_eq!((done.rewrapped, done.retired), (1, 1));
+    let s = globex
+        .tenants
+        .rekey_tenant(rekey("globex"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.rewrapped, s.retired), (1, 1));
+
+    // The records: every denial, and the admin's re-key under its own name.
+    let store = keyward_store::sqlite::SqliteStore::open_read_only(&server.database())
+        .await
+        .unwrap();
+    let expected = [
+        ("TenantAdmin::\"globex-secops\"", "GetRekeyStatus", "acme"),
+        ("TenantAdmin::\"acme-secops\"", "GetRekeyStatus", "globex"),
+        ("Auditor::\"acme-auditor\"", "GetRekeyStatus", "globex"),
+        ("Service::\"chat-api\"", "GetRekeyStatus", "acme"),
+        ("Operator::\"oncall\"", "RekeyTenant", "acme"),
+        ("Auditor::\"acme-auditor\"", "RekeyTenant", "acme"),
+        ("Service::\"chat-api\"", "RekeyTenant", "acme"),
+        ("TenantAdmin::\"globex-secops\"", "RekeyTenant", "acme"),
+        ("TenantAdmin::\"acme-secops\"", "RekeyTenant", "globex"),
+    ];
+    // Denials are recorded in batches (counted per principal, action and tenant).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (records, missing) = loop {
+        use keyward_store::Store as _;
+        let records = store
+            .audit_records(&keyward_store::AuditQuery::default().with_limit(1000))
+            .await
+            .unwrap();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(principal, action, tenant)| {
+                !records.iter().any(|r| {
+                    matches!(
+                        r.event(),
+                        keyward_audit::AuditEvent::AuthorizationDenied {
+                            principal: p, action: a, tenant: Some(t), ..
+                        } if p == principal && a == action && t.as_str() == *tenant
+                    )
+                })
+            })
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (records, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "no authorization_denied for {missing:?}"
+    );
+    let actors: Vec<(String, String)> = records
+        .iter()
+        .filter_map(|r| match r.event() {
+            keyward_audit::AuditEvent::TenantKeyRewrapped { tenant, actor, .. }
+            | keyward_audit::AuditEvent::KekBindingRetired { tenant, actor, .. } => {
+                Some((tenant.to_string(), actor.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let admin = |t: &str, who: &str| {
+        (
+            t.to_owned(),
+            format!("TenantAdmin::\"{who}\" requested_by=\"ciso\""),
+        )
+    };
+    assert_eq!(
+        actors,
+        [
+            admin("acme", "acme-secops"),
+            admin("acme", "acme-secops"),
+            admin("globex", "globex-secops"),
+            admin("globex", "globex-secops"),
+        ]
+    );
+}
