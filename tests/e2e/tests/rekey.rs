@@ -356,7 +356,7 @@ async fn aws_to_pkcs11_then_the_aws_key_is_disabled_and_scheduled_for_deletion()
     );
     assert!(
         before.contains(&format!(
-            "  left to move: 1 tenant key (4 data keys below them); keep these keys enabled until the re-key is done:\n    {aws_named} (active)\n"
+            "  left to move: 1 tenant key (4 data keys below it); keep this key enabled until the re-key is done:\n    {aws_named}, active\n"
         )),
         "{before}"
     );

@@ -137,15 +137,25 @@ fn status_text(tenant: &str, s: &pb::RekeyStatus, work: Option<(u32, u32)>) -> S
     if s.tenant_keys_remaining > 0 {
         let _ = writeln!(
             out,
-            "  left to move: {} tenant key{} ({} data key{} below them); keep these keys enabled until the re-key is done:",
+            "  left to move: {} tenant key{} ({} data key{} below {}); keep {} enabled until the re-key is done:",
             s.tenant_keys_remaining,
             plural(s.tenant_keys_remaining),
             s.deks_remaining,
-            if s.deks_remaining == 1 { "" } else { "s" }
+            if s.deks_remaining == 1 { "" } else { "s" },
+            if s.tenant_keys_remaining == 1 {
+                "it"
+            } else {
+                "them"
+            },
+            if s.pending_bindings.len() == 1 {
+                "this key"
+            } else {
+                "these keys"
+            },
         );
         for b in &s.pending_bindings {
             let state = super::key_history::state_name(b.state());
-            let _ = writeln!(out, "    {} ({state})", named(b));
+            let _ = writeln!(out, "    {}, {state}", named(b));
         }
     }
     for b in &s.retired_bindings {
