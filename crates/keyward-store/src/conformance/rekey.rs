@@ -50,6 +50,17 @@ fn rewrap(
     }
 }
 
+/// A tenant with two bindings: the first (older, with its tenant key) and the current one.
+async fn rotated_tenant(store: &dyn Store) -> (TenantId, KekBinding, KekBinding) {
+    let (tenant, first) = bound_tenant(store).await;
+    let second = store
+        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
+        .await
+        .unwrap()
+        .binding;
+    (tenant, first, second)
+}
+
 /// Moves, refusals and retirement on one tenant with two bindings, then three.
 pub async fn check_rekey(store: &dyn Store) {
     let (tenant, first) = bound_tenant(store).await;
@@ -240,12 +251,7 @@ pub async fn check_rekey(store: &dyn Store) {
 /// A move is refused when the old binding was revoked (or destroyed) meanwhile, and when the
 /// target is revoked: revocation stays a one-way door.
 pub async fn check_rekey_respects_revocation(store: &dyn Store) {
-    let (tenant, first) = bound_tenant(store).await;
-    let second = store
-        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
-        .await
-        .unwrap()
-        .binding;
+    let (tenant, first, second) = rotated_tenant(store).await;
     let old = store.list_bindings(&tenant).await.unwrap()[0].clone();
     store
         .set_binding_state(
@@ -282,12 +288,7 @@ pub async fn check_rekey_respects_revocation(store: &dyn Store) {
     );
 
     // A revoked target: refused too.
-    let (tenant, first) = bound_tenant(store).await;
-    let second = store
-        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
-        .await
-        .unwrap()
-        .binding;
+    let (tenant, first, second) = rotated_tenant(store).await;
     store
         .set_binding_state(
             StateUpdate::of(&second, KekState::Revoked, RevocationSource::Explicit),
@@ -313,12 +314,7 @@ pub async fn check_rekey_respects_revocation(store: &dyn Store) {
 /// none; a retired binding's check is removed. The scheduled re-key lists the tenants whose
 /// policy asks for it and that have an older binding not retired.
 pub async fn check_rekey_schedule_and_checks(store: &dyn Store) {
-    let (tenant, first) = bound_tenant(store).await;
-    let second = store
-        .bind_kek(new_binding(&tenant, "local:kek-2"), &binding_changed)
-        .await
-        .unwrap()
-        .binding;
+    let (tenant, first, second) = rotated_tenant(store).await;
     assert!(!store.scheduled_rekeys().await.unwrap().contains(&tenant));
     let policy = TenantPolicy {
         auto_rekey: true,
