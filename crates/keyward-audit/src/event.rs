@@ -157,6 +157,22 @@ pub enum AuditEvent {
         /// for `ShredScope`.
         retention_cutoff_ms: Option<i64>,
     },
+    /// A tenant's key hierarchy was exported (`ExportKeyHierarchy`, `keyward export`: the exit
+    /// kit, docs/exit.md): its wrapped tenant keys, wrapped DEKs and tombstones, no key in
+    /// clear. Written when the export ends, with what was sent.
+    KeyHierarchyExported {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// The caller that asked.
+        actor: String,
+        /// Tenant keys, data keys and tombstones sent.
+        tenant_keys: u64,
+        data_keys: u64,
+        tombstones: u64,
+        /// Whether the whole hierarchy was sent; false when the export stopped part-way (the
+        /// caller went away, or a read failed) after sending the counts above.
+        complete: bool,
+    },
     /// The deployment's checkpoint-signing key was rotated. Once a checkpoint signed by the old
     /// key covers this record, verifiers trust `new_public_key` (`docs/audit-format.md` §5).
     SigningKeyRotated {
@@ -168,7 +184,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 14] = [
+    pub const TYPES: [&'static str; 15] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -183,6 +199,7 @@ impl AuditEvent {
         "usage_summary",
         "signing_key_rotated",
         "scope_shredded",
+        "key_hierarchy_exported",
     ];
 
     /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
@@ -203,6 +220,7 @@ impl AuditEvent {
             AuditEvent::UsageSummary { .. } => "usage_summary",
             AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
             AuditEvent::ScopeShredded { .. } => "scope_shredded",
+            AuditEvent::KeyHierarchyExported { .. } => "key_hierarchy_exported",
         }
     }
 
@@ -217,7 +235,8 @@ impl AuditEvent {
             | AuditEvent::KeysPurged { tenant, .. }
             | AuditEvent::RevocationDenials { tenant, .. }
             | AuditEvent::UsageSummary { tenant, .. }
-            | AuditEvent::ScopeShredded { tenant, .. } => Some(tenant),
+            | AuditEvent::ScopeShredded { tenant, .. }
+            | AuditEvent::KeyHierarchyExported { tenant, .. } => Some(tenant),
             AuditEvent::RevocationStateChanged(t) | AuditEvent::Restored(t) => Some(&t.tenant),
             AuditEvent::AuthorizationDenied { tenant, .. } => tenant.as_ref(),
             AuditEvent::AdminAction { .. } | AuditEvent::SigningKeyRotated { .. } => None,
@@ -368,6 +387,14 @@ mod tests {
                 actor: "ops".into(),
                 action: "x".into(),
                 detail: String::new(),
+            },
+            AuditEvent::KeyHierarchyExported {
+                tenant: t.clone(),
+                actor: "TenantAdmin::\"acme-secops\"".into(),
+                tenant_keys: 2,
+                data_keys: 1000,
+                tombstones: 3,
+                complete: true,
             },
             AuditEvent::Restored(StateTransition {
                 tenant: t,
