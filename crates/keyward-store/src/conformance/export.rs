@@ -146,7 +146,7 @@ pub async fn check_list_deks_and_tombstones(store: &dyn Store) {
             "limit {limit}"
         );
     }
-    assert_eq!(all_deks(store, &other, 10).await, [foreign.clone()]);
+    assert_eq!(all_deks(store, &other, 10).await, [foreign]);
     // Past the last id, nothing; from the middle, the rest.
     let last = expected.last().unwrap().id;
     assert!(
