@@ -88,6 +88,18 @@ impl ProviderSettings {
     }
 
     /// Builds a provider through its factory from `section`.
+    #[cfg_attr(
+        not(any(
+            feature = "aws",
+            feature = "pkcs11",
+            feature = "azure",
+            feature = "gcp"
+        )),
+        allow(
+            dead_code,
+            reason = "a build without providers (keyward-cli's, for the format) builds none"
+        )
+    )]
     async fn build(
         factory: &dyn ProviderFactory,
         section: serde_json::Value,
@@ -100,6 +112,18 @@ impl ProviderSettings {
         configured.build().await
     }
 
+    #[cfg_attr(
+        not(any(
+            feature = "aws",
+            feature = "pkcs11",
+            feature = "azure",
+            feature = "gcp"
+        )),
+        allow(
+            dead_code,
+            reason = "a build without providers (keyward-cli's, for the format) builds none"
+        )
+    )]
     fn section(&self, name: &str) -> serde_json::Map<String, serde_json::Value> {
         match self.sections.get(name) {
             Some(serde_json::Value::Object(map)) => map.clone(),
