@@ -161,7 +161,7 @@ mod tests {
             b"acme",
         ]
         .concat();
-        assert_eq!(expected.len(), 135);
+        assert_eq!(expected.len(), 119);
         assert_eq!(dek_wrap_aad(&tenant, "conv-1", &id).unwrap(), expected);
         assert_ne!(
             dek_wrap_aad(&tenant, "conv-2", &id).unwrap(),

@@ -148,17 +148,28 @@ fn verify_command(dir: &Path) -> Result<(), Failure> {
         m.tenant, m.format, m.format_version, m.exported_at
     );
     println!(
-        "{} tenant keys, {} data keys, {} tombstones; every file matches manifest.json.",
-        m.counts.tenant_keys, m.counts.data_keys, m.counts.tombstones
+        "{}, {}, {}; every file matches manifest.json.",
+        counted(m.counts.tenant_keys, "tenant key"),
+        counted(m.counts.data_keys, "data key"),
+        counted(m.counts.tombstones, "tombstone"),
     );
     for (kek, n) in providers {
-        println!("  {n} tenant key(s) wrapped by {kek}");
+        println!("  {} wrapped by {kek}", counted(n as u64, "tenant key"));
     }
     println!(
         "Audit log: head seq {} when the export began; the export is record seq {}.",
         m.audit.head_seq, m.audit.export_record_seq
     );
     Ok(())
+}
+
+/// `1 data key`, `2 data keys`.
+fn counted(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn decrypt_command(args: DecryptArgs) -> Result<(), Failure> {

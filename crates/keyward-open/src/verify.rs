@@ -18,7 +18,7 @@
 //! consistently still fails when that key is unwrapped (docs/exit.md, "What the export proves").
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::File,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -505,13 +505,4 @@ fn skip_to_newline(
             return Ok(());
         }
     }
-}
-
-/// For tools: every tenant key id with its provider, as counted in the export.
-pub fn providers(export: &VerifiedExport) -> HashMap<ProviderKind, usize> {
-    let mut out = HashMap::new();
-    for key in &export.tenant_keys {
-        *out.entry(key.provider).or_insert(0) += 1;
-    }
-    out
 }

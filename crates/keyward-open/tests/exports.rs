@@ -354,19 +354,18 @@ async fn a_consistent_edit_of_a_scope_or_a_key_still_fails_where_the_key_is_unwr
         serde_json::to_string_pretty(&body).unwrap()
     });
     fx.rehash(TENANT_KEYS);
-    let tk_of_first = {
-        let export = verify(&fx.dir, Some(&fx.envelopes[0].1)).unwrap();
-        let Some(Lookup::DataKey(key)) = export.lookup else {
-            panic!()
-        };
-        key.tenant_key_id
-    };
+    // An envelope whose data key is under the edited (first) tenant key.
     let first_tk = verify(&fx.dir, None).unwrap().tenant_keys[0].id;
-    let envelope = if tk_of_first == first_tk {
-        &fx.envelopes[0].0
-    } else {
-        &fx.envelopes[1].0
-    };
+    let (envelope, _, _) = fx
+        .envelopes
+        .iter()
+        .find(|(_, id, _)| {
+            matches!(
+                verify(&fx.dir, Some(id)).unwrap().lookup,
+                Some(Lookup::DataKey(ref key)) if key.tenant_key_id == first_tk
+            )
+        })
+        .unwrap();
     match fx.open(envelope).await {
         Err(OpenError::Refused(r)) => {
             assert_eq!(r.file, TENANT_KEYS);

@@ -100,12 +100,6 @@ impl Exporter<'_> {
     }
 }
 
-impl From<ServiceError> for Stop {
-    fn from(e: ServiceError) -> Self {
-        Stop::Failed(e)
-    }
-}
-
 impl From<keyward_store::StoreError> for Stop {
     fn from(e: keyward_store::StoreError) -> Self {
         Stop::Failed(e.into())
