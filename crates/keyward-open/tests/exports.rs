@@ -419,7 +419,7 @@ async fn an_edited_or_missing_manifest_is_refused() {
 #[tokio::test]
 async fn entries_that_break_the_format_are_refused_with_their_line() {
     type Edit = fn(&Fixture);
-    let cases: [(&str, &str, Edit); 5] = [
+    let cases: [(&str, &str, Edit); 6] = [
         (DATA_KEYS, "line 2: data key", |fx| {
             // Two lines swapped: out of id order.
             fx.edit(DATA_KEYS, |t| {
@@ -444,6 +444,14 @@ async fn entries_that_break_the_format_are_refused_with_their_line() {
         }),
         (TOMBSTONES, "does not end with a newline", |fx| {
             fx.edit(TOMBSTONES, |t| t.trim_end().to_owned());
+        }),
+        (DATA_KEYS, "line 2 is longer than 65536 bytes", |fx| {
+            // A line no export writes (an entry is under 1 KiB): refused without being kept.
+            fx.edit(DATA_KEYS, |t| {
+                let mut lines: Vec<String> = t.lines().map(str::to_owned).collect();
+                lines.insert(1, format!("{{\"pad\":\"{}\"}}", "x".repeat(1 << 20)));
+                lines.join("\n") + "\n"
+            });
         }),
     ];
     for (file, expected, edit) in cases {
