@@ -188,6 +188,22 @@ pub enum AuditEvent {
         deks: u64,
         actor: String,
     },
+    /// A tenant's key hierarchy was exported (`ExportKeyHierarchy`, `keyward export`: the exit
+    /// kit, docs/exit.md): its wrapped tenant keys, wrapped DEKs and tombstones, no key in
+    /// clear. Written when the export ends, with what was sent.
+    KeyHierarchyExported {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// The caller that asked.
+        actor: String,
+        /// Tenant keys, data keys and tombstones sent.
+        tenant_keys: u64,
+        data_keys: u64,
+        tombstones: u64,
+        /// Whether the whole hierarchy was sent; false when the export stopped part-way (the
+        /// caller went away, or a read failed) after sending the counts above.
+        complete: bool,
+    },
     /// The deployment's checkpoint-signing key was rotated. Once a checkpoint signed by the old
     /// key covers this record, verifiers trust `new_public_key` (`docs/audit-format.md` §5).
     SigningKeyRotated {
@@ -199,7 +215,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 16] = [
+    pub const TYPES: [&'static str; 17] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -216,6 +232,7 @@ impl AuditEvent {
         "scope_shredded",
         "tenant_key_rewrapped",
         "kek_binding_retired",
+        "key_hierarchy_exported",
     ];
 
     /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
@@ -238,6 +255,7 @@ impl AuditEvent {
             AuditEvent::ScopeShredded { .. } => "scope_shredded",
             AuditEvent::TenantKeyRewrapped { .. } => "tenant_key_rewrapped",
             AuditEvent::KekBindingRetired { .. } => "kek_binding_retired",
+            AuditEvent::KeyHierarchyExported { .. } => "key_hierarchy_exported",
         }
     }
 
@@ -255,6 +273,7 @@ impl AuditEvent {
             | AuditEvent::ScopeShredded { tenant, .. }
             | AuditEvent::TenantKeyRewrapped { tenant, .. }
             | AuditEvent::KekBindingRetired { tenant, .. } => Some(tenant),
+            AuditEvent::KeyHierarchyExported { tenant, .. } => Some(tenant),
             AuditEvent::RevocationStateChanged(t) | AuditEvent::Restored(t) => Some(&t.tenant),
             AuditEvent::AuthorizationDenied { tenant, .. } => tenant.as_ref(),
             AuditEvent::AdminAction { .. } | AuditEvent::SigningKeyRotated { .. } => None,
@@ -405,6 +424,14 @@ mod tests {
                 actor: "ops".into(),
                 action: "x".into(),
                 detail: String::new(),
+            },
+            AuditEvent::KeyHierarchyExported {
+                tenant: t.clone(),
+                actor: "TenantAdmin::\"acme-secops\"".into(),
+                tenant_keys: 2,
+                data_keys: 1000,
+                tombstones: 3,
+                complete: true,
             },
             AuditEvent::Restored(StateTransition {
                 tenant: t,

@@ -112,6 +112,10 @@ pub(crate) enum Command {
     /// Re-encrypt an envelope from stdin under the current data key of a scope (its own by
     /// default), same context, the server's write suite; the plaintext stays in the server.
     Rewrap(RewrapArgs),
+    /// The exit kit: write a tenant's key hierarchy (wrapped keys only, nothing in clear) into
+    /// a directory, for reading its data without Keyward with `keyward-open` and the
+    /// customer's own KMS key (docs/exit.md).
+    Export(ExportArgs),
     /// Manage the local development key-encryption keys (not for production).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -435,6 +439,19 @@ pub(crate) struct RewrapArgs {
     /// Encoding of the new envelope written to stdout.
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) output: Encoding,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The tenant whose key hierarchy is exported.
+    #[arg(long)]
+    pub(crate) tenant: String,
+    /// The directory to write the export into: created if absent, else it must be empty.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Who asked for it, recorded next to the caller's authenticated identity.
+    #[arg(long, env = "USER", default_value = "")]
+    pub(crate) requested_by: String,
 }
 
 #[derive(Debug, Subcommand)]

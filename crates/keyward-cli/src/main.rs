@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encrypt(args) => cmd::crypto::encrypt(&target, args).await,
         Command::Decrypt(args) => cmd::crypto::decrypt(&target, args).await,
         Command::Rewrap(args) => cmd::crypto::rewrap(&target, args).await,
+        Command::Export(args) => cmd::export::export(&target, args).await,
         Command::Key(cmd) => cmd::key::key(cmd),
         Command::Onboarding(cmd) => cmd::onboarding::onboarding(cmd),
         Command::Audit(cmd) => cmd::audit::audit(&target, cmd).await,

@@ -4,7 +4,7 @@
 //! - [`Sealer`] / [`parse`] + [`Envelope::open`]: the data envelope callers store. Specified byte
 //!   by byte in `docs/envelope-format.md`, with test vectors in `docs/envelope/vectors-v1.json`.
 //! - [`wrap_key`] / [`unwrap_key`]: a 256-bit key wrapped under another (DEKs under the tenant
-//!   key; the local development KMS provider).
+//!   key, with [`dek_wrap_aad`]; the local development KMS provider).
 //! - [`SecretKey`], [`WrappedKey`], [`KeyId`], [`TenantId`], [`EncryptionContext`]: validated
 //!   domain types. Secrets are zeroized on drop and have no `Debug` or `Clone`.
 //! - [`aead`]: the raw AES-256-GCM layer (hazmat), tested against Wycheproof.
@@ -51,4 +51,4 @@ pub use envelope::{
 pub use error::{CryptoError, EnvelopeError};
 pub use key::{KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WrappedKey};
 pub use tenant::{TENANT_ID_MAX_LEN, TenantId};
-pub use wrap::{WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, unwrap_key, wrap_key};
+pub use wrap::{WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, dek_wrap_aad, unwrap_key, wrap_key};

@@ -2,11 +2,15 @@
 //! (DEKs under the tenant key; the local development KMS provider). Between the key types
 //! ([`crate::key`]) and the AEAD layer ([`crate::aead`]), which know nothing of each other.
 
+use std::collections::BTreeMap;
+
 use zeroize::Zeroize;
 
 use crate::aead::{self, NONCE_LEN, TAG_LEN};
-use crate::error::CryptoError;
-use crate::key::{KEY_LEN, SecretKey, WrappedKey};
+use crate::context::EncryptionContext;
+use crate::error::{CryptoError, EnvelopeError};
+use crate::key::{KEY_LEN, KeyId, SecretKey, WrappedKey};
+use crate::tenant::TenantId;
 
 /// Format byte that starts every [`WrappedKey`] produced by [`wrap_key`].
 pub const WRAPPED_KEY_FORMAT: u8 = 0x01;
@@ -75,6 +79,34 @@ pub fn unwrap_key(
     SecretKey::try_from_slice(plain).map_err(|_| CryptoError::Unwrap)
 }
 
+/// The AAD a DEK is wrapped with under its tenant key ([`wrap_key`]): the canonical encoding
+/// ([`EncryptionContext::canonical_bytes`]) of the four pairs
+///
+/// ```text
+/// "keyward:dek-id"  -> the DEK id, 32 lowercase hex digits
+/// "keyward:purpose" -> "dek"
+/// "keyward:scope"   -> the scope label ("default" when Encrypt named none)
+/// "keyward:tenant"  -> the tenant id
+/// ```
+///
+/// so that a wrapped DEK unwraps only as the DEK of that tenant, scope and id: moved to another
+/// row, tenant or scope it fails like a wrong key. The server wraps every DEK with it, and the
+/// exit kit's decryptors recompute it (`docs/exit.md`, "The data key's AAD"). Fails only for a
+/// scope longer than a context value may be (1024 bytes; the store keeps scopes of at most 128).
+pub fn dek_wrap_aad(
+    tenant: &TenantId,
+    scope: &str,
+    dek_id: &KeyId,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let pairs = BTreeMap::from([
+        ("keyward:dek-id".to_owned(), dek_id.to_string()),
+        ("keyward:purpose".to_owned(), "dek".to_owned()),
+        ("keyward:scope".to_owned(), scope.to_owned()),
+        ("keyward:tenant".to_owned(), tenant.as_str().to_owned()),
+    ]);
+    Ok(EncryptionContext::with_reserved(pairs)?.canonical_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -100,6 +132,43 @@ mod tests {
         // Fresh nonce each time.
         let w2 = wrap_key(&kek, &dek, b"tenant=acme").unwrap();
         assert_ne!(w, w2);
+    }
+
+    /// Pinned: every stored DEK is wrapped with these bytes, so a change would make every
+    /// stored DEK fail to unwrap. Written out by hand from the documented layout (docs/exit.md
+    /// shows the same bytes in hex).
+    #[test]
+    fn dek_wrap_aad_is_the_canonical_encoding_of_the_four_pairs() {
+        let tenant: TenantId = "acme".parse().unwrap();
+        let id = KeyId::from_bytes([0xab; 16]);
+        let expected = [
+            &[0, 4][..],
+            &[0, 14],
+            b"keyward:dek-id",
+            &[0, 32],
+            "ab".repeat(16).as_bytes(),
+            &[0, 15],
+            b"keyward:purpose",
+            &[0, 3],
+            b"dek",
+            &[0, 13],
+            b"keyward:scope",
+            &[0, 6],
+            b"conv-1",
+            &[0, 14],
+            b"keyward:tenant",
+            &[0, 4],
+            b"acme",
+        ]
+        .concat();
+        assert_eq!(expected.len(), 119);
+        assert_eq!(dek_wrap_aad(&tenant, "conv-1", &id).unwrap(), expected);
+        assert_ne!(
+            dek_wrap_aad(&tenant, "conv-2", &id).unwrap(),
+            expected,
+            "the scope is bound"
+        );
+        assert!(dek_wrap_aad(&tenant, &"s".repeat(1025), &id).is_err());
     }
 
     #[test]

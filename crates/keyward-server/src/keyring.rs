@@ -8,6 +8,7 @@
 //!   loader and the monitor's canary), with `tenant_key_auth`, the tags of stored tenant keys;
 //! - `data_path`: Encrypt, Decrypt, the cache loaders and DEK rotation ([`RotationPolicy`]);
 //! - `onboarding`: tenants, KEK registration, tenant policies;
+//! - `export`: the exit kit's export of a tenant's wrapped key hierarchy, and its audit record;
 //! - `revocation`: the only writer of binding state, with the transition lock, the gates
 //!   (`gate`: admission, generations, denial counts) and the closures not recorded yet;
 //! - `monitor`: when each tenant's key is checked with the KMS ([`MonitorPolicy`]);
@@ -42,6 +43,7 @@ use self::{
 
 mod cache;
 mod data_path;
+mod export;
 mod gate;
 mod kek;
 mod ledger;
@@ -54,6 +56,7 @@ mod usage;
 
 pub use cache::{CachePolicy, KeyringStats};
 pub use data_path::{RetentionOutcome, RotationPolicy};
+pub use export::{EXPORT_PAGE, ExportCounts, ExportEnd, ExportItem};
 pub use kek::Providers;
 pub use ledger::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
 pub use monitor::{

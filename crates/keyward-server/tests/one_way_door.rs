@@ -301,6 +301,29 @@ impl Store for HookedStore {
     async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
         self.inner.checkpoints(from_seq, to_seq).await
     }
+
+    async fn list_tenant_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        self.inner.list_tenant_keys(tenant).await
+    }
+    async fn list_deks(
+        &self,
+        tenant: &TenantId,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<DekRecord>, StoreError> {
+        self.inner.list_deks(tenant, after, limit).await
+    }
+    async fn list_tombstones(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::DekTombstone>, StoreError> {
+        self.inner.list_tombstones(tenant, after_seq, limit).await
+    }
 }
 
 // ----- fixture -------------------------------------------------------------------------------
@@ -1140,5 +1163,50 @@ async fn envelopes_of_a_shredded_scope_sent_again_cost_no_store_read() {
         fx.store.dek_reads.load(Ordering::SeqCst),
         reads,
         "the tombstone is remembered"
+    );
+}
+
+/// An export whose audit record cannot be written (the store refuses the append after every
+/// item was sent) ends without its trailer, so `keyward export` keeps nothing; it is recorded as
+/// incomplete once the store takes appends again: no export leaves without a record.
+#[tokio::test]
+async fn an_export_whose_record_fails_sends_no_trailer_and_is_recorded_incomplete_later() {
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("leaving");
+    onboard(&a, &t, "k1").await;
+    seal(&a, &t, b"prompt").await;
+    fx.store.fail_appends.store(true, Ordering::SeqCst);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let result = a.export_key_hierarchy(&t, "test".to_owned(), &tx).await;
+    assert!(result.is_err(), "the record failed, so the export failed");
+    drop(tx);
+    let mut items = Vec::new();
+    while let Some(item) = rx.recv().await {
+        items.push(item.unwrap());
+    }
+    assert_eq!(items.len(), 3, "header, tenant key, data key");
+    assert!(
+        !items
+            .iter()
+            .any(|i| matches!(i, keyward_server::keyring::ExportItem::Trailer { .. })),
+        "no trailer"
+    );
+    assert!(fx.events(&t, "key_hierarchy_exported").await.is_empty());
+    fx.store.fail_appends.store(false, Ordering::SeqCst);
+    a.flush_denials().await.unwrap();
+    let recorded = fx.events(&t, "key_hierarchy_exported").await;
+    assert!(
+        matches!(
+            recorded.as_slice(),
+            [AuditEvent::KeyHierarchyExported {
+                complete: false,
+                tenant_keys: 1,
+                data_keys: 1,
+                tombstones: 0,
+                ..
+            }]
+        ),
+        "{recorded:?}"
     );
 }

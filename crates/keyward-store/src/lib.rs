@@ -26,6 +26,7 @@ pub use keyward_envelope::{KeyId, TenantId, WrappedKey};
 pub use keyward_kms::ProviderKind;
 pub use query::AuditQuery;
 pub use records::*;
+pub use sql::MAX_EXPORT_PAGE;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -435,4 +436,33 @@ pub trait Store: Send + Sync + fmt::Debug {
         let _ = listener_name;
         None
     }
+
+    // ----- the exit kit's reads (docs/exit.md) ---------------------------------------------
+
+    /// Every tenant key of `tenant`, oldest first (then by id), each as wrapped now: with the
+    /// provider, key_ref, id and state of the binding whose KEK wraps it (its own binding's,
+    /// until a re-key moves it under a newer one). An unknown tenant has none.
+    async fn list_tenant_keys(&self, tenant: &TenantId)
+    -> Result<Vec<TenantKeyRecord>, StoreError>;
+
+    /// One page of `tenant`'s DEKs (active and retired), ordered by id: up to `limit` of those
+    /// whose id sorts after `after` (`None`: from the first). Pass the last id of a page to get
+    /// the next; an empty page is the end. `limit` must be 1..=[`MAX_EXPORT_PAGE`], else
+    /// `InvalidInput`. Pages are separate reads (no snapshot spans them). Indexed
+    /// (`deks_by_tenant_id`): a page costs the same however many DEKs come before it.
+    async fn list_deks(
+        &self,
+        tenant: &TenantId,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<DekRecord>, StoreError>;
+
+    /// One page of `tenant`'s DEK tombstones, ordered by `seq`: up to `limit` with `seq` above
+    /// `after_seq` (0: from the first). Same paging rules as [`Store::list_deks`].
+    async fn list_tombstones(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<DekTombstone>, StoreError>;
 }

@@ -1,5 +1,5 @@
 //! Every `keyward …` command in the code blocks of README.md, docs/onboarding/*.md and the task
-//! guides (docs/deleting-data.md, docs/rewrap.md, docs/rekey.md), run
+//! guides (docs/deleting-data.md, docs/rewrap.md, docs/rekey.md, docs/exit.md), run
 //! against the real binary, so that the docs cannot drift from it (issue #18, item 12).
 //!
 //! - The README's quickstart runs for real, in order, as a new user runs it: `keyward serve` with
@@ -445,7 +445,12 @@ fn run_walkthrough(
 }
 
 /// The task guides whose commands are checked here (not walked through for real).
-const TASK_GUIDES: &[&str] = &["docs/deleting-data.md", "docs/rewrap.md", "docs/rekey.md"];
+const TASK_GUIDES: &[&str] = &[
+    "docs/deleting-data.md",
+    "docs/rewrap.md",
+    "docs/rekey.md",
+    "docs/exit.md",
+];
 
 #[test]
 fn every_other_documented_command_parses() {

@@ -32,7 +32,7 @@ pub(crate) async fn keys(
 }
 
 /// The stable name of a provider (as the audit log and the configuration spell it).
-pub(super) fn provider_name(kind: pb::ProviderKind) -> &'static str {
+pub(crate) fn provider_name(kind: pb::ProviderKind) -> &'static str {
     match kind {
         pb::ProviderKind::Local => "local",
         pb::ProviderKind::AwsKms => "aws-kms",
@@ -43,7 +43,7 @@ pub(super) fn provider_name(kind: pb::ProviderKind) -> &'static str {
     }
 }
 
-pub(super) fn state_name(state: pb::KekState) -> &'static str {
+pub(crate) fn state_name(state: pb::KekState) -> &'static str {
     match state {
         pb::KekState::Active => "active",
         pb::KekState::Revoked => "revoked",

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod crypto;
+pub(crate) mod export;
 pub(crate) mod key;
 pub(crate) mod key_history;
 pub(crate) mod onboarding;

@@ -241,16 +241,19 @@ pub(crate) fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) 
     }
 }
 
-pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
-    let provider = match binding.provider {
+pub(crate) fn provider_to_pb(kind: DomainProviderKind) -> pb::ProviderKind {
+    match kind {
         DomainProviderKind::Local => pb::ProviderKind::Local,
         DomainProviderKind::AwsKms => pb::ProviderKind::AwsKms,
         DomainProviderKind::GcpKms => pb::ProviderKind::GcpKms,
         DomainProviderKind::AzureKeyVault => pb::ProviderKind::AzureKeyVault,
         DomainProviderKind::Pkcs11 => pb::ProviderKind::Pkcs11,
         _ => pb::ProviderKind::Unspecified,
-    };
-    let state = match binding.state {
+    }
+}
+
+pub(crate) fn kek_state_to_pb(state: KekState) -> pb::KekState {
+    match state {
         KekState::Active => pb::KekState::Active,
         KekState::Revoked => pb::KekState::Revoked,
         KekState::Unavailable => pb::KekState::Unavailable,
@@ -258,11 +261,14 @@ pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
         KekState::Destroyed => pb::KekState::Destroyed,
         KekState::Retired => pb::KekState::Retired,
         _ => pb::KekState::Unspecified,
-    };
+    }
+}
+
+pub(crate) fn binding_to_pb(binding: &KekBinding) -> pb::KekBinding {
     pb::KekBinding {
-        provider: provider.into(),
+        provider: provider_to_pb(binding.provider).into(),
         key_ref: binding.key_ref.clone(),
-        state: state.into(),
+        state: kek_state_to_pb(binding.state).into(),
         tenant_key_id: binding.tenant_key_id.to_string(),
         bound_at: Some(timestamp(binding.created_at_ms)),
         binding_id: binding.id,

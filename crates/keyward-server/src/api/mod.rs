@@ -37,3 +37,6 @@ mod batch_tests;
 
 #[cfg(test)]
 mod rewrap_tests;
+
+#[cfg(test)]
+mod export_tests;

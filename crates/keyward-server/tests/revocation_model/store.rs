@@ -362,4 +362,27 @@ impl Store for FaultyStore {
     async fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
         self.inner.checkpoints(from_seq, to_seq).await
     }
+
+    async fn list_tenant_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        self.inner.list_tenant_keys(tenant).await
+    }
+    async fn list_deks(
+        &self,
+        tenant: &TenantId,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<DekRecord>, StoreError> {
+        self.inner.list_deks(tenant, after, limit).await
+    }
+    async fn list_tombstones(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::DekTombstone>, StoreError> {
+        self.inner.list_tombstones(tenant, after_seq, limit).await
+    }
 }

@@ -11,7 +11,7 @@
 //! a call (like the "nothing was inserted" checks) assume no concurrent writer either.
 //!
 //! By topic: tenants, bindings (KEK bindings, tenant keys and their states), DEKs, the key
-//! history, the audit log. Tests that need more than the `Store` trait — a dump of the whole
+//! history, the exit kit's paged reads, the audit log. Tests that need more than the `Store` trait — a dump of the whole
 //! database, SQL run behind the store's back, a broken audit table, reopening — are written
 //! once too, in [`backdoor`], against the small [`Backdoor`] trait each backend's test file
 //! implements.
@@ -38,6 +38,7 @@ pub mod backdoor;
 mod bindings;
 mod checks;
 mod deks;
+mod export;
 mod history;
 mod rekey;
 mod shred;
@@ -48,6 +49,7 @@ pub use backdoor::{Arg, Backdoor, populate, revoke_fresh};
 pub use bindings::*;
 pub use checks::*;
 pub use deks::*;
+pub use export::*;
 pub use history::*;
 pub use rekey::*;
 pub use shred::*;
@@ -91,6 +93,8 @@ pub async fn run_all(store: &dyn Store) {
     check_shred_scope(store).await;
     check_shred_scope_edges(store).await;
     check_retention_candidates(store).await;
+    check_list_tenant_keys(store).await;
+    check_list_deks_and_tombstones(store).await;
     check_audit_lifecycle_events(store).await;
     check_audit_empty_closures_append_nothing(store).await;
     check_append_audit_empty_is_a_no_op(store).await;

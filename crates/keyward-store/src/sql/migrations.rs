@@ -30,6 +30,7 @@ macro_rules! migrations {
             6 "key_checks" "0006_key_checks",
             7 "dek_tombstones" "0007_dek_tombstones",
             8 "rekey" "0008_rekey",
+            9 "export" "0009_export",
         )
     };
     (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {

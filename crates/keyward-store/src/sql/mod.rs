@@ -14,7 +14,8 @@
 //! (existence checks, the chain head) are atomic.
 //!
 //! By topic: `tenants`, `bindings` (KEK bindings and tenant keys), `deks`, `audit`,
-//! `history` (a tenant's key history, what a store holds), `migrations`; `store` implements
+//! `history` (a tenant's key history, what a store holds), `export` (the exit kit's paged reads),
+//! `migrations`; `store` implements
 //! [`Store`] on top of them. Why a generic struct with its sqlx bounds spelled out once
 //! (`sql_impl!`): docs/adr/0009-sql-store-written-once.md.
 //!
@@ -32,6 +33,7 @@ mod audit;
 mod bindings;
 mod checks;
 mod deks;
+mod export;
 mod history;
 mod migrations;
 mod rekey;
@@ -39,6 +41,7 @@ mod shred;
 mod store;
 mod tenants;
 
+pub use export::MAX_EXPORT_PAGE;
 pub(crate) use migrations::{Migration, migrations};
 
 /// The [`Store`](crate::Store) on a SQL database, written once for every [`Dialect`]:

@@ -436,4 +436,29 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
     fn key_state_changes(&self, listener_name: &str) -> Option<StoreChanges> {
         self.dialect.key_state_changes(listener_name)
     }
+
+    async fn list_tenant_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<TenantKeyRecord>, StoreError> {
+        self.read_tenant_keys(tenant).await
+    }
+
+    async fn list_deks(
+        &self,
+        tenant: &TenantId,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<DekRecord>, StoreError> {
+        self.read_deks_page(tenant, after, limit).await
+    }
+
+    async fn list_tombstones(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<DekTombstone>, StoreError> {
+        self.read_tombstones_page(tenant, after_seq, limit).await
+    }
 });

@@ -48,6 +48,21 @@ pub(crate) fn keyward_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `keyward-open` binary (the exit kit's decryptor, crates/keyward-open) built with
+/// this workspace (or `$KEYWARD_OPEN_BIN`), found as [`keyward_bin`] finds `keyward`.
+pub(crate) fn keyward_open_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KEYWARD_OPEN_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = keyward_bin().with_file_name("keyward-open");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --workspace --all-features --bins` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A running `keyward serve` in a private data directory; killed on drop.
 pub(crate) struct Server {
     child: Child,

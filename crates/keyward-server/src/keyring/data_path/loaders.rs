@@ -11,7 +11,7 @@ use std::{
 };
 
 use keyward_audit::{AuditEvent, DekRetireReason};
-use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId, unwrap_key, wrap_key};
+use keyward_envelope::{KeyId, SecretKey, TenantId, dek_wrap_aad, unwrap_key, wrap_key};
 use keyward_store::{DekInsert, DekRecord, KekBinding, KekState, NewDek, Scope};
 
 use super::{
@@ -332,16 +332,8 @@ impl DataPath {
 }
 
 /// AAD of a DEK wrapped under its tenant key: binds tenant, scope and DEK id,
-/// so a wrapped DEK cannot be moved to another tenant, scope or id.
+/// so a wrapped DEK cannot be moved to another tenant, scope or id
+/// ([`keyward_envelope::dek_wrap_aad`], the layout the exit kit documents).
 fn dek_aad(tenant: &TenantId, scope: &Scope, id: &KeyId) -> Result<Vec<u8>, ServiceError> {
-    let pairs = [
-        ("keyward:purpose", "dek".to_owned()),
-        ("keyward:tenant", tenant.to_string()),
-        ("keyward:scope", scope.to_string()),
-        ("keyward:dek-id", id.to_string()),
-    ];
-    let map = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Ok(EncryptionContext::with_reserved(map)
-        .map_err(internal)?
-        .canonical_bytes())
+    dek_wrap_aad(tenant, scope.as_str(), id).map_err(internal)
 }
