@@ -218,6 +218,8 @@ pub struct Metrics {
     monitor_overcommitted: Gauge,
     monitor_hold_failures: Counter,
     deks_shredded: Counter,
+    tenant_keys_rewrapped: Counter,
+    bindings_retired: Counter,
     tenant_labels: Gauge,
     in_flight: Gauge,
     /// `keyward_key_event_*`: the key-event sources' messages (`metrics/key_events.rs`).
@@ -255,6 +257,8 @@ impl Metrics {
             monitor_overcommitted: Gauge::default(),
             monitor_hold_failures: Counter::default(),
             deks_shredded: Counter::default(),
+            tenant_keys_rewrapped: Counter::default(),
+            bindings_retired: Counter::default(),
             tenant_labels: Gauge::default(),
             in_flight: Gauge::default(),
             key_events,
@@ -343,6 +347,16 @@ impl Metrics {
             metrics.deks_shredded.clone(),
         );
         r.register(
+            "tenant_keys_rewrapped",
+            "Tenant keys this replica moved under a newer KEK (RekeyTenant, the scheduled re-key)",
+            metrics.tenant_keys_rewrapped.clone(),
+        );
+        r.register(
+            "kek_bindings_retired",
+            "Older KEK bindings this replica retired after a re-key (their keys may be disabled)",
+            metrics.bindings_retired.clone(),
+        );
+        r.register(
             "metrics_tenant_labels",
             "Tenants with a label of their own (bounded by metrics.max_tenant_labels)",
             metrics.tenant_labels.clone(),
@@ -422,6 +436,16 @@ impl Metrics {
     /// This replica shredded `deks` data keys.
     pub(crate) fn deks_shredded(&self, deks: usize) {
         self.deks_shredded.inc_by(deks as u64);
+    }
+
+    /// This replica moved one tenant key under a newer KEK (a re-key).
+    pub(crate) fn tenant_key_rewrapped(&self) {
+        self.tenant_keys_rewrapped.inc();
+    }
+
+    /// This replica retired `bindings` older KEK bindings (a re-key).
+    pub(crate) fn bindings_retired(&self, bindings: usize) {
+        self.bindings_retired.inc_by(bindings as u64);
     }
 
     /// What a key-event source did with one message.

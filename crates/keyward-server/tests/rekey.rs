@@ -341,7 +341,10 @@ async fn a_rekey_in_batches_reports_exactly_what_is_left_and_resumes() {
     assert_eq!(status.deks_remaining, 3);
     assert_eq!(status.pending.len(), 3);
 
-    let one = s.keyring.rekey(&s.t, Some(1), "secops").await.unwrap();
+    // This replica counts what it moves and retires (docs/observability.md).
+    let metrics = Arc::new(keyward_server::metrics::Metrics::new(10));
+    let keyring = s.fx.keyring().with_metrics(Arc::clone(&metrics));
+    let one = keyring.rekey(&s.t, Some(1), "secops").await.unwrap();
     assert_eq!(one.rewrapped, 1);
     assert_eq!(one.tenant_keys_remaining, 2);
     assert_eq!(one.retired_now, 0, "nothing is retired before the end");
@@ -351,9 +354,16 @@ async fn a_rekey_in_batches_reports_exactly_what_is_left_and_resumes() {
     assert_eq!(read.tenant_keys_remaining, 2);
     assert_eq!(read.tenant_keys_current, 2);
 
-    let rest = s.keyring.rekey(&s.t, None, "secops").await.unwrap();
+    let rest = keyring.rekey(&s.t, None, "secops").await.unwrap();
     assert_eq!((rest.rewrapped, rest.retired_now), (2, 3));
     assert!(rest.done());
+    let scraped = metrics.encode(&keyring.scrape_gauges()).unwrap();
+    for line in [
+        "keyward_tenant_keys_rewrapped_total 3\n",
+        "keyward_kek_bindings_retired_total 3\n",
+    ] {
+        assert!(scraped.contains(line), "{line:?} missing:\n{scraped}");
+    }
     for key in ["k1", "k2", "k3"] {
         s.kms.inner().set_enabled(key, false).unwrap();
     }

@@ -277,6 +277,9 @@ impl Keyring {
         let mut status = status;
         if status.tenant_keys_remaining == 0 && !status.unretired.is_empty() {
             let retired = self.retire(tenant, actor).await?;
+            if let Some(m) = &self.wiring.metrics {
+                m.bindings_retired(retired.retired.len());
+            }
             status = self.rekey_status(tenant).await?;
             status.retired_now = count(retired.retired.len());
         }
@@ -401,7 +404,12 @@ impl Keyring {
                 )
                 .await;
             match result {
-                Ok(_) => moved += 1,
+                Ok(_) => {
+                    moved += 1;
+                    if let Some(m) = &self.wiring.metrics {
+                        m.tenant_key_rewrapped();
+                    }
+                }
                 Err(StoreError::StateChanged(why)) => return Err(Moved::Partly(moved, why)),
                 Err(e) => return Err(Moved::Failed(e.into())),
             }
