@@ -149,9 +149,8 @@ impl Kek {
     ) -> Result<Vec<TenantKeyRecord>, ServiceError> {
         Ok(self
             .store
-            .rekey_state(tenant)
+            .list_tenant_keys(tenant)
             .await?
-            .tenant_keys
             .into_iter()
             .filter(|k| k.binding_id == binding_id)
             .collect())
