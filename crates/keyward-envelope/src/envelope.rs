@@ -179,12 +179,16 @@ impl fmt::Debug for Envelope<'_> {
 }
 
 /// Bounds-checked reader over the input; every read names the field for the error.
-struct Reader<'a> {
-    rest: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, truncated: &'static str) -> Result<&'a [u8], EnvelopeError> {
+    pub(crate) fn take(
+        &mut self,
+        n: usize,
+        truncated: &'static str,
+    ) -> Result<&'a [u8], EnvelopeError> {
         let (head, tail) = self
             .rest
             .split_at_checked(n)
@@ -193,7 +197,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn take_array<const N: usize>(
+    pub(crate) fn take_array<const N: usize>(
         &mut self,
         truncated: &'static str,
     ) -> Result<[u8; N], EnvelopeError> {
@@ -217,6 +221,34 @@ impl<'a> Reader<'a> {
 /// beyond what the input holds.
 pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     let mut r = Reader { rest: bytes };
+    let version = read_magic_and_version(&mut r)?;
+    if version != FORMAT_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion(version));
+    }
+    let fields = read_header_fields(&mut r)?;
+    let header_len = bytes.len() - r.rest.len();
+    let (header_bytes, body) = bytes.split_at(header_len);
+    if body.len() < TAG_LEN {
+        return Err(EnvelopeError::Malformed(
+            "truncated: body shorter than the 16-byte GCM tag",
+        ));
+    }
+    Ok(Envelope {
+        header: Header {
+            version,
+            suite: fields.suite,
+            tenant: fields.tenant,
+            dek_id: fields.dek_id,
+            salt: fields.salt,
+            commitment: fields.commitment,
+        },
+        header_bytes,
+        body,
+    })
+}
+
+/// The magic and the version byte (not checked: each format's parser checks its own).
+pub(crate) fn read_magic_and_version(r: &mut Reader<'_>) -> Result<u8, EnvelopeError> {
     let magic = r.take(MAGIC.len(), "truncated in the magic")?;
     if magic != MAGIC {
         return Err(EnvelopeError::Malformed(
@@ -224,9 +256,21 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         ));
     }
     let [version] = r.take_array::<1>("truncated before the version")?;
-    if version != FORMAT_VERSION {
-        return Err(EnvelopeError::UnsupportedVersion(version));
-    }
+    Ok(version)
+}
+
+/// The header fields after the version, common to envelope versions 1 and 2.
+pub(crate) struct HeaderFields {
+    pub(crate) suite: Suite,
+    pub(crate) tenant: TenantId,
+    pub(crate) dek_id: KeyId,
+    pub(crate) salt: [u8; SALT_LEN],
+    pub(crate) commitment: [u8; COMMITMENT_LEN],
+}
+
+/// Reads suite id, tenant id, DEK id, salt and commitment, in that order (section 6 of the
+/// spec: the first failure is reported).
+pub(crate) fn read_header_fields(r: &mut Reader<'_>) -> Result<HeaderFields, EnvelopeError> {
     let suite_id = u16::from_be_bytes(r.take_array::<2>("truncated in the suite id")?);
     let suite = Suite::from_id(suite_id).ok_or(EnvelopeError::UnsupportedSuite(suite_id))?;
     let [tenant_len] = r.take_array::<1>("truncated before the tenant id length")?;
@@ -248,25 +292,39 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     let dek_id = KeyId::from_bytes(r.take_array::<KEY_ID_LEN>("truncated in the DEK id")?);
     let salt = r.take_array::<SALT_LEN>("truncated in the salt")?;
     let commitment = r.take_array::<COMMITMENT_LEN>("truncated in the commitment")?;
-    let header_len = bytes.len() - r.rest.len();
-    let (header_bytes, body) = bytes.split_at(header_len);
-    if body.len() < TAG_LEN {
-        return Err(EnvelopeError::Malformed(
-            "truncated: body shorter than the 16-byte GCM tag",
-        ));
-    }
-    Ok(Envelope {
-        header: Header {
-            version,
-            suite,
-            tenant,
-            dek_id,
-            salt,
-            commitment,
-        },
-        header_bytes,
-        body,
+    Ok(HeaderFields {
+        suite,
+        tenant,
+        dek_id,
+        salt,
+        commitment,
     })
+}
+
+/// Writes magic, `version`, suite id, tenant id (length-prefixed), DEK id, salt and
+/// commitment: the header of version 1 and the start of version 2's.
+pub(crate) fn write_header_fields(
+    out: &mut Vec<u8>,
+    version: u8,
+    suite: Suite,
+    tenant: &TenantId,
+    dek_id: &KeyId,
+    salt: &[u8; SALT_LEN],
+    commitment: &[u8; COMMITMENT_LEN],
+) -> Result<(), EnvelopeError> {
+    let tenant_bytes = tenant.as_str().as_bytes();
+    // TenantId guarantees 1..=64 bytes.
+    let tenant_len = u8::try_from(tenant_bytes.len())
+        .map_err(|_| EnvelopeError::InvalidTenantId("tenant id longer than 255 bytes".into()))?;
+    out.extend_from_slice(&MAGIC);
+    out.push(version);
+    out.extend_from_slice(&suite.id().to_be_bytes());
+    out.push(tenant_len);
+    out.extend_from_slice(tenant_bytes);
+    out.extend_from_slice(dek_id.as_bytes());
+    out.extend_from_slice(salt);
+    out.extend_from_slice(commitment);
+    Ok(())
 }
 
 /// Why an open failed, before it is collapsed into [`EnvelopeError::DecryptFailed`].
@@ -446,20 +504,17 @@ fn seal_with(
     let keys = derive_message_keys(dek, suite, salt)?;
     let aead_key = AeadKey::new(&keys.message_key)?;
 
-    let tenant_bytes = tenant.as_str().as_bytes();
-    // TenantId guarantees 1..=64 bytes.
-    let tenant_len = u8::try_from(tenant_bytes.len())
-        .map_err(|_| EnvelopeError::InvalidTenantId("tenant id longer than 255 bytes".into()))?;
-    let header_len = HEADER_FIXED_LEN + tenant_bytes.len();
+    let header_len = HEADER_FIXED_LEN + tenant.as_str().len();
     let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&suite.id().to_be_bytes());
-    out.push(tenant_len);
-    out.extend_from_slice(tenant_bytes);
-    out.extend_from_slice(dek_id.as_bytes());
-    out.extend_from_slice(salt);
-    out.extend_from_slice(&keys.commitment);
+    write_header_fields(
+        &mut out,
+        FORMAT_VERSION,
+        suite,
+        tenant,
+        dek_id,
+        salt,
+        &keys.commitment,
+    )?;
     debug_assert_eq!(out.len(), header_len);
 
     let aad = build_aad(&out, ctx);
@@ -485,7 +540,7 @@ pub fn sealed_len(tenant: &TenantId, plaintext_len: usize) -> usize {
 /// AAD = header bytes || canonical context bytes. Both parts are self-delimiting (the header
 /// by its length byte and fixed sizes, the context by its count and length prefixes), so the
 /// concatenation is unambiguous.
-fn build_aad(header_bytes: &[u8], ctx: &EncryptionContext) -> Vec<u8> {
+pub(crate) fn build_aad(header_bytes: &[u8], ctx: &EncryptionContext) -> Vec<u8> {
     let ctx_bytes = ctx.canonical_bytes();
     let mut aad = Vec::with_capacity(header_bytes.len() + ctx_bytes.len());
     aad.extend_from_slice(header_bytes);
@@ -511,7 +566,7 @@ pub(crate) fn derive_message_keys(
 }
 
 /// SHA-512 output length: one HKDF-Expand block.
-const BLOCK: usize = 64;
+pub(crate) const BLOCK: usize = 64;
 
 /// Suite `0x0001`:
 ///
@@ -584,17 +639,31 @@ fn derive_v2(
     suite: Suite,
     salt: &[u8; SALT_LEN],
 ) -> Result<MessageKeys, CryptoError> {
-    const LABEL_LEN: usize = MESSAGE_KEYS_LABEL.len();
-    let mut input = [0u8; LABEL_LEN + 2 + SALT_LEN + 1];
-    input[..LABEL_LEN].copy_from_slice(MESSAGE_KEYS_LABEL);
-    input[LABEL_LEN..LABEL_LEN + 2].copy_from_slice(&suite.id().to_be_bytes());
-    input[LABEL_LEN + 2..LABEL_LEN + 2 + SALT_LEN].copy_from_slice(salt);
-    input[LABEL_LEN + 2 + SALT_LEN] = 0x01;
+    expand_keys(dek, MESSAGE_KEYS_LABEL, suite, salt)
+}
+
+/// `HKDF-Expand-SHA-512(PRK = DEK, info = label || suite id || salt, L = 64)`, split into the
+/// message key (first half) and the commitment (second half). One HMAC-SHA-512; `label` is at
+/// most 32 bytes (suite `0x0002`'s and the framed format's labels).
+pub(crate) fn expand_keys(
+    dek: &SecretKey,
+    label: &[u8],
+    suite: Suite,
+    salt: &[u8; SALT_LEN],
+) -> Result<MessageKeys, CryptoError> {
+    const MAX_LABEL_LEN: usize = 32;
+    let mut input = [0u8; MAX_LABEL_LEN + 2 + SALT_LEN + 1];
+    let len = label.len() + 2 + SALT_LEN + 1;
+    let input = input.get_mut(..len).ok_or(CryptoError::Kdf)?;
+    input[..label.len()].copy_from_slice(label);
+    input[label.len()..label.len() + 2].copy_from_slice(&suite.id().to_be_bytes());
+    input[label.len() + 2..len - 1].copy_from_slice(salt);
+    input[len - 1] = 0x01;
 
     let mut okm = Zeroizing::new([0u8; BLOCK]);
     hmac::sign_to_buffer(
         &hmac::Key::new(hmac::HMAC_SHA512, dek.expose_secret()),
-        &input,
+        input,
         okm.as_mut_slice(),
     )
     .map_err(|_| CryptoError::Kdf)?;

@@ -7,6 +7,8 @@
 //!   key, with [`dek_wrap_aad`]; the local development KMS provider).
 //! - [`SecretKey`], [`WrappedKey`], [`KeyId`], [`TenantId`], [`EncryptionContext`]: validated
 //!   domain types. Secrets are zeroized on drop and have no `Debug` or `Clone`.
+//! - [`framed`]: envelope format version 2, for messages of any size sealed and opened frame by
+//!   frame in constant memory (docs/envelope-format.md §10).
 //! - [`aead`]: the raw AES-256-GCM layer (hazmat), tested against Wycheproof.
 //!
 //! All cryptography comes from `aws-lc-rs` (see `docs/adr/0001-aead-library.md`).
@@ -36,6 +38,7 @@ pub mod aead;
 mod context;
 mod envelope;
 mod error;
+pub mod framed;
 mod key;
 mod tenant;
 mod wrap;

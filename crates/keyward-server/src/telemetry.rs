@@ -283,6 +283,8 @@ fn method_name(path: &str) -> &'static str {
         "ShredScope",
         "ShredScopes",
         "ListKeyBindings",
+        "EncryptStream",
+        "DecryptStream",
         "RekeyTenant",
         "GetRekeyStatus",
         "ExportKeyHierarchy",

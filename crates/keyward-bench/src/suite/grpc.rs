@@ -45,8 +45,67 @@ impl NullCrypto {
     }
 }
 
+type NullStream<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+
+/// Echoes every message of `inbound` as `out(message)`, as the server's streams do: a task
+/// per call, a channel of 2 (back-pressure: a slow reader stops the reading).
+fn echo<I, O>(
+    mut inbound: tonic::Streaming<I>,
+    out: impl Fn(I) -> O + Send + 'static,
+) -> NullStream<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(out(m))).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 #[tonic::async_trait]
 impl CryptoService for NullCrypto {
+    type EncryptStreamStream = NullStream<pb::EncryptStreamResponse>;
+    type DecryptStreamStream = NullStream<pb::DecryptStreamResponse>;
+
+    async fn encrypt_stream(
+        &self,
+        r: Request<tonic::Streaming<pb::EncryptStreamRequest>>,
+    ) -> Result<Response<Self::EncryptStreamStream>, Status> {
+        Ok(Response::new(echo(r.into_inner(), |m| {
+            pb::EncryptStreamResponse {
+                envelope: m.plaintext,
+                dek_id: String::new(),
+            }
+        })))
+    }
+
+    async fn decrypt_stream(
+        &self,
+        r: Request<tonic::Streaming<pb::DecryptStreamRequest>>,
+    ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+        Ok(Response::new(echo(r.into_inner(), |m| {
+            pb::DecryptStreamResponse {
+                plaintext: m.envelope,
+                r#final: false,
+            }
+        })))
+    }
+
     async fn encrypt(
         &self,
         r: Request<pb::EncryptRequest>,

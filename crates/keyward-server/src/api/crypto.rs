@@ -203,6 +203,23 @@ pub(super) fn item_error(e: &ServiceError) -> pb::BatchItemError {
 
 #[tonic::async_trait]
 impl CryptoService for CryptoApi {
+    type EncryptStreamStream = super::stream::EncryptStream;
+    type DecryptStreamStream = super::stream::DecryptStream;
+
+    async fn encrypt_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::EncryptStreamRequest>>,
+    ) -> Result<Response<Self::EncryptStreamStream>, Status> {
+        self.encrypt_stream_call(request).await
+    }
+
+    async fn decrypt_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::DecryptStreamRequest>>,
+    ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+        self.decrypt_stream_call(request).await
+    }
+
     async fn rewrap(
         &self,
         request: Request<pb::RewrapRequest>,

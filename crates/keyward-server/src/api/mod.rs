@@ -10,6 +10,7 @@ mod key_history;
 mod rekey;
 mod rewrap;
 mod shred;
+mod stream;
 mod tenant;
 
 pub use audit::AuditApi;
