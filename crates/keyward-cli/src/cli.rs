@@ -105,9 +105,11 @@ pub(crate) enum Command {
     /// Create, configure and inspect tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Encrypt stdin to stdout as a Keyward envelope.
+    /// Encrypt stdin (or a file) to stdout (or a file) as a Keyward envelope; streamed in bounded
+    /// memory when larger than the server's unary limit (docs/streaming.md).
     Encrypt(EncryptArgs),
-    /// Decrypt an envelope from stdin to stdout.
+    /// Decrypt an envelope from stdin (or a file) to stdout (or a file); a framed envelope is
+    /// streamed in bounded memory.
     Decrypt(DecryptArgs),
     /// Re-encrypt an envelope from stdin under the current data key of a scope (its own by
     /// default), same context, the server's write suite; the plaintext stays in the server.
@@ -406,9 +408,35 @@ pub(crate) struct EncryptArgs {
     /// Encryption context entry KEY=VALUE; repeat for more. Needed again to decrypt.
     #[arg(long = "context", value_parser = parse_pair)]
     pub(crate) context: Vec<(String, String)>,
-    /// Encoding of the envelope written to stdout.
+    /// Encoding of the envelope written to stdout (or --out).
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) output: Encoding,
+    /// The file to encrypt (default, or `-`: stdin).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) out: OutArgs,
+    /// Encrypt with EncryptStream into a framed envelope (format version 2), in bounded memory,
+    /// whatever the size. Without it, only an input larger than --max-unary-bytes is streamed.
+    #[arg(long, help_heading = STREAMING)]
+    pub(crate) stream: bool,
+    /// Plaintext bytes per frame of a streamed envelope, 1KiB to 1MiB (default: the server's,
+    /// 64 KiB); implies --stream.
+    #[arg(long, value_name = "BYTES", value_parser = parse_frame_size, help_heading = STREAMING)]
+    pub(crate) frame_size: Option<u32>,
+    /// The server's unary limit (its `max_plaintext_bytes`): a larger input is streamed. Stdin
+    /// is read up to this much, then streamed if more follows.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "KEYWARD_MAX_UNARY_BYTES",
+        default_value = "1MiB",
+        value_parser = parse_max_unary,
+        help_heading = STREAMING
+    )]
+    pub(crate) max_unary_bytes: u64,
+    #[command(flatten, next_help_heading = STREAMING)]
+    pub(crate) progress: ProgressArgs,
 }
 
 #[derive(Debug, Args)]
@@ -418,9 +446,92 @@ pub(crate) struct DecryptArgs {
     /// Encryption context entry KEY=VALUE, as given to encrypt.
     #[arg(long = "context", value_parser = parse_pair)]
     pub(crate) context: Vec<(String, String)>,
-    /// Encoding of the envelope read from stdin.
+    /// Encoding of the envelope read from stdin (or FILE).
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) input: Encoding,
+    /// The envelope to decrypt (default, or `-`: stdin). A framed envelope (format version 2)
+    /// is streamed with DecryptStream, others are decrypted with one Decrypt call.
+    #[arg(value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) out: OutArgs,
+    /// Insist on streaming: refuse an envelope that is not framed (format version 2) rather
+    /// than read it whole into memory. Framed envelopes are streamed without it.
+    #[arg(long, help_heading = STREAMING)]
+    pub(crate) stream: bool,
+    #[command(flatten, next_help_heading = STREAMING)]
+    pub(crate) progress: ProgressArgs,
+}
+
+/// Where `encrypt` and `decrypt` write.
+#[derive(Debug, Args)]
+pub(crate) struct OutArgs {
+    /// Write to this file instead of stdout: into a temporary file beside it (readable by its
+    /// owner only), renamed to FILE once complete, so a failed command leaves no partial file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProgressArgs {
+    /// No progress line on stderr while streaming (shown only when stderr is a terminal).
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+}
+
+/// The help heading of `encrypt`'s and `decrypt`'s streaming options.
+const STREAMING: &str = "Streaming (large inputs)";
+
+/// A byte count: digits, optionally followed by KiB, MiB or GiB (or K, M, G: the same powers
+/// of 1024).
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "{other:?} is not a unit: write a number of bytes, optionally followed by KiB, MiB or GiB"
+            ));
+        }
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `--frame-size`: the format's and the server's range (docs/envelope-format.md §10).
+fn parse_frame_size(text: &str) -> Result<u32, String> {
+    const MIN: u64 = 1 << 10;
+    const MAX: u64 = 1 << 20;
+    let bytes = parse_bytes(text)?;
+    if !(MIN..=MAX).contains(&bytes) {
+        return Err(format!(
+            "a frame holds 1KiB (1024) to 1MiB (1048576) bytes, not {bytes}"
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("{bytes} is too large"))
+}
+
+/// `--max-unary-bytes`: a server's `max_plaintext_bytes` is 1 byte to 64 MiB
+/// (docs/configuration.md); this much of stdin is held in memory before deciding.
+fn parse_max_unary(text: &str) -> Result<u64, String> {
+    const MAX: u64 = 64 << 20;
+    match parse_bytes(text)? {
+        bytes @ 1..=MAX => Ok(bytes),
+        bytes => Err(format!(
+            "a server's unary limit is 1 byte to 64MiB (67108864), not {bytes}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -577,7 +688,7 @@ pub(crate) fn parse_public_key(text: &str) -> Result<PublicKey, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
     use clap::CommandFactory as _;
 
@@ -627,6 +738,52 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.endpoint, "http://x:1");
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_binary_units_and_frame_sizes_stay_in_the_format_s_range() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("1 MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert!(parse_bytes("1MB").unwrap_err().contains("not a unit"));
+        assert!(parse_bytes("MiB").unwrap_err().contains("not a number"));
+        assert!(
+            parse_bytes("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert_eq!(parse_frame_size("1KiB").unwrap(), 1024);
+        assert_eq!(parse_frame_size("1MiB").unwrap(), 1 << 20);
+        assert!(parse_frame_size("1023").is_err());
+        assert!(parse_frame_size("1048577").is_err());
+        assert!(parse_max_unary("0").is_err());
+        assert_eq!(parse_max_unary("64MiB").unwrap(), 64 << 20);
+        assert!(parse_max_unary("65MiB").is_err());
+        // Through clap: a frame size out of range is a usage error; --frame-size alone is enough.
+        let err =
+            Cli::try_parse_from(["keyward", "encrypt", "--tenant", "t", "--frame-size", "512"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "encrypt",
+            "--tenant",
+            "t",
+            "--frame-size",
+            "16KiB",
+            "in.bin",
+            "--out",
+            "in.kw",
+        ])
+        .unwrap();
+        let Command::Encrypt(args) = cli.command else {
+            panic!("not encrypt")
+        };
+        assert_eq!(args.frame_size, Some(16 * 1024));
+        assert_eq!(args.max_unary_bytes, 1 << 20);
+        assert_eq!(args.file.unwrap(), PathBuf::from("in.bin"));
+        assert_eq!(args.out.out.unwrap(), PathBuf::from("in.kw"));
     }
 
     #[test]

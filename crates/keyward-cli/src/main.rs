@@ -3,7 +3,9 @@
 //!
 //! Shaped like rage's: `cli` holds clap's types, `cmd` one module per command group, `client`
 //! the gRPC channel and status rendering, `report` the revocation report's text and JSON,
-//! `exit` the exit codes; this file parses, sets up logging, dispatches and exits.
+//! `exit` the exit codes, `files`, `base64_chunks` and `progress` the input, output and
+//! progress line of `encrypt` and `decrypt`; this file parses, sets up logging, dispatches and
+//! exits.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -15,11 +17,14 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use keyward_server::{Config, telemetry::LogFormat};
 
+mod base64_chunks;
 mod cli;
 mod client;
 mod cmd;
 mod exit;
+mod files;
 mod logging;
+mod progress;
 mod providers;
 mod report;
 

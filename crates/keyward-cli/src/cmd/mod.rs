@@ -11,4 +11,5 @@ pub(crate) mod rekey;
 pub(crate) mod serve;
 pub(crate) mod shred;
 pub(crate) mod store;
+pub(crate) mod stream;
 pub(crate) mod tenant;
