@@ -450,6 +450,7 @@ const TASK_GUIDES: &[&str] = &[
     "docs/rewrap.md",
     "docs/rekey.md",
     "docs/exit.md",
+    "docs/streaming.md",
 ];
 
 #[test]
