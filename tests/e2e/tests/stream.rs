@@ -302,6 +302,48 @@ fn a_failed_stream_leaves_no_output_file() {
     assert_eq!(entries(out_dir.path()), ["opened.bin"]);
 }
 
+/// On a terminal (a pseudo-terminal from util-linux's `script`) a streamed command draws its
+/// progress line, and ends it with the summary; `--no-progress` draws nothing. The input comes
+/// from a pipe that pauses for a second, so the transfer outlasts the line's first drawing
+/// (half a second) whatever the machine's speed.
+#[test]
+fn a_terminal_sees_the_progress_line_and_no_progress_silences_it() {
+    let server = Server::start(&[]);
+    onboard_with_cli(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let on_terminal = |extra: &str| {
+        let out = dir.path().join("out.kw");
+        let command = format!(
+            "(head -c 2097152 /dev/urandom; sleep 1; head -c 1048576 /dev/urandom) \
+             | '{}' encrypt --tenant {TENANT} --out '{}' {extra}",
+            keyward_bin().display(),
+            out.display()
+        );
+        let run = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env("KEYWARD_ENDPOINT", server.endpoint())
+            .env("KEYWARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("util-linux `script`");
+        let terminal = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(run.status.success(), "{terminal}");
+        assert_eq!(&read_prefix(&out, 3), b"KW\x02");
+        terminal
+    };
+    let terminal = on_terminal("");
+    assert!(
+        terminal.starts_with('\r') && terminal.contains(" MiB/s"),
+        "no progress line: {terminal:?}"
+    );
+    let last = terminal.trim_end().rsplit('\r').next().unwrap();
+    assert!(
+        last.trim_start().starts_with("3.0 MiB in ") && last.contains(" MiB/s)"),
+        "no summary: {terminal:?}"
+    );
+    assert_eq!(on_terminal("--no-progress"), "");
+}
+
 // --- the unary limit ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
