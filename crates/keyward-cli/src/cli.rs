@@ -459,6 +459,17 @@ pub(crate) struct DecryptArgs {
     /// than read it whole into memory. Framed envelopes are streamed without it.
     #[arg(long, help_heading = STREAMING)]
     pub(crate) stream: bool,
+    /// The server's unary limit (its `max_plaintext_bytes`): a framed envelope is sent in
+    /// messages that fit its message limit (this plus 64 KiB).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "KEYWARD_MAX_UNARY_BYTES",
+        default_value = "1MiB",
+        value_parser = parse_max_unary,
+        help_heading = STREAMING
+    )]
+    pub(crate) max_unary_bytes: u64,
     #[command(flatten, next_help_heading = STREAMING)]
     pub(crate) progress: ProgressArgs,
 }

@@ -227,6 +227,63 @@ fn the_cli_streams_above_the_unary_limit_and_decrypts_either_format() {
     assert!(err.contains("stdin is not a framed envelope"), "{err}");
 }
 
+/// A server with a smaller `max_plaintext_bytes` (4 KiB: messages of at most 68 KiB): told so
+/// by `KEYWARD_MAX_UNARY_BYTES`, the CLI streams anything larger, in messages that fit.
+#[test]
+fn the_cli_fits_a_server_with_a_small_unary_limit() {
+    let server = Server::start(&[("KEYWARD_MAX_PLAINTEXT_BYTES", "4096")]);
+    onboard_with_cli(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.bin");
+    write_random(&plain, 3 * MIB + 5);
+    let sealed = dir.path().join("plain.kw");
+    let opened = dir.path().join("opened.bin");
+    let (plain, sealed, opened) = (
+        plain.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+        opened.to_str().unwrap(),
+    );
+    let env = [("KEYWARD_MAX_UNARY_BYTES", "4KiB")];
+    let (code, _, err) = cli_env(
+        &server,
+        &env,
+        &["encrypt", "--tenant", TENANT, plain, "--out", sealed],
+        Vec::new(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read_prefix(Path::new(sealed), 3), b"KW\x02");
+    let (code, _, err) = cli_env(
+        &server,
+        &env,
+        &["decrypt", "--tenant", TENANT, sealed, "--out", opened],
+        Vec::new(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(sha256(Path::new(opened)), sha256(Path::new(plain)));
+    // A small input stays unary, as before.
+    let (code, envelope, err) = cli_env(
+        &server,
+        &env,
+        &["encrypt", "--tenant", TENANT],
+        b"four kibibytes at most".to_vec(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(&envelope[..3], b"KW\x01");
+
+    // Not told: the unary call is refused with the pointer to EncryptStream, and a framed
+    // envelope's 256 KiB messages are over the server's message limit.
+    let (code, _, err) = cli_piped(&server, &["encrypt", "--tenant", TENANT], vec![0; 8192]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("EncryptStream"), "{err}");
+    let (code, _, err) = cli_piped(
+        &server,
+        &["decrypt", "--tenant", TENANT, sealed],
+        Vec::new(),
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("OutOfRange"), "{err}");
+}
+
 #[test]
 fn a_failed_stream_leaves_no_output_file() {
     let server = Server::start(&[]);
@@ -472,8 +529,9 @@ async fn a_client_that_stops_reading_does_not_grow_server_memory() {
         .await
         .unwrap()
         .into_inner();
+    let mut sealed = 0u64;
     for _ in 0..3 {
-        responses.message().await.unwrap().unwrap();
+        sealed += responses.message().await.unwrap().unwrap().envelope.len() as u64;
     }
     let stalled_at = wait_for_plateau(&pulled).await;
     let growth_kb = status_kb(pid, "VmHWM:").unwrap().saturating_sub(before_kb);
@@ -492,7 +550,6 @@ async fn a_client_that_stops_reading_does_not_grow_server_memory() {
         "server RSS grew by {growth_kb} kB"
     );
     // Reading again resumes it (the stall was back-pressure, not a failure).
-    let mut sealed = 0u64;
     while let Some(response) = responses.message().await.unwrap() {
         sealed += response.envelope.len() as u64;
     }
@@ -747,8 +804,19 @@ fn reset_peak(pid: u32) -> bool {
 }
 
 fn spawn_cli(server: &Server, args: &[&std::ffi::OsStr], stdin: Stdio, stdout: Stdio) -> Child {
+    spawn_cli_env(server, &[], args, stdin, stdout)
+}
+
+fn spawn_cli_env(
+    server: &Server,
+    env: &[(&str, &str)],
+    args: &[&std::ffi::OsStr],
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Child {
     Command::new(keyward_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("KEYWARD_ENDPOINT", server.endpoint())
         .env("KEYWARD_LOG", "warn")
         .stdin(stdin)
@@ -761,8 +829,18 @@ fn spawn_cli(server: &Server, args: &[&std::ffi::OsStr], stdin: Stdio, stdout: S
 /// Runs the CLI with `stdin` written from another thread while its stdout is read (a streamed
 /// command writes before it has read everything); (exit code, stdout, stderr).
 fn cli_piped(server: &Server, args: &[&str], stdin: Vec<u8>) -> (Option<i32>, Vec<u8>, String) {
+    cli_env(server, &[], args, stdin)
+}
+
+/// [`cli_piped`] with `env` added to the CLI's environment.
+fn cli_env(
+    server: &Server,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Vec<u8>,
+) -> (Option<i32>, Vec<u8>, String) {
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    let mut child = spawn_cli(server, &args, Stdio::piped(), Stdio::piped());
+    let mut child = spawn_cli_env(server, env, &args, Stdio::piped(), Stdio::piped());
     let mut pipe = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         // The CLI may stop reading early (a refusal): a broken pipe is its business.

@@ -113,8 +113,9 @@ async fn encrypt_unary(
 
 pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Result<()> {
     let mut input = Input::open(args.file.as_deref())?;
-    // Enough of the input to see the envelope's version (after base64).
-    let raw = input.read_up_to(PEEK_BYTES)?;
+    let chunk = stream::chunk_size(args.max_unary_bytes);
+    // Enough of the input to see the envelope's version (after base64): one message's worth.
+    let raw = input.read_up_to(chunk)?;
     let mut decoder = Base64Decoder::default();
     let head = match args.input {
         Encoding::Raw => None,
@@ -152,7 +153,7 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
         decoder,
         out: args.out.out,
         encoder: None,
-        chunk: stream::chunk_size(MAX_UNARY_DEFAULT),
+        chunk,
         progress: show_progress(args.progress.no_progress),
     };
     stream::decrypt(client, request, transfer).await
@@ -180,13 +181,6 @@ async fn decrypt_unary(
         .into_inner();
     files::write_output(args.out.out.as_deref(), &response.plaintext)
 }
-
-/// The bytes `decrypt` reads to tell a framed envelope (format version 2) from another: one
-/// request message's worth.
-const PEEK_BYTES: usize = 256 * 1024;
-/// Every server takes request messages of this size (its unary limit is at least this, or
-/// its message limit is 64 KiB more): `decrypt` has no `--max-unary-bytes`.
-const MAX_UNARY_DEFAULT: u64 = 1 << 20;
 
 /// The progress line is drawn on a terminal only, unless `--no-progress`.
 fn show_progress(no_progress: bool) -> bool {

@@ -252,9 +252,13 @@ impl Reader {
             .name("keyward-read".to_owned())
             .spawn(move || {
                 let result = (|| {
-                    if !first.is_empty() && tx.blocking_send(Chunk::Data(first)).is_err() {
-                        return Ok(());
+                    // In messages of `chunk` bytes too (`encrypt` read up to the unary limit).
+                    for piece in first.chunks(chunk) {
+                        if tx.blocking_send(Chunk::Data(piece.to_vec())).is_err() {
+                            return Ok(());
+                        }
                     }
+                    drop(first);
                     loop {
                         let mut buf = vec![0; chunk];
                         let n = input.fill(&mut buf)?;
