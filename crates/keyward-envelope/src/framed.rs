@@ -266,6 +266,16 @@ impl FrameState {
     }
 }
 
+impl fmt::Debug for FrameState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameState")
+            .field("frame_size", &self.frame_size)
+            .field("frames", &self.seq)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
 fn split_word(word: u32) -> (bool, u32) {
     (word & FINAL_FLAG != 0, word & !FINAL_FLAG)
 }
@@ -280,19 +290,11 @@ fn frame_word(last: bool, len: usize) -> Result<u32, EnvelopeError> {
 
 /// Seals one framed message, frame by frame. Each frame is sealed as soon as its plaintext is
 /// known; the caller says which one is final.
+#[derive(Debug)]
 pub struct FrameSealer {
     state: FrameState,
 }
 
-impl fmt::Debug for FrameSealer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrameSealer")
-            .field("frame_size", &self.state.frame_size)
-            .field("frames", &self.state.seq)
-            .field("finished", &self.state.finished)
-            .finish_non_exhaustive()
-    }
-}
 
 impl FrameSealer {
     /// Starts a message under `dek` (named `dek_id`, of `tenant`), bound to `ctx`, with
@@ -398,19 +400,11 @@ impl FrameSealer {
 }
 
 /// Authenticates and decrypts the frames of one framed message in order.
+#[derive(Debug)]
 pub struct FrameOpener {
     state: FrameState,
 }
 
-impl fmt::Debug for FrameOpener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrameOpener")
-            .field("frame_size", &self.state.frame_size)
-            .field("frames", &self.state.seq)
-            .field("finished", &self.state.finished)
-            .finish_non_exhaustive()
-    }
-}
 
 impl FrameOpener {
     /// Derives the message key of `header` from `dek` and checks the key commitment (in

@@ -522,3 +522,153 @@ async fn a_stream_longer_than_the_cache_ttl_asks_the_kms_again() {
         "the tenant key was unwrapped again once its TTL ran out mid-stream: {asked} unwraps"
     );
 }
+
+/// What a model of one DecryptStream and its tenant expects of the next step.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Feed the next `n` bytes of the envelope.
+    Push(usize),
+    /// `RevokeKey`.
+    Revoke,
+    /// `RestoreKey`.
+    Restore,
+    /// Shred the scope of the stream's DEK.
+    Shred,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (1usize..3000).prop_map(Step::Push),
+        1 => Just(Step::Revoke),
+        1 => Just(Step::Restore),
+        1 => Just(Step::Shred),
+    ]
+}
+
+/// Model-based: any interleaving of envelope bytes arriving with revocations, restorations and
+/// a shred of the stream's own scope. The model: a frame is released only while the tenant is
+/// open and the DEK not shredded, in order, authentic; the first refusal ends the stream with
+/// the reason the model names (`KEY_REVOKED` while revoked, `DATA_KEY_SHREDDED` once shredded);
+/// a revocation followed by a restoration between two pushes does not end it; the final frame
+/// comes only at the end of the input, with nothing after it.
+#[test]
+fn any_interleaving_of_bytes_revocations_restorations_and_shreds_keeps_the_stream_honest() {
+    use proptest::prelude::*;
+    let cases = std::env::var("KEYWARD_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    proptest!(ProptestConfig::with_cases(cases), |(steps in proptest::collection::vec(step(), 1..40))| {
+        runtime.block_on(run_model(steps));
+    });
+}
+
+async fn run_model(steps: Vec<Step>) {
+    let s = server(Duration::from_secs(300)).await;
+    let t = tenant(TENANT);
+    let docs = keyward_store::Scope::try_from("docs").unwrap();
+    let ctx = keyward_envelope::EncryptionContext::try_from_map(
+        context()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap();
+    let plaintext = data(12 * 1024);
+    let (mut enc, mut envelope) = s
+        .keyring
+        .begin_stream_encryption(&t, &docs, &ctx, 1024)
+        .await
+        .unwrap();
+    for frame in s
+        .keyring
+        .stream_encrypt_push(&mut enc, &plaintext)
+        .await
+        .unwrap()
+    {
+        envelope.extend(frame);
+    }
+    envelope.extend(s.keyring.stream_encrypt_finish(&mut enc).await.unwrap());
+
+    let mut stream = s.keyring.begin_stream_decryption(&t, ctx.clone());
+    let (mut revoked, mut shredded) = (false, false);
+    let mut sent = 0;
+    let mut released: Vec<u8> = Vec::new();
+    let mut ended: Option<String> = None;
+    for step in steps {
+        match step {
+            Step::Revoke if !revoked => {
+                s.keyring
+                    .revoke(
+                        &t,
+                        KekState::Revoked,
+                        RevocationSource::Explicit,
+                        None,
+                        "model",
+                        now_ms(),
+                    )
+                    .await
+                    .unwrap();
+                revoked = true;
+            }
+            Step::Restore if revoked => {
+                s.keyring
+                    .restore(&t, RevocationSource::Explicit, None, "model")
+                    .await
+                    .unwrap();
+                revoked = false;
+            }
+            Step::Shred if !revoked && !shredded => {
+                s.keyring
+                    .shred_scope(&t, &docs, "model", "model")
+                    .await
+                    .unwrap();
+                shredded = true;
+            }
+            Step::Push(n) if ended.is_none() && sent < envelope.len() => {
+                let end = (sent + n).min(envelope.len());
+                let (frames, error) = s
+                    .keyring
+                    .stream_decrypt_push(&mut stream, &envelope[sent..end])
+                    .await;
+                sent = end;
+                for frame in frames {
+                    assert!(
+                        !revoked && !shredded,
+                        "a frame released while revoked={revoked} shredded={shredded}"
+                    );
+                    s.keyring.release(&t, frame.generation).unwrap();
+                    released.extend_from_slice(&frame.plaintext);
+                }
+                if let Some(e) = error {
+                    ended = Some(e.reason().to_owned());
+                }
+            }
+            _ => {}
+        }
+        if let Some(reason) = &ended {
+            let expected = if revoked {
+                "KEY_REVOKED"
+            } else {
+                "DATA_KEY_SHREDDED"
+            };
+            assert!(
+                revoked || shredded,
+                "the stream ended {reason} with the tenant open and the DEK kept"
+            );
+            assert_eq!(reason, expected);
+            break;
+        }
+    }
+    assert!(
+        released == plaintext[..released.len()],
+        "frames in order and authentic"
+    );
+    if ended.is_none() && sent == envelope.len() {
+        let last = s.keyring.stream_decrypt_finish(&mut stream).unwrap();
+        assert!(last.last);
+        released.extend_from_slice(&last.plaintext);
+        assert!(released == plaintext, "the whole message, once");
+    }
+}

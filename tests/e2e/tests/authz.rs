@@ -415,6 +415,72 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
+    // The streams are authorized as Encrypt and Decrypt, on their first message, before any
+    // response: the same callers, purposes and tenants.
+    let stream_start = |tenant: &str, purpose: &str| pb::EncryptStreamRequest {
+        tenant_id: tenant.into(),
+        encryption_context: context(&[("purpose", purpose)]),
+        scope: String::new(),
+        frame_size: 0,
+        plaintext: b"a long document".to_vec(),
+    };
+    let mut parts = chat_api
+        .crypto
+        .encrypt_stream(tokio_stream::iter([stream_start("acme", "chat-history")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(part) = tokio_stream::StreamExt::next(&mut parts).await {
+        streamed.extend(part.unwrap().envelope);
+    }
+    for (chat_caller, tenant, purpose) in [
+        (true, "acme", "training"),
+        (true, "globex", "chat-history"),
+        (false, "acme", "chat-history"),
+    ] {
+        let who = if chat_caller {
+            &mut chat_api
+        } else {
+            &mut billing_api
+        };
+        assert_status(
+            who.crypto
+                .encrypt_stream(tokio_stream::iter([stream_start(tenant, purpose)]))
+                .await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    let decrypt_stream = |purpose: &str| {
+        tokio_stream::iter([pb::DecryptStreamRequest {
+            tenant_id: "acme".into(),
+            encryption_context: context(&[("purpose", purpose)]),
+            envelope: streamed.clone(),
+        }])
+    };
+    assert_status(
+        billing_api
+            .crypto
+            .decrypt_stream(decrypt_stream("chat-history"))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let mut frames = chat_api
+        .crypto
+        .decrypt_stream(decrypt_stream("chat-history"))
+        .await
+        .unwrap()
+        .into_inner();
+    let frame = tokio_stream::StreamExt::next(&mut frames)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (frame.plaintext.as_slice(), frame.r#final),
+        (&b"a long document"[..], true)
+    );
     billing_api
         .crypto
         .encrypt(encrypt_req("globex", "invoices"))

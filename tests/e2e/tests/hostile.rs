@@ -180,14 +180,42 @@ async fn oversized_messages_are_out_of_range_and_change_nothing() {
         status.message().contains(&limit.to_string()),
         "the message names the limit: {status:?}"
     );
+    assert!(
+        status.message().contains("EncryptStream"),
+        "and where larger data goes: {status:?}"
+    );
     // Within the message limit but above max_plaintext_bytes: the service's own check.
     let mut big = encrypt_request(context(&[]));
     big.plaintext = vec![0x41; 1025];
+    let status = crypto.encrypt(big).await.unwrap_err();
     assert_status(
-        crypto.encrypt(big).await,
+        Err::<(), _>(status.clone()),
         Code::InvalidArgument,
         "PAYLOAD_TOO_LARGE",
     );
+    assert!(status.message().contains("EncryptStream"), "{status:?}");
+    // A stream's messages have the same limit; a first message over it, or with a frame size
+    // out of bounds, is refused before any key is touched.
+    let first = |frame_size: u32, plaintext: usize| pb::EncryptStreamRequest {
+        tenant_id: "acme".into(),
+        encryption_context: context(&[]),
+        scope: String::new(),
+        frame_size,
+        plaintext: vec![0x41; plaintext],
+    };
+    let status = crypto
+        .encrypt_stream(tokio_stream::iter([first(0, limit + 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    for frame_size in [1023, (1 << 20) + 1] {
+        let status = crypto
+            .encrypt_stream(tokio_stream::iter([first(frame_size, 10)]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("frame_size"), "{status:?}");
+    }
     // TenantService and AuditService requests are small: at most 64 KiB.
     let status = tenants
         .create_tenant(pb::CreateTenantRequest {

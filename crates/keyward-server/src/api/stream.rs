@@ -334,10 +334,12 @@ impl Stream for Gated {
             self.rx.close();
             return Poll::Ready(Some(Err(e.into())));
         }
-        // prost needs an owned Vec; the copy tonic encodes from is not zeroized
-        // (docs/threat-model.md), ours is.
+        // prost needs an owned Vec: the frame's buffer is moved into the response, not copied.
+        // tonic encodes from it and drops it unzeroized, as it does the unary calls' responses
+        // (docs/threat-model.md, "Plaintext copies not zeroized").
+        let mut frame = frame;
         Poll::Ready(Some(Ok(pb::DecryptStreamResponse {
-            plaintext: frame.plaintext.to_vec(),
+            plaintext: std::mem::take(&mut *frame.plaintext),
             r#final: frame.last,
         })))
     }
