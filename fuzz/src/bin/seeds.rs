@@ -53,7 +53,8 @@ fn main() {
         .filter(|t| cfg!(feature = "server") || !matches!(*t, "server_config" | "proto_requests"))
         .filter(|t| {
             cfg!(feature = "providers") || !matches!(*t, "kms_aws" | "kms_gcp" | "kms_azure")
-        });
+        })
+        .filter(|t| cfg!(feature = "authz") || *t != "identity_mapping");
     for target in targets {
         let dir = corpus.dir.join(target);
         if dir.exists() {
