@@ -11,7 +11,7 @@
 //!
 //! Features (all default): `authz` (`identity_mapping`: Cedar), `providers` (the AWS, Google
 //! Cloud and Azure targets, whose SDK crates are most of the build) and `server`
-//! (`server_config`, `proto_requests`); `--no-default-features` builds the other four targets
+//! (`server_config`, `proto_requests`); `--no-default-features` builds the other five targets
 //! (and a seed writer for them) alone, in a fraction of the time.
 #![allow(
     clippy::panic,
@@ -21,6 +21,7 @@
 
 pub mod audit_export;
 pub mod envelope;
+pub mod framed;
 #[cfg(feature = "authz")]
 pub mod identity_mapping;
 #[cfg(feature = "providers")]
@@ -50,8 +51,9 @@ pub fn provider_registry() -> keyward_kms::ProviderRegistry {
 }
 
 /// Every target, in the order `scripts/fuzz` runs them (also the `src/bin` names).
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "envelope",
+    "framed",
     "kms_local",
     "kms_aws",
     "kms_gcp",
@@ -79,6 +81,7 @@ pub fn text(data: &[u8]) -> Option<&str> {
 pub fn harness(name: &str) -> Option<fn(&[u8])> {
     Some(match name {
         "envelope" => envelope::run,
+        "framed" => framed::run,
         "kms_local" => kms_local::run,
         "kms_pkcs11" => kms_pkcs11::run,
         "audit_export" => audit_export::run,

@@ -1,5 +1,5 @@
 //! The harnesses without AFL++: every committed seed of every target, and a fixed number of
-//! deterministic mutations of each (`scripts/test` runs this in CI for all ten targets; the six
+//! deterministic mutations of each (`scripts/test` runs this in CI for all eleven targets; the six
 //! that need the cloud SDKs, Cedar or the server cannot be built under cargo-afl within CI's
 //! budget, so this is what keeps them from rotting between long runs: they compile against the
 //! current crates, they accept their seeds, and simple mutations of those do not break an

@@ -6,6 +6,13 @@ the `aws-kms` provider (boto3: credentials from the standard AWS chain, the regi
 ARN) and the `local` development provider. Dependencies: Python 3.9+, boto3 (for aws-kms) and
 cryptography.
 
+Both envelope versions: version 1 (one AES-GCM message, read whole) and version 2, the framed
+envelope of docs/envelope-format.md section 10 (written from that section only), which is read
+from the file or stdin and written out frame by frame in constant memory: each frame's plaintext
+is written only once it has been authenticated, and the message is complete only when its final
+frame has opened and nothing follows. On a failure part-way, --out is removed; on stdout, what
+was written is authentic but incomplete (the exit status says so).
+
     python3 tools/exit/keyward_open.py --export DIR [--envelope FILE] [--base64] \
         [--context KEY=VALUE]... [--aws-endpoint-url URL] [--local-kms-dir DIR] [--out FILE]
 
@@ -17,6 +24,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -346,6 +354,138 @@ def open_envelope(parsed, dek, context):
         raise fail from None
 
 
+# --- 4.6 the framed envelope (envelope format version 2) ----------------------------------------
+# docs/envelope-format.md section 10. All integers big-endian.
+
+FRAMED_VERSION = 2
+FRAMED_SUITE = 2
+MAX_FRAME_SIZE = 1 << 20
+MAX_FRAMES = 1 << 32
+MAX_MESSAGE_BYTES = 1 << 40
+FINAL_FLAG = 1 << 31
+TAG = 16
+TENANT_FIRST = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+TENANT_BYTES = TENANT_FIRST | frozenset(b"._-")
+
+
+class EnvelopeError(Exception):
+    """A framed envelope that does not open: `stage` is "parse" (the header) or "open"; `kind`
+    is the error kind of section 10.6 (Malformed, UnsupportedVersion, UnsupportedSuite,
+    DecryptFailed)."""
+
+    def __init__(self, stage, kind, message):
+        super().__init__(message)
+        self.stage = stage
+        self.kind = kind
+
+
+def read_exact(stream, n):
+    """Up to `n` bytes: fewer only at the end of the input (pipes return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def read_framed_header(stream, first=b""):
+    """Section 10.6, rules 1 to 8, in order: the header's fields, reading no byte past it.
+    `first`: bytes of the header already read from `stream`."""
+    buf = bytearray(first)
+    at = 0  # a cursor over buf, which is filled from the stream as the fields are read
+
+
+    def field(size, what):
+        nonlocal at
+        need = at + size
+        if len(buf) < need:
+            buf.extend(read_exact(stream, need - len(buf)))
+        if len(buf) < need:
+            raise EnvelopeError("parse", "Malformed", f"truncated in the {what}")
+        value = bytes(buf[at:need])
+        at = need
+        return value
+
+    if field(2, "magic") != b"KW":
+        raise EnvelopeError("parse", "Malformed", "bad magic (not a Keyward envelope)")
+    version = field(1, "version")[0]
+    if version != FRAMED_VERSION:
+        raise EnvelopeError("parse", "UnsupportedVersion", f"unsupported envelope format version {version}")
+    suite = struct.unpack(">H", field(2, "suite id"))[0]
+    if suite != FRAMED_SUITE:
+        raise EnvelopeError("parse", "UnsupportedSuite", f"unsupported suite {suite:#06x}")
+    t = field(1, "tenant id length")[0]
+    if not 1 <= t <= 64:
+        raise EnvelopeError("parse", "Malformed", "tenant id length is not 1 to 64")
+    tenant = field(t, "tenant id")
+    if tenant[0] not in TENANT_FIRST or any(b not in TENANT_BYTES for b in tenant):
+        raise EnvelopeError("parse", "Malformed", "tenant id has bytes outside [a-z0-9._-]")
+    dek_id = field(16, "DEK id")
+    salt = field(32, "salt")
+    commitment = field(32, "commitment")
+    frame_size = struct.unpack(">I", field(4, "frame size"))[0]
+    if not 1 <= frame_size <= MAX_FRAME_SIZE:
+        raise EnvelopeError("parse", "Malformed", "frame size is not 1 to 1048576")
+    return {
+        "version": FRAMED_VERSION,
+        "suite": suite,
+        "tenant": tenant.decode("ascii"),
+        "dek_id": dek_id.hex(),
+        "salt": salt,
+        "commitment": commitment,
+        "frame_size": frame_size,
+        "header": bytes(buf[:at]),
+    }
+
+
+def open_framed(header, stream, out, dek, context):
+    """Section 10.4: opens the frames that follow `header` in `stream`, writing each frame's
+    plaintext to `out` once it has opened, holding one frame at a time. Returns the number of
+    plaintext bytes; raises EnvelopeError (stage "open") at the first failure, after having
+    written the frames that opened before it."""
+    okm = hmac.new(dek, b"KEYWARD-V2-FRAMEKEYS" + struct.pack(">H", FRAMED_SUITE) + header["salt"] + b"\x01",
+                   hashlib.sha512).digest()
+    message_key, commitment = okm[:32], okm[32:]
+    if not hmac.compare_digest(commitment, header["commitment"]):
+        raise EnvelopeError("open", "DecryptFailed", "decryption failed")
+    aead = AESGCM(message_key)
+    prefix = header["header"] + canonical(context)
+    size = header["frame_size"]
+    seq = total = 0
+    finished = False
+    while True:
+        word = read_exact(stream, 4)
+        if finished:
+            if word:
+                raise EnvelopeError("open", "Malformed", "bytes after the final frame")
+            return total
+        if not word:
+            raise EnvelopeError("open", "Malformed", "truncated: the message ended before its final frame")
+        if len(word) < 4:
+            raise EnvelopeError("open", "Malformed", "truncated inside a frame")
+        value = struct.unpack(">I", word)[0]
+        last, length = bool(value & FINAL_FLAG), value & (FINAL_FLAG - 1)
+        if length > size or (not last and length != size):
+            raise EnvelopeError("open", "Malformed", "frame length does not match the frame size")
+        if seq >= MAX_FRAMES or total + length > MAX_MESSAGE_BYTES:
+            raise EnvelopeError("open", "Malformed", "more than 2^32 frames or 2^40 bytes")
+        body = read_exact(stream, length + TAG)
+        if len(body) < length + TAG:
+            raise EnvelopeError("open", "Malformed", "truncated inside a frame")
+        seq_bytes = struct.pack(">Q", seq)
+        try:
+            plaintext = aead.decrypt(b"\x00" * 4 + seq_bytes, body, prefix + seq_bytes + word)
+        except InvalidTag:
+            raise EnvelopeError("open", "DecryptFailed", "decryption failed") from None
+        out.write(plaintext)
+        total += length
+        seq += 1
+        finished = last
+
+
 # --- 6. open one envelope --------------------------------------------------------------------
 
 
@@ -357,33 +497,78 @@ def run(args):
         k, v = pair.split("=", 1)
         context[k] = v
     if args.envelope and args.envelope != "-":
-        with open(args.envelope, "rb") as f:
-            envelope = f.read()
+        stream = open(args.envelope, "rb")
     else:
-        envelope = sys.stdin.buffer.read()
-    if args.base64:
-        envelope = base64.b64decode(envelope.strip())
-    parsed = parse_envelope(envelope)
-    manifest, keys, data_key, tombstone = verify(args.export, parsed["dek_id"])
-    if parsed["tenant"] != manifest["tenant"]:
-        raise Fail(ENVELOPE, f"the envelope is tenant {parsed['tenant']}'s; the export is {manifest['tenant']}'s")
+        stream = sys.stdin.buffer
+    with stream:
+        if args.base64:
+            # Base64 text is read whole: it is for envelopes small enough to paste.
+            stream = io.BytesIO(base64.b64decode(stream.read().strip()))
+        first = read_exact(stream, 3)
+        if first[:2] == b"KW" and first[2:] == bytes([FRAMED_VERSION]):
+            open_framed_envelope(args, context, stream, first)
+        else:
+            open_single_envelope(args, context, first + stream.read())
+
+
+def dek_of(args, tenant, dek_id):
+    """Section 6, steps 1 and 3 to 5: the data key `dek_id` of `tenant`'s envelope."""
+    manifest, keys, data_key, tombstone = verify(args.export, dek_id)
+    if tenant != manifest["tenant"]:
+        raise Fail(ENVELOPE, f"the envelope is tenant {tenant}'s; the export is {manifest['tenant']}'s")
     if tombstone:
-        raise Fail(SHREDDED, f"the data key {parsed['dek_id']} of this envelope was shredded "
+        raise Fail(SHREDDED, f"the data key {dek_id} of this envelope was shredded "
                              f"(shredded_at_ms {tombstone['shredded_at_ms']}, by {tombstone['shredded_by']}, "
                              f"reason {tombstone['reason']!r}): its data is unreadable for good")
     if not data_key:
-        raise Fail(ENVELOPE, f"the envelope's data key {parsed['dek_id']} is not in this export")
+        raise Fail(ENVELOPE, f"the envelope's data key {dek_id} is not in this export")
     tenant_key = unwrap_tenant_key(manifest["tenant"], keys[data_key["tenant_key_id"]], args)
-    dek = unwrap_key(tenant_key, data_key["wrapped_bytes"], data_key["aad"], "data_keys.jsonl",
-                     f"data key {data_key['id']} does not unwrap under its tenant key with its AAD")
+    return unwrap_key(tenant_key, data_key["wrapped_bytes"], data_key["aad"], "data_keys.jsonl",
+                      f"data key {data_key['id']} does not unwrap under its tenant key with its AAD")
+
+
+def create_out(path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+def open_single_envelope(args, context, envelope):
+    parsed = parse_envelope(envelope)
+    dek = dek_of(args, parsed["tenant"], parsed["dek_id"])
     plaintext = open_envelope(parsed, dek, context)
     if args.out:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with create_out(args.out) as f:
             f.write(plaintext)
     else:
         sys.stdout.buffer.write(plaintext)
         sys.stdout.buffer.flush()
+
+
+def open_framed_envelope(args, context, stream, first):
+    try:
+        header = read_framed_header(stream, first)
+    except EnvelopeError as e:
+        raise Fail(ENVELOPE, f"the input is not a Keyward envelope: {e}") from None
+    dek = dek_of(args, header["tenant"], header["dek_id"])
+    out = create_out(args.out) if args.out else sys.stdout.buffer
+    try:
+        open_framed(header, stream, out, dek, context)
+        out.flush()
+    except EnvelopeError as e:
+        if args.out:
+            out.close()
+            os.unlink(args.out)
+            written = f"{args.out} was removed"
+        else:
+            out.flush()
+            written = "what was written to stdout is authentic but incomplete"
+        if e.kind == "DecryptFailed":
+            reason = "the encryption context differs, or it was altered"
+        else:
+            reason = str(e)
+        raise Fail(ENVELOPE, f"the envelope does not open: {reason} ({written})") from None
+    finally:
+        if args.out and not out.closed:
+            out.close()
 
 
 def main():

@@ -225,7 +225,7 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     if version != FORMAT_VERSION {
         return Err(EnvelopeError::UnsupportedVersion(version));
     }
-    let fields = read_header_fields(&mut r)?;
+    let fields = read_header_fields(&mut r, &VERSION_1_SUITES)?;
     let header_len = bytes.len() - r.rest.len();
     let (header_bytes, body) = bytes.split_at(header_len);
     if body.len() < TAG_LEN {
@@ -268,11 +268,23 @@ pub(crate) struct HeaderFields {
     pub(crate) commitment: [u8; COMMITMENT_LEN],
 }
 
+/// The suites of envelope format version 1.
+const VERSION_1_SUITES: [Suite; 2] = [
+    Suite::Aes256GcmHkdfSha512Committing,
+    Suite::Aes256GcmHkdfExpandSha512Committing,
+];
+
 /// Reads suite id, tenant id, DEK id, salt and commitment, in that order (section 6 of the
-/// spec: the first failure is reported).
-pub(crate) fn read_header_fields(r: &mut Reader<'_>) -> Result<HeaderFields, EnvelopeError> {
+/// spec: the first failure is reported). A suite not in `suites` (those of the envelope's
+/// version) is refused as soon as it is read.
+pub(crate) fn read_header_fields(
+    r: &mut Reader<'_>,
+    suites: &[Suite],
+) -> Result<HeaderFields, EnvelopeError> {
     let suite_id = u16::from_be_bytes(r.take_array::<2>("truncated in the suite id")?);
-    let suite = Suite::from_id(suite_id).ok_or(EnvelopeError::UnsupportedSuite(suite_id))?;
+    let suite = Suite::from_id(suite_id)
+        .filter(|s| suites.contains(s))
+        .ok_or(EnvelopeError::UnsupportedSuite(suite_id))?;
     let [tenant_len] = r.take_array::<1>("truncated before the tenant id length")?;
     let tenant_len = usize::from(tenant_len);
     if tenant_len == 0 {

@@ -175,10 +175,9 @@ fn parse_header_complete(input: &[u8]) -> Result<FramedHeader, EnvelopeError> {
     if version != FRAMED_VERSION {
         return Err(EnvelopeError::UnsupportedVersion(version));
     }
-    let fields = read_header_fields(&mut r)?;
-    if fields.suite != Suite::Aes256GcmHkdfExpandSha512Committing {
-        return Err(EnvelopeError::UnsupportedSuite(fields.suite.id()));
-    }
+    // Only suite 0x0002 is defined for version 2; any other is refused as soon as it is read,
+    // as version 1's parser does (§10.6), so a streaming reader need not wait for the rest.
+    let fields = read_header_fields(&mut r, &[Suite::Aes256GcmHkdfExpandSha512Committing])?;
     let frame_size = u32::from_be_bytes(r.take_array::<4>("truncated in the frame size")?);
     check_frame_size(frame_size)?;
     let len = input.len() - r.rest.len();
@@ -773,6 +772,38 @@ mod tests {
             crate::parse(&env),
             Err(EnvelopeError::UnsupportedVersion(2))
         ));
+    }
+
+    #[test]
+    fn a_suite_other_than_0x0002_is_refused_as_soon_as_it_is_read() {
+        // Before the fix, suite 0x0001 (valid in version 1) was refused only after the whole
+        // header had arrived: a streaming reader was told to wait for more bytes.
+        for suite in [[0, 1], [0, 3], [0xff, 0xff]] {
+            let prefix = [b'K', b'W', FRAMED_VERSION, suite[0], suite[1]];
+            let id = u16::from_be_bytes(suite);
+            assert!(
+                matches!(parse_framed_header(&prefix), Err(EnvelopeError::UnsupportedSuite(s)) if s == id),
+                "{suite:?}"
+            );
+        }
+        let mut env = seal(4, b"abc");
+        env[4] = 1;
+        assert!(matches!(
+            parse_framed_header(&env),
+            Err(EnvelopeError::UnsupportedSuite(1))
+        ));
+        // Version 1 still reads both of its suites.
+        let (dek, t, id, ctx) = setup();
+        for suite in [Suite::Aes256GcmHkdfSha512Committing, Suite::SEAL] {
+            let v1 = crate::Sealer::new(&dek, &t, &id)
+                .suite(suite)
+                .seal(&ctx, b"x")
+                .unwrap();
+            assert_eq!(
+                &crate::parse(&v1).unwrap().open(&dek, &ctx).unwrap()[..],
+                b"x"
+            );
+        }
     }
 
     #[test]

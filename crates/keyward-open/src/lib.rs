@@ -5,8 +5,9 @@
 //! every tenant key still wrapped by the customer's KEK, every data key still wrapped by its
 //! tenant key, tombstones of shredded data keys; nothing in clear. The `keyward-open` binary
 //! takes such an export and an envelope, verifies the export ([`verify()`]), and opens the
-//! envelope ([`open_envelope`]) by asking the customer's own KMS, with the customer's own
-//! credentials ([`providers`]), to unwrap the tenant key.
+//! envelope ([`open_envelope`]; [`open_stream`] streams a framed envelope frame by frame) by
+//! asking the customer's own KMS, with the customer's own credentials ([`providers`]), to unwrap
+//! the tenant key.
 //!
 //! This crate depends on no part of the Keyward service: not the server, not the store, not the
 //! gRPC API (its default build has no gRPC crate at all; the `gcp` feature brings some in through
@@ -20,7 +21,7 @@ pub mod providers;
 pub mod verify;
 pub mod writer;
 
-pub use open::{OpenError, open_envelope};
+pub use open::{OpenError, open_envelope, open_stream};
 pub use providers::ProviderSettings;
 pub use verify::{Lookup, Refused, VerifiedExport, verify};
 pub use writer::{ExportInfo, ExportWriter, WriteError};

@@ -5,7 +5,8 @@
 //! 2 the command line is invalid; 3 the envelope's data key was shredded; 4 your KMS did not
 //! unwrap the tenant key (refused, unreachable, or not configured here); 5 the envelope cannot be
 //! opened from this export (not an envelope, another tenant's, written after the export, a
-//! different encryption context), or a local file cannot be read or written.
+//! different encryption context, a framed envelope that stops part-way), or a local file cannot
+//! be read or written.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -23,7 +24,7 @@ use std::{
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use keyward_envelope::EncryptionContext;
-use keyward_open::{OpenError, ProviderSettings, open_envelope, verify};
+use keyward_open::{ProviderSettings, open_stream, verify};
 
 /// Open Keyward envelopes from an export of your key hierarchy, with your own KMS access.
 #[derive(Debug, Parser)]
@@ -45,7 +46,8 @@ enum Command {
     },
     /// Decrypt one envelope: verify the export, unwrap the envelope's tenant key with your KMS,
     /// its data key under the tenant key, and open the envelope. Writes the plaintext to stdout
-    /// or --out.
+    /// or --out; a framed envelope (from the streaming calls) frame by frame as each opens, in
+    /// constant memory.
     Decrypt(DecryptArgs),
 }
 
@@ -64,7 +66,7 @@ struct DecryptArgs {
     #[arg(long = "context", value_name = "KEY=VALUE", value_parser = parse_pair)]
     context: Vec<(String, String)>,
     /// Write the plaintext to this file (created with mode 0600; must not exist) instead of
-    /// stdout.
+    /// stdout. Removed if a framed envelope fails part-way.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Your KMS")]
@@ -190,50 +192,134 @@ fn decrypt_command(args: DecryptArgs) -> Result<(), Failure> {
             .with_config_toml(&text)
             .map_err(|e| (USAGE, format!("--config {}: {e}", path.display())))?;
     }
-    let envelope = read_envelope(args.envelope.as_deref(), args.base64)?;
+    let mut input = open_input(args.envelope.as_deref(), args.base64)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| (LOCAL, format!("cannot start the async runtime: {e}")))?;
-    let plaintext = runtime
-        .block_on(open_envelope(&args.export, &envelope, &context, &providers))
-        .map_err(|e: OpenError| (e.exit_code(), e.to_string()))?;
-    match &args.out {
-        Some(path) => std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut f| f.write_all(&plaintext).and_then(|()| f.sync_all()))
-            .map_err(|e| (LOCAL, format!("cannot write {}: {e}", path.display()))),
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&plaintext)
-                .and_then(|()| out.flush())
-                .map_err(|e| (LOCAL, format!("cannot write the plaintext to stdout: {e}")))
+    let mut output: Box<dyn Output> = match &args.out {
+        Some(path) => Box::new(OutFile {
+            path: path.clone(),
+            file: None,
+        }),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let result = runtime.block_on(open_stream(
+        &args.export,
+        &mut *input,
+        &mut *output,
+        &context,
+        &providers,
+    ));
+    match result {
+        Ok(_) => output
+            .finish()
+            .map_err(|e| (LOCAL, format!("cannot write the plaintext: {e}"))),
+        Err(e) => {
+            let mut message = e.to_string();
+            if let Some(note) = output.abandon() {
+                message = format!("{message} ({note})");
+            }
+            Err((e.exit_code(), message))
         }
     }
 }
 
-fn read_envelope(path: Option<&Path>, base64: bool) -> Result<Vec<u8>, Failure> {
-    let mut raw = Vec::new();
-    match path {
-        Some(path) if path != Path::new("-") => {
-            raw = std::fs::read(path)
-                .map_err(|e| (LOCAL, format!("cannot read {}: {e}", path.display())))?;
-        }
-        _ => {
-            std::io::stdin()
-                .read_to_end(&mut raw)
-                .map_err(|e| (LOCAL, format!("cannot read the envelope from stdin: {e}")))?;
-        }
-    }
+/// The envelope: a file or stdin, read as it is used (a framed envelope is never held whole);
+/// base64 text is read whole and decoded first (it is for envelopes small enough to paste).
+fn open_input(path: Option<&Path>, base64: bool) -> Result<Box<dyn std::io::Read>, Failure> {
+    let input: Box<dyn std::io::Read> = match path {
+        Some(path) if path != Path::new("-") => Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| (LOCAL, format!("cannot read {}: {e}", path.display())))?,
+        ),
+        _ => Box::new(std::io::stdin().lock()),
+    };
     if !base64 {
-        return Ok(raw);
+        return Ok(input);
     }
+    let mut raw = Vec::new();
+    let mut input = input;
+    input
+        .read_to_end(&mut raw)
+        .map_err(|e| (LOCAL, format!("cannot read the envelope: {e}")))?;
     let text = String::from_utf8(raw)
         .map_err(|_| (LOCAL, "the envelope is not base64 text".to_owned()))?;
-    base64::engine::general_purpose::STANDARD
+    let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|e| (LOCAL, format!("the envelope is not base64: {e}")))
+        .map_err(|e| (LOCAL, format!("the envelope is not base64: {e}")))?;
+    Ok(Box::new(std::io::Cursor::new(bytes)))
+}
+
+/// Where the plaintext goes: stdout, or `--out` (see [`OutFile`]).
+trait Output: std::io::Write {
+    /// After success: make the output durable (and exist, for an empty plaintext).
+    fn finish(&mut self) -> std::io::Result<()>;
+    /// After a failure: undo what can be undone; a note for the user.
+    fn abandon(&mut self) -> Option<String>;
+}
+
+impl Output for std::io::StdoutLock<'_> {
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+
+    fn abandon(&mut self) -> Option<String> {
+        let _ = self.flush();
+        None
+    }
+}
+
+/// `--out FILE`: created (mode 0600, never overwritten) when the first plaintext byte is
+/// written, so a failure before that leaves nothing; removed if the envelope then fails
+/// part-way, so an incomplete plaintext is never left looking whole.
+struct OutFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl OutFile {
+    fn file(&mut self) -> std::io::Result<&mut std::fs::File> {
+        if self.file.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+                })?;
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the output file is not open"))
+    }
+}
+
+impl std::io::Write for OutFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Output for OutFile {
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.file()?.sync_all()
+    }
+
+    fn abandon(&mut self) -> Option<String> {
+        self.file.take()?;
+        Some(match std::fs::remove_file(&self.path) {
+            Ok(()) => format!("{} was removed", self.path.display()),
+            Err(e) => format!("{} could not be removed: {e}", self.path.display()),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,23 @@
-//! Opening one envelope from an export: [`open_envelope`], the steps of docs/exit.md ("Open one
-//! envelope"): verify the export, find the envelope's data key (or its tombstone), unwrap its
-//! tenant key with the customer's KEK, unwrap the data key under the tenant key with its AAD,
-//! open the envelope with the caller's encryption context.
+//! Opening envelopes from an export, the steps of docs/exit.md ("Open one envelope"): verify the
+//! export, find the envelope's data key (or its tombstone), unwrap its tenant key with the
+//! customer's KEK, unwrap the data key under the tenant key with its AAD, open the envelope with
+//! the caller's encryption context.
+//!
+//! [`open_envelope`] takes an envelope in memory, of either version; [`open_stream`] reads one
+//! from a reader and writes its plaintext to a writer: a framed envelope (version 2,
+//! docs/envelope-format.md §10) frame by frame, in constant memory, each frame written only
+//! once it has opened.
 
+use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::path::Path;
 
-use keyward_envelope::{EncryptionContext, EnvelopeError, KeyId, WrappedKey, parse, unwrap_key};
+use keyward_envelope::framed::{
+    self, FRAMED_VERSION, FrameOpener, FrameSplitter, FramedHeader, envelope_version,
+    parse_framed_header,
+};
+use keyward_envelope::{
+    EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, WrappedKey, parse, unwrap_key,
+};
 use keyward_kms::{ErrorKind, ProviderError, ProviderKind};
 use zeroize::Zeroizing;
 
@@ -28,7 +40,7 @@ pub enum OpenError {
     )]
     Shredded {
         id: KeyId,
-        tombstone: TombstoneEntry,
+        tombstone: Box<TombstoneEntry>,
     },
     /// The customer's KEK did not unwrap the tenant key (refused, unreachable, not configured
     /// here).
@@ -44,6 +56,21 @@ pub enum OpenError {
     /// data key not in the export, or it does not open with this context.
     #[error("{0}")]
     Envelope(String),
+    /// A framed envelope stopped opening part-way ([`open_stream`]): the `written` bytes
+    /// written before are authentic (a prefix of the sealed message), but the message is
+    /// incomplete.
+    #[error(
+        "{error}; the {written} bytes of plaintext written before it are authentic, but the \
+         message is incomplete"
+    )]
+    Incomplete { written: u64, error: String },
+    /// Reading the envelope or writing the plaintext failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl OpenError {
@@ -53,15 +80,39 @@ impl OpenError {
             OpenError::Refused(_) => 1,
             OpenError::Shredded { .. } => 3,
             OpenError::Kms { .. } => 4,
-            OpenError::Envelope(_) => 5,
+            OpenError::Envelope(_) | OpenError::Incomplete { .. } | OpenError::Io { .. } => 5,
         }
     }
 }
 
-/// Opens `envelope` with `context` from the export in `dir`, reaching the tenant key's KEK
-/// through `providers`. The plaintext is zeroized when dropped; every key on the way is
-/// (`SecretKey`).
+/// Opens `envelope` (version 1, or a framed envelope held in memory) with `context` from the
+/// export in `dir`, reaching the tenant key's KEK through `providers`. The plaintext is zeroized
+/// when dropped; every key on the way is (`SecretKey`).
 pub async fn open_envelope(
+    dir: &Path,
+    envelope: &[u8],
+    context: &EncryptionContext,
+    providers: &ProviderSettings,
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    if envelope_version(envelope) == Some(FRAMED_VERSION) {
+        let mut plaintext = Zeroizing::new(Vec::new());
+        let (head, mut rest) = envelope.split_at(3);
+        open_framed(
+            dir,
+            head.to_vec(),
+            &mut rest,
+            &mut *plaintext,
+            context,
+            providers,
+        )
+        .await?;
+        return Ok(plaintext);
+    }
+    open_single(dir, envelope, context, providers).await
+}
+
+/// A version 1 envelope.
+async fn open_single(
     dir: &Path,
     envelope: &[u8],
     context: &EncryptionContext,
@@ -69,12 +120,175 @@ pub async fn open_envelope(
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let parsed = parse(envelope)
         .map_err(|e| OpenError::Envelope(format!("the input is not a Keyward envelope: {e}")))?;
-    let dek_id = *parsed.header().dek_id();
+    let dek = data_key(
+        dir,
+        parsed.header().tenant(),
+        parsed.header().dek_id(),
+        providers,
+    )
+    .await?;
+    parsed.open(&dek, context).map_err(not_opened)
+}
+
+/// Reads an envelope of either version from `input` and writes its plaintext to `output`;
+/// returns the plaintext's length. A framed envelope is read and written frame by frame,
+/// holding one frame at a time (at most 1 MiB), and each frame is written only once it has
+/// opened; a failure part-way is [`OpenError::Incomplete`]. A version 1 envelope is read whole
+/// first (it is one AES-GCM message).
+pub async fn open_stream(
+    dir: &Path,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    context: &EncryptionContext,
+    providers: &ProviderSettings,
+) -> Result<u64, OpenError> {
+    let mut head = Vec::new();
+    while head.len() < 3 {
+        let want = 3 - head.len();
+        if read_some(input, &mut head, want)? == 0 {
+            break;
+        }
+    }
+    if envelope_version(&head) != Some(FRAMED_VERSION) {
+        input
+            .read_to_end(&mut head)
+            .map_err(|source| OpenError::Io {
+                what: "read the envelope",
+                source,
+            })?;
+        let plaintext = open_single(dir, &head, context, providers).await?;
+        write(output, &plaintext)?;
+        return Ok(plaintext.len() as u64);
+    }
+    open_framed(dir, head, input, output, context, providers).await
+}
+
+/// A framed envelope whose first bytes are `head`, the rest in `input`.
+async fn open_framed(
+    dir: &Path,
+    mut head: Vec<u8>,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    context: &EncryptionContext,
+    providers: &ProviderSettings,
+) -> Result<u64, OpenError> {
+    let header = read_header(input, &mut head)?;
+    let dek = data_key(dir, header.tenant(), header.dek_id(), providers).await?;
+    let mut opener = FrameOpener::new(&header, &dek, context).map_err(not_opened)?;
+    drop(dek);
+    let mut splitter = FrameSplitter::new(&header);
+    splitter.push(&head[header.encoded_len()..]);
+    let mut buf = vec![0u8; 64 * 1024];
+    // Nothing written yet: the envelope simply does not open.
+    let incomplete = |opener: &FrameOpener, e: EnvelopeError| match opener.plaintext_len() {
+        0 => not_opened(e),
+        written => OpenError::Incomplete {
+            written,
+            error: why_not_opened(e),
+        },
+    };
+    loop {
+        while let Some(frame) = splitter.next_frame().map_err(|e| incomplete(&opener, e))? {
+            let (plaintext, _) = opener
+                .open_frame(frame)
+                .map_err(|e| incomplete(&opener, e))?;
+            write(output, &plaintext)?;
+        }
+        let n = read_some(input, &mut buf, 0)?;
+        if n == 0 {
+            break;
+        }
+        splitter.push(&buf[..n]);
+    }
+    framed::finish(&opener, &splitter).map_err(|e| incomplete(&opener, e))?;
+    output.flush().map_err(|source| OpenError::Io {
+        what: "write the plaintext",
+        source,
+    })?;
+    Ok(opener.plaintext_len())
+}
+
+/// Reads the rest of a framed header into `head` (which holds its first bytes).
+fn read_header(input: &mut dyn Read, head: &mut Vec<u8>) -> Result<FramedHeader, OpenError> {
+    loop {
+        match parse_framed_header(head) {
+            Ok(Some(header)) => return Ok(header),
+            // A header is at most 154 bytes: read a little at a time.
+            Ok(None) => {
+                if read_some(input, head, 64)? == 0 {
+                    return Err(OpenError::Envelope(
+                        "the input is not a Keyward envelope: it ends inside the header".to_owned(),
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(OpenError::Envelope(format!(
+                    "the input is not a Keyward envelope: {e}"
+                )));
+            }
+        }
+    }
+}
+
+/// One read into `buf`: appended after its content when `extend` > 0 (up to `extend` bytes),
+/// else over it. Retries on `Interrupted`; 0 at the end of the input.
+fn read_some(input: &mut dyn Read, buf: &mut Vec<u8>, extend: usize) -> Result<usize, OpenError> {
+    loop {
+        let result = if extend > 0 {
+            let start = buf.len();
+            buf.resize(start + extend, 0);
+            let r = input.read(&mut buf[start..]);
+            buf.truncate(start + *r.as_ref().unwrap_or(&0));
+            r
+        } else {
+            input.read(buf)
+        };
+        match result {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == IoErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(OpenError::Io {
+                    what: "read the envelope",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn write(output: &mut dyn Write, bytes: &[u8]) -> Result<(), OpenError> {
+    output.write_all(bytes).map_err(|source| OpenError::Io {
+        what: "write the plaintext",
+        source,
+    })
+}
+
+fn not_opened(e: EnvelopeError) -> OpenError {
+    OpenError::Envelope(why_not_opened(e))
+}
+
+fn why_not_opened(e: EnvelopeError) -> String {
+    match e {
+        EnvelopeError::DecryptFailed => "the envelope does not open: the encryption context \
+             differs from the one it was sealed with, or the envelope was altered"
+            .to_owned(),
+        other => format!("the envelope does not open: {other}"),
+    }
+}
+
+/// Steps 1 and 3 to 5 of docs/exit.md section 6: the data key `dek_id` of an envelope of
+/// `tenant`, from the export in `dir`.
+async fn data_key(
+    dir: &Path,
+    tenant: &TenantId,
+    dek_id: &KeyId,
+    providers: &ProviderSettings,
+) -> Result<SecretKey, OpenError> {
+    let dek_id = *dek_id;
     let export = verify(dir, Some(&dek_id))?;
-    if parsed.header().tenant() != &export.tenant {
+    if tenant != &export.tenant {
         return Err(OpenError::Envelope(format!(
-            "the envelope is tenant {}'s; this export is tenant {}'s",
-            parsed.header().tenant(),
+            "the envelope is tenant {tenant}'s; this export is tenant {}'s",
             export.tenant
         )));
     }
@@ -83,7 +297,7 @@ pub async fn open_envelope(
         Some(Lookup::Shredded(tombstone)) => {
             return Err(OpenError::Shredded {
                 id: dek_id,
-                tombstone,
+                tombstone: Box::new(tombstone),
             });
         }
         Some(Lookup::Absent) | None => {
@@ -148,12 +362,5 @@ pub async fn open_envelope(
         ),
     })?;
     drop(unwrapped_tenant_key);
-    parsed.open(&dek, context).map_err(|e| match e {
-        EnvelopeError::DecryptFailed => OpenError::Envelope(
-            "the envelope does not open: the encryption context differs from the one it was \
-             sealed with, or the envelope was altered"
-                .to_owned(),
-        ),
-        other => OpenError::Envelope(format!("the envelope does not open: {other}")),
-    })
+    Ok(dek)
 }

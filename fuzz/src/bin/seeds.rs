@@ -53,7 +53,8 @@ fn main() {
         .filter(|t| cfg!(feature = "server") || !matches!(*t, "server_config" | "proto_requests"))
         .filter(|t| {
             cfg!(feature = "providers") || !matches!(*t, "kms_aws" | "kms_gcp" | "kms_azure")
-        });
+        })
+        .filter(|t| cfg!(feature = "authz") || *t != "identity_mapping");
     for target in targets {
         let dir = corpus.dir.join(target);
         if dir.exists() {
@@ -61,6 +62,7 @@ fn main() {
         }
     }
     envelope_and_local(&root, &corpus);
+    framed(&root, &corpus);
     key_references(&corpus);
     wrapped_key_layouts(&corpus);
     audit(&corpus);
@@ -107,6 +109,42 @@ fn envelope_and_local(root: &Path, corpus: &Corpus) {
     .enumerate()
     {
         corpus.add_selected("kms_local", &format!("key-ref-{i}"), 1, r.as_bytes());
+    }
+}
+
+/// The framed vectors of at most 4 KiB (AFL++ works best from small seeds): the valid ones
+/// behind three chunking selectors (whole, one byte at a time, generated sizes), the invalid
+/// ones behind one (generated sizes).
+fn framed(root: &Path, corpus: &Corpus) {
+    let text = fs::read_to_string(root.join("docs/envelope/vectors-v2-framed.json")).unwrap();
+    let vectors: Value = serde_json::from_str(&text).unwrap();
+    // The harness's fixed DEK and context are those of the base message.
+    let base = vectors["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["case"] == "several frames with a context")
+        .unwrap();
+    assert_eq!(hex(&base["dek"]), keyward_fuzz::framed::DEK);
+    for (k, v) in keyward_fuzz::framed::CONTEXT {
+        assert_eq!(base["context"][k], v);
+    }
+    for kind in ["valid", "invalid"] {
+        for (i, v) in vectors[kind].as_array().unwrap().iter().enumerate() {
+            let envelope = hex(&v["envelope"]);
+            if envelope.len() > 4096 {
+                continue;
+            }
+            let selectors: &[u8] = if kind == "valid" { &[0, 1, 7] } else { &[7] };
+            for &selector in selectors {
+                corpus.add_selected(
+                    "framed",
+                    &format!("{kind}-{i:02}-chunks-{selector}"),
+                    selector,
+                    &envelope,
+                );
+            }
+        }
     }
 }
 
