@@ -294,7 +294,6 @@ pub struct FrameSealer {
     state: FrameState,
 }
 
-
 impl FrameSealer {
     /// Starts a message under `dek` (named `dek_id`, of `tenant`), bound to `ctx`, with
     /// `frame_size` plaintext bytes per frame (1 ..= [`MAX_FRAME_SIZE`]) and a fresh random
@@ -403,7 +402,6 @@ impl FrameSealer {
 pub struct FrameOpener {
     state: FrameState,
 }
-
 
 impl FrameOpener {
     /// Derives the message key of `header` from `dek` and checks the key commitment (in
