@@ -25,7 +25,9 @@ pub enum ServiceError {
         field: &'static str,
         description: String,
     },
-    #[error("plaintext is {size} bytes; the limit is {limit} bytes")]
+    #[error(
+        "plaintext is {size} bytes; the limit of one call is {limit} bytes: use EncryptStream for larger data (docs/streaming.md)"
+    )]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("{0}")]
     MalformedEnvelope(#[source] EnvelopeError),
@@ -214,6 +216,16 @@ impl ServiceError {
                 details.add_bad_request_violation(*field, description.clone());
                 self.to_string()
             }
+            Self::UnsupportedEnvelope(EnvelopeError::UnsupportedVersion(
+                keyward_envelope::framed::FRAMED_VERSION,
+            )) => format!(
+                "{self}: a framed envelope (from EncryptStream); decrypt it with DecryptStream (docs/streaming.md)"
+            ),
+            Self::UnsupportedEnvelope(EnvelopeError::UnsupportedVersion(
+                keyward_envelope::FORMAT_VERSION,
+            )) => format!(
+                "{self}: an envelope of one Encrypt call; decrypt it with Decrypt, not DecryptStream"
+            ),
             Self::KeyRevoked {
                 state,
                 since_ms,

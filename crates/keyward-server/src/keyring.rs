@@ -55,7 +55,9 @@ mod tenant_key_auth;
 mod usage;
 
 pub use cache::{CachePolicy, KeyringStats};
-pub use data_path::{RetentionOutcome, RotationPolicy};
+pub use data_path::{
+    PlainFrame, RetentionOutcome, RotationPolicy, StreamDecryption, StreamEncryption, StreamKey,
+};
 pub use export::{EXPORT_PAGE, ExportCounts, ExportEnd, ExportItem};
 pub use kek::Providers;
 pub use ledger::MAX_PENDING as MAX_PENDING_AUDIT_RECORDS;
@@ -417,6 +419,78 @@ impl Keyring {
     /// now as this replica's last plaintext time for the tenant (`keys_purged` reports it).
     pub fn release(&self, tenant: &TenantId, generation: u64) -> Result<(), ServiceError> {
         self.data.release(tenant, generation)
+    }
+
+    // ----- streams (`data_path::stream`) ----------------------------------------------------
+
+    /// Starts an EncryptStream under the active DEK of (tenant, scope) with `frame_size`
+    /// plaintext bytes per frame; returns the stream and the framed envelope's header.
+    pub async fn begin_stream_encryption(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        ctx: &EncryptionContext,
+        frame_size: u32,
+    ) -> Result<(StreamEncryption, Vec<u8>), ServiceError> {
+        self.data
+            .begin_stream_encryption(tenant, scope, ctx, frame_size)
+            .await
+    }
+
+    /// More plaintext for an EncryptStream; the frames it completed, sealed (each one checked
+    /// against the tenant's gate and its DEK's deadline first).
+    pub async fn stream_encrypt_push(
+        &self,
+        stream: &mut StreamEncryption,
+        plaintext: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ServiceError> {
+        self.data.stream_encrypt_push(stream, plaintext).await
+    }
+
+    /// The end of an EncryptStream's plaintext: the final frame.
+    pub async fn stream_encrypt_finish(
+        &self,
+        stream: &mut StreamEncryption,
+    ) -> Result<Vec<u8>, ServiceError> {
+        self.data.stream_encrypt_finish(stream).await
+    }
+
+    /// Starts a DecryptStream of `tenant`'s data bound to `ctx`.
+    pub fn begin_stream_decryption(
+        &self,
+        tenant: &TenantId,
+        ctx: EncryptionContext,
+    ) -> StreamDecryption {
+        self.data.begin_stream_decryption(tenant, ctx)
+    }
+
+    /// More envelope bytes for a DecryptStream; the plaintext frames they completed,
+    /// authenticated (release each with [`Keyring::release`] right before it leaves), and the
+    /// error that ends the stream, if one came after them.
+    pub async fn stream_decrypt_push(
+        &self,
+        stream: &mut StreamDecryption,
+        envelope: &[u8],
+    ) -> (Vec<PlainFrame>, Option<ServiceError>) {
+        self.data.stream_decrypt_push(stream, envelope).await
+    }
+
+    /// The end of a DecryptStream's input: the final frame, if the message is complete.
+    pub fn stream_decrypt_finish(
+        &self,
+        stream: &mut StreamDecryption,
+    ) -> Result<PlainFrame, ServiceError> {
+        self.data.stream_decrypt_finish(stream)
+    }
+
+    /// Counts a finished stream (its plaintext bytes, or its error) in the tenant's usage.
+    pub fn stream_finished(
+        &self,
+        tenant: &TenantId,
+        encrypt: bool,
+        result: &Result<u64, ServiceError>,
+    ) {
+        self.data.stream_finished(tenant, encrypt, result);
     }
 
     // ----- key cache (`cache`) ------------------------------------------------------------

@@ -222,6 +222,7 @@ pub struct Metrics {
     bindings_retired: Counter,
     tenant_labels: Gauge,
     in_flight: Gauge,
+    streams_active: Family<MethodLabels, Gauge>,
     /// `keyward_key_event_*`: the key-event sources' messages (`metrics/key_events.rs`).
     key_events: key_events::KeyEventMetrics,
 }
@@ -261,6 +262,7 @@ impl Metrics {
             bindings_retired: Counter::default(),
             tenant_labels: Gauge::default(),
             in_flight: Gauge::default(),
+            streams_active: Family::default(),
             key_events,
         };
         let r = &mut metrics.registry;
@@ -278,6 +280,11 @@ impl Metrics {
             "rpc_in_flight",
             "gRPC calls being served now",
             metrics.in_flight.clone(),
+        );
+        r.register(
+            "streams_active",
+            "EncryptStream and DecryptStream calls whose task is running now, by method",
+            metrics.streams_active.clone(),
         );
         r.register(
             "payload_bytes",
@@ -436,6 +443,20 @@ impl Metrics {
     /// This replica shredded `deks` data keys.
     pub(crate) fn deks_shredded(&self, deks: usize) {
         self.deks_shredded.inc_by(deks as u64);
+    }
+
+    /// A stream's task started (`keyward_streams_active`).
+    pub(crate) fn stream_started(&self, method: &'static str) {
+        self.streams_active
+            .get_or_create(&MethodLabels { method })
+            .inc();
+    }
+
+    /// A stream's task ended, however it ended.
+    pub(crate) fn stream_finished(&self, method: &'static str) {
+        self.streams_active
+            .get_or_create(&MethodLabels { method })
+            .dec();
     }
 
     /// This replica moved one tenant key under a newer KEK (a re-key).

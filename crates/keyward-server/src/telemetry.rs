@@ -234,6 +234,9 @@ where
                     if let Some(value) = header {
                         response.headers_mut().insert(REQUEST_ID_HEADER, value);
                     }
+                    if matches!(method, "Encrypt" | "EncryptBatch") {
+                        point_to_streams(response.headers_mut());
+                    }
                     // An error is a trailers-only response (grpc-status in the headers); a
                     // success sends its grpc-status 0 in the trailers.
                     response
@@ -262,6 +265,26 @@ where
         };
         Box::pin(REQUEST_ID.scope(request_id, fut.instrument(span)))
     }
+}
+
+/// An Encrypt (or EncryptBatch) refused by tonic before it reached the service because the
+/// request is over the message limit (`OUT_OF_RANGE`, a trailers-only response): the message
+/// also says where larger data goes, as the service's own `PAYLOAD_TOO_LARGE` does.
+fn point_to_streams(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return;
+    }
+    let hinted = tonic::Status::new(
+        tonic::Code::OutOfRange,
+        format!(
+            "{}: the request is over this server's message limit (max_plaintext_bytes + 64 KiB); encrypt larger data with EncryptStream (docs/streaming.md)",
+            status.message()
+        ),
+    );
+    let _ = hinted.add_header(headers);
 }
 
 /// The `method` label: one of the served methods, or `other` (bounded: never the raw path).
@@ -316,6 +339,35 @@ fn method_name(path: &str) -> &'static str {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encrypt_over_the_message_limit_is_told_about_encrypt_stream() {
+        let mut headers = http::HeaderMap::new();
+        tonic::Status::out_of_range("Error, decoded message length too large: found 2000000 bytes, the limit is: 1114112 bytes")
+            .add_header(&mut headers)
+            .unwrap();
+        point_to_streams(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(
+            status.message().contains("found 2000000 bytes"),
+            "{status:?}"
+        );
+        assert!(status.message().contains("EncryptStream"), "{status:?}");
+        // Other refusals are left as they are.
+        let mut headers = http::HeaderMap::new();
+        tonic::Status::permission_denied("no")
+            .add_header(&mut headers)
+            .unwrap();
+        point_to_streams(&mut headers);
+        assert_eq!(
+            tonic::Status::from_header_map(&headers).unwrap().message(),
+            "no"
+        );
+        let mut headers = http::HeaderMap::new();
+        point_to_streams(&mut headers);
+        assert!(headers.is_empty());
+    }
 
     #[test]
     fn request_ids_are_short_and_plain() {

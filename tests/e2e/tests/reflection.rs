@@ -144,12 +144,12 @@ async fn assert_discovered_and_used(server: &Server, report: &Value, version: &s
     ] {
         assert!(methods.contains(&method), "{method} missing: {methods:#?}");
     }
-    // 23 keyward.v1 methods, the health service's and one per reflection service.
+    // 25 keyward.v1 methods, the health service's and one per reflection service.
     let keyward = methods
         .iter()
         .filter(|m| m.starts_with("/keyward.v1."))
         .count();
-    assert_eq!(keyward, 23, "{methods:#?}");
+    assert_eq!(keyward, 25, "{methods:#?}");
 
     let trip = &report["round_trip"];
     let hex = |key: &str| -> Vec<u8> {

@@ -37,6 +37,10 @@ impl CryptoApi {
     pub(super) fn keyring(&self) -> &Keyring {
         &self.keyring
     }
+
+    pub(super) fn keyring_arc(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
 }
 
 /// The encryption-context key whose value policies see as the data purpose.

@@ -35,8 +35,10 @@ use crate::{error::ServiceError, keyring::usage::Usage, metrics::Metrics, now_ms
 mod loaders;
 mod rewrap;
 mod shred;
+mod stream;
 
 pub use shred::RetentionOutcome;
+pub use stream::{PlainFrame, StreamDecryption, StreamEncryption, StreamKey};
 
 /// How often one Encrypt may find its scope's DEK exhausted and rotate it.
 const MAX_ENCRYPT_ATTEMPTS: usize = 32;
@@ -137,13 +139,33 @@ impl DataPath {
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
         let len = u64::try_from(plaintext.len()).map_err(internal)?;
+        let (active, generation) = self.reserve_active(tenant, scope, len).await?;
+        // No await from the checks in `reserve_active` until the envelope is sealed.
+        let envelope = Sealer::new(&active.key.key, tenant, &active.id)
+            .suite(self.write_suite)
+            .seal(ctx, plaintext)
+            .map_err(internal)?;
+        self.still_open(tenant, generation)?;
+        Ok((envelope, active.id))
+    }
+
+    /// The active DEK of (tenant, scope) with one message of `len` bytes counted against its
+    /// rotation limits (rotating it first if it reached one), and the gate generation it was
+    /// checked at. Returns with no await after its last check, so a caller that seals at once
+    /// (no await) seals under a key that was fresh, unshredded and admitted.
+    pub(super) async fn reserve_active(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        len: u64,
+    ) -> Result<(Arc<ActiveDek>, u64), ServiceError> {
         let generation = self.admit(tenant)?;
         // A fresh DEK accepts any message within the limits (config validation
         // guarantees max_bytes >= max plaintext), but under heavy concurrency
         // with tiny limits other requests may fill it first: retry, bounded.
         for _ in 0..MAX_ENCRYPT_ATTEMPTS {
             let active = self.active_dek(tenant, scope).await?;
-            // Read after the lookup, with no await until the envelope is sealed: a shred this
+            // Read after the lookup, with no await until the caller seals: a shred this
             // replica applied while the DEK was being loaded is seen.
             if active.key.generation != generation
                 || active.key.shreds != self.revocation.gates().shreds(tenant)
@@ -152,7 +174,7 @@ impl DataPath {
                 // Loaded before a revocation or restoration of this tenant, or read from the
                 // store before a shred of the tenant (it may be gone), or vouched for by the
                 // KMS a TTL ago or more (this request stalled after the unwrap answered):
-                // never used past the TTL. No await from here until the envelope is sealed.
+                // never used past the TTL.
                 self.cache
                     .active
                     .invalidate(&(tenant.clone(), scope.clone()))
@@ -161,14 +183,7 @@ impl DataPath {
                 continue;
             }
             match active.try_reserve(len, &self.rotation) {
-                Ok(()) => {
-                    let envelope = Sealer::new(&active.key.key, tenant, &active.id)
-                        .suite(self.write_suite)
-                        .seal(ctx, plaintext)
-                        .map_err(internal)?;
-                    self.still_open(tenant, generation)?;
-                    return Ok((envelope, active.id));
-                }
+                Ok(()) => return Ok((active, generation)),
                 Err(reason) => self.rotate(tenant, scope, &active, reason).await?,
             }
         }
