@@ -16,6 +16,7 @@ mod replicas;
 mod revocation;
 mod scale;
 mod soak;
+mod stream;
 mod suite;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,13 @@ enum Command {
     },
     /// The revocation window: time to first denial, plaintexts served after the KMS refuses.
     Revocation(revocation::Args),
+    /// Streaming: EncryptStream / DecryptStream against `keyward serve` (throughput, server
+    /// memory, time to first byte) with AES-GCM in process and a null streaming service.
+    Stream(stream::Args),
+    /// The null streaming service alone, for `stream` (prints its address; exits when its
+    /// stdin closes).
+    #[command(hide = true)]
+    ServeNull,
 }
 
 #[tokio::main]
@@ -77,6 +85,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args).await,
         Command::Soak(args) => soak::run(args).await,
         Command::Revocation(args) => revocation::run(args).await,
+        Command::Stream(args) => stream::run(args).await,
+        Command::ServeNull => {
+            let addr = suite::NullCrypto::serve().await?;
+            println!("{}{addr}", stream::NULL_LISTENING);
+            // Until the bench closes our stdin (or ends, however it does).
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await?;
+            Ok(())
+        }
         Command::Suite { json, quick } => {
             let report = suite::run(quick).await?;
             println!("{}", report.text);

@@ -139,3 +139,68 @@ fn keyward_bench_revocation_events_quick_meets_its_targets() {
         assert_eq!(target["met"], true, "{target}\n{stdout}");
     }
 }
+
+/// `stream --sizes 1MiB --quick`: one call per cell against the real `keyward serve` and the
+/// null streaming service (a `keyward-bench serve-null` process). The figures of a 1 MiB debug
+/// run mean nothing; what is checked is that every cell ran, moved the right number of bytes and
+/// was reported, with its targets.
+#[test]
+fn keyward_bench_stream_quick_runs_every_cell() {
+    let keyward = support::keyward_bin();
+    let (stdout, report) = quick_run_with(&[
+        "stream",
+        "--sizes",
+        "1MiB",
+        "--keyward-bin",
+        keyward.to_str().unwrap(),
+    ]);
+    for section in [
+        "| op | size | AES-256-GCM seal in process MB/s | null MB/s | Keyward MB/s | Keyward / null |",
+        "| EncryptStream | 1 MiB |",
+        "| DecryptStream | 1 MiB |",
+        "Server memory",
+        "Time to first byte",
+    ] {
+        assert!(stdout.contains(section), "missing {section}:\n{stdout}");
+    }
+    let sizes = report["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 1, "{stdout}");
+    let run = &sizes[0];
+    assert_eq!(run["size"], 1 << 20);
+    assert!(run["aes_gcm_mb_per_s"].as_f64().unwrap() > 0.0, "{run}");
+    // Header and 16 frames of 64 KiB (+ 20 bytes each), maybe an empty final frame.
+    let envelope = run["envelope_bytes"].as_u64().unwrap();
+    assert!(
+        ((1 << 20) + 16 * 20..(1 << 20) + 17 * 20 + 200).contains(&envelope),
+        "{envelope}"
+    );
+    let cells = run["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4, "{run}");
+    for cell in cells {
+        let calls = cell["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1, "{cell}");
+        let call = &calls[0];
+        let received = call["received_bytes"].as_u64().unwrap();
+        match (cell["op"].as_str().unwrap(), cell["side"].as_str().unwrap()) {
+            ("EncryptStream", "keyward") => assert_eq!(received, envelope, "{cell}"),
+            ("EncryptStream", "null") | ("DecryptStream", "keyward") => {
+                assert_eq!(received, 1 << 20, "{cell}")
+            }
+            ("DecryptStream", "null") => assert_eq!(received, envelope, "{cell}"),
+            other => panic!("unexpected cell {other:?}"),
+        }
+        assert!(cell["median_mb_per_s"].as_f64().unwrap() > 0.0, "{cell}");
+        assert!(call["first_response_ms"].as_f64().unwrap() > 0.0, "{cell}");
+        // The server's resident size was read (a live process has a few MiB at least).
+        assert!(call["peak_rss_kib"].as_u64().unwrap() > 1024, "{cell}");
+    }
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 3, "{stdout}");
+    assert!(
+        targets[2]["target"]
+            .as_str()
+            .unwrap()
+            .contains("peak RSS growth at 1 MiB (4 GiB not run) < 64 MiB"),
+        "{stdout}"
+    );
+}
