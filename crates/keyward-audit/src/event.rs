@@ -139,6 +139,37 @@ pub enum AuditEvent {
         cache_hits: u64,
         errors: u64,
     },
+    /// Accesses to one tenant's data in one minute by one caller, for one action and declared
+    /// purpose (docs/justifications.md): what the tenant's customer sees of who read their data
+    /// and why. Counted in memory and written once the minute is over, like `usage_summary`.
+    AccessSummary {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// Unix time in seconds of the minute's start (a multiple of 60).
+        minute: i64,
+        /// The Cedar principal (`Service::"chat-api"`), or `unidentified` when the server does
+        /// not authenticate callers.
+        principal: String,
+        /// The Cedar action: `Encrypt`, `Decrypt` or `Rewrap`.
+        action: String,
+        /// The declared purpose (`model_inference`, …), or null when none was given.
+        purpose: Option<String>,
+        /// Calls (a batch or a stream is one call).
+        requests: u64,
+        /// Messages sealed or opened: 1 per unary call or stream, one per successful batch item.
+        items: u64,
+        /// Items refused or failed after the call was authorized (revoked key, wrong context, …).
+        errors: u64,
+        /// Plaintext bytes sealed or returned.
+        bytes: u64,
+        /// Unix milliseconds of the first and the last of these calls.
+        first_ms: i64,
+        last_ms: i64,
+        /// The distinct justification references given, sorted; at most
+        /// [`AuditEvent::MAX_ACCESS_REFERENCES`], `references_truncated` when there were more.
+        references: Vec<String>,
+        references_truncated: bool,
+    },
     /// A scope of a tenant was crypto-shredded (`ShredScope`, or one scope of a retention run,
     /// `ShredScopes`): its DEKs were deleted, each recorded as `dek_retired` with reason
     /// `shredded` in the same transaction, before this record.
@@ -215,7 +246,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 17] = [
+    pub const TYPES: [&'static str; 18] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -233,7 +264,11 @@ impl AuditEvent {
         "tenant_key_rewrapped",
         "kek_binding_retired",
         "key_hierarchy_exported",
+        "access_summary",
     ];
+
+    /// Most distinct references one `access_summary` record lists.
+    pub const MAX_ACCESS_REFERENCES: usize = 16;
 
     /// The stable type name (the `"type"` field), for example `"dek_created"`; suitable for an
     /// indexed column.
@@ -251,6 +286,7 @@ impl AuditEvent {
             AuditEvent::RevocationDenials { .. } => "revocation_denials",
             AuditEvent::AdminAction { .. } => "admin_action",
             AuditEvent::UsageSummary { .. } => "usage_summary",
+            AuditEvent::AccessSummary { .. } => "access_summary",
             AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
             AuditEvent::ScopeShredded { .. } => "scope_shredded",
             AuditEvent::TenantKeyRewrapped { .. } => "tenant_key_rewrapped",
@@ -270,6 +306,7 @@ impl AuditEvent {
             | AuditEvent::KeysPurged { tenant, .. }
             | AuditEvent::RevocationDenials { tenant, .. }
             | AuditEvent::UsageSummary { tenant, .. }
+            | AuditEvent::AccessSummary { tenant, .. }
             | AuditEvent::ScopeShredded { tenant, .. }
             | AuditEvent::TenantKeyRewrapped { tenant, .. }
             | AuditEvent::KekBindingRetired { tenant, .. } => Some(tenant),
