@@ -8,6 +8,8 @@
 //! tenant = "globex"           # absent: the resource is the system
 //! purpose = "chat-history"    # Encrypt/Decrypt only; default ""
 //! scope = "default"           # Encrypt/Decrypt only; default "default"
+//! justification = "legal_hold" # the declared purpose (docs/justifications.md); default ""
+//! reference = "SUP-1"         # the justification's reference; default ""
 //! expect = "deny"             # "allow" | "deny"
 //! ```
 //!
@@ -45,6 +47,8 @@ struct RawCase {
     tenant: Option<Spanned<String>>,
     purpose: Option<Spanned<String>>,
     scope: Option<Spanned<String>>,
+    justification: Option<Spanned<String>>,
+    reference: Option<Spanned<String>>,
     expect: Expect,
 }
 
@@ -71,6 +75,8 @@ struct Case {
     tenant: Option<TenantId>,
     purpose: Option<String>,
     scope: Option<String>,
+    justification: Option<String>,
+    reference: Option<String>,
     expect: bool,
 }
 
@@ -176,6 +182,8 @@ pub fn run(policies: &Policies, dir: &Path) -> Result<Report, LoadError> {
             let ctx = RequestContext {
                 purpose: case.purpose.as_deref(),
                 scope: case.scope.as_deref(),
+                justification: case.justification.as_deref(),
+                reference: case.reference.as_deref(),
             };
             let got =
                 principal.is_some_and(|p| policies.is_authorized(&p, case.action, resource, &ctx));
@@ -277,7 +285,12 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Case>, Vec<Problem>> {
             },
         };
         if let Some(action) = action.filter(|a| !a.is_crypto()) {
-            for (key, value) in [("purpose", &raw.purpose), ("scope", &raw.scope)] {
+            for (key, value) in [
+                ("purpose", &raw.purpose),
+                ("scope", &raw.scope),
+                ("justification", &raw.justification),
+                ("reference", &raw.reference),
+            ] {
                 if let Some(v) = value {
                     problem(
                         v.span().start,
@@ -296,6 +309,8 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Case>, Vec<Problem>> {
                 tenant,
                 purpose: raw.purpose.map(Spanned::into_inner),
                 scope: raw.scope.map(Spanned::into_inner),
+                justification: raw.justification.map(Spanned::into_inner),
+                reference: raw.reference.map(Spanned::into_inner),
                 expect: raw.expect == Expect::Allow,
             });
         }

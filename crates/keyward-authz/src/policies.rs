@@ -43,6 +43,11 @@ pub struct RequestContext<'a> {
     pub purpose: Option<&'a str>,
     /// The DEK scope label; `None` becomes `"default"`.
     pub scope: Option<&'a str>,
+    /// The purpose of the call's justification (`legal_hold`, docs/justifications.md); `None`
+    /// (no justification) becomes `""`.
+    pub justification: Option<&'a str>,
+    /// The justification's reference (a ticket id); `None` becomes `""`.
+    pub reference: Option<&'a str>,
 }
 
 /// The authorization state of a deployment: the policies (validated against the Cedar schema)
@@ -280,6 +285,14 @@ impl Policies {
                 (
                     "scope".to_owned(),
                     RestrictedExpression::new_string(ctx.scope.unwrap_or("default").to_owned()),
+                ),
+                (
+                    "justification".to_owned(),
+                    RestrictedExpression::new_string(ctx.justification.unwrap_or("").to_owned()),
+                ),
+                (
+                    "reference".to_owned(),
+                    RestrictedExpression::new_string(ctx.reference.unwrap_or("").to_owned()),
                 ),
             ])
             .map_err(|e| e.to_string())?

@@ -73,6 +73,7 @@ fn crypto<'a>(purpose: &'a str) -> RequestContext<'a> {
     RequestContext {
         purpose: Some(purpose),
         scope: None,
+        ..Default::default()
     }
 }
 
@@ -154,6 +155,7 @@ fn every_request_we_build_matches_the_schema() {
     let ctx = RequestContext {
         purpose: Some("chat-history"),
         scope: Some("s"),
+        ..Default::default()
     };
     for action in Action::ALL {
         let resources: &[Resource<'_>] = match action {

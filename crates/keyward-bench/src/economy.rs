@@ -173,6 +173,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
                 plaintext: payload.to_vec(),
                 encryption_context: Default::default(),
                 scope: String::new(),
+                justification: None,
             })
             .await?
             .into_inner()
@@ -212,6 +213,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
                     tenant_id: tenant.clone(),
                     envelope: envelope.clone(),
                     encryption_context: Default::default(),
+                    justification: None,
                 })
                 .await?;
             out.push(t.elapsed().as_micros() as u64);
@@ -233,6 +235,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Report> {
                     tenant_id: "cold".into(),
                     envelope,
                     encryption_context: Default::default(),
+                    justification: None,
                 })
                 .await
                 .map(drop)

@@ -241,6 +241,7 @@ pub(crate) async fn round_trips(
                         plaintext: payload.to_vec(),
                         encryption_context: Default::default(),
                         scope,
+                        justification: None,
                     })
                     .await?
                     .into_inner()
@@ -250,6 +251,7 @@ pub(crate) async fn round_trips(
                         tenant_id,
                         envelope,
                         encryption_context: Default::default(),
+                        justification: None,
                     })
                     .await?
                     .into_inner()

@@ -69,6 +69,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             plaintext: plaintext.clone(),
             encryption_context: Default::default(),
             scope: String::new(),
+            justification: None,
         })
         .await?
         .into_inner()
@@ -82,6 +83,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         plaintext: plaintext.clone(),
                         encryption_context: Default::default(),
                         scope: String::new(),
+                        justification: None,
                     })
                     .await?;
             }
@@ -91,6 +93,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         tenant_id: "bench".into(),
                         envelope: envelope.clone(),
                         encryption_context: Default::default(),
+                        justification: None,
                     })
                     .await?;
             }

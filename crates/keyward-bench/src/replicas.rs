@@ -176,6 +176,7 @@ async fn rounds(
             plaintext: vec![7; 1024],
             encryption_context: Default::default(),
             scope: String::new(),
+            justification: None,
         })
         .await?
         .into_inner()
@@ -230,6 +231,7 @@ async fn wait_until(
                 tenant_id: "bench".into(),
                 envelope: envelope.to_vec(),
                 encryption_context: Default::default(),
+                justification: None,
             })
             .await;
         match result {

@@ -207,6 +207,7 @@ async fn run_scenario(
             plaintext: vec![7; 1024],
             encryption_context: Default::default(),
             scope: String::new(),
+            justification: None,
         })
         .await?
         .into_inner()
@@ -226,6 +227,7 @@ async fn run_scenario(
                         tenant_id: "bench".into(),
                         envelope: envelope.clone(),
                         encryption_context: Default::default(),
+                        justification: None,
                     })
                     .await
                     .is_ok();

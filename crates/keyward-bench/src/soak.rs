@@ -446,6 +446,7 @@ async fn round_trip(
             plaintext: plaintext.clone(),
             encryption_context: Default::default(),
             scope: String::new(),
+            justification: None,
         })
         .await?
         .into_inner()
@@ -455,6 +456,7 @@ async fn round_trip(
             tenant_id: tenant.to_owned(),
             envelope,
             encryption_context: Default::default(),
+            justification: None,
         })
         .await?
         .into_inner()

@@ -283,6 +283,11 @@ pub(crate) enum TenantCommand {
         /// other settings, omitting it turns it off.
         #[arg(long)]
         auto_rekey: bool,
+        /// The purposes allowed to decrypt the tenant's data, comma-separated
+        /// (docs/justifications.md); every decrypt must then declare one of them. Like the
+        /// other settings, omitting it removes the rule.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "PURPOSES")]
+        decrypt_purposes: Vec<PurposeArg>,
         #[arg(long, env = "USER", default_value = "")]
         requested_by: String,
     },
@@ -408,6 +413,8 @@ pub(crate) struct EncryptArgs {
     /// Encryption context entry KEY=VALUE; repeat for more. Needed again to decrypt.
     #[arg(long = "context", value_parser = parse_pair)]
     pub(crate) context: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) justification: JustificationArgs,
     /// Encoding of the envelope written to stdout (or --out).
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) output: Encoding,
@@ -446,6 +453,8 @@ pub(crate) struct DecryptArgs {
     /// Encryption context entry KEY=VALUE, as given to encrypt.
     #[arg(long = "context", value_parser = parse_pair)]
     pub(crate) context: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) justification: JustificationArgs,
     /// Encoding of the envelope read from stdin (or FILE).
     #[arg(long, value_enum, default_value = "raw")]
     pub(crate) input: Encoding,
@@ -545,6 +554,54 @@ fn parse_max_unary(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Why the caller touches the data (docs/justifications.md): checked against the tenant's
+/// rule on decrypts, seen by the policies, counted in the tenant's access records.
+#[derive(Debug, Args)]
+pub(crate) struct JustificationArgs {
+    /// The declared purpose (required to decrypt data of a tenant that lists decrypt purposes).
+    #[arg(long, value_enum)]
+    pub(crate) purpose: Option<PurposeArg>,
+    /// A reference the caller's organisation can trace (a ticket id), at most 128 bytes;
+    /// needs --purpose.
+    #[arg(long, value_name = "TEXT", requires = "purpose")]
+    pub(crate) reference: Option<String>,
+}
+
+impl JustificationArgs {
+    pub(crate) fn to_pb(&self) -> Option<keyward_proto::v1::Justification> {
+        self.purpose.map(|p| keyward_proto::v1::Justification {
+            purpose: p.to_pb() as i32,
+            reference: self.reference.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// The purposes (`keyward.v1.Purpose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(crate) enum PurposeArg {
+    ModelInference,
+    CustomerSupport,
+    AbuseInvestigation,
+    LegalHold,
+    DataExport,
+    SystemMaintenance,
+}
+
+impl PurposeArg {
+    pub(crate) fn to_pb(self) -> keyward_proto::v1::Purpose {
+        use keyward_proto::v1::Purpose as P;
+        match self {
+            PurposeArg::ModelInference => P::ModelInference,
+            PurposeArg::CustomerSupport => P::CustomerSupport,
+            PurposeArg::AbuseInvestigation => P::AbuseInvestigation,
+            PurposeArg::LegalHold => P::LegalHold,
+            PurposeArg::DataExport => P::DataExport,
+            PurposeArg::SystemMaintenance => P::SystemMaintenance,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RewrapArgs {
     #[arg(long)]
@@ -552,6 +609,8 @@ pub(crate) struct RewrapArgs {
     /// Encryption context entry KEY=VALUE, as given to encrypt; the new envelope keeps it.
     #[arg(long = "context", value_parser = parse_pair)]
     pub(crate) context: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) justification: JustificationArgs,
     /// Data-key scope of the new envelope (default: the scope of the envelope's own data key).
     #[arg(long, value_name = "SCOPE")]
     pub(crate) to_scope: Option<String>,

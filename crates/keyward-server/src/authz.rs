@@ -59,6 +59,11 @@ impl Caller {
             format!("{} requested_by={claimed:?}", self.principal)
         }
     }
+
+    /// The principal as the audit log names it (`Service::"chat-api"`).
+    pub fn principal(&self) -> String {
+        self.principal.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,6 +105,9 @@ struct Remembered {
     tenant: Option<TenantId>,
     purpose: Option<String>,
     scope: Option<String>,
+    /// The justification's purpose and reference, boxed: most calls declare none, and every
+    /// slot of the table pays for the inline size (a regression test ties the sizes together).
+    justification: Option<Box<(Option<String>, Option<String>)>>,
     allowed: bool,
 }
 
@@ -121,6 +129,11 @@ impl Remembered {
         SLOT + self.tenant.as_ref().map_or(0, |t| block(t.as_str().len()))
             + self.purpose.as_ref().map_or(0, |p| block(p.capacity()))
             + self.scope.as_ref().map_or(0, |s| block(s.capacity()))
+            + self.justification.as_ref().map_or(0, |j| {
+                block(size_of::<(Option<String>, Option<String>)>())
+                    + j.0.as_ref().map_or(0, |s| block(s.capacity()))
+                    + j.1.as_ref().map_or(0, |s| block(s.capacity()))
+            })
     }
 }
 
@@ -187,6 +200,8 @@ impl Snapshot {
             tenant.map(TenantId::as_str),
             context.purpose,
             context.scope,
+            context.justification,
+            context.reference,
         ));
         let same = |r: &Remembered| {
             (Arc::ptr_eq(&r.principal, principal) || r.principal == *principal)
@@ -194,6 +209,13 @@ impl Snapshot {
                 && r.tenant.as_ref() == tenant
                 && r.purpose.as_deref() == context.purpose
                 && r.scope.as_deref() == context.scope
+                && match &r.justification {
+                    None => context.justification.is_none() && context.reference.is_none(),
+                    Some(j) => {
+                        j.0.as_deref() == context.justification
+                            && j.1.as_deref() == context.reference
+                    }
+                }
         };
         if let Some(r) = self
             .decisions
@@ -215,6 +237,14 @@ impl Snapshot {
             tenant: tenant.cloned(),
             purpose: context.purpose.map(str::to_owned),
             scope: context.scope.map(str::to_owned),
+            justification: (context.justification.is_some() || context.reference.is_some()).then(
+                || {
+                    Box::new((
+                        context.justification.map(str::to_owned),
+                        context.reference.map(str::to_owned),
+                    ))
+                },
+            ),
             allowed,
         };
         let dropped = self
@@ -347,6 +377,20 @@ impl Authz {
             self.count_denial(principal.to_string(), action, tenant);
             Err(ServiceError::PermissionDenied)
         }
+    }
+
+    /// Counts a call the tenant's justification rule refused (docs/justifications.md) as an
+    /// authorization denial of `caller` (already authorized by the policies), like those the
+    /// policies make: the same `authorization_denied` record and denial metric.
+    pub(crate) fn count_rule_denial<T>(
+        &self,
+        request: &Request<T>,
+        caller: &str,
+        action: Action,
+        tenant: &TenantId,
+    ) {
+        crate::telemetry::note_denial(request.extensions(), action.as_str());
+        self.count_denial(caller.to_owned(), action, Some(tenant));
     }
 
     fn count_denial(&self, principal: String, action: Action, tenant: Option<&TenantId>) {
@@ -500,6 +544,7 @@ mod tests {
                 tenant: Some(tenant.clone()),
                 purpose: Some("support-transcripts".to_owned()),
                 scope: scope.map(str::to_owned),
+                justification: None,
                 allowed: true,
             }
             .bytes()
@@ -553,6 +598,7 @@ mod tests {
             let context = RequestContext {
                 purpose: Some(&purpose),
                 scope: Some(&scope),
+                ..Default::default()
             };
             assert!(!snapshot.is_authorized(&chat, Action::Encrypt, Some(&acme), &context));
             let memo = snapshot.decisions.read().unwrap();
@@ -584,6 +630,7 @@ mod tests {
             RequestContext {
                 purpose: Some(purpose),
                 scope: Some("default"),
+                ..Default::default()
             }
         }
         for _ in 0..3 {

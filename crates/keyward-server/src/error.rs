@@ -107,6 +107,26 @@ pub enum ServiceError {
     /// No policy permits the call. Says nothing about whether the tenant exists.
     #[error("the caller is not permitted to do this")]
     PermissionDenied,
+    /// The tenant allows decrypts for listed purposes only (`TenantPolicy.decrypt_purposes`)
+    /// and the call declared none (docs/justifications.md).
+    #[error(
+        "tenant {tenant} requires a justification to decrypt: set `justification` with one of the purposes it allows ({})",
+        .allowed.join(", ")
+    )]
+    JustificationRequired {
+        tenant: String,
+        allowed: Vec<&'static str>,
+    },
+    /// The call's declared purpose is not one the tenant allows to decrypt.
+    #[error(
+        "tenant {tenant} does not allow decrypts for the purpose {purpose}; it allows: {}",
+        .allowed.join(", ")
+    )]
+    PurposeNotAllowed {
+        tenant: String,
+        purpose: &'static str,
+        allowed: Vec<&'static str>,
+    },
     /// The caller's certificate carries no identity this server knows.
     #[error("the caller's certificate identity is not known to this server")]
     Unauthenticated,
@@ -168,6 +188,8 @@ impl ServiceError {
             Self::Internal(_) => "INTERNAL",
             Self::Conflict(_) => "CONFLICT",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::JustificationRequired { .. } => "JUSTIFICATION_REQUIRED",
+            Self::PurposeNotAllowed { .. } => "PURPOSE_NOT_ALLOWED",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Shared(inner) => inner.reason(),
         }
@@ -196,7 +218,9 @@ impl ServiceError {
             Self::WrappedKeyRejected(_) => Code::DataLoss,
             Self::Store(_) | Self::Internal(_) => Code::Internal,
             Self::Conflict(_) => Code::Aborted,
-            Self::PermissionDenied => Code::PermissionDenied,
+            Self::PermissionDenied
+            | Self::JustificationRequired { .. }
+            | Self::PurposeNotAllowed { .. } => Code::PermissionDenied,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Shared(inner) => inner.code(),
         }
@@ -258,6 +282,19 @@ impl ServiceError {
             Self::ProviderNotConfigured(kind) => {
                 metadata.insert("provider".to_owned(), kind.as_str().to_owned());
                 metadata.insert("remediation".to_owned(), provider_setup(*kind));
+                self.to_string()
+            }
+            Self::JustificationRequired { allowed, .. } => {
+                metadata.insert("allowed_purposes".to_owned(), allowed.join(","));
+                details.add_bad_request_violation("justification", self.to_string());
+                self.to_string()
+            }
+            Self::PurposeNotAllowed {
+                purpose, allowed, ..
+            } => {
+                metadata.insert("purpose".to_owned(), (*purpose).to_owned());
+                metadata.insert("allowed_purposes".to_owned(), allowed.join(","));
+                details.add_bad_request_violation("justification.purpose", self.to_string());
                 self.to_string()
             }
             Self::PayloadTooLarge { limit, .. } => {
@@ -492,6 +529,23 @@ mod tests {
                 ServiceError::PermissionDenied,
                 Code::PermissionDenied,
                 "PERMISSION_DENIED",
+            ),
+            (
+                ServiceError::JustificationRequired {
+                    tenant: "acme".into(),
+                    allowed: vec!["legal_hold"],
+                },
+                Code::PermissionDenied,
+                "JUSTIFICATION_REQUIRED",
+            ),
+            (
+                ServiceError::PurposeNotAllowed {
+                    tenant: "acme".into(),
+                    purpose: "customer_support",
+                    allowed: vec!["legal_hold"],
+                },
+                Code::PermissionDenied,
+                "PURPOSE_NOT_ALLOWED",
             ),
             (
                 ServiceError::Unauthenticated,

@@ -30,7 +30,9 @@ use zeroize::Zeroizing;
 
 use crate::{error::ServiceError, metrics::Metrics, now_ms};
 
+pub use self::access::AccessCall;
 use self::{
+    access::DecryptRules,
     cache::KeyCache,
     data_path::DataPath,
     gate::Closed,
@@ -41,6 +43,7 @@ use self::{
     revocation::Revocation,
 };
 
+mod access;
 mod cache;
 mod data_path;
 mod export;
@@ -104,6 +107,8 @@ pub struct Keyring {
     onboarding: Onboarding,
     /// The re-keys running on this replica and the scheduled re-key's state (`rekey`).
     rekeys: Arc<rekey::Rekeys>,
+    /// The tenants' rules on the purposes that may decrypt (`access`).
+    rules: DecryptRules,
 }
 
 impl fmt::Debug for Keyring {
@@ -182,6 +187,7 @@ impl Keyring {
             metrics: w.metrics,
             shreds_seen: std::sync::atomic::AtomicI64::new(0),
         };
+        let rules = DecryptRules::new(Arc::clone(&w.store), w.cache.ttl, w.cache.max_tenant_keys);
         let onboarding = Onboarding {
             store: w.store,
             cache: Arc::clone(&cache),
@@ -201,6 +207,7 @@ impl Keyring {
             data,
             onboarding,
             rekeys: Arc::default(),
+            rules,
         }
     }
 
@@ -352,10 +359,31 @@ impl Keyring {
             .onboarding
             .set_tenant_policy(tenant, policy, actor)
             .await?;
+        self.rules.forget(tenant).await;
         if state.tenant.policy.auto_rekey {
             self.rekeys.wake();
         }
         Ok(state)
+    }
+
+    // ----- justifications (`access`, docs/justifications.md) ------------------------------
+
+    /// Refuses a decrypt (Decrypt, DecryptBatch, DecryptStream, Rewrap) of `tenant` whose
+    /// justification the tenant's rule (`TenantPolicy::decrypt_purposes`) does not allow:
+    /// `JustificationRequired` or `PurposeNotAllowed`. The rule is cached for at most the
+    /// server's key-cache TTL, and dropped when a policy change is set here or announced.
+    pub async fn check_decrypt_justification(
+        &self,
+        tenant: &TenantId,
+        justification: Option<&crate::justification::Justification>,
+    ) -> Result<(), ServiceError> {
+        self.rules.check(tenant, justification).await
+    }
+
+    /// Counts one data-path call in its tenant's access summaries (`access_summary` records,
+    /// written once each minute is over).
+    pub fn record_access(&self, call: AccessCall) {
+        self.ledger.count_access(call);
     }
 
     /// `binding` with the tag of its wrapped tenant key set (`tenant_keys.mac`). The keyring
@@ -608,6 +636,7 @@ impl Keyring {
     /// A tenant's policy changed (on any replica): its cached keys are dropped, so that a
     /// shortened cache TTL bounds this replica's keys at once.
     pub async fn apply_recorded_policy(&self, tenant: &TenantId) -> u64 {
+        self.rules.forget(tenant).await;
         self.revocation.apply_recorded_policy(tenant).await
     }
 

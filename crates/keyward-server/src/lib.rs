@@ -11,6 +11,7 @@ pub mod authz;
 mod builtin_policies;
 pub mod config;
 pub mod error;
+pub mod justification;
 mod key_events;
 pub mod keyring;
 pub mod limits;

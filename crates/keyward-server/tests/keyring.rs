@@ -842,6 +842,7 @@ async fn a_tenant_ttl_override_bounds_that_tenants_revocation_window() {
         cache_ttl_seconds: Some(1),
         monitor_interval_seconds: None,
         auto_rekey: false,
+        decrypt_purposes: 0,
     };
     let record = keyring
         .set_tenant_policy(&strict, policy, "ops".into())
@@ -910,6 +911,7 @@ async fn the_monitor_checks_held_keys_at_each_tenants_own_interval() {
                 cache_ttl_seconds: None,
                 monitor_interval_seconds: Some(1),
                 auto_rekey: false,
+                decrypt_purposes: 0,
             },
             "ops".into(),
         )

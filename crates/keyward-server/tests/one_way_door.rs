@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -686,6 +687,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
                 cache_ttl_seconds: Some(61),
                 monitor_interval_seconds: None,
                 auto_rekey: false,
+                decrypt_purposes: 0,
             },
             "admin".to_owned(),
         )
@@ -704,6 +706,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
             cache_ttl_seconds: Some(60),
             monitor_interval_seconds: None,
             auto_rekey: false,
+            decrypt_purposes: 0,
         },
         "admin".to_owned(),
     )
@@ -719,6 +722,7 @@ async fn a_tenant_cache_ttl_above_the_servers_is_refused_and_a_stored_one_is_cla
                 cache_ttl_seconds: Some(3600),
                 monitor_interval_seconds: None,
                 auto_rekey: false,
+                decrypt_purposes: 0,
             },
             &|_| Vec::new(),
         )
@@ -770,6 +774,105 @@ async fn denial_counts_survive_a_failed_append_and_add_up_exactly() {
         })
         .sum();
     assert_eq!(counted, denied, "every denial reached the audit log once");
+    assert_eq!(a.pending_audit(), (0, 0));
+}
+
+/// Access counts (docs/justifications.md) from concurrent callers, several principals and
+/// purposes, with the store refusing appends for a while: every call is in exactly one
+/// `access_summary` record once the store is back, and the sums match what the callers did.
+#[tokio::test]
+async fn access_counts_from_concurrent_callers_survive_a_failed_append_and_add_up_exactly() {
+    use keyward_server::justification::{Justification, Purpose};
+    use keyward_server::keyring::AccessCall;
+    let fx = Fixture::new().await;
+    let a = fx.replica("a");
+    let t = tenant("access-counts");
+    onboard(&a, &t, "k1").await;
+    let principals = ["Service::\"chat-api\"", "Service::\"support-tool\""];
+    let purposes = [
+        Some(Purpose::ModelInference),
+        Some(Purpose::CustomerSupport),
+        None,
+    ];
+    let per_task = 250u64;
+    let mut tasks = Vec::new();
+    for (p, principal) in principals.iter().enumerate() {
+        for (q, purpose) in purposes.iter().enumerate() {
+            let (a, t, principal, purpose) = (Arc::clone(&a), t.clone(), *principal, *purpose);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    a.record_access(AccessCall {
+                        tenant: t.clone(),
+                        principal: principal.to_owned(),
+                        action: "Decrypt",
+                        justification: purpose.map(|purpose| Justification {
+                            purpose,
+                            reference: Some(format!("T-{p}{q}-{}", i % 3)),
+                        }),
+                        items: 1 + (i % 2),
+                        errors: i % 5 / 4,
+                        bytes: 100 + i,
+                    });
+                    if i == per_task / 2 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        // Half-way through the load the store goes down; the flush keeps what it took.
+        if p == 0 {
+            fx.store.fail_appends.store(true, Ordering::SeqCst);
+            assert!(a.flush_all_denials().await.is_err(), "the store is down");
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        a.flush_all_denials().await.is_err(),
+        "the store is still down"
+    );
+    fx.store.fail_appends.store(false, Ordering::SeqCst);
+    a.flush_all_denials().await.unwrap();
+    let mut sums: HashMap<(String, Option<String>), (u64, u64, u64, u64, usize)> = HashMap::new();
+    for e in fx.events(&t, "access_summary").await {
+        let AuditEvent::AccessSummary {
+            principal,
+            action,
+            purpose,
+            requests,
+            items,
+            errors,
+            bytes,
+            references,
+            references_truncated,
+            ..
+        } = e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(action, "Decrypt");
+        assert!(!references_truncated);
+        let s = sums.entry((principal, purpose)).or_default();
+        s.0 += requests;
+        s.1 += items;
+        s.2 += errors;
+        s.3 += bytes;
+        s.4 = s.4.max(references.len());
+    }
+    let n = per_task;
+    let expected = (
+        n,
+        (0..n).map(|i| 1 + i % 2).sum::<u64>(),
+        (0..n).map(|i| i % 5 / 4).sum::<u64>(),
+        (0..n).map(|i| 100 + i).sum::<u64>(),
+    );
+    assert_eq!(sums.len(), principals.len() * purposes.len(), "{sums:?}");
+    for ((principal, purpose), s) in &sums {
+        assert_eq!((s.0, s.1, s.2, s.3), expected, "{principal} {purpose:?}");
+        let refs = if purpose.is_some() { 3 } else { 0 };
+        assert_eq!(s.4, refs, "{principal} {purpose:?}");
+    }
     assert_eq!(a.pending_audit(), (0, 0));
 }
 

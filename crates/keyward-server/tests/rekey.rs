@@ -486,6 +486,7 @@ async fn a_scheduled_rekey_moves_the_tenant_when_a_new_key_is_registered() {
     let old = s.write(&OLD).await;
     let policy = keyward_store::TenantPolicy {
         auto_rekey: true,
+        decrypt_purposes: 0,
         ..Default::default()
     };
     s.keyring

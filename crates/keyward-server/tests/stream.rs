@@ -128,6 +128,7 @@ fn encrypt_requests(
         scope: "docs".to_owned(),
         frame_size,
         plaintext: Vec::new(),
+        justification: None,
     }];
     for part in plaintext.chunks(chunk) {
         requests.push(pb::EncryptStreamRequest {
@@ -143,6 +144,7 @@ fn decrypt_requests(envelope: &[u8], chunk: usize) -> Vec<pb::DecryptStreamReque
         tenant_id: TENANT.to_owned(),
         encryption_context: context(),
         envelope: Vec::new(),
+        justification: None,
     }];
     for part in envelope.chunks(chunk) {
         requests.push(pb::DecryptStreamRequest {
@@ -329,6 +331,7 @@ async fn a_tampered_truncated_or_extended_envelope_yields_only_authentic_frames_
             plaintext: b"short".to_vec(),
             encryption_context: context(),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -342,6 +345,7 @@ async fn a_tampered_truncated_or_extended_envelope_yields_only_authentic_frames_
             tenant_id: TENANT.to_owned(),
             envelope: envelope.clone(),
             encryption_context: context(),
+            justification: None,
         })
         .await
         .unwrap_err();

@@ -176,6 +176,15 @@ pub struct TenantPolicy {
     pub monitor_interval_seconds: Option<u64>,
     /// Scheduled re-key: when a new key is bound, re-key the tenant in the background.
     pub auto_rekey: bool,
+    /// The purposes allowed to decrypt the tenant's data, as a bit set: bit n is the proto
+    /// `keyward.v1.Purpose` value n (1..=30); 0 is no rule (docs/justifications.md). Bit 0 and
+    /// bit 31 are never set ([`TenantPolicy::PURPOSE_BITS`]).
+    pub decrypt_purposes: u32,
+}
+
+impl TenantPolicy {
+    /// The bits [`TenantPolicy::decrypt_purposes`] may have set.
+    pub const PURPOSE_BITS: u32 = 0x7fff_fffe;
 }
 
 /// What [`Store::bind_kek`] changed: the new binding and the one it deactivated.

@@ -360,7 +360,7 @@ fn requests(corpus: &Corpus) {
                 tenant_id: tenant.clone(),
                 plaintext: b"hello".to_vec(),
                 encryption_context: ctx.clone(),
-                scope: "conversation-1".into(),
+                scope: "conversation-1".into(), justification: None, 
             }
             .encode_to_vec(),
         ),
@@ -370,7 +370,7 @@ fn requests(corpus: &Corpus) {
             pb::DecryptRequest {
                 tenant_id: tenant.clone(),
                 envelope: envelope.clone(),
-                encryption_context: ctx.clone(),
+                encryption_context: ctx.clone(), justification: None, 
             }
             .encode_to_vec(),
         ),
@@ -383,7 +383,7 @@ fn requests(corpus: &Corpus) {
                     plaintext: b"a".to_vec(),
                     encryption_context: ctx.clone(),
                     scope: String::new(),
-                }],
+                }], justification: None, 
             }
             .encode_to_vec(),
         ),
@@ -395,7 +395,7 @@ fn requests(corpus: &Corpus) {
                 items: vec![pb::DecryptBatchItem {
                     envelope,
                     encryption_context: ctx,
-                }],
+                }], justification: None, 
             }
             .encode_to_vec(),
         ),
@@ -444,7 +444,7 @@ fn requests(corpus: &Corpus) {
                 tenant_id: tenant.clone(),
                 policy: Some(pb::TenantPolicy {
                     cache_ttl_seconds: 60,
-                    monitor_interval_seconds: 30,
+                    monitor_interval_seconds: 30, decrypt_purposes: Vec::new(), 
                 }),
                 requested_by: String::new(),
             }

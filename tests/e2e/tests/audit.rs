@@ -21,6 +21,7 @@ async fn populate(server: &Server) {
                 plaintext: b"very secret prompt".to_vec(),
                 encryption_context: context(&[]),
                 scope: scope.into(),
+                justification: None,
             })
             .await
             .unwrap();

@@ -29,6 +29,7 @@ async fn denied_decrypt(server: &Server, envelope: &[u8]) {
             tenant_id: "acme".into(),
             envelope: envelope.to_vec(),
             encryption_context: context(&[]),
+            justification: None,
         })
         .await;
     assert_status(result, Code::FailedPrecondition, "KEY_REVOKED");
@@ -74,6 +75,7 @@ async fn revoke_deny_three_times_and_restore(server: &Server) {
             plaintext: b"prompt".to_vec(),
             encryption_context: context(&[]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -84,6 +86,7 @@ async fn revoke_deny_three_times_and_restore(server: &Server) {
             tenant_id: "acme".into(),
             envelope: envelope.clone(),
             encryption_context: context(&[]),
+            justification: None,
         })
         .await
         .unwrap();

@@ -160,6 +160,7 @@ fn encrypt_req(tenant: &str, purpose: &str) -> pb::EncryptRequest {
         plaintext: b"a prompt".to_vec(),
         encryption_context: context(&[("purpose", purpose)]),
         scope: String::new(),
+        justification: None,
     }
 }
 
@@ -346,6 +347,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
             tenant_id: "acme".into(),
             envelope: sealed.envelope.clone(),
             encryption_context: context(&[("purpose", "chat-history")]),
+            justification: None,
         })
         .await
         .unwrap()
@@ -388,6 +390,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
                     scope: String::new(),
                 })
                 .collect(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -410,6 +413,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
                 tenant_id: "acme".into(),
                 envelope: sealed.envelope.clone(),
                 encryption_context: context(&[("purpose", "chat-history")]),
+                justification: None,
             })
             .await,
         Code::PermissionDenied,
@@ -423,6 +427,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
         scope: String::new(),
         frame_size: 0,
         plaintext: b"a long document".to_vec(),
+        justification: None,
     };
     let mut parts = chat_api
         .crypto
@@ -457,6 +462,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
             tenant_id: "acme".into(),
             encryption_context: context(&[("purpose", purpose)]),
             envelope: streamed.clone(),
+            justification: None,
         }])
     };
     assert_status(
@@ -496,6 +502,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
                 tenant_id: "acme".into(),
                 envelope: sealed.envelope.clone(),
                 encryption_context: context(&[("purpose", "chat-history")]),
+                justification: None,
             })
             .await,
         Code::PermissionDenied,

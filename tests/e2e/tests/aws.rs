@@ -54,6 +54,7 @@ async fn encrypt(
             plaintext: plaintext.to_vec(),
             encryption_context: context(&[("conversation", "9")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().envelope)
@@ -64,6 +65,7 @@ fn decrypt_request(tenant: &str, envelope: &[u8]) -> pb::DecryptRequest {
         tenant_id: tenant.into(),
         envelope: envelope.to_vec(),
         encryption_context: context(&[("conversation", "9")]),
+        justification: None,
     }
 }
 

@@ -64,6 +64,7 @@ async fn onboard(server: &Server, tenant: &str, key_arn: &str) -> Vec<u8> {
             plaintext: b"under the customer's key".to_vec(),
             encryption_context: context(&[("conversation", "1")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -79,6 +80,7 @@ async fn decrypt(server: &Server, tenant: &str, envelope: &[u8]) -> Result<Vec<u
             tenant_id: tenant.into(),
             envelope: envelope.to_vec(),
             encryption_context: context(&[("conversation", "1")]),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().plaintext)

@@ -41,6 +41,7 @@ async fn encrypt(
             plaintext: plaintext.to_vec(),
             encryption_context: context(&[("doc", "1")]),
             scope: "s".into(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -84,6 +85,7 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_ciphertext() {
                         plaintext: b"during the backup".to_vec(),
                         encryption_context: Default::default(),
                         scope: format!("load-{n}"),
+                        justification: None,
                     })
                     .await
                     .unwrap();
@@ -155,6 +157,7 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_ciphertext() {
                 tenant_id: "acme".into(),
                 envelope: envelope.clone(),
                 encryption_context: context(&[("doc", "1")]),
+                justification: None,
             })
             .await
             .unwrap()
@@ -168,6 +171,7 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_ciphertext() {
             plaintext: b"x".to_vec(),
             encryption_context: Default::default(),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap_err();
@@ -195,6 +199,7 @@ async fn the_backup_says_what_it_holds_and_how_old_its_oldest_key_is() {
             plaintext: b"second".to_vec(),
             encryption_context: Default::default(),
             scope: "t".into(),
+            justification: None,
         })
         .await
         .unwrap();
@@ -250,6 +255,7 @@ async fn the_backup_says_what_it_holds_and_how_old_its_oldest_key_is() {
             plaintext: b"third".to_vec(),
             encryption_context: Default::default(),
             scope: "u".into(),
+            justification: None,
         })
         .await
         .unwrap();

@@ -38,6 +38,7 @@ async fn batches_have_per_item_results_contexts_and_errors() {
                 item(b"bad scope", &[], "\u{7}"),
                 item(b"", &[], ""),
             ],
+            justification: None,
         })
         .await
         .unwrap()
@@ -92,6 +93,7 @@ async fn batches_have_per_item_results_contexts_and_errors() {
                     encryption_context: Default::default(),
                 },
             ],
+            justification: None,
         })
         .await
         .unwrap()
@@ -122,6 +124,7 @@ async fn batches_have_per_item_results_contexts_and_errors() {
             tenant_id: "acme".into(),
             envelope: first.envelope.clone(),
             encryption_context: context(&[("conversation", "c-1")]),
+            justification: None,
         })
         .await
         .unwrap()
@@ -144,6 +147,7 @@ async fn a_bad_batch_as_a_whole_is_rejected_and_changes_nothing() {
             .encrypt_batch(pb::EncryptBatchRequest {
                 tenant_id: "acme".into(),
                 items: vec![],
+                justification: None,
             })
             .await,
         Code::InvalidArgument,
@@ -154,6 +158,7 @@ async fn a_bad_batch_as_a_whole_is_rejected_and_changes_nothing() {
             .encrypt_batch(pb::EncryptBatchRequest {
                 tenant_id: "acme".into(),
                 items: (0..1001).map(|_| item(b"x", &[], "")).collect(),
+                justification: None,
             })
             .await,
         Code::InvalidArgument,
@@ -164,6 +169,7 @@ async fn a_bad_batch_as_a_whole_is_rejected_and_changes_nothing() {
             .decrypt_batch(pb::DecryptBatchRequest {
                 tenant_id: "Not A Tenant".into(),
                 items: vec![pb::DecryptBatchItem::default()],
+                justification: None,
             })
             .await,
         Code::InvalidArgument,
@@ -174,6 +180,7 @@ async fn a_bad_batch_as_a_whole_is_rejected_and_changes_nothing() {
         .encrypt_batch(pb::EncryptBatchRequest {
             tenant_id: "nobody".into(),
             items: vec![item(b"x", &[], ""), item(b"y", &[], "s")],
+            justification: None,
         })
         .await
         .unwrap()

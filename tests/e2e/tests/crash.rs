@@ -138,6 +138,7 @@ async fn encrypt_some(
                 plaintext: plaintext.clone(),
                 encryption_context: context(&[("m", &marker)]),
                 scope: format!("s{m}"),
+                justification: None,
             })
             .await
         {
@@ -484,6 +485,7 @@ async fn sigkill_at_random_moments(backend: &Backend) {
                 tenant_id: tenant.clone(),
                 envelope: envelope.clone(),
                 encryption_context: context(&[("m", marker)]),
+                justification: None,
             })
             .await
             .unwrap_or_else(|s| panic!("acknowledged ciphertext of {tenant} lost: {s:?}"))

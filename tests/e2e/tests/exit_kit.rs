@@ -233,6 +233,7 @@ async fn an_export_opens_without_keyward_with_the_customers_own_kms_key() {
                 plaintext: plaintext.clone(),
                 encryption_context: ctx.clone(),
                 scope: scope.into(),
+                justification: None,
             })
             .await
             .unwrap()

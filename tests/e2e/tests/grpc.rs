@@ -30,6 +30,7 @@ async fn round_trip_health_and_tenant_view() {
             plaintext: prompt.clone(),
             encryption_context: ctx.clone(),
             scope: "conversation-42".into(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -45,6 +46,7 @@ async fn round_trip_health_and_tenant_view() {
             tenant_id: "acme".into(),
             envelope: enc.envelope.clone(),
             encryption_context: ctx,
+            justification: None,
         })
         .await
         .unwrap()
@@ -179,6 +181,7 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
             plaintext: b"hello".to_vec(),
             encryption_context: ctx.clone(),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -197,6 +200,7 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
             plaintext,
             encryption_context: context(ctx),
             scope: scope.into(),
+            justification: None,
         };
     let decrypt =
         |tenant: &str, envelope: Vec<u8>, ctx: &std::collections::HashMap<String, String>| {
@@ -204,6 +208,7 @@ async fn every_bad_input_gets_its_documented_status_and_changes_nothing() {
                 tenant_id: tenant.into(),
                 envelope,
                 encryption_context: ctx.clone(),
+                justification: None,
             }
         };
 
@@ -450,6 +455,7 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
             plaintext: b"secret prompt".to_vec(),
             encryption_context: ctx.clone(),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -459,6 +465,7 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
         tenant_id: "acme".into(),
         envelope: envelope.clone(),
         encryption_context: ctx.clone(),
+        justification: None,
     };
     crypto.decrypt(request()).await.unwrap();
 
@@ -502,6 +509,7 @@ async fn disabling_the_local_key_stops_decrypt_within_the_cache_ttl() {
                 plaintext: b"more".to_vec(),
                 encryption_context: ctx.clone(),
                 scope: "other".into(),
+                justification: None,
             })
             .await,
         Code::FailedPrecondition,

@@ -157,6 +157,7 @@ fn encrypt_request(ctx: std::collections::HashMap<String, String>) -> pb::Encryp
         plaintext: b"a prompt".to_vec(),
         encryption_context: ctx,
         scope: String::new(),
+        justification: None,
     }
 }
 
@@ -202,6 +203,7 @@ async fn oversized_messages_are_out_of_range_and_change_nothing() {
         scope: String::new(),
         frame_size,
         plaintext: vec![0x41; plaintext],
+        justification: None,
     };
     let status = crypto
         .encrypt_stream(tokio_stream::iter([first(0, limit + 1)]))
@@ -270,6 +272,7 @@ async fn encryption_contexts_beyond_their_bounds_are_invalid_arguments_naming_th
                     tenant_id: "acme".into(),
                     envelope: sealed.clone(),
                     encryption_context: ctx.clone(),
+                    justification: None,
                 })
                 .await
                 .unwrap_err(),
@@ -357,6 +360,7 @@ async fn unknown_fields_are_ignored_as_if_absent() {
             tenant_id: "acme".into(),
             envelope: response.envelope,
             encryption_context: request.encryption_context.clone(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -589,6 +593,7 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
                     plaintext: b"a prompt".to_vec(),
                     encryption_context: context(&[("purpose", "chat-history")]),
                     scope: format!("conversation-{i}"),
+                    justification: None,
                 })
                 .await
         }));
@@ -617,6 +622,7 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
             plaintext: b"an invoice".to_vec(),
             encryption_context: context(&[("purpose", "invoices")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -641,6 +647,7 @@ async fn a_flood_from_one_caller_is_refused_while_another_caller_is_served() {
             plaintext: b"a prompt".to_vec(),
             encryption_context: context(&[("purpose", "chat-history")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap();

@@ -19,6 +19,7 @@ async fn encrypt(server: &Server, scope: &str, messages: usize) {
                 plaintext: b"a prompt".to_vec(),
                 encryption_context: Default::default(),
                 scope: scope.into(),
+                justification: None,
             })
             .await
             .unwrap();

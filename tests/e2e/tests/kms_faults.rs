@@ -87,6 +87,7 @@ async fn encrypt(
             plaintext: plaintext.to_vec(),
             encryption_context: context(&[("conversation", "7")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().envelope)
@@ -100,6 +101,7 @@ async fn decrypt(server: &Server, tenant: &str, envelope: &[u8]) -> Result<Vec<u
             tenant_id: tenant.into(),
             envelope: envelope.to_vec(),
             encryption_context: context(&[("conversation", "7")]),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().plaintext)
@@ -204,6 +206,7 @@ async fn a_kms_outage_keeps_warm_tenants_serving_until_the_ttl_and_revokes_nothi
                     tenant_id: "cold".into(),
                     envelope,
                     encryption_context: context(&[("conversation", "7")]),
+                    justification: None,
                 })
                 .await
                 .map(|r| r.into_inner().plaintext)

@@ -83,6 +83,7 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
                 plaintext: vec![0x42; 1024],
                 encryption_context: ctx.clone(),
                 scope: String::new(),
+                justification: None,
             })
             .await
             .unwrap();
@@ -107,6 +108,7 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
                 plaintext: format!("secret of {scope}").into_bytes(),
                 encryption_context: ctx.clone(),
                 scope: scope.to_owned(),
+                justification: None,
             })
             .await
             .unwrap()
@@ -120,6 +122,7 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
                 tenant_id: TENANT.to_owned(),
                 envelope: sealed.envelope.clone(),
                 encryption_context: ctx.clone(),
+                justification: None,
             })
             .await
             .unwrap();
@@ -172,6 +175,7 @@ async fn no_key_bytes_remain_in_server_memory_after_revocation() {
                 tenant_id: TENANT.to_owned(),
                 envelope: envelopes[0].envelope.clone(),
                 encryption_context: ctx.clone(),
+                justification: None,
             })
             .await,
         tonic::Code::FailedPrecondition,

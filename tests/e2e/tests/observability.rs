@@ -26,6 +26,7 @@ fn encrypt_request(tenant: &str, scope: &str, plaintext: &[u8]) -> pb::EncryptRe
         plaintext: plaintext.to_vec(),
         encryption_context: context(&[("purpose", "test")]),
         scope: scope.to_owned(),
+        justification: None,
     }
 }
 
@@ -133,6 +134,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
             tenant_id: "obs-a".to_owned(),
             envelope: envelope.clone(),
             encryption_context: context(&[("purpose", "test")]),
+            justification: None,
         })
         .await
         .unwrap()
@@ -146,6 +148,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
                 tenant_id: "obs-a".to_owned(),
                 envelope: envelope.clone(),
                 encryption_context: context(&[("purpose", "other")]),
+                justification: None,
             },
             "caller-id-2",
         ))
@@ -320,6 +323,7 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
             tenant_id: "logs-a".to_owned(),
             envelope: envelope.clone(),
             encryption_context: context(&[("purpose", "test")]),
+            justification: None,
         })
         .await
         .unwrap()
@@ -333,6 +337,7 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
                 tenant_id: "logs-a".to_owned(),
                 envelope,
                 encryption_context: context(&[("purpose", "wrong")]),
+                justification: None,
             },
             "log-req-2",
         ))
@@ -634,6 +639,7 @@ async fn sigterm_drains_in_flight_calls_and_refuses_new_ones() {
                 tenant_id: "drain-a".to_owned(),
                 envelope,
                 encryption_context: context(&[("purpose", "test")]),
+                justification: None,
             })
             .await
             .unwrap()

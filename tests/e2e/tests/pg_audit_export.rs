@@ -98,6 +98,7 @@ async fn writer(server: &Server, tenant: String, stop: Arc<AtomicBool>) -> u64 {
                 plaintext: b"audited".to_vec(),
                 encryption_context: context(&[]),
                 scope: format!("scope-{n}"),
+                justification: None,
             })
             .await
             .unwrap();

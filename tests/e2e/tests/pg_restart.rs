@@ -48,6 +48,7 @@ fn encrypt_req(tenant: &str, plaintext: &[u8], scope: &str) -> pb::EncryptReques
         plaintext: plaintext.to_vec(),
         encryption_context: ctx(),
         scope: scope.into(),
+        justification: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn decrypt_req(tenant: &str, envelope: &[u8]) -> pb::DecryptRequest {
         tenant_id: tenant.into(),
         envelope: envelope.to_vec(),
         encryption_context: ctx(),
+        justification: None,
     }
 }
 

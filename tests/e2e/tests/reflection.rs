@@ -166,6 +166,7 @@ async fn assert_discovered_and_used(server: &Server, report: &Value, version: &s
             tenant_id: trip["tenant"].as_str().unwrap().to_owned(),
             envelope: hex("envelope_hex"),
             encryption_context: context(&[("purpose", "reflection-test")]),
+            justification: None,
         })
         .await
         .expect("the envelope sealed through the discovered descriptors decrypts")
@@ -272,6 +273,7 @@ async fn with_mtls_both_reflection_versions_serve_any_certified_caller() {
                 plaintext: b"x".to_vec(),
                 encryption_context: context(&[]),
                 scope: String::new(),
+                justification: None,
             })
             .await,
         Code::Unauthenticated,

@@ -67,6 +67,7 @@ async fn seal(
             plaintext: plaintext.clone(),
             encryption_context: ctx(scope),
             scope: scope.into(),
+            justification: None,
         })
         .await?
         .into_inner()
@@ -98,6 +99,7 @@ async fn assert_all_open(server: &Server, sealed: &[Sealed]) {
                 tenant_id: s.tenant.clone(),
                 envelope: s.envelope.clone(),
                 encryption_context: ctx(&s.scope),
+                justification: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{}/{} does not decrypt: {e:?}", s.tenant, s.scope))

@@ -90,6 +90,7 @@ async fn encrypt(
             plaintext: plaintext.to_vec(),
             encryption_context: ctx(),
             scope: "chat".into(),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().envelope)
@@ -105,6 +106,7 @@ async fn decrypt(
             tenant_id: tenant.into(),
             envelope: envelope.to_vec(),
             encryption_context: ctx(),
+            justification: None,
         })
         .await
         .map(|r| r.into_inner().plaintext)
@@ -209,6 +211,7 @@ async fn three_replicas_share_data_and_a_revocation_reaches_every_replica() {
                             plaintext: plaintext.clone(),
                             encryption_context: ctx(),
                             scope: format!("scope-{}", i % 3),
+                            justification: None,
                         })
                         .await
                         .unwrap()
@@ -587,6 +590,7 @@ async fn a_tenant_policy_change_drops_the_tenants_cached_keys_on_every_replica()
                 cache_ttl_seconds: 30,
                 monitor_interval_seconds: 0,
                 auto_rekey: false,
+                decrypt_purposes: Vec::new(),
             }),
             requested_by: "admin".into(),
         })
@@ -610,6 +614,54 @@ async fn a_tenant_policy_change_drops_the_tenants_cached_keys_on_every_replica()
         decrypt(&mut on_b, "acme", &envelope).await.unwrap(),
         b"cached on b"
     );
+
+    // The customer's justification rule (docs/justifications.md), set through A, binds B as
+    // soon as B is told (B holds the tenant's rule, "none", from the decrypt above), and so
+    // does its removal.
+    let set_purposes = |purposes: Vec<i32>| pb::SetTenantPolicyRequest {
+        tenant_id: "acme".into(),
+        policy: Some(pb::TenantPolicy {
+            decrypt_purposes: purposes,
+            ..Default::default()
+        }),
+        requested_by: "admin".into(),
+    };
+    a.tenants()
+        .await
+        .set_tenant_policy(set_purposes(vec![pb::Purpose::LegalHold as i32]))
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    loop {
+        match decrypt(&mut on_b, "acme", &envelope).await {
+            Err(status) if reason_of(&status) == "JUSTIFICATION_REQUIRED" => break,
+            other => assert!(
+                changed.elapsed() < Duration::from_secs(5),
+                "B still serves without a justification {:?} after the rule: {other:?}",
+                changed.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "B applied the rule {:?} after it was set",
+        changed.elapsed()
+    );
+    a.tenants()
+        .await
+        .set_tenant_policy(set_purposes(Vec::new()))
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    while let Err(status) = decrypt(&mut on_b, "acme", &envelope).await {
+        assert_eq!(reason_of(&status), "JUSTIFICATION_REQUIRED");
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "B still applies a removed rule {:?} after its removal",
+            changed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop((a, b));
     db.finish().await;
 }
@@ -632,6 +684,7 @@ async fn seal_in(server: &Server, tenant: &str, scope: &str, plaintext: &[u8]) -
             plaintext: plaintext.to_vec(),
             encryption_context: ctx(),
             scope: scope.into(),
+            justification: None,
         })
         .await
         .unwrap()

@@ -157,6 +157,7 @@ async fn a_rewrap_batch_answers_per_item() {
         plaintext: plaintext.to_vec(),
         encryption_context: context(ctx),
         scope: scope.into(),
+        justification: None,
     };
     let first = crypto
         .encrypt(encrypt("conv-1", &[("conversation", "1")], b"first"))
@@ -181,6 +182,7 @@ async fn a_rewrap_batch_answers_per_item() {
                 item(&second.envelope, &[("conversation", "1")], "kept"), // wrong context
                 item(&second.envelope, &[("conversation", "2")], ""),
             ],
+            justification: None,
         })
         .await
         .unwrap()
@@ -220,6 +222,7 @@ async fn a_rewrap_batch_answers_per_item() {
                 tenant_id: "acme".into(),
                 envelope,
                 encryption_context: context(&[("conversation", ctx)]),
+                justification: None,
             })
             .await
             .unwrap()
@@ -236,6 +239,7 @@ async fn a_rewrap_batch_answers_per_item() {
                 envelope: second.envelope.clone(),
                 encryption_context: context(&[("conversation", "1")]),
                 target_scope: "kept".into(),
+                justification: None,
             })
             .await,
         Code::InvalidArgument,
@@ -247,6 +251,7 @@ async fn a_rewrap_batch_answers_per_item() {
             .rewrap_batch(pb::RewrapBatchRequest {
                 tenant_id: "acme".into(),
                 items: vec![],
+                justification: None,
             })
             .await,
         Code::InvalidArgument,

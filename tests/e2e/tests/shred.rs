@@ -80,6 +80,7 @@ async fn fates(server: &Server, envelopes: &[Vec<u8>]) -> Vec<Option<String>> {
                         encryption_context: ctx(),
                     })
                     .collect(),
+                justification: None,
             })
             .await
             .unwrap()
@@ -129,6 +130,7 @@ async fn retention_counts_what_it_shreds_and_a_crash_mid_run_leaves_each_key_who
                         scope: format!("2026-11-{i:04}"),
                     })
                     .collect(),
+                justification: None,
             })
             .await
             .unwrap()
@@ -149,6 +151,7 @@ async fn retention_counts_what_it_shreds_and_a_crash_mid_run_leaves_each_key_who
             plaintext: b"kept".to_vec(),
             encryption_context: ctx(),
             scope: "conv-kept".into(),
+            justification: None,
         })
         .await
         .unwrap()
@@ -282,6 +285,7 @@ async fn bad_shred_requests_name_their_field_and_change_nothing() {
             plaintext: b"x".to_vec(),
             encryption_context: ctx(),
             scope: "conv-1".into(),
+            justification: None,
         })
         .await
         .unwrap();

@@ -414,6 +414,7 @@ async fn an_oversized_unary_encrypt_points_to_encrypt_stream() {
             plaintext: vec![0; usize::try_from(MIB).unwrap() + 1],
             encryption_context: context(&[("doc", "1")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .unwrap_err();

@@ -465,6 +465,7 @@ async fn setup_idle(
                         cache_ttl_seconds: Some(IDLE_TTL),
                         monitor_interval_seconds: None,
                         auto_rekey: false,
+                        decrypt_purposes: 0,
                     },
                     "keyward-bench".into(),
                 )

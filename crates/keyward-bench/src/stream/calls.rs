@@ -116,6 +116,7 @@ pub(super) async fn encrypt(
             scope: String::new(),
             frame_size: if first { frame_size } else { 0 },
             plaintext: p.message(i).to_vec(),
+            justification: None,
         }
     });
     let start = Instant::now();
@@ -216,6 +217,7 @@ fn file_requests(
                 tenant_id: if first { TENANT.into() } else { String::new() },
                 encryption_context: Default::default(),
                 envelope: buf,
+                justification: None,
             };
             first = false;
             sent += n as u64;

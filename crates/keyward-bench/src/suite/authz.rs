@@ -42,6 +42,7 @@ fn decision_ns(
     let ctx = keyward_authz::RequestContext {
         purpose: Some("chat-history"),
         scope: Some("default"),
+        ..Default::default()
     };
     let start = Instant::now();
     let mut calls = 0u64;
@@ -188,6 +189,7 @@ pub(super) async fn authz_cost(grpc: &[GrpcRow]) -> anyhow::Result<AuthzReport> 
     let ctx = keyward_authz::RequestContext {
         purpose: None,
         scope: Some("default"),
+        ..Default::default()
     };
     let start = Instant::now();
     let mut calls = 0u64;

@@ -284,6 +284,7 @@ async fn load(
                             plaintext: payload.to_vec(),
                             encryption_context: Default::default(),
                             scope: String::new(),
+                            justification: None,
                         })
                         .await
                         .is_ok(),
@@ -292,6 +293,7 @@ async fn load(
                             tenant_id: "bench".into(),
                             envelope: payload.to_vec(),
                             encryption_context: Default::default(),
+                            justification: None,
                         })
                         .await
                         .is_ok(),
@@ -304,6 +306,7 @@ async fn load(
                                     ..Default::default()
                                 })
                                 .collect(),
+                            justification: None,
                         })
                         .await
                         .is_ok_and(|r| {
@@ -320,6 +323,7 @@ async fn load(
                                     ..Default::default()
                                 })
                                 .collect(),
+                            justification: None,
                         })
                         .await
                         .is_ok_and(|r| {
@@ -389,6 +393,7 @@ pub(super) async fn grpc_ceiling() -> anyhow::Result<(Vec<GrpcRow>, Vec<BatchRow
                     plaintext: plaintext.to_vec(),
                     encryption_context: Default::default(),
                     scope: String::new(),
+                    justification: None,
                 })
                 .await?
                 .into_inner()

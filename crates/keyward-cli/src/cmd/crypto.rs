@@ -79,6 +79,7 @@ pub(crate) async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Res
         scope: args.scope,
         frame_size: args.frame_size.unwrap_or(0),
         plaintext: Vec::new(),
+        justification: args.justification.to_pb(),
     };
     let transfer = Transfer {
         input,
@@ -104,6 +105,7 @@ async fn encrypt_unary(
             plaintext,
             encryption_context: context_map(args.context)?,
             scope: args.scope,
+            justification: args.justification.to_pb(),
         })
         .await
         .map_err(exit::refused)?
@@ -142,6 +144,7 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
         tenant_id: args.tenant,
         encryption_context: context_map(args.context)?,
         envelope: Vec::new(),
+        justification: args.justification.to_pb(),
     };
     let (first, decoder) = match head {
         Some(head) => (head, Some(decoder)),
@@ -175,6 +178,7 @@ async fn decrypt_unary(
             tenant_id: args.tenant,
             envelope,
             encryption_context: context_map(args.context)?,
+            justification: args.justification.to_pb(),
         })
         .await
         .map_err(exit::refused)?
@@ -201,6 +205,7 @@ pub(crate) async fn rewrap(endpoint: &Target, args: RewrapArgs) -> anyhow::Resul
             envelope,
             encryption_context: context_map(args.context)?,
             target_scope: args.to_scope.unwrap_or_default(),
+            justification: args.justification.to_pb(),
         })
         .await
         .map_err(exit::refused)?

@@ -66,6 +66,7 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
             cache_ttl_seconds,
             monitor_interval_seconds,
             auto_rekey,
+            decrypt_purposes,
             requested_by,
         } => {
             client
@@ -75,6 +76,10 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
                         cache_ttl_seconds,
                         monitor_interval_seconds,
                         auto_rekey,
+                        decrypt_purposes: decrypt_purposes
+                            .into_iter()
+                            .map(|p| p.to_pb() as i32)
+                            .collect(),
                     }),
                     requested_by,
                 })
@@ -242,6 +247,24 @@ fn tenant_text(t: &pb::Tenant) -> String {
             show(policy.monitor_interval_seconds)
         );
     }
+    if let Some(policy) = t.policy.as_ref().filter(|p| !p.decrypt_purposes.is_empty()) {
+        let names: Vec<String> = policy
+            .decrypt_purposes
+            .iter()
+            .map(|n| match pb::Purpose::try_from(*n) {
+                Ok(p) => p
+                    .as_str_name()
+                    .trim_start_matches("PURPOSE_")
+                    .to_lowercase(),
+                Err(_) => format!("purpose {n}"),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "decrypts:     only with a justification for {}",
+            names.join(", ")
+        );
+    }
     out
 }
 
@@ -382,6 +405,7 @@ mod tests {
                 cache_ttl_seconds: 60,
                 monitor_interval_seconds: 0,
                 auto_rekey: false,
+                decrypt_purposes: Vec::new(),
             }),
             ..Default::default()
         };

@@ -117,6 +117,7 @@ async fn encrypt(api: &CryptoApi, t: &TenantId, plaintext: &[u8]) -> Vec<u8> {
         plaintext: plaintext.to_vec(),
         encryption_context: HashMap::new(),
         scope: String::new(),
+        justification: None,
     }))
     .await
     .unwrap()
@@ -165,6 +166,7 @@ async fn a_decrypt_batch_meeting_a_revocation_returns_no_plaintext_for_earlier_i
                     encryption_context: HashMap::new(),
                 },
             ],
+            justification: None,
         }))
         .await
     });
@@ -212,6 +214,7 @@ async fn an_encrypt_batch_whose_response_could_exceed_the_limit_is_refused_befor
                     scope: format!("s{i}"),
                 })
                 .collect(),
+            justification: None,
         })
     };
     // 1000 one-byte items: a request of a few KiB, but a response of 1000 envelopes (or
@@ -261,6 +264,7 @@ async fn decrypt_policies_see_the_empty_scope_never_default() {
             tenant_id: t.to_string(),
             envelope,
             encryption_context: HashMap::new(),
+            justification: None,
         }))
         .await
         .unwrap()

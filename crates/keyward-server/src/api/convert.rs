@@ -12,6 +12,7 @@ use keyward_store::{AuditQuery, KekBinding, KekState, Scope, TenantRecord};
 use crate::{
     audit::{DEFAULT_LIST_PAGE, PAGE},
     error::ServiceError,
+    justification::{Justification, MAX_REFERENCE_BYTES, Purpose},
 };
 
 /// Longest per-tenant TTL or monitor interval, in seconds.
@@ -52,6 +53,48 @@ pub(crate) fn target_scope(raw: &str) -> Result<Option<Scope>, ServiceError> {
     Scope::try_from(raw)
         .map(Some)
         .map_err(|e| ServiceError::invalid("target_scope", e.to_string()))
+}
+
+/// A data-path call's `justification`: `None` when absent or empty (no purpose, no reference).
+/// A reference needs a purpose; the purpose must be one of the vocabulary; the reference is at
+/// most [`MAX_REFERENCE_BYTES`] bytes without control characters.
+pub(crate) fn justification(
+    raw: Option<pb::Justification>,
+) -> Result<Option<Justification>, ServiceError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.purpose == 0 {
+        if raw.reference.is_empty() {
+            return Ok(None);
+        }
+        return Err(ServiceError::invalid(
+            "justification.purpose",
+            "a justification with a reference needs a purpose (docs/justifications.md)",
+        ));
+    }
+    let purpose = Purpose::from_number(raw.purpose).ok_or_else(|| {
+        ServiceError::invalid(
+            "justification.purpose",
+            format!(
+                "unknown purpose {}; the purposes are: {}",
+                raw.purpose,
+                purpose_names()
+            ),
+        )
+    })?;
+    if raw.reference.len() > MAX_REFERENCE_BYTES || raw.reference.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "justification.reference",
+            format!("at most {MAX_REFERENCE_BYTES} bytes, no control characters"),
+        ));
+    }
+    Ok(Some(Justification {
+        purpose,
+        reference: (!raw.reference.is_empty()).then_some(raw.reference),
+    }))
+}
+
+fn purpose_names() -> String {
+    Purpose::ALL.map(Purpose::as_str).join(", ")
 }
 
 pub(crate) fn context(raw: HashMap<String, String>) -> Result<EncryptionContext, ServiceError> {
@@ -178,6 +221,7 @@ pub(crate) fn tenant_policy(
         cache_ttl_seconds: nonzero(policy.cache_ttl_seconds),
         monitor_interval_seconds: nonzero(policy.monitor_interval_seconds),
         auto_rekey: policy.auto_rekey,
+        decrypt_purposes: decrypt_purposes(&policy.decrypt_purposes)?,
     };
     if policy
         .cache_ttl_seconds
@@ -192,6 +236,24 @@ pub(crate) fn tenant_policy(
         ));
     }
     Ok(policy)
+}
+
+/// `TenantPolicy.decrypt_purposes` as a bit set (duplicates are harmless; unspecified or unknown
+/// values are refused).
+fn decrypt_purposes(raw: &[i32]) -> Result<u32, ServiceError> {
+    raw.iter().try_fold(0u32, |bits, &n| {
+        Purpose::from_number(n)
+            .map(|p| bits | p.bit())
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "policy.decrypt_purposes",
+                    format!(
+                        "{n} is not a purpose; the purposes are: {}",
+                        purpose_names()
+                    ),
+                )
+            })
+    })
 }
 
 /// ReportKeyEvent's provider and key reference (the reference is matched against stored
@@ -235,6 +297,10 @@ pub(crate) fn tenant_to_pb(record: &TenantRecord, binding: Option<&KekBinding>) 
             cache_ttl_seconds: record.policy.cache_ttl_seconds.unwrap_or(0),
             monitor_interval_seconds: record.policy.monitor_interval_seconds.unwrap_or(0),
             auto_rekey: record.policy.auto_rekey,
+            decrypt_purposes: Purpose::from_bits(record.policy.decrypt_purposes)
+                .into_iter()
+                .map(|p| p as i32)
+                .collect(),
         }),
         previous_keys: Vec::new(),
         effective_policy: None,

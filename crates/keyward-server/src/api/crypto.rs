@@ -6,16 +6,15 @@ use std::{
     sync::Arc,
 };
 
-use keyward_envelope::TenantId;
 use keyward_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use keyward_authz::{Action, RequestContext};
+use keyward_authz::Action;
 
 use crate::{authz::Authz, error::ServiceError, keyring::Keyring, metrics::PayloadKind};
 
-use super::{convert::*, split};
+use super::{access::CallAccess, convert::*, split};
 
 /// `keyward.v1.CryptoService`.
 #[derive(Debug, Clone)]
@@ -59,29 +58,46 @@ const ITEM_ERROR_MAX_BYTES: usize = ITEM_ERROR_MESSAGE_MAX_BYTES + 64;
 const ITEM_FRAMING_BYTES: usize = 64;
 
 /// (purpose, scope) pairs already authorized within one batch: items sharing them skip the
-/// policy evaluation (denials are evaluated, and counted, per item).
+/// policy evaluation (denials are evaluated, and counted, per item). The batch's justification
+/// is the same for every item.
 pub(super) type Allowed = HashSet<(Option<String>, Option<String>)>;
 
 impl CryptoApi {
-    pub(super) fn authorize(
+    /// Authorizes `action` on the call's tenant with `purpose` (the encryption context's) and
+    /// `scope` and the call's justification; for a data-reading action, then the tenant's
+    /// justification rule (once per call).
+    pub(super) async fn authorize(
         &self,
         head: &Request<()>,
         action: Action,
-        tenant: &TenantId,
-        context: RequestContext<'_>,
+        access: &mut CallAccess,
+        purpose: Option<&str>,
+        scope: Option<&str>,
         allowed: Option<&mut Allowed>,
     ) -> Result<(), ServiceError> {
-        let Some(allowed) = allowed else {
-            self.authz.check(head, action, Some(tenant), &context)?;
-            return Ok(());
+        let key = allowed
+            .as_ref()
+            .map(|_| (purpose.map(str::to_owned), scope.map(str::to_owned)));
+        let remembered = match (&allowed, &key) {
+            (Some(allowed), Some(key)) => allowed.contains(key),
+            _ => false,
         };
-        let key = (
-            context.purpose.map(str::to_owned),
-            context.scope.map(str::to_owned),
-        );
-        if !allowed.contains(&key) {
-            self.authz.check(head, action, Some(tenant), &context)?;
-            allowed.insert(key);
+        if !remembered {
+            let caller = self.authz.check(
+                head,
+                action,
+                Some(access.tenant()),
+                &access.context(purpose, scope),
+            )?;
+            access.authorized(&caller);
+            if let (Some(allowed), Some(key)) = (allowed, key) {
+                allowed.insert(key);
+            }
+        }
+        if matches!(action, Action::Decrypt | Action::Rewrap) {
+            access
+                .check_decrypt_rule(head, &self.authz, &self.keyring)
+                .await?;
         }
         Ok(())
     }
@@ -89,7 +105,24 @@ impl CryptoApi {
     async fn encrypt_item(
         &self,
         head: &Request<()>,
-        tenant: &TenantId,
+        access: &mut CallAccess,
+        plaintext: Zeroizing<Vec<u8>>,
+        raw_context: HashMap<String, String>,
+        raw_scope: &str,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<pb::EncryptResponse, ServiceError> {
+        let len = plaintext.len();
+        let outcome = self
+            .encrypt_item_inner(head, access, plaintext, raw_context, raw_scope, allowed)
+            .await;
+        access.item(&outcome, |_| len);
+        outcome
+    }
+
+    async fn encrypt_item_inner(
+        &self,
+        head: &Request<()>,
+        access: &mut CallAccess,
         plaintext: Zeroizing<Vec<u8>>,
         raw_context: HashMap<String, String>,
         raw_scope: &str,
@@ -100,13 +133,13 @@ impl CryptoApi {
         self.authorize(
             head,
             Action::Encrypt,
-            tenant,
-            RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(scope.as_str()),
-            },
+            access,
+            ctx.get(PURPOSE_CONTEXT_KEY),
+            Some(scope.as_str()),
             allowed,
-        )?;
+        )
+        .await?;
+        let tenant = access.tenant();
         if plaintext.len() > self.max_plaintext_bytes {
             return Err(ServiceError::PayloadTooLarge {
                 size: plaintext.len(),
@@ -131,7 +164,22 @@ impl CryptoApi {
     async fn decrypt_item(
         &self,
         head: &Request<()>,
-        tenant: &TenantId,
+        access: &mut CallAccess,
+        envelope: &[u8],
+        raw_context: HashMap<String, String>,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<(pb::DecryptResponse, u64), ServiceError> {
+        let outcome = self
+            .decrypt_item_inner(head, access, envelope, raw_context, allowed)
+            .await;
+        access.item(&outcome, |(response, _)| response.plaintext.len());
+        outcome
+    }
+
+    async fn decrypt_item_inner(
+        &self,
+        head: &Request<()>,
+        access: &mut CallAccess,
         envelope: &[u8],
         raw_context: HashMap<String, String>,
         allowed: Option<&mut Allowed>,
@@ -144,13 +192,13 @@ impl CryptoApi {
         self.authorize(
             head,
             Action::Decrypt,
-            tenant,
-            RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(DECRYPT_SCOPE),
-            },
+            access,
+            ctx.get(PURPOSE_CONTEXT_KEY),
+            Some(DECRYPT_SCOPE),
             allowed,
-        )?;
+        )
+        .await?;
+        let tenant = access.tenant();
         let (plaintext, generation) = self.keyring.decrypt_held(tenant, envelope, &ctx).await?;
         let ext = head.extensions();
         crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, envelope.len());
@@ -245,17 +293,23 @@ impl CryptoService for CryptoApi {
         let (head, request) = split(request);
         let plaintext = Zeroizing::new(request.plaintext);
         let tenant = tenant_id(&request.tenant_id)?;
+        let mut access = CallAccess::new(
+            tenant,
+            Action::Encrypt,
+            justification(request.justification)?,
+        );
         let response = self
             .encrypt_item(
                 &head,
-                &tenant,
+                &mut access,
                 plaintext,
                 request.encryption_context,
                 &request.scope,
                 None,
             )
-            .await?;
-        Ok(Response::new(response))
+            .await;
+        access.finish(&self.keyring);
+        Ok(Response::new(response?))
     }
 
     async fn decrypt(
@@ -264,15 +318,22 @@ impl CryptoService for CryptoApi {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
-        let (response, _) = self
+        let mut access = CallAccess::new(
+            tenant,
+            Action::Decrypt,
+            justification(request.justification)?,
+        );
+        let outcome = self
             .decrypt_item(
                 &head,
-                &tenant,
+                &mut access,
                 &request.envelope,
                 request.encryption_context,
                 None,
             )
-            .await?;
+            .await;
+        access.finish(&self.keyring);
+        let (response, _) = outcome?;
         Ok(Response::new(response))
     }
 
@@ -289,13 +350,18 @@ impl CryptoService for CryptoApi {
                 .iter()
                 .map(|item| keyward_envelope::sealed_len(&tenant, item.plaintext.len())),
         )?;
+        let mut access = CallAccess::new(
+            tenant,
+            Action::Encrypt,
+            justification(request.justification)?,
+        );
         let mut allowed = Allowed::new();
         let mut results = Vec::with_capacity(request.items.len());
         for item in request.items {
             let outcome = self
                 .encrypt_item(
                     &head,
-                    &tenant,
+                    &mut access,
                     Zeroizing::new(item.plaintext),
                     item.encryption_context,
                     &item.scope,
@@ -309,6 +375,7 @@ impl CryptoService for CryptoApi {
                 }),
             });
         }
+        access.finish(&self.keyring);
         Ok(Response::new(pb::EncryptBatchResponse { results }))
     }
 
@@ -320,13 +387,18 @@ impl CryptoService for CryptoApi {
         let tenant = tenant_id(&request.tenant_id)?;
         batch_size(request.items.len())?;
         self.check_response_size(request.items.iter().map(|item| item.envelope.len()))?;
+        let mut access = CallAccess::new(
+            tenant.clone(),
+            Action::Decrypt,
+            justification(request.justification)?,
+        );
         let mut allowed = Allowed::new();
         let mut outcomes = Vec::with_capacity(request.items.len());
         for item in request.items {
             outcomes.push(
                 self.decrypt_item(
                     &head,
-                    &tenant,
+                    &mut access,
                     &item.envelope,
                     item.encryption_context,
                     Some(&mut allowed),
@@ -343,26 +415,26 @@ impl CryptoService for CryptoApi {
                 released.push((*generation, self.keyring.release(&tenant, *generation)));
             }
         }
-        let results = outcomes
-            .into_iter()
-            .map(|outcome| {
-                let result = match outcome {
-                    Ok((ok, generation)) => match released.iter().find(|(g, _)| *g == generation) {
-                        Some((_, Err(e))) => {
-                            // The keyring's copy was zeroized already; this one too.
-                            let mut ok = ok;
-                            zeroize::Zeroize::zeroize(&mut ok.plaintext);
-                            pb::decrypt_batch_result::Result::Error(item_error(e))
-                        }
-                        _ => pb::decrypt_batch_result::Result::Ok(ok),
-                    },
-                    Err(e) => pb::decrypt_batch_result::Result::Error(item_error(&e)),
-                };
-                pb::DecryptBatchResult {
-                    result: Some(result),
-                }
-            })
-            .collect();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let result = match outcome {
+                Ok((ok, generation)) => match released.iter().find(|(g, _)| *g == generation) {
+                    Some((_, Err(e))) => {
+                        access.withheld(ok.plaintext.len());
+                        // The keyring's copy was zeroized already; this one too.
+                        let mut ok = ok;
+                        zeroize::Zeroize::zeroize(&mut ok.plaintext);
+                        pb::decrypt_batch_result::Result::Error(item_error(e))
+                    }
+                    _ => pb::decrypt_batch_result::Result::Ok(ok),
+                },
+                Err(e) => pb::decrypt_batch_result::Result::Error(item_error(&e)),
+            };
+            results.push(pb::DecryptBatchResult {
+                result: Some(result),
+            });
+        }
+        access.finish(&self.keyring);
         Ok(Response::new(pb::DecryptBatchResponse { results }))
     }
 }

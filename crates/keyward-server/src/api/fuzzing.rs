@@ -212,6 +212,7 @@ mod tests {
                 cache_ttl_seconds: ttl,
                 monitor_interval_seconds: monitor,
                 auto_rekey: false,
+                decrypt_purposes: Vec::new(),
             }),
             requested_by: String::new(),
         };

@@ -2,6 +2,7 @@
 //! protobuf ↔ domain conversion (`convert.rs`) and authorization; the work is the keyring's and
 //! the auditor's. Wire types are converted to domain types here and nowhere deeper.
 
+mod access;
 mod audit;
 pub(crate) mod convert;
 mod crypto;

@@ -7,15 +7,15 @@
 
 use std::collections::HashMap;
 
-use keyward_authz::{Action, RequestContext};
-use keyward_envelope::TenantId;
+use keyward_authz::Action;
 use keyward_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::{error::ServiceError, metrics::PayloadKind};
 
 use super::{
-    convert::{batch_size, context, target_scope, tenant_id},
+    access::CallAccess,
+    convert::{batch_size, context, justification, target_scope, tenant_id},
     crypto::{Allowed, CryptoApi, DECRYPT_SCOPE, PURPOSE_CONTEXT_KEY, item_error},
     split,
 };
@@ -28,7 +28,31 @@ impl CryptoApi {
     async fn rewrap_item(
         &self,
         head: &Request<()>,
-        tenant: &TenantId,
+        access: &mut CallAccess,
+        envelope: &[u8],
+        raw_context: HashMap<String, String>,
+        raw_target_scope: &str,
+        allowed: Option<&mut Allowed>,
+    ) -> Result<pb::RewrapResponse, ServiceError> {
+        let outcome = self
+            .rewrap_item_inner(
+                head,
+                access,
+                envelope,
+                raw_context,
+                raw_target_scope,
+                allowed,
+            )
+            .await;
+        // Rewrap's bytes are the envelope's: its plaintext never leaves the keyring.
+        access.item(&outcome, |_| envelope.len());
+        outcome
+    }
+
+    async fn rewrap_item_inner(
+        &self,
+        head: &Request<()>,
+        access: &mut CallAccess,
         envelope: &[u8],
         raw_context: HashMap<String, String>,
         raw_target_scope: &str,
@@ -39,16 +63,15 @@ impl CryptoApi {
         self.authorize(
             head,
             Action::Rewrap,
-            tenant,
-            RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(target.as_ref().map_or(DECRYPT_SCOPE, |s| s.as_str())),
-            },
+            access,
+            ctx.get(PURPOSE_CONTEXT_KEY),
+            Some(target.as_ref().map_or(DECRYPT_SCOPE, |s| s.as_str())),
             allowed,
-        )?;
+        )
+        .await?;
         let (sealed, dek_id) = self
             .keyring()
-            .rewrap(tenant, envelope, &ctx, target.as_ref())
+            .rewrap(access.tenant(), envelope, &ctx, target.as_ref())
             .await?;
         let ext = head.extensions();
         crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, envelope.len());
@@ -65,17 +88,23 @@ impl CryptoApi {
     ) -> Result<Response<pb::RewrapResponse>, Status> {
         let (head, request) = split(request);
         let tenant = tenant_id(&request.tenant_id)?;
+        let mut access = CallAccess::new(
+            tenant,
+            Action::Rewrap,
+            justification(request.justification)?,
+        );
         let response = self
             .rewrap_item(
                 &head,
-                &tenant,
+                &mut access,
                 &request.envelope,
                 request.encryption_context,
                 &request.target_scope,
                 None,
             )
-            .await?;
-        Ok(Response::new(response))
+            .await;
+        access.finish(self.keyring());
+        Ok(Response::new(response?))
     }
 
     /// Up to [`super::MAX_BATCH_ITEMS`] items of one tenant, each converted, authorized and
@@ -90,13 +119,18 @@ impl CryptoApi {
         // A new envelope is as long as the one it replaces (every suite has the same header
         // and tag sizes: docs/envelope-format.md).
         self.check_response_size(request.items.iter().map(|item| item.envelope.len()))?;
+        let mut access = CallAccess::new(
+            tenant,
+            Action::Rewrap,
+            justification(request.justification)?,
+        );
         let mut allowed = Allowed::new();
         let mut results = Vec::with_capacity(request.items.len());
         for item in request.items {
             let outcome = self
                 .rewrap_item(
                     &head,
-                    &tenant,
+                    &mut access,
                     &item.envelope,
                     item.encryption_context,
                     &item.target_scope,
@@ -110,6 +144,7 @@ impl CryptoApi {
                 }),
             });
         }
+        access.finish(self.keyring());
         Ok(Response::new(pb::RewrapBatchResponse { results }))
     }
 }

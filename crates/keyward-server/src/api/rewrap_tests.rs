@@ -161,6 +161,7 @@ impl Fixture {
             envelope,
             encryption_context: context(),
             target_scope: target_scope.to_owned(),
+            justification: None,
         }
     }
 
@@ -172,6 +173,7 @@ impl Fixture {
                     tenant_id: self.t.to_string(),
                     envelope,
                     encryption_context: context(),
+                    justification: None,
                 },
             ))
             .await
@@ -243,6 +245,7 @@ async fn a_caller_permitted_only_rewrap_moves_data_it_cannot_read_and_a_reader_c
                         encryption_context: context(),
                         target_scope: target.to_owned(),
                     }],
+                    justification: None,
                 },
             ))
             .await
@@ -334,6 +337,7 @@ async fn rewrap_policies_see_the_target_scope_per_item() {
                     item(""),
                     item("archive"),
                 ],
+                justification: None,
             },
         ))
         .await
@@ -396,6 +400,7 @@ async fn a_bad_target_scope_is_an_invalid_argument_naming_target_scope() {
                         target_scope: String::new(),
                     },
                 ],
+                justification: None,
             },
         ))
         .await
@@ -426,6 +431,7 @@ async fn rewrap_batches_have_the_batch_limits() {
                         target_scope: format!("s{i}"),
                     })
                     .collect(),
+                justification: None,
             },
         )
     };

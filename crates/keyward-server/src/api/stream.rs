@@ -22,7 +22,7 @@ use std::{
 };
 
 use futures_util::Stream;
-use keyward_authz::{Action, RequestContext};
+use keyward_authz::Action;
 use keyward_envelope::{TenantId, framed};
 use keyward_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -31,7 +31,8 @@ use tonic::{Request, Response, Status, Streaming};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{
-    convert::{context, scope, tenant_id},
+    access::CallAccess,
+    convert::{context, justification, scope, tenant_id},
     crypto::{CryptoApi, DECRYPT_SCOPE, PURPOSE_CONTEXT_KEY},
     split,
 };
@@ -57,16 +58,20 @@ impl CryptoApi {
         let ctx = context(first.encryption_context)?;
         let scope = scope(&first.scope)?;
         let frame_size = frame_size(first.frame_size)?;
+        let mut access = CallAccess::new(
+            tenant.clone(),
+            Action::Encrypt,
+            justification(first.justification)?,
+        );
         self.authorize(
             &head,
             Action::Encrypt,
-            &tenant,
-            RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(scope.as_str()),
-            },
+            &mut access,
+            ctx.get(PURPOSE_CONTEXT_KEY),
+            Some(scope.as_str()),
             None,
-        )?;
+        )
+        .await?;
         let first_plaintext = Zeroizing::new(first.plaintext);
         let keyring = Arc::clone(self.keyring_arc());
         let (mut stream, header) = match keyring
@@ -76,6 +81,8 @@ impl CryptoApi {
             Ok(started) => started,
             Err(e) => {
                 let status = e.to_status();
+                access.failed(&e);
+                access.finish(&keyring);
                 keyring.stream_finished(&tenant, true, &Err(e));
                 return Err(status);
             }
@@ -109,7 +116,8 @@ impl CryptoApi {
                                 next.tenant_id.is_empty()
                                     && next.encryption_context.is_empty()
                                     && next.scope.is_empty()
-                                    && next.frame_size == 0,
+                                    && next.frame_size == 0
+                                    && next.justification.is_none(),
                             )?;
                         }
                         Ok(None) => break,
@@ -122,6 +130,8 @@ impl CryptoApi {
                 Ok(stream.bytes())
             }
             .await;
+            access.stream_ended(result.is_ok(), stream.bytes());
+            access.finish(&keyring);
             finish(&keyring, &tenant, true, &tx, result).await;
             let ext = head.extensions();
             crate::telemetry::note_payload(ext, PayloadKind::PlaintextIn, stream.bytes() as usize);
@@ -138,17 +148,27 @@ impl CryptoApi {
         let first = first_message(&mut inbound).await?;
         let tenant = tenant_id(&first.tenant_id)?;
         let ctx = context(first.encryption_context)?;
-        // As Decrypt: the scope is known only from the stored DEK, after authorization.
-        self.authorize(
-            &head,
+        let mut access = CallAccess::new(
+            tenant.clone(),
             Action::Decrypt,
-            &tenant,
-            RequestContext {
-                purpose: ctx.get(PURPOSE_CONTEXT_KEY),
-                scope: Some(DECRYPT_SCOPE),
-            },
-            None,
-        )?;
+            justification(first.justification)?,
+        );
+        // As Decrypt: the scope is known only from the stored DEK, after authorization; then
+        // the tenant's justification rule.
+        let authorized = self
+            .authorize(
+                &head,
+                Action::Decrypt,
+                &mut access,
+                ctx.get(PURPOSE_CONTEXT_KEY),
+                Some(DECRYPT_SCOPE),
+                None,
+            )
+            .await;
+        if let Err(e) = authorized {
+            access.finish(self.keyring());
+            return Err(e.into());
+        }
         let keyring = Arc::clone(self.keyring_arc());
         let mut stream = keyring.begin_stream_decryption(&tenant, ctx);
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -172,7 +192,9 @@ impl CryptoApi {
                     match inbound.message().await {
                         Ok(Some(next)) => {
                             later_message(
-                                next.tenant_id.is_empty() && next.encryption_context.is_empty(),
+                                next.tenant_id.is_empty()
+                                    && next.encryption_context.is_empty()
+                                    && next.justification.is_none(),
                             )?;
                             received += next.envelope.len();
                             chunk = next.envelope;
@@ -186,6 +208,9 @@ impl CryptoApi {
                 Ok(stream.bytes())
             }
             .await;
+            // Frames sent before a failure were authentic plaintext released: counted.
+            access.stream_ended(result.is_ok(), stream.bytes());
+            access.finish(&keyring);
             finish(&keyring, &tenant, false, &tx, result).await;
             let ext = head.extensions();
             crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, received);

@@ -29,6 +29,7 @@ use keyward_store::Store;
 
 use crate::{
     error::ServiceError,
+    keyring::access::{AccessCall, AccessMeter},
     keyring::gate::Gates,
     keyring::usage::{Usage, UsageMeter},
 };
@@ -42,6 +43,8 @@ pub(super) struct AuditLedger {
     store: Arc<dyn Store>,
     /// Per-tenant usage per minute, for `usage_summary` audit records.
     usage: UsageMeter,
+    /// Per-tenant accesses per minute, caller, action and purpose, for `access_summary` records.
+    access: AccessMeter,
     /// Audit records whose standalone append failed, kept for the next flush.
     pending: PendingAudit,
     /// Names this replica in log lines.
@@ -53,6 +56,7 @@ impl AuditLedger {
         Self {
             store,
             usage: UsageMeter::default(),
+            access: AccessMeter::default(),
             pending: PendingAudit::default(),
             replica_id,
         }
@@ -61,6 +65,11 @@ impl AuditLedger {
     /// Counts one request (or KMS call) of `tenant` in the current minute's usage.
     pub(super) fn count_usage(&self, tenant: &TenantId, update: impl FnOnce(&mut Usage)) {
         self.usage.record(tenant, crate::now_ms(), update);
+    }
+
+    /// Counts one data-path call in the current minute's access summaries.
+    pub(super) fn count_access(&self, call: AccessCall) {
+        self.access.record(call, crate::now_ms());
     }
 
     /// Writes the per-tenant, per-second counts of requests denied because of revocation
@@ -96,7 +105,10 @@ impl AuditLedger {
                 cache_hits: u.cache_hits,
                 errors: u.errors,
             });
-        let events = self.pending.take_with(denials.chain(usage).collect());
+        let access = self.access.take_finished(now_ms);
+        let events = self
+            .pending
+            .take_with(denials.chain(usage).chain(access).collect());
         let count = events.len();
         if count > 0 {
             self.append_or_keep(events).await?;

@@ -309,6 +309,7 @@ impl World {
                     cache_ttl_seconds: cache_ttl_s,
                     monitor_interval_seconds: monitor_interval_s,
                     auto_rekey: false,
+                    decrypt_purposes: 0,
                 };
                 let keyring = &self.replicas[on.index()].keyring;
                 let _ = bounded(

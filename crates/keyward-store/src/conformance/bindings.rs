@@ -562,6 +562,7 @@ pub async fn check_writes_return_the_tenant_they_left(store: &dyn Store) {
         cache_ttl_seconds: Some(30),
         monitor_interval_seconds: None,
         auto_rekey: false,
+        decrypt_purposes: 0,
     };
     let with_policy = store
         .set_tenant_policy(&tenant, policy, &tenant_created)

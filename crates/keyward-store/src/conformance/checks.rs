@@ -205,6 +205,7 @@ pub async fn check_key_check_claim_order(store: &dyn Store) {
         cache_ttl_seconds: None,
         monitor_interval_seconds: Some(7),
         auto_rekey: false,
+        decrypt_purposes: 0,
     };
     store
         .set_tenant_policy(first_tenant, policy, &super::no_events)

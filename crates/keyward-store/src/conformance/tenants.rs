@@ -40,6 +40,8 @@ pub async fn check_tenant_policy(store: &dyn Store) {
         cache_ttl_seconds: Some(5),
         monitor_interval_seconds: Some(10),
         auto_rekey: true,
+        // model_inference (1) and legal_hold (4).
+        decrypt_purposes: (1 << 1) | (1 << 4),
     };
     let head = store.audit_head().await.unwrap();
     let updated = store
@@ -56,12 +58,25 @@ pub async fn check_tenant_policy(store: &dyn Store) {
         cache_ttl_seconds: Some(0),
         monitor_interval_seconds: None,
         auto_rekey: false,
+        decrypt_purposes: 0,
     };
     let err = store
         .set_tenant_policy(&tenant, zero, &tenant_created)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    // A purpose bit outside 1..=30 is refused before the transaction.
+    for bits in [1u32, 1 << 31] {
+        let bad = crate::TenantPolicy {
+            decrypt_purposes: bits,
+            ..policy
+        };
+        let err = store
+            .set_tenant_policy(&tenant, bad, &tenant_created)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
     let unknown = TenantId::try_from("conf-no-such-tenant").unwrap();
     let err = store
         .set_tenant_policy(&unknown, policy, &tenant_created)

@@ -31,6 +31,7 @@ macro_rules! migrations {
             7 "dek_tombstones" "0007_dek_tombstones",
             8 "rekey" "0008_rekey",
             9 "export" "0009_export",
+            10 "decrypt_purposes" "0010_decrypt_purposes",
         )
     };
     (@files $dir:literal; $($version:literal $name:literal $file:literal,)*) => {

@@ -46,8 +46,21 @@ sql_impl!(#[async_trait::async_trait] impl Store => {
     ) -> Result<TenantState, StoreError> {
         let ttl = policy_to_db("cache_ttl_seconds", policy.cache_ttl_seconds)?;
         let interval = policy_to_db("monitor_interval_seconds", policy.monitor_interval_seconds)?;
+        if policy.decrypt_purposes & !TenantPolicy::PURPOSE_BITS != 0 {
+            return Err(StoreError::InvalidInput(format!(
+                "decrypt_purposes {:#x} has a bit outside 1..=30",
+                policy.decrypt_purposes
+            )));
+        }
         with_retries(D::WRITE_ATTEMPTS, || {
-            self.try_set_tenant_policy(id, ttl, interval, policy.auto_rekey, audit)
+            self.try_set_tenant_policy(
+                id,
+                ttl,
+                interval,
+                policy.auto_rekey,
+                policy.decrypt_purposes,
+                audit,
+            )
         })
         .await
     }

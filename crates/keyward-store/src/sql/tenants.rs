@@ -8,7 +8,7 @@ use crate::decode::{self, now_ms};
 use crate::{AuditFn, StoreError, TenantId, TenantPolicy, TenantRecord, TenantState};
 
 pub(crate) const TENANT_COLUMNS: &str = "SELECT id, display_name, created_at_ms, \
-     cache_ttl_seconds, monitor_interval_seconds, auto_rekey FROM tenants";
+     cache_ttl_seconds, monitor_interval_seconds, auto_rekey, decrypt_purposes FROM tenants";
 
 /// `value` converted to a positive `T`, else `error(value)`; `None` stays `None`.
 fn positive<F: Copy, T: TryFrom<F> + PartialOrd + Default>(
@@ -56,6 +56,15 @@ sql_impl!(impl => {
                     Self::col(row, T, "monitor_interval_seconds")?,
                 )?,
                 auto_rekey: Self::col::<i64>(row, T, "auto_rekey")? != 0,
+                decrypt_purposes: {
+                    let bits = Self::col::<i64>(row, T, "decrypt_purposes")?;
+                    u32::try_from(bits)
+                        .ok()
+                        .filter(|b| b & !TenantPolicy::PURPOSE_BITS == 0)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("tenants.decrypt_purposes: {bits}"))
+                        })?
+                },
             },
         })
     }
@@ -95,18 +104,20 @@ sql_impl!(impl => {
         ttl: Option<i64>,
         interval: Option<i64>,
         auto_rekey: bool,
+        decrypt_purposes: u32,
         audit: AuditFn<'_, TenantRecord>,
     ) -> Result<TenantState, StoreError> {
         let mut tx = D::begin_write(&self.pool).await?;
         // `RETURNING` rather than rows_affected(), which sqlx does not offer generically.
         let updated = sqlx::query(
             "UPDATE tenants SET cache_ttl_seconds = $1, monitor_interval_seconds = $2, \
-             auto_rekey = $4 WHERE id = $3 RETURNING id",
+             auto_rekey = $4, decrypt_purposes = $5 WHERE id = $3 RETURNING id",
         )
         .bind(ttl)
         .bind(interval)
         .bind(id.as_str())
         .bind(i64::from(auto_rekey))
+        .bind(i64::from(decrypt_purposes))
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
