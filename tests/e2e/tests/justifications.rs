@@ -428,7 +428,7 @@ async fn the_tenants_rule_the_policies_and_the_access_records_see_each_callers_j
     // Concurrent load: both services, two purposes, references.
     let rounds = 60u64;
     let mut tasks = Vec::new();
-    for (principal, mut client, purpose, name) in [
+    for (principal, client, purpose, name) in [
         (
             CHAT_PRINCIPAL,
             chat.clone(),
@@ -443,7 +443,7 @@ async fn the_tenants_rule_the_policies_and_the_access_records_see_each_callers_j
         ),
     ] {
         for worker in 0..3u64 {
-            let sealed = sealed.clone();
+            let (sealed, mut client) = (sealed.clone(), client.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..rounds {
                     let reference = format!("SUP-{}", (worker + i) % 4);
