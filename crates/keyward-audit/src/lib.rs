@@ -43,6 +43,8 @@ mod export;
 mod fields;
 mod identifier;
 mod record;
+mod redaction;
+mod sealer;
 pub mod timeline;
 mod verify;
 
@@ -54,9 +56,12 @@ pub use error::AuditError;
 pub use event::{
     AuditEvent, DekRetireReason, KeyState, RegistrationOutcome, RevocationSource, StateTransition,
 };
-pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
+pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter, TENANT_EXPORT_VERSION};
 pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
-pub use record::{RECORD_DOMAIN, Record};
+pub use record::{EVENT_DIGEST_DOMAIN, RECORD_DOMAIN, RECORD_DOMAIN_V2, Record, SALT_LEN};
+pub use redaction::{TenantScope, shown_in_full};
+pub use sealer::{RecordSealer, TENANT_TAG_KIND};
 pub use verify::{
-    FailureKind, Verification, VerifyFailure, VerifyReport, verify_export, verify_export_all,
+    FailureKind, TenantReport, Verification, VerifyFailure, VerifyReport, verify_export,
+    verify_export_all,
 };
