@@ -75,6 +75,7 @@ pub(crate) async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Res
     let client = client(endpoint).await?;
     let request = pb::EncryptStreamRequest {
         tenant_id: args.tenant,
+        justification: None,
         encryption_context: context_map(args.context)?,
         scope: args.scope,
         frame_size: args.frame_size.unwrap_or(0),
@@ -101,6 +102,7 @@ async fn encrypt_unary(
     let response = client
         .encrypt(pb::EncryptRequest {
             tenant_id: args.tenant,
+            justification: None,
             plaintext,
             encryption_context: context_map(args.context)?,
             scope: args.scope,
@@ -140,6 +142,7 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
     let client = client(endpoint).await?;
     let request = pb::DecryptStreamRequest {
         tenant_id: args.tenant,
+        justification: None,
         encryption_context: context_map(args.context)?,
         envelope: Vec::new(),
     };
@@ -173,6 +176,7 @@ async fn decrypt_unary(
     let response = client
         .decrypt(pb::DecryptRequest {
             tenant_id: args.tenant,
+            justification: None,
             envelope,
             encryption_context: context_map(args.context)?,
         })
@@ -198,6 +202,7 @@ pub(crate) async fn rewrap(endpoint: &Target, args: RewrapArgs) -> anyhow::Resul
     let response = client
         .rewrap(pb::RewrapRequest {
             tenant_id: args.tenant,
+            justification: None,
             envelope,
             encryption_context: context_map(args.context)?,
             target_scope: args.to_scope.unwrap_or_default(),

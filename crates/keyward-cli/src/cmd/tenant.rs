@@ -75,6 +75,7 @@ pub(crate) async fn tenant(endpoint: &Target, cmd: TenantCommand) -> anyhow::Res
                         cache_ttl_seconds,
                         monitor_interval_seconds,
                         auto_rekey,
+                        decrypt_purposes: Vec::new(),
                     }),
                     requested_by,
                 })
