@@ -432,6 +432,7 @@ pub(crate) async fn round_trip(
             plaintext: plaintext.to_vec(),
             encryption_context: context(&[("c", "1")]),
             scope: String::new(),
+            justification: None,
         })
         .await
         .expect("Encrypt")
@@ -440,6 +441,7 @@ pub(crate) async fn round_trip(
         tenant_id: tenant.into(),
         envelope: sealed.envelope,
         encryption_context: context(&[("c", "1")]),
+        justification: None,
     };
     let opened = crypto
         .decrypt(decrypt.clone())
@@ -472,6 +474,7 @@ pub(crate) async fn assert_revoked_after_disable(server: &Server, decrypt: pb::D
             plaintext: b"more".to_vec(),
             encryption_context: decrypt.encryption_context.clone(),
             scope: String::new(),
+            justification: None,
         })
         .await
         .expect_err("Encrypt after the revocation");
