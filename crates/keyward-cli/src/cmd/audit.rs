@@ -300,7 +300,9 @@ fn tenant_text(r: &VerifyReport, t: &TenantReport) -> String {
             t.scope.tenant_tag
         ));
     }
-    if t.starts_before_range() {
+    if r.first_seq == 1 {
+        out.push_str("start: the export begins at the start of the chain (seq 1): nothing is missing before it\n");
+    } else if t.starts_before_range() {
         out.push_str("start: the export begins with the record just before the range: nothing of the range is missing before it
 ");
     } else {
