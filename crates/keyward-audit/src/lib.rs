@@ -3,7 +3,10 @@
 //! - [`AuditEvent`]: what is recorded. Never plaintext or key bytes; scope labels only as
 //!   [`IdentifierHasher`] digests.
 //! - [`Record`]: one event in the hash chain. `hash = SHA-256("keyward-audit-v1\n" ||
-//!   canonical JSON of {event, prev_hash, seq, time_ms})`; [`ChainHead`] is the end of the chain.
+//!   canonical JSON of {event, prev_hash, seq, time_ms})` (format v1), or, for records appended
+//!   through a [`RecordSealer`], over a salted digest of the event and a tag of its tenant
+//!   (format v2), so that a per-tenant export can redact other tenants' records
+//!   ([`TenantScope`], [`shown_in_full`]); [`ChainHead`] is the end of the chain.
 //! - [`Checkpoint`]: an Ed25519 signature by the deployment's [`SigningKey`] over a chain head.
 //! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
 //!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
