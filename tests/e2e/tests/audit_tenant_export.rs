@@ -189,6 +189,74 @@ fn a_per_tenant_export_verifies_states_what_it_proves_and_holds_nothing_of_other
         "{err}"
     );
 
+    // A range that ends before later activity: the export ends with the first record after the
+    // range, which proves nothing of the range was cut at its end.
+    let cut = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["time_ms"].as_i64())
+        .max()
+        .unwrap()
+        + 1;
+    let acme_before_cut = full;
+    let mut n = 0;
+    loop {
+        // Activity of another tenant until a record is appended after `cut` (times are ms).
+        n += 1;
+        runtime.block_on(server.onboard(&format!("initech-{n}")));
+        let head = runtime.block_on(async {
+            let mut audit = AuditServiceClient::new(server.channel().await);
+            audit
+                .list_events(pb::ListAuditEventsRequest {
+                    tenant_id: format!("initech-{n}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .records
+        });
+        if head.iter().any(|r| {
+            r.time
+                .is_some_and(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 >= cut)
+        }) {
+            break;
+        }
+        assert!(n < 100, "the clock does not move");
+    }
+    let ranged = dir.path().join("ranged.jsonl");
+    let (ok, _, err) = server.cli(
+        &[
+            "audit",
+            "export",
+            "--tenant",
+            "acme",
+            "--from",
+            "2000-01-01",
+            "--to",
+            &rfc3339(cut),
+            "--output",
+            ranged.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = verify(&ranged, false);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(&format!(
+            "{acme_before_cut} records of tenant acme between 2000-01-01T00:00:00.000Z and {}",
+            rfc3339(cut)
+        )) && out.contains("end: the export ends with the record just after the range"),
+        "{out}"
+    );
+    assert!(
+        !std::fs::read_to_string(&ranged)
+            .unwrap()
+            .contains("initech")
+    );
+
     // The whole-chain export still verifies, with globex's records in full.
     let whole = dir.path().join("whole.jsonl");
     let (ok, _, err) = server.cli(
@@ -204,4 +272,26 @@ fn a_per_tenant_export_verifies_states_what_it_proves_and_holds_nothing_of_other
     // A time range without a tenant is refused.
     let (ok, _, _) = server.cli(&["audit", "export", "--from", "2000-01-01"], b"");
     assert!(!ok);
+}
+
+/// `ms` (Unix milliseconds) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, as `keyward audit export --to` takes it.
+fn rfc3339(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
 }
