@@ -9,13 +9,17 @@ use crate::canonical;
 use crate::chain_head::ChainHead;
 use crate::checkpoint::{Checkpoint, SigningKey};
 use crate::error::AuditError;
-use crate::fields::{expect_keys, get_i64, get_u64};
-use crate::record::Record;
+use crate::fields::{expect_keys, get_i64, get_str, get_u64};
+use crate::record::{Record, check_tag};
+use crate::redaction::{TenantScope, shown_in_full};
 
 /// The header line's `"type"`.
 pub const EXPORT_TYPE: &str = "keyward-audit-export";
-/// The export format version this crate writes and verifies.
+/// The export format version of a whole-chain export.
 pub const EXPORT_VERSION: u64 = 1;
+/// The export format version of a per-tenant export (`docs/audit-format.md` §6.2): its header
+/// also names the tenant, its tag and the time range.
+pub const TENANT_EXPORT_VERSION: u64 = 2;
 
 /// The first line of an export. Not signed: the verifier checks it against the signed content
 /// (`first_seq` against the first record, `last_seq` against the last).
@@ -60,9 +64,39 @@ impl ExportHeader {
             .map_err(|e| AuditError::Encoding(e.to_string()))
     }
 
+    /// The header line of a per-tenant export (version 2): the fields of
+    /// [`ExportHeader::to_canonical_json`] and `from_ms`, `tenant`, `tenant_tag`, `to_ms`.
+    pub fn to_canonical_json_scoped(&self, scope: &TenantScope) -> Result<String, AuditError> {
+        let mut m = Map::new();
+        m.insert("checkpoints".into(), Value::from(self.checkpoints));
+        m.insert("exported_at_ms".into(), Value::from(self.exported_at_ms));
+        m.insert("first_seq".into(), Value::from(self.first_seq));
+        m.insert("from_ms".into(), Value::from(scope.from_ms));
+        m.insert("last_seq".into(), Value::from(self.last_seq));
+        m.insert("tenant".into(), Value::String(scope.tenant.as_str().into()));
+        m.insert("tenant_tag".into(), Value::String(scope.tenant_tag.clone()));
+        m.insert("to_ms".into(), Value::from(scope.to_ms));
+        m.insert("type".into(), Value::String(EXPORT_TYPE.into()));
+        m.insert("version".into(), Value::from(TENANT_EXPORT_VERSION));
+        String::from_utf8(canonical::to_vec(&Value::Object(m))?)
+            .map_err(|e| AuditError::Encoding(e.to_string()))
+    }
+
     /// Parses a header line strictly (canonical, exactly these fields, version 1,
-    /// `1 <= first_seq <= last_seq + 1`).
+    /// `1 <= first_seq <= last_seq + 1`). A per-tenant header (version 2) is refused: read it
+    /// with [`ExportHeader::parse`].
     pub fn from_canonical_json(text: &str) -> Result<Self, AuditError> {
+        match Self::parse(text)? {
+            (header, None) => Ok(header),
+            (_, Some(_)) => Err(AuditError::Malformed(
+                "a per-tenant export header (version 2): read it with ExportHeader::parse".into(),
+            )),
+        }
+    }
+
+    /// Parses a header line strictly: a whole-chain header (version 1), or a per-tenant one
+    /// (version 2, with its [`TenantScope`]).
+    pub fn parse(text: &str) -> Result<(Self, Option<TenantScope>), AuditError> {
         let value = canonical::parse_strict(text)?;
         let obj = value
             .as_object()
@@ -73,23 +107,58 @@ impl ExportHeader {
             )));
         }
         let version = get_u64(obj, "version")?;
-        if version != EXPORT_VERSION {
-            return Err(AuditError::Malformed(format!(
-                "export version {version} is not supported (this verifier reads version {EXPORT_VERSION})"
-            )));
-        }
-        expect_keys(
-            obj,
-            &[
-                "checkpoints",
-                "exported_at_ms",
-                "first_seq",
-                "last_seq",
-                "type",
-                "version",
-            ],
-            "header",
-        )?;
+        let scope = match version {
+            EXPORT_VERSION => {
+                expect_keys(
+                    obj,
+                    &[
+                        "checkpoints",
+                        "exported_at_ms",
+                        "first_seq",
+                        "last_seq",
+                        "type",
+                        "version",
+                    ],
+                    "header",
+                )?;
+                None
+            }
+            TENANT_EXPORT_VERSION => {
+                expect_keys(
+                    obj,
+                    &[
+                        "checkpoints",
+                        "exported_at_ms",
+                        "first_seq",
+                        "from_ms",
+                        "last_seq",
+                        "tenant",
+                        "tenant_tag",
+                        "to_ms",
+                        "type",
+                        "version",
+                    ],
+                    "per-tenant export header",
+                )?;
+                let tenant = get_str(obj, "tenant")?
+                    .parse::<keyward_envelope::TenantId>()
+                    .map_err(|e| AuditError::Malformed(format!("header tenant: {e}")))?;
+                let tenant_tag = get_str(obj, "tenant_tag")?.to_owned();
+                check_tag(&tenant_tag)?;
+                let (from_ms, to_ms) = (get_i64(obj, "from_ms")?, get_i64(obj, "to_ms")?);
+                if from_ms > to_ms {
+                    return Err(AuditError::Malformed(format!(
+                        "header range from_ms {from_ms} .. to_ms {to_ms} is empty"
+                    )));
+                }
+                Some(TenantScope::new(tenant, tenant_tag, from_ms, to_ms))
+            }
+            _ => {
+                return Err(AuditError::Malformed(format!(
+                    "export version {version} is not supported (this verifier reads versions {EXPORT_VERSION} and {TENANT_EXPORT_VERSION})"
+                )));
+            }
+        };
         let header = ExportHeader {
             first_seq: get_u64(obj, "first_seq")?,
             last_seq: get_u64(obj, "last_seq")?,
@@ -102,7 +171,7 @@ impl ExportHeader {
                 header.first_seq, header.last_seq
             )));
         }
-        Ok(header)
+        Ok((header, scope))
     }
 }
 
@@ -127,6 +196,8 @@ impl ExportHeader {
 pub struct ExportWriter<W: Write> {
     out: W,
     header: Option<ExportHeader>,
+    /// The tag of the tenant a per-tenant export is for.
+    scope_tag: Option<String>,
     /// The last record written, or the head a checkpoint anchored before any record.
     head: Option<ChainHead>,
     checkpoints: u64,
@@ -138,6 +209,7 @@ impl<W: Write> ExportWriter<W> {
         ExportWriter {
             out,
             header: None,
+            scope_tag: None,
             head: None,
             checkpoints: 0,
         }
@@ -159,8 +231,32 @@ impl<W: Write> ExportWriter<W> {
         Ok(())
     }
 
+    /// Writes the header of a per-tenant export (§6.2); must be first and only once. The
+    /// records are then written with [`ExportWriter::write_record`], which shows the tenant's
+    /// in full and redacts the others ([`shown_in_full`]).
+    pub fn write_tenant_header(
+        &mut self,
+        header: &ExportHeader,
+        scope: &TenantScope,
+    ) -> Result<(), AuditError> {
+        if self.header.is_some() {
+            return Err(AuditError::OutOfOrder(
+                "the header was already written".into(),
+            ));
+        }
+        let line = header.to_canonical_json_scoped(scope)?;
+        self.line(&line)?;
+        self.header = Some(*header);
+        self.scope_tag = Some(scope.tenant_tag.clone());
+        if header.first_seq == 1 {
+            self.head = Some(ChainHead::GENESIS);
+        }
+        Ok(())
+    }
+
     /// Writes a record; it must follow the previous one (next seq, matching `prev_hash`), and
-    /// the first one must have the header's `first_seq`.
+    /// the first one must have the header's `first_seq`. In a per-tenant export the record is
+    /// written in full or redacted ([`shown_in_full`]); a format-v1 record is refused there.
     pub fn write_record(&mut self, record: &Record) -> Result<(), AuditError> {
         let header = self
             .header
@@ -182,7 +278,18 @@ impl<W: Write> ExportWriter<W> {
             }
             _ => {}
         }
-        self.line(&record.to_canonical_json())?;
+        let line = match &self.scope_tag {
+            None => record.to_canonical_json(),
+            Some(_) if record.version() < 2 => {
+                return Err(AuditError::OutOfOrder(format!(
+                    "record {} is format v1: a per-tenant export holds format-v2 records only",
+                    record.seq()
+                )));
+            }
+            Some(tag) if shown_in_full(record, tag) => record.to_canonical_json(),
+            Some(_) => record.to_redacted_json()?,
+        };
+        self.line(&line)?;
         self.head = Some(record.head());
         Ok(())
     }

@@ -3,7 +3,10 @@
 //! - [`AuditEvent`]: what is recorded. Never plaintext or key bytes; scope labels only as
 //!   [`IdentifierHasher`] digests.
 //! - [`Record`]: one event in the hash chain. `hash = SHA-256("keyward-audit-v1\n" ||
-//!   canonical JSON of {event, prev_hash, seq, time_ms})`; [`ChainHead`] is the end of the chain.
+//!   canonical JSON of {event, prev_hash, seq, time_ms})` (format v1), or, for records appended
+//!   through a [`RecordSealer`], over a salted digest of the event and a tag of its tenant
+//!   (format v2), so that a per-tenant export can redact other tenants' records
+//!   ([`TenantScope`], [`shown_in_full`]); [`ChainHead`] is the end of the chain.
 //! - [`Checkpoint`]: an Ed25519 signature by the deployment's [`SigningKey`] over a chain head.
 //! - [`ExportWriter`] / [`verify_export`]: the JSON Lines export and its offline verifier, which
 //!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
@@ -43,6 +46,8 @@ mod export;
 mod fields;
 mod identifier;
 mod record;
+mod redaction;
+mod sealer;
 pub mod timeline;
 mod verify;
 
@@ -54,9 +59,12 @@ pub use error::AuditError;
 pub use event::{
     AuditEvent, DekRetireReason, KeyState, RegistrationOutcome, RevocationSource, StateTransition,
 };
-pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter};
+pub use export::{EXPORT_TYPE, EXPORT_VERSION, ExportHeader, ExportWriter, TENANT_EXPORT_VERSION};
 pub use identifier::{IDENTIFIER_HASH_PREFIX, IdentifierHasher, TAG_LEN};
-pub use record::{RECORD_DOMAIN, Record};
+pub use record::{EVENT_DIGEST_DOMAIN, RECORD_DOMAIN, RECORD_DOMAIN_V2, Record, SALT_LEN};
+pub use redaction::{TenantScope, shown_in_full};
+pub use sealer::{RecordSealer, TENANT_TAG_KIND};
 pub use verify::{
-    FailureKind, Verification, VerifyFailure, VerifyReport, verify_export, verify_export_all,
+    FailureKind, TenantReport, Verification, VerifyFailure, VerifyReport, verify_export,
+    verify_export_all,
 };

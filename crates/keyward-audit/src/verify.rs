@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, PublicKey};
 use crate::export::ExportHeader;
+use crate::redaction::TenantScope;
 
 mod checkpoint_line;
 mod lines;
 mod record_line;
+mod tenant_line;
 
 use lines::{Lines, Parsed, parse_line};
 
@@ -46,11 +48,19 @@ pub enum FailureKind {
     /// A checkpoint is signed by a key that is neither given by the auditor nor introduced by a
     /// verified rotation, or by a key already rotated out.
     UnknownSigningKey,
+    /// A per-tenant export shows a record of its tenant as a redacted line (its `tenant_tag` is
+    /// the tenant's): the export hides one of the tenant's own records.
+    Withheld,
+    /// A per-tenant export shows in full a record that is not its tenant's (another tenant's
+    /// tag, or a deployment-wide record other than a signing-key rotation), or a record's
+    /// tenant and tag disagree.
+    Disclosed,
 }
 
 impl FailureKind {
     /// A stable snake_case name, for machine-readable output (`malformed`, `edited`, `deleted`,
-    /// `reordered`, `inserted`, `truncated`, `bad_signature`, `unknown_signing_key`).
+    /// `reordered`, `inserted`, `truncated`, `bad_signature`, `unknown_signing_key`, `withheld`,
+    /// `disclosed`).
     pub fn as_str(&self) -> &'static str {
         match self {
             FailureKind::Malformed => "malformed",
@@ -61,6 +71,8 @@ impl FailureKind {
             FailureKind::Truncated => "truncated",
             FailureKind::BadSignature => "bad_signature",
             FailureKind::UnknownSigningKey => "unknown_signing_key",
+            FailureKind::Withheld => "withheld",
+            FailureKind::Disclosed => "disclosed",
         }
     }
 }
@@ -76,6 +88,8 @@ impl fmt::Display for FailureKind {
             FailureKind::Truncated => "export truncated",
             FailureKind::BadSignature => "bad checkpoint signature",
             FailureKind::UnknownSigningKey => "checkpoint signed by an untrusted key",
+            FailureKind::Withheld => "record of the tenant withheld",
+            FailureKind::Disclosed => "record not of the tenant shown in full",
         })
     }
 }
@@ -148,6 +162,47 @@ pub struct VerifyReport {
     /// Records whose event type this verifier does not know (newer format): their hashes and
     /// chain links were verified, their fields were not interpreted.
     pub unknown_events: u64,
+    /// Format-v2 records (full or redacted); the others are format v1.
+    pub v2_records: u64,
+    /// For a per-tenant export (§6.2): what it proves about the tenant.
+    pub tenant: Option<TenantReport>,
+}
+
+/// What a verified per-tenant export proves about its tenant (`docs/audit-format.md` §6.2).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantReport {
+    /// The tenant, its tag (as the header states it) and the range asked for.
+    pub scope: TenantScope,
+    /// The tenant's records shown in full (its tag, its tenant id).
+    pub records: u64,
+    /// Of those, the ones whose time lies in the range asked for.
+    pub records_in_range: u64,
+    /// Redacted lines: records of other tenants and deployment-wide records, each proven not to
+    /// carry the tenant's tag.
+    pub redacted: u64,
+    /// Deployment-wide records shown in full (signing-key rotations).
+    pub deployment_records: u64,
+    /// Whether at least one full record of the tenant carries the header's tag. When false
+    /// the tag is the server's word only (compare it with an earlier export: it never changes).
+    pub tag_confirmed: bool,
+    /// Times of the first and last record of the export (any line), when there are records.
+    pub first_time_ms: Option<i64>,
+    pub last_time_ms: Option<i64>,
+}
+
+impl TenantReport {
+    /// Whether the export starts with a record before the range: then nothing of the range
+    /// can be missing before its first record (times never decrease along the chain).
+    pub fn starts_before_range(&self) -> bool {
+        self.first_time_ms.is_some_and(|t| t < self.scope.from_ms)
+    }
+
+    /// Whether the export ends with a record after the range: then nothing of the range can
+    /// be missing after its last record.
+    pub fn ends_after_range(&self) -> bool {
+        self.last_time_ms.is_some_and(|t| t >= self.scope.to_ms)
+    }
 }
 
 /// Verifies an export read from `reader`, trusting checkpoints signed by `trusted` keys and by
@@ -261,6 +316,26 @@ struct Verifier {
     keys_seen: Vec<PublicKey>,
     mid_chain_prev_hash: Option<[u8; 32]>,
     unknown_events: u64,
+    v2_records: u64,
+    /// The tenant a per-tenant export is for, and what was found about it.
+    scope: Option<TenantScope>,
+    tenant: TenantTally,
+    /// Whole-chain exports: the tag each tenant's full format-v2 records carry, and the tenant
+    /// each tag belongs to (one tag per tenant, one tenant per tag).
+    tag_of: HashMap<String, String>,
+    tenant_of: HashMap<String, String>,
+    /// The time of the last record, to check that times never decrease.
+    last_time_ms: Option<i64>,
+}
+
+/// Counts of a per-tenant export.
+#[derive(Debug, Default)]
+struct TenantTally {
+    records: u64,
+    in_range: u64,
+    redacted: u64,
+    deployment: u64,
+    first_time_ms: Option<i64>,
 }
 
 fn fail(line: usize, seq: Option<u64>, kind: FailureKind, detail: String) -> VerifyFailure {
@@ -331,6 +406,12 @@ impl Verifier {
             keys_seen: Vec::new(),
             mid_chain_prev_hash: None,
             unknown_events: 0,
+            v2_records: 0,
+            scope: None,
+            tenant: TenantTally::default(),
+            tag_of: HashMap::new(),
+            tenant_of: HashMap::new(),
+            last_time_ms: None,
         }
     }
 
@@ -360,9 +441,10 @@ impl Verifier {
             Err(e) => return self.report(fail(n, None, FailureKind::Malformed, e)),
         };
         let Some(header) = self.header else {
-            return match ExportHeader::from_canonical_json(&text) {
-                Ok(header) => {
+            return match ExportHeader::parse(&text) {
+                Ok((header, scope)) => {
                     self.header = Some(header);
+                    self.scope = scope;
                     if header.first_seq == 1 {
                         self.expected_prev = Some([0u8; 32]);
                     }
@@ -419,7 +501,7 @@ impl Verifier {
         };
         let seq = value.get("seq").and_then(Value::as_u64);
         match (value.get("type").and_then(Value::as_str), seq) {
-            (Some("record"), Some(seq)) if seq > self.current_seq(header) => {
+            (Some("record" | "redacted"), Some(seq)) if seq > self.current_seq(header) => {
                 self.missing = Some((seq, seq));
             }
             (Some("checkpoint"), Some(seq)) => {
@@ -523,6 +605,17 @@ impl Verifier {
             exported_at_ms: header.exported_at_ms,
             mid_chain_prev_hash: self.mid_chain_prev_hash,
             unknown_events: self.unknown_events,
+            v2_records: self.v2_records,
+            tenant: self.scope.clone().map(|scope| TenantReport {
+                scope,
+                records: self.tenant.records,
+                records_in_range: self.tenant.in_range,
+                redacted: self.tenant.redacted,
+                deployment_records: self.tenant.deployment,
+                tag_confirmed: self.tenant.records > 0,
+                first_time_ms: self.tenant.first_time_ms,
+                last_time_ms: self.last_time_ms,
+            }),
         }))
     }
 }

@@ -159,11 +159,12 @@ fn every_request_we_build_matches_the_schema() {
     };
     for action in Action::ALL {
         let resources: &[Resource<'_>] = match action {
-            Action::ReportKeyEvent
-            | Action::ExportAudit
-            | Action::ReadAuditPublicKey
-            | Action::RotateSigningKey => &[Resource::System],
-            Action::ReadAudit => &[Resource::Tenant("acme"), Resource::System],
+            Action::ReportKeyEvent | Action::ReadAuditPublicKey | Action::RotateSigningKey => {
+                &[Resource::System]
+            }
+            Action::ReadAudit | Action::ExportAudit => {
+                &[Resource::Tenant("acme"), Resource::System]
+            }
             _ => &[Resource::Tenant("acme")],
         };
         for &resource in resources {
@@ -226,7 +227,15 @@ fn representative_decisions() {
     assert!(!p.is_authorized(&auditor, Action::Decrypt, acme, &crypto("chat-history")));
     let compliance = p.principal(COMPLIANCE).unwrap();
     assert!(p.is_authorized(&compliance, Action::ExportAudit, Resource::System, &none));
-    assert!(!p.is_authorized(&compliance, Action::ExportAudit, acme, &none));
+    // A per-tenant export (the tenant as resource): global auditors for any tenant, the tenant's
+    // admin and scoped auditors for their own; the whole chain (System) for global ones only.
+    assert!(p.is_authorized(&compliance, Action::ExportAudit, acme, &none));
+    assert!(p.is_authorized(&admin, Action::ExportAudit, acme, &none));
+    assert!(!p.is_authorized(&admin, Action::ExportAudit, globex, &none));
+    assert!(!p.is_authorized(&admin, Action::ExportAudit, Resource::System, &none));
+    assert!(p.is_authorized(&auditor, Action::ExportAudit, acme, &none));
+    assert!(!p.is_authorized(&auditor, Action::ExportAudit, globex, &none));
+    assert!(!p.is_authorized(&auditor, Action::ExportAudit, Resource::System, &none));
 
     let oncall = p.principal(ONCALL).unwrap();
     assert!(p.is_authorized(&oncall, Action::RevokeKey, acme, &none));

@@ -686,11 +686,23 @@ pub(crate) fn parse_pair(raw: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint).
+    /// Export the whole audit chain as JSON Lines (records, signed checkpoints, final checkpoint),
+    /// or with --tenant one tenant's records in full and every other record of the range
+    /// redacted to its hash and tenant tag (docs/audit-format.md §6.2).
     Export {
         /// Write to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// A per-tenant export: this tenant's records in full, every other record redacted.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// With --tenant: records appended at or after this UTC time (2026-11-01 or
+        /// 2026-11-01T12:00:00Z).
+        #[arg(long, requires = "tenant", value_parser = parse_cutoff)]
+        from: Option<i64>,
+        /// With --tenant: records appended before this UTC time (exclusive).
+        #[arg(long, requires = "tenant", value_parser = parse_cutoff)]
+        to: Option<i64>,
     },
     /// Verify an export offline: recompute the hash chain and check every checkpoint signature.
     /// Reports every problem found; exit status 1 if there is any.

@@ -358,6 +358,132 @@ impl Auditor {
         }
     }
 
+    /// Streams a per-tenant export (docs/audit-format.md §6.2) of `tenant`'s records appended
+    /// in `from_ms..to_ms` as `AuditService.Export` chunks into `tx`: the tenant's records in
+    /// full, every other record redacted, one record on each side of the range when the chain
+    /// has it (so that the verifier can show nothing of the range was cut at its ends), and a
+    /// final checkpoint signed now. Format-v1 records cannot be redacted: the export starts at
+    /// the first format-v2 record of that span.
+    pub(crate) async fn export_tenant(
+        &self,
+        tenant: &keyward_store::TenantId,
+        from_ms: i64,
+        to_ms: i64,
+        tx: tokio::sync::mpsc::Sender<Result<pb::ExportAuditChunk, Status>>,
+    ) -> Result<(), ServiceError> {
+        let mut chain = self.rotation.lock().await;
+        let head = self.store.audit_head().await?;
+        self.follow_chain(&mut chain, &head).await?;
+        let span = self.tenant_export_span(head, from_ms, to_ms).await?;
+        let Some((first, last)) = span else {
+            return Err(ServiceError::invalid(
+                "from",
+                "the audit chain holds no format-v2 record in or next to this range: a per-tenant export shows format-v2 records only (docs/audit-format.md §6.2)",
+            ));
+        };
+        let tag =
+            keyward_audit::RecordSealer::new(Arc::clone(&self.keys.hasher)).tenant_tag(tenant);
+        let scope = keyward_audit::TenantScope::new(tenant.clone(), tag, from_ms, to_ms);
+        let checkpoints = self.store.checkpoints(first, last).await?;
+        let count = u64::try_from(checkpoints.len()).map_err(internal)? + 1;
+        let buffer = SharedBuffer::default();
+        let mut writer = ExportWriter::new(buffer.clone());
+        writer
+            .write_tenant_header(&ExportHeader::new(first, last, count, now_ms()), &scope)
+            .map_err(internal)?;
+        let mut pending = checkpoints.into_iter().peekable();
+        let mut after = first - 1;
+        while after < last {
+            let page = self
+                .store
+                .audit_records(&AuditQuery::default().with_after_seq(after).with_limit(PAGE))
+                .await?;
+            let Some(end) = page.last() else { break };
+            after = end.seq();
+            for record in page.iter().take_while(|r| r.seq() <= last) {
+                if record.version() < 2 {
+                    return Err(ServiceError::invalid(
+                        "from",
+                        format!(
+                            "audit record {} is format v1 (appended by a replica older than format v2), after format-v2 records: it cannot be redacted; export from after it",
+                            record.seq()
+                        ),
+                    ));
+                }
+                writer.write_record(record).map_err(internal)?;
+                while let Some(cp) = pending.next_if(|cp| cp.seq == record.seq()) {
+                    writer.write_checkpoint(&cp).map_err(internal)?;
+                }
+            }
+            if !send(&tx, buffer.take()).await {
+                return Ok(()); // the client went away
+            }
+        }
+        {
+            let key = self
+                .keys
+                .signing
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            writer.finish(&key, now_ms()).map_err(internal)?;
+        }
+        send(&tx, buffer.take()).await;
+        Ok(())
+    }
+
+    /// The seqs `(first, last)` of a per-tenant export of `from_ms..to_ms` up to `head`: from
+    /// the last record before the range (or the range's first record when there is none before,
+    /// or it is format v1), skipping format-v1 records, to the first record after the range (or
+    /// the head). `None` when no format-v2 record is left.
+    async fn tenant_export_span(
+        &self,
+        head: ChainHead,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<(u64, u64)>, ServiceError> {
+        let first_at_or_after = |ms: i64| {
+            let store = Arc::clone(&self.store);
+            async move {
+                let page = store
+                    .audit_records(
+                        &AuditQuery::default()
+                            .with_time_range(Some(ms), None)
+                            .with_limit(1),
+                    )
+                    .await?;
+                Ok::<_, ServiceError>(page.first().map(Record::seq))
+            }
+        };
+        // The first record in the range, and the one before it (the left boundary).
+        let in_range = first_at_or_after(from_ms).await?.unwrap_or(head.seq + 1);
+        let mut first = in_range.saturating_sub(1).max(1);
+        // The first record after the range (the right boundary), or the head.
+        let last = match first_at_or_after(to_ms).await? {
+            Some(seq) if seq <= head.seq => seq,
+            _ => head.seq,
+        };
+        // Skip format-v1 records at the start.
+        loop {
+            if first > last {
+                return Ok(None);
+            }
+            let page = self
+                .store
+                .audit_records(
+                    &AuditQuery::default()
+                        .with_after_seq(first - 1)
+                        .with_limit(PAGE),
+                )
+                .await?;
+            match page.iter().find(|r| r.version() >= 2) {
+                Some(r) if r.seq() <= last => return Ok(Some((r.seq(), last))),
+                Some(_) => return Ok(None),
+                None if page.len() < PAGE as usize => return Ok(None),
+                None => first = page.last().map_or(last + 1, |r| r.seq() + 1),
+            }
+        }
+    }
+
     /// Writes the export (docs/audit-format.md) in chunks of whole lines to `tx`.
     /// Streams the whole export (header, records, checkpoints, a final signed checkpoint) as
     /// `AuditService.Export` chunks into `tx`.

@@ -257,10 +257,19 @@ async fn start_serving(
         .map(tls::ReloadableTls::load)
         .transpose()?
         .map(Arc::new);
+    let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
+    let hasher = Arc::clone(audit_keys.hasher());
+    // Every record appended from now on is format v2 (docs/audit-format.md §3.3): salted event
+    // digest and tenant tag, so that a per-tenant export can redact other tenants' records.
+    let sealer = Arc::new(keyward_audit::RecordSealer::new(Arc::clone(&hasher)));
     let store: Arc<dyn keyward_store::Store> = match &settings.store {
-        config::StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        config::StoreLocation::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path).await?.with_record_sealer(sealer))
+        }
         config::StoreLocation::Postgres { url, options, .. } => {
-            let pg = PostgresStore::connect(url, options.clone()).await?;
+            let pg = PostgresStore::connect(url, options.clone())
+                .await?
+                .with_record_sealer(sealer);
             tracing::info!(replica = %settings.replica_id, url = %config::redact_url(url), "opened the PostgreSQL store");
             Arc::new(pg)
         }
@@ -274,8 +283,6 @@ async fn start_serving(
             Arc::new(metrics::MeteredProvider::new(p, Arc::clone(&metrics)))
         })
     };
-    let audit_keys = audit::AuditKeys::load_or_create(&settings.audit_dir)?;
-    let hasher = Arc::clone(audit_keys.hasher());
     tracing::info!(public_key = %audit_keys.public_key().to_text(), "audit checkpoints are signed with this key");
     let auditor = Arc::new(audit::Auditor::new(Arc::clone(&store), audit_keys));
     auditor

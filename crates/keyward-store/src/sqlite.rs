@@ -94,6 +94,7 @@ impl SqliteStore {
         tracing::debug!(path = %path.display(), "opened SQLite store");
         Ok(SqlStore {
             pool,
+            sealer: None,
             dialect: SqliteDialect,
         })
     }
@@ -114,6 +115,7 @@ impl SqliteStore {
             .map_err(backend)?;
         Ok(SqlStore {
             pool,
+            sealer: None,
             dialect: SqliteDialect,
         })
     }

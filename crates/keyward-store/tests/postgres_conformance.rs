@@ -144,6 +144,23 @@ async fn conformance_suite() {
     db.finish().await;
 }
 
+/// The whole suite again on a store that appends format-v2 records (docs/audit-format.md
+/// §3.3), after format-v1 records (a mixed chain), and their round trip with salt and tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_with_format_v2_records() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    populate(&store).await; // format v1
+    let sealer = keyward_audit::RecordSealer::new(std::sync::Arc::new(
+        keyward_audit::IdentifierHasher::new([9; 32]),
+    ));
+    let store = store.with_record_sealer(std::sync::Arc::new(sealer.clone()));
+    conformance::check_v2_records_round_trip(&store, &sealer).await;
+    conformance::run_all(&store).await;
+    store.close().await;
+    db.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_shared_database_from_two_replicas() {
     // Consecutive runs on one database that already holds other data, the second through

@@ -107,6 +107,20 @@ async fn conformance_suite() {
     conformance::run_all(&store).await;
 }
 
+/// The whole suite again on a store that appends format-v2 records (docs/audit-format.md
+/// §3.3), after format-v1 records (a mixed chain), and their round trip with salt and tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_with_format_v2_records() {
+    let (_dir, store) = open_temp().await;
+    populate(&store).await; // format v1
+    let sealer = keyward_audit::RecordSealer::new(std::sync::Arc::new(
+        keyward_audit::IdentifierHasher::new([9; 32]),
+    ));
+    let store = store.with_record_sealer(std::sync::Arc::new(sealer.clone()));
+    conformance::check_v2_records_round_trip(&store, &sealer).await;
+    conformance::run_all(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_shared_database() {
     // Consecutive runs on one database that already holds other data, as a long-lived

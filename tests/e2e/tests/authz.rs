@@ -535,6 +535,36 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
+    // A per-tenant export: its own tenant, never another's (docs/audit-format.md §6.2).
+    assert_status(
+        audit
+            .audit
+            .export(pb::ExportAuditRequest {
+                tenant_id: "globex".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let mut own = audit
+        .audit
+        .export(pb::ExportAuditRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut exported = Vec::new();
+    while let Some(chunk) = own.message().await.unwrap() {
+        exported.extend_from_slice(&chunk.jsonl);
+    }
+    let exported = String::from_utf8(exported).unwrap();
+    assert!(
+        exported.contains("\"tenant\":\"acme\"") && !exported.contains("globex"),
+        "{exported}"
+    );
 
     // A tenant admin revokes its own tenant's key, never another tenant's.
     assert_status(
@@ -636,6 +666,7 @@ async fn mtls_callers_are_allowed_and_denied_by_the_shipped_policies() {
         ("Auditor::\"acme-auditor\"", "Decrypt", Some("acme")),
         ("Auditor::\"acme-auditor\"", "ReadAudit", Some("globex")),
         ("Auditor::\"acme-auditor\"", "ExportAudit", None),
+        ("Auditor::\"acme-auditor\"", "ExportAudit", Some("globex")),
         ("TenantAdmin::\"acme-secops\"", "RevokeKey", Some("globex")),
         ("Operator::\"oncall\"", "RestoreKey", Some("acme")),
         (

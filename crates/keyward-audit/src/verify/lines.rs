@@ -86,7 +86,10 @@ pub(super) fn scan(
 
 pub(super) fn peek_record(line: usize, text: Result<String, String>) -> Option<Peek> {
     let v = serde_json::from_str::<Value>(&text.ok()?).ok()?;
-    if v.get("type").and_then(Value::as_str) != Some("record") {
+    if !matches!(
+        v.get("type").and_then(Value::as_str),
+        Some("record" | "redacted")
+    ) {
         return None;
     }
     Some(Peek {
@@ -108,7 +111,7 @@ pub(super) enum Parsed {
 pub(super) fn parse_line(text: &str) -> Result<Parsed, String> {
     let value = canonical::parse_strict(text).map_err(|e| e.to_string())?;
     match value.get("type").and_then(Value::as_str) {
-        Some("record") => RawRecord::from_value(&value)
+        Some("record" | "redacted") => RawRecord::from_value(&value)
             .map(Parsed::Record)
             .map_err(|e| e.to_string()),
         Some("checkpoint") => Checkpoint::from_value(&value)

@@ -5,7 +5,7 @@ use super::lines::{Lines, scan};
 use super::{FailureKind, Flow, PendingRotation, Seen, Verifier, fail, range, within};
 use crate::event::AuditEvent;
 use crate::export::ExportHeader;
-use crate::record::RawRecord;
+use crate::record::{RawFormat, RawRecord};
 
 impl Verifier {
     pub(super) fn record(
@@ -33,37 +33,43 @@ impl Verifier {
         }
         // 2. Known events must be valid; rotations are remembered once the record is in place.
         let mut rotation = None;
-        let known = AuditEvent::TYPES.contains(&r.event_type());
+        let known = !r.is_redacted() && AuditEvent::TYPES.contains(&r.event_type());
+        let mut typed = None;
         if known {
             match r.typed_event() {
                 Err(e) => self.report(fail(n, seq, FailureKind::Malformed, e.to_string()))?,
-                Ok(AuditEvent::SigningKeyRotated {
-                    old_key_id,
-                    new_key_id,
-                    new_public_key,
-                }) => {
-                    if new_public_key.key_id() == new_key_id {
-                        rotation = Some(PendingRotation {
-                            seq: r.seq,
-                            line: n,
-                            old_key_id,
-                            new_key: new_public_key,
-                        });
-                    } else {
-                        self.report(fail(
-                            n,
-                            seq,
-                            FailureKind::Malformed,
-                            format!(
-                                "signing_key_rotated names new_key_id {new_key_id} but its public key has id {}",
-                                new_public_key.key_id()
-                            ),
-                        ))?;
+                Ok(event) => {
+                    if let AuditEvent::SigningKeyRotated {
+                        old_key_id,
+                        new_key_id,
+                        new_public_key,
+                    } = &event
+                    {
+                        if new_public_key.key_id() == *new_key_id {
+                            rotation = Some(PendingRotation {
+                                seq: r.seq,
+                                line: n,
+                                old_key_id: old_key_id.clone(),
+                                new_key: *new_public_key,
+                            });
+                        } else {
+                            self.report(fail(
+                                n,
+                                seq,
+                                FailureKind::Malformed,
+                                format!(
+                                    "signing_key_rotated names new_key_id {new_key_id} but its public key has id {}",
+                                    new_public_key.key_id()
+                                ),
+                            ))?;
+                        }
                     }
+                    typed = Some(event);
                 }
-                Ok(_) => {}
             }
         }
+        // 2b. Tenant tags: who the record is about, and whether it may be shown as it is.
+        self.tenant_checks(n, r, typed.as_ref())?;
         // 3. Position in the sequence.
         let current = self.current_seq(header);
         let expected = current.saturating_add(1);
@@ -197,8 +203,11 @@ impl Verifier {
         if let Some(rotation) = rotation {
             self.pending.push(rotation);
         }
-        if !known {
+        if !known && !r.is_redacted() {
             self.unknown_events += 1;
+        }
+        if !matches!(r.format, RawFormat::V1) {
+            self.v2_records += 1;
         }
         self.last = Some(Seen {
             seq: r.seq,

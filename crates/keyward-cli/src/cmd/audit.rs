@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
-use keyward_audit::{PublicKey, Verification, VerifyReport, timeline, verify_export_all};
+use keyward_audit::{
+    PublicKey, TenantReport, Verification, VerifyReport, timeline, verify_export_all,
+};
 use keyward_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use serde_json::{Value, json};
 
@@ -41,10 +43,19 @@ pub(crate) async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Resul
             }
             Ok(())
         }
-        AuditCommand::Export { output } => {
+        AuditCommand::Export {
+            output,
+            tenant,
+            from,
+            to,
+        } => {
             let mut client = AuditServiceClient::new(channel(endpoint).await?);
             let mut stream = client
-                .export(pb::ExportAuditRequest {})
+                .export(pb::ExportAuditRequest {
+                    tenant_id: tenant.unwrap_or_default(),
+                    from: from.map(keyward_server::time::timestamp),
+                    to: to.map(keyward_server::time::timestamp),
+                })
                 .await
                 .map_err(exit::refused)?
                 .into_inner();
@@ -236,6 +247,84 @@ fn problems_json(verification: &Verification) -> Value {
     json!({"ok": false, "problems": problems, "read_to_end": verification.read_to_end})
 }
 
+/// What a verified per-tenant export proved, in one sentence (docs/auditor-guide.md).
+fn tenant_statement(r: &VerifyReport, t: &TenantReport) -> String {
+    let key = r
+        .signing_keys_seen
+        .last()
+        .map_or_else(|| "no key".to_owned(), PublicKey::key_id);
+    format!(
+        "{} records of tenant {} between {} and {}; chain intact from seq {} to seq {}; signed by key {} at {}",
+        t.records_in_range,
+        t.scope.tenant,
+        bound(t.scope.from_ms),
+        bound(t.scope.to_ms),
+        r.first_seq,
+        r.last_seq,
+        key,
+        utc_ms(r.final_checkpoint_time_ms)
+    )
+}
+
+/// A range bound: a UTC time, or "the start"/"now" for an unbounded side.
+fn bound(ms: i64) -> String {
+    match ms {
+        i64::MIN => "the start of the chain".to_owned(),
+        i64::MAX => "the export".to_owned(),
+        ms => utc_ms(ms),
+    }
+}
+
+/// The per-tenant part of the text report.
+fn tenant_text(r: &VerifyReport, t: &TenantReport) -> String {
+    let mut out = format!(
+        "{}
+",
+        tenant_statement(r, t)
+    );
+    out.push_str(&format!(
+        "tenant {}: {} records shown in full ({} in the range), {} records of others redacted (each proven not to be {}'s), {} deployment-wide records shown
+",
+        t.scope.tenant, t.records, t.records_in_range, t.redacted, t.scope.tenant, t.deployment_records
+    ));
+    if t.tag_confirmed {
+        out.push_str(&format!(
+            "tenant tag {}: confirmed by the tenant's own records
+",
+            t.scope.tenant_tag
+        ));
+    } else {
+        out.push_str(&format!(
+            "tenant tag {}: NOT confirmed (no record of the tenant in this export): it is the server's word; compare it with an earlier export, it never changes
+",
+            t.scope.tenant_tag
+        ));
+    }
+    if r.first_seq == 1 {
+        out.push_str("start: the export begins at the start of the chain (seq 1): nothing is missing before it\n");
+    } else if t.starts_before_range() {
+        out.push_str("start: the export begins with the record just before the range: nothing of the range is missing before it
+");
+    } else {
+        out.push_str(&format!(
+            "start: the export begins at seq {} (the first format-v2 record at or after the start of the range, or the start of the chain): records before it are not covered
+",
+            r.first_seq
+        ));
+    }
+    if t.ends_after_range() {
+        out.push_str("end: the export ends with the record just after the range: nothing of the range is missing after it
+");
+    } else {
+        out.push_str(&format!(
+            "end: the export ends at seq {}, inside the range: records appended after it (after the export was made) are not covered
+",
+            r.last_seq
+        ));
+    }
+    out
+}
+
 /// What a successful verification proved, in words.
 fn proven_text(r: &VerifyReport) -> String {
     let range = if r.records == 0 {
@@ -247,6 +336,9 @@ fn proven_text(r: &VerifyReport) -> String {
         "OK: {} records and {} checkpoints verified ({range}). Times are UTC.\n",
         r.records, r.checkpoints
     );
+    if let Some(t) = &r.tenant {
+        out.push_str(&tenant_text(r, t));
+    }
     out.push_str(&format!(
         "proven: every record from seq {} to seq {} is present, in order and unaltered, and \
          every checkpoint is signed by a trusted key\n",
@@ -301,5 +393,20 @@ fn proven_json(r: &VerifyReport) -> Value {
         "exported_at_ms": r.exported_at_ms,
         "mid_chain_prev_hash": r.mid_chain_prev_hash.map(|h| hex_string(&h)),
         "unknown_events": r.unknown_events,
+        "v2_records": r.v2_records,
+        "tenant": r.tenant.as_ref().map(|t| json!({
+            "statement": tenant_statement(r, t),
+            "tenant": t.scope.tenant.as_str(),
+            "tenant_tag": t.scope.tenant_tag,
+            "tag_confirmed": t.tag_confirmed,
+            "from_ms": (t.scope.from_ms != i64::MIN).then_some(t.scope.from_ms),
+            "to_ms": (t.scope.to_ms != i64::MAX).then_some(t.scope.to_ms),
+            "records": t.records,
+            "records_in_range": t.records_in_range,
+            "redacted": t.redacted,
+            "deployment_records": t.deployment_records,
+            "starts_before_range": t.starts_before_range(),
+            "ends_after_range": t.ends_after_range(),
+        })),
     })
 }

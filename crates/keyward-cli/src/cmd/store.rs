@@ -138,20 +138,30 @@ async fn authenticate_tenant_keys(
     }
     let settings = config.resolve()?;
     // The servers' key, never a fresh one (that would tag rows no server accepts).
-    let hasher = keyward_server::audit::load_identifier_key(&settings.audit_dir)?;
+    let hasher = std::sync::Arc::new(keyward_server::audit::load_identifier_key(
+        &settings.audit_dir,
+    )?);
+    // Its audit records are format v2, like the servers' (docs/audit-format.md §3.3): a v1 record
+    // after v2 ones could not be redacted by a per-tenant export.
+    let sealer = std::sync::Arc::new(keyward_audit::RecordSealer::new(std::sync::Arc::clone(
+        &hasher,
+    )));
     match &settings.store {
         keyward_server::config::StoreLocation::Sqlite(path) => {
             if !path.is_file() {
                 bail!("{}: no such store file", path.display());
             }
-            let store = keyward_store::sqlite::SqliteStore::open(path).await?;
+            let store = keyward_store::sqlite::SqliteStore::open(path)
+                .await?
+                .with_record_sealer(sealer);
             let result = authenticate_in(&store, &hasher, actor, confirm).await;
             store.close().await;
             result
         }
         keyward_server::config::StoreLocation::Postgres { url, options, .. } => {
-            let store =
-                keyward_store::postgres::PostgresStore::connect(url, options.clone()).await?;
+            let store = keyward_store::postgres::PostgresStore::connect(url, options.clone())
+                .await?
+                .with_record_sealer(sealer);
             let result = authenticate_in(&store, &hasher, actor, confirm).await;
             store.close().await;
             result

@@ -361,6 +361,26 @@ pub(crate) fn list_tenant(raw: &str) -> Result<Option<TenantId>, ServiceError> {
         .map_err(|e| ServiceError::invalid("tenant_id", e.to_string()))
 }
 
+/// Export's time range (`from` inclusive, `to` exclusive, Unix ms; unset: unbounded). Only a
+/// per-tenant export takes one: the whole-chain export is always the whole chain.
+pub(crate) fn export_range(
+    per_tenant: bool,
+    r: &pb::ExportAuditRequest,
+) -> Result<(i64, i64), ServiceError> {
+    if !per_tenant && (r.from.is_some() || r.to.is_some()) {
+        return Err(ServiceError::invalid(
+            "from",
+            "a time range needs tenant_id: the whole-chain export always covers the whole chain",
+        ));
+    }
+    let from = r.from.map_or(i64::MIN, |t| millis(&t));
+    let to = r.to.map_or(i64::MAX, |t| millis(&t));
+    if from > to {
+        return Err(ServiceError::invalid("to", "is before from"));
+    }
+    Ok((from, to))
+}
+
 /// ListEvents' query, once the caller is authorized for `tenant`.
 pub(crate) fn list_query(
     tenant: Option<TenantId>,

@@ -190,6 +190,7 @@ impl PostgresStore {
         );
         Ok(SqlStore {
             pool,
+            sealer: None,
             dialect: PostgresDialect { listen_options },
         })
     }

@@ -59,6 +59,7 @@ sql_impl!(impl => {
     /// caller's transaction is dropped, i.e. rolled back together with the change the records
     /// describe.
     pub(crate) async fn append_events(
+        &self,
         conn: &mut <D::Db as Database>::Connection,
         events: Vec<AuditEvent>,
     ) -> Result<Vec<Record>, StoreError> {
@@ -84,7 +85,11 @@ sql_impl!(impl => {
         };
         let mut records = Vec::with_capacity(events.len());
         for event in events {
-            let record = Record::append(&head, time_ms, event).map_err(StoreError::Audit)?;
+            let record = match &self.sealer {
+                Some(sealer) => sealer.append(&head, time_ms, event),
+                None => Record::append(&head, time_ms, event),
+            }
+            .map_err(StoreError::Audit)?;
             let body = String::from_utf8(record.canonical_bytes())
                 .map_err(|e| StoreError::Audit(AuditError::Encoding(e.to_string())))?;
             let event = record.event();
@@ -109,7 +114,7 @@ sql_impl!(impl => {
 
     pub(crate) async fn try_append_audit(&self, events: &[AuditEvent]) -> Result<Vec<Record>, StoreError> {
         let mut tx = D::begin_write(&self.pool).await?;
-        let records = Self::append_events(&mut tx, events.to_vec()).await?;
+        let records = self.append_events(&mut tx, events.to_vec()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(records)
     }

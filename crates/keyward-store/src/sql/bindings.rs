@@ -170,7 +170,7 @@ sql_impl!(impl => {
             state_version: 0,
         };
         let change = BindingChange { binding, previous };
-        Self::append_events(&mut tx, audit(&change)).await?;
+        self.append_events(&mut tx, audit(&change)).await?;
         D::announce(&mut tx, Announcement::KeyState, b.tenant.as_str()).await?;
         let tenant = Self::tenant_state_in(&mut tx, &b.tenant).await?;
         tx.commit().await.map_err(backend)?;
@@ -264,7 +264,7 @@ sql_impl!(impl => {
                 change.binding.state_version
             )));
         }
-        Self::append_events(&mut tx, audit(&change)).await?;
+        self.append_events(&mut tx, audit(&change)).await?;
         D::announce(
             &mut tx,
             Announcement::KeyState,
@@ -313,7 +313,7 @@ sql_impl!(impl => {
             .await
             .map_err(backend)?;
         record.mac = Some(mac.to_vec());
-        Self::append_events(&mut tx, audit(&record)).await?;
+        self.append_events(&mut tx, audit(&record)).await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }

@@ -96,7 +96,7 @@ sql_impl!(impl => {
             },
             retired,
         };
-        Self::append_events(&mut tx, audit(&inserted)).await?;
+        self.append_events(&mut tx, audit(&inserted)).await?;
         tx.commit().await.map_err(backend)?;
         Ok(inserted)
     }

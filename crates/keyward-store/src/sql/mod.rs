@@ -27,6 +27,10 @@ use std::future::Future;
 use sqlx::error::ErrorKind;
 use sqlx::{Database, Decode, Pool, Row, Type};
 
+use std::sync::Arc;
+
+use keyward_audit::RecordSealer;
+
 use crate::{StoreChanges, StoreError};
 
 mod audit;
@@ -50,6 +54,8 @@ pub(crate) use migrations::{Migration, migrations};
 pub struct SqlStore<D: Dialect> {
     pub(crate) pool: Pool<D::Db>,
     pub(crate) dialect: D,
+    /// Appends format-v2 records (docs/audit-format.md §3.3) when set; format v1 otherwise.
+    pub(crate) sealer: Option<Arc<RecordSealer>>,
 }
 
 // By hand: the derives would also require the driver type (`D::Db`) to be `Clone`/`Debug`.
@@ -58,6 +64,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
         Self {
             pool: self.pool.clone(),
             dialect: self.dialect.clone(),
+            sealer: self.sealer.clone(),
         }
     }
 }
@@ -75,6 +82,14 @@ impl<D: Dialect> SqlStore<D> {
     /// The connection pool, for backend-specific checks (tests, ops tools) and `LISTEN`/`NOTIFY`.
     pub fn pool(&self) -> &Pool<D::Db> {
         &self.pool
+    }
+
+    /// Appends format-v2 audit records from now on (docs/audit-format.md §3.3): each with a
+    /// fresh salt and its tenant's tag, so that a per-tenant export can redact the others.
+    /// Without a sealer the store appends format-v1 records, as before.
+    pub fn with_record_sealer(mut self, sealer: Arc<RecordSealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// Closes every connection of the pool (waiting for checked-out ones to come back).

@@ -105,7 +105,7 @@ sql_impl!(impl => {
                 r.id, r.tenant, r.to_binding_id
             )));
         }
-        Self::append_events(&mut tx, audit(&moved)).await?;
+        self.append_events(&mut tx, audit(&moved)).await?;
         tx.commit().await.map_err(backend)?;
         Ok(moved)
     }
@@ -190,7 +190,7 @@ sql_impl!(impl => {
         if result.retired.is_empty() {
             return Ok(result); // nothing changed: nothing to record
         }
-        Self::append_events(&mut tx, audit(&result)).await?;
+        self.append_events(&mut tx, audit(&result)).await?;
         D::announce(&mut tx, Announcement::KeyState, tenant.as_str()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(result)

@@ -126,7 +126,7 @@ sql_impl!(impl => {
                 result.tombstones.len()
             )));
         }
-        Self::append_events(&mut tx, audit(&result)).await?;
+        self.append_events(&mut tx, audit(&result)).await?;
         if !result.tombstones.is_empty() {
             D::announce(&mut tx, Announcement::Shred, shred.tenant.as_str()).await?;
         }

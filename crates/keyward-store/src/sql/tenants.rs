@@ -93,7 +93,7 @@ sql_impl!(impl => {
             created_at_ms: now,
             policy: TenantPolicy::default(),
         };
-        Self::append_events(&mut tx, audit(&tenant)).await?;
+        self.append_events(&mut tx, audit(&tenant)).await?;
         tx.commit().await.map_err(backend)?;
         Ok(tenant)
     }
@@ -125,7 +125,7 @@ sql_impl!(impl => {
             return Err(StoreError::NotFound(format!("tenant {id}")));
         }
         let state = Self::tenant_state_in(&mut tx, id).await?;
-        Self::append_events(&mut tx, audit(&state.tenant)).await?;
+        self.append_events(&mut tx, audit(&state.tenant)).await?;
         D::announce(&mut tx, Announcement::TenantPolicy, id.as_str()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(state)
