@@ -12,7 +12,8 @@
 //!   names the first broken link exactly ([`VerifyFailure`], [`FailureKind`]);
 //!   [`verify_export_all`] goes on to report every problem it can find.
 //! - [`timeline`]: a tenant's revocation timeline, built from its records (what
-//!   `keyward audit report` prints).
+//!   `keyward audit report` prints); [`access`]: who accessed its data and why, from its
+//!   `access_summary` records (what `keyward audit report --html` shows).
 //!
 //! The byte-exact format is specified in `docs/audit-format.md`; what the events mean to an
 //! auditor is in `docs/auditor-guide.md`.
@@ -37,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod canonical;
 mod chain_head;
 mod checkpoint;

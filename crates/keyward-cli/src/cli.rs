@@ -725,20 +725,35 @@ pub(crate) enum AuditCommand {
     },
     /// A readable revocation report for a tenant: for each revocation, when it was observed
     /// and recorded, when each replica last served plaintext, whether any was served after the
-    /// revocation was recorded, the requests denied since, and the restoration.
+    /// revocation was recorded, the requests denied since, and the restoration. With `--html`
+    /// or `--json`: the access report (callers, purposes, accesses over time, key timeline).
+    #[command(group = clap::ArgGroup::new("verified_report").args(["from_export", "html", "json"]).multiple(true))]
     Report {
         #[arg(long)]
         tenant: String,
         /// Report from this export instead of the live server, after verifying it (the same
         /// checks as `audit verify`; an export that does not verify is refused).
-        #[arg(long, value_name = "FILE", requires = "public_keys")]
+        #[arg(
+            long,
+            visible_alias = "input",
+            value_name = "FILE",
+            requires = "public_keys"
+        )]
         from_export: Option<PathBuf>,
-        /// A trusted checkpoint-signing public key, to verify `--from-export`; repeatable.
-        #[arg(long = "public-key", value_name = "KEY", value_parser = parse_public_key, requires = "from_export")]
+        /// A trusted checkpoint-signing public key, to verify the export; repeatable.
+        #[arg(long = "public-key", value_name = "KEY", value_parser = parse_public_key, requires = "verified_report")]
         public_keys: Vec<PublicKey>,
         /// Output: readable text, or JSON with the raw values.
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_enum, default_value = "text", conflicts_with_all = ["html", "json"])]
         format: Format,
+        /// Write the access report, one self-contained HTML page (who accessed the tenant's
+        /// data and why, over time, with the key timeline and the verification), to FILE.
+        /// From a verified export: `--input`, or else the server's whole export.
+        #[arg(long, value_name = "FILE", requires = "public_keys")]
+        html: Option<PathBuf>,
+        /// Write the access report's data as JSON to FILE (docs/auditor-guide.md).
+        #[arg(long, value_name = "FILE", requires = "public_keys")]
+        json: Option<PathBuf>,
     },
     /// List audit records, oldest first.
     Events {

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use keyward_server::{Config, telemetry::LogFormat};
 
+mod access_report;
 mod base64_chunks;
 mod cli;
 mod client;

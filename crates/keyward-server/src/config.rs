@@ -35,7 +35,7 @@ mod settings;
 
 pub use sections::{
     AuditConfig, AuthzConfig, CacheConfig, EnvelopeConfig, KmsQuotaConfig, LocalKmsConfig,
-    PostgresConfig, RevocationConfig, RotationConfig, TlsConfig,
+    PostgresConfig, RevocationConfig, RotationConfig, SiemConfig, TlsConfig,
 };
 pub use settings::{ObservabilitySettings, Settings};
 
@@ -259,6 +259,20 @@ impl Config {
         if self.audit.checkpoint_interval_seconds == 0 {
             return invalid("audit.checkpoint_interval_seconds must be at least 1");
         }
+        if let Some(siem) = &self.audit.siem {
+            if siem.path.as_os_str().is_empty() {
+                return invalid("audit.siem.path must name a file");
+            }
+            if siem.max_bytes < 4096 {
+                return invalid("audit.siem.max_bytes must be at least 4096");
+            }
+            if siem.files_kept > 1000 {
+                return invalid("audit.siem.files_kept must be at most 1000");
+            }
+            if !(10..=60_000).contains(&siem.poll_interval_ms) {
+                return invalid("audit.siem.poll_interval_ms must be between 10 and 60000");
+            }
+        }
         if self.rotation.max_messages > MAX_MESSAGES_PER_DEK {
             return invalid(
                 "rotation.max_messages must be at most 2^40 (the envelope format's bound)",
@@ -347,6 +361,14 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("audit")),
             checkpoint_interval: Duration::from_secs(self.audit.checkpoint_interval_seconds),
+            siem: self.audit.siem.as_ref().map(|s| {
+                crate::siem::SiemPolicy::new(
+                    s.path.clone(),
+                    s.max_bytes,
+                    s.files_kept,
+                    Duration::from_millis(s.poll_interval_ms),
+                )
+            }),
             monitor: (self.revocation.monitor_interval_seconds > 0).then(|| MonitorPolicy {
                 interval: Duration::from_secs(self.revocation.monitor_interval_seconds),
                 max_checks_per_second: self.revocation.monitor_max_checks_per_second,

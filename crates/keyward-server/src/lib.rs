@@ -18,6 +18,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod replication;
+pub mod siem;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -77,7 +77,20 @@ pub(crate) async fn audit(endpoint: &Target, cmd: AuditCommand) -> anyhow::Resul
             from_export,
             public_keys,
             format,
+            html,
+            json,
         } => {
+            if html.is_some() || json.is_some() {
+                return crate::access_report::run(
+                    endpoint,
+                    &tenant,
+                    from_export.as_deref(),
+                    &public_keys,
+                    html.as_deref(),
+                    json.as_deref(),
+                )
+                .await;
+            }
             let (entries, whence) = match &from_export {
                 Some(file) => (
                     verified_entries(file, &public_keys)?,

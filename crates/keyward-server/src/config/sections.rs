@@ -107,6 +107,9 @@ pub struct AuditConfig {
     /// Directory of the signing and identifier keys; default `<data_dir>/audit`. Every replica
     /// of a deployment must use the same keys (docs/operations.md, "Several replicas").
     pub keys_dir: Option<PathBuf>,
+    /// `[audit.siem]`: the SIEM feed, committed records as JSON Lines (`crate::siem`); off
+    /// when absent.
+    pub siem: Option<SiemConfig>,
 }
 
 impl Default for AuditConfig {
@@ -114,7 +117,38 @@ impl Default for AuditConfig {
         Self {
             checkpoint_interval_seconds: 60,
             keys_dir: None,
+            siem: None,
         }
+    }
+}
+
+/// `[audit.siem]`: committed audit records streamed to a rotated JSON Lines file
+/// (docs/observability.md, "SIEM feed").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiemConfig {
+    /// The file written (required); rotated files are `<path>.1` … `<path>.<files_kept>`.
+    pub path: PathBuf,
+    /// Rotate before the file would pass this size.
+    #[serde(default = "SiemConfig::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    #[serde(default = "SiemConfig::default_files_kept")]
+    pub files_kept: u32,
+    /// How often the store is asked for new records once the feed has caught up.
+    #[serde(default = "SiemConfig::default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl SiemConfig {
+    fn default_max_bytes() -> u64 {
+        100 * 1024 * 1024
+    }
+    fn default_files_kept() -> u32 {
+        5
+    }
+    fn default_poll_interval_ms() -> u64 {
+        1000
     }
 }
 

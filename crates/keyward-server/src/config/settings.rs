@@ -43,6 +43,8 @@ pub struct Settings {
     /// The audit signing and identifier keys.
     pub audit_dir: PathBuf,
     pub checkpoint_interval: Duration,
+    /// `[audit.siem]`: the SIEM feed, if configured.
+    pub siem: Option<crate::siem::SiemPolicy>,
     /// The key-state monitor, if enabled.
     pub monitor: Option<MonitorPolicy>,
     /// The request quota per KMS key, if enabled (`[kms_quota]`).

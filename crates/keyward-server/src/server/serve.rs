@@ -102,6 +102,10 @@ pub(super) async fn serve_replica(
     background.push(tokio::spawn(
         Arc::clone(&keyring).run_cache_sweeper(std::time::Duration::from_secs(1)),
     ));
+    // Committed audit records to the SIEM feed's file (docs/observability.md, "SIEM feed").
+    if let Some(policy) = settings.siem.clone() {
+        background.push(tokio::spawn(crate::siem::run(Arc::clone(&store), policy)));
+    }
     if let Some(policy) = settings.monitor {
         background.push(tokio::spawn(Arc::clone(&keyring).run_monitor(policy)));
     }
