@@ -123,8 +123,9 @@ def test_caller_concurrency_limit(tmp_path):
             release = threading.Event()
 
             def held():
-                yield pb.DecryptStreamRequest(tenant_id="acme")
+                # No message yet: the call is open (and counted) while the server waits for one.
                 release.wait(20)
+                yield pb.DecryptStreamRequest(tenant_id="acme")
 
             call = stub.DecryptStream(held())
             try:
