@@ -196,10 +196,24 @@ def test_batches_split_at_1000_items(client, tenant):
 
 def test_batches_split_under_the_message_limit(client, tenant):
     raw = pb_grpc.CryptoServiceStub(client.channel)
-    items = [bytes([i]) * 400_000 for i in range(5)]  # 2 MB: over the 1 MiB + 64 KiB limit
+    # 1000 items of 1 KiB: the request fits the message limit, the response's worst case
+    # (envelope + framing per item) does not, and the server refuses the batch.
+    small = [b"%04d" % i + b"k" * 1020 for i in range(1000)]
+    with pytest.raises(grpc.RpcError) as e:
+        raw.EncryptBatch(pb.EncryptBatchRequest(tenant_id=tenant, items=[pb.EncryptBatchItem(plaintext=p) for p in small]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "smaller batches" in e.value.details()
+    counter = counting(client)
+    sealed = client.encrypt_many(tenant, small, context=CTX)
+    per_item = 1024 + 102 + len(tenant) + 64
+    first = (LIMIT - 4096) // per_item
+    assert [n for _, n in counter.calls] == [first, 1000 - first]
+    opened = client.decrypt_many(tenant, [r.unwrap().envelope for r in sealed], context=CTX)
+    assert [r.unwrap() for r in opened] == small
+    # 2 MB of 400 kB items: one request would be over the transport limit (OUT_OF_RANGE).
+    items = [bytes([i]) * 400_000 for i in range(5)]
     with pytest.raises(grpc.RpcError) as e:
         raw.EncryptBatch(pb.EncryptBatchRequest(tenant_id=tenant, items=[pb.EncryptBatchItem(plaintext=p) for p in items[:3]]))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "smaller batches" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE
     counter = counting(client)
     sealed = client.encrypt_many(tenant, items, context=CTX)
     assert [n for _, n in counter.calls] == [2, 2, 1]
