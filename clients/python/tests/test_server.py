@@ -147,7 +147,6 @@ def test_caller_concurrency_limit(tmp_path):
         s.stop()
 
 
-@pytest.mark.skip(reason="SERVER_PENDING_JUSTIFICATIONS: the server on main does not enforce TenantPolicy.decrypt_purposes yet (the lead turns this on after merging)")
 def test_justification_required_and_purpose_not_allowed(client, tenant):
     sealed = client.encrypt(tenant, b"x", context=CTX)
     client.set_tenant_policy(tenant, decrypt_purposes=[Purpose.MODEL_INFERENCE])

@@ -90,7 +90,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // side is skipped and said to be.
     let with_bao = args.venv.join("bin/bao").exists();
     if !with_bao {
-        eprintln!("peers: no {}: OpenBao skipped", args.venv.join("bin/bao").display());
+        eprintln!(
+            "peers: no {}: OpenBao skipped",
+            args.venv.join("bin/bao").display()
+        );
     }
     let (c, secs) = (args.concurrency, args.seconds);
     let common = vec![
