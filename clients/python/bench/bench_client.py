@@ -4,7 +4,9 @@
 
 Each side does 1 KiB Encrypt + Decrypt round trips (checking the plaintext) in a closed loop
 with `--concurrency` threads sharing one channel, for `--seconds` after a 0.5 s warm-up; the
-sides alternate, `--rounds` times, and each side's best round is kept (as `keyward-bench peers`).
+sides alternate, `--rounds` times, and each side's best round is kept (as `keyward-bench peers`),
+and the client/raw ratio of each round (the two sides back to back) is reported: its median is
+the figure that noise on a shared machine disturbs least.
 Then the batch path: `encrypt_many` + `decrypt_many` of `--batch` items per call, items/s.
 
     python clients/python/bench/bench_client.py --keyward-bin target/release/keyward
@@ -46,9 +48,11 @@ def closed_loop(round_trip, concurrency, seconds):
     end = measure_from + seconds
     latencies, errors = [], []
     lock = threading.Lock()
+    total = [0]
 
     def run():
         mine = []
+        n = 0
         try:
             while True:
                 now = time.perf_counter()
@@ -58,23 +62,41 @@ def closed_loop(round_trip, concurrency, seconds):
                     time.sleep(start - now)
                     continue
                 round_trip()
+                n += 1
                 if now >= measure_from:
                     mine.append(time.perf_counter() - now)
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
         with lock:
             latencies.extend(mine)
+            total[0] += n
 
+    cpu0 = time.process_time()
     threads = [threading.Thread(target=run) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    cpu = time.process_time() - cpu0
     if errors:
         raise SystemExit(f"round trip failed: {errors[0]}")
     latencies.sort()
     pct = lambda p: int(latencies[round((len(latencies) - 1) * p)] * 1e6) if latencies else 0  # noqa: E731
-    return {"per_s": len(latencies) / seconds, "p50_us": pct(0.5), "p99_us": pct(0.99)}
+    # CPU time of this whole process (Python and gRPC's C threads) per loop, warm-up included:
+    # the client's own cost, which the server's speed and the machine's load disturb far less
+    # than throughput.
+    return {
+        "per_s": len(latencies) / seconds,
+        "p50_us": pct(0.5),
+        "p99_us": pct(0.99),
+        "cpu_us": cpu / max(total[0], 1) * 1e6,
+    }
+
+
+def median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def start_server(binary, port):
@@ -117,6 +139,8 @@ def main():
         channel = grpc.insecure_channel(addr)
         stub = pb_grpc.CryptoServiceStub(channel)
         with_retries = Client(addr, timeout=30)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        grpc.channel_ready_future(with_retries.channel).result(timeout=10)
 
         def raw():
             r = stub.Encrypt(pb.EncryptRequest(tenant_id=tenant, plaintext=PAYLOAD, encryption_context=CTX), timeout=30)
@@ -143,27 +167,48 @@ def main():
             sides.append((f"keyward-client, {conc} thread(s)", wrapped, conc, 1))
         sides.append((f"keyward-client encrypt_many+decrypt_many ({args.batch}/call), 1 thread", batch, 1, args.batch))
         best = {}
+        cpus = {}
+        ratios = {conc: [] for conc in args.concurrency}
         for rnd in range(args.rounds):
-            for name, fn, conc, per in sides:
+            this = {}
+            # Odd rounds run each pair raw first, even rounds client first: neither side always
+            # gets the machine just after the other.
+            order = sides if rnd % 2 == 0 else [s for pair in zip(sides[1::2], sides[0::2]) for s in pair] + sides[len(sides) - 1 :]
+            for name, fn, conc, per in order:
                 r = closed_loop(fn, conc, args.seconds)
+                cpus.setdefault(name, []).append(r["cpu_us"])
                 r["per_s"] *= per
+                this[name] = r["per_s"]
                 print(f"round {rnd + 1}: {name}: {r['per_s']:.0f}/s p50 {r['p50_us']} us", file=sys.stderr)
                 if name not in best or r["per_s"] > best[name]["per_s"]:
                     best[name] = r
+            for conc in args.concurrency:
+                # The two sides ran back to back: their ratio within a round cancels slow drifts
+                # of the machine's load.
+                ratios[conc].append(this[f"keyward-client, {conc} thread(s)"] / this[f"raw grpcio stub, {conc} thread(s)"])
         load = os.getloadavg()
         print(
             f"1 KiB Encrypt+Decrypt round trips, {args.seconds:g} s per side and round, best of {args.rounds} "
             f"alternating rounds; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
         )
-        print("| side | round trips/s (items/s for batches) | p50 µs per loop | p99 µs per loop |")
-        print("|---|---|---|---|")
+        print("| side | round trips/s (items/s for batches) | p50 µs per loop | p99 µs per loop | client CPU µs per loop (median of rounds) |")
+        print("|---|---|---|---|---|")
         for name, *_ in sides:
             r = best[name]
-            print(f"| {name} | {r['per_s']:.0f} | {r['p50_us']} | {r['p99_us']} |")
+            print(f"| {name} | {r['per_s']:.0f} | {r['p50_us']} | {r['p99_us']} | {median(cpus[name]):.0f} |")
         for conc in args.concurrency:
             raw_r = best[f"raw grpcio stub, {conc} thread(s)"]["per_s"]
             cli_r = best[f"keyward-client, {conc} thread(s)"]["per_s"]
-            print(f"- wrapper cost at {conc} thread(s): {100 * (1 - cli_r / raw_r):.1f} % (client/raw = {cli_r / raw_r:.3f})")
+            rs = sorted(ratios[conc])
+            med = median(rs)
+            cpu_raw = median(cpus[f"raw grpcio stub, {conc} thread(s)"])
+            cpu_cli = median(cpus[f"keyward-client, {conc} thread(s)"])
+            print(
+                f"- wrapper cost at {conc} thread(s): best rounds {100 * (1 - cli_r / raw_r):.1f} % "
+                f"(client/raw {cli_r / raw_r:.3f}); per-round client/raw median {med:.3f}, "
+                f"range {rs[0]:.3f}-{rs[-1]:.3f} over {len(rs)} rounds; client CPU per round trip "
+                f"{cpu_cli:.0f} vs {cpu_raw:.0f} µs ({100 * (cpu_cli / cpu_raw - 1):+.1f} %)"
+            )
         single = best[f"keyward-client, {args.concurrency[0]} thread(s)"]["per_s"]
         b = best[sides[-1][0]]["per_s"]
         print(f"- batch items/s vs single round trips/s ({args.concurrency[0]} thread): {b / single:.1f} x")
