@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import subprocess
 import threading
 import tracemalloc
 
 import grpc
 import pytest
 
-from conftest import Server, new_tenant_id
+from conftest import Server, keyward_bin, new_tenant_id
 
 import keyward_client
 from keyward_client import NO_RETRY, Client, Justification, Purpose, errors
@@ -348,3 +349,48 @@ def test_context_is_required(client, tenant):
     with pytest.raises(TypeError):
         client.encrypt(tenant, b"x", context=None)  # type: ignore[arg-type]
     assert isinstance(keyward_client.KeyRevoked("m"), keyward_client.KeywardError)
+
+
+def keyward_cli(server, *args):
+    subprocess.run([str(keyward_bin()), *args, "--data-dir", str(server.data_dir)], check=True, capture_output=True)
+
+
+def test_key_errors_at_registration(client, server):
+    t = new_tenant_id()
+    client.create_tenant(t)
+    with pytest.raises(errors.KeyNotFound) as e:
+        client.register_key(t, local_key="no-such-key")
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    # A disabled key: the KEK refuses the registration's live check.
+    name = "k" + t.replace("-", "")[-10:]
+    keyward_cli(server, "key", "create", name)
+    keyward_cli(server, "key", "disable", name)
+    with pytest.raises(errors.KeyRefused) as e:
+        client.register_key(t, local_key=name)
+    assert e.value.metadata.get("provider_error") == "refused"
+    # A provider this server does not run.
+    with pytest.raises(errors.ProviderNotConfigured) as e:
+        client.register_key(t, gcp_crypto_key="projects/p/locations/global/keyRings/r/cryptoKeys/k")
+    assert e.value.metadata.get("remediation")
+
+
+def test_data_key_shredded(client, tenant):
+    sealed = client.encrypt(tenant, b"gone", context=CTX, scope="conversation-9")
+    pb_grpc.TenantServiceStub(client.channel).ShredScope(
+        pb.ShredScopeRequest(tenant_id=tenant, scope="conversation-9", reason="test", requested_by="pytest")
+    )
+    with pytest.raises(errors.DataKeyShredded) as e:
+        client.decrypt(tenant, sealed.envelope, context=CTX)
+    assert e.value.metadata["shredded_at"]
+
+
+def test_malformed_message(client):
+    """Invalid UTF-8 in a string field (tenant_id), sent as raw bytes."""
+    encrypt = client.channel.unary_unary(
+        "/keyward.v1.CryptoService/Encrypt",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.EncryptResponse.FromString,
+    )
+    with pytest.raises(errors.MalformedMessage) as e:
+        client._call(encrypt, b"\x0a\x02\xff\xfe")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
