@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,9 +19,14 @@ def quick_start() -> str:
 
 
 def test_wheel_installs_into_a_fresh_venv(tmp_path, server):
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "source"
+    shutil.copytree(
+        CLIENT_ROOT, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "tests", "bench")
+    )
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(CLIENT_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
         check=True,
     )
     (wheel,) = dist.glob("keyward_client-*.whl")
