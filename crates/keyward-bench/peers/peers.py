@@ -10,6 +10,9 @@ is not counted) and prints one JSON object on stdout:
     peers.py esdk --kms-endpoint URL --key-arn ARN     AWS Encryption SDK, caching CMM, AWS KMS
     peers.py bao --bao PATH                            OpenBao Transit (starts `bao server -dev`)
     peers.py keyward --addr HOST:PORT --tenant ID --proto-dir DIR    Keyward through grpcio
+    peers.py keyward-client --addr HOST:PORT --tenant ID --batch N   Keyward through keyward-client's
+                                                       encrypt_many/decrypt_many (clients/python):
+                                                       "round_trips" counts items, not calls
 
 Installed by scripts/bench-peers-setup into target/bench-venv; not part of CI.
 """
@@ -255,10 +258,41 @@ def keyward(args):
     return closed_loop(make, args.concurrency, args.seconds)
 
 
+def keyward_client(args):
+    """Batches through the Python client: each loop encrypts `--batch` 1 KiB items with
+    `encrypt_many` and decrypts them with `decrypt_many`; an item round trip is one item
+    encrypted and decrypted (what one single-call round trip of the other sides does)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "..", "..", "clients", "python", "src"))
+    from keyward_client import Client
+
+    client = Client(args.addr, timeout=60)
+    items = [PAYLOAD] * args.batch
+    context = {}
+
+    def make():
+        def round_trip():
+            sealed = client.encrypt_many(args.tenant, items, context=context)
+            opened = client.decrypt_many(args.tenant, [r.unwrap().envelope for r in sealed], context=context)
+            if any(r.unwrap() != PAYLOAD for r in opened):
+                raise RuntimeError("decrypt returned other bytes")
+
+        return round_trip
+
+    result = closed_loop(make, args.concurrency, args.seconds)
+    calls = result["round_trips"]
+    result["calls"] = calls
+    result["batch"] = args.batch
+    result["round_trips"] = calls * args.batch
+    result["round_trips_per_s"] = result["round_trips"] / args.seconds
+    # Latencies stay per loop (one encrypt_many + decrypt_many of `batch` items).
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="peer", required=True)
-    for name in ("esdk", "bao", "keyward"):
+    for name in ("esdk", "bao", "keyward", "keyward-client"):
         p = sub.add_parser(name)
         p.add_argument("--concurrency", type=int, default=8)
         p.add_argument("--seconds", type=float, default=5.0)
@@ -268,12 +302,17 @@ def main():
             p.add_argument("--algorithm", default="AES_256_GCM_HKDF_SHA512_COMMIT_KEY")
         elif name == "bao":
             p.add_argument("--bao", required=True)
-        else:
+        elif name == "keyward":
             p.add_argument("--addr", required=True)
             p.add_argument("--tenant", required=True)
             p.add_argument("--proto-dir", required=True)
+        else:
+            p.add_argument("--addr", required=True)
+            p.add_argument("--tenant", required=True)
+            p.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
-    result = {"esdk": esdk, "bao": bao, "keyward": keyward}[args.peer](args)
+    runs = {"esdk": esdk, "bao": bao, "keyward": keyward, "keyward-client": keyward_client}
+    result = runs[args.peer](args)
     print(json.dumps(result), flush=True)
 
 
