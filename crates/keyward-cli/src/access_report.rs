@@ -434,7 +434,7 @@ pub(crate) async fn run(
             Source::File(path.display().to_string()),
         ),
         None => (
-            fetch_export(endpoint).await?,
+            fetch_export(endpoint, tenant).await?,
             Source::Server(endpoint.endpoint.clone()),
         ),
     };
@@ -467,11 +467,16 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// The whole export, as `keyward audit export` fetches it.
-async fn fetch_export(endpoint: &Target) -> anyhow::Result<Vec<u8>> {
+/// The tenant's export (its records in full, every other record redacted: docs/audit-format.md
+/// §6.2), as `keyward audit export --tenant` fetches it: what a tenant admin or a scoped auditor
+/// may read.
+async fn fetch_export(endpoint: &Target, tenant: &str) -> anyhow::Result<Vec<u8>> {
     let mut client = AuditServiceClient::new(channel(endpoint).await?);
     let mut stream = client
-        .export(pb::ExportAuditRequest::default())
+        .export(pb::ExportAuditRequest {
+            tenant_id: tenant.to_owned(),
+            ..Default::default()
+        })
         .await
         .map_err(exit::refused)?
         .into_inner();

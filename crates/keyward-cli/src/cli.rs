@@ -748,7 +748,8 @@ pub(crate) enum AuditCommand {
         format: Format,
         /// Write the access report, one self-contained HTML page (who accessed the tenant's
         /// data and why, over time, with the key timeline and the verification), to FILE.
-        /// From a verified export: `--input`, or else the server's whole export.
+        /// From a verified export: `--input`, or else the server's export of the tenant (its
+        /// records in full, the others redacted).
         #[arg(long, value_name = "FILE", requires = "public_keys")]
         html: Option<PathBuf>,
         /// Write the access report's data as JSON to FILE (docs/auditor-guide.md).
