@@ -75,7 +75,6 @@ pub(crate) async fn encrypt(endpoint: &Target, args: EncryptArgs) -> anyhow::Res
     let client = client(endpoint).await?;
     let request = pb::EncryptStreamRequest {
         tenant_id: args.tenant,
-        justification: args.justification.to_pb(),
         encryption_context: context_map(args.context)?,
         scope: args.scope,
         frame_size: args.frame_size.unwrap_or(0),
@@ -103,7 +102,6 @@ async fn encrypt_unary(
     let response = client
         .encrypt(pb::EncryptRequest {
             tenant_id: args.tenant,
-            justification: args.justification.to_pb(),
             plaintext,
             encryption_context: context_map(args.context)?,
             scope: args.scope,
@@ -144,7 +142,6 @@ pub(crate) async fn decrypt(endpoint: &Target, args: DecryptArgs) -> anyhow::Res
     let client = client(endpoint).await?;
     let request = pb::DecryptStreamRequest {
         tenant_id: args.tenant,
-        justification: args.justification.to_pb(),
         encryption_context: context_map(args.context)?,
         envelope: Vec::new(),
         justification: args.justification.to_pb(),
@@ -179,7 +176,6 @@ async fn decrypt_unary(
     let response = client
         .decrypt(pb::DecryptRequest {
             tenant_id: args.tenant,
-            justification: args.justification.to_pb(),
             envelope,
             encryption_context: context_map(args.context)?,
             justification: args.justification.to_pb(),
@@ -206,7 +202,6 @@ pub(crate) async fn rewrap(endpoint: &Target, args: RewrapArgs) -> anyhow::Resul
     let response = client
         .rewrap(pb::RewrapRequest {
             tenant_id: args.tenant,
-            justification: args.justification.to_pb(),
             envelope,
             encryption_context: context_map(args.context)?,
             target_scope: args.to_scope.unwrap_or_default(),
