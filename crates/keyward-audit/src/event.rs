@@ -139,6 +139,22 @@ pub enum AuditEvent {
         cache_hits: u64,
         errors: u64,
     },
+    /// A tenant's policy was set (`SetTenantPolicy`): the whole policy as it is from this record
+    /// on (a setting absent is the server's). A record of the tenant, so that the tenant's own
+    /// export shows its rules (docs/justifications.md). Deployments before this event recorded
+    /// the change as an `admin_action` named `set_tenant_policy`.
+    TenantPolicySet {
+        #[serde(with = "tenant_id")]
+        tenant: TenantId,
+        /// The caller that asked.
+        actor: String,
+        /// Seconds, or null for the server's setting.
+        cache_ttl_seconds: Option<u64>,
+        monitor_interval_seconds: Option<u64>,
+        auto_rekey: bool,
+        /// The purposes allowed to decrypt (snake_case, proto order); empty: no rule.
+        decrypt_purposes: Vec<String>,
+    },
     /// Accesses to one tenant's data in one minute by one caller, for one action and declared
     /// purpose (docs/justifications.md): what the tenant's customer sees of who read their data
     /// and why. Counted in memory and written once the minute is over, like `usage_summary`.
@@ -246,7 +262,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every event type name, as written in the `"type"` field.
-    pub const TYPES: [&'static str; 18] = [
+    pub const TYPES: [&'static str; 19] = [
         "tenant_created",
         "key_registration_attempted",
         "kek_binding_changed",
@@ -265,6 +281,7 @@ impl AuditEvent {
         "kek_binding_retired",
         "key_hierarchy_exported",
         "access_summary",
+        "tenant_policy_set",
     ];
 
     /// Most distinct references one `access_summary` record lists.
@@ -287,6 +304,7 @@ impl AuditEvent {
             AuditEvent::AdminAction { .. } => "admin_action",
             AuditEvent::UsageSummary { .. } => "usage_summary",
             AuditEvent::AccessSummary { .. } => "access_summary",
+            AuditEvent::TenantPolicySet { .. } => "tenant_policy_set",
             AuditEvent::SigningKeyRotated { .. } => "signing_key_rotated",
             AuditEvent::ScopeShredded { .. } => "scope_shredded",
             AuditEvent::TenantKeyRewrapped { .. } => "tenant_key_rewrapped",
@@ -307,6 +325,7 @@ impl AuditEvent {
             | AuditEvent::RevocationDenials { tenant, .. }
             | AuditEvent::UsageSummary { tenant, .. }
             | AuditEvent::AccessSummary { tenant, .. }
+            | AuditEvent::TenantPolicySet { tenant, .. }
             | AuditEvent::ScopeShredded { tenant, .. }
             | AuditEvent::TenantKeyRewrapped { tenant, .. }
             | AuditEvent::KekBindingRetired { tenant, .. } => Some(tenant),

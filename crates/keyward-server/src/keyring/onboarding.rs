@@ -253,17 +253,21 @@ impl Onboarding {
                 ),
             ));
         }
-        let detail = format!(
-            "cache_ttl_seconds={:?} monitor_interval_seconds={:?} auto_rekey={}",
-            policy.cache_ttl_seconds, policy.monitor_interval_seconds, policy.auto_rekey
-        );
+        let decrypt_purposes: Vec<String> =
+            crate::justification::Purpose::from_bits(policy.decrypt_purposes)
+                .into_iter()
+                .map(|p| p.as_str().to_owned())
+                .collect();
         let state = self
             .store
             .set_tenant_policy(tenant, policy, &|t: &TenantRecord| {
-                vec![AuditEvent::AdminAction {
+                vec![AuditEvent::TenantPolicySet {
+                    tenant: t.id.clone(),
                     actor: actor.clone(),
-                    action: "set_tenant_policy".to_owned(),
-                    detail: format!("tenant={} {detail}", t.id),
+                    cache_ttl_seconds: policy.cache_ttl_seconds,
+                    monitor_interval_seconds: policy.monitor_interval_seconds,
+                    auto_rekey: policy.auto_rekey,
+                    decrypt_purposes: decrypt_purposes.clone(),
                 }]
             })
             .await
