@@ -69,7 +69,7 @@ impl Verifier {
             }
         }
         // 2b. Tenant tags: who the record is about, and whether it may be shown as it is.
-        self.tenant_checks(n, r, typed.as_ref())?;
+        self.tenant_checks(n, r, typed.as_ref(), recomputed == r.hash)?;
         // 3. Position in the sequence.
         let current = self.current_seq(header);
         let expected = current.saturating_add(1);

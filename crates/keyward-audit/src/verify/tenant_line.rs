@@ -14,6 +14,7 @@ impl Verifier {
         n: usize,
         r: &RawRecord,
         event: Option<&AuditEvent>,
+        intact: bool,
     ) -> Flow {
         let seq = Some(r.seq);
         // The tenant the event names: from the typed event, or (an event type this verifier
@@ -64,6 +65,11 @@ impl Verifier {
             ))?;
         }
         let Some(scope) = self.scope.clone() else {
+            // An edited record was reported as such: its tag or tenant disagreeing with the
+            // other records' is a consequence of the edit, not a problem of its own.
+            if !intact {
+                return Ok(());
+            }
             return self.whole_chain_tags(n, r, tenant);
         };
         if self.tenant.first_time_ms.is_none() {
