@@ -834,7 +834,9 @@ async fn access_counts_from_concurrent_callers_survive_a_failed_append_and_add_u
     );
     fx.store.fail_appends.store(false, Ordering::SeqCst);
     a.flush_all_denials().await.unwrap();
-    let mut sums: HashMap<(String, Option<String>), (u64, u64, u64, u64, usize)> = HashMap::new();
+    // (principal, purpose) -> (requests, items, errors, bytes, most references in a record)
+    type Sums = HashMap<(String, Option<String>), (u64, u64, u64, u64, usize)>;
+    let mut sums = Sums::new();
     for e in fx.events(&t, "access_summary").await {
         let AuditEvent::AccessSummary {
             principal,
