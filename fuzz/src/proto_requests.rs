@@ -188,7 +188,7 @@ pub fn run(data: &[u8]) {
             let Some(r) = decode::<pb::SetTenantPolicyRequest>(rest) else {
                 return;
             };
-            let raw = r.policy.unwrap_or_default();
+            let raw = r.policy.clone().unwrap_or_default();
             check(convert::set_tenant_policy(r), |(_, policy)| {
                 assert_eq!(policy.cache_ttl_seconds.unwrap_or(0), raw.cache_ttl_seconds);
                 assert_eq!(
