@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 
@@ -84,15 +85,26 @@ pub struct Principal {
     kind: PrincipalKind,
     id: String,
     uid: EntityUid,
+    /// The [`fmt::Display`] form, made once: every data-path call names its caller in the
+    /// tenant's access counts.
+    shown: Arc<str>,
 }
 
 impl Principal {
     pub(crate) fn new(kind: PrincipalKind, id: &str) -> Self {
+        let uid = EntityUid::from_type_name_and_id(type_name(kind.as_str()), EntityId::new(id));
+        let shown = Arc::from(format!("{}::\"{}\"", kind.as_str(), uid.id().escaped()));
         Principal {
             kind,
             id: id.to_owned(),
-            uid: EntityUid::from_type_name_and_id(type_name(kind.as_str()), EntityId::new(id)),
+            uid,
+            shown,
         }
+    }
+
+    /// `Service::"chat-api"` (the [`fmt::Display`] form), shared.
+    pub fn shown(&self) -> &Arc<str> {
+        &self.shown
     }
 
     /// The principal's entity type.
@@ -114,7 +126,7 @@ impl Principal {
 /// escapes string literals), used as the actor in audit records.
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}::\"{}\"", self.kind.as_str(), self.uid.id().escaped())
+        f.write_str(&self.shown)
     }
 }
 

@@ -70,9 +70,19 @@ enum Command {
     ServeNull,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `profile` counts instructions per call: on one thread, client and server interleave the
+    // same way in every run, so the count is repeatable (on the multi-threaded runtime, which
+    // worker wakes which moved the count by a few percent between identical runs).
+    let mut runtime = match cli.command {
+        Command::Profile(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Economy { json, quick } => {
             let report = economy::run(quick).await?;

@@ -96,6 +96,12 @@ impl EncryptionContext {
     /// different contexts never produce the same bytes. The empty context encodes as `00 00`.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_canonical(&mut out);
+        out
+    }
+
+    /// Appends [`EncryptionContext::canonical_bytes`] to `out` (the AAD is built in one buffer).
+    pub(crate) fn write_canonical(&self, out: &mut Vec<u8>) {
         // Lengths were bounded in the constructors, so these conversions cannot saturate; the
         // saturating form keeps the function total without a panic path.
         out.extend_from_slice(&u16_be(self.0.len()));
@@ -105,10 +111,9 @@ impl EncryptionContext {
             out.extend_from_slice(&u16_be(v.len()));
             out.extend_from_slice(v.as_bytes());
         }
-        out
     }
 
-    fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         2 + self
             .0
             .iter()

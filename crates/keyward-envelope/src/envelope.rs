@@ -553,10 +553,9 @@ pub fn sealed_len(tenant: &TenantId, plaintext_len: usize) -> usize {
 /// by its length byte and fixed sizes, the context by its count and length prefixes), so the
 /// concatenation is unambiguous.
 pub(crate) fn build_aad(header_bytes: &[u8], ctx: &EncryptionContext) -> Vec<u8> {
-    let ctx_bytes = ctx.canonical_bytes();
-    let mut aad = Vec::with_capacity(header_bytes.len() + ctx_bytes.len());
+    let mut aad = Vec::with_capacity(header_bytes.len() + ctx.encoded_len());
     aad.extend_from_slice(header_bytes);
-    aad.extend_from_slice(&ctx_bytes);
+    ctx.write_canonical(&mut aad);
     aad
 }
 
@@ -673,12 +672,8 @@ pub(crate) fn expand_keys(
     input[len - 1] = 0x01;
 
     let mut okm = Zeroizing::new([0u8; BLOCK]);
-    hmac::sign_to_buffer(
-        &hmac::Key::new(hmac::HMAC_SHA512, dek.expose_secret()),
-        input,
-        okm.as_mut_slice(),
-    )
-    .map_err(|_| CryptoError::Kdf)?;
+    // HMAC-SHA-512 from the DEK's schedule, computed once per key (crate::schedule).
+    dek.hmac_schedule().mac(input, &mut okm)?;
     let mut message_key = SecretKey::zeroed();
     message_key.bytes_mut().copy_from_slice(&okm[..KEY_LEN]);
     let mut commitment = [0u8; COMMITMENT_LEN];

@@ -11,7 +11,9 @@
 //!   frame in constant memory (docs/envelope-format.md §10).
 //! - [`aead`]: the raw AES-256-GCM layer (hazmat), tested against Wycheproof.
 //!
-//! All cryptography comes from `aws-lc-rs` (see `docs/adr/0001-aead-library.md`).
+//! All cryptography comes from `aws-lc-rs` (see `docs/adr/0001-aead-library.md`), except the
+//! SHA-512 compression function behind a DEK's cached HMAC key schedule, which aws-lc-rs does not
+//! expose (RustCrypto `sha2`; `docs/adr/0018-per-call-costs.md`).
 //!
 //! ```
 //! use keyward_envelope::{EncryptionContext, KeyId, SecretKey, TenantId};
@@ -40,7 +42,9 @@ mod envelope;
 mod error;
 pub mod framed;
 mod key;
+mod schedule;
 mod tenant;
+mod wiped;
 mod wrap;
 
 pub use context::{
@@ -54,4 +58,5 @@ pub use envelope::{
 pub use error::{CryptoError, EnvelopeError};
 pub use key::{KEY_ID_LEN, KEY_LEN, KeyId, SecretKey, WrappedKey};
 pub use tenant::{TENANT_ID_MAX_LEN, TenantId};
+pub use wiped::{Wiped, wipe};
 pub use wrap::{WRAPPED_KEY_FORMAT, WRAPPED_KEY_LEN, dek_wrap_aad, unwrap_key, wrap_key};

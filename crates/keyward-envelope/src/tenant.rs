@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::EnvelopeError;
 
@@ -13,8 +14,11 @@ pub const TENANT_ID_MAX_LEN: usize = 64;
 /// The alphabet is deliberately small: it is safe in file names, URLs, log lines, metric labels
 /// and KMS encryption contexts without escaping, and has a single spelling per tenant (no case
 /// folding, no Unicode normalisation).
+///
+/// The identifier is shared (`Arc<str>`): the key caches, the gates and the meters key by it on
+/// every call, and a clone is a reference-count increment, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 const ALLOWED: &str = "a tenant id is 1 to 64 characters of [a-z0-9._-] starting with [a-z0-9]";
 
@@ -55,7 +59,7 @@ impl TenantId {
         if !is_valid_tenant_id(b) {
             return None;
         }
-        std::str::from_utf8(b).ok().map(|s| TenantId(s.to_owned()))
+        std::str::from_utf8(b).ok().map(|s| TenantId(Arc::from(s)))
     }
 }
 
@@ -76,7 +80,7 @@ impl FromStr for TenantId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::validate(s)?;
-        Ok(TenantId(s.to_owned()))
+        Ok(TenantId(Arc::from(s)))
     }
 }
 
@@ -93,7 +97,7 @@ impl TryFrom<String> for TenantId {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::validate(&s)?;
-        Ok(TenantId(s))
+        Ok(TenantId(Arc::from(s)))
     }
 }
 

@@ -61,8 +61,8 @@ impl Caller {
     }
 
     /// The principal as the audit log names it (`Service::"chat-api"`).
-    pub fn principal(&self) -> String {
-        self.principal.to_string()
+    pub fn principal(&self) -> Arc<str> {
+        Arc::clone(self.principal.shown())
     }
 }
 
@@ -140,7 +140,7 @@ impl Remembered {
 /// The remembered decisions and the bytes they cost ([`Remembered::bytes`]).
 #[derive(Debug, Default)]
 struct Memo {
-    entries: HashMap<u64, Remembered>,
+    entries: crate::fast_hash::FastMap<u64, Remembered>,
     bytes: usize,
 }
 
@@ -171,7 +171,7 @@ impl Memo {
 struct Snapshot {
     policies: Policies,
     decisions: RwLock<Memo>,
-    hasher: std::hash::RandomState,
+    hasher: crate::fast_hash::FastState,
 }
 
 impl Snapshot {
@@ -179,7 +179,7 @@ impl Snapshot {
         Self {
             policies,
             decisions: RwLock::new(Memo::default()),
-            hasher: std::hash::RandomState::new(),
+            hasher: crate::fast_hash::FastState::default(),
         }
     }
 
@@ -558,7 +558,7 @@ mod tests {
 
     /// The memory a memo's entries take: the hash table's buckets (hashbrown: a power of two,
     /// at most 7/8 full) and the heap blocks of the strings, as glibc malloc sizes them.
-    fn footprint(entries: &HashMap<u64, Remembered>) -> usize {
+    fn footprint(entries: &crate::fast_hash::FastMap<u64, Remembered>) -> usize {
         let buckets = (entries.capacity() * 8).div_ceil(7).next_power_of_two();
         let block = |len: usize| {
             if len == 0 {

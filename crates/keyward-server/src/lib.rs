@@ -11,6 +11,7 @@ pub mod authz;
 mod builtin_policies;
 pub mod config;
 pub mod error;
+mod fast_hash;
 pub mod justification;
 mod key_events;
 pub mod keyring;

@@ -113,7 +113,7 @@ impl CallerKey {
 #[derive(Debug)]
 pub struct CallerLimiter {
     max_in_flight: usize,
-    callers: RwLock<HashMap<CallerKey, Arc<AtomicUsize>>>,
+    callers: RwLock<crate::fast_hash::FastMap<CallerKey, Arc<AtomicUsize>>>,
 }
 
 /// One counted call; dropping it (the response is finished or abandoned) releases the slot.
@@ -132,7 +132,7 @@ impl CallerLimiter {
     pub fn new(max_in_flight: usize) -> Self {
         Self {
             max_in_flight,
-            callers: RwLock::new(HashMap::new()),
+            callers: RwLock::default(),
         }
     }
 

@@ -14,9 +14,8 @@
 //! Histograms carry no tenant label at all. docs/observability.md lists every metric.
 
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, OnceLock, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -147,6 +146,9 @@ pub enum PayloadKind {
 }
 
 impl PayloadKind {
+    /// How many kinds there are (the variants are their own indices).
+    const COUNT: usize = 4;
+
     fn as_str(self) -> &'static str {
         match self {
             PayloadKind::PlaintextIn => "plaintext_in",
@@ -157,12 +159,53 @@ impl PayloadKind {
     }
 }
 
+/// The methods whose successes are counted through handles resolved once per tenant label
+/// (the data path's unary calls); the others go through the family's label lookup.
+const HOT_METHODS: [&str; 6] = [
+    "Encrypt",
+    "Decrypt",
+    "EncryptBatch",
+    "DecryptBatch",
+    "Rewrap",
+    "RewrapBatch",
+];
+
+fn hot_method(method: &str) -> Option<usize> {
+    HOT_METHODS.iter().position(|m| *m == method)
+}
+
+/// One `tenant` label and the series every call of it updates, each resolved from its family
+/// on first use and kept: a family lookup hashes the whole label set under the family's lock,
+/// several times per call.
+pub(crate) struct TenantSeries {
+    label: Arc<str>,
+    payload: [OnceLock<Counter>; PayloadKind::COUNT],
+    /// `rpc_requests_total{code="OK"}` of each of [`HOT_METHODS`].
+    ok_rpcs: [OnceLock<Counter>; HOT_METHODS.len()],
+}
+
+impl TenantSeries {
+    fn new(label: Arc<str>) -> Arc<Self> {
+        Arc::new(Self {
+            label,
+            payload: Default::default(),
+            ok_rpcs: Default::default(),
+        })
+    }
+
+    /// The label's value.
+    #[cfg(test)]
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+}
+
 /// The first `max` tenants seen get a label of their own.
 struct TenantLabels {
     max: usize,
-    known: RwLock<HashMap<Box<str>, Arc<str>>>,
-    other: Arc<str>,
-    none: Arc<str>,
+    known: RwLock<crate::fast_hash::FastMap<Box<str>, Arc<TenantSeries>>>,
+    other: Arc<TenantSeries>,
+    none: Arc<TenantSeries>,
 }
 
 impl TenantLabels {
@@ -170,32 +213,32 @@ impl TenantLabels {
         Self {
             max,
             known: RwLock::default(),
-            other: Arc::from(OTHER_TENANT),
-            none: Arc::from(""),
+            other: TenantSeries::new(Arc::from(OTHER_TENANT)),
+            none: TenantSeries::new(Arc::from("")),
         }
     }
 
-    /// The label of `tenant`: a read-locked lookup and a reference-count increment once the
+    /// The series of `tenant`: a read-locked lookup and a reference-count increment once the
     /// tenant is known; one allocation the first time.
-    fn label(&self, tenant: &str) -> Arc<str> {
-        if let Some(label) = self
+    fn series(&self, tenant: &str) -> Arc<TenantSeries> {
+        if let Some(series) = self
             .known
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tenant)
         {
-            return Arc::clone(label);
+            return Arc::clone(series);
         }
         let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(label) = known.get(tenant) {
-            return Arc::clone(label);
+        if let Some(series) = known.get(tenant) {
+            return Arc::clone(series);
         }
         if known.len() >= self.max {
             return Arc::clone(&self.other);
         }
-        let label: Arc<str> = Arc::from(tenant);
-        known.insert(Box::from(tenant), Arc::clone(&label));
-        label
+        let series = TenantSeries::new(Arc::from(tenant));
+        known.insert(Box::from(tenant), Arc::clone(&series));
+        series
     }
 }
 
@@ -209,6 +252,10 @@ pub struct Metrics {
     kms_calls: Family<KmsLabels, Counter>,
     kms_seconds: Family<KmsOpLabels, Histogram, LatencyBuckets>,
     cache_lookups: Family<CacheLabels, Counter>,
+    /// `cache_lookups` of (encrypt, decrypt) x (hit, miss), resolved on first use.
+    hot_lookups: [OnceLock<Counter>; 4],
+    /// `rpc_seconds` of each of [`HOT_METHODS`], resolved on first use.
+    hot_seconds: [OnceLock<Histogram>; HOT_METHODS.len()],
     resident: Family<ResidentLabels, Gauge>,
     tenants_closed: Family<StateLabels, Gauge>,
     denials: Family<ActionLabels, Counter>,
@@ -249,6 +296,8 @@ impl Metrics {
             kms_calls: Family::default(),
             kms_seconds: Family::new_with_constructor(LatencyBuckets),
             cache_lookups: Family::default(),
+            hot_lookups: Default::default(),
+            hot_seconds: Default::default(),
             resident: Family::default(),
             tenants_closed: Family::default(),
             denials: Family::default(),
@@ -371,10 +420,10 @@ impl Metrics {
         metrics
     }
 
-    /// The `tenant` label for `tenant` ("" when the call named none).
-    pub(crate) fn tenant_label(&self, tenant: Option<&str>) -> Arc<str> {
+    /// The `tenant` label's series for `tenant` ("" when the call named none).
+    pub(crate) fn tenant_series(&self, tenant: Option<&str>) -> Arc<TenantSeries> {
         match tenant {
-            Some(t) => self.tenants.label(t),
+            Some(t) => self.tenants.series(t),
             None => Arc::clone(&self.tenants.none),
         }
     }
@@ -386,40 +435,73 @@ impl Metrics {
     /// One finished gRPC call.
     pub(crate) fn rpc_finished(
         &self,
-        tenant: Arc<str>,
+        tenant: &TenantSeries,
         method: &'static str,
         code: tonic::Code,
         elapsed: Duration,
     ) {
         self.in_flight.dec();
-        self.rpcs
-            .get_or_create(&RpcLabels {
-                tenant,
-                method,
-                code: code_name(code),
-            })
-            .inc();
-        self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
-            .observe(elapsed.as_secs_f64());
+        let count = || {
+            self.rpcs
+                .get_or_create(&RpcLabels {
+                    tenant: Arc::clone(&tenant.label),
+                    method,
+                    code: code_name(code),
+                })
+                .clone()
+        };
+        let seconds = || {
+            self.rpc_seconds
+                .get_or_create(&MethodLabels { method })
+                .clone()
+        };
+        match hot_method(method) {
+            Some(i) => {
+                if code == tonic::Code::Ok {
+                    tenant.ok_rpcs[i].get_or_init(count).inc();
+                } else {
+                    count().inc();
+                }
+                self.hot_seconds[i]
+                    .get_or_init(seconds)
+                    .observe(elapsed.as_secs_f64());
+            }
+            None => {
+                count().inc();
+                seconds().observe(elapsed.as_secs_f64());
+            }
+        }
     }
 
-    pub(crate) fn payload(&self, tenant: Arc<str>, kind: PayloadKind, bytes: usize) {
-        self.payload_bytes
-            .get_or_create(&BytesLabels {
-                tenant,
-                kind: kind.as_str(),
+    pub(crate) fn payload(&self, tenant: &TenantSeries, kind: PayloadKind, bytes: usize) {
+        tenant.payload[kind as usize]
+            .get_or_init(|| {
+                self.payload_bytes
+                    .get_or_create(&BytesLabels {
+                        tenant: Arc::clone(&tenant.label),
+                        kind: kind.as_str(),
+                    })
+                    .clone()
             })
             .inc_by(bytes as u64);
     }
 
     /// An Encrypt or Decrypt found its data key in the cache (`hit`) or had to load it.
     pub fn cache_lookup(&self, operation: &'static str, hit: bool) {
-        self.cache_lookups
-            .get_or_create(&CacheLabels {
-                operation,
-                result: if hit { "hit" } else { "miss" },
-            })
+        let labels = CacheLabels {
+            operation,
+            result: if hit { "hit" } else { "miss" },
+        };
+        let slot = match operation {
+            "encrypt" => 0,
+            "decrypt" => 2,
+            _ => {
+                self.cache_lookups.get_or_create(&labels).inc();
+                return;
+            }
+        } + usize::from(!hit);
+        self.hot_lookups[slot]
+            .get_or_init(|| self.cache_lookups.get_or_create(&labels).clone())
             .inc();
     }
 
@@ -684,13 +766,13 @@ mod tests {
     fn tenant_labels_are_bounded_and_the_rest_is_other() {
         let metrics = Metrics::new(3);
         for i in 0..10 {
-            let label = metrics.tenant_label(Some(&format!("tenant-{i}")));
-            metrics.rpc_finished(label, "Encrypt", tonic::Code::Ok, Duration::from_millis(1));
+            let label = metrics.tenant_series(Some(&format!("tenant-{i}")));
+            metrics.rpc_finished(&label, "Encrypt", tonic::Code::Ok, Duration::from_millis(1));
         }
         // A known tenant keeps its own label after the bound is reached.
-        let label = metrics.tenant_label(Some("tenant-1"));
-        assert_eq!(&*label, "tenant-1");
-        metrics.rpc_finished(label, "Encrypt", tonic::Code::Ok, Duration::from_millis(1));
+        let label = metrics.tenant_series(Some("tenant-1"));
+        assert_eq!(label.label(), "tenant-1");
+        metrics.rpc_finished(&label, "Encrypt", tonic::Code::Ok, Duration::from_millis(1));
         let text = scrape(&metrics);
         let series: Vec<&str> = text
             .lines()
@@ -716,8 +798,8 @@ mod tests {
     #[test]
     fn zero_tenant_labels_aggregates_everything() {
         let metrics = Metrics::new(0);
-        assert_eq!(&*metrics.tenant_label(Some("a")), OTHER_TENANT);
-        assert_eq!(&*metrics.tenant_label(None), "");
+        assert_eq!(metrics.tenant_series(Some("a")).label(), OTHER_TENANT);
+        assert_eq!(metrics.tenant_series(None).label(), "");
     }
 
     #[test]
@@ -732,7 +814,7 @@ mod tests {
             Duration::from_millis(3),
         );
         metrics.payload(
-            metrics.tenant_label(Some("t")),
+            &metrics.tenant_series(Some("t")),
             PayloadKind::PlaintextIn,
             42,
         );

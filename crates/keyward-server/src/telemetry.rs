@@ -26,6 +26,11 @@ use crate::metrics::{Metrics, PayloadKind};
 /// The metadata key of the request id, in requests and responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// [`REQUEST_ID_HEADER`] as a header name, made once (a `&str` key is parsed on every use).
+static REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+/// `grpc-status`, likewise.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Longest caller-supplied request id kept; a longer one is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
@@ -75,8 +80,8 @@ pub fn well_formed_request_id(raw: &str) -> bool {
 pub struct CallInfo {
     metrics: Arc<Metrics>,
     request_id: Arc<str>,
-    /// The `tenant` metric label, set by the first [`note_tenant`].
-    tenant: OnceLock<Arc<str>>,
+    /// The `tenant` metric label's series, set by the first [`note_tenant`].
+    tenant: OnceLock<Arc<crate::metrics::TenantSeries>>,
 }
 
 impl fmt::Debug for CallInfo {
@@ -100,10 +105,10 @@ impl CallInfo {
         &self.request_id
     }
 
-    fn tenant_label(&self) -> Arc<str> {
+    fn tenant_series(&self) -> Arc<crate::metrics::TenantSeries> {
         match self.tenant.get() {
-            Some(label) => Arc::clone(label),
-            None => self.metrics.tenant_label(None),
+            Some(series) => Arc::clone(series),
+            None => self.metrics.tenant_series(None),
         }
     }
 }
@@ -116,7 +121,7 @@ pub fn note_tenant(extensions: &http::Extensions, tenant: Option<&keyward_envelo
     if call.tenant.get().is_none() {
         let _ = call
             .tenant
-            .set(call.metrics.tenant_label(Some(tenant.as_str())));
+            .set(call.metrics.tenant_series(Some(tenant.as_str())));
         tracing::Span::current().record("tenant", tenant.as_str());
     }
 }
@@ -124,7 +129,7 @@ pub fn note_tenant(extensions: &http::Extensions, tenant: Option<&keyward_envelo
 /// Counts a successful operation's payload bytes for the call's tenant.
 pub fn note_payload(extensions: &http::Extensions, kind: PayloadKind, bytes: usize) {
     if let Some(call) = extensions.get::<Arc<CallInfo>>() {
-        call.metrics.payload(call.tenant_label(), kind, bytes);
+        call.metrics.payload(&call.tenant_series(), kind, bytes);
     }
 }
 
@@ -161,7 +166,7 @@ impl<S> tower_layer::Layer<S> for RpcLayer {
 /// A request id unique across processes and time, UUID-shaped: 64 random bits drawn once per
 /// process, then a 64-bit counter. One relaxed atomic increment per call, where a random UUID
 /// per call cost a `getrandom` system call on every RPC.
-fn fresh_request_id() -> String {
+fn fresh_request_id() -> Arc<str> {
     use std::sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -170,10 +175,14 @@ fn fresh_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // uuid's own table-driven encoder: `format!` with five hex fields cost ~2.4k instructions.
-    uuid::Uuid::from_u64_pair(prefix, n)
-        .hyphenated()
-        .to_string()
+    // uuid's own table-driven encoder into a stack buffer (`format!` with five hex fields cost
+    // ~2.4k instructions), then one allocation for the shared id.
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Arc::from(
+        &*uuid::Uuid::from_u64_pair(prefix, n)
+            .hyphenated()
+            .encode_lower(&mut buf),
+    )
 }
 
 /// The service [`RpcLayer`] wraps around the router.
@@ -202,13 +211,13 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = method_name(request.uri().path());
-        let request_id: Arc<str> = match request
+        let (request_id, echo): (Arc<str>, bool) = match request
             .headers()
-            .get(REQUEST_ID_HEADER)
+            .get(&REQUEST_ID_NAME)
             .and_then(|v| v.to_str().ok())
         {
-            Some(id) if well_formed_request_id(id) => Arc::from(id),
-            _ => Arc::from(fresh_request_id()),
+            Some(id) if well_formed_request_id(id) => (Arc::from(id), true),
+            _ => (fresh_request_id(), false),
         };
         let call = CallInfo::new(Arc::clone(&self.metrics), Arc::clone(&request_id));
         request.extensions_mut().insert(Arc::clone(&call));
@@ -226,25 +235,34 @@ where
         let metrics = Arc::clone(&self.metrics);
         let started = Instant::now();
         metrics.rpc_started();
-        let header = http::HeaderValue::from_str(&request_id).ok();
+        let id = Arc::clone(&request_id);
         let fut = async move {
             let mut result = inner.call(request).await;
             let code = match &mut result {
                 Ok(response) => {
-                    if let Some(value) = header {
-                        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-                    }
                     if matches!(method, "Encrypt" | "EncryptBatch") {
                         point_to_streams(response.headers_mut());
                     }
                     // An error is a trailers-only response (grpc-status in the headers); a
                     // success sends its grpc-status 0 in the trailers.
-                    response
+                    let code = response
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
-                        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+                        .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                    // The id goes back on every error, on every streaming call (its failure
+                    // can come after these headers), and on a unary success when the caller
+                    // chose it: a server-made id on every unary success cost HPACK work on both
+                    // ends of every call (issue #26) and told the caller nothing it would use.
+                    if (echo || code != tonic::Code::Ok || STREAMING.contains(&method))
+                        && let Ok(value) = http::HeaderValue::from_str(&id)
+                    {
+                        response
+                            .headers_mut()
+                            .insert(REQUEST_ID_NAME.clone(), value);
+                    }
+                    code
                 }
                 Err(_) => tonic::Code::Unknown,
             };
@@ -260,7 +278,7 @@ where
                     "rpc failed"
                 );
             }
-            metrics.rpc_finished(call.tenant_label(), method, code, elapsed);
+            metrics.rpc_finished(&call.tenant_series(), method, code, elapsed);
             result
         };
         Box::pin(REQUEST_ID.scope(request_id, fut.instrument(span)))
@@ -286,6 +304,17 @@ fn point_to_streams(headers: &mut http::HeaderMap) {
     );
     let _ = hinted.add_header(headers);
 }
+
+/// The methods whose responses are streams (and `Watch`, reflection): their `x-request-id`
+/// is always sent.
+const STREAMING: &[&str] = &[
+    "EncryptStream",
+    "DecryptStream",
+    "ExportKeyHierarchy",
+    "Export",
+    "Watch",
+    "ServerReflectionInfo",
+];
 
 /// The `method` label: one of the served methods, or `other` (bounded: never the raw path).
 fn method_name(path: &str) -> &'static str {

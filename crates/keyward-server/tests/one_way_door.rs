@@ -803,7 +803,7 @@ async fn access_counts_from_concurrent_callers_survive_a_failed_append_and_add_u
                 for i in 0..per_task {
                     a.record_access(AccessCall {
                         tenant: t.clone(),
-                        principal: principal.to_owned(),
+                        principal: principal.into(),
                         action: "Decrypt",
                         justification: purpose.map(|purpose| Justification {
                             purpose,

@@ -3,14 +3,18 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 #[cfg(doc)]
 use crate::Store;
 use crate::{KeyId, ProviderKind, RevocationSource, StoreError, TenantId, WrappedKey};
 
 /// Caller-chosen DEK scope label: 1..=128 bytes, no control characters; "default" when none.
+///
+/// Shared (`Arc<str>`): the active-key cache keys by (tenant, scope) on every Encrypt, and a
+/// clone is a reference-count increment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Scope(String);
+pub struct Scope(Arc<str>);
 
 impl Scope {
     /// The scope used when the caller names none.
@@ -20,7 +24,9 @@ impl Scope {
 
     /// The `"default"` scope.
     pub fn default_scope() -> Self {
-        Self(Self::DEFAULT.to_owned())
+        static DEFAULT: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from(Scope::DEFAULT));
+        Self(Arc::clone(&DEFAULT))
     }
 
     /// The label.
@@ -67,7 +73,7 @@ impl FromStr for Scope {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::validate(s)?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 }
 
@@ -84,7 +90,7 @@ impl TryFrom<String> for Scope {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::validate(&s)?;
-        Ok(Self(s))
+        Ok(Self(Arc::from(s)))
     }
 }
 

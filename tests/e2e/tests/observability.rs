@@ -126,9 +126,12 @@ async fn admin_endpoints_metrics_and_request_ids() {
         ))
         .await
         .unwrap();
-    let fresh = response_id(&response);
-    assert_ne!(fresh, "not a valid id");
-    assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
+    // A success whose id the server made carries none (issue #26: HPACK work on every call
+    // for an id the caller never chose); the server still logged the call under a fresh id.
+    assert!(
+        response.metadata().get("x-request-id").is_none(),
+        "no id on a success the caller did not name"
+    );
     let decrypted = crypto
         .decrypt(pb::DecryptRequest {
             tenant_id: "obs-a".to_owned(),
@@ -141,7 +144,29 @@ async fn admin_endpoints_metrics_and_request_ids() {
         .into_inner()
         .plaintext;
     assert_eq!(decrypted, plaintext);
-    // Errors carry the request id too (in the status metadata).
+    // An error carries a fresh id when the caller named none...
+    let failed = crypto
+        .decrypt(with_request_id(
+            pb::DecryptRequest {
+                tenant_id: "obs-a".to_owned(),
+                envelope: envelope.clone(),
+                encryption_context: context(&[("purpose", "other")]),
+                justification: None,
+            },
+            "not a valid id",
+        ))
+        .await
+        .unwrap_err();
+    let fresh = failed
+        .metadata()
+        .get("x-request-id")
+        .expect("an error carries the request id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh, "not a valid id");
+    assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
+    // ...and the caller's own when it named one (in the status metadata).
     let failed = crypto
         .decrypt(with_request_id(
             pb::DecryptRequest {
@@ -181,7 +206,7 @@ async fn admin_endpoints_metrics_and_request_ids() {
         s(&format!(
             r#"keyward_rpc_requests_total{{tenant="obs-a",method="Decrypt",code="{failed_code}"}}"#
         )),
-        Some(1.0),
+        Some(2.0), // the failures with a fresh id and with the caller's
         "{metrics}"
     );
     assert_eq!(

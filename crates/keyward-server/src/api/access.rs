@@ -22,7 +22,7 @@ pub(super) struct CallAccess {
     action: Action,
     justification: Option<Justification>,
     /// The caller, from the first authorization that passed.
-    principal: Option<String>,
+    principal: Option<std::sync::Arc<str>>,
     /// Whether the tenant's decrypt rule passed (checked once per call).
     rule_passed: bool,
     items: u64,

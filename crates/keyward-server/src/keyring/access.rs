@@ -5,7 +5,7 @@
 //! the tenants' rules on the purposes that may decrypt, cached per replica.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -24,7 +24,7 @@ use crate::{
 pub struct AccessCall {
     pub tenant: TenantId,
     /// The Cedar principal (`Service::"chat-api"`).
-    pub principal: String,
+    pub principal: Arc<str>,
     /// The Cedar action (`Encrypt`, `Decrypt`, `Rewrap`).
     pub action: &'static str,
     pub justification: Option<Justification>,
@@ -47,7 +47,7 @@ pub(crate) const MAX_ACCESS_KEYS: usize = if cfg!(test) { 1 << 10 } else { 1 << 
 struct AccessKey {
     tenant: TenantId,
     minute: i64,
-    principal: String,
+    principal: Arc<str>,
     action: &'static str,
     purpose: Option<Purpose>,
 }
@@ -67,7 +67,7 @@ struct AccessCounts {
 /// The access counts of the minutes not yet written.
 #[derive(Debug, Default)]
 pub(super) struct AccessMeter {
-    counts: Mutex<HashMap<AccessKey, AccessCounts>>,
+    counts: Mutex<crate::fast_hash::FastMap<AccessKey, AccessCounts>>,
     /// Calls not counted because [`MAX_ACCESS_KEYS`] was reached.
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -155,7 +155,7 @@ impl AccessMeter {
             .map(|(k, c)| AuditEvent::AccessSummary {
                 tenant: k.tenant,
                 minute: k.minute,
-                principal: k.principal,
+                principal: k.principal.to_string(),
                 action: k.action.to_owned(),
                 purpose: k.purpose.map(|p| p.as_str().to_owned()),
                 requests: c.requests,
@@ -176,7 +176,7 @@ impl AccessMeter {
 /// (`Keyring::apply_recorded_policy`).
 pub(super) struct DecryptRules {
     store: Arc<dyn Store>,
-    rules: moka::future::Cache<TenantId, u32>,
+    rules: moka::future::Cache<TenantId, u32, crate::fast_hash::FastState>,
     /// Bumped by every [`DecryptRules::forget`]: a rule read from the store is cached only if
     /// no change was announced while it was read (else a read that raced a change could cache
     /// the old rule after the change dropped it).
@@ -190,7 +190,7 @@ impl DecryptRules {
             rules: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(crate::fast_hash::FastState::default()),
             changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -205,24 +205,8 @@ impl DecryptRules {
     ) -> Result<(), ServiceError> {
         let bits = match self.rules.get(tenant).await {
             Some(bits) => bits,
-            None => {
-                let seen = self.changes.load(std::sync::atomic::Ordering::SeqCst);
-                match self.store.get_tenant(tenant).await? {
-                    Some(record) => {
-                        let bits = record.policy.decrypt_purposes;
-                        // A change announced before the insert is seen by the second load: the
-                        // insert is undone; one announced after it invalidates it itself.
-                        if self.changes.load(std::sync::atomic::Ordering::SeqCst) == seen {
-                            self.rules.insert(tenant.clone(), bits).await;
-                            if self.changes.load(std::sync::atomic::Ordering::SeqCst) != seen {
-                                self.rules.invalidate(tenant).await;
-                            }
-                        }
-                        bits
-                    }
-                    None => 0,
-                }
-            }
+            // Boxed: the store read stays out of every Decrypt's future.
+            None => Box::pin(self.load(tenant)).await?,
         };
         let allowed = || {
             Purpose::from_bits(bits)
@@ -240,6 +224,26 @@ impl DecryptRules {
                 purpose: p.as_str(),
                 allowed: allowed(),
             },
+        })
+    }
+
+    /// `tenant`'s rule from the store, cached unless a change was announced meanwhile.
+    async fn load(&self, tenant: &TenantId) -> Result<u32, ServiceError> {
+        let seen = self.changes.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(match self.store.get_tenant(tenant).await? {
+            Some(record) => {
+                let bits = record.policy.decrypt_purposes;
+                // A change announced before the insert is seen by the second load: the
+                // insert is undone; one announced after it invalidates it itself.
+                if self.changes.load(std::sync::atomic::Ordering::SeqCst) == seen {
+                    self.rules.insert(tenant.clone(), bits).await;
+                    if self.changes.load(std::sync::atomic::Ordering::SeqCst) != seen {
+                        self.rules.invalidate(tenant).await;
+                    }
+                }
+                bits
+            }
+            None => 0,
         })
     }
 
@@ -264,7 +268,7 @@ mod tests {
     ) -> AccessCall {
         AccessCall {
             tenant: TenantId::try_from(tenant).unwrap(),
-            principal: principal.to_owned(),
+            principal: Arc::from(principal),
             action: "Decrypt",
             justification: purpose.map(|purpose| Justification {
                 purpose,

@@ -23,6 +23,7 @@ use keyward_store::{KekState, Scope, Store};
 use moka::{Expiry, future::Cache};
 
 use super::{ledger::AuditLedger, require_tenant};
+use crate::fast_hash::FastState;
 use crate::{error::ServiceError, keyring::gate::Closed};
 
 /// Limits and lifetimes of the key caches.
@@ -133,8 +134,10 @@ pub struct KeyringStats {
     pub deks_created: u64,
 }
 
-pub(super) type TenantKeyCache = Cache<(TenantId, KeyId), Arc<LiveKey>>;
-pub(super) type ActiveCache = Cache<(TenantId, Scope), Arc<ActiveDek>>;
+/// A moka cache hashing its keys with [`FastState`] (every call looks keys up).
+pub(super) type FastCache<K, V> = Cache<K, V, FastState>;
+pub(super) type TenantKeyCache = FastCache<(TenantId, KeyId), Arc<LiveKey>>;
+pub(super) type ActiveCache = FastCache<(TenantId, Scope), Arc<ActiveDek>>;
 
 /// Why a tenant key is refused without asking the KMS or the store again, and where that
 /// was learnt.
@@ -147,7 +150,7 @@ pub(super) struct Refusal {
 }
 /// Tenant keys refused recently (an older binding's key the KMS refused, or a key whose
 /// binding is revoked in the store), for at most the cache TTL.
-type RefusalCache = Cache<(TenantId, KeyId), Refusal>;
+type RefusalCache = FastCache<(TenantId, KeyId), Refusal>;
 
 /// The unwrapped keys of this replica and the refusals it remembers.
 pub(super) struct KeyCache {
@@ -160,7 +163,7 @@ pub(super) struct KeyCache {
     /// DEKs found shredded (their tombstone's time), for at most the cache TTL: a client that
     /// keeps sending envelopes of a shredded scope costs no store read per request. A
     /// tombstone is permanent, so remembering it is never wrong.
-    shredded: Cache<(TenantId, KeyId), i64>,
+    shredded: FastCache<(TenantId, KeyId), i64>,
     counters: Counters,
 }
 
@@ -174,25 +177,25 @@ impl KeyCache {
                 let ledger = Arc::clone(&ledger);
                 Box::pin(async move { dek.flush_usage(&ledger, &key.0).await })
             })
-            .build();
+            .build_with_hasher(FastState::default());
         Self {
             tenant_keys: Cache::builder()
                 .max_capacity(policy.max_tenant_keys)
                 .expire_after(UntilDeadline)
-                .build(),
+                .build_with_hasher(FastState::default()),
             deks: Cache::builder()
                 .max_capacity(policy.max_deks)
                 .expire_after(UntilDeadline)
-                .build(),
+                .build_with_hasher(FastState::default()),
             active,
             refused: Cache::builder()
                 .max_capacity(policy.max_tenant_keys)
                 .time_to_live(policy.ttl)
-                .build(),
+                .build_with_hasher(FastState::default()),
             shredded: Cache::builder()
                 .max_capacity(policy.max_deks)
                 .time_to_live(policy.ttl)
-                .build(),
+                .build_with_hasher(FastState::default()),
             counters: Counters::default(),
             policy,
         }
@@ -411,7 +414,7 @@ impl KeyCache {
 
     async fn invalidate_entries<K, V>(
         &self,
-        cache: &Cache<K, V>,
+        cache: &FastCache<K, V>,
         pred: impl Fn(&K, &V) -> bool,
     ) -> u64
     where
@@ -432,7 +435,11 @@ impl KeyCache {
         removed
     }
 
-    async fn invalidate_where<K, V>(&self, cache: &Cache<K, V>, pred: impl Fn(&K) -> bool) -> u64
+    async fn invalidate_where<K, V>(
+        &self,
+        cache: &FastCache<K, V>,
+        pred: impl Fn(&K) -> bool,
+    ) -> u64
     where
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,

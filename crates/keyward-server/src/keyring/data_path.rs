@@ -119,11 +119,10 @@ impl DataPath {
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
-        let hit = self
-            .cache
-            .active
-            .contains_key(&(tenant.clone(), scope.clone()));
-        let result = self.encrypt_inner(tenant, scope, ctx, plaintext).await;
+        let mut hit = false;
+        let result = self
+            .encrypt_inner(tenant, scope, ctx, plaintext, &mut hit)
+            .await;
         self.account(tenant, "encrypt", hit, &result, |u, _| {
             u.encrypts += 1;
             u.bytes_in += plaintext.len() as u64;
@@ -137,9 +136,10 @@ impl DataPath {
         scope: &Scope,
         ctx: &EncryptionContext,
         plaintext: &[u8],
+        hit: &mut bool,
     ) -> Result<(Vec<u8>, KeyId), ServiceError> {
         let len = u64::try_from(plaintext.len()).map_err(internal)?;
-        let (active, generation) = self.reserve_active(tenant, scope, len).await?;
+        let (active, generation) = self.reserve_active(tenant, scope, len, hit).await?;
         // No await from the checks in `reserve_active` until the envelope is sealed.
         let envelope = Sealer::new(&active.key.key, tenant, &active.id)
             .suite(self.write_suite)
@@ -152,19 +152,22 @@ impl DataPath {
     /// The active DEK of (tenant, scope) with one message of `len` bytes counted against its
     /// rotation limits (rotating it first if it reached one), and the gate generation it was
     /// checked at. Returns with no await after its last check, so a caller that seals at once
-    /// (no await) seals under a key that was fresh, unshredded and admitted.
+    /// (no await) seals under a key that was fresh, unshredded and admitted. `hit` tells
+    /// whether the first lookup found a usable key in the cache (the cache-lookup metric).
     pub(super) async fn reserve_active(
         &self,
         tenant: &TenantId,
         scope: &Scope,
         len: u64,
+        hit: &mut bool,
     ) -> Result<(Arc<ActiveDek>, u64), ServiceError> {
         let generation = self.admit(tenant)?;
         // A fresh DEK accepts any message within the limits (config validation
         // guarantees max_bytes >= max plaintext), but under heavy concurrency
         // with tiny limits other requests may fill it first: retry, bounded.
-        for _ in 0..MAX_ENCRYPT_ATTEMPTS {
-            let active = self.active_dek(tenant, scope).await?;
+        for attempt in 0..MAX_ENCRYPT_ATTEMPTS {
+            let (active, cached) = self.active_dek(tenant, scope).await?;
+            *hit = cached && attempt == 0;
             // Read after the lookup, with no await until the caller seals: a shred this
             // replica applied while the DEK was being loaded is seen.
             if active.key.generation != generation
@@ -175,16 +178,18 @@ impl DataPath {
                 // store before a shred of the tenant (it may be gone), or vouched for by the
                 // KMS a TTL ago or more (this request stalled after the unwrap answered):
                 // never used past the TTL.
-                self.cache
-                    .active
-                    .invalidate(&(tenant.clone(), scope.clone()))
-                    .await;
+                Box::pin(
+                    self.cache
+                        .active
+                        .invalidate(&(tenant.clone(), scope.clone())),
+                )
+                .await;
                 self.admit(tenant)?;
                 continue;
             }
             match active.try_reserve(len, &self.rotation) {
                 Ok(()) => return Ok((active, generation)),
-                Err(reason) => self.rotate(tenant, scope, &active, reason).await?,
+                Err(reason) => Box::pin(self.rotate(tenant, scope, &active, reason)).await?,
             }
         }
         // The scope label is the caller's data (a conversation or user id): not repeated here.
@@ -244,7 +249,9 @@ impl DataPath {
                     *hit = attempt == 0;
                     dek
                 }
-                None => self.dek(tenant, header.dek_id()).await?,
+                // Boxed: the loader's state stays out of every call's future (see
+                // `active_dek`).
+                None => Box::pin(self.dek(tenant, header.dek_id())).await?,
             };
             // The shred count is read after the lookup (no await from here until the plaintext
             // is released): a shred this replica applied while the DEK was loading is seen.
@@ -253,7 +260,7 @@ impl DataPath {
                 // Loaded before a revocation or restoration of this tenant, or read from the
                 // store before a shred of the tenant (it may be gone: look it up again).
                 *hit = false;
-                self.cache.deks.invalidate(&key).await;
+                Box::pin(self.cache.deks.invalidate(&key)).await;
                 continue;
             }
             if dek.expires_at <= Instant::now() {
@@ -262,7 +269,7 @@ impl DataPath {
                 // edge). Never used past the TTL: ask again. No await from here until the
                 // plaintext is released, so the check cannot go stale.
                 *hit = false;
-                self.cache.deks.invalidate(&key).await;
+                Box::pin(self.cache.deks.invalidate(&key)).await;
                 continue;
             }
             let plaintext = envelope.open(&dek.key, ctx).map_err(|e| match e {
@@ -348,14 +355,12 @@ impl DataPath {
 
     /// Fails if `tenant` was closed since `generation` was observed.
     fn still_open(&self, tenant: &TenantId, generation: u64) -> Result<(), ServiceError> {
-        match self.revocation.gates().closed(tenant) {
-            Some(closed) => Err(revoked(tenant, closed)),
-            None if self.revocation.gates().generation(tenant) != generation => {
-                Err(ServiceError::Conflict(format!(
-                    "the key state of tenant {tenant} changed during the request"
-                )))
-            }
-            None => Ok(()),
+        match self.revocation.gates().open_at(tenant, generation) {
+            Ok(()) => Ok(()),
+            Err(Some(closed)) => Err(revoked(tenant, closed)),
+            Err(None) => Err(ServiceError::Conflict(format!(
+                "the key state of tenant {tenant} changed during the request"
+            ))),
         }
     }
 

@@ -3,12 +3,10 @@
 //! that invalidates keys loaded across a revocation, and the aggregation of
 //! denied requests for the audit log.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicI64, Ordering},
-    },
+use crate::fast_hash::FastMap;
+use std::sync::{
+    Arc, Mutex, PoisonError, RwLock,
+    atomic::{AtomicI64, Ordering},
 };
 
 use keyward_envelope::TenantId;
@@ -39,11 +37,11 @@ struct Gate {
 }
 
 /// Requests denied per (tenant, second), awaiting their audit record.
-type DenialCounts = HashMap<(TenantId, i64), u64>;
+type DenialCounts = FastMap<(TenantId, i64), u64>;
 
 #[derive(Debug, Default)]
 pub(crate) struct Gates {
-    gates: RwLock<HashMap<TenantId, Gate>>,
+    gates: RwLock<FastMap<TenantId, Gate>>,
     denials: Mutex<DenialCounts>,
 }
 
@@ -141,6 +139,20 @@ impl Gates {
             }
         }
         counts
+    }
+
+    /// Whether the tenant is open at `generation`: one lookup for both (why it is closed, or
+    /// `None` when it is open at another generation).
+    pub(crate) fn open_at(&self, tenant: &TenantId, generation: u64) -> Result<(), Option<Closed>> {
+        let gates = self.gates.read().unwrap_or_else(PoisonError::into_inner);
+        let (current, closed) = gates
+            .get(tenant)
+            .map_or((0, None), |g| (g.generation, g.closed));
+        match closed {
+            Some(closed) => Err(Some(closed)),
+            None if current != generation => Err(None),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn closed(&self, tenant: &TenantId) -> Option<Closed> {

@@ -3,10 +3,8 @@
 //! Counted in memory, written to the audit log as `usage_summary` records once
 //! each minute is over.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
+use crate::fast_hash::FastMap;
+use std::sync::{Mutex, PoisonError};
 
 use keyward_envelope::TenantId;
 
@@ -28,7 +26,7 @@ pub(crate) struct Usage {
 /// Counts by tenant, then by minute (Unix seconds of its start).
 #[derive(Debug, Default)]
 pub(crate) struct UsageMeter {
-    tenants: Mutex<HashMap<TenantId, HashMap<i64, Usage>>>,
+    tenants: Mutex<FastMap<TenantId, FastMap<i64, Usage>>>,
 }
 
 impl UsageMeter {

@@ -177,15 +177,33 @@ impl DataPath {
     }
 
     /// The active DEK of (tenant, scope): the stored one if still usable
-    /// (current tenant key, within age and usage limits), else a new one.
+    /// (current tenant key, within age and usage limits), else a new one; and whether it was
+    /// already in the cache.
+    ///
+    /// A hit is one cache lookup; the loader is a separate, boxed future, so its state (store
+    /// reads, the KMS unwrap, the DEK creation) does not inflate every call's future: the
+    /// server moves each call's future into its task, and a larger one is a larger copy.
     pub(super) async fn active_dek(
         &self,
         tenant: &TenantId,
         scope: &Scope,
+    ) -> Result<(Arc<ActiveDek>, bool), ServiceError> {
+        let key = (tenant.clone(), scope.clone());
+        if let Some(active) = self.cache.active.get(&key).await {
+            return Ok((active, true));
+        }
+        Ok((Box::pin(self.load_active_dek(key)).await?, false))
+    }
+
+    /// [`DataPath::active_dek`] on a miss: loaded once however many requests miss it.
+    async fn load_active_dek(
+        &self,
+        key: (TenantId, Scope),
     ) -> Result<Arc<ActiveDek>, ServiceError> {
+        let (tenant, scope) = (&key.0, &key.1);
         self.cache
             .active
-            .try_get_with((tenant.clone(), scope.clone()), async {
+            .try_get_with(key.clone(), async {
                 let shreds = self.revocation.gates().shreds(tenant);
                 let binding = self.usable_binding(tenant).await?;
                 let existing = self.store.active_dek(tenant, scope).await?;

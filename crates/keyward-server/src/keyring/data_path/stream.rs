@@ -68,7 +68,7 @@ impl DataPath {
         tenant: &TenantId,
         scope: &Scope,
     ) -> Result<StreamKey, ServiceError> {
-        let (active, generation) = self.reserve_active(tenant, scope, 0).await?;
+        let (active, generation) = self.reserve_active(tenant, scope, 0, &mut false).await?;
         Ok(StreamKey {
             tenant: tenant.clone(),
             dek_id: active.id,
