@@ -159,16 +159,9 @@ impl PayloadKind {
     }
 }
 
-/// The methods whose successes are counted through handles resolved once per tenant label
-/// (the data path's unary calls); the others go through the family's label lookup.
-const HOT_METHODS: [&str; 6] = [
-    "Encrypt",
-    "Decrypt",
-    "EncryptBatch",
-    "DecryptBatch",
-    "Rewrap",
-    "RewrapBatch",
-];
+// The methods whose successes are counted through handles resolved once per tenant label (the
+// data path's unary calls); the others go through the family's label lookup.
+use crate::telemetry::HOT_METHODS;
 
 fn hot_method(method: &str) -> Option<usize> {
     HOT_METHODS.iter().position(|m| *m == method)

@@ -144,50 +144,36 @@ async fn admin_endpoints_metrics_and_request_ids() {
         .into_inner()
         .plaintext;
     assert_eq!(decrypted, plaintext);
-    // An error carries a fresh id when the caller named none...
-    let failed = crypto
-        .decrypt(with_request_id(
-            pb::DecryptRequest {
-                tenant_id: "obs-a".to_owned(),
-                envelope: envelope.clone(),
-                encryption_context: context(&[("purpose", "other")]),
-                justification: None,
-            },
-            "not a valid id",
-        ))
-        .await
-        .unwrap_err();
-    let fresh = failed
-        .metadata()
-        .get("x-request-id")
-        .expect("an error carries the request id")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(fresh, "not a valid id");
-    assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
-    // ...and the caller's own when it named one (in the status metadata).
-    let failed = crypto
-        .decrypt(with_request_id(
-            pb::DecryptRequest {
-                tenant_id: "obs-a".to_owned(),
-                envelope: envelope.clone(),
-                encryption_context: context(&[("purpose", "other")]),
-                justification: None,
-            },
-            "caller-id-2",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        failed
-            .metadata()
-            .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        "caller-id-2"
-    );
+    // An error carries a fresh id when the caller named none, and the caller's own when it
+    // named one (in the status metadata).
+    let wrong_context = pb::DecryptRequest {
+        tenant_id: "obs-a".to_owned(),
+        envelope: envelope.clone(),
+        encryption_context: context(&[("purpose", "other")]),
+        justification: None,
+    };
+    let mut failed_ids = Vec::new();
+    let mut failed = None;
+    for id in ["not a valid id", "caller-id-2"] {
+        let status = crypto
+            .decrypt(with_request_id(wrong_context.clone(), id))
+            .await
+            .unwrap_err();
+        failed_ids.push(
+            status
+                .metadata()
+                .get("x-request-id")
+                .expect("an error carries the request id")
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        failed = Some(status);
+    }
+    let failed = failed.unwrap();
+    assert_ne!(failed_ids[0], "not a valid id");
+    assert_eq!(failed_ids[0].len(), 36, "a UUID: {}", failed_ids[0]);
+    assert_eq!(failed_ids[1], "caller-id-2");
 
     let (status, metrics) = server.admin_get("/metrics");
     assert_eq!(status, 200);
