@@ -7,10 +7,11 @@
 //!
 //! Ciphertexts are laid out as `ciphertext || tag`, the tag being [`TAG_LEN`] bytes.
 
+use crate::Wiped;
 use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::error::CryptoError;
 use crate::key::SecretKey;
@@ -119,9 +120,9 @@ pub fn open(
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     ciphertext_and_tag: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+) -> Result<Wiped, CryptoError> {
     let key = AeadKey::new(key)?;
-    let mut buf = Zeroizing::new(ciphertext_and_tag.to_vec());
+    let mut buf = Wiped::new(ciphertext_and_tag.to_vec());
     let len = key.open_in_place(nonce, aad, &mut buf[..])?.len();
     buf.truncate(len);
     Ok(buf)

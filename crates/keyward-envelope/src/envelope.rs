@@ -20,6 +20,7 @@
 //! Header = bytes `0 .. 86+T` (magic through commitment, inclusive).
 //! AAD = header || [`EncryptionContext::canonical_bytes`].
 
+use crate::Wiped;
 use std::fmt;
 
 use aws_lc_rs::hmac;
@@ -373,11 +374,7 @@ impl<'a> Envelope<'a> {
     /// the commitment with the header's in constant time; only then run AES-GCM over the body
     /// with AAD = header bytes || `ctx.canonical_bytes()`. Every failure that depends on the
     /// input is reported as the single, coarse [`EnvelopeError::DecryptFailed`].
-    pub fn open(
-        &self,
-        dek: &SecretKey,
-        ctx: &EncryptionContext,
-    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    pub fn open(&self, dek: &SecretKey, ctx: &EncryptionContext) -> Result<Wiped, EnvelopeError> {
         self.open_detailed(dek, ctx).map_err(|e| match e {
             OpenFailure::Commitment | OpenFailure::Aead => EnvelopeError::DecryptFailed,
             OpenFailure::Crypto(c) => EnvelopeError::Crypto(c),
@@ -388,7 +385,7 @@ impl<'a> Envelope<'a> {
         &self,
         dek: &SecretKey,
         ctx: &EncryptionContext,
-    ) -> Result<Zeroizing<Vec<u8>>, OpenFailure> {
+    ) -> Result<Wiped, OpenFailure> {
         let keys = derive_message_keys(dek, self.header.suite, &self.header.salt)
             .map_err(OpenFailure::Crypto)?;
         if !bool::from(keys.commitment.ct_eq(&self.header.commitment)) {
@@ -396,7 +393,7 @@ impl<'a> Envelope<'a> {
         }
         let aead_key = AeadKey::new(&keys.message_key).map_err(OpenFailure::Crypto)?;
         let aad = build_aad(self.header_bytes, ctx);
-        let mut buf = Zeroizing::new(self.body.to_vec());
+        let mut buf = Wiped::new(self.body.to_vec());
         let len = aead_key
             .open_in_place(&ZERO_NONCE, &aad, &mut buf[..])
             .map_err(|_| OpenFailure::Aead)?

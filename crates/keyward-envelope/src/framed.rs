@@ -51,10 +51,11 @@
 //! # }
 //! ```
 
+use crate::Wiped;
 use std::fmt;
 
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::aead::{AeadKey, NONCE_LEN, TAG_LEN};
 use crate::context::EncryptionContext;
@@ -436,10 +437,7 @@ impl FrameOpener {
     /// and whether it was the final frame. Every authentication failure is
     /// [`EnvelopeError::DecryptFailed`]; a frame after the final one, or whose length breaks
     /// the rules, is [`EnvelopeError::Malformed`].
-    pub fn open_frame(
-        &mut self,
-        frame: Frame,
-    ) -> Result<(Zeroizing<Vec<u8>>, bool), EnvelopeError> {
+    pub fn open_frame(&mut self, frame: Frame) -> Result<(Wiped, bool), EnvelopeError> {
         let Frame { word, mut body } = frame;
         let nonce = self.state.next(word)?;
         let len = self
@@ -457,7 +455,7 @@ impl FrameOpener {
 /// One frame cut from the byte stream: its word and `ciphertext || tag`. Not yet authenticated.
 pub struct Frame {
     word: u32,
-    body: Zeroizing<Vec<u8>>,
+    body: Wiped,
 }
 
 impl fmt::Debug for Frame {
@@ -533,7 +531,7 @@ impl FrameSplitter {
         let Some(bytes) = rest.get(FRAME_WORD_LEN..total) else {
             return Ok(None);
         };
-        let body = Zeroizing::new(bytes.to_vec());
+        let body = Wiped::new(bytes.to_vec());
         self.start += total;
         if self.start == self.buf.len() {
             self.buf.clear();
@@ -597,12 +595,12 @@ pub fn open_framed(
     envelope: &[u8],
     dek: &SecretKey,
     ctx: &EncryptionContext,
-) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+) -> Result<Wiped, EnvelopeError> {
     let header = parse_header_complete(envelope)?;
     let mut opener = FrameOpener::new(&header, dek, ctx)?;
     let mut splitter = FrameSplitter::new(&header);
     splitter.push(&envelope[header.encoded_len()..]);
-    let mut plaintext = Zeroizing::new(Vec::new());
+    let mut plaintext = Wiped::new(Vec::new());
     while let Some(frame) = splitter.next_frame()? {
         let (part, _) = opener.open_frame(frame)?;
         plaintext.extend_from_slice(&part);
@@ -648,7 +646,7 @@ mod tests {
         seal_framed_with_salt(&dek, &t, &id, &ctx, frame_size, plaintext, &[9u8; 32]).unwrap()
     }
 
-    fn open(envelope: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    fn open(envelope: &[u8]) -> Result<Wiped, EnvelopeError> {
         let (dek, _, _, ctx) = setup();
         open_framed(envelope, &dek, &ctx)
     }

@@ -17,13 +17,15 @@ pub fn wipe(buf: &mut Vec<u8>) {
     std::hint::black_box(buf.as_mut_ptr());
 }
 
-/// A byte buffer (plaintext) that is [`wipe`]d when dropped.
+/// A byte buffer (plaintext) that is [`wipe`]d when dropped. Its `Debug` shows the length only.
 #[derive(Default)]
-#[allow(
-    missing_debug_implementations,
-    reason = "plaintext must never be formatted"
-)]
 pub struct Wiped(Vec<u8>);
+
+impl std::fmt::Debug for Wiped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiped").field("len", &self.0.len()).finish()
+    }
+}
 
 impl Wiped {
     /// Takes ownership of `buf`, to be wiped when dropped.

@@ -8,6 +8,7 @@
 //! docs/envelope-format.md §10) frame by frame, in constant memory, each frame written only
 //! once it has opened.
 
+use keyward_envelope::Wiped;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::path::Path;
 
@@ -19,7 +20,6 @@ use keyward_envelope::{
     EncryptionContext, EnvelopeError, KeyId, SecretKey, TenantId, WrappedKey, parse, unwrap_key,
 };
 use keyward_kms::{ErrorKind, ProviderError, ProviderKind};
-use zeroize::Zeroizing;
 
 use crate::format::{DATA_KEYS, TENANT_KEYS, TombstoneEntry, tenant_key_context};
 use crate::providers::ProviderSettings;
@@ -93,9 +93,9 @@ pub async fn open_envelope(
     envelope: &[u8],
     context: &EncryptionContext,
     providers: &ProviderSettings,
-) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+) -> Result<Wiped, OpenError> {
     if envelope_version(envelope) == Some(FRAMED_VERSION) {
-        let mut plaintext = Zeroizing::new(Vec::new());
+        let mut plaintext = Wiped::new(Vec::new());
         let (head, mut rest) = envelope.split_at(3);
         open_framed(
             dir,
@@ -117,7 +117,7 @@ async fn open_single(
     envelope: &[u8],
     context: &EncryptionContext,
     providers: &ProviderSettings,
-) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+) -> Result<Wiped, OpenError> {
     let parsed = parse(envelope)
         .map_err(|e| OpenError::Envelope(format!("the input is not a Keyward envelope: {e}")))?;
     let dek = data_key(

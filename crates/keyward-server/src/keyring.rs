@@ -18,6 +18,7 @@
 //!
 //! Invariants (docs/architecture.md, "Key hierarchy"): see `data_path`.
 
+use keyward_envelope::Wiped;
 use std::{fmt, sync::Arc, time::Duration};
 
 use keyward_audit::{AuditEvent, IdentifierHasher};
@@ -26,7 +27,6 @@ use keyward_kms::KeyRef;
 use keyward_store::{
     BindingCommit, KekBinding, KekState, NewKekBinding, Scope, Store, TenantRecord, TenantState,
 };
-use zeroize::Zeroizing;
 
 use crate::{error::ServiceError, metrics::Metrics, now_ms};
 
@@ -412,7 +412,7 @@ impl Keyring {
         tenant: &TenantId,
         envelope: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    ) -> Result<Wiped, ServiceError> {
         self.data.decrypt(tenant, envelope, ctx).await
     }
 
@@ -438,7 +438,7 @@ impl Keyring {
         tenant: &TenantId,
         envelope: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<(Zeroizing<Vec<u8>>, u64), ServiceError> {
+    ) -> Result<(Wiped, u64), ServiceError> {
         self.data.decrypt_held(tenant, envelope, ctx).await
     }
 

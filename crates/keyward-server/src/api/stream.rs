@@ -23,12 +23,13 @@ use std::{
 
 use futures_util::Stream;
 use keyward_authz::Action;
+use keyward_envelope::Wiped;
 use keyward_envelope::{TenantId, framed};
 use keyward_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use super::{
     access::CallAccess,
@@ -72,7 +73,7 @@ impl CryptoApi {
             None,
         )
         .await?;
-        let first_plaintext = Zeroizing::new(first.plaintext);
+        let first_plaintext = Wiped::new(first.plaintext);
         let keyring = Arc::clone(self.keyring_arc());
         let (mut stream, header) = match keyring
             .begin_stream_encryption(&tenant, &scope, &ctx, frame_size)
@@ -111,7 +112,7 @@ impl CryptoApi {
                     chunk.zeroize();
                     match inbound.message().await {
                         Ok(Some(next)) => {
-                            chunk = Zeroizing::new(next.plaintext);
+                            chunk = Wiped::new(next.plaintext);
                             later_message(
                                 next.tenant_id.is_empty()
                                     && next.encryption_context.is_empty()

@@ -16,10 +16,10 @@ use std::{
 };
 
 use keyward_audit::DekRetireReason;
+use keyward_envelope::Wiped;
 use keyward_envelope::{EncryptionContext, EnvelopeError, KeyId, Sealer, Suite, TenantId, parse};
 use keyward_store::{Scope, Store};
 use moka::ops::compute::Op;
-use zeroize::Zeroizing;
 
 use super::{
     cache::{ActiveDek, KeyCache},
@@ -203,7 +203,7 @@ impl DataPath {
         tenant: &TenantId,
         envelope: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    ) -> Result<Wiped, ServiceError> {
         self.decrypt_held(tenant, envelope, ctx)
             .await
             .map(|(plaintext, _)| plaintext)
@@ -218,7 +218,7 @@ impl DataPath {
         tenant: &TenantId,
         envelope: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<(Zeroizing<Vec<u8>>, u64), ServiceError> {
+    ) -> Result<(Wiped, u64), ServiceError> {
         let mut hit = false;
         let result = self.decrypt_inner(tenant, envelope, ctx, &mut hit).await;
         self.account(tenant, "decrypt", hit, &result, |u, (plaintext, _)| {
@@ -234,7 +234,7 @@ impl DataPath {
         envelope: &[u8],
         ctx: &EncryptionContext,
         hit: &mut bool,
-    ) -> Result<(Zeroizing<Vec<u8>>, u64), ServiceError> {
+    ) -> Result<(Wiped, u64), ServiceError> {
         let envelope = parse(envelope).map_err(classify_parse_error)?;
         let header = envelope.header();
         if header.tenant() != tenant {

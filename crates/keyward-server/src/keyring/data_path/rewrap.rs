@@ -2,8 +2,8 @@
 //! own DEK's scope by default), bound to the same encryption context, sealed with the write
 //! suite. Built on Decrypt and Encrypt themselves, so that every check either makes applies
 //! (the tenant's gate and its generation, a revoked or refused binding, a DEK that is gone, the
-//! cache deadlines); the plaintext exists only inside this call, in `Zeroizing` memory, and is
-//! never returned (docs/rewrap.md).
+//! cache deadlines); the plaintext exists only inside this call, in `Wiped` memory (cleared
+//! when dropped), and is never returned (docs/rewrap.md).
 
 use keyward_envelope::{EncryptionContext, KeyId, TenantId, parse};
 use keyward_store::Scope;

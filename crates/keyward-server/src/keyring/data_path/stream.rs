@@ -14,6 +14,7 @@
 //! Plaintext frames are checked once more by the caller right before they leave
 //! ([`crate::keyring::Keyring::release`]), like a batch's held plaintext.
 
+use keyward_envelope::Wiped;
 use std::{sync::Arc, sync::atomic::Ordering, time::Instant};
 
 use keyward_envelope::{
@@ -21,7 +22,6 @@ use keyward_envelope::{
     framed::{self, FrameOpener, FrameSealer, FrameSplitter, FramedHeader},
 };
 use keyward_store::Scope;
-use zeroize::Zeroizing;
 
 use super::{DataPath, classify_parse_error};
 use crate::{
@@ -184,7 +184,7 @@ pub struct StreamEncryption {
     sealer: FrameSealer,
     /// At most one frame of plaintext not yet sealed (its capacity is fixed: never
     /// reallocated, so no copy of plaintext is left behind unzeroized).
-    pending: Zeroizing<Vec<u8>>,
+    pending: Wiped,
 }
 
 impl std::fmt::Debug for StreamEncryption {
@@ -222,7 +222,7 @@ struct Opening {
     opener: FrameOpener,
     splitter: FrameSplitter,
     /// The final frame's plaintext, held until the input ended with nothing after it.
-    last: Option<Zeroizing<Vec<u8>>>,
+    last: Option<Wiped>,
 }
 
 impl std::fmt::Debug for StreamDecryption {
@@ -238,7 +238,7 @@ impl std::fmt::Debug for StreamDecryption {
 /// it to [`crate::keyring::Keyring::release`] right before the frame leaves).
 #[derive(Debug)]
 pub struct PlainFrame {
-    pub plaintext: Zeroizing<Vec<u8>>,
+    pub plaintext: Wiped,
     pub last: bool,
     pub generation: u64,
 }
@@ -263,7 +263,7 @@ impl DataPath {
         let key = self.stream_encrypt_key(tenant, scope).await?;
         let (sealer, header) = FrameSealer::new(key.secret(), tenant, &key.dek_id, ctx, frame_size)
             .map_err(internal)?;
-        let pending = Zeroizing::new(Vec::with_capacity(sealer.frame_size()));
+        let pending = Wiped::new(Vec::with_capacity(sealer.frame_size()));
         Ok((
             StreamEncryption {
                 key,
@@ -316,7 +316,7 @@ impl DataPath {
     ) -> Result<Vec<u8>, ServiceError> {
         let pending = std::mem::replace(
             &mut s.pending,
-            Zeroizing::new(Vec::with_capacity(s.sealer.frame_size())),
+            Wiped::new(Vec::with_capacity(s.sealer.frame_size())),
         );
         self.seal(s, &pending, last).await
     }
