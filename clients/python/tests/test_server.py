@@ -128,10 +128,16 @@ def test_caller_concurrency_limit(tmp_path):
                 release.wait(20)
                 yield pb.DecryptStreamRequest(tenant_id="acme")
 
-            call = stub.DecryptStream(held())
+            calls = [stub.DecryptStream(held())]
             try:
-                # The stream counts once the server has it; the next call is refused.
+                # The stream counts once the server has it; the next call is refused. With one
+                # slot, whichever call reaches the server first takes it: when a GetTenant won the
+                # race, the stream itself was refused (it is done), so it is opened again.
                 for _ in range(100):
+                    if calls[-1].done():
+                        assert calls[-1].code() == grpc.StatusCode.RESOURCE_EXHAUSTED, calls[-1].code()
+                        calls.append(stub.DecryptStream(held()))
+                        threading.Event().wait(0.05)
                     try:
                         kw.get_tenant("acme")
                     except errors.CallerConcurrencyLimit as e:
@@ -143,7 +149,8 @@ def test_caller_concurrency_limit(tmp_path):
                     pytest.fail("no CALLER_CONCURRENCY_LIMIT while a stream was held open")
             finally:
                 release.set()
-                call.cancel()
+                for call in calls:
+                    call.cancel()
     finally:
         s.stop()
 
