@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::telemetry::HOT_METHODS;
+
 use async_trait::async_trait;
 use keyward_kms::{
     Capabilities, KeyProvider, KeyRef, KeyStatus, ProviderError, ProviderKind, SecretKey,
@@ -159,10 +161,8 @@ impl PayloadKind {
     }
 }
 
-// The methods whose successes are counted through handles resolved once per tenant label (the
-// data path's unary calls); the others go through the family's label lookup.
-use crate::telemetry::HOT_METHODS;
-
+/// The index in [`HOT_METHODS`] (the data path's unary calls, whose successes are counted
+/// through handles resolved once per tenant label); the others go through the family's lookup.
 fn hot_method(method: &str) -> Option<usize> {
     HOT_METHODS.iter().position(|m| *m == method)
 }

@@ -199,7 +199,7 @@ impl CryptoApi {
         )
         .await?;
         let tenant = access.tenant();
-        let (mut plaintext, generation) = self.keyring.decrypt_held(tenant, envelope, &ctx).await?;
+        let (plaintext, generation) = self.keyring.decrypt_held(tenant, envelope, &ctx).await?;
         let ext = head.extensions();
         crate::telemetry::note_payload(ext, PayloadKind::CiphertextIn, envelope.len());
         crate::telemetry::note_payload(ext, PayloadKind::PlaintextOut, plaintext.len());
@@ -209,7 +209,7 @@ impl CryptoApi {
         // per call (issue #26).
         Ok((
             pb::DecryptResponse {
-                plaintext: std::mem::take(&mut *plaintext),
+                plaintext: plaintext.into_inner(),
             },
             generation,
         ))
